@@ -1,0 +1,63 @@
+"""Model loading: embedded, tiny, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ws.models import ModelLoadError, check_architecture, d_model, load_model, n_layers
+
+
+def test_tiny_models_are_deterministic_and_gqa():
+    a, _ = load_model("tiny-llama")
+    b, _ = load_model("tiny-llama")
+    for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert na == nb and torch.equal(pa, pb)
+    q, tok = load_model("tiny-qwen3")
+    assert type(q).__name__ == "Qwen3ForCausalLM"
+    assert q.config.num_key_value_heads < q.config.num_attention_heads
+    assert n_layers(q) == 4 and d_model(q) == 64
+    assert tok.chat_template
+
+
+def test_unknown_name_is_clear():
+    with pytest.raises(ModelLoadError, match="tiny-llama"):
+        load_model("tiny-gpt")
+    with pytest.raises(ModelLoadError, match="no model hub|local folder"):
+        load_model("no-such-org/no-such-model-xyz")
+
+
+def test_model_without_expected_modules_is_refused(tiny_llama):
+    model, _ = tiny_llama
+
+    class Bare(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = nn.Module()
+            self.model.layers = nn.ModuleList([nn.Linear(4, 4)])
+
+    with pytest.raises(ModelLoadError, match=r"self_attn.*proj"):
+        check_architecture(Bare(), "bare")
+    check_architecture(model)  # the real one passes
+
+
+@pytest.mark.embedded
+def test_embedded_model_facts(smollm2):
+    model, tok = smollm2
+    assert n_layers(model) == 30 and d_model(model) == 576
+    assert model.config.num_key_value_heads == 3
+    assert next(model.parameters()).dtype == torch.float32
+
+
+@pytest.mark.embedded
+def test_embedded_model_knows_paris(smollm2):
+    model, tok = smollm2
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}], tokenize=False, add_generation_prompt=True
+    )
+    ids = tok(text, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=16, do_sample=False)
+    answer = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert "Paris" in answer, answer

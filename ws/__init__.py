@@ -1,0 +1,19 @@
+"""ws: the weight-steering subspace analysis suite.
+
+Where in the residual stream does a weight diff ``w = Δθ⁺ − Δθ⁻`` act?  The modules:
+
+- ``ws.models``   load the embedded SmolLM2, any HF model, or tiny random test models
+- ``ws.trace``    TraceDict-style hooks and a padding-proof last-token gather
+- ``ws.data``     topics, persona pairs, splits
+- ``ws.train``    persona completions and LoRA θ⁺ / θ⁻ training
+- ``ws.diff``     the weight diff: save, load, validate
+- ``ws.steer``    ``weight_steer(model, w, alpha)``
+- ``ws.capture``  the named captures of the sweep
+- ``ws.linalg``   subspace algebra
+- ``ws.bases``    the candidate registry
+- ``ws.stats``    energy fractions, the closed-form null, bootstrap, FDR
+- ``ws.report``   tables, figures and markdown (atomic writes)
+- ``ws.log``      loguru set-up
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,57 @@
+"""Run a model at ``θ + α·w`` and put ``θ`` back bit-exactly.
+
+    with weight_steer(model, w, alpha=1.0):
+        logits = model(**batch).logits
+
+``w`` maps base-model parameter names (``model.layers.12.self_attn.o_proj.weight``) to
+tensors of the parameter's shape. Every key and shape is checked before any weight is
+touched; the originals are copied and restored on exit, also when the body raises.
+``alpha == 0`` changes nothing.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Mapping
+
+import torch
+from torch import nn
+
+
+def check_w_fits(model: nn.Module, w: Mapping[str, torch.Tensor]) -> None:
+    """Raise ``ValueError`` naming every key of ``w`` the model lacks or whose shape differs."""
+    params = dict(model.named_parameters())
+    problems = []
+    for key, t in w.items():
+        if key not in params:
+            problems.append(f"{key}: not a parameter of the model")
+        elif tuple(params[key].shape) != tuple(t.shape):
+            problems.append(f"{key}: diff shape {tuple(t.shape)} != model shape {tuple(params[key].shape)}")
+    if problems:
+        shown = "\n  ".join(problems[:10]) + (f"\n  … (+{len(problems) - 10} more)" if len(problems) > 10 else "")
+        raise ValueError(
+            f"the weight diff does not fit this model ({len(problems)} problem(s)):\n  {shown}\n"
+            "Was it trained on another model? Rebuild it for this model (nbs/train_diff.py)."
+        )
+
+
+@contextmanager
+def weight_steer(model: nn.Module, w: Mapping[str, torch.Tensor], alpha: float) -> Iterator[nn.Module]:
+    """Add ``alpha * w`` to the model's weights inside the block; restore them bit-exactly."""
+    if alpha == 0 or not w:
+        yield model
+        return
+    check_w_fits(model, w)
+    params = dict(model.named_parameters())
+    saved: dict[str, torch.Tensor] = {}
+    try:
+        with torch.no_grad():
+            for key, delta in w.items():
+                p = params[key]
+                saved[key] = p.detach().clone()
+                p.add_(delta.to(device=p.device, dtype=p.dtype), alpha=alpha)
+        yield model
+    finally:
+        with torch.no_grad():
+            for key, orig in saved.items():
+                params[key].copy_(orig)
