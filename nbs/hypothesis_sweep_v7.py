@@ -1,0 +1,145 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # v7 hypothesis sweep: where in the residual stream does the weight diff act?
+#
+# A LoRA trained on persona-positive completions minus one trained on persona-negative
+# completions gives a weight diff `w = Δθ⁺ − Δθ⁻`; the model runs at `θ + α·w`. This
+# notebook scores dozens of candidate subspaces of the residual stream, each built from
+# the base model alone (its weights or its activations), by how much of the diff's
+# effect they hold:
+#
+# - **activation label**: block outputs of held-out EVAL probes at `+1·w` minus at `−1·w`;
+# - **weight label**: the LoRA delta of the residual writers `o_proj` and `down_proj`;
+#
+# each against the exact null of a random subspace of the same rank. The contract is
+# `shared/SPEC-v7.md`; the math lives in `ws` (tested there), this notebook only calls it.
+#
+# Parameters come from environment variables (defaults in brackets): `WS_MODEL`
+# [smollm2-135m], `WS_BEHAVIOR` [sycophancy], `WS_ADAPTER` [lora], `WS_SEEDS` [0,1,2],
+# `WS_OUT` [out/], `WS_PCS` [8], `WS_K_BROAD` [64], `WS_N_FIT`, `WS_N_EVAL` [all],
+# `WS_N_BOOT` [2000], `WS_CACHE_ACTIVATIONS` [1], `WS_SMOKE` [0: 1 runs everything on a
+# tiny random model in about a minute].
+
+# %%
+import time
+
+import polars as pl
+
+from ws import sweep
+from ws.log import logger, setup_logging
+from ws.models import load_model
+
+pl.Config.set_tbl_rows(60)
+pl.Config.set_tbl_cols(12)
+pl.Config.set_fmt_str_lengths(40)
+pl.Config.set_tbl_width_chars(220)
+pl.Config.set_float_precision(3)
+T0 = time.perf_counter()
+setup_logging("hypothesis_sweep_v7")
+cfg = sweep.SweepConfig.from_env()
+logger.info(f"config: {cfg}")
+
+# %% [markdown]
+# ## Load the base model and the diff
+# The diff of every seed is trained first when it is missing (`nbs/train_diff.py` does the
+# same on its own). A diff made for another model stops the run rather than being
+# overwritten.
+
+# %%
+model, tok = load_model(cfg.model)
+diffs = sweep.get_diffs(cfg, model)
+for seed, (w, meta) in diffs.items():
+    logger.info(f"seed {seed}: {len(w)} tensors, layers {meta.get('layers')}, "
+                f"specificity ratio {meta.get('specificity_ratio')}")
+
+# %% [markdown]
+# ## Probes
+# FIT probes (training topics) build the A-side bases; EVAL probes (held-out false-claim
+# topics, never seen by the LoRA) build the activation label. Every prompt goes through the
+# chat template; the persona± FIT probes carry the first persona pair as system prompt.
+
+# %%
+probes = sweep.probe_prompts(cfg, tok)
+logger.info(f"{len(probes.fit_clean)} FIT probes, {len(probes.eval)} EVAL probes")
+print(probes.eval[0])
+
+# %% [markdown]
+# ## Capture, build the candidates, score — once per seed
+# Captures are cached on disk, keyed by the model weights, the prompts, the diff and the
+# capture code; a second run with nothing changed does no forward pass.
+
+# %%
+results = []
+for seed, (w, meta) in diffs.items():
+    res = sweep.run_seed(cfg, model, tok, probes, seed, w, meta)
+    logger.info(f"seed {seed}: " + ", ".join(f"{k} {v:.1f} s" for k, v in res.timings.items()))
+    results.append(res)
+stab = sweep.seed_stability(results)
+res = results[0]
+
+# %% [markdown]
+# ## Bottom line: write and mixed candidates, ranked by the joint score
+# `R_act` = `mean_conc_act` (activation energy over what a random subspace of the same rank
+# holds), `R_w` = `mean_conc_w_combined`, joint = their geometric mean; means over the layers
+# the LoRA touched, for the first seed.
+
+# %%
+show = ["subspace", "family", "mean_conc_act", "mean_conc_act_ci_lo", "mean_conc_act_ci_hi",
+        "mean_conc_w_combined", "joint_score", "pct_act_ceiling", "pct_w_oracle_combined"]
+sp = res.summary_pct
+print(sp.filter(pl.col("axis_kind").is_in(["write", "mixed", "ceiling", "self-test"])).select(show))
+
+# %% [markdown]
+# ## Read-side rows (reported apart, never in the joint ranking)
+
+# %%
+print(sp.filter(pl.col("axis_kind") == "read").select(show))
+
+# %% [markdown]
+# ## Specificity: after removing the layer's top clean-residual PCs
+
+# %%
+print(res.specific_summary)
+
+# %% [markdown]
+# ## Seeds: does the ranking survive another LoRA seed?
+
+# %%
+print(stab.tau)
+print(stab.per_candidate.sort("seed_mean_joint_score", descending=True, nulls_last=True).head(10))
+
+# %% [markdown]
+# ## Sanity checks
+
+# %%
+checks = sweep.sanity_lines(res, stab)
+for ok, line in checks:
+    print(("OK   " if ok else "FAIL ") + line)
+
+# %% [markdown]
+# ## Write the v7 files
+# Tables, the joint scatter, definitions, the plan/merge notes and the conclusion, each
+# written to a temporary name and renamed: a failure leaves the previous run's files intact.
+
+# %%
+written = sweep.write_v7(cfg, probes, results, stab)
+for p in written:
+    print(p.relative_to(cfg.out_root))
+logger.info(f"sweep done in {time.perf_counter() - T0:.1f} s; read {cfg.v7_dir / 'v7_conclusion.md'}")
+
+# %%
+print((cfg.v7_dir / "v7_conclusion.md").read_text())

@@ -1,0 +1,517 @@
+"""The v7 sweep, step by step: what the notebook ``nbs/hypothesis_sweep_v7.py`` calls.
+
+Each function is one paragraph of the method:
+
+1. :class:`SweepConfig` – parameters (from environment variables, with defaults).
+2. :func:`get_diffs` – the weight diff of every seed (trained when missing).
+3. :func:`probe_prompts` – FIT / EVAL probes rendered through the chat template.
+4. :func:`run_seed` – capture, build the candidates, score them, summarise (one seed).
+5. :func:`seed_stability` – how the seeds agree (Kendall τ, winner counts).
+6. :func:`write_v7` – the tables, figure and markdown files of the spec, atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import polars as pl
+import torch
+
+from ws import data as D
+from ws.log import logger
+from ws.paths import out_dir
+
+
+def _env(name: str, default: str) -> str:
+    v = os.environ.get(name)
+    return default if v is None or v.strip() == "" else v.strip()
+
+
+def _env_int_or_none(name: str) -> int | None:
+    v = os.environ.get(name, "").strip()
+    return int(v) if v else None
+
+
+@dataclass
+class SweepConfig:
+    """Parameters of a sweep run. :meth:`from_env` reads them from ``WS_*`` variables."""
+
+    model: str = "smollm2-135m"
+    behavior: str = "sycophancy"
+    adapter: str = "lora"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    out_root: Path = field(default_factory=out_dir)
+    k: int = 8  # PCS
+    k_broad: int = 64  # K_BROAD
+    n_fit: int | None = None  # None: every training false-claim topic
+    n_eval: int | None = None  # None: every held-out false-claim topic
+    batch_size: int = 16
+    n_boot: int = 2000
+    boot_seed: int = 0
+    basis_seed: int = 0  # k-means, random self-test
+    persona_pair: int = 0  # which persona pair builds the persona± FIT captures
+    cache: bool = True
+    smoke: bool = False
+    train_overrides: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> "SweepConfig":
+        """``WS_MODEL, WS_BEHAVIOR, WS_ADAPTER, WS_SEEDS (e.g. "0,1,2"), WS_OUT, WS_PCS,
+        WS_K_BROAD, WS_N_FIT, WS_N_EVAL, WS_BATCH, WS_N_BOOT, WS_CACHE (0 disables),
+        WS_SMOKE (1: tiny random model, one seed, small everything)``."""
+        smoke = _env("WS_SMOKE", "0") not in ("0", "false", "no")
+        cfg = cls(
+            model=_env("WS_MODEL", "tiny-llama" if smoke else "smollm2-135m"),
+            behavior=_env("WS_BEHAVIOR", "sycophancy"),
+            adapter=_env("WS_ADAPTER", "lora"),
+            seeds=tuple(int(s) for s in _env("WS_SEEDS", "0" if smoke else "0,1,2").split(",") if s.strip()),
+            out_root=Path(_env("WS_OUT", str(out_dir()))),
+            k=int(_env("WS_PCS", "8")),
+            k_broad=int(_env("WS_K_BROAD", "16" if smoke else "64")),
+            n_fit=_env_int_or_none("WS_N_FIT") or (12 if smoke else None),
+            n_eval=_env_int_or_none("WS_N_EVAL") or (8 if smoke else None),
+            batch_size=int(_env("WS_BATCH", "16")),
+            n_boot=int(_env("WS_N_BOOT", "300" if smoke else "2000")),
+            cache=_env("WS_CACHE_ACTIVATIONS", "1") not in ("0", "false", "no"),
+            smoke=smoke,
+        )
+        if smoke:
+            cfg.train_overrides = SMOKE_TRAIN
+        if not cfg.seeds:
+            raise ValueError("WS_SEEDS is empty: give at least one seed, e.g. WS_SEEDS=0")
+        return cfg
+
+    @property
+    def v7_dir(self) -> Path:
+        return Path(self.out_root) / self.behavior / self.adapter / "v7"
+
+    def train_config(self):
+        from ws.train import TrainConfig
+
+        return replace(TrainConfig(), **self.train_overrides) if self.train_overrides else None
+
+
+#: A tiny training run for smoke mode (tiny random model): seconds, not minutes.
+SMOKE_TRAIN = dict(steps=3, batch_size=4, n_phrasings=1, max_new_tokens=8, n_train_per_kind=4,
+                   n_eval_per_kind=3, n_boot=100, gen_batch_size=8, warmup_steps=1)
+
+
+# ----------------------------------------------------------------------------- diffs
+class DiffMismatchError(RuntimeError):
+    """A diff exists on disk but was made for another model."""
+
+
+def get_diffs(cfg: SweepConfig, model) -> dict[int, tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+    """``seed -> (w, meta)``. Missing diffs are trained; a diff made for another model stops
+    the run with a message (it is never overwritten)."""
+    from ws.diff import diff_path, load_diff, read_meta
+    from ws.train import ensure_diff
+
+    out = {}
+    for seed in cfg.seeds:
+        path = diff_path(cfg.behavior, cfg.adapter, seed, cfg.out_root)
+        if path.exists():
+            meta = read_meta(path)
+            if meta.get("model") != cfg.model:
+                raise DiffMismatchError(
+                    f"{path} was made for model {meta.get('model')!r}, but this run uses {cfg.model!r}.\n"
+                    f"Either run with WS_MODEL={meta.get('model')}, or write to another output root "
+                    f"(WS_OUT=...), or move that diff away to have it rebuilt for {cfg.model!r}."
+                )
+        path = ensure_diff(cfg.model, cfg.behavior, cfg.adapter, seed, cfg.train_config(), cfg.out_root)
+        out[seed] = load_diff(path, model)
+    return out
+
+
+# ----------------------------------------------------------------------------- probes
+@dataclass
+class Probes:
+    fit_topics: list
+    eval_topics: list
+    fit_clean: list[str]
+    fit_pos: list[str]
+    fit_neg: list[str]
+    eval: list[str]
+    persona_pos: str
+    persona_neg: str
+
+
+def probe_prompts(cfg: SweepConfig, tok) -> Probes:
+    """FIT and EVAL probes (disjoint topics; EVAL never a LoRA training topic), every one
+    rendered through the chat template. Persona± FIT use the chosen persona pair as the
+    system prompt; clean FIT and EVAL use none (the template's default)."""
+    fit, ev = D.sweep_probes(cfg.n_fit, cfg.n_eval, seed=0)
+    pos, neg = D.PERSONA_PAIRS[cfg.persona_pair]
+    render = lambda t, sys=None: D.render_chat(tok, D.probe_prompt(t), system=sys)  # noqa: E731
+    return Probes(
+        fit_topics=fit,
+        eval_topics=ev,
+        fit_clean=[render(t) for t in fit],
+        fit_pos=[render(t, pos) for t in fit],
+        fit_neg=[render(t, neg) for t in fit],
+        eval=[render(t) for t in ev],
+        persona_pos=pos,
+        persona_neg=neg,
+    )
+
+
+# ----------------------------------------------------------------------------- one seed
+@dataclass
+class SeedResult:
+    """What one seed's diff gives: its captures, candidates and scores."""
+
+    seed: int
+    captures: Any
+    bases: dict[str, list]
+    meta: pl.DataFrame
+    scores: Any  # ws.stats.SweepScores
+    per_layer: pl.DataFrame
+    specific_per_layer: pl.DataFrame
+    summary: pl.DataFrame
+    summary_pct: pl.DataFrame
+    specific_summary: pl.DataFrame
+    layers_touched: list[int]
+    layers_without_delta: list[int]
+    diff_meta: dict
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def clean_pcs(captures, k: int) -> list[torch.Tensor]:
+    """Per layer, the top-``k`` PCA basis of the clean FIT residuals ``[d, k]`` (specificity)."""
+    from ws.linalg import pca
+
+    return [pca(captures.clean[l], k) for l in range(captures.clean.shape[0])]
+
+
+def run_seed(cfg: SweepConfig, model, tok, probes: Probes, seed: int, w: dict, diff_meta: dict) -> SeedResult:
+    """Capture (cached), build every candidate, score every (layer, candidate), summarise."""
+    from ws import stats as S
+    from ws.bases import build_all
+    from ws.capture import capture_all
+    from ws.diff import write_delta_by_layer
+    from ws.models import n_layers
+
+    t = {}
+    t0 = time.perf_counter()
+    caps = capture_all(model, tok, probes.fit_clean, probes.fit_pos, probes.fit_neg, probes.eval, w,
+                       batch_size=cfg.batch_size, cache=cfg.cache)
+    t["capture"] = time.perf_counter() - t0
+    deltas = write_delta_by_layer(w, n_layers(model))
+    touched = [l for l, d in enumerate(deltas) if d is not None]
+    if not touched:
+        raise ValueError("the diff has no o_proj / down_proj delta on any layer: nothing to score the weight side against")
+    t0 = time.perf_counter()
+    bases, meta = build_all(model, caps, deltas, caps.label_fit, k=cfg.k, k_broad=cfg.k_broad, seed=cfg.basis_seed,
+                            label_eval=caps.label_eval)
+    t["build"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    scores = S.score_sweep(bases, meta, caps.label_eval, deltas, clean_pcs(caps, cfg.k))
+    per_layer = S.add_qvalues(scores.per_layer)
+    summary = S.summarize(per_layer, touched)
+    ci = S.bootstrap_summary_ci(scores, touched, n_boot=cfg.n_boot, seed=cfg.boot_seed)
+    summary = summary.join(ci, on="subspace", how="left", maintain_order="left")
+    summary_pct = S.summary_pct(summary)
+    specific_summary = S.summarize_specific(scores.specific_per_layer, touched)
+    t["score"] = time.perf_counter() - t0
+    return SeedResult(seed, caps, bases, meta, scores, per_layer, scores.specific_per_layer, summary, summary_pct,
+                      specific_summary, touched, [l for l in range(len(deltas)) if deltas[l] is None], diff_meta, t)
+
+
+# ----------------------------------------------------------------------------- seeds
+RANKED_AXES = ("write", "mixed")
+
+
+def _ranked(summary: pl.DataFrame) -> pl.DataFrame:
+    """Write/mixed A-hypotheses with a finite joint score, best first (ties by name)."""
+    s = summary.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(RANKED_AXES))
+    s = s.filter(pl.col("joint_score").is_not_null() & pl.col("joint_score").is_not_nan())
+    return s.sort(["joint_score", "subspace"], descending=[True, False])
+
+
+@dataclass
+class SeedStability:
+    """How far the seeds' diffs agree on the ranking."""
+
+    seeds: list[int]
+    winners: dict[int, str]  # seed -> best write/mixed A-hypothesis
+    winner: str  # the primary seed's winner
+    winner_wins: int  # in how many seeds it wins
+    tau: pl.DataFrame  # seed_a, seed_b, kendall_tau, p_value, n
+    per_candidate: pl.DataFrame  # subspace + seed mean / sd of the main scores
+
+    @property
+    def mean_tau(self) -> float:
+        v = self.tau["kendall_tau"].to_numpy()
+        return float(np.nanmean(v)) if v.size else float("nan")
+
+    @property
+    def stable(self) -> bool:
+        """The winner is stable when it wins in every seed."""
+        return self.winner_wins == len(self.seeds)
+
+
+def seed_stability(results: Sequence[SeedResult]) -> SeedStability:
+    """Kendall τ between every pair of seeds' joint-score rankings (write/mixed
+    A-hypotheses), each seed's winner, and per-candidate seed mean / sd."""
+    from scipy.stats import kendalltau
+
+    seeds = [r.seed for r in results]
+    winners = {}
+    for r in results:
+        rk = _ranked(r.summary)
+        winners[r.seed] = rk["subspace"][0] if rk.height else ""
+    winner = winners[seeds[0]]
+    rows = []
+    for i in range(len(results)):
+        for j in range(i + 1, len(results)):
+            a = _ranked(results[i].summary).select("subspace", pl.col("joint_score").alias("a"))
+            b = _ranked(results[j].summary).select("subspace", pl.col("joint_score").alias("b"))
+            ab = a.join(b, on="subspace", how="inner")
+            tau, p = kendalltau(ab["a"].to_numpy(), ab["b"].to_numpy()) if ab.height > 1 else (float("nan"), float("nan"))
+            rows.append({"seed_a": seeds[i], "seed_b": seeds[j], "kendall_tau": float(tau), "p_value": float(p), "n": ab.height})
+    tau_df = pl.DataFrame(rows, schema={"seed_a": pl.Int64, "seed_b": pl.Int64, "kendall_tau": pl.Float64,
+                                        "p_value": pl.Float64, "n": pl.Int64})
+    cols = ["joint_score", "mean_conc_act", "mean_conc_w_combined"]
+    stacked = pl.concat([r.summary.select(["subspace", *cols]).with_columns(pl.lit(r.seed).alias("seed")) for r in results])
+    agg = stacked.group_by("subspace", maintain_order=True).agg(
+        [pl.col(c).mean().alias(f"seed_mean_{c}") for c in cols]
+        + [pl.col(c).std(ddof=1).alias(f"seed_sd_{c}") for c in cols]
+        + [pl.len().alias("n_seeds")]
+    )
+    wins = pl.DataFrame({"subspace": list(winners.values())}).group_by("subspace").agg(pl.len().alias("seeds_won"))
+    agg = agg.join(wins, on="subspace", how="left").with_columns(pl.col("seeds_won").fill_null(0).cast(pl.Int64))
+    return SeedStability(seeds, winners, winner, sum(w == winner for w in winners.values()), tau_df, agg)
+
+
+# ----------------------------------------------------------------------------- self-tests
+def self_tests(res: SeedResult, z_max: float = 4.0, planted_min_pct: float = 80.0) -> list[tuple[str, bool, str]]:
+    """``(name, passed, detail)`` for the self-test rows of one seed's tables.
+
+    - ``random_orthonormal`` must land within its null: |z_act| and |z_w_combined| below
+      ``z_max`` on every touched layer.
+    - ``planted_label_half`` (PCA of the label's own EVAL half) must approach the ceiling:
+      ``pct_act_ceiling ≥ planted_min_pct``.
+    """
+    out = []
+    pl_t = res.per_layer.filter(pl.col("layer").is_in(res.layers_touched))
+    r = pl_t.filter(pl.col("subspace") == "random_orthonormal")
+    if r.height:
+        za = np.abs(r["z_act"].to_numpy())
+        zw = np.abs(r["z_w_combined"].to_numpy())
+        worst = float(np.nanmax(np.concatenate([za, zw])))
+        ok = bool(np.all(np.nan_to_num(za, nan=np.inf) < z_max) and np.all(np.nan_to_num(zw, nan=np.inf) < z_max))
+        out.append(("random_orthonormal", ok, f"largest |z| over {r.height} touched layers (act and weight) = {worst:.2f} (must be < {z_max:g})"))
+    p = res.summary_pct.filter(pl.col("subspace") == "planted_label_half")
+    if p.height:
+        pct = float(p["pct_act_ceiling"][0])
+        ok = bool(np.isfinite(pct) and pct >= planted_min_pct)
+        out.append(("planted_label_half", ok, f"{pct:.1f}% of the activation ceiling (must be ≥ {planted_min_pct:g}%)"))
+    return out
+
+
+def _rank_text(meta: pl.DataFrame, name: str) -> str:
+    r = meta.filter(pl.col("subspace") == name)
+    if not r.height or "rank_min" not in meta.columns:
+        return f"`{name}` was not built in this run"
+    r = r.row(0, named=True)
+    rng = f"{r['rank_min']}" if r["rank_min"] == r["rank_max"] else f"{r['rank_min']}–{r['rank_max']}"
+    return f"`{name}` has true rank {rng} (expected {r['expected_rank']})" + (f" — {r['note']}" if r.get("note") else "")
+
+
+def rank_collapses(meta: pl.DataFrame) -> list[str]:
+    """One line per candidate whose true rank fell short of its expected rank somewhere."""
+    out = []
+    if "rank_min" not in meta.columns:
+        return out
+    for r in meta.iter_rows(named=True):
+        if r["rank_min"] is not None and r["expected_rank"] is not None and r["rank_min"] < r["expected_rank"]:
+            out.append(f"`{r['subspace']}` has true rank {r['rank_min']}–{r['rank_max']} (expected {r['expected_rank']})"
+                       + (f": {r['note']}" if r.get("note") else ""))
+    return out
+
+
+# ----------------------------------------------------------------------------- sanity
+def sanity_lines(res: SeedResult, stab: SeedStability | None = None) -> list[tuple[bool, str]]:
+    """``(ok, "SHOULD: … ELSE: …")`` lines with their measured values, for the notebook."""
+    lines = []
+    s = res.summary_pct
+
+    def val(name: str, col: str) -> float:
+        r = s.filter(pl.col("subspace") == name)
+        return float(r[col][0]) if r.height and r[col][0] is not None else float("nan")
+
+    c_act = val("TaskDiff_lora_ceiling", "pct_act_ceiling")
+    lines.append((abs(c_act - 100) < 1e-6,
+                  f"SHOULD: TaskDiff_lora_ceiling = 100% of itself (measured {c_act:.1f}%). ELSE: the pct table is mis-normalised."))
+    c_w = val("dW_left_basis_ceiling", "pct_w_oracle_combined")
+    lines.append((abs(c_w - 100) < 1e-6,
+                  f"SHOULD: dW_left_basis_ceiling = 100% of its weight oracle (measured {c_w:.1f}%). ELSE: the weight oracle is wrong."))
+    cw = val("dW_left_basis_ceiling", "mean_conc_w_combined")
+    best_w = float(np.nanmax(s.filter(pl.col("kind") == "A-hypothesis")["mean_conc_w_combined"].to_numpy()))
+    lines.append((cw >= best_w - 1e-9,
+                  f"SHOULD: no A-hypothesis beats the dW ceiling on weight energy (ceiling R_w {cw:.2f}, best A-side {best_w:.2f}). "
+                  f"ELSE: the ceiling is not the top-k SVD of the delta."))
+    for name, ok, detail in self_tests(res):
+        lines.append((ok, f"SHOULD: self-test {name} passes ({detail}). ELSE: the scores or the null are broken."))
+    n_lab = res.captures.label_eval.shape[1]
+    lines.append((n_lab >= 8, f"SHOULD: at least 8 EVAL probes build the label (measured {n_lab}). ELSE: CIs are wide; raise WS_N_EVAL."))
+    if stab is not None and len(stab.seeds) > 1:
+        lines.append((stab.stable, f"SHOULD: the winner `{stab.winner}` wins in every seed (measured {stab.winner_wins}/{len(stab.seeds)}; "
+                                   f"mean Kendall τ {stab.mean_tau:.2f}). ELSE: the headline depends on the LoRA seed."))
+    return lines
+
+
+# ----------------------------------------------------------------------------- writing
+V7_FILES = (
+    "v7_per_layer.csv",
+    "v7_summary.tsv",
+    "v7_summary_pct.tsv",
+    "v7_specific_per_layer.csv",
+    "v7_specific_summary.tsv",
+    "v7_joint_act_weight_scatter.png",
+    "v7_joint_act_weight_scatter.pdf",
+    "v7_definitions.md",
+    "v7_plan_merge.md",
+    "v7_conclusion.md",
+)
+EXTRA_FILES = ("v7_seeds.tsv", "v7_seed_stability.tsv")
+
+
+def plan_merge_changes(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: SeedStability) -> list[str]:
+    """What this version changes against v6 and against upstream v7 (facts from this run)."""
+    train, _ = D.split_topics(0)
+    train_ids = {t.id for t in train}
+    leak = sum(t.id in train_ids for t in probes.eval_topics)
+    fit_eval = len({t.id for t in probes.fit_topics} & {t.id for t in probes.eval_topics})
+    rc = rank_collapses(res.meta)
+    return [
+        "**Against v6**: v7 adds the write-not-read family, the compound candidates, the dW ceiling, the "
+        "specificity score and the percent-of-ceiling tables (see `v7_definitions.md` for every row).",
+        "**Chat template everywhere** (upstream v7 rendered the label prompts raw and the persona prompts "
+        "templated): every capture here — clean FIT, persona± FIT, the label at α = ±1 — goes through the "
+        "tokenizer's chat template.",
+        f"**Held-out EVAL topics**: upstream v7 leaked LoRA training topics into EVAL. Here EVAL comes from the "
+        f"held-out half of a fixed topic split; EVAL topics that are LoRA training topics in this run: {leak}; "
+        f"topics shared by FIT and EVAL: {fit_eval}.",
+        "**Closed-form null**: upstream v7 drew 120 random QR bases per cell with a per-tensor seed from Python's "
+        "salted `hash` (noisy, slow, not reproducible). Here the null mean and std are exact "
+        "(E[tr PA] = (k/d)·tr A; Var from tr A and tr A²), checked against a Monte Carlo of Haar bases in the tests; "
+        "cells whose label has a very low effective rank get a seeded Monte Carlo p-value instead.",
+        "**True intersection**: `qk_x_chars_clusters` is the principal-angle intersection of `qk_circuit` and "
+        "`chars_clusters` (directions whose principal angle is below the threshold; it may be empty on a layer), "
+        "not upstream's bisector (kept as an option).",
+        "**chars_clusters rank**: upstream's PCA of 8 mean-centred centroids collapsed to rank 7; here "
+        + _rank_text(res.meta, "chars_clusters") + ".",
+        "**Other true ranks below the requested k** (reported, never padded): "
+        + ("; ".join(r for r in rc if not r.startswith("`chars_clusters`")) or "none") + ".",
+        f"**Error bars and multiple comparisons**: bootstrap CIs over EVAL probes ({cfg.n_boot} resamples, seed "
+        f"{cfg.boot_seed}) for the activation means and the joint score; Benjamini–Hochberg q-values across all "
+        f"A-hypothesis × layer cells.",
+        f"**Seeds**: the diff is trained for seeds {list(stab.seeds)}; the tables are seed {stab.seeds[0]}'s, the "
+        f"summary carries the seed mean / sd, and `v7_seed_stability.tsv` the Kendall τ between seeds.",
+        "**Self-tests as rows**: `random_orthonormal` (must sit within its null) and `planted_label_half` (must "
+        "approach the ceiling); **adapter-family candidates**: `corda_write`, `asvd_write`, `diff_in_means`.",
+        "**Determinism and atomic outputs**: explicit seeds everywhere; every file is written to a temporary name "
+        "and renamed, so a failed run leaves the previous files intact.",
+    ]
+
+
+def conclusion_info(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: SeedStability, artifacts: list[str]) -> dict:
+    dm = res.diff_meta or {}
+    notes = []
+    if len(stab.seeds) > 1:
+        notes.append(
+            f"seed stability: the winner `{stab.winner}` wins in {stab.winner_wins} of {len(stab.seeds)} seeds "
+            f"({', '.join(f'seed {s}: `{w}`' for s, w in stab.winners.items())}); mean Kendall τ between the seeds' "
+            f"rankings {stab.mean_tau:.2f} — the winner is {'stable' if stab.stable else 'NOT stable'} across seeds"
+        )
+    else:
+        notes.append("one seed only: seed stability was not measured (set WS_SEEDS to several seeds)")
+    sp = dm.get("effect_spread") or {}
+    if sp:
+        notes.append("diff effect on held-out prompts (logratio at α=+2 minus α=−2): "
+                     + ", ".join(f"{k} {float(v):+.2f} nats" for k, v in sp.items()))
+    if cfg.smoke:
+        notes.append("SMOKE MODE: a tiny random model and a few training steps; no number here means anything")
+    return {
+        "title": f"v7 hypothesis sweep — {cfg.behavior}/{cfg.adapter} on `{cfg.model}`",
+        "model": cfg.model,
+        "n_fit": len(probes.fit_clean),
+        "n_eval": len(probes.eval),
+        "layers_touched": res.layers_touched,
+        "layers_without_delta": res.layers_without_delta,
+        "rank_collapses": rank_collapses(res.meta),
+        "quantized": cfg.model in ("smollm2-135m", "SmolLM2-135M-Instruct", "smollm2"),
+        "diff_specificity_ratio": dm.get("specificity_ratio"),
+        "self_tests": self_tests(res),
+        "artifacts": artifacts,
+        "bootstrap_ci": res.summary.select([c for c in res.summary.columns if c == "subspace" or c.endswith(("_ci_lo", "_ci_hi"))]),
+        "n_boot": cfg.n_boot,
+        "ci_level": 0.95,
+        "seed": res.seed,
+        "fdr_alpha": 0.05,
+        "notes": notes,
+    }
+
+
+def write_v7(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], stab: SeedStability) -> list[Path]:
+    """Write the v7 file set into ``cfg.v7_dir`` (every file atomically) and return the paths.
+
+    Everything is computed first; files are written only once all of them can be, so a
+    failure leaves the previous run's files untouched.
+    """
+    from ws import report as R
+
+    res = results[0]
+    d = cfg.v7_dir
+    seed_cols = stab.per_candidate
+    summary = res.summary.join(seed_cols, on="subspace", how="left", maintain_order="left")
+    summary_pct = res.summary_pct.join(seed_cols, on="subspace", how="left", maintain_order="left")
+    seeds_long = pl.concat([r.summary.with_columns(pl.lit(r.seed).cast(pl.Int64).alias("seed")) for r in results], how="diagonal_relaxed")
+    # paths relative to the conclusion's own folder, so its links work where it lies
+    artifacts = [f for f in (*V7_FILES, *EXTRA_FILES)] + [
+        f"../seed{r.seed}/{f}" for r in results for f in ("w.safetensors", "effect.csv", "effect.png")]
+    info = conclusion_info(cfg, probes, res, stab, artifacts)
+    texts = {
+        "v7_definitions.md": R.definitions_md(res.meta),
+        "v7_plan_merge.md": R.plan_merge_md(plan_merge_changes(cfg, probes, res, stab), title="v7: what changed"),
+        "v7_conclusion.md": R.conclusion_md(summary_pct, res.specific_summary, res.per_layer, info),
+    }
+    tables = {
+        "v7_per_layer.csv": res.per_layer,
+        "v7_summary.tsv": summary,
+        "v7_summary_pct.tsv": summary_pct,
+        "v7_specific_per_layer.csv": res.specific_per_layer,
+        "v7_specific_summary.tsv": res.specific_summary,
+        "v7_seeds.tsv": seeds_long,
+        "v7_seed_stability.tsv": stab.tau,
+    }
+    d.mkdir(parents=True, exist_ok=True)
+    # Stage every file in a temporary folder beside the outputs, then rename them all into
+    # place: a failure while writing leaves the previous run's files as they were.
+    import shutil
+    import tempfile
+
+    from ws.io import write_text
+
+    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=d))
+    try:
+        R.joint_scatter(summary, stage / "v7_joint_act_weight_scatter.png", stage / "v7_joint_act_weight_scatter.pdf")
+        for name, df in tables.items():
+            R.write_table(df, stage / name)
+        for name, text in texts.items():
+            write_text(stage / name, text)
+        names = [*tables, "v7_joint_act_weight_scatter.png", "v7_joint_act_weight_scatter.pdf", *texts]
+        written = []
+        for name in names:  # the conclusion last: it is what users read first
+            os.replace(stage / name, d / name)
+            written.append(d / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    logger.info(f"wrote {len(written)} files to {d}")
+    return written
