@@ -1,0 +1,269 @@
+"""Tests for ws.report: byte-stable tables, atomic writes, the scatter, the markdown."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import polars as pl
+import pytest
+
+from ws import report as R
+from ws.io import atomic_path
+
+FAMILIES = [("W:write", "write"), ("W:OV", "write"), ("act:persona", "mixed"), ("compound", "mixed"),
+            ("W:read", "read"), ("W:unembed", "read")]
+
+
+def synthetic_summary(n: int = 14, seed: int = 0) -> pl.DataFrame:
+    """A summary_pct-like table: hypotheses of every axis kind, both ceilings, one NaN and
+    one zero score (to exercise the floor), sorted by joint_score like the real one."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        fam, ak = FAMILIES[i % len(FAMILIES)]
+        a, w = float(np.exp(rng.normal(0.7, 0.8))), float(np.exp(rng.normal(0.3, 0.5)))
+        rows.append(dict(subspace=f"candidate_with_a_long_name_{i:02d}", family=fam, axis_kind=ak, source="A",
+                         kind="A-hypothesis", mean_conc_act=a, mean_conc_w_combined=w))
+    rows[1]["mean_conc_act"] = float("nan")
+    rows[2]["mean_conc_w_combined"] = 0.0
+    rows.append(dict(subspace=R.CEILING_ACT, family="ceiling", axis_kind="ceiling", source="B", kind="ceiling",
+                     mean_conc_act=30.0, mean_conc_w_combined=2.0))
+    rows.append(dict(subspace=R.CEILING_W, family="ceiling", axis_kind="ceiling", source="B", kind="ceiling",
+                     mean_conc_act=3.0, mean_conc_w_combined=40.0))
+    df = pl.DataFrame(rows)
+    df = df.with_columns(
+        (pl.col("mean_conc_act") * 0.8).alias("mean_conc_w_oproj"),
+        (pl.col("mean_conc_w_combined") * 1.2).alias("mean_conc_w_downproj"),
+        (pl.col("mean_conc_act") * 2.1).alias("mean_z_act"),
+        (pl.col("mean_conc_w_combined") * 1.7).alias("mean_z_w_combined"),
+        (pl.col("mean_conc_act") * 1.1).alias("mean_z_w_oproj"),
+        (pl.col("mean_conc_act") * 1.3).alias("mean_z_w_downproj"),
+        (pl.col("mean_conc_act") / 50).alias("mean_energy_frac_act"),
+        pl.lit(0.25).alias("mean_cos_dW"),
+        pl.lit(8.0).alias("mean_rank"),
+        (pl.col("mean_conc_act") * pl.col("mean_conc_w_combined")).sqrt().alias("joint_score"),
+        (pl.col("mean_conc_act") / pl.col("mean_conc_w_combined")).log(2).alias("act_w_gap_log2"),
+    )
+    ca = 30.0
+    cw = {"combined": 40.0, "oproj": 3.0 * 0.8, "downproj": 40.0 * 1.2}
+    df = df.with_columns(
+        (100 * pl.col("mean_conc_act") / ca).alias("pct_act_ceiling"),
+        *[(100 * pl.col(f"mean_conc_w_{t}") / v).alias(f"pct_w_oracle_{t}") for t, v in cw.items()],
+    )
+    return df.with_columns(pl.col("joint_score").fill_nan(None).alias("k")).sort(
+        ["k", "subspace"], descending=[True, False], nulls_last=True).drop("k")
+
+
+def specific_summary(summary: pl.DataFrame) -> pl.DataFrame:
+    return summary.select(
+        "subspace", "family", "source", "kind",
+        (pl.col("mean_conc_act") * 0.9).alias("mean_specific_conc_act"),
+        (pl.col("mean_z_act") * 0.9).alias("mean_specific_z_act"),
+        (pl.col("mean_energy_frac_act") * 0.9).alias("mean_specific_energy_frac_act"),
+        pl.lit(7.5).alias("mean_specific_rank"),
+    ).sort("mean_specific_conc_act", descending=True, nulls_last=True)
+
+
+# ------------------------------------------------------------------------------ tables
+
+
+def test_write_table_is_byte_identical_and_formatted(tmp_path):
+    df = pl.DataFrame({"name": ["a", "b,c", "d"], "x": [1 / 3, float("nan"), 1e-12],
+                       "y": [None, float("inf"), -2.0], "n": [1, None, 3]},
+                      schema={"name": pl.String, "x": pl.Float64, "y": pl.Float64, "n": pl.Int64})
+    p1, p2 = tmp_path / "a.csv", tmp_path / "b.csv"
+    R.write_table(df, p1)
+    R.write_table(df.clone(), p2)
+    assert p1.read_bytes() == p2.read_bytes()
+    lines = p1.read_text().splitlines()
+    assert lines[0] == "name,x,y,n"
+    assert lines[1] == "a,0.333333,,1"
+    assert lines[2] == '"b,c",NaN,inf,'
+    assert lines[3] == "d,1e-12,-2,3"
+    t = tmp_path / "a.tsv"
+    R.write_table(df, t)
+    assert t.read_text().splitlines()[1] == "a\t0.333333\t\t1"
+    with pytest.raises(ValueError, match="suffix"):
+        R.write_table(df, tmp_path / "a.txt")
+
+
+def test_atomic_write_keeps_old_file_when_writer_raises(tmp_path):
+    p = tmp_path / "t.tsv"
+    R.write_table(pl.DataFrame({"a": [1.0]}), p)
+    before = p.read_bytes()
+    with pytest.raises(RuntimeError):
+        with atomic_path(p) as tmp:
+            tmp.write_text("half-written")
+            raise RuntimeError("writer crashed")
+    assert p.read_bytes() == before
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["t.tsv"]  # no temporary left behind
+
+
+def test_write_table_failure_leaves_old_file(tmp_path, monkeypatch):
+    p = tmp_path / "t.csv"
+    R.write_table(pl.DataFrame({"a": [1.0]}), p)
+    before = p.read_bytes()
+
+    def boom(self, *a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pl.DataFrame, "write_csv", boom)
+    with pytest.raises(OSError):
+        R.write_table(pl.DataFrame({"a": [2.0]}), p)
+    assert p.read_bytes() == before
+
+
+def test_format_float():
+    assert R.format_float(float("nan")) == "NaN"
+    assert R.format_float(-0.0) == "0"
+    assert R.format_float(123456789.0) == "1.23457e+08"
+    assert R.format_float(None) == ""
+
+
+# ------------------------------------------------------------------------------ figure
+
+
+def test_joint_scatter_writes_png_and_pdf(tmp_path):
+    summ = synthetic_summary()
+    png, pdf = R.joint_scatter(summ, tmp_path / "s.png", tmp_path / "s.pdf", top_n=8)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 5_000
+    # no read rows at all, and all-NaN scores: still draws
+    empty = summ.filter(pl.col("axis_kind") != "read").with_columns(pl.lit(float("nan")).alias("mean_conc_act"))
+    R.joint_scatter(empty, tmp_path / "e.png", tmp_path / "e.pdf")
+    assert (tmp_path / "e.png").stat().st_size > 0
+
+
+def test_label_spread_never_overlaps():
+    ys = R._spread([0.5, 0.5, 0.51, 0.99, 0.99, 0.0], 0.05)
+    assert all(b - a >= 0.05 - 1e-12 for a, b in zip(ys, ys[1:]))
+    assert min(ys) >= 0.0 and max(ys) <= 1.0
+    crowded = R._spread([0.5] * 40, 0.05)
+    assert crowded == sorted(crowded) and len(set(crowded)) == 40
+
+
+# ---------------------------------------------------------------------------- markdown
+
+
+def test_definitions_md_has_every_row():
+    meta = pl.DataFrame([dict(subspace="a|b", family="W:write", axis_kind="write", source="w",
+                              definition="left SVD of [W_o | W_down]"),
+                         dict(subspace="c", family="act:clean", axis_kind="mixed", source="a", definition="PCA")])
+    md = R.definitions_md(meta)
+    assert "| name | family | axis_kind | source | definition |" in md
+    assert "a\\|b" in md and "[W_o \\| W_down]" in md
+    assert len([l for l in md.splitlines() if l.startswith("| ") and "---" not in l]) == 3
+
+
+def info_for(summary: pl.DataFrame, fail: bool = False) -> dict:
+    return dict(
+        model="tiny-test-model", n_fit=48, n_eval=24, layers_touched=list(range(9, 24)),
+        layers_without_delta=[0, 1, 2], rank_collapses=["chars_clusters: rank 7 at layer 3"], quantized=True,
+        diff_specificity_ratio=1.7,
+        self_tests=[("null_vs_mc", True, "closed form within 3 SE"),
+                    ("steer_roundtrip", not fail, "max abs diff 0.5 after restore")],
+        artifacts=["v7_summary.tsv", "v7_per_layer.csv"], seed=11, n_boot=2000, ci_level=0.95,
+        bootstrap_ci=pl.DataFrame({"subspace": summary["subspace"],
+                                   "mean_conc_act_ci_lo": summary["mean_conc_act"] * 0.9,
+                                   "mean_conc_act_ci_hi": summary["mean_conc_act"] * 1.1,
+                                   "mean_energy_frac_act_ci_lo": summary["mean_energy_frac_act"] * 0.9,
+                                   "mean_energy_frac_act_ci_hi": summary["mean_energy_frac_act"] * 1.1,
+                                   "joint_score_ci_lo": summary["joint_score"] * 0.95,
+                                   "joint_score_ci_hi": summary["joint_score"] * 1.05}),
+    )
+
+
+def allowed_numbers(*frames: pl.DataFrame, info: dict, extra: list) -> set[str]:
+    """Every string a number in the conclusion may take: each input value formatted as
+    the report formats it (plus list lengths and the CI level as a percentage)."""
+    vals: list = list(extra)
+    for df in frames:
+        for c, dt in df.schema.items():
+            if dt.is_numeric():
+                vals += df[c].to_list()
+    for v in info.values():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            vals.append(v)
+        elif isinstance(v, list):
+            vals.append(len(v))
+            vals += [x for x in v if isinstance(x, (int, float))]
+        elif isinstance(v, pl.DataFrame):
+            for c, dt in v.schema.items():
+                if dt.is_numeric():
+                    vals += v[c].to_list()
+    vals.append(100 * info["ci_level"])
+    out = set()
+    for v in vals:
+        if v is None:
+            continue
+        out.add(R.fmt_num(v))
+        out.add(R.fmt_pct(v).rstrip("%"))
+    return out
+
+
+def test_conclusion_reports_best_row_from_table():
+    summ = synthetic_summary()
+    spec = specific_summary(summ)
+    info = info_for(summ)
+    md = R.conclusion_md(summ, spec, None, info)
+    best = (summ.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(["write", "mixed"]))
+            .filter(pl.col("joint_score").is_not_nan()).row(0, named=True))
+    bottom = md.split("## Bottom line")[1].split("##")[0]
+    assert f"`{best['subspace']}`" in bottom
+    for col in ("joint_score", "mean_conc_act", "mean_conc_w_combined", "mean_conc_w_oproj",
+                "mean_conc_w_downproj", "mean_z_act"):
+        assert R.fmt_num(best[col]) in bottom, col
+    for col in ("pct_act_ceiling", "pct_w_oracle_combined", "pct_w_oracle_oproj", "pct_w_oracle_downproj"):
+        assert R.fmt_pct(best[col]) in bottom, col
+    assert "SELF-TEST FAILED" not in md
+    assert "4-bit" in md and "v7_summary.tsv" in md and "tiny-test-model" in md
+    assert "Top-5" in md and "overlap:" in md
+    # every number in the text comes from the inputs (names and paths stripped first)
+    text = re.sub(r"`[^`]*`|\([^)]*\.(tsv|csv)\)|\[[^\]]*\]\([^)]*\)", " ", md)
+    text = re.sub(r"[A-Za-z_]+\d+[A-Za-z_\d]*|\d+-bit|Top-\d+|z_act|R_w|R_act", " ", text)
+    nums = re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[+-]?\d+)?", text)
+    wm = summ.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(["write", "mixed"]))
+    top_a = set(wm.filter(pl.col("mean_conc_act").is_not_nan())
+                .sort("mean_conc_act", descending=True)["subspace"].head(5))
+    top_w = set(wm.filter(pl.col("mean_conc_w_combined").is_not_nan())
+                .sort("mean_conc_w_combined", descending=True)["subspace"].head(5))
+    strings = " ".join(s for v in info.values() if isinstance(v, list) for s in v if isinstance(s, str))
+    extra = [5, len(top_a & top_w)] + [int(x) for x in re.findall(r"\d+", strings)]
+    allowed = allowed_numbers(summ, spec, info=info, extra=extra)
+    stray = [n for n in nums if n not in allowed]
+    assert not stray, stray
+
+
+def test_conclusion_puts_failing_self_test_on_top():
+    summ = synthetic_summary()
+    md = R.conclusion_md(summ, specific_summary(summ), None, info_for(summ, fail=True))
+    head = md.split("## Bottom line")[0]
+    assert "SELF-TEST FAILED" in head and "steer_roundtrip" in head
+    assert md.index("SELF-TEST FAILED") < md.index("## Bottom line")
+
+
+def test_conclusion_uses_qvalues_and_null_methods():
+    summ = synthetic_summary()
+    best = summ.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(["write", "mixed"])
+                       & pl.col("joint_score").is_not_nan())["subspace"][0]
+    per_layer = pl.DataFrame({"layer": [9, 10, 11], "subspace": [best] * 3, "kind": ["A-hypothesis"] * 3,
+                              "q_act": [0.01, 0.2, 0.03], "q_w_combined": [0.5, 0.5, 0.001],
+                              "null_method_act": ["gaussian", "monte_carlo", "gaussian"],
+                              "null_method_w_combined": ["gaussian"] * 3})
+    info = info_for(summ) | {"fdr_alpha": 0.05}
+    md = R.conclusion_md(summ, specific_summary(summ), per_layer, info)
+    assert "q ≤ 0.05 on 2 of 3 layers" in md and "q ≤ 0.05 on 1 of 3 layers" in md
+    assert "monte_carlo 1" in md
+
+
+def test_conclusion_without_rankable_rows_does_not_crash():
+    summ = synthetic_summary().with_columns(pl.lit(float("nan")).alias("joint_score"))
+    md = R.conclusion_md(summ, None, None, {})
+    assert "nothing to rank" in md
+
+
+def test_plan_merge_md():
+    md = R.plan_merge_md(["render captures through the chat template", "closed-form null"])
+    assert md.startswith("# ") and md.count("\n- ") == 2

@@ -1,0 +1,163 @@
+"""The v7 notebook end to end in smoke mode (tiny random model), as a user runs it headless.
+
+One module-scoped run executes ``nbs/hypothesis_sweep_v7.py`` with ``jupytext --execute``;
+the tests read what it wrote. A second, independent run (fresh output and cache folders,
+so the diff is retrained and every capture recomputed) must give byte-identical tables.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from ws import sweep
+from ws import stats as S
+
+ROOT = Path(__file__).resolve().parent.parent
+NB = ROOT / "nbs" / "hypothesis_sweep_v7.py"
+BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.slow
+
+# The spec's names, written out here so that a renamed candidate fails a test.
+SPEC_NAMES = """lm_head_read logits_null global_read global_write global_write_not_global_read write attn_write
+mlp_write write_not_lm_head_read write_not_global_read write_not_downstream_read mlp_up_read mlp_gate_read
+attn_qkv_read attn_ov_write mlp_roundtrip_write qk_circuit input_super kv_super attention_sink causally_isolated
+input_super_not_lm_read gate_kernel gate_active_written suppressed amplified added_features global_clean_resid_pca
+global_persona_resid_pca layer_clean_resid_pca TaskDiff_contrast attn_min_taskdiff attn_max_taskdiff
+attn_diff_taskdiff attn_min_x_diffnorm_taskdiff up_proj_input_contrast up_proj_output_written_contrast
+chars_clusters churn rotation_contrast qk_x_chars_clusters WNR_union_TaskDiff TaskDiff_lora_ceiling
+dW_left_basis_ceiling""".split()
+
+
+def _env(base: Path) -> dict:
+    env = dict(os.environ)
+    env.update(WS_SMOKE="1", WS_OUT=str(base / "out"), WS_CACHE=str(base / "cache"), WS_LOGS=str(base / "logs"),
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return env
+
+
+def _run_notebook(base: Path) -> subprocess.CompletedProcess:
+    out_nb = base / "executed.ipynb"
+    cmd = [str(BIN / "jupytext"), "--to", "ipynb", "--output", str(out_nb), "--execute", str(NB)]
+    return subprocess.run(cmd, cwd=ROOT, env=_env(base), capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("smoke")
+    r = _run_notebook(base)
+    assert r.returncode == 0, f"notebook failed:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
+    return base
+
+
+def v7(base: Path) -> Path:
+    return base / "out" / "sycophancy" / "lora" / "v7"
+
+
+def test_spec_names_count():
+    assert len(SPEC_NAMES) == 44 and len(set(SPEC_NAMES)) == 44
+
+
+def test_every_file_of_the_set_exists_and_is_not_empty(smoke):
+    for name in sweep.V7_FILES + sweep.EXTRA_FILES:
+        p = v7(smoke) / name
+        assert p.exists(), f"missing {name}"
+        assert p.stat().st_size > 0, f"empty {name}"
+    log = smoke / "logs" / "hypothesis_sweep_v7.verbose.log"
+    assert log.exists() and "DEBUG" in log.read_text()
+    leftovers = [p.name for p in v7(smoke).iterdir() if p.name.startswith(".")]
+    assert not leftovers, f"temporary files left behind: {leftovers}"
+
+
+def test_tables_have_the_spec_columns_and_one_row_per_candidate(smoke):
+    from ws.bases import REGISTRY
+
+    n_cand = len(REGISTRY)
+    per_layer = pl.read_csv(v7(smoke) / "v7_per_layer.csv")
+    assert per_layer.columns[: len(S.PER_LAYER_COLUMNS)] == S.PER_LAYER_COLUMNS
+    assert per_layer.height == n_cand * per_layer["layer"].n_unique()
+    for name, cols in (("v7_summary.tsv", S.SUMMARY_COLUMNS), ("v7_summary_pct.tsv", S.SUMMARY_PCT_COLUMNS),
+                       ("v7_specific_summary.tsv", S.SPECIFIC_SUMMARY_COLUMNS)):
+        df = pl.read_csv(v7(smoke) / name, separator="\t")
+        assert df.columns[: len(cols)] == cols, name
+        assert df.height == n_cand and df["subspace"].n_unique() == n_cand, name
+    spec = pl.read_csv(v7(smoke) / "v7_specific_per_layer.csv")
+    assert spec.columns[: len(S.SPECIFIC_COLUMNS)] == S.SPECIFIC_COLUMNS
+    summ = pl.read_csv(v7(smoke) / "v7_summary.tsv", separator="\t")
+    assert set(SPEC_NAMES) <= set(summ["subspace"].to_list())
+    js = summ["joint_score"].drop_nans().drop_nulls().to_list()
+    assert js == sorted(js, reverse=True), "summary not sorted by joint_score"
+
+
+def test_conclusion_numbers_come_from_the_tables(smoke):
+    text = (v7(smoke) / "v7_conclusion.md").read_text()
+    summ = pl.read_csv(v7(smoke) / "v7_summary_pct.tsv", separator="\t")
+    best = (summ.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(["write", "mixed"]))
+            .filter(pl.col("joint_score").is_not_nan()).sort("joint_score", descending=True).row(0, named=True))
+    assert f"`{best['subspace']}`" in text
+    from ws.report import fmt_num
+
+    assert fmt_num(best["joint_score"]) in text
+    assert "SMOKE MODE" in text
+    for a in ("v7_per_layer.csv", "v7_summary.tsv", "../seed0/w.safetensors"):
+        assert a in text
+
+
+def test_second_run_gives_byte_identical_tables(smoke, tmp_path):
+    r = _run_notebook(tmp_path)
+    assert r.returncode == 0, r.stderr[-4000:]
+    names = [n for n in sweep.V7_FILES + sweep.EXTRA_FILES if n.endswith((".csv", ".tsv"))]
+    for n in names:
+        a = (v7(smoke) / n).read_bytes()
+        b = (v7(tmp_path) / n).read_bytes()
+        assert a == b, f"{n} differs between two runs with the same inputs"
+
+
+def _cfg(base: Path, monkeypatch) -> sweep.SweepConfig:
+    for k, v in _env(base).items():
+        monkeypatch.setenv(k, v)
+    return sweep.SweepConfig.from_env()
+
+
+def test_second_capture_is_a_cache_hit_and_a_report_failure_loses_nothing(smoke, monkeypatch):
+    from ws import capture as C
+    from ws import report as R
+    from ws.models import load_model
+
+    cfg = _cfg(smoke, monkeypatch)
+    model, tok = load_model(cfg.model)
+    diffs = sweep.get_diffs(cfg, model)  # exists: no training
+    probes = sweep.probe_prompts(cfg, tok)
+    calls = []
+    real = C._forward_capture
+    monkeypatch.setattr(C, "_forward_capture", lambda *a, **k: calls.append(1) or real(*a, **k))
+    seed, (w, meta) = next(iter(diffs.items()))
+    res = sweep.run_seed(cfg, model, tok, probes, seed, w, meta)
+    assert calls == [], "the cached captures were recomputed"
+
+    before = {p.name: p.read_bytes() for p in v7(smoke).iterdir()}
+
+    def boom(*a, **k):
+        raise RuntimeError("report stage failed")
+
+    monkeypatch.setattr(R, "conclusion_md", boom)
+    with pytest.raises(RuntimeError, match="report stage failed"):
+        sweep.write_v7(cfg, probes, [res], sweep.seed_stability([res]))
+    after = {p.name: p.read_bytes() for p in v7(smoke).iterdir()}
+    assert after == before, "a failed report changed or added files"
+
+
+def test_diff_for_another_model_stops_the_run(smoke, monkeypatch):
+    from ws.models import load_model
+
+    cfg = replace(_cfg(smoke, monkeypatch), model="tiny-qwen3")
+    model, _ = load_model("tiny-qwen3")
+    with pytest.raises(sweep.DiffMismatchError, match="made for model 'tiny-llama'"):
+        sweep.get_diffs(cfg, model)

@@ -1,0 +1,206 @@
+"""Benchmark of the v7 sweep on this machine: ``make bench`` (``python -m ws.bench``).
+
+Writes ``<out>/bench/bench.json`` and prints a table:
+
+- wall time of each stage: model load, captures, candidate building, scoring, report;
+- the forward-pass floor: the same forward passes the captures need (same prompts, same
+  batches, same weight settings), with no hooks and nothing kept;
+- peak resident memory of the process;
+- the closed-form null against a v7-style Monte Carlo null (120 random QR bases per
+  layer × tensor) on the same labels: time of each, speed ratio, and the largest
+  difference of null means in units of the closed-form null std.
+
+Targets (reported, not enforced): sweep ÷ floor ≤ 2; closed form ≥ 100× faster than the
+Monte Carlo; peak RSS ≤ 4 GiB. The diff of seed 0 must exist (it is trained when missing,
+which is timed apart and not counted in the sweep).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ws.io import write_text
+from ws.log import logger, setup_logging
+
+MC_DRAWS = 120  # what upstream v7 drew per cell
+TARGETS = {"sweep_over_floor": 2.0, "closed_form_speedup": 100.0, "peak_rss_gib": 4.0}
+
+
+def peak_rss_gib() -> float:
+    """Peak resident set size of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024**2)
+
+
+def forward_floor(model, tok, probes, w, batch_size: int) -> float:
+    """Seconds for just the forward passes the captures need, without hooks."""
+    from ws.steer import weight_steer
+
+    def passes(prompts):
+        for s in range(0, len(prompts), batch_size):
+            enc = tok(prompts[s : s + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            model(**enc, use_cache=False)
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for prompts in (probes.fit_clean, probes.fit_pos, probes.fit_neg):
+            passes(prompts)
+        for alpha in (1.0, -1.0):
+            with weight_steer(model, w, alpha):
+                passes(probes.eval)
+                passes(probes.fit_clean)
+    return time.perf_counter() - t0
+
+
+def null_comparison(label: torch.Tensor, deltas: list, layers: list[int], k: int, seed: int = 0) -> dict:
+    """Closed-form null moments vs a Monte Carlo of ``MC_DRAWS`` Haar (QR) bases per
+    layer × tensor, on the same labels. Returns timings and the worst mean difference in
+    units of the closed-form std."""
+    from ws import stats as S
+
+    d = label.shape[-1]
+    targets = []  # (kind, matrix)
+    for l in layers:
+        targets.append(("act", label[l].double()))
+        dl = deltas[l]
+        if dl is not None:
+            targets.append(("w", dl["oproj"].double()))
+            targets.append(("w", dl["downproj"].double()))
+            targets.append(("w", S.combined_delta(dl["oproj"], dl["downproj"]).double()))
+    t0 = time.perf_counter()
+    closed = [S.null_mean_std_act(X, k) if kind == "act" else S.null_mean_std_w(X, k) for kind, X in targets]
+    t_closed = time.perf_counter() - t0
+
+    g = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    mc = []
+    for kind, X in targets:
+        fr = []
+        for _ in range(MC_DRAWS):
+            Q, R = torch.linalg.qr(torch.randn(d, k, generator=g, dtype=torch.float64))
+            Q = Q * torch.sign(torch.diagonal(R))
+            fr.append(S.energy_frac_act(Q, X) if kind == "act" else S.energy_frac_w(Q, X))
+        mc.append((float(np.mean(fr)), float(np.std(fr, ddof=1))))
+    t_mc = time.perf_counter() - t0
+    diffs = [abs(m[0] - c[0]) / c[1] for m, c in zip(mc, closed) if c[1] > 0]
+    return {
+        "cells": len(targets),
+        "mc_draws_per_cell": MC_DRAWS,
+        "closed_form_s": t_closed,
+        "monte_carlo_s": t_mc,
+        "closed_form_speedup": t_mc / max(t_closed, 1e-9),
+        "max_mean_diff_in_null_std": float(max(diffs)) if diffs else float("nan"),
+        "expected_mc_mean_se_in_null_std": 1 / np.sqrt(MC_DRAWS),
+    }
+
+
+def run(model_name: str | None = None, seeds: tuple[int, ...] = (0,)) -> dict:
+    from ws import sweep
+    from ws.bases import build_all
+    from ws.capture import capture_all
+    from ws.diff import write_delta_by_layer
+    from ws.models import load_model, n_layers
+    from ws import stats as S
+
+    setup_logging("bench")
+    cfg = sweep.SweepConfig.from_env()
+    cfg = replace(cfg, seeds=seeds, cache=False, model=model_name or cfg.model)
+    stages: dict[str, float] = {}
+    t0 = time.perf_counter()
+    model, tok = load_model(cfg.model)
+    stages["model_load"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    diffs = sweep.get_diffs(cfg, model)
+    stages["diff_ready (training if missing; not part of the sweep)"] = time.perf_counter() - t0
+    seed = seeds[0]
+    w, dmeta = diffs[seed]
+    probes = sweep.probe_prompts(cfg, tok)
+
+    torch.set_grad_enabled(False)
+    floor = forward_floor(model, tok, probes, w, cfg.batch_size)
+    t0 = time.perf_counter()
+    caps = capture_all(model, tok, probes.fit_clean, probes.fit_pos, probes.fit_neg, probes.eval, w,
+                       batch_size=cfg.batch_size, cache=False, progress=False)
+    stages["captures"] = time.perf_counter() - t0
+    deltas = write_delta_by_layer(w, n_layers(model))
+    touched = [l for l, x in enumerate(deltas) if x is not None]
+    t0 = time.perf_counter()
+    bases, meta = build_all(model, caps, deltas, caps.label_fit, k=cfg.k, k_broad=cfg.k_broad, seed=cfg.basis_seed,
+                            label_eval=caps.label_eval, progress=False)
+    stages["build_candidates"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    scores = S.score_sweep(bases, meta, caps.label_eval, deltas, sweep.clean_pcs(caps, cfg.k), progress=False)
+    per_layer = S.add_qvalues(scores.per_layer)
+    summary = S.summarize(per_layer, touched)
+    ci = S.bootstrap_summary_ci(scores, touched, n_boot=cfg.n_boot, seed=cfg.boot_seed)
+    stages["scoring (+bootstrap, q-values)"] = time.perf_counter() - t0
+    res = sweep.SeedResult(seed, caps, bases, meta, scores, per_layer, scores.specific_per_layer,
+                           summary.join(ci, on="subspace", how="left", maintain_order="left"),
+                           S.summary_pct(summary.join(ci, on="subspace", how="left", maintain_order="left")),
+                           S.summarize_specific(scores.specific_per_layer, touched), touched,
+                           [l for l, x in enumerate(deltas) if x is None], dmeta)
+    stab = sweep.seed_stability([res])
+    bench_cfg = replace(cfg, out_root=Path(cfg.out_root) / "bench" / "run")
+    t0 = time.perf_counter()
+    sweep.write_v7(bench_cfg, probes, [res], stab)
+    stages["report"] = time.perf_counter() - t0
+
+    sweep_s = stages["captures"] + stages["build_candidates"] + stages["scoring (+bootstrap, q-values)"] + stages["report"]
+    nulls = null_comparison(caps.label_eval, deltas, touched, cfg.k)
+    result = {
+        "model": cfg.model,
+        "n_fit": len(probes.fit_clean),
+        "n_eval": len(probes.eval),
+        "layers": n_layers(model),
+        "candidates": len(bases),
+        "stages_s": stages,
+        "sweep_s (captures+build+score+report)": sweep_s,
+        "forward_floor_s": floor,
+        "sweep_over_floor": sweep_s / floor,
+        "non_forward_s (build+score+report)": sweep_s - stages["captures"],
+        "peak_rss_gib": peak_rss_gib(),
+        "null": nulls,
+        "targets": TARGETS,
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+                    "torch": torch.__version__},
+    }
+    return result
+
+
+def format_table(r: dict) -> str:
+    rows = [("stage", "seconds")]
+    rows += [(k, f"{v:.2f}") for k, v in r["stages_s"].items()]
+    rows += [
+        ("sweep (captures+build+score+report)", f"{r['sweep_s (captures+build+score+report)']:.2f}"),
+        ("forward-pass floor", f"{r['forward_floor_s']:.2f}"),
+        ("sweep ÷ floor (target ≤ 2)", f"{r['sweep_over_floor']:.2f}"),
+        ("peak RSS GiB (target ≤ 4)", f"{r['peak_rss_gib']:.2f}"),
+        ("closed-form null s", f"{r['null']['closed_form_s']:.4f}"),
+        (f"Monte Carlo null s ({r['null']['mc_draws_per_cell']} draws × {r['null']['cells']} cells)", f"{r['null']['monte_carlo_s']:.2f}"),
+        ("closed-form speed-up (target ≥ 100)", f"{r['null']['closed_form_speedup']:.0f}"),
+        ("max |mean_MC − mean_closed| / std_closed", f"{r['null']['max_mean_diff_in_null_std']:.3f}"),
+    ]
+    w = max(len(a) for a, _ in rows)
+    return "\n".join(f"{a:<{w}}  {b:>10}" for a, b in rows)
+
+
+def main() -> None:
+    from ws.paths import out_dir
+
+    r = run()
+    path = Path(os.environ.get("WS_OUT", out_dir())) / "bench" / "bench.json"
+    write_text(path, json.dumps(r, indent=2, default=float) + "\n")
+    print(format_table(r))
+    print(f"\nwritten: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,574 @@
+"""Tables, the joint activation/weight scatter, and the markdown reports of a sweep.
+
+Every file is written atomically (temporary file beside the target, then renamed), so a
+crash never leaves a half-written file that looks complete. Tables are written with a
+fixed float format so that two identical runs give byte-identical files. Every number in
+the markdown is formatted from the DataFrames or the ``info`` dict passed in.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import polars as pl
+
+from ws.io import atomic_path
+from ws.log import logger
+
+__all__ = [
+    "fmt_num",
+    "fmt_pct",
+    "format_float",
+    "write_table",
+    "joint_scatter",
+    "definitions_md",
+    "conclusion_md",
+    "plan_merge_md",
+]
+
+CEILING_ACT = "TaskDiff_lora_ceiling"
+CEILING_W = "dW_left_basis_ceiling"
+
+# ------------------------------------------------------------------------- formatting
+
+
+def format_float(x: float | None, sig: int = 6) -> str:
+    """Fixed table format: ``sig`` significant digits (``%g``), ``NaN``, ``inf``,
+    ``-inf``; None (null) → empty string."""
+    if x is None:
+        return ""
+    x = float(x)
+    if math.isnan(x):
+        return "NaN"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    s = f"{x:.{sig}g}"
+    return "0" if s == "-0" else s
+
+
+def fmt_num(x: Any, sig: int = 3) -> str:
+    """A number for prose: 3 significant digits, ``NaN`` for missing values."""
+    if x is None:
+        return "NaN"
+    if isinstance(x, (bool, np.bool_)):
+        return str(bool(x))
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    x = float(x)
+    if not math.isfinite(x):
+        return "NaN" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    s = f"{x:.{sig}g}"
+    return "0" if s == "-0" else s
+
+
+def fmt_pct(x: Any) -> str:
+    """A percentage for prose: one decimal and ``%`` (``NaN%`` when missing)."""
+    if x is None or not math.isfinite(float(x)):
+        return "NaN%"
+    return f"{float(x):.1f}%"
+
+
+# ------------------------------------------------------------------------------ tables
+
+
+def write_table(df: pl.DataFrame, path: str | Path, sig: int = 6) -> Path:
+    """Write ``df`` atomically as ``.csv`` (comma) or ``.tsv`` (tab).
+
+    Float columns are formatted with ``sig`` significant digits (``NaN``/``inf`` spelled
+    out, nulls empty), so identical inputs give byte-identical files.
+    """
+    path = Path(path)
+    sep = {".csv": ",", ".tsv": "\t"}.get(path.suffix.lower())
+    if sep is None:
+        raise ValueError(f"write_table: unknown table suffix {path.suffix!r} (use .csv or .tsv): {path}")
+    cols = []
+    for name, dtype in df.schema.items():
+        s = df[name]
+        if dtype.is_float():
+            # nulls stay null (written as an empty field, not as a quoted empty string)
+            cols.append(pl.Series(name, [None if v is None else format_float(v, sig) for v in s.to_list()],
+                                  dtype=pl.String))
+        else:
+            cols.append(s)
+    out = pl.DataFrame(cols) if cols else df
+    with atomic_path(path) as tmp:
+        out.write_csv(tmp, separator=sep, null_value="", quote_style="necessary", line_terminator="\n")
+    logger.debug(f"wrote {path} ({df.height} rows × {df.width} cols)")
+    return path
+
+
+# ----------------------------------------------------------------------------- figure
+
+
+def _spread(targets: Sequence[float], gap: float, lo: float = 0.02, hi: float = 0.98) -> list[float]:
+    """1-D label placement: positions as close as possible to ``targets`` (ascending
+    order kept) with at least ``gap`` between neighbours, inside ``[lo, hi]``."""
+    n = len(targets)
+    if n == 0:
+        return []
+    if gap * (n - 1) > hi - lo:  # too many labels: spread evenly
+        return list(np.linspace(lo, hi, n))
+    y = [min(max(t, lo), hi) for t in targets]
+    for i in range(1, n):
+        y[i] = max(y[i], y[i - 1] + gap)
+    if y[-1] > hi:
+        y[-1] = hi
+        for i in range(n - 2, -1, -1):
+            y[i] = min(y[i], y[i + 1] - gap)
+    return y
+
+
+def _family_colors(families: Iterable[str]) -> dict[str, Any]:
+    from matplotlib import colormaps
+
+    fams = sorted(set(families))
+    cmap = colormaps["tab20"] if len(fams) > 10 else colormaps["tab10"]
+    n = cmap.N
+    # tab20 pairs dark/light shades: take the dark ones first, then the light ones
+    order = list(range(0, n, 2)) + list(range(1, n, 2)) if n == 20 else list(range(n))
+    return {f: cmap(order[i % n]) for i, f in enumerate(fams)}
+
+
+def joint_scatter(summary: pl.DataFrame, path_png: str | Path, path_pdf: str | Path, top_n: int = 8,
+                  title: str | None = None) -> tuple[Path, Path]:
+    """Two log-log panels of ``mean_conc_act`` (R_act, x) against ``mean_conc_w_combined``
+    (R_w, y): write + mixed candidates on the left, read candidates on the right.
+
+    Colour = family; ceilings = large stars in both panels; dashed lines at 1 (a random
+    subspace); the ``top_n`` rows of each panel by joint_score are numbered and labelled in
+    a column beside the panel, joined to their points by leader lines (labels never
+    overlap). Non-positive or NaN values are drawn at a floor with a hollow marker.
+    Saves PNG (150 dpi) and PDF atomically; returns both paths.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    need = {"subspace", "family", "axis_kind", "kind", "mean_conc_act", "mean_conc_w_combined", "joint_score"}
+    miss = need - set(summary.columns)
+    if miss:
+        raise ValueError(f"joint_scatter: summary lacks columns {sorted(miss)}")
+    df = summary.with_columns(pl.col("mean_conc_act", "mean_conc_w_combined", "joint_score").cast(pl.Float64))
+    x_all = df["mean_conc_act"].to_numpy()
+    y_all = df["mean_conc_w_combined"].to_numpy()
+    pos = np.concatenate([x_all[np.isfinite(x_all) & (x_all > 0)], y_all[np.isfinite(y_all) & (y_all > 0)]])
+    if pos.size:
+        floor = float(pos.min()) / 3.0
+        top = float(pos.max())
+    else:
+        floor, top = 1e-2, 1.0
+    lim = (min(floor, 1.0) / 1.6, max(top, 1.0) * 1.8)
+
+    is_ceiling = (df["kind"] == "ceiling").to_numpy()
+    colors = _family_colors(df.filter(~pl.col("kind").eq("ceiling"))["family"].to_list())
+    ceiling_color = "gold"
+
+    fig = Figure(figsize=(18, 8.2))
+    FigureCanvasAgg(fig)
+    # each panel: a square-ish plot plus a column for its labels on the right
+    panels = [
+        ("write + mixed hypotheses", df["axis_kind"].is_in(["write", "mixed"]).to_numpy()),
+        ("read hypotheses (kept out of the joint ranking)", (df["axis_kind"] == "read").to_numpy()),
+    ]
+    rects = [[0.045, 0.22, 0.255, 0.64], [0.56, 0.22, 0.255, 0.64]]
+    any_clipped = False
+    for (ptitle, mask), rect in zip(panels, rects):
+        ax = fig.add_axes(rect)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(*lim)
+        ax.set_ylim(*lim)
+        ax.axvline(1.0, ls="--", lw=1.0, color="0.45", zorder=1)
+        ax.axhline(1.0, ls="--", lw=1.0, color="0.45", zorder=1)
+        ax.text(1.0, lim[1], " random = 1", fontsize=7.5, color="0.4", va="top", ha="left")
+        ax.grid(True, which="major", lw=0.4, color="0.9", zorder=0)
+        ax.set_title(ptitle, fontsize=11)
+        ax.set_xlabel("R_act = energy_frac_act / (k/d)   (activation label)", fontsize=9.5)
+        ax.set_ylabel("R_w = energy_frac_w_combined / (k/d)   (weight label)", fontsize=9.5)
+        ax.tick_params(labelsize=8.5)
+
+        pts = []  # (name, x, y, is_ceiling, joint, clipped)
+        for i in np.flatnonzero(mask | is_ceiling):
+            r = df.row(int(i), named=True)
+            x, y = r["mean_conc_act"], r["mean_conc_w_combined"]
+            clipped = not (x is not None and math.isfinite(x) and x > 0 and y is not None and math.isfinite(y) and y > 0)
+            xs = x if x is not None and math.isfinite(x) and x > 0 else floor
+            ys = y if y is not None and math.isfinite(y) and y > 0 else floor
+            any_clipped |= clipped
+            ceil = bool(is_ceiling[i])
+            if ceil:
+                ax.scatter([xs], [ys], marker="*", s=420, c=ceiling_color, edgecolors="black", linewidths=1.0, zorder=5)
+            else:
+                c = colors[r["family"]]
+                if clipped:
+                    ax.scatter([xs], [ys], marker="o", s=46, facecolors="none", edgecolors=[c], linewidths=1.4, zorder=3)
+                else:
+                    ax.scatter([xs], [ys], marker="o", s=46, c=[c], edgecolors="white", linewidths=0.6, zorder=3)
+            pts.append((r["subspace"], xs, ys, ceil, r["joint_score"], clipped))
+        if not mask.any():
+            ax.text(0.5, 0.5, "no candidates of this kind", transform=ax.transAxes, ha="center", va="center",
+                    fontsize=10, color="0.4")
+
+        # labels: top rows by joint score (summary order is by joint score), then ceilings
+        hyps = [p for p in pts if not p[3]]
+        hyps.sort(key=lambda p: (-(p[4] if p[4] is not None and math.isfinite(p[4]) else -math.inf), p[0]))
+        chosen = [(f"{j + 1}", p) for j, p in enumerate(hyps[:top_n])] + [("★", p) for p in pts if p[3]]
+        if not chosen:
+            continue
+        to_axes = ax.transData + ax.transAxes.inverted()
+        targets = [(float(to_axes.transform((p[1], p[2]))[1]), tag, p) for tag, p in chosen]
+        targets.sort(key=lambda t: t[0])
+        fig_h_pt = fig.get_figheight() * 72 * rect[3]
+        gap = 15.0 / fig_h_pt  # ~15 pt per label line
+        ys = _spread([t[0] for t in targets], gap)
+        for (ty, tag, p), ly in zip(targets, ys):
+            name, x, y, ceil, joint, clipped = p
+            text = f"{tag}  {name}" if ceil else f"{tag}. {name}  ({_short(joint)})"
+            ax.annotate(
+                text, xy=(x, y), xycoords="data", xytext=(1.04, ly), textcoords="axes fraction",
+                fontsize=8.5, ha="left", va="center", annotation_clip=False,
+                fontweight="bold" if ceil else "normal",
+                arrowprops=dict(arrowstyle="-", lw=0.6, color="0.55", shrinkA=0, shrinkB=4),
+            )
+            if not ceil:
+                ax.annotate(tag, xy=(x, y), xytext=(4, 4), textcoords="offset points", fontsize=7.5,
+                            color="0.15", zorder=6)
+        ax.text(1.04, 1.0, "top by joint score (joint)", transform=ax.transAxes, fontsize=8.5, ha="left",
+                va="bottom", color="0.3", style="italic")
+
+    handles = [Line2D([], [], marker="o", ls="", color=c, markersize=7, label=f) for f, c in colors.items()]
+    handles.append(Line2D([], [], marker="*", ls="", markerfacecolor=ceiling_color, markeredgecolor="black",
+                          markersize=14, label="ceiling (B side)"))
+    if any_clipped:
+        handles.append(Line2D([], [], marker="o", ls="", markerfacecolor="none", markeredgecolor="0.3",
+                              markersize=7, label="≤ 0 or NaN: drawn at floor"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(7, len(handles)), fontsize=8.5, frameon=False,
+               title="family", title_fontsize=9, bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle(title or "Where does the weight diff act? Activation vs weight concentration "
+                          "(mean over LoRA-touched layers; 1 = random subspace)", fontsize=12.5, y=0.975)
+
+    path_png, path_pdf = Path(path_png), Path(path_pdf)
+    with atomic_path(path_png) as tmp:
+        fig.savefig(tmp, dpi=150, format="png")
+    with atomic_path(path_pdf) as tmp:
+        fig.savefig(tmp, format="pdf")
+    logger.debug(f"wrote {path_png} and {path_pdf}")
+    return path_png, path_pdf
+
+
+def _short(x: Any) -> str:
+    return fmt_num(x)
+
+
+# ---------------------------------------------------------------------------- markdown
+
+
+def _cell(x: Any) -> str:
+    s = "" if x is None else str(x)
+    return s.replace("|", "\\|").replace("\n", " ").strip()
+
+
+def definitions_md(meta: pl.DataFrame) -> str:
+    """A markdown table ``name | family | axis_kind | source | definition``, one row per
+    candidate in ``meta`` order."""
+    lines = ["# Candidate definitions", "",
+             "| name | family | axis_kind | source | definition |",
+             "|---|---|---|---|---|"]
+    for r in meta.iter_rows(named=True):
+        lines.append("| " + " | ".join(_cell(r.get(c)) for c in ("subspace", "family", "axis_kind", "source",
+                                                                  "definition")) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plan_merge_md(changes: Sequence[str], title: str = "Plan / merge notes") -> str:
+    """A markdown bullet list of ``changes`` under a title."""
+    lines = [f"# {title}", ""]
+    lines += [f"- {c.strip()}" for c in changes if c and c.strip()]
+    if not changes:
+        lines.append("- (no changes recorded)")
+    return "\n".join(lines) + "\n"
+
+
+def _row(df: pl.DataFrame, name: str) -> dict | None:
+    sub = df.filter(pl.col("subspace") == name)
+    return sub.row(0, named=True) if sub.height else None
+
+
+def _finite(x: Any) -> bool:
+    return x is not None and not isinstance(x, str) and math.isfinite(float(x))
+
+
+def _leader(df: pl.DataFrame, col: str) -> dict | None:
+    """Row with the largest finite ``col`` (ties by name)."""
+    sub = df.filter(pl.col(col).cast(pl.Float64).fill_nan(None).is_not_null())
+    if sub.height == 0:
+        return None
+    return sub.sort([col, "subspace"], descending=[True, False]).row(0, named=True)
+
+
+def _top(df: pl.DataFrame, col: str, k: int) -> list[str]:
+    sub = df.filter(pl.col(col).cast(pl.Float64).fill_nan(None).is_not_null())
+    return sub.sort([col, "subspace"], descending=[True, False])["subspace"].head(k).to_list()
+
+
+def _layers_text(layers: Any) -> str:
+    if layers is None:
+        return "not recorded"
+    layers = [int(l) for l in layers]
+    if not layers:
+        return "none"
+    ls = sorted(layers)
+    if ls == list(range(ls[0], ls[-1] + 1)) and len(ls) > 2:
+        return f"{ls[0]}–{ls[-1]} ({len(ls)} layers)"
+    return ", ".join(str(l) for l in ls) + f" ({len(ls)} layers)"
+
+
+def _scores_line(r: Mapping[str, Any]) -> str:
+    parts = [f"R_act = {fmt_num(r.get('mean_conc_act'))} (z_act {fmt_num(r.get('mean_z_act'))}"]
+    if "pct_act_ceiling" in r:
+        parts[-1] += f", {fmt_pct(r.get('pct_act_ceiling'))} of the activation ceiling"
+    parts[-1] += ")"
+    w = f"R_w combined = {fmt_num(r.get('mean_conc_w_combined'))} (z {fmt_num(r.get('mean_z_w_combined'))}"
+    if "pct_w_oracle_combined" in r:
+        w += f", {fmt_pct(r.get('pct_w_oracle_combined'))} of the dW oracle"
+    parts.append(w + ")")
+    return "; ".join(parts)
+
+
+def _tensor_line(r: Mapping[str, Any]) -> str:
+    out = []
+    for t, label in (("oproj", "o_proj"), ("downproj", "down_proj")):
+        s = f"{label}: R_w = {fmt_num(r.get(f'mean_conc_w_{t}'))} (z {fmt_num(r.get(f'mean_z_w_{t}'))}"
+        if f"pct_w_oracle_{t}" in r:
+            s += f", {fmt_pct(r.get(f'pct_w_oracle_{t}'))} of oracle"
+        out.append(s + ")")
+    return "; ".join(out)
+
+
+def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | None, per_layer: pl.DataFrame | None,
+                  info: Mapping[str, Any], top_k: int = 5) -> str:
+    """The BLUF conclusion of a sweep, as markdown.
+
+    summary_pct: the summary with ``pct_*`` columns (sorted by joint_score).
+    specific_summary: the specificity summary (or None).
+    per_layer: the per-layer table (for null methods and q-values; or None).
+    info: run facts. Recognised keys (all optional): ``title``, ``model``, ``n_fit``,
+        ``n_eval``, ``layers_touched``, ``layers_without_delta``, ``rank_collapses`` (list
+        of str), ``quantized`` (bool), ``diff_specificity_ratio``, ``self_tests`` (list of
+        ``(name, passed, detail)``), ``artifacts`` (list of relative paths, or
+        name → path), ``bootstrap_ci`` (DataFrame from ``bootstrap_summary_ci``),
+        ``n_boot``, ``ci_level``, ``seed``, ``mc_seed``, ``fdr_alpha``, ``notes`` (list).
+    top_k: size of the top lists compared between activation and weight.
+
+    Failing self-tests are listed at the very top. Every number is formatted from the
+    inputs.
+    """
+    L: list[str] = []
+    title = info.get("title", "Hypothesis sweep: conclusion")
+    L += [f"# {title}", ""]
+
+    tests = list(info.get("self_tests") or [])
+    failed = [t for t in tests if not bool(t[1])]
+    if failed:
+        L.append("> **SELF-TEST FAILED: read this before trusting any number below.**")
+        for name, _ok, detail in failed:
+            L.append(f"> - FAILED `{name}`: {detail}")
+        L.append("")
+
+    sp = summary_pct
+    hyp = sp.filter(pl.col("kind") == "A-hypothesis")
+    wm = hyp.filter(pl.col("axis_kind").is_in(["write", "mixed"]))
+    read = hyp.filter(pl.col("axis_kind") == "read")
+    ranked = wm.filter(pl.col("joint_score").cast(pl.Float64).fill_nan(None).is_not_null())
+    ranked = ranked.sort(["joint_score", "subspace"], descending=[True, False])
+    best = ranked.row(0, named=True) if ranked.height else None
+
+    # ---- bottom line
+    L += ["## Bottom line", ""]
+    if best is None:
+        L.append("No write/mixed A-hypothesis has a finite joint score: nothing to rank (check the labels "
+                 "and the layers the LoRA touched).")
+    else:
+        L.append(f"**`{best['subspace']}`** ({best['family']}, {best['axis_kind']}) has the highest joint score "
+                 f"among write/mixed A-hypotheses: joint = {fmt_num(best['joint_score'])}, "
+                 f"{_scores_line(best)}.")
+        L.append("")
+        L.append(f"- per tensor: {_tensor_line(best)}")
+        L.append(f"- mean cosine of principal angles with the dW basis: {fmt_num(best.get('mean_cos_dW'))}; "
+                 f"mean rank {fmt_num(best.get('mean_rank'))}; act_w_gap_log2 = "
+                 f"{fmt_num(best.get('act_w_gap_log2'))} (positive: more concentrated in the activation "
+                 f"label than in the weight label)")
+        if "mean_pct_act_matched_rank" in best:
+            L.append(f"- at its own rank it captures {fmt_pct(best.get('mean_pct_act_matched_rank'))} of the best "
+                     f"possible activation energy and {fmt_pct(best.get('mean_pct_w_combined_matched_rank'))} of the "
+                     f"best possible weight energy")
+        ci = info.get("bootstrap_ci")
+        if isinstance(ci, pl.DataFrame):
+            c = _row(ci, best["subspace"])
+            if c is not None:
+                lvl = info.get("ci_level")
+                lvl_s = f"{fmt_num(100 * float(lvl))}% " if lvl is not None else ""
+                extra = []
+                if info.get("n_boot") is not None:
+                    extra.append(f"{info['n_boot']} resamples of the EVAL rows")
+                if info.get("seed") is not None:
+                    extra.append(f"seed {info['seed']}")
+                L.append(f"- bootstrap {lvl_s}CI: R_act [{fmt_num(c['mean_conc_act_ci_lo'])}, "
+                         f"{fmt_num(c['mean_conc_act_ci_hi'])}], joint [{fmt_num(c['joint_score_ci_lo'])}, "
+                         f"{fmt_num(c['joint_score_ci_hi'])}]" + (f" ({', '.join(extra)})" if extra else ""))
+        if per_layer is not None and {"q_act", "q_w_combined"} <= set(per_layer.columns):
+            L.append("- " + _q_text(per_layer, best["subspace"], info))
+        if len(ranked) > 1:
+            nxt = ranked.row(1, named=True)
+            L.append(f"- runner-up: `{nxt['subspace']}` (joint {fmt_num(nxt['joint_score'])}, "
+                     f"R_act {fmt_num(nxt['mean_conc_act'])}, R_w combined {fmt_num(nxt['mean_conc_w_combined'])})")
+    L.append("")
+
+    # ---- ceilings for scale
+    ca, cw = _row(sp, CEILING_ACT), _row(sp, CEILING_W)
+    if ca is not None or cw is not None:
+        L += ["## Ceilings (B side, for scale)", ""]
+        if ca is not None:
+            L.append(f"- `{CEILING_ACT}`: R_act = {fmt_num(ca['mean_conc_act'])}, "
+                     f"R_w combined = {fmt_num(ca['mean_conc_w_combined'])}")
+        if cw is not None:
+            L.append(f"- `{CEILING_W}`: R_w combined = {fmt_num(cw['mean_conc_w_combined'])} "
+                     f"(o_proj {fmt_num(cw['mean_conc_w_oproj'])}, down_proj {fmt_num(cw['mean_conc_w_downproj'])}), "
+                     f"R_act = {fmt_num(cw['mean_conc_act'])}")
+        L.append("")
+
+    # ---- per-tensor leaders
+    L += ["## Leaders per label (write/mixed A-hypotheses)", ""]
+    for col, label, pct in (("mean_conc_act", "activation R_act", "pct_act_ceiling"),
+                            ("mean_conc_w_combined", "weight R_w combined", "pct_w_oracle_combined"),
+                            ("mean_conc_w_oproj", "o_proj R_w", "pct_w_oracle_oproj"),
+                            ("mean_conc_w_downproj", "down_proj R_w", "pct_w_oracle_downproj")):
+        r = _leader(wm, col)
+        if r is None:
+            L.append(f"- {label}: no finite scores")
+        else:
+            p = f", {fmt_pct(r.get(pct))} of ceiling" if pct in r else ""
+            L.append(f"- {label}: `{r['subspace']}` = {fmt_num(r[col])}{p}")
+    L.append("")
+
+    # ---- overlap of the top lists
+    top_act = _top(wm, "mean_conc_act", top_k)
+    top_w = _top(wm, "mean_conc_w_combined", top_k)
+    both = [n for n in top_act if n in top_w]
+    L += [f"## Top-{top_k} by activation vs by weight (write/mixed)", ""]
+    L.append(f"- by R_act: {', '.join(f'`{n}`' for n in top_act) or 'none'}")
+    L.append(f"- by R_w combined: {', '.join(f'`{n}`' for n in top_w) or 'none'}")
+    L.append(f"- overlap: {len(both)} of {top_k}" + (f" ({', '.join(f'`{n}`' for n in both)})" if both else ""))
+    L.append("")
+
+    # ---- read side
+    L += ["## Read side (reported apart, not in the joint ranking)", ""]
+    rr = read.filter(pl.col("joint_score").cast(pl.Float64).fill_nan(None).is_not_null())
+    if rr.height:
+        r = rr.sort(["joint_score", "subspace"], descending=[True, False]).row(0, named=True)
+        L.append(f"- best read candidate: `{r['subspace']}` ({r['family']}): joint {fmt_num(r['joint_score'])}, "
+                 f"{_scores_line(r)}")
+    else:
+        L.append("- no read candidate with a finite joint score")
+    L.append("")
+
+    # ---- specificity
+    L += ["## Specificity (label and bases projected off the clean-residual PCs)", ""]
+    if specific_summary is not None and specific_summary.height:
+        sh = specific_summary.filter(pl.col("kind") == "A-hypothesis")
+        r = _leader(sh, "mean_specific_conc_act")
+        if r is not None:
+            L.append(f"- leader: `{r['subspace']}`: specific R_act = {fmt_num(r['mean_specific_conc_act'])} "
+                     f"(z {fmt_num(r['mean_specific_z_act'])}, energy fraction "
+                     f"{fmt_num(r['mean_specific_energy_frac_act'])}, mean specific rank "
+                     f"{fmt_num(r['mean_specific_rank'])})")
+        if best is not None:
+            b = _row(specific_summary, best["subspace"])
+            if b is not None:
+                L.append(f"- the joint leader `{best['subspace']}` keeps specific R_act = "
+                         f"{fmt_num(b['mean_specific_conc_act'])} (z {fmt_num(b['mean_specific_z_act'])})")
+    else:
+        L.append("- no specificity scores")
+    if info.get("diff_specificity_ratio") is not None:
+        L.append(f"- diff specificity ratio (from the run): {fmt_num(info['diff_specificity_ratio'])}")
+    L.append("")
+
+    # ---- statistics
+    stat_lines = []
+    if per_layer is not None and "null_method_act" in per_layer.columns:
+        for col, label in (("null_method_act", "activation"), ("null_method_w_combined", "weight combined")):
+            if col in per_layer.columns:
+                vc = per_layer.filter(pl.col(col) != "")[col].value_counts(sort=True)
+                counts = ", ".join(f"{r[col]} {r['count']}" for r in vc.sort(col).iter_rows(named=True))
+                if counts:
+                    stat_lines.append(f"- p-value null for {label} cells: {counts} (Monte Carlo where the label's "
+                                      f"participation ratio is low)")
+    if info.get("mc_seed") is not None:
+        stat_lines.append(f"- Monte Carlo null seed: {info['mc_seed']}")
+    if info.get("seed") is not None and not isinstance(info.get("bootstrap_ci"), pl.DataFrame):
+        stat_lines.append(f"- seed: {info['seed']}")
+    if stat_lines:
+        L += ["## Statistics", ""] + stat_lines + [""]
+
+    # ---- caveats
+    L += ["## Caveats", ""]
+    cav = []
+    if info.get("model") is not None:
+        cav.append(f"model: `{info['model']}`")
+    if info.get("n_fit") is not None or info.get("n_eval") is not None:
+        cav.append(f"{fmt_num(info.get('n_fit'))} FIT probes build the A-side bases and "
+                   f"{fmt_num(info.get('n_eval'))} EVAL probes build the activation label; per-layer activation "
+                   f"scores rest on that many rows")
+    if "layers_touched" in info:
+        cav.append(f"summaries average the layers the LoRA touched: {_layers_text(info['layers_touched'])}")
+    if info.get("layers_without_delta"):
+        cav.append(f"layers without a LoRA delta (weight scores NaN there): "
+                   f"{_layers_text(info['layers_without_delta'])}")
+    for rc in info.get("rank_collapses") or []:
+        cav.append(f"rank collapse: {rc}")
+    if info.get("quantized"):
+        cav.append("the model weights are 4-bit quantised: weight-derived bases inherit quantisation noise")
+    cav.append("R = 1 is what a random subspace of the same rank gets; z and p test concentration against that "
+               "null, not causal use of the subspace")
+    cav.append("read candidates are reported apart and kept out of the joint ranking")
+    for n in info.get("notes") or []:
+        cav.append(str(n))
+    L += [f"- {c}" for c in cav] + [""]
+
+    # ---- self-tests
+    if tests:
+        L += ["## Self-tests", "", "| test | result | detail |", "|---|---|---|"]
+        for name, ok, detail in tests:
+            L.append(f"| {_cell(name)} | {'PASS' if ok else 'FAIL'} | {_cell(detail)} |")
+        L.append("")
+
+    # ---- artifacts
+    arts = info.get("artifacts")
+    if arts:
+        L += ["## Artifacts", ""]
+        items = arts.items() if isinstance(arts, Mapping) else [(None, a) for a in arts]
+        for name, p in items:
+            L.append(f"- [`{p}`]({p})" + (f": {name}" if name else ""))
+        L.append("")
+    return "\n".join(L)
+
+
+def _q_text(per_layer: pl.DataFrame, name: str, info: Mapping[str, Any]) -> str:
+    rows = per_layer.filter(pl.col("subspace") == name)
+    layers = info.get("layers_touched")
+    if layers is not None:
+        rows = rows.filter(pl.col("layer").is_in([int(l) for l in layers]))
+    alpha = info.get("fdr_alpha")
+    parts = []
+    for col, label in (("q_act", "activation"), ("q_w_combined", "weight combined")):
+        q = rows[col].cast(pl.Float64).fill_nan(None).drop_nulls()
+        if q.len() == 0:
+            parts.append(f"{label}: no q-values")
+        elif alpha is not None:
+            parts.append(f"{label}: q ≤ {fmt_num(alpha)} on {int((q <= float(alpha)).sum())} of {q.len()} layers")
+        else:
+            parts.append(f"{label}: median q {fmt_num(q.median())} over {q.len()} layers")
+    return "Benjamini–Hochberg q-values over all A-hypothesis × layer cells: " + "; ".join(parts)
