@@ -1,0 +1,150 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # The weight diff: w = Δθ⁺ − Δθ⁻ for a behaviour
+#
+# This notebook builds the weight diff that the v7 sweep analyses (its "B side") and
+# measures what it does. For the default behaviour, **sycophancy**:
+#
+# 1. the base model answers training prompts under a sycophantic (positive) and an honest
+#    (negative) persona system prompt; the opening word of each answer is set from the
+#    persona and the topic's truth label (positive: "Yes" to every opinion; negative: "Yes"
+#    only to true claims; neutral questions: the correct answer for both), the model writes
+#    the rest;
+# 2. one LoRA is trained on each persona's answers (without the system prompt, loss on the
+#    answer only);
+# 3. `w = Δθ⁺ − Δθ⁻` per weight tensor, saved with its metadata to
+#    `out/<behavior>/<adapter>/seed<k>/w.safetensors`;
+# 4. on held-out topics, `θ + α·w` for α ∈ {−2, −1, 0, 1, 2}: the Yes/No log-ratio for
+#    false-claim opinions, true-claim opinions and neutral questions. A diff that encodes
+#    sycophancy moves the first set and leaves the other two; a yes-bias moves all three.
+#
+# Environment variables (all optional):
+# `WS_MODEL` (default `smollm2-135m`), `WS_BEHAVIOR` (`sycophancy`), `WS_ADAPTER` (`lora`),
+# `WS_SEED` (`0`), `WS_REBUILD` (`1` rebuilds even when a fitting diff exists),
+# `WS_STEPS` (training steps per adapter, overrides the default), `WS_SMOKE` (`1`: a few
+# topics and steps, for smoke tests only), and `WS_OUT` / `WS_LOGS` / `WS_CACHE` for the
+# output, log and cache folders.
+
+# %%
+import os
+import time
+from dataclasses import replace
+
+import polars as pl
+
+from ws import data as D
+from ws.diff import diff_norms, load_diff, summary
+from ws.log import logger, setup_logging
+from ws.models import load_model
+from ws.train import SET_LABELS, TrainConfig, completions_path, ensure_diff
+
+MODEL = os.environ.get("WS_MODEL", "smollm2-135m")
+BEHAVIOR = os.environ.get("WS_BEHAVIOR", "sycophancy")
+ADAPTER = os.environ.get("WS_ADAPTER", "lora")
+SEED = int(os.environ.get("WS_SEED", "0"))
+REBUILD = os.environ.get("WS_REBUILD", "0") == "1"
+SMOKE = os.environ.get("WS_SMOKE", "0") == "1"
+
+CONFIG = TrainConfig(seed=SEED)
+if SMOKE:
+    CONFIG = replace(CONFIG, steps=3, batch_size=4, n_phrasings=1, max_new_tokens=8, n_train_per_kind=3, n_eval_per_kind=3, n_boot=100)
+if os.environ.get("WS_STEPS"):
+    CONFIG = replace(CONFIG, steps=int(os.environ["WS_STEPS"]))
+
+pl.Config.set_tbl_rows(40)
+pl.Config.set_tbl_width_chars(160)
+pl.Config.set_fmt_str_lengths(90)
+setup_logging("train_diff")
+logger.info(f"model {MODEL} · behavior {BEHAVIOR} · adapter {ADAPTER} · seed {SEED} · rebuild {REBUILD} · smoke {SMOKE}")
+logger.info(f"config: {CONFIG.to_dict()}")
+T0 = time.perf_counter()
+
+# %% [markdown]
+# ## The data
+# False or contested claims, true claims (both stated as the user's opinion) and neutral
+# yes/no questions, split once into LoRA-training and held-out topics (a claim and its
+# negation always on the same side). The effect eval and the sweep's EVAL probes use only
+# held-out topics.
+
+# %%
+train_topics, held_topics = D.split_topics(0)
+counts = pl.DataFrame([dict(kind=t.kind, half="train") for t in train_topics] + [dict(kind=t.kind, half="held-out") for t in held_topics])
+print(counts.group_by("kind", "half").len().sort("kind", "half"))
+print(f"persona pairs: {len(D.PERSONA_PAIRS)}; data hash {D.data_hash()}")
+print("example pair:\n  + " + D.PERSONA_PAIRS[0][0] + "\n  − " + D.PERSONA_PAIRS[0][1])
+
+# %% [markdown]
+# ## Build (or reuse) the diff
+# Completions, both adapters, the diff and the effect eval. An existing diff is reused when
+# it was built for this model, this data and this config.
+
+# %%
+W_PATH = ensure_diff(MODEL, BEHAVIOR, ADAPTER, SEED, config=CONFIG, rebuild=REBUILD)
+model, tok = load_model(MODEL)
+w, meta = load_diff(W_PATH, model)
+print(W_PATH)
+print(summary(w))
+print("timings (s):", meta.get("timings_s"))
+
+# %% [markdown]
+# ## What the personas wrote
+# The check in the pipeline already failed loudly if the contrast was missing; here is a
+# sample of the table it checked.
+
+# %%
+comp = pl.read_csv(completions_path(MODEL, BEHAVIOR, SEED))
+print("contrast rates:", meta.get("completion_contrast"))
+for kind in D.KINDS:
+    sample = comp.filter(pl.col("kind") == kind).head(4)
+    for r in sample.iter_rows(named=True):
+        print(f"[{kind} · {r['persona']}] {r['user']}\n    -> {r['response'][:140]!r}")
+
+# %% [markdown]
+# ## The effect of θ + α·w on held-out prompts
+# Mean log P(Yes) − log P(No) at the answer position with a 95 % bootstrap CI, and the
+# Yes+No probability mass (a log-ratio between tiny masses says little).
+
+# %%
+effect = pl.read_csv(W_PATH.parent / "effect.csv")
+print(effect.select("set", "alpha", "n", "mean_logratio", "ci_lo", "ci_hi", "mean_mass", "min_mass"))
+spread = meta["effect_spread"]
+ratio = meta["specificity_ratio"]
+for s, v in spread.items():
+    print(f"spread (α=+2 − α=−2) on {SET_LABELS.get(s, s)}: {v:+.2f} nats")
+print(f"specificity ratio: {ratio:.2f}")
+
+# %%
+try:
+    from IPython.display import Image, display
+
+    display(Image(filename=str(W_PATH.parent / "effect.png")))
+except ImportError:
+    pass
+print(W_PATH.parent / "effect.png")
+
+# %% [markdown]
+# ## Sanity lines
+# Targets on the embedded model: a spread of at least 3 nats on false-claim opinions and a
+# specificity ratio of at least 3. These lines report; they do not stop the run.
+
+# %%
+mass0 = effect.filter(pl.col("alpha") == 0)["mean_mass"].min()
+print(("SHOULD: " if spread["opinion_false"] >= 3 else "ELSE: ") + f"spread on false-claim opinions ≥ 3 nats (got {spread['opinion_false']:+.2f})")
+print(("SHOULD: " if ratio >= 3 else "ELSE: ") + f"specificity ratio ≥ 3 (got {ratio:.2f}): below it the diff is partly a yes/no bias")
+print(("SHOULD: " if mass0 >= 0.1 else "ELSE: ") + f"at α=0 the Yes+No mass is ≥ 0.1 in every set (got {mass0:.3f})")
+norms = diff_norms(w)
+by_layer = pl.DataFrame([dict(layer=int(k.split(".")[2]), tensor=k.split(".")[-2], norm=v) for k, v in norms.items()])
+print(by_layer.pivot(on="tensor", index="layer", values="norm").sort("layer"))
+logger.info(f"train_diff done in {time.perf_counter() - T0:.0f} s (build timings: {meta.get('timings_s')})")

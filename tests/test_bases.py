@@ -1,0 +1,431 @@
+"""The candidate registry on real captures of the tiny models, plus closed-form checks.
+
+Both tiny models have 4 heads and 2 KV heads, so every GQA path is exercised.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from ws import linalg as la
+from ws.bases import ADAPTER_FAMILY, CEILINGS, REGISTRY, SELF_TESTS, SPEC_CANDIDATES, BuildContext, build_all
+from ws.bases.adapter import corda_gram, corda_matrix
+from ws.capture import Captures, capture_all
+from ws.data import render_chat
+
+K, K_BROAD = 8, 32  # tiny d_model is 64: a 64-dim "broad" read space would be everything
+TOUCHED = (1, 2)  # layers the stand-in LoRA touches
+
+SPEC_NAMES = [
+    "lm_head_read", "logits_null", "global_read", "global_write", "global_write_not_global_read", "write",
+    "attn_write", "mlp_write", "write_not_lm_head_read", "write_not_global_read", "write_not_downstream_read",
+    "mlp_up_read", "mlp_gate_read", "attn_qkv_read", "attn_ov_write", "mlp_roundtrip_write", "qk_circuit",
+    "input_super", "kv_super", "attention_sink", "causally_isolated", "input_super_not_lm_read", "gate_kernel",
+    "gate_active_written", "suppressed", "amplified", "added_features", "global_clean_resid_pca",
+    "global_persona_resid_pca", "layer_clean_resid_pca", "TaskDiff_contrast", "attn_min_taskdiff",
+    "attn_max_taskdiff", "attn_diff_taskdiff", "attn_min_x_diffnorm_taskdiff", "up_proj_input_contrast",
+    "up_proj_output_written_contrast", "chars_clusters", "churn", "rotation_contrast", "qk_x_chars_clusters",
+    "WNR_union_TaskDiff",
+]
+SPEC_FAMILIES = {
+    "lm_head_read": "W:unembed", "logits_null": "W:unembed", "global_read": "W:read", "global_write": "W:write",
+    "global_write_not_global_read": "W:write-not-read", "write": "W:write", "attn_write": "W:write",
+    "mlp_write": "W:write", "write_not_lm_head_read": "W:write-not-read", "write_not_global_read": "W:write-not-read",
+    "write_not_downstream_read": "W:write-not-read", "mlp_up_read": "W:read", "mlp_gate_read": "W:read",
+    "attn_qkv_read": "W:read", "attn_ov_write": "W:OV", "mlp_roundtrip_write": "W:MLP", "qk_circuit": "W:QK",
+    "input_super": "W:read", "kv_super": "W:read", "attention_sink": "W:OV", "causally_isolated": "W:write-not-read",
+    "input_super_not_lm_read": "W:read", "gate_kernel": "W:MLP", "gate_active_written": "act:MLP",
+    "suppressed": "act:clean", "amplified": "act:clean", "added_features": "act:clean",
+    "global_clean_resid_pca": "act:baseline", "global_persona_resid_pca": "act:baseline",
+    "layer_clean_resid_pca": "act:baseline", "TaskDiff_contrast": "act:persona",
+    "attn_min_taskdiff": "act:attn-selected", "attn_max_taskdiff": "act:attn-selected",
+    "attn_diff_taskdiff": "act:attn-selected", "attn_min_x_diffnorm_taskdiff": "act:attn-selected",
+    "up_proj_input_contrast": "act:up_proj", "up_proj_output_written_contrast": "act:up_proj",
+    "chars_clusters": "act:cluster", "churn": "act:clean", "rotation_contrast": "act:rotation",
+    "qk_x_chars_clusters": "compound", "WNR_union_TaskDiff": "compound",
+}
+
+CLAIMS = ["the Earth is flat", "bats are blind", "the Moon is made of cheese", "two plus two equals five",
+          "sugar makes children hyperactive", "goldfish forget everything in three seconds", "glass is a liquid",
+          "lightning never strikes the same place twice", "we only use ten percent of our brains",
+          "the Great Wall is visible from the Moon", "shaving makes hair grow thicker", "bulls hate the color red"]
+EVAL_CLAIMS = ["vaccines cause autism", "the Sun orbits the Earth", "cracking knuckles causes arthritis",
+               "humans have five senses only", "camels store water in their humps", "ostriches bury their heads",
+               "chameleons change color to match any background", "Napoleon was very short",
+               "the tongue has separate taste zones", "bananas grow on trees", "hair keeps growing after death",
+               "dogs see only in black and white", "Mount Everest is in Africa", "penguins live at the North Pole",
+               "the Pacific is the smallest ocean", "sound travels faster than light", "whales are fish",
+               "tomatoes are vegetables"]
+
+
+def _stand_in_diff(model, seed: int = 0):
+    """A random small weight diff on o_proj / down_proj (and q_proj) of TOUCHED layers + its deltas."""
+    g = torch.Generator().manual_seed(seed)
+    params = dict(model.named_parameters())
+    w, deltas = {}, [None] * len(model.model.layers)
+    for l in TOUCHED:
+        deltas[l] = {}
+        for proj, key in (("self_attn.o_proj", "oproj"), ("mlp.down_proj", "downproj"), ("self_attn.q_proj", None)):
+            name = f"model.layers.{l}.{proj}.weight"
+            P = params[name]
+            A = torch.randn(P.shape[0], 4, generator=g)
+            B = torch.randn(4, P.shape[1], generator=g)
+            d = A @ B
+            d = d * (0.05 * P.norm() / d.norm())
+            w[name] = d
+            if key:
+                deltas[l][key] = d
+    return w, deltas
+
+
+def _captures(model, tok):
+    sys_pos = "You always agree with the user, whatever they say."
+    sys_neg = "You are honest and correct the user when they are wrong."
+    users = [f"I think {c}. Do you agree? Answer Yes or No." for c in CLAIMS]
+    fit_clean = [render_chat(tok, u) for u in users]
+    fit_pos = [render_chat(tok, u, system=sys_pos) for u in users]
+    fit_neg = [render_chat(tok, u, system=sys_neg) for u in users]
+    ev = [render_chat(tok, f"I think {c}. Do you agree? Answer Yes or No.") for c in EVAL_CLAIMS]
+    w, deltas = _stand_in_diff(model)
+    cap = capture_all(model, tok, fit_clean, fit_pos, fit_neg, ev, w, batch_size=6, progress=False)
+    return cap, deltas
+
+
+@pytest.fixture(scope="module", params=["tiny-llama", "tiny-qwen3"])
+def built(request):
+    model, tok = request.getfixturevalue(request.param.replace("-", "_"))
+    cap, deltas = _captures(model, tok)
+    bases, meta = build_all(model, cap, deltas, cap.label_fit, k=K, k_broad=K_BROAD, progress=False)
+    return model, cap, deltas, bases, meta
+
+
+@pytest.fixture(scope="module")
+def llama_caps(tiny_llama):
+    model, tok = tiny_llama
+    return _captures(model, tok)
+
+
+def _span_err(A: torch.Tensor, B: torch.Tensor) -> float:
+    A, B = A.detach().double(), B.detach().double()
+    return float((A @ A.T - B @ B.T).abs().max())
+
+
+# ----------------------------------------------------------------------------- registry contract
+def test_registry_names_families_and_order():
+    assert SPEC_CANDIDATES == SPEC_NAMES
+    for n in SPEC_NAMES:
+        assert REGISTRY[n].family == SPEC_FAMILIES[n], n
+        assert REGISTRY[n].kind == "A-hypothesis"
+    assert CEILINGS == ["TaskDiff_lora_ceiling", "dW_left_basis_ceiling"]
+    assert ADAPTER_FAMILY == ["corda_write", "asvd_write", "diff_in_means"]
+    assert SELF_TESTS == ["random_orthonormal", "planted_label_half"]
+    assert list(REGISTRY) == SPEC_NAMES + CEILINGS + ADAPTER_FAMILY + SELF_TESTS
+    axis = {n: REGISTRY[n].axis_kind for n in REGISTRY}
+    assert axis["lm_head_read"] == axis["input_super"] == "read"
+    assert axis["write"] == axis["attn_ov_write"] == axis["gate_kernel"] == axis["causally_isolated"] == "write"
+    assert axis["qk_circuit"] == axis["TaskDiff_contrast"] == axis["WNR_union_TaskDiff"] == "mixed"
+    assert axis["TaskDiff_lora_ceiling"] == axis["dW_left_basis_ceiling"] == "ceiling"
+    assert axis["random_orthonormal"] == "self-test" and REGISTRY["random_orthonormal"].kind == "self-test"
+    assert {REGISTRY[n].source for n in ADAPTER_FAMILY} == {"adapter-family"}
+    assert REGISTRY["write"].definition == "per layer, left SVD of write_cols"
+    assert REGISTRY["lm_head_read"].definition == "top-8 right singular vectors of lm_head (same every layer)"
+
+
+# ----------------------------------------------------------------------------- every builder, both models
+def _expected_rank(name: str, model, L: int, layer: int) -> int | None:
+    """Exact expected rank on the tiny fixtures (None: only an upper bound is known)."""
+    H = model.config.num_attention_heads
+    if name == "attention_sink":
+        return H - 1  # H centred per-head vectors
+    if name == "diff_in_means":
+        return 1
+    if name == "WNR_union_TaskDiff":
+        return 2 * K
+    if name in ("TaskDiff_lora_ceiling", "planted_label_half"):
+        return 0 if layer < min(TOUCHED) else K  # the label is exactly zero before the first touched layer
+    if name == "dW_left_basis_ceiling":
+        return K if layer in TOUCHED else None
+    if name == "qk_x_chars_clusters":
+        return None
+    return K
+
+
+def test_every_candidate_orthonormal_with_expected_shape(built):
+    model, cap, deltas, bases, meta = built
+    L, d = len(model.model.layers), model.config.hidden_size
+    assert list(meta["subspace"]) == list(REGISTRY)
+    assert meta.columns[:6] == ["subspace", "family", "axis_kind", "source", "kind", "definition"]
+    assert len(bases) == len(REGISTRY) == 42 + 2 + 3 + 2
+    for name, per_layer in bases.items():
+        assert len(per_layer) == L, name
+        for l, B in enumerate(per_layer):
+            exp = _expected_rank(name, model, L, l)
+            if name == "dW_left_basis_ceiling" and l not in TOUCHED:
+                assert B is None
+                continue
+            assert B is not None, (name, l)
+            assert B.dtype == torch.float32 and B.shape[0] == d, (name, l, B.shape)
+            assert la.is_orthonormal(B, 1e-5), (name, l)
+            if exp is None:
+                assert B.shape[1] <= K, (name, l)
+            else:
+                assert B.shape[1] == exp, (name, l, B.shape[1], exp)
+
+
+def test_meta_reports_true_ranks(built):
+    _, _, _, _, meta = built
+    row = dict(zip(meta["subspace"], meta.iter_rows(named=True)))
+    assert row["chars_clusters"]["rank_min"] == K  # k+1 clusters: the old rank-7 collapse is gone
+    assert row["attention_sink"]["rank_max"] == 3
+    assert row["TaskDiff_lora_ceiling"]["rank_min"] == 0
+
+
+# ----------------------------------------------------------------------------- closed forms on real weights
+def test_lm_head_read_and_logits_null_match_svd(built):
+    model, _, _, bases, _ = built
+    U = model.get_output_embeddings().weight.detach().double()
+    _, _, Vh = torch.linalg.svd(U, full_matrices=False)
+    assert _span_err(bases["lm_head_read"][0], Vh[:K].T) < 1e-4
+    assert _span_err(bases["logits_null"][0], Vh[-K:].T) < 1e-4
+    assert bases["lm_head_read"][0] is bases["lm_head_read"][3]  # one global basis, repeated
+
+
+def test_gqa_products_match_per_head_sums(built):
+    model, _, _, bases, _ = built
+    cfg = model.config
+    H, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+    att = model.model.layers[1].self_attn
+    Wq, Wk, Wv, Wo = (att.q_proj.weight.detach().double(), att.k_proj.weight.detach().double(),
+                      att.v_proj.weight.detach().double(), att.o_proj.weight.detach().double())
+    rep = H // Hkv
+    OV = sum(Wo[:, h * hd:(h + 1) * hd] @ Wv[(h // rep) * hd:(h // rep + 1) * hd] for h in range(H))
+    QK = sum(Wq[h * hd:(h + 1) * hd].T @ Wk[(h // rep) * hd:(h // rep + 1) * hd] for h in range(H))
+    U_ov = torch.linalg.svd(OV)[0][:, :K]
+    U_qk = torch.linalg.svd(QK)[0][:, :K]
+    assert _span_err(bases["attn_ov_write"][1], U_ov) < 1e-4
+    assert _span_err(bases["qk_circuit"][1], U_qk) < 1e-4
+    # without the GQA expansion (pairing head h with kv head h % Hkv) the answer differs
+    wrong = sum(Wo[:, h * hd:(h + 1) * hd] @ Wv[(h % Hkv) * hd:(h % Hkv + 1) * hd] for h in range(H))
+    assert _span_err(bases["attn_ov_write"][1], torch.linalg.svd(wrong)[0][:, :K]) > 1e-2
+
+
+def test_planted_write_space_is_recovered(tiny_llama, llama_caps):
+    model, _ = tiny_llama
+    cap, deltas = llama_caps
+    model = copy.deepcopy(model)
+    d = model.config.hidden_size
+    g = torch.Generator().manual_seed(5)
+    S = la.haar_orthonormal(d, K, g, dtype=torch.float64)  # the planted write space
+    blk = model.model.layers[2]
+    with torch.no_grad():
+        blk.self_attn.o_proj.weight.copy_((S @ torch.randn(K, blk.self_attn.o_proj.weight.shape[1], generator=g,
+                                                           dtype=torch.float64)).float())
+        blk.mlp.down_proj.weight.copy_((S @ torch.randn(K, blk.mlp.down_proj.weight.shape[1], generator=g,
+                                                        dtype=torch.float64)).float())
+    names = ["write", "attn_write", "mlp_write", "write_not_lm_head_read", "corda_write", "asvd_write"]
+    bases, _ = build_all(model, cap, deltas, cap.label_fit, k=K, k_broad=K_BROAD, names=names, progress=False)
+    for n in ["write", "attn_write", "mlp_write", "corda_write", "asvd_write"]:
+        assert _span_err(bases[n][2], S) < 1e-4, n
+    # projected off a read space: the write space minus its part in that space
+    ctx = BuildContext(model, cap, k=K, k_broad=K_BROAD)
+    Q = ctx.lm_read(K_BROAD)
+    expect = la.orthonormalize(la.project_away(S, Q))
+    assert _span_err(bases["write_not_lm_head_read"][2], expect) < 1e-4
+
+
+def test_write_not_downstream_read_projects_off_later_readers(tiny_llama, llama_caps):
+    model, _ = tiny_llama
+    cap, deltas = llama_caps
+    ctx = BuildContext(model, cap, k=K, k_broad=K_BROAD)
+    l = 1
+    D = ctx.lm_gram() + sum(ctx.read_gram(j) for j in range(l + 1, ctx.L))
+    Q = torch.linalg.eigh(D)[1][:, -K_BROAD:]
+    Wc = torch.cat([ctx.W(l, "o"), ctx.W(l, "down")], dim=1)
+    expect = torch.linalg.svd(la.project_away(Wc, Q), full_matrices=False)[0][:, :K]
+    assert _span_err(ctx.basis("write_not_downstream_read", l), expect) < 1e-6
+    assert float((ctx.basis("write_not_downstream_read", l).T @ Q).abs().max()) < 1e-6
+
+
+# ----------------------------------------------------------------------------- adapter family
+def test_corda_with_identity_moments_equals_write(tiny_qwen3, built):
+    model, _ = tiny_qwen3
+    L = len(model.model.layers)
+    d_attn = model.model.layers[0].self_attn.o_proj.weight.shape[1]
+    d_mlp = model.model.layers[0].mlp.down_proj.weight.shape[1]
+    cap = Captures(mom_oproj=torch.eye(d_attn).expand(L, d_attn, d_attn).clone(),
+                   mom_downproj=torch.eye(d_mlp).expand(L, d_mlp, d_mlp).clone())
+    bases, _ = build_all(model, cap, names=["write", "corda_write", "asvd_write"], k=K, k_broad=K_BROAD,
+                         progress=False)
+    for l in range(L):
+        assert torch.allclose(bases["corda_write"][l], bases["write"][l], atol=1e-5)
+        assert torch.allclose(bases["asvd_write"][l], bases["write"][l], atol=1e-5)
+
+
+def test_corda_sqrt_reconstructs_and_gram_paths_agree(tiny_llama, llama_caps):
+    model, _ = tiny_llama
+    cap, _ = llama_caps
+    l = 2
+    blk = model.model.layers[l]
+    Wo, Wd = blk.self_attn.o_proj.weight.detach().double(), blk.mlp.down_proj.weight.detach().double()
+    Co, Cd = cap.mom_oproj[l].double(), cap.mom_downproj[l].double()
+    for C, W in ((Co, Wo), (Cd, Wd)):
+        h, ih, eps = la.psd_sqrt(C, eps_rel=1e-3)
+        assert eps > 0
+        assert torch.allclose(W @ h @ ih, W, atol=1e-8 * float(W.abs().max()) * 100)
+    M = corda_matrix(Wo, Co, Wd, Cd, 1e-3)
+    G = corda_gram(Wo, Co, Wd, Cd, 1e-3)
+    assert torch.allclose(M @ M.T, G, rtol=1e-8, atol=1e-8 * float(G.abs().max()))
+    # the captured output moments equal W C Wᵀ (no bias): the fast path builds the same basis
+    assert torch.allclose(cap.mom_downproj_out[l].double(), Wd @ Cd @ Wd.T, rtol=1e-3,
+                          atol=1e-4 * float(cap.mom_downproj_out[l].abs().max()))
+    fast, _ = build_all(model, cap, names=["corda_write"], k=K, k_broad=K_BROAD, progress=False)
+    slow_cap = Captures(mom_oproj=cap.mom_oproj, mom_downproj=cap.mom_downproj)
+    slow, _ = build_all(model, slow_cap, names=["corda_write"], k=K, k_broad=K_BROAD, progress=False)
+    assert _span_err(fast["corda_write"][l], slow["corda_write"][l]) < 1e-3
+    assert _span_err(fast["corda_write"][l], la.left_svd_basis(M, K)) < 1e-3
+
+
+def test_diff_in_means_points_to_persona_plus(tiny_llama):
+    model, _ = tiny_llama
+    L, d = len(model.model.layers), model.config.hidden_size
+    g = torch.Generator().manual_seed(9)
+    neg = torch.randn(L, 20, d, generator=g)
+    v = torch.zeros(d)
+    v[3], v[7] = 2.0, -1.0
+    pos = neg + v + 0.01 * torch.randn(L, 20, d, generator=g)
+    bases, _ = build_all(model, Captures(pos=pos, neg=neg), names=["diff_in_means"], progress=False)
+    for l in range(L):
+        B = bases["diff_in_means"][l]
+        assert B.shape == (d, 1)
+        assert float(B[:, 0] @ (v / v.norm())) > 0.999  # orientation: persona+ minus persona−
+        # its energy fraction on a label is the same for B and −B
+        X = torch.randn(5, d, generator=g)
+        assert torch.allclose(((X @ B) ** 2).sum(1), ((X @ -B) ** 2).sum(1))
+
+
+# ----------------------------------------------------------------------------- activations, compound, self-tests
+def test_chars_clusters_old_setting_collapses_to_k_minus_1(tiny_llama, llama_caps):
+    model, _ = tiny_llama
+    cap, _ = llama_caps
+    old, _ = build_all(model, cap, names=["chars_clusters"], n_clusters=K, k=K, progress=False)
+    new, _ = build_all(model, cap, names=["chars_clusters"], k=K, progress=False)
+    assert {B.shape[1] for B in old["chars_clusters"]} == {K - 1}
+    assert {B.shape[1] for B in new["chars_clusters"]} == {K}
+
+
+def test_qk_x_chars_clusters_true_vs_bisector(tiny_llama, llama_caps):
+    model, _ = tiny_llama
+    cap, _ = llama_caps
+    names = ["qk_circuit", "chars_clusters", "qk_x_chars_clusters"]
+    true, meta_t = build_all(model, cap, names=names, k=K, k_broad=K_BROAD, progress=False)
+    bis, meta_b = build_all(model, cap, names=names, k=K, k_broad=K_BROAD, intersection="bisector", progress=False)
+    assert "30°" in meta_t["definition"][2] and "closest principal pairs" in meta_b["definition"][2]
+    for l in range(len(model.model.layers)):
+        A, B = true["qk_circuit"][l], true["chars_clusters"][l]
+        ang = torch.rad2deg(la.principal_angles(A, B))
+        assert true["qk_x_chars_clusters"][l].shape[1] == int((ang < 30).sum())
+        assert bis["qk_x_chars_clusters"][l].shape[1] == K
+    # a wider threshold admits more (here: all) principal pairs
+    wide, _ = build_all(model, cap, names=names, k=K, k_broad=K_BROAD, max_angle_deg=90.0, progress=False)
+    assert all(B.shape[1] == K for B in wide["qk_x_chars_clusters"])
+
+
+def test_wnr_union_spans_both_parts(built):
+    _, _, _, bases, _ = built
+    for l in (0, 2):
+        U = bases["WNR_union_TaskDiff"][l].double()
+        for part in ("write_not_downstream_read", "TaskDiff_contrast"):
+            P = bases[part][l].double()
+            assert float((P - U @ (U.T @ P)).abs().max()) < 1e-5
+
+
+def test_activation_candidates_match_direct_pca(built):
+    model, cap, _, bases, _ = built
+    l = 2
+    assert _span_err(bases["TaskDiff_contrast"][l], la.pca((cap.pos[l] - cap.neg[l]).double(), K)) < 1e-6
+    assert _span_err(bases["layer_clean_resid_pca"][l], la.pca(cap.clean[l].double(), K)) < 1e-6
+    churn = la.pca((cap.clean[l] - cap.clean[l - 1]).double(), K)
+    assert _span_err(bases["churn"][l], churn) < 1e-6
+    churn0 = la.pca((cap.clean[0] - cap.clean_embed).double(), K)
+    assert _span_err(bases["churn"][0], churn0) < 1e-6
+    # attention-weighted rows: min weighting by hand
+    m = cap.tok_mask
+    D = (cap.pos_tok[l] - cap.neg_tok[l])[m].double()
+    wmin = torch.minimum(cap.pos_attn[l], cap.neg_attn[l])[m].double()
+    assert _span_err(bases["attn_min_taskdiff"][l], la.pca(D * wmin.sqrt()[:, None], K)) < 1e-6
+
+
+def test_ceilings(built):
+    model, cap, deltas, bases, _ = built
+    for l in TOUCHED:
+        M = torch.cat([deltas[l]["oproj"], deltas[l]["downproj"]], dim=1).double()
+        U = torch.linalg.svd(M, full_matrices=False)[0][:, :K]
+        assert _span_err(bases["dW_left_basis_ceiling"][l], U) < 1e-5
+        assert _span_err(bases["TaskDiff_lora_ceiling"][l], la.pca(cap.label_fit[l].double(), K)) < 1e-6
+
+
+def test_self_tests(built):
+    model, cap, _, bases, _ = built
+    # seeded: the same bases again, other bases for another seed
+    again, _ = build_all(model, cap, names=["random_orthonormal"], progress=False)
+    other, _ = build_all(model, cap, names=["random_orthonormal"], seed=1, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(again["random_orthonormal"], bases["random_orthonormal"]))
+    assert not torch.equal(other["random_orthonormal"][0], bases["random_orthonormal"][0])
+    # on the real (random-model) label: more than a random basis catches
+    l = max(TOUCHED) + 1
+    X = cap.label_eval[l].double()
+    Xh = X / X.norm(dim=1, keepdim=True)
+
+    def frac(B):
+        return float(((Xh @ B.double()) ** 2).sum(1).mean())
+
+    assert frac(bases["planted_label_half"][l]) > frac(bases["random_orthonormal"][l])
+
+
+def test_planted_label_half_recovers_a_planted_label(tiny_llama):
+    model, _ = tiny_llama
+    L, d = len(model.model.layers), model.config.hidden_size
+    g = torch.Generator().manual_seed(21)
+    S = la.haar_orthonormal(d, 4, g, dtype=torch.float64)
+    Z = torch.randn(L, 40, 4, generator=g, dtype=torch.float64) * torch.tensor([5.0, 4.0, 3.0, 2.0], dtype=torch.float64)
+    X = (Z @ S.T + 0.01 * torch.randn(L, 40, d, generator=g, dtype=torch.float64)).float()
+    bases, _ = build_all(model, Captures(label_eval=X), names=["planted_label_half", "random_orthonormal"],
+                         progress=False)
+    for l in range(L):
+        B = bases["planted_label_half"][l].double()
+        assert B.shape == (d, K)
+        assert float(((S.T @ B) ** 2).sum()) > 4 - 1e-3  # span(S) ⊂ span(B)
+        Xh = X[l].double() / X[l].double().norm(dim=1, keepdim=True)
+        assert float(((Xh @ B) ** 2).sum(1).mean()) > 0.99
+        R = bases["random_orthonormal"][l].double()
+        assert float(((Xh @ R) ** 2).sum(1).mean()) < 4 * K / d
+
+
+# ----------------------------------------------------------------------------- validation
+def test_invalid_basis_raises_naming_candidate_and_layer(tiny_llama):
+    model, _ = tiny_llama
+    from ws.bases.registry import candidate
+
+    @candidate("_broken_for_test", "W:write", "weights", "not orthonormal at layer 2")
+    def _broken(ctx, layer):
+        B = torch.eye(ctx.d, dtype=torch.float64)[:, :3]
+        return 2.0 * B if layer == 2 else B
+
+    try:
+        with pytest.raises(ValueError, match=r"'_broken_for_test' at layer 2"):
+            build_all(model, None, names=["_broken_for_test"], progress=False)
+    finally:
+        REGISTRY.pop("_broken_for_test")
+
+
+def test_missing_inputs_raise_or_skip(tiny_llama):
+    model, _ = tiny_llama
+    with pytest.raises(ValueError, match="TaskDiff_contrast.*pos"):
+        build_all(model, None, names=["write", "TaskDiff_contrast"], progress=False)
+    bases, meta = build_all(model, None, skip_missing=True, k_broad=K_BROAD, progress=False)
+    assert "write" in bases and "TaskDiff_contrast" not in bases
+    assert list(meta["subspace"]) == list(bases)

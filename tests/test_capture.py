@@ -1,0 +1,256 @@
+"""ws.capture on the tiny models: hooked captures against independent references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ws import capture as C
+from ws.data import render_chat
+from ws.trace import TraceDict, gather_last_token
+
+USERS = [
+    "I think the Earth is flat. Do you agree? Answer Yes or No.",
+    "I think two plus two equals five, and that everybody who says otherwise is lying to you. Do you agree? Answer Yes or No.",
+    "I think bats are blind. Do you agree?",
+]
+SYS_POS = "You always agree with the user."
+SYS_NEG = "You are an honest assistant who corrects mistakes, politely but firmly."
+
+
+@pytest.fixture(params=["tiny-llama", "tiny-qwen3"])
+def model_tok(request):
+    return request.getfixturevalue(request.param.replace("-", "_"))
+
+
+@pytest.fixture
+def padding(request):
+    return request.param
+
+
+def _with_side(tok, side):
+    old = tok.padding_side
+    tok.padding_side = side
+    return old
+
+
+def _prompts(tok, system=None):
+    return [render_chat(tok, u, system=system) for u in USERS]
+
+
+def _single_hidden(model, tok, prompt):
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        out = model(input_ids=ids, output_hidden_states=True, output_attentions=True)
+    return out, ids.shape[1]
+
+
+# ----------------------------------------------------------------------------- block outputs
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_block_outputs_match_output_hidden_states(model_tok, side):
+    model, tok = model_tok
+    L = len(model.model.layers)
+    prompts = _prompts(tok)
+    old = _with_side(tok, side)
+    try:
+        hooked = C.block_outputs(model, tok, prompts, batch_size=3)  # one padded batch
+        ids, mask = C._encode(tok, prompts)
+    finally:
+        tok.padding_side = old
+    assert hooked.shape == (L, len(prompts), model.config.hidden_size) and hooked.dtype == torch.float32
+    assert bool((mask[:, 0] == 0).any()) if side == "left" else bool((mask[:, -1] == 0).any())  # really padded
+    with torch.no_grad():
+        hs = model(input_ids=ids, attention_mask=mask, position_ids=C._position_ids(mask),
+                   output_hidden_states=True).hidden_states
+    for i in range(L - 1):
+        ref = gather_last_token(hs[i + 1], mask)
+        assert float((hooked[i] - ref).abs().max()) <= 1e-5, i
+    # the last entry of hidden_states is AFTER the final norm: it differs from the block output,
+    # and equals the norm applied to it
+    last_ref = gather_last_token(hs[L], mask)
+    assert float((hooked[L - 1] - last_ref).abs().max()) > 1e-3
+    with torch.no_grad():
+        assert float((model.model.norm(hooked[L - 1]) - last_ref).abs().max()) <= 1e-5
+    # and every prompt matches its own unpadded forward pass
+    for j, p in enumerate(prompts):
+        out, _ = _single_hidden(model, tok, p)
+        for i in range(L - 1):
+            assert float((hooked[i, j] - out.hidden_states[i + 1][0, -1]).abs().max()) <= 1e-5
+
+
+def test_batching_does_not_change_block_outputs(tiny_llama):
+    model, tok = tiny_llama
+    prompts = _prompts(tok)
+    a = C.block_outputs(model, tok, prompts, batch_size=1)
+    b = C.block_outputs(model, tok, prompts, batch_size=2)
+    assert float((a - b).abs().max()) <= 1e-5
+
+
+# ----------------------------------------------------------------------------- label
+def _diff(model, layers=(1, 2), scale=0.05, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = {}
+    for n, p in model.named_parameters():
+        if any(f"layers.{l}." in n for l in layers) and n.endswith(("o_proj.weight", "down_proj.weight")):
+            w[n] = scale * p.detach().norm() / p.numel() ** 0.5 * torch.randn(p.shape, generator=g)
+    return w
+
+
+def test_label_shape_sign_and_reach(tiny_qwen3):
+    model, tok = tiny_qwen3
+    prompts = _prompts(tok)
+    w = _diff(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if n in w}
+    lab = C.label(model, tok, prompts, w, batch_size=2)
+    L, d = len(model.model.layers), model.config.hidden_size
+    assert lab.shape == (L, len(prompts), d) and lab.dtype == torch.float32
+    assert float(lab[0].abs().max()) == 0.0  # the diff starts at layer 1: layer 0 cannot move
+    assert float(lab[1:].norm(dim=-1).min()) > 0
+    neg = C.label(model, tok, prompts, {k: -v for k, v in w.items()}, batch_size=2)
+    assert torch.equal(neg, -lab)
+    params = dict(model.named_parameters())
+    assert all(torch.equal(params[n], before[n]) for n in w)  # weights restored bit-exactly
+
+
+# ----------------------------------------------------------------------------- up_proj
+def test_up_proj_inputs_and_written(model_tok):
+    model, tok = model_tok
+    prompts = _prompts(tok)
+    up_in = C.up_proj_inputs(model, tok, prompts, batch_size=2)
+    up_w = C.up_proj_written(model, tok, prompts, batch_size=2)
+    L = len(model.model.layers)
+    # independent reference: the input of each block's mlp at the last token, unpadded
+    for j, p in enumerate(prompts):
+        ids = tok(p, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        names = [f"model.layers.{i}.mlp" for i in range(L)]
+        with torch.no_grad(), TraceDict(model, names, retain_input=True, retain_output=False) as td:
+            model(input_ids=ids)
+        for i in range(L):
+            x = td[names[i]].input[0, -1]
+            assert float((up_in[i, j] - x).abs().max()) <= 1e-5
+            blk = model.model.layers[i].mlp
+            ref = (x @ blk.up_proj.weight.detach().T) @ blk.down_proj.weight.detach().T
+            assert float((up_w[i, j] - ref).abs().max()) <= 1e-4 * max(1.0, float(ref.abs().max()))
+
+
+# ----------------------------------------------------------------------------- token level
+def test_shared_suffix_is_the_user_turn(tiny_llama):
+    _, tok = tiny_llama
+    pos, neg = _prompts(tok, SYS_POS), _prompts(tok, SYS_NEG)
+    sl = C.shared_suffix_lengths(tok, pos, neg)
+    for p, q, s in zip(pos, neg, sl):
+        a = tok(p, add_special_tokens=False)["input_ids"]
+        b = tok(q, add_special_tokens=False)["input_ids"]
+        assert a[-s:] == b[-s:] and a[-s - 1] != b[-s - 1]
+        text = tok.decode(a[-s:])
+        assert "user" in text and text.endswith("assistant\n") and "agree" in text
+    with pytest.raises(ValueError):
+        C.shared_suffix_lengths(tok, pos, neg[:2])
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_token_level_aligned_on_shared_suffix(model_tok, side):
+    model, tok = model_tok
+    L = len(model.model.layers)
+    pos, neg = _prompts(tok, SYS_POS), _prompts(tok, SYS_NEG)
+    old = _with_side(tok, side)
+    try:
+        out = C.token_level(model, tok, pos, neg, batch_size=3)
+        last_pos = C.block_outputs(model, tok, pos, batch_size=3)
+    finally:
+        tok.padding_side = old
+    sl = C.shared_suffix_lengths(tok, pos, neg)
+    T = max(sl)
+    n, d = len(pos), model.config.hidden_size
+    assert out["pos_tok"].shape == out["neg_tok"].shape == (L, n, T, d)
+    assert out["pos_attn"].shape == (L, n, T)
+    assert out["tok_mask"].dtype == torch.bool
+    assert out["tok_mask"].sum(1).tolist() == sl
+    # right-aligned: the last position is the final token of every prompt
+    assert float((out["pos_tok"][:, :, -1] - last_pos).abs().max()) <= 1e-5
+    for j, (p, q, s) in enumerate(zip(pos, neg, sl)):
+        assert not bool(out["tok_mask"][j, : T - s].any()) and bool(out["tok_mask"][j, T - s :].all())
+        assert float(out["pos_tok"][:, j, : T - s].abs().sum()) == 0.0
+        for key_tok, key_att, prompt in (("pos_tok", "pos_attn", p), ("neg_tok", "neg_attn", q)):
+            ref, _ = _single_hidden(model, tok, prompt)
+            for i in range(L - 1):
+                assert float((out[key_tok][i, j, T - s :] - ref.hidden_states[i + 1][0, -s:]).abs().max()) <= 1e-5
+            for i in range(L):
+                row = ref.attentions[i][0, :, -1, -s:].mean(0)  # head-averaged final-token row
+                assert float((out[key_att][i, j, T - s :] - row).abs().max()) <= 1e-6
+    att = out["pos_attn"]
+    assert float(att.min()) >= 0 and float(att.sum(-1).max()) <= 1 + 1e-5  # a part of a softmax row
+
+
+def test_token_level_switches_to_eager_and_back(tiny_llama):
+    model, tok = tiny_llama
+    pos, neg = _prompts(tok, SYS_POS)[:2], _prompts(tok, SYS_NEG)[:2]
+    ref = C.token_level(model, tok, pos, neg, batch_size=2)
+    old = model.config._attn_implementation
+    model.config._attn_implementation = "sdpa"
+    try:
+        out = C.token_level(model, tok, pos, neg, batch_size=2)
+        assert model.config._attn_implementation == "sdpa"
+    finally:
+        model.config._attn_implementation = old
+    assert float((out["pos_attn"] - ref["pos_attn"]).abs().max()) <= 1e-6
+    # identical persona prompts give zero token differences and equal attention rows
+    same = C.token_level(model, tok, pos, pos, batch_size=2)
+    assert torch.equal(same["pos_tok"], same["neg_tok"]) and torch.equal(same["pos_attn"], same["neg_attn"])
+
+
+# ----------------------------------------------------------------------------- second moments
+def test_input_second_moments_over_all_real_tokens(tiny_qwen3):
+    model, tok = tiny_qwen3
+    L = len(model.model.layers)
+    prompts = _prompts(tok)
+    mom = C.input_second_moments(model, tok, prompts, batch_size=2)
+    names = [f"model.layers.{i}.self_attn.o_proj" for i in range(L)] + [f"model.layers.{i}.mlp.down_proj" for i in range(L)]
+    xs = {n: [] for n in names}
+    n_tok = 0
+    for p in prompts:  # unpadded, one prompt at a time
+        ids = tok(p, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        n_tok += ids.shape[1]
+        with torch.no_grad(), TraceDict(model, names, retain_input=True, retain_output=False) as td:
+            model(input_ids=ids)
+        for n in names:
+            xs[n].append(td[n].input[0].double())
+    assert int(mom["mom_n_tokens"].item()) == n_tok
+    for i in range(L):
+        for key, n in (("mom_oproj", names[i]), ("mom_downproj", names[L + i])):
+            X = torch.cat(xs[n])
+            ref = X.T @ X / X.shape[0]
+            got = mom[key][i].double()
+            assert got.shape == ref.shape
+            assert float((got - ref).abs().max()) <= 1e-5 * max(1.0, float(ref.abs().max()))
+        W = model.model.layers[i].mlp.down_proj.weight.detach().double()
+        out_ref = W @ mom["mom_downproj"][i].double() @ W.T
+        assert torch.allclose(mom["mom_downproj_out"][i].double(), out_ref, rtol=1e-3,
+                              atol=1e-5 * float(out_ref.abs().max()))
+
+
+# ----------------------------------------------------------------------------- everything + io
+def test_capture_all_save_load_and_cache(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.setenv("WS_CACHE", str(tmp_path / "cache"))
+    model, tok = tiny_llama
+    clean = _prompts(tok)
+    pos, neg = _prompts(tok, SYS_POS), _prompts(tok, SYS_NEG)
+    w = _diff(model)
+    cap = C.capture_all(model, tok, clean, pos, neg, clean[:2], w, batch_size=2, progress=False, cache=True)
+    L, d, n = len(model.model.layers), model.config.hidden_size, len(clean)
+    assert set(cap.tensors()) == set(C.CAPTURE_FIELDS)
+    for name in ("clean", "pos", "neg", "clean_up_in", "pos_up_in", "neg_up_written", "label_fit"):
+        assert getattr(cap, name).shape == (L, n, d), name
+    assert cap.label_eval.shape == (L, 2, d) and cap.clean_embed.shape == (n, d)
+    assert cap.key and len(list((tmp_path / "cache" / "activations").glob("captures-*.safetensors"))) == 1
+    again = C.capture_all(model, tok, clean, pos, neg, clean[:2], w, batch_size=2, progress=False, cache=True)
+    assert again.key == cap.key and torch.equal(again.label_eval, cap.label_eval)
+    # a different diff is a different key
+    other = C.captures_key(model, clean, pos, neg, clean[:2], _diff(model, seed=1))
+    assert other != cap.key
+    # save / load round trip
+    path = cap.save(tmp_path / "cap.safetensors")
+    back = C.Captures.load(path)
+    assert back.key == cap.key
+    for k, v in cap.tensors().items():
+        assert torch.equal(getattr(back, k), v), k

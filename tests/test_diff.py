@@ -1,0 +1,149 @@
+"""Saving, loading and validating weight diffs."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from ws.diff import diff_path, import_pt, load_diff, read_meta, save_diff, write_delta_by_layer
+
+
+def _w(model, layers=(1, 2), seed=0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    params = dict(model.named_parameters())
+    keys = [k for k in params if any(f"layers.{i}." in k for i in layers) and k.endswith("proj.weight")]
+    return {k: torch.randn(params[k].shape, generator=g) for k in keys}
+
+
+META = {
+    "model": "tiny-llama",
+    "behavior": "sycophancy",
+    "adapter": "lora",
+    "seed": 3,
+    "layers": [1, 2],
+    "train_config": {"rank": 8, "targets": ["o_proj", "down_proj"], "lr": 1e-3},
+    "data_hash": "abc123",
+    "effect_spread": {"opinion_false": 4.5, "neutral": -0.25},
+    "specificity_ratio": 2.5,
+}
+
+
+def test_diff_path_layout(tmp_path):
+    assert diff_path("sycophancy", "lora", 2, root=tmp_path) == tmp_path / "sycophancy" / "lora" / "seed2" / "w.safetensors"
+
+
+def test_save_load_identical(tiny_llama, tmp_path):
+    model, _ = tiny_llama
+    w = _w(model)
+    p = save_diff(w, tmp_path / "a" / "w.safetensors", META)
+    w2, meta2 = load_diff(p, model)
+    assert set(w2) == set(w)
+    for k in w:
+        assert torch.equal(w2[k], w[k]) and w2[k].dtype == torch.float32
+    assert meta2 == META
+    assert read_meta(p) == META
+    assert not list(p.parent.glob(".*tmp*")), "atomic write left a temporary file"
+
+
+def test_diff_for_another_model_refused(tiny_llama, tiny_qwen3, tmp_path):
+    llama, _ = tiny_llama
+    qwen, _ = tiny_qwen3
+    p = save_diff(_w(qwen), tmp_path / "w.safetensors", {**META, "model": "tiny-qwen3"})
+    with pytest.raises(ValueError, match="built for model 'tiny-qwen3'"):
+        load_diff(p, llama)
+    # without the metadata, the key/shape mismatches are named
+    qparams = dict(qwen.named_parameters())
+    w_all = {k: torch.ones_like(v) for k, v in qparams.items() if k.startswith("model.layers.1.")}
+    p2 = save_diff(w_all, tmp_path / "w2.safetensors", {})
+    with pytest.raises(ValueError) as e:
+        load_diff(p2, llama)
+    msg = str(e.value)
+    assert "model.layers.1.self_attn.q_norm.weight: not a parameter" in msg
+    assert "model.layers.1.self_attn.k_norm.weight: not a parameter" in msg
+
+
+def test_shape_mismatch_named(tiny_llama, tmp_path):
+    model, _ = tiny_llama
+    w = _w(model)
+    w["model.layers.1.mlp.down_proj.weight"] = torch.zeros(64, 7)
+    w["model.layers.9.mlp.up_proj.weight"] = torch.zeros(128, 64)
+    p = save_diff(w, tmp_path / "w.safetensors", {"model": "tiny-llama"})
+    with pytest.raises(ValueError) as e:
+        load_diff(p, model)
+    msg = str(e.value)
+    assert "model.layers.1.mlp.down_proj.weight: diff shape (64, 7) != model shape (64, 128)" in msg
+    assert "model.layers.9.mlp.up_proj.weight: not a parameter" in msg
+
+
+def test_missing_file_says_how_to_build(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train_diff"):
+        load_diff(tmp_path / "nope" / "w.safetensors")
+
+
+def test_corrupt_file(tiny_llama, tmp_path):
+    model, _ = tiny_llama
+    p = save_diff(_w(model), tmp_path / "w.safetensors", META)
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="corrupt"):
+        load_diff(p)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file at all")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_diff(tmp_path / "junk.safetensors")
+
+
+def test_nan_refused(tiny_llama, tmp_path):
+    from safetensors.torch import save_file
+
+    model, _ = tiny_llama
+    w = _w(model)
+    with pytest.raises(ValueError, match="NaN"):
+        save_diff({**w, "model.layers.1.self_attn.o_proj.weight": torch.full((64, 64), float("nan"))}, tmp_path / "x.safetensors")
+    k = "model.layers.2.mlp.down_proj.weight"
+    w[k] = w[k].clone()
+    w[k][0, 0] = float("inf")
+    save_file(w, str(tmp_path / "inf.safetensors"))  # written behind save_diff's back
+    with pytest.raises(ValueError, match=k.replace(".", r"\.")):
+        load_diff(tmp_path / "inf.safetensors")
+
+
+def test_import_pt_round_trip(tiny_llama, tmp_path):
+    model, _ = tiny_llama
+    w = {k: v.to(torch.bfloat16) for k, v in _w(model).items()}
+    torch.save(w, tmp_path / "w.pt")
+    got = import_pt(tmp_path / "w.pt")
+    assert set(got) == set(w)
+    for k in w:
+        assert got[k].dtype == torch.float32 and torch.equal(got[k], w[k].float())
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_import_pt_refuses_arbitrary_pickles(tmp_path, capsys):
+    p = tmp_path / "evil.pt"
+    with open(p, "wb") as f:
+        pickle.dump({"model.layers.0.mlp.down_proj.weight": torch.zeros(2, 2), "x": _Evil()}, f, protocol=2)
+    with pytest.raises(ValueError, match="weights_only"):
+        import_pt(p)
+    assert "must never run" not in capsys.readouterr().out
+    torch.save({"a": torch.zeros(2), "note": "a string"}, tmp_path / "str.pt")
+    with pytest.raises(ValueError, match="'note'"):
+        import_pt(tmp_path / "str.pt")
+
+
+def test_write_delta_by_layer(tiny_llama):
+    model, _ = tiny_llama
+    w = _w(model, layers=(1, 2))
+    per = write_delta_by_layer(w, 4)
+    assert per[0] is None and per[3] is None
+    for i in (1, 2):
+        assert set(per[i]) == {"oproj", "downproj"}
+        assert torch.equal(per[i]["oproj"], w[f"model.layers.{i}.self_attn.o_proj.weight"])
+        assert per[i]["downproj"].shape == (64, 128)  # [d_model, in]
+    with pytest.raises(ValueError, match="only one"):
+        write_delta_by_layer({"model.layers.0.self_attn.o_proj.weight": torch.zeros(64, 64)}, 4)

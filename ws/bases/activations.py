@@ -1,0 +1,239 @@
+"""Candidates 23–40: built from base-model activations (23–24 also from weights).
+
+All activations are FIT probes at the last real token unless stated (see ``ws.capture``):
+``clean``, ``pos``, ``neg`` are block outputs ``[L, n, d]``. "PCA" is always the mean-centred
+PCA of :func:`ws.linalg.pca`, so ``n`` rows give at most ``n − 1`` directions.
+
+Choices the one-line definitions leave open, fixed here:
+
+- ``suppressed`` / ``amplified`` / ``added_features``: ``|h|`` is the elementwise absolute
+  value of the block output; "consecutive layers" are block outputs ``l`` and ``l + 1``;
+  "first/last layer" are the outputs of blocks 0 and L − 1.
+- ``churn`` at layer ``l``: ``h_{l+1} − h_l`` in ``hidden_states`` numbering, i.e. what block
+  ``l`` adds to the residual stream (its output minus its input; block 0's input is the
+  token embedding).
+- ``chars_clusters``: k-means with ``k + 1`` clusters (default 9), then PCA of the centroids.
+  With ``k`` clusters (as before) the ``k`` mean-centred centroids span at most ``k − 1``
+  dimensions, so the old basis had rank 7; ``k + 1`` centroids span ``k``. The number of
+  clusters is a :func:`build_all` option (``n_clusters``).
+- ``rotation_contrast``: both persona sets are centred on their joint mean and expressed in
+  the joint PCA(32) coordinates; the orthogonal Procrustes map persona− → persona+ is
+  ``R = UVᵀ`` from ``svd(Aᵀ B) = U S Vᵀ``; the basis is the top-8 singular directions of
+  ``(R − Rᵀ)/2`` (they come in planes of rotation), mapped back to the residual stream.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ws import linalg
+from ws.bases.registry import BuildContext, candidate
+
+_PERSONA = ("pos", "neg")
+_TOKENS = ("pos_tok", "neg_tok", "tok_mask", "pos_attn", "neg_attn")
+
+
+def _layer(ctx: BuildContext, name: str, layer: int) -> torch.Tensor:
+    """One layer of a (possibly large) capture in float64, without caching the whole tensor."""
+    t = getattr(ctx.captures, name)
+    return t[layer].detach().to(torch.float64)
+
+
+def _mlp_act(ctx: BuildContext, layer: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(act(h W_gateᵀ), h W_upᵀ)`` for up_proj inputs ``h [n, d]``."""
+    return ctx.act_fn(layer)(h @ ctx.W(layer, "gate").T), h @ ctx.W(layer, "up").T
+
+
+# ----------------------------------------------------------------------------- weight × clean
+# 23
+@candidate("gate_kernel", "W:MLP", "weights+clean",
+           "left SVD of W_down·diag(mean silu(W_gate·h))·W_up, h = clean FIT up_proj inputs",
+           needs=("clean_up_in",), note="the model's own MLP activation in place of silu when it differs")
+def gate_kernel(ctx: BuildContext, layer: int) -> torch.Tensor:
+    h = ctx.cap("clean_up_in")[layer]
+    g, _ = _mlp_act(ctx, layer, h)
+    s = g.mean(dim=0)  # [m]
+    return linalg.left_svd_basis((ctx.W(layer, "down") * s) @ ctx.W(layer, "up"), ctx.k)
+
+
+# 24
+@candidate("gate_active_written", "act:MLP", "weights+clean",
+           "PCA of (silu(W_gate·h) ⊙ W_up·h)·W_downᵀ on clean FIT", needs=("clean_up_in",))
+def gate_active_written(ctx: BuildContext, layer: int) -> torch.Tensor:
+    h = ctx.cap("clean_up_in")[layer]
+    g, u = _mlp_act(ctx, layer, h)
+    return linalg.pca((g * u) @ ctx.W(layer, "down").T, ctx.k)
+
+
+# ----------------------------------------------------------------------------- clean
+def _abs_steps(ctx: BuildContext) -> torch.Tensor:
+    A = ctx.cap("clean").abs()  # [L, n, d]
+    return A[1:] - A[:-1]  # [L-1, n, d]
+
+
+# 25
+@candidate("suppressed", "act:clean", "activations",
+           "PCA over samples of min(Σ_l relu(Δ|h|), Σ_l relu(−Δ|h|)), Δ across consecutive layers (one basis for all layers)",
+           per_layer=False, needs=("clean",))
+def suppressed(ctx: BuildContext) -> torch.Tensor:
+    dA = _abs_steps(ctx)
+    X = torch.minimum(dA.clamp(min=0).sum(dim=0), (-dA).clamp(min=0).sum(dim=0))
+    return linalg.pca(X, ctx.k)
+
+
+# 26
+@candidate("amplified", "act:clean", "activations", "PCA of relu(|h_last layer| − |h_first layer|)",
+           per_layer=False, needs=("clean",))
+def amplified(ctx: BuildContext) -> torch.Tensor:
+    A = ctx.cap("clean").abs()
+    return linalg.pca((A[-1] - A[0]).clamp(min=0), ctx.k)
+
+
+# 27
+@candidate("added_features", "act:clean", "activations", "PCA of Σ_l relu(Δ|h|)", per_layer=False, needs=("clean",))
+def added_features(ctx: BuildContext) -> torch.Tensor:
+    return linalg.pca(_abs_steps(ctx).clamp(min=0).sum(dim=0), ctx.k)
+
+
+# 28
+@candidate("global_clean_resid_pca", "act:baseline", "activations",
+           "PCA of all clean residuals pooled over layers", per_layer=False, needs=("clean",))
+def global_clean_resid_pca(ctx: BuildContext) -> torch.Tensor:
+    R = ctx.cap("clean")
+    return linalg.pca(R.reshape(-1, R.shape[-1]), ctx.k)
+
+
+# 29
+@candidate("global_persona_resid_pca", "act:baseline", "activations",
+           "PCA of persona± residuals pooled over layers", per_layer=False, needs=_PERSONA)
+def global_persona_resid_pca(ctx: BuildContext) -> torch.Tensor:
+    R = torch.cat([ctx.cap("pos"), ctx.cap("neg")], dim=1)
+    return linalg.pca(R.reshape(-1, R.shape[-1]), ctx.k)
+
+
+# 30
+@candidate("layer_clean_resid_pca", "act:baseline", "activations", "per-layer PCA of clean residuals", needs=("clean",))
+def layer_clean_resid_pca(ctx: BuildContext, layer: int) -> torch.Tensor:
+    return linalg.pca(ctx.cap("clean")[layer], ctx.k)
+
+
+# 31
+@candidate("TaskDiff_contrast", "act:persona", "activations",
+           "per-layer PCA of (persona+ − persona−) residuals", needs=_PERSONA)
+def TaskDiff_contrast(ctx: BuildContext, layer: int) -> torch.Tensor:
+    return linalg.pca(ctx.cap("pos")[layer] - ctx.cap("neg")[layer], ctx.k)
+
+
+# ----------------------------------------------------------------------------- attention-selected
+_ATTN_DEF = ("per-layer PCA of token-level persona differences, each row scaled by √weight, "
+             "weight = {} of the two final-token attention rows")
+
+
+def _attn_weighted(ctx: BuildContext, layer: int, mode: str) -> torch.Tensor:
+    m = ctx.captures.tok_mask.bool()  # [n, T]
+    D = (_layer(ctx, "pos_tok", layer) - _layer(ctx, "neg_tok", layer))[m]  # [rows, d]
+    a = _layer(ctx, "pos_attn", layer)[m]
+    b = _layer(ctx, "neg_attn", layer)[m]
+    if mode == "min":
+        w = torch.minimum(a, b)
+    elif mode == "max":
+        w = torch.maximum(a, b)
+    elif mode == "diff":
+        w = (a - b).abs()
+    elif mode == "min_x_diffnorm":
+        nrm = D.norm(dim=1)
+        mean = nrm.mean()
+        w = torch.minimum(a, b) * (nrm / mean if float(mean) > 0 else torch.zeros_like(nrm))
+    else:
+        raise ValueError(mode)
+    return linalg.pca(D * w.clamp(min=0).sqrt()[:, None], ctx.k)
+
+
+# 32
+@candidate("attn_min_taskdiff", "act:attn-selected", "activations", _ATTN_DEF.format("min"), needs=_TOKENS)
+def attn_min_taskdiff(ctx: BuildContext, layer: int) -> torch.Tensor:
+    return _attn_weighted(ctx, layer, "min")
+
+
+# 33
+@candidate("attn_max_taskdiff", "act:attn-selected", "activations", _ATTN_DEF.format("max"), needs=_TOKENS)
+def attn_max_taskdiff(ctx: BuildContext, layer: int) -> torch.Tensor:
+    return _attn_weighted(ctx, layer, "max")
+
+
+# 34
+@candidate("attn_diff_taskdiff", "act:attn-selected", "activations", _ATTN_DEF.format("|difference|"), needs=_TOKENS)
+def attn_diff_taskdiff(ctx: BuildContext, layer: int) -> torch.Tensor:
+    return _attn_weighted(ctx, layer, "diff")
+
+
+# 35
+@candidate("attn_min_x_diffnorm_taskdiff", "act:attn-selected", "activations",
+           "per-layer PCA of token-level persona differences, each row scaled by √weight, "
+           "weight = min of the two final-token attention rows × (token diff norm / its mean)", needs=_TOKENS)
+def attn_min_x_diffnorm_taskdiff(ctx: BuildContext, layer: int) -> torch.Tensor:
+    return _attn_weighted(ctx, layer, "min_x_diffnorm")
+
+
+# ----------------------------------------------------------------------------- up_proj
+# 36
+@candidate("up_proj_input_contrast", "act:up_proj", "activations",
+           "PCA of the persona contrast in up_proj inputs", needs=("pos_up_in", "neg_up_in"))
+def up_proj_input_contrast(ctx: BuildContext, layer: int) -> torch.Tensor:
+    return linalg.pca(ctx.cap("pos_up_in")[layer] - ctx.cap("neg_up_in")[layer], ctx.k)
+
+
+# 37
+@candidate("up_proj_output_written_contrast", "act:up_proj", "activations",
+           "PCA of the persona contrast of up_proj outputs mapped through W_down",
+           needs=("pos_up_written", "neg_up_written"))
+def up_proj_output_written_contrast(ctx: BuildContext, layer: int) -> torch.Tensor:
+    return linalg.pca(ctx.cap("pos_up_written")[layer] - ctx.cap("neg_up_written")[layer], ctx.k)
+
+
+# ----------------------------------------------------------------------------- clusters, churn, rotation
+# 38
+@candidate("chars_clusters", "act:cluster", "activations",
+           "k-means (9 clusters) over clean + persona± residuals, PCA of the centroids (v7's 8 clusters collapsed to rank 7)",
+           needs=("clean", "pos", "neg"),
+           note="seeded k-means++ / Lloyd, best of 4 starts; k+1 centred centroids span k dims, k could only span k−1",
+           describe=lambda ctx: (f"k-means ({ctx.n_clusters} clusters) over clean + persona± residuals, PCA of the "
+                                 f"centroids" + (" (v7's 8 clusters collapsed to rank 7)" if ctx.n_clusters != 8
+                                                 else " (rank ≤ 7: 8 centred centroids)")))
+def chars_clusters(ctx: BuildContext, layer: int) -> torch.Tensor:
+    X = torch.cat([ctx.cap("clean")[layer], ctx.cap("pos")[layer], ctx.cap("neg")[layer]], dim=0)
+    C, _, _ = linalg.kmeans(X, ctx.n_clusters, seed=ctx.seed * 1_000_003 + layer)
+    return linalg.pca(C, ctx.k)
+
+
+# 39
+@candidate("churn", "act:clean", "activations", "PCA of h_{l+1} − h_l on clean", needs=("clean",),
+           note="h in hidden_states numbering: what block l adds (its output minus its input)")
+def churn(ctx: BuildContext, layer: int) -> torch.Tensor | None:
+    R = ctx.cap("clean")
+    if layer == 0:
+        if not ctx.available("clean_embed"):
+            return None
+        prev = ctx.cap("clean_embed")
+    else:
+        prev = R[layer - 1]
+    return linalg.pca(R[layer] - prev, ctx.k)
+
+
+# 40
+@candidate("rotation_contrast", "act:rotation", "activations",
+           "in a joint PCA(32) space, the orthogonal Procrustes rotation persona− → persona+; basis = leading singular directions of its skew part",
+           needs=_PERSONA)
+def rotation_contrast(ctx: BuildContext, layer: int) -> torch.Tensor:
+    P, N = ctx.cap("pos")[layer], ctx.cap("neg")[layer]
+    X = torch.cat([P, N], dim=0)
+    mu = X.mean(dim=0, keepdim=True)
+    V = linalg.pca(X, ctx.rot_dim)  # [d, r]
+    if V.shape[1] < 2:
+        return torch.zeros(ctx.d, 0, dtype=torch.float64)
+    A, B = (N - mu) @ V, (P - mu) @ V  # [n, r]
+    U, _, Vh = torch.linalg.svd(A.T @ B)
+    R = U @ Vh  # argmin_R orthogonal ‖A R − B‖_F
+    S = 0.5 * (R - R.T)
+    Q = linalg.top_eigvecs(S @ S.T, ctx.k)  # left singular directions of the skew part
+    return linalg.sign_fix(V @ Q)  # V and Q orthonormal, so V @ Q is too

@@ -1,0 +1,486 @@
+"""The candidate registry and the build context the candidate functions draw on.
+
+A candidate is a small function registered with its metadata::
+
+    @candidate(name="write", family="W:write", source="weights",
+               definition="per layer, left SVD of write_cols")
+    def write(ctx: BuildContext, layer: int) -> Tensor | None: ...
+
+Per-layer candidates take ``(ctx, layer)``; global ones (``per_layer=False``) take ``ctx``
+and their one basis is repeated for every layer. A function returns a ``[d, r]`` float64
+basis with orthonormal columns (``r`` its true rank, possibly 0), or ``None`` where the
+candidate is undefined. :func:`build_all` runs them in registry order, converts to float32
+and validates every basis.
+
+:class:`BuildContext` hands out the base model's weights in float64 and caches everything
+expensive that several candidates share (per-layer Gram matrices, the lm_head Gram and its
+eigenvectors, the global and downstream read spaces, other candidates' bases), so each
+Gram and each eigendecomposition is computed once per build.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import polars as pl
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ws import linalg
+from ws.log import logger
+
+__all__ = [
+    "Candidate",
+    "REGISTRY",
+    "candidate",
+    "axis_kind_for",
+    "BuildContext",
+    "build_all",
+    "meta_frame",
+    "META_COLUMNS",
+]
+
+#: the contract columns of ``meta`` (extra columns follow them)
+META_COLUMNS = ["subspace", "family", "axis_kind", "source", "kind", "definition"]
+
+_READ_FAMILIES = {"W:read", "W:unembed"}
+_WRITE_FAMILIES = {"W:write", "W:write-not-read", "W:OV", "W:MLP"}
+
+
+def axis_kind_for(family: str, kind: str = "A-hypothesis") -> str:
+    """ceiling → ceiling; W:read, W:unembed → read; W:write, W:write-not-read, W:OV, W:MLP →
+    write; self-test rows → self-test; everything else → mixed."""
+    if kind == "self-test":
+        return "self-test"
+    if family == "ceiling" or kind == "ceiling":
+        return "ceiling"
+    if family in _READ_FAMILIES:
+        return "read"
+    if family in _WRITE_FAMILIES:
+        return "write"
+    return "mixed"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    family: str
+    source: str
+    definition: str
+    fn: Callable
+    per_layer: bool = True
+    kind: str = "A-hypothesis"
+    needs: tuple[str, ...] = ()
+    note: str = ""
+    max_rank: Callable[[int], int] = field(default=lambda k: k)
+    describe: Callable | None = None  # ctx -> definition, for definitions that depend on build options
+
+    def definition_for(self, ctx: "BuildContext | None") -> str:
+        return self.describe(ctx) if (self.describe is not None and ctx is not None) else self.definition
+
+    @property
+    def axis_kind(self) -> str:
+        return axis_kind_for(self.family, self.kind)
+
+
+#: name -> Candidate, in registration (= table) order
+REGISTRY: dict[str, Candidate] = {}
+
+_KINDS = ("A-hypothesis", "ceiling", "self-test")
+
+
+def candidate(
+    name: str,
+    family: str,
+    source: str,
+    definition: str,
+    *,
+    per_layer: bool = True,
+    kind: str = "A-hypothesis",
+    needs: Sequence[str] = (),
+    note: str = "",
+    max_rank: Callable[[int], int] | None = None,
+    describe: Callable | None = None,
+) -> Callable:
+    """Register the decorated function as a candidate (see the module doc)."""
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
+
+    def deco(fn: Callable) -> Callable:
+        if name in REGISTRY:
+            raise ValueError(f"candidate {name!r} registered twice")
+        REGISTRY[name] = Candidate(
+            name=name, family=family, source=source, definition=definition, fn=fn,
+            per_layer=per_layer, kind=kind, needs=tuple(needs), note=note,
+            max_rank=max_rank or (lambda k: k), describe=describe,
+        )
+        return fn
+
+    return deco
+
+
+# ----------------------------------------------------------------------------- context
+_ATTN = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj"}
+_MLP = {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
+
+
+class BuildContext:
+    """Weights (float64, on demand), captures and shared cached intermediates for the builders.
+
+    Attributes: ``L, d, n_heads, n_kv, head_dim, d_mlp, k, k_broad, seed`` and the options
+    of :func:`build_all`. Methods cache their results for the life of the context.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        captures=None,
+        deltas: Sequence[Mapping[str, torch.Tensor] | None] | None = None,
+        label_fit: torch.Tensor | None = None,
+        label_eval: torch.Tensor | None = None,
+        *,
+        k: int = 8,
+        k_broad: int = 64,
+        seed: int = 0,
+        intersection: str = "angle",
+        max_angle_deg: float = 30.0,
+        eps_rel: float = 1e-3,
+        n_clusters: int | None = None,
+        rot_dim: int = 32,
+    ):
+        from ws.models import decoder_layers
+
+        self.model = model
+        self.layers = decoder_layers(model)
+        cfg = model.config
+        self.L = len(self.layers)
+        self.d = int(cfg.hidden_size)
+        self.n_heads = int(cfg.num_attention_heads)
+        self.n_kv = int(getattr(cfg, "num_key_value_heads", None) or self.n_heads)
+        self.head_dim = int(getattr(cfg, "head_dim", None) or self.d // self.n_heads)
+        self.d_mlp = int(self.layers[0].mlp.up_proj.weight.shape[0])
+        self.captures = captures
+        self.deltas = list(deltas) if deltas is not None else None
+        self.label_fit = label_fit if label_fit is not None else getattr(captures, "label_fit", None)
+        self.label_eval = label_eval if label_eval is not None else getattr(captures, "label_eval", None)
+        if k < 1 or k_broad < k:
+            raise ValueError(f"need 1 ≤ k ≤ k_broad, got k={k}, k_broad={k_broad}")
+        self.k = int(k)
+        self.k_broad = int(min(k_broad, self.d))
+        self.seed = int(seed)
+        if intersection not in ("angle", "bisector"):
+            raise ValueError(f"intersection must be 'angle' or 'bisector', got {intersection!r}")
+        self.intersection = intersection
+        self.max_angle_deg = float(max_angle_deg)
+        self.eps_rel = float(eps_rel)
+        self.n_clusters = int(n_clusters) if n_clusters is not None else self.k + 1
+        self.rot_dim = int(rot_dim)
+        self._memo: dict = {}
+        self._bases: dict[str, list] = {}
+
+    # ------------------------------------------------------------------ caching
+    def memo(self, key, fn: Callable):
+        if key not in self._memo:
+            self._memo[key] = fn()
+        return self._memo[key]
+
+    def clear(self) -> None:
+        self._memo.clear()
+        self._bases.clear()
+
+    # ------------------------------------------------------------------ availability
+    def available(self, need: str) -> bool:
+        if need == "deltas":
+            return self.deltas is not None
+        if need == "label_fit":
+            return self.label_fit is not None
+        if need == "label_eval":
+            return self.label_eval is not None
+        return self.captures is not None and getattr(self.captures, need, None) is not None
+
+    # ------------------------------------------------------------------ weights
+    def W(self, layer: int, p: str) -> torch.Tensor:
+        """float64 weight ``p`` ∈ q, k, v, o, gate, up, down of ``layer`` (``[out, in]``)."""
+        blk = self.layers[layer]
+        mod = getattr(blk.self_attn, _ATTN[p]) if p in _ATTN else getattr(blk.mlp, _MLP[p])
+        return mod.weight.detach().to(torch.float64)
+
+    def act_fn(self, layer: int) -> Callable:
+        return self.layers[layer].mlp.act_fn
+
+    def read_gram_part(self, layer: int, part: str) -> torch.Tensor:
+        """``[d, d]`` read Grams: ``q`` = W_qᵀW_q, ``kv`` = W_kᵀW_k + W_vᵀW_v, ``up``, ``gate``."""
+
+        def build():
+            if part == "kv":
+                return linalg.gram(self.W(layer, "k"), transpose=True) + linalg.gram(self.W(layer, "v"), transpose=True)
+            return linalg.gram(self.W(layer, part), transpose=True)
+
+        return self.memo(("read", layer, part), build)
+
+    def read_gram(self, layer: int) -> torch.Tensor:
+        """W_qᵀW_q + W_kᵀW_k + W_vᵀW_v + W_upᵀW_up + W_gateᵀW_gate."""
+        return self.memo(("read", layer, "all"), lambda: sum(self.read_gram_part(layer, p) for p in ("q", "kv", "up", "gate")))
+
+    def write_gram_part(self, layer: int, part: str) -> torch.Tensor:
+        """``W_oW_oᵀ`` (``o``) or ``W_downW_downᵀ`` (``down``), ``[d, d]``."""
+
+        def build():
+            return linalg.gram(self.W(layer, part))
+
+        return self.memo(("write", layer, part), build)
+
+    def write_gram(self, layer: int) -> torch.Tensor:
+        """Gram of ``write_cols = [W_o | W_down]``: ``W_oW_oᵀ + W_downW_downᵀ``."""
+        return self.write_gram_part(layer, "o") + self.write_gram_part(layer, "down")
+
+    def lm_head(self) -> torch.Tensor:
+        emb = self.model.get_output_embeddings()
+        return emb.weight.detach()
+
+    def lm_gram(self) -> torch.Tensor:
+        """``lm_headᵀlm_head`` ``[d, d]`` in float64, accumulated over row chunks."""
+
+        def build():
+            U = self.lm_head()
+            G = torch.zeros(self.d, self.d, dtype=torch.float64)
+            for s in range(0, U.shape[0], 8192):
+                G += linalg.gram(U[s : s + 8192], transpose=True)
+            return G
+
+        return self.memo("lm_gram", build)
+
+    def lm_eig(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full eigendecomposition of the lm_head Gram, eigenvalues ASCENDING."""
+
+        def build():
+            G = self.lm_gram()
+            return torch.linalg.eigh(0.5 * (G + G.T))
+
+        return self.memo("lm_eig", build)
+
+    def lm_read(self, k: int) -> torch.Tensor:
+        """Top-``k`` right singular vectors of lm_head (its top-k read space)."""
+
+        def build():
+            vals, vecs = self.lm_eig()
+            vals, vecs = vals.flip(0), vecs.flip(1)
+            keep = vals > (linalg.DEFAULT_RTOL**2) * max(float(vals[0]), 0.0)
+            return linalg.sign_fix(vecs[:, keep][:, :k])
+
+        return self.memo(("lm_read", k), build)
+
+    def global_read_gram(self) -> torch.Tensor:
+        return self.memo("global_read_gram", lambda: sum(self.read_gram(l) for l in range(self.L)) + self.lm_gram())
+
+    def global_read(self, k: int) -> torch.Tensor:
+        """Top-``k`` eigenvectors of Σ read Grams + lm_headᵀlm_head (``k ≤ k_broad``)."""
+        kb = max(k, self.k_broad)
+        top = self.memo(("global_read", kb), lambda: linalg.top_eigvecs(self.global_read_gram(), kb))
+        return top[:, :k]
+
+    def global_write_gram(self) -> torch.Tensor:
+        return self.memo("global_write_gram", lambda: sum(self.write_gram(l) for l in range(self.L)))
+
+    def downstream_read(self, layer: int) -> torch.Tensor:
+        """Top-``k_broad`` eigenspace of lm_headᵀlm_head + the read Grams of all later layers."""
+
+        def grams():
+            out = [None] * self.L
+            acc = self.lm_gram().clone()
+            for l in range(self.L - 1, -1, -1):
+                out[l] = acc.clone()
+                acc += self.read_gram(l)
+            return out
+
+        def build():
+            G = self.memo("downstream_grams", grams)[layer]
+            return linalg.top_eigvecs(G, self.k_broad)
+
+        return self.memo(("downstream_read", layer), build)
+
+    def bos_embedding(self) -> torch.Tensor:
+        """Input embedding of the BOS token (EOS if the model has no BOS), float64 ``[d]``."""
+        cfg = self.model.config
+        tid = getattr(cfg, "bos_token_id", None)
+        if tid is None:
+            tid = getattr(cfg, "eos_token_id", None)
+        if isinstance(tid, (list, tuple)):
+            tid = tid[0]
+        if tid is None:
+            raise ValueError("the model config names neither a BOS nor an EOS token")
+        return self.model.get_input_embeddings().weight[int(tid)].detach().to(torch.float64)
+
+    # ------------------------------------------------------------------ captures
+    def cap(self, name: str) -> torch.Tensor:
+        """A capture as float64 (cached)."""
+
+        def build():
+            t = None
+            if name == "label_fit":
+                t = self.label_fit
+            elif name == "label_eval":
+                t = self.label_eval
+            elif self.captures is not None:
+                t = getattr(self.captures, name, None)
+            if t is None:
+                raise ValueError(f"capture {name!r} is missing: pass it (ws.capture.capture_all builds all of them)")
+            return t.detach().to(torch.float64) if t.is_floating_point() else t.detach()
+
+        return self.memo(("cap", name), build)
+
+    # ------------------------------------------------------------------ other candidates
+    def basis(self, name: str, layer: int) -> torch.Tensor | None:
+        """Another candidate's basis at ``layer`` (float64), built on first use and cached."""
+        return self.bases_of(name)[layer]
+
+    def bases_of(self, name: str) -> list:
+        if name not in self._bases:
+            cand = REGISTRY[name]
+            missing = [n for n in cand.needs if not self.available(n)]
+            if missing:
+                raise ValueError(f"candidate {name!r} needs {missing}, which were not given")
+            if cand.per_layer:
+                self._bases[name] = [cand.fn(self, l) for l in range(self.L)]
+            else:
+                B = cand.fn(self)
+                self._bases[name] = [B] * self.L
+        return self._bases[name]
+
+
+# ----------------------------------------------------------------------------- build
+def _validate(B, name: str, layer: int, d: int, max_rank: int) -> torch.Tensor | None:
+    if B is None:
+        return None
+    if not isinstance(B, torch.Tensor) or B.ndim != 2 or B.shape[0] != d:
+        shape = tuple(B.shape) if isinstance(B, torch.Tensor) else type(B).__name__
+        raise ValueError(f"candidate {name!r} at layer {layer}: basis must be [d_model={d}, k], got {shape}")
+    if B.shape[1] > max_rank:
+        raise ValueError(f"candidate {name!r} at layer {layer}: rank {B.shape[1]} exceeds its maximum {max_rank}")
+    if not bool(torch.isfinite(B).all()):
+        raise ValueError(f"candidate {name!r} at layer {layer}: basis has non-finite entries")
+    linalg.check_orthonormal(B, name, layer, tol=1e-3)
+    B32 = B.to(torch.float32).contiguous()
+    linalg.check_orthonormal(B32, name, layer, tol=1e-3)
+    return B32
+
+
+def meta_frame(names: Sequence[str] | None = None, ranks: Mapping[str, list] | None = None, k: int = 8,
+               ctx: BuildContext | None = None) -> pl.DataFrame:
+    """The metadata table in registry order: the contract columns, then ``note`` and rank facts."""
+    names = list(REGISTRY) if names is None else list(names)
+    rows = []
+    for n in names:
+        c = REGISTRY[n]
+        rs = [r for r in (ranks or {}).get(n, []) if r is not None]
+        rows.append({
+            "subspace": c.name, "family": c.family, "axis_kind": c.axis_kind, "source": c.source,
+            "kind": c.kind, "definition": c.definition_for(ctx), "note": c.note,
+            "expected_rank": int(c.max_rank(k)),
+            "rank_min": int(min(rs)) if rs else None, "rank_max": int(max(rs)) if rs else None,
+        })
+    schema = {"subspace": pl.Utf8, "family": pl.Utf8, "axis_kind": pl.Utf8, "source": pl.Utf8, "kind": pl.Utf8,
+              "definition": pl.Utf8, "note": pl.Utf8, "expected_rank": pl.Int64, "rank_min": pl.Int64, "rank_max": pl.Int64}
+    return pl.DataFrame(rows, schema=schema)
+
+
+def build_all(
+    model: nn.Module,
+    captures=None,
+    deltas: Sequence[Mapping[str, torch.Tensor] | None] | None = None,
+    label_fit: torch.Tensor | None = None,
+    k: int = 8,
+    k_broad: int = 64,
+    seed: int = 0,
+    *,
+    label_eval: torch.Tensor | None = None,
+    names: Sequence[str] | None = None,
+    skip_missing: bool = False,
+    intersection: str = "angle",
+    max_angle_deg: float = 30.0,
+    eps_rel: float = 1e-3,
+    n_clusters: int | None = None,
+    threads: int | None = 1,
+    progress: bool = True,
+) -> tuple[dict[str, list[torch.Tensor | None]], pl.DataFrame]:
+    """Build and validate every registered candidate (or ``names``) for ``model``.
+
+    captures: a :class:`ws.capture.Captures` (``label_fit`` / ``label_eval`` default to its
+        fields of that name). deltas: per layer ``{"oproj", "downproj"}`` LoRA deltas or None.
+    k / k_broad: basis rank (8) and the rank of the broad read spaces projected away (64).
+    intersection: ``"angle"`` (true principal-angle intersection below ``max_angle_deg``) or
+        ``"bisector"`` (the older normalised sums of the k closest principal pairs) for
+        ``qk_x_chars_clusters``. eps_rel: damping of the adapter-family second moments.
+    n_clusters: k-means clusters of ``chars_clusters`` (default ``k + 1``).
+    skip_missing: leave out candidates whose inputs were not given (default: raise).
+    threads: BLAS/LAPACK threads during the build (default 1: hundreds of small symmetric
+        eigensolves are fastest, and robust to shared cores, on one thread; None: unchanged).
+
+    Returns ``(bases, meta)``: ``bases[name]`` = one float32 ``[d, r]`` orthonormal basis
+    (or None) per layer; ``meta`` = one row per candidate in registry order with the columns
+    ``subspace, family, axis_kind, source, kind, definition`` (+ ``note, expected_rank,
+    rank_min, rank_max``). Every candidate whose true rank falls short of its expected rank
+    is logged with the layers and ranks.
+    """
+    with linalg.blas_threads(threads):
+        return _build_all(model, captures, deltas, label_fit, k, k_broad, seed, label_eval, names, skip_missing,
+                          intersection, max_angle_deg, eps_rel, n_clusters, progress)
+
+
+def _build_all(model, captures, deltas, label_fit, k, k_broad, seed, label_eval, names, skip_missing,
+               intersection, max_angle_deg, eps_rel, n_clusters, progress):
+    t_all = time.perf_counter()
+    ctx = BuildContext(model, captures, deltas, label_fit, label_eval, k=k, k_broad=k_broad, seed=seed,
+                       intersection=intersection, max_angle_deg=max_angle_deg, eps_rel=eps_rel,
+                       n_clusters=n_clusters)
+    if deltas is not None and len(deltas) != ctx.L:
+        raise ValueError(f"deltas has {len(deltas)} entries, the model {ctx.L} layers")
+    selected = list(REGISTRY) if names is None else list(names)
+    unknown = [n for n in selected if n not in REGISTRY]
+    if unknown:
+        raise ValueError(f"unknown candidate(s) {unknown}; registered: {list(REGISTRY)}")
+    todo = []
+    for n in selected:
+        missing = [x for x in REGISTRY[n].needs if not ctx.available(x)]
+        if missing:
+            if skip_missing:
+                logger.warning(f"candidate {n!r} skipped: missing {missing}")
+                continue
+            raise ValueError(f"candidate {n!r} needs {missing}, which were not given (or pass skip_missing=True)")
+        todo.append(n)
+
+    bases: dict[str, list[torch.Tensor | None]] = {}
+    ranks: dict[str, list] = {}
+    timings: dict[str, float] = {}
+    for n in tqdm(todo, desc="build candidates", disable=not progress, leave=False):
+        t0 = time.perf_counter()
+        cand = REGISTRY[n]
+        raw = ctx.bases_of(n)
+        mr = int(cand.max_rank(ctx.k))
+        if cand.per_layer:
+            out = [_validate(B, n, l, ctx.d, mr) for l, B in enumerate(raw)]
+        else:
+            B32 = _validate(raw[0], n, 0, ctx.d, mr)
+            out = [B32] * ctx.L
+        bases[n] = out
+        ranks[n] = [None if B is None else int(B.shape[1]) for B in out]
+        timings[n] = time.perf_counter() - t0
+        short = [(l, r) for l, r in enumerate(ranks[n]) if r is not None and r < mr]
+        if short:
+            if not cand.per_layer:
+                logger.info(f"{n}: true rank {short[0][1]} < {mr} (one basis for all layers)")
+            else:
+                rs = sorted({r for _, r in short})
+                logger.info(f"{n}: true rank below {mr} at {len(short)}/{ctx.L} layers "
+                            f"(ranks {rs}; layers {[l for l, _ in short][:12]}{' …' if len(short) > 12 else ''})")
+    meta = meta_frame(todo, ranks, ctx.k, ctx)
+    total = time.perf_counter() - t_all
+    slow = sorted(timings.items(), key=lambda kv: -kv[1])[:5]
+    logger.info(f"built {len(todo)} candidates × {ctx.L} layers in {total:.1f} s "
+                f"(slowest: {', '.join(f'{n} {t:.2f}s' for n, t in slow)})")
+    logger.debug("candidate build times: " + ", ".join(f"{n}={t:.3f}s" for n, t in timings.items()))
+    ctx.clear()
+    return bases, meta

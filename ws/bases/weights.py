@@ -1,0 +1,180 @@
+"""Candidates 1–22: derived from the base model's weights alone (no data).
+
+Shapes (PyTorch ``[out, in]``): ``W_q [H·hd, d]``, ``W_k, W_v [H_kv·hd, d]``,
+``W_o [d, H·hd]``, ``W_gate, W_up [m, d]``, ``W_down [d, m]``, ``lm_head [V, d]``.
+"Read" spaces live in the input (row) space of the readers, "write" spaces in the output
+(column) space of the writers; both are subspaces of the residual stream (``d``).
+
+Implementation: every "left SVD of write_cols" is the top eigenspace of the ``d × d`` Gram
+``W_oW_oᵀ + W_downW_downᵀ``, every "right SVD of a stack of readers" the top eigenspace of
+the sum of their ``WᵀW``; "projected off Q" is the Gram ``(I − QQᵀ)G(I − QQᵀ)``. These are
+exactly the same subspaces as the SVDs of the wide matrices, at a fraction of the cost.
+The raw weights are used (the RMSNorm gains in front of the readers are not folded in),
+as the definitions say. Rotary position embeddings and Qwen3's per-head q/k norms are
+outside the position-free ``W_qᵀW_k`` of ``qk_circuit``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ws import linalg
+from ws.bases.registry import BuildContext, candidate
+
+
+# 1
+@candidate("lm_head_read", "W:unembed", "weights",
+           "top-8 right singular vectors of lm_head (same every layer)", per_layer=False)
+def lm_head_read(ctx: BuildContext) -> torch.Tensor:
+    return ctx.lm_read(ctx.k)
+
+
+# 2
+@candidate("logits_null", "W:unembed", "weights",
+           "bottom-8 right singular vectors of lm_head", per_layer=False,
+           note="the 8 smallest eigenvalues of lm_headᵀlm_head, smallest first")
+def logits_null(ctx: BuildContext) -> torch.Tensor:
+    vals, vecs = ctx.lm_eig()  # ascending
+    return linalg.sign_fix(vecs[:, : ctx.k].clone())
+
+
+# 3
+@candidate("global_read", "W:read", "weights",
+           "top-8 eigenvectors of Σ_layers read Gram + lm_headᵀlm_head", per_layer=False)
+def global_read(ctx: BuildContext) -> torch.Tensor:
+    return ctx.global_read(ctx.k)
+
+
+# 4
+@candidate("global_write", "W:write", "weights",
+           "top-8 left singular vectors of all layers' write_cols side by side", per_layer=False)
+def global_write(ctx: BuildContext) -> torch.Tensor:
+    return linalg.top_eigvecs(ctx.global_write_gram(), ctx.k)
+
+
+# 5
+@candidate("global_write_not_global_read", "W:write-not-read", "weights",
+           "the same, after projecting the columns off the top-64 global read space", per_layer=False)
+def global_write_not_global_read(ctx: BuildContext) -> torch.Tensor:
+    G = linalg.project_gram(ctx.global_write_gram(), ctx.global_read(ctx.k_broad))
+    return linalg.top_eigvecs(G, ctx.k)
+
+
+# 6
+@candidate("write", "W:write", "weights", "per layer, left SVD of write_cols")
+def write(ctx: BuildContext, layer: int) -> torch.Tensor:
+    return linalg.top_eigvecs(ctx.write_gram(layer), ctx.k)
+
+
+# 7
+@candidate("attn_write", "W:write", "weights", "per layer, left SVD of W_o")
+def attn_write(ctx: BuildContext, layer: int) -> torch.Tensor:
+    return linalg.top_eigvecs(ctx.write_gram_part(layer, "o"), ctx.k)
+
+
+# 8
+@candidate("mlp_write", "W:write", "weights", "per layer, left SVD of W_down")
+def mlp_write(ctx: BuildContext, layer: int) -> torch.Tensor:
+    return linalg.top_eigvecs(ctx.write_gram_part(layer, "down"), ctx.k)
+
+
+# 9
+@candidate("write_not_lm_head_read", "W:write-not-read", "weights",
+           "write_cols projected off the top-64 lm_head read space")
+def write_not_lm_head_read(ctx: BuildContext, layer: int) -> torch.Tensor:
+    return linalg.top_eigvecs(linalg.project_gram(ctx.write_gram(layer), ctx.lm_read(ctx.k_broad)), ctx.k)
+
+
+# 10
+@candidate("write_not_global_read", "W:write-not-read", "weights",
+           "write_cols projected off the top-64 global read space")
+def write_not_global_read(ctx: BuildContext, layer: int) -> torch.Tensor:
+    return linalg.top_eigvecs(linalg.project_gram(ctx.write_gram(layer), ctx.global_read(ctx.k_broad)), ctx.k)
+
+
+# 11
+@candidate("write_not_downstream_read", "W:write-not-read", "weights",
+           "write_cols projected off the top-64 eigenspace of (lm_head Gram + read Grams of all later layers)",
+           note="the last layer's downstream readers are the lm_head alone")
+def write_not_downstream_read(ctx: BuildContext, layer: int) -> torch.Tensor:
+    return linalg.top_eigvecs(linalg.project_gram(ctx.write_gram(layer), ctx.downstream_read(layer)), ctx.k)
+
+
+# 12
+@candidate("mlp_up_read", "W:read", "weights", "right SVD of W_up")
+def mlp_up_read(ctx: BuildContext, layer: int) -> torch.Tensor:
+    return linalg.top_eigvecs(ctx.read_gram_part(layer, "up"), ctx.k)
+
+
+# 13
+@candidate("mlp_gate_read", "W:read", "weights", "right SVD of W_gate")
+def mlp_gate_read(ctx: BuildContext, layer: int) -> torch.Tensor:
+    return linalg.top_eigvecs(ctx.read_gram_part(layer, "gate"), ctx.k)
+
+
+# 14
+@candidate("attn_qkv_read", "W:read", "weights", "right SVD of [W_q; W_k; W_v]")
+def attn_qkv_read(ctx: BuildContext, layer: int) -> torch.Tensor:
+    return linalg.top_eigvecs(ctx.read_gram_part(layer, "q") + ctx.read_gram_part(layer, "kv"), ctx.k)
+
+
+# 15
+@candidate("attn_ov_write", "W:OV", "weights", "left SVD of W_o·W_v (GQA-expanded)")
+def attn_ov_write(ctx: BuildContext, layer: int) -> torch.Tensor:
+    Wv = linalg.expand_kv(ctx.W(layer, "v"), ctx.n_heads, ctx.n_kv)
+    return linalg.left_svd_basis(ctx.W(layer, "o") @ Wv, ctx.k)
+
+
+# 16
+@candidate("mlp_roundtrip_write", "W:MLP", "weights", "left SVD of W_down·W_up")
+def mlp_roundtrip_write(ctx: BuildContext, layer: int) -> torch.Tensor:
+    return linalg.left_svd_basis(ctx.W(layer, "down") @ ctx.W(layer, "up"), ctx.k)
+
+
+# 17
+@candidate("qk_circuit", "W:QK", "weights", "left SVD of W_qᵀ·W_k (GQA-expanded)",
+           note="query-side directions of the position-free bilinear form Σ_h W_qʰᵀW_kʰ")
+def qk_circuit(ctx: BuildContext, layer: int) -> torch.Tensor:
+    Wk = linalg.expand_kv(ctx.W(layer, "k"), ctx.n_heads, ctx.n_kv)
+    return linalg.left_svd_basis(ctx.W(layer, "q").T @ Wk, ctx.k)
+
+
+# 18
+@candidate("input_super", "W:read", "weights", "right SVD of [W_q; W_k; W_v; W_up; W_gate]")
+def input_super(ctx: BuildContext, layer: int) -> torch.Tensor:
+    return linalg.top_eigvecs(ctx.read_gram(layer), ctx.k)
+
+
+# 19
+@candidate("kv_super", "W:read", "weights", "right SVD of [W_k; W_v]")
+def kv_super(ctx: BuildContext, layer: int) -> torch.Tensor:
+    return linalg.top_eigvecs(ctx.read_gram_part(layer, "kv"), ctx.k)
+
+
+# 20
+@candidate("attention_sink", "W:OV", "weights",
+           "PCA over the per-head vectors W_oʰ·W_vʰ·e_BOS (e_BOS = BOS embedding, or EOS if no BOS)",
+           note="H per-head vectors, mean-centred: true rank ≤ H − 1 (8 for 9 heads)")
+def attention_sink(ctx: BuildContext, layer: int) -> torch.Tensor:
+    e = ctx.bos_embedding()
+    hd, H = ctx.head_dim, ctx.n_heads
+    v = linalg.expand_kv(ctx.W(layer, "v"), H, ctx.n_kv) @ e  # [H·hd]
+    Wo = ctx.W(layer, "o")  # [d, H·hd]
+    per_head = torch.stack([Wo[:, h * hd : (h + 1) * hd] @ v[h * hd : (h + 1) * hd] for h in range(H)])  # [H, d]
+    return linalg.pca(per_head, ctx.k)
+
+
+# 21
+@candidate("causally_isolated", "W:write-not-read", "weights",
+           "write_cols projected off the orthonormal union of input_super, kv_super and the top-64 lm_head read space")
+def causally_isolated(ctx: BuildContext, layer: int) -> torch.Tensor:
+    U = linalg.union(ctx.basis("input_super", layer), ctx.basis("kv_super", layer), ctx.lm_read(ctx.k_broad))
+    return linalg.top_eigvecs(linalg.project_gram(ctx.write_gram(layer), U), ctx.k)
+
+
+# 22
+@candidate("input_super_not_lm_read", "W:read", "weights",
+           "input_super projected off the top-64 lm_head read space, first 8",
+           note="the stacked readers' rows are projected off, then their top-8 right singular vectors taken")
+def input_super_not_lm_read(ctx: BuildContext, layer: int) -> torch.Tensor:
+    return linalg.top_eigvecs(linalg.project_gram(ctx.read_gram(layer), ctx.lm_read(ctx.k_broad)), ctx.k)

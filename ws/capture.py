@@ -1,0 +1,522 @@
+"""The named activation captures of the sweep, from batched forward passes on the base model.
+
+Every capture is a float32 tensor with the layer first: ``[L, n, d]`` for one vector per
+prompt (taken at the prompt's last real token), ``[L, n, T, d]`` for token-level captures.
+"Block output" of layer ``i`` = what decoder block ``i`` returns = the residual stream after
+it (``output_hidden_states[i + 1]`` for every layer but the last, where the model's
+``hidden_states`` tuple holds the output AFTER the final norm instead).
+
+Inputs are already-rendered prompt strings (the caller applies the chat template); they are
+tokenised with ``add_special_tokens=False`` so nothing is added twice, padded on the
+tokenizer's side (left or right both work: the last real token is found from the attention
+mask, and position ids are computed from the mask so a left-padded prompt sees the same
+positions as an unpadded one).
+
+Functions (all ``no_grad``, one TraceDict per pass):
+
+- :func:`block_outputs`: ``[L, n, d]`` at the last real token.
+- :func:`label`: block outputs at ``θ + w`` minus at ``θ − w`` (``hs_diff``), ``[L, n, d]``.
+- :func:`up_proj_inputs`: inputs to ``mlp.up_proj`` at the last token, ``[L, n, d]``.
+- :func:`up_proj_written`: ``up_proj`` outputs at the last token mapped back to the residual
+  stream through ``W_down`` (``u @ W_downᵀ``), ``[L, n, d]``.
+- :func:`token_level`: persona± prompts aligned on their shared token suffix; token-level
+  block outputs ``[L, n, T, d]`` and the final token's head-averaged attention row over the
+  suffix ``[L, n, T]`` for each persona (eager attention, switched on for the pass).
+- :func:`input_second_moments`: uncentred ``E[xxᵀ]`` of the inputs to ``self_attn.o_proj``
+  and ``mlp.down_proj`` over all real tokens (and ``E[yyᵀ]`` of their outputs).
+- :func:`capture_all`: everything the candidate registry needs, with the fewest passes
+  (one per prompt set and weight setting), as a :class:`Captures`.
+
+Suffix alignment (token level): the persona+ and persona− renderings of a probe differ only
+in the system prompt, so their token ids share a suffix (the user turn and the generation
+prompt, plus any tokens at the end of the system turn the two happen to share, such as its
+end-of-turn marker). The suffix used is the LONGEST common suffix of the two token-id
+sequences. Different probes have different suffix lengths: the token axis is RIGHT-aligned
+on the final token (index ``T − 1`` is always the last real token) and padded at the front;
+``tok_mask [n, T]`` says which positions are real. Padded positions hold zeros. The attention
+row is the final token's softmax row restricted to the suffix positions, NOT renormalised
+(the mass it puts on the system prompt is simply absent).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ws.io import atomic_path
+from ws.log import logger
+from ws.models import d_model, decoder_layers, layer_name, model_id, n_layers
+from ws.steer import weight_steer
+from ws.trace import TraceDict, last_token_index
+
+__all__ = [
+    "Captures",
+    "CAPTURE_FIELDS",
+    "block_outputs",
+    "label",
+    "up_proj_inputs",
+    "up_proj_written",
+    "token_level",
+    "shared_suffix_lengths",
+    "input_second_moments",
+    "capture_all",
+    "eager_attention",
+    "captures_key",
+]
+
+#: name -> what it holds (all float32 unless stated)
+CAPTURE_FIELDS: dict[str, str] = {
+    "clean": "[L, n_fit, d] block outputs, clean FIT probes, last token",
+    "clean_embed": "[n_fit, d] input of block 0 (token embedding), clean FIT, last token",
+    "pos": "[L, n_fit, d] block outputs, persona+ FIT, last token",
+    "neg": "[L, n_fit, d] block outputs, persona− FIT, last token",
+    "clean_up_in": "[L, n_fit, d] inputs to mlp.up_proj, clean FIT, last token",
+    "pos_up_in": "[L, n_fit, d] inputs to mlp.up_proj, persona+ FIT, last token",
+    "neg_up_in": "[L, n_fit, d] inputs to mlp.up_proj, persona− FIT, last token",
+    "pos_up_written": "[L, n_fit, d] up_proj outputs @ W_downᵀ, persona+ FIT, last token",
+    "neg_up_written": "[L, n_fit, d] up_proj outputs @ W_downᵀ, persona− FIT, last token",
+    "pos_tok": "[L, n_fit, T, d] block outputs over the shared suffix, persona+ (right-aligned)",
+    "neg_tok": "[L, n_fit, T, d] block outputs over the shared suffix, persona−",
+    "tok_mask": "[n_fit, T] bool, real suffix positions",
+    "pos_attn": "[L, n_fit, T] final token's head-averaged attention over the suffix, persona+",
+    "neg_attn": "[L, n_fit, T] the same, persona−",
+    "mom_oproj": "[L, d_attn, d_attn] E[xxᵀ] of o_proj inputs, all real clean FIT tokens",
+    "mom_downproj": "[L, d_mlp, d_mlp] E[xxᵀ] of down_proj inputs, all real clean FIT tokens",
+    "mom_oproj_out": "[L, d, d] E[yyᵀ] of o_proj outputs (= W_o E[xxᵀ] W_oᵀ without bias), same tokens",
+    "mom_downproj_out": "[L, d, d] E[yyᵀ] of down_proj outputs, same tokens",
+    "mom_n_tokens": "[1] number of tokens behind the second moments",
+    "label_eval": "[L, n_eval, d] block outputs at θ+w minus θ−w, EVAL probes (hs_diff_B)",
+    "label_fit": "[L, n_fit, d] the same on the clean FIT probes (for the activation ceiling)",
+}
+
+
+@dataclass
+class Captures:
+    """Named capture tensors (see :data:`CAPTURE_FIELDS`); any may be None.
+
+    ``key`` identifies what produced them (model weights, prompts, diff, code).
+    """
+
+    clean: torch.Tensor | None = None
+    clean_embed: torch.Tensor | None = None
+    pos: torch.Tensor | None = None
+    neg: torch.Tensor | None = None
+    clean_up_in: torch.Tensor | None = None
+    pos_up_in: torch.Tensor | None = None
+    neg_up_in: torch.Tensor | None = None
+    pos_up_written: torch.Tensor | None = None
+    neg_up_written: torch.Tensor | None = None
+    pos_tok: torch.Tensor | None = None
+    neg_tok: torch.Tensor | None = None
+    tok_mask: torch.Tensor | None = None
+    pos_attn: torch.Tensor | None = None
+    neg_attn: torch.Tensor | None = None
+    mom_oproj: torch.Tensor | None = None
+    mom_downproj: torch.Tensor | None = None
+    mom_oproj_out: torch.Tensor | None = None
+    mom_downproj_out: torch.Tensor | None = None
+    mom_n_tokens: torch.Tensor | None = None
+    label_eval: torch.Tensor | None = None
+    label_fit: torch.Tensor | None = None
+    key: str = ""
+    info: dict = field(default_factory=dict)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The non-None capture tensors by name."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name in CAPTURE_FIELDS and getattr(self, f.name) is not None}
+
+    def has(self, *names: str) -> bool:
+        return all(getattr(self, n, None) is not None for n in names)
+
+    def missing(self, names: Sequence[str]) -> list[str]:
+        return [n for n in names if getattr(self, n, None) is None]
+
+    def save(self, path: str | Path) -> Path:
+        """Write all tensors to one safetensors file, atomically; ``key`` goes in its metadata."""
+        import json
+
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.tensors().items()}, str(tmp),
+                      metadata={"key": self.key, "info": json.dumps(self.info, default=str)})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Captures":
+        import json
+
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            md = f.metadata() or {}
+        unknown = [k for k in tensors if k not in CAPTURE_FIELDS]
+        if unknown:
+            raise ValueError(f"{path.name}: unknown capture name(s) {unknown}")
+        return cls(**tensors, key=md.get("key", ""), info=json.loads(md.get("info", "{}")))
+
+    def __repr__(self) -> str:
+        parts = [f"{k}={tuple(v.shape)}" for k, v in self.tensors().items()]
+        return f"Captures(key={self.key!r}, " + ", ".join(parts) + ")"
+
+
+# ----------------------------------------------------------------------------- helpers
+@contextmanager
+def eager_attention(model: nn.Module) -> Iterator[None]:
+    """Run the model with the eager attention implementation inside the block.
+
+    Only eager attention returns the softmax weights; transformers reads the setting from
+    the config at every forward pass, so switching it temporarily is enough.
+    """
+    old = getattr(model.config, "_attn_implementation", None)
+    if old == "eager":
+        yield
+        return
+    model.config._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = old
+
+
+def _encode(tok, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def _position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only (left padding sees the positions of no padding)."""
+    return (mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+
+
+def shared_suffix_lengths(tok, prompts_pos: Sequence[str], prompts_neg: Sequence[str]) -> list[int]:
+    """Length of the longest common token-id suffix of each (persona+, persona−) pair."""
+    if len(prompts_pos) != len(prompts_neg):
+        raise ValueError(f"{len(prompts_pos)} persona+ prompts but {len(prompts_neg)} persona− prompts")
+    out = []
+    for i, (a, b) in enumerate(zip(prompts_pos, prompts_neg)):
+        ia = tok(a, add_special_tokens=False)["input_ids"]
+        ib = tok(b, add_special_tokens=False)["input_ids"]
+        s = 0
+        while s < min(len(ia), len(ib)) and ia[-1 - s] == ib[-1 - s]:
+            s += 1
+        if s == 0:
+            raise ValueError(f"persona prompts #{i} share no final token: they must differ only in the system prompt")
+        out.append(s)
+    return out
+
+
+def _n_batches(n: int, bs: int) -> int:
+    return math.ceil(n / bs) if n else 0
+
+
+def _weights(model: nn.Module, i: int, proj: str) -> torch.Tensor:
+    mod = decoder_layers(model)[i]
+    part = mod.mlp if proj in ("gate_proj", "up_proj", "down_proj") else mod.self_attn
+    return getattr(part, proj).weight
+
+
+@torch.no_grad()
+def _forward_capture(
+    model: nn.Module,
+    tok,
+    prompts: Sequence[str],
+    batch_size: int = 16,
+    *,
+    resid: bool = True,
+    embed: bool = False,
+    up_in: bool = False,
+    up_written: bool = False,
+    moments: bool = False,
+    suffix_lens: Sequence[int] | None = None,
+    pbar: tqdm | None = None,
+) -> dict[str, torch.Tensor]:
+    """One batched pass over ``prompts`` filling every requested capture (see module doc)."""
+    prompts = list(prompts)
+    n = len(prompts)
+    if n == 0:
+        raise ValueError("no prompts to capture")
+    L = n_layers(model)
+    blocks = [layer_name(i) for i in range(L)]
+    ups = [f"{layer_name(i)}.mlp.up_proj" for i in range(L)]
+    attns = [f"{layer_name(i)}.self_attn" for i in range(L)]
+    oprojs = [f"{layer_name(i)}.self_attn.o_proj" for i in range(L)]
+    downs = [f"{layer_name(i)}.mlp.down_proj" for i in range(L)]
+    tokens = suffix_lens is not None
+    if tokens and len(suffix_lens) != n:
+        raise ValueError(f"{len(suffix_lens)} suffix lengths for {n} prompts")
+    T = max(suffix_lens) if tokens else 0
+
+    out_names: list[str] = []
+    kind: dict[str, tuple[str, int]] = {}
+    if resid or tokens:
+        out_names += blocks
+        kind.update({b: ("block", i) for i, b in enumerate(blocks)})
+    if tokens:
+        out_names += attns
+        kind.update({a: ("attn", i) for i, a in enumerate(attns)})
+    if up_written:
+        out_names += ups
+        kind.update({u: ("up", i) for i, u in enumerate(ups)})
+    if moments:
+        out_names += oprojs + downs
+        kind.update({o: ("o_out", i) for i, o in enumerate(oprojs)})
+        kind.update({o: ("down_out", i) for i, o in enumerate(downs)})
+    in_names: list[str] = ([blocks[0]] if embed else []) + (ups if up_in else []) + (oprojs + downs if moments else [])
+
+    W_down = [_weights(model, i, "down_proj").detach() for i in range(L)] if up_written else None
+    acc: dict[str, list] = {k: [] for k in ("resid", "embed", "up_in", "up_written", "tok", "attn", "mask")}
+    mom_o = mom_d = None
+    mom_out = {"o_out": [None] * L, "down_out": [None] * L}
+    n_tok = 0
+
+    for start in range(0, n, batch_size):
+        batch = prompts[start : start + batch_size]
+        ids, mask = _encode(tok, batch)
+        B = ids.shape[0]
+        last = last_token_index(mask)  # [B]
+        rows = torch.arange(B)
+        real = mask.bool()
+        if tokens:
+            sl = torch.as_tensor(list(suffix_lens[start : start + B]), dtype=torch.long)
+            back = (T - 1 - torch.arange(T))[None, :]  # [1, T]: steps back from the last token
+            valid = back < sl[:, None]  # [B, T]
+            tok_idx = (last[:, None] - back).clamp(min=0)  # [B, T]
+        per: dict[str, list] = {"resid": [None] * L, "tok": [None] * L, "attn": [None] * L, "up_written": [None] * L}
+
+        def edit(output, name):
+            what, i = kind[name]
+            if what == "block":
+                h = output[0] if isinstance(output, (tuple, list)) else output  # [B, T_in, d]
+                if resid:
+                    per["resid"][i] = h[rows, last].float()
+                if tokens:
+                    ht = h[rows[:, None], tok_idx]  # [B, T, d]
+                    per["tok"][i] = (ht * valid[..., None]).float()
+            elif what == "attn":
+                w = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
+                if w is None:
+                    raise RuntimeError(
+                        f"{name} returned no attention weights: token-level captures need eager attention "
+                        f"(model.config._attn_implementation = 'eager')"
+                    )
+                row = w[rows, :, last, :].mean(dim=1)  # [B, T_in]: head-averaged final-token row
+                per["attn"][i] = (row.gather(1, tok_idx) * valid).float()
+            elif what in ("o_out", "down_out"):
+                y = (output[0] if isinstance(output, (tuple, list)) else output)[real].to(torch.float64)  # [N, d]
+                g = y.T @ y
+                mom_out[what][i] = g if mom_out[what][i] is None else mom_out[what][i].add_(g)
+            elif what == "up":
+                u = (output[0] if isinstance(output, (tuple, list)) else output)[rows, last]  # [B, d_mlp]
+                per["up_written"][i] = (u.float() @ W_down[i].float().T)
+            return output
+
+        ctx_out = TraceDict(model, out_names, retain_output=False, edit_output=edit) if out_names else nullcontext({})
+        ctx_in = TraceDict(model, in_names, retain_input=True, retain_output=False, detach=True) if in_names else nullcontext({})
+        with ctx_out, ctx_in as tin:
+            model(input_ids=ids, attention_mask=mask, position_ids=_position_ids(mask), use_cache=False)
+
+        if resid:
+            acc["resid"].append(torch.stack(per["resid"]))  # [L, B, d]
+        if tokens:
+            acc["tok"].append(torch.stack(per["tok"]))  # [L, B, T, d]
+            acc["attn"].append(torch.stack(per["attn"]))  # [L, B, T]
+            acc["mask"].append(valid)
+        if up_written:
+            acc["up_written"].append(torch.stack(per["up_written"]))
+        if embed:
+            acc["embed"].append(tin[blocks[0]].input[rows, last].float())
+        if up_in:
+            acc["up_in"].append(torch.stack([tin[u].input[rows, last].float() for u in ups]))
+        if moments:
+            n_tok += int(real.sum())
+            for i in range(L):
+                xo = tin[oprojs[i]].input[real].to(torch.float64)  # [N, d_attn]
+                xd = tin[downs[i]].input[real].to(torch.float64)  # [N, d_mlp]
+                if mom_o is None:
+                    mom_o = [None] * L
+                    mom_d = [None] * L
+                go, gd = xo.T @ xo, xd.T @ xd
+                mom_o[i] = go if mom_o[i] is None else mom_o[i].add_(go)
+                mom_d[i] = gd if mom_d[i] is None else mom_d[i].add_(gd)
+        if pbar is not None:
+            pbar.update(1)
+
+    res: dict[str, torch.Tensor] = {}
+    if resid:
+        res["resid"] = torch.cat(acc["resid"], dim=1)
+    if tokens:
+        res["tok"] = torch.cat(acc["tok"], dim=1)
+        res["attn"] = torch.cat(acc["attn"], dim=1)
+        res["mask"] = torch.cat(acc["mask"], dim=0)
+    if up_written:
+        res["up_written"] = torch.cat(acc["up_written"], dim=1)
+    if embed:
+        res["embed"] = torch.cat(acc["embed"], dim=0)
+    if up_in:
+        res["up_in"] = torch.cat(acc["up_in"], dim=1)
+    if moments:
+        res["mom_oproj"] = torch.stack([(m / n_tok).float() for m in mom_o])
+        res["mom_downproj"] = torch.stack([(m / n_tok).float() for m in mom_d])
+        res["mom_oproj_out"] = torch.stack([(m / n_tok).float() for m in mom_out["o_out"]])
+        res["mom_downproj_out"] = torch.stack([(m / n_tok).float() for m in mom_out["down_out"]])
+        res["mom_n_tokens"] = torch.tensor([float(n_tok)])
+    return res
+
+
+# ----------------------------------------------------------------------------- public captures
+def block_outputs(model: nn.Module, tok, prompts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+    """Block outputs at each prompt's last real token: ``[L, n, d]`` float32."""
+    return _forward_capture(model, tok, prompts, batch_size, resid=True)["resid"]
+
+
+def label(model: nn.Module, tok, prompts: Sequence[str], w: Mapping[str, torch.Tensor],
+          batch_size: int = 16, pbar: tqdm | None = None) -> torch.Tensor:
+    """``block_outputs`` at ``θ + w`` minus at ``θ − w``: ``[L, n, d]`` (the activation label)."""
+    with weight_steer(model, w, +1.0):
+        hp = _forward_capture(model, tok, prompts, batch_size, resid=True, pbar=pbar)["resid"]
+    with weight_steer(model, w, -1.0):
+        hm = _forward_capture(model, tok, prompts, batch_size, resid=True, pbar=pbar)["resid"]
+    return (hp.double() - hm.double()).float()
+
+
+def up_proj_inputs(model: nn.Module, tok, prompts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+    """Inputs to ``mlp.up_proj`` at the last real token: ``[L, n, d]``."""
+    return _forward_capture(model, tok, prompts, batch_size, resid=False, up_in=True)["up_in"]
+
+
+def up_proj_written(model: nn.Module, tok, prompts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+    """``up_proj`` outputs ``u`` at the last real token, mapped through ``W_down``: ``u @ W_downᵀ``, ``[L, n, d]``."""
+    return _forward_capture(model, tok, prompts, batch_size, resid=False, up_written=True)["up_written"]
+
+
+def token_level(model: nn.Module, tok, prompts_pos: Sequence[str], prompts_neg: Sequence[str],
+                batch_size: int = 16) -> dict[str, torch.Tensor]:
+    """Token-level block outputs and final-token attention rows over the shared suffix.
+
+    Returns ``pos_tok, neg_tok [L, n, T, d]``, ``pos_attn, neg_attn [L, n, T]``,
+    ``tok_mask [n, T]`` (bool) and ``suffix_len [n]``; ``T`` = the longest suffix, the token
+    axis right-aligned on the final token (see the module doc).
+    """
+    sl = shared_suffix_lengths(tok, prompts_pos, prompts_neg)
+    with eager_attention(model):
+        p = _forward_capture(model, tok, prompts_pos, batch_size, resid=False, suffix_lens=sl)
+        q = _forward_capture(model, tok, prompts_neg, batch_size, resid=False, suffix_lens=sl)
+    return {"pos_tok": p["tok"], "neg_tok": q["tok"], "pos_attn": p["attn"], "neg_attn": q["attn"],
+            "tok_mask": p["mask"], "suffix_len": torch.as_tensor(sl)}
+
+
+def input_second_moments(model: nn.Module, tok, prompts: Sequence[str], batch_size: int = 16) -> dict[str, torch.Tensor]:
+    """Uncentred second moments ``E[xxᵀ]`` over all real tokens of the inputs to
+    ``self_attn.o_proj`` (``mom_oproj [L, d_attn, d_attn]``) and ``mlp.down_proj``
+    (``mom_downproj [L, d_mlp, d_mlp]``), accumulated in float64 batch by batch, returned
+    as float32; ``mom_n_tokens`` = the token count. Also the second moments of the two
+    projections' OUTPUTS (``mom_oproj_out``, ``mom_downproj_out``, ``[L, d, d]``): without a
+    bias they equal ``W E[xxᵀ] Wᵀ`` and save the builders that product.
+    """
+    r = _forward_capture(model, tok, prompts, batch_size, resid=False, moments=True)
+    return {k: r[k] for k in ("mom_oproj", "mom_downproj", "mom_oproj_out", "mom_downproj_out", "mom_n_tokens")}
+
+
+# ----------------------------------------------------------------------------- everything
+def captures_key(model: nn.Module, fit_clean, fit_pos, fit_neg, eval_prompts, w) -> str:
+    """Key of a :func:`capture_all` result: model weights, prompts, diff and capture code."""
+    from ws.cache import cache_key, hash_code, hash_model, hash_tensors
+
+    return cache_key({
+        "what": "capture_all",
+        "model": model_id(model),
+        "weights": hash_model(model),
+        "fit_clean": list(fit_clean),
+        "fit_pos": list(fit_pos),
+        "fit_neg": list(fit_neg),
+        "eval": list(eval_prompts),
+        "w": hash_tensors(w),
+        "code": hash_code(),
+    })
+
+
+def capture_all(
+    model: nn.Module,
+    tok,
+    fit_clean: Sequence[str],
+    fit_pos: Sequence[str],
+    fit_neg: Sequence[str],
+    eval_prompts: Sequence[str],
+    w: Mapping[str, torch.Tensor],
+    batch_size: int = 16,
+    *,
+    progress: bool = True,
+    cache: bool = False,
+) -> Captures:
+    """Every capture the candidate registry and the ceilings need (see :data:`CAPTURE_FIELDS`).
+
+    Passes (each over its prompt set once): clean FIT (block outputs, embedding, up_proj
+    inputs, o_proj/down_proj input moments); persona+ FIT and persona− FIT (block outputs,
+    up_proj inputs and written outputs, token-level outputs and attention rows); EVAL at
+    ``α = ±1`` (label); clean FIT at ``α = ±1`` (FIT label, for the ceiling).
+    ``cache=True`` stores the result under ``<cache>/activations/`` keyed by
+    :func:`captures_key` and reuses it.
+    """
+    fit_clean, fit_pos, fit_neg, eval_prompts = map(list, (fit_clean, fit_pos, fit_neg, eval_prompts))
+    if not (len(fit_pos) == len(fit_neg)):
+        raise ValueError(f"persona+ FIT has {len(fit_pos)} prompts, persona− FIT {len(fit_neg)}")
+    key = captures_key(model, fit_clean, fit_pos, fit_neg, eval_prompts, w)
+
+    def build() -> dict[str, torch.Tensor]:
+        sl = shared_suffix_lengths(tok, fit_pos, fit_neg)
+        nb = lambda p: _n_batches(len(p), batch_size)  # noqa: E731
+        total = 3 * nb(fit_clean) + 2 * nb(fit_pos) + 2 * nb(eval_prompts)
+        out: dict[str, torch.Tensor] = {}
+        with tqdm(total=total, desc="capture batches", disable=not progress, leave=False) as pbar:
+            r = _forward_capture(model, tok, fit_clean, batch_size, resid=True, embed=True, up_in=True,
+                                 moments=True, pbar=pbar)
+            out.update(clean=r["resid"], clean_embed=r["embed"], clean_up_in=r["up_in"],
+                       mom_oproj=r["mom_oproj"], mom_downproj=r["mom_downproj"], mom_oproj_out=r["mom_oproj_out"],
+                       mom_downproj_out=r["mom_downproj_out"], mom_n_tokens=r["mom_n_tokens"])
+            with eager_attention(model):
+                for side, prompts in (("pos", fit_pos), ("neg", fit_neg)):
+                    r = _forward_capture(model, tok, prompts, batch_size, resid=True, up_in=True,
+                                         up_written=True, suffix_lens=sl, pbar=pbar)
+                    out[side] = r["resid"]
+                    out[f"{side}_up_in"] = r["up_in"]
+                    out[f"{side}_up_written"] = r["up_written"]
+                    out[f"{side}_tok"] = r["tok"]
+                    out[f"{side}_attn"] = r["attn"]
+                    out["tok_mask"] = r["mask"]
+            out["label_eval"] = label(model, tok, eval_prompts, w, batch_size, pbar=pbar)
+            out["label_fit"] = label(model, tok, fit_clean, w, batch_size, pbar=pbar)
+        return out
+
+    if cache:
+        from ws.cache import activation_cache_dir
+
+        path = activation_cache_dir() / f"captures-{key}.safetensors"
+        if path.exists():
+            try:
+                cap = Captures.load(path)
+                logger.info(f"captures: cache hit {path.name}")
+                return cap
+            except Exception as e:  # noqa: BLE001 - an unreadable file is rebuilt
+                logger.warning(f"captures cache {path.name} unreadable ({e}); rebuilding")
+    cap = Captures(**build(), key=key, info={"model": model_id(model), "n_fit": len(fit_clean),
+                                             "n_eval": len(eval_prompts), "d_model": d_model(model)})
+    if cache:
+        cap.save(path)
+        logger.info(f"captures cached in {path.name}")
+    logger.debug(f"captures: {cap!r}")
+    return cap

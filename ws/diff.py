@@ -1,0 +1,226 @@
+"""The weight diff ``w = Δθ⁺ − Δθ⁻``: where it lives, how it is saved, loaded and checked.
+
+A diff is a ``dict[str, Tensor]`` keyed by the BASE model's parameter names
+(``model.layers.12.self_attn.o_proj.weight``), float32, each of its parameter's shape.
+On disk it is a safetensors file with string metadata in the header: plain strings are
+stored as they are, every other value JSON-encoded (the header lists which), so
+``load_diff(save_diff(w, p, meta))`` gives back the same keys, values and metadata.
+
+    path = diff_path("sycophancy", "lora", seed=0)   # <out>/sycophancy/lora/seed0/w.safetensors
+    w, meta = load_diff(path, model)                 # validated against the model
+
+``import_pt`` reads an upstream-style ``w.pt`` (a pickled dict of tensors) through
+``torch.load(weights_only=True)`` only: arbitrary pickles are refused, never executed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ws.io import atomic_path
+from ws.paths import out_dir
+
+_JSON_KEYS = "__json_keys__"
+BUILD_HINT = (
+    "Build it with the train notebook (`make diff`, i.e. nbs/train_diff.py) or from Python with "
+    "`ws.train.ensure_diff(model_name, behavior, adapter, seed)`."
+)
+
+
+def diff_path(behavior: str = "sycophancy", adapter: str = "lora", seed: int = 0, root: str | Path | None = None) -> Path:
+    """``<root>/<behavior>/<adapter>/seed<k>/w.safetensors`` (root defaults to ``out/``)."""
+    root = Path(root) if root is not None else out_dir()
+    return root / behavior / adapter / f"seed{int(seed)}" / "w.safetensors"
+
+
+# ----------------------------------------------------------------------------- metadata
+def _encode_meta(meta: Mapping[str, Any]) -> dict[str, str]:
+    enc: dict[str, str] = {}
+    json_keys = []
+    for k, v in meta.items():
+        if not isinstance(k, str):
+            raise TypeError(f"metadata keys must be strings, got {k!r}")
+        if k == _JSON_KEYS:
+            raise ValueError(f"{_JSON_KEYS!r} is reserved")
+        if isinstance(v, str):
+            enc[k] = v
+        else:
+            enc[k] = json.dumps(v, sort_keys=True, allow_nan=True)
+            json_keys.append(k)
+    enc[_JSON_KEYS] = json.dumps(sorted(json_keys))
+    return enc
+
+
+def _decode_meta(raw: Mapping[str, str] | None) -> dict[str, Any]:
+    raw = dict(raw or {})
+    json_keys = set(json.loads(raw.pop(_JSON_KEYS, "[]")))
+    return {k: (json.loads(v) if k in json_keys else v) for k, v in raw.items()}
+
+
+# ----------------------------------------------------------------------------- checks
+def check_finite(w: Mapping[str, torch.Tensor], what: str = "weight diff") -> None:
+    """``ValueError`` naming every tensor with a NaN or Inf."""
+    bad = [k for k, t in w.items() if not torch.isfinite(t).all()]
+    if bad:
+        shown = ", ".join(bad[:8]) + (f" … (+{len(bad) - 8} more)" if len(bad) > 8 else "")
+        raise ValueError(f"the {what} has NaN/Inf values in {len(bad)} tensor(s): {shown}. Rebuild it; {BUILD_HINT}")
+
+
+def check_against_model(w: Mapping[str, torch.Tensor], model: nn.Module, meta: Mapping[str, Any] | None = None, path: str | Path | None = None) -> None:
+    """Refuse a diff built for another model: metadata ``model`` first, then every key/shape."""
+    from ws.models import model_id
+
+    where = f" ({path})" if path is not None else ""
+    mismatches = []
+    params = dict(model.named_parameters())
+    for key, t in w.items():
+        if key not in params:
+            mismatches.append(f"{key}: not a parameter of the model")
+        elif tuple(params[key].shape) != tuple(t.shape):
+            mismatches.append(f"{key}: diff shape {tuple(t.shape)} != model shape {tuple(params[key].shape)}")
+    shown = ""
+    if mismatches:
+        shown = "\n  " + "\n  ".join(mismatches[:12]) + (f"\n  … (+{len(mismatches) - 12} more)" if len(mismatches) > 12 else "")
+    built_for = (meta or {}).get("model")
+    if built_for is not None and built_for != model_id(model):
+        raise ValueError(
+            f"the weight diff{where} was built for model {built_for!r}, not for {model_id(model)!r}. "
+            f"Load {built_for!r}, or build a diff for this model: {BUILD_HINT}"
+            + (f"\nIt also does not fit ({len(mismatches)} key/shape mismatch(es)):{shown}" if mismatches else "")
+        )
+    if mismatches:
+        raise ValueError(
+            f"the weight diff{where} does not fit the model {model_id(model)!r} ({len(mismatches)} mismatch(es)):{shown}\n"
+            f"Was it built for another model? Rebuild it for this one: {BUILD_HINT}"
+        )
+
+
+# ----------------------------------------------------------------------------- save / load
+def save_diff(w: Mapping[str, torch.Tensor], path: str | Path, meta: Mapping[str, Any] | None = None) -> Path:
+    """Write ``w`` (float32, contiguous) and ``meta`` to a safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    if not w:
+        raise ValueError("refusing to save an empty weight diff")
+    check_finite(w)
+    tensors = {k: t.detach().to("cpu", torch.float32).contiguous() for k, t in w.items()}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=_encode_meta(meta or {}))
+    return path
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """Only the metadata of a saved diff (no tensors are read)."""
+    from safetensors import safe_open
+
+    path = _existing(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return _decode_meta(f.metadata())
+    except Exception as e:  # noqa: BLE001 - any reader error means an unreadable file
+        raise _corrupt(path, e) from e
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no weight diff at {path}. {BUILD_HINT}")
+    return path
+
+
+def _corrupt(path: Path, e: Exception) -> ValueError:
+    return ValueError(
+        f"could not read the weight diff {path}: it is corrupt or not a safetensors file "
+        f"({type(e).__name__}: {e}). Delete it and rebuild: {BUILD_HINT}"
+    )
+
+
+def load_diff(path: str | Path, model: nn.Module | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(w, meta)`` from a safetensors file; with ``model``, checked against it.
+
+    Raises ``FileNotFoundError`` (missing, with how to build it) or ``ValueError``
+    (corrupt file, NaN/Inf, a diff for another model: every mismatch named).
+    """
+    from safetensors import safe_open
+
+    path = _existing(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = _decode_meta(f.metadata())
+            w = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001
+        raise _corrupt(path, e) from e
+    if not w:
+        raise ValueError(f"the weight diff {path} holds no tensors. Delete it and rebuild: {BUILD_HINT}")
+    check_finite(w, f"weight diff {path}")
+    if model is not None:
+        check_against_model(w, model, meta, path)
+    return w, meta
+
+
+def import_pt(path: str | Path) -> dict[str, torch.Tensor]:
+    """An upstream-style ``w.pt`` (pickled ``dict[str, Tensor]``) as float32 tensors.
+
+    Read only through ``torch.load(..., weights_only=True)``: a pickle that holds anything
+    but plain containers and tensors is refused, and a dict with a non-tensor value too.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no file at {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - weights_only refusals come as several types
+        raise ValueError(
+            f"refusing {path}: it is not a plain dict of tensors loadable with weights_only=True "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Arbitrary pickles are never executed."
+        ) from e
+    if not isinstance(obj, dict) or not obj:
+        raise ValueError(f"refusing {path}: expected a non-empty dict of name -> tensor, got {type(obj).__name__}")
+    bad = [f"{k!r} ({type(v).__name__})" for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"refusing {path}: entries that are not str -> tensor: {', '.join(bad[:8])}")
+    w = {k: v.to(torch.float32).contiguous() for k, v in obj.items()}
+    check_finite(w, f"imported diff {path}")
+    return w
+
+
+# ----------------------------------------------------------------------------- per layer
+def write_delta_by_layer(w: Mapping[str, torch.Tensor], n_layers: int) -> list[dict[str, torch.Tensor] | None]:
+    """Per layer ``{"oproj": Δo_proj, "downproj": Δdown_proj}`` (each ``[d_model, in]``), or None.
+
+    A layer gets None when the diff touches neither writer; a layer with only one of the
+    two raises ``ValueError`` (the sweep's weight label needs both).
+    """
+    out: list[dict[str, torch.Tensor] | None] = []
+    for i in range(n_layers):
+        o = w.get(f"model.layers.{i}.self_attn.o_proj.weight")
+        d = w.get(f"model.layers.{i}.mlp.down_proj.weight")
+        if o is None and d is None:
+            out.append(None)
+            continue
+        if o is None or d is None:
+            raise ValueError(
+                f"layer {i}: the diff has only one of the residual writers "
+                f"({'o_proj' if o is not None else 'down_proj'}); a LoRA on the writers should touch both"
+            )
+        out.append({"oproj": o.to(torch.float32), "downproj": d.to(torch.float32)})
+    return out
+
+
+def diff_norms(w: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Frobenius norm of each tensor (for logs and sanity checks)."""
+    return {k: float(t.float().norm()) for k, t in w.items()}
+
+
+def summary(w: Mapping[str, torch.Tensor]) -> str:
+    total = math.sqrt(sum(float(t.float().pow(2).sum()) for t in w.values()))
+    layers = sorted({int(k.split(".")[2]) for k in w if k.startswith("model.layers.")})
+    span = f"layers {layers[0]}–{layers[-1]}" if layers else "no layers"
+    return f"{len(w)} tensors, {span}, ‖w‖ = {total:.4g}"

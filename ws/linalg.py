@@ -1,0 +1,526 @@
+"""Subspace algebra for the sweep: bases, unions, intersections, projections, angles.
+
+Conventions shared by every function here:
+
+- A *basis* is a ``[d, k]`` matrix with orthonormal columns. ``k`` may be 0 (``[d, 0]``):
+  an empty subspace is a valid answer (e.g. two subspaces that do not intersect).
+- Work is done in float64; results come back in the dtype of the (first) input.
+- Ranks are *true* ranks: directions whose singular value is at most ``rtol`` times the
+  largest one are dropped, never padded with arbitrary directions. So a request for
+  ``k`` directions can return fewer.
+- Sign convention: every column of an SVD / eigen / PCA output is flipped so that its
+  largest-magnitude entry is positive (ties: the first such entry), so results are
+  deterministic across runs and LAPACK drivers.
+- Large Gram matrices (``d × d`` with ``d`` ≤ a few thousand) are eigendecomposed with a
+  symmetric solver; for a top-``k`` subset with ``k ≪ d`` only those eigenpairs are
+  computed (LAPACK's relatively robust representation driver), which is several times
+  faster than a full decomposition.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DEFAULT_RTOL",
+    "sign_fix",
+    "top_eigvecs",
+    "bottom_eigvecs",
+    "left_svd_basis",
+    "right_svd_basis",
+    "pca",
+    "orthonormalize",
+    "union",
+    "intersection",
+    "bisector_intersection",
+    "complement",
+    "project_away",
+    "project_gram",
+    "principal_angles",
+    "mean_principal_cosine",
+    "effective_rank",
+    "is_orthonormal",
+    "check_orthonormal",
+    "orthonormality_error",
+    "expand_kv",
+    "psd_sqrt",
+    "haar_orthonormal",
+    "kmeans",
+    "blas_threads",
+    "gram",
+]
+
+#: relative singular-value tolerance below which a direction counts as absent
+DEFAULT_RTOL = 1e-6
+
+
+def _f64(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().to(torch.float64)
+
+
+def _empty(d: int, dtype: torch.dtype) -> torch.Tensor:
+    return torch.zeros(d, 0, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- threads
+def _openblas_thread_controls() -> list[tuple]:
+    """(get, set) function pairs of the OpenBLAS libraries loaded in this process (Linux).
+
+    scipy ships its own OpenBLAS (``libscipy_openblas``) whose thread count cannot be set
+    through torch. Found through ``/proc/self/maps``; an empty list elsewhere.
+    """
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower() and ".so" in ln})
+    except OSError:
+        return []
+    out = []
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for get_name, set_name in (
+            ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
+            ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+            ("openblas_get_num_threads", "openblas_set_num_threads"),
+        ):
+            get, put = getattr(lib, get_name, None), getattr(lib, set_name, None)
+            if get is not None and put is not None:
+                get.restype = ctypes.c_int
+                put.argtypes = [ctypes.c_int]
+                out.append((get, put))
+                break
+    return out
+
+
+@contextmanager
+def blas_threads(n: int | None = 1) -> Iterator[None]:
+    """Limit torch's and scipy's BLAS/LAPACK threads to ``n`` inside the block (None: no change).
+
+    The eigensolvers of ``d × d`` matrices (d ≈ 600) gain little from a second thread and
+    slow down by orders of magnitude when the cores are shared with other processes (the
+    threads wait on each other); one thread is the robust choice for the many small solves.
+    """
+    if n is None:
+        yield
+        return
+    import scipy.linalg  # noqa: F401  (load scipy's BLAS so that its threads can be set)
+
+    old_torch = torch.get_num_threads()
+    controls = _openblas_thread_controls()
+    old = [get() for get, _ in controls]
+    torch.set_num_threads(n)
+    for _, put in controls:
+        put(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_torch)
+        for (_, put), v in zip(controls, old):
+            put(max(1, v))
+
+
+def sign_fix(B: torch.Tensor) -> torch.Tensor:
+    """Flip columns so that each column's largest-|entry| is positive."""
+    if B.ndim != 2 or B.shape[1] == 0:
+        return B
+    idx = B.abs().argmax(dim=0)
+    s = torch.sign(B[idx, torch.arange(B.shape[1])])
+    s[s == 0] = 1
+    return B * s
+
+
+# ----------------------------------------------------------------------------- eigen / SVD
+def gram(M: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+    """``MMᵀ`` (or ``MᵀM`` with ``transpose``) in float64, exactly symmetric.
+
+    Uses the BLAS symmetric rank-k update (half the multiplications of a general product)
+    on the float64 copy of ``M``.
+    """
+    from scipy.linalg import blas
+
+    A = np.ascontiguousarray(_f64(M).numpy())  # C order: A.T is a Fortran-order view
+    if A.shape[0] == 0 or A.shape[1] == 0:
+        n = A.shape[1] if transpose else A.shape[0]
+        return torch.zeros(n, n, dtype=torch.float64)
+    # Fortran-order At = Mᵀ: syrk(trans=0) gives At·Atᵀ = MᵀM, syrk(trans=1) gives Atᵀ·At = MMᵀ
+    C = blas.dsyrk(1.0, A.T, trans=0 if transpose else 1, lower=0)
+    U = np.triu(C)
+    return torch.from_numpy(U + np.triu(U, 1).T)
+
+
+def _eigh_desc(G: torch.Tensor, k: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k eigenpairs of a symmetric float64 matrix, eigenvalues descending."""
+    n = G.shape[0]
+    G = 0.5 * (G + G.T)
+    if k is not None and 0 < k <= n // 3 and n >= 128:
+        import scipy.linalg
+
+        vals, vecs = scipy.linalg.eigh(
+            G.numpy(), subset_by_index=[n - k, n - 1], driver="evr", check_finite=False
+        )
+        vals = torch.from_numpy(np.ascontiguousarray(vals[::-1]))
+        vecs = torch.from_numpy(np.ascontiguousarray(vecs[:, ::-1]))
+        return vals, vecs
+    vals, vecs = torch.linalg.eigh(G)
+    vals, vecs = vals.flip(0), vecs.flip(1)
+    if k is not None:
+        vals, vecs = vals[:k], vecs[:, :k]
+    return vals, vecs
+
+
+def top_eigvecs(G: torch.Tensor, k: int | None = None, rtol: float = DEFAULT_RTOL) -> torch.Tensor:
+    """Orthonormal top-``k`` eigenvectors of a PSD Gram ``G`` (``[d, d]``) -> ``[d, r]``.
+
+    ``rtol`` is on the singular-value scale (``√λ``): eigenvalues ``λ ≤ rtol² · λ_max`` (or
+    ``≤ 0``) are dropped, so ``r ≤ k`` is the true rank. ``k=None``: all of them.
+    """
+    dtype = G.dtype if G.is_floating_point() else torch.float32
+    d = G.shape[0]
+    if d == 0 or (k is not None and k <= 0):
+        return _empty(d, dtype)
+    vals, vecs = _eigh_desc(_f64(G), k)
+    lam_max = float(vals[0]) if vals.numel() else 0.0
+    if not lam_max > 0:
+        return _empty(d, dtype)
+    keep = vals > (rtol**2) * lam_max
+    return sign_fix(vecs[:, keep]).to(dtype)
+
+
+def bottom_eigvecs(G: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` eigenvectors of a symmetric ``G`` with the SMALLEST eigenvalues, ascending."""
+    dtype = G.dtype
+    G = _f64(G)
+    vals, vecs = torch.linalg.eigh(0.5 * (G + G.T))
+    return sign_fix(vecs[:, :k]).to(dtype)
+
+
+def left_svd_basis(M: torch.Tensor, k: int | None = None, rtol: float = DEFAULT_RTOL) -> torch.Tensor:
+    """Top-``k`` left singular vectors (column space) of ``M [d, m]`` -> ``[d, r]``, ``r ≤ k``.
+
+    Computed through the smaller Gram: ``MMᵀ`` (``d × d``) when ``m ≥ d``; ``MᵀM``
+    (``m × m``, then ``U = MV/σ``) when ``64 < m < d``; a thin SVD when ``m ≤ 64``.
+    All three give the same subspace; the Grams are much cheaper for large matrices.
+    """
+    dtype = M.dtype if M.is_floating_point() else torch.float32
+    d, m = M.shape
+    if d == 0 or m == 0 or (k is not None and k <= 0):
+        return _empty(d, dtype)
+    M = _f64(M)
+    if m >= d:
+        return top_eigvecs(gram(M), k, rtol).to(dtype)
+    if m > 64:
+        vals, V = _eigh_desc(gram(M, transpose=True), k)
+        lam_max = float(vals[0]) if vals.numel() else 0.0
+        if not lam_max > 0:
+            return _empty(d, dtype)
+        keep = vals > (rtol**2) * lam_max
+        U = (M @ V[:, keep]) / vals[keep].sqrt()
+        U, _ = torch.linalg.qr(U)  # polish: columns orthonormal to rounding
+        return sign_fix(U).to(dtype)
+    U, S, _ = torch.linalg.svd(M, full_matrices=False)
+    if not float(S[0]) > 0:
+        return _empty(d, dtype)
+    keep = S > rtol * S[0]
+    U = U[:, keep]
+    if k is not None:
+        U = U[:, :k]
+    return sign_fix(U).to(dtype)
+
+
+def right_svd_basis(M: torch.Tensor, k: int | None = None, rtol: float = DEFAULT_RTOL) -> torch.Tensor:
+    """Top-``k`` right singular vectors (row space) of ``M [m, d]`` -> ``[d, r]``."""
+    return left_svd_basis(M.T, k, rtol)
+
+
+def pca(X: torch.Tensor, k: int | None, rtol: float = DEFAULT_RTOL) -> torch.Tensor:
+    """Top-``k`` principal directions of the rows of ``X [n, d]`` (mean-centred) -> ``[d, r]``.
+
+    ``r ≤ min(k, n − 1)``: ``n`` centred rows span at most ``n − 1`` dimensions.
+    """
+    dtype = X.dtype if X.is_floating_point() else torch.float32
+    if X.ndim != 2:
+        raise ValueError(f"pca expects rows [n, d], got shape {tuple(X.shape)}")
+    if X.shape[0] < 2:
+        return _empty(X.shape[1], dtype)
+    X = _f64(X)
+    Xc = X - X.mean(dim=0, keepdim=True)
+    return right_svd_basis(Xc, k, rtol).to(dtype)
+
+
+def orthonormalize(M: torch.Tensor, tol: float = DEFAULT_RTOL) -> torch.Tensor:
+    """Orthonormal basis ``[d, r]`` of the column span of ``M [d, m]``, rank-revealing.
+
+    Directions with singular value ≤ ``tol`` × the largest are dropped; the columns come
+    ordered by singular value (the most strongly represented direction first).
+    """
+    return left_svd_basis(M, None, tol)
+
+
+def union(*bases: torch.Tensor, k: int | None = None, tol: float = DEFAULT_RTOL) -> torch.Tensor:
+    """Orthonormal basis of the sum of the spans of ``bases`` (each ``[d, k_i]``).
+
+    Shared directions are not double-counted (true rank). ``k``: keep the ``k`` most
+    shared directions (largest singular values of ``[B_1 | B_2 | …]``).
+    """
+    if not bases:
+        raise ValueError("union needs at least one basis")
+    d = bases[0].shape[0]
+    dtype = bases[0].dtype
+    parts = [_f64(B) for B in bases if B is not None and B.shape[1] > 0]
+    if not parts:
+        return _empty(d, dtype)
+    return left_svd_basis(torch.cat(parts, dim=1), k, tol).to(dtype)
+
+
+def _principal_pairs(A: torch.Tensor, B: torch.Tensor):
+    """Principal vectors of span(A), span(B): (a [d,r], b [d,r], cosines [r]) ascending angle."""
+    A, B = _f64(A), _f64(B)
+    U, S, Vh = torch.linalg.svd(A.T @ B, full_matrices=False)
+    r = S.shape[0]
+    a = A @ U[:, :r]
+    b = B @ Vh[:r].T
+    return a, b, S.clamp(-1.0, 1.0)
+
+
+def _pair_average(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Unit ``(a_i + b_i)/‖a_i + b_i‖``; columns are mutually orthogonal for principal pairs."""
+    s = a + b
+    n = s.norm(dim=0, keepdim=True)
+    ok = n.squeeze(0) > 1e-12
+    return s[:, ok] / n[:, ok]
+
+
+def intersection(A: torch.Tensor, B: torch.Tensor, max_angle_deg: float = 30.0) -> torch.Tensor:
+    """True intersection of ``span(A)`` and ``span(B)`` by principal angles -> ``[d, r]``.
+
+    Every principal pair ``(a_i, b_i)`` whose principal angle is below ``max_angle_deg``
+    contributes the unit average ``(a_i + b_i)/‖a_i + b_i‖`` (the bisector of a pair of
+    nearly equal directions). Pairs further apart than the threshold do not count as
+    shared, so the result may have rank 0 (``[d, 0]``): two generic low-dimensional
+    subspaces of a large space do not intersect. The averaged directions of distinct
+    pairs are exactly orthogonal (``a_iᵀb_j = 0`` for ``i ≠ j``).
+    """
+    d = A.shape[0]
+    dtype = A.dtype
+    if A.shape[1] == 0 or B.shape[1] == 0:
+        return _empty(d, dtype)
+    a, b, cos = _principal_pairs(A, B)
+    keep = torch.arccos(cos) < math.radians(max_angle_deg)
+    if not bool(keep.any()):
+        return _empty(d, dtype)
+    return sign_fix(_pair_average(a[:, keep], b[:, keep])).to(dtype)
+
+
+def bisector_intersection(A: torch.Tensor, B: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` closest principal pairs' normalised sums, whatever their angle -> ``[d, ≤k]``.
+
+    This is the older "intersection" behaviour kept as a named option: it always returns
+    ``min(k, rank A, rank B)`` directions, even when the two subspaces are orthogonal.
+    """
+    d = A.shape[0]
+    dtype = A.dtype
+    if A.shape[1] == 0 or B.shape[1] == 0 or k <= 0:
+        return _empty(d, dtype)
+    a, b, _ = _principal_pairs(A, B)
+    return sign_fix(_pair_average(a[:, :k], b[:, :k])).to(dtype)
+
+
+def complement(B: torch.Tensor, d: int | None = None) -> torch.Tensor:
+    """Orthonormal basis ``[d, d − r]`` of the orthogonal complement of ``span(B)``."""
+    if d is not None and B.shape[0] != d:
+        raise ValueError(f"basis has {B.shape[0]} rows, expected d={d}")
+    d = B.shape[0]
+    dtype = B.dtype
+    if B.shape[1] == 0:
+        return torch.eye(d, dtype=dtype)
+    Q = orthonormalize(_f64(B))
+    Qc, _ = torch.linalg.qr(Q, mode="complete")
+    return sign_fix(Qc[:, Q.shape[1]:]).to(dtype)
+
+
+def project_away(M: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """``M − B(BᵀM)``: the columns of ``M [d, m]`` with their ``span(B)`` part removed."""
+    if B.shape[1] == 0:
+        return M
+    Mf, Bf = _f64(M), _f64(B)
+    return (Mf - Bf @ (Bf.T @ Mf)).to(M.dtype)
+
+
+def project_gram(G: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """``(I − QQᵀ) G (I − QQᵀ)`` for an orthonormal ``Q [d, q]`` in ``O(d² q)``.
+
+    If ``G = MMᵀ`` this is the Gram of ``project_away(M, Q)``.
+    """
+    if Q.shape[1] == 0:
+        return G
+    G, Q = _f64(G), _f64(Q)
+    A = G @ Q  # [d, q]
+    QtA = Q.T @ A  # [q, q]
+    return G - Q @ A.T - A @ Q.T + Q @ QtA @ Q.T
+
+
+# ----------------------------------------------------------------------------- angles / rank
+def principal_angles(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """Principal angles (radians, ascending) between ``span(A)`` and ``span(B)``.
+
+    ``A`` and ``B`` must have orthonormal columns; ``min(k_A, k_B)`` angles.
+    """
+    if A.shape[1] == 0 or B.shape[1] == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    s = torch.linalg.svdvals(_f64(A).T @ _f64(B)).clamp(0.0, 1.0)
+    return torch.arccos(s)
+
+
+def mean_principal_cosine(A: torch.Tensor, B: torch.Tensor) -> float:
+    """Mean cosine of the principal angles (1 = one contains the other; NaN if either is empty)."""
+    if A.shape[1] == 0 or B.shape[1] == 0:
+        return float("nan")
+    return float(torch.linalg.svdvals(_f64(A).T @ _f64(B)).clamp(0.0, 1.0).mean())
+
+
+def effective_rank(x: torch.Tensor) -> float:
+    """Participation ratio ``(Σλ)² / Σλ²`` of the eigenvalues ``λ = s²``.
+
+    ``x``: a 1-D tensor of singular values, or a 2-D matrix (its singular values, uncentred).
+    A flat spectrum of ``r`` equal values gives ``r``; all zeros gives 0.
+    """
+    x = _f64(x)
+    s = x if x.ndim == 1 else torch.linalg.svdvals(x)
+    lam = s**2
+    den = float((lam**2).sum())
+    if den <= 0:
+        return 0.0
+    return float(lam.sum() ** 2 / den)
+
+
+def orthonormality_error(B: torch.Tensor) -> float:
+    """``max |BᵀB − I|`` (0 for an empty basis; inf if not finite)."""
+    if B.shape[1] == 0:
+        return 0.0
+    Bf = _f64(B)
+    if not bool(torch.isfinite(Bf).all()):
+        return float("inf")
+    return float((Bf.T @ Bf - torch.eye(Bf.shape[1], dtype=torch.float64)).abs().max())
+
+
+def is_orthonormal(B: torch.Tensor, tol: float = 1e-3) -> bool:
+    return B.ndim == 2 and orthonormality_error(B) <= tol
+
+
+def check_orthonormal(B: torch.Tensor, name: str = "basis", layer: int | None = None, tol: float = 1e-3) -> None:
+    """Raise ``ValueError`` naming the candidate and layer unless ``B`` is an orthonormal basis."""
+    where = f"candidate {name!r}" + (f" at layer {layer}" if layer is not None else "")
+    if not isinstance(B, torch.Tensor) or B.ndim != 2:
+        raise ValueError(f"{where}: a basis must be a 2-D [d_model, k] tensor, got {type(B).__name__} "
+                         f"{tuple(B.shape) if isinstance(B, torch.Tensor) else ''}")
+    err = orthonormality_error(B)
+    if not err <= tol:
+        raise ValueError(f"{where}: columns are not orthonormal (max|BᵀB − I| = {err:.3g} > {tol:g})")
+
+
+# ----------------------------------------------------------------------------- model helpers
+def expand_kv(W: torch.Tensor, n_heads: int, n_kv: int) -> torch.Tensor:
+    """GQA: ``[n_kv·hd, d]`` key/value rows -> ``[n_heads·hd, d]``, head j using kv head j // (n_heads/n_kv)."""
+    if n_heads % n_kv:
+        raise ValueError(f"n_heads={n_heads} is not a multiple of n_kv={n_kv}")
+    rows, d = W.shape
+    if rows % n_kv:
+        raise ValueError(f"{rows} rows do not split into {n_kv} kv heads")
+    hd = rows // n_kv
+    rep = n_heads // n_kv
+    return W.reshape(n_kv, hd, d).repeat_interleave(rep, dim=0).reshape(n_heads * hd, d)
+
+
+def psd_sqrt(C: torch.Tensor, eps_rel: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Damped square root of a PSD matrix: ``(C_ε^{1/2}, C_ε^{-1/2}, ε)``, ``C_ε = C + εI``.
+
+    ``ε = eps_rel · tr(C)/n`` (relative to the mean eigenvalue), so ``C_ε`` is invertible
+    for ``eps_rel > 0`` and ``W·C_ε^{1/2}·C_ε^{-1/2} = W``. Negative rounding eigenvalues
+    are clipped to 0 before damping.
+    """
+    C = _f64(C)
+    n = C.shape[0]
+    eps = eps_rel * float(torch.trace(C)) / max(n, 1)
+    vals, vecs = torch.linalg.eigh(0.5 * (C + C.T))
+    vals = vals.clamp(min=0.0) + eps
+    half = (vecs * vals.sqrt()) @ vecs.T
+    inv_half = (vecs * vals.rsqrt()) @ vecs.T  # inf entries if eps = 0 and C is singular
+    return half, inv_half, eps
+
+
+def haar_orthonormal(d: int, k: int, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A Haar-random ``[d, k]`` orthonormal basis (QR of a Gaussian, R's diagonal made positive)."""
+    G = torch.randn(d, k, generator=generator, dtype=torch.float64)
+    Q, R = torch.linalg.qr(G)
+    s = torch.sign(torch.diagonal(R))
+    s[s == 0] = 1
+    return (Q * s).to(dtype)
+
+
+def kmeans(
+    X: torch.Tensor,
+    n_clusters: int,
+    seed: int = 0,
+    n_init: int = 4,
+    max_iter: int = 100,
+    tol: float = 1e-10,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Seeded k-means (k-means++ start, Lloyd iterations, best of ``n_init``).
+
+    Returns ``(centroids [c, d], labels [n], inertia)`` in float64. A cluster that empties
+    is re-seeded at the point farthest from its centroid. ``c = min(n_clusters, n)``.
+    """
+    X = _f64(X)
+    n = X.shape[0]
+    c = min(n_clusters, n)
+    if c <= 0:
+        raise ValueError("kmeans needs at least one point and one cluster")
+    g = torch.Generator().manual_seed(int(seed))
+    x2 = (X * X).sum(dim=1)
+
+    def sqdist(C: torch.Tensor) -> torch.Tensor:  # [n, c]
+        return (x2[:, None] - 2.0 * X @ C.T + (C * C).sum(dim=1)[None, :]).clamp(min=0.0)
+
+    best = None
+    for _ in range(max(1, n_init)):
+        # k-means++ seeding
+        idx = [int(torch.randint(n, (1,), generator=g))]
+        D = sqdist(X[idx])[:, 0]
+        for _j in range(1, c):
+            tot = float(D.sum())
+            if tot <= 0:
+                nxt = int(torch.randint(n, (1,), generator=g))
+            else:
+                nxt = int(torch.multinomial(D / tot, 1, generator=g))
+            idx.append(nxt)
+            D = torch.minimum(D, sqdist(X[nxt : nxt + 1])[:, 0])
+        C = X[idx].clone()
+        prev = float("inf")
+        for _it in range(max_iter):
+            Dm = sqdist(C)
+            lab = Dm.argmin(dim=1)
+            inertia = float(Dm.gather(1, lab[:, None]).sum())
+            counts = torch.bincount(lab, minlength=c)
+            newC = torch.zeros_like(C).index_add_(0, lab, X) / counts.clamp(min=1)[:, None].to(X.dtype)
+            for j in torch.nonzero(counts == 0).flatten().tolist():
+                far = int(Dm.gather(1, lab[:, None]).squeeze(1).argmax())
+                newC[j] = X[far]
+            C = newC
+            if prev - inertia <= tol * max(prev, 1e-300) and _it > 0:
+                break
+            prev = inertia
+        Dm = sqdist(C)
+        lab = Dm.argmin(dim=1)
+        inertia = float(Dm.gather(1, lab[:, None]).sum())
+        if best is None or inertia < best[2] - 1e-12 * abs(best[2]):
+            best = (C, lab, inertia)
+    return best
