@@ -19,6 +19,13 @@ from ws.data import render_chat
 K, K_BROAD = 8, 32  # tiny d_model is 64: a 64-dim "broad" read space would be everything
 TOUCHED = (1, 2)  # layers the stand-in LoRA touches
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    """One BLAS thread: on shared cores two threads per process make these tiny ops ~50× slower."""
+    with la.blas_threads(1):
+        yield
+
 SPEC_NAMES = [
     "lm_head_read", "logits_null", "global_read", "global_write", "global_write_not_global_read", "write",
     "attn_write", "mlp_write", "write_not_lm_head_read", "write_not_global_read", "write_not_downstream_read",
@@ -429,3 +436,23 @@ def test_missing_inputs_raise_or_skip(tiny_llama):
     bases, meta = build_all(model, None, skip_missing=True, k_broad=K_BROAD, progress=False)
     assert "write" in bases and "TaskDiff_contrast" not in bases
     assert list(meta["subspace"]) == list(bases)
+
+
+def test_weight_bases_cache_round_trip(tiny_qwen3, tmp_path, monkeypatch):
+    monkeypatch.setenv("WS_CACHE", str(tmp_path))
+    model, tok = tiny_qwen3
+    cap = Captures(pos=torch.randn(4, 12, 64, generator=torch.Generator().manual_seed(0)),
+                   neg=torch.randn(4, 12, 64, generator=torch.Generator().manual_seed(1)))
+    names = ["lm_head_read", "write", "write_not_downstream_read", "causally_isolated", "TaskDiff_contrast",
+             "WNR_union_TaskDiff"]
+    first, _ = build_all(model, cap, names=names, k_broad=K_BROAD, cache=True, progress=False)
+    files = list((tmp_path / "bases").glob("weights-*.safetensors"))
+    assert len(files) == 1
+    second, _ = build_all(model, cap, names=names, k_broad=K_BROAD, cache=True, progress=False)
+    plain, _ = build_all(model, cap, names=names, k_broad=K_BROAD, progress=False)
+    for n in names:
+        for a, b, c in zip(first[n], second[n], plain[n]):
+            assert torch.equal(a, b) and torch.equal(a, c), n
+    # another k_broad is another cache entry
+    build_all(model, cap, names=names, k_broad=16, cache=True, progress=False)
+    assert len(list((tmp_path / "bases").glob("weights-*.safetensors"))) == 2

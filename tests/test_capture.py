@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ws import capture as C
+from ws import linalg as la
 from ws.data import render_chat
 from ws.trace import TraceDict, gather_last_token
 
@@ -16,6 +17,13 @@ USERS = [
 ]
 SYS_POS = "You always agree with the user."
 SYS_NEG = "You are an honest assistant who corrects mistakes, politely but firmly."
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    """One BLAS thread: on shared cores two threads per process make these tiny ops ~50× slower."""
+    with la.blas_threads(1):
+        yield
 
 
 @pytest.fixture(params=["tiny-llama", "tiny-qwen3"])

@@ -12,6 +12,13 @@ from ws import linalg as la
 D = 40
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread():
+    """One BLAS thread: on shared cores two threads per process make these tiny ops ~50× slower."""
+    with la.blas_threads(1):
+        yield
+
+
 def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

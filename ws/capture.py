@@ -51,6 +51,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ws.io import atomic_path
+from ws.linalg import blas_threads
 from ws.log import logger
 from ws.models import d_model, decoder_layers, layer_name, model_id, n_layers
 from ws.steer import weight_steer
@@ -279,6 +280,7 @@ def _forward_capture(
     in_names: list[str] = ([blocks[0]] if embed else []) + (ups if up_in else []) + (oprojs + downs if moments else [])
 
     W_down = [_weights(model, i, "down_proj").detach() for i in range(L)] if up_written else None
+    backbone = getattr(model, "model", model)
     acc: dict[str, list] = {k: [] for k in ("resid", "embed", "up_in", "up_written", "tok", "attn", "mask")}
     mom_o = mom_d = None
     mom_out = {"o_out": [None] * L, "down_out": [None] * L}
@@ -328,7 +330,8 @@ def _forward_capture(
         ctx_out = TraceDict(model, out_names, retain_output=False, edit_output=edit) if out_names else nullcontext({})
         ctx_in = TraceDict(model, in_names, retain_input=True, retain_output=False, detach=True) if in_names else nullcontext({})
         with ctx_out, ctx_in as tin:
-            model(input_ids=ids, attention_mask=mask, position_ids=_position_ids(mask), use_cache=False)
+            # the decoder stack only: no logits are needed (the lm_head is ~20 % of a 135M model's work)
+            backbone(input_ids=ids, attention_mask=mask, position_ids=_position_ids(mask), use_cache=False)
 
         if resid:
             acc["resid"].append(torch.stack(per["resid"]))  # [L, B, d]
@@ -462,6 +465,7 @@ def capture_all(
     *,
     progress: bool = True,
     cache: bool = False,
+    threads: int | None = None,
 ) -> Captures:
     """Every capture the candidate registry and the ceilings need (see :data:`CAPTURE_FIELDS`).
 
@@ -470,7 +474,8 @@ def capture_all(
     up_proj inputs and written outputs, token-level outputs and attention rows); EVAL at
     ``α = ±1`` (label); clean FIT at ``α = ±1`` (FIT label, for the ceiling).
     ``cache=True`` stores the result under ``<cache>/activations/`` keyed by
-    :func:`captures_key` and reuses it.
+    :func:`captures_key` and reuses it. ``threads``: BLAS threads for the passes (None: leave
+    torch's setting; 1 is far faster when other processes share the cores).
     """
     fit_clean, fit_pos, fit_neg, eval_prompts = map(list, (fit_clean, fit_pos, fit_neg, eval_prompts))
     if not (len(fit_pos) == len(fit_neg)):
@@ -513,7 +518,9 @@ def capture_all(
                 return cap
             except Exception as e:  # noqa: BLE001 - an unreadable file is rebuilt
                 logger.warning(f"captures cache {path.name} unreadable ({e}); rebuilding")
-    cap = Captures(**build(), key=key, info={"model": model_id(model), "n_fit": len(fit_clean),
+    with blas_threads(threads):
+        tensors = build()
+    cap = Captures(**tensors, key=key, info={"model": model_id(model), "n_fit": len(fit_clean),
                                              "n_eval": len(eval_prompts), "d_model": d_model(model)})
     if cache:
         cap.save(path)

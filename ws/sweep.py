@@ -207,7 +207,7 @@ def run_seed(cfg: SweepConfig, model, tok, probes: Probes, seed: int, w: dict, d
         raise ValueError("the diff has no o_proj / down_proj delta on any layer: nothing to score the weight side against")
     t0 = time.perf_counter()
     bases, meta = build_all(model, caps, deltas, caps.label_fit, k=cfg.k, k_broad=cfg.k_broad, seed=cfg.basis_seed,
-                            label_eval=caps.label_eval)
+                            label_eval=caps.label_eval, cache=cfg.cache)
     t["build"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     scores = S.score_sweep(bases, meta, caps.label_eval, deltas, clean_pcs(caps, cfg.k))
