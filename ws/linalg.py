@@ -50,6 +50,7 @@ __all__ = [
     "expand_kv",
     "psd_sqrt",
     "haar_orthonormal",
+    "haar_frames",
     "kmeans",
     "blas_threads",
     "gram",
@@ -416,15 +417,26 @@ def is_orthonormal(B: torch.Tensor, tol: float = 1e-3) -> bool:
     return B.ndim == 2 and orthonormality_error(B) <= tol
 
 
-def check_orthonormal(B: torch.Tensor, name: str = "basis", layer: int | None = None, tol: float = 1e-3) -> None:
-    """Raise ``ValueError`` naming the candidate and layer unless ``B`` is an orthonormal basis."""
+def check_orthonormal(B: torch.Tensor, name: str = "basis", layer: int | None = None, tol: float = 1e-3) -> float:
+    """Raise ``ValueError`` unless ``B`` (``[d, k]``) has orthonormal columns; return ``max|BᵀB − I|``.
+
+    The message names the candidate, the layer and the measured error and says how to fix
+    it. ``k = 0`` passes.
+    """
     where = f"candidate {name!r}" + (f" at layer {layer}" if layer is not None else "")
     if not isinstance(B, torch.Tensor) or B.ndim != 2:
         raise ValueError(f"{where}: a basis must be a 2-D [d_model, k] tensor, got {type(B).__name__} "
                          f"{tuple(B.shape) if isinstance(B, torch.Tensor) else ''}")
+    if not bool(torch.isfinite(B).all()):
+        raise ValueError(f"{where}: basis contains NaN or Inf; rebuild it from finite inputs")
     err = orthonormality_error(B)
     if not err <= tol:
-        raise ValueError(f"{where}: columns are not orthonormal (max|BᵀB − I| = {err:.3g} > {tol:g})")
+        raise ValueError(
+            f"{where}: basis columns are not orthonormal: max|BᵀB − I| = {err:.3g} > tol {tol:g}. "
+            f"Orthonormalise it before scoring (e.g. keep the left factor U of a thin SVD, "
+            f"dropping directions with tiny singular values)."
+        )
+    return err
 
 
 # ----------------------------------------------------------------------------- model helpers
@@ -457,13 +469,25 @@ def psd_sqrt(C: torch.Tensor, eps_rel: float = 1e-3) -> tuple[torch.Tensor, torc
     return half, inv_half, eps
 
 
-def haar_orthonormal(d: int, k: int, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """A Haar-random ``[d, k]`` orthonormal basis (QR of a Gaussian, R's diagonal made positive)."""
-    G = torch.randn(d, k, generator=generator, dtype=torch.float64)
+def haar_frames(d: int, k: int, n_draws: int, generator: torch.Generator, dtype: torch.dtype = torch.float64,
+                sample_dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``n_draws`` Haar-random orthonormal ``[d, k]`` frames, ``[n_draws, d, k]``.
+
+    QR of a Gaussian matrix with the signs of R's diagonal moved into Q (without the fix
+    the QR convention biases the frame; with it the law is exactly uniform). The Gaussian
+    entries are drawn in ``sample_dtype`` (float32 draws are faster and any Gaussian matrix
+    gives a Haar frame); the QR runs in ``dtype``.
+    """
+    G = torch.randn(n_draws, d, k, generator=generator, dtype=sample_dtype).to(dtype)
     Q, R = torch.linalg.qr(G)
-    s = torch.sign(torch.diagonal(R))
-    s[s == 0] = 1
-    return (Q * s).to(dtype)
+    s = torch.sign(torch.diagonal(R, dim1=-2, dim2=-1))
+    s[s == 0] = 1.0
+    return Q * s[:, None, :]
+
+
+def haar_orthonormal(d: int, k: int, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """One Haar-random ``[d, k]`` orthonormal basis (see :func:`haar_frames`)."""
+    return haar_frames(d, k, 1, generator)[0].to(dtype)
 
 
 def kmeans(

@@ -42,6 +42,7 @@ import torch
 from scipy import special as _special
 from tqdm import tqdm
 
+from ws.linalg import check_orthonormal, haar_frames
 from ws.log import logger
 
 __all__ = [
@@ -151,32 +152,6 @@ _STD_REL_FLOOR = 1e-12
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def check_orthonormal(B: torch.Tensor, name: str = "basis", layer: int | None = None,
-                      tol: float = 1e-3) -> float:
-    """Raise ``ValueError`` unless ``B`` (``[d, k]``) has orthonormal columns.
-
-    The message names the candidate, the layer and the measured ``max|BᵀB − I|`` and says
-    how to fix it. ``k = 0`` passes. Returns the measured error.
-    """
-    where = f"candidate {name!r} at layer {layer}"
-    if B.ndim != 2:
-        raise ValueError(f"{where}: a basis must be a 2-D [d_model, k] tensor, got shape {tuple(B.shape)}")
-    Bd = B.detach().to(torch.float64)
-    if not bool(torch.isfinite(Bd).all()):
-        raise ValueError(f"{where}: basis contains NaN or Inf; rebuild it from finite inputs")
-    k = Bd.shape[1]
-    if k == 0:
-        return 0.0
-    err = float((Bd.T @ Bd - torch.eye(k, dtype=torch.float64)).abs().max())
-    if not err <= tol:
-        raise ValueError(
-            f"{where}: basis columns are not orthonormal: max|BᵀB − I| = {err:.3g} > tol {tol:g}. "
-            f"Orthonormalise it before scoring (e.g. keep the left factor U of a thin SVD, "
-            f"dropping directions with tiny singular values)."
-        )
-    return err
 
 
 def check_finite(t: torch.Tensor | None, what: str) -> None:
@@ -344,20 +319,9 @@ def p_empirical(frac: float, draws: np.ndarray) -> float:
 
 
 def haar_orthonormal(d: int, k: int, n_draws: int, generator: torch.Generator,
-                     dtype: torch.dtype = torch.float64,
-                     sample_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``n_draws`` Haar-random orthonormal ``[d, k]`` frames, ``[n_draws, d, k]`` (dtype).
-
-    QR of a Gaussian matrix with the signs of R's diagonal moved into Q (without the fix
-    the QR convention biases the frame; with it the law is exactly uniform). The Gaussian
-    entries are drawn in ``sample_dtype`` (float32 draws are ~3× faster and any Gaussian
-    matrix gives a Haar frame) and the QR runs in ``dtype``.
-    """
-    G = torch.randn(n_draws, d, k, generator=generator, dtype=sample_dtype).to(dtype)
-    Q, R = torch.linalg.qr(G)
-    s = torch.sign(torch.diagonal(R, dim1=-2, dim2=-1))
-    s[s == 0] = 1.0
-    return Q * s[:, None, :]
+                     dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``n_draws`` Haar frames ``[n_draws, d, k]`` (Gaussian entries drawn in float32)."""
+    return haar_frames(d, k, n_draws, generator, dtype=dtype, sample_dtype=torch.float32)
 
 
 @lru_cache(maxsize=64)
