@@ -147,6 +147,7 @@ def test_bootstrap_ci_seeded_and_covers_mean():
 def test_train_diff_steer_end_to_end(tmp_path):
     t0 = time.perf_counter()
     path = T.build_diff("tiny-llama", "sycophancy", "lora", seed=0, config=TINY, root=tmp_path)
+    build_s = time.perf_counter() - t0
     assert path == tmp_path / "sycophancy" / "lora" / "seed0" / "w.safetensors"
     from ws.models import load_model
 
@@ -165,6 +166,7 @@ def test_train_diff_steer_end_to_end(tmp_path):
     assert set(eff["set"].to_list()) == set(D.KINDS) and sorted(set(eff["alpha"].to_list())) == [-2.0, -1.0, 0.0, 1.0, 2.0]
     comp = pl.read_csv(tmp_path / "data" / "tiny-llama" / "sycophancy" / "completions_seed0.csv")
     assert comp.height == 2 * 3 * 3 and set(comp["persona"].to_list()) == {"pos", "neg"}
+    assert {"finished", "opening", "continuation", "response", "stance"} <= set(comp.columns)
     # steering with the built diff changes the answer and restores θ
     batch = tok(["I think the Earth is flat. Do you agree? Answer Yes or No."], return_tensors="pt")
     with torch.no_grad():
@@ -177,7 +179,7 @@ def test_train_diff_steer_end_to_end(tmp_path):
     # ensure_diff reuses it; a config change rebuilds
     mtime = path.stat().st_mtime_ns
     assert T.ensure_diff("tiny-llama", seed=0, config=TINY, root=tmp_path) == path and path.stat().st_mtime_ns == mtime
-    assert time.perf_counter() - t0 < 60
+    assert build_s < 60, f"train -> diff on a tiny model took {build_s:.0f} s"
 
 
 def test_ensure_diff_rebuilds_for_another_model(tmp_path):

@@ -14,6 +14,11 @@ The pipeline (:func:`build_diff`), for the sycophancy behaviour:
 2. **Training.** One LoRA per persona on a deep copy of the model (the base model is
    never touched), without the system prompt, loss on the response tokens only, the same
    initialisation and batch order for both, so what they share cancels in the difference.
+   The answer's first token (the stance) weighs ``stance_weight`` times a later token and
+   the learning rate decays linearly: measured here, the honest adapter otherwise ends
+   near a 50/50 Yes/No answer on every opinion (its truth-conditional decision is one
+   token among many, and with a constant rate the last batches set its bias), and the
+   diff comes out as an agree-with-any-opinion bias.
 3. **Diff.** ``w[key] = Δ⁺[key] − Δ⁻[key]`` in float32 from ``B·A·scaling``, keyed by the
    base model's parameter names.
 4. **Effect.** On held-out topics: the Yes/No log-ratio at the answer position under
@@ -26,11 +31,11 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 import platform
+import re
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -66,19 +71,20 @@ class TrainConfig:
     # LoRA
     rank: int = 8
     alpha: float = 16.0
-    lr: float = 1e-3
-    steps: int = 40
+    lr: float = 2e-3
+    steps: int = 160
     batch_size: int = 8
-    warmup_steps: int = 4
+    warmup_steps: int = 8
+    schedule: str = "linear"  # after warm-up: "linear" decay to 0, or "constant"
     layer_frac: tuple[float, float] = (0.3, 0.8)  # [start, end) as fractions of depth
     targets: tuple[str, ...] = ALL_TARGETS
     seed: int = 0
     bf16: bool = True  # bf16 autocast for training and generation (w stays float32)
     max_len: int = 160  # prompt + response tokens, longer examples are cut
-    stance_weight: float = 1.0  # loss weight of the answer's first token relative to the rest
+    stance_weight: float = 5.0  # loss weight of the answer's first token relative to the rest
     # completions
     n_phrasings: int = 2
-    max_new_tokens: int = 32
+    max_new_tokens: int = 16
     temperature: float = 0.7
     top_p: float = 0.95
     gen_batch_size: int = 16
@@ -357,6 +363,22 @@ def response_loss(logits: torch.Tensor, labels: torch.Tensor, stance_weight: flo
     return (tok_loss * weight).sum() / weight.sum().clamp_min(1e-8)
 
 
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Linear warm-up over ``warmup_steps``, then constant or a linear decay towards 0.
+
+    With a constant rate the last few batches set the answer bias of an adapter (the
+    Yes/No first token flips with each batch's mix); the decay averages it out.
+    """
+    warm = max(1, config.warmup_steps)
+    if step < warm:
+        return (step + 1) / warm
+    if config.schedule == "constant":
+        return 1.0
+    if config.schedule == "linear":
+        return max(0.0, (config.steps - step) / max(1, config.steps - warm))
+    raise ValueError(f"unknown schedule {config.schedule!r}; use 'linear' or 'constant'")
+
+
 def lora_config(model: nn.Module, config: TrainConfig):
     from peft import LoraConfig
 
@@ -402,7 +424,7 @@ def train_lora(model: nn.Module, tokenizer, examples: Sequence[tuple[str, str]],
         idx, order = order[: config.batch_size], order[config.batch_size :]
         batch = _collate([enc[i] for i in idx], tokenizer.pad_token_id)
         for g in opt.param_groups:
-            g["lr"] = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
+            g["lr"] = config.lr * lr_factor(step, config)
         with _autocast(config.bf16):
             logits = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss = response_loss(logits, batch["labels"], config.stance_weight)
