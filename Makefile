@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# progress lines of headless notebook runs go to the terminal too (see ws/log.py)
+export WS_LOG_TERMINAL := 1
 
 .PHONY: setup sweep diff test test-fast bench clean-cache sync-nbs
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -25,6 +26,11 @@ def setup_logging(name: str, log_dir: str | Path | None = None, level: str = "IN
     logger.remove()
     logger.add(sys.stdout, level=level, format=_SHORT, colorize=False)
     logger.add(path, level="DEBUG", format=_LONG, mode="a", encoding="utf-8")
+    # Headless notebook runs (`make sweep`) capture stdout into the executed notebook; with
+    # WS_LOG_TERMINAL=1 the short lines also go to the kernel's own stderr, i.e. the
+    # terminal that started the run, so a long run shows its progress as it goes.
+    if os.environ.get("WS_LOG_TERMINAL") == "1" and sys.__stderr__ is not None and sys.stderr is not sys.__stderr__:
+        logger.add(sys.__stderr__, level=level, format=_SHORT, colorize=False)
     logger.debug(f"logging set up for {name!r}; verbose log at {path}")
     return path
 
