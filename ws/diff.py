@@ -77,13 +77,9 @@ def check_against_model(w: Mapping[str, torch.Tensor], model: nn.Module, meta: M
     from ws.models import model_id
 
     where = f" ({path})" if path is not None else ""
-    mismatches = []
-    params = dict(model.named_parameters())
-    for key, t in w.items():
-        if key not in params:
-            mismatches.append(f"{key}: not a parameter of the model")
-        elif tuple(params[key].shape) != tuple(t.shape):
-            mismatches.append(f"{key}: diff shape {tuple(t.shape)} != model shape {tuple(params[key].shape)}")
+    from ws.steer import w_mismatches
+
+    mismatches = w_mismatches(model, w)
     shown = ""
     if mismatches:
         shown = "\n  " + "\n  ".join(mismatches[:12]) + (f"\n  … (+{len(mismatches) - 12} more)" if len(mismatches) > 12 else "")

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 
-def check_w_fits(model: nn.Module, w: Mapping[str, torch.Tensor]) -> None:
-    """Raise ``ValueError`` naming every key of ``w`` the model lacks or whose shape differs."""
+def w_mismatches(model: nn.Module, w: Mapping[str, torch.Tensor]) -> list[str]:
+    """One line per key of ``w`` that the model lacks or whose shape differs."""
     params = dict(model.named_parameters())
     problems = []
     for key, t in w.items():
@@ -27,6 +27,12 @@ def check_w_fits(model: nn.Module, w: Mapping[str, torch.Tensor]) -> None:
             problems.append(f"{key}: not a parameter of the model")
         elif tuple(params[key].shape) != tuple(t.shape):
             problems.append(f"{key}: diff shape {tuple(t.shape)} != model shape {tuple(params[key].shape)}")
+    return problems
+
+
+def check_w_fits(model: nn.Module, w: Mapping[str, torch.Tensor]) -> None:
+    """Raise ``ValueError`` naming every key of ``w`` the model lacks or whose shape differs."""
+    problems = w_mismatches(model, w)
     if problems:
         shown = "\n  ".join(problems[:10]) + (f"\n  … (+{len(problems) - 10} more)" if len(problems) > 10 else "")
         raise ValueError(
