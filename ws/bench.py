@@ -104,11 +104,8 @@ def null_comparison(label: torch.Tensor, deltas: list, layers: list[int], k: int
 
 def run(model_name: str | None = None, seeds: tuple[int, ...] = (0,)) -> dict:
     from ws import sweep
-    from ws.bases import build_all
-    from ws.capture import capture_all
     from ws.diff import write_delta_by_layer
     from ws.models import load_model, n_layers
-    from ws import stats as S
 
     setup_logging("bench")
     cfg = sweep.SweepConfig.from_env()
@@ -126,32 +123,17 @@ def run(model_name: str | None = None, seeds: tuple[int, ...] = (0,)) -> dict:
 
     torch.set_grad_enabled(False)
     floor = forward_floor(model, tok, probes, w, cfg.batch_size)
-    t0 = time.perf_counter()
-    caps = capture_all(model, tok, probes.fit_clean, probes.fit_pos, probes.fit_neg, probes.eval, w,
-                       batch_size=cfg.batch_size, cache=False, progress=False)
-    stages["captures"] = time.perf_counter() - t0
-    deltas = write_delta_by_layer(w, n_layers(model))
-    touched = [l for l, x in enumerate(deltas) if x is not None]
-    t0 = time.perf_counter()
-    bases, meta = build_all(model, caps, deltas, caps.label_fit, k=cfg.k, k_broad=cfg.k_broad, seed=cfg.basis_seed,
-                            label_eval=caps.label_eval, progress=False)
-    stages["build_candidates"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    scores = S.score_sweep(bases, meta, caps.label_eval, deltas, sweep.clean_pcs(caps, cfg.k), progress=False)
-    per_layer = S.add_qvalues(scores.per_layer)
-    summary = S.summarize(per_layer, touched)
-    ci = S.bootstrap_summary_ci(scores, touched, n_boot=cfg.n_boot, seed=cfg.boot_seed)
-    stages["scoring (+bootstrap, q-values)"] = time.perf_counter() - t0
-    res = sweep.SeedResult(seed, caps, bases, meta, scores, per_layer, scores.specific_per_layer,
-                           summary.join(ci, on="subspace", how="left", maintain_order="left"),
-                           S.summary_pct(summary.join(ci, on="subspace", how="left", maintain_order="left")),
-                           S.summarize_specific(scores.specific_per_layer, touched), touched,
-                           [l for l, x in enumerate(deltas) if x is None], dmeta)
-    stab = sweep.seed_stability([res])
+    res = sweep.run_seed(cfg, model, tok, probes, seed, w, dmeta)  # cache off: every stage runs
+    stages["captures"] = res.timings["capture"]
+    stages["build_candidates"] = res.timings["build"]
+    stages["scoring (+bootstrap, q-values)"] = res.timings["score"]
     bench_cfg = replace(cfg, out_root=Path(cfg.out_root) / "bench" / "run")
     t0 = time.perf_counter()
-    sweep.write_v7(bench_cfg, probes, [res], stab)
+    sweep.write_v7(bench_cfg, probes, [res], sweep.seed_stability([res]))
     stages["report"] = time.perf_counter() - t0
+    caps, bases = res.captures, res.bases
+    deltas = write_delta_by_layer(w, n_layers(model))
+    touched = res.layers_touched
 
     sweep_s = stages["captures"] + stages["build_candidates"] + stages["scoring (+bootstrap, q-values)"] + stages["report"]
     nulls = null_comparison(caps.label_eval, deltas, touched, cfg.k)
