@@ -127,6 +127,22 @@ for s, v in spread.items():
     print(f"spread (α=+2 − α=−2) on {SET_LABELS.get(s, s)}: {v:+.2f} nats")
 print(f"specificity ratio: {ratio:.2f}")
 
+# %% [markdown]
+# Each adapter alone (θ+Δ⁺, θ+Δ⁻, α = 1) on the same held-out prompts. The diff can only
+# spare true-claim opinions as far as the honest adapter answers them "Yes" as surely as
+# the sycophantic one does; the gap between its true-claim and false-claim log-ratios is
+# how much truth it carries to held-out claims.
+
+# %%
+if (W_PATH.parent / "adapter_effect.csv").exists():
+    adapters = pl.read_csv(W_PATH.parent / "adapter_effect.csv")
+    print(adapters.pivot(on="set", index="model", values="mean_logratio"))
+    neg = adapters.filter(pl.col("model") == "theta+delta_neg")
+    gap = float(neg.filter(pl.col("set") == "opinion_true")["mean_logratio"][0] - neg.filter(pl.col("set") == "opinion_false")["mean_logratio"][0])
+    print(f"honest adapter, held-out: log-ratio on true claims − on false claims = {gap:+.2f} nats")
+else:
+    print("this diff was built before the per-adapter table existed; WS_REBUILD=1 writes it")
+
 # %%
 try:
     from IPython.display import Image, display

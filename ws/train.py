@@ -64,8 +64,9 @@ ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 class TrainConfig:
     """Everything that defines a diff besides the model and the data.
 
-    Defaults are chosen for the embedded 135M model on a 2-core CPU (see the note in the
-    train notebook for measured times).
+    Defaults are chosen for the embedded 135M model on a 2-core CPU: measured there, the
+    whole build takes about 8 minutes on idle cores (312 completions ~50 s, each adapter
+    ~200 s, the effect eval ~25 s); every other process on the cores slows it a lot.
     """
 
     # LoRA
@@ -581,6 +582,23 @@ def effect_eval(
     return summarize_effect(per, n_boot=n_boot, seed=seed)
 
 
+def adapter_effect(model: nn.Module, tokenizer, deltas: Mapping[str, Mapping[str, torch.Tensor]], prompts_by_set: Mapping[str, Sequence[str]], batch_size: int = 16) -> pl.DataFrame:
+    """Mean held-out log-ratio per set under θ, θ+Δ⁺ and θ+Δ⁻ (each adapter alone).
+
+    A diagnostic of the specificity ratio: the diff can only spare true claims as far as
+    the honest adapter alone answers them "Yes" as surely as the sycophantic one does.
+    """
+    rows = []
+    for name, d in [("base", {}), *[(f"theta+delta_{k}", v) for k, v in deltas.items()]]:
+        with weight_steer(model, d, 1.0):
+            for s, ps in prompts_by_set.items():
+                if not ps:
+                    continue
+                lr, mass = answer_logratios(model, tokenizer, list(ps), batch_size)
+                rows.append(dict(model=name, set=s, n=len(ps), mean_logratio=float(lr.mean()), sd_logratio=float(lr.std(ddof=1)) if len(lr) > 1 else float("nan"), mean_mass=float(mass.mean())))
+    return pl.DataFrame(rows)
+
+
 def heldout_prompts(seed: int = 0, n_per_kind: int | None = None, topics: list[D.Topic] | None = None) -> dict[str, list[str]]:
     """The held-out effect prompts by set (probe for opinions, question for neutral ones)."""
     sets = D.heldout_sets(0, topics)
@@ -728,11 +746,14 @@ def build_diff(
     prompts = heldout_prompts(0, config.n_eval_per_kind)
     per = effect_per_prompt(model, tok, w, prompts, config.eval_alphas, config.eval_batch_size)
     eff = summarize_effect(per, n_boot=config.n_boot, seed=seed)
+    adapters = adapter_effect(model, tok, deltas, prompts, config.eval_batch_size)
+    del deltas
     timings["eval"] = time.perf_counter() - t0
     sp = spreads(eff)
     ratio = specificity_ratio(eff)
     _write_csv(eff, path.parent / "effect.csv")
     _write_csv(per, path.parent / "effect_per_prompt.csv")
+    _write_csv(adapters, path.parent / "adapter_effect.csv")
     _write_csv(pl.DataFrame({"step": list(range(config.steps)), "loss_pos": losses["pos"], "loss_neg": losses["neg"]}), path.parent / "train_loss.csv")
     plot_effect(eff, path.parent / "effect.png", title=f"{model_name} · {behavior}/{adapter} seed {seed} · specificity ratio {ratio:.2f}")
     timings["total"] = time.perf_counter() - t_all
@@ -748,6 +769,7 @@ def build_diff(
         effect_spread=sp,
         specificity_ratio=ratio,
         completion_contrast=rates,
+        adapter_effect={f"{r['model']}/{r['set']}": r["mean_logratio"] for r in adapters.iter_rows(named=True)},
         final_loss={k: v[-1] for k, v in losses.items()},
         timings_s={k: round(v, 2) for k, v in timings.items()},
         torch=torch.__version__,
