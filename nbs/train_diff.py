@@ -90,7 +90,9 @@ print("example pair:\n  + " + D.PERSONA_PAIRS[0][0] + "\n  − " + D.PERSONA_PAI
 # %% [markdown]
 # ## Build (or reuse) the diff
 # Completions, both adapters, the diff and the effect eval. An existing diff is reused when
-# it was built for this model, this data and this config.
+# it was built for this model, this data and this config. A diff made for another model
+# stops the notebook with `DiffMismatchError` (nothing is overwritten); `WS_REBUILD=1`
+# replaces it on purpose.
 
 # %%
 W_PATH = ensure_diff(MODEL, BEHAVIOR, ADAPTER, SEED, config=CONFIG, rebuild=REBUILD)

@@ -183,7 +183,9 @@ def allowed_numbers(*frames: pl.DataFrame, info: dict, extra: list) -> set[str]:
         for c, dt in df.schema.items():
             if dt.is_numeric():
                 vals += df[c].to_list()
-    for v in info.values():
+    values = list(info.values())
+    values += [x for v in info.values() if isinstance(v, dict) for x in v.values()]
+    for v in values:
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             vals.append(v)
         elif isinstance(v, list):
@@ -230,7 +232,7 @@ def test_conclusion_reports_best_row_from_table():
     top_w = set(wm.filter(pl.col("mean_conc_w_combined").is_not_nan())
                 .sort("mean_conc_w_combined", descending=True)["subspace"].head(5))
     strings = " ".join(s for v in info.values() if isinstance(v, list) for s in v if isinstance(s, str))
-    extra = [5, len(top_a & top_w)] + [int(x) for x in re.findall(r"\d+", strings)]
+    extra = [5, len(top_a & top_w), R.SPECIFICITY_TARGET, 1, len(info["self_tests"])] + [int(x) for x in re.findall(r"\d+", strings)]
     allowed = allowed_numbers(summ, spec, info=info, extra=extra)
     stray = [n for n in nums if n not in allowed]
     assert not stray, stray
@@ -267,3 +269,81 @@ def test_conclusion_without_rankable_rows_does_not_crash():
 def test_plan_merge_md():
     md = R.plan_merge_md(["render captures through the chat template", "closed-form null"])
     assert md.startswith("# ") and md.count("\n- ") == 2
+
+
+# ------------------------------------------------------------------------------ claims
+def _best_two(summ: pl.DataFrame) -> tuple[str, str]:
+    r = (summ.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(["write", "mixed"]))
+         .filter(pl.col("joint_score").is_not_nan()).sort(["joint_score", "subspace"], descending=[True, False]))
+    return r["subspace"][0], r["subspace"][1]
+
+
+def _per_layer(name: str, q_act: list, q_w: list) -> pl.DataFrame:
+    n = len(q_act)
+    return pl.DataFrame({"layer": list(range(9, 9 + n)), "subspace": [name] * n, "kind": ["A-hypothesis"] * n,
+                         "q_act": q_act, "q_w_combined": q_w})
+
+
+def _verdicts(summ, per_layer, info) -> dict[str, bool | None]:
+    out = {}
+    for claim, _ev, ok in R.claim_checks(summ, per_layer, info):
+        key = ("act" if "activation effect" in claim else "weight" if "weight energy" in claim else
+               "runner" if "runner-up" in claim else "seed" if "LoRA seed" in claim else
+               "specific" if "specific to the behaviour" in claim else "selftest")
+        out[key] = ok
+    return out
+
+
+def test_claim_checks_known_verdicts():
+    summ = synthetic_summary()
+    best, second = _best_two(summ)
+    info = info_for(summ) | {"fdr_alpha": 0.05}
+    # significant activation on 3 of 4 layers, weight on 1 of 4; CIs of the top two do not overlap
+    ci = info["bootstrap_ci"].with_columns(
+        pl.when(pl.col("subspace") == best).then(pl.lit(100.0)).otherwise(pl.col("joint_score_ci_lo")).alias("joint_score_ci_lo"),
+        pl.when(pl.col("subspace") == best).then(pl.lit(2.0)).otherwise(pl.col("mean_conc_act_ci_lo")).alias("mean_conc_act_ci_lo"))
+    info["bootstrap_ci"] = ci
+    v = _verdicts(summ, _per_layer(best, [0.01, 0.02, 0.5, 0.001], [0.3, 0.04, 0.6, 0.9]), info)
+    assert v["act"] is True and v["weight"] is False and v["runner"] is True
+    assert v["seed"] is None  # one seed: not tested
+    assert v["specific"] is False  # ratio 1.7 < 3
+    assert v["selftest"] is True
+    # half the layers is not a majority; a CI reaching below 1 fails the activation claim
+    v = _verdicts(summ, _per_layer(best, [0.01, 0.5], [0.01, 0.01]), info)
+    assert v["act"] is False and v["weight"] is True
+    info2 = info | {"bootstrap_ci": ci.with_columns(pl.lit(0.9).alias("mean_conc_act_ci_lo"))}
+    assert _verdicts(summ, _per_layer(best, [0.01] * 3, [0.01] * 3), info2)["act"] is False
+    # overlapping joint CIs: the order of the top two is not resolved
+    second_hi = float(ci.filter(pl.col("subspace") == second)["joint_score_ci_hi"][0])
+    overlap = ci.with_columns(pl.when(pl.col("subspace") == best).then(pl.lit(second_hi - 0.01))
+                              .otherwise(pl.col("joint_score_ci_lo")).alias("joint_score_ci_lo"))
+    assert _verdicts(summ, None, info | {"bootstrap_ci": overlap})["runner"] is False
+    # several seeds: every win needed, for the seed claim and the runner-up claim
+    seeds = {"n_seeds": 3, "winner": best, "winner_wins": 2, "winners": {0: best, 1: best, 2: second},
+             "mean_tau": 0.4, "seed_mean_joint": 1.0, "seed_sd_joint": 0.1}
+    v = _verdicts(summ, None, info | {"seed_stability": seeds})
+    assert v["seed"] is False and v["runner"] is False
+    v = _verdicts(summ, None, info | {"seed_stability": seeds | {"winner_wins": 3}})
+    assert v["seed"] is True and v["runner"] is True
+    # a failing self-test and a specific diff
+    v = _verdicts(summ, None, info_for(summ, fail=True) | {"diff_specificity_ratio": 3.5})
+    assert v["selftest"] is False and v["specific"] is True
+
+
+def test_conclusion_names_claims_that_do_not_survive():
+    summ = synthetic_summary()
+    best, second = _best_two(summ)
+    seeds = {"n_seeds": 3, "winner": best, "winner_wins": 2, "winners": {0: best, 1: best, 2: second},
+             "mean_tau": 0.4, "seed_mean_joint": 1.0, "seed_sd_joint": 0.1}
+    seeds |= {"mean_leader": second, "mean_leader_joint": 2.5, "mean_leader_sd": 0.7}
+    md = R.conclusion_md(summ, specific_summary(summ), None, info_for(summ) | {"seed_stability": seeds})
+    bottom = md.split("## Bottom line")[1].split("\n## ")[0]
+    assert "wins in 2 of 3 seeds" in bottom and "NOT stable" in bottom
+    assert f"by the mean over seeds the leader is `{second}` (joint 2.5 ± 0.7 sd)" in bottom
+    dead = [l for l in bottom.splitlines() if l.startswith("- claims that do NOT survive")]
+    assert len(dead) == 1 and "whatever the LoRA seed" in dead[0] and "runner-up" in dead[0]
+    table = md.split("## Which claims survive")[1].split("\n## ")[0]
+    assert table.count("**does not survive**") == 3  # seed, runner-up, specificity 1.7 < 3
+    md1 = R.conclusion_md(summ, specific_summary(summ), None, info_for(summ))
+    assert "one seed only" in md1 and "not tested" in md1
+

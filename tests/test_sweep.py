@@ -47,3 +47,20 @@ def test_read_rows_and_ceilings_never_win():
         pl.Series("axis_kind", ["write", "ceiling", "read"]))
     st = sweep.seed_stability([SimpleNamespace(seed=0, summary=s)])
     assert st.winner == "a"
+
+
+def test_mean_leader_is_the_best_seed_mean_and_skips_read_rows_and_ceilings():
+    # a wins seed 0 narrowly, b wins seeds 1 and 2 by a lot: b leads by the mean
+    s0 = _summary({"a": 3.0, "b": 2.9, "c": 1.0})
+    s1 = _summary({"a": 2.0, "b": 5.0, "c": 1.0})
+    s2 = _summary({"a": 2.2, "b": 6.0, "c": 1.0})
+    st = sweep.seed_stability([SimpleNamespace(seed=i, summary=s) for i, s in enumerate((s0, s1, s2))])
+    ml = sweep._mean_leader(s0, st.per_candidate)
+    assert st.winner == "a" and ml["subspace"] == "b"
+    assert ml["seed_mean_joint_score"] == pytest.approx((2.9 + 5.0 + 6.0) / 3)
+    # a read row or a ceiling with a higher mean is never the leader
+    s = _summary({"a": 1.0, "ceil": 9.0, "r": 8.0}).with_columns(
+        pl.Series("kind", ["A-hypothesis", "ceiling", "A-hypothesis"]),
+        pl.Series("axis_kind", ["write", "ceiling", "read"]))
+    st = sweep.seed_stability([SimpleNamespace(seed=0, summary=s), SimpleNamespace(seed=1, summary=s)])
+    assert sweep._mean_leader(s, st.per_candidate)["subspace"] == "a"

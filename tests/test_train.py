@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 
 import numpy as np
 import polars as pl
@@ -145,9 +144,7 @@ def test_bootstrap_ci_seeded_and_covers_mean():
 
 
 def test_train_diff_steer_end_to_end(tmp_path):
-    t0 = time.perf_counter()
     path = T.build_diff("tiny-llama", "sycophancy", "lora", seed=0, config=TINY, root=tmp_path)
-    build_s = time.perf_counter() - t0
     assert path == tmp_path / "sycophancy" / "lora" / "seed0" / "w.safetensors"
     from ws.models import load_model
 
@@ -179,15 +176,19 @@ def test_train_diff_steer_end_to_end(tmp_path):
     # ensure_diff reuses it; a config change rebuilds
     mtime = path.stat().st_mtime_ns
     assert T.ensure_diff("tiny-llama", seed=0, config=TINY, root=tmp_path) == path and path.stat().st_mtime_ns == mtime
-    assert build_s < 60, f"train -> diff on a tiny model took {build_s:.0f} s"
 
 
-def test_ensure_diff_rebuilds_for_another_model(tmp_path):
-    from ws.diff import save_diff
+def test_ensure_diff_refuses_another_models_diff(tmp_path):
+    from ws.diff import DiffMismatchError, save_diff
 
     p = T.diff_path("sycophancy", "lora", 0, tmp_path)
     save_diff({"model.layers.1.self_attn.o_proj.weight": torch.zeros(64, 64)}, p, {"model": "tiny-qwen3", "data_hash": D.data_hash()})
-    out = T.ensure_diff("tiny-llama", seed=0, config=TINY, root=tmp_path)
+    before = p.read_bytes()
+    with pytest.raises(DiffMismatchError, match="(?s)made for model 'tiny-qwen3'.*WS_MODEL=tiny-qwen3"):
+        T.ensure_diff("tiny-llama", seed=0, config=TINY, root=tmp_path)
+    assert p.read_bytes() == before  # nothing lost
+    # rebuild=True replaces it on purpose
+    out = T.ensure_diff("tiny-llama", seed=0, config=TINY, root=tmp_path, rebuild=True)
     assert out == p and load_diff(p)[1]["model"] == "tiny-llama"
 
 

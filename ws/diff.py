@@ -98,6 +98,26 @@ def check_against_model(w: Mapping[str, torch.Tensor], model: nn.Module, meta: M
 
 
 # ----------------------------------------------------------------------------- save / load
+class DiffMismatchError(ValueError):
+    """A diff exists on disk but was made for another model."""
+
+
+def check_diff_model(path: str | Path, model_name: str) -> None:
+    """Refuse an existing diff at ``path`` whose metadata names another model than
+    ``model_name`` (nothing is read beyond the metadata; nothing is changed on disk)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    made_for = read_meta(path).get("model")
+    if made_for != model_name:
+        raise DiffMismatchError(
+            f"{path} was made for model {made_for!r}, but this run uses {model_name!r}.\n"
+            f"Either run with WS_MODEL={made_for}, or write to another output root (WS_OUT=...), or "
+            f"replace that diff on purpose (train notebook: WS_REBUILD=1; or move the file away) to have "
+            f"it rebuilt for {model_name!r}."
+        )
+
+
 def save_diff(w: Mapping[str, torch.Tensor], path: str | Path, meta: Mapping[str, Any] | None = None) -> Path:
     """Write ``w`` (float32, contiguous) and ``meta`` to a safetensors file, atomically."""
     from safetensors.torch import save_file

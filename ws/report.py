@@ -425,7 +425,22 @@ def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | No
             nxt = ranked.row(1, named=True)
             L.append(f"- runner-up: `{nxt['subspace']}` (joint {fmt_num(nxt['joint_score'])}, "
                      f"R_act {fmt_num(nxt['mean_conc_act'])}, R_w combined {fmt_num(nxt['mean_conc_w_combined'])})")
+        st = info.get("seed_stability")
+        if st:
+            L.append("- " + _seed_text(st))
+        else:
+            L.append("- seeds: one seed only, seed stability not measured")
+    claims = claim_checks(summary_pct, per_layer, info)
+    if claims:
+        dead = [c for c, _e, ok in claims if ok is False]
+        L.append("- claims that do NOT survive: " + ("; ".join(dead) if dead else "none of the checks below failed"))
     L.append("")
+    if claims:
+        L += ["## Which claims survive", "", "| claim | evidence | verdict |", "|---|---|---|"]
+        for c, e, ok in claims:
+            verdict = "survives" if ok else ("**does not survive**" if ok is False else "not tested")
+            L.append(f"| {_cell(c)} | {_cell(e)} | {verdict} |")
+        L.append("")
 
     # ---- ceilings for scale
     ca, cw = _row(sp, CEILING_ACT), _row(sp, CEILING_W)
@@ -501,11 +516,16 @@ def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | No
     if per_layer is not None and "null_method_act" in per_layer.columns:
         for col, label in (("null_method_act", "activation"), ("null_method_w_combined", "weight combined")):
             if col in per_layer.columns:
-                vc = per_layer.filter(pl.col(col) != "")[col].value_counts(sort=True)
+                m = per_layer[col].fill_null("")
+                vc = m.filter(m != "").value_counts(sort=True)
                 counts = ", ".join(f"{r[col]} {r['count']}" for r in vc.sort(col).iter_rows(named=True))
+                n_none = int((m == "").sum())
                 if counts:
-                    stat_lines.append(f"- p-value null for {label} cells: {counts} (Monte Carlo where the label's "
-                                      f"participation ratio is low)")
+                    none = f", no p-value {n_none} (label zero on that layer)" if n_none else ""
+                    thr = (f"below {fmt_num(info['pr_threshold'])}" if info.get("pr_threshold") is not None
+                           else "low")
+                    stat_lines.append(f"- p-value null for {label} cells: {counts}{none}; rule: Monte Carlo where "
+                                      f"the label's participation ratio is {thr}, the Gaussian tail elsewhere")
     if info.get("mc_seed") is not None:
         stat_lines.append(f"- Monte Carlo null seed: {info['mc_seed']}")
     if info.get("seed") is not None and not isinstance(info.get("bootstrap_ci"), pl.DataFrame):
@@ -572,3 +592,122 @@ def _q_text(per_layer: pl.DataFrame, name: str, info: Mapping[str, Any]) -> str:
         else:
             parts.append(f"{label}: median q {fmt_num(q.median())} over {q.len()} layers")
     return "Benjamini–Hochberg q-values over all A-hypothesis × layer cells: " + "; ".join(parts)
+
+
+#: The diff's specificity ratio (false-claim spread over the larger other spread) at which
+#: it counts as behaviour-specific rather than a general yes-bias.
+SPECIFICITY_TARGET = 3.0
+
+
+def _seed_text(st: Mapping[str, Any]) -> str:
+    """One line on seed stability from ``info['seed_stability']`` (keys: ``winner``,
+    ``winner_wins``, ``n_seeds``, ``winners`` {seed: name}, ``mean_tau``, and optionally
+    ``seed_mean_joint`` / ``seed_sd_joint`` of the winner and ``mean_leader``,
+    ``mean_leader_joint``, ``mean_leader_sd``: the leader by the seed-mean joint score)."""
+    n, k = int(st["n_seeds"]), int(st["winner_wins"])
+    per = ", ".join(f"seed {s}: `{w}`" for s, w in (st.get("winners") or {}).items())
+    txt = (f"seeds: `{st['winner']}` wins in {k} of {n} seeds ({per}); mean Kendall τ between the seeds' joint "
+           f"rankings {fmt_num(st.get('mean_tau'))}")
+    if _finite(st.get("seed_mean_joint")):
+        txt += f"; its joint score over seeds {fmt_num(st['seed_mean_joint'])} ± {fmt_num(st.get('seed_sd_joint'))} (sd)"
+    txt += " — stable" if k == n else " — NOT stable across seeds"
+    ml = st.get("mean_leader")
+    if ml and ml != st["winner"]:
+        txt += (f"; by the mean over seeds the leader is `{ml}` (joint {fmt_num(st.get('mean_leader_joint'))} ± "
+                f"{fmt_num(st.get('mean_leader_sd'))} sd)")
+    return txt
+
+
+def _q_counts(per_layer: pl.DataFrame | None, name: str, col: str, info: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(layers with q ≤ fdr_alpha, layers with a finite q) for one candidate over the touched layers."""
+    if per_layer is None or col not in per_layer.columns or info.get("fdr_alpha") is None:
+        return None
+    rows = per_layer.filter(pl.col("subspace") == name)
+    if info.get("layers_touched") is not None:
+        rows = rows.filter(pl.col("layer").is_in([int(l) for l in info["layers_touched"]]))
+    q = rows[col].cast(pl.Float64).fill_nan(None).drop_nulls()
+    if q.len() == 0:
+        return None
+    return int((q <= float(info["fdr_alpha"])).sum()), int(q.len())
+
+
+def claim_checks(summary_pct: pl.DataFrame, per_layer: pl.DataFrame | None,
+                 info: Mapping[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """``(claim, evidence, survives)`` for each headline claim of the conclusion.
+
+    survives is True / False, or None where this run cannot test it. Rules:
+
+    - concentration claims (activation, weight) survive when the winner's q-value is
+      ≤ ``fdr_alpha`` on more than half of the touched layers (and, for the activation,
+      when the bootstrap CI of R_act lies above 1);
+    - "the winner beats the runner-up" survives when their joint-score CIs do not
+      overlap and, with several seeds, the winner wins in every seed;
+    - "the winner does not depend on the seed" needs several seeds and every win;
+    - "the diff is specific to the behaviour" needs the diff's specificity ratio
+      ≥ ``SPECIFICITY_TARGET``;
+    - "the statistics are calibrated" needs every self-test to pass.
+    """
+    sp = summary_pct
+    wm = sp.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(["write", "mixed"]))
+    ranked = wm.filter(pl.col("joint_score").cast(pl.Float64).fill_nan(None).is_not_null())
+    ranked = ranked.sort(["joint_score", "subspace"], descending=[True, False])
+    out: list[tuple[str, str, bool | None]] = []
+    alpha = info.get("fdr_alpha")
+    ci = info.get("bootstrap_ci") if isinstance(info.get("bootstrap_ci"), pl.DataFrame) else None
+    st = info.get("seed_stability")
+    if ranked.height:
+        b = ranked.row(0, named=True)
+        name = b["subspace"]
+        c = _row(ci, name) if ci is not None else None
+        # activation concentration
+        ev, ok = [f"R_act {fmt_num(b['mean_conc_act'])}"], None
+        if c is not None:
+            ev.append(f"CI [{fmt_num(c['mean_conc_act_ci_lo'])}, {fmt_num(c['mean_conc_act_ci_hi'])}]")
+            ok = bool(_finite(c["mean_conc_act_ci_lo"]) and c["mean_conc_act_ci_lo"] > 1)
+        qc = _q_counts(per_layer, name, "q_act", info)
+        if qc is not None:
+            ev.append(f"q ≤ {fmt_num(alpha)} on {qc[0]} of {qc[1]} layers")
+            ok = (ok is not False) and qc[0] * 2 > qc[1]
+        out.append((f"`{name}` holds more of the diff's activation effect than a random subspace", "; ".join(ev), ok))
+        # weight concentration
+        ev, ok = [f"R_w combined {fmt_num(b['mean_conc_w_combined'])}", f"z {fmt_num(b.get('mean_z_w_combined'))}"], None
+        qc = _q_counts(per_layer, name, "q_w_combined", info)
+        if qc is not None:
+            ev.append(f"q ≤ {fmt_num(alpha)} on {qc[0]} of {qc[1]} layers")
+            ok = qc[0] * 2 > qc[1]
+        out.append((f"`{name}` holds more of the diff's weight energy than a random subspace", "; ".join(ev), ok))
+        # winner vs runner-up
+        if ranked.height > 1:
+            r = ranked.row(1, named=True)
+            cr = _row(ci, r["subspace"]) if ci is not None else None
+            ev = [f"joint {fmt_num(b['joint_score'])} vs {fmt_num(r['joint_score'])}"]
+            ok = None
+            if c is not None and cr is not None:
+                ev.append(f"CIs [{fmt_num(c['joint_score_ci_lo'])}, {fmt_num(c['joint_score_ci_hi'])}] and "
+                          f"[{fmt_num(cr['joint_score_ci_lo'])}, {fmt_num(cr['joint_score_ci_hi'])}]")
+                ok = bool(c["joint_score_ci_lo"] > cr["joint_score_ci_hi"])
+            if st and int(st["n_seeds"]) > 1:
+                ev.append(f"wins in {int(st['winner_wins'])} of {int(st['n_seeds'])} seeds")
+                ok = (ok is not False) and int(st["winner_wins"]) == int(st["n_seeds"])
+            out.append((f"`{name}` beats the runner-up `{r['subspace']}`", "; ".join(ev), ok))
+        # seed
+        if st and int(st["n_seeds"]) > 1:
+            out.append((f"`{name}` is the winner whatever the LoRA seed",
+                        f"wins in {int(st['winner_wins'])} of {int(st['n_seeds'])} seeds; mean Kendall τ "
+                        f"{fmt_num(st.get('mean_tau'))}", int(st["winner_wins"]) == int(st["n_seeds"])))
+        else:
+            out.append((f"`{name}` is the winner whatever the LoRA seed", "one seed only", None))
+    ratio = info.get("diff_specificity_ratio")
+    if ratio is not None:
+        target = float(info.get("diff_specificity_target", SPECIFICITY_TARGET))
+        out.append(("the diff is specific to the behaviour (not a general yes-bias), so its subspace is the behaviour's",
+                    f"specificity ratio {fmt_num(ratio)} (needs ≥ {fmt_num(target)})",
+                    bool(_finite(ratio) and float(ratio) >= target)))
+    tests = list(info.get("self_tests") or [])
+    if tests:
+        bad = [t[0] for t in tests if not bool(t[1])]
+        out.append(("the null and the oracle behave as they must (self-tests)",
+                    f"{len(tests) - len(bad)} of {len(tests)} pass" + (f"; failed: {', '.join(bad)}" if bad else ""),
+                    not bad))
+    return out
+

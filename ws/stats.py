@@ -551,6 +551,10 @@ def _meta_rows(meta: pl.DataFrame) -> list[dict]:
     return meta.select(_META_COLUMNS).to_dicts()
 
 
+#: Label participation ratio below which a cell's p-value comes from the Monte Carlo null.
+PR_THRESHOLD = 3.0
+
+
 def score_sweep(
     bases: Mapping[str, Sequence[torch.Tensor | None]],
     meta: pl.DataFrame,
@@ -559,7 +563,7 @@ def score_sweep(
     clean_pcs: Sequence[torch.Tensor | None],
     layers: Sequence[int] | None = None,
     *,
-    pr_threshold: float = 3.0,
+    pr_threshold: float = PR_THRESHOLD,
     mc_draws: int = 2000,
     mc_seed: int = 0,
     zero_row_rel_tol: float = 1e-7,

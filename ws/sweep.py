@@ -23,8 +23,10 @@ import polars as pl
 import torch
 
 from ws import data as D
+from ws.diff import DiffMismatchError  # noqa: F401  (the sweep's documented error, raised by ensure_diff)
 from ws.log import logger
 from ws.paths import out_dir
+from ws.stats import PR_THRESHOLD
 
 
 def _env(name: str, default: str) -> str:
@@ -102,27 +104,14 @@ SMOKE_TRAIN = dict(steps=3, batch_size=4, n_phrasings=1, max_new_tokens=8, n_tra
 
 
 # ----------------------------------------------------------------------------- diffs
-class DiffMismatchError(RuntimeError):
-    """A diff exists on disk but was made for another model."""
-
-
 def get_diffs(cfg: SweepConfig, model) -> dict[int, tuple[dict[str, torch.Tensor], dict[str, Any]]]:
     """``seed -> (w, meta)``. Missing diffs are trained; a diff made for another model stops
-    the run with a message (it is never overwritten)."""
-    from ws.diff import diff_path, load_diff, read_meta
+    the run with :class:`DiffMismatchError` (it is never overwritten)."""
+    from ws.diff import load_diff
     from ws.train import ensure_diff
 
     out = {}
     for seed in cfg.seeds:
-        path = diff_path(cfg.behavior, cfg.adapter, seed, cfg.out_root)
-        if path.exists():
-            meta = read_meta(path)
-            if meta.get("model") != cfg.model:
-                raise DiffMismatchError(
-                    f"{path} was made for model {meta.get('model')!r}, but this run uses {cfg.model!r}.\n"
-                    f"Either run with WS_MODEL={meta.get('model')}, or write to another output root "
-                    f"(WS_OUT=...), or move that diff away to have it rebuilt for {cfg.model!r}."
-                )
         path = ensure_diff(cfg.model, cfg.behavior, cfg.adapter, seed, cfg.train_config(), cfg.out_root)
         out[seed] = load_diff(path, model)
     return out
@@ -210,7 +199,7 @@ def run_seed(cfg: SweepConfig, model, tok, probes: Probes, seed: int, w: dict, d
                             label_eval=caps.label_eval, cache=cfg.cache)
     t["build"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    scores = S.score_sweep(bases, meta, caps.label_eval, deltas, clean_pcs(caps, cfg.k))
+    scores = S.score_sweep(bases, meta, caps.label_eval, deltas, clean_pcs(caps, cfg.k), pr_threshold=PR_THRESHOLD)
     per_layer = S.add_qvalues(scores.per_layer)
     summary = S.summarize(per_layer, touched)
     ci = S.bootstrap_summary_ci(scores, touched, n_boot=cfg.n_boot, seed=cfg.boot_seed)
@@ -421,17 +410,35 @@ def plan_merge_changes(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: 
     ]
 
 
+def _mean_leader(summary: pl.DataFrame, per_candidate: pl.DataFrame) -> dict | None:
+    """The write/mixed A-hypothesis with the highest joint score averaged over the seeds."""
+    wm = summary.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(["write", "mixed"]))
+    j = wm.select("subspace").join(per_candidate, on="subspace", how="inner")
+    j = j.filter(pl.col("seed_mean_joint_score").cast(pl.Float64).fill_nan(None).is_not_null())
+    if not j.height:
+        return None
+    return j.sort(["seed_mean_joint_score", "subspace"], descending=[True, False]).row(0, named=True)
+
+
 def conclusion_info(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: SeedStability, artifacts: list[str]) -> dict:
     dm = res.diff_meta or {}
     notes = []
+    seed_info = None
     if len(stab.seeds) > 1:
-        notes.append(
-            f"seed stability: the winner `{stab.winner}` wins in {stab.winner_wins} of {len(stab.seeds)} seeds "
-            f"({', '.join(f'seed {s}: `{w}`' for s, w in stab.winners.items())}); mean Kendall τ between the seeds' "
-            f"rankings {stab.mean_tau:.2f} — the winner is {'stable' if stab.stable else 'NOT stable'} across seeds"
-        )
-    else:
-        notes.append("one seed only: seed stability was not measured (set WS_SEEDS to several seeds)")
+        w = stab.per_candidate.filter(pl.col("subspace") == stab.winner)
+        ml = _mean_leader(res.summary, stab.per_candidate)
+        seed_info = {
+            "n_seeds": len(stab.seeds),
+            "winner": stab.winner,
+            "winner_wins": stab.winner_wins,
+            "winners": dict(stab.winners),
+            "mean_tau": stab.mean_tau,
+            "seed_mean_joint": float(w["seed_mean_joint_score"][0]) if w.height else None,
+            "seed_sd_joint": float(w["seed_sd_joint_score"][0]) if w.height else None,
+            "mean_leader": ml["subspace"] if ml else None,
+            "mean_leader_joint": ml["seed_mean_joint_score"] if ml else None,
+            "mean_leader_sd": ml["seed_sd_joint_score"] if ml else None,
+        }
     sp = dm.get("effect_spread") or {}
     if sp:
         notes.append("diff effect on held-out prompts (logratio at α=+2 minus α=−2): "
@@ -455,6 +462,8 @@ def conclusion_info(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: See
         "ci_level": 0.95,
         "seed": res.seed,
         "fdr_alpha": 0.05,
+        "seed_stability": seed_info,
+        "pr_threshold": PR_THRESHOLD,
         "notes": notes,
     }
 

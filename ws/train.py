@@ -46,7 +46,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ws import data as D
-from ws.diff import diff_path, load_diff, read_meta, save_diff
+from ws.diff import check_diff_model, diff_path, load_diff, read_meta, save_diff
 from ws.io import atomic_path
 from ws.log import logger
 from ws.models import load_model, model_id, n_layers
@@ -794,7 +794,11 @@ def ensure_diff(
     rebuild: bool = False,
 ) -> Path:
     """The path of an existing diff that fits ``model_name`` (and the current data, and
-    ``config`` when one is given); otherwise build it."""
+    ``config`` when one is given); otherwise build it.
+
+    A diff on disk that was made for another model raises
+    :class:`ws.diff.DiffMismatchError` instead of being overwritten; ``rebuild=True``
+    replaces it on purpose."""
     _check_names(behavior, adapter)
     path = diff_path(behavior, adapter, seed, root)
     if path.exists() and not rebuild:
@@ -804,9 +808,9 @@ def ensure_diff(
         except ValueError as e:
             why = str(e).splitlines()[0]
             meta = {}
-        if why is None and meta.get("model") != model_name:
-            why = f"it was built for model {meta.get('model')!r}"
-        elif why is None and meta.get("data_hash") != D.data_hash():
+        if why is None:
+            check_diff_model(path, model_name)  # another model's diff is refused, never overwritten
+        if why is None and meta.get("data_hash") != D.data_hash():
             why = "the data changed since it was built"
         elif why is None and config is not None and meta.get("train_config") != replace(config, seed=int(seed)).to_dict():
             why = "it was built with another training config"
