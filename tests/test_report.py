@@ -136,6 +136,23 @@ def test_joint_scatter_writes_png_and_pdf(tmp_path):
     assert (tmp_path / "e.png").stat().st_size > 0
 
 
+def test_seed_ranges_and_whiskers(tmp_path):
+    summ = synthetic_summary()
+    long = pl.concat([summ.select("subspace", (pl.col("mean_conc_act") * f).alias("mean_conc_act"),
+                                  (pl.col("mean_conc_w_combined") * f).alias("mean_conc_w_combined"))
+                      .with_columns(pl.lit(i).alias("seed")) for i, f in enumerate((0.5, 1.0, 2.0))])
+    rg = R._seed_ranges(long, floor=1e-3)
+    r = summ.filter(pl.col("subspace") == "candidate_with_a_long_name_00").row(0, named=True)
+    (x0, x1), (y0, y1) = rg["candidate_with_a_long_name_00"]
+    assert (x0, x1) == pytest.approx((0.5 * r["mean_conc_act"], 2.0 * r["mean_conc_act"]))
+    assert (y0, y1) == pytest.approx((0.5 * r["mean_conc_w_combined"], 2.0 * r["mean_conc_w_combined"]))
+    assert "candidate_with_a_long_name_01" not in rg  # NaN act score: no whisker
+    assert rg["candidate_with_a_long_name_02"][1] == (1e-3, 1e-3)  # zero raised to the floor
+    assert R._seed_ranges(long.filter(pl.col("seed") == 0), floor=1e-3) == {}  # one seed: none
+    png, _ = R.joint_scatter(summ, tmp_path / "w.png", tmp_path / "w.pdf", seeds=long)
+    assert png.stat().st_size > 20_000
+
+
 def test_label_spread_never_overlaps():
     ys = R._spread([0.5, 0.5, 0.51, 0.99, 0.99, 0.0], 0.05)
     assert all(b - a >= 0.05 - 1e-12 for a, b in zip(ys, ys[1:]))

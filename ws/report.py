@@ -133,7 +133,7 @@ def _family_colors(families: Iterable[str]) -> dict[str, Any]:
 
 
 def joint_scatter(summary: pl.DataFrame, path_png: str | Path, path_pdf: str | Path, top_n: int = 8,
-                  title: str | None = None) -> tuple[Path, Path]:
+                  title: str | None = None, seeds: pl.DataFrame | None = None) -> tuple[Path, Path]:
     """Two log-log panels of ``mean_conc_act`` (R_act, x) against ``mean_conc_w_combined``
     (R_w, y): write + mixed candidates on the left, read candidates on the right.
 
@@ -141,6 +141,9 @@ def joint_scatter(summary: pl.DataFrame, path_png: str | Path, path_pdf: str | P
     subspace); the ``top_n`` rows of each panel by joint_score are numbered and labelled in
     a column beside the panel, joined to their points by leader lines (labels never
     overlap). Non-positive or NaN values are drawn at a floor with a hollow marker.
+    seeds: optional long table (``subspace, seed, mean_conc_act, mean_conc_w_combined``, one
+    row per seed); with two or more seeds, every labelled point gets whiskers from the
+    smallest to the largest value over the seeds on both axes.
     Saves PNG (150 dpi) and PDF atomically; returns both paths.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -162,8 +165,11 @@ def joint_scatter(summary: pl.DataFrame, path_png: str | Path, path_pdf: str | P
         floor, top = 1e-2, 1.0
     lim = (min(floor, 1.0) / 1.6, max(top, 1.0) * 1.8)
 
+    ranges = _seed_ranges(seeds, floor)
+    fam_of: dict[str, Any] = {}
     is_ceiling = (df["kind"] == "ceiling").to_numpy()
     colors = _family_colors(df.filter(~pl.col("kind").eq("ceiling"))["family"].to_list())
+    fam_of.update({r["subspace"]: colors[r["family"]] for r in df.filter(~pl.col("kind").eq("ceiling")).iter_rows(named=True)})
     ceiling_color = "gold"
 
     fig = Figure(figsize=(18, 8.2))
@@ -218,6 +224,16 @@ def joint_scatter(summary: pl.DataFrame, path_png: str | Path, path_pdf: str | P
         chosen = [(f"{j + 1}", p) for j, p in enumerate(hyps[:top_n])] + [("★", p) for p in pts if p[3]]
         if not chosen:
             continue
+        if ranges:
+            for _tag, p in chosen:
+                rg = ranges.get(p[0])
+                if rg is None or p[5]:
+                    continue
+                (x0, x1), (y0, y1) = rg
+                wc = "darkgoldenrod" if p[3] else fam_of.get(p[0], "0.25")
+                for xs_, ys_ in (([x0, x1], [p[2], p[2]]), ([p[1], p[1]], [y0, y1])):
+                    ax.plot(xs_, ys_, color=wc, lw=2.0, alpha=0.8, zorder=2, solid_capstyle="butt",
+                            marker="|" if xs_[0] != xs_[1] else "_", markersize=6, markeredgewidth=1.4)
         to_axes = ax.transData + ax.transAxes.inverted()
         targets = [(float(to_axes.transform((p[1], p[2]))[1]), tag, p) for tag, p in chosen]
         targets.sort(key=lambda t: t[0])
@@ -231,7 +247,7 @@ def joint_scatter(summary: pl.DataFrame, path_png: str | Path, path_pdf: str | P
                 text, xy=(x, y), xycoords="data", xytext=(1.04, ly), textcoords="axes fraction",
                 fontsize=8.5, ha="left", va="center", annotation_clip=False,
                 fontweight="bold" if ceil else "normal",
-                arrowprops=dict(arrowstyle="-", lw=0.6, color="0.55", shrinkA=0, shrinkB=4),
+                arrowprops=dict(arrowstyle="-", lw=0.5, color="0.7", shrinkA=0, shrinkB=4),
             )
             if not ceil:
                 ax.annotate(tag, xy=(x, y), xytext=(4, 4), textcoords="offset points", fontsize=7.5,
@@ -242,6 +258,10 @@ def joint_scatter(summary: pl.DataFrame, path_png: str | Path, path_pdf: str | P
     handles = [Line2D([], [], marker="o", ls="", color=c, markersize=7, label=f) for f, c in colors.items()]
     handles.append(Line2D([], [], marker="*", ls="", markerfacecolor=ceiling_color, markeredgecolor="black",
                           markersize=14, label="ceiling (B side)"))
+    if ranges:
+        n_seeds = seeds["seed"].n_unique()
+        handles.append(Line2D([], [], color="0.25", lw=2.0, alpha=0.8, marker="|", markersize=6,
+                              label=f"min–max over {n_seeds} seeds (labelled rows)"))
     if any_clipped:
         handles.append(Line2D([], [], marker="o", ls="", markerfacecolor="none", markeredgecolor="0.3",
                               markersize=7, label="≤ 0 or NaN: drawn at floor"))
@@ -257,6 +277,26 @@ def joint_scatter(summary: pl.DataFrame, path_png: str | Path, path_pdf: str | P
         fig.savefig(tmp, format="pdf")
     logger.debug(f"wrote {path_png} and {path_pdf}")
     return path_png, path_pdf
+
+
+def _seed_ranges(seeds: pl.DataFrame | None, floor: float) -> dict[str, tuple[tuple[float, float], tuple[float, float]]]:
+    """``subspace -> ((x_min, x_max), (y_min, y_max))`` of R_act / R_w over the seeds (values
+    that are not positive are raised to ``floor``); empty with fewer than two seeds."""
+    if seeds is None or not {"subspace", "seed", "mean_conc_act", "mean_conc_w_combined"} <= set(seeds.columns):
+        return {}
+    if seeds["seed"].n_unique() < 2:
+        return {}
+    g = (seeds.with_columns(pl.col("mean_conc_act", "mean_conc_w_combined").cast(pl.Float64).fill_nan(None))
+         .group_by("subspace").agg(pl.col("mean_conc_act").min().alias("x0"), pl.col("mean_conc_act").max().alias("x1"),
+                                   pl.col("mean_conc_w_combined").min().alias("y0"),
+                                   pl.col("mean_conc_w_combined").max().alias("y1")))
+    out = {}
+    for r in g.iter_rows(named=True):
+        if any(r[c] is None for c in ("x0", "x1", "y0", "y1")):
+            continue
+        f = lambda v: max(float(v), floor)  # noqa: E731
+        out[r["subspace"]] = ((f(r["x0"]), f(r["x1"])), (f(r["y0"]), f(r["y1"])))
+    return out
 
 
 def _short(x: Any) -> str:

@@ -510,7 +510,11 @@ def write_v7(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], st
 
     stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=d))
     try:
-        R.joint_scatter(summary, stage / "v7_joint_act_weight_scatter.png", stage / "v7_joint_act_weight_scatter.pdf")
+        title = (f"Where does the weight diff act? Seed {res.seed}'s scores (mean over LoRA-touched layers; "
+                 f"1 = random subspace)" + (f"; whiskers: min–max over seeds {', '.join(map(str, stab.seeds))}"
+                                            if len(stab.seeds) > 1 else ""))
+        R.joint_scatter(summary, stage / "v7_joint_act_weight_scatter.png", stage / "v7_joint_act_weight_scatter.pdf",
+                        title=title, seeds=seeds_long)
         for name, df in tables.items():
             R.write_table(df, stage / name)
         for name, text in texts.items():
