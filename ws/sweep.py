@@ -403,6 +403,9 @@ def plan_merge_changes(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: 
         f"A-hypothesis × layer cells.",
         f"**Seeds**: the diff is trained for seeds {list(stab.seeds)}; the tables are seed {stab.seeds[0]}'s, the "
         f"summary carries the seed mean / sd, and `v7_seed_stability.tsv` the Kendall τ between seeds.",
+        "**Claims that survive and claims that do not**: the conclusion's bottom line names every headline claim "
+        "that fails its check (q-values on most layers, non-overlapping CIs, every seed won, diff specificity, "
+        "self-tests), with a table of the evidence; the scatter draws each labelled point's range over the seeds.",
         "**Self-tests as rows**: `random_orthonormal` (must sit within its null) and `planted_label_half` (must "
         "approach the ceiling); **adapter-family candidates**: `corda_write`, `asvd_write`, `diff_in_means`.",
         "**Determinism and atomic outputs**: explicit seeds everywhere; every file is written to a temporary name "
