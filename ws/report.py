@@ -554,6 +554,8 @@ def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | No
     # ---- statistics
     stat_lines = []
     if per_layer is not None and "null_method_act" in per_layer.columns:
+        why_none = {"activation": "the label is zero on that layer (before the first LoRA layer) or the basis is empty",
+                    "weight combined": "no LoRA delta on that layer or the basis is empty"}
         for col, label in (("null_method_act", "activation"), ("null_method_w_combined", "weight combined")):
             if col in per_layer.columns:
                 m = per_layer[col].fill_null("")
@@ -561,7 +563,7 @@ def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | No
                 counts = ", ".join(f"{r[col]} {r['count']}" for r in vc.sort(col).iter_rows(named=True))
                 n_none = int((m == "").sum())
                 if counts:
-                    none = f", no p-value {n_none} (label zero on that layer)" if n_none else ""
+                    none = f", no p-value {n_none} ({why_none[label]})" if n_none else ""
                     thr = (f"below {fmt_num(info['pr_threshold'])}" if info.get("pr_threshold") is not None
                            else "low")
                     stat_lines.append(f"- p-value null for {label} cells: {counts}{none}; rule: Monte Carlo where "
