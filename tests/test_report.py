@@ -364,3 +364,17 @@ def test_conclusion_names_claims_that_do_not_survive():
     md1 = R.conclusion_md(summ, specific_summary(summ), None, info_for(summ))
     assert "one seed only" in md1 and "not tested" in md1
 
+
+def test_low_rank_label_caveat_from_the_table():
+    summ = synthetic_summary()
+    def per_layer(prs):
+        n = len(prs)
+        return pl.DataFrame({"layer": [9 + i for i in range(n) for _ in range(2)], "subspace": ["a", "b"] * n,
+                             "pr_act": [p for p in prs for _ in range(2)]})
+    info = info_for(summ) | {"pr_threshold": 3.0}
+    md = R.conclusion_md(summ, None, per_layer([1.1, 1.3, 2.0, 40.0]), info)
+    assert "nearly rank one: median participation ratio 1.65 over 4 touched layers" in md
+    assert "nearly rank one" not in R.conclusion_md(summ, None, per_layer([5.0, 6.0, 2.0]), info)
+    # layers outside the touched ones do not count
+    assert "nearly rank one" not in R.conclusion_md(summ, None, per_layer([1.0] * 30), info | {"layers_touched": [100]})
+

@@ -591,6 +591,9 @@ def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | No
                    f"{_layers_text(info['layers_without_delta'])}")
     for rc in info.get("rank_collapses") or []:
         cav.append(f"rank collapse: {rc}")
+    lr = _low_rank_label_text(per_layer, info)
+    if lr:
+        cav.append(lr)
     if info.get("quantized"):
         cav.append("the model weights are 4-bit quantised: weight-derived bases inherit quantisation noise")
     cav.append("R = 1 is what a random subspace of the same rank gets; z and p test concentration against that "
@@ -634,6 +637,27 @@ def _q_text(per_layer: pl.DataFrame, name: str, info: Mapping[str, Any]) -> str:
         else:
             parts.append(f"{label}: median q {fmt_num(q.median())} over {q.len()} layers")
     return "Benjamini–Hochberg q-values over all A-hypothesis × layer cells: " + "; ".join(parts)
+
+
+def _low_rank_label_text(per_layer: pl.DataFrame | None, info: Mapping[str, Any]) -> str | None:
+    """A caveat when the activation label is nearly rank one on the touched layers (median
+    participation ratio ``pr_act`` below ``info['pr_threshold']``, default 3)."""
+    if per_layer is None or "pr_act" not in per_layer.columns:
+        return None
+    rows = per_layer
+    if info.get("layers_touched") is not None:
+        rows = rows.filter(pl.col("layer").is_in([int(l) for l in info["layers_touched"]]))
+    pr = rows.group_by("layer").agg(pl.col("pr_act").cast(pl.Float64).first())["pr_act"].fill_nan(None).drop_nulls()
+    if pr.len() == 0:
+        return None
+    med = float(pr.median())
+    thr = float(info.get("pr_threshold") or 3.0)
+    if med >= thr:
+        return None
+    return (f"the activation label is nearly rank one: median participation ratio {fmt_num(med)} over "
+            f"{pr.len()} touched layers, so one direction (the shift every EVAL prompt shares) carries most of "
+            f"its energy. The activation ceiling is a centred PCA and cannot see that direction; "
+            f"`mean_pct_act_matched_rank` (against the label's own top directions) is the honest yardstick")
 
 
 #: The diff's specificity ratio (false-claim spread over the larger other spread) at which
