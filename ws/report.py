@@ -621,15 +621,25 @@ def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | No
     return "\n".join(L)
 
 
+def _touched(per_layer: pl.DataFrame, info: Mapping[str, Any], name: str | None = None) -> pl.DataFrame:
+    """Rows of ``per_layer`` on the layers the LoRA touched (all layers when ``info`` does not
+    say), for one candidate when ``name`` is given."""
+    rows = per_layer if name is None else per_layer.filter(pl.col("subspace") == name)
+    if info.get("layers_touched") is not None:
+        rows = rows.filter(pl.col("layer").is_in([int(l) for l in info["layers_touched"]]))
+    return rows
+
+
+def _touched_q(per_layer: pl.DataFrame, name: str, col: str, info: Mapping[str, Any]) -> pl.Series:
+    """The finite q-values in ``col`` of one candidate over the touched layers."""
+    return _touched(per_layer, info, name)[col].cast(pl.Float64).fill_nan(None).drop_nulls()
+
+
 def _q_text(per_layer: pl.DataFrame, name: str, info: Mapping[str, Any]) -> str:
-    rows = per_layer.filter(pl.col("subspace") == name)
-    layers = info.get("layers_touched")
-    if layers is not None:
-        rows = rows.filter(pl.col("layer").is_in([int(l) for l in layers]))
     alpha = info.get("fdr_alpha")
     parts = []
     for col, label in (("q_act", "activation"), ("q_w_combined", "weight combined")):
-        q = rows[col].cast(pl.Float64).fill_nan(None).drop_nulls()
+        q = _touched_q(per_layer, name, col, info)
         if q.len() == 0:
             parts.append(f"{label}: no q-values")
         elif alpha is not None:
@@ -644,10 +654,7 @@ def _low_rank_label_text(per_layer: pl.DataFrame | None, info: Mapping[str, Any]
     participation ratio ``pr_act`` below ``info['pr_threshold']``, default 3)."""
     if per_layer is None or "pr_act" not in per_layer.columns:
         return None
-    rows = per_layer
-    if info.get("layers_touched") is not None:
-        rows = rows.filter(pl.col("layer").is_in([int(l) for l in info["layers_touched"]]))
-    pr = rows.group_by("layer").agg(pl.col("pr_act").cast(pl.Float64).first())["pr_act"].fill_nan(None).drop_nulls()
+    pr = _touched(per_layer, info).group_by("layer").agg(pl.col("pr_act").cast(pl.Float64).first())["pr_act"].fill_nan(None).drop_nulls()
     if pr.len() == 0:
         return None
     med = float(pr.median())
@@ -688,10 +695,7 @@ def _q_counts(per_layer: pl.DataFrame | None, name: str, col: str, info: Mapping
     """(layers with q ≤ fdr_alpha, layers with a finite q) for one candidate over the touched layers."""
     if per_layer is None or col not in per_layer.columns or info.get("fdr_alpha") is None:
         return None
-    rows = per_layer.filter(pl.col("subspace") == name)
-    if info.get("layers_touched") is not None:
-        rows = rows.filter(pl.col("layer").is_in([int(l) for l in info["layers_touched"]]))
-    q = rows[col].cast(pl.Float64).fill_nan(None).drop_nulls()
+    q = _touched_q(per_layer, name, col, info)
     if q.len() == 0:
         return None
     return int((q <= float(info["fdr_alpha"])).sum()), int(q.len())
