@@ -567,21 +567,6 @@ def summarize_effect(per_prompt: pl.DataFrame, n_boot: int = 2000, seed: int = 0
     return pl.DataFrame(rows)
 
 
-def effect_eval(
-    model: nn.Module,
-    tokenizer,
-    w: Mapping[str, torch.Tensor],
-    prompts_by_set: Mapping[str, Sequence[str]],
-    alphas: Sequence[float] = (-2, -1, 0, 1, 2),
-    seed: int = 0,
-    n_boot: int = 2000,
-    batch_size: int = 16,
-) -> pl.DataFrame:
-    """Summary table per (set, α): see :func:`summarize_effect`. Leaves the model at θ."""
-    per = effect_per_prompt(model, tokenizer, w, prompts_by_set, alphas, batch_size)
-    return summarize_effect(per, n_boot=n_boot, seed=seed)
-
-
 def adapter_effect(model: nn.Module, tokenizer, deltas: Mapping[str, Mapping[str, torch.Tensor]], prompts_by_set: Mapping[str, Sequence[str]], batch_size: int = 16) -> pl.DataFrame:
     """Mean held-out log-ratio per set under θ, θ+Δ⁺ and θ+Δ⁻ (each adapter alone).
 
