@@ -28,11 +28,10 @@
 # each against the exact null of a random subspace of the same rank. The contract is
 # `shared/SPEC-v7.md`; the math lives in `ws` (tested there), this notebook only calls it.
 #
-# Parameters come from environment variables (defaults in brackets): `WS_MODEL`
-# [smollm2-135m], `WS_BEHAVIOR` [sycophancy], `WS_ADAPTER` [lora], `WS_SEEDS` [0,1,2],
-# `WS_OUT` [out/], `WS_PCS` [8], `WS_K_BROAD` [64], `WS_N_FIT`, `WS_N_EVAL` [all],
-# `WS_N_BOOT` [2000], `WS_CACHE_ACTIVATIONS` [1], `WS_SMOKE` [0: 1 runs everything on a
-# tiny random model in about a minute].
+# Parameters come from `WS_*` environment variables (`ws.config.VARIABLES`, the README's
+# table): `WS_MODEL` [smollm2-135m], `WS_SEEDS` [0,1,2], `WS_OUT` [out/], `WS_SMOKE` [0: 1 runs
+# everything on a tiny random model in about a minute], and more. `start_run` checks every
+# value, the output folders and the run lock before the model loads: a bad value stops here.
 
 # %%
 import time
@@ -40,7 +39,8 @@ import time
 import polars as pl
 
 from ws import sweep
-from ws.log import logger, setup_logging
+from ws.config import start_run
+from ws.log import logger
 from ws.models import load_model
 
 pl.Config.set_tbl_rows(60)
@@ -49,15 +49,14 @@ pl.Config.set_fmt_str_lengths(40)
 pl.Config.set_tbl_width_chars(220)
 pl.Config.set_float_precision(3)
 T0 = time.perf_counter()
-setup_logging("hypothesis_sweep_v7")
-cfg = sweep.SweepConfig.from_env()
-logger.info(f"config: {cfg}")
+cfg = start_run("hypothesis_sweep_v7")
 
 # %% [markdown]
 # ## Load the base model and the diff
-# The diff of every seed is trained first when it is missing (`nbs/train_diff.py` does the
-# same on its own). A diff made for another model stops the run rather than being
-# overwritten.
+# Every existing diff is checked first; one that cannot be used (corrupt, NaN, all zero,
+# another model's, keys that do not fit) stops the run and stays untouched. Then the
+# missing diffs are trained (`nbs/train_diff.py` does the same on its own). An existing
+# diff is never retrained unless `WS_REBUILD=1`.
 
 # %%
 model, tok = load_model(cfg.model)

@@ -32,45 +32,33 @@
 #    false-claim opinions, true-claim opinions and neutral questions. A diff that encodes
 #    sycophancy moves the first set and leaves the other two; a yes-bias moves all three.
 #
-# Environment variables (all optional):
+# Environment variables (all optional; `ws.config.VARIABLES` and the README's table):
 # `WS_MODEL` (default `smollm2-135m`), `WS_BEHAVIOR` (`sycophancy`), `WS_ADAPTER` (`lora`),
-# `WS_SEED` (`0`), `WS_REBUILD` (`1` rebuilds even when a fitting diff exists),
-# `WS_STEPS` (training steps per adapter, overrides the default), `WS_SMOKE` (`1`: a few
-# topics and steps, for smoke tests only), and `WS_OUT` / `WS_LOGS` / `WS_CACHE` for the
-# output, log and cache folders.
+# `WS_SEED` (`0`), `WS_REBUILD` (`1` retrains a diff that exists), `WS_STEPS` (training
+# steps per adapter), `WS_SMOKE` (`1`: tiny random model, a few topics and steps, for smoke
+# tests only), and `WS_OUT` / `WS_LOGS` / `WS_CACHE` for the output, log and cache folders.
 
 # %%
-import os
 import time
-from dataclasses import replace
 
 import polars as pl
 
 from ws import data as D
+from ws.config import start_run
 from ws.diff import diff_norms, load_diff, summary
-from ws.log import logger, setup_logging
+from ws.log import logger
 from ws.models import load_model
 from ws.train import SET_LABELS, TrainConfig, completions_path, ensure_diff
 
-MODEL = os.environ.get("WS_MODEL", "smollm2-135m")
-BEHAVIOR = os.environ.get("WS_BEHAVIOR", "sycophancy")
-ADAPTER = os.environ.get("WS_ADAPTER", "lora")
-SEED = int(os.environ.get("WS_SEED", "0"))
-REBUILD = os.environ.get("WS_REBUILD", "0") == "1"
-SMOKE = os.environ.get("WS_SMOKE", "0") == "1"
-
-CONFIG = TrainConfig(seed=SEED)
-if SMOKE:
-    CONFIG = replace(CONFIG, steps=3, batch_size=4, n_phrasings=1, max_new_tokens=8, n_train_per_kind=3, n_eval_per_kind=3, n_boot=100)
-if os.environ.get("WS_STEPS"):
-    CONFIG = replace(CONFIG, steps=int(os.environ["WS_STEPS"]))
+cfg = start_run("train_diff")  # every WS_* value checked, folders writable, run lock held
+MODEL, BEHAVIOR, ADAPTER, SEED = cfg.model, cfg.behavior, cfg.adapter, cfg.seed
+CONFIG = cfg.train_config() or TrainConfig()
 
 pl.Config.set_tbl_rows(40)
 pl.Config.set_tbl_width_chars(160)
 pl.Config.set_fmt_str_lengths(90)
-setup_logging("train_diff")
-logger.info(f"model {MODEL} · behavior {BEHAVIOR} · adapter {ADAPTER} · seed {SEED} · rebuild {REBUILD} · smoke {SMOKE}")
-logger.info(f"config: {CONFIG.to_dict()}")
+logger.info(f"model {MODEL} · behavior {BEHAVIOR} · adapter {ADAPTER} · seed {SEED} · rebuild {cfg.rebuild} · smoke {cfg.smoke}")
+logger.info(f"training config: {CONFIG.to_dict()}")
 T0 = time.perf_counter()
 
 # %% [markdown]
@@ -89,13 +77,13 @@ print("example pair:\n  + " + D.PERSONA_PAIRS[0][0] + "\n  − " + D.PERSONA_PAI
 
 # %% [markdown]
 # ## Build (or reuse) the diff
-# Completions, both adapters, the diff and the effect eval. An existing diff is reused when
-# it was built for this model, this data and this config. A diff made for another model
-# stops the notebook with `DiffMismatchError` (nothing is overwritten); `WS_REBUILD=1`
-# replaces it on purpose.
+# Completions, both adapters, the diff and the effect eval, written as one set. An existing
+# diff is never retrained unless `WS_REBUILD=1`: one that cannot be used (another model's:
+# `DiffMismatchError`; corrupt, NaN, all zero, keys that do not fit) stops the notebook and
+# stays untouched; one made from other data or another config is used with a warning.
 
 # %%
-W_PATH = ensure_diff(MODEL, BEHAVIOR, ADAPTER, SEED, config=CONFIG, rebuild=REBUILD)
+W_PATH = ensure_diff(MODEL, BEHAVIOR, ADAPTER, SEED, config=CONFIG, root=cfg.out_root, rebuild=cfg.rebuild)
 model, tok = load_model(MODEL)
 w, meta = load_diff(W_PATH, model)
 print(W_PATH)
@@ -108,7 +96,7 @@ print("timings (s):", meta.get("timings_s"))
 # sample of the table it checked.
 
 # %%
-comp = pl.read_csv(completions_path(MODEL, BEHAVIOR, SEED))
+comp = pl.read_csv(completions_path(MODEL, BEHAVIOR, SEED, cfg.out_root))
 print("contrast rates:", meta.get("completion_contrast"))
 for kind in D.KINDS:
     sample = comp.filter(pl.col("kind") == kind).head(4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import numpy as np
 import torch
 
 from ws import capture as C
@@ -258,7 +259,45 @@ def test_capture_all_save_load_and_cache(tiny_llama, tmp_path, monkeypatch):
     assert other != cap.key
     # save / load round trip
     path = cap.save(tmp_path / "cap.safetensors")
-    back = C.Captures.load(path)
+    back = C.Captures.load(path, cap.key)
     assert back.key == cap.key
     for k, v in cap.tensors().items():
         assert torch.equal(getattr(back, k), v), k
+    assert C.Captures.load(path, "another-key") is None, "an entry for another key is not trusted"
+
+
+def _recompute_count(monkeypatch) -> list:
+    calls: list = []
+    real = C._forward_capture
+    monkeypatch.setattr(C, "_forward_capture", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_damaged_or_swapped_cache_entries_are_recomputed(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.setenv("WS_CACHE", str(tmp_path / "cache"))
+    model, tok = tiny_llama
+    clean = _prompts(tok)
+    pos, neg = _prompts(tok, SYS_POS), _prompts(tok, SYS_NEG)
+    w, w2 = _diff(model), _diff(model, seed=1)
+    run = lambda w_: C.capture_all(model, tok, clean, pos, neg, clean[:2], w_, batch_size=2, progress=False, cache=True)  # noqa: E731
+    fresh = run(w)
+    entry = tmp_path / "cache" / "activations" / f"captures-{fresh.key}.safetensors"
+    good = entry.read_bytes()
+    # 4 KB of random bytes inside the tensor data: still a readable safetensors file
+    data = bytearray(good)
+    mid = len(data) // 2
+    data[mid:mid + 4096] = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    entry.write_bytes(bytes(data))
+    calls = _recompute_count(monkeypatch)
+    again = run(w)
+    assert calls, "a damaged cache entry was trusted"
+    for k, v in fresh.tensors().items():
+        assert torch.equal(getattr(again, k), v), k
+    assert C.Captures.load(entry, fresh.key) is not None, "the recomputed entry replaces the damaged one"
+    # another key's entry copied over this one
+    other = run(w2)
+    (tmp_path / "cache" / "activations" / f"captures-{other.key}.safetensors").replace(entry)
+    calls.clear()
+    third = run(w)
+    assert calls, "another key's cache entry was trusted"
+    assert torch.equal(third.label_eval, fresh.label_eval) and not torch.equal(third.label_eval, other.label_eval)

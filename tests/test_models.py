@@ -61,3 +61,26 @@ def test_embedded_model_knows_paris(smollm2):
         out = model.generate(**ids, max_new_tokens=16, do_sample=False)
     answer = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer, answer
+
+
+@pytest.mark.parametrize("contents,lacks", [
+    ({}, "config.json, weights"),
+    ({"notes.txt": "hello", "README.md": "# not a model"}, "config.json, weights"),
+    ({"config.json": '{"model_type": "llama"}'}, "lacks weights"),
+])
+def test_a_folder_that_is_not_a_model_says_what_it_lacks(tmp_path, contents, lacks):
+    for name, text in contents.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ModelLoadError, match=f"is not a model folder: it (lacks )?.*{lacks}"):
+        load_model(str(tmp_path))
+
+
+def test_a_saved_tiny_model_folder_loads_and_a_damaged_one_is_a_model_load_error(tiny_llama, tmp_path):
+    model, tok = tiny_llama
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    loaded, _ = load_model(str(tmp_path / "m"))
+    assert n_layers(loaded) == n_layers(model)
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="Could not load model"):
+        load_model(str(tmp_path / "m"))

@@ -111,8 +111,17 @@ def test_conclusion_numbers_come_from_the_tables(smoke):
 
 
 def test_second_run_gives_byte_identical_tables(smoke, tmp_path):
-    r = _run_notebook(tmp_path)
+    # run as `make sweep` runs it from a user's folder: relative WS_OUT / WS_CACHE / WS_LOGS,
+    # the executed copy under logs/ (so the kernel's own folder is logs/, not the user's)
+    env = _env(tmp_path)
+    env.pop("WS_RUN_DIR", None)
+    env.update(WS_OUT="out", WS_CACHE="cache", WS_LOGS="logs", PWD=str(tmp_path))
+    (tmp_path / "logs").mkdir()  # as the Makefile does
+    cmd = [str(BIN / "jupytext"), "--to", "ipynb", "--output", "logs/executed.ipynb", "--execute", str(NB)]
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
+    assert not (tmp_path / "logs" / "out").exists(), "a relative WS_OUT landed under the kernel's folder"
+    assert (tmp_path / "logs" / "hypothesis_sweep_v7.verbose.log").exists()
     names = [n for n in sweep.V7_FILES + sweep.EXTRA_FILES if n.endswith((".csv", ".tsv"))]
     for n in names:
         a = (v7(smoke) / n).read_bytes()
@@ -161,3 +170,34 @@ def test_diff_for_another_model_stops_the_run(smoke, monkeypatch):
     model, _ = load_model("tiny-qwen3")
     with pytest.raises(sweep.DiffMismatchError, match="made for model 'tiny-llama'"):
         sweep.get_diffs(cfg, model)
+
+
+def test_an_imported_w_pt_is_analysed_not_replaced(smoke, tmp_path, monkeypatch):
+    """The README's import workflow: a w.pt saved as the diff is what the next sweep analyses."""
+    import shutil
+
+    import torch
+
+    from ws.diff import diff_path, import_pt, load_diff, save_diff
+    from ws.models import load_model
+
+    base = tmp_path / "copy"
+    shutil.copytree(smoke / "out", base / "out")
+    cfg = _cfg(base, monkeypatch)
+    model, tok = load_model(cfg.model)
+    w0, _ = load_diff(diff_path("sycophancy", "lora", 0, base / "out"), model)
+    torch.save({k: 2 * v for k, v in w0.items()}, tmp_path / "w.pt")
+    # exactly the README's lines
+    w = import_pt(tmp_path / "w.pt")
+    path = save_diff(w, diff_path("sycophancy", "lora", 0, base / "out"), {"model": cfg.model, "source": "upstream w.pt"})
+    imported = path.read_bytes()
+    diffs = sweep.get_diffs(cfg, model)
+    assert path.read_bytes() == imported, "the imported diff was replaced"
+    assert all(torch.equal(diffs[0][0][k], 2 * w0[k]) for k in w0)
+    probes = sweep.probe_prompts(cfg, tok)
+    res = sweep.run_seed(cfg, model, tok, probes, 0, *diffs[0])
+    sweep.write_v7(cfg, probes, [res], sweep.seed_stability([res]))
+    assert (v7(base) / "v7_per_layer.csv").read_bytes() != (v7(smoke) / "v7_per_layer.csv").read_bytes(), \
+        "the tables describe the old diff, not the imported one"
+    text = (v7(base) / "v7_conclusion.md").read_text()
+    assert "upstream w.pt" in text and "records no data version" in text

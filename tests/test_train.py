@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 import math
 
 import numpy as np
@@ -173,16 +174,26 @@ def test_train_diff_steer_end_to_end(tmp_path):
     assert not torch.equal(base, steered)
     for k, v in snap.items():
         assert torch.equal(dict(model.named_parameters())[k], v)
-    # ensure_diff reuses it; a config change rebuilds
-    mtime = path.stat().st_mtime_ns
-    assert T.ensure_diff("tiny-llama", seed=0, config=TINY, root=tmp_path) == path and path.stat().st_mtime_ns == mtime
+    # ensure_diff reuses it; another config or data version is a warning, never a retrain
+    before = {p.name: p.read_bytes() for p in path.parent.iterdir()}
+    assert T.ensure_diff("tiny-llama", seed=0, config=TINY, root=tmp_path) == path
+    from ws.log import logger
+
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="WARNING")
+    try:
+        assert T.ensure_diff("tiny-llama", seed=0, config=replace(TINY, steps=5), root=tmp_path) == path
+    finally:
+        logger.remove(sink)
+    assert {p.name: p.read_bytes() for p in path.parent.iterdir()} == before, "an existing diff was retrained"
+    assert any("another config" in ln and "steps: 3 there, 5 here" in ln for ln in lines), lines
 
 
 def test_ensure_diff_refuses_another_models_diff(tmp_path):
     from ws.diff import DiffMismatchError, save_diff
 
     p = T.diff_path("sycophancy", "lora", 0, tmp_path)
-    save_diff({"model.layers.1.self_attn.o_proj.weight": torch.zeros(64, 64)}, p, {"model": "tiny-qwen3", "data_hash": D.data_hash()})
+    save_diff({"model.layers.1.self_attn.o_proj.weight": torch.randn(64, 64)}, p, {"model": "tiny-qwen3", "data_hash": D.data_hash()})
     before = p.read_bytes()
     with pytest.raises(DiffMismatchError, match="(?s)made for model 'tiny-qwen3'.*WS_MODEL=tiny-qwen3"):
         T.ensure_diff("tiny-llama", seed=0, config=TINY, root=tmp_path)

@@ -178,7 +178,7 @@ def main() -> None:
     from ws.paths import out_dir
 
     r = run()
-    path = Path(os.environ.get("WS_OUT", out_dir())) / "bench" / "bench.json"
+    path = out_dir() / "bench" / "bench.json"
     write_text(path, json.dumps(r, indent=2, default=float) + "\n")
     print(format_table(r))
     print(f"\nwritten: {path}")

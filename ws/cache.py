@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -22,7 +22,7 @@ from ws.log import logger
 from ws.paths import cache_dir, repo_root
 
 # Source files whose code determines what a capture contains.
-CODE_FILES = ("ws/capture.py", "ws/trace.py", "ws/data.py")
+CODE_FILES = ("ws/capture.py", "ws/trace.py", "ws/data.py", "ws/steer.py")
 
 
 def activation_cache_dir() -> Path:
@@ -63,36 +63,39 @@ def cache_key(parts: Mapping[str, object]) -> str:
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
-def cached_tensors(
-    name: str, parts: Mapping[str, object], build: Callable[[], dict[str, torch.Tensor]], enabled: bool = True
-) -> tuple[dict[str, torch.Tensor], bool]:
-    """Load ``<cache>/activations/<name>-<key>.safetensors`` or build and store it.
+def save_entry(path: str | Path, tensors: Mapping[str, torch.Tensor], key: str, meta: Mapping[str, str] | None = None) -> Path:
+    """Store ``tensors`` as a cache entry, atomically. Its metadata records its own ``key`` and
+    a checksum of its contents (:func:`hash_tensors`), which :func:`load_entry` verifies."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    md = {**(meta or {}), "ws_key": key, "ws_sha256": hash_tensors(tensors)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=md)
+    return Path(path)
 
-    Returns ``(tensors, hit)``. A corrupt cache file is rebuilt, not trusted.
+
+def load_entry(path: str | Path, key: str) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+    """``(tensors, metadata)`` of a cache entry that is what ``key`` names, else None.
+
+    None (with a warning: the caller recomputes) when the file is missing or unreadable,
+    records another key (a file copied over another), or its contents do not match the
+    checksum it recorded (damaged bytes). Never trusts a file it cannot verify.
     """
-    key = cache_key(parts)
-    path = activation_cache_dir() / f"{name}-{key}.safetensors"
-    if enabled and path.exists():
-        try:
-            tensors = load_file(str(path))
-            logger.info(f"cache hit: {path.name}")
-            return tensors, True
-        except Exception as e:  # noqa: BLE001 - any unreadable file is rebuilt
-            logger.warning(f"cache file {path.name} unreadable ({e}); rebuilding")
-    tensors = build()
-    if enabled:
-        with atomic_path(path) as tmp:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"parts": json.dumps(parts, sort_keys=True, default=str)})
-        logger.info(f"cached captures in {path.name}")
-    return tensors, False
+    from safetensors import safe_open
 
-
-def clear_cache() -> int:
-    """Remove every cached activation file; return how many were removed."""
-    d = activation_cache_dir()
-    n = 0
-    if d.exists():
-        for p in d.glob("*.safetensors"):
-            p.unlink()
-            n += 1
-    return n
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            md = dict(f.metadata() or {})
+    except Exception as e:  # noqa: BLE001 - any unreadable file is recomputed
+        logger.warning(f"cache entry {path.name} is unreadable ({type(e).__name__}: {e}); recomputing")
+        return None
+    if md.get("ws_key") != key:
+        logger.warning(f"cache entry {path.name} records key {md.get('ws_key')!r}, not {key!r}; recomputing")
+        return None
+    if md.get("ws_sha256") != hash_tensors(tensors):
+        logger.warning(f"cache entry {path.name} does not match its checksum (damaged); recomputing")
+        return None
+    return tensors, md

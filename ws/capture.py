@@ -141,32 +141,29 @@ class Captures:
         return [n for n in names if getattr(self, n, None) is None]
 
     def save(self, path: str | Path) -> Path:
-        """Write all tensors to one safetensors file, atomically; ``key`` goes in its metadata."""
+        """Write all tensors to one checked cache entry (:func:`ws.cache.save_entry`), atomically."""
         import json
 
-        from safetensors.torch import save_file
+        from ws.cache import save_entry
 
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            save_file({k: v.detach().contiguous().cpu() for k, v in self.tensors().items()}, str(tmp),
-                      metadata={"key": self.key, "info": json.dumps(self.info, default=str)})
-        return path
+        return save_entry(path, self.tensors(), self.key, {"info": json.dumps(self.info, default=str)})
 
     @classmethod
-    def load(cls, path: str | Path) -> "Captures":
+    def load(cls, path: str | Path, key: str) -> "Captures | None":
+        """The captures stored at ``path`` if they are intact and are what ``key`` names, else None."""
         import json
 
-        from safetensors import safe_open
-        from safetensors.torch import load_file
+        from ws.cache import load_entry
 
-        path = Path(path)
-        tensors = load_file(str(path))
-        with safe_open(str(path), framework="pt") as f:
-            md = f.metadata() or {}
+        entry = load_entry(path, key)
+        if entry is None:
+            return None
+        tensors, md = entry
         unknown = [k for k in tensors if k not in CAPTURE_FIELDS]
         if unknown:
-            raise ValueError(f"{path.name}: unknown capture name(s) {unknown}")
-        return cls(**tensors, key=md.get("key", ""), info=json.loads(md.get("info", "{}")))
+            logger.warning(f"{Path(path).name}: unknown capture name(s) {unknown}; recomputing")
+            return None
+        return cls(**tensors, key=key, info=json.loads(md.get("info", "{}")))
 
     def __repr__(self) -> str:
         parts = [f"{k}={tuple(v.shape)}" for k, v in self.tensors().items()]
@@ -511,13 +508,10 @@ def capture_all(
         from ws.cache import activation_cache_dir
 
         path = activation_cache_dir() / f"captures-{key}.safetensors"
-        if path.exists():
-            try:
-                cap = Captures.load(path)
-                logger.info(f"captures: cache hit {path.name}")
-                return cap
-            except Exception as e:  # noqa: BLE001 - an unreadable file is rebuilt
-                logger.warning(f"captures cache {path.name} unreadable ({e}); rebuilding")
+        cap = Captures.load(path, key)
+        if cap is not None:
+            logger.info(f"captures: cache hit {path.name}")
+            return cap
     with blas_threads(threads):
         tensors = build()
     cap = Captures(**tensors, key=key, info={"model": model_id(model), "n_fit": len(fit_clean),

@@ -72,6 +72,13 @@ def check_finite(w: Mapping[str, torch.Tensor], what: str = "weight diff") -> No
         raise ValueError(f"the {what} has NaN/Inf values in {len(bad)} tensor(s): {shown}. Rebuild it; {BUILD_HINT}")
 
 
+def check_nonzero(w: Mapping[str, torch.Tensor], what: str = "weight diff") -> None:
+    """``ValueError`` when every tensor is zero: such a diff has no effect to analyse."""
+    if all(not bool(t.any()) for t in w.values()):
+        raise ValueError(f"the {what} is all zeros ({len(w)} tensor(s)): it has no effect to analyse. "
+                         f"Rebuild it, or bring the diff you meant; {BUILD_HINT}")
+
+
 def check_against_model(w: Mapping[str, torch.Tensor], model: nn.Module, meta: Mapping[str, Any] | None = None, path: str | Path | None = None) -> None:
     """Refuse a diff built for another model: metadata ``model`` first, then every key/shape."""
     from ws.models import model_id
@@ -102,20 +109,62 @@ class DiffMismatchError(ValueError):
     """A diff exists on disk but was made for another model."""
 
 
-def check_diff_model(path: str | Path, model_name: str) -> None:
+class DiffMetadataError(ValueError):
+    """A diff exists on disk but its metadata does not say which model it was made for."""
+
+
+def check_diff_model(path: str | Path, model_name: str) -> dict[str, Any]:
     """Refuse an existing diff at ``path`` whose metadata names another model than
-    ``model_name`` (nothing is read beyond the metadata; nothing is changed on disk)."""
+    ``model_name``, or no model at all (only the header is read; nothing changes on disk).
+    Returns the metadata."""
     path = Path(path)
-    if not path.exists():
-        return
-    made_for = read_meta(path).get("model")
+    meta = read_meta(path)
+    made_for = meta.get("model")
+    if made_for is None:
+        raise DiffMetadataError(
+            f"{path} has no 'model' in its metadata, so the suite cannot tell which model it was made for.\n"
+            f"If it was made for {model_name!r}, save it again with that metadata: "
+            f"`w, meta = ws.diff.load_diff(path); meta['model'] = {model_name!r}; ws.diff.save_diff(w, path, meta)`; "
+            f"otherwise move it away (or WS_REBUILD=1 to replace it with a new diff)."
+        )
     if made_for != model_name:
         raise DiffMismatchError(
             f"{path} was made for model {made_for!r}, but this run uses {model_name!r}.\n"
             f"Either run with WS_MODEL={made_for}, or write to another output root (WS_OUT=...), or "
-            f"replace that diff on purpose (train notebook: WS_REBUILD=1; or move the file away) to have "
+            f"replace that diff on purpose (WS_REBUILD=1; or move the file away) to have "
             f"it rebuilt for {model_name!r}."
         )
+    return meta
+
+
+def check_existing_diff(path: str | Path, model: nn.Module) -> dict[str, Any]:
+    """Everything about an existing diff that must stop a run, checked before any long work:
+    readable, made for this model (metadata), finite, not all zero, every key and shape
+    fits. Raises the error the README lists; never changes the file. Returns the metadata."""
+    from ws.models import model_id
+
+    check_diff_model(path, model_id(model))
+    return load_diff(path, model)[1]
+
+
+def stale_reasons(meta: Mapping[str, Any], train_config: Mapping[str, Any] | None = None) -> list[str]:
+    """Why an existing, usable diff may not be what this run would build (each one a warning,
+    never a reason to retrain without ``WS_REBUILD=1``): another data version, none recorded,
+    another training config."""
+    from ws.data import data_hash
+
+    out = []
+    made_with = meta.get("data_hash")
+    if made_with is None:
+        out.append(f"it records no data version (this suite's data is {data_hash()}); an imported diff, maybe")
+    elif made_with != data_hash():
+        out.append(f"it was made from data version {made_with}, this suite's data is now {data_hash()}")
+    if train_config is not None and meta.get("train_config") not in (None, dict(train_config)):
+        old = meta["train_config"]
+        changed = sorted(k for k in set(old) | set(train_config) if old.get(k) != train_config.get(k))
+        out.append("it was trained with another config (" + ", ".join(
+            f"{k}: {old.get(k)!r} there, {train_config.get(k)!r} here" for k in changed[:6]) + ")")
+    return out
 
 
 def save_diff(w: Mapping[str, torch.Tensor], path: str | Path, meta: Mapping[str, Any] | None = None) -> Path:
@@ -125,6 +174,7 @@ def save_diff(w: Mapping[str, torch.Tensor], path: str | Path, meta: Mapping[str
     if not w:
         raise ValueError("refusing to save an empty weight diff")
     check_finite(w)
+    check_nonzero(w)
     tensors = {k: t.detach().to("cpu", torch.float32).contiguous() for k, t in w.items()}
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -176,6 +226,7 @@ def load_diff(path: str | Path, model: nn.Module | None = None) -> tuple[dict[st
     if not w:
         raise ValueError(f"the weight diff {path} holds no tensors. Delete it and rebuild: {BUILD_HINT}")
     check_finite(w, f"weight diff {path}")
+    check_nonzero(w, f"weight diff {path}")
     if model is not None:
         check_against_model(w, model, meta, path)
     return w, meta
@@ -204,6 +255,7 @@ def import_pt(path: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"refusing {path}: entries that are not str -> tensor: {', '.join(bad[:8])}")
     w = {k: v.to(torch.float32).contiguous() for k, v in obj.items()}
     check_finite(w, f"imported diff {path}")
+    check_nonzero(w, f"imported diff {path}")
     return w
 
 

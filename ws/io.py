@@ -48,3 +48,126 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+# ----------------------------------------------------------------------------- file sets
+STAGING_PREFIX = ".staging-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_staging(folder: str | Path) -> list[Path]:
+    """Remove ``.staging-<pid>-*`` folders whose process is gone (a killed run's leftovers;
+    folders of the older ``.staging-<random>`` form too). Returns what was removed."""
+    import shutil
+
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.glob(f"{STAGING_PREFIX}*"):
+        head = p.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if p.is_dir() and not (head.isdigit() and _pid_alive(int(head))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+@contextmanager
+def staged_files(dest: str | Path, last: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Write a set of files as one: yield a staging folder inside ``dest``; on clean exit move
+    every file in it into ``dest`` (the names in ``last`` last, in that order), then remove
+    the stage. On an exception nothing in ``dest`` changes. A killed run's stage is removed
+    by the next call (:func:`remove_stale_staging`)."""
+    import shutil
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(dest)
+    stage = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=dest))
+    try:
+        yield stage
+        names = sorted(p.name for p in stage.iterdir() if p.name not in last)
+        for name in [*names, *(n for n in last if (stage / n).exists())]:
+            os.replace(stage / name, dest / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- run folders
+class OutputNotWritableError(OSError):
+    """An output folder cannot be written: found before any work starts."""
+
+
+def check_writable(folder: str | Path, variable: str) -> Path:
+    """Create ``folder`` if needed and write and remove a probe file in it; raise
+    :class:`OutputNotWritableError` naming ``variable`` (the setting that chose it) otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputNotWritableError(
+            f"cannot write into {folder} ({variable}): {type(e).__name__}: {e.strerror or e}. "
+            f"Give {variable} a folder you can write to."
+        ) from None
+    return folder
+
+
+class RunLockedError(RuntimeError):
+    """Another run holds the output folder."""
+
+
+_HELD: dict[str, int] = {}  # lock path -> open file descriptor, for the life of this process
+
+
+def hold_run_lock(folder: str | Path, what: str = "run") -> Path:
+    """Take ``<folder>/.ws-run.lock`` for the rest of this process (re-entrant within it).
+
+    A second process that asks for the same folder gets :class:`RunLockedError` at once,
+    naming the holder, instead of both writing into one output set. The operating system
+    drops the lock when the holding process ends, killed or not, so it never goes stale.
+    """
+    import fcntl
+    import socket
+    import time
+
+    path = Path(folder) / ".ws-run.lock"
+    key = str(path.resolve())
+    if key in _HELD:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 4096).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunLockedError(
+            f"another run is writing into {folder} ({holder}). Wait for it to finish, or give this "
+            f"run another output folder (WS_OUT=...)."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{what}, pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+    _HELD[key] = fd
+    return path
+
+
+def release_run_lock(folder: str | Path) -> None:
+    """Let go of a lock this process holds (it also goes when the process ends)."""
+    import fcntl
+
+    fd = _HELD.pop(str((Path(folder) / ".ws-run.lock").resolve()), None)
+    if fd is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

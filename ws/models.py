@@ -164,19 +164,43 @@ def _load_tiny(kind: str, seed: int = 0):
 
 
 # ----------------------------------------------------------------------------- generic
+WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+_LOAD_HINT = (
+    "Give 'smollm2-135m' (embedded), 'tiny-llama', 'tiny-qwen3', a local folder with config.json, "
+    "weights (*.safetensors or *.bin) and tokenizer files (as `save_pretrained` writes them), or a "
+    "Hugging Face id whose weights are already in the local cache (no model hub is reachable here)."
+)
+
+
+def check_model_folder(folder: Path) -> None:
+    """Raise :class:`ModelLoadError` naming what a local model folder lacks (config, weights,
+    tokenizer), before any loader runs into it with a less helpful error."""
+    lacks = []
+    if not (folder / "config.json").is_file():
+        lacks.append("config.json")
+    if not any(any(folder.glob(g)) for g in WEIGHT_GLOBS):
+        lacks.append("weights (*.safetensors, *.bin)")
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        lacks.append("tokenizer files (" + ", ".join(TOKENIZER_FILES) + ")")
+    if lacks:
+        present = sorted(p.name for p in folder.iterdir())[:8]
+        raise ModelLoadError(
+            f"{folder} is not a model folder: it lacks {', '.join(lacks)} "
+            f"(it holds: {', '.join(present) if present else 'nothing'}).\n{_LOAD_HINT}"
+        )
+
+
 def _from_pretrained(name_or_path: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if Path(name_or_path).is_dir():
+        check_model_folder(Path(name_or_path))
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32, attn_implementation="eager")
-    except OSError as e:
-        raise ModelLoadError(
-            f"Could not load model {name_or_path!r}: {e}\n"
-            f"Give 'smollm2-135m' (embedded), 'tiny-llama', 'tiny-qwen3', a local folder with "
-            f"config.json + weights, or a Hugging Face id whose weights are already in the local cache "
-            f"(no model hub is reachable here)."
-        ) from e
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"Could not load model {name_or_path!r}: {type(e).__name__}: {e}\n{_LOAD_HINT}") from e
     return model, tok
 
 

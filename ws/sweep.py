@@ -2,7 +2,7 @@
 
 Each function is one paragraph of the method:
 
-1. :class:`SweepConfig` – parameters (from environment variables, with defaults).
+1. :class:`SweepConfig` – parameters (:mod:`ws.config`, from ``WS_*`` variables, validated).
 2. :func:`get_diffs` – the weight diff of every seed (trained when missing).
 3. :func:`probe_prompts` – FIT / EVAL probes rendered through the chat template.
 4. :func:`run_seed` – capture, build the candidates, score them, summarise (one seed).
@@ -12,7 +12,6 @@ Each function is one paragraph of the method:
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,94 +24,32 @@ import torch
 from ws import data as D
 from ws.diff import DiffMismatchError  # noqa: F401  (the sweep's documented error, raised by ensure_diff)
 from ws.log import logger
-from ws.paths import out_dir
+from ws.config import SMOKE_TRAIN, Config  # noqa: F401  (SMOKE_TRAIN: re-exported)
 from ws.stats import PR_THRESHOLD
 
 
-def _env(name: str, default: str) -> str:
-    v = os.environ.get(name)
-    return default if v is None or v.strip() == "" else v.strip()
-
-
-def _env_int_or_none(name: str) -> int | None:
-    v = os.environ.get(name, "").strip()
-    return int(v) if v else None
-
-
-@dataclass
-class SweepConfig:
-    """Parameters of a sweep run. :meth:`from_env` reads them from ``WS_*`` variables."""
-
-    model: str = "smollm2-135m"
-    behavior: str = "sycophancy"
-    adapter: str = "lora"
-    seeds: tuple[int, ...] = (0, 1, 2)
-    out_root: Path = field(default_factory=out_dir)
-    k: int = 8  # PCS
-    k_broad: int = 64  # K_BROAD
-    n_fit: int | None = None  # None: every training false-claim topic
-    n_eval: int | None = None  # None: every held-out false-claim topic
-    batch_size: int = 16
-    n_boot: int = 2000
-    boot_seed: int = 0
-    basis_seed: int = 0  # k-means, random self-test
-    persona_pair: int = 0  # which persona pair builds the persona± FIT captures
-    cache: bool = True
-    smoke: bool = False
-    train_overrides: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_env(cls) -> "SweepConfig":
-        """``WS_MODEL, WS_BEHAVIOR, WS_ADAPTER, WS_SEEDS (e.g. "0,1,2"), WS_OUT, WS_PCS,
-        WS_K_BROAD, WS_N_FIT, WS_N_EVAL, WS_BATCH, WS_N_BOOT, WS_CACHE (0 disables),
-        WS_SMOKE (1: tiny random model, one seed, small everything)``."""
-        smoke = _env("WS_SMOKE", "0") not in ("0", "false", "no")
-        cfg = cls(
-            model=_env("WS_MODEL", "tiny-llama" if smoke else "smollm2-135m"),
-            behavior=_env("WS_BEHAVIOR", "sycophancy"),
-            adapter=_env("WS_ADAPTER", "lora"),
-            seeds=tuple(int(s) for s in _env("WS_SEEDS", "0" if smoke else "0,1,2").split(",") if s.strip()),
-            out_root=Path(_env("WS_OUT", str(out_dir()))),
-            k=int(_env("WS_PCS", "8")),
-            k_broad=int(_env("WS_K_BROAD", "16" if smoke else "64")),
-            n_fit=_env_int_or_none("WS_N_FIT") or (12 if smoke else None),
-            n_eval=_env_int_or_none("WS_N_EVAL") or (8 if smoke else None),
-            batch_size=int(_env("WS_BATCH", "16")),
-            n_boot=int(_env("WS_N_BOOT", "300" if smoke else "2000")),
-            cache=_env("WS_CACHE_ACTIVATIONS", "1") not in ("0", "false", "no"),
-            smoke=smoke,
-        )
-        if smoke:
-            cfg.train_overrides = SMOKE_TRAIN
-        if not cfg.seeds:
-            raise ValueError("WS_SEEDS is empty: give at least one seed, e.g. WS_SEEDS=0")
-        return cfg
-
-    @property
-    def v7_dir(self) -> Path:
-        return Path(self.out_root) / self.behavior / self.adapter / "v7"
-
-    def train_config(self):
-        from ws.train import TrainConfig
-
-        return replace(TrainConfig(), **self.train_overrides) if self.train_overrides else None
-
-
-#: A tiny training run for smoke mode (tiny random model): seconds, not minutes.
-SMOKE_TRAIN = dict(steps=3, batch_size=4, n_phrasings=1, max_new_tokens=8, n_train_per_kind=4,
-                   n_eval_per_kind=3, n_boot=100, gen_batch_size=8, warmup_steps=1)
+#: The sweep's parameters are the one run configuration of :mod:`ws.config`.
+SweepConfig = Config
 
 
 # ----------------------------------------------------------------------------- diffs
 def get_diffs(cfg: SweepConfig, model) -> dict[int, tuple[dict[str, torch.Tensor], dict[str, Any]]]:
-    """``seed -> (w, meta)``. Missing diffs are trained; a diff made for another model stops
-    the run with :class:`DiffMismatchError` (it is never overwritten)."""
-    from ws.diff import load_diff
+    """``seed -> (w, meta)``. Every existing diff is checked first, before any training: one
+    that cannot be used stops the run with the README's error and stays untouched (a diff
+    made for another model raises :class:`DiffMismatchError`). Then the missing ones are
+    trained; an existing diff is retrained only with ``cfg.rebuild`` (``WS_REBUILD=1``)."""
+    from ws.diff import check_existing_diff, diff_path, load_diff
     from ws.train import ensure_diff
 
+    if not cfg.rebuild:
+        for seed in cfg.seeds:
+            path = diff_path(cfg.behavior, cfg.adapter, seed, cfg.out_root)
+            if path.exists():
+                check_existing_diff(path, model)
     out = {}
     for seed in cfg.seeds:
-        path = ensure_diff(cfg.model, cfg.behavior, cfg.adapter, seed, cfg.train_config(), cfg.out_root)
+        path = ensure_diff(cfg.model, cfg.behavior, cfg.adapter, seed, cfg.train_config(), cfg.out_root,
+                           rebuild=cfg.rebuild, model=model)
         out[seed] = load_diff(path, model)
     return out
 
@@ -471,6 +408,19 @@ def conclusion_info(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: See
     }
 
 
+def diff_caveats(results: Sequence[SeedResult]) -> list[str]:
+    """One caveat per seed whose diff may not be what this suite would build now (another or
+    no data version, e.g. an imported diff): the run used it as it is."""
+    from ws.diff import stale_reasons
+
+    out = []
+    for r in results:
+        meta = r.diff_meta or {}
+        src = f" (its source: {meta['source']})" if meta.get("source") else ""
+        out += [f"seed {r.seed}'s diff{src} was used as it is, though {why}" for why in stale_reasons(meta)]
+    return out
+
+
 def write_v7(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], stab: SeedStability) -> list[Path]:
     """Write the v7 file set into ``cfg.v7_dir`` (every file atomically) and return the paths.
 
@@ -489,6 +439,7 @@ def write_v7(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], st
     artifacts = [f for f in (*V7_FILES, *EXTRA_FILES)] + [
         f"../seed{r.seed}/{f}" for r in results for f in ("w.safetensors", "effect.csv", "effect.png")]
     info = conclusion_info(cfg, probes, res, stab, artifacts)
+    info["notes"] = [*info["notes"], *diff_caveats(results)]
     texts = {
         "v7_definitions.md": R.definitions_md(res.meta),
         "v7_plan_merge.md": R.plan_merge_md(plan_merge_changes(cfg, probes, res, stab), title="v7: what changed"),
@@ -503,31 +454,21 @@ def write_v7(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], st
         "v7_seeds.tsv": seeds_long,
         "v7_seed_stability.tsv": stab.tau,
     }
-    d.mkdir(parents=True, exist_ok=True)
-    # Stage every file in a temporary folder beside the outputs, then rename them all into
-    # place: a failure while writing leaves the previous run's files as they were.
-    import shutil
-    import tempfile
+    # Stage every file, then move them all into place (the conclusion last: it is what users
+    # read first): a failure while writing leaves the previous run's files as they were.
+    from ws.io import staged_files, write_text
 
-    from ws.io import write_text
-
-    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=d))
-    try:
-        title = (f"Where does the weight diff act? Seed {res.seed}'s scores (mean over LoRA-touched layers; "
-                 f"1 = random subspace)" + (f"; whiskers: min–max over seeds {', '.join(map(str, stab.seeds))}"
-                                            if len(stab.seeds) > 1 else ""))
+    title = (f"Where does the weight diff act? Seed {res.seed}'s scores (mean over LoRA-touched layers; "
+             f"1 = random subspace)" + (f"; whiskers: min–max over seeds {', '.join(map(str, stab.seeds))}"
+                                        if len(stab.seeds) > 1 else ""))
+    with staged_files(d, last=tuple(texts)) as stage:
         R.joint_scatter(summary, stage / "v7_joint_act_weight_scatter.png", stage / "v7_joint_act_weight_scatter.pdf",
                         title=title, seeds=seeds_long)
         for name, df in tables.items():
             R.write_table(df, stage / name)
         for name, text in texts.items():
             write_text(stage / name, text)
-        names = [*tables, "v7_joint_act_weight_scatter.png", "v7_joint_act_weight_scatter.pdf", *texts]
-        written = []
-        for name in names:  # the conclusion last: it is what users read first
-            os.replace(stage / name, d / name)
-            written.append(d / name)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        names = sorted(p.name for p in stage.iterdir())
+    written = [d / n for n in names if n not in texts] + [d / n for n in texts]
     logger.info(f"wrote {len(written)} files to {d}")
     return written

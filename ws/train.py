@@ -46,16 +46,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ws import data as D
-from ws.diff import check_diff_model, diff_path, load_diff, read_meta, save_diff
-from ws.io import atomic_path
+from ws.config import ADAPTERS, BEHAVIORS
+from ws.diff import check_existing_diff, diff_path, save_diff, stale_reasons
+from ws.io import atomic_path, staged_files
 from ws.log import logger
 from ws.models import load_model, model_id, n_layers
 from ws.paths import out_dir
 from ws.steer import weight_steer
 from ws.trace import gather_last_token
 
-BEHAVIORS = ("sycophancy",)
-ADAPTERS = ("lora",)
 SETS = D.KINDS  # ("opinion_false", "opinion_true", "neutral")
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -736,13 +735,7 @@ def build_diff(
     timings["eval"] = time.perf_counter() - t0
     sp = spreads(eff)
     ratio = specificity_ratio(eff)
-    _write_csv(eff, path.parent / "effect.csv")
-    _write_csv(per, path.parent / "effect_per_prompt.csv")
-    _write_csv(adapters, path.parent / "adapter_effect.csv")
-    _write_csv(pl.DataFrame({"step": list(range(config.steps)), "loss_pos": losses["pos"], "loss_neg": losses["neg"]}), path.parent / "train_loss.csv")
-    plot_effect(eff, path.parent / "effect.png", title=f"{model_name} · {behavior}/{adapter} seed {seed} · specificity ratio {ratio:.2f}")
     timings["total"] = time.perf_counter() - t_all
-
     meta = dict(
         model=model_id(model),
         behavior=behavior,
@@ -760,7 +753,15 @@ def build_diff(
         torch=torch.__version__,
         python=platform.python_version(),
     )
-    save_diff(w, path, meta)
+    # The diff and its tables are one set: staged, then moved into place with w last, so a
+    # failure leaves no effect table without its diff (and an older set as it was).
+    with staged_files(path.parent, last=(path.name,)) as stage:
+        _write_csv(eff, stage / "effect.csv")
+        _write_csv(per, stage / "effect_per_prompt.csv")
+        _write_csv(adapters, stage / "adapter_effect.csv")
+        _write_csv(pl.DataFrame({"step": list(range(config.steps)), "loss_pos": losses["pos"], "loss_neg": losses["neg"]}), stage / "train_loss.csv")
+        plot_effect(eff, stage / "effect.png", title=f"{model_name} · {behavior}/{adapter} seed {seed} · specificity ratio {ratio:.2f}")
+        save_diff(w, stage / path.name, meta)
     logger.info(
         f"w -> {path}; spread (α=+2 − α=−2): "
         + ", ".join(f"{k} {v:+.2f}" for k, v in sp.items())
@@ -777,36 +778,28 @@ def ensure_diff(
     config: TrainConfig | None = None,
     root: str | Path | None = None,
     rebuild: bool = False,
+    model: nn.Module | None = None,
 ) -> Path:
-    """The path of an existing diff that fits ``model_name`` (and the current data, and
-    ``config`` when one is given); otherwise build it.
+    """The path of the diff for this model / behavior / adapter / seed: trained only where
+    none exists, or when ``rebuild=True`` asks for it (``WS_REBUILD=1``).
 
-    A diff on disk that was made for another model raises
-    :class:`ws.diff.DiffMismatchError` instead of being overwritten; ``rebuild=True``
-    replaces it on purpose."""
+    An existing diff is never overwritten or retrained otherwise. One that cannot be used
+    stops the run with the README's error and stays untouched: unreadable or corrupt, made
+    for another model (:class:`ws.diff.DiffMismatchError`), no model in its metadata
+    (:class:`ws.diff.DiffMetadataError`), NaN/Inf, all zeros, keys or shapes that do not fit.
+    One made from another data version or training config is used as it is, with a warning
+    (the sweep's conclusion lists it under caveats). ``model``: the loaded model, if the
+    caller has it (saves a load for the check)."""
     _check_names(behavior, adapter)
     path = diff_path(behavior, adapter, seed, root)
-    if path.exists() and not rebuild:
-        why = None
-        try:
-            meta = read_meta(path)
-        except ValueError as e:
-            why = str(e).splitlines()[0]
-            meta = {}
-        if why is None:
-            check_diff_model(path, model_name)  # another model's diff is refused, never overwritten
-        if why is None and meta.get("data_hash") != D.data_hash():
-            why = "the data changed since it was built"
-        elif why is None and config is not None and meta.get("train_config") != replace(config, seed=int(seed)).to_dict():
-            why = "it was built with another training config"
-        if why is None:
-            model, _ = load_model(model_name)
-            try:
-                load_diff(path, model)
-            except ValueError as e:
-                why = str(e).splitlines()[0]
-        if why is None:
-            logger.info(f"using the existing diff {path}")
-            return path
-        logger.info(f"rebuilding {path}: {why}")
-    return build_diff(model_name, behavior, adapter, seed, config, root)
+    if rebuild or not path.exists():
+        if path.exists():
+            logger.warning(f"WS_REBUILD: replacing {path} with a new diff, as asked")
+        return build_diff(model_name, behavior, adapter, seed, config, root)
+    model = model if model is not None else load_model(model_name)[0]
+    meta = check_existing_diff(path, model)
+    want = replace(config, seed=int(seed)).to_dict() if config is not None else None
+    for why in stale_reasons(meta, want):
+        logger.warning(f"{path}: {why}; using it as it is (WS_REBUILD=1 retrains it)")
+    logger.info(f"using the existing diff {path}")
+    return path

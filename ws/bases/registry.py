@@ -448,13 +448,12 @@ def _weights_cache_path(model: nn.Module, ctx: BuildContext):
 
 
 def _load_weight_bases(path, ctx: BuildContext) -> list[str]:
-    from safetensors.torch import load_file
+    from ws.cache import load_entry
 
-    try:
-        tensors = load_file(str(path))
-    except Exception as e:  # noqa: BLE001 - an unreadable cache file is rebuilt
-        logger.warning(f"weight-bases cache {path.name} unreadable ({e}); rebuilding")
+    entry = load_entry(path, path.stem)  # the key is in the name; a damaged or swapped file is rebuilt
+    if entry is None:
         return []
+    tensors = entry[0]
     loaded = []
     for n, c in REGISTRY.items():
         if c.source != "weights":
@@ -471,9 +470,7 @@ def _load_weight_bases(path, ctx: BuildContext) -> list[str]:
 
 
 def _save_weight_bases(path, bases: Mapping[str, list]) -> None:
-    from safetensors.torch import save_file
-
-    from ws.io import atomic_path
+    from ws.cache import save_entry
 
     tensors = {}
     for n, per_layer in bases.items():
@@ -484,8 +481,7 @@ def _save_weight_bases(path, bases: Mapping[str, list]) -> None:
             if B is not None:
                 tensors[f"{n}::{l}"] = B.contiguous()
     if tensors:
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp))
+        save_entry(path, tensors, path.stem)
 
 
 def _build_all(model, captures, deltas, label_fit, k, k_broad, seed, label_eval, names, skip_missing,

@@ -1,0 +1,42 @@
+"""Atomic file sets: all or nothing, and a killed run's stage is cleaned up by the next."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ws.io import STAGING_PREFIX, remove_stale_staging, staged_files
+
+
+def test_a_set_lands_whole_or_not_at_all(tmp_path):
+    (tmp_path / "a.txt").write_text("old a")
+    with pytest.raises(RuntimeError):
+        with staged_files(tmp_path) as stage:
+            (stage / "a.txt").write_text("new a")
+            (stage / "b.txt").write_text("new b")
+            raise RuntimeError("failed half way")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"] and (tmp_path / "a.txt").read_text() == "old a"
+    with staged_files(tmp_path, last=("a.txt",)) as stage:
+        (stage / "a.txt").write_text("new a")
+        (stage / "b.txt").write_text("new b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
+    assert (tmp_path / "a.txt").read_text() == "new a"
+
+
+def test_a_killed_runs_stage_is_removed_by_the_next_run(tmp_path):
+    # a real process that made a stage and died
+    p = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f"{STAGING_PREFIX}{int(p.stdout)}-abc"
+    old_form = tmp_path / f"{STAGING_PREFIX}k3j4h5"
+    alive = tmp_path / f"{STAGING_PREFIX}{os.getpid()}-xyz"
+    for d in (dead, old_form, alive):
+        d.mkdir()
+        (d / "v7_summary.tsv").write_text("half")
+    with staged_files(tmp_path) as stage:
+        (stage / "x.csv").write_text("1")
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([alive.name, "x.csv"]), left
+    assert remove_stale_staging(tmp_path) == []

@@ -1,0 +1,143 @@
+"""A user's diff is never silently replaced: every existing diff is checked before any
+training, one that cannot be used stops the run with the README's error and stays
+untouched, and a diff's files are written as one set (tiny Llama, in process)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from ws import data
+from ws import sweep
+from ws import train
+from ws.config import from_env
+from ws.diff import DiffMetadataError, DiffMismatchError, diff_path, save_diff
+
+TINY = train.TrainConfig(rank=4, alpha=8.0, steps=2, batch_size=4, n_phrasings=1, max_new_tokens=4,
+                         n_train_per_kind=2, n_eval_per_kind=2, n_boot=20, bf16=False, warmup_steps=1)
+
+
+def _cfg(root: Path, **kw):
+    cfg = replace(from_env({"WS_SMOKE": "1"}), out_root=root, **kw)
+    return replace(cfg, train_overrides=TINY.to_dict() | {"targets": TINY.targets, "eval_alphas": TINY.eval_alphas})
+
+
+def _good(model, seed=0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    p = dict(model.named_parameters())
+    return {k: torch.randn(p[k].shape, generator=g) * 1e-2 for k in p
+            if k.startswith(("model.layers.1.", "model.layers.2.")) and k.endswith(("o_proj.weight", "down_proj.weight"))}
+
+
+def _write_bad(kind: str, path: Path, model) -> None:
+    meta = {"model": "tiny-llama", "data_hash": data.data_hash()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w = _good(model)
+    if kind == "truncated":
+        save_diff(w, path, meta)
+        path.write_bytes(path.read_bytes()[:200])
+    elif kind == "random-bytes":
+        path.write_bytes(os.urandom(4096))
+    elif kind == "nan":
+        save_diff(w, path, meta)  # save refuses NaN: edit the bytes as a damaged file would be
+        from safetensors.torch import load_file, save_file
+
+        t = load_file(str(path))
+        k = sorted(t)[0]
+        t[k][0, 0] = float("nan")
+        save_file(t, str(path), metadata={"model": "tiny-llama", "__json_keys__": "[]"})
+    elif kind == "wrong-shape":
+        k = sorted(w)[0]
+        w[k] = torch.randn(3, 5)
+        save_diff(w, path, meta)
+    elif kind == "extra-key":
+        w["model.layers.1.mlp.not_a_module.weight"] = torch.randn(4, 4)
+        save_diff(w, path, meta)
+    elif kind == "all-zero":
+        from safetensors.torch import save_file
+
+        save_file({k: torch.zeros_like(v) for k, v in w.items()}, str(path), metadata={"model": "tiny-llama", "__json_keys__": "[]"})
+    elif kind == "no-metadata":
+        save_diff(w, path, {})
+    elif kind == "other-model":
+        save_diff(w, path, {**meta, "model": "tiny-qwen3"})
+
+
+BAD = {
+    "truncated": (ValueError, r"could not read the weight diff .* corrupt or not a safetensors file"),
+    "random-bytes": (ValueError, r"could not read the weight diff .* corrupt or not a safetensors file"),
+    "nan": (ValueError, r"the weight diff .* has NaN/Inf values in 1 tensor\(s\)"),
+    "wrong-shape": (ValueError, r"the weight diff .* does not fit the model 'tiny-llama' \(1 mismatch"),
+    "extra-key": (ValueError, r"(?s)does not fit the model .*not_a_module.*not a parameter of the model"),
+    "all-zero": (ValueError, r"the weight diff .* is all zeros .*: it has no effect"),
+    "no-metadata": (DiffMetadataError, r"has no 'model' in its metadata"),
+    "other-model": (DiffMismatchError, r"was made for model 'tiny-qwen3', but this run uses 'tiny-llama'"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_an_unusable_diff_stops_the_sweep_and_stays_untouched(kind, tiny_llama, tmp_path):
+    model, _ = tiny_llama
+    cfg = _cfg(tmp_path)
+    path = diff_path(cfg.behavior, cfg.adapter, 0, tmp_path)
+    _write_bad(kind, path, model)
+    before = path.read_bytes()
+    err, pattern = BAD[kind]
+    with pytest.raises(err, match=pattern):
+        sweep.get_diffs(cfg, model)
+    assert path.read_bytes() == before, "the user's file was changed"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["w.safetensors"], "something was trained"
+    assert "WS_MODEL=None" not in str(pytest.raises(err, sweep.get_diffs, cfg, model).value)
+
+
+def test_every_diff_is_checked_before_any_training(tiny_llama, tmp_path):
+    model, _ = tiny_llama
+    cfg = _cfg(tmp_path, seeds=(0, 1))
+    _write_bad("truncated", diff_path(cfg.behavior, cfg.adapter, 1, tmp_path), model)
+    with pytest.raises(ValueError, match="corrupt"):
+        sweep.get_diffs(cfg, model)
+    assert not diff_path(cfg.behavior, cfg.adapter, 0, tmp_path).parent.exists(), "seed 0 was trained before seed 1's check"
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_diff_from_another_data_version_is_used_as_it_is(tiny_llama, tmp_path):
+    model, _ = tiny_llama
+    cfg = _cfg(tmp_path)
+    path = diff_path(cfg.behavior, cfg.adapter, 0, tmp_path)
+    w = _good(model)
+    save_diff(w, path, {"model": "tiny-llama", "source": "upstream w.pt"})  # no data_hash: imported
+    before = path.read_bytes()
+    got, meta = sweep.get_diffs(cfg, model)[0]
+    assert path.read_bytes() == before and all(torch.equal(got[k], w[k]) for k in w)
+    res = type("R", (), {"seed": 0, "diff_meta": meta})()
+    (cav,) = sweep.diff_caveats([res])
+    assert "upstream w.pt" in cav and "records no data version" in cav and data.data_hash() in cav
+    save_diff(w, path, {"model": "tiny-llama", "data_hash": "0123456789abcdef"})
+    (cav,) = sweep.diff_caveats([type("R", (), {"seed": 0, "diff_meta": sweep.get_diffs(cfg, model)[0][1]})()])
+    assert "data version 0123456789abcdef" in cav
+
+
+def test_rebuild_replaces_on_purpose_and_a_failed_build_leaves_no_partial_set(tiny_llama, tmp_path, monkeypatch):
+    model, _ = tiny_llama
+    cfg = _cfg(tmp_path, rebuild=True)
+    path = diff_path(cfg.behavior, cfg.adapter, 0, tmp_path)
+    save_diff(_good(model), path, {"model": "tiny-llama"})
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise RuntimeError("plot failed")
+
+    monkeypatch.setattr(train, "plot_effect", boom)
+    with pytest.raises(RuntimeError, match="plot failed"):
+        sweep.get_diffs(cfg, model)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["w.safetensors"], "a partial set was left"
+    assert path.read_bytes() == before
+    monkeypatch.undo()
+    w, meta = sweep.get_diffs(cfg, model)[0]
+    assert path.read_bytes() != before and meta["data_hash"] == data.data_hash()
+    assert {"effect.csv", "effect_per_prompt.csv", "effect.png", "train_loss.csv", "adapter_effect.csv",
+            "w.safetensors"} == {p.name for p in path.parent.iterdir()}

@@ -1,0 +1,264 @@
+"""One typed configuration for every notebook and ``make`` target, read from ``WS_*`` variables.
+
+:data:`VARIABLES` is the single definition: name, kind, default (and smoke-mode default),
+what is allowed, and what it means. :func:`from_env` parses and validates every variable
+before any model loads; a bad value raises :class:`ConfigError` naming the variable, the
+value and what is allowed. The README's variable table is :func:`markdown_table` (a test
+keeps the two equal).
+
+Rules that hold for every variable:
+
+- unset means the default; set but empty is refused (unset it to get the default);
+- booleans accept ``1/0, true/false, yes/no, on/off`` (any case), nothing else;
+- paths (``WS_OUT``, ``WS_CACHE``, ``WS_LOGS``, a model folder) resolve against the folder
+  the user ran the command from (:func:`ws.paths.run_dir`), never the kernel's own folder.
+
+    cfg = from_env()            # Config(model='smollm2-135m', seeds=(0, 1, 2), ...)
+    cfg.v7_dir                  # <out>/sycophancy/lora/v7
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ws.paths import cache_dir, logs_dir, out_dir, resolve_user_path
+
+BEHAVIORS = ("sycophancy",)
+ADAPTERS = ("lora",)
+TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off")
+
+
+class ConfigError(ValueError):
+    """A ``WS_*`` variable has a value the suite cannot use (the message says which and why)."""
+
+
+# ----------------------------------------------------------------------------- parsers
+def _bool(name: str, raw: str) -> bool:
+    v = raw.strip().lower()
+    if v in TRUE:
+        return True
+    if v in FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean: use one of {', '.join(TRUE)} or {', '.join(FALSE)}")
+
+
+def _int(name: str, raw: str, lo: int = 1) -> int:
+    try:
+        v = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number: give an integer ≥ {lo}") from None
+    if v < lo:
+        raise ConfigError(f"{name}={raw!r} is too small: it must be ≥ {lo}")
+    return v
+
+
+def _seeds(name: str, raw: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in raw.split(",")]
+    if any(p == "" for p in parts):
+        raise ConfigError(f"{name}={raw!r} has an empty entry: give comma-separated integers ≥ 0, e.g. {name}=0,1,2")
+    seeds = tuple(_int(name, p, lo=0) for p in parts)
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{name}={raw!r} repeats a seed: give each seed once")
+    return seeds
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        v = raw.strip()
+        if v not in options:
+            raise ConfigError(f"{name}={raw!r} is not supported: choose one of {', '.join(options)}")
+        return v
+
+    return parse
+
+
+def _text(name: str, raw: str) -> str:
+    return raw.strip()
+
+
+def _path(name: str, raw: str) -> Path:
+    return resolve_user_path(raw.strip())
+
+
+def _model(name: str, raw: str) -> str:
+    """A model name stays a name; a folder that exists (relative to the run folder) becomes absolute."""
+    v = raw.strip()
+    p = resolve_user_path(v)
+    return str(p) if p.exists() else v
+
+
+# ----------------------------------------------------------------------------- the table
+@dataclass(frozen=True)
+class Var:
+    """One ``WS_*`` variable: the :class:`Config` field it sets, how it parses, its defaults."""
+
+    name: str
+    attr: str
+    parse: Callable[[str, str], Any]
+    default: str  # as the README shows it
+    meaning: str
+    smoke_default: str | None = None  # the default under WS_SMOKE=1, when different
+    allowed: str = ""
+
+
+VARIABLES: tuple[Var, ...] = (
+    Var("WS_MODEL", "model", _model, "smollm2-135m",
+        "`smollm2-135m` (embedded), `tiny-llama`, `tiny-qwen3`, a local model folder, or a Hugging Face id "
+        "whose weights are on disk (e.g. `Qwen/Qwen3-0.6B`)", smoke_default="tiny-llama", allowed="a name or folder"),
+    Var("WS_BEHAVIOR", "behavior", _choice(BEHAVIORS), "sycophancy", "the behaviour (names the output folder)",
+        allowed=" / ".join(BEHAVIORS)),
+    Var("WS_ADAPTER", "adapter", _choice(ADAPTERS), "lora", "the adapter type (names the output folder)",
+        allowed=" / ".join(ADAPTERS)),
+    Var("WS_SEEDS", "seeds", _seeds, "0,1,2", "LoRA seeds of the sweep; each gets its own diff and scores",
+        smoke_default="0", allowed="integers ≥ 0, comma-separated"),
+    Var("WS_SEED", "seed", lambda n, r: _int(n, r, lo=0), "0", "the one seed `nbs/train_diff.py` builds",
+        allowed="integer ≥ 0"),
+    Var("WS_REBUILD", "rebuild", _bool, "0", "`1`: retrain a diff that exists (replaces it on purpose)",
+        allowed="boolean"),
+    Var("WS_STEPS", "steps", _int, "", "training steps of each adapter (unset: the built-in default, 160)",
+        allowed="integer ≥ 1"),
+    Var("WS_OUT", "out_root", _path, "out/", "output root (relative paths: from the folder you ran the command in)",
+        allowed="a folder"),
+    Var("WS_CACHE", "cache_root", _path, "cache/", "converted models and activation caches", allowed="a folder"),
+    Var("WS_LOGS", "logs_root", _path, "logs/", "verbose logs and executed notebooks", allowed="a folder"),
+    Var("WS_PCS", "k", _int, "8", "basis rank k", allowed="integer ≥ 1"),
+    Var("WS_K_BROAD", "k_broad", _int, "64", "rank of the broad read spaces projected away", smoke_default="16",
+        allowed="integer ≥ 1"),
+    Var("WS_N_FIT", "n_fit", _int, "", "number of FIT probes, a seeded subset (unset: all)", smoke_default="12",
+        allowed="integer ≥ 1"),
+    Var("WS_N_EVAL", "n_eval", _int, "", "number of EVAL probes, a seeded subset (unset: all)", smoke_default="8",
+        allowed="integer ≥ 1"),
+    Var("WS_BATCH", "batch_size", _int, "16", "prompts per forward pass in the captures", allowed="integer ≥ 1"),
+    Var("WS_N_BOOT", "n_boot", _int, "2000", "bootstrap resamples", smoke_default="300", allowed="integer ≥ 1"),
+    Var("WS_CACHE_ACTIVATIONS", "cache", _bool, "1", "`0`: no activation / basis cache for this run",
+        allowed="boolean"),
+    Var("WS_SMOKE", "smoke", _bool, "0",
+        "`1`: the whole notebook on a tiny random model, one seed, a few training steps (about a minute)",
+        allowed="boolean"),
+)
+BY_NAME = {v.name: v for v in VARIABLES}
+#: Variables the suite reads elsewhere (not run parameters), so not reported as unknown.
+OTHER_KNOWN = ("WS_RUN_DIR", "WS_LOG_TERMINAL")
+
+
+# ----------------------------------------------------------------------------- the config
+@dataclass(frozen=True)
+class Config:
+    """Parameters of a run (sweep or diff build). Build it with :func:`from_env`."""
+
+    model: str = "smollm2-135m"
+    behavior: str = "sycophancy"
+    adapter: str = "lora"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    seed: int = 0
+    rebuild: bool = False
+    steps: int | None = None
+    out_root: Path = field(default_factory=out_dir)
+    cache_root: Path = field(default_factory=cache_dir)
+    logs_root: Path = field(default_factory=logs_dir)
+    k: int = 8  # PCS
+    k_broad: int = 64  # K_BROAD
+    n_fit: int | None = None  # None: every training false-claim topic
+    n_eval: int | None = None  # None: every held-out false-claim topic
+    batch_size: int = 16
+    n_boot: int = 2000
+    cache: bool = True
+    smoke: bool = False
+    boot_seed: int = 0
+    basis_seed: int = 0  # k-means, random self-test
+    persona_pair: int = 0  # which persona pair builds the persona± FIT captures
+    train_overrides: dict = field(default_factory=dict)
+
+    @property
+    def v7_dir(self) -> Path:
+        return Path(self.out_root) / self.behavior / self.adapter / "v7"
+
+    def train_config(self):
+        """The :class:`ws.train.TrainConfig` of this run: smoke sizes and ``WS_STEPS`` applied;
+        None when nothing overrides the defaults."""
+        from ws.train import TrainConfig
+
+        over = dict(self.train_overrides)
+        if self.steps is not None:
+            over["steps"] = self.steps
+        return replace(TrainConfig(), **over) if over else None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
+        return from_env(env)
+
+
+#: A tiny training run for smoke mode (tiny random model): seconds, not minutes.
+SMOKE_TRAIN = dict(steps=3, batch_size=4, n_phrasings=1, max_new_tokens=8, n_train_per_kind=4,
+                   n_eval_per_kind=3, n_boot=100, gen_batch_size=8, warmup_steps=1)
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Config:
+    """Parse and validate every ``WS_*`` variable of ``env`` (default ``os.environ``).
+
+    Raises :class:`ConfigError` for the first bad value, naming the variable, the value and
+    what is allowed. Smoke mode (``WS_SMOKE``) is read first: it changes some defaults.
+    """
+    env = os.environ if env is None else env
+    for name in env:
+        if name.startswith("WS_") and env[name].strip() == "" and name in BY_NAME:
+            raise ConfigError(f"{name} is set but empty: unset it to use the default "
+                              f"({BY_NAME[name].default or 'unset'}), or give a value ({BY_NAME[name].allowed})")
+    smoke = _bool("WS_SMOKE", env["WS_SMOKE"]) if "WS_SMOKE" in env else False
+    kw: dict[str, Any] = {}
+    for var in VARIABLES:
+        raw = env.get(var.name)
+        if raw is None:
+            raw = var.smoke_default if smoke and var.smoke_default is not None else var.default
+            if raw == "" or var.attr in ("out_root", "cache_root", "logs_root"):
+                continue  # the field's own default (None, or the folder from ws.paths)
+        kw[var.attr] = var.parse(var.name, raw)
+    cfg = Config(**kw)
+    if smoke:
+        cfg = replace(cfg, train_overrides=dict(SMOKE_TRAIN))
+    return cfg
+
+
+def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:
+    """``WS_*`` names in ``env`` that the suite does not read (typos such as ``WS_SEEDS`` vs ``WS_SEED``)."""
+    env = os.environ if env is None else env
+    return sorted(n for n in env if n.startswith("WS_") and n not in BY_NAME and n not in OTHER_KNOWN)
+
+
+def markdown_table() -> str:
+    """The README's variable table, generated from :data:`VARIABLES`."""
+    rows = ["| variable | default | allowed | meaning |", "|---|---|---|---|"]
+    for v in VARIABLES:
+        default = f"`{v.default}`" if v.default else "unset"
+        if v.smoke_default is not None:
+            default += f" (smoke: `{v.smoke_default}`)"
+        rows.append(f"| `{v.name}` | {default} | {v.allowed} | {v.meaning} |")
+    return "\n".join(rows)
+
+
+def config_fields() -> list[str]:
+    return [f.name for f in fields(Config)]
+
+
+def start_run(name: str, env: Mapping[str, str] | None = None) -> Config:
+    """What every notebook does first, before any model loads: parse and validate the
+    configuration, check that the output, cache and log folders can be written, set up
+    logging (``<logs>/<name>.verbose.log``), and take the output folder's run lock so that
+    a second run into the same ``WS_OUT`` stops at once instead of dropping results."""
+    from ws.io import check_writable, hold_run_lock
+    from ws.log import logger, setup_logging
+
+    cfg = from_env(env)
+    check_writable(cfg.out_root, "WS_OUT")
+    check_writable(cfg.cache_root, "WS_CACHE")
+    check_writable(cfg.logs_root, "WS_LOGS")
+    setup_logging(name, cfg.logs_root)
+    for var in unknown_variables(env):
+        logger.warning(f"{var} is not a variable this suite reads (a typo?); known: {', '.join(BY_NAME)}")
+    hold_run_lock(cfg.out_root, name)
+    logger.info(f"config: {cfg}")
+    return cfg
