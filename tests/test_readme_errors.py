@@ -1,0 +1,95 @@
+"""The README's "Errors and what they mean" table matches what the code raises: each error
+below is raised for real, and its type and message must fit a row of that table (and every
+row of the table is raised here)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _rows() -> dict[str, re.Pattern]:
+    """README row text (first cell) -> a regex for ``"<Type>: <message>"``."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Errors and what they mean"):]
+    rows = {}
+    for cell in re.findall(r"^\| `([A-Za-z]+(?:Error|Exception): [^`]+)`", section, re.M):
+        pat = re.escape(cell)
+        for ph, rx in (("'X'", "'[^']+'"), ("'Y'", "'[^']+'"), ("WS_X", "WS_[A-Z_]+"), (r"\ N\ ", r" \d+ "),
+                       (r"\(N\ ", r"\(\d+ "), (r"layer\ L", r"layer \d+"), ("…", ".*"), ("'…'", "'.*'")):
+            pat = pat.replace(ph, rx)
+        rows[cell] = re.compile(pat, re.S)
+    return rows
+
+
+def _raise(fn) -> str:
+    with pytest.raises(Exception) as e:
+        fn()
+    return f"{type(e.value).__name__}: {e.value}"
+
+
+def _cases(tmp_path, model):
+    from ws import config, data, diff, linalg, models, train
+
+    p = dict(model.named_parameters())
+    good = {k: torch.randn(v.shape) for k, v in p.items() if k.endswith("layers.1.self_attn.o_proj.weight")}
+    d = tmp_path / "d"
+    d.mkdir()
+    out = {}
+    out["config"] = _raise(lambda: config.from_env({"WS_N_EVAL": "0"}))
+    out["empty"] = _raise(lambda: config.from_env({"WS_SEEDS": ""}))
+    (tmp_path / "f").write_text("x")
+    out["writable"] = _raise(lambda: config.start_run("t", {"WS_OUT": str(tmp_path / "f" / "o")}))
+    out["missing"] = _raise(lambda: diff.load_diff(d / "none.safetensors"))
+    (d / "bad.safetensors").write_bytes(b"\x00" * 64)
+    out["corrupt"] = _raise(lambda: diff.load_diff(d / "bad.safetensors"))
+    diff.save_diff(good, d / "q.safetensors", {"model": "tiny-qwen3"})
+    out["mismatch"] = _raise(lambda: diff.check_diff_model(d / "q.safetensors", "tiny-llama"))
+    diff.save_diff(good, d / "nometa.safetensors", {})
+    out["metadata"] = _raise(lambda: diff.check_diff_model(d / "nometa.safetensors", "tiny-llama"))
+    diff.save_diff({**good, "model.layers.1.mlp.nope.weight": torch.ones(2)}, d / "x.safetensors", {})
+    out["fit"] = _raise(lambda: diff.load_diff(d / "x.safetensors", model))
+    out["nan"] = _raise(lambda: diff.check_finite({"a": torch.tensor([float("nan")])}, "weight diff x"))
+    out["zero"] = _raise(lambda: diff.check_nonzero({"a": torch.zeros(2)}, "weight diff x"))
+    torch.save({"a": torch.ones(2), "b": Path("an object, not a tensor")}, tmp_path / "w.pt")
+    out["pickle"] = _raise(lambda: diff.import_pt(tmp_path / "w.pt"))
+    out["orthonormal"] = _raise(lambda: linalg.check_orthonormal(torch.ones(4, 2, dtype=torch.float64), "X", 3))
+    out["not a model"] = _raise(lambda: models.load_model(str(d)))
+    bare = torch.nn.Module()
+    bare.model = torch.nn.Module()
+    bare.model.layers = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
+    out["layout"] = _raise(lambda: models.check_architecture(bare, "m"))
+    out["unknown"] = _raise(lambda: models.load_model("no-such-org/no-such-model-xyz"))
+    out["topics"] = _raise(lambda: data.split_topics(0, topics=[]))
+    empty = pl.DataFrame(schema={"continuation": pl.String, "response": pl.String})
+    out["completions"] = _raise(lambda: train.check_completions(empty))
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from ws.io import hold_run_lock; "
+                               "hold_run_lock(sys.argv[1]); print('held', flush=True); sys.stdin.readline()",
+                               str(tmp_path / "locked")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        out["lock"] = _raise(lambda: config.start_run("t", {"WS_OUT": str(tmp_path / "locked"),
+                                                            "WS_CACHE": str(tmp_path / "c"), "WS_LOGS": str(tmp_path / "l")}))
+    finally:
+        holder.communicate("\n", timeout=60)
+    return out
+
+
+def test_every_raised_error_has_its_readme_row_and_every_row_is_raised(tiny_llama, tmp_path):
+    model, _ = tiny_llama
+    rows = _rows()
+    assert len(rows) >= 15, rows
+    used = set()
+    for what, msg in _cases(tmp_path, model).items():
+        hits = [cell for cell, rx in rows.items() if rx.search(msg) and msg.startswith(cell.split(":")[0])]
+        assert hits, f"{what}: no README row fits what the code raised:\n{msg[:400]}"
+        used.update(hits)
+    assert set(rows) == used, f"README rows no test raised: {set(rows) - used}"
