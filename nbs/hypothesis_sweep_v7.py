@@ -59,7 +59,7 @@ cfg = start_run("hypothesis_sweep_v7")
 # diff is never retrained unless `WS_REBUILD=1`.
 
 # %%
-model, tok = load_model(cfg.model)
+model, tok = load_model(cfg.model, **cfg.model_kwargs())
 diffs = sweep.get_diffs(cfg, model)
 for seed, (w, meta) in diffs.items():
     logger.info(f"seed {seed}: {len(w)} tensors, layers {meta.get('layers')}, "

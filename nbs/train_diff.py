@@ -83,8 +83,9 @@ print("example pair:\n  + " + D.PERSONA_PAIRS[0][0] + "\n  − " + D.PERSONA_PAI
 # stays untouched; one made from other data or another config is used with a warning.
 
 # %%
-W_PATH = ensure_diff(MODEL, BEHAVIOR, ADAPTER, SEED, config=CONFIG, root=cfg.out_root, rebuild=cfg.rebuild)
-model, tok = load_model(MODEL)
+W_PATH = ensure_diff(MODEL, BEHAVIOR, ADAPTER, SEED, config=CONFIG, root=cfg.out_root, rebuild=cfg.rebuild,
+                     model_kwargs=cfg.model_kwargs())
+model, tok = load_model(MODEL, **cfg.model_kwargs())
 w, meta = load_diff(W_PATH, model)
 print(W_PATH)
 print(summary(w))

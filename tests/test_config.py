@@ -84,7 +84,7 @@ def test_relative_paths_resolve_against_the_folder_the_user_ran_from(tmp_path, m
 
 def test_readme_variable_table_is_the_config_table():
     readme = (ROOT / "README.md").read_text()
-    assert config.markdown_table() in readme, "README's variable table differs from ws.config.VARIABLES: paste markdown_table()"
+    assert config.markdown_table() in readme, "README's variable table differs from ws.config.VARIABLES: run `python -m ws.config`"
     documented = set(re.findall(r"^\| `(WS_[A-Z_]+)` \|", readme, re.M))
     assert documented == set(config.BY_NAME), documented ^ set(config.BY_NAME)
 

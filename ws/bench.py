@@ -112,7 +112,7 @@ def run(model_name: str | None = None, seeds: tuple[int, ...] = (0,)) -> dict:
     cfg = replace(cfg, seeds=seeds, cache=False, model=model_name or cfg.model)
     stages: dict[str, float] = {}
     t0 = time.perf_counter()
-    model, tok = load_model(cfg.model)
+    model, tok = load_model(cfg.model, **cfg.model_kwargs())
     stages["model_load"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     diffs = sweep.get_diffs(cfg, model)
@@ -151,14 +151,24 @@ def run(model_name: str | None = None, seeds: tuple[int, ...] = (0,)) -> dict:
         "peak_rss_gib": peak_rss_gib(),
         "null": nulls,
         "targets": TARGETS,
+        "device": device_name(model),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
                     "torch": torch.__version__},
     }
     return result
 
 
+def device_name(model) -> str:
+    """The device the model ran on, in words (``cpu`` or the GPU's own name)."""
+    from ws.device import input_device
+
+    dev = input_device(model)
+    return f"{dev} ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else str(dev)
+
+
 def format_table(r: dict) -> str:
-    rows = [("stage", "seconds")]
+    rows = [("device", f"{r['device']} · {r['dtype']}"), ("stage", "seconds")]
     rows += [(k, f"{v:.2f}") for k, v in r["stages_s"].items()]
     rows += [
         ("sweep (captures+build+score+report)", f"{r['sweep_s (captures+build+score+report)']:.2f}"),

@@ -43,7 +43,9 @@ def hash_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
 
 def hash_model(model: torch.nn.Module) -> str:
     """Hash of every parameter and buffer of the model (~0.5 s for 135M parameters)."""
-    tensors = dict(model.named_parameters())
+    from ws.device import real_parameters
+
+    tensors = real_parameters(model)
     tensors.update({f"buffer:{k}": v for k, v in model.named_buffers()})
     return hash_tensors(tensors)
 

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ws.io import atomic_path
+from ws.device import input_device, module_weight
 from ws.linalg import blas_threads
 from ws.log import logger
 from ws.models import d_model, decoder_layers, layer_name, model_id, n_layers
@@ -225,7 +225,7 @@ def _n_batches(n: int, bs: int) -> int:
 def _weights(model: nn.Module, i: int, proj: str) -> torch.Tensor:
     mod = decoder_layers(model)[i]
     part = mod.mlp if proj in ("gate_proj", "up_proj", "down_proj") else mod.self_attn
-    return getattr(part, proj).weight
+    return module_weight(getattr(part, proj))
 
 
 @torch.no_grad()
@@ -276,7 +276,7 @@ def _forward_capture(
         kind.update({o: ("down_out", i) for i, o in enumerate(downs)})
     in_names: list[str] = ([blocks[0]] if embed else []) + (ups if up_in else []) + (oprojs + downs if moments else [])
 
-    W_down = [_weights(model, i, "down_proj").detach() for i in range(L)] if up_written else None
+    W_down = [_weights(model, i, "down_proj").cpu() for i in range(L)] if up_written else None
     backbone = getattr(model, "model", model)
     acc: dict[str, list] = {k: [] for k in ("resid", "embed", "up_in", "up_written", "tok", "attn", "mask")}
     mom_o = mom_d = None
@@ -302,10 +302,10 @@ def _forward_capture(
             if what == "block":
                 h = output[0] if isinstance(output, (tuple, list)) else output  # [B, T_in, d]
                 if resid:
-                    per["resid"][i] = h[rows, last].float()
+                    per["resid"][i] = h[rows, last].float().cpu()
                 if tokens:
-                    ht = h[rows[:, None], tok_idx]  # [B, T, d]
-                    per["tok"][i] = (ht * valid[..., None]).float()
+                    ht = h[rows[:, None], tok_idx].float().cpu()  # [B, T, d]
+                    per["tok"][i] = ht * valid[..., None]
             elif what == "attn":
                 w = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
                 if w is None:
@@ -314,21 +314,23 @@ def _forward_capture(
                         f"(model.config._attn_implementation = 'eager')"
                     )
                 row = w[rows, :, last, :].mean(dim=1)  # [B, T_in]: head-averaged final-token row
-                per["attn"][i] = (row.gather(1, tok_idx) * valid).float()
+                per["attn"][i] = row.float().cpu().gather(1, tok_idx) * valid
             elif what in ("o_out", "down_out"):
-                y = (output[0] if isinstance(output, (tuple, list)) else output)[real].to(torch.float64)  # [N, d]
+                y = (output[0] if isinstance(output, (tuple, list)) else output)[real.to(output.device)].to("cpu", torch.float64)  # [N, d]
                 g = y.T @ y
                 mom_out[what][i] = g if mom_out[what][i] is None else mom_out[what][i].add_(g)
             elif what == "up":
                 u = (output[0] if isinstance(output, (tuple, list)) else output)[rows, last]  # [B, d_mlp]
-                per["up_written"][i] = (u.float() @ W_down[i].float().T)
+                per["up_written"][i] = u.float().cpu() @ W_down[i].float().T
             return output
 
         ctx_out = TraceDict(model, out_names, retain_output=False, edit_output=edit) if out_names else nullcontext({})
         ctx_in = TraceDict(model, in_names, retain_input=True, retain_output=False, detach=True) if in_names else nullcontext({})
         with ctx_out, ctx_in as tin:
             # the decoder stack only: no logits are needed (the lm_head is ~20 % of a 135M model's work)
-            backbone(input_ids=ids, attention_mask=mask, position_ids=_position_ids(mask), use_cache=False)
+            dev = input_device(model)
+            backbone(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=_position_ids(mask).to(dev),
+                     use_cache=False)
 
         if resid:
             acc["resid"].append(torch.stack(per["resid"]))  # [L, B, d]
@@ -339,14 +341,14 @@ def _forward_capture(
         if up_written:
             acc["up_written"].append(torch.stack(per["up_written"]))
         if embed:
-            acc["embed"].append(tin[blocks[0]].input[rows, last].float())
+            acc["embed"].append(tin[blocks[0]].input[rows, last].float().cpu())
         if up_in:
-            acc["up_in"].append(torch.stack([tin[u].input[rows, last].float() for u in ups]))
+            acc["up_in"].append(torch.stack([tin[u].input[rows, last].float().cpu() for u in ups]))
         if moments:
             n_tok += int(real.sum())
             for i in range(L):
-                xo = tin[oprojs[i]].input[real].to(torch.float64)  # [N, d_attn]
-                xd = tin[downs[i]].input[real].to(torch.float64)  # [N, d_mlp]
+                xo = tin[oprojs[i]].input.cpu()[real].to(torch.float64)  # [N, d_attn]
+                xd = tin[downs[i]].input.cpu()[real].to(torch.float64)  # [N, d_mlp]
                 if mom_o is None:
                     mom_o = [None] * L
                     mom_d = [None] * L

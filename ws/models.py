@@ -108,12 +108,12 @@ def _convert_embedded(dest: Path) -> None:
     logger.info(f"embedded model cached in {dest} ({time.perf_counter() - t0:.1f} s)")
 
 
-def _load_embedded():
+def _load_embedded(device_map: str | None = None, dtype: torch.dtype = torch.float32):
     dest = embedded_cache_dir()
     if not (dest / "config.json").exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
         _convert_embedded(dest)
-    return _from_pretrained(str(dest))
+    return _from_pretrained(str(dest), device_map, dtype)
 
 
 # ----------------------------------------------------------------------------- tiny
@@ -191,39 +191,53 @@ def check_model_folder(folder: Path) -> None:
         )
 
 
-def _from_pretrained(name_or_path: str):
+def _from_pretrained(name_or_path: str, device_map: str | None = None, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if Path(name_or_path).is_dir():
         check_model_folder(Path(name_or_path))
+    extra = {"device_map": device_map} if device_map else {}
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32, attn_implementation="eager")
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, attn_implementation="eager", **extra)
     except (OSError, ValueError, KeyError) as e:
         raise ModelLoadError(f"Could not load model {name_or_path!r}: {type(e).__name__}: {e}\n{_LOAD_HINT}") from e
     return model, tok
 
 
-def load_model(name: str = DEFAULT_MODEL, seed: int = 0):
-    """Return ``(model, tokenizer)``: float32, eval mode, architecture checked.
+def load_model(name: str = DEFAULT_MODEL, seed: int = 0, *, device: str = "cpu", dtype: str = "float32",
+               device_map: str | None = None):
+    """Return ``(model, tokenizer)`` in eval mode, architecture checked, on ``device`` in ``dtype``.
 
-    ``seed`` only matters for the tiny random models.
+    ``device``: ``cpu`` (default), ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (CUDA, else MPS,
+    else CPU); ``dtype``: ``float32``, ``bfloat16``, ``float16`` or ``auto`` (bfloat16 on CUDA,
+    float32 elsewhere). ``device_map="auto"`` spreads a large model from disk over the
+    available devices (accelerate) and ignores ``device``. ``seed`` only matters for the tiny
+    random models.
     """
+    from ws.device import resolve_device, resolve_dtype
+
     t0 = time.perf_counter()
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
     if name in (DEFAULT_MODEL, "SmolLM2-135M-Instruct", "smollm2"):
-        model, tok = _load_embedded()
+        model, tok = _load_embedded(device_map, dt)
     elif name in TINY_MODELS:
         model, tok = _load_tiny(name, seed)
     elif name.startswith("tiny-"):
         raise ModelLoadError(f"unknown tiny model {name!r}; choose one of {TINY_MODELS}")
     else:
-        model, tok = _from_pretrained(name)
-    model = model.to(torch.float32).eval()
+        model, tok = _from_pretrained(name, device_map, dt)
+    if getattr(model, "hf_device_map", None) is None:
+        model = model.to(device=dev, dtype=dt)
+    model = model.eval()
     check_architecture(model, name)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.ws_name = name  # recorded in diff metadata and caches
-    logger.debug(f"loaded {name} in {time.perf_counter() - t0:.2f} s: {n_layers(model)} layers, d_model {d_model(model)}")
+    where = getattr(model, "hf_device_map", None) and "dispatched (device_map)" or str(dev)
+    logger.debug(f"loaded {name} in {time.perf_counter() - t0:.2f} s: {n_layers(model)} layers, "
+                 f"d_model {d_model(model)}, {where}, {dt}")
     return model, tok
 
 

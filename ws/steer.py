@@ -43,21 +43,48 @@ def check_w_fits(model: nn.Module, w: Mapping[str, torch.Tensor]) -> None:
 
 @contextmanager
 def weight_steer(model: nn.Module, w: Mapping[str, torch.Tensor], alpha: float) -> Iterator[nn.Module]:
-    """Add ``alpha * w`` to the model's weights inside the block; restore them bit-exactly."""
+    """Add ``alpha * w`` to the model's weights inside the block; restore them bit-exactly.
+
+    Works on any device and dtype: each delta is cast to its parameter's device and dtype,
+    the original is copied and copied back. A parameter offloaded by a dispatched model
+    (on the ``meta`` device) is steered through its module instead: a forward hook adds
+    ``alpha · x Δᵀ`` to the module's output (the same linear map; its weights are never
+    touched, so nothing needs restoring).
+    """
     if alpha == 0 or not w:
         yield model
         return
     check_w_fits(model, w)
     params = dict(model.named_parameters())
     saved: dict[str, torch.Tensor] = {}
+    handles = []
     try:
         with torch.no_grad():
             for key, delta in w.items():
                 p = params[key]
+                if p.device.type == "meta":
+                    handles.append(_steer_by_hook(model, key, delta, alpha))
+                    continue
                 saved[key] = p.detach().clone()
                 p.add_(delta.to(device=p.device, dtype=p.dtype), alpha=alpha)
         yield model
     finally:
+        for h in handles:
+            h.remove()
         with torch.no_grad():
             for key, orig in saved.items():
                 params[key].copy_(orig)
+
+
+def _steer_by_hook(model: nn.Module, key: str, delta: torch.Tensor, alpha: float):
+    """A forward hook on the linear module owning ``key`` (``….weight``) that adds ``alpha · x Δᵀ``."""
+    mname, _, pname = key.rpartition(".")
+    if pname != "weight":
+        raise ValueError(f"{key}: only the weights of offloaded linear layers can be steered, not {pname!r}")
+    module = model.get_submodule(mname)
+
+    def hook(mod, args, output):
+        x = args[0].to(device=output.device, dtype=output.dtype)
+        return output + alpha * torch.nn.functional.linear(x, delta.to(device=output.device, dtype=output.dtype))
+
+    return module.register_forward_hook(hook)

@@ -49,7 +49,7 @@ def get_diffs(cfg: SweepConfig, model) -> dict[int, tuple[dict[str, torch.Tensor
     out = {}
     for seed in cfg.seeds:
         path = ensure_diff(cfg.model, cfg.behavior, cfg.adapter, seed, cfg.train_config(), cfg.out_root,
-                           rebuild=cfg.rebuild, model=model)
+                           rebuild=cfg.rebuild, model=model, model_kwargs=cfg.model_kwargs())
         out[seed] = load_diff(path, model)
     return out
 

@@ -34,10 +34,10 @@ import math
 import platform
 import re
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import polars as pl
@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from ws import data as D
 from ws.config import ADAPTERS, BEHAVIORS
+from ws.device import autocast, input_device
 from ws.diff import check_existing_diff, diff_path, save_diff, stale_reasons
 from ws.io import atomic_path, staged_files
 from ws.log import logger
@@ -119,8 +120,8 @@ def model_slug(model_name: str) -> str:
     return model_name.strip("/").replace("/", "__").replace("\\", "__")
 
 
-def _autocast(enabled: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else nullcontext()
+def _autocast(model: nn.Module, enabled: bool):
+    return autocast(input_device(model), enabled)
 
 
 @contextmanager
@@ -173,8 +174,8 @@ def generate_completions(
         torch.manual_seed(seed)
         for i in tqdm(range(0, n, batch_size), desc=desc, leave=False):
             chunk = texts[i : i + batch_size]
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
-            with _autocast(bf16):
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(input_device(model))
+            with _autocast(model, bf16):
                 gen = model.generate(
                     **enc,
                     max_new_tokens=max_new_tokens,
@@ -187,7 +188,7 @@ def generate_completions(
                 )
             new = gen[:, enc["input_ids"].shape[1] :]
             out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
-            finished.extend((new == eos_id).any(dim=1).tolist())
+            finished.extend((new == eos_id).any(dim=1).cpu().tolist())
     model.train(was_training)
     return (out, finished) if return_finished else out
 
@@ -412,6 +413,7 @@ def train_lora(model: nn.Module, tokenizer, examples: Sequence[tuple[str, str]],
         torch.manual_seed(config.seed)
         peft_model = get_peft_model(work, lora_config(work, config))
     enc = _encode_examples(tokenizer, examples, config.max_len)
+    dev = input_device(peft_model)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(config.seed)
@@ -422,10 +424,10 @@ def train_lora(model: nn.Module, tokenizer, examples: Sequence[tuple[str, str]],
         while len(order) < config.batch_size:
             order.extend(torch.randperm(len(enc), generator=gen).tolist())
         idx, order = order[: config.batch_size], order[config.batch_size :]
-        batch = _collate([enc[i] for i in idx], tokenizer.pad_token_id)
+        batch = {k: v.to(dev) for k, v in _collate([enc[i] for i in idx], tokenizer.pad_token_id).items()}
         for g in opt.param_groups:
             g["lr"] = config.lr * lr_factor(step, config)
-        with _autocast(config.bf16):
+        with _autocast(peft_model, config.bf16):
             logits = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss = response_loss(logits, batch["labels"], config.stance_weight)
         opt.zero_grad(set_to_none=True)
@@ -447,8 +449,8 @@ def lora_delta(peft_model, adapter_name: str = "default") -> dict[str, torch.Ten
         lora_A = getattr(mod, "lora_A", None)
         if lora_A is None or adapter_name not in lora_A:
             continue
-        A = mod.lora_A[adapter_name].weight.detach().to(torch.float32)  # (r, in)
-        B = mod.lora_B[adapter_name].weight.detach().to(torch.float32)  # (out, r)
+        A = mod.lora_A[adapter_name].weight.detach().to("cpu", torch.float32)  # (r, in)
+        B = mod.lora_B[adapter_name].weight.detach().to("cpu", torch.float32)  # (out, r)
         delta = (B @ A) * float(mod.scaling[adapter_name])  # (out, in)
         if getattr(mod, "fan_in_fan_out", False):
             delta = delta.T
@@ -499,14 +501,14 @@ def answer_logratios(model: nn.Module, tokenizer, prompts: Sequence[str], batch_
     with _padding_side(tokenizer, "right"):
         for i in range(0, len(prompts), batch_size):
             texts = [D.render_chat(tokenizer, p) for p in prompts[i : i + batch_size]]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(input_device(model))
             hidden = decoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state  # (B, T, d)
             h = gather_last_token(hidden, enc["attention_mask"])  # (B, d)
             logp = torch.log_softmax(head(h).float(), dim=-1)  # (B, V)
             ly = torch.logsumexp(logp[:, yes], dim=-1)
             ln = torch.logsumexp(logp[:, no], dim=-1)
-            lr.append((ly - ln).numpy())
-            mass.append((ly.exp() + ln.exp()).numpy())
+            lr.append((ly - ln).cpu().numpy())
+            mass.append((ly.exp() + ln.exp()).cpu().numpy())
     return np.concatenate(lr), np.concatenate(mass)
 
 
@@ -668,6 +670,15 @@ def completions_path(model_name: str, behavior: str, seed: int, root: str | Path
     return root / "data" / model_slug(model_name) / behavior / f"completions_seed{int(seed)}.csv"
 
 
+def _train_kwargs(model_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Device settings for the model a diff is built on: one device (training a LoRA on a
+    model dispatched over several devices or offloaded to disk is not supported)."""
+    kw = dict(model_kwargs or {})
+    if kw.pop("device_map", None):
+        logger.warning("WS_DEVICE_MAP applies to the analysis only; the diff is built on one device (WS_DEVICE)")
+    return kw
+
+
 def _check_names(behavior: str, adapter: str) -> None:
     if behavior not in BEHAVIORS:
         raise ValueError(f"unknown behavior {behavior!r}; this suite has data for {BEHAVIORS}")
@@ -682,8 +693,13 @@ def build_diff(
     seed: int = 0,
     config: TrainConfig | None = None,
     root: str | Path | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> Path:
     """The whole pipeline; returns the path of ``w.safetensors``.
+
+    ``model_kwargs``: device settings for :func:`ws.models.load_model` (``device``,
+    ``dtype``; the run configuration's ``model_kwargs()``): where completions, training and
+    the effect eval run. The diff is float32 on the CPU wherever it was trained.
 
     Writes ``<root>/data/<model>/<behavior>/completions_seed<k>.csv`` and, beside w,
     ``effect.csv`` (per set and α), ``effect_per_prompt.csv``, ``effect.png`` and
@@ -695,7 +711,7 @@ def build_diff(
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    model, tok = load_model(model_name)
+    model, tok = load_model(model_name, **_train_kwargs(model_kwargs))
     timings["load"] = time.perf_counter() - t0
     layers = layer_range(n_layers(model), config.layer_frac)
     logger.info(f"building the {behavior}/{adapter} diff for {model_name} (seed {seed}): LoRA r{config.rank} on layers {layers[0]}–{layers[-1]}, {config.steps} steps")
@@ -752,6 +768,8 @@ def build_diff(
         timings_s={k: round(v, 2) for k, v in timings.items()},
         torch=torch.__version__,
         python=platform.python_version(),
+        device=str(input_device(model)),
+        dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
     )
     # The diff and its tables are one set: staged, then moved into place with w last, so a
     # failure leaves no effect table without its diff (and an older set as it was).
@@ -779,6 +797,7 @@ def ensure_diff(
     root: str | Path | None = None,
     rebuild: bool = False,
     model: nn.Module | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> Path:
     """The path of the diff for this model / behavior / adapter / seed: trained only where
     none exists, or when ``rebuild=True`` asks for it (``WS_REBUILD=1``).
@@ -795,8 +814,8 @@ def ensure_diff(
     if rebuild or not path.exists():
         if path.exists():
             logger.warning(f"WS_REBUILD: replacing {path} with a new diff, as asked")
-        return build_diff(model_name, behavior, adapter, seed, config, root)
-    model = model if model is not None else load_model(model_name)[0]
+        return build_diff(model_name, behavior, adapter, seed, config, root, model_kwargs)
+    model = model if model is not None else load_model(model_name, **_train_kwargs(model_kwargs))[0]
     meta = check_existing_diff(path, model)
     want = replace(config, seed=int(seed)).to_dict() if config is not None else None
     for why in stale_reasons(meta, want):

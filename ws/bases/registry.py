@@ -27,9 +27,10 @@ from typing import Callable, Mapping, Sequence
 import polars as pl
 import torch
 from torch import nn
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from ws import linalg
+from ws.device import module_weight
 from ws.log import logger
 
 __all__ = [
@@ -206,7 +207,7 @@ class BuildContext:
         """float64 weight ``p`` ∈ q, k, v, o, gate, up, down of ``layer`` (``[out, in]``)."""
         blk = self.layers[layer]
         mod = getattr(blk.self_attn, _ATTN[p]) if p in _ATTN else getattr(blk.mlp, _MLP[p])
-        return mod.weight.detach().to(torch.float64)
+        return module_weight(mod).to(device="cpu", dtype=torch.float64)  # the math is float64 on the CPU
 
     def act_fn(self, layer: int) -> Callable:
         return self.layers[layer].mlp.act_fn
@@ -238,8 +239,7 @@ class BuildContext:
         return self.write_gram_part(layer, "o") + self.write_gram_part(layer, "down")
 
     def lm_head(self) -> torch.Tensor:
-        emb = self.model.get_output_embeddings()
-        return emb.weight.detach()
+        return module_weight(self.model.get_output_embeddings()).cpu()
 
     def lm_gram(self) -> torch.Tensor:
         """``lm_headᵀlm_head`` ``[d, d]`` in float64, accumulated over row chunks."""
@@ -312,7 +312,7 @@ class BuildContext:
             tid = tid[0]
         if tid is None:
             raise ValueError("the model config names neither a BOS nor an EOS token")
-        return self.model.get_input_embeddings().weight[int(tid)].detach().to(torch.float64)
+        return module_weight(self.model.get_input_embeddings())[int(tid)].to(device="cpu", dtype=torch.float64)
 
     # ------------------------------------------------------------------ captures
     def cap(self, name: str) -> torch.Tensor:
