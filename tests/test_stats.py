@@ -12,6 +12,7 @@ import torch
 from scipy import stats as sps
 
 from ws import stats as S
+from ws.linalg import blas_threads
 
 F64 = torch.float64
 
@@ -19,10 +20,8 @@ F64 = torch.float64
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Small tensors on a shared 2-core machine: one thread avoids waiting on a busy core."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+    with blas_threads(1):
+        yield
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -69,42 +69,10 @@ def _empty(d: int, dtype: torch.dtype) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- threads
-def _openblas_thread_controls() -> list[tuple]:
-    """(get, set) function pairs of the OpenBLAS libraries loaded in this process (Linux).
-
-    scipy ships its own OpenBLAS (``libscipy_openblas``) whose thread count cannot be set
-    through torch. Found through ``/proc/self/maps``; an empty list elsewhere.
-    """
-    import ctypes
-
-    try:
-        with open("/proc/self/maps") as f:
-            paths = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower() and ".so" in ln})
-    except OSError:
-        return []
-    out = []
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for get_name, set_name in (
-            ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
-            ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-            ("openblas_get_num_threads", "openblas_set_num_threads"),
-        ):
-            get, put = getattr(lib, get_name, None), getattr(lib, set_name, None)
-            if get is not None and put is not None:
-                get.restype = ctypes.c_int
-                put.argtypes = [ctypes.c_int]
-                out.append((get, put))
-                break
-    return out
-
-
 @contextmanager
 def blas_threads(n: int | None = 1) -> Iterator[None]:
-    """Limit torch's and scipy's BLAS/LAPACK threads to ``n`` inside the block (None: no change).
+    """Limit torch's and the BLAS/LAPACK/OpenMP libraries' threads to ``n`` inside the block
+    (None: no change); restored on exit.
 
     The eigensolvers of ``d × d`` matrices (d ≈ 600) gain little from a second thread and
     slow down by orders of magnitude when the cores are shared with other processes (the
@@ -113,20 +81,17 @@ def blas_threads(n: int | None = 1) -> Iterator[None]:
     if n is None:
         yield
         return
-    import scipy.linalg  # noqa: F401  (load scipy's BLAS so that its threads can be set)
+    import scipy.linalg  # noqa: F401  (load scipy's BLAS so that its threads are limited too)
+    from threadpoolctl import threadpool_limits
 
     old_torch = torch.get_num_threads()
-    controls = _openblas_thread_controls()
-    old = [get() for get, _ in controls]
-    torch.set_num_threads(n)
-    for _, put in controls:
-        put(n)
+    # torch links its math library statically, out of threadpoolctl's sight: set it directly
+    torch.set_num_threads(int(n))
     try:
-        yield
+        with threadpool_limits(limits=int(n)):
+            yield
     finally:
         torch.set_num_threads(old_torch)
-        for (_, put), v in zip(controls, old):
-            put(max(1, v))
 
 
 def sign_fix(B: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,7 @@ import torch
 from scipy import special as _special
 from tqdm import tqdm
 
-from ws.linalg import check_orthonormal, haar_frames
+from ws.linalg import blas_threads, check_orthonormal, haar_frames
 from ws.log import logger
 
 __all__ = [
@@ -588,22 +588,17 @@ def score_sweep(
     zero_row_rel_tol: label rows with norm ≤ this × the largest row norm of the whole label
         count as zero (layers the steering cannot reach) and are left out.
 
-    num_threads: torch intra-op threads while scoring (restored afterwards; None leaves the
-        setting alone). The work is many small factorisations, and on a busy 2-core machine
+    num_threads: torch and BLAS threads while scoring (:func:`ws.linalg.blas_threads`,
+        restored afterwards; None leaves the settings alone). The work is many small factorisations, and on a busy 2-core machine
         two threads waiting on each other made it ~10× slower than one.
 
     Null moments are computed once per (layer, label, k), not per candidate; all bases of a
     layer are scored with one matrix product per label.
     """
-    old_threads = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(int(num_threads))
-    try:
+    with blas_threads(num_threads):
         return _score_sweep(bases, meta, label, deltas, clean_pcs, layers, pr_threshold=pr_threshold,
                             mc_draws=mc_draws, mc_seed=mc_seed, zero_row_rel_tol=zero_row_rel_tol,
                             sv_tol=sv_tol, orth_tol=orth_tol, progress=progress)
-    finally:
-        torch.set_num_threads(old_threads)
 
 
 def _score_sweep(bases, meta, label, deltas, clean_pcs, layers, *, pr_threshold, mc_draws, mc_seed,
