@@ -12,7 +12,7 @@ import torch
 from scipy import stats as sps
 
 from ws import stats as S
-from ws.linalg import blas_threads
+from ws.linalg import blas_threads, haar_frames
 
 F64 = torch.float64
 
@@ -124,7 +124,7 @@ def moments_ok(vals: np.ndarray, mean: float, std: float, n_se: float = 3.0) -> 
 
 def haar_traces(A: torch.Tensor, k: int, n: int, seed: int) -> np.ndarray:
     """Brute-force tr(QᵀAQ) for n Haar frames (full QR, not the diagonal shortcut)."""
-    Q = S.haar_orthonormal(A.shape[0], k, n, torch.Generator().manual_seed(seed))
+    Q = haar_frames(A.shape[0], k, n, torch.Generator().manual_seed(seed), sample_dtype=torch.float32)
     return ((A.to(F64) @ Q) * Q).sum(dim=(1, 2)).numpy()
 
 
@@ -180,7 +180,7 @@ def test_mc_null_matches_closed_form_and_is_seeded():
 
 def test_haar_frames_are_orthonormal_and_sign_fixed():
     n = 4000
-    Q = S.haar_orthonormal(12, 3, n, torch.Generator().manual_seed(0))
+    Q = haar_frames(12, 3, n, torch.Generator().manual_seed(0), sample_dtype=torch.float32)
     eye = torch.eye(3, dtype=F64)
     assert torch.allclose(Q.transpose(1, 2) @ Q, eye.expand(n, 3, 3), atol=1e-12)
     # Q spans the Gaussian draw G and R = QᵀG is upper triangular with a positive diagonal
