@@ -554,3 +554,17 @@ def test_add_qvalues_excludes_ceilings(sweep):
     hyp = q.filter(pl.col("kind") == "A-hypothesis")
     np.testing.assert_allclose(hyp["q_act"].to_numpy(), sps.false_discovery_control(hyp["p_act"].to_numpy()),
                                rtol=1e-12)
+
+
+def test_ranked_keeps_write_mixed_hypotheses_best_first_nan_dropped_ties_by_name():
+    rows = [("w_b", "write", "A-hypothesis", 2.0), ("m_a", "mixed", "A-hypothesis", 2.0),
+            ("w_nan", "write", "A-hypothesis", float("nan")), ("w_null", "write", "A-hypothesis", None),
+            ("r_top", "read", "A-hypothesis", 9.0), ("ceil", "ceiling", "ceiling", 99.0),
+            ("self", "self-test", "self-test", 50.0), ("w_c", "write", "A-hypothesis", 3.0)]
+    df = pl.DataFrame([dict(subspace=n, axis_kind=a, kind=k, joint_score=j) for n, a, k, j in rows],
+                      schema={"subspace": pl.String, "axis_kind": pl.String, "kind": pl.String, "joint_score": pl.Float64})
+    assert S.ranked(df)["subspace"].to_list() == ["w_c", "m_a", "w_b"]
+    assert S.ranked(df, axis_kinds=("read",))["subspace"].to_list() == ["r_top"]
+    # the plain order keeps every row: NaN and null last, ties by name
+    assert S.by_score(df, "joint_score")["subspace"].to_list() == [
+        "ceil", "self", "r_top", "w_c", "m_a", "w_b", "w_nan", "w_null"]

@@ -26,7 +26,7 @@ from ws import data as D
 from ws.diff import DiffMismatchError  # noqa: F401  (the sweep's documented error, raised by ensure_diff)
 from ws.log import logger
 from ws.paths import out_dir
-from ws.stats import PR_THRESHOLD
+from ws.stats import PR_THRESHOLD, ranked
 
 
 def _env(name: str, default: str) -> str:
@@ -212,16 +212,6 @@ def run_seed(cfg: SweepConfig, model, tok, probes: Probes, seed: int, w: dict, d
 
 
 # ----------------------------------------------------------------------------- seeds
-RANKED_AXES = ("write", "mixed")
-
-
-def _ranked(summary: pl.DataFrame) -> pl.DataFrame:
-    """Write/mixed A-hypotheses with a finite joint score, best first (ties by name)."""
-    s = summary.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(RANKED_AXES))
-    s = s.filter(pl.col("joint_score").is_not_null() & pl.col("joint_score").is_not_nan())
-    return s.sort(["joint_score", "subspace"], descending=[True, False])
-
-
 @dataclass
 class SeedStability:
     """How far the seeds' diffs agree on the ranking."""
@@ -252,14 +242,14 @@ def seed_stability(results: Sequence[SeedResult]) -> SeedStability:
     seeds = [r.seed for r in results]
     winners = {}
     for r in results:
-        rk = _ranked(r.summary)
+        rk = ranked(r.summary)
         winners[r.seed] = rk["subspace"][0] if rk.height else ""
     winner = winners[seeds[0]]
     rows = []
     for i in range(len(results)):
         for j in range(i + 1, len(results)):
-            a = _ranked(results[i].summary).select("subspace", pl.col("joint_score").alias("a"))
-            b = _ranked(results[j].summary).select("subspace", pl.col("joint_score").alias("b"))
+            a = ranked(results[i].summary).select("subspace", pl.col("joint_score").alias("a"))
+            b = ranked(results[j].summary).select("subspace", pl.col("joint_score").alias("b"))
             ab = a.join(b, on="subspace", how="inner")
             tau, p = kendalltau(ab["a"].to_numpy(), ab["b"].to_numpy()) if ab.height > 1 else (float("nan"), float("nan"))
             rows.append({"seed_a": seeds[i], "seed_b": seeds[j], "kendall_tau": float(tau), "p_value": float(p), "n": ab.height})
@@ -415,12 +405,9 @@ def plan_merge_changes(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: 
 
 def _mean_leader(summary: pl.DataFrame, per_candidate: pl.DataFrame) -> dict | None:
     """The write/mixed A-hypothesis with the highest joint score averaged over the seeds."""
-    wm = summary.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(["write", "mixed"]))
-    j = wm.select("subspace").join(per_candidate, on="subspace", how="inner")
-    j = j.filter(pl.col("seed_mean_joint_score").cast(pl.Float64).fill_nan(None).is_not_null())
-    if not j.height:
-        return None
-    return j.sort(["seed_mean_joint_score", "subspace"], descending=[True, False]).row(0, named=True)
+    j = summary.select("subspace", "kind", "axis_kind").join(per_candidate, on="subspace", how="inner")
+    j = ranked(j, "seed_mean_joint_score")
+    return j.row(0, named=True) if j.height else None
 
 
 def conclusion_info(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: SeedStability, artifacts: list[str]) -> dict:

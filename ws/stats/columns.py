@@ -14,9 +14,10 @@ TENSORS: tuple[str, ...] = ("oproj", "downproj", "combined")
 CEILING_ACT = "TaskDiff_lora_ceiling"
 CEILING_W = "dW_left_basis_ceiling"
 
-#: the columns that name a candidate, first in every per-candidate table (the candidate
-#: metadata adds ``definition`` after them)
+#: the columns that name a candidate, first in every per-candidate table
 CANDIDATE_COLUMNS: list[str] = ["subspace", "family", "axis_kind", "source", "kind"]
+#: the contract columns of the candidate metadata ``meta`` (extra columns follow them)
+META_COLUMNS: list[str] = [*CANDIDATE_COLUMNS, "definition"]
 
 #: the contract columns of the per-layer table (extra columns follow them)
 PER_LAYER_COLUMNS: list[str] = [
@@ -66,7 +67,7 @@ BOOTSTRAP_COLUMNS: list[str] = [
 ]
 
 _INT_COLS = {"layer", "rank", "specific_rank", "n_layers_scored"}
-_STR_COLS = {*CANDIDATE_COLUMNS, "definition", "null_method_act", "null_method_w_oproj", "null_method_w_downproj",
+_STR_COLS = {*META_COLUMNS, "null_method_act", "null_method_w_oproj", "null_method_w_downproj",
              "null_method_w_combined", "specific_null_method_act"}
 
 

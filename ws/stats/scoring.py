@@ -27,6 +27,7 @@ from ws.log import logger
 from ws.stats.columns import (
     CANDIDATE_COLUMNS,
     CEILING_W,
+    META_COLUMNS,
     PER_LAYER_COLUMNS,
     PER_LAYER_EXTRA,
     SPECIFIC_COLUMNS,
@@ -70,10 +71,9 @@ def check_finite(t: torch.Tensor | None, what: str) -> None:
 
 
 def _meta_rows(meta: pl.DataFrame) -> list[dict]:
-    expected = [*CANDIDATE_COLUMNS, "definition"]
-    missing = [c for c in expected if c not in meta.columns]
+    missing = [c for c in META_COLUMNS if c not in meta.columns]
     if missing:
-        raise ValueError(f"meta is missing column(s) {missing}; expected {expected}")
+        raise ValueError(f"meta is missing column(s) {missing}; expected {META_COLUMNS}")
     names = meta["subspace"].to_list()
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
