@@ -250,7 +250,9 @@ def union(*bases: torch.Tensor, k: int | None = None, tol: float = DEFAULT_RTOL)
 
 
 def _principal_pairs(A: torch.Tensor, B: torch.Tensor):
-    """Principal vectors of span(A), span(B): (a [d,r], b [d,r], cosines [r]) ascending angle."""
+    """Principal vectors of span(A), span(B): (a [d,r], b [d,r], cosines [r]) ascending angle.
+
+    Hand-written: the intersection needs the vectors, and the library gives the angles only."""
     A, B = f64(A), f64(B)
     U, S, Vh = torch.linalg.svd(A.T @ B, full_matrices=False)
     r = S.shape[0]
@@ -340,19 +342,21 @@ def project_gram(G: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
 def principal_angles(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     """Principal angles (radians, ascending) between ``span(A)`` and ``span(B)``.
 
-    ``A`` and ``B`` must have orthonormal columns; ``min(k_A, k_B)`` angles.
+    ``A`` and ``B`` must have orthonormal columns; ``min(k_A, k_B)`` angles. Small angles
+    are accurate too (the library takes them from sines, not from cosines near 1).
     """
     if A.shape[1] == 0 or B.shape[1] == 0:
         return torch.zeros(0, dtype=torch.float64)
-    s = torch.linalg.svdvals(f64(A).T @ f64(B)).clamp(0.0, 1.0)
-    return torch.arccos(s)
+    from scipy.linalg import subspace_angles
+
+    return torch.from_numpy(subspace_angles(f64(A).numpy(), f64(B).numpy())[::-1].copy())
 
 
 def mean_principal_cosine(A: torch.Tensor, B: torch.Tensor) -> float:
     """Mean cosine of the principal angles (1 = one contains the other; NaN if either is empty)."""
     if A.shape[1] == 0 or B.shape[1] == 0:
         return float("nan")
-    return float(torch.linalg.svdvals(f64(A).T @ f64(B)).clamp(0.0, 1.0).mean())
+    return float(torch.cos(principal_angles(A, B)).mean())
 
 
 def effective_rank(x: torch.Tensor) -> float:
