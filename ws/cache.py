@@ -12,13 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from ws.io import atomic_path
-from ws.log import logger
 from ws.paths import cache_dir, repo_root
 
 # Source files whose code determines what a capture contains.
@@ -61,38 +58,3 @@ def cache_key(parts: Mapping[str, object]) -> str:
     """A short hex key from JSON-serialisable parts (sorted, so order does not matter)."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
-
-
-def cached_tensors(
-    name: str, parts: Mapping[str, object], build: Callable[[], dict[str, torch.Tensor]], enabled: bool = True
-) -> tuple[dict[str, torch.Tensor], bool]:
-    """Load ``<cache>/activations/<name>-<key>.safetensors`` or build and store it.
-
-    Returns ``(tensors, hit)``. A corrupt cache file is rebuilt, not trusted.
-    """
-    key = cache_key(parts)
-    path = activation_cache_dir() / f"{name}-{key}.safetensors"
-    if enabled and path.exists():
-        try:
-            tensors = load_file(str(path))
-            logger.info(f"cache hit: {path.name}")
-            return tensors, True
-        except Exception as e:  # noqa: BLE001 - any unreadable file is rebuilt
-            logger.warning(f"cache file {path.name} unreadable ({e}); rebuilding")
-    tensors = build()
-    if enabled:
-        with atomic_path(path) as tmp:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"parts": json.dumps(parts, sort_keys=True, default=str)})
-        logger.info(f"cached captures in {path.name}")
-    return tensors, False
-
-
-def clear_cache() -> int:
-    """Remove every cached activation file; return how many were removed."""
-    d = activation_cache_dir()
-    n = 0
-    if d.exists():
-        for p in d.glob("*.safetensors"):
-            p.unlink()
-            n += 1
-    return n

@@ -35,7 +35,7 @@ import platform
 import re
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -99,12 +99,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
-        return cls(**kw)
 
 
 def layer_range(n: int, frac: tuple[float, float]) -> list[int]:
