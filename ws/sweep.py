@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from ws import data as D
+from ws import data
 from ws.diff import DiffMismatchError  # noqa: F401  (the sweep's documented error, raised by ensure_diff)
 from ws.log import logger
 from ws.paths import out_dir
@@ -134,9 +134,9 @@ def probe_prompts(cfg: SweepConfig, tok) -> Probes:
     """FIT and EVAL probes (disjoint topics; EVAL never a LoRA training topic), every one
     rendered through the chat template. Persona± FIT use the chosen persona pair as the
     system prompt; clean FIT and EVAL use none (the template's default)."""
-    fit, ev = D.sweep_probes(cfg.n_fit, cfg.n_eval, seed=0)
-    pos, neg = D.PERSONA_PAIRS[cfg.persona_pair]
-    render = lambda t, sys=None: D.render_chat(tok, D.probe_prompt(t), system=sys)  # noqa: E731
+    fit, ev = data.sweep_probes(cfg.n_fit, cfg.n_eval, seed=0)
+    pos, neg = data.PERSONA_PAIRS[cfg.persona_pair]
+    render = lambda t, sys=None: data.render_chat(tok, data.probe_prompt(t), system=sys)  # noqa: E731
     return Probes(
         fit_topics=fit,
         eval_topics=ev,
@@ -179,7 +179,7 @@ def clean_pcs(captures, k: int) -> list[torch.Tensor]:
 
 def run_seed(cfg: SweepConfig, model, tok, probes: Probes, seed: int, w: dict, diff_meta: dict) -> SeedResult:
     """Capture (cached), build every candidate, score every (layer, candidate), summarise."""
-    from ws import stats as S
+    from ws import stats
     from ws.bases import build_all
     from ws.capture import capture_all
     from ws.diff import write_delta_by_layer
@@ -199,13 +199,13 @@ def run_seed(cfg: SweepConfig, model, tok, probes: Probes, seed: int, w: dict, d
                             label_eval=caps.label_eval, cache=cfg.cache)
     t["build"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    scores = S.score_sweep(bases, meta, caps.label_eval, deltas, clean_pcs(caps, cfg.k), pr_threshold=PR_THRESHOLD)
-    per_layer = S.add_qvalues(scores.per_layer)
-    summary = S.summarize(per_layer, touched)
-    ci = S.bootstrap_summary_ci(scores, touched, n_boot=cfg.n_boot, seed=cfg.boot_seed)
+    scores = stats.score_sweep(bases, meta, caps.label_eval, deltas, clean_pcs(caps, cfg.k), pr_threshold=PR_THRESHOLD)
+    per_layer = stats.add_qvalues(scores.per_layer)
+    summary = stats.summarize(per_layer, touched)
+    ci = stats.bootstrap_summary_ci(scores, touched, n_boot=cfg.n_boot, seed=cfg.boot_seed)
     summary = summary.join(ci, on="subspace", how="left", maintain_order="left")
-    summary_pct = S.summary_pct(summary)
-    specific_summary = S.summarize_specific(scores.specific_per_layer, touched)
+    summary_pct = stats.summary_pct(summary)
+    specific_summary = stats.summarize_specific(scores.specific_per_layer, touched)
     t["score"] = time.perf_counter() - t0
     return SeedResult(seed, caps, bases, meta, scores, per_layer, scores.specific_per_layer, summary, summary_pct,
                       specific_summary, touched, [l for l in range(len(deltas)) if deltas[l] is None], diff_meta, t)
@@ -363,7 +363,7 @@ EXTRA_FILES = ("v7_seeds.tsv", "v7_seed_stability.tsv")
 
 def plan_merge_changes(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: SeedStability) -> list[str]:
     """What this version changes against v6 and against upstream v7 (facts from this run)."""
-    train, _ = D.split_topics(0)
+    train, _ = data.split_topics(0)
     train_ids = {t.id for t in train}
     leak = sum(t.id in train_ids for t in probes.eval_topics)
     fit_eval = len({t.id for t in probes.fit_topics} & {t.id for t in probes.eval_topics})
@@ -464,7 +464,7 @@ def write_v7(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], st
     Everything is computed first; files are written only once all of them can be, so a
     failure leaves the previous run's files untouched.
     """
-    from ws import report as R
+    from ws import report
 
     res = results[0]
     d = cfg.v7_dir
@@ -477,9 +477,9 @@ def write_v7(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], st
         f"../seed{r.seed}/{f}" for r in results for f in ("w.safetensors", "effect.csv", "effect.png")]
     info = conclusion_info(cfg, probes, res, stab, artifacts)
     texts = {
-        "v7_definitions.md": R.definitions_md(res.meta),
-        "v7_plan_merge.md": R.plan_merge_md(plan_merge_changes(cfg, probes, res, stab), title="v7: what changed"),
-        "v7_conclusion.md": R.conclusion_md(summary_pct, res.specific_summary, res.per_layer, info),
+        "v7_definitions.md": report.definitions_md(res.meta),
+        "v7_plan_merge.md": report.plan_merge_md(plan_merge_changes(cfg, probes, res, stab), title="v7: what changed"),
+        "v7_conclusion.md": report.conclusion_md(summary_pct, res.specific_summary, res.per_layer, info),
     }
     tables = {
         "v7_per_layer.csv": res.per_layer,
@@ -503,10 +503,10 @@ def write_v7(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], st
         title = (f"Where does the weight diff act? Seed {res.seed}'s scores (mean over LoRA-touched layers; "
                  f"1 = random subspace)" + (f"; whiskers: min–max over seeds {', '.join(map(str, stab.seeds))}"
                                             if len(stab.seeds) > 1 else ""))
-        R.joint_scatter(summary, stage / "v7_joint_act_weight_scatter.png", stage / "v7_joint_act_weight_scatter.pdf",
+        report.joint_scatter(summary, stage / "v7_joint_act_weight_scatter.png", stage / "v7_joint_act_weight_scatter.pdf",
                         title=title, seeds=seeds_long)
         for name, df in tables.items():
-            R.write_table(df, stage / name)
+            report.write_table(df, stage / name)
         for name, text in texts.items():
             write_text(stage / name, text)
         names = [*tables, "v7_joint_act_weight_scatter.png", "v7_joint_act_weight_scatter.pdf", *texts]
