@@ -115,6 +115,16 @@ def test_write_table_failure_leaves_old_file(tmp_path, monkeypatch):
     assert p.read_bytes() == before
 
 
+def test_write_table_full_precision_is_polars_own_csv(tmp_path):
+    """``sig=None`` (the training tables) writes exactly what polars writes by default."""
+    df = pl.DataFrame({"step": [0, 1, 2], "loss": [0.1 + 0.2, None, float("nan")], "text": ["a", "b,c", None]})
+    p = report.write_table(df, tmp_path / "t.csv", sig=None)
+    plain = tmp_path / "plain.csv"
+    df.write_csv(plain)
+    assert p.read_bytes() == plain.read_bytes()
+    assert "0.30000000000000004" in p.read_text()
+
+
 def test_format_float():
     assert report.format_float(float("nan")) == "NaN"
     assert report.format_float(-0.0) == "0"

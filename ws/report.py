@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import polars as pl
 
-from ws.io import atomic_path
+from ws.io import atomic_path, format_float, write_table
 from ws.log import logger
 from ws.stats import CEILING_ACT, CEILING_W, RANKED_AXES, by_score, ranked
 
@@ -31,20 +31,6 @@ __all__ = [
 ]
 
 # ------------------------------------------------------------------------- formatting
-
-
-def format_float(x: float | None, sig: int = 6) -> str:
-    """Fixed table format: ``sig`` significant digits (``%g``), ``NaN``, ``inf``,
-    ``-inf``; None (null) → empty string."""
-    if x is None:
-        return ""
-    x = float(x)
-    if math.isnan(x):
-        return "NaN"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    s = f"{x:.{sig}g}"
-    return "0" if s == "-0" else s
 
 
 def fmt_num(x: Any, sig: int = 3) -> str:
@@ -67,35 +53,6 @@ def fmt_pct(x: Any) -> str:
     if x is None or not math.isfinite(float(x)):
         return "NaN%"
     return f"{float(x):.1f}%"
-
-
-# ------------------------------------------------------------------------------ tables
-
-
-def write_table(df: pl.DataFrame, path: str | Path, sig: int = 6) -> Path:
-    """Write ``df`` atomically as ``.csv`` (comma) or ``.tsv`` (tab).
-
-    Float columns are formatted with ``sig`` significant digits (``NaN``/``inf`` spelled
-    out, nulls empty), so identical inputs give byte-identical files.
-    """
-    path = Path(path)
-    sep = {".csv": ",", ".tsv": "\t"}.get(path.suffix.lower())
-    if sep is None:
-        raise ValueError(f"write_table: unknown table suffix {path.suffix!r} (use .csv or .tsv): {path}")
-    cols = []
-    for name, dtype in df.schema.items():
-        s = df[name]
-        if dtype.is_float():
-            # nulls stay null (written as an empty field, not as a quoted empty string)
-            cols.append(pl.Series(name, [None if v is None else format_float(v, sig) for v in s.to_list()],
-                                  dtype=pl.String))
-        else:
-            cols.append(s)
-    out = pl.DataFrame(cols) if cols else df
-    with atomic_path(path) as tmp:
-        out.write_csv(tmp, separator=sep, null_value="", quote_style="necessary", line_terminator="\n")
-    logger.debug(f"wrote {path} ({df.height} rows × {df.width} cols)")
-    return path
 
 
 # ----------------------------------------------------------------------------- figure

@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from ws import data
 from ws.diff import check_diff_model, diff_path, load_diff, read_meta, save_diff
-from ws.io import atomic_path
+from ws.io import atomic_path, write_table
 from ws.log import logger
 from ws.models import load_model, model_id, n_layers
 from ws.paths import out_dir
@@ -652,12 +652,6 @@ def plot_effect(df: pl.DataFrame, path: str | Path, title: str = "") -> Path:
 
 
 # ----------------------------------------------------------------------------- pipeline
-def _write_csv(df: pl.DataFrame, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        df.write_csv(tmp)
-    return path
-
-
 def completions_path(model_name: str, behavior: str, seed: int, root: str | Path | None = None) -> Path:
     root = Path(root) if root is not None else out_dir()
     return root / "data" / model_slug(model_name) / behavior / f"completions_seed{int(seed)}.csv"
@@ -702,7 +696,7 @@ def build_diff(
     table = build_completions(model, tok, train, config)
     timings["completions"] = time.perf_counter() - t0
     cpath = completions_path(model_name, behavior, seed, root)
-    _write_csv(table, cpath)
+    write_table(table, cpath, sig=None)
     rates = check_completions(table)
     logger.info(f"{table.height} completions in {timings['completions']:.0f} s -> {cpath}; contrast: " + ", ".join(f"{k} {v:.0%}" for k, v in rates.items()))
     for r in table.filter(pl.col("kind") == "opinion_false").head(2).iter_rows(named=True):
@@ -730,10 +724,10 @@ def build_diff(
     timings["eval"] = time.perf_counter() - t0
     sp = spreads(eff)
     ratio = specificity_ratio(eff)
-    _write_csv(eff, path.parent / "effect.csv")
-    _write_csv(per, path.parent / "effect_per_prompt.csv")
-    _write_csv(adapters, path.parent / "adapter_effect.csv")
-    _write_csv(pl.DataFrame({"step": list(range(config.steps)), "loss_pos": losses["pos"], "loss_neg": losses["neg"]}), path.parent / "train_loss.csv")
+    write_table(eff, path.parent / "effect.csv", sig=None)
+    write_table(per, path.parent / "effect_per_prompt.csv", sig=None)
+    write_table(adapters, path.parent / "adapter_effect.csv", sig=None)
+    write_table(pl.DataFrame({"step": list(range(config.steps)), "loss_pos": losses["pos"], "loss_neg": losses["neg"]}), path.parent / "train_loss.csv", sig=None)
     plot_effect(eff, path.parent / "effect.png", title=f"{model_name} · {behavior}/{adapter} seed {seed} · specificity ratio {ratio:.2f}")
     timings["total"] = time.perf_counter() - t_all
 
