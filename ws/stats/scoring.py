@@ -278,7 +278,7 @@ class _Layer:
             rows = self.P_act[:, s:e].sum(dim=1).numpy()
             rows_full[self.valid.numpy()] = rows
             frac = float(rows.mean())
-            c_, z_, p_, meth = lab.score(frac, k, gaussian_p=False)
+            c_, z_, p_, meth = lab.score(frac, k, gaussian_p=False)  # c_ = R_act = frac/(k/d)
             rec = dict(conc_act=c_, z_act=z_, energy_frac_act=frac, p_act=p_, null_method_act=meth,
                        pct_act_matched_rank=_pct_matched(frac, lab.cumsum(), k))
         rec["pr_act"] = lab.pr if lab is not None else NAN
@@ -296,7 +296,7 @@ class _Layer:
             else:
                 s, e = self.spans[n]
                 frac = float(self.w_col[t][s:e].sum())
-                c_, z_, p_, meth = lab.score(frac, k, gaussian_p=False)
+                c_, z_, p_, meth = lab.score(frac, k, gaussian_p=False)  # c_ = R_w of tensor t = frac/(k/d)
             rec.update({f"conc_w_{t}": c_, f"z_w_{t}": z_, f"energy_frac_w_{t}": frac,
                         f"p_w_{t}": p_, f"null_method_w_{t}": meth})
         labc = self.w["combined"]
