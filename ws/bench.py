@@ -65,6 +65,7 @@ def null_comparison(label: torch.Tensor, deltas: list, layers: list[int], k: int
     layer × tensor, on the same labels. Returns timings and the worst mean difference in
     units of the closed-form std."""
     from ws import stats
+    from ws.linalg import haar_orthonormal
 
     d = label.shape[-1]
     targets = []  # (kind, matrix)
@@ -85,8 +86,7 @@ def null_comparison(label: torch.Tensor, deltas: list, layers: list[int], k: int
     for kind, X in targets:
         fr = []
         for _ in range(MC_DRAWS):
-            Q, R = torch.linalg.qr(torch.randn(d, k, generator=g, dtype=torch.float64))
-            Q = Q * torch.sign(torch.diagonal(R))
+            Q = haar_orthonormal(d, k, g, dtype=torch.float64)
             fr.append(stats.energy_frac_act(Q, X) if kind == "act" else stats.energy_frac_w(Q, X))
         mc.append((float(np.mean(fr)), float(np.std(fr, ddof=1))))
     t_mc = time.perf_counter() - t0

@@ -26,7 +26,7 @@ from ws import data
 from ws.diff import DiffMismatchError  # noqa: F401  (the sweep's documented error, raised by ensure_diff)
 from ws.log import logger
 from ws.paths import out_dir
-from ws.stats import PR_THRESHOLD, ranked
+from ws.stats import CEILING_ACT, CEILING_W, PR_THRESHOLD, ranked
 
 
 def _env(name: str, default: str) -> str:
@@ -324,13 +324,13 @@ def sanity_lines(res: SeedResult, stab: SeedStability | None = None) -> list[tup
         r = s.filter(pl.col("subspace") == name)
         return float(r[col][0]) if r.height and r[col][0] is not None else float("nan")
 
-    c_act = val("TaskDiff_lora_ceiling", "pct_act_ceiling")
+    c_act = val(CEILING_ACT, "pct_act_ceiling")
     lines.append((abs(c_act - 100) < 1e-6,
-                  f"SHOULD: TaskDiff_lora_ceiling = 100% of itself (measured {c_act:.1f}%). ELSE: the pct table is mis-normalised."))
-    c_w = val("dW_left_basis_ceiling", "pct_w_oracle_combined")
+                  f"SHOULD: {CEILING_ACT} = 100% of itself (measured {c_act:.1f}%). ELSE: the pct table is mis-normalised."))
+    c_w = val(CEILING_W, "pct_w_oracle_combined")
     lines.append((abs(c_w - 100) < 1e-6,
-                  f"SHOULD: dW_left_basis_ceiling = 100% of its weight oracle (measured {c_w:.1f}%). ELSE: the weight oracle is wrong."))
-    cw = val("dW_left_basis_ceiling", "mean_conc_w_combined")
+                  f"SHOULD: {CEILING_W} = 100% of its weight oracle (measured {c_w:.1f}%). ELSE: the weight oracle is wrong."))
+    cw = val(CEILING_W, "mean_conc_w_combined")
     best_w = float(np.nanmax(s.filter(pl.col("kind") == "A-hypothesis")["mean_conc_w_combined"].to_numpy()))
     lines.append((cw >= best_w - 1e-9,
                   f"SHOULD: no A-hypothesis beats the dW ceiling on weight energy (ceiling R_w {cw:.2f}, best A-side {best_w:.2f}). "
