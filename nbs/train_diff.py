@@ -43,7 +43,7 @@ import time
 
 import polars as pl
 
-from ws import data as D
+from ws import data
 from ws.config import start_run
 from ws.diff import diff_norms, load_diff, summary
 from ws.log import logger
@@ -69,11 +69,11 @@ T0 = time.perf_counter()
 # held-out topics.
 
 # %%
-train_topics, held_topics = D.split_topics(0)
+train_topics, held_topics = data.split_topics(0)
 counts = pl.DataFrame([dict(kind=t.kind, half="train") for t in train_topics] + [dict(kind=t.kind, half="held-out") for t in held_topics])
 print(counts.group_by("kind", "half").len().sort("kind", "half"))
-print(f"persona pairs: {len(D.PERSONA_PAIRS)}; data hash {D.data_hash()}")
-print("example pair:\n  + " + D.PERSONA_PAIRS[0][0] + "\n  − " + D.PERSONA_PAIRS[0][1])
+print(f"persona pairs: {len(data.PERSONA_PAIRS)}; data hash {data.data_hash()}")
+print("example pair:\n  + " + data.PERSONA_PAIRS[0][0] + "\n  − " + data.PERSONA_PAIRS[0][1])
 
 # %% [markdown]
 # ## Build (or reuse) the diff
@@ -99,7 +99,7 @@ print("timings (s):", meta.get("timings_s"))
 # %%
 comp = pl.read_csv(completions_path(MODEL, BEHAVIOR, SEED, cfg.out_root))
 print("contrast rates:", meta.get("completion_contrast"))
-for kind in D.KINDS:
+for kind in data.KINDS:
     sample = comp.filter(pl.col("kind") == kind).head(4)
     for r in sample.iter_rows(named=True):
         print(f"[{kind} · {r['persona']}] {r['user']}\n    -> {r['response'][:140]!r}")

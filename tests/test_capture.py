@@ -6,7 +6,7 @@ import pytest
 import numpy as np
 import torch
 
-from ws import capture as C
+from ws import capture
 from ws import linalg as la
 from ws.data import render_chat
 from ws.trace import TraceDict, gather_last_token
@@ -62,14 +62,14 @@ def test_block_outputs_match_output_hidden_states(model_tok, side):
     prompts = _prompts(tok)
     old = _with_side(tok, side)
     try:
-        hooked = C.block_outputs(model, tok, prompts, batch_size=3)  # one padded batch
-        ids, mask = C._encode(tok, prompts)
+        hooked = capture.block_outputs(model, tok, prompts, batch_size=3)  # one padded batch
+        ids, mask = capture._encode(tok, prompts)
     finally:
         tok.padding_side = old
     assert hooked.shape == (L, len(prompts), model.config.hidden_size) and hooked.dtype == torch.float32
     assert bool((mask[:, 0] == 0).any()) if side == "left" else bool((mask[:, -1] == 0).any())  # really padded
     with torch.no_grad():
-        hs = model(input_ids=ids, attention_mask=mask, position_ids=C._position_ids(mask),
+        hs = model(input_ids=ids, attention_mask=mask, position_ids=capture._position_ids(mask),
                    output_hidden_states=True).hidden_states
     for i in range(L - 1):
         ref = gather_last_token(hs[i + 1], mask)
@@ -90,8 +90,8 @@ def test_block_outputs_match_output_hidden_states(model_tok, side):
 def test_batching_does_not_change_block_outputs(tiny_llama):
     model, tok = tiny_llama
     prompts = _prompts(tok)
-    a = C.block_outputs(model, tok, prompts, batch_size=1)
-    b = C.block_outputs(model, tok, prompts, batch_size=2)
+    a = capture.block_outputs(model, tok, prompts, batch_size=1)
+    b = capture.block_outputs(model, tok, prompts, batch_size=2)
     assert float((a - b).abs().max()) <= 1e-5
 
 
@@ -110,12 +110,12 @@ def test_label_shape_sign_and_reach(tiny_qwen3):
     prompts = _prompts(tok)
     w = _diff(model)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if n in w}
-    lab = C.label(model, tok, prompts, w, batch_size=2)
+    lab = capture.label(model, tok, prompts, w, batch_size=2)
     L, d = len(model.model.layers), model.config.hidden_size
     assert lab.shape == (L, len(prompts), d) and lab.dtype == torch.float32
     assert float(lab[0].abs().max()) == 0.0  # the diff starts at layer 1: layer 0 cannot move
     assert float(lab[1:].norm(dim=-1).min()) > 0
-    neg = C.label(model, tok, prompts, {k: -v for k, v in w.items()}, batch_size=2)
+    neg = capture.label(model, tok, prompts, {k: -v for k, v in w.items()}, batch_size=2)
     assert torch.equal(neg, -lab)
     params = dict(model.named_parameters())
     assert all(torch.equal(params[n], before[n]) for n in w)  # weights restored bit-exactly
@@ -125,8 +125,8 @@ def test_label_shape_sign_and_reach(tiny_qwen3):
 def test_up_proj_inputs_and_written(model_tok):
     model, tok = model_tok
     prompts = _prompts(tok)
-    up_in = C.up_proj_inputs(model, tok, prompts, batch_size=2)
-    up_w = C.up_proj_written(model, tok, prompts, batch_size=2)
+    up_in = capture.up_proj_inputs(model, tok, prompts, batch_size=2)
+    up_w = capture.up_proj_written(model, tok, prompts, batch_size=2)
     L = len(model.model.layers)
     # independent reference: the input of each block's mlp at the last token, unpadded
     for j, p in enumerate(prompts):
@@ -146,7 +146,7 @@ def test_up_proj_inputs_and_written(model_tok):
 def test_shared_suffix_is_the_user_turn(tiny_llama):
     _, tok = tiny_llama
     pos, neg = _prompts(tok, SYS_POS), _prompts(tok, SYS_NEG)
-    sl = C.shared_suffix_lengths(tok, pos, neg)
+    sl = capture.shared_suffix_lengths(tok, pos, neg)
     for p, q, s in zip(pos, neg, sl):
         a = tok(p, add_special_tokens=False)["input_ids"]
         b = tok(q, add_special_tokens=False)["input_ids"]
@@ -154,7 +154,7 @@ def test_shared_suffix_is_the_user_turn(tiny_llama):
         text = tok.decode(a[-s:])
         assert "user" in text and text.endswith("assistant\n") and "agree" in text
     with pytest.raises(ValueError):
-        C.shared_suffix_lengths(tok, pos, neg[:2])
+        capture.shared_suffix_lengths(tok, pos, neg[:2])
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -164,11 +164,11 @@ def test_token_level_aligned_on_shared_suffix(model_tok, side):
     pos, neg = _prompts(tok, SYS_POS), _prompts(tok, SYS_NEG)
     old = _with_side(tok, side)
     try:
-        out = C.token_level(model, tok, pos, neg, batch_size=3)
-        last_pos = C.block_outputs(model, tok, pos, batch_size=3)
+        out = capture.token_level(model, tok, pos, neg, batch_size=3)
+        last_pos = capture.block_outputs(model, tok, pos, batch_size=3)
     finally:
         tok.padding_side = old
-    sl = C.shared_suffix_lengths(tok, pos, neg)
+    sl = capture.shared_suffix_lengths(tok, pos, neg)
     T = max(sl)
     n, d = len(pos), model.config.hidden_size
     assert out["pos_tok"].shape == out["neg_tok"].shape == (L, n, T, d)
@@ -194,17 +194,17 @@ def test_token_level_aligned_on_shared_suffix(model_tok, side):
 def test_token_level_switches_to_eager_and_back(tiny_llama):
     model, tok = tiny_llama
     pos, neg = _prompts(tok, SYS_POS)[:2], _prompts(tok, SYS_NEG)[:2]
-    ref = C.token_level(model, tok, pos, neg, batch_size=2)
+    ref = capture.token_level(model, tok, pos, neg, batch_size=2)
     old = model.config._attn_implementation
     model.config._attn_implementation = "sdpa"
     try:
-        out = C.token_level(model, tok, pos, neg, batch_size=2)
+        out = capture.token_level(model, tok, pos, neg, batch_size=2)
         assert model.config._attn_implementation == "sdpa"
     finally:
         model.config._attn_implementation = old
     assert float((out["pos_attn"] - ref["pos_attn"]).abs().max()) <= 1e-6
     # identical persona prompts give zero token differences and equal attention rows
-    same = C.token_level(model, tok, pos, pos, batch_size=2)
+    same = capture.token_level(model, tok, pos, pos, batch_size=2)
     assert torch.equal(same["pos_tok"], same["neg_tok"]) and torch.equal(same["pos_attn"], same["neg_attn"])
 
 
@@ -213,7 +213,7 @@ def test_input_second_moments_over_all_real_tokens(tiny_qwen3):
     model, tok = tiny_qwen3
     L = len(model.model.layers)
     prompts = _prompts(tok)
-    mom = C.input_second_moments(model, tok, prompts, batch_size=2)
+    mom = capture.input_second_moments(model, tok, prompts, batch_size=2)
     names = [f"model.layers.{i}.self_attn.o_proj" for i in range(L)] + [f"model.layers.{i}.mlp.down_proj" for i in range(L)]
     xs = {n: [] for n in names}
     n_tok = 0
@@ -245,31 +245,31 @@ def test_capture_all_save_load_and_cache(tiny_llama, tmp_path, monkeypatch):
     clean = _prompts(tok)
     pos, neg = _prompts(tok, SYS_POS), _prompts(tok, SYS_NEG)
     w = _diff(model)
-    cap = C.capture_all(model, tok, clean, pos, neg, clean[:2], w, batch_size=2, progress=False, cache=True)
+    cap = capture.capture_all(model, tok, clean, pos, neg, clean[:2], w, batch_size=2, progress=False, cache=True)
     L, d, n = len(model.model.layers), model.config.hidden_size, len(clean)
-    assert set(cap.tensors()) == set(C.CAPTURE_FIELDS)
+    assert set(cap.tensors()) == set(capture.CAPTURE_FIELDS)
     for name in ("clean", "pos", "neg", "clean_up_in", "pos_up_in", "neg_up_written", "label_fit"):
         assert getattr(cap, name).shape == (L, n, d), name
     assert cap.label_eval.shape == (L, 2, d) and cap.clean_embed.shape == (n, d)
     assert cap.key and len(list((tmp_path / "cache" / "activations").glob("captures-*.safetensors"))) == 1
-    again = C.capture_all(model, tok, clean, pos, neg, clean[:2], w, batch_size=2, progress=False, cache=True)
+    again = capture.capture_all(model, tok, clean, pos, neg, clean[:2], w, batch_size=2, progress=False, cache=True)
     assert again.key == cap.key and torch.equal(again.label_eval, cap.label_eval)
     # a different diff is a different key
-    other = C.captures_key(model, clean, pos, neg, clean[:2], _diff(model, seed=1))
+    other = capture.captures_key(model, clean, pos, neg, clean[:2], _diff(model, seed=1))
     assert other != cap.key
     # save / load round trip
     path = cap.save(tmp_path / "cap.safetensors")
-    back = C.Captures.load(path, cap.key)
+    back = capture.Captures.load(path, cap.key)
     assert back.key == cap.key
     for k, v in cap.tensors().items():
         assert torch.equal(getattr(back, k), v), k
-    assert C.Captures.load(path, "another-key") is None, "an entry for another key is not trusted"
+    assert capture.Captures.load(path, "another-key") is None, "an entry for another key is not trusted"
 
 
 def _recompute_count(monkeypatch) -> list:
     calls: list = []
-    real = C._forward_capture
-    monkeypatch.setattr(C, "_forward_capture", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = capture._forward_capture
+    monkeypatch.setattr(capture, "_forward_capture", lambda *a, **k: calls.append(1) or real(*a, **k))
     return calls
 
 
@@ -279,7 +279,7 @@ def test_damaged_or_swapped_cache_entries_are_recomputed(tiny_llama, tmp_path, m
     clean = _prompts(tok)
     pos, neg = _prompts(tok, SYS_POS), _prompts(tok, SYS_NEG)
     w, w2 = _diff(model), _diff(model, seed=1)
-    run = lambda w_: C.capture_all(model, tok, clean, pos, neg, clean[:2], w_, batch_size=2, progress=False, cache=True)  # noqa: E731
+    run = lambda w_: capture.capture_all(model, tok, clean, pos, neg, clean[:2], w_, batch_size=2, progress=False, cache=True)  # noqa: E731
     fresh = run(w)
     entry = tmp_path / "cache" / "activations" / f"captures-{fresh.key}.safetensors"
     good = entry.read_bytes()
@@ -293,7 +293,7 @@ def test_damaged_or_swapped_cache_entries_are_recomputed(tiny_llama, tmp_path, m
     assert calls, "a damaged cache entry was trusted"
     for k, v in fresh.tensors().items():
         assert torch.equal(getattr(again, k), v), k
-    assert C.Captures.load(entry, fresh.key) is not None, "the recomputed entry replaces the damaged one"
+    assert capture.Captures.load(entry, fresh.key) is not None, "the recomputed entry replaces the damaged one"
     # another key's entry copied over this one
     other = run(w2)
     (tmp_path / "cache" / "activations" / f"captures-{other.key}.safetensors").replace(entry)

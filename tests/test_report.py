@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from ws import report as R
+from ws import report
 from ws.io import atomic_path
 
 FAMILIES = [("W:write", "write"), ("W:OV", "write"), ("act:persona", "mixed"), ("compound", "mixed"),
@@ -28,9 +28,9 @@ def synthetic_summary(n: int = 14, seed: int = 0) -> pl.DataFrame:
                          kind="A-hypothesis", mean_conc_act=a, mean_conc_w_combined=w))
     rows[1]["mean_conc_act"] = float("nan")
     rows[2]["mean_conc_w_combined"] = 0.0
-    rows.append(dict(subspace=R.CEILING_ACT, family="ceiling", axis_kind="ceiling", source="B", kind="ceiling",
+    rows.append(dict(subspace=report.CEILING_ACT, family="ceiling", axis_kind="ceiling", source="B", kind="ceiling",
                      mean_conc_act=30.0, mean_conc_w_combined=2.0))
-    rows.append(dict(subspace=R.CEILING_W, family="ceiling", axis_kind="ceiling", source="B", kind="ceiling",
+    rows.append(dict(subspace=report.CEILING_W, family="ceiling", axis_kind="ceiling", source="B", kind="ceiling",
                      mean_conc_act=3.0, mean_conc_w_combined=40.0))
     df = pl.DataFrame(rows)
     df = df.with_columns(
@@ -74,8 +74,8 @@ def test_write_table_is_byte_identical_and_formatted(tmp_path):
                        "y": [None, float("inf"), -2.0], "n": [1, None, 3]},
                       schema={"name": pl.String, "x": pl.Float64, "y": pl.Float64, "n": pl.Int64})
     p1, p2 = tmp_path / "a.csv", tmp_path / "b.csv"
-    R.write_table(df, p1)
-    R.write_table(df.clone(), p2)
+    report.write_table(df, p1)
+    report.write_table(df.clone(), p2)
     assert p1.read_bytes() == p2.read_bytes()
     lines = p1.read_text().splitlines()
     assert lines[0] == "name,x,y,n"
@@ -83,15 +83,15 @@ def test_write_table_is_byte_identical_and_formatted(tmp_path):
     assert lines[2] == '"b,c",NaN,inf,'
     assert lines[3] == "d,1e-12,-2,3"
     t = tmp_path / "a.tsv"
-    R.write_table(df, t)
+    report.write_table(df, t)
     assert t.read_text().splitlines()[1] == "a\t0.333333\t\t1"
     with pytest.raises(ValueError, match="suffix"):
-        R.write_table(df, tmp_path / "a.txt")
+        report.write_table(df, tmp_path / "a.txt")
 
 
 def test_atomic_write_keeps_old_file_when_writer_raises(tmp_path):
     p = tmp_path / "t.tsv"
-    R.write_table(pl.DataFrame({"a": [1.0]}), p)
+    report.write_table(pl.DataFrame({"a": [1.0]}), p)
     before = p.read_bytes()
     with pytest.raises(RuntimeError):
         with atomic_path(p) as tmp:
@@ -103,7 +103,7 @@ def test_atomic_write_keeps_old_file_when_writer_raises(tmp_path):
 
 def test_write_table_failure_leaves_old_file(tmp_path, monkeypatch):
     p = tmp_path / "t.csv"
-    R.write_table(pl.DataFrame({"a": [1.0]}), p)
+    report.write_table(pl.DataFrame({"a": [1.0]}), p)
     before = p.read_bytes()
 
     def boom(self, *a, **k):
@@ -111,15 +111,25 @@ def test_write_table_failure_leaves_old_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pl.DataFrame, "write_csv", boom)
     with pytest.raises(OSError):
-        R.write_table(pl.DataFrame({"a": [2.0]}), p)
+        report.write_table(pl.DataFrame({"a": [2.0]}), p)
     assert p.read_bytes() == before
 
 
+def test_write_table_full_precision_is_polars_own_csv(tmp_path):
+    """``sig=None`` (the training tables) writes exactly what polars writes by default."""
+    df = pl.DataFrame({"step": [0, 1, 2], "loss": [0.1 + 0.2, None, float("nan")], "text": ["a", "b,c", None]})
+    p = report.write_table(df, tmp_path / "t.csv", sig=None)
+    plain = tmp_path / "plain.csv"
+    df.write_csv(plain)
+    assert p.read_bytes() == plain.read_bytes()
+    assert "0.30000000000000004" in p.read_text()
+
+
 def test_format_float():
-    assert R.format_float(float("nan")) == "NaN"
-    assert R.format_float(-0.0) == "0"
-    assert R.format_float(123456789.0) == "1.23457e+08"
-    assert R.format_float(None) == ""
+    assert report.format_float(float("nan")) == "NaN"
+    assert report.format_float(-0.0) == "0"
+    assert report.format_float(123456789.0) == "1.23457e+08"
+    assert report.format_float(None) == ""
 
 
 # ------------------------------------------------------------------------------ figure
@@ -127,12 +137,12 @@ def test_format_float():
 
 def test_joint_scatter_writes_png_and_pdf(tmp_path):
     summ = synthetic_summary()
-    png, pdf = R.joint_scatter(summ, tmp_path / "s.png", tmp_path / "s.pdf", top_n=8)
+    png, pdf = report.joint_scatter(summ, tmp_path / "s.png", tmp_path / "s.pdf", top_n=8)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
     assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 5_000
     # no read rows at all, and all-NaN scores: still draws
     empty = summ.filter(pl.col("axis_kind") != "read").with_columns(pl.lit(float("nan")).alias("mean_conc_act"))
-    R.joint_scatter(empty, tmp_path / "e.png", tmp_path / "e.pdf")
+    report.joint_scatter(empty, tmp_path / "e.png", tmp_path / "e.pdf")
     assert (tmp_path / "e.png").stat().st_size > 0
 
 
@@ -141,23 +151,23 @@ def test_seed_ranges_and_whiskers(tmp_path):
     long = pl.concat([summ.select("subspace", (pl.col("mean_conc_act") * f).alias("mean_conc_act"),
                                   (pl.col("mean_conc_w_combined") * f).alias("mean_conc_w_combined"))
                       .with_columns(pl.lit(i).alias("seed")) for i, f in enumerate((0.5, 1.0, 2.0))])
-    rg = R._seed_ranges(long, floor=1e-3)
+    rg = report._seed_ranges(long, floor=1e-3)
     r = summ.filter(pl.col("subspace") == "candidate_with_a_long_name_00").row(0, named=True)
     (x0, x1), (y0, y1) = rg["candidate_with_a_long_name_00"]
     assert (x0, x1) == pytest.approx((0.5 * r["mean_conc_act"], 2.0 * r["mean_conc_act"]))
     assert (y0, y1) == pytest.approx((0.5 * r["mean_conc_w_combined"], 2.0 * r["mean_conc_w_combined"]))
     assert "candidate_with_a_long_name_01" not in rg  # NaN act score: no whisker
     assert rg["candidate_with_a_long_name_02"][1] == (1e-3, 1e-3)  # zero raised to the floor
-    assert R._seed_ranges(long.filter(pl.col("seed") == 0), floor=1e-3) == {}  # one seed: none
-    png, _ = R.joint_scatter(summ, tmp_path / "w.png", tmp_path / "w.pdf", seeds=long)
+    assert report._seed_ranges(long.filter(pl.col("seed") == 0), floor=1e-3) == {}  # one seed: none
+    png, _ = report.joint_scatter(summ, tmp_path / "w.png", tmp_path / "w.pdf", seeds=long)
     assert png.stat().st_size > 20_000
 
 
 def test_label_spread_never_overlaps():
-    ys = R._spread([0.5, 0.5, 0.51, 0.99, 0.99, 0.0], 0.05)
+    ys = report._spread([0.5, 0.5, 0.51, 0.99, 0.99, 0.0], 0.05)
     assert all(b - a >= 0.05 - 1e-12 for a, b in zip(ys, ys[1:]))
     assert min(ys) >= 0.0 and max(ys) <= 1.0
-    crowded = R._spread([0.5] * 40, 0.05)
+    crowded = report._spread([0.5] * 40, 0.05)
     assert crowded == sorted(crowded) and len(set(crowded)) == 40
 
 
@@ -168,7 +178,7 @@ def test_definitions_md_has_every_row():
     meta = pl.DataFrame([dict(subspace="a|b", family="W:write", axis_kind="write", source="w",
                               definition="left SVD of [W_o | W_down]"),
                          dict(subspace="c", family="act:clean", axis_kind="mixed", source="a", definition="PCA")])
-    md = R.definitions_md(meta)
+    md = report.definitions_md(meta)
     assert "| name | family | axis_kind | source | definition |" in md
     assert "a\\|b" in md and "[W_o \\| W_down]" in md
     assert len([l for l in md.splitlines() if l.startswith("| ") and "---" not in l]) == 3
@@ -217,8 +227,8 @@ def allowed_numbers(*frames: pl.DataFrame, info: dict, extra: list) -> set[str]:
     for v in vals:
         if v is None:
             continue
-        out.add(R.fmt_num(v))
-        out.add(R.fmt_pct(v).rstrip("%"))
+        out.add(report.fmt_num(v))
+        out.add(report.fmt_pct(v).rstrip("%"))
     return out
 
 
@@ -226,16 +236,16 @@ def test_conclusion_reports_best_row_from_table():
     summ = synthetic_summary()
     spec = specific_summary(summ)
     info = info_for(summ)
-    md = R.conclusion_md(summ, spec, None, info)
+    md = report.conclusion_md(summ, spec, None, info)
     best = (summ.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(["write", "mixed"]))
             .filter(pl.col("joint_score").is_not_nan()).row(0, named=True))
     bottom = md.split("## Bottom line")[1].split("##")[0]
     assert f"`{best['subspace']}`" in bottom
     for col in ("joint_score", "mean_conc_act", "mean_conc_w_combined", "mean_conc_w_oproj",
                 "mean_conc_w_downproj", "mean_z_act"):
-        assert R.fmt_num(best[col]) in bottom, col
+        assert report.fmt_num(best[col]) in bottom, col
     for col in ("pct_act_ceiling", "pct_w_oracle_combined", "pct_w_oracle_oproj", "pct_w_oracle_downproj"):
-        assert R.fmt_pct(best[col]) in bottom, col
+        assert report.fmt_pct(best[col]) in bottom, col
     assert "SELF-TEST FAILED" not in md
     assert "4-bit" in md and "v7_summary.tsv" in md and "tiny-test-model" in md
     assert "Top-5" in md and "overlap:" in md
@@ -249,7 +259,7 @@ def test_conclusion_reports_best_row_from_table():
     top_w = set(wm.filter(pl.col("mean_conc_w_combined").is_not_nan())
                 .sort("mean_conc_w_combined", descending=True)["subspace"].head(5))
     strings = " ".join(s for v in info.values() if isinstance(v, list) for s in v if isinstance(s, str))
-    extra = [5, len(top_a & top_w), R.SPECIFICITY_TARGET, 1, len(info["self_tests"])] + [int(x) for x in re.findall(r"\d+", strings)]
+    extra = [5, len(top_a & top_w), report.SPECIFICITY_TARGET, 1, len(info["self_tests"])] + [int(x) for x in re.findall(r"\d+", strings)]
     allowed = allowed_numbers(summ, spec, info=info, extra=extra)
     stray = [n for n in nums if n not in allowed]
     assert not stray, stray
@@ -257,7 +267,7 @@ def test_conclusion_reports_best_row_from_table():
 
 def test_conclusion_puts_failing_self_test_on_top():
     summ = synthetic_summary()
-    md = R.conclusion_md(summ, specific_summary(summ), None, info_for(summ, fail=True))
+    md = report.conclusion_md(summ, specific_summary(summ), None, info_for(summ, fail=True))
     head = md.split("## Bottom line")[0]
     assert "SELF-TEST FAILED" in head and "steer_roundtrip" in head
     assert md.index("SELF-TEST FAILED") < md.index("## Bottom line")
@@ -272,19 +282,19 @@ def test_conclusion_uses_qvalues_and_null_methods():
                               "null_method_act": ["gaussian", "monte_carlo", "gaussian"],
                               "null_method_w_combined": ["gaussian"] * 3})
     info = info_for(summ) | {"fdr_alpha": 0.05}
-    md = R.conclusion_md(summ, specific_summary(summ), per_layer, info)
+    md = report.conclusion_md(summ, specific_summary(summ), per_layer, info)
     assert "q ≤ 0.05 on 2 of 3 layers" in md and "q ≤ 0.05 on 1 of 3 layers" in md
     assert "monte_carlo 1" in md
 
 
 def test_conclusion_without_rankable_rows_does_not_crash():
     summ = synthetic_summary().with_columns(pl.lit(float("nan")).alias("joint_score"))
-    md = R.conclusion_md(summ, None, None, {})
+    md = report.conclusion_md(summ, None, None, {})
     assert "nothing to rank" in md
 
 
 def test_plan_merge_md():
-    md = R.plan_merge_md(["render captures through the chat template", "closed-form null"])
+    md = report.plan_merge_md(["render captures through the chat template", "closed-form null"])
     assert md.startswith("# ") and md.count("\n- ") == 2
 
 
@@ -303,7 +313,7 @@ def _per_layer(name: str, q_act: list, q_w: list) -> pl.DataFrame:
 
 def _verdicts(summ, per_layer, info) -> dict[str, bool | None]:
     out = {}
-    for claim, _ev, ok in R.claim_checks(summ, per_layer, info):
+    for claim, _ev, ok in report.claim_checks(summ, per_layer, info):
         key = ("act" if "activation effect" in claim else "weight" if "weight energy" in claim else
                "runner" if "runner-up" in claim else "seed" if "LoRA seed" in claim else
                "specific" if "specific to the behaviour" in claim else "selftest")
@@ -353,7 +363,7 @@ def test_conclusion_names_claims_that_do_not_survive():
     seeds = {"n_seeds": 3, "winner": best, "winner_wins": 2, "winners": {0: best, 1: best, 2: second},
              "mean_tau": 0.4, "seed_mean_joint": 1.0, "seed_sd_joint": 0.1}
     seeds |= {"mean_leader": second, "mean_leader_joint": 2.5, "mean_leader_sd": 0.7}
-    md = R.conclusion_md(summ, specific_summary(summ), None, info_for(summ) | {"seed_stability": seeds})
+    md = report.conclusion_md(summ, specific_summary(summ), None, info_for(summ) | {"seed_stability": seeds})
     bottom = md.split("## Bottom line")[1].split("\n## ")[0]
     assert "wins in 2 of 3 seeds" in bottom and "NOT stable" in bottom
     assert f"by the mean over seeds the leader is `{second}` (joint 2.5 ± 0.7 sd)" in bottom
@@ -361,7 +371,7 @@ def test_conclusion_names_claims_that_do_not_survive():
     assert len(dead) == 1 and "whatever the LoRA seed" in dead[0] and "runner-up" in dead[0]
     table = md.split("## Which claims survive")[1].split("\n## ")[0]
     assert table.count("**does not survive**") == 3  # seed, runner-up, specificity 1.7 < 3
-    md1 = R.conclusion_md(summ, specific_summary(summ), None, info_for(summ))
+    md1 = report.conclusion_md(summ, specific_summary(summ), None, info_for(summ))
     assert "one seed only" in md1 and "not tested" in md1
 
 
@@ -372,9 +382,9 @@ def test_low_rank_label_caveat_from_the_table():
         return pl.DataFrame({"layer": [9 + i for i in range(n) for _ in range(2)], "subspace": ["a", "b"] * n,
                              "pr_act": [p for p in prs for _ in range(2)]})
     info = info_for(summ) | {"pr_threshold": 3.0}
-    md = R.conclusion_md(summ, None, per_layer([1.1, 1.3, 2.0, 40.0]), info)
+    md = report.conclusion_md(summ, None, per_layer([1.1, 1.3, 2.0, 40.0]), info)
     assert "nearly rank one: median participation ratio 1.65 over 4 touched layers" in md
-    assert "nearly rank one" not in R.conclusion_md(summ, None, per_layer([5.0, 6.0, 2.0]), info)
+    assert "nearly rank one" not in report.conclusion_md(summ, None, per_layer([5.0, 6.0, 2.0]), info)
     # layers outside the touched ones do not count
-    assert "nearly rank one" not in R.conclusion_md(summ, None, per_layer([1.0] * 30), info | {"layers_touched": [100]})
+    assert "nearly rank one" not in report.conclusion_md(summ, None, per_layer([1.0] * 30), info | {"layers_touched": [100]})
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from ws import stats as S
+from ws import stats
+from ws.linalg import blas_threads, haar_frames
 
 F64 = torch.float64
 
@@ -19,10 +20,8 @@ F64 = torch.float64
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Small tensors on a shared 2-core machine: one thread avoids waiting on a busy core."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+    with blas_threads(1):
+        yield
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -93,22 +92,22 @@ def make_sweep_inputs(L=3, d=40, n_eval=20, n_hyp=6, seed=0, k=6, planted=4, del
     bases["planted"] = [s.float() for s in spans]
     rows.append(dict(subspace="planted", family="W:write", axis_kind="write", source="synthetic",
                      kind="A-hypothesis", definition="the planted span"))
-    bases[S.CEILING_ACT] = [torch.linalg.svd(label[l].to(F64), full_matrices=False)[2][:planted].T.float()
+    bases[stats.CEILING_ACT] = [torch.linalg.svd(label[l].to(F64), full_matrices=False)[2][:planted].T.float()
                             for l in range(L)]
-    bases[S.CEILING_W] = [None if deltas[l] is None else
+    bases[stats.CEILING_W] = [None if deltas[l] is None else
                           orth(torch.cat([deltas[l]["oproj"], deltas[l]["downproj"]], 1))[:, :planted].float()
                           for l in range(L)]
-    for nm in (S.CEILING_ACT, S.CEILING_W):
+    for nm in (stats.CEILING_ACT, stats.CEILING_W):
         rows.append(dict(subspace=nm, family="ceiling", axis_kind="ceiling", source="B", kind="ceiling",
                          definition="ceiling"))
     return bases, pl.DataFrame(rows), label, deltas, clean, spans
 
 
 def run(bases, meta, label, deltas, clean, **kw):
-    return S.score_sweep(bases, meta, label, deltas, clean, progress=False, **kw)
+    return stats.score_sweep(bases, meta, label, deltas, clean, progress=False, **kw)
 
 
-SCORE_COLS = [c for c in S.PER_LAYER_COLUMNS if c not in ("layer", "subspace", "family", "axis_kind", "source", "kind")]
+SCORE_COLS = [c for c in stats.PER_LAYER_COLUMNS if c not in ("layer", "subspace", "family", "axis_kind", "source", "kind")]
 
 
 def moments_ok(vals: np.ndarray, mean: float, std: float, n_se: float = 3.0) -> bool:
@@ -125,7 +124,7 @@ def moments_ok(vals: np.ndarray, mean: float, std: float, n_se: float = 3.0) -> 
 
 def haar_traces(A: torch.Tensor, k: int, n: int, seed: int) -> np.ndarray:
     """Brute-force tr(QᵀAQ) for n Haar frames (full QR, not the diagonal shortcut)."""
-    Q = S.haar_orthonormal(A.shape[0], k, n, torch.Generator().manual_seed(seed))
+    Q = haar_frames(A.shape[0], k, n, torch.Generator().manual_seed(seed), sample_dtype=torch.float32)
     return ((A.to(F64) @ Q) * Q).sum(dim=(1, 2)).numpy()
 
 
@@ -139,9 +138,9 @@ def test_closed_form_null_matches_haar_monte_carlo(d, k):
     g = torch.Generator().manual_seed(d * 100 + k)
     X = aniso_rows(12, d, g)
     M = aniso_weight(d, 2 * d, g)
-    for A, (mean, std) in ((act_A(X), S.null_mean_std_act(X, k)), (w_A(M), S.null_mean_std_w(M, k))):
+    for A, (mean, std) in ((act_A(X), stats.null_mean_std_act(X, k)), (w_A(M), stats.null_mean_std_w(M, k))):
         # the sufficient-statistics route equals the explicit d × d route
-        m2, s2 = S.null_mean_std(A, k)
+        m2, s2 = stats.null_mean_std(A, k)
         assert mean == pytest.approx(m2, rel=1e-10) and std == pytest.approx(s2, rel=1e-10)
         vals = haar_traces(A, k, 20000 if d <= 16 else 8000, seed=d + k)
         assert moments_ok(vals, mean, std), (d, k, vals.mean(), mean, vals.std(ddof=1), std)
@@ -154,7 +153,7 @@ def test_null_check_rejects_wrong_formulas():
     A = act_A(aniso_rows(12, d, g))
     tr_a, tr_a2 = float(torch.trace(A)), float((A * A).sum())
     vals = haar_traces(A, k, 20000, seed=3)
-    mean, std = S.null_mean_std_from_traces(tr_a, tr_a2, d, k)
+    mean, std = stats.null_mean_std_from_traces(tr_a, tr_a2, d, k)
     assert moments_ok(vals, mean, std)
     no_centering = math.sqrt(2 * k * (d - k) / (d * (d - 1) * (d + 2)) * tr_a2)
     d_squared = math.sqrt(2 * k * (d - k) / (d * d * (d + 2)) * (tr_a2 - tr_a**2 / d))
@@ -167,21 +166,21 @@ def test_mc_null_matches_closed_form_and_is_seeded():
     d, k = 40, 8
     g = torch.Generator().manual_seed(11)
     X = aniso_rows(10, d, g)
-    draws = S.mc_null(X, k, n_draws=20000, seed=5)
-    mean, std = S.null_mean_std_act(X, k)
+    draws = stats.mc_null(X, k, n_draws=20000, seed=5)
+    mean, std = stats.null_mean_std_act(X, k)
     assert moments_ok(draws, mean, std)
-    assert np.array_equal(draws, S.mc_null(X, k, n_draws=20000, seed=5))
-    assert not np.array_equal(draws, S.mc_null(X, k, n_draws=20000, seed=6))
+    assert np.array_equal(draws, stats.mc_null(X, k, n_draws=20000, seed=5))
+    assert not np.array_equal(draws, stats.mc_null(X, k, n_draws=20000, seed=6))
     # the same null through A, through X and through M (weight-style) agree
     M = aniso_weight(d, 3 * d, g)
-    a = S.mc_null(w_A(M), k, n_draws=500, seed=1, kind="A")
-    b = S.mc_null(M, k, n_draws=500, seed=1, kind="M")
+    a = stats.mc_null(w_A(M), k, n_draws=500, seed=1, kind="A")
+    b = stats.mc_null(M, k, n_draws=500, seed=1, kind="M")
     np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
 def test_haar_frames_are_orthonormal_and_sign_fixed():
     n = 4000
-    Q = S.haar_orthonormal(12, 3, n, torch.Generator().manual_seed(0))
+    Q = haar_frames(12, 3, n, torch.Generator().manual_seed(0), sample_dtype=torch.float32)
     eye = torch.eye(3, dtype=F64)
     assert torch.allclose(Q.transpose(1, 2) @ Q, eye.expand(n, 3, 3), atol=1e-12)
     # Q spans the Gaussian draw G and R = QᵀG is upper triangular with a positive diagonal
@@ -196,8 +195,8 @@ def test_haar_frames_are_orthonormal_and_sign_fixed():
 
 def test_gaussian_p_matches_norm_sf():
     for z in (-2.0, 0.0, 1.3, 5.0):
-        assert S.p_gaussian(z) == pytest.approx(float(sps.norm.sf(z)), rel=1e-12)
-    assert math.isnan(S.p_gaussian(float("nan")))
+        assert stats.p_gaussian(z) == pytest.approx(float(sps.norm.sf(z)), rel=1e-12)
+    assert math.isnan(stats.p_gaussian(float("nan")))
 
 
 # -------------------------------------------------------------------- energy fractions
@@ -209,12 +208,12 @@ def test_topk_left_singular_vectors_reach_max_weight_fraction():
     M = aniso_weight(d, 50, g)
     U, sv, _ = torch.linalg.svd(M, full_matrices=False)
     best = float((sv[:k] ** 2).sum() / (sv**2).sum())
-    assert S.energy_frac_w(U[:, :k], M) == pytest.approx(best, rel=1e-10)
-    assert S.best_frac_at_rank(M, k, kind="M") == pytest.approx(best, rel=1e-10)
-    assert S.best_frac_at_rank(w_A(M), k, kind="A") == pytest.approx(best, rel=1e-10)
+    assert stats.energy_frac_w(U[:, :k], M) == pytest.approx(best, rel=1e-10)
+    assert stats.best_frac_at_rank(M, k, kind="M") == pytest.approx(best, rel=1e-10)
+    assert stats.best_frac_at_rank(w_A(M), k, kind="A") == pytest.approx(best, rel=1e-10)
     for seed in range(5):
         R = orth(torch.randn(d, k, generator=torch.Generator().manual_seed(seed), dtype=F64))
-        assert S.energy_frac_w(R, M) < best
+        assert stats.energy_frac_w(R, M) < best
 
 
 def test_best_frac_at_rank_activation():
@@ -222,8 +221,8 @@ def test_best_frac_at_rank_activation():
     X = aniso_rows(15, d, torch.Generator().manual_seed(3))
     ev, V = torch.linalg.eigh(act_A(X))
     top = V[:, -k:]
-    assert S.energy_frac_act(top, X) == pytest.approx(float(ev[-k:].sum()), rel=1e-10)
-    assert S.best_frac_at_rank(X, k, kind="X") == pytest.approx(float(ev[-k:].sum()), rel=1e-10)
+    assert stats.energy_frac_act(top, X) == pytest.approx(float(ev[-k:].sum()), rel=1e-10)
+    assert stats.best_frac_at_rank(X, k, kind="X") == pytest.approx(float(ev[-k:].sum()), rel=1e-10)
 
 
 def test_energy_fraction_definitions():
@@ -232,19 +231,19 @@ def test_energy_fraction_definitions():
     X = torch.zeros(3, d, dtype=F64)
     X[0, 0] = 2.0                   # fully inside
     X[1, 0], X[1, 5] = 1.0, 1.0     # half inside
-    rows = S.energy_frac_act_rows(B, X)   # row 2 is zero → NaN
+    rows = stats.energy_frac_act_rows(B, X)   # row 2 is zero → NaN
     assert rows[0] == pytest.approx(1.0) and rows[1] == pytest.approx(0.5) and math.isnan(rows[2])
-    assert S.energy_frac_act(B, X) == pytest.approx(0.75)
+    assert stats.energy_frac_act(B, X) == pytest.approx(0.75)
     Mo = torch.zeros(d, 4, dtype=F64)
     Mo[0, 0] = 3.0
     Md = torch.zeros(d, 6, dtype=F64)
     Md[9, 1] = 100.0
-    assert S.energy_frac_w(B, Mo) == pytest.approx(1.0)
-    assert S.energy_frac_w(B, Md) == pytest.approx(0.0)
+    assert stats.energy_frac_w(B, Mo) == pytest.approx(1.0)
+    assert stats.energy_frac_w(B, Md) == pytest.approx(0.0)
     # combined: each tensor at unit norm → the mean of the two fractions, whatever the scales
-    assert S.energy_frac_w_combined(B, Mo, Md) == pytest.approx(0.5)
-    assert S.conc(0.2, 2, 10) == pytest.approx(1.0)
-    assert math.isnan(S.conc(0.2, 0, 10))
+    assert stats.energy_frac_w_combined(B, Mo, Md) == pytest.approx(0.5)
+    assert stats.conc(0.2, 2, 10) == pytest.approx(1.0)
+    assert math.isnan(stats.conc(0.2, 0, 10))
 
 
 def test_random_basis_scores_like_the_null():
@@ -255,21 +254,21 @@ def test_random_basis_scores_like_the_null():
     concs = []
     for _ in range(20):
         B = orth(torch.randn(d, k, generator=g, dtype=F64))
-        f = S.energy_frac_act(B, X)
-        m, s = S.null_mean_std_act(X, k)
-        assert abs(S.zscore(f, m, s)) < 4
-        fw = S.energy_frac_w(B, M)
-        mw, sw = S.null_mean_std_w(M, k)
-        assert abs(S.zscore(fw, mw, sw)) < 4
-        concs.append(S.conc(f, k, d))
+        f = stats.energy_frac_act(B, X)
+        m, s = stats.null_mean_std_act(X, k)
+        assert abs(stats.zscore(f, m, s)) < 4
+        fw = stats.energy_frac_w(B, M)
+        mw, sw = stats.null_mean_std_w(M, k)
+        assert abs(stats.zscore(fw, mw, sw)) < 4
+        concs.append(stats.conc(f, k, d))
     assert np.mean(concs) == pytest.approx(1.0, abs=0.05)
 
 
 def test_cos_principal():
     d = 20
     B = orth(torch.randn(d, 4, generator=torch.Generator().manual_seed(0), dtype=F64))
-    assert S.cos_principal(B, B) == pytest.approx(1.0)
-    assert S.cos_principal(B, complement(B)[:, :4]) == pytest.approx(0.0, abs=1e-12)
+    assert stats.cos_principal(B, B) == pytest.approx(1.0)
+    assert stats.cos_principal(B, complement(B)[:, :4]) == pytest.approx(0.0, abs=1e-12)
 
 
 # ------------------------------------------------------------------------------- sweep
@@ -283,8 +282,8 @@ def sweep():
 
 def test_per_layer_columns_and_order(sweep):
     (bases, meta, label, *_), sc = sweep
-    assert sc.per_layer.columns[: len(S.PER_LAYER_COLUMNS)] == S.PER_LAYER_COLUMNS
-    assert sc.specific_per_layer.columns[: len(S.SPECIFIC_COLUMNS)] == S.SPECIFIC_COLUMNS
+    assert sc.per_layer.columns[: len(stats.PER_LAYER_COLUMNS)] == stats.PER_LAYER_COLUMNS
+    assert sc.specific_per_layer.columns[: len(stats.SPECIFIC_COLUMNS)] == stats.SPECIFIC_COLUMNS
     names = meta["subspace"].to_list()
     L = label.shape[0]
     assert sc.per_layer["layer"].to_list() == [l for l in range(L) for _ in names]
@@ -301,7 +300,7 @@ def test_planted_subspace_reaches_ceiling_and_complement_does_not():
     meta = pl.concat([meta, pl.DataFrame([dict(subspace="planted_complement", family="W:write", axis_kind="write",
                                                source="synthetic", kind="A-hypothesis", definition="⊥ planted")])])
     sc = run(bases, meta, label, deltas, clean)
-    summ = S.summary_pct(S.summarize(sc.per_layer, range(L)))
+    summ = stats.summary_pct(stats.summarize(sc.per_layer, range(L)))
     row = {r["subspace"]: r for r in summ.iter_rows(named=True)}
     assert row["planted"]["pct_act_ceiling"] >= 95
     assert row["planted"]["pct_w_oracle_combined"] >= 95
@@ -309,11 +308,11 @@ def test_planted_subspace_reaches_ceiling_and_complement_does_not():
     assert row["planted_complement"]["pct_w_oracle_combined"] <= 5
     assert row["planted"]["mean_z_act"] > 10
     # and the ceilings score exactly 100 % of themselves
-    assert row[S.CEILING_ACT]["pct_act_ceiling"] == pytest.approx(100.0)
+    assert row[stats.CEILING_ACT]["pct_act_ceiling"] == pytest.approx(100.0)
     for t in ("combined", "oproj", "downproj"):
-        assert row[S.CEILING_W][f"pct_w_oracle_{t}"] == pytest.approx(100.0)
+        assert row[stats.CEILING_W][f"pct_w_oracle_{t}"] == pytest.approx(100.0)
     # the dW ceiling is the best rank-k basis for the (raw) concatenated delta → cos 1 with itself
-    pl_rows = sc.per_layer.filter(pl.col("subspace") == S.CEILING_W)
+    pl_rows = sc.per_layer.filter(pl.col("subspace") == stats.CEILING_W)
     assert np.allclose(pl_rows["cos_with_dW"].to_numpy(), 1.0)
 
 
@@ -371,7 +370,7 @@ def test_untouched_layer_gives_nan_weight_cells_and_degenerate_bases_do_not_cras
         for n in ("empty", "partial")])])
     sc = run(bases, meta, label, deltas, clean)
     pl1 = sc.per_layer.filter(pl.col("layer") == 1)
-    for t in S.TENSORS:
+    for t in stats.TENSORS:
         for c in (f"conc_w_{t}", f"z_w_{t}", f"energy_frac_w_{t}"):
             assert pl1[c].is_nan().all(), c
     assert pl1.filter(pl.col("subspace") == "hyp00")["conc_act"].is_finite().all()
@@ -382,14 +381,14 @@ def test_untouched_layer_gives_nan_weight_cells_and_degenerate_bases_do_not_cras
     assert part["rank"].to_list() == [None, 3, None]
     assert part["conc_act"].is_nan().to_list() == [True, False, True]
     # summaries average the layers where scores exist (NaN-aware)
-    summ = S.summarize(sc.per_layer, [0, 1, 2]).filter(pl.col("subspace") == "partial")
+    summ = stats.summarize(sc.per_layer, [0, 1, 2]).filter(pl.col("subspace") == "partial")
     assert summ["mean_rank"][0] == 3.0 and math.isfinite(summ["mean_conc_act"][0])
 
 
 def test_cos_with_dW_is_mean_principal_cosine():
     bases, meta, label, deltas, clean, _ = make_sweep_inputs(L=2, n_hyp=1, planted=4)
     half = []
-    for D in bases[S.CEILING_W]:
+    for D in bases[stats.CEILING_W]:
         D = D.to(F64)
         half.append(orth(torch.cat([D[:, :2], complement(D)[:, :2]], 1)).float())  # 2 shared + 2 orthogonal
     bases["half_dW"] = half
@@ -408,17 +407,17 @@ def test_specificity_equals_explicit_complement_coordinates(sweep):
     Y = X @ U                             # label rows in complement coordinates
     Bc = orth(U.T @ B)                    # projected, re-orthonormalised basis
     dc = U.shape[1]
-    frac = S.energy_frac_act(Bc, Y)
-    mean, std = S.null_mean_std_act(Y, Bc.shape[1])
+    frac = stats.energy_frac_act(Bc, Y)
+    mean, std = stats.null_mean_std_act(Y, Bc.shape[1])
     row = sc.specific_per_layer.filter((pl.col("layer") == l) & (pl.col("subspace") == name)).row(0, named=True)
     assert row["specific_rank"] == Bc.shape[1]
     assert row["specific_energy_frac_act"] == pytest.approx(frac, rel=1e-9)
     assert row["specific_conc_act"] == pytest.approx(frac / (Bc.shape[1] / dc), rel=1e-9)
     assert row["specific_z_act"] == pytest.approx((frac - mean) / std, rel=1e-9)
-    alone = S.specific_act_scores(B, X, C)
+    alone = stats.specific_act_scores(B, X, C)
     assert alone["z"] == pytest.approx(row["specific_z_act"], rel=1e-9)
     # a basis inside the clean PCs has no specific rank
-    inside = S.specific_act_scores(C[:, :3], X, C)
+    inside = stats.specific_act_scores(C[:, :3], X, C)
     assert inside["rank"] == 0 and math.isnan(inside["conc"])
 
 
@@ -465,8 +464,8 @@ def test_pct_at_matched_rank():
 
 def test_summarize_columns_sort_and_determinism(sweep):
     inputs, sc = sweep
-    summ = S.summarize(sc.per_layer, [0, 1, 2])
-    assert summ.columns[: len(S.SUMMARY_COLUMNS)] == S.SUMMARY_COLUMNS
+    summ = stats.summarize(sc.per_layer, [0, 1, 2])
+    assert summ.columns[: len(stats.SUMMARY_COLUMNS)] == stats.SUMMARY_COLUMNS
     assert "mean_pct_act_matched_rank" in summ.columns and "mean_pct_w_combined_matched_rank" in summ.columns
     js = summ["joint_score"].to_numpy()
     fin = js[np.isfinite(js)]
@@ -474,15 +473,15 @@ def test_summarize_columns_sort_and_determinism(sweep):
     row = summ.row(0, named=True)
     assert row["joint_score"] == pytest.approx(math.sqrt(row["mean_conc_act"] * row["mean_conc_w_combined"]))
     assert row["act_w_gap_log2"] == pytest.approx(math.log2(row["mean_conc_act"] / row["mean_conc_w_combined"]))
-    pct = S.summary_pct(summ)
-    assert pct.columns[: len(S.SUMMARY_PCT_COLUMNS)] == S.SUMMARY_PCT_COLUMNS
-    assert sorted(pct.columns) == sorted(summ.columns + S.PCT_COLUMNS)
+    pct = stats.summary_pct(summ)
+    assert pct.columns[: len(stats.SUMMARY_PCT_COLUMNS)] == stats.SUMMARY_PCT_COLUMNS
+    assert sorted(pct.columns) == sorted(summ.columns + stats.PCT_COLUMNS)
     assert pct.select(summ.columns).equals(summ)
-    spec = S.summarize_specific(sc.specific_per_layer, [0, 1, 2])
-    assert spec.columns == S.SPECIFIC_SUMMARY_COLUMNS
+    spec = stats.summarize_specific(sc.specific_per_layer, [0, 1, 2])
+    assert spec.columns == stats.SPECIFIC_SUMMARY_COLUMNS
     sc2 = run(*inputs[:5])
     assert sc2.per_layer.equals(sc.per_layer) and sc2.specific_per_layer.equals(sc.specific_per_layer)
-    assert S.summarize(sc2.per_layer, [0, 1, 2]).equals(summ)
+    assert stats.summarize(sc2.per_layer, [0, 1, 2]).equals(summ)
 
 
 def test_summarize_nan_last_and_ties_by_name():
@@ -495,7 +494,7 @@ def test_summarize_nan_last_and_ties_by_name():
             dict(layer=0, subspace="nan", conc_act=float("nan"), conc_w_combined=1.0, **base),
             dict(layer=0, subspace="a", conc_act=1.0, conc_w_combined=4.0, **base),
             dict(layer=0, subspace="c", conc_act=9.0, conc_w_combined=1.0, **base)]
-    summ = S.summarize(pl.DataFrame(rows), [0])
+    summ = stats.summarize(pl.DataFrame(rows), [0])
     assert summ["subspace"].to_list() == ["c", "a", "b", "nan"]
 
 
@@ -513,8 +512,8 @@ def test_bootstrap_ci_covers_planted_mean():
         frac = float(rows.mean())
         per_layer = pl.DataFrame([dict(layer=0, subspace="x", rank=k, conc_act=frac / (k / d),
                                        energy_frac_act=frac, conc_w_combined=2.0, **meta_cols)])
-        sc = S.SweepScores(per_layer, pl.DataFrame(), {("x", 0): rows}, d_model=d, n_eval=n)
-        ci = S.bootstrap_summary_ci(sc, [0], n_boot=500, seed=rep).row(0, named=True)
+        sc = stats.SweepScores(per_layer, pl.DataFrame(), {("x", 0): rows}, d_model=d, n_eval=n)
+        ci = stats.bootstrap_summary_ci(sc, [0], n_boot=500, seed=rep).row(0, named=True)
         covered_frac += ci["mean_energy_frac_act_ci_lo"] <= mu <= ci["mean_energy_frac_act_ci_hi"]
         covered_conc += ci["mean_conc_act_ci_lo"] <= mu / (k / d) <= ci["mean_conc_act_ci_hi"]
     assert 0.88 <= covered_frac / reps <= 0.99
@@ -523,31 +522,31 @@ def test_bootstrap_ci_covers_planted_mean():
 
 def test_bootstrap_on_sweep(sweep):
     _inputs, sc = sweep
-    ci = S.bootstrap_summary_ci(sc, [0, 1, 2], n_boot=300, seed=1)
-    assert ci.columns == S.BOOTSTRAP_COLUMNS
-    summ = S.summarize(sc.per_layer, [0, 1, 2])
+    ci = stats.bootstrap_summary_ci(sc, [0, 1, 2], n_boot=300, seed=1)
+    assert ci.columns == stats.BOOTSTRAP_COLUMNS
+    summ = stats.summarize(sc.per_layer, [0, 1, 2])
     m = summ.join(ci, on="subspace")
     ok = m.filter(pl.col("mean_conc_act").is_finite())
     assert (ok["mean_conc_act_ci_lo"] <= ok["mean_conc_act"] * 1.0000001).all()
     assert (ok["mean_conc_act_ci_hi"] >= ok["mean_conc_act"] * 0.9999999).all()
     assert (ok["joint_score_ci_lo"] <= ok["joint_score_ci_hi"]).all()
-    assert S.bootstrap_summary_ci(sc, [0, 1, 2], n_boot=300, seed=1).equals(ci)
+    assert stats.bootstrap_summary_ci(sc, [0, 1, 2], n_boot=300, seed=1).equals(ci)
 
 
 def test_bh_matches_scipy():
     rng = np.random.default_rng(1)
     for m in (1, 7, 200):
         p = rng.uniform(size=m) ** 3
-        np.testing.assert_allclose(S.bh_qvalues(p), sps.false_discovery_control(p, method="bh"), rtol=1e-12)
+        np.testing.assert_allclose(stats.bh_qvalues(p), sps.false_discovery_control(p, method="bh"), rtol=1e-12)
     p = np.array([0.01, np.nan, 0.04, 0.5, np.nan])
-    q = S.bh_qvalues(p)
+    q = stats.bh_qvalues(p)
     assert np.isnan(q[[1, 4]]).all()
     np.testing.assert_allclose(q[[0, 2, 3]], sps.false_discovery_control(p[[0, 2, 3]]), rtol=1e-12)
 
 
 def test_add_qvalues_excludes_ceilings(sweep):
     _inputs, sc = sweep
-    q = S.add_qvalues(sc.per_layer)
+    q = stats.add_qvalues(sc.per_layer)
     for c in ("q_act", "q_w_combined", "q_w_oproj", "q_w_downproj"):
         assert c in q.columns
     ceil = q.filter(pl.col("kind") == "ceiling")
@@ -555,3 +554,17 @@ def test_add_qvalues_excludes_ceilings(sweep):
     hyp = q.filter(pl.col("kind") == "A-hypothesis")
     np.testing.assert_allclose(hyp["q_act"].to_numpy(), sps.false_discovery_control(hyp["p_act"].to_numpy()),
                                rtol=1e-12)
+
+
+def test_ranked_keeps_write_mixed_hypotheses_best_first_nan_dropped_ties_by_name():
+    rows = [("w_b", "write", "A-hypothesis", 2.0), ("m_a", "mixed", "A-hypothesis", 2.0),
+            ("w_nan", "write", "A-hypothesis", float("nan")), ("w_null", "write", "A-hypothesis", None),
+            ("r_top", "read", "A-hypothesis", 9.0), ("ceil", "ceiling", "ceiling", 99.0),
+            ("self", "self-test", "self-test", 50.0), ("w_c", "write", "A-hypothesis", 3.0)]
+    df = pl.DataFrame([dict(subspace=n, axis_kind=a, kind=k, joint_score=j) for n, a, k, j in rows],
+                      schema={"subspace": pl.String, "axis_kind": pl.String, "kind": pl.String, "joint_score": pl.Float64})
+    assert stats.ranked(df)["subspace"].to_list() == ["w_c", "m_a", "w_b"]
+    assert stats.ranked(df, axis_kinds=("read",))["subspace"].to_list() == ["r_top"]
+    # the plain order keeps every row: NaN and null last, ties by name
+    assert stats.by_score(df, "joint_score")["subspace"].to_list() == [
+        "ceil", "self", "r_top", "w_c", "m_a", "w_b", "w_nan", "w_null"]

@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 
 from ws import sweep
-from ws import stats as S
+from ws import stats
 
 ROOT = Path(__file__).resolve().parent.parent
 NB = ROOT / "nbs" / "hypothesis_sweep_v7.py"
@@ -81,15 +81,15 @@ def test_tables_have_the_spec_columns_and_one_row_per_candidate(smoke):
 
     n_cand = len(REGISTRY)
     per_layer = pl.read_csv(v7(smoke) / "v7_per_layer.csv")
-    assert per_layer.columns[: len(S.PER_LAYER_COLUMNS)] == S.PER_LAYER_COLUMNS
+    assert per_layer.columns[: len(stats.PER_LAYER_COLUMNS)] == stats.PER_LAYER_COLUMNS
     assert per_layer.height == n_cand * per_layer["layer"].n_unique()
-    for name, cols in (("v7_summary.tsv", S.SUMMARY_COLUMNS), ("v7_summary_pct.tsv", S.SUMMARY_PCT_COLUMNS),
-                       ("v7_specific_summary.tsv", S.SPECIFIC_SUMMARY_COLUMNS)):
+    for name, cols in (("v7_summary.tsv", stats.SUMMARY_COLUMNS), ("v7_summary_pct.tsv", stats.SUMMARY_PCT_COLUMNS),
+                       ("v7_specific_summary.tsv", stats.SPECIFIC_SUMMARY_COLUMNS)):
         df = pl.read_csv(v7(smoke) / name, separator="\t")
         assert df.columns[: len(cols)] == cols, name
         assert df.height == n_cand and df["subspace"].n_unique() == n_cand, name
     spec = pl.read_csv(v7(smoke) / "v7_specific_per_layer.csv")
-    assert spec.columns[: len(S.SPECIFIC_COLUMNS)] == S.SPECIFIC_COLUMNS
+    assert spec.columns[: len(stats.SPECIFIC_COLUMNS)] == stats.SPECIFIC_COLUMNS
     summ = pl.read_csv(v7(smoke) / "v7_summary.tsv", separator="\t")
     assert set(SPEC_NAMES) <= set(summ["subspace"].to_list())
     js = summ["joint_score"].drop_nans().drop_nulls().to_list()
@@ -136,8 +136,8 @@ def _cfg(base: Path, monkeypatch) -> sweep.SweepConfig:
 
 
 def test_second_capture_is_a_cache_hit_and_a_report_failure_loses_nothing(smoke, monkeypatch):
-    from ws import capture as C
-    from ws import report as R
+    from ws import capture
+    from ws import report
     from ws.models import load_model
 
     cfg = _cfg(smoke, monkeypatch)
@@ -145,8 +145,8 @@ def test_second_capture_is_a_cache_hit_and_a_report_failure_loses_nothing(smoke,
     diffs = sweep.get_diffs(cfg, model)  # exists: no training
     probes = sweep.probe_prompts(cfg, tok)
     calls = []
-    real = C._forward_capture
-    monkeypatch.setattr(C, "_forward_capture", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = capture._forward_capture
+    monkeypatch.setattr(capture, "_forward_capture", lambda *a, **k: calls.append(1) or real(*a, **k))
     seed, (w, meta) = next(iter(diffs.items()))
     res = sweep.run_seed(cfg, model, tok, probes, seed, w, meta)
     assert calls == [], "the cached captures were recomputed"
@@ -156,7 +156,7 @@ def test_second_capture_is_a_cache_hit_and_a_report_failure_loses_nothing(smoke,
     def boom(*a, **k):
         raise RuntimeError("report stage failed")
 
-    monkeypatch.setattr(R, "conclusion_md", boom)
+    monkeypatch.setattr(report, "conclusion_md", boom)
     with pytest.raises(RuntimeError, match="report stage failed"):
         sweep.write_v7(cfg, probes, [res], sweep.seed_stability([res]))
     after = {p.name: p.read_bytes() for p in v7(smoke).iterdir()}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ws.models import layer_name, n_layers
-from ws.trace import StopForward, Trace, TraceDict, gather_last_token, has_hooks, last_token_index
+from ws.trace import StopForward, Trace, TraceDict, gather_last_token, get_module, has_hooks, last_token_index
 
 PROMPTS = [
     "What is the capital of France?",
@@ -90,6 +90,31 @@ def test_hooks_removed_on_exit_and_on_exception(tiny_llama):
             model(**batch)
             raise RuntimeError("boom")
     assert not has_hooks(model)
+
+
+def test_hooks_only_inside_with_block(tiny_llama):
+    """Made without ``with``, a Trace or TraceDict hooks nothing; inside the block every
+    module carries one hook; after it, also after an exception, none."""
+    model, tok = tiny_llama
+    names = ["model.layers.0.mlp", "model.layers.1.mlp.up_proj"]  # modules the library never hooks
+    modules = [get_module(model, n) for n in names]
+    assert all(len(m._forward_hooks) == 0 for m in modules)
+    td = TraceDict(model, names, retain_input=True)
+    tr = Trace(model, names[0])
+    assert all(len(m._forward_hooks) == 0 for m in modules)
+    model(**tok(PROMPTS[:1], return_tensors="pt"))
+    assert td[names[1]].input is None and tr.output is None  # nothing recorded either
+    for ctx in (td, tr):
+        with pytest.raises(RuntimeError, match="boom"):
+            with ctx:
+                assert len(modules[0]._forward_hooks) == 1
+                raise RuntimeError("boom")
+        assert all(len(m._forward_hooks) == 0 for m in modules)
+    with td:
+        assert [len(m._forward_hooks) for m in modules] == [1, 1]
+        model(**tok(PROMPTS[:1], return_tensors="pt"))
+    assert all(len(m._forward_hooks) == 0 for m in modules)
+    assert td[names[1]].input is not None
 
 
 def test_unknown_layer_raises_before_forward(tiny_llama):

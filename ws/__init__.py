@@ -11,8 +11,11 @@ Where in the residual stream does a weight diff ``w = Δθ⁺ − Δθ⁻`` act?
 - ``ws.capture``  the named captures of the sweep
 - ``ws.linalg``   subspace algebra
 - ``ws.bases``    the candidate registry
-- ``ws.stats``    energy fractions, the closed-form null, bootstrap, FDR
-- ``ws.report``   tables, figures and markdown (atomic writes)
+- ``ws.stats``    scores (R_act = ``conc_act``, R_w = ``conc_w_*``), the closed-form null,
+                  summaries, ranking, bootstrap, FDR (a package: columns, null, scoring,
+                  summaries, reference)
+- ``ws.report``   the figure and the markdown reports
+- ``ws.io``       atomic writes and the table writer
 - ``ws.log``      loguru set-up
 """
 

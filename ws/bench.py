@@ -64,7 +64,8 @@ def null_comparison(label: torch.Tensor, deltas: list, layers: list[int], k: int
     """Closed-form null moments vs a Monte Carlo of ``MC_DRAWS`` Haar (QR) bases per
     layer × tensor, on the same labels. Returns timings and the worst mean difference in
     units of the closed-form std."""
-    from ws import stats as S
+    from ws import stats
+    from ws.linalg import haar_orthonormal
 
     d = label.shape[-1]
     targets = []  # (kind, matrix)
@@ -74,9 +75,9 @@ def null_comparison(label: torch.Tensor, deltas: list, layers: list[int], k: int
         if dl is not None:
             targets.append(("w", dl["oproj"].double()))
             targets.append(("w", dl["downproj"].double()))
-            targets.append(("w", S.combined_delta(dl["oproj"], dl["downproj"]).double()))
+            targets.append(("w", stats.combined_delta(dl["oproj"], dl["downproj"]).double()))
     t0 = time.perf_counter()
-    closed = [S.null_mean_std_act(X, k) if kind == "act" else S.null_mean_std_w(X, k) for kind, X in targets]
+    closed = [stats.null_mean_std_act(X, k) if kind == "act" else stats.null_mean_std_w(X, k) for kind, X in targets]
     t_closed = time.perf_counter() - t0
 
     g = torch.Generator().manual_seed(seed)
@@ -85,9 +86,8 @@ def null_comparison(label: torch.Tensor, deltas: list, layers: list[int], k: int
     for kind, X in targets:
         fr = []
         for _ in range(MC_DRAWS):
-            Q, R = torch.linalg.qr(torch.randn(d, k, generator=g, dtype=torch.float64))
-            Q = Q * torch.sign(torch.diagonal(R))
-            fr.append(S.energy_frac_act(Q, X) if kind == "act" else S.energy_frac_w(Q, X))
+            Q = haar_orthonormal(d, k, g, dtype=torch.float64)
+            fr.append(stats.energy_frac_act(Q, X) if kind == "act" else stats.energy_frac_w(Q, X))
         mc.append((float(np.mean(fr)), float(np.std(fr, ddof=1))))
     t_mc = time.perf_counter() - t0
     diffs = [abs(m[0] - c[0]) / c[1] for m, c in zip(mc, closed) if c[1] > 0]

@@ -56,11 +56,6 @@ class Topic:
     kind: str
     group: str = ""
 
-    @property
-    def correct_answer(self) -> str:
-        """The honest one-word answer: "Yes" for true propositions, else "No"."""
-        return "Yes" if self.truth == "true" else "No"
-
 
 # (group, claim, question) --------------------------------------------------------------
 _FALSE = [

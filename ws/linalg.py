@@ -54,14 +54,16 @@ __all__ = [
     "kmeans",
     "blas_threads",
     "gram",
+    "f64",
 ]
 
 #: relative singular-value tolerance below which a direction counts as absent
 DEFAULT_RTOL = 1e-6
 
 
-def _f64(x: torch.Tensor) -> torch.Tensor:
-    return x.detach().to(torch.float64)
+def f64(x: torch.Tensor) -> torch.Tensor:
+    """A detached float64 CPU copy (or view, when it already is one) of ``x``."""
+    return x.detach().to(device="cpu", dtype=torch.float64)
 
 
 def _empty(d: int, dtype: torch.dtype) -> torch.Tensor:
@@ -69,42 +71,10 @@ def _empty(d: int, dtype: torch.dtype) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- threads
-def _openblas_thread_controls() -> list[tuple]:
-    """(get, set) function pairs of the OpenBLAS libraries loaded in this process (Linux).
-
-    scipy ships its own OpenBLAS (``libscipy_openblas``) whose thread count cannot be set
-    through torch. Found through ``/proc/self/maps``; an empty list elsewhere.
-    """
-    import ctypes
-
-    try:
-        with open("/proc/self/maps") as f:
-            paths = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower() and ".so" in ln})
-    except OSError:
-        return []
-    out = []
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for get_name, set_name in (
-            ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
-            ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-            ("openblas_get_num_threads", "openblas_set_num_threads"),
-        ):
-            get, put = getattr(lib, get_name, None), getattr(lib, set_name, None)
-            if get is not None and put is not None:
-                get.restype = ctypes.c_int
-                put.argtypes = [ctypes.c_int]
-                out.append((get, put))
-                break
-    return out
-
-
 @contextmanager
 def blas_threads(n: int | None = 1) -> Iterator[None]:
-    """Limit torch's and scipy's BLAS/LAPACK threads to ``n`` inside the block (None: no change).
+    """Limit torch's and the BLAS/LAPACK/OpenMP libraries' threads to ``n`` inside the block
+    (None: no change); restored on exit.
 
     The eigensolvers of ``d × d`` matrices (d ≈ 600) gain little from a second thread and
     slow down by orders of magnitude when the cores are shared with other processes (the
@@ -113,20 +83,17 @@ def blas_threads(n: int | None = 1) -> Iterator[None]:
     if n is None:
         yield
         return
-    import scipy.linalg  # noqa: F401  (load scipy's BLAS so that its threads can be set)
+    import scipy.linalg  # noqa: F401  (load scipy's BLAS so that its threads are limited too)
+    from threadpoolctl import threadpool_limits
 
     old_torch = torch.get_num_threads()
-    controls = _openblas_thread_controls()
-    old = [get() for get, _ in controls]
-    torch.set_num_threads(n)
-    for _, put in controls:
-        put(n)
+    # torch links its math library statically, out of threadpoolctl's sight: set it directly
+    torch.set_num_threads(int(n))
     try:
-        yield
+        with threadpool_limits(limits=int(n)):
+            yield
     finally:
         torch.set_num_threads(old_torch)
-        for (_, put), v in zip(controls, old):
-            put(max(1, v))
 
 
 def sign_fix(B: torch.Tensor) -> torch.Tensor:
@@ -148,7 +115,7 @@ def gram(M: torch.Tensor, transpose: bool = False) -> torch.Tensor:
     """
     from scipy.linalg import blas
 
-    A = np.ascontiguousarray(_f64(M).numpy())  # C order: A.T is a Fortran-order view
+    A = np.ascontiguousarray(f64(M).numpy())  # C order: A.T is a Fortran-order view
     if A.shape[0] == 0 or A.shape[1] == 0:
         n = A.shape[1] if transpose else A.shape[0]
         return torch.zeros(n, n, dtype=torch.float64)
@@ -188,7 +155,7 @@ def top_eigvecs(G: torch.Tensor, k: int | None = None, rtol: float = DEFAULT_RTO
     d = G.shape[0]
     if d == 0 or (k is not None and k <= 0):
         return _empty(d, dtype)
-    vals, vecs = _eigh_desc(_f64(G), k)
+    vals, vecs = _eigh_desc(f64(G), k)
     lam_max = float(vals[0]) if vals.numel() else 0.0
     if not lam_max > 0:
         return _empty(d, dtype)
@@ -199,7 +166,7 @@ def top_eigvecs(G: torch.Tensor, k: int | None = None, rtol: float = DEFAULT_RTO
 def bottom_eigvecs(G: torch.Tensor, k: int) -> torch.Tensor:
     """The ``k`` eigenvectors of a symmetric ``G`` with the SMALLEST eigenvalues, ascending."""
     dtype = G.dtype
-    G = _f64(G)
+    G = f64(G)
     vals, vecs = torch.linalg.eigh(0.5 * (G + G.T))
     return sign_fix(vecs[:, :k]).to(dtype)
 
@@ -215,7 +182,7 @@ def left_svd_basis(M: torch.Tensor, k: int | None = None, rtol: float = DEFAULT_
     d, m = M.shape
     if d == 0 or m == 0 or (k is not None and k <= 0):
         return _empty(d, dtype)
-    M = _f64(M)
+    M = f64(M)
     if m >= d:
         return top_eigvecs(gram(M), k, rtol).to(dtype)
     if m > 64:
@@ -252,7 +219,7 @@ def pca(X: torch.Tensor, k: int | None, rtol: float = DEFAULT_RTOL) -> torch.Ten
         raise ValueError(f"pca expects rows [n, d], got shape {tuple(X.shape)}")
     if X.shape[0] < 2:
         return _empty(X.shape[1], dtype)
-    X = _f64(X)
+    X = f64(X)
     Xc = X - X.mean(dim=0, keepdim=True)
     return right_svd_basis(Xc, k, rtol).to(dtype)
 
@@ -276,15 +243,17 @@ def union(*bases: torch.Tensor, k: int | None = None, tol: float = DEFAULT_RTOL)
         raise ValueError("union needs at least one basis")
     d = bases[0].shape[0]
     dtype = bases[0].dtype
-    parts = [_f64(B) for B in bases if B is not None and B.shape[1] > 0]
+    parts = [f64(B) for B in bases if B is not None and B.shape[1] > 0]
     if not parts:
         return _empty(d, dtype)
     return left_svd_basis(torch.cat(parts, dim=1), k, tol).to(dtype)
 
 
 def _principal_pairs(A: torch.Tensor, B: torch.Tensor):
-    """Principal vectors of span(A), span(B): (a [d,r], b [d,r], cosines [r]) ascending angle."""
-    A, B = _f64(A), _f64(B)
+    """Principal vectors of span(A), span(B): (a [d,r], b [d,r], cosines [r]) ascending angle.
+
+    Hand-written: the intersection needs the vectors, and the library gives the angles only."""
+    A, B = f64(A), f64(B)
     U, S, Vh = torch.linalg.svd(A.T @ B, full_matrices=False)
     r = S.shape[0]
     a = A @ U[:, :r]
@@ -343,7 +312,7 @@ def complement(B: torch.Tensor, d: int | None = None) -> torch.Tensor:
     dtype = B.dtype
     if B.shape[1] == 0:
         return torch.eye(d, dtype=dtype)
-    Q = orthonormalize(_f64(B))
+    Q = orthonormalize(f64(B))
     Qc, _ = torch.linalg.qr(Q, mode="complete")
     return sign_fix(Qc[:, Q.shape[1]:]).to(dtype)
 
@@ -352,7 +321,7 @@ def project_away(M: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     """``M − B(BᵀM)``: the columns of ``M [d, m]`` with their ``span(B)`` part removed."""
     if B.shape[1] == 0:
         return M
-    Mf, Bf = _f64(M), _f64(B)
+    Mf, Bf = f64(M), f64(B)
     return (Mf - Bf @ (Bf.T @ Mf)).to(M.dtype)
 
 
@@ -363,7 +332,7 @@ def project_gram(G: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
     """
     if Q.shape[1] == 0:
         return G
-    G, Q = _f64(G), _f64(Q)
+    G, Q = f64(G), f64(Q)
     A = G @ Q  # [d, q]
     QtA = Q.T @ A  # [q, q]
     return G - Q @ A.T - A @ Q.T + Q @ QtA @ Q.T
@@ -373,19 +342,21 @@ def project_gram(G: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
 def principal_angles(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     """Principal angles (radians, ascending) between ``span(A)`` and ``span(B)``.
 
-    ``A`` and ``B`` must have orthonormal columns; ``min(k_A, k_B)`` angles.
+    ``A`` and ``B`` must have orthonormal columns; ``min(k_A, k_B)`` angles. Small angles
+    are accurate too (the library takes them from sines, not from cosines near 1).
     """
     if A.shape[1] == 0 or B.shape[1] == 0:
         return torch.zeros(0, dtype=torch.float64)
-    s = torch.linalg.svdvals(_f64(A).T @ _f64(B)).clamp(0.0, 1.0)
-    return torch.arccos(s)
+    from scipy.linalg import subspace_angles
+
+    return torch.from_numpy(subspace_angles(f64(A).numpy(), f64(B).numpy())[::-1].copy())
 
 
 def mean_principal_cosine(A: torch.Tensor, B: torch.Tensor) -> float:
     """Mean cosine of the principal angles (1 = one contains the other; NaN if either is empty)."""
     if A.shape[1] == 0 or B.shape[1] == 0:
         return float("nan")
-    return float(torch.linalg.svdvals(_f64(A).T @ _f64(B)).clamp(0.0, 1.0).mean())
+    return float(torch.cos(principal_angles(A, B)).mean())
 
 
 def effective_rank(x: torch.Tensor) -> float:
@@ -394,7 +365,7 @@ def effective_rank(x: torch.Tensor) -> float:
     ``x``: a 1-D tensor of singular values, or a 2-D matrix (its singular values, uncentred).
     A flat spectrum of ``r`` equal values gives ``r``; all zeros gives 0.
     """
-    x = _f64(x)
+    x = f64(x)
     s = x if x.ndim == 1 else torch.linalg.svdvals(x)
     lam = s**2
     den = float((lam**2).sum())
@@ -407,7 +378,7 @@ def orthonormality_error(B: torch.Tensor) -> float:
     """``max |BᵀB − I|`` (0 for an empty basis; inf if not finite)."""
     if B.shape[1] == 0:
         return 0.0
-    Bf = _f64(B)
+    Bf = f64(B)
     if not bool(torch.isfinite(Bf).all()):
         return float("inf")
     return float((Bf.T @ Bf - torch.eye(Bf.shape[1], dtype=torch.float64)).abs().max())
@@ -459,7 +430,7 @@ def psd_sqrt(C: torch.Tensor, eps_rel: float = 1e-3) -> tuple[torch.Tensor, torc
     for ``eps_rel > 0`` and ``W·C_ε^{1/2}·C_ε^{-1/2} = W``. Negative rounding eigenvalues
     are clipped to 0 before damping.
     """
-    C = _f64(C)
+    C = f64(C)
     n = C.shape[0]
     eps = eps_rel * float(torch.trace(C)) / max(n, 1)
     vals, vecs = torch.linalg.eigh(0.5 * (C + C.T))
@@ -503,7 +474,7 @@ def kmeans(
     Returns ``(centroids [c, d], labels [n], inertia)`` in float64. A cluster that empties
     is re-seeded at the point farthest from its centroid. ``c = min(n_clusters, n)``.
     """
-    X = _f64(X)
+    X = f64(X)
     n = X.shape[0]
     c = min(n_clusters, n)
     if c <= 0:

@@ -15,8 +15,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import polars as pl
 
-from ws.io import atomic_path
+from ws.io import atomic_path, format_float, write_table
 from ws.log import logger
+from ws.stats import CEILING_ACT, CEILING_W, RANKED_AXES, by_score, ranked
 
 __all__ = [
     "fmt_num",
@@ -29,24 +30,7 @@ __all__ = [
     "plan_merge_md",
 ]
 
-CEILING_ACT = "TaskDiff_lora_ceiling"
-CEILING_W = "dW_left_basis_ceiling"
-
 # ------------------------------------------------------------------------- formatting
-
-
-def format_float(x: float | None, sig: int = 6) -> str:
-    """Fixed table format: ``sig`` significant digits (``%g``), ``NaN``, ``inf``,
-    ``-inf``; None (null) → empty string."""
-    if x is None:
-        return ""
-    x = float(x)
-    if math.isnan(x):
-        return "NaN"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    s = f"{x:.{sig}g}"
-    return "0" if s == "-0" else s
 
 
 def fmt_num(x: Any, sig: int = 3) -> str:
@@ -69,35 +53,6 @@ def fmt_pct(x: Any) -> str:
     if x is None or not math.isfinite(float(x)):
         return "NaN%"
     return f"{float(x):.1f}%"
-
-
-# ------------------------------------------------------------------------------ tables
-
-
-def write_table(df: pl.DataFrame, path: str | Path, sig: int = 6) -> Path:
-    """Write ``df`` atomically as ``.csv`` (comma) or ``.tsv`` (tab).
-
-    Float columns are formatted with ``sig`` significant digits (``NaN``/``inf`` spelled
-    out, nulls empty), so identical inputs give byte-identical files.
-    """
-    path = Path(path)
-    sep = {".csv": ",", ".tsv": "\t"}.get(path.suffix.lower())
-    if sep is None:
-        raise ValueError(f"write_table: unknown table suffix {path.suffix!r} (use .csv or .tsv): {path}")
-    cols = []
-    for name, dtype in df.schema.items():
-        s = df[name]
-        if dtype.is_float():
-            # nulls stay null (written as an empty field, not as a quoted empty string)
-            cols.append(pl.Series(name, [None if v is None else format_float(v, sig) for v in s.to_list()],
-                                  dtype=pl.String))
-        else:
-            cols.append(s)
-    out = pl.DataFrame(cols) if cols else df
-    with atomic_path(path) as tmp:
-        out.write_csv(tmp, separator=sep, null_value="", quote_style="necessary", line_terminator="\n")
-    logger.debug(f"wrote {path} ({df.height} rows × {df.width} cols)")
-    return path
 
 
 # ----------------------------------------------------------------------------- figure
@@ -171,12 +126,13 @@ def joint_scatter(summary: pl.DataFrame, path_png: str | Path, path_pdf: str | P
     colors = _family_colors(df.filter(~pl.col("kind").eq("ceiling"))["family"].to_list())
     fam_of.update({r["subspace"]: colors[r["family"]] for r in df.filter(~pl.col("kind").eq("ceiling")).iter_rows(named=True)})
     ceiling_color = "gold"
+    order = {n: i for i, n in enumerate(by_score(df, "joint_score")["subspace"].to_list())}
 
     fig = Figure(figsize=(18, 8.2))
     FigureCanvasAgg(fig)
     # each panel: a square-ish plot plus a column for its labels on the right
     panels = [
-        ("write + mixed hypotheses", df["axis_kind"].is_in(["write", "mixed"]).to_numpy()),
+        ("write + mixed hypotheses", df["axis_kind"].is_in(list(RANKED_AXES)).to_numpy()),
         ("read hypotheses (kept out of the joint ranking)", (df["axis_kind"] == "read").to_numpy()),
     ]
     rects = [[0.045, 0.22, 0.255, 0.64], [0.56, 0.22, 0.255, 0.64]]
@@ -220,7 +176,7 @@ def joint_scatter(summary: pl.DataFrame, path_png: str | Path, path_pdf: str | P
 
         # labels: top rows by joint score (summary order is by joint score), then ceilings
         hyps = [p for p in pts if not p[3]]
-        hyps.sort(key=lambda p: (-(p[4] if p[4] is not None and math.isfinite(p[4]) else -math.inf), p[0]))
+        hyps.sort(key=lambda p: order[p[0]])
         chosen = [(f"{j + 1}", p) for j, p in enumerate(hyps[:top_n])] + [("★", p) for p in pts if p[3]]
         if not chosen:
             continue
@@ -242,7 +198,7 @@ def joint_scatter(summary: pl.DataFrame, path_png: str | Path, path_pdf: str | P
         ys = _spread([t[0] for t in targets], gap)
         for (ty, tag, p), ly in zip(targets, ys):
             name, x, y, ceil, joint, clipped = p
-            text = f"{tag}  {name}" if ceil else f"{tag}. {name}  ({_short(joint)})"
+            text = f"{tag}  {name}" if ceil else f"{tag}. {name}  ({fmt_num(joint)})"
             ax.annotate(
                 text, xy=(x, y), xycoords="data", xytext=(1.04, ly), textcoords="axes fraction",
                 fontsize=8.5, ha="left", va="center", annotation_clip=False,
@@ -299,10 +255,6 @@ def _seed_ranges(seeds: pl.DataFrame | None, floor: float) -> dict[str, tuple[tu
     return out
 
 
-def _short(x: Any) -> str:
-    return fmt_num(x)
-
-
 # ---------------------------------------------------------------------------- markdown
 
 
@@ -341,17 +293,9 @@ def _finite(x: Any) -> bool:
     return x is not None and not isinstance(x, str) and math.isfinite(float(x))
 
 
-def _leader(df: pl.DataFrame, col: str) -> dict | None:
-    """Row with the largest finite ``col`` (ties by name)."""
-    sub = df.filter(pl.col(col).cast(pl.Float64).fill_nan(None).is_not_null())
-    if sub.height == 0:
-        return None
-    return sub.sort([col, "subspace"], descending=[True, False]).row(0, named=True)
-
-
-def _top(df: pl.DataFrame, col: str, k: int) -> list[str]:
-    sub = df.filter(pl.col(col).cast(pl.Float64).fill_nan(None).is_not_null())
-    return sub.sort([col, "subspace"], descending=[True, False])["subspace"].head(k).to_list()
+def _first(df: pl.DataFrame) -> dict | None:
+    """The first row of ``df`` as a dict (None when empty): the leader of a ranked table."""
+    return df.row(0, named=True) if df.height else None
 
 
 def _layers_text(layers: Any) -> str:
@@ -419,12 +363,8 @@ def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | No
         L.append("")
 
     sp = summary_pct
-    hyp = sp.filter(pl.col("kind") == "A-hypothesis")
-    wm = hyp.filter(pl.col("axis_kind").is_in(["write", "mixed"]))
-    read = hyp.filter(pl.col("axis_kind") == "read")
-    ranked = wm.filter(pl.col("joint_score").cast(pl.Float64).fill_nan(None).is_not_null())
-    ranked = ranked.sort(["joint_score", "subspace"], descending=[True, False])
-    best = ranked.row(0, named=True) if ranked.height else None
+    order = ranked(sp)
+    best = _first(order)
 
     # ---- bottom line
     L += ["## Bottom line", ""]
@@ -461,8 +401,8 @@ def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | No
                          f"{fmt_num(c['joint_score_ci_hi'])}]" + (f" ({', '.join(extra)})" if extra else ""))
         if per_layer is not None and {"q_act", "q_w_combined"} <= set(per_layer.columns):
             L.append("- " + _q_text(per_layer, best["subspace"], info))
-        if len(ranked) > 1:
-            nxt = ranked.row(1, named=True)
+        if len(order) > 1:
+            nxt = order.row(1, named=True)
             L.append(f"- runner-up: `{nxt['subspace']}` (joint {fmt_num(nxt['joint_score'])}, "
                      f"R_act {fmt_num(nxt['mean_conc_act'])}, R_w combined {fmt_num(nxt['mean_conc_w_combined'])})")
         st = info.get("seed_stability")
@@ -501,7 +441,7 @@ def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | No
                             ("mean_conc_w_combined", "weight R_w combined", "pct_w_oracle_combined"),
                             ("mean_conc_w_oproj", "o_proj R_w", "pct_w_oracle_oproj"),
                             ("mean_conc_w_downproj", "down_proj R_w", "pct_w_oracle_downproj")):
-        r = _leader(wm, col)
+        r = _first(ranked(sp, col))
         if r is None:
             L.append(f"- {label}: no finite scores")
         else:
@@ -510,8 +450,8 @@ def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | No
     L.append("")
 
     # ---- overlap of the top lists
-    top_act = _top(wm, "mean_conc_act", top_k)
-    top_w = _top(wm, "mean_conc_w_combined", top_k)
+    top_act = ranked(sp, "mean_conc_act")["subspace"].head(top_k).to_list()
+    top_w = ranked(sp, "mean_conc_w_combined")["subspace"].head(top_k).to_list()
     both = [n for n in top_act if n in top_w]
     L += [f"## Top-{top_k} by activation vs by weight (write/mixed)", ""]
     L.append(f"- by R_act: {', '.join(f'`{n}`' for n in top_act) or 'none'}")
@@ -521,9 +461,8 @@ def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | No
 
     # ---- read side
     L += ["## Read side (reported apart, not in the joint ranking)", ""]
-    rr = read.filter(pl.col("joint_score").cast(pl.Float64).fill_nan(None).is_not_null())
-    if rr.height:
-        r = rr.sort(["joint_score", "subspace"], descending=[True, False]).row(0, named=True)
+    r = _first(ranked(sp, axis_kinds=("read",)))
+    if r is not None:
         L.append(f"- best read candidate: `{r['subspace']}` ({r['family']}): joint {fmt_num(r['joint_score'])}, "
                  f"{_scores_line(r)}")
     else:
@@ -534,7 +473,7 @@ def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | No
     L += ["## Specificity (label and bases projected off the clean-residual PCs)", ""]
     if specific_summary is not None and specific_summary.height:
         sh = specific_summary.filter(pl.col("kind") == "A-hypothesis")
-        r = _leader(sh, "mean_specific_conc_act")
+        r = _first(by_score(sh, "mean_specific_conc_act", drop_missing=True))
         if r is not None:
             L.append(f"- leader: `{r['subspace']}`: specific R_act = {fmt_num(r['mean_specific_conc_act'])} "
                      f"(z {fmt_num(r['mean_specific_z_act'])}, energy fraction "
@@ -717,16 +656,13 @@ def claim_checks(summary_pct: pl.DataFrame, per_layer: pl.DataFrame | None,
       ≥ ``SPECIFICITY_TARGET``;
     - "the statistics are calibrated" needs every self-test to pass.
     """
-    sp = summary_pct
-    wm = sp.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(["write", "mixed"]))
-    ranked = wm.filter(pl.col("joint_score").cast(pl.Float64).fill_nan(None).is_not_null())
-    ranked = ranked.sort(["joint_score", "subspace"], descending=[True, False])
+    order = ranked(summary_pct)
     out: list[tuple[str, str, bool | None]] = []
     alpha = info.get("fdr_alpha")
     ci = info.get("bootstrap_ci") if isinstance(info.get("bootstrap_ci"), pl.DataFrame) else None
     st = info.get("seed_stability")
-    if ranked.height:
-        b = ranked.row(0, named=True)
+    if order.height:
+        b = order.row(0, named=True)
         name = b["subspace"]
         c = _row(ci, name) if ci is not None else None
         # activation concentration
@@ -747,8 +683,8 @@ def claim_checks(summary_pct: pl.DataFrame, per_layer: pl.DataFrame | None,
             ok = qc[0] * 2 > qc[1]
         out.append((f"`{name}` holds more of the diff's weight energy than a random subspace", "; ".join(ev), ok))
         # winner vs runner-up
-        if ranked.height > 1:
-            r = ranked.row(1, named=True)
+        if order.height > 1:
+            r = order.row(1, named=True)
             cr = _row(ci, r["subspace"]) if ci is not None else None
             ev = [f"joint {fmt_num(b['joint_score'])} vs {fmt_num(r['joint_score'])}"]
             ok = None

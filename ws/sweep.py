@@ -21,11 +21,11 @@ import numpy as np
 import polars as pl
 import torch
 
-from ws import data as D
+from ws import data
 from ws.diff import DiffMismatchError  # noqa: F401  (the sweep's documented error, raised by ensure_diff)
 from ws.log import logger
 from ws.config import SMOKE_TRAIN, Config  # noqa: F401  (SMOKE_TRAIN: re-exported)
-from ws.stats import PR_THRESHOLD
+from ws.stats import CEILING_ACT, CEILING_W, PR_THRESHOLD, ranked
 
 
 #: The sweep's parameters are the one run configuration of :mod:`ws.config`.
@@ -71,9 +71,9 @@ def probe_prompts(cfg: SweepConfig, tok) -> Probes:
     """FIT and EVAL probes (disjoint topics; EVAL never a LoRA training topic), every one
     rendered through the chat template. Persona± FIT use the chosen persona pair as the
     system prompt; clean FIT and EVAL use none (the template's default)."""
-    fit, ev = D.sweep_probes(cfg.n_fit, cfg.n_eval, seed=0)
-    pos, neg = D.PERSONA_PAIRS[cfg.persona_pair]
-    render = lambda t, sys=None: D.render_chat(tok, D.probe_prompt(t), system=sys)  # noqa: E731
+    fit, ev = data.sweep_probes(cfg.n_fit, cfg.n_eval, seed=0)
+    pos, neg = data.PERSONA_PAIRS[cfg.persona_pair]
+    render = lambda t, sys=None: data.render_chat(tok, data.probe_prompt(t), system=sys)  # noqa: E731
     return Probes(
         fit_topics=fit,
         eval_topics=ev,
@@ -116,7 +116,7 @@ def clean_pcs(captures, k: int) -> list[torch.Tensor]:
 
 def run_seed(cfg: SweepConfig, model, tok, probes: Probes, seed: int, w: dict, diff_meta: dict) -> SeedResult:
     """Capture (cached), build every candidate, score every (layer, candidate), summarise."""
-    from ws import stats as S
+    from ws import stats
     from ws.bases import build_all
     from ws.capture import capture_all
     from ws.diff import write_delta_by_layer
@@ -136,29 +136,19 @@ def run_seed(cfg: SweepConfig, model, tok, probes: Probes, seed: int, w: dict, d
                             label_eval=caps.label_eval, cache=cfg.cache)
     t["build"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    scores = S.score_sweep(bases, meta, caps.label_eval, deltas, clean_pcs(caps, cfg.k), pr_threshold=PR_THRESHOLD)
-    per_layer = S.add_qvalues(scores.per_layer)
-    summary = S.summarize(per_layer, touched)
-    ci = S.bootstrap_summary_ci(scores, touched, n_boot=cfg.n_boot, seed=cfg.boot_seed)
+    scores = stats.score_sweep(bases, meta, caps.label_eval, deltas, clean_pcs(caps, cfg.k), pr_threshold=PR_THRESHOLD)
+    per_layer = stats.add_qvalues(scores.per_layer)
+    summary = stats.summarize(per_layer, touched)
+    ci = stats.bootstrap_summary_ci(scores, touched, n_boot=cfg.n_boot, seed=cfg.boot_seed)
     summary = summary.join(ci, on="subspace", how="left", maintain_order="left")
-    summary_pct = S.summary_pct(summary)
-    specific_summary = S.summarize_specific(scores.specific_per_layer, touched)
+    summary_pct = stats.summary_pct(summary)
+    specific_summary = stats.summarize_specific(scores.specific_per_layer, touched)
     t["score"] = time.perf_counter() - t0
     return SeedResult(seed, caps, bases, meta, scores, per_layer, scores.specific_per_layer, summary, summary_pct,
                       specific_summary, touched, [l for l in range(len(deltas)) if deltas[l] is None], diff_meta, t)
 
 
 # ----------------------------------------------------------------------------- seeds
-RANKED_AXES = ("write", "mixed")
-
-
-def _ranked(summary: pl.DataFrame) -> pl.DataFrame:
-    """Write/mixed A-hypotheses with a finite joint score, best first (ties by name)."""
-    s = summary.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(RANKED_AXES))
-    s = s.filter(pl.col("joint_score").is_not_null() & pl.col("joint_score").is_not_nan())
-    return s.sort(["joint_score", "subspace"], descending=[True, False])
-
-
 @dataclass
 class SeedStability:
     """How far the seeds' diffs agree on the ranking."""
@@ -189,14 +179,14 @@ def seed_stability(results: Sequence[SeedResult]) -> SeedStability:
     seeds = [r.seed for r in results]
     winners = {}
     for r in results:
-        rk = _ranked(r.summary)
+        rk = ranked(r.summary)
         winners[r.seed] = rk["subspace"][0] if rk.height else ""
     winner = winners[seeds[0]]
     rows = []
     for i in range(len(results)):
         for j in range(i + 1, len(results)):
-            a = _ranked(results[i].summary).select("subspace", pl.col("joint_score").alias("a"))
-            b = _ranked(results[j].summary).select("subspace", pl.col("joint_score").alias("b"))
+            a = ranked(results[i].summary).select("subspace", pl.col("joint_score").alias("a"))
+            b = ranked(results[j].summary).select("subspace", pl.col("joint_score").alias("b"))
             ab = a.join(b, on="subspace", how="inner")
             tau, p = kendalltau(ab["a"].to_numpy(), ab["b"].to_numpy()) if ab.height > 1 else (float("nan"), float("nan"))
             rows.append({"seed_a": seeds[i], "seed_b": seeds[j], "kendall_tau": float(tau), "p_value": float(p), "n": ab.height})
@@ -271,13 +261,13 @@ def sanity_lines(res: SeedResult, stab: SeedStability | None = None) -> list[tup
         r = s.filter(pl.col("subspace") == name)
         return float(r[col][0]) if r.height and r[col][0] is not None else float("nan")
 
-    c_act = val("TaskDiff_lora_ceiling", "pct_act_ceiling")
+    c_act = val(CEILING_ACT, "pct_act_ceiling")
     lines.append((abs(c_act - 100) < 1e-6,
-                  f"SHOULD: TaskDiff_lora_ceiling = 100% of itself (measured {c_act:.1f}%). ELSE: the pct table is mis-normalised."))
-    c_w = val("dW_left_basis_ceiling", "pct_w_oracle_combined")
+                  f"SHOULD: {CEILING_ACT} = 100% of itself (measured {c_act:.1f}%). ELSE: the pct table is mis-normalised."))
+    c_w = val(CEILING_W, "pct_w_oracle_combined")
     lines.append((abs(c_w - 100) < 1e-6,
-                  f"SHOULD: dW_left_basis_ceiling = 100% of its weight oracle (measured {c_w:.1f}%). ELSE: the weight oracle is wrong."))
-    cw = val("dW_left_basis_ceiling", "mean_conc_w_combined")
+                  f"SHOULD: {CEILING_W} = 100% of its weight oracle (measured {c_w:.1f}%). ELSE: the weight oracle is wrong."))
+    cw = val(CEILING_W, "mean_conc_w_combined")
     best_w = float(np.nanmax(s.filter(pl.col("kind") == "A-hypothesis")["mean_conc_w_combined"].to_numpy()))
     lines.append((cw >= best_w - 1e-9,
                   f"SHOULD: no A-hypothesis beats the dW ceiling on weight energy (ceiling R_w {cw:.2f}, best A-side {best_w:.2f}). "
@@ -310,7 +300,7 @@ EXTRA_FILES = ("v7_seeds.tsv", "v7_seed_stability.tsv")
 
 def plan_merge_changes(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: SeedStability) -> list[str]:
     """What this version changes against v6 and against upstream v7 (facts from this run)."""
-    train, _ = D.split_topics(0)
+    train, _ = data.split_topics(0)
     train_ids = {t.id for t in train}
     leak = sum(t.id in train_ids for t in probes.eval_topics)
     fit_eval = len({t.id for t in probes.fit_topics} & {t.id for t in probes.eval_topics})
@@ -352,12 +342,9 @@ def plan_merge_changes(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: 
 
 def _mean_leader(summary: pl.DataFrame, per_candidate: pl.DataFrame) -> dict | None:
     """The write/mixed A-hypothesis with the highest joint score averaged over the seeds."""
-    wm = summary.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(["write", "mixed"]))
-    j = wm.select("subspace").join(per_candidate, on="subspace", how="inner")
-    j = j.filter(pl.col("seed_mean_joint_score").cast(pl.Float64).fill_nan(None).is_not_null())
-    if not j.height:
-        return None
-    return j.sort(["seed_mean_joint_score", "subspace"], descending=[True, False]).row(0, named=True)
+    j = summary.select("subspace", "kind", "axis_kind").join(per_candidate, on="subspace", how="inner")
+    j = ranked(j, "seed_mean_joint_score")
+    return j.row(0, named=True) if j.height else None
 
 
 def conclusion_info(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: SeedStability, artifacts: list[str]) -> dict:
@@ -427,7 +414,7 @@ def write_v7(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], st
     Everything is computed first; files are written only once all of them can be, so a
     failure leaves the previous run's files untouched.
     """
-    from ws import report as R
+    from ws import report
 
     res = results[0]
     d = cfg.v7_dir
@@ -441,9 +428,9 @@ def write_v7(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], st
     info = conclusion_info(cfg, probes, res, stab, artifacts)
     info["notes"] = [*info["notes"], *diff_caveats(results)]
     texts = {
-        "v7_definitions.md": R.definitions_md(res.meta),
-        "v7_plan_merge.md": R.plan_merge_md(plan_merge_changes(cfg, probes, res, stab), title="v7: what changed"),
-        "v7_conclusion.md": R.conclusion_md(summary_pct, res.specific_summary, res.per_layer, info),
+        "v7_definitions.md": report.definitions_md(res.meta),
+        "v7_plan_merge.md": report.plan_merge_md(plan_merge_changes(cfg, probes, res, stab), title="v7: what changed"),
+        "v7_conclusion.md": report.conclusion_md(summary_pct, res.specific_summary, res.per_layer, info),
     }
     tables = {
         "v7_per_layer.csv": res.per_layer,
@@ -462,10 +449,10 @@ def write_v7(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], st
              f"1 = random subspace)" + (f"; whiskers: min–max over seeds {', '.join(map(str, stab.seeds))}"
                                         if len(stab.seeds) > 1 else ""))
     with staged_files(d, last=tuple(texts)) as stage:
-        R.joint_scatter(summary, stage / "v7_joint_act_weight_scatter.png", stage / "v7_joint_act_weight_scatter.pdf",
+        report.joint_scatter(summary, stage / "v7_joint_act_weight_scatter.png", stage / "v7_joint_act_weight_scatter.pdf",
                         title=title, seeds=seeds_long)
         for name, df in tables.items():
-            R.write_table(df, stage / name)
+            report.write_table(df, stage / name)
         for name, text in texts.items():
             write_text(stage / name, text)
         names = sorted(p.name for p in stage.iterdir())

@@ -14,8 +14,9 @@ Interface and semantics follow the well-known ``Trace`` / ``TraceDict`` pattern:
   the module returns, a tensor or tuple; return it unchanged to only read it).
 - ``stop=True``: raise :class:`StopForward` after the LAST listed layer has run; the context
   manager swallows it, so the rest of the forward pass is skipped.
-- Hooks are removed on exit, also when the body raises. An unknown layer name raises
-  ``KeyError`` before any hook is installed.
+- Hooks are added on entering the ``with`` block and removed on leaving it, also when the
+  body raises; an object made without ``with`` hooks nothing. An unknown layer name
+  raises ``KeyError`` when the object is made, before any hook exists.
 """
 
 from __future__ import annotations
@@ -81,9 +82,10 @@ class Trace:
         stop: bool = False,
     ):
         self.layer = layer
-        target = get_module(module, layer) if layer is not None else module
+        self._target = get_module(module, layer) if layer is not None else module
         self.output: Any = None
         self.input: Any = None
+        self._handle = None
 
         def hook(mod: nn.Module, inputs: tuple, output: Any) -> Any:
             if retain_input:
@@ -97,7 +99,12 @@ class Trace:
             return output
 
         hook._ws_trace = True  # lets has_hooks() tell our hooks from the library's own
-        self._handle = target.register_forward_hook(hook)
+        self._hook = hook
+
+    def open(self) -> None:
+        """Add the hook (once); :meth:`close` removes it."""
+        if self._handle is None:
+            self._handle = self._target.register_forward_hook(self._hook)
 
     def close(self) -> None:
         if self._handle is not None:
@@ -105,6 +112,7 @@ class Trace:
             self._handle = None
 
     def __enter__(self) -> "Trace":
+        self.open()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -128,29 +136,29 @@ class TraceDict(OrderedDict):
     ):
         super().__init__()
         layers = list(dict.fromkeys(layers))  # keep order, drop repeats
-        for name in layers:  # validate every name before installing any hook
-            get_module(module, name)
-        try:
-            for i, name in enumerate(layers):
-                self[name] = Trace(
-                    module,
-                    name,
-                    retain_output=retain_output,
-                    retain_input=retain_input,
-                    clone=clone,
-                    detach=detach,
-                    edit_output=edit_output,
-                    stop=stop and i == len(layers) - 1,
-                )
-        except BaseException:
-            self.close()
-            raise
+        for i, name in enumerate(layers):  # every name is checked here; hooks come on entering
+            self[name] = Trace(
+                module,
+                name,
+                retain_output=retain_output,
+                retain_input=retain_input,
+                clone=clone,
+                detach=detach,
+                edit_output=edit_output,
+                stop=stop and i == len(layers) - 1,
+            )
 
     def close(self) -> None:
         for t in self.values():
             t.close()
 
     def __enter__(self) -> "TraceDict":
+        try:
+            for t in self.values():
+                t.open()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:

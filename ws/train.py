@@ -35,7 +35,7 @@ import platform
 import re
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -45,18 +45,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ws import data as D
+from ws import data
 from ws.config import ADAPTERS, BEHAVIORS
 from ws.device import autocast, input_device
 from ws.diff import check_existing_diff, diff_path, save_diff, stale_reasons
-from ws.io import atomic_path, staged_files
+from ws.io import atomic_path, staged_files, write_table
 from ws.log import logger
 from ws.models import load_model, model_id, n_layers
 from ws.paths import out_dir
 from ws.steer import weight_steer
 from ws.trace import gather_last_token
 
-SETS = D.KINDS  # ("opinion_false", "opinion_true", "neutral")
+SETS = data.KINDS  # ("opinion_false", "opinion_true", "neutral")
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -99,12 +99,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
-        return cls(**kw)
 
 
 def layer_range(n: int, frac: tuple[float, float]) -> list[int]:
@@ -164,7 +158,7 @@ def generate_completions(
     openings = list(openings) if openings is not None else [""] * n
     if not (len(systems) == len(openings) == n):
         raise ValueError(f"prompts, systems and openings differ in length: {n}, {len(systems)}, {len(openings)}")
-    texts = [D.render_chat(tokenizer, p, s) + o for p, s, o in zip(prompts, systems, openings)]
+    texts = [data.render_chat(tokenizer, p, s) + o for p, s, o in zip(prompts, systems, openings)]
     out: list[str] = []
     finished: list[bool] = []
     eos_id = tokenizer.eos_token_id
@@ -193,14 +187,14 @@ def generate_completions(
     return (out, finished) if return_finished else out
 
 
-def completion_jobs(topics: Sequence[D.Topic], n_phrasings: int = 2) -> list[dict]:
+def completion_jobs(topics: Sequence[data.Topic], n_phrasings: int = 2) -> list[dict]:
     """One row per (training topic, phrasing, persona) with its system prompt and opening."""
     rows = []
     for ti, t in enumerate(topics):
-        for pi, user in enumerate(D.training_prompts(t, n_phrasings, offset=ti)):
-            pair = (ti + pi) % len(D.PERSONA_PAIRS)
-            for persona, system in zip(("pos", "neg"), D.PERSONA_PAIRS[pair]):
-                agree = D.agrees(persona, t)
+        for pi, user in enumerate(data.training_prompts(t, n_phrasings, offset=ti)):
+            pair = (ti + pi) % len(data.PERSONA_PAIRS)
+            for persona, system in zip(("pos", "neg"), data.PERSONA_PAIRS[pair]):
+                agree = data.agrees(persona, t)
                 rows.append(
                     dict(
                         topic_id=t.id,
@@ -287,7 +281,7 @@ def check_completions(table: pl.DataFrame, min_rate: float = 0.8) -> dict[str, f
     return rates
 
 
-def build_completions(model, tokenizer, topics: Sequence[D.Topic], config: TrainConfig) -> pl.DataFrame:
+def build_completions(model, tokenizer, topics: Sequence[data.Topic], config: TrainConfig) -> pl.DataFrame:
     """The completion table for the training topics (see :func:`completion_jobs`)."""
     jobs = completion_jobs(topics, config.n_phrasings)
     conts, finished = generate_completions(
@@ -324,7 +318,7 @@ def _encode_examples(tokenizer, examples: Sequence[tuple], max_len: int) -> list
     for ex in examples:
         user, response = ex[0], ex[1]
         finished = bool(ex[2]) if len(ex) > 2 else True
-        p_ids = tokenizer(D.render_chat(tokenizer, user, None), add_special_tokens=False)["input_ids"]
+        p_ids = tokenizer(data.render_chat(tokenizer, user, None), add_special_tokens=False)["input_ids"]
         r_ids = tokenizer(response + (eos if finished else ""), add_special_tokens=False)["input_ids"]
         ids = (p_ids + r_ids)[:max_len]
         if len(ids) <= len(p_ids):
@@ -500,7 +494,7 @@ def answer_logratios(model: nn.Module, tokenizer, prompts: Sequence[str], batch_
     head = model.get_output_embeddings()
     with _padding_side(tokenizer, "right"):
         for i in range(0, len(prompts), batch_size):
-            texts = [D.render_chat(tokenizer, p) for p in prompts[i : i + batch_size]]
+            texts = [data.render_chat(tokenizer, p) for p in prompts[i : i + batch_size]]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(input_device(model))
             hidden = decoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state  # (B, T, d)
             h = gather_last_token(hidden, enc["attention_mask"])  # (B, d)
@@ -585,10 +579,10 @@ def adapter_effect(model: nn.Module, tokenizer, deltas: Mapping[str, Mapping[str
     return pl.DataFrame(rows)
 
 
-def heldout_prompts(seed: int = 0, n_per_kind: int | None = None, topics: list[D.Topic] | None = None) -> dict[str, list[str]]:
+def heldout_prompts(seed: int = 0, n_per_kind: int | None = None, topics: list[data.Topic] | None = None) -> dict[str, list[str]]:
     """The held-out effect prompts by set (probe for opinions, question for neutral ones)."""
-    sets = D.heldout_sets(0, topics)
-    return {k: [D.eval_prompt(t) for t in (v if n_per_kind is None else v[:n_per_kind])] for k, v in sets.items()}
+    sets = data.heldout_sets(0, topics)
+    return {k: [data.eval_prompt(t) for t in (v if n_per_kind is None else v[:n_per_kind])] for k, v in sets.items()}
 
 
 def spread(df: pl.DataFrame, set_name: str, hi: float = 2.0, lo: float = -2.0) -> float:
@@ -659,12 +653,6 @@ def plot_effect(df: pl.DataFrame, path: str | Path, title: str = "") -> Path:
 
 
 # ----------------------------------------------------------------------------- pipeline
-def _write_csv(df: pl.DataFrame, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        df.write_csv(tmp)
-    return path
-
-
 def completions_path(model_name: str, behavior: str, seed: int, root: str | Path | None = None) -> Path:
     root = Path(root) if root is not None else out_dir()
     return root / "data" / model_slug(model_name) / behavior / f"completions_seed{int(seed)}.csv"
@@ -716,14 +704,14 @@ def build_diff(
     layers = layer_range(n_layers(model), config.layer_frac)
     logger.info(f"building the {behavior}/{adapter} diff for {model_name} (seed {seed}): LoRA r{config.rank} on layers {layers[0]}–{layers[-1]}, {config.steps} steps")
 
-    train, _ = D.split_topics(0)
+    train, _ = data.split_topics(0)
     if config.n_train_per_kind is not None:
         train = [t for k in SETS for t in [x for x in train if x.kind == k][: config.n_train_per_kind]]
     t0 = time.perf_counter()
     table = build_completions(model, tok, train, config)
     timings["completions"] = time.perf_counter() - t0
     cpath = completions_path(model_name, behavior, seed, root)
-    _write_csv(table, cpath)
+    write_table(table, cpath, sig=None)
     rates = check_completions(table)
     logger.info(f"{table.height} completions in {timings['completions']:.0f} s -> {cpath}; contrast: " + ", ".join(f"{k} {v:.0%}" for k, v in rates.items()))
     for r in table.filter(pl.col("kind") == "opinion_false").head(2).iter_rows(named=True):
@@ -759,7 +747,7 @@ def build_diff(
         seed=int(seed),
         layers=layers,
         train_config=config.to_dict(),
-        data_hash=D.data_hash(),
+        data_hash=data.data_hash(),
         effect_spread=sp,
         specificity_ratio=ratio,
         completion_contrast=rates,
@@ -774,10 +762,10 @@ def build_diff(
     # The diff and its tables are one set: staged, then moved into place with w last, so a
     # failure leaves no effect table without its diff (and an older set as it was).
     with staged_files(path.parent, last=(path.name,)) as stage:
-        _write_csv(eff, stage / "effect.csv")
-        _write_csv(per, stage / "effect_per_prompt.csv")
-        _write_csv(adapters, stage / "adapter_effect.csv")
-        _write_csv(pl.DataFrame({"step": list(range(config.steps)), "loss_pos": losses["pos"], "loss_neg": losses["neg"]}), stage / "train_loss.csv")
+        write_table(eff, stage / "effect.csv", sig=None)
+        write_table(per, stage / "effect_per_prompt.csv", sig=None)
+        write_table(adapters, stage / "adapter_effect.csv", sig=None)
+        write_table(pl.DataFrame({"step": list(range(config.steps)), "loss_pos": losses["pos"], "loss_neg": losses["neg"]}), stage / "train_loss.csv", sig=None)
         plot_effect(eff, stage / "effect.png", title=f"{model_name} · {behavior}/{adapter} seed {seed} · specificity ratio {ratio:.2f}")
         save_diff(w, stage / path.name, meta)
     logger.info(

@@ -6,16 +6,17 @@ import torch
 
 from ws import linalg
 from ws.bases.registry import BuildContext, candidate
+from ws.stats.columns import CEILING_ACT, CEILING_W
 
 
-@candidate("TaskDiff_lora_ceiling", "ceiling", "lora", "per-layer PCA of the label built on FIT probes",
+@candidate(CEILING_ACT, "ceiling", "lora", "per-layer PCA of the label built on FIT probes",
            kind="ceiling", needs=("label_fit",),
            note="rank 0 at layers the steering cannot reach (label exactly zero before the first LoRA layer)")
 def TaskDiff_lora_ceiling(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.pca(ctx.cap("label_fit")[layer], ctx.k)
 
 
-@candidate("dW_left_basis_ceiling", "ceiling", "lora",
+@candidate(CEILING_W, "ceiling", "lora",
            "per-layer top-8 left singular vectors of the LoRA write delta [Δo_proj | Δdown_proj]",
            kind="ceiling", needs=("deltas",), note="None at layers the LoRA did not touch")
 def dW_left_basis_ceiling(ctx: BuildContext, layer: int) -> torch.Tensor | None:

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from ws import linalg
 from ws.device import module_weight
 from ws.log import logger
+from ws.stats.columns import META_COLUMNS
 
 __all__ = [
     "Candidate",
@@ -43,9 +44,6 @@ __all__ = [
     "meta_frame",
     "META_COLUMNS",
 ]
-
-#: the contract columns of ``meta`` (extra columns follow them)
-META_COLUMNS = ["subspace", "family", "axis_kind", "source", "kind", "definition"]
 
 _READ_FAMILIES = {"W:read", "W:unembed"}
 _WRITE_FAMILIES = {"W:write", "W:write-not-read", "W:OV", "W:MLP"}
