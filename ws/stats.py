@@ -40,7 +40,7 @@ import numpy as np
 import polars as pl
 import torch
 from scipy import special as _special
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from ws.linalg import check_orthonormal, haar_frames
 from ws.log import logger

@@ -27,7 +27,7 @@ from typing import Callable, Mapping, Sequence
 import polars as pl
 import torch
 from torch import nn
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from ws import linalg
 from ws.log import logger
