@@ -44,9 +44,10 @@ $(LAB_STAMP): requirements-lab.txt $(STAMP)
 
 # JupyterLab at the repository root with the project kernel; a notebook's kernel starts in
 # its own folder (nbs/), the output folders stay where make sweep puts them (see ws/paths.py).
+# Jupyter refuses to run as root unless told; as root (a container, typically) it is told.
 lab: WS_LOG_TERMINAL := 0
 lab: setup $(LAB_STAMP)
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(LAB_ARGS)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 # The main job: the v7 sweep on the embedded model (trains the diff first when missing).
 sweep: setup
