@@ -89,7 +89,7 @@ def test_the_notebooks_kernel_is_this_environment():
             spec = KernelSpecManager().get_kernel_spec(name)
         except NoSuchKernel:
             pytest.fail(f"{path.name} names kernel {name!r}, which is not registered: run `make setup`")
-        assert Path(spec.argv[0]).parent.parent == Path(sys.prefix), (
+        assert Path(spec.argv[0]).parent.parent.resolve() == Path(sys.prefix).resolve(), (
             f"kernel {name!r} runs {spec.argv[0]}, not this environment ({sys.prefix}): run `make setup`")
 
 
