@@ -1,11 +1,20 @@
 # Two commands do everything on a fresh machine:
 #   make sweep   installs what it needs, trains the diff if missing, runs the v7 sweep
 #   make test    installs what it needs, runs the tests
+# and one opens the notebooks in Jupyter:
+#   make lab     adds JupyterLab to the environment and starts it at the repository root
+# Others: make diff (only the diff), make test-fast, make bench, make sync-nbs, make clean-cache.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LAB_STAMP := $(VENV)/.lab-installed
+# The notebooks' kernel (named in their metadata): the project's Python, registered inside .venv.
+KERNEL_NAME := ws
+KERNEL := $(VENV)/share/jupyter/kernels/$(KERNEL_NAME)/kernel.json
+# extra arguments for `jupyter lab`, e.g. make lab LAB_ARGS="--no-browser --port 8890"
+LAB_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -15,9 +24,9 @@ export WS_LOG_TERMINAL := 1
 # not the kernel's folder (see ws/paths.py)
 export WS_RUN_DIR := $(CURDIR)
 
-.PHONY: setup sweep diff test test-fast bench clean-cache sync-nbs
+.PHONY: setup lab sweep diff test test-fast bench clean-cache sync-nbs
 
-setup: $(STAMP)
+setup: $(STAMP) $(KERNEL)
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +36,21 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -c "from ws.models import load_model; load_model()"
 	touch $(STAMP)
+
+# A target of its own, so that an environment installed before the kernel existed gets it too.
+$(KERNEL): $(STAMP)
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL_NAME) --display-name "Python ($(KERNEL_NAME))"
+
+$(LAB_STAMP): requirements-lab.txt $(STAMP)
+	$(PY) -m pip install --quiet -r requirements-lab.txt
+	touch $(LAB_STAMP)
+
+# JupyterLab at the repository root with the project kernel; a notebook's kernel starts in
+# its own folder (nbs/), the output folders stay where make sweep puts them (see ws/paths.py).
+# Jupyter refuses to run as root unless told; as root (a container, typically) it is told.
+lab: WS_LOG_TERMINAL := 0
+lab: setup $(LAB_STAMP)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 # The main job: the v7 sweep on the embedded model (trains the diff first when missing).
 sweep: setup

@@ -8,9 +8,9 @@
 #       format_version: '1.3'
 #       jupytext_version: 1.19.6
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python (ws)
 #     language: python
-#     name: python3
+#     name: ws
 # ---
 
 # %% [markdown]
@@ -59,11 +59,23 @@ cfg = start_run("hypothesis_sweep_v7")
 # diff is never retrained unless `WS_REBUILD=1`.
 
 # %%
+from ws import show
+
 model, tok = load_model(cfg.model, **cfg.model_kwargs())
 diffs = sweep.get_diffs(cfg, model)
 for seed, (w, meta) in diffs.items():
     logger.info(f"seed {seed}: {len(w)} tensors, layers {meta.get('layers')}, "
                 f"specificity ratio {meta.get('specificity_ratio')}")
+
+# %% [markdown]
+# ## What the diff does, per seed
+# The Yes/No log-ratio on held-out prompts at `θ + α·w` for false-claim opinions (the
+# behaviour), true-claim opinions and neutral questions. A sycophancy diff moves the
+# first and spares the other two; a yes-bias moves all three.
+
+# %%
+for seed, png in show.effect_plots(cfg).items():
+    show.image(png, title=f"seed {seed}: specificity ratio {diffs[seed][1].get('specificity_ratio')}")
 
 # %% [markdown]
 # ## Probes
@@ -77,9 +89,12 @@ logger.info(f"{len(probes.fit_clean)} FIT probes, {len(probes.eval)} EVAL probes
 print(probes.eval[0])
 
 # %% [markdown]
-# ## Capture, build the candidates, score — once per seed
+# ## Capture, build the candidates, score — once per seed; write the v7 files
 # Captures are cached on disk, keyed by the model weights, the prompts, the diff and the
-# capture code; a second run with nothing changed does no forward pass.
+# capture code; a second run with nothing changed does no forward pass. The v7 files
+# (tables, the joint scatter, definitions, plan/merge notes, the conclusion) are each
+# written to a temporary name and renamed: a failure leaves the previous run's files
+# intact. The sections below show them; the last one lists where they went.
 
 # %%
 results = []
@@ -89,6 +104,8 @@ for seed, (w, meta) in diffs.items():
     results.append(res)
 stab = sweep.seed_stability(results)
 res = results[0]
+written = sweep.write_v7(cfg, probes, results, stab)
+logger.info(f"sweep done in {time.perf_counter() - T0:.1f} s; read {cfg.v7_dir / 'v7_conclusion.md'}")
 
 # %% [markdown]
 # ## Bottom line: write and mixed candidates, ranked by the joint score
@@ -97,29 +114,45 @@ res = results[0]
 # the LoRA touched, for the first seed.
 
 # %%
-show = ["subspace", "family", "mean_conc_act", "mean_conc_act_ci_lo", "mean_conc_act_ci_hi",
-        "mean_conc_w_combined", "joint_score", "pct_act_ceiling", "pct_w_oracle_combined"]
+show_cols = ["subspace", "family", "mean_conc_act", "mean_conc_act_ci_lo", "mean_conc_act_ci_hi",
+             "mean_conc_w_combined", "joint_score", "pct_act_ceiling", "pct_w_oracle_combined"]
 sp = res.summary_pct
-print(sp.filter(pl.col("axis_kind").is_in(["write", "mixed", "ceiling", "self-test"])).select(show))
+show.table(sp.filter(pl.col("axis_kind").is_in(["write", "mixed", "ceiling", "self-test"])).select(show_cols))
 
 # %% [markdown]
-# ## Read-side rows (reported apart, never in the joint ranking)
+# ## The joint scatter: R_act against R_w
+# Log-log, 1 = a random subspace; write and mixed candidates on the left, read-side ones on
+# the right, the two ceilings as stars (with several seeds, whiskers span the seeds).
 
 # %%
-print(sp.filter(pl.col("axis_kind") == "read").select(show))
+show.image(cfg.v7_dir / "v7_joint_act_weight_scatter.png")
+
+# %% [markdown]
+# ## Which claims survive
+# Each headline claim with its evidence from this run and its verdict (the same table as in
+# `v7_conclusion.md`).
+
+# %%
+show.table(show.claims_table(cfg, probes, results, stab))
 
 # %% [markdown]
 # ## Specificity: after removing the layer's top clean-residual PCs
 
 # %%
-print(res.specific_summary)
+show.table(res.specific_summary)
 
 # %% [markdown]
 # ## Seeds: does the ranking survive another LoRA seed?
 
 # %%
-print(stab.tau)
-print(stab.per_candidate.sort("seed_mean_joint_score", descending=True, nulls_last=True).head(10))
+show.table(stab.tau)
+show.table(stab.per_candidate.sort("seed_mean_joint_score", descending=True, nulls_last=True).head(10))
+
+# %% [markdown]
+# ## Read-side rows (reported apart, never in the joint ranking)
+
+# %%
+show.table(sp.filter(pl.col("axis_kind") == "read").select(show_cols))
 
 # %% [markdown]
 # ## Sanity checks
@@ -130,15 +163,19 @@ for ok, line in checks:
     print(("OK   " if ok else "FAIL ") + line)
 
 # %% [markdown]
-# ## Write the v7 files
-# Tables, the joint scatter, definitions, the plan/merge notes and the conclusion, each
-# written to a temporary name and renamed: a failure leaves the previous run's files intact.
+# ## The conclusion, as written to `v7_conclusion.md`
 
 # %%
-written = sweep.write_v7(cfg, probes, results, stab)
+show.markdown((cfg.v7_dir / "v7_conclusion.md").read_text())
+
+# %% [markdown]
+# ## Where the files went
+# Under `WS_OUT` (default: `out/` at the repository root, wherever the kernel runs).
+
+# %%
+print(f"{cfg.v7_dir}:")
 for p in written:
-    print(p.relative_to(cfg.out_root))
-logger.info(f"sweep done in {time.perf_counter() - T0:.1f} s; read {cfg.v7_dir / 'v7_conclusion.md'}")
-
-# %%
-print((cfg.v7_dir / "v7_conclusion.md").read_text())
+    print("  " + str(p.relative_to(cfg.v7_dir)))
+print("beside each seed's diff (w.safetensors, effect.csv, effect.png, ...):")
+for p in show.effect_plots(cfg).values():
+    print("  " + str(p.parent))

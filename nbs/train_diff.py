@@ -8,9 +8,9 @@
 #       format_version: '1.3'
 #       jupytext_version: 1.19.6
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python (ws)
 #     language: python
-#     name: python3
+#     name: ws
 # ---
 
 # %% [markdown]
@@ -135,13 +135,9 @@ else:
     print("this diff was built before the per-adapter table existed; WS_REBUILD=1 writes it")
 
 # %%
-try:
-    from IPython.display import Image, display
+from ws import show
 
-    display(Image(filename=str(W_PATH.parent / "effect.png")))
-except ImportError:
-    pass
-print(W_PATH.parent / "effect.png")
+show.image(W_PATH.parent / "effect.png")
 
 # %% [markdown]
 # ## Sanity lines

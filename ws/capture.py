@@ -48,7 +48,7 @@ from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from ws.device import input_device, module_weight
 from ws.linalg import blas_threads

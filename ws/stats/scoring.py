@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 import torch
 from scipy.stats import norm
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from ws.linalg import blas_threads, check_orthonormal, f64
 from ws.log import logger

@@ -1,0 +1,157 @@
+"""Every paired notebook, executed the way a Jupyter user runs it.
+
+The committed ``nbs/*.ipynb`` (not the ``.py``) is run through nbclient with the kernel its
+metadata names and the kernel's working directory set to ``nbs/``, as Jupyter does, in
+smoke mode (tiny random model) with ``WS_OUT``, ``WS_CACHE`` and ``WS_LOGS`` in a temporary
+folder. One module-scoped run per notebook; the tests read the executed notebooks and
+the files they wrote.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from ws import sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+NBS = ROOT / "nbs"
+NOTEBOOKS = sorted(p for p in NBS.glob("*.ipynb") if p.with_suffix(".py").exists())
+SWEEP, DIFF = "hypothesis_sweep_v7.ipynb", "train_diff.ipynb"
+WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def _kernel_name(path: Path) -> str:
+    return nbformat.read(path, as_version=4).metadata["kernelspec"]["name"]
+
+
+def _tree(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+def _execute(path: Path, base: Path) -> nbformat.NotebookNode:
+    from nbclient import NotebookClient
+
+    env = dict(os.environ)
+    env.update(WS_SMOKE="1", WS_MODEL="tiny-llama", WS_OUT=str(base / "out"), WS_CACHE=str(base / "cache"),
+               WS_LOGS=str(base / "logs"), WS_LOG_TERMINAL="0", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    # the kernel imports this checkout's `ws` (as the editable install of `make setup` does)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=900, allow_errors=True, resources={"metadata": {"path": str(NBS)}})
+    client.execute(env=env)
+    return nb
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, tuple[nbformat.NotebookNode, Path]]:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    specs = KernelSpecManager().find_kernel_specs()
+    for path in NOTEBOOKS:
+        if _kernel_name(path) not in specs:
+            pytest.fail(f"{path.name} names kernel {_kernel_name(path)!r}, which is not registered: run `make setup`")
+    before = _tree(NBS)
+    out = {}
+    for path in NOTEBOOKS:
+        base = tmp_path_factory.mktemp(path.stem)
+        out[path.name] = (_execute(path, base), base)
+    out["nbs_tree_changes"] = _tree(NBS) ^ before
+    return out
+
+
+def _outputs(nb, source_contains: str | None = None):
+    for c in nb.cells:
+        if c.cell_type == "code" and (source_contains is None or source_contains in c.source):
+            yield from c.get("outputs", [])
+
+
+def _images(nb, source_contains: str | None = None) -> int:
+    return sum("image/png" in o.get("data", {}) for o in _outputs(nb, source_contains))
+
+
+def test_every_paired_notebook_is_covered():
+    assert {p.name for p in NOTEBOOKS} >= {SWEEP, DIFF}
+
+
+def test_the_notebooks_kernel_is_this_environment():
+    """The kernel the notebooks name is registered and runs this environment's Python."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    for path in NOTEBOOKS:
+        name = _kernel_name(path)
+        try:
+            spec = KernelSpecManager().get_kernel_spec(name)
+        except NoSuchKernel:
+            pytest.fail(f"{path.name} names kernel {name!r}, which is not registered: run `make setup`")
+        assert Path(spec.argv[0]).parent.parent.resolve() == Path(sys.prefix).resolve(), (
+            f"kernel {name!r} runs {spec.argv[0]}, not this environment ({sys.prefix}): run `make setup`")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [p.name for p in NOTEBOOKS])
+def test_no_cell_fails(runs, name):
+    nb, _ = runs[name]
+    errors = [o for o in _outputs(nb) if o.output_type == "error"]
+    assert not errors, f"{name}: {errors[0].ename}: {errors[0].evalue}\n" + "\n".join(errors[0].traceback)[-4000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [p.name for p in NOTEBOOKS])
+def test_progress_is_a_widget_without_a_warning(runs, name):
+    nb, _ = runs[name]
+    text = "".join(o.get("text", "") for o in _outputs(nb) if o.output_type == "stream")
+    assert "IProgress not found" not in text
+    assert "it/s]" not in text and "s/it]" not in text, f"{name}: a text progress bar in a notebook"
+    if name == DIFF:  # training always shows bars
+        assert any(WIDGET in o.get("data", {}) for o in _outputs(nb)), "no widget progress bar"
+
+
+@pytest.mark.slow
+def test_outputs_go_to_ws_out_not_to_nbs(runs):
+    _, base = runs[SWEEP]
+    v7 = base / "out" / "sycophancy" / "lora" / "v7"
+    for f in sweep.V7_FILES + sweep.EXTRA_FILES:
+        assert (v7 / f).is_file() and (v7 / f).stat().st_size > 0, f"missing or empty {f}"
+    _, base = runs[DIFF]
+    seed0 = base / "out" / "sycophancy" / "lora" / "seed0"
+    for f in ("w.safetensors", "effect.csv", "effect.png"):
+        assert (seed0 / f).is_file(), f"missing {f}"
+    assert not runs["nbs_tree_changes"], f"the notebooks wrote into nbs/: {sorted(runs['nbs_tree_changes'])}"
+
+
+@pytest.mark.slow
+def test_figures_are_shown_inline(runs):
+    sweep_nb, _ = runs[SWEEP]
+    assert _images(sweep_nb, "v7_joint_act_weight_scatter.png") == 1, "the scatter is not shown"
+    assert _images(sweep_nb, "show.effect_plots(cfg)") >= 1, "the diff's effect plot is not shown"
+    diff_nb, _ = runs[DIFF]
+    assert _images(diff_nb, "effect.png") == 1, "the effect plot is not shown"
+
+
+@pytest.mark.slow
+def test_sweep_sections_come_in_reading_order(runs):
+    nb, _ = runs[SWEEP]
+    heads = [c.source.splitlines()[0] for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("## ")]
+    order = ["## What the diff does", "## Bottom line", "## The joint scatter", "## Which claims survive",
+             "## Specificity", "## Seeds", "## Where the files went"]
+    at = [next(i for i, h in enumerate(heads) if h.startswith(o)) for o in order]
+    assert at == sorted(at), heads
+    assert heads[-1].startswith("## Where the files went")
+
+
+@pytest.mark.slow
+def test_claims_shown_match_the_conclusion(runs):
+    nb, base = runs[SWEEP]
+    html = "".join(o.get("data", {}).get("text/html", "") for o in _outputs(nb, "show.claims_table("))
+    shown = re.findall(r"does not survive|survives|not tested", html)
+    text = (base / "out" / "sycophancy" / "lora" / "v7" / "v7_conclusion.md").read_text()
+    section = text.split("## Which claims survive", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| claim")]
+    written = [line.rstrip(" |").rsplit("| ", 1)[1].replace("**", "") for line in rows]
+    assert shown and shown == written
