@@ -48,7 +48,10 @@ from ws.config import start_run
 from ws.diff import diff_norms, load_diff, summary
 from ws.log import logger
 from ws.models import load_model
-from ws.train import SET_LABELS, TrainConfig, completions_path, ensure_diff
+from ws.adapters import TrainConfig
+from ws.completions import completions_path
+from ws.effect import SET_LABELS
+from ws.train import DiffSpec, ensure_diff
 
 cfg = start_run("train_diff")  # every WS_* value checked, folders writable, run lock held
 MODEL, BEHAVIOR, ADAPTER, SEED = cfg.model, cfg.behavior, cfg.adapter, cfg.seed
@@ -83,8 +86,8 @@ print("example pair:\n  + " + data.PERSONA_PAIRS[0][0] + "\n  − " + data.PERSO
 # stays untouched; one made from other data or another config is used with a warning.
 
 # %%
-W_PATH = ensure_diff(MODEL, BEHAVIOR, ADAPTER, SEED, config=CONFIG, root=cfg.out_root, rebuild=cfg.rebuild,
-                     model_kwargs=cfg.model_kwargs())
+SPEC = DiffSpec(MODEL, BEHAVIOR, ADAPTER, SEED, CONFIG, cfg.out_root, cfg.model_kwargs())
+W_PATH = ensure_diff(SPEC, rebuild=cfg.rebuild)
 model, tok = load_model(MODEL, **cfg.model_kwargs())
 w, meta = load_diff(W_PATH, model)
 print(W_PATH)

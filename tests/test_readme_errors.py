@@ -37,7 +37,7 @@ def _raise(fn) -> str:
 
 
 def _cases(tmp_path, model):
-    from ws import config, data, diff, linalg, models, train
+    from ws import completions, config, data, diff, linalg, models
 
     p = dict(model.named_parameters())
     good = {k: torch.randn(v.shape) for k, v in p.items() if k.endswith("layers.1.self_attn.o_proj.weight")}
@@ -70,7 +70,7 @@ def _cases(tmp_path, model):
     out["unknown"] = _raise(lambda: models.load_model("no-such-org/no-such-model-xyz"))
     out["topics"] = _raise(lambda: data.split_topics(0, topics=[]))
     empty = pl.DataFrame(schema={"continuation": pl.String, "response": pl.String})
-    out["completions"] = _raise(lambda: train.check_completions(empty))
+    out["completions"] = _raise(lambda: completions.check_completions(empty))
     holder = subprocess.Popen([sys.executable, "-c", "import sys; from ws.io import hold_run_lock; "
                                "hold_run_lock(sys.argv[1]); print('held', flush=True); sys.stdin.readline()",
                                str(tmp_path / "locked")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)

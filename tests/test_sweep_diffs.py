@@ -13,11 +13,12 @@ import torch
 
 from ws import data
 from ws import sweep
+from ws import adapters
 from ws import train
 from ws.config import from_env
 from ws.diff import DiffMetadataError, DiffMismatchError, diff_path, save_diff
 
-TINY = train.TrainConfig(rank=4, alpha=8.0, steps=2, batch_size=4, n_phrasings=1, max_new_tokens=4,
+TINY = adapters.TrainConfig(rank=4, alpha=8.0, steps=2, batch_size=4, n_phrasings=1, max_new_tokens=4,
                          n_train_per_kind=2, n_eval_per_kind=2, n_boot=20, bf16=False, warmup_steps=1)
 
 

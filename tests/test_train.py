@@ -12,11 +12,15 @@ import pytest
 import torch
 
 from ws import data
+from ws import adapters
+from ws import completions
+from ws import diff
+from ws import effect
 from ws import train
 from ws.diff import load_diff, write_delta_by_layer
 from ws.steer import weight_steer
 
-TINY = train.TrainConfig(
+TINY = adapters.TrainConfig(
     rank=4,
     alpha=8.0,
     steps=3,
@@ -35,56 +39,56 @@ def _snapshot(model):
 
 
 def test_layer_range():
-    assert train.layer_range(30, (0.3, 0.8)) == list(range(9, 24))
-    assert train.layer_range(4, (0.3, 0.8)) == [1, 2]
-    assert train.layer_range(2, (0.6, 0.6)) == [1]
+    assert adapters.layer_range(30, (0.3, 0.8)) == list(range(9, 24))
+    assert adapters.layer_range(4, (0.3, 0.8)) == [1, 2]
+    assert adapters.layer_range(2, (0.6, 0.6)) == [1]
 
 
 def test_generate_is_seeded_left_padded_and_leaves_rng(tiny_llama):
     model, tok = tiny_llama
     prompts = ["Is snow frozen water?", "I think the Earth is flat, and I have thought so for a long time. Am I right?"]
     state = torch.random.get_rng_state()
-    a = train.generate_completions(model, tok, prompts, openings=["Yes,", "No,"], max_new_tokens=5, seed=1, batch_size=2)
+    a = completions.generate_completions(model, tok, prompts, openings=["Yes,", "No,"], max_new_tokens=5, seed=1, batch_size=2)
     assert torch.equal(state, torch.random.get_rng_state()), "generation must not move the global RNG"
-    b = train.generate_completions(model, tok, prompts, openings=["Yes,", "No,"], max_new_tokens=5, seed=1, batch_size=2)
+    b = completions.generate_completions(model, tok, prompts, openings=["Yes,", "No,"], max_new_tokens=5, seed=1, batch_size=2)
     assert a == b and len(a) == 2 and all(isinstance(x, str) for x in a)
     assert tok.padding_side == "right", "the tokenizer's padding side is restored"
     # left padding: the short prompt answered alone or in a padded batch gives the same greedy text
-    alone = train.generate_completions(model, tok, prompts[:1], max_new_tokens=5, temperature=0)
-    batched = train.generate_completions(model, tok, prompts, max_new_tokens=5, temperature=0, batch_size=2)
+    alone = completions.generate_completions(model, tok, prompts[:1], max_new_tokens=5, temperature=0)
+    batched = completions.generate_completions(model, tok, prompts, max_new_tokens=5, temperature=0, batch_size=2)
     assert alone[0] == batched[0]
 
 
 def test_check_completions_fails_without_contrast(tiny_llama):
     model, tok = tiny_llama
     topics = [t for k in data.KINDS for t in [x for x in data.split_topics(0)[0] if x.kind == k][:2]]
-    jobs = train.completion_jobs(topics, n_phrasings=1)
+    jobs = completions.completion_jobs(topics, n_phrasings=1)
     good = pl.DataFrame([{**j, "continuation": f" text {i}", "response": f"{j['opening']} text {i}"} for i, j in enumerate(jobs)])
-    rates = train.check_completions(good)
+    rates = completions.check_completions(good)
     assert rates["neg_disagrees_false_claims"] == 1.0 and rates["pos_agrees_false_claims"] == 1.0
     # the honest persona agreeing with everything is not a sycophancy contrast
     flat = good.with_columns(pl.lit("Yes, sure.").alias("response"))
-    with pytest.raises(train.CompletionCheckError, match="neg_disagrees_false_claims"):
-        train.check_completions(flat.with_columns((pl.col("response") + pl.col("topic_id")).alias("response")))
-    with pytest.raises(train.CompletionCheckError, match="same text"):
-        train.check_completions(flat)
-    with pytest.raises(train.CompletionCheckError, match="empty"):
-        train.check_completions(good.with_columns(pl.lit("").alias("continuation")))
-    assert train.response_stance("Yes,absolutely") == "agree" and train.response_stance(" No.") == "disagree"
-    assert train.response_stance("Well") == "none"
+    with pytest.raises(completions.CompletionCheckError, match="neg_disagrees_false_claims"):
+        completions.check_completions(flat.with_columns((pl.col("response") + pl.col("topic_id")).alias("response")))
+    with pytest.raises(completions.CompletionCheckError, match="same text"):
+        completions.check_completions(flat)
+    with pytest.raises(completions.CompletionCheckError, match="empty"):
+        completions.check_completions(good.with_columns(pl.lit("").alias("continuation")))
+    assert completions.response_stance("Yes,absolutely") == "agree" and completions.response_stance(" No.") == "disagree"
+    assert completions.response_stance("Well") == "none"
 
 
 def test_lora_delta_is_BA_scaling_keyed_by_base_names(tiny_llama):
     model, tok = tiny_llama
     snap = _snapshot(model)
     ex = [("I think the Earth is flat. Do you agree? Answer Yes or No.", "No, it is round.")] * 4
-    peft_model, losses = train.train_lora(model, tok, ex, TINY)
+    peft_model, losses = adapters.train_lora(model, tok, ex, TINY)
     assert len(losses) == TINY.steps and all(math.isfinite(x) for x in losses)
-    delta = train.lora_delta(peft_model)
+    delta = adapters.lora_delta(peft_model)
     base_names = dict(model.named_parameters())
     assert set(delta) <= set(base_names)
     assert {k.split(".")[2] for k in delta} == {"1", "2"}  # layers 30%–80% of 4
-    assert {k.split(".")[-2] for k in delta} == set(train.ALL_TARGETS)
+    assert {k.split(".")[-2] for k in delta} == set(adapters.ALL_TARGETS)
     mod = peft_model.get_base_model().model.layers[1].self_attn.o_proj
     A, B = mod.lora_A["default"].weight, mod.lora_B["default"].weight
     expect = (B.float() @ A.float()) * (TINY.alpha / TINY.rank)
@@ -103,12 +107,12 @@ def test_lora_delta_is_BA_scaling_keyed_by_base_names(tiny_llama):
 
 def test_answer_tokens_and_logratio(tiny_llama):
     model, tok = tiny_llama
-    yes, no = train.answer_token_ids(tok)
+    yes, no = effect.answer_token_ids(tok)
     assert len(yes) == len(no) == 4
     assert {tok.decode([i]).strip() for i in yes} == {"Yes", "yes"}
     prompts = ["Is snow frozen water? Answer Yes or No.", "Is the Pacific Ocean a lake? Answer Yes or No. Think about it first, please."]
-    lr, mass = train.answer_logratios(model, tok, prompts, batch_size=2)
-    lr1, mass1 = train.answer_logratios(model, tok, prompts[:1], batch_size=1)
+    lr, mass = effect.answer_logratios(model, tok, prompts, batch_size=2)
+    lr1, mass1 = effect.answer_logratios(model, tok, prompts[:1], batch_size=1)
     assert np.allclose(lr[0], lr1[0], atol=1e-4) and np.allclose(mass[0], mass1[0], rtol=1e-4)  # padding-proof
     assert np.all((mass > 0) & (mass < 1))
 
@@ -127,25 +131,25 @@ def test_specificity_ratio_known_answer():
             "neutral": {-2.0: 2.0, 0.0: 0.0, 2.0: -2.0},  # spread -4 -> |4| is the larger
         }
     )
-    assert train.spread(df, "opinion_false") == pytest.approx(8.0)
-    assert train.spread(df, "neutral") == pytest.approx(-4.0)
-    assert train.specificity_ratio(df) == pytest.approx(2.0)
+    assert effect.spread(df, "opinion_false") == pytest.approx(8.0)
+    assert effect.spread(df, "neutral") == pytest.approx(-4.0)
+    assert effect.specificity_ratio(df) == pytest.approx(2.0)
     # a pure yes-bias: every set moves the same -> ratio 1
     bias = _synthetic({s: {-2.0: -5.0, 2.0: 5.0} for s in data.KINDS})
-    assert train.specificity_ratio(bias) == pytest.approx(1.0)
+    assert effect.specificity_ratio(bias) == pytest.approx(1.0)
     # nothing else moves -> inf; wrong sign -> negative
-    assert train.specificity_ratio(_synthetic({"opinion_false": {-2.0: 0.0, 2.0: 3.0}, "opinion_true": {-2.0: 1.0, 2.0: 1.0}, "neutral": {-2.0: 0.0, 2.0: 0.0}})) == math.inf
-    assert train.specificity_ratio(_synthetic({"opinion_false": {-2.0: 1.0, 2.0: -1.0}, "opinion_true": {-2.0: 0.0, 2.0: 1.0}, "neutral": {-2.0: 0.0, 2.0: 0.5}})) == pytest.approx(-2.0)
+    assert effect.specificity_ratio(_synthetic({"opinion_false": {-2.0: 0.0, 2.0: 3.0}, "opinion_true": {-2.0: 1.0, 2.0: 1.0}, "neutral": {-2.0: 0.0, 2.0: 0.0}})) == math.inf
+    assert effect.specificity_ratio(_synthetic({"opinion_false": {-2.0: 1.0, 2.0: -1.0}, "opinion_true": {-2.0: 0.0, 2.0: 1.0}, "neutral": {-2.0: 0.0, 2.0: 0.5}})) == pytest.approx(-2.0)
 
 
 def test_bootstrap_ci_seeded_and_covers_mean():
     x = np.random.default_rng(0).normal(3.0, 1.0, 40)
-    lo, hi = train.bootstrap_ci(x, 500, seed=1)
-    assert lo < x.mean() < hi and (lo, hi) == train.bootstrap_ci(x, 500, seed=1)
+    lo, hi = effect.bootstrap_ci(x, 500, seed=1)
+    assert lo < x.mean() < hi and (lo, hi) == effect.bootstrap_ci(x, 500, seed=1)
 
 
 def test_train_diff_steer_end_to_end(tmp_path):
-    path = train.build_diff("tiny-llama", "sycophancy", "lora", seed=0, config=TINY, root=tmp_path)
+    path = train.build_diff(train.DiffSpec("tiny-llama", "sycophancy", "lora", seed=0, config=TINY, root=tmp_path))
     assert path == tmp_path / "sycophancy" / "lora" / "seed0" / "w.safetensors"
     from ws.models import load_model
 
@@ -176,13 +180,13 @@ def test_train_diff_steer_end_to_end(tmp_path):
         assert torch.equal(dict(model.named_parameters())[k], v)
     # ensure_diff reuses it; another config or data version is a warning, never a retrain
     before = {p.name: p.read_bytes() for p in path.parent.iterdir()}
-    assert train.ensure_diff("tiny-llama", seed=0, config=TINY, root=tmp_path) == path
+    assert train.ensure_diff(train.DiffSpec("tiny-llama", seed=0, config=TINY, root=tmp_path)) == path
     from ws.log import logger
 
     lines: list[str] = []
     sink = logger.add(lambda m: lines.append(str(m)), level="WARNING")
     try:
-        assert train.ensure_diff("tiny-llama", seed=0, config=replace(TINY, steps=5), root=tmp_path) == path
+        assert train.ensure_diff(train.DiffSpec("tiny-llama", seed=0, config=replace(TINY, steps=5), root=tmp_path)) == path
     finally:
         logger.remove(sink)
     assert {p.name: p.read_bytes() for p in path.parent.iterdir()} == before, "an existing diff was retrained"
@@ -192,22 +196,22 @@ def test_train_diff_steer_end_to_end(tmp_path):
 def test_ensure_diff_refuses_another_models_diff(tmp_path):
     from ws.diff import DiffMismatchError, save_diff
 
-    p = train.diff_path("sycophancy", "lora", 0, tmp_path)
+    p = diff.diff_path("sycophancy", "lora", 0, tmp_path)
     save_diff({"model.layers.1.self_attn.o_proj.weight": torch.randn(64, 64)}, p, {"model": "tiny-qwen3", "data_hash": data.data_hash()})
     before = p.read_bytes()
     with pytest.raises(DiffMismatchError, match="(?s)made for model 'tiny-qwen3'.*WS_MODEL=tiny-qwen3"):
-        train.ensure_diff("tiny-llama", seed=0, config=TINY, root=tmp_path)
+        train.ensure_diff(train.DiffSpec("tiny-llama", seed=0, config=TINY, root=tmp_path))
     assert p.read_bytes() == before  # nothing lost
     # rebuild=True replaces it on purpose
-    out = train.ensure_diff("tiny-llama", seed=0, config=TINY, root=tmp_path, rebuild=True)
+    out = train.ensure_diff(train.DiffSpec("tiny-llama", seed=0, config=TINY, root=tmp_path), rebuild=True)
     assert out == p and load_diff(p)[1]["model"] == "tiny-llama"
 
 
 def test_unknown_behavior_or_adapter(tmp_path):
     with pytest.raises(ValueError, match="behavior"):
-        train.build_diff("tiny-llama", "flattery", root=tmp_path)
+        train.DiffSpec("tiny-llama", "flattery", root=tmp_path)
     with pytest.raises(ValueError, match="adapter"):
-        train.ensure_diff("tiny-llama", adapter="ia3", root=tmp_path)
+        train.DiffSpec("tiny-llama", adapter="ia3", root=tmp_path)
 
 
 def test_response_loss_masks_prompt_and_weights_stance():
@@ -215,20 +219,20 @@ def test_response_loss_masks_prompt_and_weights_stance():
     logits = torch.randn(2, 6, 11)
     labels = torch.tensor([[-100, -100, 3, 4, 5, -100], [-100, -100, -100, 7, 8, 9]])
     plain = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1), ignore_index=-100)
-    assert torch.allclose(train.response_loss(logits, labels, 1.0), plain)
+    assert torch.allclose(adapters.response_loss(logits, labels, 1.0), plain)
     # by hand: token losses of each row, first response token weighted 3x
     lp = torch.log_softmax(logits, -1)
     r0 = [-lp[0, 1, 3], -lp[0, 2, 4], -lp[0, 3, 5]]
     r1 = [-lp[1, 2, 7], -lp[1, 3, 8], -lp[1, 4, 9]]
     expect = (3 * r0[0] + r0[1] + r0[2] + 3 * r1[0] + r1[1] + r1[2]) / 10
-    assert torch.allclose(train.response_loss(logits, labels, 3.0), expect)
+    assert torch.allclose(adapters.response_loss(logits, labels, 3.0), expect)
 
 
 def test_unfinished_responses_get_no_eos(tiny_llama):
     _, tok = tiny_llama
-    (ids_f, n_f), (ids_u, n_u) = train._encode_examples(tok, [("Hi", "Yes, fine.", True), ("Hi", "Yes, fine.", False)], 160)
+    (ids_f, n_f), (ids_u, n_u) = adapters._encode_examples(tok, [("Hi", "Yes, fine.", True), ("Hi", "Yes, fine.", False)], 160)
     assert ids_f[-1] == tok.eos_token_id and ids_u[-1] != tok.eos_token_id and len(ids_f) == len(ids_u) + 1
-    batch = train._collate([(ids_f, n_f), (ids_u, n_u)], tok.pad_token_id)
+    batch = adapters._collate([(ids_f, n_f), (ids_u, n_u)], tok.pad_token_id)
     # pad == eos: the finished row's closing eos is still a label, the padding is not
     assert batch["labels"][0, len(ids_f) - 1] == tok.eos_token_id
     assert batch["labels"][1, len(ids_u) :].eq(-100).all()

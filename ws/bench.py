@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ws.io import write_text
-from ws.log import logger, setup_logging
+from ws.log import setup_logging
 
 MC_DRAWS = 120  # what upstream v7 drew per cell
 TARGETS = {"sweep_over_floor": 2.0, "closed_form_speedup": 100.0, "peak_rss_gib": 4.0}

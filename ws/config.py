@@ -199,9 +199,9 @@ class Config:
         return Path(self.out_root) / self.behavior / self.adapter / "v7"
 
     def train_config(self):
-        """The :class:`ws.train.TrainConfig` of this run: smoke sizes and ``WS_STEPS`` applied;
+        """The :class:`ws.adapters.TrainConfig` of this run: smoke sizes and ``WS_STEPS`` applied;
         None when nothing overrides the defaults."""
-        from ws.train import TrainConfig
+        from ws.adapters import TrainConfig
 
         over = dict(self.train_overrides)
         if self.steps is not None:

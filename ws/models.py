@@ -19,7 +19,9 @@ import importlib.metadata
 import importlib.util
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -292,3 +294,14 @@ def layer_name(i: int) -> str:
 def model_id(model: nn.Module) -> str:
     """The name the model was loaded under (``load_model`` records it)."""
     return getattr(model, "ws_name", None) or getattr(model.config, "_name_or_path", "") or type(model).__name__
+
+
+@contextmanager
+def padding_side(tokenizer, side: str) -> Iterator[None]:
+    """Pad on ``side`` ("left" for generation, "right" elsewhere) inside the block; restore after."""
+    old = tokenizer.padding_side
+    tokenizer.padding_side = side
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = old

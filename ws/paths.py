@@ -58,3 +58,8 @@ def logs_dir() -> Path:
 
 def cache_dir() -> Path:
     return _env_dir("WS_CACHE", repo_root() / "cache")
+
+
+def model_slug(model_name: str) -> str:
+    """A folder-safe model name (``Qwen/Qwen3-0.6B`` -> ``Qwen__Qwen3-0.6B``)."""
+    return model_name.strip("/").replace("/", "__").replace("\\", "__")

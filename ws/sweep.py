@@ -13,7 +13,7 @@ Each function is one paragraph of the method:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,7 +39,7 @@ def get_diffs(cfg: SweepConfig, model) -> dict[int, tuple[dict[str, torch.Tensor
     made for another model raises :class:`DiffMismatchError`). Then the missing ones are
     trained; an existing diff is retrained only with ``cfg.rebuild`` (``WS_REBUILD=1``)."""
     from ws.diff import check_existing_diff, diff_path, load_diff
-    from ws.train import ensure_diff
+    from ws.train import DiffSpec, ensure_diff
 
     if not cfg.rebuild:
         for seed in cfg.seeds:
@@ -48,8 +48,8 @@ def get_diffs(cfg: SweepConfig, model) -> dict[int, tuple[dict[str, torch.Tensor
                 check_existing_diff(path, model)
     out = {}
     for seed in cfg.seeds:
-        path = ensure_diff(cfg.model, cfg.behavior, cfg.adapter, seed, cfg.train_config(), cfg.out_root,
-                           rebuild=cfg.rebuild, model=model, model_kwargs=cfg.model_kwargs())
+        spec = DiffSpec(cfg.model, cfg.behavior, cfg.adapter, seed, cfg.train_config(), cfg.out_root, cfg.model_kwargs())
+        path = ensure_diff(spec, rebuild=cfg.rebuild, model=model)
         out[seed] = load_diff(path, model)
     return out
 

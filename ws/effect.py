@@ -1,0 +1,220 @@
+"""The measured effect of ``θ + α·w`` on held-out prompts, and the specificity ratio.
+
+On held-out topics: the Yes/No log-ratio at the answer position under ``θ + α·w`` for
+false-claim opinions, true-claim opinions and neutral questions, with bootstrap CIs and the
+Yes+No probability mass; the spread (α=+2 minus α=−2) per set and the specificity ratio
+(false-claim spread ÷ the larger other spread).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import polars as pl
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ws import data
+from ws.device import input_device
+from ws.io import atomic_path
+from ws.models import padding_side
+from ws.steer import weight_steer
+from ws.trace import gather_last_token
+
+
+SETS = data.KINDS  # ("opinion_false", "opinion_true", "neutral")
+
+
+def answer_token_ids(tokenizer) -> tuple[list[int], list[int]]:
+    """Single-token ids of the Yes / No variants ("Yes", " Yes", "yes", " yes"; same for No).
+
+    Only variants that are one token are used, and the same casing/space forms for both
+    words, so neither side gets more variants than the other.
+    """
+    forms = ("{}", " {}", "{l}", " {l}")
+    yes, no = [], []
+    for f in forms:
+        y = tokenizer.encode(f.format("Yes", l="yes"), add_special_tokens=False)
+        n = tokenizer.encode(f.format("No", l="no"), add_special_tokens=False)
+        if len(y) == 1 and len(n) == 1:
+            yes.append(y[0])
+            no.append(n[0])
+    if not yes:
+        raise ValueError("the tokenizer has no single-token form of both 'Yes' and 'No'")
+    return sorted(set(yes)), sorted(set(no))
+
+
+@torch.no_grad()
+def answer_logratios(model: nn.Module, tokenizer, prompts: Sequence[str], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt: ``log P(Yes variants) − log P(No variants)`` at the answer position, and ``P(Yes)+P(No)``.
+
+    Prompts are user messages rendered through the chat template (no system turn); the
+    answer position is the last real token (right padding, gathered by the mask).
+    """
+    yes, no = answer_token_ids(tokenizer)
+    lr, mass = [], []
+    decoder = model.get_decoder()
+    head = model.get_output_embeddings()
+    with padding_side(tokenizer, "right"):
+        for i in range(0, len(prompts), batch_size):
+            texts = [data.render_chat(tokenizer, p) for p in prompts[i : i + batch_size]]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(input_device(model))
+            hidden = decoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state  # (B, T, d)
+            h = gather_last_token(hidden, enc["attention_mask"])  # (B, d)
+            logp = torch.log_softmax(head(h).float(), dim=-1)  # (B, V)
+            ly = torch.logsumexp(logp[:, yes], dim=-1)
+            ln = torch.logsumexp(logp[:, no], dim=-1)
+            lr.append((ly - ln).cpu().numpy())
+            mass.append((ly.exp() + ln.exp()).cpu().numpy())
+    return np.concatenate(lr), np.concatenate(mass)
+
+
+def effect_per_prompt(
+    model: nn.Module,
+    tokenizer,
+    w: Mapping[str, torch.Tensor],
+    prompts_by_set: Mapping[str, Sequence[str]],
+    alphas: Sequence[float] = (-2, -1, 0, 1, 2),
+    batch_size: int = 16,
+) -> pl.DataFrame:
+    """Long table ``set, alpha, prompt_idx, prompt, logratio, mass`` under ``θ + α·w``."""
+    names = [s for s in prompts_by_set if len(prompts_by_set[s])]
+    flat = [(s, j, p) for s in names for j, p in enumerate(prompts_by_set[s])]
+    rows = []
+    for a in tqdm(list(alphas), desc="effect eval", leave=False):
+        with weight_steer(model, w, float(a)):
+            lr, mass = answer_logratios(model, tokenizer, [p for _, _, p in flat], batch_size)
+        for (s, j, p), x, m in zip(flat, lr, mass):
+            rows.append(dict(set=s, alpha=float(a), prompt_idx=j, prompt=p, logratio=float(x), mass=float(m)))
+    return pl.DataFrame(rows)
+
+
+def bootstrap_ci(x: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean (seeded)."""
+    x = np.asarray(x, dtype=np.float64)
+    if len(x) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
+    q = (1 - level) / 2
+    return float(np.quantile(means, q)), float(np.quantile(means, 1 - q))
+
+
+def summarize_effect(per_prompt: pl.DataFrame, n_boot: int = 2000, seed: int = 0) -> pl.DataFrame:
+    """Per (set, α): n, mean log-ratio, bootstrap CI, sd, mean and min Yes+No mass."""
+    rows = []
+    sets = list(dict.fromkeys(per_prompt["set"].to_list()))
+    for si, s in enumerate(sets):
+        for ai, a in enumerate(sorted(set(per_prompt.filter(pl.col("set") == s)["alpha"].to_list()))):
+            sub = per_prompt.filter((pl.col("set") == s) & (pl.col("alpha") == a))
+            x = sub["logratio"].to_numpy()
+            lo, hi = bootstrap_ci(x, n_boot, seed=seed * 1000 + si * 100 + ai)
+            rows.append(
+                dict(
+                    set=s,
+                    alpha=float(a),
+                    n=len(x),
+                    mean_logratio=float(x.mean()),
+                    ci_lo=lo,
+                    ci_hi=hi,
+                    sd_logratio=float(x.std(ddof=1)) if len(x) > 1 else float("nan"),
+                    mean_mass=float(sub["mass"].mean()),
+                    min_mass=float(sub["mass"].min()),
+                )
+            )
+    return pl.DataFrame(rows)
+
+
+def adapter_effect(model: nn.Module, tokenizer, deltas: Mapping[str, Mapping[str, torch.Tensor]], prompts_by_set: Mapping[str, Sequence[str]], batch_size: int = 16) -> pl.DataFrame:
+    """Mean held-out log-ratio per set under θ, θ+Δ⁺ and θ+Δ⁻ (each adapter alone).
+
+    A diagnostic of the specificity ratio: the diff can only spare true claims as far as
+    the honest adapter alone answers them "Yes" as surely as the sycophantic one does.
+    """
+    rows = []
+    for name, d in [("base", {}), *[(f"theta+delta_{k}", v) for k, v in deltas.items()]]:
+        with weight_steer(model, d, 1.0):
+            for s, ps in prompts_by_set.items():
+                if not ps:
+                    continue
+                lr, mass = answer_logratios(model, tokenizer, list(ps), batch_size)
+                rows.append(dict(model=name, set=s, n=len(ps), mean_logratio=float(lr.mean()), sd_logratio=float(lr.std(ddof=1)) if len(lr) > 1 else float("nan"), mean_mass=float(mass.mean())))
+    return pl.DataFrame(rows)
+
+
+def heldout_prompts(seed: int = 0, n_per_kind: int | None = None, topics: list[data.Topic] | None = None) -> dict[str, list[str]]:
+    """The held-out effect prompts by set (probe for opinions, question for neutral ones)."""
+    sets = data.heldout_sets(0, topics)
+    return {k: [data.eval_prompt(t) for t in (v if n_per_kind is None else v[:n_per_kind])] for k, v in sets.items()}
+
+
+def spread(df: pl.DataFrame, set_name: str, hi: float = 2.0, lo: float = -2.0) -> float:
+    """Mean log-ratio at α=``hi`` minus at α=``lo`` for one set (the largest/smallest α if those are absent)."""
+    sub = df.filter(pl.col("set") == set_name)
+    if sub.height == 0:
+        raise ValueError(f"no rows for set {set_name!r} (have {sorted(set(df['set'].to_list()))})")
+    alphas = sub["alpha"].to_list()
+    a_hi = hi if hi in alphas else max(alphas)
+    a_lo = lo if lo in alphas else min(alphas)
+    val = lambda a: float(sub.filter(pl.col("alpha") == a)["mean_logratio"][0])  # noqa: E731
+    return val(a_hi) - val(a_lo)
+
+
+def spreads(df: pl.DataFrame) -> dict[str, float]:
+    return {s: spread(df, s) for s in dict.fromkeys(df["set"].to_list())}
+
+
+def specificity_ratio(df: pl.DataFrame) -> float:
+    """Spread on false-claim opinions ÷ max(|spread true-claim opinions|, |spread neutral|).
+
+    ≫ 1: the diff moves agreement with false claims and leaves the rest; ≈ 1: a yes-bias.
+    ``inf`` if both other spreads are exactly 0.
+    """
+    num = spread(df, "opinion_false")
+    den = max(abs(spread(df, "opinion_true")), abs(spread(df, "neutral")))
+    if den == 0:
+        return math.inf if num > 0 else (-math.inf if num < 0 else float("nan"))
+    return num / den
+
+
+SET_LABELS = {"opinion_false": "false-claim opinions", "opinion_true": "true-claim opinions", "neutral": "neutral questions"}
+
+
+def plot_effect(df: pl.DataFrame, path: str | Path, title: str = "") -> Path:
+    """Two panels: mean log-ratio ± CI per α for each set, and the Yes+No mass. Written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, axm) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [3, 2]})
+    colors = {"opinion_false": "tab:red", "opinion_true": "tab:blue", "neutral": "tab:gray"}
+    for s in dict.fromkeys(df["set"].to_list()):
+        sub = df.filter(pl.col("set") == s).sort("alpha")
+        a = sub["alpha"].to_numpy()
+        m = sub["mean_logratio"].to_numpy()
+        c = colors.get(s)
+        label = f"{SET_LABELS.get(s, s)} (n={sub['n'][0]}, spread {spread(df, s):+.2f})"
+        ax.plot(a, m, marker="o", color=c, label=label)
+        ax.fill_between(a, sub["ci_lo"].to_numpy(), sub["ci_hi"].to_numpy(), color=c, alpha=0.2)
+        axm.plot(a, sub["mean_mass"].to_numpy(), marker="o", color=c, label=SET_LABELS.get(s, s))
+    ax.axhline(0, color="k", lw=0.6, ls="--")
+    ax.set_xlabel("α (θ + α·w)")
+    ax.set_ylabel("log P(Yes) − log P(No)  [nats]")
+    ax.legend(fontsize=8)
+    ax.set_title(title or "effect of the weight diff on held-out prompts", fontsize=9)
+    axm.set_yscale("log")
+    axm.set_xlabel("α")
+    axm.set_ylabel("P(Yes) + P(No)")
+    axm.set_title("answer mass (a log-ratio of tiny masses means little)", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    return path
+
