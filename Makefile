@@ -20,9 +20,10 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 # progress lines of headless notebook runs go to the terminal too (see ws/log.py)
 export WS_LOG_TERMINAL := 1
-# relative WS_OUT / WS_CACHE / WS_LOGS / model folders resolve against the folder make ran in,
+# relative WS_OUT / WS_CACHE / WS_LOGS / model folders resolve against the folder the user ran make from
+# (the shell's PWD, also with make -C),
 # not the kernel's folder (see ws/paths.py)
-export WS_RUN_DIR := $(CURDIR)
+export WS_RUN_DIR := $(if $(PWD),$(PWD),$(CURDIR))
 
 .PHONY: setup lab sweep diff test test-fast bench clean-cache sync-nbs
 
