@@ -47,7 +47,8 @@ from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 import torch
-from torch import nn
+from jaxtyping import Bool, Float
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ws.device import input_device, module_weight
@@ -105,27 +106,27 @@ class Captures:
     ``key`` identifies what produced them (model weights, prompts, diff, code).
     """
 
-    clean: torch.Tensor | None = None
-    clean_embed: torch.Tensor | None = None
-    pos: torch.Tensor | None = None
-    neg: torch.Tensor | None = None
-    clean_up_in: torch.Tensor | None = None
-    pos_up_in: torch.Tensor | None = None
-    neg_up_in: torch.Tensor | None = None
-    pos_up_written: torch.Tensor | None = None
-    neg_up_written: torch.Tensor | None = None
-    pos_tok: torch.Tensor | None = None
-    neg_tok: torch.Tensor | None = None
-    tok_mask: torch.Tensor | None = None
-    pos_attn: torch.Tensor | None = None
-    neg_attn: torch.Tensor | None = None
-    mom_oproj: torch.Tensor | None = None
-    mom_downproj: torch.Tensor | None = None
-    mom_oproj_out: torch.Tensor | None = None
-    mom_downproj_out: torch.Tensor | None = None
-    mom_n_tokens: torch.Tensor | None = None
-    label_eval: torch.Tensor | None = None
-    label_fit: torch.Tensor | None = None
+    clean: Float[Tensor, "L n_fit d"] | None = None  # block outputs, last real token
+    clean_embed: Float[Tensor, "n_fit d"] | None = None
+    pos: Float[Tensor, "L n_fit d"] | None = None
+    neg: Float[Tensor, "L n_fit d"] | None = None
+    clean_up_in: Float[Tensor, "L n_fit d"] | None = None
+    pos_up_in: Float[Tensor, "L n_fit d"] | None = None
+    neg_up_in: Float[Tensor, "L n_fit d"] | None = None
+    pos_up_written: Float[Tensor, "L n_fit d"] | None = None
+    neg_up_written: Float[Tensor, "L n_fit d"] | None = None
+    pos_tok: Float[Tensor, "L n_fit T d"] | None = None
+    neg_tok: Float[Tensor, "L n_fit T d"] | None = None
+    tok_mask: Bool[Tensor, "n_fit T"] | None = None
+    pos_attn: Float[Tensor, "L n_fit T"] | None = None
+    neg_attn: Float[Tensor, "L n_fit T"] | None = None
+    mom_oproj: Float[Tensor, "L d_attn d_attn"] | None = None
+    mom_downproj: Float[Tensor, "L d_mlp d_mlp"] | None = None
+    mom_oproj_out: Float[Tensor, "L d d"] | None = None
+    mom_downproj_out: Float[Tensor, "L d d"] | None = None
+    mom_n_tokens: Float[Tensor, "1"] | None = None
+    label_eval: Float[Tensor, "L n_eval d"] | None = None  # at +w minus at −w
+    label_fit: Float[Tensor, "L n_fit d"] | None = None
     key: str = ""
     info: dict = field(default_factory=dict)
 
@@ -381,13 +382,13 @@ def _forward_capture(
 
 
 # ----------------------------------------------------------------------------- public captures
-def block_outputs(model: nn.Module, tok, prompts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+def block_outputs(model: nn.Module, tok, prompts: Sequence[str], batch_size: int = 16) -> Float[Tensor, "L n d"]:
     """Block outputs at each prompt's last real token: ``[L, n, d]`` float32."""
     return _forward_capture(model, tok, prompts, batch_size, resid=True)["resid"]
 
 
 def label(model: nn.Module, tok, prompts: Sequence[str], w: Mapping[str, torch.Tensor],
-          batch_size: int = 16, pbar: tqdm | None = None) -> torch.Tensor:
+          batch_size: int = 16, pbar: tqdm | None = None) -> Float[Tensor, "L n d"]:
     """``block_outputs`` at ``θ + w`` minus at ``θ − w``: ``[L, n, d]`` (the activation label)."""
     with weight_steer(model, w, +1.0):
         hp = _forward_capture(model, tok, prompts, batch_size, resid=True, pbar=pbar)["resid"]
@@ -396,12 +397,12 @@ def label(model: nn.Module, tok, prompts: Sequence[str], w: Mapping[str, torch.T
     return (hp.double() - hm.double()).float()
 
 
-def up_proj_inputs(model: nn.Module, tok, prompts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+def up_proj_inputs(model: nn.Module, tok, prompts: Sequence[str], batch_size: int = 16) -> Float[Tensor, "L n d"]:
     """Inputs to ``mlp.up_proj`` at the last real token: ``[L, n, d]``."""
     return _forward_capture(model, tok, prompts, batch_size, resid=False, up_in=True)["up_in"]
 
 
-def up_proj_written(model: nn.Module, tok, prompts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+def up_proj_written(model: nn.Module, tok, prompts: Sequence[str], batch_size: int = 16) -> Float[Tensor, "L n d"]:
     """``up_proj`` outputs ``u`` at the last real token, mapped through ``W_down``: ``u @ W_downᵀ``, ``[L, n, d]``."""
     return _forward_capture(model, tok, prompts, batch_size, resid=False, up_written=True)["up_written"]
 

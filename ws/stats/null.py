@@ -14,6 +14,8 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
 from scipy.stats import norm
 
 from ws.linalg import f64, haar_frames
@@ -27,7 +29,7 @@ PR_THRESHOLD = 3.0
 _STD_REL_FLOOR = 1e-12
 
 
-def unit_rows(X: torch.Tensor, zero_tol: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def unit_rows(X: Float[Tensor, "n d"], zero_tol: float = 0.0) -> tuple[Float[Tensor, "n_valid d"], Bool[Tensor, " n"]]:
     """Rows of ``X`` (``[n, d]``) scaled to unit norm, and the mask ``[n]`` of rows kept
     (norm > ``zero_tol``). Returns ``(X̂ [n_valid, d], valid [n])``."""
     X = f64(X)
@@ -36,7 +38,7 @@ def unit_rows(X: torch.Tensor, zero_tol: float = 0.0) -> tuple[torch.Tensor, tor
     return X[valid] / nrm[valid, None], valid
 
 
-def act_traces(X: torch.Tensor) -> tuple[float, float, int]:
+def act_traces(X: Float[Tensor, "n d"]) -> tuple[float, float, int]:
     """``(tr A, tr A², n_valid)`` for ``A = mean_i x̂_i x̂_iᵀ`` over the non-zero rows of
     X ``[n, d]``, from the ``n × n`` Gram ``X̂X̂ᵀ`` (no ``d × d`` matrix):
     ``tr A = 1`` and ``tr A² = ‖X̂X̂ᵀ‖²_F/n²``."""
@@ -48,7 +50,7 @@ def act_traces(X: torch.Tensor) -> tuple[float, float, int]:
     return 1.0, float((K * K).sum()) / n**2, n
 
 
-def weight_traces(M: torch.Tensor) -> tuple[float, float]:
+def weight_traces(M: Float[Tensor, "d m"]) -> tuple[float, float]:
     """``(tr A, tr A²)`` for ``A = MMᵀ/‖M‖²_F``: ``1`` and ``Σσ⁴/(Σσ²)²``, computed from
     the smaller of the two Grams of M ``[d, in]``."""
     M = f64(M)

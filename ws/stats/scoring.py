@@ -19,7 +19,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import polars as pl
 import torch
+from jaxtyping import Float
 from scipy.stats import norm
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from ws.linalg import blas_threads, check_orthonormal, f64
@@ -140,12 +142,13 @@ def _check_inputs(bases, meta, label, deltas, clean_pcs, layers, orth_tol) -> tu
 # ---------------------------------------------------------------------- one layer's labels
 
 
-def project_off(X: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+def project_off(X: Float[Tensor, "n d"], C: Float[Tensor, "d c"]) -> Float[Tensor, "n d"]:
     """Rows of ``X`` ``[n, d]`` with their part in ``span(C)`` removed (C orthonormal)."""
     return X - (X @ C) @ C.T
 
 
-def specific_basis(B: torch.Tensor, C: torch.Tensor, sv_tol: float, CB: torch.Tensor | None = None) -> torch.Tensor:
+def specific_basis(B: Float[Tensor, "d k"], C: Float[Tensor, "d c"], sv_tol: float,
+                   CB: Float[Tensor, "c k"] | None = None) -> Float[Tensor, "d r"]:
     """``B`` projected off ``span(C)`` and re-orthonormalised: ``[d, r]``, the directions with
     singular value ≤ ``sv_tol`` dropped. ``CB``: ``CᵀB`` when already computed."""
     Bp = B - C @ (C.T @ B if CB is None else CB)
@@ -358,11 +361,11 @@ _SPECIFIC_P_COLUMNS = [("specific_p_act", "specific_z_act", "specific_null_metho
 
 
 def score_sweep(
-    bases: Mapping[str, Sequence[torch.Tensor | None]],
+    bases: Mapping[str, Sequence[Float[Tensor, "d k"] | None]],
     meta: pl.DataFrame,
-    label: torch.Tensor,
-    deltas: Sequence[Mapping[str, torch.Tensor | None] | None],
-    clean_pcs: Sequence[torch.Tensor | None],
+    label: Float[Tensor, "L n d"],
+    deltas: Sequence[Mapping[str, Float[Tensor, "d m"] | None] | None],
+    clean_pcs: Sequence[Float[Tensor, "d c"] | None],
     layers: Sequence[int] | None = None,
     *,
     pr_threshold: float = PR_THRESHOLD,
