@@ -137,7 +137,7 @@ def planted_run(tiny_llama):
     meta = pl.DataFrame({"subspace": ["planted", "other_random"], "family": ["test", "test"],
                          "axis_kind": ["write", "write"], "kind": ["A-hypothesis", "A-hypothesis"]})
     res = C.run_causal(model, tok, w, {"planted": B, "other_random": R}, meta, ["planted", "other_random"], LAYERS,
-                       texts, n_null=20, n_boot=300, progress=False)
+                       texts, n_null=20, n_boot=300, progress=False, threads=1)
     return res, w
 
 

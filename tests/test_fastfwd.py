@@ -10,8 +10,16 @@ import torch
 from ws import data as D
 from ws import train as T
 from ws.fastfwd import FastReadout, first_block, plan_prompts, skip_blocks
+from ws.linalg import blas_threads
 from ws.models import decoder_layers
 from ws.steer import weight_steer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One thread: tiny models on shared cores are many times slower with two."""
+    with blas_threads(1):
+        yield
 
 
 def _texts(tok, n=3):

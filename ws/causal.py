@@ -326,15 +326,26 @@ def run_causal(model, tok, w: Mapping[str, torch.Tensor], bases: Mapping[str, Se
                meta: pl.DataFrame, names: Sequence[str], layers: Sequence[int], texts_by_set: Mapping[str, Sequence[str]],
                *, ranking: Mapping[str, tuple[int | None, float]] | None = None, n_null: int = 20,
                n_boot: int = 2000, seed: int = 0, boot_seed: int = 0, batch_size: int = 16,
-               progress: bool = True) -> CausalResult:
+               progress: bool = True, threads: int | None = None) -> CausalResult:
     """The causal projection test of ``names`` (see the module doc).
 
     bases: name -> per-layer list (index = layer) of ``[d, k]`` orthonormal bases or None.
     meta: at least ``subspace, family, axis_kind, kind``. layers: the blocks whose writers the
     diff touches. texts_by_set: rendered prompts of :data:`TARGET` and :data:`CONTROLS`.
     ranking: name -> (causal_rank, seed_mean_joint_score), copied into the table.
-    ``seed`` seeds the null's random bases, ``boot_seed`` every bootstrap.
+    ``seed`` seeds the null's random bases, ``boot_seed`` every bootstrap. ``threads``: torch /
+    BLAS threads for the passes (None: leave the setting; 1 is far faster for tiny models and
+    on cores shared with other processes).
     """
+    from ws.linalg import blas_threads
+
+    with blas_threads(threads):
+        return _run_causal(model, tok, w, bases, meta, names, layers, texts_by_set, ranking=ranking, n_null=n_null,
+                           n_boot=n_boot, seed=seed, boot_seed=boot_seed, batch_size=batch_size, progress=progress)
+
+
+def _run_causal(model, tok, w, bases, meta, names, layers, texts_by_set, *, ranking, n_null, n_boot, seed, boot_seed,
+                batch_size, progress) -> CausalResult:
     from ws.fastfwd import FastReadout, first_block
     from ws.models import d_model
     from ws.stats import bh_qvalues

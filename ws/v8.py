@@ -96,13 +96,17 @@ def heldout_texts(tok) -> dict[str, list[str]]:
     return {s: [D.render_chat(tok, p) for p in ps] for s, ps in heldout_prompts(0).items()}
 
 
-def causal(cfg, model, tok, res: sweep.SeedResult, w: dict, names: Sequence[str], ranking: dict):
-    """The causal projection test of ``names`` on this seed's diff (:func:`ws.causal.run_causal`)."""
+def causal(cfg, model, tok, res: sweep.SeedResult, w: dict, names: Sequence[str], ranking: dict,
+           threads: int | None = None):
+    """The causal projection test of ``names`` on this seed's diff (:func:`ws.causal.run_causal`).
+    ``threads`` None: one thread for smoke runs (a tiny model: two threads only wait on each
+    other), torch's setting otherwise."""
     from ws.causal import run_causal
 
     return run_causal(model, tok, w, res.bases, res.meta, names, res.layers_touched, heldout_texts(tok),
                       ranking=ranking, n_null=cfg.n_causal_null, n_boot=cfg.n_boot, seed=cfg.basis_seed,
-                      boot_seed=cfg.boot_seed, batch_size=cfg.batch_size)
+                      boot_seed=cfg.boot_seed, batch_size=cfg.batch_size,
+                      threads=threads if threads is not None else (1 if cfg.smoke else None))
 
 
 # ----------------------------------------------------------------------------- tables
