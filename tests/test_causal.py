@@ -152,6 +152,7 @@ def test_planted_subspace_keeps_all_of_the_effect_and_its_complement_none(plante
     assert abs(row["retention_outside"]) < 1e-3
     assert row["retention_inside_ci_lo"] > row["null_p95"] and row["retention_outside_ci_hi"] < 1
     assert row["carries"] is True and row["p_inside"] == pytest.approx(1 / 21)
+    assert row["works_as_target"] is True and row["retention_normmatched_ci_lo"] > row["null_normmatched_p95"]
     # the diff is writers only: they carry all of it
     assert res.writers_share[0] == pytest.approx(1.0, abs=1e-9)
 
@@ -165,6 +166,8 @@ def test_random_subspace_keeps_k_over_d_of_the_energy_little_effect_and_sits_in_
     assert abs(row["z_inside"]) < 3 and row["p_inside"] > 0.05 and row["carries"] is False
     null = res.variants.filter(pl.col("part") == "null_inside")
     assert null.height == 20 and null["set"].unique().to_list() == [C.TARGET]
+    assert res.variants.filter(pl.col("part") == "null_normmatched").height == 20
+    assert row["works_as_target"] is False or abs(row["z_normmatched"]) < 3
     assert float(null["energy_frac_inside"].mean()) == pytest.approx(K / d, abs=0.03)
     assert abs(float(null["retention"].mean())) < 0.5
 

@@ -22,7 +22,10 @@ every layer, whose inside retention gives the null mean, sd and 95th percentile;
 candidate's ``z`` and empirical ``p = (1 + #{null ≥ r})/(1 + n_null)``, BH q over the tested
 A-hypotheses. The verdict (:func:`carries`): the candidate carries the behaviour when its
 inside retention's CI lies above the null's 95th percentile AND its outside retention's CI
-lies below the writers-only effect (retention 1).
+lies below the writers-only effect (retention 1). The same random subspaces, norm-matched,
+are the null of the norm-matched variant: a subspace "works as an intervention target" when
+its norm-matched retention's CI lies above their 95th percentile (a blown-up random
+subspace moves the answer too, so the plain-inside null would flatter it).
 
 Forward passes go through :class:`ws.fastfwd.FastReadout` (shared prefix and unchanged
 lower blocks computed once); the random null runs on the target set only.
@@ -44,7 +47,7 @@ from ws.log import logger
 
 __all__ = [
     "WRITERS", "TARGET", "CONTROLS", "PARTS", "writer_key", "writers_only", "project_layer", "variant_diff",
-    "random_bases", "energy_inside", "ratio", "ratio_ci", "mean_ci", "null_stats", "null_z_p", "carries", "CausalResult",
+    "NULL_PARTS", "random_bases", "energy_inside", "ratio", "ratio_ci", "mean_ci", "null_stats", "null_z_p", "carries", "CausalResult",
     "run_causal", "CAUSAL_COLUMNS",
 ]
 
@@ -200,9 +203,10 @@ CAUSAL_COLUMNS: list[str] = [
     "spread_normmatched", "retention_normmatched", "retention_normmatched_ci_lo", "retention_normmatched_ci_hi",
     "normmatch_scale_max",
     "null_n", "null_mean", "null_sd", "null_p95", "z_inside", "p_inside", "q_inside",
+    "null_normmatched_mean", "null_normmatched_sd", "null_normmatched_p95", "z_normmatched",
     "mass_inside", "mass_outside", "mass_normmatched",
     *[f"spread_{s}_{p}" for p in PARTS for s in CONTROLS],
-    "carries",
+    "carries", "works_as_target",
 ]
 #: columns of the long table ``v8_causal_variants.tsv`` (one row per variant × prompt set)
 VARIANT_COLUMNS: list[str] = [
@@ -289,7 +293,7 @@ def _variant_rows(variant: str, subspace: str, part: str, profile: str, pair: Pa
 
 
 def _candidate_row(meta: Mapping, parts: Mapping[str, Pair], writers: Pair, energy: float, scales: Mapping[int, float],
-                   profile: tuple[int, ...], null_r: np.ndarray, n_boot: int, seed: int) -> dict:
+                   profile: tuple[int, ...], null_r: Mapping[str, np.ndarray], n_boot: int, seed: int) -> dict:
     """One row of :data:`CAUSAL_COLUMNS` (``causal_rank``, ``seed_mean_joint_score``, ``q_inside``
     are filled by the caller)."""
     row = {c: meta.get(c) for c in ("subspace", "family", "axis_kind", "kind")}
@@ -303,19 +307,39 @@ def _candidate_row(meta: Mapping, parts: Mapping[str, Pair], writers: Pair, ener
             row[f"spread_{s}_{p}"] = float(parts[p].spread(s).mean()) if s in parts[p].sets else float("nan")
     sc = [v for v in scales.values() if math.isfinite(v)]
     row["normmatch_scale_max"] = max(sc) if len(sc) == len(scales) else float("inf")
-    st = null_stats(null_r)
-    z, p = null_z_p(row["retention_inside"], null_r)
-    row.update(null_n=st["n"], null_mean=st["mean"], null_sd=st["sd"], null_p95=st["p95"], z_inside=z, p_inside=p)
+    st, nm = null_stats(null_r["inside"]), null_stats(null_r["normmatched"])
+    z, p = null_z_p(row["retention_inside"], null_r["inside"])
+    row.update(null_n=st["n"], null_mean=st["mean"], null_sd=st["sd"], null_p95=st["p95"], z_inside=z, p_inside=p,
+               null_normmatched_mean=nm["mean"], null_normmatched_sd=nm["sd"], null_normmatched_p95=nm["p95"],
+               z_normmatched=null_z_p(row["retention_normmatched"], null_r["normmatched"])[0])
     row["carries"] = carries(row["retention_inside_ci_lo"], st["p95"], row["retention_outside_ci_hi"])
+    lo = row["retention_normmatched_ci_lo"]
+    row["works_as_target"] = bool(lo > nm["p95"]) if math.isfinite(lo) and math.isfinite(nm["p95"]) else None
     return row
 
 
 def _frame(rows: list[dict], columns: list[str]) -> pl.DataFrame:
     ints, strs, bools = {"causal_rank", "null_n", "n"}, {"subspace", "family", "axis_kind", "kind", "null_profile",
-                                                         "variant", "part", "set"}, {"carries"}
+                                                         "variant", "part", "set"}, {"carries", "works_as_target"}
     schema = {c: pl.Int64 if c in ints else pl.String if c in strs else pl.Boolean if c in bools else pl.Float64
               for c in columns}
     return pl.DataFrame({c: [r.get(c) for r in rows] for c in columns}, schema=schema)
+
+
+#: variants of every random draw (target set only)
+NULL_PARTS = ("inside", "normmatched")
+
+
+def _null_draws(ev: _Evaluator, ww: Mapping[str, torch.Tensor], profile: tuple[int, ...], layers: Sequence[int],
+                d: int, n_null: int, seed: int) -> list[dict]:
+    """``n_null`` random draws of one rank profile: per draw the writers' energy inside and the
+    inside and norm-matched inside read-outs on the target set."""
+    out = []
+    for j in range(n_null):
+        rb = random_bases(dict(zip(layers, profile)), d, j, seed)
+        out.append({"energy": energy_inside(ww, rb),
+                    **{p: ev.pair(variant_diff(ww, rb, p)[0], [TARGET]) for p in NULL_PARTS}})
+    return out
 
 
 def _profile(bases: Sequence[torch.Tensor | None], layers: Sequence[int]) -> tuple[int, ...]:
@@ -368,14 +392,11 @@ def _run_causal(model, tok, w, bases, meta, names, layers, texts_by_set, *, rank
             if p == "normmatched":
                 scales[name] = sc
     t["candidates"], t0 = time.perf_counter() - t0, time.perf_counter()
-    null: dict[tuple, list] = {}
-    for pr in tqdm(list(dict.fromkeys(prof.values())), desc="causal null", disable=not progress, leave=False):
-        for j in range(n_null):
-            rb = random_bases(dict(zip(layers, pr)), d_model(model), j, seed)
-            null.setdefault(pr, []).append((energy_inside(ww, rb), ev.pair(variant_diff(ww, rb, "inside")[0], [TARGET])))
+    null = {pr: _null_draws(ev, ww, pr, layers, d_model(model), n_null, seed) for pr in dict.fromkeys(prof.values())}
     t["null"] = time.perf_counter() - t0
     wd = ref["writers_only"].spread(TARGET)
-    null_r = {pr: np.array([ratio(pa.spread(TARGET), wd) for _, pa in v]) for pr, v in null.items()}
+    null_r = {pr: {p: np.array([ratio(dr[p].spread(TARGET), wd) for dr in v]) for p in NULL_PARTS}
+              for pr, v in null.items()}
 
     mrows = {r["subspace"]: r for r in meta.iter_rows(named=True)}
     rows = [_candidate_row(mrows[n], parts[n], ref["writers_only"], energy[n], scales[n], prof[n], null_r[prof[n]],
@@ -395,14 +416,15 @@ def _run_causal(model, tok, w, bases, meta, names, layers, texts_by_set, *, rank
             vrows += _variant_rows(f"{n}:{p_}", n, p_, _profile_name(prof[n]), parts[n][p_], ref["writers_only"],
                                    energy[n], n_boot, boot_seed)
     for pr, v in null.items():
-        for j, (e, pa) in enumerate(v):
-            vrows += _variant_rows(f"random:{_profile_name(pr)}:{j}", "", "null_inside", _profile_name(pr), pa,
-                                   ref["writers_only"], e, n_boot, boot_seed)
+        for j, dr in enumerate(v):
+            for p_ in NULL_PARTS:
+                vrows += _variant_rows(f"random:{_profile_name(pr)}:{j}:{p_}", "", f"null_{p_}", _profile_name(pr),
+                                       dr[p_], ref["writers_only"], dr["energy"], n_boot, boot_seed)
     fd = ref["full"].spread(TARGET)
     res = CausalResult(_frame(rows, CAUSAL_COLUMNS), _frame(vrows, VARIANT_COLUMNS),
                        ratio_ci(wd, fd, n_boot, boot_seed), mean_ci(wd, n_boot, boot_seed), mean_ci(fd, n_boot, boot_seed),
                        ro.first, layers, n_null, t, ev.rows)
     logger.info(f"causal test: {len(names)} candidates × {len(PARTS)} variants + {sum(map(len, null.values()))} null "
-                f"draws, {ev.rows} prompt rows from block {ro.first} on, in {sum(t.values()):.1f} s "
+                f"draws × {len(NULL_PARTS)}, {ev.rows} prompt rows from block {ro.first} on, in {sum(t.values()):.1f} s "
                 f"({', '.join(f'{k} {v:.1f} s' for k, v in t.items())})")
     return res

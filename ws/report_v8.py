@@ -89,9 +89,10 @@ def _plane_panel(ax, table: pl.DataFrame, null: pl.DataFrame, colors: Mapping[st
     return names
 
 
-def _strip_panel(ax, table: pl.DataFrame, null: pl.DataFrame) -> None:
+def _strip_panel(ax, table: pl.DataFrame, null: pl.DataFrame, null_nm: pl.DataFrame) -> None:
     """One row per candidate: inside (filled) and norm-matched inside (hollow) retention with
-    CIs, the null's 95th percentile as a tick; the random draws as a cloud in the last row."""
+    CIs, each null's 95th percentile as a tick (red: inside, orange: norm-matched); the random
+    draws as clouds in the last two rows."""
     t = table.with_columns(pl.col("retention_inside").fill_nan(None)).sort("retention_inside", nulls_last=False)
     rng = np.random.default_rng(0)
     for i, r in enumerate(t.iter_rows(named=True)):
@@ -100,17 +101,20 @@ def _strip_panel(ax, table: pl.DataFrame, null: pl.DataFrame) -> None:
                 ax.plot([r[f"{col}_ci_lo"], r[f"{col}_ci_hi"]], [i + (0.15 if face else 0)] * 2, color="0.4", lw=1.2)
                 ax.scatter([r[col]], [i + (0.15 if face else 0)], marker="*" if r["kind"] == "ceiling" else "o",
                            s=80 if r["kind"] == "ceiling" else 30, facecolors=face or "tab:blue", edgecolors="tab:blue", zorder=4)
-        if _finite(r["null_p95"]):
-            ax.plot([r["null_p95"]] * 2, [i - 0.3, i + 0.3], color="tab:red", lw=1.5)
-    y0 = t.height
-    if null.height:
-        ax.scatter(null["retention"].to_numpy(), y0 + rng.uniform(-0.25, 0.25, null.height), s=12, c="0.5",
-                   alpha=0.8, zorder=3)
-    ax.set_yticks(list(range(t.height + 1)))
-    ax.set_yticklabels(t["subspace"].to_list() + [f"random rank-k ({null.height})"], fontsize=8)
+        for col, color in (("null_p95", "tab:red"), ("null_normmatched_p95", "tab:orange")):
+            if _finite(r[col]):
+                ax.plot([r[col]] * 2, [i - 0.3, i + 0.3], color=color, lw=1.5)
+    for j, (nl, face) in enumerate(((null, "0.5"), (null_nm, "none"))):
+        if nl.height:
+            ax.scatter(nl["retention"].to_numpy(), t.height + j + rng.uniform(-0.25, 0.25, nl.height), s=14,
+                       facecolors=face, edgecolors="0.5", alpha=0.8, zorder=3)
+    ax.set_yticks(list(range(t.height + 2)))
+    ax.set_yticklabels(t["subspace"].to_list() + [f"random rank-k ({null.height})",
+                                                  f"random rank-k, norm-matched ({null_nm.height})"], fontsize=8)
     ax.axvline(1, ls="--", lw=1, color="0.45")
     ax.axvline(0, lw=0.6, color="0.7")
-    ax.set_xlabel("retention of the writers' effect\n(filled: inside; hollow: norm-matched inside; red tick: its null's 95th percentile)")
+    ax.set_xlabel("retention of the writers' effect (filled: inside; hollow: norm-matched inside)\n"
+                  "ticks: 95th percentile of the random null (red: inside, orange: norm-matched)")
     ax.set_title("inside retention against the random null", fontsize=10)
 
 
@@ -121,10 +125,9 @@ def causal_figure(table: pl.DataFrame, variants: pl.DataFrame, path_png: str | P
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    null = variants.filter(pl.col("part") == "null_inside")
-    if null["null_profile"].n_unique() > 1:  # draw the null of the most common rank profile
-        top = table["null_profile"].value_counts(sort=True)["null_profile"][0]
-        null = null.filter(pl.col("null_profile") == top)
+    top = table["null_profile"].value_counts(sort=True)["null_profile"][0]  # draw the most common profile's null
+    null = variants.filter((pl.col("part") == "null_inside") & (pl.col("null_profile") == top))
+    null_nm = variants.filter((pl.col("part") == "null_normmatched") & (pl.col("null_profile") == top))
     fig = Figure(figsize=(17, 7.8))
     FigureCanvasAgg(fig)
     ax1 = fig.add_axes([0.05, 0.16, 0.38, 0.72])
@@ -132,7 +135,7 @@ def causal_figure(table: pl.DataFrame, variants: pl.DataFrame, path_png: str | P
     colors = _family_colors(table.filter(pl.col("kind") == "A-hypothesis")["family"].to_list() or ["-"])
     names = _plane_panel(ax1, table, null, colors)
     fig.text(0.445, 0.88, "\n".join(f"{i + 1}. {n}" for i, n in enumerate(names)), fontsize=8, va="top", family="monospace")
-    _strip_panel(ax2, table, null)
+    _strip_panel(ax2, table, null, null_nm)
     fig.suptitle(title or "Does the subspace carry the behaviour? Retention of the writers' effect", fontsize=12)
     return _save(fig, path_png, path_pdf)
 
@@ -244,6 +247,8 @@ TERMS = [
      "/(1 + draws); q: Benjamini–Hochberg over the tested A-hypotheses"),
     ("carries", "inside retention's CI lower end above the random null's 95th percentile AND outside retention's "
      "CI upper end below 1 (the writers-only effect)"),
+    ("works as an intervention target", "norm-matched inside retention's CI lower end above the 95th percentile of "
+     "the same random subspaces norm-matched (a blown-up random subspace moves the answer too)"),
     ("writers' share", "spread(writers-only) ÷ spread(full diff) on the target set: how much of the diff's effect the "
      "residual writers alone carry"),
     ("cumulative label", "v7's activation label: block outputs (last token, EVAL probes) at +w minus at −w"),
@@ -271,9 +276,12 @@ COLUMN_DOCS = {
     "normmatch_scale_max": "largest per-layer factor the norm-matched variant applied (inf: a layer with nothing inside)",
     "null_n, null_mean, null_sd, null_p95": "number of random draws, their mean, sd and 95th percentile of inside retention",
     "z_inside, p_inside, q_inside": "inside retention against the random null",
+    "null_normmatched_mean, null_normmatched_sd, null_normmatched_p95, z_normmatched":
+        "the same random subspaces norm-matched, and the norm-matched variant against them",
     "mass_<part>": "mean P(Yes) + P(No) over target prompts at α = ±1 (a log-ratio of tiny masses means little)",
     "spread_<control set>_<part>": "the variant's spread on a control set",
     "carries": "the verdict (see `carries` above)",
+    "works_as_target": "norm-matched inside beats norm-matched random subspaces (see above)",
 }
 
 
@@ -322,7 +330,8 @@ def _carry_text(r: Mapping) -> str:
             f"writers' energy) the writers keep {_ci(r, 'retention_inside')} of their effect, against "
             f"{pct(r['null_mean'])} ± {pct(r['null_sd'])} for random subspaces of the same rank (95th percentile "
             f"{pct(r['null_p95'])}; z {fmt_num(r['z_inside'])}, p {fmt_num(r['p_inside'])}, q {fmt_num(r['q_inside'])}); "
-            f"outside it {_ci(r, 'retention_outside')} remains; norm-matched inside gives {_ci(r, 'retention_normmatched')}")
+            f"outside it {_ci(r, 'retention_outside')} remains; norm-matched inside gives {_ci(r, 'retention_normmatched')} "
+            f"(norm-matched random subspaces: 95th percentile {pct(r['null_normmatched_p95'])})")
 
 
 def _carry_lines(causal: pl.DataFrame, info: Mapping[str, Any]) -> list[str]:
@@ -355,9 +364,11 @@ def _ceiling_lines(causal: pl.DataFrame) -> list[str]:
         if r is None:
             continue
         verdict = {True: "carries", False: "does not carry", None: "cannot be judged"}[r["carries"]]
+        target = {True: "works", False: "does not beat random subspaces", None: "cannot be judged"}[r["works_as_target"]]
         out.append(f"- `{name}` ({what}): inside {_ci(r, 'retention_inside')} ({pct(r['energy_frac_inside'])} of the "
-                   f"writers' energy), outside {_ci(r, 'retention_outside')}, norm-matched inside "
-                   f"{_ci(r, 'retention_normmatched')} — {verdict} the behaviour by the rule.")
+                   f"writers' energy), outside {_ci(r, 'retention_outside')} — {verdict} the behaviour by the rule; "
+                   f"norm-matched inside {_ci(r, 'retention_normmatched')} against {pct(r['null_normmatched_p95'])} for "
+                   f"norm-matched random subspaces (95th percentile): as an intervention target it {target}.")
     return out
 
 
@@ -399,15 +410,17 @@ def _causal_table(causal: pl.DataFrame) -> list[str]:
     L = ["## The causal test", "",
          "Retention = spread of the variant ÷ spread of writers-only on the held-out false-claim opinions "
          "(α = ±1), 95% bootstrap CIs over prompts; null: random subspaces of the same rank per layer.", "",
-         "| # | candidate | energy inside | inside | outside | norm-matched | random null mean ± sd (p95) | z | p | q "
-         "| Yes+No mass (inside) | carries |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+         "| # | candidate | energy inside | inside | outside | random null mean ± sd (p95) | z | p | q | carries "
+         "| norm-matched (random p95) | works as a target | Yes+No mass (inside) |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in causal.iter_rows(named=True):
         rk = str(r["causal_rank"]) if r["causal_rank"] is not None else {"ceiling": "★", "self-test": "test"}.get(r["kind"], "")
+        yn = {True: "yes", False: "no", None: "—"}
         L.append(f"| {rk} | `{r['subspace']}` | {pct(r['energy_frac_inside'])} | {_ci(r, 'retention_inside')} | "
-                 f"{_ci(r, 'retention_outside')} | {_ci(r, 'retention_normmatched')} | {pct(r['null_mean'])} ± "
-                 f"{pct(r['null_sd'])} ({pct(r['null_p95'])}) | {fmt_num(r['z_inside'])} | {fmt_num(r['p_inside'])} | "
-                 f"{fmt_num(r['q_inside'])} | {fmt_num(r['mass_inside'])} | "
-                 f"{ {True: 'yes', False: 'no', None: '—'}[r['carries']] } |")
+                 f"{_ci(r, 'retention_outside')} | {pct(r['null_mean'])} ± {pct(r['null_sd'])} ({pct(r['null_p95'])}) | "
+                 f"{fmt_num(r['z_inside'])} | {fmt_num(r['p_inside'])} | {fmt_num(r['q_inside'])} | {yn[r['carries']]} | "
+                 f"{_ci(r, 'retention_normmatched')} ({pct(r['null_normmatched_p95'])}) | {yn[r['works_as_target']]} | "
+                 f"{fmt_num(r['mass_inside'])} |")
     return L + [""]
 
 
