@@ -368,63 +368,84 @@ def run_causal(model, tok, w: Mapping[str, torch.Tensor], bases: Mapping[str, Se
                            n_boot=n_boot, seed=seed, boot_seed=boot_seed, batch_size=batch_size, progress=progress)
 
 
-def _run_causal(model, tok, w, bases, meta, names, layers, texts_by_set, *, ranking, n_null, n_boot, seed, boot_seed,
-                batch_size, progress) -> CausalResult:
-    from ws.fastfwd import FastReadout, first_block
-    from ws.models import d_model
-    from ws.stats import bh_qvalues
+@dataclass
+class _Measured:
+    """Every read-out of one causal test (before any statistic)."""
 
-    layers, t = [int(l) for l in layers], {}
-    t0 = time.perf_counter()
-    ww = writers_only(w, layers)
-    ro = FastReadout(model, tok, texts_by_set, first_block(w, ww), batch_size)
-    ev, sets = _Evaluator(model, ro), list(ro.plans)
-    t["base_residuals"], t0 = time.perf_counter() - t0, time.perf_counter()
-    ref = {"full": ev.pair(w, sets), "writers_only": ev.pair(ww, sets)}
-    parts, energy, scales, prof = {}, {}, {}, {}
+    ref: dict[str, Pair]  # "full", "writers_only"
+    parts: dict[str, dict[str, Pair]]  # candidate -> part -> read-outs
+    energy: dict[str, float]  # candidate -> writers' energy inside
+    scales: dict[str, dict[int, float]]  # candidate -> per-layer norm-matching factor
+    profile: dict[str, tuple[int, ...]]  # candidate -> rank per touched layer
+    null: dict[tuple[int, ...], list[dict]]  # rank profile -> draws (see _null_draws)
+
+
+def _measure(ev: _Evaluator, w, ww, bases, names, layers, d, n_null, seed, progress, t: dict) -> _Measured:
+    sets, t0 = list(ev.ro.plans), time.perf_counter()
+    m = _Measured({"full": ev.pair(w, sets), "writers_only": ev.pair(ww, sets)}, {}, {}, {}, {}, {})
     for name in tqdm(list(names), desc="causal variants", disable=not progress, leave=False):
         per = {l: bases[name][l] for l in layers}
-        prof[name], energy[name] = _profile(bases[name], layers), energy_inside(ww, per)
-        parts[name] = {}
+        m.profile[name], m.energy[name], m.parts[name] = _profile(bases[name], layers), energy_inside(ww, per), {}
         for p in PARTS:
             wv, sc = variant_diff(ww, per, p)
-            parts[name][p] = ev.pair(wv, sets)
-            if p == "normmatched":
-                scales[name] = sc
-    t["candidates"], t0 = time.perf_counter() - t0, time.perf_counter()
-    null = {pr: _null_draws(ev, ww, pr, layers, d_model(model), n_null, seed) for pr in dict.fromkeys(prof.values())}
+            m.parts[name][p] = ev.pair(wv, sets)
+            m.scales[name] = sc if p == "normmatched" else m.scales.get(name, {})
+    t["variants"], t0 = time.perf_counter() - t0, time.perf_counter()
+    m.null = {pr: _null_draws(ev, ww, pr, layers, d, n_null, seed) for pr in dict.fromkeys(m.profile.values())}
     t["null"] = time.perf_counter() - t0
-    wd = ref["writers_only"].spread(TARGET)
-    null_r = {pr: {p: np.array([ratio(dr[p].spread(TARGET), wd) for dr in v]) for p in NULL_PARTS}
-              for pr, v in null.items()}
+    return m
 
+
+def _candidate_table(m: _Measured, meta: pl.DataFrame, names, ranking, n_boot: int, seed: int) -> pl.DataFrame:
+    from ws.stats import bh_qvalues
+
+    wd = m.ref["writers_only"].spread(TARGET)
+    null_r = {pr: {p: np.array([ratio(dr[p].spread(TARGET), wd) for dr in v]) for p in NULL_PARTS}
+              for pr, v in m.null.items()}
     mrows = {r["subspace"]: r for r in meta.iter_rows(named=True)}
-    rows = [_candidate_row(mrows[n], parts[n], ref["writers_only"], energy[n], scales[n], prof[n], null_r[prof[n]],
-                           n_boot, boot_seed) for n in names]
+    rows = [_candidate_row(mrows[n], m.parts[n], m.ref["writers_only"], m.energy[n], m.scales[n], m.profile[n],
+                           null_r[m.profile[n]], n_boot, seed) for n in names]
     for r in rows:
         r["causal_rank"], r["seed_mean_joint_score"] = (ranking or {}).get(r["subspace"], (None, float("nan")))
     p = np.array([r["p_inside"] if r["kind"] == "A-hypothesis" else np.nan for r in rows], dtype=np.float64)
     for r, q in zip(rows, bh_qvalues(p)):
         r["q_inside"] = float(q)
+    return _frame(rows, CAUSAL_COLUMNS)
 
-    vrows = []
+
+def _variant_table(m: _Measured, names, n_boot: int, seed: int) -> pl.DataFrame:
+    wo, rows = m.ref["writers_only"], []
     for v in ("full", "writers_only"):
-        vrows += _variant_rows(v, "", v, "", ref[v], ref["writers_only"], 1.0 if v == "writers_only" else float("nan"),
-                               n_boot, boot_seed)
+        rows += _variant_rows(v, "", v, "", m.ref[v], wo, 1.0 if v == "writers_only" else float("nan"), n_boot, seed)
     for n in names:
-        for p_ in PARTS:
-            vrows += _variant_rows(f"{n}:{p_}", n, p_, _profile_name(prof[n]), parts[n][p_], ref["writers_only"],
-                                   energy[n], n_boot, boot_seed)
-    for pr, v in null.items():
+        for p in PARTS:
+            rows += _variant_rows(f"{n}:{p}", n, p, _profile_name(m.profile[n]), m.parts[n][p], wo, m.energy[n],
+                                  n_boot, seed)
+    for pr, v in m.null.items():
         for j, dr in enumerate(v):
-            for p_ in NULL_PARTS:
-                vrows += _variant_rows(f"random:{_profile_name(pr)}:{j}:{p_}", "", f"null_{p_}", _profile_name(pr),
-                                       dr[p_], ref["writers_only"], dr["energy"], n_boot, boot_seed)
-    fd = ref["full"].spread(TARGET)
-    res = CausalResult(_frame(rows, CAUSAL_COLUMNS), _frame(vrows, VARIANT_COLUMNS),
-                       ratio_ci(wd, fd, n_boot, boot_seed), mean_ci(wd, n_boot, boot_seed), mean_ci(fd, n_boot, boot_seed),
-                       ro.first, layers, n_null, t, ev.rows)
-    logger.info(f"causal test: {len(names)} candidates × {len(PARTS)} variants + {sum(map(len, null.values()))} null "
-                f"draws × {len(NULL_PARTS)}, {ev.rows} prompt rows from block {ro.first} on, in {sum(t.values()):.1f} s "
-                f"({', '.join(f'{k} {v:.1f} s' for k, v in t.items())})")
+            for p in NULL_PARTS:
+                rows += _variant_rows(f"random:{_profile_name(pr)}:{j}:{p}", "", f"null_{p}", _profile_name(pr), dr[p],
+                                      wo, dr["energy"], n_boot, seed)
+    return _frame(rows, VARIANT_COLUMNS)
+
+
+def _run_causal(model, tok, w, bases, meta, names, layers, texts_by_set, *, ranking, n_null, n_boot, seed, boot_seed,
+                batch_size, progress) -> CausalResult:
+    from ws.fastfwd import FastReadout, first_block
+    from ws.models import d_model
+
+    layers, t, t0 = [int(l) for l in layers], {}, time.perf_counter()
+    ww = writers_only(w, layers)
+    ro = FastReadout(model, tok, texts_by_set, first_block(w, ww), batch_size)
+    ev = _Evaluator(model, ro)
+    t["base_residuals"] = time.perf_counter() - t0
+    m = _measure(ev, w, ww, bases, names, layers, d_model(model), n_null, seed, progress, t)
+    wd, fd = m.ref["writers_only"].spread(TARGET), m.ref["full"].spread(TARGET)
+    res = CausalResult(_candidate_table(m, meta, names, ranking, n_boot, boot_seed),
+                       _variant_table(m, names, n_boot, boot_seed), ratio_ci(wd, fd, n_boot, boot_seed),
+                       mean_ci(wd, n_boot, boot_seed), mean_ci(fd, n_boot, boot_seed), ro.first, layers, n_null, t,
+                       ev.rows)
+    logger.info(f"causal test: {len(names)} candidates × {len(PARTS)} variants + {sum(map(len, m.null.values()))} "
+                f"null draws × {len(NULL_PARTS)}, {ev.rows} prompt rows from block {ro.first} on, in "
+                f"{sum(t.values()):.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in t.items())})")
     return res
