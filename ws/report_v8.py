@@ -294,7 +294,7 @@ def definitions_v8_md(meta: pl.DataFrame) -> str:
     L += ["", "## Columns of `v8_causal.tsv` (also in `v8_summary.tsv` for the tested rows)", ""]
     L += [f"- `{c}`: {d}" for c, d in COLUMN_DOCS.items()]
     L += ["", "`v8_causal_variants.tsv` has one row per variant × prompt set (`full`, `writers_only`, each "
-          "`<candidate>:<part>`, each null draw `random:<profile>:<j>` on the target set only): spread with CI, mean "
+          "`<candidate>:<part>`, each null draw `random:<profile>:<j>:<inside or normmatched>` (part `null_inside` / `null_normmatched`), on the target set only): spread with CI, mean "
           "log-ratio at +1 and −1, mean and smallest Yes+No mass, the writers' energy inside, retention with CI.",
           "", "`v8_scope.tsv` has one row per layer: the ranks of the dW oracle and the two activation oracles, their "
           "pairwise overlaps, `overlap_random`, the best energy fraction at rank k, the participation ratio and the "
