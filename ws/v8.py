@@ -97,16 +97,19 @@ def heldout_texts(tok) -> dict[str, list[str]]:
 
 
 def causal(cfg, model, tok, res: sweep.SeedResult, w: dict, names: Sequence[str], ranking: dict,
-           threads: int | None = None):
+           threads: int | None = 1):
     """The causal projection test of ``names`` on this seed's diff (:func:`ws.causal.run_causal`).
-    ``threads`` None: one thread for smoke runs (a tiny model: two threads only wait on each
-    other), torch's setting otherwise."""
+
+    ``threads`` (default 1): torch / BLAS threads for its passes. Measured on this suite's
+    2-core machine while other jobs shared the cores, one pass of the 52 held-out prompts
+    through blocks 9–29 of the embedded model took 8–9 s with one thread and 36–68 s with
+    two (the threads wait on each other); ``None`` keeps torch's setting (two threads can be
+    faster on idle cores)."""
     from ws.causal import run_causal
 
     return run_causal(model, tok, w, res.bases, res.meta, names, res.layers_touched, heldout_texts(tok),
                       ranking=ranking, n_null=cfg.n_causal_null, n_boot=cfg.n_boot, seed=cfg.basis_seed,
-                      boot_seed=cfg.boot_seed, batch_size=cfg.batch_size,
-                      threads=threads if threads is not None else (1 if cfg.smoke else None))
+                      boot_seed=cfg.boot_seed, batch_size=cfg.batch_size, threads=threads)
 
 
 # ----------------------------------------------------------------------------- tables
