@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make sweep   installs what it needs, trains the diff if missing, runs the v7 sweep
+#   make sweep   installs what it needs, trains the diff if missing, runs the v7 sweep, then v8
 #   make test    installs what it needs, runs the tests
 # and one opens the notebooks in Jupyter:
 #   make lab     adds JupyterLab to the environment and starts it at the repository root
@@ -53,10 +53,12 @@ lab: WS_LOG_TERMINAL := 0
 lab: setup $(LAB_STAMP)
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
-# The main job: the v7 sweep on the embedded model (trains the diff first when missing).
+# The main job: the v7 sweep on the embedded model (trains the diff first when missing), then
+# v8 (the causal test and the block-local label; it reuses v7's cached captures and bases).
 sweep: setup
 	@mkdir -p logs
 	$(VENV)/bin/jupytext --to ipynb --output logs/hypothesis_sweep_v7.executed.ipynb --execute nbs/hypothesis_sweep_v7.py
+	$(VENV)/bin/jupytext --to ipynb --output logs/hypothesis_sweep_v8.executed.ipynb --execute nbs/hypothesis_sweep_v8.py
 
 # Only the diff (the sweep builds it too when missing).
 diff: setup

@@ -10,8 +10,12 @@ Writes ``<out>/bench/bench.json`` and prints a table:
   layer × tensor) on the same labels: time of each, speed ratio, and the largest
   difference of null means in units of the closed-form null std.
 
+- v8: the block-local label with its scores, and the causal projection test with the
+  defaults (``WS_N_CAUSAL`` candidates + ceilings + self-test rows, ``WS_N_CAUSAL_NULL``
+  random subspaces per rank), with its phases and the number of prompt rows it ran.
+
 Targets (reported, not enforced): sweep ÷ floor ≤ 2; closed form ≥ 100× faster than the
-Monte Carlo; peak RSS ≤ 4 GiB. The diff of seed 0 must exist (it is trained when missing,
+Monte Carlo; peak RSS ≤ 4 GiB; the causal test ≤ 180 s. The diff of seed 0 must exist (it is trained when missing,
 which is timed apart and not counted in the sweep).
 """
 
@@ -32,7 +36,7 @@ from ws.io import write_text
 from ws.log import setup_logging
 
 MC_DRAWS = 120  # what upstream v7 drew per cell
-TARGETS = {"sweep_over_floor": 2.0, "closed_form_speedup": 100.0, "peak_rss_gib": 4.0}
+TARGETS = {"sweep_over_floor": 2.0, "closed_form_speedup": 100.0, "peak_rss_gib": 4.0, "causal_s": 180.0}
 
 
 def peak_rss_gib() -> float:
@@ -102,6 +106,24 @@ def null_comparison(label: torch.Tensor, deltas: list, layers: list[int], k: int
     }
 
 
+def v8_stages(cfg, model, tok, probes, res, w, stages: dict) -> dict:
+    """Time v8's block-local label and its causal test (defaults) into ``stages``; the causal
+    test's details as a dict."""
+    from ws import sweep, v8
+
+    t0 = time.perf_counter()
+    v8.block_local(cfg, model, tok, probes, res, w)
+    stages["v8 block-local label + scores"] = time.perf_counter() - t0
+    names, ranking = v8.causal_candidates(res.summary, sweep.seed_stability([res]).per_candidate, cfg.n_causal)
+    t0 = time.perf_counter()
+    cr = v8.causal(cfg, model, tok, res, w, names, ranking)
+    stages["v8 causal test"] = time.perf_counter() - t0
+    return {"seconds": stages["v8 causal test"], "phases_s": cr.timings, "candidates": len(names),
+            "null_draws_per_rank_profile": cfg.n_causal_null,
+            "rank_profiles": cr.table["null_profile"].n_unique(), "prompt_rows": cr.n_rows,
+            "first_block": cr.first_block, "torch_threads": torch.get_num_threads()}
+
+
 def run(model_name: str | None = None, seeds: tuple[int, ...] = (0,)) -> dict:
     from ws import sweep
     from ws.diff import write_delta_by_layer
@@ -137,6 +159,7 @@ def run(model_name: str | None = None, seeds: tuple[int, ...] = (0,)) -> dict:
 
     sweep_s = stages["captures"] + stages["build_candidates"] + stages["scoring (+bootstrap, q-values)"] + stages["report"]
     nulls = null_comparison(caps.label_eval, deltas, touched, cfg.k)
+    causal = v8_stages(cfg, model, tok, probes, res, w, stages)
     result = {
         "model": cfg.model,
         "n_fit": len(probes.fit_clean),
@@ -150,6 +173,7 @@ def run(model_name: str | None = None, seeds: tuple[int, ...] = (0,)) -> dict:
         "non_forward_s (build+score+report)": sweep_s - stages["captures"],
         "peak_rss_gib": peak_rss_gib(),
         "null": nulls,
+        "causal": causal,
         "targets": TARGETS,
         "device": device_name(model),
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
@@ -179,6 +203,8 @@ def format_table(r: dict) -> str:
         (f"Monte Carlo null s ({r['null']['mc_draws_per_cell']} draws × {r['null']['cells']} cells)", f"{r['null']['monte_carlo_s']:.2f}"),
         ("closed-form speed-up (target ≥ 100)", f"{r['null']['closed_form_speedup']:.0f}"),
         ("max |mean_MC − mean_closed| / std_closed", f"{r['null']['max_mean_diff_in_null_std']:.3f}"),
+        (f"v8 causal test s ({r['causal']['candidates']} candidates, {r['causal']['prompt_rows']} prompt rows; "
+         f"target ≤ {TARGETS['causal_s']:.0f})", f"{r['causal']['seconds']:.1f}"),
     ]
     w = max(len(a) for a, _ in rows)
     return "\n".join(f"{a:<{w}}  {b:>10}" for a, b in rows)

@@ -26,6 +26,8 @@ Functions (all ``no_grad``, one TraceDict per pass):
   and ``mlp.down_proj`` over all real tokens (and ``E[yyᵀ]`` of their outputs).
 - :func:`capture_all`: everything the candidate registry needs, with the fewest passes
   (one per prompt set and weight setting), as a :class:`Captures`.
+- :func:`block_io`, :func:`block_labels` (v8): block inputs and outputs at the last token,
+  and from them the cumulative and the block-local activation labels.
 
 Suffix alignment (token level): the persona+ and persona− renderings of a probe differ only
 in the system prompt, so their token ids share a suffix (the user turn and the generation
@@ -71,6 +73,8 @@ __all__ = [
     "capture_all",
     "eager_attention",
     "captures_key",
+    "block_io",
+    "block_labels",
 ]
 
 #: name -> what it holds (all float32 unless stated)
@@ -524,3 +528,56 @@ def capture_all(
         logger.info(f"captures cached in {path.name}")
     logger.debug(f"captures: {cap!r}")
     return cap
+
+
+# ----------------------------------------------------------------------------- v8: block-local label
+@torch.no_grad()
+def block_io(model: nn.Module, tok, prompts: Sequence[str], batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each block's input (pre) and output (post) at each prompt's last real token, both
+    ``[L, n, d]`` float32, from the same passes (and numbers) as :func:`block_outputs`."""
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("no prompts to capture")
+    L = n_layers(model)
+    blocks = [layer_name(i) for i in range(L)]
+    backbone = getattr(model, "model", model)
+    pre, post = [], []
+    for start in range(0, len(prompts), batch_size):
+        ids, mask = _encode(tok, prompts[start : start + batch_size])
+        rows, last = torch.arange(ids.shape[0]), last_token_index(mask)
+        with TraceDict(model, blocks, retain_input=True, retain_output=True, detach=True) as td:
+            backbone(input_ids=ids, attention_mask=mask, position_ids=_position_ids(mask), use_cache=False)
+        pre.append(torch.stack([td[b].input[rows, last].float() for b in blocks]))  # [L, B, d]
+        post.append(torch.stack([td[b].output[rows, last].float() for b in blocks]))
+    return torch.cat(pre, dim=1), torch.cat(post, dim=1)
+
+
+def block_labels(model: nn.Module, tok, prompts: Sequence[str], w: Mapping[str, torch.Tensor],
+                 batch_size: int = 16, *, cache: bool = False) -> dict[str, torch.Tensor]:
+    """The two activation labels of v8, ``[L, n, d]`` float32 each:
+
+    - ``label``: block outputs at ``θ + w`` minus at ``θ − w`` (cumulative: everything the
+      diff changed up to and including block l; the same numbers as :func:`label`);
+    - ``label_block``: ``(post⁺ − pre⁺) − (post⁻ − pre⁻)``: what block l itself writes into
+      the residual stream, at ``+w`` minus at ``−w`` (block-local).
+
+    ``cache=True`` keeps them under ``<cache>/activations/`` keyed by the model weights, the
+    prompts, the diff and the capture code (a damaged entry is recomputed).
+    """
+    from ws.cache import activation_cache_dir, cache_key, hash_code, hash_model, hash_tensors, load_entry, save_entry
+
+    key = cache_key({"what": "block_labels", "model": model_id(model), "weights": hash_model(model),
+                     "prompts": list(prompts), "w": hash_tensors(w), "batch": int(batch_size), "code": hash_code()})
+    path = activation_cache_dir() / f"block-labels-{key}.safetensors"
+    if cache and (hit := load_entry(path, key)) is not None:
+        logger.info(f"block labels: cache hit {path.name}")
+        return hit[0]
+    with weight_steer(model, w, +1.0):
+        pre_p, post_p = block_io(model, tok, prompts, batch_size)
+    with weight_steer(model, w, -1.0):
+        pre_m, post_m = block_io(model, tok, prompts, batch_size)
+    out = {"label": (post_p.double() - post_m.double()).float(),
+           "label_block": ((post_p.double() - pre_p.double()) - (post_m.double() - pre_m.double())).float()}
+    if cache:
+        save_entry(path, out, key)
+    return out

@@ -143,6 +143,11 @@ VARIABLES: tuple[Var, ...] = (
         allowed="integer ≥ 1"),
     Var("WS_BATCH", "batch_size", _int, "16", "prompts per forward pass in the captures", allowed="integer ≥ 1"),
     Var("WS_N_BOOT", "n_boot", _int, "2000", "bootstrap resamples", smoke_default="300", allowed="integer ≥ 1"),
+    Var("WS_N_CAUSAL", "n_causal", _int, "10", "v8 causal test: how many write/mixed candidates (best seed-mean joint "
+        "score first) besides the ceilings and self-test rows", smoke_default="3", allowed="integer ≥ 1"),
+    Var("WS_N_CAUSAL_NULL", "n_causal_null", lambda n, r: _int(n, r, lo=2), "20",
+        "v8 causal test: random subspaces per rank (the null of retention; 20 or more for the claims)",
+        smoke_default="5", allowed="integer ≥ 2"),
     Var("WS_CACHE_ACTIVATIONS", "cache", _bool, "1", "`0`: no activation / basis cache for this run",
         allowed="boolean"),
     Var("WS_DEVICE", "device", _device, "auto",
@@ -184,6 +189,8 @@ class Config:
     n_eval: int | None = None  # None: every held-out false-claim topic
     batch_size: int = 16
     n_boot: int = 2000
+    n_causal: int = 10  # v8: candidates in the causal test
+    n_causal_null: int = 20  # v8: random subspaces per rank in its null
     cache: bool = True
     device: str = "auto"
     dtype: str = "auto"
@@ -197,6 +204,10 @@ class Config:
     @property
     def v7_dir(self) -> Path:
         return Path(self.out_root) / self.behavior / self.adapter / "v7"
+
+    @property
+    def v8_dir(self) -> Path:
+        return Path(self.out_root) / self.behavior / self.adapter / "v8"
 
     def train_config(self):
         """The :class:`ws.adapters.TrainConfig` of this run: smoke sizes and ``WS_STEPS`` applied;

@@ -1,0 +1,184 @@
+"""Known answers for the causal projection test (ws.causal), on a real tiny Llama.
+
+A planted diff whose writers write only into a planted subspace: inside that subspace the
+whole effect is kept (retention 100 %), outside nothing (0 %); a random rank-k subspace
+keeps about k/d of the writers' energy and little of the effect, and sits in its null;
+norm-matching is exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from ws import causal as C
+from ws import data as D
+from ws import train as T
+from ws.linalg import haar_orthonormal, orthonormalize
+from ws.trace import TraceDict
+
+K = 8
+LAYERS = (1, 2)
+
+
+def _basis(d, k, seed):
+    return haar_orthonormal(d, k, torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _yes_no_direction(model, tok):
+    """Unit vector along mean(lm_head rows of Yes) − mean(rows of No): what the read-out sees."""
+    yes, no = T.answer_token_ids(tok)
+    E = model.get_output_embeddings().weight.detach().double()
+    u = E[yes].mean(0) - E[no].mean(0)
+    return u / u.norm()
+
+
+def _mean_writer_inputs(model, tok, texts):
+    """Per writer key, the mean input over the real tokens of ``texts`` ``[in]``."""
+    mods = {C.writer_key(l, t): C.writer_key(l, t)[: -len(".weight")] for l in LAYERS for t in C.WRITERS}
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad(), TraceDict(model, list(mods.values()), retain_input=True, retain_output=False) as td:
+        model(**enc)
+    real = enc["attention_mask"].bool()
+    return {k: td[n].input[real].double().mean(0) for k, n in mods.items()}
+
+
+def _planted(model, tok, texts, seed=0):
+    """Per layer a rank-8 basis B_l holding the Yes/No direction u, and writer deltas
+    ``u m̂ᵀ + 0.2·B_l R`` (m̂: the writer's mean input, R random): every column of every delta
+    lies in span(B_l), and the diff moves the Yes/No answer the same way on every prompt."""
+    g = torch.Generator().manual_seed(seed)
+    d, u = model.config.hidden_size, _yes_no_direction(model, tok)
+    B = [None] * model.config.num_hidden_layers
+    for l in LAYERS:
+        B[l] = orthonormalize(torch.cat([u[:, None], torch.randn(d, K - 1, generator=g, dtype=torch.float64)], 1))
+    w = {}
+    for key, m in _mean_writer_inputs(model, tok, texts).items():
+        l = int(key.split(".")[2])
+        R = torch.randn(K, m.numel(), generator=g, dtype=torch.float64) / math.sqrt(m.numel())
+        w[key] = (torch.outer(u, m / m.norm()) + 0.2 * B[l] @ R).float()
+    return w, B
+
+
+def test_inside_plus_outside_is_the_writers_and_norm_matching_is_exact():
+    g = torch.Generator().manual_seed(3)
+    ww = {C.writer_key(l, t): torch.randn(16, 24 if t == "oproj" else 40, generator=g) for l in LAYERS for t in C.WRITERS}
+    B = {1: _basis(16, 3, 1), 2: _basis(16, 5, 2)}
+    ins, s_in = C.variant_diff(ww, B, "inside")
+    out, _ = C.variant_diff(ww, B, "outside")
+    nm, scales = C.variant_diff(ww, B, "normmatched")
+    assert set(ins) == set(out) == set(nm) == set(ww) and s_in == {1: 1.0, 2: 1.0}
+    for k in ww:
+        torch.testing.assert_close(ins[k] + out[k], ww[k], atol=1e-5, rtol=1e-5)
+        # the inside part lies in span(B), the outside part is orthogonal to it
+        l = int(k.split(".")[2])
+        torch.testing.assert_close(B[l].T.float() @ out[k], torch.zeros(B[l].shape[1], ww[k].shape[1]), atol=1e-4, rtol=0)
+    for l in LAYERS:
+        keys = [C.writer_key(l, t) for t in C.WRITERS]
+        n_w = math.sqrt(sum(float(ww[k].double().pow(2).sum()) for k in keys))
+        n_nm = math.sqrt(sum(float(nm[k].double().pow(2).sum()) for k in keys))
+        n_in = math.sqrt(sum(float(ins[k].double().pow(2).sum()) for k in keys))
+        assert n_nm == pytest.approx(n_w, rel=1e-6)
+        assert scales[l] == pytest.approx(n_w / n_in, rel=1e-6) and scales[l] > 1
+        for k in keys:  # one factor per layer: the direction of the inside part is kept
+            torch.testing.assert_close(nm[k], ins[k] * scales[l], rtol=1e-5, atol=1e-5)
+    # rank 0 (no basis): nothing inside, everything outside, no scale to match
+    nm0, sc0 = C.variant_diff(ww, {1: None, 2: B[2]}, "normmatched")
+    assert math.isnan(sc0[1]) and float(nm0[C.writer_key(1, "oproj")].abs().max()) == 0.0
+    out0, _ = C.variant_diff(ww, {1: None, 2: B[2]}, "outside")
+    assert torch.equal(out0[C.writer_key(1, "oproj")], ww[C.writer_key(1, "oproj")])
+
+
+def test_a_random_rank_k_subspace_keeps_k_over_d_of_the_energy():
+    d = 64
+    B = {l: _basis(d, K, 10 + l) for l in LAYERS}
+    g = torch.Generator().manual_seed(0)
+    ww = {C.writer_key(l, t): (B[l] @ torch.randn(K, 48, generator=g, dtype=torch.float64)).float()
+          for l in LAYERS for t in C.WRITERS}
+    assert C.energy_inside(ww, B) == pytest.approx(1.0, abs=1e-6)
+    e = [C.energy_inside(ww, C.random_bases({l: K for l in LAYERS}, d, j)) for j in range(200)]
+    assert np.mean(e) == pytest.approx(K / d, abs=0.01)
+    # the draws are seeded: the same draw gives the same bases, another draw others
+    a, b = C.random_bases({1: K}, d, 0), C.random_bases({1: K}, d, 0)
+    assert torch.equal(a[1], b[1]) and not torch.equal(a[1], C.random_bases({1: K}, d, 1)[1])
+    assert C.random_bases({1: 0}, d, 0)[1] is None
+
+
+def test_ratio_ci_null_and_verdict_known_answers():
+    rng = np.random.default_rng(0)
+    den = rng.normal(2.0, 0.5, 30)
+    assert C.ratio_ci(0.25 * den, den, 500, 0) == pytest.approx((0.25, 0.25, 0.25))
+    r, lo, hi = C.ratio_ci(rng.normal(1.0, 1.0, 30), den, 2000, 0)
+    assert lo < r < hi
+    m, mlo, mhi = C.mean_ci(np.arange(10.0), 2000, 0)
+    assert m == 4.5 and mlo < 4.5 < mhi
+    draws = np.arange(20.0)
+    st = C.null_stats(draws)
+    assert st["mean"] == 9.5 and st["sd"] == pytest.approx(np.std(draws, ddof=1)) and st["p95"] == pytest.approx(18.05)
+    z, p = C.null_z_p(25.0, draws)
+    assert z == pytest.approx((25 - 9.5) / st["sd"]) and p == pytest.approx(1 / 21)
+    assert C.null_z_p(-1.0, draws)[1] == pytest.approx(1.0)
+    assert C.carries(0.9, 0.2, 0.1) is True
+    assert C.carries(0.15, 0.2, 0.1) is False  # inside CI reaches into the null
+    assert C.carries(0.9, 0.2, 1.1) is False  # outside CI reaches the writers' effect
+    assert C.carries(float("nan"), 0.2, 0.1) is None
+
+
+@pytest.fixture(scope="module")
+def planted_run(tiny_llama):
+    model, tok = tiny_llama
+    texts = {s: [D.render_chat(tok, p) for p in ps] for s, ps in T.heldout_prompts(0, 6).items()}
+    w, B = _planted(model, tok, texts[C.TARGET])
+    R = [None if l not in LAYERS else _basis(model.config.hidden_size, K, 200 + l) for l in range(len(B))]
+    meta = pl.DataFrame({"subspace": ["planted", "other_random"], "family": ["test", "test"],
+                         "axis_kind": ["write", "write"], "kind": ["A-hypothesis", "A-hypothesis"]})
+    res = C.run_causal(model, tok, w, {"planted": B, "other_random": R}, meta, ["planted", "other_random"], LAYERS,
+                       texts, n_null=20, n_boot=300, progress=False, threads=1)
+    return res, w
+
+
+def test_planted_subspace_keeps_all_of_the_effect_and_its_complement_none(planted_run):
+    res, _ = planted_run
+    wr = res.writers_spread[0]
+    assert abs(wr) > 0.5, f"the planted diff barely moves the answer (spread {wr}): the test would prove little"
+    row = res.table.filter(pl.col("subspace") == "planted").row(0, named=True)
+    assert row["energy_frac_inside"] == pytest.approx(1.0, abs=1e-6)
+    assert row["retention_inside"] == pytest.approx(1.0, abs=1e-3)
+    assert row["retention_normmatched"] == pytest.approx(1.0, abs=1e-3)
+    assert abs(row["retention_outside"]) < 1e-3
+    assert row["retention_inside_ci_lo"] > row["null_p95"] and row["retention_outside_ci_hi"] < 1
+    assert row["carries"] is True and row["p_inside"] == pytest.approx(1 / 21)
+    assert row["works_as_target"] is True and row["retention_normmatched_ci_lo"] > row["null_normmatched_p95"]
+    # the diff is writers only: they carry all of it
+    assert res.writers_share[0] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_random_subspace_keeps_k_over_d_of_the_energy_little_effect_and_sits_in_its_null(planted_run, tiny_llama):
+    res, _ = planted_run
+    d = tiny_llama[0].config.hidden_size
+    row = res.table.filter(pl.col("subspace") == "other_random").row(0, named=True)
+    assert row["energy_frac_inside"] == pytest.approx(K / d, abs=0.08)
+    assert abs(row["retention_inside"]) < 0.5 and row["retention_outside"] > 0.5
+    assert abs(row["z_inside"]) < 3 and row["p_inside"] > 0.05 and row["carries"] is False
+    null = res.variants.filter(pl.col("part") == "null_inside")
+    assert null.height == 20 and null["set"].unique().to_list() == [C.TARGET]
+    assert res.variants.filter(pl.col("part") == "null_normmatched").height == 20
+    assert row["works_as_target"] is False or abs(row["z_normmatched"]) < 3
+    assert float(null["energy_frac_inside"].mean()) == pytest.approx(K / d, abs=0.03)
+    assert abs(float(null["retention"].mean())) < 0.5
+
+
+def test_tables_have_their_columns_and_every_variant(planted_run):
+    res, _ = planted_run
+    assert res.table.columns == C.CAUSAL_COLUMNS and res.variants.columns == C.VARIANT_COLUMNS
+    v = res.variants
+    for name in ("planted", "other_random"):
+        for p in C.PARTS:
+            assert v.filter(pl.col("variant") == f"{name}:{p}")["set"].sort().to_list() == sorted([C.TARGET, *C.CONTROLS])
+    wo = v.filter((pl.col("variant") == "writers_only") & (pl.col("set") == C.TARGET)).row(0, named=True)
+    assert wo["retention"] == pytest.approx(1.0) and wo["spread"] == pytest.approx(res.writers_spread[0])
+    assert res.first_block == LAYERS[0] and res.n_rows > 0
