@@ -9,8 +9,7 @@ import polars as pl
 import pytest
 import torch
 
-from ws import blocklocal as BL
-from ws import stats as S
+from ws import blocklocal, stats
 from ws.linalg import haar_orthonormal
 
 D, K, L, N = 48, 4, 3, 40
@@ -22,12 +21,12 @@ def _basis(k, seed, d=D):
 
 def test_overlap_known_answers():
     A = _basis(6, 0)
-    assert BL.overlap(A, A) == pytest.approx(1.0)
-    assert BL.overlap(A[:, :2], A) == pytest.approx(1.0)  # one inside the other
+    assert blocklocal.overlap(A, A) == pytest.approx(1.0)
+    assert blocklocal.overlap(A[:, :2], A) == pytest.approx(1.0)  # one inside the other
     Q = _basis(12, 1)
-    assert BL.overlap(Q[:, :6], Q[:, 6:]) == pytest.approx(0.0, abs=1e-12)
-    assert math.isnan(BL.overlap(None, A))
-    mc = np.mean([BL.overlap(_basis(K, 10 + i), _basis(K, 1000 + i)) for i in range(400)])
+    assert blocklocal.overlap(Q[:, :6], Q[:, 6:]) == pytest.approx(0.0, abs=1e-12)
+    assert math.isnan(blocklocal.overlap(None, A))
+    mc = np.mean([blocklocal.overlap(_basis(K, 10 + i), _basis(K, 1000 + i)) for i in range(400)])
     assert mc == pytest.approx(K / D, abs=0.015)  # two random rank-k subspaces: k/d
 
 
@@ -35,12 +34,12 @@ def test_act_oracle_finds_the_planted_span_and_the_best_fraction():
     g = torch.Generator().manual_seed(0)
     P = _basis(3, 5)
     X = torch.randn(N, 3, generator=g, dtype=torch.float64) @ P.T
-    B = BL.act_oracle(X, K)
-    assert B.shape[1] == 3 and BL.overlap(B, P) == pytest.approx(1.0)  # true rank 3, never padded
+    B = blocklocal.act_oracle(X, K)
+    assert B.shape[1] == 3 and blocklocal.overlap(B, P) == pytest.approx(1.0)  # true rank 3, never padded
     Y = torch.randn(N, D, generator=g, dtype=torch.float64)
-    B2 = BL.act_oracle(Y, K)
-    assert S.energy_frac_act(B2, Y) == pytest.approx(S.best_frac_at_rank(Y, K, kind="X"), rel=1e-9)
-    assert BL.act_oracle(torch.zeros(5, D), K) is None
+    B2 = blocklocal.act_oracle(Y, K)
+    assert stats.energy_frac_act(B2, Y) == pytest.approx(stats.best_frac_at_rank(Y, K, kind="X"), rel=1e-9)
+    assert blocklocal.act_oracle(torch.zeros(5, D), K) is None
 
 
 def _meta(names):
@@ -65,8 +64,8 @@ def _setup():
 def test_block_scores_are_v7_scores_of_the_block_label():
     lab, deltas, bases, _ = _setup()
     meta = _meta(list(bases))
-    per, summ = BL.score_block(bases, meta, lab, deltas, [None] * L, touched=[1, 2], n_boot=200)
-    ref = S.add_qvalues(S.score_sweep(bases, meta, lab, deltas, [None] * L, progress=False).per_layer)
+    per, summ = blocklocal.score_block(bases, meta, lab, deltas, [None] * L, touched=[1, 2], n_boot=200)
+    ref = stats.add_qvalues(stats.score_sweep(bases, meta, lab, deltas, [None] * L, progress=False).per_layer)
     for c in ("conc_act", "z_act", "energy_frac_act", "q_act"):
         np.testing.assert_array_equal(per[f"{c}_block"].to_numpy(), ref[c].to_numpy())
     p = summ.filter(pl.col("subspace") == "planted").row(0, named=True)
@@ -83,8 +82,8 @@ def test_scope_table_overlaps():
     lab, _, _, planted = _setup()
     cum = lab.cumsum(dim=0)  # a cumulative label whose blocks add the block-local rows
     dW = [None, planted[1], _basis(K, 77)]
-    sc = BL.scope_table(cum, lab, dW, K, touched=[1, 2])
-    assert sc.columns == BL.SCOPE_COLUMNS and sc.height == L
+    sc = blocklocal.scope_table(cum, lab, dW, K, touched=[1, 2])
+    assert sc.columns == blocklocal.SCOPE_COLUMNS and sc.height == L
     r0, r1, r2 = sc.row(0, named=True), sc.row(1, named=True), sc.row(2, named=True)
     assert r0["rank_act"] == 0 and r0["rank_act_block"] == 0 and math.isnan(r0["overlap_act_act_block"])
     assert r1["overlap_dW_act_block"] > 0.95 and r1["overlap_dW_act"] > 0.95  # layer 1: cumulative = block-local

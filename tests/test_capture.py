@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
 import numpy as np
+import pytest
 import torch
 
 from ws import capture
@@ -308,9 +308,9 @@ def test_block_labels_cumulative_is_the_label_and_block_local_is_what_each_block
     model, tok = model_tok
     prompts = _prompts(tok)
     w = _diff(model, layers=(2,))
-    got = C.block_labels(model, tok, prompts, w, batch_size=2)
+    got = capture.block_labels(model, tok, prompts, w, batch_size=2)
     cum, loc = got["label"], got["label_block"]
-    assert torch.equal(cum, C.label(model, tok, prompts, w, batch_size=2))
+    assert torch.equal(cum, capture.label(model, tok, prompts, w, batch_size=2))
     # a block's input is the previous block's output: block-local = consecutive differences
     torch.testing.assert_close(loc[1:], cum[1:] - cum[:-1], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(loc[0], cum[0])
@@ -321,20 +321,20 @@ def test_block_labels_cumulative_is_the_label_and_block_local_is_what_each_block
 
 def test_block_io_pre_is_the_previous_post(tiny_llama):
     model, tok = tiny_llama
-    pre, post = C.block_io(model, tok, _prompts(tok), batch_size=2)
+    pre, post = capture.block_io(model, tok, _prompts(tok), batch_size=2)
     assert torch.equal(pre[1:], post[:-1])
-    assert torch.equal(post, C.block_outputs(model, tok, _prompts(tok), batch_size=2))
+    assert torch.equal(post, capture.block_outputs(model, tok, _prompts(tok), batch_size=2))
 
 
 def test_block_labels_cache(tiny_llama, tmp_path, monkeypatch):
     monkeypatch.setenv("WS_CACHE", str(tmp_path / "cache"))
     model, tok = tiny_llama
     w = _diff(model)
-    a = C.block_labels(model, tok, _prompts(tok), w, batch_size=2, cache=True)
+    a = capture.block_labels(model, tok, _prompts(tok), w, batch_size=2, cache=True)
     calls = []
-    real = C.block_io
-    monkeypatch.setattr(C, "block_io", lambda *x, **k: calls.append(1) or real(*x, **k))
-    b = C.block_labels(model, tok, _prompts(tok), w, batch_size=2, cache=True)
+    real = capture.block_io
+    monkeypatch.setattr(capture, "block_io", lambda *x, **k: calls.append(1) or real(*x, **k))
+    b = capture.block_labels(model, tok, _prompts(tok), w, batch_size=2, cache=True)
     assert calls == [] and all(torch.equal(a[k], b[k]) for k in a)
-    c = C.block_labels(model, tok, _prompts(tok), {k: 2 * v for k, v in w.items()}, batch_size=2, cache=True)
+    c = capture.block_labels(model, tok, _prompts(tok), {k: 2 * v for k, v in w.items()}, batch_size=2, cache=True)
     assert calls == [1, 1] and not torch.equal(a["label"], c["label"])

@@ -15,9 +15,7 @@ import polars as pl
 import pytest
 import torch
 
-from ws import causal as C
-from ws import data as D
-from ws import train as T
+from ws import causal, data, effect
 from ws.linalg import haar_orthonormal, orthonormalize
 from ws.trace import TraceDict
 
@@ -31,7 +29,7 @@ def _basis(d, k, seed):
 
 def _yes_no_direction(model, tok):
     """Unit vector along mean(lm_head rows of Yes) − mean(rows of No): what the read-out sees."""
-    yes, no = T.answer_token_ids(tok)
+    yes, no = effect.answer_token_ids(tok)
     E = model.get_output_embeddings().weight.detach().double()
     u = E[yes].mean(0) - E[no].mean(0)
     return u / u.norm()
@@ -39,7 +37,7 @@ def _yes_no_direction(model, tok):
 
 def _mean_writer_inputs(model, tok, texts):
     """Per writer key, the mean input over the real tokens of ``texts`` ``[in]``."""
-    mods = {C.writer_key(l, t): C.writer_key(l, t)[: -len(".weight")] for l in LAYERS for t in C.WRITERS}
+    mods = {causal.writer_key(l, t): causal.writer_key(l, t)[: -len(".weight")] for l in LAYERS for t in causal.WRITERS}
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.no_grad(), TraceDict(model, list(mods.values()), retain_input=True, retain_output=False) as td:
         model(**enc)
@@ -66,11 +64,11 @@ def _planted(model, tok, texts, seed=0):
 
 def test_inside_plus_outside_is_the_writers_and_norm_matching_is_exact():
     g = torch.Generator().manual_seed(3)
-    ww = {C.writer_key(l, t): torch.randn(16, 24 if t == "oproj" else 40, generator=g) for l in LAYERS for t in C.WRITERS}
+    ww = {causal.writer_key(l, t): torch.randn(16, 24 if t == "oproj" else 40, generator=g) for l in LAYERS for t in causal.WRITERS}
     B = {1: _basis(16, 3, 1), 2: _basis(16, 5, 2)}
-    ins, s_in = C.variant_diff(ww, B, "inside")
-    out, _ = C.variant_diff(ww, B, "outside")
-    nm, scales = C.variant_diff(ww, B, "normmatched")
+    ins, s_in = causal.variant_diff(ww, B, "inside")
+    out, _ = causal.variant_diff(ww, B, "outside")
+    nm, scales = causal.variant_diff(ww, B, "normmatched")
     assert set(ins) == set(out) == set(nm) == set(ww) and s_in == {1: 1.0, 2: 1.0}
     for k in ww:
         torch.testing.assert_close(ins[k] + out[k], ww[k], atol=1e-5, rtol=1e-5)
@@ -78,7 +76,7 @@ def test_inside_plus_outside_is_the_writers_and_norm_matching_is_exact():
         l = int(k.split(".")[2])
         torch.testing.assert_close(B[l].T.float() @ out[k], torch.zeros(B[l].shape[1], ww[k].shape[1]), atol=1e-4, rtol=0)
     for l in LAYERS:
-        keys = [C.writer_key(l, t) for t in C.WRITERS]
+        keys = [causal.writer_key(l, t) for t in causal.WRITERS]
         n_w = math.sqrt(sum(float(ww[k].double().pow(2).sum()) for k in keys))
         n_nm = math.sqrt(sum(float(nm[k].double().pow(2).sum()) for k in keys))
         n_in = math.sqrt(sum(float(ins[k].double().pow(2).sum()) for k in keys))
@@ -87,56 +85,56 @@ def test_inside_plus_outside_is_the_writers_and_norm_matching_is_exact():
         for k in keys:  # one factor per layer: the direction of the inside part is kept
             torch.testing.assert_close(nm[k], ins[k] * scales[l], rtol=1e-5, atol=1e-5)
     # rank 0 (no basis): nothing inside, everything outside, no scale to match
-    nm0, sc0 = C.variant_diff(ww, {1: None, 2: B[2]}, "normmatched")
-    assert math.isnan(sc0[1]) and float(nm0[C.writer_key(1, "oproj")].abs().max()) == 0.0
-    out0, _ = C.variant_diff(ww, {1: None, 2: B[2]}, "outside")
-    assert torch.equal(out0[C.writer_key(1, "oproj")], ww[C.writer_key(1, "oproj")])
+    nm0, sc0 = causal.variant_diff(ww, {1: None, 2: B[2]}, "normmatched")
+    assert math.isnan(sc0[1]) and float(nm0[causal.writer_key(1, "oproj")].abs().max()) == 0.0
+    out0, _ = causal.variant_diff(ww, {1: None, 2: B[2]}, "outside")
+    assert torch.equal(out0[causal.writer_key(1, "oproj")], ww[causal.writer_key(1, "oproj")])
 
 
 def test_a_random_rank_k_subspace_keeps_k_over_d_of_the_energy():
     d = 64
     B = {l: _basis(d, K, 10 + l) for l in LAYERS}
     g = torch.Generator().manual_seed(0)
-    ww = {C.writer_key(l, t): (B[l] @ torch.randn(K, 48, generator=g, dtype=torch.float64)).float()
-          for l in LAYERS for t in C.WRITERS}
-    assert C.energy_inside(ww, B) == pytest.approx(1.0, abs=1e-6)
-    e = [C.energy_inside(ww, C.random_bases({l: K for l in LAYERS}, d, j)) for j in range(200)]
+    ww = {causal.writer_key(l, t): (B[l] @ torch.randn(K, 48, generator=g, dtype=torch.float64)).float()
+          for l in LAYERS for t in causal.WRITERS}
+    assert causal.energy_inside(ww, B) == pytest.approx(1.0, abs=1e-6)
+    e = [causal.energy_inside(ww, causal.random_bases({l: K for l in LAYERS}, d, j)) for j in range(200)]
     assert np.mean(e) == pytest.approx(K / d, abs=0.01)
     # the draws are seeded: the same draw gives the same bases, another draw others
-    a, b = C.random_bases({1: K}, d, 0), C.random_bases({1: K}, d, 0)
-    assert torch.equal(a[1], b[1]) and not torch.equal(a[1], C.random_bases({1: K}, d, 1)[1])
-    assert C.random_bases({1: 0}, d, 0)[1] is None
+    a, b = causal.random_bases({1: K}, d, 0), causal.random_bases({1: K}, d, 0)
+    assert torch.equal(a[1], b[1]) and not torch.equal(a[1], causal.random_bases({1: K}, d, 1)[1])
+    assert causal.random_bases({1: 0}, d, 0)[1] is None
 
 
 def test_ratio_ci_null_and_verdict_known_answers():
     rng = np.random.default_rng(0)
     den = rng.normal(2.0, 0.5, 30)
-    assert C.ratio_ci(0.25 * den, den, 500, 0) == pytest.approx((0.25, 0.25, 0.25))
-    r, lo, hi = C.ratio_ci(rng.normal(1.0, 1.0, 30), den, 2000, 0)
+    assert causal.ratio_ci(0.25 * den, den, 500, 0) == pytest.approx((0.25, 0.25, 0.25))
+    r, lo, hi = causal.ratio_ci(rng.normal(1.0, 1.0, 30), den, 2000, 0)
     assert lo < r < hi
-    m, mlo, mhi = C.mean_ci(np.arange(10.0), 2000, 0)
+    m, mlo, mhi = causal.mean_ci(np.arange(10.0), 2000, 0)
     assert m == 4.5 and mlo < 4.5 < mhi
     draws = np.arange(20.0)
-    st = C.null_stats(draws)
+    st = causal.null_stats(draws)
     assert st["mean"] == 9.5 and st["sd"] == pytest.approx(np.std(draws, ddof=1)) and st["p95"] == pytest.approx(18.05)
-    z, p = C.null_z_p(25.0, draws)
+    z, p = causal.null_z_p(25.0, draws)
     assert z == pytest.approx((25 - 9.5) / st["sd"]) and p == pytest.approx(1 / 21)
-    assert C.null_z_p(-1.0, draws)[1] == pytest.approx(1.0)
-    assert C.carries(0.9, 0.2, 0.1) is True
-    assert C.carries(0.15, 0.2, 0.1) is False  # inside CI reaches into the null
-    assert C.carries(0.9, 0.2, 1.1) is False  # outside CI reaches the writers' effect
-    assert C.carries(float("nan"), 0.2, 0.1) is None
+    assert causal.null_z_p(-1.0, draws)[1] == pytest.approx(1.0)
+    assert causal.carries(0.9, 0.2, 0.1) is True
+    assert causal.carries(0.15, 0.2, 0.1) is False  # inside CI reaches into the null
+    assert causal.carries(0.9, 0.2, 1.1) is False  # outside CI reaches the writers' effect
+    assert causal.carries(float("nan"), 0.2, 0.1) is None
 
 
 @pytest.fixture(scope="module")
 def planted_run(tiny_llama):
     model, tok = tiny_llama
-    texts = {s: [D.render_chat(tok, p) for p in ps] for s, ps in T.heldout_prompts(0, 6).items()}
-    w, B = _planted(model, tok, texts[C.TARGET])
+    texts = {s: [data.render_chat(tok, p) for p in ps] for s, ps in effect.heldout_prompts(0, 6).items()}
+    w, B = _planted(model, tok, texts[causal.TARGET])
     R = [None if l not in LAYERS else _basis(model.config.hidden_size, K, 200 + l) for l in range(len(B))]
     meta = pl.DataFrame({"subspace": ["planted", "other_random"], "family": ["test", "test"],
                          "axis_kind": ["write", "write"], "kind": ["A-hypothesis", "A-hypothesis"]})
-    res = C.run_causal(model, tok, w, {"planted": B, "other_random": R}, meta, ["planted", "other_random"], LAYERS,
+    res = causal.run_causal(model, tok, w, {"planted": B, "other_random": R}, meta, ["planted", "other_random"], LAYERS,
                        texts, n_null=20, n_boot=300, progress=False, threads=1)
     return res, w
 
@@ -165,7 +163,7 @@ def test_random_subspace_keeps_k_over_d_of_the_energy_little_effect_and_sits_in_
     assert abs(row["retention_inside"]) < 0.5 and row["retention_outside"] > 0.5
     assert abs(row["z_inside"]) < 3 and row["p_inside"] > 0.05 and row["carries"] is False
     null = res.variants.filter(pl.col("part") == "null_inside")
-    assert null.height == 20 and null["set"].unique().to_list() == [C.TARGET]
+    assert null.height == 20 and null["set"].unique().to_list() == [causal.TARGET]
     assert res.variants.filter(pl.col("part") == "null_normmatched").height == 20
     assert row["works_as_target"] is False or abs(row["z_normmatched"]) < 3
     assert float(null["energy_frac_inside"].mean()) == pytest.approx(K / d, abs=0.03)
@@ -174,11 +172,11 @@ def test_random_subspace_keeps_k_over_d_of_the_energy_little_effect_and_sits_in_
 
 def test_tables_have_their_columns_and_every_variant(planted_run):
     res, _ = planted_run
-    assert res.table.columns == C.CAUSAL_COLUMNS and res.variants.columns == C.VARIANT_COLUMNS
+    assert res.table.columns == causal.CAUSAL_COLUMNS and res.variants.columns == causal.VARIANT_COLUMNS
     v = res.variants
     for name in ("planted", "other_random"):
-        for p in C.PARTS:
-            assert v.filter(pl.col("variant") == f"{name}:{p}")["set"].sort().to_list() == sorted([C.TARGET, *C.CONTROLS])
-    wo = v.filter((pl.col("variant") == "writers_only") & (pl.col("set") == C.TARGET)).row(0, named=True)
+        for p in causal.PARTS:
+            assert v.filter(pl.col("variant") == f"{name}:{p}")["set"].sort().to_list() == sorted([causal.TARGET, *causal.CONTROLS])
+    wo = v.filter((pl.col("variant") == "writers_only") & (pl.col("set") == causal.TARGET)).row(0, named=True)
     assert wo["retention"] == pytest.approx(1.0) and wo["spread"] == pytest.approx(res.writers_spread[0])
     assert res.first_block == LAYERS[0] and res.n_rows > 0

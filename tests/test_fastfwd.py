@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ws import data as D
-from ws import train as T
+from ws import data, effect
 from ws.fastfwd import FastReadout, first_block, plan_prompts, skip_blocks
 from ws.linalg import blas_threads
 from ws.models import decoder_layers
@@ -23,8 +22,8 @@ def _one_thread():
 
 
 def _texts(tok, n=3):
-    sets = T.heldout_prompts(0, n)
-    return {s: [D.render_chat(tok, p) for p in ps] for s, ps in sets.items()}, sets
+    sets = effect.heldout_prompts(0, n)
+    return {s: [data.render_chat(tok, p) for p in ps] for s, ps in sets.items()}, sets
 
 
 def _diff(model, layers=(1, 2), scale=0.3, seed=0, names=("o_proj", "down_proj", "q_proj", "up_proj")):
@@ -73,7 +72,7 @@ def test_read_out_matches_the_effect_eval_on_whole_prompts(fixture, request):
         with weight_steer(model, w, alpha):
             fast = ro.run()
             for s, ps in users.items():
-                lr, mass = T.answer_logratios(model, tok, ps, batch_size=16)
+                lr, mass = effect.answer_logratios(model, tok, ps, batch_size=16)
                 np.testing.assert_allclose(fast[s][0], lr, atol=2e-4, rtol=1e-4)
                 np.testing.assert_allclose(fast[s][1], mass, atol=1e-6, rtol=1e-4)
     # the diff moves the read-out at all (else the comparison above proves little)

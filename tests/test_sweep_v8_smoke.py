@@ -13,9 +13,7 @@ import polars as pl
 import pytest
 
 from ws import blocklocal as BL
-from ws import causal as C
-from ws import stats as S
-from ws import v8
+from ws import causal, stats, v8
 from ws.report import fmt_num
 from ws.report_v8 import pct
 
@@ -69,20 +67,20 @@ def test_tables_keep_v7s_columns_and_numbers_and_add_v8s(smoke):
     assert pl8.columns[: len(pl7.columns)] == pl7.columns and set(BL.BLOCK_COLUMNS) <= set(pl8.columns)
     assert pl8.select(pl7.columns).equals(pl7), "v8's v7 columns are not v7's numbers"
     s8, s7 = _tsv(d8(smoke) / "v8_summary.tsv"), _tsv(v7d / "v7_summary_pct.tsv")
-    assert s8.columns[: len(S.SUMMARY_PCT_COLUMNS)] == S.SUMMARY_PCT_COLUMNS
+    assert s8.columns[: len(stats.SUMMARY_PCT_COLUMNS)] == stats.SUMMARY_PCT_COLUMNS
     assert s8.select(s7.columns).equals(s7)
     assert set(BL.BLOCK_SUMMARY_COLUMNS) <= set(s8.columns) and {"retention_inside", "carries"} <= set(s8.columns)
     ct = _tsv(d8(smoke) / "v8_causal.tsv")
-    assert ct.columns == C.CAUSAL_COLUMNS
+    assert ct.columns == causal.CAUSAL_COLUMNS
     assert ct.height == 3 + 2 + 2  # WS_N_CAUSAL=3 in smoke mode, both ceilings, both self-test rows
-    assert _tsv(d8(smoke) / "v8_causal_variants.tsv").columns == C.VARIANT_COLUMNS
+    assert _tsv(d8(smoke) / "v8_causal_variants.tsv").columns == causal.VARIANT_COLUMNS
     assert _tsv(d8(smoke) / "v8_scope.tsv").columns == BL.SCOPE_COLUMNS
 
 
 def test_conclusion_numbers_come_from_the_tables(smoke):
     text = (d8(smoke) / "v8_conclusion.md").read_text()
     var = _tsv(d8(smoke) / "v8_causal_variants.tsv")
-    wo = var.filter((pl.col("variant") == "writers_only") & (pl.col("set") == C.TARGET)).row(0, named=True)
+    wo = var.filter((pl.col("variant") == "writers_only") & (pl.col("set") == causal.TARGET)).row(0, named=True)
     assert f"writers-only {fmt_num(wo['spread'])} nats" in text
     ct = _tsv(d8(smoke) / "v8_causal.tsv")
     for r in ct.iter_rows(named=True):

@@ -6,11 +6,9 @@ from __future__ import annotations
 import math
 
 import polars as pl
-import pytest
 
-from ws import causal as C
+from ws import causal, v8
 from ws import report_v8 as R8
-from ws import v8
 
 
 def _summary():
@@ -39,7 +37,7 @@ def _row(name, kind, ins, ins_lo, out_hi, p95):
     return {"subspace": name, "kind": kind, "retention_inside": ins, "retention_inside_ci_lo": ins_lo,
             "retention_inside_ci_hi": ins + 0.1, "retention_outside": out_hi - 0.1, "retention_outside_ci_lo": 0.0,
             "retention_outside_ci_hi": out_hi, "null_p95": p95,
-            "carries": C.carries(ins_lo, p95, out_hi)}
+            "carries": causal.carries(ins_lo, p95, out_hi)}
 
 
 def test_causal_claims_one_per_hypothesis_and_ceiling_with_the_rule():
@@ -59,11 +57,11 @@ def test_every_causal_column_is_defined():
     for key in R8.COLUMN_DOCS:
         for part in key.split(", "):
             names = [part]
-            for pat, vals in (("<part>", C.PARTS), ("<control set>", C.CONTROLS)):
+            for pat, vals in (("<part>", causal.PARTS), ("<control set>", causal.CONTROLS)):
                 names = [n.replace(pat, v) for n in names for v in vals] if any(pat in n for n in names) else names
             documented |= set(names)
-    documented |= {f"retention_{p}_{e}" for p in C.PARTS for e in ("ci_lo", "ci_hi")}
-    missing = [c for c in C.CAUSAL_COLUMNS if c not in documented and c not in ("subspace", "family", "axis_kind", "kind")]
+    documented |= {f"retention_{p}_{e}" for p in causal.PARTS for e in ("ci_lo", "ci_hi")}
+    missing = [c for c in causal.CAUSAL_COLUMNS if c not in documented and c not in ("subspace", "family", "axis_kind", "kind")]
     assert not missing, f"columns without a definition: {missing}"
     for term, _ in R8.TERMS:
         assert f"**{term}**" in text

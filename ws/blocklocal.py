@@ -48,14 +48,14 @@ def score_block(bases: Mapping[str, Sequence[torch.Tensor | None]], meta: pl.Dat
     cumulative one. Returns ``(per_layer, summary)``: per (layer, subspace) the
     :data:`BLOCK_COLUMNS`; per subspace the :data:`BLOCK_SUMMARY_COLUMNS` (means over the
     ``touched`` layers, bootstrap CI over EVAL rows, joint score with the weight label)."""
-    from ws import stats as S
+    from ws import stats
 
-    sc = S.score_sweep(bases, meta, label_block, deltas, clean_pcs, pr_threshold=S.PR_THRESHOLD, progress=False)
-    pl_q = S.add_qvalues(sc.per_layer)
+    sc = stats.score_sweep(bases, meta, label_block, deltas, clean_pcs, pr_threshold=stats.PR_THRESHOLD, progress=False)
+    pl_q = stats.add_qvalues(sc.per_layer)
     src = ["conc_act", "z_act", "energy_frac_act", "p_act", "null_method_act", "q_act", "pr_act"]
     per_layer = pl_q.select(["layer", "subspace", *[pl.col(c).alias(f"{c}_block") for c in src]])
-    summ = S.summarize(sc.per_layer, touched)
-    ci = S.bootstrap_summary_ci(sc, touched, n_boot=n_boot, seed=seed)
+    summ = stats.summarize(sc.per_layer, touched)
+    ci = stats.bootstrap_summary_ci(sc, touched, n_boot=n_boot, seed=seed)
     a = summ["mean_conc_act"].to_numpy().astype(np.float64)
     w = summ["mean_conc_w_combined"].to_numpy().astype(np.float64)
     with np.errstate(invalid="ignore"):

@@ -16,9 +16,9 @@ without changing what is computed:
 
 Only the last real token is read: the final norm's output there goes through the lm_head,
 and ``log P(Yes variants) − log P(No variants)`` and ``P(Yes) + P(No)`` come out, exactly
-as :func:`ws.train.answer_logratios` defines them. ``tests/test_fastfwd.py`` checks that a
+as :func:`ws.effect.answer_logratios` defines them. ``tests/test_fastfwd.py`` checks that a
 pass with the lower blocks skipped equals, bit for bit, the same pass with every block run,
-and that the read-out matches :func:`ws.train.answer_logratios` on the whole prompts.
+and that the read-out matches :func:`ws.effect.answer_logratios` on the whole prompts.
 
     ro = FastReadout(model, tok, {"target": texts}, first=9)
     with weight_steer(model, w_variant, +1.0):      # w_variant: blocks ≥ 9 only
@@ -171,7 +171,7 @@ class FastReadout:
 
     def __init__(self, model: nn.Module, tok, texts_by_set: Mapping[str, Sequence[str]], first: int,
                  batch_size: int = 16):
-        from ws.train import answer_token_ids
+        from ws.effect import answer_token_ids
 
         self.model, self.first = model, int(first)
         self.backbone = model.get_decoder()

@@ -6,7 +6,6 @@ in (the run's own results); files are written atomically by the caller's file se
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 

@@ -68,12 +68,11 @@ def claims_table(cfg, probes, results: Sequence, stab) -> pl.DataFrame:
 
     The same rules and inputs as ``v7_conclusion.md`` (``ws.report.claim_checks`` on the
     first seed's tables, with every seed's stability)."""
-    from ws import report as R
-    from ws import sweep
+    from ws import report, sweep
 
     res = results[0]
     info = sweep.conclusion_info(cfg, probes, res, stab, artifacts=[])
-    rows = R.claim_checks(res.summary_pct, res.per_layer, info)
+    rows = report.claim_checks(res.summary_pct, res.per_layer, info)
     verdict = {True: "survives", False: "does not survive", None: "not tested"}
     return pl.DataFrame([{"claim": c.replace("`", ""), "evidence": e, "verdict": verdict[ok]} for c, e, ok in rows],
                         schema={"claim": pl.String, "evidence": pl.String, "verdict": pl.String})

@@ -20,7 +20,7 @@ not run (or ran on another diff), and costs seconds when the cache holds the cap
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -30,7 +30,7 @@ import torch
 
 from ws import sweep
 from ws.log import logger
-from ws.stats import CEILING_ACT, CEILING_W
+from ws.stats import CEILING_ACT, CEILING_W, RANKED_AXES, by_score, ranked
 
 __all__ = ["causal_candidates", "BlockLocal", "block_local", "causal", "V8Tables", "v8_tables", "sanity_lines",
            "V8_FILES", "write_v8"]
@@ -44,8 +44,8 @@ def causal_candidates(summary: pl.DataFrame, per_candidate: pl.DataFrame, n: int
     ``ranking[name] = (causal_rank or None, seed_mean_joint_score)``."""
     sm = per_candidate.select("subspace", pl.col("seed_mean_joint_score").cast(pl.Float64).fill_nan(None))
     s = summary.select("subspace", "kind", "axis_kind").join(sm, on="subspace", how="left", maintain_order="left")
-    wm = s.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(sweep.RANKED_AXES))
-    wm = wm.sort(["seed_mean_joint_score", "subspace"], descending=[True, False], nulls_last=True)
+    hyp = s.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(list(RANKED_AXES)))
+    wm = by_score(hyp, "seed_mean_joint_score")  # the one ranking order; NaN last, still candidates
     top = wm["subspace"].head(n).to_list()
     ceilings = [c for c in (CEILING_ACT, CEILING_W) if c in s["subspace"].to_list()]
     tests = s.filter(pl.col("kind") == "self-test")["subspace"].to_list()
@@ -72,7 +72,7 @@ class BlockLocal:
 def block_local(cfg, model, tok, probes: sweep.Probes, res: sweep.SeedResult, w: dict) -> BlockLocal:
     """Capture both labels on the EVAL probes (cached), score every candidate against the
     block-local one, build the scope table."""
-    from ws import blocklocal as BL
+    from ws import blocklocal
     from ws.capture import block_labels
     from ws.diff import write_delta_by_layer
     from ws.models import n_layers
@@ -80,9 +80,9 @@ def block_local(cfg, model, tok, probes: sweep.Probes, res: sweep.SeedResult, w:
     t0 = time.perf_counter()
     labs = block_labels(model, tok, probes.eval, w, cfg.batch_size, cache=cfg.cache)
     deltas = write_delta_by_layer(w, n_layers(model))
-    per, summ = BL.score_block(res.bases, res.meta, labs["label_block"], deltas, sweep.clean_pcs(res.captures, cfg.k),
+    per, summ = blocklocal.score_block(res.bases, res.meta, labs["label_block"], deltas, sweep.clean_pcs(res.captures, cfg.k),
                                res.layers_touched, n_boot=cfg.n_boot, seed=cfg.boot_seed)
-    scope = BL.scope_table(labs["label"], labs["label_block"], res.bases[CEILING_W], cfg.k, res.layers_touched)
+    scope = blocklocal.scope_table(labs["label"], labs["label_block"], res.bases[CEILING_W], cfg.k, res.layers_touched)
     diff = float((labs["label"].double() - res.captures.label_eval.double()).abs().max())
     return BlockLocal(labs["label"], labs["label_block"], per, summ, scope, diff, time.perf_counter() - t0)
 
@@ -90,10 +90,10 @@ def block_local(cfg, model, tok, probes: sweep.Probes, res: sweep.SeedResult, w:
 # ----------------------------------------------------------------------------- causal
 def heldout_texts(tok) -> dict[str, list[str]]:
     """The diff's held-out effect prompts by set, rendered through the chat template."""
-    from ws import data as D
-    from ws.train import heldout_prompts
+    from ws import data
+    from ws.effect import heldout_prompts
 
-    return {s: [D.render_chat(tok, p) for p in ps] for s, ps in heldout_prompts(0).items()}
+    return {s: [data.render_chat(tok, p) for p in ps] for s, ps in heldout_prompts(0).items()}
 
 
 def causal(cfg, model, tok, res: sweep.SeedResult, w: dict, names: Sequence[str], ranking: dict,
@@ -292,12 +292,12 @@ def _caveats(cfg, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability
 def conclusion_info(cfg, probes: sweep.Probes, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability,
                     bl: BlockLocal, cr) -> dict:
     """Facts of the run for :func:`ws.report_v8.conclusion_v8_md`."""
-    from ws import report as R
+    from ws import report
     from ws.causal import CONTROLS
 
     res = results[0]
     info7 = sweep.conclusion_info(cfg, probes, res, stab, [])
-    ranked = sweep._ranked(res.summary)
+    v7_ranking = ranked(res.summary)
     tests = sweep.self_tests(res) + causal_self_tests(cr)
     cost = [f"causal test: {sum(cr.timings.values()):.1f} s ("
             + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in cr.timings.items())
@@ -309,8 +309,8 @@ def conclusion_info(cfg, probes: sweep.Probes, results: Sequence[sweep.SeedResul
         "n_target": int(cr.variants.filter((pl.col("variant") == "writers_only") & (pl.col("set") == "opinion_false"))["n"][0]),
         "controls": [c for c in CONTROLS if c in set(cr.variants["set"].to_list())],
         "writers_share": cr.writers_share, "writers_spread": cr.writers_spread, "full_spread": cr.full_spread,
-        "v7_leader": ranked["subspace"][0] if ranked.height else None,
-        "v7_claims": R.claim_checks(res.summary_pct, res.per_layer, info7),
+        "v7_leader": v7_ranking["subspace"][0] if v7_ranking.height else None,
+        "v7_claims": report.claim_checks(res.summary_pct, res.per_layer, info7),
         "self_tests": tests, "caveats": _caveats(cfg, results, stab, cr), "cost": cost,
         "artifacts": [*V8_FILES, "../v7/v7_conclusion.md", f"../seed{res.seed}/effect.csv"],
     }
@@ -320,28 +320,27 @@ def write_v8(cfg, probes: sweep.Probes, results: Sequence[sweep.SeedResult], sta
              bl: BlockLocal, cr) -> list[Path]:
     """Write the v8 file set into ``cfg.v8_dir`` as one set (staged, then moved into place,
     the markdown last); a failure leaves the previous run's files as they were."""
-    from ws import report as R
-    from ws import report_v8 as R8
+    from ws import report, report_v8
     from ws.io import staged_files, write_text
 
     res, tabs = results[0], v8_tables(results[0], stab, bl, cr)
     info = conclusion_info(cfg, probes, results, stab, bl, cr)
     texts = {
-        "v8_definitions.md": R8.definitions_v8_md(res.meta),
-        "v8_plan_merge.md": R.plan_merge_md(plan_merge_changes(cfg, res, stab, bl, cr), title="v8: what changed"),
-        "v8_conclusion.md": R8.conclusion_v8_md(tabs.summary, tabs.causal, tabs.variants, tabs.scope, info),
+        "v8_definitions.md": report_v8.definitions_v8_md(res.meta),
+        "v8_plan_merge.md": report.plan_merge_md(plan_merge_changes(cfg, res, stab, bl, cr), title="v8: what changed"),
+        "v8_conclusion.md": report_v8.conclusion_v8_md(tabs.summary, tabs.causal, tabs.variants, tabs.scope, info),
     }
     tables = {"v8_per_layer.csv": tabs.per_layer, "v8_summary.tsv": tabs.summary, "v8_causal.tsv": tabs.causal,
               "v8_causal_variants.tsv": tabs.variants, "v8_scope.tsv": tabs.scope}
     d = cfg.v8_dir
     with staged_files(d, last=tuple(texts)) as stage:
-        R8.causal_figure(tabs.causal, tabs.variants, stage / "v8_causal_retention.png", stage / "v8_causal_retention.pdf",
+        report_v8.causal_figure(tabs.causal, tabs.variants, stage / "v8_causal_retention.png", stage / "v8_causal_retention.pdf",
                          title=f"Does the subspace carry the behaviour? Seed {res.seed}'s diff, held-out false-claim "
                                f"opinions, α = ±1 (retention of the writers-only effect)")
-        R8.block_figure(tabs.summary, tabs.scope, stage / "v8_block_local.png", stage / "v8_block_local.pdf",
+        report_v8.block_figure(tabs.summary, tabs.scope, stage / "v8_block_local.png", stage / "v8_block_local.pdf",
                         title=f"Block-local vs cumulative activation label (seed {res.seed}; means over touched layers)")
         for name, df in tables.items():
-            R.write_table(df, stage / name)
+            report.write_table(df, stage / name)
         for name, text in texts.items():
             write_text(stage / name, text)
         names = sorted(p.name for p in stage.iterdir())
