@@ -41,7 +41,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import polars as pl
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from ws.log import logger
 
