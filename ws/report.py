@@ -3,7 +3,9 @@
 Every file is written atomically (temporary file beside the target, then renamed), so a
 crash never leaves a half-written file that looks complete. Tables are written with a
 fixed float format so that two identical runs give byte-identical files. Every number in
-the markdown is formatted from the DataFrames or the ``info`` dict passed in.
+the markdown is formatted from the DataFrames or the run facts passed in
+(:class:`ws.verdicts.ConclusionInfo`); what the run concludes (which claims survive, the
+self-tests) is decided in :mod:`ws.verdicts`, this module only writes it down.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import polars as pl
 
+from ws.fmt import fmt_num, fmt_pct
 from ws.io import atomic_path, format_float, write_table
 from ws.log import logger
 from ws.stats import CEILING_ACT, CEILING_W, RANKED_AXES, by_score, ranked
+from ws.verdicts import ConclusionInfo, SeedSummary, claim_checks, low_rank_label, touched_q
 
 __all__ = [
     "fmt_num",
@@ -29,31 +33,6 @@ __all__ = [
     "conclusion_md",
     "plan_merge_md",
 ]
-
-# ------------------------------------------------------------------------- formatting
-
-
-def fmt_num(x: Any, sig: int = 3) -> str:
-    """A number for prose: 3 significant digits, ``NaN`` for missing values."""
-    if x is None:
-        return "NaN"
-    if isinstance(x, (bool, np.bool_)):
-        return str(bool(x))
-    if isinstance(x, (int, np.integer)):
-        return str(int(x))
-    x = float(x)
-    if not math.isfinite(x):
-        return "NaN" if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    s = f"{x:.{sig}g}"
-    return "0" if s == "-0" else s
-
-
-def fmt_pct(x: Any) -> str:
-    """A percentage for prose: one decimal and ``%`` (``NaN%`` when missing)."""
-    if x is None or not math.isfinite(float(x)):
-        return "NaN%"
-    return f"{float(x):.1f}%"
-
 
 # ----------------------------------------------------------------------------- figure
 
@@ -333,33 +312,29 @@ def _tensor_line(r: Mapping[str, Any]) -> str:
 
 
 def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | None, per_layer: pl.DataFrame | None,
-                  info: Mapping[str, Any], top_k: int = 5) -> str:
+                  info: ConclusionInfo, top_k: int = 5) -> str:
     """The BLUF conclusion of a sweep, as markdown.
 
     summary_pct: the summary with ``pct_*`` columns (sorted by joint_score).
     specific_summary: the specificity summary (or None).
     per_layer: the per-layer table (for null methods and q-values; or None).
-    info: run facts. Recognised keys (all optional): ``title``, ``model``, ``n_fit``,
-        ``n_eval``, ``layers_touched``, ``layers_without_delta``, ``rank_collapses`` (list
-        of str), ``quantized`` (bool), ``diff_specificity_ratio``, ``self_tests`` (list of
-        ``(name, passed, detail)``), ``artifacts`` (list of relative paths, or
-        name → path), ``bootstrap_ci`` (DataFrame from ``bootstrap_summary_ci``),
-        ``n_boot``, ``ci_level``, ``seed``, ``mc_seed``, ``fdr_alpha``, ``notes`` (list).
+    info: the run facts (:class:`ws.verdicts.ConclusionInfo`; a field left at its default
+        leaves its line out).
     top_k: size of the top lists compared between activation and weight.
 
     Failing self-tests are listed at the very top. Every number is formatted from the
     inputs.
     """
     L: list[str] = []
-    title = info.get("title", "Hypothesis sweep: conclusion")
+    title = info.title
     L += [f"# {title}", ""]
 
-    tests = list(info.get("self_tests") or [])
-    failed = [t for t in tests if not bool(t[1])]
+    tests = list(info.self_tests)
+    failed = [t for t in tests if not t.passed]
     if failed:
         L.append("> **SELF-TEST FAILED: read this before trusting any number below.**")
-        for name, _ok, detail in failed:
-            L.append(f"> - FAILED `{name}`: {detail}")
+        for t in failed:
+            L.append(f"> - FAILED `{t.name}`: {t.detail}")
         L.append("")
 
     sp = summary_pct
@@ -385,17 +360,17 @@ def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | No
             L.append(f"- at its own rank it captures {fmt_pct(best.get('mean_pct_act_matched_rank'))} of the best "
                      f"possible activation energy and {fmt_pct(best.get('mean_pct_w_combined_matched_rank'))} of the "
                      f"best possible weight energy")
-        ci = info.get("bootstrap_ci")
-        if isinstance(ci, pl.DataFrame):
+        ci = info.bootstrap_ci
+        if ci is not None:
             c = _row(ci, best["subspace"])
             if c is not None:
-                lvl = info.get("ci_level")
+                lvl = info.ci_level
                 lvl_s = f"{fmt_num(100 * float(lvl))}% " if lvl is not None else ""
                 extra = []
-                if info.get("n_boot") is not None:
-                    extra.append(f"{info['n_boot']} resamples of the EVAL rows")
-                if info.get("seed") is not None:
-                    extra.append(f"seed {info['seed']}")
+                if info.n_boot is not None:
+                    extra.append(f"{info.n_boot} resamples of the EVAL rows")
+                if info.seed is not None:
+                    extra.append(f"seed {info.seed}")
                 L.append(f"- bootstrap {lvl_s}CI: R_act [{fmt_num(c['mean_conc_act_ci_lo'])}, "
                          f"{fmt_num(c['mean_conc_act_ci_hi'])}], joint [{fmt_num(c['joint_score_ci_lo'])}, "
                          f"{fmt_num(c['joint_score_ci_hi'])}]" + (f" ({', '.join(extra)})" if extra else ""))
@@ -405,21 +380,21 @@ def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | No
             nxt = order.row(1, named=True)
             L.append(f"- runner-up: `{nxt['subspace']}` (joint {fmt_num(nxt['joint_score'])}, "
                      f"R_act {fmt_num(nxt['mean_conc_act'])}, R_w combined {fmt_num(nxt['mean_conc_w_combined'])})")
-        st = info.get("seed_stability")
+        st = info.seed_stability
         if st:
             L.append("- " + _seed_text(st))
         else:
             L.append("- seeds: one seed only, seed stability not measured")
     claims = claim_checks(summary_pct, per_layer, info)
     if claims:
-        dead = [c for c, _e, ok in claims if ok is False]
+        dead = [c.claim for c in claims if c.survives is False]
         L.append("- claims that do NOT survive: " + ("; ".join(dead) if dead else "none of the checks below failed"))
     L.append("")
     if claims:
         L += ["## Which claims survive", "", "| claim | evidence | verdict |", "|---|---|---|"]
-        for c, e, ok in claims:
-            verdict = "survives" if ok else ("**does not survive**" if ok is False else "not tested")
-            L.append(f"| {_cell(c)} | {_cell(e)} | {verdict} |")
+        for c in claims:
+            verdict = "**does not survive**" if c.survives is False else c.verdict
+            L.append(f"| {_cell(c.claim)} | {_cell(c.evidence)} | {verdict} |")
         L.append("")
 
     # ---- ceilings for scale
@@ -486,8 +461,8 @@ def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | No
                          f"{fmt_num(b['mean_specific_conc_act'])} (z {fmt_num(b['mean_specific_z_act'])})")
     else:
         L.append("- no specificity scores")
-    if info.get("diff_specificity_ratio") is not None:
-        L.append(f"- diff specificity ratio (from the run): {fmt_num(info['diff_specificity_ratio'])}")
+    if info.diff_specificity_ratio is not None:
+        L.append(f"- diff specificity ratio (from the run): {fmt_num(info.diff_specificity_ratio)}")
     L.append("")
 
     # ---- statistics
@@ -503,54 +478,54 @@ def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | No
                 n_none = int((m == "").sum())
                 if counts:
                     none = f", no p-value {n_none} ({why_none[label]})" if n_none else ""
-                    thr = (f"below {fmt_num(info['pr_threshold'])}" if info.get("pr_threshold") is not None
+                    thr = (f"below {fmt_num(info.pr_threshold)}" if info.pr_threshold is not None
                            else "low")
                     stat_lines.append(f"- p-value null for {label} cells: {counts}{none}; rule: Monte Carlo where "
                                       f"the label's participation ratio is {thr}, the Gaussian tail elsewhere")
-    if info.get("mc_seed") is not None:
-        stat_lines.append(f"- Monte Carlo null seed: {info['mc_seed']}")
-    if info.get("seed") is not None and not isinstance(info.get("bootstrap_ci"), pl.DataFrame):
-        stat_lines.append(f"- seed: {info['seed']}")
+    if info.mc_seed is not None:
+        stat_lines.append(f"- Monte Carlo null seed: {info.mc_seed}")
+    if info.seed is not None and info.bootstrap_ci is None:
+        stat_lines.append(f"- seed: {info.seed}")
     if stat_lines:
         L += ["## Statistics", ""] + stat_lines + [""]
 
     # ---- caveats
     L += ["## Caveats", ""]
     cav = []
-    if info.get("model") is not None:
-        cav.append(f"model: `{info['model']}`")
-    if info.get("n_fit") is not None or info.get("n_eval") is not None:
-        cav.append(f"{fmt_num(info.get('n_fit'))} FIT probes build the A-side bases and "
-                   f"{fmt_num(info.get('n_eval'))} EVAL probes build the activation label; per-layer activation "
+    if info.model is not None:
+        cav.append(f"model: `{info.model}`")
+    if info.n_fit is not None or info.n_eval is not None:
+        cav.append(f"{fmt_num(info.n_fit)} FIT probes build the A-side bases and "
+                   f"{fmt_num(info.n_eval)} EVAL probes build the activation label; per-layer activation "
                    f"scores rest on that many rows")
-    if "layers_touched" in info:
-        cav.append(f"summaries average the layers the LoRA touched: {_layers_text(info['layers_touched'])}")
-    if info.get("layers_without_delta"):
+    if info.layers_touched is not None:
+        cav.append(f"summaries average the layers the LoRA touched: {_layers_text(info.layers_touched)}")
+    if info.layers_without_delta:
         cav.append(f"layers without a LoRA delta (weight scores NaN there): "
-                   f"{_layers_text(info['layers_without_delta'])}")
-    for rc in info.get("rank_collapses") or []:
+                   f"{_layers_text(info.layers_without_delta)}")
+    for rc in info.rank_collapses:
         cav.append(f"rank collapse: {rc}")
     lr = _low_rank_label_text(per_layer, info)
     if lr:
         cav.append(lr)
-    if info.get("quantized"):
+    if info.quantized:
         cav.append("the model weights are 4-bit quantised: weight-derived bases inherit quantisation noise")
     cav.append("R = 1 is what a random subspace of the same rank gets; z and p test concentration against that "
                "null, not causal use of the subspace")
     cav.append("read candidates are reported apart and kept out of the joint ranking")
-    for n in info.get("notes") or []:
+    for n in info.notes:
         cav.append(str(n))
     L += [f"- {c}" for c in cav] + [""]
 
     # ---- self-tests
     if tests:
         L += ["## Self-tests", "", "| test | result | detail |", "|---|---|---|"]
-        for name, ok, detail in tests:
-            L.append(f"| {_cell(name)} | {'PASS' if ok else 'FAIL'} | {_cell(detail)} |")
+        for t in tests:
+            L.append(f"| {_cell(t.name)} | {'PASS' if t.passed else 'FAIL'} | {_cell(t.detail)} |")
         L.append("")
 
     # ---- artifacts
-    arts = info.get("artifacts")
+    arts = info.artifacts
     if arts:
         L += ["## Artifacts", ""]
         items = arts.items() if isinstance(arts, Mapping) else [(None, a) for a in arts]
@@ -560,25 +535,11 @@ def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | No
     return "\n".join(L)
 
 
-def _touched(per_layer: pl.DataFrame, info: Mapping[str, Any], name: str | None = None) -> pl.DataFrame:
-    """Rows of ``per_layer`` on the layers the LoRA touched (all layers when ``info`` does not
-    say), for one candidate when ``name`` is given."""
-    rows = per_layer if name is None else per_layer.filter(pl.col("subspace") == name)
-    if info.get("layers_touched") is not None:
-        rows = rows.filter(pl.col("layer").is_in([int(l) for l in info["layers_touched"]]))
-    return rows
-
-
-def _touched_q(per_layer: pl.DataFrame, name: str, col: str, info: Mapping[str, Any]) -> pl.Series:
-    """The finite q-values in ``col`` of one candidate over the touched layers."""
-    return _touched(per_layer, info, name)[col].cast(pl.Float64).fill_nan(None).drop_nulls()
-
-
-def _q_text(per_layer: pl.DataFrame, name: str, info: Mapping[str, Any]) -> str:
-    alpha = info.get("fdr_alpha")
+def _q_text(per_layer: pl.DataFrame, name: str, info: ConclusionInfo) -> str:
+    alpha = info.fdr_alpha
     parts = []
     for col, label in (("q_act", "activation"), ("q_w_combined", "weight combined")):
-        q = _touched_q(per_layer, name, col, info)
+        q = touched_q(per_layer, name, col, info)
         if q.len() == 0:
             parts.append(f"{label}: no q-values")
         elif alpha is not None:
@@ -588,132 +549,30 @@ def _q_text(per_layer: pl.DataFrame, name: str, info: Mapping[str, Any]) -> str:
     return "Benjamini–Hochberg q-values over all A-hypothesis × layer cells: " + "; ".join(parts)
 
 
-def _low_rank_label_text(per_layer: pl.DataFrame | None, info: Mapping[str, Any]) -> str | None:
-    """A caveat when the activation label is nearly rank one on the touched layers (median
-    participation ratio ``pr_act`` below ``info['pr_threshold']``, default 3)."""
-    if per_layer is None or "pr_act" not in per_layer.columns:
+def _low_rank_label_text(per_layer: pl.DataFrame | None, info: ConclusionInfo) -> str | None:
+    """The caveat of a nearly rank-one activation label (:func:`ws.verdicts.low_rank_label`)."""
+    low = low_rank_label(per_layer, info)
+    if low is None:
         return None
-    pr = _touched(per_layer, info).group_by("layer").agg(pl.col("pr_act").cast(pl.Float64).first())["pr_act"].fill_nan(None).drop_nulls()
-    if pr.len() == 0:
-        return None
-    med = float(pr.median())
-    thr = float(info.get("pr_threshold") or 3.0)
-    if med >= thr:
-        return None
+    med, n = low
     return (f"the activation label is nearly rank one: median participation ratio {fmt_num(med)} over "
-            f"{pr.len()} touched layers, so one direction (the shift every EVAL prompt shares) carries most of "
+            f"{n} touched layers, so one direction (the shift every EVAL prompt shares) carries most of "
             f"its energy. The activation ceiling is a centred PCA and cannot see that direction; "
             f"`mean_pct_act_matched_rank` (against the label's own top directions) is the honest yardstick")
 
 
-#: The diff's specificity ratio (false-claim spread over the larger other spread) at which
-#: it counts as behaviour-specific rather than a general yes-bias.
-SPECIFICITY_TARGET = 3.0
-
-
-def _seed_text(st: Mapping[str, Any]) -> str:
-    """One line on seed stability from ``info['seed_stability']`` (keys: ``winner``,
-    ``winner_wins``, ``n_seeds``, ``winners`` {seed: name}, ``mean_tau``, and optionally
-    ``seed_mean_joint`` / ``seed_sd_joint`` of the winner and ``mean_leader``,
-    ``mean_leader_joint``, ``mean_leader_sd``: the leader by the seed-mean joint score)."""
-    n, k = int(st["n_seeds"]), int(st["winner_wins"])
-    per = ", ".join(f"seed {s}: `{w}`" for s, w in (st.get("winners") or {}).items())
-    txt = (f"seeds: `{st['winner']}` wins in {k} of {n} seeds ({per}); mean Kendall τ between the seeds' joint "
-           f"rankings {fmt_num(st.get('mean_tau'))}")
-    if _finite(st.get("seed_mean_joint")):
-        txt += f"; its joint score over seeds {fmt_num(st['seed_mean_joint'])} ± {fmt_num(st.get('seed_sd_joint'))} (sd)"
+def _seed_text(st: SeedSummary) -> str:
+    """One line on seed stability: the first seed's winner, its wins, τ, its seed mean, and the
+    leader by the seed-mean joint score when that is another candidate."""
+    n, k = st.n_seeds, st.winner_wins
+    per = ", ".join(f"seed {s}: `{w}`" for s, w in (st.winners or {}).items())
+    txt = (f"seeds: `{st.winner}` wins in {k} of {n} seeds ({per}); mean Kendall τ between the seeds' joint "
+           f"rankings {fmt_num(st.mean_tau)}")
+    if _finite(st.seed_mean_joint):
+        txt += f"; its joint score over seeds {fmt_num(st.seed_mean_joint)} ± {fmt_num(st.seed_sd_joint)} (sd)"
     txt += " — stable" if k == n else " — NOT stable across seeds"
-    ml = st.get("mean_leader")
-    if ml and ml != st["winner"]:
-        txt += (f"; by the mean over seeds the leader is `{ml}` (joint {fmt_num(st.get('mean_leader_joint'))} ± "
-                f"{fmt_num(st.get('mean_leader_sd'))} sd)")
+    ml = st.mean_leader
+    if ml and ml != st.winner:
+        txt += (f"; by the mean over seeds the leader is `{ml}` (joint {fmt_num(st.mean_leader_joint)} ± "
+                f"{fmt_num(st.mean_leader_sd)} sd)")
     return txt
-
-
-def _q_counts(per_layer: pl.DataFrame | None, name: str, col: str, info: Mapping[str, Any]) -> tuple[int, int] | None:
-    """(layers with q ≤ fdr_alpha, layers with a finite q) for one candidate over the touched layers."""
-    if per_layer is None or col not in per_layer.columns or info.get("fdr_alpha") is None:
-        return None
-    q = _touched_q(per_layer, name, col, info)
-    if q.len() == 0:
-        return None
-    return int((q <= float(info["fdr_alpha"])).sum()), int(q.len())
-
-
-def claim_checks(summary_pct: pl.DataFrame, per_layer: pl.DataFrame | None,
-                 info: Mapping[str, Any]) -> list[tuple[str, str, bool | None]]:
-    """``(claim, evidence, survives)`` for each headline claim of the conclusion.
-
-    survives is True / False, or None where this run cannot test it. Rules:
-
-    - concentration claims (activation, weight) survive when the winner's q-value is
-      ≤ ``fdr_alpha`` on more than half of the touched layers (and, for the activation,
-      when the bootstrap CI of R_act lies above 1);
-    - "the winner beats the runner-up" survives when their joint-score CIs do not
-      overlap and, with several seeds, the winner wins in every seed;
-    - "the winner does not depend on the seed" needs several seeds and every win;
-    - "the diff is specific to the behaviour" needs the diff's specificity ratio
-      ≥ ``SPECIFICITY_TARGET``;
-    - "the statistics are calibrated" needs every self-test to pass.
-    """
-    order = ranked(summary_pct)
-    out: list[tuple[str, str, bool | None]] = []
-    alpha = info.get("fdr_alpha")
-    ci = info.get("bootstrap_ci") if isinstance(info.get("bootstrap_ci"), pl.DataFrame) else None
-    st = info.get("seed_stability")
-    if order.height:
-        b = order.row(0, named=True)
-        name = b["subspace"]
-        c = _row(ci, name) if ci is not None else None
-        # activation concentration
-        ev, ok = [f"R_act {fmt_num(b['mean_conc_act'])}"], None
-        if c is not None:
-            ev.append(f"CI [{fmt_num(c['mean_conc_act_ci_lo'])}, {fmt_num(c['mean_conc_act_ci_hi'])}]")
-            ok = bool(_finite(c["mean_conc_act_ci_lo"]) and c["mean_conc_act_ci_lo"] > 1)
-        qc = _q_counts(per_layer, name, "q_act", info)
-        if qc is not None:
-            ev.append(f"q ≤ {fmt_num(alpha)} on {qc[0]} of {qc[1]} layers")
-            ok = (ok is not False) and qc[0] * 2 > qc[1]
-        out.append((f"`{name}` holds more of the diff's activation effect than a random subspace", "; ".join(ev), ok))
-        # weight concentration
-        ev, ok = [f"R_w combined {fmt_num(b['mean_conc_w_combined'])}", f"z {fmt_num(b.get('mean_z_w_combined'))}"], None
-        qc = _q_counts(per_layer, name, "q_w_combined", info)
-        if qc is not None:
-            ev.append(f"q ≤ {fmt_num(alpha)} on {qc[0]} of {qc[1]} layers")
-            ok = qc[0] * 2 > qc[1]
-        out.append((f"`{name}` holds more of the diff's weight energy than a random subspace", "; ".join(ev), ok))
-        # winner vs runner-up
-        if order.height > 1:
-            r = order.row(1, named=True)
-            cr = _row(ci, r["subspace"]) if ci is not None else None
-            ev = [f"joint {fmt_num(b['joint_score'])} vs {fmt_num(r['joint_score'])}"]
-            ok = None
-            if c is not None and cr is not None:
-                ev.append(f"CIs [{fmt_num(c['joint_score_ci_lo'])}, {fmt_num(c['joint_score_ci_hi'])}] and "
-                          f"[{fmt_num(cr['joint_score_ci_lo'])}, {fmt_num(cr['joint_score_ci_hi'])}]")
-                ok = bool(c["joint_score_ci_lo"] > cr["joint_score_ci_hi"])
-            if st and int(st["n_seeds"]) > 1:
-                ev.append(f"wins in {int(st['winner_wins'])} of {int(st['n_seeds'])} seeds")
-                ok = (ok is not False) and int(st["winner_wins"]) == int(st["n_seeds"])
-            out.append((f"`{name}` beats the runner-up `{r['subspace']}`", "; ".join(ev), ok))
-        # seed
-        if st and int(st["n_seeds"]) > 1:
-            out.append((f"`{name}` is the winner whatever the LoRA seed",
-                        f"wins in {int(st['winner_wins'])} of {int(st['n_seeds'])} seeds; mean Kendall τ "
-                        f"{fmt_num(st.get('mean_tau'))}", int(st["winner_wins"]) == int(st["n_seeds"])))
-        else:
-            out.append((f"`{name}` is the winner whatever the LoRA seed", "one seed only", None))
-    ratio = info.get("diff_specificity_ratio")
-    if ratio is not None:
-        target = float(info.get("diff_specificity_target", SPECIFICITY_TARGET))
-        out.append(("the diff is specific to the behaviour (not a general yes-bias), so its subspace is the behaviour's",
-                    f"specificity ratio {fmt_num(ratio)} (needs ≥ {fmt_num(target)})",
-                    bool(_finite(ratio) and float(ratio) >= target)))
-    tests = list(info.get("self_tests") or [])
-    if tests:
-        bad = [t[0] for t in tests if not bool(t[1])]
-        out.append(("the null and the oracle behave as they must (self-tests)",
-                    f"{len(tests) - len(bad)} of {len(tests)} pass" + (f"; failed: {', '.join(bad)}" if bad else ""),
-                    not bad))
-    return out
-
