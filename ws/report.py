@@ -21,7 +21,7 @@ from ws.fmt import fmt_num, fmt_pct
 from ws.io import atomic_path, format_float, write_table
 from ws.log import logger
 from ws.stats import CEILING_ACT, CEILING_W, RANKED_AXES, by_score, ranked
-from ws.verdicts import ConclusionInfo, SeedSummary, claim_checks, low_rank_label, touched_q
+from ws.verdicts import Claim, ConclusionInfo, SeedSummary, claim_checks, low_rank_label, touched_q
 
 __all__ = [
     "fmt_num",
@@ -313,7 +313,7 @@ def _tensor_line(r: Mapping[str, Any]) -> str:
 
 def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | None, per_layer: pl.DataFrame | None,
                   info: ConclusionInfo, top_k: int = 5) -> str:
-    """The BLUF conclusion of a sweep, as markdown.
+    """The BLUF conclusion of a sweep, as markdown: one function per section, in reading order.
 
     summary_pct: the summary with ``pct_*`` columns (sorted by joint_score).
     specific_summary: the specificity summary (or None).
@@ -323,57 +323,48 @@ def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | No
     top_k: size of the top lists compared between activation and weight.
 
     Failing self-tests are listed at the very top. Every number is formatted from the
-    inputs.
+    inputs; the verdicts come from :func:`ws.verdicts.claim_checks`.
     """
-    L: list[str] = []
-    title = info.title
-    L += [f"# {title}", ""]
+    best = _first(ranked(summary_pct))
+    claims = claim_checks(summary_pct, per_layer, info)
+    sections = [
+        [f"# {info.title}", ""],
+        _failed_self_tests_section(info),
+        _bottom_line_section(summary_pct, per_layer, info, claims),
+        _claims_section(claims),
+        _ceilings_section(summary_pct),
+        _leaders_section(summary_pct),
+        _overlap_section(summary_pct, top_k),
+        _read_side_section(summary_pct),
+        _specificity_section(specific_summary, best, info),
+        _statistics_section(per_layer, info),
+        _caveats_section(per_layer, info),
+        _self_tests_section(info),
+        _artifacts_section(info),
+    ]
+    return "\n".join(line for section in sections for line in section)
 
-    tests = list(info.self_tests)
-    failed = [t for t in tests if not t.passed]
-    if failed:
-        L.append("> **SELF-TEST FAILED: read this before trusting any number below.**")
-        for t in failed:
-            L.append(f"> - FAILED `{t.name}`: {t.detail}")
-        L.append("")
 
-    sp = summary_pct
+def _failed_self_tests_section(info: ConclusionInfo) -> list[str]:
+    """A warning block above everything else when a self-test failed."""
+    failed = [t for t in info.self_tests if not t.passed]
+    if not failed:
+        return []
+    return (["> **SELF-TEST FAILED: read this before trusting any number below.**"]
+            + [f"> - FAILED `{t.name}`: {t.detail}" for t in failed] + [""])
+
+
+def _bottom_line_section(sp: pl.DataFrame, per_layer: pl.DataFrame | None, info: ConclusionInfo,
+                         claims: Sequence[Claim]) -> list[str]:
+    """The winner with its scores, CI, q-values, runner-up and seeds; the claims that fail."""
+    L = ["## Bottom line", ""]
     order = ranked(sp)
     best = _first(order)
-
-    # ---- bottom line
-    L += ["## Bottom line", ""]
     if best is None:
         L.append("No write/mixed A-hypothesis has a finite joint score: nothing to rank (check the labels "
                  "and the layers the LoRA touched).")
     else:
-        L.append(f"**`{best['subspace']}`** ({best['family']}, {best['axis_kind']}) has the highest joint score "
-                 f"among write/mixed A-hypotheses: joint = {fmt_num(best['joint_score'])}, "
-                 f"{_scores_line(best)}.")
-        L.append("")
-        L.append(f"- per tensor: {_tensor_line(best)}")
-        L.append(f"- mean cosine of principal angles with the dW basis: {fmt_num(best.get('mean_cos_dW'))}; "
-                 f"mean rank {fmt_num(best.get('mean_rank'))}; act_w_gap_log2 = "
-                 f"{fmt_num(best.get('act_w_gap_log2'))} (positive: more concentrated in the activation "
-                 f"label than in the weight label)")
-        if "mean_pct_act_matched_rank" in best:
-            L.append(f"- at its own rank it captures {fmt_pct(best.get('mean_pct_act_matched_rank'))} of the best "
-                     f"possible activation energy and {fmt_pct(best.get('mean_pct_w_combined_matched_rank'))} of the "
-                     f"best possible weight energy")
-        ci = info.bootstrap_ci
-        if ci is not None:
-            c = _row(ci, best["subspace"])
-            if c is not None:
-                lvl = info.ci_level
-                lvl_s = f"{fmt_num(100 * float(lvl))}% " if lvl is not None else ""
-                extra = []
-                if info.n_boot is not None:
-                    extra.append(f"{info.n_boot} resamples of the EVAL rows")
-                if info.seed is not None:
-                    extra.append(f"seed {info.seed}")
-                L.append(f"- bootstrap {lvl_s}CI: R_act [{fmt_num(c['mean_conc_act_ci_lo'])}, "
-                         f"{fmt_num(c['mean_conc_act_ci_hi'])}], joint [{fmt_num(c['joint_score_ci_lo'])}, "
-                         f"{fmt_num(c['joint_score_ci_hi'])}]" + (f" ({', '.join(extra)})" if extra else ""))
+        L += _winner_lines(best, info)
         if per_layer is not None and {"q_act", "q_w_combined"} <= set(per_layer.columns):
             L.append("- " + _q_text(per_layer, best["subspace"], info))
         if len(order) > 1:
@@ -381,37 +372,70 @@ def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | No
             L.append(f"- runner-up: `{nxt['subspace']}` (joint {fmt_num(nxt['joint_score'])}, "
                      f"R_act {fmt_num(nxt['mean_conc_act'])}, R_w combined {fmt_num(nxt['mean_conc_w_combined'])})")
         st = info.seed_stability
-        if st:
-            L.append("- " + _seed_text(st))
-        else:
-            L.append("- seeds: one seed only, seed stability not measured")
-    claims = claim_checks(summary_pct, per_layer, info)
+        L.append("- " + _seed_text(st) if st else "- seeds: one seed only, seed stability not measured")
     if claims:
         dead = [c.claim for c in claims if c.survives is False]
         L.append("- claims that do NOT survive: " + ("; ".join(dead) if dead else "none of the checks below failed"))
-    L.append("")
-    if claims:
-        L += ["## Which claims survive", "", "| claim | evidence | verdict |", "|---|---|---|"]
-        for c in claims:
-            verdict = "**does not survive**" if c.survives is False else c.verdict
-            L.append(f"| {_cell(c.claim)} | {_cell(c.evidence)} | {verdict} |")
-        L.append("")
+    return L + [""]
 
-    # ---- ceilings for scale
+
+def _winner_lines(best: Mapping[str, Any], info: ConclusionInfo) -> list[str]:
+    """The winner's headline sentence and its per-tensor, rank and CI lines."""
+    L = [f"**`{best['subspace']}`** ({best['family']}, {best['axis_kind']}) has the highest joint score "
+         f"among write/mixed A-hypotheses: joint = {fmt_num(best['joint_score'])}, {_scores_line(best)}.", ""]
+    L.append(f"- per tensor: {_tensor_line(best)}")
+    L.append(f"- mean cosine of principal angles with the dW basis: {fmt_num(best.get('mean_cos_dW'))}; "
+             f"mean rank {fmt_num(best.get('mean_rank'))}; act_w_gap_log2 = "
+             f"{fmt_num(best.get('act_w_gap_log2'))} (positive: more concentrated in the activation "
+             f"label than in the weight label)")
+    if "mean_pct_act_matched_rank" in best:
+        L.append(f"- at its own rank it captures {fmt_pct(best.get('mean_pct_act_matched_rank'))} of the best "
+                 f"possible activation energy and {fmt_pct(best.get('mean_pct_w_combined_matched_rank'))} of the "
+                 f"best possible weight energy")
+    c = _row(info.bootstrap_ci, best["subspace"]) if info.bootstrap_ci is not None else None
+    if c is not None:
+        lvl = f"{fmt_num(100 * float(info.ci_level))}% " if info.ci_level is not None else ""
+        extra = []
+        if info.n_boot is not None:
+            extra.append(f"{info.n_boot} resamples of the EVAL rows")
+        if info.seed is not None:
+            extra.append(f"seed {info.seed}")
+        L.append(f"- bootstrap {lvl}CI: R_act [{fmt_num(c['mean_conc_act_ci_lo'])}, "
+                 f"{fmt_num(c['mean_conc_act_ci_hi'])}], joint [{fmt_num(c['joint_score_ci_lo'])}, "
+                 f"{fmt_num(c['joint_score_ci_hi'])}]" + (f" ({', '.join(extra)})" if extra else ""))
+    return L
+
+
+def _claims_section(claims: Sequence[Claim]) -> list[str]:
+    """The "Which claims survive" table."""
+    if not claims:
+        return []
+    L = ["## Which claims survive", "", "| claim | evidence | verdict |", "|---|---|---|"]
+    for c in claims:
+        verdict = "**does not survive**" if c.survives is False else c.verdict
+        L.append(f"| {_cell(c.claim)} | {_cell(c.evidence)} | {verdict} |")
+    return L + [""]
+
+
+def _ceilings_section(sp: pl.DataFrame) -> list[str]:
+    """The two ceilings' scores, for scale."""
     ca, cw = _row(sp, CEILING_ACT), _row(sp, CEILING_W)
-    if ca is not None or cw is not None:
-        L += ["## Ceilings (B side, for scale)", ""]
-        if ca is not None:
-            L.append(f"- `{CEILING_ACT}`: R_act = {fmt_num(ca['mean_conc_act'])}, "
-                     f"R_w combined = {fmt_num(ca['mean_conc_w_combined'])}")
-        if cw is not None:
-            L.append(f"- `{CEILING_W}`: R_w combined = {fmt_num(cw['mean_conc_w_combined'])} "
-                     f"(o_proj {fmt_num(cw['mean_conc_w_oproj'])}, down_proj {fmt_num(cw['mean_conc_w_downproj'])}), "
-                     f"R_act = {fmt_num(cw['mean_conc_act'])}")
-        L.append("")
+    if ca is None and cw is None:
+        return []
+    L = ["## Ceilings (B side, for scale)", ""]
+    if ca is not None:
+        L.append(f"- `{CEILING_ACT}`: R_act = {fmt_num(ca['mean_conc_act'])}, "
+                 f"R_w combined = {fmt_num(ca['mean_conc_w_combined'])}")
+    if cw is not None:
+        L.append(f"- `{CEILING_W}`: R_w combined = {fmt_num(cw['mean_conc_w_combined'])} "
+                 f"(o_proj {fmt_num(cw['mean_conc_w_oproj'])}, down_proj {fmt_num(cw['mean_conc_w_downproj'])}), "
+                 f"R_act = {fmt_num(cw['mean_conc_act'])}")
+    return L + [""]
 
-    # ---- per-tensor leaders
-    L += ["## Leaders per label (write/mixed A-hypotheses)", ""]
+
+def _leaders_section(sp: pl.DataFrame) -> list[str]:
+    """The leader of each label (activation, combined weight, each tensor)."""
+    L = ["## Leaders per label (write/mixed A-hypotheses)", ""]
     for col, label, pct in (("mean_conc_act", "activation R_act", "pct_act_ceiling"),
                             ("mean_conc_w_combined", "weight R_w combined", "pct_w_oracle_combined"),
                             ("mean_conc_w_oproj", "o_proj R_w", "pct_w_oracle_oproj"),
@@ -422,30 +446,37 @@ def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | No
         else:
             p = f", {fmt_pct(r.get(pct))} of ceiling" if pct in r else ""
             L.append(f"- {label}: `{r['subspace']}` = {fmt_num(r[col])}{p}")
-    L.append("")
+    return L + [""]
 
-    # ---- overlap of the top lists
+
+def _overlap_section(sp: pl.DataFrame, top_k: int) -> list[str]:
+    """The top-k by activation against the top-k by weight, and their overlap."""
     top_act = ranked(sp, "mean_conc_act")["subspace"].head(top_k).to_list()
     top_w = ranked(sp, "mean_conc_w_combined")["subspace"].head(top_k).to_list()
     both = [n for n in top_act if n in top_w]
-    L += [f"## Top-{top_k} by activation vs by weight (write/mixed)", ""]
-    L.append(f"- by R_act: {', '.join(f'`{n}`' for n in top_act) or 'none'}")
-    L.append(f"- by R_w combined: {', '.join(f'`{n}`' for n in top_w) or 'none'}")
-    L.append(f"- overlap: {len(both)} of {top_k}" + (f" ({', '.join(f'`{n}`' for n in both)})" if both else ""))
-    L.append("")
+    return [f"## Top-{top_k} by activation vs by weight (write/mixed)", "",
+            f"- by R_act: {', '.join(f'`{n}`' for n in top_act) or 'none'}",
+            f"- by R_w combined: {', '.join(f'`{n}`' for n in top_w) or 'none'}",
+            f"- overlap: {len(both)} of {top_k}" + (f" ({', '.join(f'`{n}`' for n in both)})" if both else ""),
+            ""]
 
-    # ---- read side
-    L += ["## Read side (reported apart, not in the joint ranking)", ""]
+
+def _read_side_section(sp: pl.DataFrame) -> list[str]:
+    """The best read candidate (kept out of the joint ranking)."""
+    L = ["## Read side (reported apart, not in the joint ranking)", ""]
     r = _first(ranked(sp, axis_kinds=("read",)))
     if r is not None:
         L.append(f"- best read candidate: `{r['subspace']}` ({r['family']}): joint {fmt_num(r['joint_score'])}, "
                  f"{_scores_line(r)}")
     else:
         L.append("- no read candidate with a finite joint score")
-    L.append("")
+    return L + [""]
 
-    # ---- specificity
-    L += ["## Specificity (label and bases projected off the clean-residual PCs)", ""]
+
+def _specificity_section(specific_summary: pl.DataFrame | None, best: Mapping[str, Any] | None,
+                         info: ConclusionInfo) -> list[str]:
+    """The specificity leader, what the joint leader keeps, and the diff's specificity ratio."""
+    L = ["## Specificity (label and bases projected off the clean-residual PCs)", ""]
     if specific_summary is not None and specific_summary.height:
         sh = specific_summary.filter(pl.col("kind") == "A-hypothesis")
         r = _first(by_score(sh, "mean_specific_conc_act", drop_missing=True))
@@ -454,43 +485,53 @@ def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | No
                      f"(z {fmt_num(r['mean_specific_z_act'])}, energy fraction "
                      f"{fmt_num(r['mean_specific_energy_frac_act'])}, mean specific rank "
                      f"{fmt_num(r['mean_specific_rank'])})")
-        if best is not None:
-            b = _row(specific_summary, best["subspace"])
-            if b is not None:
-                L.append(f"- the joint leader `{best['subspace']}` keeps specific R_act = "
-                         f"{fmt_num(b['mean_specific_conc_act'])} (z {fmt_num(b['mean_specific_z_act'])})")
+        b = _row(specific_summary, best["subspace"]) if best is not None else None
+        if b is not None:
+            L.append(f"- the joint leader `{best['subspace']}` keeps specific R_act = "
+                     f"{fmt_num(b['mean_specific_conc_act'])} (z {fmt_num(b['mean_specific_z_act'])})")
     else:
         L.append("- no specificity scores")
     if info.diff_specificity_ratio is not None:
         L.append(f"- diff specificity ratio (from the run): {fmt_num(info.diff_specificity_ratio)}")
-    L.append("")
+    return L + [""]
 
-    # ---- statistics
-    stat_lines = []
+
+def _statistics_section(per_layer: pl.DataFrame | None, info: ConclusionInfo) -> list[str]:
+    """Which null gave the p-values (and why some cells have none), the seeds of the statistics."""
+    lines = []
     if per_layer is not None and "null_method_act" in per_layer.columns:
-        why_none = {"activation": "the label is zero on that layer (before the first LoRA layer) or the basis is empty",
-                    "weight combined": "no LoRA delta on that layer or the basis is empty"}
         for col, label in (("null_method_act", "activation"), ("null_method_w_combined", "weight combined")):
             if col in per_layer.columns:
-                m = per_layer[col].fill_null("")
-                vc = m.filter(m != "").value_counts(sort=True)
-                counts = ", ".join(f"{r[col]} {r['count']}" for r in vc.sort(col).iter_rows(named=True))
-                n_none = int((m == "").sum())
-                if counts:
-                    none = f", no p-value {n_none} ({why_none[label]})" if n_none else ""
-                    thr = (f"below {fmt_num(info.pr_threshold)}" if info.pr_threshold is not None
-                           else "low")
-                    stat_lines.append(f"- p-value null for {label} cells: {counts}{none}; rule: Monte Carlo where "
-                                      f"the label's participation ratio is {thr}, the Gaussian tail elsewhere")
+                line = _null_method_line(per_layer, col, label, info)
+                if line:
+                    lines.append(line)
     if info.mc_seed is not None:
-        stat_lines.append(f"- Monte Carlo null seed: {info.mc_seed}")
+        lines.append(f"- Monte Carlo null seed: {info.mc_seed}")
     if info.seed is not None and info.bootstrap_ci is None:
-        stat_lines.append(f"- seed: {info.seed}")
-    if stat_lines:
-        L += ["## Statistics", ""] + stat_lines + [""]
+        lines.append(f"- seed: {info.seed}")
+    return ["## Statistics", ""] + lines + [""] if lines else []
 
-    # ---- caveats
-    L += ["## Caveats", ""]
+
+_WHY_NO_P = {"activation": "the label is zero on that layer (before the first LoRA layer) or the basis is empty",
+             "weight combined": "no LoRA delta on that layer or the basis is empty"}
+
+
+def _null_method_line(per_layer: pl.DataFrame, col: str, label: str, info: ConclusionInfo) -> str | None:
+    m = per_layer[col].fill_null("")
+    vc = m.filter(m != "").value_counts(sort=True)
+    counts = ", ".join(f"{r[col]} {r['count']}" for r in vc.sort(col).iter_rows(named=True))
+    if not counts:
+        return None
+    n_none = int((m == "").sum())
+    none = f", no p-value {n_none} ({_WHY_NO_P[label]})" if n_none else ""
+    thr = f"below {fmt_num(info.pr_threshold)}" if info.pr_threshold is not None else "low"
+    return (f"- p-value null for {label} cells: {counts}{none}; rule: Monte Carlo where the label's participation "
+            f"ratio is {thr}, the Gaussian tail elsewhere")
+
+
+def _caveats_section(per_layer: pl.DataFrame | None, info: ConclusionInfo) -> list[str]:
+    """What limits the reading: model, probe counts, layers, rank shortfalls, a rank-one label,
+    quantisation, what R and z mean, and the run's own notes."""
     cav = []
     if info.model is not None:
         cav.append(f"model: `{info.model}`")
@@ -503,8 +544,7 @@ def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | No
     if info.layers_without_delta:
         cav.append(f"layers without a LoRA delta (weight scores NaN there): "
                    f"{_layers_text(info.layers_without_delta)}")
-    for rc in info.rank_collapses:
-        cav.append(f"rank collapse: {rc}")
+    cav += [f"rank collapse: {rc}" for rc in info.rank_collapses]
     lr = _low_rank_label_text(per_layer, info)
     if lr:
         cav.append(lr)
@@ -513,26 +553,27 @@ def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | No
     cav.append("R = 1 is what a random subspace of the same rank gets; z and p test concentration against that "
                "null, not causal use of the subspace")
     cav.append("read candidates are reported apart and kept out of the joint ranking")
-    for n in info.notes:
-        cav.append(str(n))
-    L += [f"- {c}" for c in cav] + [""]
+    cav += [str(n) for n in info.notes]
+    return ["## Caveats", ""] + [f"- {c}" for c in cav] + [""]
 
-    # ---- self-tests
-    if tests:
-        L += ["## Self-tests", "", "| test | result | detail |", "|---|---|---|"]
-        for t in tests:
-            L.append(f"| {_cell(t.name)} | {'PASS' if t.passed else 'FAIL'} | {_cell(t.detail)} |")
-        L.append("")
 
-    # ---- artifacts
+def _self_tests_section(info: ConclusionInfo) -> list[str]:
+    """Every self-test with its result and measured detail."""
+    if not info.self_tests:
+        return []
+    L = ["## Self-tests", "", "| test | result | detail |", "|---|---|---|"]
+    L += [f"| {_cell(t.name)} | {'PASS' if t.passed else 'FAIL'} | {_cell(t.detail)} |" for t in info.self_tests]
+    return L + [""]
+
+
+def _artifacts_section(info: ConclusionInfo) -> list[str]:
+    """Links to the run's files (relative to the conclusion's folder)."""
     arts = info.artifacts
-    if arts:
-        L += ["## Artifacts", ""]
-        items = arts.items() if isinstance(arts, Mapping) else [(None, a) for a in arts]
-        for name, p in items:
-            L.append(f"- [`{p}`]({p})" + (f": {name}" if name else ""))
-        L.append("")
-    return "\n".join(L)
+    if not arts:
+        return []
+    items = arts.items() if isinstance(arts, Mapping) else [(None, a) for a in arts]
+    return (["## Artifacts", ""] + [f"- [`{p}`]({p})" + (f": {name}" if name else "") for name, p in items]
+            + [""])
 
 
 def _q_text(per_layer: pl.DataFrame, name: str, info: ConclusionInfo) -> str:
