@@ -21,7 +21,7 @@ from ws.fmt import fmt_num, fmt_pct
 from ws.io import atomic_path, format_float, write_table
 from ws.log import logger
 from ws.stats import CEILING_ACT, CEILING_W, RANKED_AXES, by_score, ranked
-from ws.verdicts import Claim, ConclusionInfo, SeedSummary, claim_checks, low_rank_label, touched_q
+from ws.verdicts import Claim, ConclusionInfo, SeedSummary, SeedVerdict, claim_checks, low_rank_label, touched_q
 
 __all__ = [
     "fmt_num",
@@ -356,10 +356,16 @@ def _failed_self_tests_section(info: ConclusionInfo) -> list[str]:
 
 def _bottom_line_section(sp: pl.DataFrame, per_layer: pl.DataFrame | None, info: ConclusionInfo,
                          claims: Sequence[Claim]) -> list[str]:
-    """The winner with its scores, CI, q-values, runner-up and seeds; the claims that fail."""
+    """With several seeds, the answer that survives across them first; then the first seed's
+    winner with its scores, CI, q-values, runner-up and seeds; the claims that fail."""
     L = ["## Bottom line", ""]
     order = ranked(sp)
     best = _first(order)
+    if info.seed_verdict is not None:
+        L += _cross_seed_lines(info.seed_verdict)
+        if best is not None:
+            L += [f"Seed {fmt_num(info.seed)}'s winner and tables, in detail:" if info.seed is not None
+                  else "The first seed's winner and tables, in detail:", ""]
     if best is None:
         L.append("No write/mixed A-hypothesis has a finite joint score: nothing to rank (check the labels "
                  "and the layers the LoRA touched).")
@@ -377,6 +383,25 @@ def _bottom_line_section(sp: pl.DataFrame, per_layer: pl.DataFrame | None, info:
         dead = [c.claim for c in claims if c.survives is False]
         L.append("- claims that do NOT survive: " + ("; ".join(dead) if dead else "none of the checks below failed"))
     return L + [""]
+
+
+def _cross_seed_lines(v: SeedVerdict) -> list[str]:
+    """The answer that survives across the seeds, with the rule it passed or failed."""
+    lead = (f"its lead over `{v.runner_up}` ({fmt_num(v.runner_up_mean)} ± {fmt_num(v.runner_up_sd)} sd) is "
+            f"{fmt_num(v.lead)}, " + ("more than" if v.clear_lead else "not more than")
+            + f" the seeds' spread ({fmt_num(v.spread)})") if v.runner_up is not None else "it has no runner-up"
+    wins = f"wins {v.leader_wins} of {v.n_seeds} seeds" + ("" if v.wins_most else ", not more than half")
+    if v.stable:
+        head = (f"**Across the {v.n_seeds} seeds: `{v.leader}` is the stable winner.** It has the highest joint "
+                f"score averaged over the seeds ({fmt_num(v.leader_mean)} ± {fmt_num(v.leader_sd)} sd), {wins}, "
+                f"and {lead}.")
+    else:
+        head = (f"**Across the {v.n_seeds} seeds: no stable winner.** The leader by the joint score averaged over "
+                f"the seeds, `{v.leader}` ({fmt_num(v.leader_mean)} ± {fmt_num(v.leader_sd)} sd), {wins}; {lead}. "
+                f"Read the winner below as one seed's, not as the answer.")
+    rule = ("Rule: the leader by the seed-mean joint score is a stable winner when it wins in more than half of "
+            "the seeds and leads the runner-up by more than the larger of their two seed sds.")
+    return [head, "", rule, ""]
 
 
 def _winner_lines(best: Mapping[str, Any], info: ConclusionInfo) -> list[str]:

@@ -5,7 +5,9 @@ headline claims survive, as typed values. :mod:`ws.report` only formats them.
   :func:`conclusion_info` from a sweep's config, probes, first seed and seed stability);
 - :class:`SelfTest`, :func:`self_tests` – the self-test rows must land where they must;
 - :class:`Claim`, :func:`claim_checks` – each headline claim, its evidence, its verdict;
-- :class:`SeedSummary` – how the seeds agree on the winner;
+- :class:`SeedSummary` – how the seeds agree on the first seed's winner;
+- :class:`SeedVerdict`, :func:`seed_verdict` – the answer that survives across the seeds
+  (a stable winner, or none), which the conclusion leads with;
 - :func:`sanity_lines` – the notebook's ``SHOULD: … ELSE: …`` lines;
 - :func:`rank_collapses` – candidates whose true rank fell short of the requested one.
 
@@ -34,11 +36,13 @@ __all__ = [
     "SelfTest",
     "Claim",
     "SeedSummary",
+    "SeedVerdict",
     "ConclusionInfo",
     "self_tests",
     "rank_collapses",
     "sanity_lines",
     "mean_leader",
+    "seed_verdict",
     "conclusion_info",
     "claim_checks",
     "touched_rows",
@@ -107,12 +111,62 @@ class SeedSummary:
 
 
 @dataclass(frozen=True)
+class SeedVerdict:
+    """The answer that survives across the seeds (see :func:`seed_verdict` for the rule).
+
+    leader / runner_up: first and second write/mixed A-hypothesis by the joint score
+    averaged over the seeds, each with that mean and its sd over the seeds; leader_wins: in
+    how many of ``n_seeds`` seeds the leader is that seed's winner.
+    """
+
+    n_seeds: int
+    leader: str
+    leader_mean: float
+    leader_sd: float
+    leader_wins: int
+    runner_up: str | None = None
+    runner_up_mean: float | None = None
+    runner_up_sd: float | None = None
+
+    @property
+    def lead(self) -> float:
+        """Seed-mean joint score of the leader minus the runner-up's (NaN without a runner-up)."""
+        return self.leader_mean - self.runner_up_mean if self.runner_up is not None else float("nan")
+
+    @property
+    def spread(self) -> float:
+        """The seeds' spread: the larger of the leader's and the runner-up's seed sd (NaN when
+        either is not finite)."""
+        sds = [self.leader_sd] + ([self.runner_up_sd] if self.runner_up is not None else [])
+        return max(float(x) for x in sds) if all(_finite(x) for x in sds) else float("nan")
+
+    @property
+    def wins_most(self) -> bool:
+        """The leader wins in more than half of the seeds."""
+        return 2 * self.leader_wins > self.n_seeds
+
+    @property
+    def clear_lead(self) -> bool:
+        """The leader's lead over the runner-up is larger than the seeds' spread (no runner-up:
+        nothing to lead)."""
+        if self.runner_up is None:
+            return True
+        return _finite(self.lead) and _finite(self.spread) and self.lead > self.spread
+
+    @property
+    def stable(self) -> bool:
+        """A stable winner: wins most seeds and leads by more than the seeds' spread."""
+        return self.wins_most and self.clear_lead
+
+
+@dataclass(frozen=True)
 class ConclusionInfo:
     """The run facts the conclusion is written from; every field is optional (a missing one
     leaves its line out).
 
     layers_touched: the layers the summaries average (None: not recorded, all rows count);
-    self_tests: the self-test verdicts; artifacts: relative paths (or name -> path);
+    self_tests: the self-test verdicts; seed_verdict: the cross-seed answer (several seeds
+    only), which leads the bottom line; artifacts: relative paths (or name -> path);
     bootstrap_ci: the ``*_ci_lo / *_ci_hi`` columns of the summary per subspace;
     fdr_alpha: the q-value level of the claims; pr_threshold: the participation ratio below
     which a label counts as nearly rank one; notes: extra caveats, in order.
@@ -137,6 +191,7 @@ class ConclusionInfo:
     mc_seed: int | None = None
     fdr_alpha: float | None = None
     seed_stability: SeedSummary | None = None
+    seed_verdict: SeedVerdict | None = None
     pr_threshold: float | None = None
     notes: Sequence[str] = ()
 
@@ -272,6 +327,41 @@ def mean_leader(summary: pl.DataFrame, per_candidate: pl.DataFrame) -> dict | No
     return j.row(0, named=True) if j.height else None
 
 
+def seed_verdict(summary: pl.DataFrame, per_candidate: pl.DataFrame, n_seeds: int) -> SeedVerdict | None:
+    """The answer that survives across ``n_seeds`` seeds (None with fewer than two seeds or no
+    candidate with a finite seed-mean joint score).
+
+    Rule: rank the write/mixed A-hypotheses by their joint score averaged over the seeds
+    (``seed_mean_joint_score`` of ``per_candidate``). The first is a **stable winner** when it
+    is the winner of more than half of the seeds (``seeds_won``) AND its lead over the second
+    is larger than the seeds' spread, the larger of the two ``seed_sd_joint_score`` (sd over
+    the seeds, ddof 1). Otherwise there is no stable winner. ``summary`` gives the kind and
+    axis kind of each candidate.
+    """
+    if n_seeds < 2:
+        return None
+    j = summary.select("subspace", "kind", "axis_kind").join(per_candidate, on="subspace", how="inner")
+    j = ranked(j, "seed_mean_joint_score")
+    if not j.height:
+        return None
+    a = j.row(0, named=True)
+    b = j.row(1, named=True) if j.height > 1 else None
+    return SeedVerdict(
+        n_seeds=int(n_seeds),
+        leader=a["subspace"],
+        leader_mean=float(a["seed_mean_joint_score"]),
+        leader_sd=_float(a["seed_sd_joint_score"]),
+        leader_wins=int(a["seeds_won"]),
+        runner_up=b["subspace"] if b else None,
+        runner_up_mean=float(b["seed_mean_joint_score"]) if b else None,
+        runner_up_sd=_float(b["seed_sd_joint_score"]) if b else None,
+    )
+
+
+def _float(x: Any) -> float:
+    return float("nan") if x is None else float(x)
+
+
 def _seed_summary(res: SeedResult, stab: SeedStability) -> SeedSummary | None:
     if len(stab.seeds) < 2:
         return None
@@ -323,6 +413,7 @@ def conclusion_info(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: See
         seed=res.seed,
         fdr_alpha=FDR_ALPHA,
         seed_stability=_seed_summary(res, stab),
+        seed_verdict=seed_verdict(res.summary, stab.per_candidate, len(stab.seeds)),
         pr_threshold=PR_THRESHOLD,
         notes=[*pre, *notes],
     )
