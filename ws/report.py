@@ -19,6 +19,7 @@ import polars as pl
 
 from ws.fmt import fmt_num, fmt_pct
 from ws.io import atomic_path, format_float, write_table
+from ws.linalg import DEFAULT_RTOL
 from ws.log import logger
 from ws.stats import CEILING_ACT, CEILING_W, RANKED_AXES, by_score, ranked
 from ws.verdicts import Claim, ConclusionInfo, SeedSummary, SeedVerdict, claim_checks, low_rank_label, touched_q
@@ -243,14 +244,22 @@ def _cell(x: Any) -> str:
 
 
 def definitions_md(meta: pl.DataFrame) -> str:
-    """A markdown table ``name | family | axis_kind | source | definition``, one row per
-    candidate in ``meta`` order."""
+    """A markdown table ``name | family | axis_kind | source | definition | construction``, one
+    row per candidate in ``meta`` order: the definition in the contract's words, and beside it
+    how this suite builds the basis where that differs from, or adds to, those words (the
+    registry's ``construction``; blank: as defined)."""
     lines = ["# Candidate definitions", "",
-             "| name | family | axis_kind | source | definition |",
-             "|---|---|---|---|---|"]
+             "`definition` is the contract's wording; `construction` says how this suite builds the basis where "
+             "that differs from, or adds to, the definition (blank: as defined). Every SVD and PCA is computed in "
+             "float64 (an SVD through the smaller Gram matrix where that is cheaper: the same subspace); directions "
+             f"with a singular value below {DEFAULT_RTOL:g} of the largest are dropped, so a basis has its true rank, "
+             "never padding.",
+             "",
+             "| name | family | axis_kind | source | definition | construction |",
+             "|---|---|---|---|---|---|"]
     for r in meta.iter_rows(named=True):
         lines.append("| " + " | ".join(_cell(r.get(c)) for c in ("subspace", "family", "axis_kind", "source",
-                                                                  "definition")) + " |")
+                                                                  "definition", "construction")) + " |")
     return "\n".join(lines) + "\n"
 
 
