@@ -16,10 +16,19 @@ Choices the one-line definitions leave open, fixed here:
   With ``k`` clusters (as before) the ``k`` mean-centred centroids span at most ``k − 1``
   dimensions, so the old basis had rank 7; ``k + 1`` centroids span ``k``. The number of
   clusters is a :func:`build_all` option (``n_clusters``).
-- ``rotation_contrast``: both persona sets are centred on their joint mean and expressed in
-  the joint PCA(32) coordinates; the orthogonal Procrustes map persona− → persona+ is
+- ``rotation_contrast``: the joint PCA(32) is of the two persona sets stacked; each set is
+  centred on its OWN mean (the usual Procrustes analysis: translation removed first) and
+  expressed in the joint coordinates; the orthogonal Procrustes map persona− → persona+ is
   ``R = UVᵀ`` from ``svd(Aᵀ B) = U S Vᵀ``; the basis is the top-8 singular directions of
   ``(R − Rᵀ)/2`` (they come in planes of rotation), mapped back to the residual stream.
+  Centring both sets on their joint mean instead (this suite's earlier choice) leaves the
+  shift ``t`` between the two means in the data: ``AᵀB`` then carries ``−(n/4)·ttᵀ``, which
+  pulls ``R`` toward a reflection of ``t``; where ``t`` overlaps a plane of rotation that
+  plane is distorted or lost (a 40° rotation with a shift inside its plane, 20 times the
+  spread: less than half the plane recovered, see the tests). Own-mean centring recovers the
+  rotation whatever the shift, which ``diff_in_means`` scores on its own (and is what
+  upstream v7 does).
+  :func:`procrustes_skew_basis` builds either (``centre``).
 """
 
 from __future__ import annotations
@@ -254,23 +263,42 @@ def churn(ctx: BuildContext, layer: int) -> torch.Tensor | None:
 
 
 # 40
+def procrustes_skew_basis(P: torch.Tensor, N: torch.Tensor, k: int, rot_dim: int = 32,
+                          centre: str = "own") -> torch.Tensor:
+    """Leading directions ``[d, ≤k]`` of the rotation persona− → persona+ (rows of ``N`` → rows
+    of ``P``, paired by probe) in the joint PCA(``rot_dim``) space of the two sets.
+
+    centre: ``"own"`` centres each set on its own mean (the rotation without the shift between
+    the sets); ``"joint"`` on the mean of both (the shift then enters the fit, see the module
+    doc). ``R = UVᵀ`` from ``svd(AᵀB)`` minimises ``‖AR − B‖_F`` over orthogonal ``R``; the
+    basis is the top-``k`` left singular directions of ``(R − Rᵀ)/2``.
+    """
+    if centre not in ("own", "joint"):
+        raise ValueError(f"centre must be 'own' or 'joint', got {centre!r}")
+    P, N = P.to(torch.float64), N.to(torch.float64)
+    X = torch.cat([P, N], dim=0)
+    V = linalg.pca(X, rot_dim)  # [d, r]
+    if V.shape[1] < 2:
+        return torch.zeros(X.shape[1], 0, dtype=torch.float64)
+    if centre == "own":
+        A, B = (N - N.mean(dim=0, keepdim=True)) @ V, (P - P.mean(dim=0, keepdim=True)) @ V  # [n, r]
+    else:
+        mu = X.mean(dim=0, keepdim=True)
+        A, B = (N - mu) @ V, (P - mu) @ V
+    U, _, Vh = torch.linalg.svd(A.T @ B)
+    R = U @ Vh  # argmin_R orthogonal ‖A R − B‖_F
+    S = 0.5 * (R - R.T)
+    Q = linalg.top_eigvecs(S @ S.T, k)  # left singular directions of the skew part
+    return linalg.sign_fix(V @ Q)  # V and Q orthonormal, so V @ Q is too
+
+
 @candidate("rotation_contrast", "act:rotation", "activations",
            "in a joint PCA(32) space, the orthogonal Procrustes rotation persona− → persona+; basis = leading singular directions of its skew part",
            needs=_PERSONA,
            construction=("persona± block outputs (FIT, last token); the joint PCA(32) is of the two sets stacked; "
-                         "both sets are centred on their joint mean and expressed in its coordinates; R = UVᵀ from "
-                         "svd(AᵀB), A = persona−, B = persona+; basis = top-{k} singular directions of (R − Rᵀ)/2 "
-                         "(they come in planes of rotation), mapped back"))
+                         "each set is centred on its own mean (the usual Procrustes analysis, so the shift between "
+                         "the two sets is not fitted as a rotation) and expressed in the joint coordinates; R = UVᵀ "
+                         "from svd(AᵀB), A = persona−, B = persona+; basis = top-{k} singular directions of "
+                         "(R − Rᵀ)/2 (they come in planes of rotation), mapped back"))
 def rotation_contrast(ctx: BuildContext, layer: int) -> torch.Tensor:
-    P, N = ctx.cap("pos")[layer], ctx.cap("neg")[layer]
-    X = torch.cat([P, N], dim=0)
-    mu = X.mean(dim=0, keepdim=True)
-    V = linalg.pca(X, ctx.rot_dim)  # [d, r]
-    if V.shape[1] < 2:
-        return torch.zeros(ctx.d, 0, dtype=torch.float64)
-    A, B = (N - mu) @ V, (P - mu) @ V  # [n, r]
-    U, _, Vh = torch.linalg.svd(A.T @ B)
-    R = U @ Vh  # argmin_R orthogonal ‖A R − B‖_F
-    S = 0.5 * (R - R.T)
-    Q = linalg.top_eigvecs(S @ S.T, ctx.k)  # left singular directions of the skew part
-    return linalg.sign_fix(V @ Q)  # V and Q orthonormal, so V @ Q is too
+    return procrustes_skew_basis(ctx.cap("pos")[layer], ctx.cap("neg")[layer], ctx.k, ctx.rot_dim, centre="own")
