@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from ws import data
+from ws import data, upstream
 from ws.diff import DiffMismatchError  # noqa: F401  (the sweep's documented error, raised by ensure_diff)
 from ws.log import logger
 from ws.config import SMOKE_TRAIN, Config  # noqa: F401  (SMOKE_TRAIN: re-exported)
@@ -209,16 +209,6 @@ def seed_stability(results: Sequence[SeedResult]) -> SeedStability:
     return SeedStability(seeds, winners, winner, sum(w == winner for w in winners.values()), tau_df, agg)
 
 
-# ----------------------------------------------------------------------------- plan / merge
-def _rank_text(meta: pl.DataFrame, name: str) -> str:
-    r = meta.filter(pl.col("subspace") == name)
-    if not r.height or "rank_min" not in meta.columns:
-        return f"`{name}` was not built in this run"
-    r = r.row(0, named=True)
-    rng = f"{r['rank_min']}" if r["rank_min"] == r["rank_max"] else f"{r['rank_min']}–{r['rank_max']}"
-    return f"`{name}` has true rank {rng} (expected {r['expected_rank']})" + (f" — {r['note']}" if r.get("note") else "")
-
-
 # ----------------------------------------------------------------------------- writing
 V7_FILES = (
     "v7_per_layer.csv",
@@ -255,13 +245,10 @@ def plan_merge_changes(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: 
         "salted `hash` (noisy, slow, not reproducible). Here the null mean and std are exact "
         "(E[tr PA] = (k/d)·tr A; Var from tr A and tr A²), checked against a Monte Carlo of Haar bases in the tests; "
         "cells whose label has a very low effective rank get a seeded Monte Carlo p-value instead.",
-        "**True intersection**: `qk_x_chars_clusters` is the principal-angle intersection of `qk_circuit` and "
-        "`chars_clusters` (directions whose principal angle is below the threshold; it may be empty on a layer), "
-        "not upstream's bisector (kept as an option).",
-        "**chars_clusters rank**: upstream's PCA of 8 mean-centred centroids collapsed to rank 7; here "
-        + _rank_text(res.meta, "chars_clusters") + ".",
-        "**Other true ranks below the requested k** (reported, never padded): "
-        + ("; ".join(r for r in rc if not r.startswith("`chars_clusters`")) or "none") + ".",
+        "**Rows computed differently from upstream v7**: " + upstream.EARLIER_COMPARISON + ". Figures marked "
+        "'earlier comparison' come from that run; 'this run' figures from this run's tables and captures."
+        + "".join(f"\n  - {line}" for line in upstream.difference_lines(res)),
+        "**True ranks below the requested k** (reported, never padded): " + ("; ".join(rc) or "none") + ".",
         f"**Error bars and multiple comparisons**: bootstrap CIs over EVAL probes ({cfg.n_boot} resamples, seed "
         f"{cfg.boot_seed}) for the activation means and the joint score; Benjamini–Hochberg q-values across all "
         f"A-hypothesis × layer cells.",
@@ -269,7 +256,10 @@ def plan_merge_changes(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: 
         f"summary carries the seed mean / sd, and `v7_seed_stability.tsv` the Kendall τ between seeds.",
         "**Claims that survive and claims that do not**: the conclusion's bottom line names every headline claim "
         "that fails its check (q-values on most layers, non-overlapping CIs, every seed won, diff specificity, "
-        "self-tests), with a table of the evidence; the scatter draws each labelled point's range over the seeds.",
+        "self-tests), with a table of the evidence; the scatter draws each labelled point's range over the seeds. "
+        "With several seeds the bottom line leads with the answer that survives them: the leader by the seed-mean "
+        "joint score when it wins more than half of the seeds and leads the runner-up by more than the larger seed "
+        "sd, otherwise 'no stable winner'; the first seed's winner follows as the detail.",
         "**Self-tests as rows**: `random_orthonormal` (must sit within its null) and `planted_label_half` (must "
         "approach the ceiling); **adapter-family candidates**: `corda_write`, `asvd_write`, `diff_in_means`.",
         "**Determinism and atomic outputs**: explicit seeds everywhere; every file is written to a temporary name "
