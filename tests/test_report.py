@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from ws import report
+from ws import report, verdicts
 from ws.io import atomic_path
 
 FAMILIES = [("W:write", "write"), ("W:OV", "write"), ("act:persona", "mixed"), ("compound", "mixed"),
@@ -201,6 +201,17 @@ def info_for(summary: pl.DataFrame, fail: bool = False) -> dict:
     )
 
 
+def as_info(d: dict) -> verdicts.ConclusionInfo:
+    """The typed run facts from one of these tests' plain dicts (self-tests as tuples, seed
+    stability as a dict)."""
+    d = dict(d)
+    if "self_tests" in d:
+        d["self_tests"] = [verdicts.SelfTest(*t) for t in d["self_tests"]]
+    if d.get("seed_stability"):
+        d["seed_stability"] = verdicts.SeedSummary(**d["seed_stability"])
+    return verdicts.ConclusionInfo(**d)
+
+
 def allowed_numbers(*frames: pl.DataFrame, info: dict, extra: list) -> set[str]:
     """Every string a number in the conclusion may take: each input value formatted as
     the report formats it (plus list lengths and the CI level as a percentage)."""
@@ -235,7 +246,7 @@ def test_conclusion_reports_best_row_from_table():
     summ = synthetic_summary()
     spec = specific_summary(summ)
     info = info_for(summ)
-    md = report.conclusion_md(summ, spec, None, info)
+    md = report.conclusion_md(summ, spec, None, as_info(info))
     best = (summ.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(["write", "mixed"]))
             .filter(pl.col("joint_score").is_not_nan()).row(0, named=True))
     bottom = md.split("## Bottom line")[1].split("##")[0]
@@ -258,7 +269,7 @@ def test_conclusion_reports_best_row_from_table():
     top_w = set(wm.filter(pl.col("mean_conc_w_combined").is_not_nan())
                 .sort("mean_conc_w_combined", descending=True)["subspace"].head(5))
     strings = " ".join(s for v in info.values() if isinstance(v, list) for s in v if isinstance(s, str))
-    extra = [5, len(top_a & top_w), report.SPECIFICITY_TARGET, 1, len(info["self_tests"])] + [int(x) for x in re.findall(r"\d+", strings)]
+    extra = [5, len(top_a & top_w), verdicts.SPECIFICITY_TARGET, 1, len(info["self_tests"])] + [int(x) for x in re.findall(r"\d+", strings)]
     allowed = allowed_numbers(summ, spec, info=info, extra=extra)
     stray = [n for n in nums if n not in allowed]
     assert not stray, stray
@@ -266,7 +277,7 @@ def test_conclusion_reports_best_row_from_table():
 
 def test_conclusion_puts_failing_self_test_on_top():
     summ = synthetic_summary()
-    md = report.conclusion_md(summ, specific_summary(summ), None, info_for(summ, fail=True))
+    md = report.conclusion_md(summ, specific_summary(summ), None, as_info(info_for(summ, fail=True)))
     head = md.split("## Bottom line")[0]
     assert "SELF-TEST FAILED" in head and "steer_roundtrip" in head
     assert md.index("SELF-TEST FAILED") < md.index("## Bottom line")
@@ -281,14 +292,14 @@ def test_conclusion_uses_qvalues_and_null_methods():
                               "null_method_act": ["gaussian", "monte_carlo", "gaussian"],
                               "null_method_w_combined": ["gaussian"] * 3})
     info = info_for(summ) | {"fdr_alpha": 0.05}
-    md = report.conclusion_md(summ, specific_summary(summ), per_layer, info)
+    md = report.conclusion_md(summ, specific_summary(summ), per_layer, as_info(info))
     assert "q ≤ 0.05 on 2 of 3 layers" in md and "q ≤ 0.05 on 1 of 3 layers" in md
     assert "monte_carlo 1" in md
 
 
 def test_conclusion_without_rankable_rows_does_not_crash():
     summ = synthetic_summary().with_columns(pl.lit(float("nan")).alias("joint_score"))
-    md = report.conclusion_md(summ, None, None, {})
+    md = report.conclusion_md(summ, None, None, as_info({}))
     assert "nothing to rank" in md
 
 
@@ -312,7 +323,8 @@ def _per_layer(name: str, q_act: list, q_w: list) -> pl.DataFrame:
 
 def _verdicts(summ, per_layer, info) -> dict[str, bool | None]:
     out = {}
-    for claim, _ev, ok in report.claim_checks(summ, per_layer, info):
+    for c in verdicts.claim_checks(summ, per_layer, as_info(info)):
+        claim, ok = c.claim, c.survives
         key = ("act" if "activation effect" in claim else "weight" if "weight energy" in claim else
                "runner" if "runner-up" in claim else "seed" if "LoRA seed" in claim else
                "specific" if "specific to the behaviour" in claim else "selftest")
@@ -362,7 +374,7 @@ def test_conclusion_names_claims_that_do_not_survive():
     seeds = {"n_seeds": 3, "winner": best, "winner_wins": 2, "winners": {0: best, 1: best, 2: second},
              "mean_tau": 0.4, "seed_mean_joint": 1.0, "seed_sd_joint": 0.1}
     seeds |= {"mean_leader": second, "mean_leader_joint": 2.5, "mean_leader_sd": 0.7}
-    md = report.conclusion_md(summ, specific_summary(summ), None, info_for(summ) | {"seed_stability": seeds})
+    md = report.conclusion_md(summ, specific_summary(summ), None, as_info(info_for(summ) | {"seed_stability": seeds}))
     bottom = md.split("## Bottom line")[1].split("\n## ")[0]
     assert "wins in 2 of 3 seeds" in bottom and "NOT stable" in bottom
     assert f"by the mean over seeds the leader is `{second}` (joint 2.5 ± 0.7 sd)" in bottom
@@ -370,7 +382,7 @@ def test_conclusion_names_claims_that_do_not_survive():
     assert len(dead) == 1 and "whatever the LoRA seed" in dead[0] and "runner-up" in dead[0]
     table = md.split("## Which claims survive")[1].split("\n## ")[0]
     assert table.count("**does not survive**") == 3  # seed, runner-up, specificity 1.7 < 3
-    md1 = report.conclusion_md(summ, specific_summary(summ), None, info_for(summ))
+    md1 = report.conclusion_md(summ, specific_summary(summ), None, as_info(info_for(summ)))
     assert "one seed only" in md1 and "not tested" in md1
 
 
@@ -381,9 +393,9 @@ def test_low_rank_label_caveat_from_the_table():
         return pl.DataFrame({"layer": [9 + i for i in range(n) for _ in range(2)], "subspace": ["a", "b"] * n,
                              "pr_act": [p for p in prs for _ in range(2)]})
     info = info_for(summ) | {"pr_threshold": 3.0}
-    md = report.conclusion_md(summ, None, per_layer([1.1, 1.3, 2.0, 40.0]), info)
+    md = report.conclusion_md(summ, None, per_layer([1.1, 1.3, 2.0, 40.0]), as_info(info))
     assert "nearly rank one: median participation ratio 1.65 over 4 touched layers" in md
-    assert "nearly rank one" not in report.conclusion_md(summ, None, per_layer([5.0, 6.0, 2.0]), info)
+    assert "nearly rank one" not in report.conclusion_md(summ, None, per_layer([5.0, 6.0, 2.0]), as_info(info))
     # layers outside the touched ones do not count
-    assert "nearly rank one" not in report.conclusion_md(summ, None, per_layer([1.0] * 30), info | {"layers_touched": [100]})
+    assert "nearly rank one" not in report.conclusion_md(summ, None, per_layer([1.0] * 30), as_info(info | {"layers_touched": [100]}))
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import polars as pl
 import pytest
 
-from ws import sweep
+from ws import sweep, verdicts
 
 
 def _summary(scores: dict[str, float]) -> pl.DataFrame:
@@ -55,7 +55,7 @@ def test_mean_leader_is_the_best_seed_mean_and_skips_read_rows_and_ceilings():
     s1 = _summary({"a": 2.0, "b": 5.0, "c": 1.0})
     s2 = _summary({"a": 2.2, "b": 6.0, "c": 1.0})
     st = sweep.seed_stability([SimpleNamespace(seed=i, summary=s) for i, s in enumerate((s0, s1, s2))])
-    ml = sweep._mean_leader(s0, st.per_candidate)
+    ml = verdicts.mean_leader(s0, st.per_candidate)
     assert st.winner == "a" and ml["subspace"] == "b"
     assert ml["seed_mean_joint_score"] == pytest.approx((2.9 + 5.0 + 6.0) / 3)
     # a read row or a ceiling with a higher mean is never the leader
@@ -63,4 +63,4 @@ def test_mean_leader_is_the_best_seed_mean_and_skips_read_rows_and_ceilings():
         pl.Series("kind", ["A-hypothesis", "ceiling", "A-hypothesis"]),
         pl.Series("axis_kind", ["write", "ceiling", "read"]))
     st = sweep.seed_stability([SimpleNamespace(seed=0, summary=s), SimpleNamespace(seed=1, summary=s)])
-    assert sweep._mean_leader(s, st.per_candidate)["subspace"] == "a"
+    assert verdicts.mean_leader(s, st.per_candidate)["subspace"] == "a"

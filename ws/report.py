@@ -3,7 +3,9 @@
 Every file is written atomically (temporary file beside the target, then renamed), so a
 crash never leaves a half-written file that looks complete. Tables are written with a
 fixed float format so that two identical runs give byte-identical files. Every number in
-the markdown is formatted from the DataFrames or the ``info`` dict passed in.
+the markdown is formatted from the DataFrames or the run facts passed in
+(:class:`ws.verdicts.ConclusionInfo`); what the run concludes (which claims survive, the
+self-tests) is decided in :mod:`ws.verdicts`, this module only writes it down.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import polars as pl
 
+from ws.fmt import fmt_num, fmt_pct
 from ws.io import atomic_path, format_float, write_table
+from ws.linalg import DEFAULT_RTOL
 from ws.log import logger
 from ws.stats import CEILING_ACT, CEILING_W, RANKED_AXES, by_score, ranked
+from ws.verdicts import Claim, ConclusionInfo, SeedSummary, SeedVerdict, claim_checks, low_rank_label, touched_q
 
 __all__ = [
     "fmt_num",
@@ -29,31 +34,6 @@ __all__ = [
     "conclusion_md",
     "plan_merge_md",
 ]
-
-# ------------------------------------------------------------------------- formatting
-
-
-def fmt_num(x: Any, sig: int = 3) -> str:
-    """A number for prose: 3 significant digits, ``NaN`` for missing values."""
-    if x is None:
-        return "NaN"
-    if isinstance(x, (bool, np.bool_)):
-        return str(bool(x))
-    if isinstance(x, (int, np.integer)):
-        return str(int(x))
-    x = float(x)
-    if not math.isfinite(x):
-        return "NaN" if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    s = f"{x:.{sig}g}"
-    return "0" if s == "-0" else s
-
-
-def fmt_pct(x: Any) -> str:
-    """A percentage for prose: one decimal and ``%`` (``NaN%`` when missing)."""
-    if x is None or not math.isfinite(float(x)):
-        return "NaN%"
-    return f"{float(x):.1f}%"
-
 
 # ----------------------------------------------------------------------------- figure
 
@@ -264,14 +244,22 @@ def _cell(x: Any) -> str:
 
 
 def definitions_md(meta: pl.DataFrame) -> str:
-    """A markdown table ``name | family | axis_kind | source | definition``, one row per
-    candidate in ``meta`` order."""
+    """A markdown table ``name | family | axis_kind | source | definition | construction``, one
+    row per candidate in ``meta`` order: the definition in the contract's words, and beside it
+    how this suite builds the basis where that differs from, or adds to, those words (the
+    registry's ``construction``; blank: as defined)."""
     lines = ["# Candidate definitions", "",
-             "| name | family | axis_kind | source | definition |",
-             "|---|---|---|---|---|"]
+             "`definition` is the contract's wording; `construction` says how this suite builds the basis where "
+             "that differs from, or adds to, the definition (blank: as defined). Every SVD and PCA is computed in "
+             "float64 (an SVD through the smaller Gram matrix where that is cheaper: the same subspace); directions "
+             f"with a singular value below {DEFAULT_RTOL:g} of the largest are dropped, so a basis has its true rank, "
+             "never padding.",
+             "",
+             "| name | family | axis_kind | source | definition | construction |",
+             "|---|---|---|---|---|---|"]
     for r in meta.iter_rows(named=True):
         lines.append("| " + " | ".join(_cell(r.get(c)) for c in ("subspace", "family", "axis_kind", "source",
-                                                                  "definition")) + " |")
+                                                                  "definition", "construction")) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -333,110 +321,155 @@ def _tensor_line(r: Mapping[str, Any]) -> str:
 
 
 def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | None, per_layer: pl.DataFrame | None,
-                  info: Mapping[str, Any], top_k: int = 5) -> str:
-    """The BLUF conclusion of a sweep, as markdown.
+                  info: ConclusionInfo, top_k: int = 5) -> str:
+    """The BLUF conclusion of a sweep, as markdown: one function per section, in reading order.
 
     summary_pct: the summary with ``pct_*`` columns (sorted by joint_score).
     specific_summary: the specificity summary (or None).
     per_layer: the per-layer table (for null methods and q-values; or None).
-    info: run facts. Recognised keys (all optional): ``title``, ``model``, ``n_fit``,
-        ``n_eval``, ``layers_touched``, ``layers_without_delta``, ``rank_collapses`` (list
-        of str), ``quantized`` (bool), ``diff_specificity_ratio``, ``self_tests`` (list of
-        ``(name, passed, detail)``), ``artifacts`` (list of relative paths, or
-        name → path), ``bootstrap_ci`` (DataFrame from ``bootstrap_summary_ci``),
-        ``n_boot``, ``ci_level``, ``seed``, ``mc_seed``, ``fdr_alpha``, ``notes`` (list).
+    info: the run facts (:class:`ws.verdicts.ConclusionInfo`; a field left at its default
+        leaves its line out).
     top_k: size of the top lists compared between activation and weight.
 
     Failing self-tests are listed at the very top. Every number is formatted from the
-    inputs.
+    inputs; the verdicts come from :func:`ws.verdicts.claim_checks`.
     """
-    L: list[str] = []
-    title = info.get("title", "Hypothesis sweep: conclusion")
-    L += [f"# {title}", ""]
+    best = _first(ranked(summary_pct))
+    claims = claim_checks(summary_pct, per_layer, info)
+    sections = [
+        [f"# {info.title}", ""],
+        _failed_self_tests_section(info),
+        _bottom_line_section(summary_pct, per_layer, info, claims),
+        _claims_section(claims),
+        _ceilings_section(summary_pct),
+        _leaders_section(summary_pct),
+        _overlap_section(summary_pct, top_k),
+        _read_side_section(summary_pct),
+        _specificity_section(specific_summary, best, info),
+        _statistics_section(per_layer, info),
+        _caveats_section(per_layer, info),
+        _self_tests_section(info),
+        _artifacts_section(info),
+    ]
+    return "\n".join(line for section in sections for line in section)
 
-    tests = list(info.get("self_tests") or [])
-    failed = [t for t in tests if not bool(t[1])]
-    if failed:
-        L.append("> **SELF-TEST FAILED: read this before trusting any number below.**")
-        for name, _ok, detail in failed:
-            L.append(f"> - FAILED `{name}`: {detail}")
-        L.append("")
 
-    sp = summary_pct
+def _failed_self_tests_section(info: ConclusionInfo) -> list[str]:
+    """A warning block above everything else when a self-test failed."""
+    failed = [t for t in info.self_tests if not t.passed]
+    if not failed:
+        return []
+    return (["> **SELF-TEST FAILED: read this before trusting any number below.**"]
+            + [f"> - FAILED `{t.name}`: {t.detail}" for t in failed] + [""])
+
+
+def _bottom_line_section(sp: pl.DataFrame, per_layer: pl.DataFrame | None, info: ConclusionInfo,
+                         claims: Sequence[Claim]) -> list[str]:
+    """With several seeds, the answer that survives across them first; then the first seed's
+    winner with its scores, CI, q-values, runner-up and seeds; the claims that fail."""
+    L = ["## Bottom line", ""]
     order = ranked(sp)
     best = _first(order)
-
-    # ---- bottom line
-    L += ["## Bottom line", ""]
+    if info.seed_verdict is not None:
+        L += _cross_seed_lines(info.seed_verdict)
+        if best is not None:
+            L += [f"Seed {fmt_num(info.seed)}'s winner and tables, in detail:" if info.seed is not None
+                  else "The first seed's winner and tables, in detail:", ""]
     if best is None:
         L.append("No write/mixed A-hypothesis has a finite joint score: nothing to rank (check the labels "
                  "and the layers the LoRA touched).")
     else:
-        L.append(f"**`{best['subspace']}`** ({best['family']}, {best['axis_kind']}) has the highest joint score "
-                 f"among write/mixed A-hypotheses: joint = {fmt_num(best['joint_score'])}, "
-                 f"{_scores_line(best)}.")
-        L.append("")
-        L.append(f"- per tensor: {_tensor_line(best)}")
-        L.append(f"- mean cosine of principal angles with the dW basis: {fmt_num(best.get('mean_cos_dW'))}; "
-                 f"mean rank {fmt_num(best.get('mean_rank'))}; act_w_gap_log2 = "
-                 f"{fmt_num(best.get('act_w_gap_log2'))} (positive: more concentrated in the activation "
-                 f"label than in the weight label)")
-        if "mean_pct_act_matched_rank" in best:
-            L.append(f"- at its own rank it captures {fmt_pct(best.get('mean_pct_act_matched_rank'))} of the best "
-                     f"possible activation energy and {fmt_pct(best.get('mean_pct_w_combined_matched_rank'))} of the "
-                     f"best possible weight energy")
-        ci = info.get("bootstrap_ci")
-        if isinstance(ci, pl.DataFrame):
-            c = _row(ci, best["subspace"])
-            if c is not None:
-                lvl = info.get("ci_level")
-                lvl_s = f"{fmt_num(100 * float(lvl))}% " if lvl is not None else ""
-                extra = []
-                if info.get("n_boot") is not None:
-                    extra.append(f"{info['n_boot']} resamples of the EVAL rows")
-                if info.get("seed") is not None:
-                    extra.append(f"seed {info['seed']}")
-                L.append(f"- bootstrap {lvl_s}CI: R_act [{fmt_num(c['mean_conc_act_ci_lo'])}, "
-                         f"{fmt_num(c['mean_conc_act_ci_hi'])}], joint [{fmt_num(c['joint_score_ci_lo'])}, "
-                         f"{fmt_num(c['joint_score_ci_hi'])}]" + (f" ({', '.join(extra)})" if extra else ""))
+        L += _winner_lines(best, info)
         if per_layer is not None and {"q_act", "q_w_combined"} <= set(per_layer.columns):
             L.append("- " + _q_text(per_layer, best["subspace"], info))
         if len(order) > 1:
             nxt = order.row(1, named=True)
             L.append(f"- runner-up: `{nxt['subspace']}` (joint {fmt_num(nxt['joint_score'])}, "
                      f"R_act {fmt_num(nxt['mean_conc_act'])}, R_w combined {fmt_num(nxt['mean_conc_w_combined'])})")
-        st = info.get("seed_stability")
-        if st:
-            L.append("- " + _seed_text(st))
-        else:
-            L.append("- seeds: one seed only, seed stability not measured")
-    claims = claim_checks(summary_pct, per_layer, info)
+        st = info.seed_stability
+        L.append("- " + _seed_text(st) if st else "- seeds: one seed only, seed stability not measured")
     if claims:
-        dead = [c for c, _e, ok in claims if ok is False]
+        dead = [c.claim for c in claims if c.survives is False]
         L.append("- claims that do NOT survive: " + ("; ".join(dead) if dead else "none of the checks below failed"))
-    L.append("")
-    if claims:
-        L += ["## Which claims survive", "", "| claim | evidence | verdict |", "|---|---|---|"]
-        for c, e, ok in claims:
-            verdict = "survives" if ok else ("**does not survive**" if ok is False else "not tested")
-            L.append(f"| {_cell(c)} | {_cell(e)} | {verdict} |")
-        L.append("")
+    return L + [""]
 
-    # ---- ceilings for scale
+
+def _cross_seed_lines(v: SeedVerdict) -> list[str]:
+    """The answer that survives across the seeds, with the rule it passed or failed."""
+    lead = (f"its lead over `{v.runner_up}` ({fmt_num(v.runner_up_mean)} ± {fmt_num(v.runner_up_sd)} sd) is "
+            f"{fmt_num(v.lead)}, " + ("more than" if v.clear_lead else "not more than")
+            + f" the seeds' spread ({fmt_num(v.spread)})") if v.runner_up is not None else "it has no runner-up"
+    wins = f"wins {v.leader_wins} of {v.n_seeds} seeds" + ("" if v.wins_most else ", not more than half")
+    if v.stable:
+        head = (f"**Across the {v.n_seeds} seeds: `{v.leader}` is the stable winner.** It has the highest joint "
+                f"score averaged over the seeds ({fmt_num(v.leader_mean)} ± {fmt_num(v.leader_sd)} sd), {wins}, "
+                f"and {lead}.")
+    else:
+        head = (f"**Across the {v.n_seeds} seeds: no stable winner.** The leader by the joint score averaged over "
+                f"the seeds, `{v.leader}` ({fmt_num(v.leader_mean)} ± {fmt_num(v.leader_sd)} sd), {wins}; {lead}. "
+                f"Read the winner below as one seed's, not as the answer.")
+    rule = ("Rule: the leader by the seed-mean joint score is a stable winner when it wins in more than half of "
+            "the seeds and leads the runner-up by more than the larger of their two seed sds.")
+    return [head, "", rule, ""]
+
+
+def _winner_lines(best: Mapping[str, Any], info: ConclusionInfo) -> list[str]:
+    """The winner's headline sentence and its per-tensor, rank and CI lines."""
+    L = [f"**`{best['subspace']}`** ({best['family']}, {best['axis_kind']}) has the highest joint score "
+         f"among write/mixed A-hypotheses: joint = {fmt_num(best['joint_score'])}, {_scores_line(best)}.", ""]
+    L.append(f"- per tensor: {_tensor_line(best)}")
+    L.append(f"- mean cosine of principal angles with the dW basis: {fmt_num(best.get('mean_cos_dW'))}; "
+             f"mean rank {fmt_num(best.get('mean_rank'))}; act_w_gap_log2 = "
+             f"{fmt_num(best.get('act_w_gap_log2'))} (positive: more concentrated in the activation "
+             f"label than in the weight label)")
+    if "mean_pct_act_matched_rank" in best:
+        L.append(f"- at its own rank it captures {fmt_pct(best.get('mean_pct_act_matched_rank'))} of the best "
+                 f"possible activation energy and {fmt_pct(best.get('mean_pct_w_combined_matched_rank'))} of the "
+                 f"best possible weight energy")
+    c = _row(info.bootstrap_ci, best["subspace"]) if info.bootstrap_ci is not None else None
+    if c is not None:
+        lvl = f"{fmt_num(100 * float(info.ci_level))}% " if info.ci_level is not None else ""
+        extra = []
+        if info.n_boot is not None:
+            extra.append(f"{info.n_boot} resamples of the EVAL rows")
+        if info.seed is not None:
+            extra.append(f"seed {info.seed}")
+        L.append(f"- bootstrap {lvl}CI: R_act [{fmt_num(c['mean_conc_act_ci_lo'])}, "
+                 f"{fmt_num(c['mean_conc_act_ci_hi'])}], joint [{fmt_num(c['joint_score_ci_lo'])}, "
+                 f"{fmt_num(c['joint_score_ci_hi'])}]" + (f" ({', '.join(extra)})" if extra else ""))
+    return L
+
+
+def _claims_section(claims: Sequence[Claim]) -> list[str]:
+    """The "Which claims survive" table."""
+    if not claims:
+        return []
+    L = ["## Which claims survive", "", "| claim | evidence | verdict |", "|---|---|---|"]
+    for c in claims:
+        verdict = "**does not survive**" if c.survives is False else c.verdict
+        L.append(f"| {_cell(c.claim)} | {_cell(c.evidence)} | {verdict} |")
+    return L + [""]
+
+
+def _ceilings_section(sp: pl.DataFrame) -> list[str]:
+    """The two ceilings' scores, for scale."""
     ca, cw = _row(sp, CEILING_ACT), _row(sp, CEILING_W)
-    if ca is not None or cw is not None:
-        L += ["## Ceilings (B side, for scale)", ""]
-        if ca is not None:
-            L.append(f"- `{CEILING_ACT}`: R_act = {fmt_num(ca['mean_conc_act'])}, "
-                     f"R_w combined = {fmt_num(ca['mean_conc_w_combined'])}")
-        if cw is not None:
-            L.append(f"- `{CEILING_W}`: R_w combined = {fmt_num(cw['mean_conc_w_combined'])} "
-                     f"(o_proj {fmt_num(cw['mean_conc_w_oproj'])}, down_proj {fmt_num(cw['mean_conc_w_downproj'])}), "
-                     f"R_act = {fmt_num(cw['mean_conc_act'])}")
-        L.append("")
+    if ca is None and cw is None:
+        return []
+    L = ["## Ceilings (B side, for scale)", ""]
+    if ca is not None:
+        L.append(f"- `{CEILING_ACT}`: R_act = {fmt_num(ca['mean_conc_act'])}, "
+                 f"R_w combined = {fmt_num(ca['mean_conc_w_combined'])}")
+    if cw is not None:
+        L.append(f"- `{CEILING_W}`: R_w combined = {fmt_num(cw['mean_conc_w_combined'])} "
+                 f"(o_proj {fmt_num(cw['mean_conc_w_oproj'])}, down_proj {fmt_num(cw['mean_conc_w_downproj'])}), "
+                 f"R_act = {fmt_num(cw['mean_conc_act'])}")
+    return L + [""]
 
-    # ---- per-tensor leaders
-    L += ["## Leaders per label (write/mixed A-hypotheses)", ""]
+
+def _leaders_section(sp: pl.DataFrame) -> list[str]:
+    """The leader of each label (activation, combined weight, each tensor)."""
+    L = ["## Leaders per label (write/mixed A-hypotheses)", ""]
     for col, label, pct in (("mean_conc_act", "activation R_act", "pct_act_ceiling"),
                             ("mean_conc_w_combined", "weight R_w combined", "pct_w_oracle_combined"),
                             ("mean_conc_w_oproj", "o_proj R_w", "pct_w_oracle_oproj"),
@@ -447,30 +480,37 @@ def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | No
         else:
             p = f", {fmt_pct(r.get(pct))} of ceiling" if pct in r else ""
             L.append(f"- {label}: `{r['subspace']}` = {fmt_num(r[col])}{p}")
-    L.append("")
+    return L + [""]
 
-    # ---- overlap of the top lists
+
+def _overlap_section(sp: pl.DataFrame, top_k: int) -> list[str]:
+    """The top-k by activation against the top-k by weight, and their overlap."""
     top_act = ranked(sp, "mean_conc_act")["subspace"].head(top_k).to_list()
     top_w = ranked(sp, "mean_conc_w_combined")["subspace"].head(top_k).to_list()
     both = [n for n in top_act if n in top_w]
-    L += [f"## Top-{top_k} by activation vs by weight (write/mixed)", ""]
-    L.append(f"- by R_act: {', '.join(f'`{n}`' for n in top_act) or 'none'}")
-    L.append(f"- by R_w combined: {', '.join(f'`{n}`' for n in top_w) or 'none'}")
-    L.append(f"- overlap: {len(both)} of {top_k}" + (f" ({', '.join(f'`{n}`' for n in both)})" if both else ""))
-    L.append("")
+    return [f"## Top-{top_k} by activation vs by weight (write/mixed)", "",
+            f"- by R_act: {', '.join(f'`{n}`' for n in top_act) or 'none'}",
+            f"- by R_w combined: {', '.join(f'`{n}`' for n in top_w) or 'none'}",
+            f"- overlap: {len(both)} of {top_k}" + (f" ({', '.join(f'`{n}`' for n in both)})" if both else ""),
+            ""]
 
-    # ---- read side
-    L += ["## Read side (reported apart, not in the joint ranking)", ""]
+
+def _read_side_section(sp: pl.DataFrame) -> list[str]:
+    """The best read candidate (kept out of the joint ranking)."""
+    L = ["## Read side (reported apart, not in the joint ranking)", ""]
     r = _first(ranked(sp, axis_kinds=("read",)))
     if r is not None:
         L.append(f"- best read candidate: `{r['subspace']}` ({r['family']}): joint {fmt_num(r['joint_score'])}, "
                  f"{_scores_line(r)}")
     else:
         L.append("- no read candidate with a finite joint score")
-    L.append("")
+    return L + [""]
 
-    # ---- specificity
-    L += ["## Specificity (label and bases projected off the clean-residual PCs)", ""]
+
+def _specificity_section(specific_summary: pl.DataFrame | None, best: Mapping[str, Any] | None,
+                         info: ConclusionInfo) -> list[str]:
+    """The specificity leader, what the joint leader keeps, and the diff's specificity ratio."""
+    L = ["## Specificity (label and bases projected off the clean-residual PCs)", ""]
     if specific_summary is not None and specific_summary.height:
         sh = specific_summary.filter(pl.col("kind") == "A-hypothesis")
         r = _first(by_score(sh, "mean_specific_conc_act", drop_missing=True))
@@ -479,106 +519,102 @@ def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | No
                      f"(z {fmt_num(r['mean_specific_z_act'])}, energy fraction "
                      f"{fmt_num(r['mean_specific_energy_frac_act'])}, mean specific rank "
                      f"{fmt_num(r['mean_specific_rank'])})")
-        if best is not None:
-            b = _row(specific_summary, best["subspace"])
-            if b is not None:
-                L.append(f"- the joint leader `{best['subspace']}` keeps specific R_act = "
-                         f"{fmt_num(b['mean_specific_conc_act'])} (z {fmt_num(b['mean_specific_z_act'])})")
+        b = _row(specific_summary, best["subspace"]) if best is not None else None
+        if b is not None:
+            L.append(f"- the joint leader `{best['subspace']}` keeps specific R_act = "
+                     f"{fmt_num(b['mean_specific_conc_act'])} (z {fmt_num(b['mean_specific_z_act'])})")
     else:
         L.append("- no specificity scores")
-    if info.get("diff_specificity_ratio") is not None:
-        L.append(f"- diff specificity ratio (from the run): {fmt_num(info['diff_specificity_ratio'])}")
-    L.append("")
+    if info.diff_specificity_ratio is not None:
+        L.append(f"- diff specificity ratio (from the run): {fmt_num(info.diff_specificity_ratio)}")
+    return L + [""]
 
-    # ---- statistics
-    stat_lines = []
+
+def _statistics_section(per_layer: pl.DataFrame | None, info: ConclusionInfo) -> list[str]:
+    """Which null gave the p-values (and why some cells have none), the seeds of the statistics."""
+    lines = []
     if per_layer is not None and "null_method_act" in per_layer.columns:
-        why_none = {"activation": "the label is zero on that layer (before the first LoRA layer) or the basis is empty",
-                    "weight combined": "no LoRA delta on that layer or the basis is empty"}
         for col, label in (("null_method_act", "activation"), ("null_method_w_combined", "weight combined")):
             if col in per_layer.columns:
-                m = per_layer[col].fill_null("")
-                vc = m.filter(m != "").value_counts(sort=True)
-                counts = ", ".join(f"{r[col]} {r['count']}" for r in vc.sort(col).iter_rows(named=True))
-                n_none = int((m == "").sum())
-                if counts:
-                    none = f", no p-value {n_none} ({why_none[label]})" if n_none else ""
-                    thr = (f"below {fmt_num(info['pr_threshold'])}" if info.get("pr_threshold") is not None
-                           else "low")
-                    stat_lines.append(f"- p-value null for {label} cells: {counts}{none}; rule: Monte Carlo where "
-                                      f"the label's participation ratio is {thr}, the Gaussian tail elsewhere")
-    if info.get("mc_seed") is not None:
-        stat_lines.append(f"- Monte Carlo null seed: {info['mc_seed']}")
-    if info.get("seed") is not None and not isinstance(info.get("bootstrap_ci"), pl.DataFrame):
-        stat_lines.append(f"- seed: {info['seed']}")
-    if stat_lines:
-        L += ["## Statistics", ""] + stat_lines + [""]
+                line = _null_method_line(per_layer, col, label, info)
+                if line:
+                    lines.append(line)
+    if info.mc_seed is not None:
+        lines.append(f"- Monte Carlo null seed: {info.mc_seed}")
+    if info.seed is not None and info.bootstrap_ci is None:
+        lines.append(f"- seed: {info.seed}")
+    return ["## Statistics", ""] + lines + [""] if lines else []
 
-    # ---- caveats
-    L += ["## Caveats", ""]
+
+_WHY_NO_P = {"activation": "the label is zero on that layer (before the first LoRA layer) or the basis is empty",
+             "weight combined": "no LoRA delta on that layer or the basis is empty"}
+
+
+def _null_method_line(per_layer: pl.DataFrame, col: str, label: str, info: ConclusionInfo) -> str | None:
+    m = per_layer[col].fill_null("")
+    vc = m.filter(m != "").value_counts(sort=True)
+    counts = ", ".join(f"{r[col]} {r['count']}" for r in vc.sort(col).iter_rows(named=True))
+    if not counts:
+        return None
+    n_none = int((m == "").sum())
+    none = f", no p-value {n_none} ({_WHY_NO_P[label]})" if n_none else ""
+    thr = f"below {fmt_num(info.pr_threshold)}" if info.pr_threshold is not None else "low"
+    return (f"- p-value null for {label} cells: {counts}{none}; rule: Monte Carlo where the label's participation "
+            f"ratio is {thr}, the Gaussian tail elsewhere")
+
+
+def _caveats_section(per_layer: pl.DataFrame | None, info: ConclusionInfo) -> list[str]:
+    """What limits the reading: model, probe counts, layers, rank shortfalls, a rank-one label,
+    quantisation, what R and z mean, and the run's own notes."""
     cav = []
-    if info.get("model") is not None:
-        cav.append(f"model: `{info['model']}`")
-    if info.get("n_fit") is not None or info.get("n_eval") is not None:
-        cav.append(f"{fmt_num(info.get('n_fit'))} FIT probes build the A-side bases and "
-                   f"{fmt_num(info.get('n_eval'))} EVAL probes build the activation label; per-layer activation "
+    if info.model is not None:
+        cav.append(f"model: `{info.model}`")
+    if info.n_fit is not None or info.n_eval is not None:
+        cav.append(f"{fmt_num(info.n_fit)} FIT probes build the A-side bases and "
+                   f"{fmt_num(info.n_eval)} EVAL probes build the activation label; per-layer activation "
                    f"scores rest on that many rows")
-    if "layers_touched" in info:
-        cav.append(f"summaries average the layers the LoRA touched: {_layers_text(info['layers_touched'])}")
-    if info.get("layers_without_delta"):
+    if info.layers_touched is not None:
+        cav.append(f"summaries average the layers the LoRA touched: {_layers_text(info.layers_touched)}")
+    if info.layers_without_delta:
         cav.append(f"layers without a LoRA delta (weight scores NaN there): "
-                   f"{_layers_text(info['layers_without_delta'])}")
-    for rc in info.get("rank_collapses") or []:
-        cav.append(f"rank collapse: {rc}")
+                   f"{_layers_text(info.layers_without_delta)}")
+    cav += [f"rank collapse: {rc}" for rc in info.rank_collapses]
     lr = _low_rank_label_text(per_layer, info)
     if lr:
         cav.append(lr)
-    if info.get("quantized"):
+    if info.quantized:
         cav.append("the model weights are 4-bit quantised: weight-derived bases inherit quantisation noise")
     cav.append("R = 1 is what a random subspace of the same rank gets; z and p test concentration against that "
                "null, not causal use of the subspace")
     cav.append("read candidates are reported apart and kept out of the joint ranking")
-    for n in info.get("notes") or []:
-        cav.append(str(n))
-    L += [f"- {c}" for c in cav] + [""]
-
-    # ---- self-tests
-    if tests:
-        L += ["## Self-tests", "", "| test | result | detail |", "|---|---|---|"]
-        for name, ok, detail in tests:
-            L.append(f"| {_cell(name)} | {'PASS' if ok else 'FAIL'} | {_cell(detail)} |")
-        L.append("")
-
-    # ---- artifacts
-    arts = info.get("artifacts")
-    if arts:
-        L += ["## Artifacts", ""]
-        items = arts.items() if isinstance(arts, Mapping) else [(None, a) for a in arts]
-        for name, p in items:
-            L.append(f"- [`{p}`]({p})" + (f": {name}" if name else ""))
-        L.append("")
-    return "\n".join(L)
+    cav += [str(n) for n in info.notes]
+    return ["## Caveats", ""] + [f"- {c}" for c in cav] + [""]
 
 
-def _touched(per_layer: pl.DataFrame, info: Mapping[str, Any], name: str | None = None) -> pl.DataFrame:
-    """Rows of ``per_layer`` on the layers the LoRA touched (all layers when ``info`` does not
-    say), for one candidate when ``name`` is given."""
-    rows = per_layer if name is None else per_layer.filter(pl.col("subspace") == name)
-    if info.get("layers_touched") is not None:
-        rows = rows.filter(pl.col("layer").is_in([int(l) for l in info["layers_touched"]]))
-    return rows
+def _self_tests_section(info: ConclusionInfo) -> list[str]:
+    """Every self-test with its result and measured detail."""
+    if not info.self_tests:
+        return []
+    L = ["## Self-tests", "", "| test | result | detail |", "|---|---|---|"]
+    L += [f"| {_cell(t.name)} | {'PASS' if t.passed else 'FAIL'} | {_cell(t.detail)} |" for t in info.self_tests]
+    return L + [""]
 
 
-def _touched_q(per_layer: pl.DataFrame, name: str, col: str, info: Mapping[str, Any]) -> pl.Series:
-    """The finite q-values in ``col`` of one candidate over the touched layers."""
-    return _touched(per_layer, info, name)[col].cast(pl.Float64).fill_nan(None).drop_nulls()
+def _artifacts_section(info: ConclusionInfo) -> list[str]:
+    """Links to the run's files (relative to the conclusion's folder)."""
+    arts = info.artifacts
+    if not arts:
+        return []
+    items = arts.items() if isinstance(arts, Mapping) else [(None, a) for a in arts]
+    return (["## Artifacts", ""] + [f"- [`{p}`]({p})" + (f": {name}" if name else "") for name, p in items]
+            + [""])
 
 
-def _q_text(per_layer: pl.DataFrame, name: str, info: Mapping[str, Any]) -> str:
-    alpha = info.get("fdr_alpha")
+def _q_text(per_layer: pl.DataFrame, name: str, info: ConclusionInfo) -> str:
+    alpha = info.fdr_alpha
     parts = []
     for col, label in (("q_act", "activation"), ("q_w_combined", "weight combined")):
-        q = _touched_q(per_layer, name, col, info)
+        q = touched_q(per_layer, name, col, info)
         if q.len() == 0:
             parts.append(f"{label}: no q-values")
         elif alpha is not None:
@@ -588,132 +624,30 @@ def _q_text(per_layer: pl.DataFrame, name: str, info: Mapping[str, Any]) -> str:
     return "Benjamini–Hochberg q-values over all A-hypothesis × layer cells: " + "; ".join(parts)
 
 
-def _low_rank_label_text(per_layer: pl.DataFrame | None, info: Mapping[str, Any]) -> str | None:
-    """A caveat when the activation label is nearly rank one on the touched layers (median
-    participation ratio ``pr_act`` below ``info['pr_threshold']``, default 3)."""
-    if per_layer is None or "pr_act" not in per_layer.columns:
+def _low_rank_label_text(per_layer: pl.DataFrame | None, info: ConclusionInfo) -> str | None:
+    """The caveat of a nearly rank-one activation label (:func:`ws.verdicts.low_rank_label`)."""
+    low = low_rank_label(per_layer, info)
+    if low is None:
         return None
-    pr = _touched(per_layer, info).group_by("layer").agg(pl.col("pr_act").cast(pl.Float64).first())["pr_act"].fill_nan(None).drop_nulls()
-    if pr.len() == 0:
-        return None
-    med = float(pr.median())
-    thr = float(info.get("pr_threshold") or 3.0)
-    if med >= thr:
-        return None
+    med, n = low
     return (f"the activation label is nearly rank one: median participation ratio {fmt_num(med)} over "
-            f"{pr.len()} touched layers, so one direction (the shift every EVAL prompt shares) carries most of "
+            f"{n} touched layers, so one direction (the shift every EVAL prompt shares) carries most of "
             f"its energy. The activation ceiling is a centred PCA and cannot see that direction; "
             f"`mean_pct_act_matched_rank` (against the label's own top directions) is the honest yardstick")
 
 
-#: The diff's specificity ratio (false-claim spread over the larger other spread) at which
-#: it counts as behaviour-specific rather than a general yes-bias.
-SPECIFICITY_TARGET = 3.0
-
-
-def _seed_text(st: Mapping[str, Any]) -> str:
-    """One line on seed stability from ``info['seed_stability']`` (keys: ``winner``,
-    ``winner_wins``, ``n_seeds``, ``winners`` {seed: name}, ``mean_tau``, and optionally
-    ``seed_mean_joint`` / ``seed_sd_joint`` of the winner and ``mean_leader``,
-    ``mean_leader_joint``, ``mean_leader_sd``: the leader by the seed-mean joint score)."""
-    n, k = int(st["n_seeds"]), int(st["winner_wins"])
-    per = ", ".join(f"seed {s}: `{w}`" for s, w in (st.get("winners") or {}).items())
-    txt = (f"seeds: `{st['winner']}` wins in {k} of {n} seeds ({per}); mean Kendall τ between the seeds' joint "
-           f"rankings {fmt_num(st.get('mean_tau'))}")
-    if _finite(st.get("seed_mean_joint")):
-        txt += f"; its joint score over seeds {fmt_num(st['seed_mean_joint'])} ± {fmt_num(st.get('seed_sd_joint'))} (sd)"
+def _seed_text(st: SeedSummary) -> str:
+    """One line on seed stability: the first seed's winner, its wins, τ, its seed mean, and the
+    leader by the seed-mean joint score when that is another candidate."""
+    n, k = st.n_seeds, st.winner_wins
+    per = ", ".join(f"seed {s}: `{w}`" for s, w in (st.winners or {}).items())
+    txt = (f"seeds: `{st.winner}` wins in {k} of {n} seeds ({per}); mean Kendall τ between the seeds' joint "
+           f"rankings {fmt_num(st.mean_tau)}")
+    if _finite(st.seed_mean_joint):
+        txt += f"; its joint score over seeds {fmt_num(st.seed_mean_joint)} ± {fmt_num(st.seed_sd_joint)} (sd)"
     txt += " — stable" if k == n else " — NOT stable across seeds"
-    ml = st.get("mean_leader")
-    if ml and ml != st["winner"]:
-        txt += (f"; by the mean over seeds the leader is `{ml}` (joint {fmt_num(st.get('mean_leader_joint'))} ± "
-                f"{fmt_num(st.get('mean_leader_sd'))} sd)")
+    ml = st.mean_leader
+    if ml and ml != st.winner:
+        txt += (f"; by the mean over seeds the leader is `{ml}` (joint {fmt_num(st.mean_leader_joint)} ± "
+                f"{fmt_num(st.mean_leader_sd)} sd)")
     return txt
-
-
-def _q_counts(per_layer: pl.DataFrame | None, name: str, col: str, info: Mapping[str, Any]) -> tuple[int, int] | None:
-    """(layers with q ≤ fdr_alpha, layers with a finite q) for one candidate over the touched layers."""
-    if per_layer is None or col not in per_layer.columns or info.get("fdr_alpha") is None:
-        return None
-    q = _touched_q(per_layer, name, col, info)
-    if q.len() == 0:
-        return None
-    return int((q <= float(info["fdr_alpha"])).sum()), int(q.len())
-
-
-def claim_checks(summary_pct: pl.DataFrame, per_layer: pl.DataFrame | None,
-                 info: Mapping[str, Any]) -> list[tuple[str, str, bool | None]]:
-    """``(claim, evidence, survives)`` for each headline claim of the conclusion.
-
-    survives is True / False, or None where this run cannot test it. Rules:
-
-    - concentration claims (activation, weight) survive when the winner's q-value is
-      ≤ ``fdr_alpha`` on more than half of the touched layers (and, for the activation,
-      when the bootstrap CI of R_act lies above 1);
-    - "the winner beats the runner-up" survives when their joint-score CIs do not
-      overlap and, with several seeds, the winner wins in every seed;
-    - "the winner does not depend on the seed" needs several seeds and every win;
-    - "the diff is specific to the behaviour" needs the diff's specificity ratio
-      ≥ ``SPECIFICITY_TARGET``;
-    - "the statistics are calibrated" needs every self-test to pass.
-    """
-    order = ranked(summary_pct)
-    out: list[tuple[str, str, bool | None]] = []
-    alpha = info.get("fdr_alpha")
-    ci = info.get("bootstrap_ci") if isinstance(info.get("bootstrap_ci"), pl.DataFrame) else None
-    st = info.get("seed_stability")
-    if order.height:
-        b = order.row(0, named=True)
-        name = b["subspace"]
-        c = _row(ci, name) if ci is not None else None
-        # activation concentration
-        ev, ok = [f"R_act {fmt_num(b['mean_conc_act'])}"], None
-        if c is not None:
-            ev.append(f"CI [{fmt_num(c['mean_conc_act_ci_lo'])}, {fmt_num(c['mean_conc_act_ci_hi'])}]")
-            ok = bool(_finite(c["mean_conc_act_ci_lo"]) and c["mean_conc_act_ci_lo"] > 1)
-        qc = _q_counts(per_layer, name, "q_act", info)
-        if qc is not None:
-            ev.append(f"q ≤ {fmt_num(alpha)} on {qc[0]} of {qc[1]} layers")
-            ok = (ok is not False) and qc[0] * 2 > qc[1]
-        out.append((f"`{name}` holds more of the diff's activation effect than a random subspace", "; ".join(ev), ok))
-        # weight concentration
-        ev, ok = [f"R_w combined {fmt_num(b['mean_conc_w_combined'])}", f"z {fmt_num(b.get('mean_z_w_combined'))}"], None
-        qc = _q_counts(per_layer, name, "q_w_combined", info)
-        if qc is not None:
-            ev.append(f"q ≤ {fmt_num(alpha)} on {qc[0]} of {qc[1]} layers")
-            ok = qc[0] * 2 > qc[1]
-        out.append((f"`{name}` holds more of the diff's weight energy than a random subspace", "; ".join(ev), ok))
-        # winner vs runner-up
-        if order.height > 1:
-            r = order.row(1, named=True)
-            cr = _row(ci, r["subspace"]) if ci is not None else None
-            ev = [f"joint {fmt_num(b['joint_score'])} vs {fmt_num(r['joint_score'])}"]
-            ok = None
-            if c is not None and cr is not None:
-                ev.append(f"CIs [{fmt_num(c['joint_score_ci_lo'])}, {fmt_num(c['joint_score_ci_hi'])}] and "
-                          f"[{fmt_num(cr['joint_score_ci_lo'])}, {fmt_num(cr['joint_score_ci_hi'])}]")
-                ok = bool(c["joint_score_ci_lo"] > cr["joint_score_ci_hi"])
-            if st and int(st["n_seeds"]) > 1:
-                ev.append(f"wins in {int(st['winner_wins'])} of {int(st['n_seeds'])} seeds")
-                ok = (ok is not False) and int(st["winner_wins"]) == int(st["n_seeds"])
-            out.append((f"`{name}` beats the runner-up `{r['subspace']}`", "; ".join(ev), ok))
-        # seed
-        if st and int(st["n_seeds"]) > 1:
-            out.append((f"`{name}` is the winner whatever the LoRA seed",
-                        f"wins in {int(st['winner_wins'])} of {int(st['n_seeds'])} seeds; mean Kendall τ "
-                        f"{fmt_num(st.get('mean_tau'))}", int(st["winner_wins"]) == int(st["n_seeds"])))
-        else:
-            out.append((f"`{name}` is the winner whatever the LoRA seed", "one seed only", None))
-    ratio = info.get("diff_specificity_ratio")
-    if ratio is not None:
-        target = float(info.get("diff_specificity_target", SPECIFICITY_TARGET))
-        out.append(("the diff is specific to the behaviour (not a general yes-bias), so its subspace is the behaviour's",
-                    f"specificity ratio {fmt_num(ratio)} (needs ≥ {fmt_num(target)})",
-                    bool(_finite(ratio) and float(ratio) >= target)))
-    tests = list(info.get("self_tests") or [])
-    if tests:
-        bad = [t[0] for t in tests if not bool(t[1])]
-        out.append(("the null and the oracle behave as they must (self-tests)",
-                    f"{len(tests) - len(bad)} of {len(tests)} pass" + (f"; failed: {', '.join(bad)}" if bad else ""),
-                    not bad))
-    return out
-

@@ -66,13 +66,12 @@ def effect_plots(cfg) -> dict[int, Path]:
 def claims_table(cfg, probes, results: Sequence, stab) -> pl.DataFrame:
     """The conclusion's "Which claims survive" table as a frame: claim, evidence, verdict.
 
-    The same rules and inputs as ``v7_conclusion.md`` (``ws.report.claim_checks`` on the
-    first seed's tables, with every seed's stability)."""
-    from ws import report, sweep
+    The same rules and inputs as ``v7_conclusion.md`` (:func:`ws.verdicts.claim_checks` on
+    the first seed's tables, with every seed's stability)."""
+    from ws import verdicts
 
     res = results[0]
-    info = sweep.conclusion_info(cfg, probes, res, stab, artifacts=[])
-    rows = report.claim_checks(res.summary_pct, res.per_layer, info)
-    verdict = {True: "survives", False: "does not survive", None: "not tested"}
-    return pl.DataFrame([{"claim": c.replace("`", ""), "evidence": e, "verdict": verdict[ok]} for c, e, ok in rows],
+    info = verdicts.conclusion_info(cfg, probes, res, stab, artifacts=[])
+    rows = verdicts.claim_checks(res.summary_pct, res.per_layer, info)
+    return pl.DataFrame([{"claim": c.claim.replace("`", ""), "evidence": c.evidence, "verdict": c.verdict} for c in rows],
                         schema={"claim": pl.String, "evidence": pl.String, "verdict": pl.String})

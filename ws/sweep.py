@@ -8,6 +8,10 @@ Each function is one paragraph of the method:
 4. :func:`run_seed` – capture, build the candidates, score them, summarise (one seed).
 5. :func:`seed_stability` – how the seeds agree (Kendall τ, winner counts).
 6. :func:`write_v7` – the tables, figure and markdown files of the spec, atomically.
+
+What the run concludes (self-tests, sanity lines, which claims survive, the conclusion's
+run facts) is decided in :mod:`ws.verdicts`; its ``self_tests``, ``sanity_lines``,
+``rank_collapses`` and ``conclusion_info`` are importable from here too.
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ import numpy as np
 import polars as pl
 import torch
 
-from ws import data
+from ws import data, upstream
 from ws.diff import DiffMismatchError  # noqa: F401  (the sweep's documented error, raised by ensure_diff)
 from ws.log import logger
 from ws.config import SMOKE_TRAIN, Config  # noqa: F401  (SMOKE_TRAIN: re-exported)
-from ws.stats import CEILING_ACT, CEILING_W, PR_THRESHOLD, ranked
+from ws.stats import PR_THRESHOLD, ranked
+from ws.verdicts import conclusion_info, rank_collapses, sanity_lines, self_tests  # noqa: F401  (the notebook's names)
 
 
 #: The sweep's parameters are the one run configuration of :mod:`ws.config`.
@@ -204,84 +209,6 @@ def seed_stability(results: Sequence[SeedResult]) -> SeedStability:
     return SeedStability(seeds, winners, winner, sum(w == winner for w in winners.values()), tau_df, agg)
 
 
-# ----------------------------------------------------------------------------- self-tests
-def self_tests(res: SeedResult, z_max: float = 4.0, planted_min_pct: float = 80.0) -> list[tuple[str, bool, str]]:
-    """``(name, passed, detail)`` for the self-test rows of one seed's tables.
-
-    - ``random_orthonormal`` must land within its null: |z_act| and |z_w_combined| below
-      ``z_max`` on every touched layer.
-    - ``planted_label_half`` (PCA of the label's own EVAL half) must approach the ceiling:
-      ``pct_act_ceiling ≥ planted_min_pct``.
-    """
-    out = []
-    pl_t = res.per_layer.filter(pl.col("layer").is_in(res.layers_touched))
-    r = pl_t.filter(pl.col("subspace") == "random_orthonormal")
-    if r.height:
-        za = np.abs(r["z_act"].to_numpy())
-        zw = np.abs(r["z_w_combined"].to_numpy())
-        worst = float(np.nanmax(np.concatenate([za, zw])))
-        ok = bool(np.all(np.nan_to_num(za, nan=np.inf) < z_max) and np.all(np.nan_to_num(zw, nan=np.inf) < z_max))
-        out.append(("random_orthonormal", ok, f"largest |z| over {r.height} touched layers (act and weight) = {worst:.2f} (must be < {z_max:g})"))
-    p = res.summary_pct.filter(pl.col("subspace") == "planted_label_half")
-    if p.height:
-        pct = float(p["pct_act_ceiling"][0])
-        ok = bool(np.isfinite(pct) and pct >= planted_min_pct)
-        out.append(("planted_label_half", ok, f"{pct:.1f}% of the activation ceiling (must be ≥ {planted_min_pct:g}%)"))
-    return out
-
-
-def _rank_text(meta: pl.DataFrame, name: str) -> str:
-    r = meta.filter(pl.col("subspace") == name)
-    if not r.height or "rank_min" not in meta.columns:
-        return f"`{name}` was not built in this run"
-    r = r.row(0, named=True)
-    rng = f"{r['rank_min']}" if r["rank_min"] == r["rank_max"] else f"{r['rank_min']}–{r['rank_max']}"
-    return f"`{name}` has true rank {rng} (expected {r['expected_rank']})" + (f" — {r['note']}" if r.get("note") else "")
-
-
-def rank_collapses(meta: pl.DataFrame) -> list[str]:
-    """One line per candidate whose true rank fell short of its expected rank somewhere."""
-    out = []
-    if "rank_min" not in meta.columns:
-        return out
-    for r in meta.iter_rows(named=True):
-        if r["rank_min"] is not None and r["expected_rank"] is not None and r["rank_min"] < r["expected_rank"]:
-            out.append(f"`{r['subspace']}` has true rank {r['rank_min']}–{r['rank_max']} (expected {r['expected_rank']})"
-                       + (f": {r['note']}" if r.get("note") else ""))
-    return out
-
-
-# ----------------------------------------------------------------------------- sanity
-def sanity_lines(res: SeedResult, stab: SeedStability | None = None) -> list[tuple[bool, str]]:
-    """``(ok, "SHOULD: … ELSE: …")`` lines with their measured values, for the notebook."""
-    lines = []
-    s = res.summary_pct
-
-    def val(name: str, col: str) -> float:
-        r = s.filter(pl.col("subspace") == name)
-        return float(r[col][0]) if r.height and r[col][0] is not None else float("nan")
-
-    c_act = val(CEILING_ACT, "pct_act_ceiling")
-    lines.append((abs(c_act - 100) < 1e-6,
-                  f"SHOULD: {CEILING_ACT} = 100% of itself (measured {c_act:.1f}%). ELSE: the pct table is mis-normalised."))
-    c_w = val(CEILING_W, "pct_w_oracle_combined")
-    lines.append((abs(c_w - 100) < 1e-6,
-                  f"SHOULD: {CEILING_W} = 100% of its weight oracle (measured {c_w:.1f}%). ELSE: the weight oracle is wrong."))
-    cw = val(CEILING_W, "mean_conc_w_combined")
-    best_w = float(np.nanmax(s.filter(pl.col("kind") == "A-hypothesis")["mean_conc_w_combined"].to_numpy()))
-    lines.append((cw >= best_w - 1e-9,
-                  f"SHOULD: no A-hypothesis beats the dW ceiling on weight energy (ceiling R_w {cw:.2f}, best A-side {best_w:.2f}). "
-                  f"ELSE: the ceiling is not the top-k SVD of the delta."))
-    for name, ok, detail in self_tests(res):
-        lines.append((ok, f"SHOULD: self-test {name} passes ({detail}). ELSE: the scores or the null are broken."))
-    n_lab = res.captures.label_eval.shape[1]
-    lines.append((n_lab >= 8, f"SHOULD: at least 8 EVAL probes build the label (measured {n_lab}). ELSE: CIs are wide; raise WS_N_EVAL."))
-    if stab is not None and len(stab.seeds) > 1:
-        lines.append((stab.stable, f"SHOULD: the winner `{stab.winner}` wins in every seed (measured {stab.winner_wins}/{len(stab.seeds)}; "
-                                   f"mean Kendall τ {stab.mean_tau:.2f}). ELSE: the headline depends on the LoRA seed."))
-    return lines
-
-
 # ----------------------------------------------------------------------------- writing
 V7_FILES = (
     "v7_per_layer.csv",
@@ -318,13 +245,10 @@ def plan_merge_changes(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: 
         "salted `hash` (noisy, slow, not reproducible). Here the null mean and std are exact "
         "(E[tr PA] = (k/d)·tr A; Var from tr A and tr A²), checked against a Monte Carlo of Haar bases in the tests; "
         "cells whose label has a very low effective rank get a seeded Monte Carlo p-value instead.",
-        "**True intersection**: `qk_x_chars_clusters` is the principal-angle intersection of `qk_circuit` and "
-        "`chars_clusters` (directions whose principal angle is below the threshold; it may be empty on a layer), "
-        "not upstream's bisector (kept as an option).",
-        "**chars_clusters rank**: upstream's PCA of 8 mean-centred centroids collapsed to rank 7; here "
-        + _rank_text(res.meta, "chars_clusters") + ".",
-        "**Other true ranks below the requested k** (reported, never padded): "
-        + ("; ".join(r for r in rc if not r.startswith("`chars_clusters`")) or "none") + ".",
+        "**Rows computed differently from upstream v7**: " + upstream.EARLIER_COMPARISON + ". Figures marked "
+        "'earlier comparison' come from that run; 'this run' figures from this run's tables and captures."
+        + "".join(f"\n  - {line}" for line in upstream.difference_lines(res)),
+        "**True ranks below the requested k** (reported, never padded): " + ("; ".join(rc) or "none") + ".",
         f"**Error bars and multiple comparisons**: bootstrap CIs over EVAL probes ({cfg.n_boot} resamples, seed "
         f"{cfg.boot_seed}) for the activation means and the joint score; Benjamini–Hochberg q-values across all "
         f"A-hypothesis × layer cells.",
@@ -332,67 +256,15 @@ def plan_merge_changes(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: 
         f"summary carries the seed mean / sd, and `v7_seed_stability.tsv` the Kendall τ between seeds.",
         "**Claims that survive and claims that do not**: the conclusion's bottom line names every headline claim "
         "that fails its check (q-values on most layers, non-overlapping CIs, every seed won, diff specificity, "
-        "self-tests), with a table of the evidence; the scatter draws each labelled point's range over the seeds.",
+        "self-tests), with a table of the evidence; the scatter draws each labelled point's range over the seeds. "
+        "With several seeds the bottom line leads with the answer that survives them: the leader by the seed-mean "
+        "joint score when it wins more than half of the seeds and leads the runner-up by more than the larger seed "
+        "sd, otherwise 'no stable winner'; the first seed's winner follows as the detail.",
         "**Self-tests as rows**: `random_orthonormal` (must sit within its null) and `planted_label_half` (must "
         "approach the ceiling); **adapter-family candidates**: `corda_write`, `asvd_write`, `diff_in_means`.",
         "**Determinism and atomic outputs**: explicit seeds everywhere; every file is written to a temporary name "
         "and renamed, so a failed run leaves the previous files intact.",
     ]
-
-
-def _mean_leader(summary: pl.DataFrame, per_candidate: pl.DataFrame) -> dict | None:
-    """The write/mixed A-hypothesis with the highest joint score averaged over the seeds."""
-    j = summary.select("subspace", "kind", "axis_kind").join(per_candidate, on="subspace", how="inner")
-    j = ranked(j, "seed_mean_joint_score")
-    return j.row(0, named=True) if j.height else None
-
-
-def conclusion_info(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: SeedStability, artifacts: list[str]) -> dict:
-    dm = res.diff_meta or {}
-    notes = []
-    seed_info = None
-    if len(stab.seeds) > 1:
-        w = stab.per_candidate.filter(pl.col("subspace") == stab.winner)
-        ml = _mean_leader(res.summary, stab.per_candidate)
-        seed_info = {
-            "n_seeds": len(stab.seeds),
-            "winner": stab.winner,
-            "winner_wins": stab.winner_wins,
-            "winners": dict(stab.winners),
-            "mean_tau": stab.mean_tau,
-            "seed_mean_joint": float(w["seed_mean_joint_score"][0]) if w.height else None,
-            "seed_sd_joint": float(w["seed_sd_joint_score"][0]) if w.height else None,
-            "mean_leader": ml["subspace"] if ml else None,
-            "mean_leader_joint": ml["seed_mean_joint_score"] if ml else None,
-            "mean_leader_sd": ml["seed_sd_joint_score"] if ml else None,
-        }
-    sp = dm.get("effect_spread") or {}
-    if sp:
-        notes.append("diff effect on held-out prompts (logratio at α=+2 minus α=−2): "
-                     + ", ".join(f"{k} {float(v):+.2f} nats" for k, v in sp.items()))
-    if cfg.smoke:
-        notes.append("SMOKE MODE: a tiny random model and a few training steps; no number here means anything")
-    return {
-        "title": f"v7 hypothesis sweep — {cfg.behavior}/{cfg.adapter} on `{cfg.model}`",
-        "model": cfg.model,
-        "n_fit": len(probes.fit_clean),
-        "n_eval": len(probes.eval),
-        "layers_touched": res.layers_touched,
-        "layers_without_delta": res.layers_without_delta,
-        "rank_collapses": rank_collapses(res.meta),
-        "quantized": cfg.model in ("smollm2-135m", "SmolLM2-135M-Instruct", "smollm2"),
-        "diff_specificity_ratio": dm.get("specificity_ratio"),
-        "self_tests": self_tests(res),
-        "artifacts": artifacts,
-        "bootstrap_ci": res.summary.select([c for c in res.summary.columns if c == "subspace" or c.endswith(("_ci_lo", "_ci_hi"))]),
-        "n_boot": cfg.n_boot,
-        "ci_level": 0.95,
-        "seed": res.seed,
-        "fdr_alpha": 0.05,
-        "seed_stability": seed_info,
-        "pr_threshold": PR_THRESHOLD,
-        "notes": notes,
-    }
 
 
 def diff_caveats(results: Sequence[SeedResult]) -> list[str]:
@@ -425,8 +297,7 @@ def write_v7(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], st
     # paths relative to the conclusion's own folder, so its links work where it lies
     artifacts = [f for f in (*V7_FILES, *EXTRA_FILES)] + [
         f"../seed{r.seed}/{f}" for r in results for f in ("w.safetensors", "effect.csv", "effect.png")]
-    info = conclusion_info(cfg, probes, res, stab, artifacts)
-    info["notes"] = [*info["notes"], *diff_caveats(results)]
+    info = conclusion_info(cfg, probes, res, stab, artifacts, notes=diff_caveats(results))
     texts = {
         "v7_definitions.md": report.definitions_md(res.meta),
         "v7_plan_merge.md": report.plan_merge_md(plan_merge_changes(cfg, probes, res, stab), title="v7: what changed"),

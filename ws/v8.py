@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from ws import sweep
+from ws import sweep, verdicts
 from ws.log import logger
 from ws.stats import CEILING_ACT, CEILING_W, RANKED_AXES, by_score, ranked
 
@@ -292,13 +292,12 @@ def _caveats(cfg, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability
 def conclusion_info(cfg, probes: sweep.Probes, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability,
                     bl: BlockLocal, cr) -> dict:
     """Facts of the run for :func:`ws.report_v8.conclusion_v8_md`."""
-    from ws import report
     from ws.causal import CONTROLS
 
     res = results[0]
-    info7 = sweep.conclusion_info(cfg, probes, res, stab, [])
+    info7 = verdicts.conclusion_info(cfg, probes, res, stab, [])
     v7_ranking = ranked(res.summary)
-    tests = sweep.self_tests(res) + causal_self_tests(cr)
+    tests = [(t.name, t.passed, t.detail) for t in verdicts.self_tests(res)] + causal_self_tests(cr)
     cost = [f"causal test: {sum(cr.timings.values()):.1f} s ("
             + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in cr.timings.items())
             + f"), {cr.n_rows} prompt rows through blocks {cr.first_block}–{len(bl.scope) - 1}",
@@ -310,7 +309,7 @@ def conclusion_info(cfg, probes: sweep.Probes, results: Sequence[sweep.SeedResul
         "controls": [c for c in CONTROLS if c in set(cr.variants["set"].to_list())],
         "writers_share": cr.writers_share, "writers_spread": cr.writers_spread, "full_spread": cr.full_spread,
         "v7_leader": v7_ranking["subspace"][0] if v7_ranking.height else None,
-        "v7_claims": report.claim_checks(res.summary_pct, res.per_layer, info7),
+        "v7_claims": [(c.claim, c.evidence, c.survives) for c in verdicts.claim_checks(res.summary_pct, res.per_layer, info7)],
         "self_tests": tests, "caveats": _caveats(cfg, results, stab, cr), "cost": cost,
         "artifacts": [*V8_FILES, "../v7/v7_conclusion.md", f"../seed{res.seed}/effect.csv"],
     }

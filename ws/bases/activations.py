@@ -16,10 +16,19 @@ Choices the one-line definitions leave open, fixed here:
   With ``k`` clusters (as before) the ``k`` mean-centred centroids span at most ``k − 1``
   dimensions, so the old basis had rank 7; ``k + 1`` centroids span ``k``. The number of
   clusters is a :func:`build_all` option (``n_clusters``).
-- ``rotation_contrast``: both persona sets are centred on their joint mean and expressed in
-  the joint PCA(32) coordinates; the orthogonal Procrustes map persona− → persona+ is
+- ``rotation_contrast``: the joint PCA(32) is of the two persona sets stacked; each set is
+  centred on its OWN mean (the usual Procrustes analysis: translation removed first) and
+  expressed in the joint coordinates; the orthogonal Procrustes map persona− → persona+ is
   ``R = UVᵀ`` from ``svd(Aᵀ B) = U S Vᵀ``; the basis is the top-8 singular directions of
   ``(R − Rᵀ)/2`` (they come in planes of rotation), mapped back to the residual stream.
+  Centring both sets on their joint mean instead (this suite's earlier choice) leaves the
+  shift ``t`` between the two means in the data: ``AᵀB`` then carries ``−(n/4)·ttᵀ``, which
+  pulls ``R`` toward a reflection of ``t``; where ``t`` overlaps a plane of rotation that
+  plane is distorted or lost (a 40° rotation with a shift inside its plane, 20 times the
+  spread: less than half the plane recovered, see the tests). Own-mean centring recovers the
+  rotation whatever the shift, which ``diff_in_means`` scores on its own (and is what
+  upstream v7 does).
+  :func:`procrustes_skew_basis` builds either (``centre``).
 """
 
 from __future__ import annotations
@@ -48,7 +57,9 @@ def _mlp_act(ctx: BuildContext, layer: int, h: torch.Tensor) -> tuple[torch.Tens
 # 23
 @candidate("gate_kernel", "W:MLP", "weights+clean",
            "left SVD of W_down·diag(mean silu(W_gate·h))·W_up, h = clean FIT up_proj inputs",
-           needs=("clean_up_in",), note="the model's own MLP activation in place of silu when it differs")
+           needs=("clean_up_in",), note="the model's own MLP activation in place of silu when it differs",
+           construction=("h = the inputs of mlp.up_proj (after the layer's RMSNorm) of the clean FIT probes at the "
+                         "last token; silu is the model's own MLP activation; the mean is over the probes"))
 def gate_kernel(ctx: BuildContext, layer: int) -> torch.Tensor:
     h = ctx.cap("clean_up_in")[layer]
     g, _ = _mlp_act(ctx, layer, h)
@@ -58,7 +69,9 @@ def gate_kernel(ctx: BuildContext, layer: int) -> torch.Tensor:
 
 # 24
 @candidate("gate_active_written", "act:MLP", "weights+clean",
-           "PCA of (silu(W_gate·h) ⊙ W_up·h)·W_downᵀ on clean FIT", needs=("clean_up_in",))
+           "PCA of (silu(W_gate·h) ⊙ W_up·h)·W_downᵀ on clean FIT", needs=("clean_up_in",),
+           construction=("h = the inputs of mlp.up_proj (after the layer's RMSNorm) of the clean FIT probes at the "
+                         "last token; silu is the model's own MLP activation"))
 def gate_active_written(ctx: BuildContext, layer: int) -> torch.Tensor:
     h = ctx.cap("clean_up_in")[layer]
     g, u = _mlp_act(ctx, layer, h)
@@ -74,7 +87,9 @@ def _abs_steps(ctx: BuildContext) -> torch.Tensor:
 # 25
 @candidate("suppressed", "act:clean", "activations",
            "PCA over samples of min(Σ_l relu(Δ|h|), Σ_l relu(−Δ|h|)), Δ across consecutive layers (one basis for all layers)",
-           per_layer=False, needs=("clean",))
+           per_layer=False, needs=("clean",),
+           construction=("|h| is the elementwise absolute value of the block outputs (clean FIT, last token); Δ is "
+                         "between the outputs of blocks l and l+1"))
 def suppressed(ctx: BuildContext) -> torch.Tensor:
     dA = _abs_steps(ctx)
     X = torch.minimum(dA.clamp(min=0).sum(dim=0), (-dA).clamp(min=0).sum(dim=0))
@@ -83,21 +98,26 @@ def suppressed(ctx: BuildContext) -> torch.Tensor:
 
 # 26
 @candidate("amplified", "act:clean", "activations", "PCA of relu(|h_last layer| − |h_first layer|)",
-           per_layer=False, needs=("clean",))
+           per_layer=False, needs=("clean",),
+           construction=("first and last layer = the outputs of blocks 0 and L − 1 (clean FIT, last token); |h| "
+                         "elementwise"))
 def amplified(ctx: BuildContext) -> torch.Tensor:
     A = ctx.cap("clean").abs()
     return linalg.pca((A[-1] - A[0]).clamp(min=0), ctx.k)
 
 
 # 27
-@candidate("added_features", "act:clean", "activations", "PCA of Σ_l relu(Δ|h|)", per_layer=False, needs=("clean",))
+@candidate("added_features", "act:clean", "activations", "PCA of Σ_l relu(Δ|h|)", per_layer=False, needs=("clean",),
+           construction="|h| and Δ as in suppressed (clean FIT, last token)")
 def added_features(ctx: BuildContext) -> torch.Tensor:
     return linalg.pca(_abs_steps(ctx).clamp(min=0).sum(dim=0), ctx.k)
 
 
 # 28
 @candidate("global_clean_resid_pca", "act:baseline", "activations",
-           "PCA of all clean residuals pooled over layers", per_layer=False, needs=("clean",))
+           "PCA of all clean residuals pooled over layers", per_layer=False, needs=("clean",),
+           construction=("the block outputs of every layer (clean FIT, last token) pooled as samples; one "
+                         "mean-centred PCA"))
 def global_clean_resid_pca(ctx: BuildContext) -> torch.Tensor:
     R = ctx.cap("clean")
     return linalg.pca(R.reshape(-1, R.shape[-1]), ctx.k)
@@ -105,7 +125,9 @@ def global_clean_resid_pca(ctx: BuildContext) -> torch.Tensor:
 
 # 29
 @candidate("global_persona_resid_pca", "act:baseline", "activations",
-           "PCA of persona± residuals pooled over layers", per_layer=False, needs=_PERSONA)
+           "PCA of persona± residuals pooled over layers", per_layer=False, needs=_PERSONA,
+           construction=("the persona+ and persona− block outputs of every layer (FIT, last token) pooled as "
+                         "samples; one mean-centred PCA"))
 def global_persona_resid_pca(ctx: BuildContext) -> torch.Tensor:
     R = torch.cat([ctx.cap("pos"), ctx.cap("neg")], dim=1)
     return linalg.pca(R.reshape(-1, R.shape[-1]), ctx.k)
@@ -119,7 +141,9 @@ def layer_clean_resid_pca(ctx: BuildContext, layer: int) -> torch.Tensor:
 
 # 31
 @candidate("TaskDiff_contrast", "act:persona", "activations",
-           "per-layer PCA of (persona+ − persona−) residuals", needs=_PERSONA)
+           "per-layer PCA of (persona+ − persona−) residuals", needs=_PERSONA,
+           construction=("rows: per FIT probe, the persona+ minus the persona− block output at the last token; the "
+                         "PCA is mean-centred, so the shift all probes share (diff_in_means) is not in it"))
 def TaskDiff_contrast(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.pca(ctx.cap("pos")[layer] - ctx.cap("neg")[layer], ctx.k)
 
@@ -150,19 +174,26 @@ def _attn_weighted(ctx: BuildContext, layer: int, mode: str) -> torch.Tensor:
 
 
 # 32
-@candidate("attn_min_taskdiff", "act:attn-selected", "activations", _ATTN_DEF.format("min"), needs=_TOKENS)
+@candidate("attn_min_taskdiff", "act:attn-selected", "activations", _ATTN_DEF.format("min"), needs=_TOKENS,
+           construction=("rows: the tokens of the suffix the persona+ and persona− renderings share (same token ids: "
+                         "the user turn and the generation prompt), aligned on the final token; each attention row "
+                         "is the final token's head-averaged softmax restricted to that suffix, not renormalised"))
 def attn_min_taskdiff(ctx: BuildContext, layer: int) -> torch.Tensor:
     return _attn_weighted(ctx, layer, "min")
 
 
 # 33
-@candidate("attn_max_taskdiff", "act:attn-selected", "activations", _ATTN_DEF.format("max"), needs=_TOKENS)
+@candidate("attn_max_taskdiff", "act:attn-selected", "activations", _ATTN_DEF.format("max"), needs=_TOKENS,
+           construction=("rows and attention as in attn_min_taskdiff (the shared token suffix, aligned on the final "
+                         "token)"))
 def attn_max_taskdiff(ctx: BuildContext, layer: int) -> torch.Tensor:
     return _attn_weighted(ctx, layer, "max")
 
 
 # 34
-@candidate("attn_diff_taskdiff", "act:attn-selected", "activations", _ATTN_DEF.format("|difference|"), needs=_TOKENS)
+@candidate("attn_diff_taskdiff", "act:attn-selected", "activations", _ATTN_DEF.format("|difference|"), needs=_TOKENS,
+           construction=("rows and attention as in attn_min_taskdiff (the shared token suffix, aligned on the final "
+                         "token)"))
 def attn_diff_taskdiff(ctx: BuildContext, layer: int) -> torch.Tensor:
     return _attn_weighted(ctx, layer, "diff")
 
@@ -170,7 +201,9 @@ def attn_diff_taskdiff(ctx: BuildContext, layer: int) -> torch.Tensor:
 # 35
 @candidate("attn_min_x_diffnorm_taskdiff", "act:attn-selected", "activations",
            "per-layer PCA of token-level persona differences, each row scaled by √weight, "
-           "weight = min of the two final-token attention rows × (token diff norm / its mean)", needs=_TOKENS)
+           "weight = min of the two final-token attention rows × (token diff norm / its mean)", needs=_TOKENS,
+           construction=("rows and attention as in attn_min_taskdiff; the mean of the token diff norms is over the "
+                         "layer's real suffix tokens"))
 def attn_min_x_diffnorm_taskdiff(ctx: BuildContext, layer: int) -> torch.Tensor:
     return _attn_weighted(ctx, layer, "min_x_diffnorm")
 
@@ -178,7 +211,9 @@ def attn_min_x_diffnorm_taskdiff(ctx: BuildContext, layer: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------- up_proj
 # 36
 @candidate("up_proj_input_contrast", "act:up_proj", "activations",
-           "PCA of the persona contrast in up_proj inputs", needs=("pos_up_in", "neg_up_in"))
+           "PCA of the persona contrast in up_proj inputs", needs=("pos_up_in", "neg_up_in"),
+           construction=("per FIT probe, the persona+ minus the persona− input of mlp.up_proj (after the layer's "
+                         "RMSNorm) at the last token; mean-centred PCA"))
 def up_proj_input_contrast(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.pca(ctx.cap("pos_up_in")[layer] - ctx.cap("neg_up_in")[layer], ctx.k)
 
@@ -186,7 +221,9 @@ def up_proj_input_contrast(ctx: BuildContext, layer: int) -> torch.Tensor:
 # 37
 @candidate("up_proj_output_written_contrast", "act:up_proj", "activations",
            "PCA of the persona contrast of up_proj outputs mapped through W_down",
-           needs=("pos_up_written", "neg_up_written"))
+           needs=("pos_up_written", "neg_up_written"),
+           construction=("the mlp.up_proj outputs (before the gate product) at the last token times W_downᵀ, "
+                         "persona+ minus persona− per FIT probe; mean-centred PCA"))
 def up_proj_output_written_contrast(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.pca(ctx.cap("pos_up_written")[layer] - ctx.cap("neg_up_written")[layer], ctx.k)
 
@@ -199,7 +236,10 @@ def up_proj_output_written_contrast(ctx: BuildContext, layer: int) -> torch.Tens
            note="seeded k-means++ / Lloyd, best of 4 starts; k+1 centred centroids span k dims, k could only span k−1",
            describe=lambda ctx: (f"k-means ({ctx.n_clusters} clusters) over clean + persona± residuals, PCA of the "
                                  f"centroids" + (" (v7's 8 clusters collapsed to rank 7)" if ctx.n_clusters != 8
-                                                 else " (rank ≤ 7: 8 centred centroids)")))
+                                                 else " (rank ≤ 7: 8 centred centroids)")),
+           construction=("samples: the layer's clean, persona+ and persona− block outputs (FIT, last token) stacked; "
+                         "seeded k-means++ start, Lloyd iterations, best of 4 starts; PCA of the unweighted "
+                         "centroids"))
 def chars_clusters(ctx: BuildContext, layer: int) -> torch.Tensor:
     X = torch.cat([ctx.cap("clean")[layer], ctx.cap("pos")[layer], ctx.cap("neg")[layer]], dim=0)
     C, _, _ = linalg.kmeans(X, ctx.n_clusters, seed=ctx.seed * 1_000_003 + layer)
@@ -208,7 +248,9 @@ def chars_clusters(ctx: BuildContext, layer: int) -> torch.Tensor:
 
 # 39
 @candidate("churn", "act:clean", "activations", "PCA of h_{l+1} − h_l on clean", needs=("clean",),
-           note="h in hidden_states numbering: what block l adds (its output minus its input)")
+           note="h in hidden_states numbering: what block l adds (its output minus its input)",
+           construction=("h in hidden_states numbering (h_0 = the token embedding): at layer l the basis is the PCA "
+                         "of block l's output minus its input, what block l adds (clean FIT, last token)"))
 def churn(ctx: BuildContext, layer: int) -> torch.Tensor | None:
     R = ctx.cap("clean")
     if layer == 0:
@@ -221,19 +263,42 @@ def churn(ctx: BuildContext, layer: int) -> torch.Tensor | None:
 
 
 # 40
-@candidate("rotation_contrast", "act:rotation", "activations",
-           "in a joint PCA(32) space, the orthogonal Procrustes rotation persona− → persona+; basis = leading singular directions of its skew part",
-           needs=_PERSONA)
-def rotation_contrast(ctx: BuildContext, layer: int) -> torch.Tensor:
-    P, N = ctx.cap("pos")[layer], ctx.cap("neg")[layer]
+def procrustes_skew_basis(P: torch.Tensor, N: torch.Tensor, k: int, rot_dim: int = 32,
+                          centre: str = "own") -> torch.Tensor:
+    """Leading directions ``[d, ≤k]`` of the rotation persona− → persona+ (rows of ``N`` → rows
+    of ``P``, paired by probe) in the joint PCA(``rot_dim``) space of the two sets.
+
+    centre: ``"own"`` centres each set on its own mean (the rotation without the shift between
+    the sets); ``"joint"`` on the mean of both (the shift then enters the fit, see the module
+    doc). ``R = UVᵀ`` from ``svd(AᵀB)`` minimises ``‖AR − B‖_F`` over orthogonal ``R``; the
+    basis is the top-``k`` left singular directions of ``(R − Rᵀ)/2``.
+    """
+    if centre not in ("own", "joint"):
+        raise ValueError(f"centre must be 'own' or 'joint', got {centre!r}")
+    P, N = P.to(torch.float64), N.to(torch.float64)
     X = torch.cat([P, N], dim=0)
-    mu = X.mean(dim=0, keepdim=True)
-    V = linalg.pca(X, ctx.rot_dim)  # [d, r]
+    V = linalg.pca(X, rot_dim)  # [d, r]
     if V.shape[1] < 2:
-        return torch.zeros(ctx.d, 0, dtype=torch.float64)
-    A, B = (N - mu) @ V, (P - mu) @ V  # [n, r]
+        return torch.zeros(X.shape[1], 0, dtype=torch.float64)
+    if centre == "own":
+        A, B = (N - N.mean(dim=0, keepdim=True)) @ V, (P - P.mean(dim=0, keepdim=True)) @ V  # [n, r]
+    else:
+        mu = X.mean(dim=0, keepdim=True)
+        A, B = (N - mu) @ V, (P - mu) @ V
     U, _, Vh = torch.linalg.svd(A.T @ B)
     R = U @ Vh  # argmin_R orthogonal ‖A R − B‖_F
     S = 0.5 * (R - R.T)
-    Q = linalg.top_eigvecs(S @ S.T, ctx.k)  # left singular directions of the skew part
+    Q = linalg.top_eigvecs(S @ S.T, k)  # left singular directions of the skew part
     return linalg.sign_fix(V @ Q)  # V and Q orthonormal, so V @ Q is too
+
+
+@candidate("rotation_contrast", "act:rotation", "activations",
+           "in a joint PCA(32) space, the orthogonal Procrustes rotation persona− → persona+; basis = leading singular directions of its skew part",
+           needs=_PERSONA,
+           construction=("persona± block outputs (FIT, last token); the joint PCA(32) is of the two sets stacked; "
+                         "each set is centred on its own mean (the usual Procrustes analysis, so the shift between "
+                         "the two sets is not fitted as a rotation) and expressed in the joint coordinates; R = UVᵀ "
+                         "from svd(AᵀB), A = persona−, B = persona+; basis = top-{k} singular directions of "
+                         "(R − Rᵀ)/2 (they come in planes of rotation), mapped back"))
+def rotation_contrast(ctx: BuildContext, layer: int) -> torch.Tensor:
+    return procrustes_skew_basis(ctx.cap("pos")[layer], ctx.cap("neg")[layer], ctx.k, ctx.rot_dim, centre="own")

@@ -78,7 +78,10 @@ def _corda_fast(ctx: BuildContext, layer: int) -> torch.Tensor | None:
 @candidate("corda_write", "W:write", "adapter-family",
            "top-8 left singular vectors of [W_o·C_o^{1/2} | W_down·C_down^{1/2}], C = uncentred second moment "
            "E[xxᵀ] of that projection's inputs over clean FIT tokens, damped by ε·I",
-           needs=("mom_oproj", "mom_downproj"), note="ε = 1e-3 · tr(C)/n (relative to the mean eigenvalue)")
+           needs=("mom_oproj", "mom_downproj"), note="ε = 1e-3 · tr(C)/n (relative to the mean eigenvalue)",
+           construction=("C over all real tokens of the clean FIT probes; where the captures hold the projections' "
+                         "output moments E[yyᵀ] (= W·C·Wᵀ without a bias) the Gram is read from them, checked "
+                         "against the weights"))
 def corda_write(ctx: BuildContext, layer: int) -> torch.Tensor:
     G = _corda_fast(ctx, layer)
     if G is None:
@@ -89,7 +92,8 @@ def corda_write(ctx: BuildContext, layer: int) -> torch.Tensor:
 
 @candidate("asvd_write", "W:write", "adapter-family",
            "top-8 left singular vectors of [W_o·diag(C_o)^{1/2} | W_down·diag(C_down)^{1/2}] (corda_write with diag(C))",
-           needs=("mom_oproj", "mom_downproj"), note="ε = 1e-3 · tr(C)/n added to the diagonal")
+           needs=("mom_oproj", "mom_downproj"), note="ε = 1e-3 · tr(C)/n added to the diagonal",
+           construction="C as in corda_write, only its diagonal")
 def asvd_write(ctx: BuildContext, layer: int) -> torch.Tensor:
     Co, Cd = ctx.captures.mom_oproj[layer], ctx.captures.mom_downproj[layer]
     G = corda_gram(ctx.W(layer, "o"), Co, ctx.W(layer, "down"), Cd, ctx.eps_rel, diagonal=True)
@@ -98,7 +102,8 @@ def asvd_write(ctx: BuildContext, layer: int) -> torch.Tensor:
 
 @candidate("diff_in_means", "act:persona", "adapter-family",
            "rank 1: unit mean(persona+) − mean(persona−) per layer", needs=("pos", "neg"), max_rank=lambda k: 1,
-           note="block outputs at the last token; points to persona+")
+           note="block outputs at the last token; points to persona+",
+           construction="the persona± FIT block outputs at the last token")
 def diff_in_means(ctx: BuildContext, layer: int) -> torch.Tensor:
     v = ctx.cap("pos")[layer].mean(dim=0) - ctx.cap("neg")[layer].mean(dim=0)
     n = float(v.norm())

@@ -31,7 +31,10 @@ def _describe(ctx: BuildContext) -> str:
            "intersection of qk_circuit and chars_clusters: the principal pairs with angle < 30°, each averaged "
            "(v7 used a bisector of all pairs); may be rank 0",
            needs=("clean", "pos", "neg"), describe=_describe,
-           note="true intersection by principal angles; option intersection='bisector' gives v7's bisector")
+           note="true intersection by principal angles; option intersection='bisector' gives v7's bisector",
+           construction=("principal angles from the SVD of qk_circuitᵀ·chars_clusters; each pair closer than the "
+                         "threshold gives the unit average of its two vectors; no such pair: rank 0, scored as "
+                         "undefined"))
 def qk_x_chars_clusters(ctx: BuildContext, layer: int) -> torch.Tensor:
     A, B = ctx.basis("qk_circuit", layer), ctx.basis("chars_clusters", layer)
     if ctx.intersection == "bisector":
@@ -42,6 +45,8 @@ def qk_x_chars_clusters(ctx: BuildContext, layer: int) -> torch.Tensor:
 # 42
 @candidate("WNR_union_TaskDiff", "compound", "compound",
            "orthonormal union of write_not_downstream_read and TaskDiff_contrast",
-           needs=("pos", "neg"), max_rank=lambda k: 2 * k, note="rank up to 2k = 16")
+           needs=("pos", "neg"), max_rank=lambda k: 2 * k, note="rank up to 2k = 16",
+           construction=("orthonormal union by a rank-revealing SVD: a direction the two share counts once (rank up "
+                         "to 2·{k})"))
 def WNR_union_TaskDiff(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.union(ctx.basis("write_not_downstream_read", layer), ctx.basis("TaskDiff_contrast", layer))

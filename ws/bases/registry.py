@@ -73,12 +73,17 @@ class Candidate:
     per_layer: bool = True
     kind: str = "A-hypothesis"
     needs: tuple[str, ...] = ()
-    note: str = ""
+    note: str = ""  # why the true rank may fall short (the rank caveats quote it)
     max_rank: Callable[[int], int] = field(default=lambda k: k)
     describe: Callable | None = None  # ctx -> definition, for definitions that depend on build options
+    construction: str = ""  # how the basis is built where that differs from, or adds to, the definition
 
     def definition_for(self, ctx: "BuildContext | None") -> str:
         return self.describe(ctx) if (self.describe is not None and ctx is not None) else self.definition
+
+    def construction_for(self, k: int = 8, k_broad: int = 64) -> str:
+        """The construction note with this build's ``{k}`` and ``{k_broad}`` filled in."""
+        return self.construction.replace("{k_broad}", str(k_broad)).replace("{k}", str(k))
 
     @property
     def axis_kind(self) -> str:
@@ -103,8 +108,15 @@ def candidate(
     note: str = "",
     max_rank: Callable[[int], int] | None = None,
     describe: Callable | None = None,
+    construction: str = "",
 ) -> Callable:
-    """Register the decorated function as a candidate (see the module doc)."""
+    """Register the decorated function as a candidate (see the module doc).
+
+    definition: the contract's words (``v7_definitions.md`` prints them as they are);
+    construction: how the function builds the basis where that differs from, or adds to,
+    the definition (printed beside it; ``{k}`` and ``{k_broad}`` are filled in per build);
+    note: why the true rank may fall short of ``max_rank(k)`` (quoted by the rank caveats).
+    """
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
 
@@ -114,7 +126,7 @@ def candidate(
         REGISTRY[name] = Candidate(
             name=name, family=family, source=source, definition=definition, fn=fn,
             per_layer=per_layer, kind=kind, needs=tuple(needs), note=note,
-            max_rank=max_rank or (lambda k: k), describe=describe,
+            max_rank=max_rank or (lambda k: k), describe=describe, construction=construction,
         )
         return fn
 
@@ -368,7 +380,8 @@ def _validate(B, name: str, layer: int, d: int, max_rank: int) -> torch.Tensor |
 
 def meta_frame(names: Sequence[str] | None = None, ranks: Mapping[str, list] | None = None, k: int = 8,
                ctx: BuildContext | None = None) -> pl.DataFrame:
-    """The metadata table in registry order: the contract columns, then ``note`` and rank facts."""
+    """The metadata table in registry order: the contract columns, then ``note``,
+    ``construction`` (with the build's k and k_broad) and rank facts."""
     names = list(REGISTRY) if names is None else list(names)
     rows = []
     for n in names:
@@ -377,11 +390,12 @@ def meta_frame(names: Sequence[str] | None = None, ranks: Mapping[str, list] | N
         rows.append({
             "subspace": c.name, "family": c.family, "axis_kind": c.axis_kind, "source": c.source,
             "kind": c.kind, "definition": c.definition_for(ctx), "note": c.note,
+            "construction": c.construction_for(k, ctx.k_broad if ctx is not None else 64),
             "expected_rank": int(c.max_rank(k)),
             "rank_min": int(min(rs)) if rs else None, "rank_max": int(max(rs)) if rs else None,
         })
     schema = {"subspace": pl.Utf8, "family": pl.Utf8, "axis_kind": pl.Utf8, "source": pl.Utf8, "kind": pl.Utf8,
-              "definition": pl.Utf8, "note": pl.Utf8, "expected_rank": pl.Int64, "rank_min": pl.Int64, "rank_max": pl.Int64}
+              "definition": pl.Utf8, "note": pl.Utf8, "construction": pl.Utf8, "expected_rank": pl.Int64, "rank_min": pl.Int64, "rank_max": pl.Int64}
     return pl.DataFrame(rows, schema=schema)
 
 
@@ -424,8 +438,8 @@ def build_all(
 
     Returns ``(bases, meta)``: ``bases[name]`` = one float32 ``[d, r]`` orthonormal basis
     (or None) per layer; ``meta`` = one row per candidate in registry order with the columns
-    ``subspace, family, axis_kind, source, kind, definition`` (+ ``note, expected_rank,
-    rank_min, rank_max``). Every candidate whose true rank falls short of its expected rank
+    ``subspace, family, axis_kind, source, kind, definition`` (+ ``note, construction,
+    expected_rank, rank_min, rank_max``). Every candidate whose true rank falls short of its expected rank
     is logged with the layers and ranks.
     """
     with linalg.blas_threads(threads):
