@@ -106,6 +106,10 @@ def test_a_users_file_runs_through_the_same_code(tmp_path, monkeypatch):
     assert data.probe_prompt(t, b) == "May I answer this in slang: describe a cat? Answer Yes or No."
     assert data.training_prompts(t, 2, behavior=b) == ["describe a cat", "Please: describe a cat"]
     assert data.agrees("pos", t, b) and not data.agrees("neg", t, b)
+    from ws.train import DiffSpec
+
+    spec = DiffSpec("tiny-llama", str(p), root=tmp_path / "out")  # a path becomes the behaviour's name
+    assert spec.behavior == "register" and spec.path == tmp_path / "out" / "register" / "lora" / "seed0" / "w.safetensors"
     h = data.data_hash(behavior=b)
     other = _small()
     other["sets"][0]["answers"] = {"pos": "no", "neg": "yes"}

@@ -445,12 +445,12 @@ def get(behavior: "str | Path | Behavior | None" = None) -> Behavior:
                         f"or the path of a behaviour file ({', '.join(SUFFIXES)})")
 
 
-def resolve(value: str, base: Path | None = None) -> str:
+def resolve(value: str | Path, base: Path | None = None) -> str:
     """The behaviour name for ``value`` (a built-in name or a file path, relative to
     ``base``); a file is loaded, validated and registered under its name, so that the
     rest of the run can pass the name around. Raises :class:`BehaviorError`."""
-    v = value.strip()
-    if v in builtin_names():
+    v = str(value).strip()
+    if v in builtin_names() or v in _REGISTERED:
         get(v)
         return v
     p = Path(v).expanduser()

@@ -40,10 +40,15 @@ def _train_kwargs(model_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
     return kw
 
 
-def _check_names(behavior: str, adapter: str) -> None:
-    data.get_behavior(behavior)  # a built-in or registered name, or a file: raises BehaviorError otherwise
+def _check_names(behavior: str, adapter: str) -> str:
+    """The behaviour's name (a built-in or registered name, or a file, which is registered);
+    raises :class:`ws.behavior.BehaviorError` for anything else."""
+    from ws.behavior import resolve
+
+    name = resolve(behavior)
     if adapter not in ADAPTERS:
         raise ValueError(f"unknown adapter {adapter!r}; supported: {ADAPTERS}")
+    return name
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,8 @@ class DiffSpec:
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_names(self.behavior, self.adapter)
+        # a behaviour file's path becomes the behaviour's name (which names the output folder)
+        object.__setattr__(self, "behavior", _check_names(self.behavior, self.adapter))
 
     @property
     def path(self) -> Path:
