@@ -141,6 +141,7 @@ def _broken(change) -> dict:
      r"item 'a' \(items\[0\]\), field 'answers': set 'casual_ok' answers by rule \(yes / no\)"),
     (lambda d: d["sets"][1].update(role="reference"), r"set 'facts', field 'role': 'reference' is not allowed: use one of target, control"),
     (lambda d: d["sets"][1].update(role="target"), r"top level, field 'sets': 2 sets have role 'target'; exactly one must"),
+    (lambda d: (d["sets"].pop(1), d.update(items=d["items"][:3])), r"top level, field 'sets': only a target set"),
     (lambda d: d["sets"][0]["answers"].update(neg="sometimes"),
      r"set 'casual_ok', answers, field 'neg': 'sometimes' is not allowed: use one of yes, no, truth, item"),
     (lambda d: d["sets"][0]["answers"].update(neg="yes"),

@@ -284,6 +284,9 @@ def parse(raw: Any, path: Path) -> Behavior:
     n_target = sum(s.role == "target" for s in sets)
     if n_target != 1:
         c.fail("top level", "sets", f"{n_target} sets have role 'target'; exactly one must (the others are 'control')")
+    if len(sets) < 2:
+        c.fail("top level", "sets", "only a target set: give at least one 'control' set (the specificity ratio divides by "
+               "the largest control spread)")
     target = next(s for s in sets if s.role == "target")
     if target.rule("pos") == target.rule("neg") and target.rule("pos") != "item":
         c.fail(f"set {target.name!r}", "answers",
