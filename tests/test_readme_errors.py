@@ -85,6 +85,9 @@ def _cases(tmp_path, model):
     (tmp_path / "syntax.json").write_text('{"name": "mine",\n "sets": [}')
     out["behaviour syntax"] = _raise(lambda: behavior.load(tmp_path / "syntax.json"))
     out["behaviour unknown"] = _raise(lambda: data.get_behavior("no-such-behaviour"))
+    out["behaviour missing"] = _raise(lambda: behavior.load(tmp_path / "absent.json"))
+    (tmp_path / "mine.txt").write_text("{}")
+    out["behaviour suffix"] = _raise(lambda: behavior.load(tmp_path / "mine.txt"))
     empty = pl.DataFrame(schema={"continuation": pl.String, "response": pl.String})
     out["completions"] = _raise(lambda: completions.check_completions(empty))
     holder = subprocess.Popen([sys.executable, "-c", "import sys; from ws.io import hold_run_lock; "
