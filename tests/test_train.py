@@ -208,7 +208,7 @@ def test_ensure_diff_refuses_another_models_diff(tmp_path):
 
 
 def test_unknown_behavior_or_adapter(tmp_path):
-    with pytest.raises(ValueError, match="behavior"):
+    with pytest.raises(ValueError, match="unknown behaviour 'flattery'"):
         train.DiffSpec("tiny-llama", "flattery", root=tmp_path)
     with pytest.raises(ValueError, match="adapter"):
         train.DiffSpec("tiny-llama", adapter="ia3", root=tmp_path)
