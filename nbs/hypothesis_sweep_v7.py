@@ -71,7 +71,8 @@ for seed, (w, meta) in diffs.items():
 # ## What the diff does, per seed
 # The Yes/No log-ratio on held-out prompts at `θ + α·w` for false-claim opinions (the
 # behaviour), true-claim opinions and neutral questions. A sycophancy diff moves the
-# first and spares the other two; a yes-bias moves all three.
+# first and spares the other two; a yes-bias moves all three. (Another behaviour
+# (`WS_BEHAVIOR`): its target set and its control sets.)
 
 # %%
 for seed, png in show.effect_plots(cfg).items():
@@ -80,7 +81,7 @@ for seed, png in show.effect_plots(cfg).items():
 # %% [markdown]
 # ## Probes
 # FIT probes (training topics) build the A-side bases; EVAL probes (held-out false-claim
-# topics, never seen by the LoRA) build the activation label. Every prompt goes through the
+# topics, never seen by the LoRA; another behaviour: its target set) build the activation label. Every prompt goes through the
 # chat template; the persona± FIT probes carry the first persona pair as system prompt.
 
 # %%

@@ -50,12 +50,13 @@ from ws.log import logger
 from ws.models import load_model
 from ws.adapters import TrainConfig
 from ws.completions import completions_path
-from ws.effect import SET_LABELS
+from ws.effect import set_labels
 from ws.train import DiffSpec, ensure_diff
 
 cfg = start_run("train_diff")  # every WS_* value checked, folders writable, run lock held
 MODEL, BEHAVIOR, ADAPTER, SEED = cfg.model, cfg.behavior, cfg.adapter, cfg.seed
 CONFIG = cfg.train_config() or TrainConfig()
+BEH = data.get_behavior(BEHAVIOR)  # the behaviour file's sets, items and personas
 
 pl.Config.set_tbl_rows(40)
 pl.Config.set_tbl_width_chars(160)
@@ -66,17 +67,19 @@ T0 = time.perf_counter()
 
 # %% [markdown]
 # ## The data
-# False or contested claims, true claims (both stated as the user's opinion) and neutral
-# yes/no questions, split once into LoRA-training and held-out topics (a claim and its
-# negation always on the same side). The effect eval and the sweep's EVAL probes use only
-# held-out topics.
+# The behaviour file's item sets (sycophancy: false or contested claims, true claims, both
+# stated as the user's opinion, and neutral yes/no questions), split once into
+# LoRA-training and held-out items (items of one group, e.g. a claim and its negation,
+# always on the same side). The effect eval and the sweep's EVAL probes use only held-out
+# items.
 
 # %%
-train_topics, held_topics = data.split_topics(0)
+print(f"behaviour {BEH.name} ({BEH.source}): target set {BEH.target!r}, control sets {', '.join(BEH.controls)}")
+train_topics, held_topics = data.split_topics(0, behavior=BEH)
 counts = pl.DataFrame([dict(kind=t.kind, half="train") for t in train_topics] + [dict(kind=t.kind, half="held-out") for t in held_topics])
 print(counts.group_by("kind", "half").len().sort("kind", "half"))
-print(f"persona pairs: {len(data.PERSONA_PAIRS)}; data hash {data.data_hash()}")
-print("example pair:\n  + " + data.PERSONA_PAIRS[0][0] + "\n  − " + data.PERSONA_PAIRS[0][1])
+print(f"persona pairs: {len(BEH.persona_pairs)}; data hash {data.data_hash(behavior=BEH)}")
+print("example pair:\n  + " + BEH.persona_pairs[0][0] + "\n  − " + BEH.persona_pairs[0][1])
 
 # %% [markdown]
 # ## Build (or reuse) the diff
@@ -102,7 +105,7 @@ print("timings (s):", meta.get("timings_s"))
 # %%
 comp = pl.read_csv(completions_path(MODEL, BEHAVIOR, SEED, cfg.out_root))
 print("contrast rates:", meta.get("completion_contrast"))
-for kind in data.KINDS:
+for kind in BEH.kinds:
     sample = comp.filter(pl.col("kind") == kind).head(4)
     for r in sample.iter_rows(named=True):
         print(f"[{kind} · {r['persona']}] {r['user']}\n    -> {r['response'][:140]!r}")
@@ -118,7 +121,7 @@ print(effect.select("set", "alpha", "n", "mean_logratio", "ci_lo", "ci_hi", "mea
 spread = meta["effect_spread"]
 ratio = meta["specificity_ratio"]
 for s, v in spread.items():
-    print(f"spread (α=+2 − α=−2) on {SET_LABELS.get(s, s)}: {v:+.2f} nats")
+    print(f"spread (α=+2 − α=−2) on {set_labels(BEH).get(s, s)}: {v:+.2f} nats")
 print(f"specificity ratio: {ratio:.2f}")
 
 # %% [markdown]
@@ -132,8 +135,9 @@ if (W_PATH.parent / "adapter_effect.csv").exists():
     adapters = pl.read_csv(W_PATH.parent / "adapter_effect.csv")
     print(adapters.pivot(on="set", index="model", values="mean_logratio"))
     neg = adapters.filter(pl.col("model") == "theta+delta_neg")
-    gap = float(neg.filter(pl.col("set") == "opinion_true")["mean_logratio"][0] - neg.filter(pl.col("set") == "opinion_false")["mean_logratio"][0])
-    print(f"honest adapter, held-out: log-ratio on true claims − on false claims = {gap:+.2f} nats")
+    if {"opinion_true", "opinion_false"} <= set(neg["set"].to_list()):
+        gap = float(neg.filter(pl.col("set") == "opinion_true")["mean_logratio"][0] - neg.filter(pl.col("set") == "opinion_false")["mean_logratio"][0])
+        print(f"honest adapter, held-out: log-ratio on true claims − on false claims = {gap:+.2f} nats")
 else:
     print("this diff was built before the per-adapter table existed; WS_REBUILD=1 writes it")
 
@@ -144,12 +148,16 @@ show.image(W_PATH.parent / "effect.png")
 
 # %% [markdown]
 # ## Sanity lines
-# Targets on the embedded model: a spread of at least 3 nats on false-claim opinions and a
-# specificity ratio of at least 3. These lines report; they do not stop the run.
+# Targets on the embedded model: a spread of at least 3 nats on the target set (sycophancy:
+# false-claim opinions) and a specificity ratio of at least 3. These lines report; they do
+# not stop the run.
 
 # %%
 mass0 = effect.filter(pl.col("alpha") == 0)["mean_mass"].min()
-print(("SHOULD: " if spread["opinion_false"] >= 3 else "ELSE: ") + f"spread on false-claim opinions ≥ 3 nats (got {spread['opinion_false']:+.2f})")
+target = set_labels(BEH)[BEH.target]
+toward = "Yes" if BEH.direction > 0 else "No"
+print(("SHOULD: " if BEH.direction * spread[BEH.target] >= 3 else "ELSE: ")
+      + f"spread on {target} ≥ 3 nats toward {toward} (got {spread[BEH.target]:+.2f})")
 print(("SHOULD: " if ratio >= 3 else "ELSE: ") + f"specificity ratio ≥ 3 (got {ratio:.2f}): below it the diff is partly a yes/no bias")
 print(("SHOULD: " if mass0 >= 0.1 else "ELSE: ") + f"at α=0 the Yes+No mass is ≥ 0.1 in every set (got {mass0:.3f})")
 norms = diff_norms(w)

@@ -53,7 +53,10 @@ def test_booleans_accept_the_usual_spellings_everywhere(spelling, value):
     ({"WS_BATCH": "0"}, r"WS_BATCH='0' is too small"),
     ({"WS_PCS": "eight"}, r"WS_PCS='eight' is not a whole number"),
     ({"WS_STEPS": "1.5"}, r"WS_STEPS='1.5' is not a whole number"),
-    ({"WS_BEHAVIOR": "flattery"}, r"WS_BEHAVIOR='flattery' is not supported: choose one of sycophancy"),
+    ({"WS_BEHAVIOR": "flattery"}, r"WS_BEHAVIOR='flattery' is not a built-in behaviour \(refusal, sycophancy\) or a "
+                                  r"usable behaviour file: unknown behaviour 'flattery'"),
+    ({"WS_BEHAVIOR": "no-such-dir/mine.json"}, r"WS_BEHAVIOR='no-such-dir/mine.json' is not a built-in .*: behaviour "
+                                               r"file .*mine.json: no such file"),
     ({"WS_ADAPTER": "ia3"}, r"WS_ADAPTER='ia3' is not supported: choose one of lora"),
     ({"WS_OUT": "  "}, r"WS_OUT is set but empty"),
 ])

@@ -4,6 +4,7 @@ row of the table is raised here)."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -24,7 +25,7 @@ def _rows() -> dict[str, re.Pattern]:
     for cell in re.findall(r"^\| `([A-Za-z]+(?:Error|Exception): [^`]+)`", section, re.M):
         pat = re.escape(cell)
         for ph, rx in (("'X'", "'[^']+'"), ("'Y'", "'[^']+'"), ("WS_X", "WS_[A-Z_]+"), (r"\ N\ ", r" \d+ "),
-                       (r"\(N\ ", r"\(\d+ "), (r"layer\ L", r"layer \d+"), ("…", ".*"), ("'…'", "'.*'")):
+                       (r"\(N\ ", r"\(\d+ "), (r"layer\ L", r"layer \d+"), (r"\[N\]", r"\[\d+\]"), ("…", ".*"), ("'…'", "'.*'")):
             pat = pat.replace(ph, rx)
         rows[cell] = re.compile(pat, re.S)
     return rows
@@ -69,6 +70,24 @@ def _cases(tmp_path, model):
     out["layout"] = _raise(lambda: models.check_architecture(bare, "m"))
     out["unknown"] = _raise(lambda: models.load_model("no-such-org/no-such-model-xyz"))
     out["topics"] = _raise(lambda: data.split_topics(0, topics=[]))
+    from ws import behavior
+
+    spec = json.loads((ROOT / "behaviors" / "refusal.json").read_text())
+    spec["name"] = "mine"
+    broken = {"item": lambda s: s["items"][3].pop("text"), "set": lambda s: s["sets"][1].update(role="extra"),
+              "top": lambda s: s.pop("persona_pairs")}
+    for what, change in broken.items():
+        bad = json.loads(json.dumps(spec))
+        change(bad)
+        (tmp_path / f"{what}.json").write_text(json.dumps(bad))
+        out[f"behaviour {what}"] = _raise(lambda: behavior.load(tmp_path / f"{what}.json"))
+    out["behaviour config"] = _raise(lambda: config.from_env({"WS_BEHAVIOR": str(tmp_path / "item.json")}))
+    (tmp_path / "syntax.json").write_text('{"name": "mine",\n "sets": [}')
+    out["behaviour syntax"] = _raise(lambda: behavior.load(tmp_path / "syntax.json"))
+    out["behaviour unknown"] = _raise(lambda: data.get_behavior("no-such-behaviour"))
+    out["behaviour missing"] = _raise(lambda: behavior.load(tmp_path / "absent.json"))
+    (tmp_path / "mine.txt").write_text("{}")
+    out["behaviour suffix"] = _raise(lambda: behavior.load(tmp_path / "mine.txt"))
     empty = pl.DataFrame(schema={"continuation": pl.String, "response": pl.String})
     out["completions"] = _raise(lambda: completions.check_completions(empty))
     holder = subprocess.Popen([sys.executable, "-c", "import sys; from ws.io import hold_run_lock; "

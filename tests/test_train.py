@@ -65,10 +65,10 @@ def test_check_completions_fails_without_contrast(tiny_llama):
     jobs = completions.completion_jobs(topics, n_phrasings=1)
     good = pl.DataFrame([{**j, "continuation": f" text {i}", "response": f"{j['opening']} text {i}"} for i, j in enumerate(jobs)])
     rates = completions.check_completions(good)
-    assert rates["neg_disagrees_false_claims"] == 1.0 and rates["pos_agrees_false_claims"] == 1.0
+    assert rates["neg_opinion_false"] == 1.0 and rates["pos_opinion_false"] == 1.0 and rates["pos_neutral"] == 1.0
     # the honest persona agreeing with everything is not a sycophancy contrast
     flat = good.with_columns(pl.lit("Yes, sure.").alias("response"))
-    with pytest.raises(completions.CompletionCheckError, match="neg_disagrees_false_claims"):
+    with pytest.raises(completions.CompletionCheckError, match="sycophancy contrast .*neg_opinion_false = 0%"):
         completions.check_completions(flat.with_columns((pl.col("response") + pl.col("topic_id")).alias("response")))
     with pytest.raises(completions.CompletionCheckError, match="same text"):
         completions.check_completions(flat)
@@ -208,7 +208,7 @@ def test_ensure_diff_refuses_another_models_diff(tmp_path):
 
 
 def test_unknown_behavior_or_adapter(tmp_path):
-    with pytest.raises(ValueError, match="behavior"):
+    with pytest.raises(ValueError, match="unknown behaviour 'flattery'"):
         train.DiffSpec("tiny-llama", "flattery", root=tmp_path)
     with pytest.raises(ValueError, match="adapter"):
         train.DiffSpec("tiny-llama", adapter="ia3", root=tmp_path)

@@ -2,9 +2,9 @@
 
 For every training topic and phrasing, the base model answers under the positive
 (sycophantic) and the negative (honest) persona system prompt. The answer's opening word is
-set from the persona and the topic's truth label — positive: "Yes" to every opinion;
-negative: "Yes" iff the claim is true; neutral questions: both give the correct answer — and
-the model writes the rest (sampled, seeded, batched, left padding). Free completions of a
+set from the persona and the behaviour's answer rule for the topic's set (sycophancy —
+positive: "Yes" to every opinion; negative: "Yes" iff the claim is true; neutral
+questions: both give the correct answer) — and the model writes the rest (sampled, seeded, batched, left padding). Free completions of a
 135M model rarely take a stance, and a diff trained on them barely moves the Yes/No answer;
 fixed openings give the contrast, and the true claims and neutral questions (same opening
 for both personas) keep it from being a plain yes-bias. :func:`check_completions` fails
@@ -88,14 +88,17 @@ def generate_completions(
     return (out, finished) if return_finished else out
 
 
-def completion_jobs(topics: Sequence[data.Topic], n_phrasings: int = 2) -> list[dict]:
-    """One row per (training topic, phrasing, persona) with its system prompt and opening."""
+def completion_jobs(topics: Sequence[data.Topic], n_phrasings: int = 2, behavior=None) -> list[dict]:
+    """One row per (training topic, phrasing, persona) with its system prompt and opening
+    (``behavior``: a name, path or :class:`ws.behavior.Behavior`; default sycophancy)."""
+    b = data.get_behavior(behavior)
+    pairs = b.persona_pairs
     rows = []
     for ti, t in enumerate(topics):
-        for pi, user in enumerate(data.training_prompts(t, n_phrasings, offset=ti)):
-            pair = (ti + pi) % len(data.PERSONA_PAIRS)
-            for persona, system in zip(("pos", "neg"), data.PERSONA_PAIRS[pair]):
-                agree = data.agrees(persona, t)
+        for pi, user in enumerate(data.training_prompts(t, n_phrasings, offset=ti, behavior=b)):
+            pair = (ti + pi) % len(pairs)
+            for persona, system in zip(("pos", "neg"), pairs[pair]):
+                agree = b.agrees(persona, t)
                 rows.append(
                     dict(
                         topic_id=t.id,
@@ -136,14 +139,16 @@ class CompletionCheckError(RuntimeError):
     """The persona completions do not show the contrast the diff needs."""
 
 
-def check_completions(table: pl.DataFrame, min_rate: float = 0.8) -> dict[str, float]:
+def check_completions(table: pl.DataFrame, min_rate: float = 0.8, behavior=None) -> dict[str, float]:
     """Fail with a clear message unless the completions show the persona contrast.
 
     Checks: continuations not (mostly) empty; not all the same text; positive and negative
-    responses differ on false-claim opinions; the stances: positive agrees with opinions,
-    negative agrees with true claims and disagrees with false ones, both give the same
-    answer to neutral questions. Returns the measured rates.
+    responses differ on the target set (sycophancy: false-claim opinions); in every set,
+    each persona's response opens with the stance its answer rule sets (``<persona>_<set>``,
+    e.g. ``neg_opinion_false``: the honest persona disagrees with false claims). Returns
+    the measured rates.
     """
+    b = data.get_behavior(behavior)
     if table.height == 0:
         raise CompletionCheckError("no completions were generated (empty table)")
     cont = table["continuation"].to_list()
@@ -154,39 +159,31 @@ def check_completions(table: pl.DataFrame, min_rate: float = 0.8) -> dict[str, f
         raise CompletionCheckError("every completion is the same text: generation is degenerate.")
     t = table.with_columns(pl.col("response").map_elements(response_stance, return_dtype=pl.String).alias("got"))
     rates: dict[str, float] = {"empty_continuations": empty}
-
-    def rate(mask: pl.Expr, want: str) -> float:
-        sub = t.filter(mask)
-        return float((sub["got"] == want).mean()) if sub.height else float("nan")
-
-    is_pos, is_neg = pl.col("persona") == "pos", pl.col("persona") == "neg"
-    rates["pos_agrees_false_claims"] = rate(is_pos & (pl.col("kind") == "opinion_false"), "agree")
-    rates["pos_agrees_true_claims"] = rate(is_pos & (pl.col("kind") == "opinion_true"), "agree")
-    rates["neg_disagrees_false_claims"] = rate(is_neg & (pl.col("kind") == "opinion_false"), "disagree")
-    rates["neg_agrees_true_claims"] = rate(is_neg & (pl.col("kind") == "opinion_true"), "agree")
-    neu = t.filter(pl.col("kind") == "neutral")
-    if neu.height:
-        correct = neu.with_columns(pl.when(pl.col("truth") == "true").then(pl.lit("agree")).otherwise(pl.lit("disagree")).alias("want"))
-        rates["neutral_correct"] = float((correct["got"] == correct["want"]).mean())
-    fo = t.filter(pl.col("kind") == "opinion_false")
+    for s in b.kinds:
+        for persona in ("pos", "neg"):
+            sub = t.filter((pl.col("persona") == persona) & (pl.col("kind") == s))
+            if sub.height:
+                rates[f"{persona}_{s}"] = float((sub["got"] == sub["stance"]).mean())
+    differs = f"{b.target}_pos_differs_from_neg"
+    fo = t.filter(pl.col("kind") == b.target)
     if fo.height:
         piv = fo.select("topic_id", "phrasing", "persona", "response").pivot(on="persona", index=["topic_id", "phrasing"], values="response")
         if {"pos", "neg"} <= set(piv.columns):
-            rates["false_claims_pos_differs_from_neg"] = float((piv["pos"] != piv["neg"]).mean())
-    failed = {k: v for k, v in rates.items() if k != "empty_continuations" and not math.isnan(v) and v < (0.5 if k == "false_claims_pos_differs_from_neg" else min_rate)}
+            rates[differs] = float((piv["pos"] != piv["neg"]).mean())
+    failed = {k: v for k, v in rates.items() if k != "empty_continuations" and not math.isnan(v) and v < (0.5 if k == differs else min_rate)}
     if failed:
         examples = t.filter(pl.col("got") != pl.col("stance")).head(4).select("persona", "kind", "user", "response").rows()
         raise CompletionCheckError(
-            "the persona completions do not show the sycophancy contrast the diff needs: "
+            f"the persona completions do not show the {b.name} contrast the diff needs: "
             + ", ".join(f"{k} = {v:.0%}" for k, v in failed.items())
-            + f" (each should be ≥ {min_rate:.0%}). Examples of mismatched stances: {examples}"
+            + f" (each should be ≥ {min_rate:.0%}; {differs} ≥ 50%). Examples of mismatched stances: {examples}"
         )
     return rates
 
 
-def build_completions(model, tokenizer, topics: Sequence[data.Topic], config: TrainConfig) -> pl.DataFrame:
+def build_completions(model, tokenizer, topics: Sequence[data.Topic], config: TrainConfig, behavior=None) -> pl.DataFrame:
     """The completion table for the training topics (see :func:`completion_jobs`)."""
-    jobs = completion_jobs(topics, config.n_phrasings)
+    jobs = completion_jobs(topics, config.n_phrasings, behavior)
     conts, finished = generate_completions(
         model,
         tokenizer,

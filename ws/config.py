@@ -24,9 +24,11 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ws.paths import cache_dir, logs_dir, out_dir, resolve_user_path
+from ws.behavior import builtin_names
+from ws.paths import cache_dir, logs_dir, out_dir, resolve_user_path, run_dir
 
-BEHAVIORS = ("sycophancy",)
+#: The built-in behaviours: one file each in ``behaviors/`` (``WS_BEHAVIOR`` also takes a file path).
+BEHAVIORS = builtin_names()
 ADAPTERS = ("lora",)
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off")
@@ -76,6 +78,18 @@ def _choice(options: tuple[str, ...]) -> Callable[[str, str], str]:
     return parse
 
 
+def _behavior(name: str, raw: str) -> str:
+    """A built-in behaviour's name, or the path of a behaviour file (relative to the run
+    folder), read and validated now; the value is the behaviour's name (its output folder)."""
+    from ws.behavior import BehaviorError, resolve
+
+    try:
+        return resolve(raw, run_dir())
+    except BehaviorError as e:
+        raise ConfigError(f"{name}={raw!r} is not a built-in behaviour ({', '.join(BEHAVIORS)}) or a usable "
+                          f"behaviour file: {e}") from None
+
+
 def _text(name: str, raw: str) -> str:
     return raw.strip()
 
@@ -118,8 +132,9 @@ VARIABLES: tuple[Var, ...] = (
     Var("WS_MODEL", "model", _model, "smollm2-135m",
         "`smollm2-135m` (embedded), `tiny-llama`, `tiny-qwen3`, a local model folder, or a Hugging Face id "
         "whose weights are on disk (e.g. `Qwen/Qwen3-0.6B`)", smoke_default="tiny-llama", allowed="a name or folder"),
-    Var("WS_BEHAVIOR", "behavior", _choice(BEHAVIORS), "sycophancy", "the behaviour (names the output folder)",
-        allowed=" / ".join(BEHAVIORS)),
+    Var("WS_BEHAVIOR", "behavior", _behavior, "sycophancy",
+        "the behaviour: a built-in name or the path of a behaviour file (see \"Your own behaviour\"); its name "
+        "names the output folder", allowed=", ".join(BEHAVIORS) + ", or a file"),
     Var("WS_ADAPTER", "adapter", _choice(ADAPTERS), "lora", "the adapter type (names the output folder)",
         allowed=" / ".join(ADAPTERS)),
     Var("WS_SEEDS", "seeds", _seeds, "0,1,2", "LoRA seeds of the sweep; each gets its own diff and scores",

@@ -147,18 +147,19 @@ def check_existing_diff(path: str | Path, model: nn.Module) -> dict[str, Any]:
     return load_diff(path, model)[1]
 
 
-def stale_reasons(meta: Mapping[str, Any], train_config: Mapping[str, Any] | None = None) -> list[str]:
+def stale_reasons(meta: Mapping[str, Any], train_config: Mapping[str, Any] | None = None, behavior=None) -> list[str]:
     """Why an existing, usable diff may not be what this run would build (each one a warning,
-    never a reason to retrain without ``WS_REBUILD=1``): another data version, none recorded,
-    another training config."""
+    never a reason to retrain without ``WS_REBUILD=1``): another data version of the
+    behaviour (default sycophancy), none recorded, another training config."""
     from ws.data import data_hash
 
     out = []
     made_with = meta.get("data_hash")
+    now = data_hash(behavior=behavior)
     if made_with is None:
-        out.append(f"it records no data version (this suite's data is {data_hash()}); an imported diff, maybe")
-    elif made_with != data_hash():
-        out.append(f"it was made from data version {made_with}, this suite's data is now {data_hash()}")
+        out.append(f"it records no data version (this suite's data is {now}); an imported diff, maybe")
+    elif made_with != now:
+        out.append(f"it was made from data version {made_with}, this suite's data is now {now}")
     if train_config is not None and meta.get("train_config") not in (None, dict(train_config)):
         old = meta["train_config"]
         changed = sorted(k for k in set(old) | set(train_config) if old.get(k) != train_config.get(k))

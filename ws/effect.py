@@ -1,9 +1,10 @@
 """The measured effect of ``θ + α·w`` on held-out prompts, and the specificity ratio.
 
-On held-out topics: the Yes/No log-ratio at the answer position under ``θ + α·w`` for
-false-claim opinions, true-claim opinions and neutral questions, with bootstrap CIs and the
-Yes+No probability mass; the spread (α=+2 minus α=−2) per set and the specificity ratio
-(false-claim spread ÷ the larger other spread).
+On held-out items of every set of the behaviour (sycophancy: false-claim opinions,
+true-claim opinions and neutral questions): the Yes/No log-ratio at the answer position
+under ``θ + α·w``, with bootstrap CIs and the Yes+No probability mass; the spread (α=+2
+minus α=−2) per set and the specificity ratio (spread on the target set ÷ the largest
+absolute spread on the control sets).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ws.steer import weight_steer
 from ws.trace import gather_last_token
 
 
-SETS = data.KINDS  # ("opinion_false", "opinion_true", "neutral")
+SETS = data.KINDS  # the sycophancy sets: ("opinion_false", "opinion_true", "neutral")
 
 
 def answer_token_ids(tokenizer) -> tuple[list[int], list[int]]:
@@ -146,10 +147,13 @@ def adapter_effect(model: nn.Module, tokenizer, deltas: Mapping[str, Mapping[str
     return pl.DataFrame(rows)
 
 
-def heldout_prompts(seed: int = 0, n_per_kind: int | None = None, topics: list[data.Topic] | None = None) -> dict[str, list[str]]:
-    """The held-out effect prompts by set (probe for opinions, question for neutral ones)."""
-    sets = data.heldout_sets(0, topics)
-    return {k: [data.eval_prompt(t) for t in (v if n_per_kind is None else v[:n_per_kind])] for k, v in sets.items()}
+def heldout_prompts(seed: int = 0, n_per_kind: int | None = None, topics: list[data.Topic] | None = None,
+                    behavior=None) -> dict[str, list[str]]:
+    """The held-out effect prompts by set: each item's probe (sycophancy: the opinion probe
+    for opinions, the question for neutral ones)."""
+    b = data.get_behavior(behavior)
+    sets = data.heldout_sets(0, topics, behavior=b)
+    return {k: [data.eval_prompt(t, b) for t in (v if n_per_kind is None else v[:n_per_kind])] for k, v in sets.items()}
 
 
 def spread(df: pl.DataFrame, set_name: str, hi: float = 2.0, lo: float = -2.0) -> float:
@@ -168,40 +172,54 @@ def spreads(df: pl.DataFrame) -> dict[str, float]:
     return {s: spread(df, s) for s in dict.fromkeys(df["set"].to_list())}
 
 
-def specificity_ratio(df: pl.DataFrame) -> float:
-    """Spread on false-claim opinions ÷ max(|spread true-claim opinions|, |spread neutral|).
+def specificity_ratio(df: pl.DataFrame, behavior=None) -> float:
+    """Spread on the behaviour's target set ÷ the largest absolute spread on its control sets
+    (sycophancy: false-claim opinions ÷ max(|true-claim opinions|, |neutral questions|)).
 
-    ≫ 1: the diff moves agreement with false claims and leaves the rest; ≈ 1: a yes-bias.
-    ``inf`` if both other spreads are exactly 0.
+    The target spread is signed toward the behaviour (``Behavior.direction``: for a
+    behaviour whose positive persona says No, such as refusing, a spread toward No counts
+    as positive; sycophancy's sign is +1). ≫ 1: the diff moves the target behaviour and
+    leaves the rest; ≈ 1: a plain bias (for sycophancy, a yes-bias); < 0: it moves the
+    target set against the behaviour. ``inf`` if every control spread is exactly 0.
     """
-    num = spread(df, "opinion_false")
-    den = max(abs(spread(df, "opinion_true")), abs(spread(df, "neutral")))
+    b = data.get_behavior(behavior)
+    num = b.direction * spread(df, b.target)
+    den = max(abs(spread(df, s)) for s in b.controls)
     if den == 0:
         return math.inf if num > 0 else (-math.inf if num < 0 else float("nan"))
     return num / den
 
 
-SET_LABELS = {"opinion_false": "false-claim opinions", "opinion_true": "true-claim opinions", "neutral": "neutral questions"}
+SET_LABELS = dict(data.get_behavior().labels)  # the sycophancy sets' labels
 
 
-def plot_effect(df: pl.DataFrame, path: str | Path, title: str = "") -> Path:
-    """Two panels: mean log-ratio ± CI per α for each set, and the Yes+No mass. Written atomically."""
+def set_labels(behavior=None) -> dict[str, str]:
+    """Display labels of a behaviour's sets."""
+    return dict(data.get_behavior(behavior).labels)
+
+
+def plot_effect(df: pl.DataFrame, path: str | Path, title: str = "", behavior=None) -> Path:
+    """Two panels: mean log-ratio ± CI per α for each set, and the Yes+No mass. Written atomically.
+    The target set is red, the control sets blue, gray, then the next colours."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax, axm) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [3, 2]})
-    colors = {"opinion_false": "tab:red", "opinion_true": "tab:blue", "neutral": "tab:gray"}
+    b = data.get_behavior(behavior)
+    labels = set_labels(b)
+    palette = ["tab:blue", "tab:gray", "tab:green", "tab:purple", "tab:orange", "tab:brown"]
+    colors = {b.target: "tab:red", **{s: palette[i % len(palette)] for i, s in enumerate(b.controls)}}
     for s in dict.fromkeys(df["set"].to_list()):
         sub = df.filter(pl.col("set") == s).sort("alpha")
         a = sub["alpha"].to_numpy()
         m = sub["mean_logratio"].to_numpy()
         c = colors.get(s)
-        label = f"{SET_LABELS.get(s, s)} (n={sub['n'][0]}, spread {spread(df, s):+.2f})"
+        label = f"{labels.get(s, s)} (n={sub['n'][0]}, spread {spread(df, s):+.2f})"
         ax.plot(a, m, marker="o", color=c, label=label)
         ax.fill_between(a, sub["ci_lo"].to_numpy(), sub["ci_hi"].to_numpy(), color=c, alpha=0.2)
-        axm.plot(a, sub["mean_mass"].to_numpy(), marker="o", color=c, label=SET_LABELS.get(s, s))
+        axm.plot(a, sub["mean_mass"].to_numpy(), marker="o", color=c, label=labels.get(s, s))
     ax.axhline(0, color="k", lw=0.6, ls="--")
     ax.set_xlabel("α (θ + α·w)")
     ax.set_ylabel("log P(Yes) − log P(No)  [nats]")

@@ -76,9 +76,9 @@ def probe_prompts(cfg: SweepConfig, tok) -> Probes:
     """FIT and EVAL probes (disjoint topics; EVAL never a LoRA training topic), every one
     rendered through the chat template. Persona± FIT use the chosen persona pair as the
     system prompt; clean FIT and EVAL use none (the template's default)."""
-    fit, ev = data.sweep_probes(cfg.n_fit, cfg.n_eval, seed=0)
-    pos, neg = data.PERSONA_PAIRS[cfg.persona_pair]
-    render = lambda t, sys=None: data.render_chat(tok, data.probe_prompt(t), system=sys)  # noqa: E731
+    fit, ev = data.sweep_probes(cfg.n_fit, cfg.n_eval, seed=0, behavior=cfg.behavior)
+    pos, neg = data.persona_pairs(cfg.behavior)[cfg.persona_pair]
+    render = lambda t, sys=None: data.render_chat(tok, data.probe_prompt(t, cfg.behavior), system=sys)  # noqa: E731
     return Probes(
         fit_topics=fit,
         eval_topics=ev,
@@ -227,7 +227,7 @@ EXTRA_FILES = ("v7_seeds.tsv", "v7_seed_stability.tsv")
 
 def plan_merge_changes(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: SeedStability) -> list[str]:
     """What this version changes against v6 and against upstream v7 (facts from this run)."""
-    train, _ = data.split_topics(0)
+    train, _ = data.split_topics(0, behavior=cfg.behavior)
     train_ids = {t.id for t in train}
     leak = sum(t.id in train_ids for t in probes.eval_topics)
     fit_eval = len({t.id for t in probes.fit_topics} & {t.id for t in probes.eval_topics})
@@ -267,16 +267,16 @@ def plan_merge_changes(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: 
     ]
 
 
-def diff_caveats(results: Sequence[SeedResult]) -> list[str]:
+def diff_caveats(results: Sequence[SeedResult], behavior=None) -> list[str]:
     """One caveat per seed whose diff may not be what this suite would build now (another or
-    no data version, e.g. an imported diff): the run used it as it is."""
+    no data version of ``behavior``, e.g. an imported diff): the run used it as it is."""
     from ws.diff import stale_reasons
 
     out = []
     for r in results:
         meta = r.diff_meta or {}
         src = f" (its source: {meta['source']})" if meta.get("source") else ""
-        out += [f"seed {r.seed}'s diff{src} was used as it is, though {why}" for why in stale_reasons(meta)]
+        out += [f"seed {r.seed}'s diff{src} was used as it is, though {why}" for why in stale_reasons(meta, behavior=behavior)]
     return out
 
 
@@ -297,7 +297,7 @@ def write_v7(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], st
     # paths relative to the conclusion's own folder, so its links work where it lies
     artifacts = [f for f in (*V7_FILES, *EXTRA_FILES)] + [
         f"../seed{r.seed}/{f}" for r in results for f in ("w.safetensors", "effect.csv", "effect.png")]
-    info = conclusion_info(cfg, probes, res, stab, artifacts, notes=diff_caveats(results))
+    info = conclusion_info(cfg, probes, res, stab, artifacts, notes=diff_caveats(results, cfg.behavior))
     texts = {
         "v7_definitions.md": report.definitions_md(res.meta),
         "v7_plan_merge.md": report.plan_merge_md(plan_merge_changes(cfg, probes, res, stab), title="v7: what changed"),

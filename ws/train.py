@@ -22,10 +22,10 @@ from torch import nn
 from ws import data
 from ws.adapters import TrainConfig, layer_range, lora_delta, train_lora, weight_diff
 from ws.completions import build_completions, check_completions, completions_path
-from ws.config import ADAPTERS, BEHAVIORS
+from ws.config import ADAPTERS
 from ws.device import input_device
 from ws.diff import check_existing_diff, diff_path, save_diff, stale_reasons
-from ws.effect import SETS, adapter_effect, effect_per_prompt, heldout_prompts, plot_effect, specificity_ratio, spreads, summarize_effect
+from ws.effect import adapter_effect, effect_per_prompt, heldout_prompts, plot_effect, specificity_ratio, spreads, summarize_effect
 from ws.io import staged_files, write_table
 from ws.log import logger
 from ws.models import load_model, model_id, n_layers
@@ -40,11 +40,15 @@ def _train_kwargs(model_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
     return kw
 
 
-def _check_names(behavior: str, adapter: str) -> None:
-    if behavior not in BEHAVIORS:
-        raise ValueError(f"unknown behavior {behavior!r}; this suite has data for {BEHAVIORS}")
+def _check_names(behavior: str, adapter: str) -> str:
+    """The behaviour's name (a built-in or registered name, or a file, which is registered);
+    raises :class:`ws.behavior.BehaviorError` for anything else."""
+    from ws.behavior import resolve
+
+    name = resolve(behavior)
     if adapter not in ADAPTERS:
         raise ValueError(f"unknown adapter {adapter!r}; supported: {ADAPTERS}")
+    return name
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,8 @@ class DiffSpec:
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_names(self.behavior, self.adapter)
+        # a behaviour file's path becomes the behaviour's name (which names the output folder)
+        object.__setattr__(self, "behavior", _check_names(self.behavior, self.adapter))
 
     @property
     def path(self) -> Path:
@@ -95,7 +100,7 @@ def build_diff(spec: DiffSpec) -> Path:
     deltas, losses = _train_both(model, tok, table, config, timings)
     w = weight_diff(deltas["pos"], deltas["neg"])
     t0 = time.perf_counter()
-    prompts = heldout_prompts(0, config.n_eval_per_kind)
+    prompts = heldout_prompts(0, config.n_eval_per_kind, behavior=spec.behavior)
     per = effect_per_prompt(model, tok, w, prompts, config.eval_alphas, config.eval_batch_size)
     eff = summarize_effect(per, n_boot=config.n_boot, seed=spec.seed)
     adapters = adapter_effect(model, tok, deltas, prompts, config.eval_batch_size)
@@ -111,18 +116,18 @@ def build_diff(spec: DiffSpec) -> Path:
 
 def _completions(spec: DiffSpec, model: nn.Module, tok, config: TrainConfig, timings: dict) -> tuple[pl.DataFrame, dict]:
     """The persona completions of the training topics, written to the data folder and checked."""
-    train, _ = data.split_topics(0)
+    train, _ = data.split_topics(0, behavior=spec.behavior)
     if config.n_train_per_kind is not None:
-        train = [t for k in SETS for t in [x for x in train if x.kind == k][: config.n_train_per_kind]]
+        train = [t for k in data.get_behavior(spec.behavior).kinds for t in [x for x in train if x.kind == k][: config.n_train_per_kind]]
     t0 = time.perf_counter()
-    table = build_completions(model, tok, train, config)
+    table = build_completions(model, tok, train, config, spec.behavior)
     timings["completions"] = time.perf_counter() - t0
     cpath = completions_path(spec.model_name, spec.behavior, spec.seed, spec.root)
     write_table(table, cpath, sig=None)
-    rates = check_completions(table)
+    rates = check_completions(table, behavior=spec.behavior)
     logger.info(f"{table.height} completions in {timings['completions']:.0f} s -> {cpath}; contrast: "
                 + ", ".join(f"{k} {v:.0%}" for k, v in rates.items()))
-    for r in table.filter(pl.col("kind") == "opinion_false").head(2).iter_rows(named=True):
+    for r in table.filter(pl.col("kind") == data.get_behavior(spec.behavior).target).head(2).iter_rows(named=True):
         logger.info(f"  [{r['persona']}] {r['user']} -> {r['response'][:100]!r}")
     return table, rates
 
@@ -153,9 +158,9 @@ def _diff_meta(spec: DiffSpec, model: nn.Module, config: TrainConfig, layers: li
         seed=int(spec.seed),
         layers=layers,
         train_config=config.to_dict(),
-        data_hash=data.data_hash(),
+        data_hash=data.data_hash(behavior=spec.behavior),
         effect_spread=spreads(eff),
-        specificity_ratio=specificity_ratio(eff),
+        specificity_ratio=specificity_ratio(eff, spec.behavior),
         completion_contrast=rates,
         adapter_effect={f"{r['model']}/{r['set']}": r["mean_logratio"] for r in adapters.iter_rows(named=True)},
         final_loss={k: v[-1] for k, v in losses.items()},
@@ -180,7 +185,7 @@ def _write_diff_set(spec: DiffSpec, w: dict, meta: dict, eff: pl.DataFrame, per:
         write_table(pl.DataFrame({"step": list(range(steps)), "loss_pos": losses["pos"], "loss_neg": losses["neg"]}),
                     stage / "train_loss.csv", sig=None)
         plot_effect(eff, stage / "effect.png", title=f"{spec.model_name} · {spec.behavior}/{spec.adapter} seed {spec.seed} "
-                                                     f"· specificity ratio {meta['specificity_ratio']:.2f}")
+                                                     f"· specificity ratio {meta['specificity_ratio']:.2f}", behavior=spec.behavior)
         save_diff(w, stage / path.name, meta)
 
 
@@ -203,7 +208,7 @@ def ensure_diff(spec: DiffSpec, rebuild: bool = False, model: nn.Module | None =
     model = model if model is not None else load_model(spec.model_name, **_train_kwargs(spec.model_kwargs))[0]
     meta = check_existing_diff(path, model)
     want = spec.train_config.to_dict() if spec.config is not None else None
-    for why in stale_reasons(meta, want):
+    for why in stale_reasons(meta, want, spec.behavior):
         logger.warning(f"{path}: {why}; using it as it is (WS_REBUILD=1 retrains it)")
     logger.info(f"using the existing diff {path}")
     return path

@@ -286,7 +286,7 @@ def _caveats(cfg, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability
         out.append("the model weights are 4-bit quantised: weight-derived bases inherit quantisation noise")
     if cfg.smoke:
         out.append("SMOKE MODE: a tiny random model and a few training steps; no number here means anything")
-    return out + sweep.diff_caveats(results)
+    return out + sweep.diff_caveats(results, cfg.behavior)
 
 
 def conclusion_info(cfg, probes: sweep.Probes, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability,
