@@ -120,3 +120,18 @@ def test_adapter_settings_are_json_for_the_metadata(tiny_llama, adapter):
     assert json.loads(json.dumps(s)) == s
     assert s["type"] == adapter and s["peft_config"]["peft_type"] in ("LORA", "IA3", "OFT")
     assert s["peft_config"].get("use_dora", False) is (adapter == "dora")
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_training_is_seeded(tiny_llama, adapter):
+    """The same seed gives the same delta, bit for bit (the cross-adapter rerun relies on it)."""
+    model, tok = tiny_llama
+    cfg = adapters.TrainConfig(rank=4, alpha=8.0, steps=2, batch_size=2, bf16=False, warmup_steps=1)
+
+    def delta():
+        if adapter == "bidir":
+            return adapters.adapter_delta(adapters.train_bidir(model, tok, POS, NEG, cfg)[0], model, adapter)
+        return adapters.adapter_delta(adapters.train_adapter(model, tok, POS, cfg, adapter)[0], model, adapter)
+
+    a, b = delta(), delta()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
