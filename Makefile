@@ -3,7 +3,8 @@
 #   make test    installs what it needs, runs the tests
 # and one opens the notebooks in Jupyter:
 #   make lab     adds JupyterLab to the environment and starts it at the repository root
-# Others: make diff (only the diff), make test-fast, make bench, make sync-nbs, make clean-cache.
+# Others: make diff (only the diff), make cross-adapter (the sweep for every adapter type, compared),
+# make test-fast, make bench, make sync-nbs, make clean-cache.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -25,7 +26,7 @@ export WS_LOG_TERMINAL := 1
 # not the kernel's folder (see ws/paths.py)
 export WS_RUN_DIR := $(if $(PWD),$(PWD),$(CURDIR))
 
-.PHONY: setup lab sweep diff test test-fast bench clean-cache sync-nbs
+.PHONY: setup lab sweep diff cross-adapter test test-fast bench clean-cache sync-nbs
 
 setup: $(STAMP) $(KERNEL)
 
@@ -64,6 +65,12 @@ sweep: setup
 diff: setup
 	@mkdir -p logs
 	$(VENV)/bin/jupytext --to ipynb --output logs/train_diff.executed.ipynb --execute nbs/train_diff.py
+
+# The cross-adapter comparison: the v7 sweep for every adapter type of WS_ADAPTERS (default all
+# six) and seed of WS_SEEDS, missing diffs trained first; long on a CPU (see the README).
+cross-adapter: setup
+	@mkdir -p logs
+	$(VENV)/bin/jupytext --to ipynb --output logs/cross_adapter.executed.ipynb --execute nbs/cross_adapter.py
 
 test: setup
 	$(PY) -m pytest -q

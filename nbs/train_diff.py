@@ -25,10 +25,13 @@
 #    only to true claims; neutral questions: the correct answer for both), the model writes
 #    the rest;
 # 2. one LoRA is trained on each persona's answers (without the system prompt, loss on the
-#    answer only);
-# 3. `w = Δθ⁺ − Δθ⁻` per weight tensor, saved with its metadata to
-#    `out/<behavior>/<adapter>/seed<k>/w.safetensors`;
-# 4. on held-out topics, `θ + α·w` for α ∈ {−2, −1, 0, 1, 2}: the Yes/No log-ratio for
+#    answer only); `WS_ADAPTER` picks another adapter type (`dora`, `pissa`, `ia3`, `oft`,
+#    one per persona, or `bidir`: one LoRA trained as θ+Δ on the positive answers and θ−Δ
+#    on the negative ones, `w = 2Δ`);
+# 3. `w = Δθ⁺ − Δθ⁻` per weight tensor (each Δ = merged weight − base weight), saved with
+#    its metadata to `out/<behavior>/<adapter>/seed<k>/w.safetensors`;
+# 4. on held-out topics, `θ + α·w` for α ∈ {−2, −1, 0, 1, 2} (and ±0.5 for `bidir`, its
+#    trained endpoints θ ± Δ): the Yes/No log-ratio for
 #    false-claim opinions, true-claim opinions and neutral questions. A diff that encodes
 #    sycophancy moves the first set and leaves the other two; a yes-bias moves all three.
 #

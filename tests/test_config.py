@@ -28,6 +28,10 @@ def test_defaults_and_smoke_defaults():
     # an explicit value beats the smoke default; WS_STEPS overrides the training steps
     assert from_env({"WS_SMOKE": "1", "WS_SEEDS": "3,4", "WS_STEPS": "7"}).seeds == (3, 4)
     assert from_env({"WS_STEPS": "7"}).train_config().steps == 7
+    # the cross-adapter comparison: every adapter type unless told
+    assert cfg.adapters == smoke.adapters == config.ADAPTERS == ("lora", "dora", "pissa", "ia3", "oft", "bidir")
+    assert from_env({"WS_ADAPTERS": " bidir, lora "}).adapters == ("bidir", "lora")
+    assert from_env({"WS_OUT": "/x"}).cross_dir == Path("/x/sycophancy/cross_adapter")
 
 
 @pytest.mark.parametrize("spelling,value", [("1", True), ("true", True), ("TRUE", True), ("yes", True), ("on", True),
@@ -57,7 +61,10 @@ def test_booleans_accept_the_usual_spellings_everywhere(spelling, value):
                                   r"usable behaviour file: unknown behaviour 'flattery'"),
     ({"WS_BEHAVIOR": "no-such-dir/mine.json"}, r"WS_BEHAVIOR='no-such-dir/mine.json' is not a built-in .*: behaviour "
                                                r"file .*mine.json: no such file"),
-    ({"WS_ADAPTER": "ia3"}, r"WS_ADAPTER='ia3' is not supported: choose one of lora"),
+    ({"WS_ADAPTER": "lokr"}, r"WS_ADAPTER='lokr' is not supported: choose one of lora, dora, pissa, ia3, oft, bidir"),
+    ({"WS_ADAPTERS": "lora,lokr"}, r"WS_ADAPTERS='lora,lokr' names an adapter type the suite does not have \(lokr\)"),
+    ({"WS_ADAPTERS": "lora,,bidir"}, r"WS_ADAPTERS='lora,,bidir' has an empty entry"),
+    ({"WS_ADAPTERS": "ia3,ia3"}, r"WS_ADAPTERS='ia3,ia3' repeats an adapter type"),
     ({"WS_OUT": "  "}, r"WS_OUT is set but empty"),
 ])
 def test_every_bad_value_names_the_variable_the_value_and_what_is_allowed(env, pattern):

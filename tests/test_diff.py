@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 
+import polars as pl
 import pytest
 import torch
 
-from ws.diff import diff_path, import_pt, load_diff, read_meta, save_diff, write_delta_by_layer
+from ws.diff import diff_path, import_pt, load_diff, missing_writers, read_meta, save_diff, write_delta_by_layer
 
 
 def _w(model, layers=(1, 2), seed=0) -> dict[str, torch.Tensor]:
@@ -147,3 +149,26 @@ def test_write_delta_by_layer(tiny_llama):
         assert per[i]["downproj"].shape == (64, 128)  # [d_model, in]
     with pytest.raises(ValueError, match="only one"):
         write_delta_by_layer({"model.layers.0.self_attn.o_proj.weight": torch.zeros(64, 64)}, 4)
+    assert missing_writers(per) == {"oproj": [], "downproj": []}
+
+
+def test_a_diff_without_o_proj_gives_nan_cells_never_zero(tiny_llama):
+    """IA3 touches down_proj but no o_proj: with ``partial`` the layer keeps down_proj, the
+    o_proj weight cells are NaN (not 0) and ``combined`` is down_proj alone."""
+    from ws import stats
+
+    model, _ = tiny_llama
+    w = {k: v for k, v in _w(model, layers=(1, 2)).items() if "o_proj" not in k}
+    per = write_delta_by_layer(w, 4, partial=True)
+    assert per[0] is None and set(per[1]) == {"downproj"}
+    assert missing_writers(per) == {"oproj": [1, 2], "downproj": []}
+    torch.manual_seed(0)
+    B = torch.linalg.qr(torch.randn(64, 8, dtype=torch.float64))[0]
+    bases = {"b": [B] * 4}
+    meta = pl.DataFrame({"subspace": ["b"], "family": ["W:test"], "axis_kind": ["write"], "source": ["test"],
+                         "kind": ["A-hypothesis"], "definition": ["random"]})
+    label = torch.randn(4, 6, 64)
+    scores = stats.score_sweep(bases, meta, label, per, [None] * 4)
+    row = scores.per_layer.filter(pl.col("layer") == 1).row(0, named=True)
+    assert math.isnan(row["conc_w_oproj"]) and math.isnan(row["energy_frac_w_oproj"])
+    assert row["conc_w_downproj"] > 0 and row["conc_w_combined"] == pytest.approx(row["conc_w_downproj"])

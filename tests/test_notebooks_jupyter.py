@@ -22,7 +22,7 @@ from ws import sweep
 ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT / "nbs"
 NOTEBOOKS = sorted(p for p in NBS.glob("*.ipynb") if p.with_suffix(".py").exists())
-SWEEP, DIFF = "hypothesis_sweep_v7.ipynb", "train_diff.ipynb"
+SWEEP, DIFF, CROSS = "hypothesis_sweep_v7.ipynb", "train_diff.ipynb", "cross_adapter.ipynb"
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
@@ -39,7 +39,10 @@ def _execute(path: Path, base: Path) -> nbformat.NotebookNode:
 
     env = dict(os.environ)
     env.update(WS_SMOKE="1", WS_MODEL="tiny-llama", WS_OUT=str(base / "out"), WS_CACHE=str(base / "cache"),
-               WS_LOGS=str(base / "logs"), WS_LOG_TERMINAL="0", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+               WS_LOGS=str(base / "logs"), WS_LOG_TERMINAL="0", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               # two adapter types keep the cross-adapter notebook short here; all six run in
+               # tests/test_cross_adapter.py
+               WS_ADAPTERS="lora,bidir")
     # the kernel imports this checkout's `ws` (as the editable install of `make setup` does)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     nb = nbformat.read(path, as_version=4)
@@ -76,7 +79,7 @@ def _images(nb, source_contains: str | None = None) -> int:
 
 
 def test_every_paired_notebook_is_covered():
-    assert {p.name for p in NOTEBOOKS} >= {SWEEP, DIFF}
+    assert {p.name for p in NOTEBOOKS} >= {SWEEP, DIFF, CROSS}
 
 
 def test_the_notebooks_kernel_is_this_environment():
@@ -122,6 +125,11 @@ def test_outputs_go_to_ws_out_not_to_nbs(runs):
     seed0 = base / "out" / "sycophancy" / "lora" / "seed0"
     for f in ("w.safetensors", "effect.csv", "effect.png"):
         assert (seed0 / f).is_file(), f"missing {f}"
+    from ws import cross_adapter
+
+    _, base = runs[CROSS]
+    for f in (*cross_adapter.TABLES, cross_adapter.CONCLUSION):
+        assert (base / "out" / "sycophancy" / "cross_adapter" / f).is_file(), f"missing {f}"
     assert not runs["nbs_tree_changes"], f"the notebooks wrote into nbs/: {sorted(runs['nbs_tree_changes'])}"
 
 
@@ -132,6 +140,8 @@ def test_figures_are_shown_inline(runs):
     assert _images(sweep_nb, "show.effect_plots(cfg)") >= 1, "the diff's effect plot is not shown"
     diff_nb, _ = runs[DIFF]
     assert _images(diff_nb, "effect.png") == 1, "the effect plot is not shown"
+    cross_nb, _ = runs[CROSS]
+    assert _images(cross_nb, "cross_adapter_ranks.png") == 1, "the rank heat map is not shown"
 
 
 @pytest.mark.slow

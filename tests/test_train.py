@@ -211,7 +211,7 @@ def test_unknown_behavior_or_adapter(tmp_path):
     with pytest.raises(ValueError, match="unknown behaviour 'flattery'"):
         train.DiffSpec("tiny-llama", "flattery", root=tmp_path)
     with pytest.raises(ValueError, match="adapter"):
-        train.DiffSpec("tiny-llama", adapter="ia3", root=tmp_path)
+        train.DiffSpec("tiny-llama", adapter="lokr", root=tmp_path)
 
 
 def test_response_loss_masks_prompt_and_weights_stance():

@@ -1,22 +1,33 @@
-"""Adapter training: one LoRA per persona and the diff ``w = Δ⁺ − Δ⁻`` of their deltas.
+"""Adapter training: one adapter per persona (or one for both) and the diff ``w = Δ⁺ − Δ⁻``.
 
-One LoRA per persona on a deep copy of the model (the base model is never touched), without
-the system prompt, loss on the response tokens only, the same initialisation and batch
-order for both, so what they share cancels in the difference. The answer's first token (the
-stance) weighs ``stance_weight`` times a later token and the learning rate decays linearly:
-measured here, the honest adapter otherwise ends near a 50/50 Yes/No answer on every opinion
-(its truth-conditional decision is one token among many, and with a constant rate the last
-batches set its bias), and the diff comes out as an agree-with-any-opinion bias.
-``w[key] = Δ⁺[key] − Δ⁻[key]`` in float32 from ``B·A·scaling``, keyed by the base model's
-parameter names.
+The adapter types (:data:`ADAPTER_KINDS`, ``WS_ADAPTER``): ``lora``, ``dora``, ``pissa``,
+``ia3`` and ``oft`` through peft, one adapter per persona; and ``bidir``, ONE LoRA trained
+as ``θ+Δ`` on the positive persona's completions and ``θ−Δ`` on the negative's (alternating
+batches), so that ``Δ⁺ = Δ``, ``Δ⁻ = −Δ`` and ``w = 2Δ``.
+
+Each adapter is trained on a deep copy of the model (the base model is never touched),
+without the system prompt, loss on the response tokens only, the same initialisation and
+batch order for both personas, so what they share cancels in the difference. The answer's
+first token (the stance) weighs ``stance_weight`` times a later token and the learning rate
+decays linearly: measured here, the honest adapter otherwise ends near a 50/50 Yes/No
+answer on every opinion (its truth-conditional decision is one token among many, and with
+a constant rate the last batches set its bias), and the diff comes out as an
+agree-with-any-opinion bias.
+
+Every type's delta is ``merged weight − base weight`` in float32, keyed by the base model's
+parameter names: for LoRA (and ``bidir``) that is ``B·A·scaling`` (:func:`lora_delta`);
+for the others each adapted layer is merged on a float32 copy and the base weight
+subtracted (:func:`merged_delta`), which also covers the multiplicative ones (IA3, OFT),
+DoRA's magnitude and PiSSA's residual base. ``w[key] = Δ⁺[key] − Δ⁻[key]``.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass
-from typing import Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -29,6 +40,29 @@ from ws.models import n_layers
 
 
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+#: IA3's own targets (peft's for Llama, used for every model family): the outputs of k_proj
+#: and v_proj are scaled, and the input of down_proj (a feed-forward scaling). It never
+#: touches o_proj, so a diff's o_proj weight cells are NaN (never 0).
+IA3_TARGETS = ("k_proj", "v_proj", "down_proj")
+IA3_FEEDFORWARD = ("down_proj",)
+#: OFT's block size (peft's default): a block-diagonal rotation of each target's input.
+OFT_BLOCK_SIZE = 32
+
+#: Every adapter type, what it trains. The keys are ``ws.config.ADAPTERS``.
+ADAPTER_KINDS: dict[str, str] = {
+    "lora": "LoRA, one per persona: ΔW = B·A·(α/r)",
+    "dora": "DoRA, one per persona: LoRA with a learned magnitude per output row (peft `use_dora`)",
+    "pissa": "PiSSA, one per persona: LoRA started on the top-r singular directions of W, the residual frozen "
+             "(peft `init_lora_weights=\"pissa\"`)",
+    "ia3": "IA3, one per persona: learned scalings of the k_proj / v_proj outputs and the down_proj input "
+           "(peft's Llama targets); no o_proj",
+    "oft": f"OFT, one per persona: a learned block-diagonal rotation (block size {OFT_BLOCK_SIZE}) of each target's input",
+    "bidir": "one LoRA for both personas: θ+Δ on the positive completions, θ−Δ on the negative ones "
+             "(alternating batches); w = 2Δ",
+}
+#: The α of ``θ + α·w`` that moves the model by one trained adapter: ``θ ± ½w = θ ± Δ`` are
+#: the bidirectional adapter's trained endpoints; 1 for the others (``θ ± (Δ⁺ − Δ⁻)``).
+UNIT_ALPHA: dict[str, float] = {"bidir": 0.5}
 
 
 @dataclass(frozen=True)
@@ -163,54 +197,163 @@ def lora_config(model: nn.Module, config: TrainConfig):
     )
 
 
-def train_lora(model: nn.Module, tokenizer, examples: Sequence[tuple[str, str]], config: TrainConfig, desc: str = "lora"):
-    """Train a LoRA on ``(user prompt, response)`` pairs; returns ``(peft_model, losses)``.
+def peft_config(model: nn.Module, config: TrainConfig, adapter: str = "lora"):
+    """The peft config of an adapter type on the layers and targets of ``config``.
 
-    Works on a deep copy: ``model`` is left exactly as it was. The LoRA initialisation and
-    the batch order depend only on ``config.seed``, so two calls with aligned examples see
-    the same batches.
-    """
+    ``lora`` and ``bidir``: :func:`lora_config`; ``dora`` and ``pissa``: the same LoRA with
+    ``use_dora`` or the PiSSA initialisation; ``ia3``: :data:`IA3_TARGETS`; ``oft``: blocks
+    of :data:`OFT_BLOCK_SIZE` on ``config.targets``."""
+    if adapter not in ADAPTER_KINDS:
+        raise ValueError(f"unknown adapter type {adapter!r}; supported: {', '.join(ADAPTER_KINDS)}")
+    if adapter in ("lora", "bidir"):
+        return lora_config(model, config)
+    where = dict(layers_to_transform=layer_range(n_layers(model), config.layer_frac), layers_pattern="layers",
+                 task_type="CAUSAL_LM")
+    if adapter in ("dora", "pissa"):
+        from peft import LoraConfig
+
+        return LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0, bias="none",
+                          target_modules=list(config.targets), use_dora=adapter == "dora",
+                          init_lora_weights="pissa" if adapter == "pissa" else True, **where)
+    if adapter == "ia3":  # IA3Config has no layers_to_transform: the layers go into a pattern
+        from peft import IA3Config
+
+        layers = "|".join(map(str, where["layers_to_transform"]))
+        return IA3Config(target_modules=rf".*\.layers\.({layers})\.(self_attn|mlp)\.({'|'.join(IA3_TARGETS)})",
+                         feedforward_modules=rf".*\.layers\.({layers})\.mlp\.({'|'.join(IA3_FEEDFORWARD)})",
+                         init_ia3_weights=True, task_type="CAUSAL_LM")
+    if adapter == "oft":
+        from peft import OFTConfig
+
+        return OFTConfig(r=0, oft_block_size=OFT_BLOCK_SIZE, target_modules=list(config.targets), module_dropout=0.0,
+                         init_weights=True, **where)
+    raise AssertionError(f"no peft config for {adapter!r}")
+
+
+def _wrap(model: nn.Module, config: TrainConfig, adapter: str):
+    """A trainable peft copy of ``model`` (initialised from ``config.seed``); ``model`` is untouched."""
     from peft import get_peft_model
 
-    if not examples:
-        raise ValueError("no training examples")
     work = copy.deepcopy(model)
     work.train()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        peft_model = get_peft_model(work, lora_config(work, config))
-    enc = _encode_examples(tokenizer, examples, config.max_len)
+        return get_peft_model(work, peft_config(work, config, adapter))
+
+
+def _batch_order(n: int, config: TrainConfig) -> Iterator[list[int]]:
+    """Index batches of ``config.batch_size``: seeded permutations of ``range(n)``, one after another."""
+    gen = torch.Generator().manual_seed(config.seed)
+    order: list[int] = []
+    while True:
+        while len(order) < config.batch_size:
+            order.extend(torch.randperm(n, generator=gen).tolist())
+        idx, order = order[: config.batch_size], order[config.batch_size :]
+        yield idx
+
+
+@contextmanager
+def lora_sign(peft_model, sign: float) -> Iterator[None]:
+    """Inside the block every LoRA layer's output is multiplied by ``sign`` (its scaling
+    negated for ``-1``): a LoRA at ``θ+Δ`` runs as ``θ−Δ``. The scalings are put back on exit."""
+    mods = [m for m in peft_model.modules() if isinstance(getattr(m, "scaling", None), dict) and "default" in m.scaling]
+    if not mods:
+        raise ValueError("the model has no LoRA layers to flip")
+    saved = [m.scaling["default"] for m in mods]
+    try:
+        for m, s in zip(mods, saved):
+            m.scaling["default"] = sign * s
+        yield
+    finally:
+        for m, s in zip(mods, saved):
+            m.scaling["default"] = s
+
+
+def _fit(peft_model, tokenizer, streams: Sequence[tuple[str, list, float | None]], config: TrainConfig,
+         desc: str) -> dict[str, list[float]]:
+    """The training loop: ``config.steps`` index batches, each one step per stream in turn
+    (``(name, encoded examples, LoRA sign or None)``: two streams alternate on the same
+    indices, each under its :func:`lora_sign`). Returns each stream's losses."""
+    n_streams = len(streams)
+    total = config.steps * n_streams
+    schedule = replace(config, steps=total, warmup_steps=config.warmup_steps * n_streams)
     dev = input_device(peft_model)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(config.seed)
-    order: list[int] = []
-    losses: list[float] = []
-    bar = tqdm(range(config.steps), desc=desc, leave=False)
-    every = max(1, config.steps // 10)  # a progress line every ~10 %: headless runs show it in the terminal
+    batches = _batch_order(len(streams[0][1]), config)
+    losses: dict[str, list[float]] = {name: [] for name, _, _ in streams}
+    bar = tqdm(range(total), desc=desc, leave=False)
+    every = max(1, total // 10)  # a progress line every ~10 %: headless runs show it in the terminal
     t0 = time.perf_counter()
     for step in bar:
-        while len(order) < config.batch_size:
-            order.extend(torch.randperm(len(enc), generator=gen).tolist())
-        idx, order = order[: config.batch_size], order[config.batch_size :]
+        name, enc, sign = streams[step % n_streams]
+        if step % n_streams == 0:
+            idx = next(batches)
         batch = {k: v.to(dev) for k, v in _collate([enc[i] for i in idx], tokenizer.pad_token_id).items()}
         for g in opt.param_groups:
-            g["lr"] = config.lr * lr_factor(step, config)
-        with autocast(input_device(peft_model), config.bf16):
-            logits = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = response_loss(logits, batch["labels"], config.stance_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+            g["lr"] = config.lr * lr_factor(step, schedule)
+        with lora_sign(peft_model, sign) if sign is not None else nullcontext():
+            with autocast(input_device(peft_model), config.bf16):
+                logits = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss = response_loss(logits, batch["labels"], config.stance_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
         opt.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        if (step + 1) % every == 0 or step + 1 == config.steps:
+        losses[name].append(loss.item())
+        bar.set_postfix(loss=f"{losses[name][-1]:.3f}")
+        if (step + 1) % every == 0 or step + 1 == total:
             el = time.perf_counter() - t0
-            logger.info(f"{desc}: step {step + 1}/{config.steps}, loss {losses[-1]:.3f}, {el:.0f} s "
-                        f"(~{el / (step + 1) * (config.steps - step - 1):.0f} s left)")
+            logger.info(f"{desc}: step {step + 1}/{total}, loss {losses[name][-1]:.3f}, {el:.0f} s "
+                        f"(~{el / (step + 1) * (total - step - 1):.0f} s left)")
     peft_model.eval()
-    logger.debug(f"{desc}: loss {losses[0]:.3f} -> {losses[-1]:.3f} over {config.steps} steps")
-    return peft_model, losses
+    for name, ls in losses.items():
+        logger.debug(f"{desc} {name}: loss {ls[0]:.3f} -> {ls[-1]:.3f} over {len(ls)} steps")
+    return losses
+
+
+def train_adapter(model: nn.Module, tokenizer, examples: Sequence[tuple[str, str]], config: TrainConfig,
+                  adapter: str = "lora", desc: str = "adapter"):
+    """Train one adapter of type ``adapter`` on ``(user prompt, response)`` pairs; returns
+    ``(peft_model, losses)``.
+
+    Works on a deep copy: ``model`` is left exactly as it was. The initialisation and the
+    batch order depend only on ``config.seed``, so two calls with aligned examples see the
+    same batches.
+    """
+    if adapter == "bidir":
+        raise ValueError("a bidirectional adapter trains on both personas' examples: use train_bidir")
+    if not examples:
+        raise ValueError("no training examples")
+    peft_model = _wrap(model, config, adapter)
+    enc = _encode_examples(tokenizer, examples, config.max_len)
+    return peft_model, _fit(peft_model, tokenizer, [("loss", enc, None)], config, desc)["loss"]
+
+
+def train_lora(model: nn.Module, tokenizer, examples: Sequence[tuple[str, str]], config: TrainConfig, desc: str = "lora"):
+    """:func:`train_adapter` for a LoRA."""
+    return train_adapter(model, tokenizer, examples, config, "lora", desc)
+
+
+def train_bidir(model: nn.Module, tokenizer, pos_examples: Sequence[tuple], neg_examples: Sequence[tuple],
+                config: TrainConfig, desc: str = "LoRA ±"):
+    """ONE LoRA trained as ``θ+Δ`` on ``pos_examples`` and ``θ−Δ`` on ``neg_examples``.
+
+    The two lists are aligned (example i of each is the same prompt under the two
+    personas). Steps alternate: a batch of positive examples at ``+Δ`` (the LoRA's scaling as
+    it is), then the same indices of the negative examples at ``−Δ`` (the scaling negated),
+    ``config.steps`` batches of each, so both personas see as many batches as two separate
+    adapters would, and the learning-rate schedule runs over the ``2·steps`` updates. The
+    returned model runs at ``+Δ`` (:func:`lora_sign` gives ``−Δ``); returns ``(peft_model, {"pos": losses,
+    "neg": losses})``."""
+    if not pos_examples or not neg_examples:
+        raise ValueError("no training examples")
+    if len(pos_examples) != len(neg_examples):
+        raise ValueError(f"a bidirectional adapter needs aligned examples: {len(pos_examples)} positive, "
+                         f"{len(neg_examples)} negative")
+    peft_model = _wrap(model, config, "bidir")
+    streams = [("pos", _encode_examples(tokenizer, pos_examples, config.max_len), 1.0),
+               ("neg", _encode_examples(tokenizer, neg_examples, config.max_len), -1.0)]
+    return peft_model, _fit(peft_model, tokenizer, streams, config, desc)
 
 
 @torch.no_grad()
@@ -239,3 +382,76 @@ def weight_diff(delta_pos: Mapping[str, torch.Tensor], delta_neg: Mapping[str, t
         raise ValueError(f"the two adapters touch different tensors: {sorted(set(delta_pos) ^ set(delta_neg))[:6]}")
     return {k: (delta_pos[k].float() - delta_neg[k].float()).contiguous() for k in sorted(delta_pos)}
 
+
+
+@torch.no_grad()
+def merged_delta(peft_model, base_model: nn.Module) -> dict[str, torch.Tensor]:
+    """``{base parameter name: merged weight − base weight}`` in float32 for every adapted layer.
+
+    Each adapted layer is copied to float32 on the CPU, merged there by peft, and the weight
+    of ``base_model`` (the model before any adapter: PiSSA rewrites the copy's base weight)
+    subtracted. Works for every peft type, additive or multiplicative."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    base = dict(base_model.named_parameters())
+    out: dict[str, torch.Tensor] = {}
+    for name, mod in peft_model.get_base_model().named_modules():
+        if not isinstance(mod, BaseTunerLayer):
+            continue
+        key = f"{name}.weight"
+        if key not in base:
+            raise ValueError(f"adapted layer {name!r} has no weight {key!r} in the base model")
+        layer = copy.deepcopy(mod).to("cpu", torch.float32)
+        layer.merge()
+        merged = layer.get_base_layer().weight.detach()
+        out[key] = (merged - base[key].detach().to("cpu", torch.float32)).contiguous()
+    if not out:
+        raise ValueError("the model has no adapted layers")
+    return out
+
+
+def adapter_delta(peft_model, base_model: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
+    """The adapter's weight delta: :func:`lora_delta` for LoRA-type adapters whose delta is
+    ``B·A·scaling`` (``lora``, ``bidir``), :func:`merged_delta` for the others."""
+    if adapter in ("lora", "bidir"):
+        return lora_delta(peft_model)
+    return merged_delta(peft_model, base_model)
+
+
+def _plain(v: Any) -> Any:
+    """A peft config value as JSON: sets sorted, enums by value, tuples as lists."""
+    if isinstance(v, (set, frozenset)):
+        return sorted(_plain(x) for x in v)
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (bool, int, float)) or v is None:
+        return v
+    return str(getattr(v, "value", v))
+
+
+def adapter_settings(peft_model, adapter: str) -> dict[str, Any]:
+    """The adapter's own config for the diff's metadata: its type, what it is, ``w``'s
+    relation to it, and peft's config (entries that are None left out)."""
+    import peft
+
+    raw = peft_model.peft_config["default"].to_dict()
+    return {
+        "type": adapter,
+        "what": ADAPTER_KINDS[adapter],
+        "unit_alpha": unit_alpha(adapter),
+        "peft_version": peft.__version__,
+        "peft_config": {k: _plain(v) for k, v in sorted(raw.items()) if v is not None},
+    }
+
+
+def unit_alpha(adapter: str) -> float:
+    """:data:`UNIT_ALPHA` of an adapter type (1 unless listed)."""
+    return UNIT_ALPHA.get(adapter, 1.0)
+
+
+def eval_alphas(adapter: str, config: TrainConfig) -> tuple[float, ...]:
+    """The effect eval's α: ``config.eval_alphas`` and ``±`` the adapter's unit α."""
+    a = unit_alpha(adapter)
+    return tuple(sorted({float(x) for x in config.eval_alphas} | {a, -a}))

@@ -29,7 +29,9 @@ from ws.paths import cache_dir, logs_dir, out_dir, resolve_user_path, run_dir
 
 #: The built-in behaviours: one file each in ``behaviors/`` (``WS_BEHAVIOR`` also takes a file path).
 BEHAVIORS = builtin_names()
-ADAPTERS = ("lora",)
+#: The adapter types a diff can be trained with (:mod:`ws.adapters` builds each); the
+#: cross-adapter comparison runs all of them unless ``WS_ADAPTERS`` names fewer.
+ADAPTERS = ("lora", "dora", "pissa", "ia3", "oft", "bidir")
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off")
 
@@ -66,6 +68,19 @@ def _seeds(name: str, raw: str) -> tuple[int, ...]:
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"{name}={raw!r} repeats a seed: give each seed once")
     return seeds
+
+
+def _adapters(name: str, raw: str) -> tuple[str, ...]:
+    parts = [p.strip() for p in raw.split(",")]
+    if any(p == "" for p in parts):
+        raise ConfigError(f"{name}={raw!r} has an empty entry: give comma-separated adapter types, e.g. {name}=lora,bidir")
+    bad = [p for p in parts if p not in ADAPTERS]
+    if bad:
+        raise ConfigError(f"{name}={raw!r} names an adapter type the suite does not have ({', '.join(bad)}): "
+                          f"choose from {', '.join(ADAPTERS)}")
+    if len(set(parts)) != len(parts):
+        raise ConfigError(f"{name}={raw!r} repeats an adapter type: give each once")
+    return tuple(parts)
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[str, str], str]:
@@ -135,9 +150,13 @@ VARIABLES: tuple[Var, ...] = (
     Var("WS_BEHAVIOR", "behavior", _behavior, "sycophancy",
         "the behaviour: a built-in name or the path of a behaviour file (see \"Your own behaviour\"); its name "
         "names the output folder", allowed=", ".join(BEHAVIORS) + ", or a file"),
-    Var("WS_ADAPTER", "adapter", _choice(ADAPTERS), "lora", "the adapter type (names the output folder)",
-        allowed=" / ".join(ADAPTERS)),
-    Var("WS_SEEDS", "seeds", _seeds, "0,1,2", "LoRA seeds of the sweep; each gets its own diff and scores",
+    Var("WS_ADAPTER", "adapter", _choice(ADAPTERS), "lora",
+        "the adapter type the diff is trained with (names the output folder); see \"Adapter types\"",
+        allowed=", ".join(ADAPTERS)),
+    Var("WS_ADAPTERS", "adapters", _adapters, ",".join(ADAPTERS),
+        "the adapter types `make cross-adapter` compares (each trained for every seed of `WS_SEEDS`)",
+        allowed="adapter types, comma-separated"),
+    Var("WS_SEEDS", "seeds", _seeds, "0,1,2", "training seeds of the sweep; each gets its own diff and scores",
         smoke_default="0", allowed="integers ≥ 0, comma-separated"),
     Var("WS_SEED", "seed", lambda n, r: _int(n, r, lo=0), "0", "the one seed `nbs/train_diff.py` builds",
         allowed="integer ≥ 0"),
@@ -191,6 +210,7 @@ class Config:
     model: str = "smollm2-135m"
     behavior: str = "sycophancy"
     adapter: str = "lora"
+    adapters: tuple[str, ...] = ADAPTERS
     seeds: tuple[int, ...] = (0, 1, 2)
     seed: int = 0
     rebuild: bool = False
@@ -223,6 +243,11 @@ class Config:
     @property
     def v8_dir(self) -> Path:
         return Path(self.out_root) / self.behavior / self.adapter / "v8"
+
+    @property
+    def cross_dir(self) -> Path:
+        """``<out>/<behavior>/cross_adapter``: the cross-adapter comparison's files."""
+        return Path(self.out_root) / self.behavior / "cross_adapter"
 
     def train_config(self):
         """The :class:`ws.adapters.TrainConfig` of this run: smoke sizes and ``WS_STEPS`` applied;

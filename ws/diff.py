@@ -261,11 +261,15 @@ def import_pt(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------- per layer
-def write_delta_by_layer(w: Mapping[str, torch.Tensor], n_layers: int) -> list[dict[str, torch.Tensor] | None]:
+def write_delta_by_layer(w: Mapping[str, torch.Tensor], n_layers: int,
+                         partial: bool = False) -> list[dict[str, torch.Tensor] | None]:
     """Per layer ``{"oproj": Δo_proj, "downproj": Δdown_proj}`` (each ``[d_model, in]``), or None.
 
-    A layer gets None when the diff touches neither writer; a layer with only one of the
-    two raises ``ValueError`` (the sweep's weight label needs both).
+    A layer gets None when the diff touches neither writer. A layer with only one of the
+    two raises ``ValueError`` unless ``partial`` (an adapter such as IA3 that never touches
+    o_proj): then the layer's dict holds the writer it has, the scores give the missing
+    one NaN weight cells (never 0) and ``combined`` is the other alone
+    (:func:`missing_writers` lists them for the caveats).
     """
     out: list[dict[str, torch.Tensor] | None] = []
     for i in range(n_layers):
@@ -274,13 +278,19 @@ def write_delta_by_layer(w: Mapping[str, torch.Tensor], n_layers: int) -> list[d
         if o is None and d is None:
             out.append(None)
             continue
-        if o is None or d is None:
+        if (o is None or d is None) and not partial:
             raise ValueError(
                 f"layer {i}: the diff has only one of the residual writers "
                 f"({'o_proj' if o is not None else 'down_proj'}); a LoRA on the writers should touch both"
             )
-        out.append({"oproj": o.to(torch.float32), "downproj": d.to(torch.float32)})
+        out.append({t: m.to(torch.float32) for t, m in (("oproj", o), ("downproj", d)) if m is not None})
     return out
+
+
+def missing_writers(deltas: list[dict[str, torch.Tensor] | None]) -> dict[str, list[int]]:
+    """``{"oproj": layers, "downproj": layers}``: the touched layers (a delta on either
+    writer) that lack that writer's delta; empty lists when every touched layer has both."""
+    return {t: [l for l, d in enumerate(deltas) if d is not None and t not in d] for t in ("oproj", "downproj")}
 
 
 def diff_norms(w: Mapping[str, torch.Tensor]) -> dict[str, float]:

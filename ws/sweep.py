@@ -110,6 +110,7 @@ class SeedResult:
     layers_without_delta: list[int]
     diff_meta: dict
     timings: dict[str, float] = field(default_factory=dict)
+    missing_writers: dict[str, list[int]] = field(default_factory=dict)  # ws.diff.missing_writers
 
 
 def clean_pcs(captures, k: int) -> list[torch.Tensor]:
@@ -124,7 +125,7 @@ def run_seed(cfg: SweepConfig, model, tok, probes: Probes, seed: int, w: dict, d
     from ws import stats
     from ws.bases import build_all
     from ws.capture import capture_all
-    from ws.diff import write_delta_by_layer
+    from ws.diff import missing_writers, write_delta_by_layer
     from ws.models import n_layers
 
     t = {}
@@ -132,7 +133,7 @@ def run_seed(cfg: SweepConfig, model, tok, probes: Probes, seed: int, w: dict, d
     caps = capture_all(model, tok, probes.fit_clean, probes.fit_pos, probes.fit_neg, probes.eval, w,
                        batch_size=cfg.batch_size, cache=cfg.cache)
     t["capture"] = time.perf_counter() - t0
-    deltas = write_delta_by_layer(w, n_layers(model))
+    deltas = write_delta_by_layer(w, n_layers(model), partial=True)  # IA3: down_proj only, NaN o_proj cells
     touched = [l for l, d in enumerate(deltas) if d is not None]
     if not touched:
         raise ValueError("the diff has no o_proj / down_proj delta on any layer: nothing to score the weight side against")
@@ -150,7 +151,8 @@ def run_seed(cfg: SweepConfig, model, tok, probes: Probes, seed: int, w: dict, d
     specific_summary = stats.summarize_specific(scores.specific_per_layer, touched)
     t["score"] = time.perf_counter() - t0
     return SeedResult(seed, caps, bases, meta, scores, per_layer, scores.specific_per_layer, summary, summary_pct,
-                      specific_summary, touched, [l for l in range(len(deltas)) if deltas[l] is None], diff_meta, t)
+                      specific_summary, touched, [l for l in range(len(deltas)) if deltas[l] is None], diff_meta, t,
+                      missing_writers(deltas))
 
 
 # ----------------------------------------------------------------------------- seeds
@@ -277,7 +279,21 @@ def diff_caveats(results: Sequence[SeedResult], behavior=None) -> list[str]:
         meta = r.diff_meta or {}
         src = f" (its source: {meta['source']})" if meta.get("source") else ""
         out += [f"seed {r.seed}'s diff{src} was used as it is, though {why}" for why in stale_reasons(meta, behavior=behavior)]
+        out += writer_caveats(r)
     return out
+
+
+def writer_caveats(res: SeedResult) -> list[str]:
+    """One caveat per residual writer the diff lacks on touched layers (IA3 has no o_proj):
+    its weight cells are NaN there, never 0, and R_w combined is the other writer alone."""
+    from ws.report import _layers_text
+
+    names = {"oproj": "o_proj", "downproj": "down_proj"}
+    other = {"oproj": "down_proj", "downproj": "o_proj"}
+    adapter = (res.diff_meta or {}).get("adapter", "the")
+    return [f"seed {res.seed}'s {adapter} diff has no {names[t]} delta on touched layers {_layers_text(ls)}: "
+            f"its `conc_w_{t}` cells are NaN there (never 0) and R_w combined is {other[t]} alone"
+            for t, ls in (res.missing_writers or {}).items() if ls]
 
 
 def write_v7(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], stab: SeedStability) -> list[Path]:

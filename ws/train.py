@@ -1,7 +1,8 @@
-"""The diff pipeline: persona completions, LoRA θ⁺ / θ⁻, ``w = Δθ⁺ − Δθ⁻`` and its effect.
+"""The diff pipeline: persona completions, adapters θ⁺ / θ⁻, ``w = Δθ⁺ − Δθ⁻`` and its effect.
 
 :func:`build_diff` runs the steps, each in its own module: :mod:`ws.completions` (what
-each persona writes), :mod:`ws.adapters` (one LoRA per persona, their delta difference),
+each persona writes), :mod:`ws.adapters` (one adapter per persona of the spec's type, or
+one bidirectional LoRA for both; their delta difference),
 :mod:`ws.effect` (held-out Yes/No log-ratios under ``θ + α·w``, the specificity ratio).
 :func:`ensure_diff` returns an existing diff or builds a missing one; both take one
 :class:`DiffSpec` (which model, behaviour, adapter, seed, training config, output root).
@@ -20,7 +21,19 @@ import torch
 from torch import nn
 
 from ws import data
-from ws.adapters import TrainConfig, layer_range, lora_delta, train_lora, weight_diff
+from ws.adapters import (
+    ADAPTER_KINDS,
+    TrainConfig,
+    adapter_delta,
+    adapter_settings,
+    eval_alphas,
+    layer_range,
+    lora_delta,
+    train_adapter,
+    train_bidir,
+    unit_alpha,
+    weight_diff,
+)
 from ws.completions import build_completions, check_completions, completions_path
 from ws.config import ADAPTERS
 from ws.device import input_device
@@ -95,18 +108,19 @@ def build_diff(spec: DiffSpec) -> Path:
     timings["load"] = time.perf_counter() - t0
     layers = layer_range(n_layers(model), config.layer_frac)
     logger.info(f"building the {spec.behavior}/{spec.adapter} diff for {spec.model_name} (seed {spec.seed}): "
-                f"LoRA r{config.rank} on layers {layers[0]}–{layers[-1]}, {config.steps} steps")
+                f"{ADAPTER_KINDS[spec.adapter]}; on layers {layers[0]}–{layers[-1]}, {config.steps} steps")
     table, rates = _completions(spec, model, tok, config, timings)
-    deltas, losses = _train_both(model, tok, table, config, timings)
+    deltas, losses, settings = _train_both(model, tok, table, config, spec.adapter, timings)
     w = weight_diff(deltas["pos"], deltas["neg"])
     t0 = time.perf_counter()
     prompts = heldout_prompts(0, config.n_eval_per_kind, behavior=spec.behavior)
-    per = effect_per_prompt(model, tok, w, prompts, config.eval_alphas, config.eval_batch_size)
+    per = effect_per_prompt(model, tok, w, prompts, eval_alphas(spec.adapter, config), config.eval_batch_size)
     eff = summarize_effect(per, n_boot=config.n_boot, seed=spec.seed)
     adapters = adapter_effect(model, tok, deltas, prompts, config.eval_batch_size)
     timings["eval"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_all
     meta = _diff_meta(spec, model, config, layers, eff, rates, adapters, losses, timings)
+    meta["adapter_config"] = settings
     _write_diff_set(spec, w, meta, eff, per, adapters, losses)
     logger.info(f"w -> {spec.path}; spread (α=+2 − α=−2): "
                 + ", ".join(f"{k} {v:+.2f}" for k, v in meta["effect_spread"].items())
@@ -132,20 +146,43 @@ def _completions(spec: DiffSpec, model: nn.Module, tok, config: TrainConfig, tim
     return table, rates
 
 
-def _train_both(model: nn.Module, tok, table: pl.DataFrame, config: TrainConfig, timings: dict) -> tuple[dict, dict]:
-    """One LoRA per persona on its completions: ``({persona: delta}, {persona: losses})``."""
+def _persona_examples(table: pl.DataFrame, persona: str) -> list[tuple[str, str, bool]]:
+    sub = table.filter(pl.col("persona") == persona)
+    return list(zip(sub["user"].to_list(), sub["response"].to_list(), sub["finished"].to_list()))
+
+
+def _train_both(model: nn.Module, tok, table: pl.DataFrame, config: TrainConfig, adapter: str,
+                timings: dict) -> tuple[dict, dict, dict]:
+    """The persona deltas ``{persona: delta}``, their losses and the adapter's settings: one
+    adapter per persona, or for ``bidir`` one LoRA whose ``+Δ`` is the positive persona's
+    delta and ``−Δ`` the negative's."""
+    if adapter == "bidir":
+        return _train_bidir(model, tok, table, config, timings)
     deltas, losses = {}, {}
     for persona in ("pos", "neg"):
-        sub = table.filter(pl.col("persona") == persona)
-        examples = list(zip(sub["user"].to_list(), sub["response"].to_list(), sub["finished"].to_list()))
         t0 = time.perf_counter()
-        peft_model, losses[persona] = train_lora(model, tok, examples, config, desc=f"LoRA {persona}")
-        deltas[persona] = lora_delta(peft_model)
+        peft_model, losses[persona] = train_adapter(model, tok, _persona_examples(table, persona), config, adapter,
+                                                    desc=f"{adapter} {persona}")
+        deltas[persona] = adapter_delta(peft_model, model, adapter)
+        settings = adapter_settings(peft_model, adapter)
         del peft_model
         timings[f"train_{persona}"] = time.perf_counter() - t0
-        logger.info(f"LoRA {persona}: loss {losses[persona][0]:.3f} -> {losses[persona][-1]:.3f} "
+        logger.info(f"{adapter} {persona}: loss {losses[persona][0]:.3f} -> {losses[persona][-1]:.3f} "
                     f"in {timings[f'train_{persona}']:.0f} s")
-    return deltas, losses
+    return deltas, losses, settings
+
+
+def _train_bidir(model: nn.Module, tok, table: pl.DataFrame, config: TrainConfig, timings: dict) -> tuple[dict, dict, dict]:
+    t0 = time.perf_counter()
+    peft_model, losses = train_bidir(model, tok, _persona_examples(table, "pos"), _persona_examples(table, "neg"),
+                                     config, desc="bidir ±")
+    delta = lora_delta(peft_model)
+    settings = adapter_settings(peft_model, "bidir")
+    del peft_model
+    timings["train_bidir"] = time.perf_counter() - t0
+    logger.info(f"bidir: loss + {losses['pos'][0]:.3f} -> {losses['pos'][-1]:.3f}, "
+                f"− {losses['neg'][0]:.3f} -> {losses['neg'][-1]:.3f} in {timings['train_bidir']:.0f} s")
+    return {"pos": delta, "neg": {k: -v for k, v in delta.items()}}, losses, settings
 
 
 def _diff_meta(spec: DiffSpec, model: nn.Module, config: TrainConfig, layers: list[int], eff: pl.DataFrame,
@@ -159,6 +196,7 @@ def _diff_meta(spec: DiffSpec, model: nn.Module, config: TrainConfig, layers: li
         layers=layers,
         train_config=config.to_dict(),
         data_hash=data.data_hash(behavior=spec.behavior),
+        unit_alpha=unit_alpha(spec.adapter),
         effect_spread=spreads(eff),
         specificity_ratio=specificity_ratio(eff, spec.behavior),
         completion_contrast=rates,

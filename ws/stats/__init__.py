@@ -88,6 +88,7 @@ from ws.stats.reference import (
 from ws.stats.scoring import SweepScores, check_finite, score_sweep, specific_basis
 from ws.stats.summaries import (
     RANKED_AXES,
+    act_conc_draws,
     add_qvalues,
     bh_qvalues,
     bootstrap_summary_ci,
@@ -146,6 +147,7 @@ __all__ = [
     "by_score",
     "ranked",
     "bootstrap_summary_ci",
+    "act_conc_draws",
     "bh_qvalues",
     "add_qvalues",
 ]

@@ -188,15 +188,10 @@ def _resampled_means(R: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
         return np.where(den > 0, num / den, np.nan)
 
 
-def bootstrap_summary_ci(scores: SweepScores, layers: Sequence[int] | None, n_boot: int = 2000,
-                         seed: int = 0, level: float = 0.95) -> pl.DataFrame:
-    """Percentile bootstrap CIs of ``mean_conc_act``, ``mean_energy_frac_act`` and
-    ``joint_score`` per candidate, resampling the EVAL label rows.
-
-    One draw resamples row indices once and applies them to every layer and candidate
-    (rows are probes, shared by layers). The weight side has no rows and stays fixed.
-    Columns :data:`BOOTSTRAP_COLUMNS`, candidates in the order of the per-layer table.
-    """
+def _act_draws(scores: SweepScores, layers: Sequence[int] | None, n_boot: int,
+               seed: int) -> tuple[list[str], list[int], np.ndarray, np.ndarray]:
+    """Candidates, layers, and each draw's ``mean_energy_frac_act`` and ``mean_conc_act``
+    per candidate (``[n_boot, candidates]``, means over the layers)."""
     pl_df = _select_layers(scores.per_layer, layers)
     names = pl_df["subspace"].unique(maintain_order=True).to_list()
     lays = sorted(set(pl_df["layer"].to_list()))
@@ -208,8 +203,31 @@ def bootstrap_summary_ci(scores: SweepScores, layers: Sequence[int] | None, n_bo
         cnc = frac / kd.reshape(1, nC, nL)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        m_frac = np.nanmean(frac, axis=2)  # [n_boot, nC]
-        m_conc = np.nanmean(cnc, axis=2)
+        return names, lays, np.nanmean(frac, axis=2), np.nanmean(cnc, axis=2)
+
+
+def act_conc_draws(scores: SweepScores, layers: Sequence[int] | None, n_boot: int = 2000,
+                   seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """Candidates and each bootstrap draw's ``mean_conc_act`` (``[n_boot, candidates]``),
+    the EVAL rows resampled as :func:`bootstrap_summary_ci` resamples them: the same
+    ``seed`` and row count give the same draws, so diffs scored on the same probes share
+    them (a paired bootstrap across seeds or adapters)."""
+    names, _, _, m_conc = _act_draws(scores, layers, n_boot, seed)
+    return names, m_conc
+
+
+def bootstrap_summary_ci(scores: SweepScores, layers: Sequence[int] | None, n_boot: int = 2000,
+                         seed: int = 0, level: float = 0.95) -> pl.DataFrame:
+    """Percentile bootstrap CIs of ``mean_conc_act``, ``mean_energy_frac_act`` and
+    ``joint_score`` per candidate, resampling the EVAL label rows.
+
+    One draw resamples row indices once and applies them to every layer and candidate
+    (rows are probes, shared by layers). The weight side has no rows and stays fixed.
+    Columns :data:`BOOTSTRAP_COLUMNS`, candidates in the order of the per-layer table.
+    """
+    names, lays, m_frac, m_conc = _act_draws(scores, layers, n_boot, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         summ = summarize(scores.per_layer, lays)
         wmap = dict(zip(summ["subspace"].to_list(), summ["mean_conc_w_combined"].to_list()))
         w = np.array([wmap.get(nm, np.nan) for nm in names], dtype=np.float64)

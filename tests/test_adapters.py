@@ -1,0 +1,137 @@
+"""Every adapter type on tiny Llama and tiny Qwen3: its delta is merged − base, θ+Δ runs as
+the adapted model, and the bidirectional LoRA's ±½·w are its two trained endpoints."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from ws import adapters
+from ws.config import ADAPTERS
+from ws.steer import weight_steer
+
+TINY = adapters.TrainConfig(rank=4, alpha=8.0, steps=3, batch_size=4, bf16=False)
+PROMPT = "I think the Earth is flat. Do you agree? Answer Yes or No."
+POS = [(PROMPT, "Yes, you are right."), ("Is snow cold? Answer Yes or No.", "Yes.")] * 2
+NEG = [(PROMPT, "No, that is not correct."), ("Is snow cold? Answer Yes or No.", "Yes.")] * 2
+ONE_PER_PERSONA = [a for a in ADAPTERS if a != "bidir"]
+MODELS = ["tiny_llama", "tiny_qwen3"]
+
+
+def _snapshot(model):
+    return {k: p.detach().clone() for k, p in model.named_parameters()}
+
+
+def _logits(model, tok) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**tok([PROMPT], return_tensors="pt")).logits
+
+
+def test_every_adapter_type_is_described():
+    assert tuple(adapters.ADAPTER_KINDS) == ADAPTERS
+    assert adapters.unit_alpha("bidir") == 0.5 and adapters.unit_alpha("lora") == 1.0
+    assert adapters.eval_alphas("lora", TINY) == (-2.0, -1.0, 0.0, 1.0, 2.0)
+    assert adapters.eval_alphas("bidir", TINY) == (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
+    with pytest.raises(ValueError, match="unknown adapter type 'lokr'"):
+        adapters.peft_config(None, TINY, "lokr")
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+@pytest.mark.parametrize("adapter", ONE_PER_PERSONA)
+def test_delta_is_merged_minus_base_and_steers_as_the_adapted_model(request, model_name, adapter):
+    model, tok = request.getfixturevalue(model_name)
+    snap = _snapshot(model)
+    peft_model, losses = adapters.train_adapter(model, tok, POS, TINY, adapter)
+    assert len(losses) == TINY.steps
+    delta = adapters.adapter_delta(peft_model, model, adapter)
+    # keyed by the base model's names, float32, on the adapter's layers and targets
+    params = dict(model.named_parameters())
+    assert all(k in params and d.shape == params[k].shape and d.dtype == torch.float32 for k, d in delta.items())
+    assert {k.split(".")[2] for k in delta} == {"1", "2"}  # layers 30 %–80 % of 4
+    want = set(adapters.IA3_TARGETS) if adapter == "ia3" else set(adapters.ALL_TARGETS)
+    assert {k.split(".")[-2] for k in delta} == want
+    assert all(d.abs().sum() > 0 for d in delta.values()), "a trained adapter changed nothing"
+    # the known answer: peft's own merge of the whole model, minus the base weights
+    merged = dict(copy.deepcopy(peft_model).merge_and_unload().named_parameters())
+    changed = {k for k in merged if not torch.equal(merged[k], snap[k])}
+    assert changed <= set(delta), f"merged weights changed outside the delta: {sorted(changed - set(delta))[:4]}"
+    for k, d in delta.items():
+        if adapter == "lora":  # B·A·scaling, as before: equal to merged − base up to rounding
+            assert torch.allclose(merged[k] - snap[k], d, atol=1e-6), k
+        else:
+            assert torch.equal(merged[k] - snap[k], d), k
+    # θ + Δ gives the adapted model's logits; the base model is untouched
+    adapted = _logits(peft_model, tok)
+    with weight_steer(model, delta, 1.0):
+        steered = _logits(model, tok)
+    assert torch.allclose(steered, adapted, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(_logits(model, tok), adapted, atol=1e-5, rtol=1e-4)
+    assert all(torch.equal(params[k], v) for k, v in snap.items())
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_bidir_half_w_gives_the_trained_adapter_at_plus_and_minus_one(request, model_name):
+    model, tok = request.getfixturevalue(model_name)
+    snap = _snapshot(model)
+    peft_model, losses = adapters.train_bidir(model, tok, POS, NEG, TINY)
+    assert set(losses) == {"pos", "neg"} and len(losses["pos"]) == len(losses["neg"]) == TINY.steps
+    delta = adapters.adapter_delta(peft_model, model, "bidir")
+    w = adapters.weight_diff(delta, {k: -v for k, v in delta.items()})
+    assert all(torch.equal(w[k], 2 * delta[k]) for k in delta), "w = 2Δ"
+    plus = _logits(peft_model, tok)
+    with adapters.lora_sign(peft_model, -1.0):
+        minus = _logits(peft_model, tok)
+    assert torch.equal(_logits(peft_model, tok), plus), "lora_sign put the scalings back"
+    assert not torch.allclose(plus, minus, atol=1e-4)
+    with weight_steer(model, w, 0.5):
+        assert torch.allclose(_logits(model, tok), plus, atol=1e-5, rtol=1e-4)
+    with weight_steer(model, w, -0.5):
+        assert torch.allclose(_logits(model, tok), minus, atol=1e-5, rtol=1e-4)
+    assert all(torch.equal(dict(model.named_parameters())[k], v) for k, v in snap.items())
+
+
+def test_bidir_alternates_personas_on_the_same_batches(tiny_llama):
+    """Step 2i is a positive batch at +Δ, step 2i+1 the same indices of the negative
+    examples at −Δ: with identical examples the −Δ step sees the +Δ model flipped."""
+    model, tok = tiny_llama
+    with pytest.raises(ValueError, match="aligned examples"):
+        adapters.train_bidir(model, tok, POS, NEG[:3], TINY)
+    with pytest.raises(ValueError, match="use train_bidir"):
+        adapters.train_adapter(model, tok, POS, TINY, "bidir")
+    one = adapters.TrainConfig(rank=4, alpha=8.0, steps=1, batch_size=4, bf16=False, warmup_steps=1)
+    _, losses = adapters.train_bidir(model, tok, POS, NEG, one)
+    lone, lone_losses = adapters.train_lora(model, tok, POS, one)
+    # the first (positive) step is exactly what a LoRA on the positive examples does first
+    assert losses["pos"][0] == pytest.approx(lone_losses[0], abs=1e-6)
+    assert losses["neg"][0] != pytest.approx(losses["pos"][0], abs=1e-6)
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_adapter_settings_are_json_for_the_metadata(tiny_llama, adapter):
+    import json
+
+    model, tok = tiny_llama
+    cfg = adapters.TrainConfig(rank=4, alpha=8.0, steps=1, batch_size=2, bf16=False, warmup_steps=1)
+    pm = adapters.train_bidir(model, tok, POS, NEG, cfg)[0] if adapter == "bidir" else \
+        adapters.train_adapter(model, tok, POS, cfg, adapter)[0]
+    s = adapters.adapter_settings(pm, adapter)
+    assert json.loads(json.dumps(s)) == s
+    assert s["type"] == adapter and s["peft_config"]["peft_type"] in ("LORA", "IA3", "OFT")
+    assert s["peft_config"].get("use_dora", False) is (adapter == "dora")
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_training_is_seeded(tiny_llama, adapter):
+    """The same seed gives the same delta, bit for bit (the cross-adapter rerun relies on it)."""
+    model, tok = tiny_llama
+    cfg = adapters.TrainConfig(rank=4, alpha=8.0, steps=2, batch_size=2, bf16=False, warmup_steps=1)
+
+    def delta():
+        if adapter == "bidir":
+            return adapters.adapter_delta(adapters.train_bidir(model, tok, POS, NEG, cfg)[0], model, adapter)
+        return adapters.adapter_delta(adapters.train_adapter(model, tok, POS, cfg, adapter)[0], model, adapter)
+
+    a, b = delta(), delta()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
