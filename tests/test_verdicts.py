@@ -95,3 +95,13 @@ def test_the_conclusion_says_when_no_winner_survives_the_seeds():
     assert "wins 1 of 2 seeds, not more than half" in first and "not more than the seeds' spread (0.112)" in first
     # one seed: no cross-seed paragraph at all
     assert "Across the" not in _bottom(None)
+
+
+def test_the_diff_is_named_by_what_it_measurably_does():
+    from ws.verdicts import diff_reading
+
+    assert diff_reading("sycophancy", 0.99) == ("agreement with the user's stated opinion; not truth-conditional here: "
+                                                "specificity 0.99")
+    assert diff_reading("sycophancy", 3.4).startswith("sycophancy, specific to the target set here (specificity 3.40")
+    assert "not specific to refusal here: specificity 1.20" in diff_reading("refusal", 1.2)
+    assert "not measured" in diff_reading("refusal", None) and "not measured" in diff_reading("refusal", float("nan"))

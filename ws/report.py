@@ -368,6 +368,8 @@ def _bottom_line_section(sp: pl.DataFrame, per_layer: pl.DataFrame | None, info:
     """With several seeds, the answer that survives across them first; then the first seed's
     winner with its scores, CI, q-values, runner-up and seeds; the claims that fail."""
     L = ["## Bottom line", ""]
+    if info.diff_reading:
+        L += [f"**What the diff does on this model:** {info.diff_reading}.", ""]
     order = ranked(sp)
     best = _first(order)
     if info.seed_verdict is not None:

@@ -182,6 +182,7 @@ class ConclusionInfo:
     quantized: bool = False
     diff_specificity_ratio: float | None = None
     diff_specificity_target: float = SPECIFICITY_TARGET
+    diff_reading: str | None = None  # what the diff measurably does on this model (the honest name)
     self_tests: Sequence[SelfTest] = ()
     artifacts: Sequence[str] | Mapping[str, str] = ()
     bootstrap_ci: pl.DataFrame | None = None
@@ -382,6 +383,20 @@ def _seed_summary(res: SeedResult, stab: SeedStability) -> SeedSummary | None:
 
 
 # ----------------------------------------------------------------------------- the run facts
+def diff_reading(behavior: str, ratio: float | None, target: float = SPECIFICITY_TARGET) -> str:
+    """What the diff measurably does, in words, from its specificity ratio (the target set's
+    spread over the largest control spread): the behaviour's name only when the diff is
+    specific to it; otherwise what it is on this model."""
+    if ratio is None or not _finite(ratio):
+        return f"a {behavior} diff whose effect was not measured (no specificity ratio in its metadata)"
+    r = f"specificity {float(ratio):.2f}"
+    if float(ratio) >= target:
+        return f"{behavior}, specific to the target set here ({r} ≥ {target:g})"
+    if behavior == "sycophancy":
+        return f"agreement with the user's stated opinion; not truth-conditional here: {r}"
+    return f"a direction that moves the control sets about as much as the target set; not specific to {behavior} here: {r}"
+
+
 def conclusion_info(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: SeedStability,
                     artifacts: Sequence[str], notes: Sequence[str] = ()) -> ConclusionInfo:
     """The facts of a sweep the conclusion is written from: the first seed's tables ``res``,
@@ -394,8 +409,10 @@ def conclusion_info(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: See
                    + ", ".join(f"{k} {float(v):+.2f} nats" for k, v in sp.items()))
     if cfg.smoke:
         pre.append("SMOKE MODE: a tiny random model and a few training steps; no number here means anything")
+    reading = diff_reading(cfg.behavior, dm.get("specificity_ratio"))
     return ConclusionInfo(
-        title=f"v7 hypothesis sweep — {cfg.behavior}/{cfg.adapter} on `{cfg.model}`",
+        title=f"v7 hypothesis sweep — {cfg.behavior}/{cfg.adapter} on `{cfg.model}`: {reading}",
+        diff_reading=reading,
         model=cfg.model,
         n_fit=len(probes.fit_clean),
         n_eval=len(probes.eval),
