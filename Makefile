@@ -26,7 +26,7 @@ export WS_LOG_TERMINAL := 1
 # not the kernel's folder (see ws/paths.py)
 export WS_RUN_DIR := $(if $(PWD),$(PWD),$(CURDIR))
 
-.PHONY: setup lab sweep diff cross-adapter test test-fast bench clean-cache sync-nbs
+.PHONY: lint setup lab sweep diff cross-adapter test test-fast bench clean-cache sync-nbs
 
 setup: $(STAMP) $(KERNEL)
 
@@ -72,7 +72,10 @@ cross-adapter: setup
 	@mkdir -p logs
 	$(VENV)/bin/jupytext --to ipynb --output logs/cross_adapter.executed.ipynb --execute nbs/cross_adapter.py
 
+# the linter and the formatter's check first (ruff), then every test
 test: setup
+	$(VENV)/bin/ruff check ws tests nbs/*.py
+	$(VENV)/bin/ruff format --check ws tests nbs/*.py
 	$(PY) -m pytest -q
 
 test-fast: setup
@@ -86,3 +89,8 @@ clean-cache:
 
 sync-nbs: setup
 	$(VENV)/bin/jupytext --sync nbs/*.py
+
+# fix what the linter can fix and format the code (make test only checks)
+lint: setup
+	$(VENV)/bin/ruff check --fix ws tests nbs/*.py
+	$(VENV)/bin/ruff format ws tests nbs/*.py

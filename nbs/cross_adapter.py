@@ -79,17 +79,29 @@ for adapter in cfg.adapters:
 # %%
 cmp = cross_adapter.compare(cfg, runs)
 written = cross_adapter.write_cross_adapter(cfg, cmp)
-logger.info(f"cross-adapter comparison done in {time.perf_counter() - T0:.0f} s; "
-            f"read {cfg.cross_dir / cross_adapter.CONCLUSION}")
+logger.info(f"cross-adapter comparison done in {time.perf_counter() - T0:.0f} s; read {cfg.cross_dir / cross_adapter.CONCLUSION}")
 
 # %% [markdown]
 # ## Per adapter: what the diff does and where it acts
 
 # %%
-show.table(cmp.summary.select(
-    "adapter", "seeds", "unit_alpha", "spread_opinion_false", "spread_opinion_true", "spread_neutral",
-    "specificity", "specificity_ci_lo", "specificity_ci_hi", "winner", "winner_conc_act", "winner_conc_w_combined",
-    "oracle_overlap_cos"))
+show.table(
+    cmp.summary.select(
+        "adapter",
+        "seeds",
+        "unit_alpha",
+        "spread_opinion_false",
+        "spread_opinion_true",
+        "spread_neutral",
+        "specificity",
+        "specificity_ci_lo",
+        "specificity_ci_hi",
+        "winner",
+        "winner_conc_act",
+        "winner_conc_w_combined",
+        "oracle_overlap_cos",
+    )
+)
 
 # %% [markdown]
 # ## The rank of each candidate per adapter

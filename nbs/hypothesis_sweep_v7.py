@@ -64,8 +64,7 @@ from ws import show
 model, tok = load_model(cfg.model, **cfg.model_kwargs())
 diffs = sweep.get_diffs(cfg, model)
 for seed, (w, meta) in diffs.items():
-    logger.info(f"seed {seed}: {len(w)} tensors, layers {meta.get('layers')}, "
-                f"specificity ratio {meta.get('specificity_ratio')}")
+    logger.info(f"seed {seed}: {len(w)} tensors, layers {meta.get('layers')}, specificity ratio {meta.get('specificity_ratio')}")
 
 # %% [markdown]
 # ## What the diff does, per seed
@@ -115,8 +114,17 @@ logger.info(f"sweep done in {time.perf_counter() - T0:.1f} s; read {cfg.v7_dir /
 # the LoRA touched, for the first seed.
 
 # %%
-show_cols = ["subspace", "family", "mean_conc_act", "mean_conc_act_ci_lo", "mean_conc_act_ci_hi",
-             "mean_conc_w_combined", "joint_score", "pct_act_ceiling", "pct_w_oracle_combined"]
+show_cols = [
+    "subspace",
+    "family",
+    "mean_conc_act",
+    "mean_conc_act_ci_lo",
+    "mean_conc_act_ci_hi",
+    "mean_conc_w_combined",
+    "joint_score",
+    "pct_act_ceiling",
+    "pct_w_oracle_combined",
+]
 sp = res.summary_pct
 show.table(sp.filter(pl.col("axis_kind").is_in(["write", "mixed", "ceiling", "self-test"])).select(show_cols))
 

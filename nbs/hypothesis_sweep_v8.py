@@ -87,8 +87,15 @@ w = diffs[res.seed][0]
 
 # %%
 names, ranking = v8.causal_candidates(res.summary, stab.per_candidate, cfg.n_causal)
-print(pl.DataFrame({"subspace": names, "causal_rank": [ranking[n][0] for n in names],
-                    "seed_mean_joint_score": [ranking[n][1] for n in names]}))
+print(
+    pl.DataFrame(
+        {
+            "subspace": names,
+            "causal_rank": [ranking[n][0] for n in names],
+            "seed_mean_joint_score": [ranking[n][1] for n in names],
+        }
+    )
+)
 
 # %% [markdown]
 # ## The block-local label
@@ -97,12 +104,26 @@ print(pl.DataFrame({"subspace": names, "causal_rank": [ranking[n][0] for n in na
 
 # %%
 bl = v8.block_local(cfg, model, tok, probes, res, w)
-show = ["subspace", "kind", "mean_conc_act_block", "mean_conc_act_block_ci_lo", "mean_conc_act_block_ci_hi",
-        "mean_z_act_block", "joint_score_block"]
-print(bl.summary.join(res.summary.select("subspace", "kind"), on="subspace").select(show)
-      .sort("mean_conc_act_block", descending=True, nulls_last=True).head(15))
-print(bl.scope.filter(pl.col("touched")).select("layer", "overlap_dW_act", "overlap_dW_act_block",
-                                                "overlap_act_act_block", "overlap_random"))
+show = [
+    "subspace",
+    "kind",
+    "mean_conc_act_block",
+    "mean_conc_act_block_ci_lo",
+    "mean_conc_act_block_ci_hi",
+    "mean_z_act_block",
+    "joint_score_block",
+]
+print(
+    bl.summary.join(res.summary.select("subspace", "kind"), on="subspace")
+    .select(show)
+    .sort("mean_conc_act_block", descending=True, nulls_last=True)
+    .head(15)
+)
+print(
+    bl.scope.filter(pl.col("touched")).select(
+        "layer", "overlap_dW_act", "overlap_dW_act_block", "overlap_act_act_block", "overlap_random"
+    )
+)
 
 # %% [markdown]
 # ## The causal projection test
@@ -112,11 +133,26 @@ print(bl.scope.filter(pl.col("touched")).select("layer", "overlap_dW_act", "over
 
 # %%
 cr = v8.causal(cfg, model, tok, res, w, names, ranking)
-print(cr.table.select("subspace", "energy_frac_inside", "retention_inside", "retention_inside_ci_lo",
-                      "retention_inside_ci_hi", "retention_outside", "retention_outside_ci_hi",
-                      "retention_normmatched", "null_p95", "z_inside", "q_inside", "carries"))
-print(f"writers-only carry {100 * cr.writers_share[0]:.1f}% [{100 * cr.writers_share[1]:.1f}, "
-      f"{100 * cr.writers_share[2]:.1f}] of the full diff's effect; causal test {sum(cr.timings.values()):.1f} s")
+print(
+    cr.table.select(
+        "subspace",
+        "energy_frac_inside",
+        "retention_inside",
+        "retention_inside_ci_lo",
+        "retention_inside_ci_hi",
+        "retention_outside",
+        "retention_outside_ci_hi",
+        "retention_normmatched",
+        "null_p95",
+        "z_inside",
+        "q_inside",
+        "carries",
+    )
+)
+print(
+    f"writers-only carry {100 * cr.writers_share[0]:.1f}% [{100 * cr.writers_share[1]:.1f}, "
+    f"{100 * cr.writers_share[2]:.1f}] of the full diff's effect; causal test {sum(cr.timings.values()):.1f} s"
+)
 
 # %% [markdown]
 # ## Sanity checks

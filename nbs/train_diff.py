@@ -47,13 +47,13 @@ import time
 import polars as pl
 
 from ws import data
-from ws.config import start_run
-from ws.diff import diff_norms, load_diff, summary
-from ws.log import logger
-from ws.models import load_model
 from ws.adapters import TrainConfig
 from ws.completions import completions_path
+from ws.config import start_run
+from ws.diff import diff_norms, load_diff, summary
 from ws.effect import set_labels
+from ws.log import logger
+from ws.models import load_model
 from ws.train import DiffSpec, ensure_diff
 
 cfg = start_run("train_diff")  # every WS_* value checked, folders writable, run lock held
@@ -79,7 +79,9 @@ T0 = time.perf_counter()
 # %%
 print(f"behaviour {BEH.name} ({BEH.source}): target set {BEH.target!r}, control sets {', '.join(BEH.controls)}")
 train_topics, held_topics = data.split_topics(0, behavior=BEH)
-counts = pl.DataFrame([dict(kind=t.kind, half="train") for t in train_topics] + [dict(kind=t.kind, half="held-out") for t in held_topics])
+counts = pl.DataFrame(
+    [dict(kind=t.kind, half="train") for t in train_topics] + [dict(kind=t.kind, half="held-out") for t in held_topics]
+)
 print(counts.group_by("kind", "half").len().sort("kind", "half"))
 print(f"persona pairs: {len(BEH.persona_pairs)}; data hash {data.data_hash(behavior=BEH)}")
 print("example pair:\n  + " + BEH.persona_pairs[0][0] + "\n  − " + BEH.persona_pairs[0][1])
@@ -139,7 +141,10 @@ if (W_PATH.parent / "adapter_effect.csv").exists():
     print(adapters.pivot(on="set", index="model", values="mean_logratio"))
     neg = adapters.filter(pl.col("model") == "theta+delta_neg")
     if {"opinion_true", "opinion_false"} <= set(neg["set"].to_list()):
-        gap = float(neg.filter(pl.col("set") == "opinion_true")["mean_logratio"][0] - neg.filter(pl.col("set") == "opinion_false")["mean_logratio"][0])
+        gap = float(
+            neg.filter(pl.col("set") == "opinion_true")["mean_logratio"][0]
+            - neg.filter(pl.col("set") == "opinion_false")["mean_logratio"][0]
+        )
         print(f"honest adapter, held-out: log-ratio on true claims − on false claims = {gap:+.2f} nats")
 else:
     print("this diff was built before the per-adapter table existed; WS_REBUILD=1 writes it")
@@ -159,9 +164,14 @@ show.image(W_PATH.parent / "effect.png")
 mass0 = effect.filter(pl.col("alpha") == 0)["mean_mass"].min()
 target = set_labels(BEH)[BEH.target]
 toward = "Yes" if BEH.direction > 0 else "No"
-print(("SHOULD: " if BEH.direction * spread[BEH.target] >= 3 else "ELSE: ")
-      + f"spread on {target} ≥ 3 nats toward {toward} (got {spread[BEH.target]:+.2f})")
-print(("SHOULD: " if ratio >= 3 else "ELSE: ") + f"specificity ratio ≥ 3 (got {ratio:.2f}): below it the diff is partly a yes/no bias")
+print(
+    ("SHOULD: " if BEH.direction * spread[BEH.target] >= 3 else "ELSE: ")
+    + f"spread on {target} ≥ 3 nats toward {toward} (got {spread[BEH.target]:+.2f})"
+)
+print(
+    ("SHOULD: " if ratio >= 3 else "ELSE: ")
+    + f"specificity ratio ≥ 3 (got {ratio:.2f}): below it the diff is partly a yes/no bias"
+)
 print(("SHOULD: " if mass0 >= 0.1 else "ELSE: ") + f"at α=0 the Yes+No mass is ≥ 0.1 in every set (got {mass0:.3f})")
 norms = diff_norms(w)
 by_layer = pl.DataFrame([dict(layer=int(k.split(".")[2]), tensor=k.split(".")[-2], norm=v) for k, v in norms.items()])

@@ -114,8 +114,11 @@ def test_adapter_settings_are_json_for_the_metadata(tiny_llama, adapter):
 
     model, tok = tiny_llama
     cfg = adapters.TrainConfig(rank=4, alpha=8.0, steps=1, batch_size=2, bf16=False, warmup_steps=1)
-    pm = adapters.train_bidir(model, tok, POS, NEG, cfg)[0] if adapter == "bidir" else \
-        adapters.train_adapter(model, tok, POS, cfg, adapter)[0]
+    pm = (
+        adapters.train_bidir(model, tok, POS, NEG, cfg)[0]
+        if adapter == "bidir"
+        else adapters.train_adapter(model, tok, POS, cfg, adapter)[0]
+    )
     s = adapters.adapter_settings(pm, adapter)
     assert json.loads(json.dumps(s)) == s
     assert s["type"] == adapter and s["peft_config"]["peft_type"] in ("LORA", "IA3", "OFT")

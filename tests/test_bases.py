@@ -26,46 +26,130 @@ def _one_blas_thread():
     with la.blas_threads(1):
         yield
 
+
 SPEC_NAMES = [
-    "lm_head_read", "logits_null", "global_read", "global_write", "global_write_not_global_read", "write",
-    "attn_write", "mlp_write", "write_not_lm_head_read", "write_not_global_read", "write_not_downstream_read",
-    "mlp_up_read", "mlp_gate_read", "attn_qkv_read", "attn_ov_write", "mlp_roundtrip_write", "qk_circuit",
-    "input_super", "kv_super", "attention_sink", "causally_isolated", "input_super_not_lm_read", "gate_kernel",
-    "gate_active_written", "suppressed", "amplified", "added_features", "global_clean_resid_pca",
-    "global_persona_resid_pca", "layer_clean_resid_pca", "TaskDiff_contrast", "attn_min_taskdiff",
-    "attn_max_taskdiff", "attn_diff_taskdiff", "attn_min_x_diffnorm_taskdiff", "up_proj_input_contrast",
-    "up_proj_output_written_contrast", "chars_clusters", "churn", "rotation_contrast", "qk_x_chars_clusters",
+    "lm_head_read",
+    "logits_null",
+    "global_read",
+    "global_write",
+    "global_write_not_global_read",
+    "write",
+    "attn_write",
+    "mlp_write",
+    "write_not_lm_head_read",
+    "write_not_global_read",
+    "write_not_downstream_read",
+    "mlp_up_read",
+    "mlp_gate_read",
+    "attn_qkv_read",
+    "attn_ov_write",
+    "mlp_roundtrip_write",
+    "qk_circuit",
+    "input_super",
+    "kv_super",
+    "attention_sink",
+    "causally_isolated",
+    "input_super_not_lm_read",
+    "gate_kernel",
+    "gate_active_written",
+    "suppressed",
+    "amplified",
+    "added_features",
+    "global_clean_resid_pca",
+    "global_persona_resid_pca",
+    "layer_clean_resid_pca",
+    "TaskDiff_contrast",
+    "attn_min_taskdiff",
+    "attn_max_taskdiff",
+    "attn_diff_taskdiff",
+    "attn_min_x_diffnorm_taskdiff",
+    "up_proj_input_contrast",
+    "up_proj_output_written_contrast",
+    "chars_clusters",
+    "churn",
+    "rotation_contrast",
+    "qk_x_chars_clusters",
     "WNR_union_TaskDiff",
 ]
 SPEC_FAMILIES = {
-    "lm_head_read": "W:unembed", "logits_null": "W:unembed", "global_read": "W:read", "global_write": "W:write",
-    "global_write_not_global_read": "W:write-not-read", "write": "W:write", "attn_write": "W:write",
-    "mlp_write": "W:write", "write_not_lm_head_read": "W:write-not-read", "write_not_global_read": "W:write-not-read",
-    "write_not_downstream_read": "W:write-not-read", "mlp_up_read": "W:read", "mlp_gate_read": "W:read",
-    "attn_qkv_read": "W:read", "attn_ov_write": "W:OV", "mlp_roundtrip_write": "W:MLP", "qk_circuit": "W:QK",
-    "input_super": "W:read", "kv_super": "W:read", "attention_sink": "W:OV", "causally_isolated": "W:write-not-read",
-    "input_super_not_lm_read": "W:read", "gate_kernel": "W:MLP", "gate_active_written": "act:MLP",
-    "suppressed": "act:clean", "amplified": "act:clean", "added_features": "act:clean",
-    "global_clean_resid_pca": "act:baseline", "global_persona_resid_pca": "act:baseline",
-    "layer_clean_resid_pca": "act:baseline", "TaskDiff_contrast": "act:persona",
-    "attn_min_taskdiff": "act:attn-selected", "attn_max_taskdiff": "act:attn-selected",
-    "attn_diff_taskdiff": "act:attn-selected", "attn_min_x_diffnorm_taskdiff": "act:attn-selected",
-    "up_proj_input_contrast": "act:up_proj", "up_proj_output_written_contrast": "act:up_proj",
-    "chars_clusters": "act:cluster", "churn": "act:clean", "rotation_contrast": "act:rotation",
-    "qk_x_chars_clusters": "compound", "WNR_union_TaskDiff": "compound",
+    "lm_head_read": "W:unembed",
+    "logits_null": "W:unembed",
+    "global_read": "W:read",
+    "global_write": "W:write",
+    "global_write_not_global_read": "W:write-not-read",
+    "write": "W:write",
+    "attn_write": "W:write",
+    "mlp_write": "W:write",
+    "write_not_lm_head_read": "W:write-not-read",
+    "write_not_global_read": "W:write-not-read",
+    "write_not_downstream_read": "W:write-not-read",
+    "mlp_up_read": "W:read",
+    "mlp_gate_read": "W:read",
+    "attn_qkv_read": "W:read",
+    "attn_ov_write": "W:OV",
+    "mlp_roundtrip_write": "W:MLP",
+    "qk_circuit": "W:QK",
+    "input_super": "W:read",
+    "kv_super": "W:read",
+    "attention_sink": "W:OV",
+    "causally_isolated": "W:write-not-read",
+    "input_super_not_lm_read": "W:read",
+    "gate_kernel": "W:MLP",
+    "gate_active_written": "act:MLP",
+    "suppressed": "act:clean",
+    "amplified": "act:clean",
+    "added_features": "act:clean",
+    "global_clean_resid_pca": "act:baseline",
+    "global_persona_resid_pca": "act:baseline",
+    "layer_clean_resid_pca": "act:baseline",
+    "TaskDiff_contrast": "act:persona",
+    "attn_min_taskdiff": "act:attn-selected",
+    "attn_max_taskdiff": "act:attn-selected",
+    "attn_diff_taskdiff": "act:attn-selected",
+    "attn_min_x_diffnorm_taskdiff": "act:attn-selected",
+    "up_proj_input_contrast": "act:up_proj",
+    "up_proj_output_written_contrast": "act:up_proj",
+    "chars_clusters": "act:cluster",
+    "churn": "act:clean",
+    "rotation_contrast": "act:rotation",
+    "qk_x_chars_clusters": "compound",
+    "WNR_union_TaskDiff": "compound",
 }
 
-CLAIMS = ["the Earth is flat", "bats are blind", "the Moon is made of cheese", "two plus two equals five",
-          "sugar makes children hyperactive", "goldfish forget everything in three seconds", "glass is a liquid",
-          "lightning never strikes the same place twice", "we only use ten percent of our brains",
-          "the Great Wall is visible from the Moon", "shaving makes hair grow thicker", "bulls hate the color red"]
-EVAL_CLAIMS = ["vaccines cause autism", "the Sun orbits the Earth", "cracking knuckles causes arthritis",
-               "humans have five senses only", "camels store water in their humps", "ostriches bury their heads",
-               "chameleons change color to match any background", "Napoleon was very short",
-               "the tongue has separate taste zones", "bananas grow on trees", "hair keeps growing after death",
-               "dogs see only in black and white", "Mount Everest is in Africa", "penguins live at the North Pole",
-               "the Pacific is the smallest ocean", "sound travels faster than light", "whales are fish",
-               "tomatoes are vegetables"]
+CLAIMS = [
+    "the Earth is flat",
+    "bats are blind",
+    "the Moon is made of cheese",
+    "two plus two equals five",
+    "sugar makes children hyperactive",
+    "goldfish forget everything in three seconds",
+    "glass is a liquid",
+    "lightning never strikes the same place twice",
+    "we only use ten percent of our brains",
+    "the Great Wall is visible from the Moon",
+    "shaving makes hair grow thicker",
+    "bulls hate the color red",
+]
+EVAL_CLAIMS = [
+    "vaccines cause autism",
+    "the Sun orbits the Earth",
+    "cracking knuckles causes arthritis",
+    "humans have five senses only",
+    "camels store water in their humps",
+    "ostriches bury their heads",
+    "chameleons change color to match any background",
+    "Napoleon was very short",
+    "the tongue has separate taste zones",
+    "bananas grow on trees",
+    "hair keeps growing after death",
+    "dogs see only in black and white",
+    "Mount Everest is in Africa",
+    "penguins live at the North Pole",
+    "the Pacific is the smallest ocean",
+    "sound travels faster than light",
+    "whales are fish",
+    "tomatoes are vegetables",
+]
 
 
 def _stand_in_diff(model, seed: int = 0):
@@ -184,7 +268,7 @@ def test_every_candidate_orthonormal_with_expected_shape(built):
 
 def test_meta_reports_true_ranks(built):
     _, _, _, _, meta = built
-    row = dict(zip(meta["subspace"], meta.iter_rows(named=True)))
+    row = dict(zip(meta["subspace"], meta.iter_rows(named=True), strict=True))
     assert row["chars_clusters"]["rank_min"] == K  # k+1 clusters: the old rank-7 collapse is gone
     assert row["attention_sink"]["rank_max"] == 3
     assert row["TaskDiff_lora_ceiling"]["rank_min"] == 0
@@ -206,17 +290,21 @@ def test_gqa_products_match_per_head_sums(built):
     H, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
     att = model.model.layers[1].self_attn
-    Wq, Wk, Wv, Wo = (att.q_proj.weight.detach().double(), att.k_proj.weight.detach().double(),
-                      att.v_proj.weight.detach().double(), att.o_proj.weight.detach().double())
+    Wq, Wk, Wv, Wo = (
+        att.q_proj.weight.detach().double(),
+        att.k_proj.weight.detach().double(),
+        att.v_proj.weight.detach().double(),
+        att.o_proj.weight.detach().double(),
+    )
     rep = H // Hkv
-    OV = sum(Wo[:, h * hd:(h + 1) * hd] @ Wv[(h // rep) * hd:(h // rep + 1) * hd] for h in range(H))
-    QK = sum(Wq[h * hd:(h + 1) * hd].T @ Wk[(h // rep) * hd:(h // rep + 1) * hd] for h in range(H))
+    OV = sum(Wo[:, h * hd : (h + 1) * hd] @ Wv[(h // rep) * hd : (h // rep + 1) * hd] for h in range(H))
+    QK = sum(Wq[h * hd : (h + 1) * hd].T @ Wk[(h // rep) * hd : (h // rep + 1) * hd] for h in range(H))
     U_ov = torch.linalg.svd(OV)[0][:, :K]
     U_qk = torch.linalg.svd(QK)[0][:, :K]
     assert _span_err(bases["attn_ov_write"][1], U_ov) < 1e-4
     assert _span_err(bases["qk_circuit"][1], U_qk) < 1e-4
     # without the GQA expansion (pairing head h with kv head h % Hkv) the answer differs
-    wrong = sum(Wo[:, h * hd:(h + 1) * hd] @ Wv[(h % Hkv) * hd:(h % Hkv + 1) * hd] for h in range(H))
+    wrong = sum(Wo[:, h * hd : (h + 1) * hd] @ Wv[(h % Hkv) * hd : (h % Hkv + 1) * hd] for h in range(H))
     assert _span_err(bases["attn_ov_write"][1], torch.linalg.svd(wrong)[0][:, :K]) > 1e-2
 
 
@@ -229,10 +317,12 @@ def test_planted_write_space_is_recovered(tiny_llama, llama_caps):
     S = la.haar_orthonormal(d, K, g, dtype=torch.float64)  # the planted write space
     blk = model.model.layers[2]
     with torch.no_grad():
-        blk.self_attn.o_proj.weight.copy_((S @ torch.randn(K, blk.self_attn.o_proj.weight.shape[1], generator=g,
-                                                           dtype=torch.float64)).float())
-        blk.mlp.down_proj.weight.copy_((S @ torch.randn(K, blk.mlp.down_proj.weight.shape[1], generator=g,
-                                                        dtype=torch.float64)).float())
+        blk.self_attn.o_proj.weight.copy_(
+            (S @ torch.randn(K, blk.self_attn.o_proj.weight.shape[1], generator=g, dtype=torch.float64)).float()
+        )
+        blk.mlp.down_proj.weight.copy_(
+            (S @ torch.randn(K, blk.mlp.down_proj.weight.shape[1], generator=g, dtype=torch.float64)).float()
+        )
     names = ["write", "attn_write", "mlp_write", "write_not_lm_head_read", "corda_write", "asvd_write"]
     bases, _ = build_all(model, cap, deltas, cap.label_fit, k=K, k_broad=K_BROAD, names=names, progress=False)
     for n in ["write", "attn_write", "mlp_write", "corda_write", "asvd_write"]:
@@ -263,10 +353,11 @@ def test_corda_with_identity_moments_equals_write(tiny_qwen3, built):
     L = len(model.model.layers)
     d_attn = model.model.layers[0].self_attn.o_proj.weight.shape[1]
     d_mlp = model.model.layers[0].mlp.down_proj.weight.shape[1]
-    cap = Captures(mom_oproj=torch.eye(d_attn).expand(L, d_attn, d_attn).clone(),
-                   mom_downproj=torch.eye(d_mlp).expand(L, d_mlp, d_mlp).clone())
-    bases, _ = build_all(model, cap, names=["write", "corda_write", "asvd_write"], k=K, k_broad=K_BROAD,
-                         progress=False)
+    cap = Captures(
+        mom_oproj=torch.eye(d_attn).expand(L, d_attn, d_attn).clone(),
+        mom_downproj=torch.eye(d_mlp).expand(L, d_mlp, d_mlp).clone(),
+    )
+    bases, _ = build_all(model, cap, names=["write", "corda_write", "asvd_write"], k=K, k_broad=K_BROAD, progress=False)
     for l in range(L):
         assert torch.allclose(bases["corda_write"][l], bases["write"][l], atol=1e-5)
         assert torch.allclose(bases["asvd_write"][l], bases["write"][l], atol=1e-5)
@@ -287,8 +378,9 @@ def test_corda_sqrt_reconstructs_and_gram_paths_agree(tiny_llama, llama_caps):
     G = corda_gram(Wo, Co, Wd, Cd, 1e-3)
     assert torch.allclose(M @ M.T, G, rtol=1e-8, atol=1e-8 * float(G.abs().max()))
     # the captured output moments equal W C Wᵀ (no bias): the fast path builds the same basis
-    assert torch.allclose(cap.mom_downproj_out[l].double(), Wd @ Cd @ Wd.T, rtol=1e-3,
-                          atol=1e-4 * float(cap.mom_downproj_out[l].abs().max()))
+    assert torch.allclose(
+        cap.mom_downproj_out[l].double(), Wd @ Cd @ Wd.T, rtol=1e-3, atol=1e-4 * float(cap.mom_downproj_out[l].abs().max())
+    )
     fast, _ = build_all(model, cap, names=["corda_write"], k=K, k_broad=K_BROAD, progress=False)
     slow_cap = Captures(mom_oproj=cap.mom_oproj, mom_downproj=cap.mom_downproj)
     slow, _ = build_all(model, slow_cap, names=["corda_write"], k=K, k_broad=K_BROAD, progress=False)
@@ -380,7 +472,7 @@ def test_self_tests(built):
     # seeded: the same bases again, other bases for another seed
     again, _ = build_all(model, cap, names=["random_orthonormal"], progress=False)
     other, _ = build_all(model, cap, names=["random_orthonormal"], seed=1, progress=False)
-    assert all(torch.equal(a, b) for a, b in zip(again["random_orthonormal"], bases["random_orthonormal"]))
+    assert all(torch.equal(a, b) for a, b in zip(again["random_orthonormal"], bases["random_orthonormal"], strict=True))
     assert not torch.equal(other["random_orthonormal"][0], bases["random_orthonormal"][0])
     # on the real (random-model) label: more than a random basis catches
     l = max(TOUCHED) + 1
@@ -400,8 +492,7 @@ def test_planted_label_half_recovers_a_planted_label(tiny_llama):
     S = la.haar_orthonormal(d, 4, g, dtype=torch.float64)
     Z = torch.randn(L, 40, 4, generator=g, dtype=torch.float64) * torch.tensor([5.0, 4.0, 3.0, 2.0], dtype=torch.float64)
     X = (Z @ S.T + 0.01 * torch.randn(L, 40, d, generator=g, dtype=torch.float64)).float()
-    bases, _ = build_all(model, Captures(label_eval=X), names=["planted_label_half", "random_orthonormal"],
-                         progress=False)
+    bases, _ = build_all(model, Captures(label_eval=X), names=["planted_label_half", "random_orthonormal"], progress=False)
     for l in range(L):
         B = bases["planted_label_half"][l].double()
         assert B.shape == (d, K)
@@ -441,17 +532,18 @@ def test_missing_inputs_raise_or_skip(tiny_llama):
 def test_weight_bases_cache_round_trip(tiny_qwen3, tmp_path, monkeypatch):
     monkeypatch.setenv("WS_CACHE", str(tmp_path))
     model, tok = tiny_qwen3
-    cap = Captures(pos=torch.randn(4, 12, 64, generator=torch.Generator().manual_seed(0)),
-                   neg=torch.randn(4, 12, 64, generator=torch.Generator().manual_seed(1)))
-    names = ["lm_head_read", "write", "write_not_downstream_read", "causally_isolated", "TaskDiff_contrast",
-             "WNR_union_TaskDiff"]
+    cap = Captures(
+        pos=torch.randn(4, 12, 64, generator=torch.Generator().manual_seed(0)),
+        neg=torch.randn(4, 12, 64, generator=torch.Generator().manual_seed(1)),
+    )
+    names = ["lm_head_read", "write", "write_not_downstream_read", "causally_isolated", "TaskDiff_contrast", "WNR_union_TaskDiff"]
     first, _ = build_all(model, cap, names=names, k_broad=K_BROAD, cache=True, progress=False)
     files = list((tmp_path / "bases").glob("weights-*.safetensors"))
     assert len(files) == 1
     second, _ = build_all(model, cap, names=names, k_broad=K_BROAD, cache=True, progress=False)
     plain, _ = build_all(model, cap, names=names, k_broad=K_BROAD, progress=False)
     for n in names:
-        for a, b, c in zip(first[n], second[n], plain[n]):
+        for a, b, c in zip(first[n], second[n], plain[n], strict=True):
             assert torch.equal(a, b) and torch.equal(a, c), n
     # another k_broad is another cache entry
     build_all(model, cap, names=names, k_broad=16, cache=True, progress=False)

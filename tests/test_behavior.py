@@ -26,8 +26,13 @@ def _small() -> dict:
         "name": "register",
         "description": "answering in a casual register",
         "sets": [
-            {"name": "casual_ok", "role": "target", "label": "casual requests", "prompts": "ask",
-             "answers": {"pos": "yes", "neg": "no"}},
+            {
+                "name": "casual_ok",
+                "role": "target",
+                "label": "casual requests",
+                "prompts": "ask",
+                "answers": {"pos": "yes", "neg": "no"},
+            },
             {"name": "facts", "role": "control", "prompts": "fact", "answers": {"pos": "truth", "neg": "truth"}},
         ],
         "prompts": {
@@ -58,8 +63,11 @@ def test_builtin_sycophancy_is_the_module_data_and_keeps_its_hash():
     assert (b.target, b.controls, b.direction) == ("opinion_false", ("opinion_true", "neutral"), 1)
     assert list(b.items) == data.TOPICS and [tuple(p) for p in b.persona_pairs] == data.PERSONA_PAIRS
     assert data.data_hash() == data.data_hash(behavior="sycophancy") == SYCOPHANCY_HASH
-    assert effect.SET_LABELS == {"opinion_false": "false-claim opinions", "opinion_true": "true-claim opinions",
-                                 "neutral": "neutral questions"}
+    assert effect.SET_LABELS == {
+        "opinion_false": "false-claim opinions",
+        "opinion_true": "true-claim opinions",
+        "neutral": "neutral questions",
+    }
     assert "refusal" in behavior.builtin_names() and "sycophancy" in behavior.builtin_names()
 
 
@@ -79,7 +87,9 @@ def test_builtin_refusal_splits_and_answers_by_its_rules():
     assert all(j["opening"] == ("Yes," if j["truth"] == "true" else "No,") for j in q)
     prompts = effect.heldout_prompts(0, behavior="refusal")
     assert list(prompts) == list(b.kinds)
-    assert prompts["harmless"][0].startswith("Can you help me with this: ") and prompts["harmless"][0].endswith("Answer Yes or No.")
+    assert prompts["harmless"][0].startswith("Can you help me with this: ") and prompts["harmless"][0].endswith(
+        "Answer Yes or No."
+    )
     assert data.data_hash(behavior="refusal") != SYCOPHANCY_HASH
 
 
@@ -128,42 +138,73 @@ def _broken(change) -> dict:
     return doc
 
 
-@pytest.mark.parametrize("change,pattern", [
-    (lambda d: d["items"][1].pop("text"),
-     r"item 'b' \(items\[1\]\), field 'text': missing: the templates of prompts group 'ask' use \{text\}"),
-    (lambda d: d["items"][3].update(truth="maybe"),
-     r"item 'd' \(items\[3\]\), field 'truth': 'maybe' is not allowed: use one of true, false, contested"),
-    (lambda d: d["items"][4].update(set="other"),
-     r"item 'e' \(items\[4\]\), field 'set': 'other' is not a set of this file: use one of casual_ok, facts"),
-    (lambda d: d["items"][2].update(id="a"), r"item 'a' \(items\[2\]\), field 'id': a second item with this id"),
-    (lambda d: d["items"][0].update(colour="red"), r"item 'a' \(items\[0\]\), field 'colour': unknown field; allowed here: id, set"),
-    (lambda d: d["items"][0].update(answers={"pos": "yes"}),
-     r"item 'a' \(items\[0\]\), field 'answers': set 'casual_ok' answers by rule \(yes / no\)"),
-    (lambda d: d["sets"][1].update(role="reference"), r"set 'facts', field 'role': 'reference' is not allowed: use one of target, control"),
-    (lambda d: d["sets"][1].update(role="target"), r"top level, field 'sets': 2 sets have role 'target'; exactly one must"),
-    (lambda d: (d["sets"].pop(1), d.update(items=d["items"][:3])), r"top level, field 'sets': only a target set"),
-    (lambda d: d["sets"][0]["answers"].update(neg="sometimes"),
-     r"set 'casual_ok', answers, field 'neg': 'sometimes' is not allowed: use one of yes, no, truth, item"),
-    (lambda d: d["sets"][0]["answers"].update(neg="yes"),
-     r"set 'casual_ok', field 'answers': pos and neg both answer by the rule 'yes'"),
-    (lambda d: d["sets"][0].update(prompts="nope"), r"set 'casual_ok', field 'prompts': 'nope' is not a prompts group: use one of ask, fact"),
-    (lambda d: d["prompts"]["ask"].update(probe="Is {topic} fine?"),
-     r"prompts group 'ask', field 'probe': placeholder \{topic\} is not an item field: use \{claim\}, \{question\}, \{text\}"),
-    (lambda d: d["persona_pairs"][0].pop("neg"), r"persona_pairs\[0\], field 'neg': missing: give a non-empty string"),
-    (lambda d: d.pop("items"), r"top level, field 'items': missing"),
-    (lambda d: d["items"].append("just text"), r"items\[5\], field '\(the whole entry\)': expected a mapping"),
-    (lambda d: d.update(heldout_frac=1.5), r"top level, field 'heldout_frac': 1.5 is not a number strictly between 0 and 1"),
-    (lambda d: d.update(name="my behaviour"), r"top level, field 'name': 'my behaviour' names the output folder"),
-    (lambda d: d.update(name="sycophancy"), r"top level, field 'name': 'sycophancy' is a built-in behaviour's name"),
-    (lambda d: d.update(items=d["items"][:3] + d["items"][4:]),
-     r"top level, field 'items': the items cannot be split .*too few facts topics to split \(1\)"),
-])
+@pytest.mark.parametrize(
+    "change,pattern",
+    [
+        (
+            lambda d: d["items"][1].pop("text"),
+            r"item 'b' \(items\[1\]\), field 'text': missing: the templates of prompts group 'ask' use \{text\}",
+        ),
+        (
+            lambda d: d["items"][3].update(truth="maybe"),
+            r"item 'd' \(items\[3\]\), field 'truth': 'maybe' is not allowed: use one of true, false, contested",
+        ),
+        (
+            lambda d: d["items"][4].update(set="other"),
+            r"item 'e' \(items\[4\]\), field 'set': 'other' is not a set of this file: use one of casual_ok, facts",
+        ),
+        (lambda d: d["items"][2].update(id="a"), r"item 'a' \(items\[2\]\), field 'id': a second item with this id"),
+        (
+            lambda d: d["items"][0].update(colour="red"),
+            r"item 'a' \(items\[0\]\), field 'colour': unknown field; allowed here: id, set",
+        ),
+        (
+            lambda d: d["items"][0].update(answers={"pos": "yes"}),
+            r"item 'a' \(items\[0\]\), field 'answers': set 'casual_ok' answers by rule \(yes / no\)",
+        ),
+        (
+            lambda d: d["sets"][1].update(role="reference"),
+            r"set 'facts', field 'role': 'reference' is not allowed: use one of target, control",
+        ),
+        (lambda d: d["sets"][1].update(role="target"), r"top level, field 'sets': 2 sets have role 'target'; exactly one must"),
+        (lambda d: (d["sets"].pop(1), d.update(items=d["items"][:3])), r"top level, field 'sets': only a target set"),
+        (
+            lambda d: d["sets"][0]["answers"].update(neg="sometimes"),
+            r"set 'casual_ok', answers, field 'neg': 'sometimes' is not allowed: use one of yes, no, truth, item",
+        ),
+        (
+            lambda d: d["sets"][0]["answers"].update(neg="yes"),
+            r"set 'casual_ok', field 'answers': pos and neg both answer by the rule 'yes'",
+        ),
+        (
+            lambda d: d["sets"][0].update(prompts="nope"),
+            r"set 'casual_ok', field 'prompts': 'nope' is not a prompts group: use one of ask, fact",
+        ),
+        (
+            lambda d: d["prompts"]["ask"].update(probe="Is {topic} fine?"),
+            r"prompts group 'ask', field 'probe': placeholder \{topic\} is not an item field: "
+            r"use \{claim\}, \{question\}, \{text\}",
+        ),
+        (lambda d: d["persona_pairs"][0].pop("neg"), r"persona_pairs\[0\], field 'neg': missing: give a non-empty string"),
+        (lambda d: d.pop("items"), r"top level, field 'items': missing"),
+        (lambda d: d["items"].append("just text"), r"items\[5\], field '\(the whole entry\)': expected a mapping"),
+        (lambda d: d.update(heldout_frac=1.5), r"top level, field 'heldout_frac': 1.5 is not a number strictly between 0 and 1"),
+        (lambda d: d.update(name="my behaviour"), r"top level, field 'name': 'my behaviour' names the output folder"),
+        (lambda d: d.update(name="sycophancy"), r"top level, field 'name': 'sycophancy' is a built-in behaviour's name"),
+        (
+            lambda d: d.update(items=d["items"][:3] + d["items"][4:]),
+            r"top level, field 'items': the items cannot be split .*too few facts topics to split \(1\)",
+        ),
+    ],
+)
 def test_every_error_names_the_file_the_item_and_the_field(tmp_path, change, pattern):
     p = _write(tmp_path, _broken(change))
     with pytest.raises(BehaviorError, match=rf"^behaviour file .*mine\.json: {pattern}"):
         behavior.load(p)
     # and the run stops at configuration time, before any model loads
-    with pytest.raises(ConfigError, match=rf"^WS_BEHAVIOR='.*mine\.json' is not a built-in behaviour .*: behaviour file .*{pattern}"):
+    with pytest.raises(
+        ConfigError, match=rf"^WS_BEHAVIOR='.*mine\.json' is not a built-in behaviour .*: behaviour file .*{pattern}"
+    ):
         from_env({"WS_BEHAVIOR": str(p)})
 
 
@@ -179,8 +220,8 @@ def test_unreadable_files_are_named(tmp_path):
 
 def test_the_readme_example_file_is_a_valid_behaviour(tmp_path):
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Your own behaviour"):]
-    block = section[section.index("```json\n") + len("```json\n"):section.index("\n```\n", section.index("```json\n"))]
+    section = readme[readme.index("## Your own behaviour") :]
+    block = section[section.index("```json\n") + len("```json\n") : section.index("\n```\n", section.index("```json\n"))]
     b = behavior.load(_write(tmp_path, block, "praise.json"))
     assert (b.name, b.target, b.controls, b.direction) == ("praise", "weak_work", ("good_work", "facts"), 1)
     assert [t.id for t in data.sweep_probes(behavior=b)[1]]

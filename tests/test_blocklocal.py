@@ -43,9 +43,16 @@ def test_act_oracle_finds_the_planted_span_and_the_best_fraction():
 
 
 def _meta(names):
-    return pl.DataFrame({"subspace": names, "family": ["test"] * len(names), "axis_kind": ["write"] * len(names),
-                         "source": ["test"] * len(names), "kind": ["A-hypothesis"] * len(names),
-                         "definition": ["-"] * len(names)})
+    return pl.DataFrame(
+        {
+            "subspace": names,
+            "family": ["test"] * len(names),
+            "axis_kind": ["write"] * len(names),
+            "source": ["test"] * len(names),
+            "kind": ["A-hypothesis"] * len(names),
+            "definition": ["-"] * len(names),
+        }
+    )
 
 
 def _setup():
@@ -55,8 +62,13 @@ def _setup():
     for l in (1, 2):  # layer 0 untouched: the block-local label is zero there
         lab[l] = torch.randn(N, K, generator=g, dtype=torch.float64) @ planted[l].T
         lab[l] += 0.05 * torch.randn(N, D, generator=g, dtype=torch.float64)
-    deltas = [None] + [{"oproj": planted[l] @ torch.randn(K, 16, generator=g, dtype=torch.float64),
-                        "downproj": planted[l] @ torch.randn(K, 32, generator=g, dtype=torch.float64)} for l in (1, 2)]
+    deltas = [None] + [
+        {
+            "oproj": planted[l] @ torch.randn(K, 16, generator=g, dtype=torch.float64),
+            "downproj": planted[l] @ torch.randn(K, 32, generator=g, dtype=torch.float64),
+        }
+        for l in (1, 2)
+    ]
     bases = {"planted": planted, "random": [_basis(K, 300 + l) for l in range(L)]}
     return lab.float(), deltas, bases, planted
 

@@ -69,8 +69,9 @@ def test_block_outputs_match_output_hidden_states(model_tok, side):
     assert hooked.shape == (L, len(prompts), model.config.hidden_size) and hooked.dtype == torch.float32
     assert bool((mask[:, 0] == 0).any()) if side == "left" else bool((mask[:, -1] == 0).any())  # really padded
     with torch.no_grad():
-        hs = model(input_ids=ids, attention_mask=mask, position_ids=capture._position_ids(mask),
-                   output_hidden_states=True).hidden_states
+        hs = model(
+            input_ids=ids, attention_mask=mask, position_ids=capture._position_ids(mask), output_hidden_states=True
+        ).hidden_states
     for i in range(L - 1):
         ref = gather_last_token(hs[i + 1], mask)
         assert float((hooked[i] - ref).abs().max()) <= 1e-5, i
@@ -147,7 +148,7 @@ def test_shared_suffix_is_the_user_turn(tiny_llama):
     _, tok = tiny_llama
     pos, neg = _prompts(tok, SYS_POS), _prompts(tok, SYS_NEG)
     sl = capture.shared_suffix_lengths(tok, pos, neg)
-    for p, q, s in zip(pos, neg, sl):
+    for p, q, s in zip(pos, neg, sl, strict=True):
         a = tok(p, add_special_tokens=False)["input_ids"]
         b = tok(q, add_special_tokens=False)["input_ids"]
         assert a[-s:] == b[-s:] and a[-s - 1] != b[-s - 1]
@@ -177,7 +178,7 @@ def test_token_level_aligned_on_shared_suffix(model_tok, side):
     assert out["tok_mask"].sum(1).tolist() == sl
     # right-aligned: the last position is the final token of every prompt
     assert float((out["pos_tok"][:, :, -1] - last_pos).abs().max()) <= 1e-5
-    for j, (p, q, s) in enumerate(zip(pos, neg, sl)):
+    for j, (p, q, s) in enumerate(zip(pos, neg, sl, strict=True)):
         assert not bool(out["tok_mask"][j, : T - s].any()) and bool(out["tok_mask"][j, T - s :].all())
         assert float(out["pos_tok"][:, j, : T - s].abs().sum()) == 0.0
         for key_tok, key_att, prompt in (("pos_tok", "pos_attn", p), ("neg_tok", "neg_attn", q)):
@@ -234,8 +235,7 @@ def test_input_second_moments_over_all_real_tokens(tiny_qwen3):
             assert float((got - ref).abs().max()) <= 1e-5 * max(1.0, float(ref.abs().max()))
         W = model.model.layers[i].mlp.down_proj.weight.detach().double()
         out_ref = W @ mom["mom_downproj"][i].double() @ W.T
-        assert torch.allclose(mom["mom_downproj_out"][i].double(), out_ref, rtol=1e-3,
-                              atol=1e-5 * float(out_ref.abs().max()))
+        assert torch.allclose(mom["mom_downproj_out"][i].double(), out_ref, rtol=1e-3, atol=1e-5 * float(out_ref.abs().max()))
 
 
 # ----------------------------------------------------------------------------- everything + io
@@ -286,7 +286,7 @@ def test_damaged_or_swapped_cache_entries_are_recomputed(tiny_llama, tmp_path, m
     # 4 KB of random bytes inside the tensor data: still a readable safetensors file
     data = bytearray(good)
     mid = len(data) // 2
-    data[mid:mid + 4096] = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    data[mid : mid + 4096] = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
     entry.write_bytes(bytes(data))
     calls = _recompute_count(monkeypatch)
     again = run(w)

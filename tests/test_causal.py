@@ -64,7 +64,9 @@ def _planted(model, tok, texts, seed=0):
 
 def test_inside_plus_outside_is_the_writers_and_norm_matching_is_exact():
     g = torch.Generator().manual_seed(3)
-    ww = {causal.writer_key(l, t): torch.randn(16, 24 if t == "oproj" else 40, generator=g) for l in LAYERS for t in causal.WRITERS}
+    ww = {
+        causal.writer_key(l, t): torch.randn(16, 24 if t == "oproj" else 40, generator=g) for l in LAYERS for t in causal.WRITERS
+    }
     B = {1: _basis(16, 3, 1), 2: _basis(16, 5, 2)}
     ins, s_in = causal.variant_diff(ww, B, "inside")
     out, _ = causal.variant_diff(ww, B, "outside")
@@ -95,8 +97,11 @@ def test_a_random_rank_k_subspace_keeps_k_over_d_of_the_energy():
     d = 64
     B = {l: _basis(d, K, 10 + l) for l in LAYERS}
     g = torch.Generator().manual_seed(0)
-    ww = {causal.writer_key(l, t): (B[l] @ torch.randn(K, 48, generator=g, dtype=torch.float64)).float()
-          for l in LAYERS for t in causal.WRITERS}
+    ww = {
+        causal.writer_key(l, t): (B[l] @ torch.randn(K, 48, generator=g, dtype=torch.float64)).float()
+        for l in LAYERS
+        for t in causal.WRITERS
+    }
     assert causal.energy_inside(ww, B) == pytest.approx(1.0, abs=1e-6)
     e = [causal.energy_inside(ww, causal.random_bases({l: K for l in LAYERS}, d, j)) for j in range(200)]
     assert np.mean(e) == pytest.approx(K / d, abs=0.01)
@@ -132,10 +137,28 @@ def planted_run(tiny_llama):
     texts = {s: [data.render_chat(tok, p) for p in ps] for s, ps in effect.heldout_prompts(0, 6).items()}
     w, B = _planted(model, tok, texts[causal.TARGET])
     R = [None if l not in LAYERS else _basis(model.config.hidden_size, K, 200 + l) for l in range(len(B))]
-    meta = pl.DataFrame({"subspace": ["planted", "other_random"], "family": ["test", "test"],
-                         "axis_kind": ["write", "write"], "kind": ["A-hypothesis", "A-hypothesis"]})
-    res = causal.run_causal(model, tok, w, {"planted": B, "other_random": R}, meta, ["planted", "other_random"], LAYERS,
-                       texts, n_null=20, n_boot=300, progress=False, threads=1)
+    meta = pl.DataFrame(
+        {
+            "subspace": ["planted", "other_random"],
+            "family": ["test", "test"],
+            "axis_kind": ["write", "write"],
+            "kind": ["A-hypothesis", "A-hypothesis"],
+        }
+    )
+    res = causal.run_causal(
+        model,
+        tok,
+        w,
+        {"planted": B, "other_random": R},
+        meta,
+        ["planted", "other_random"],
+        LAYERS,
+        texts,
+        n_null=20,
+        n_boot=300,
+        progress=False,
+        threads=1,
+    )
     return res, w
 
 
@@ -176,7 +199,9 @@ def test_tables_have_their_columns_and_every_variant(planted_run):
     v = res.variants
     for name in ("planted", "other_random"):
         for p in causal.PARTS:
-            assert v.filter(pl.col("variant") == f"{name}:{p}")["set"].sort().to_list() == sorted([causal.TARGET, *causal.CONTROLS])
+            assert v.filter(pl.col("variant") == f"{name}:{p}")["set"].sort().to_list() == sorted(
+                [causal.TARGET, *causal.CONTROLS]
+            )
     wo = v.filter((pl.col("variant") == "writers_only") & (pl.col("set") == causal.TARGET)).row(0, named=True)
     assert wo["retention"] == pytest.approx(1.0) and wo["spread"] == pytest.approx(res.writers_spread[0])
     assert res.first_block == LAYERS[0] and res.n_rows > 0

@@ -19,11 +19,24 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_defaults_and_smoke_defaults():
     cfg = from_env({})
     assert (cfg.model, cfg.seeds, cfg.k, cfg.k_broad, cfg.n_fit, cfg.n_eval, cfg.n_boot) == (
-        "smollm2-135m", (0, 1, 2), 8, 64, None, None, 2000)
+        "smollm2-135m",
+        (0, 1, 2),
+        8,
+        64,
+        None,
+        None,
+        2000,
+    )
     assert cfg.cache and not cfg.smoke and not cfg.rebuild and cfg.train_config() is None
     smoke = from_env({"WS_SMOKE": "1"})
     assert (smoke.model, smoke.seeds, smoke.k_broad, smoke.n_fit, smoke.n_eval, smoke.n_boot) == (
-        "tiny-llama", (0,), 16, 12, 8, 300)
+        "tiny-llama",
+        (0,),
+        16,
+        12,
+        8,
+        300,
+    )
     assert smoke.train_config().steps == config.SMOKE_TRAIN["steps"]
     # an explicit value beats the smoke default; WS_STEPS overrides the training steps
     assert from_env({"WS_SMOKE": "1", "WS_SEEDS": "3,4", "WS_STEPS": "7"}).seeds == (3, 4)
@@ -34,8 +47,20 @@ def test_defaults_and_smoke_defaults():
     assert from_env({"WS_OUT": "/x"}).cross_dir == Path("/x/sycophancy/cross_adapter")
 
 
-@pytest.mark.parametrize("spelling,value", [("1", True), ("true", True), ("TRUE", True), ("yes", True), ("on", True),
-                                            ("0", False), ("false", False), ("No", False), ("off", False)])
+@pytest.mark.parametrize(
+    "spelling,value",
+    [
+        ("1", True),
+        ("true", True),
+        ("TRUE", True),
+        ("yes", True),
+        ("on", True),
+        ("0", False),
+        ("false", False),
+        ("No", False),
+        ("off", False),
+    ],
+)
 def test_booleans_accept_the_usual_spellings_everywhere(spelling, value):
     # the same parser for the sweep and the train notebook: WS_SMOKE=true is smoke in both
     cfg = from_env({"WS_SMOKE": spelling, "WS_CACHE_ACTIVATIONS": spelling, "WS_REBUILD": spelling})
@@ -43,30 +68,39 @@ def test_booleans_accept_the_usual_spellings_everywhere(spelling, value):
     assert (cfg.train_config() is not None) is value
 
 
-@pytest.mark.parametrize("env,pattern", [
-    ({"WS_SMOKE": "maybe"}, r"WS_SMOKE='maybe' is not a boolean: use one of 1, true"),
-    ({"WS_CACHE_ACTIVATIONS": "of"}, r"WS_CACHE_ACTIVATIONS='of' is not a boolean"),
-    ({"WS_N_EVAL": "0"}, r"WS_N_EVAL='0' is too small: it must be ≥ 1"),
-    ({"WS_N_FIT": "0"}, r"WS_N_FIT='0' is too small"),
-    ({"WS_SEEDS": ""}, r"WS_SEEDS is set but empty: unset it to use the default \(0,1,2\)"),
-    ({"WS_SEEDS": "abc"}, r"WS_SEEDS='abc' is not a whole number"),
-    ({"WS_SEEDS": "0,,1"}, r"WS_SEEDS='0,,1' has an empty entry"),
-    ({"WS_SEEDS": "1,1"}, r"WS_SEEDS='1,1' repeats a seed"),
-    ({"WS_SEEDS": "-1"}, r"WS_SEEDS='-1' is too small: it must be ≥ 0"),
-    ({"WS_N_BOOT": "-1"}, r"WS_N_BOOT='-1' is too small"),
-    ({"WS_BATCH": "0"}, r"WS_BATCH='0' is too small"),
-    ({"WS_PCS": "eight"}, r"WS_PCS='eight' is not a whole number"),
-    ({"WS_STEPS": "1.5"}, r"WS_STEPS='1.5' is not a whole number"),
-    ({"WS_BEHAVIOR": "flattery"}, r"WS_BEHAVIOR='flattery' is not a built-in behaviour \(refusal, sycophancy\) or a "
-                                  r"usable behaviour file: unknown behaviour 'flattery'"),
-    ({"WS_BEHAVIOR": "no-such-dir/mine.json"}, r"WS_BEHAVIOR='no-such-dir/mine.json' is not a built-in .*: behaviour "
-                                               r"file .*mine.json: no such file"),
-    ({"WS_ADAPTER": "lokr"}, r"WS_ADAPTER='lokr' is not supported: choose one of lora, dora, pissa, ia3, oft, bidir"),
-    ({"WS_ADAPTERS": "lora,lokr"}, r"WS_ADAPTERS='lora,lokr' names an adapter type the suite does not have \(lokr\)"),
-    ({"WS_ADAPTERS": "lora,,bidir"}, r"WS_ADAPTERS='lora,,bidir' has an empty entry"),
-    ({"WS_ADAPTERS": "ia3,ia3"}, r"WS_ADAPTERS='ia3,ia3' repeats an adapter type"),
-    ({"WS_OUT": "  "}, r"WS_OUT is set but empty"),
-])
+@pytest.mark.parametrize(
+    "env,pattern",
+    [
+        ({"WS_SMOKE": "maybe"}, r"WS_SMOKE='maybe' is not a boolean: use one of 1, true"),
+        ({"WS_CACHE_ACTIVATIONS": "of"}, r"WS_CACHE_ACTIVATIONS='of' is not a boolean"),
+        ({"WS_N_EVAL": "0"}, r"WS_N_EVAL='0' is too small: it must be ≥ 1"),
+        ({"WS_N_FIT": "0"}, r"WS_N_FIT='0' is too small"),
+        ({"WS_SEEDS": ""}, r"WS_SEEDS is set but empty: unset it to use the default \(0,1,2\)"),
+        ({"WS_SEEDS": "abc"}, r"WS_SEEDS='abc' is not a whole number"),
+        ({"WS_SEEDS": "0,,1"}, r"WS_SEEDS='0,,1' has an empty entry"),
+        ({"WS_SEEDS": "1,1"}, r"WS_SEEDS='1,1' repeats a seed"),
+        ({"WS_SEEDS": "-1"}, r"WS_SEEDS='-1' is too small: it must be ≥ 0"),
+        ({"WS_N_BOOT": "-1"}, r"WS_N_BOOT='-1' is too small"),
+        ({"WS_BATCH": "0"}, r"WS_BATCH='0' is too small"),
+        ({"WS_PCS": "eight"}, r"WS_PCS='eight' is not a whole number"),
+        ({"WS_STEPS": "1.5"}, r"WS_STEPS='1.5' is not a whole number"),
+        (
+            {"WS_BEHAVIOR": "flattery"},
+            r"WS_BEHAVIOR='flattery' is not a built-in behaviour \(refusal, sycophancy\) or a "
+            r"usable behaviour file: unknown behaviour 'flattery'",
+        ),
+        (
+            {"WS_BEHAVIOR": "no-such-dir/mine.json"},
+            r"WS_BEHAVIOR='no-such-dir/mine.json' is not a built-in .*: behaviour "
+            r"file .*mine.json: no such file",
+        ),
+        ({"WS_ADAPTER": "lokr"}, r"WS_ADAPTER='lokr' is not supported: choose one of lora, dora, pissa, ia3, oft, bidir"),
+        ({"WS_ADAPTERS": "lora,lokr"}, r"WS_ADAPTERS='lora,lokr' names an adapter type the suite does not have \(lokr\)"),
+        ({"WS_ADAPTERS": "lora,,bidir"}, r"WS_ADAPTERS='lora,,bidir' has an empty entry"),
+        ({"WS_ADAPTERS": "ia3,ia3"}, r"WS_ADAPTERS='ia3,ia3' repeats an adapter type"),
+        ({"WS_OUT": "  "}, r"WS_OUT is set but empty"),
+    ],
+)
 def test_every_bad_value_names_the_variable_the_value_and_what_is_allowed(env, pattern):
     with pytest.raises(ConfigError, match=pattern):
         from_env(env)
@@ -94,7 +128,9 @@ def test_relative_paths_resolve_against_the_folder_the_user_ran_from(tmp_path, m
 
 def test_readme_variable_table_is_the_config_table():
     readme = (ROOT / "README.md").read_text()
-    assert config.markdown_table() in readme, "README's variable table differs from ws.config.VARIABLES: run `python -m ws.config`"
+    assert config.markdown_table() in readme, (
+        "README's variable table differs from ws.config.VARIABLES: run `python -m ws.config`"
+    )
     documented = set(re.findall(r"^\| `(WS_[A-Z_]+)` \|", readme, re.M))
     assert documented == set(config.BY_NAME), documented ^ set(config.BY_NAME)
 
@@ -125,8 +161,9 @@ sys.stdin.readline()
 def test_a_second_run_into_the_same_out_stops_with_a_clear_message(tmp_path):
     out = tmp_path / "out"
     env = {"WS_OUT": str(out), "WS_CACHE": str(tmp_path / "c"), "WS_LOGS": str(tmp_path / "l")}
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True, cwd=ROOT)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunLockedError, match=r"another run is writing into .*\(holder, pid \d+"):

@@ -76,15 +76,29 @@ def test_effect_stats_known_answer_and_the_suite_s_specificity():
 def _cands(adapter: str, order: list[str], top: dict[str, int] | None = None) -> pl.DataFrame:
     n = len(order)
     top = top or {}
-    return pl.DataFrame({
-        "adapter": [adapter] * n, "rank": list(range(1, n + 1)), "subspace": order, "family": ["f"] * n,
-        "axis_kind": ["write"] * n, "seed_mean_joint_score": [float(n - i) for i in range(n)],
-        "joint_ci_lo": [0.0] * n, "joint_ci_hi": [9.0] * n, "seed_mean_conc_act": [2.0] * n,
-        "conc_act_ci_lo": [1.5] * n, "conc_act_ci_hi": [2.5] * n, "seed_mean_conc_w_combined": [2.0] * n,
-        "conc_w_ci_lo": [1.0] * n, "conc_w_ci_hi": [3.0] * n, "n_seeds": [2] * n, "seeds_won": [0] * n,
-        "seeds_in_top_k": [top.get(s, 2 if i < X.TOP_K else 0) for i, s in enumerate(order)],
-        "best_seed_rank": [1] * n, "worst_seed_rank": [n] * n,
-    })
+    return pl.DataFrame(
+        {
+            "adapter": [adapter] * n,
+            "rank": list(range(1, n + 1)),
+            "subspace": order,
+            "family": ["f"] * n,
+            "axis_kind": ["write"] * n,
+            "seed_mean_joint_score": [float(n - i) for i in range(n)],
+            "joint_ci_lo": [0.0] * n,
+            "joint_ci_hi": [9.0] * n,
+            "seed_mean_conc_act": [2.0] * n,
+            "conc_act_ci_lo": [1.5] * n,
+            "conc_act_ci_hi": [2.5] * n,
+            "seed_mean_conc_w_combined": [2.0] * n,
+            "conc_w_ci_lo": [1.0] * n,
+            "conc_w_ci_hi": [3.0] * n,
+            "n_seeds": [2] * n,
+            "seeds_won": [0] * n,
+            "seeds_in_top_k": [top.get(s, 2 if i < X.TOP_K else 0) for i, s in enumerate(order)],
+            "best_seed_rank": [1] * n,
+            "worst_seed_rank": [n] * n,
+        }
+    )
 
 
 NAMES = [f"c{i}" for i in range(12)]
@@ -94,7 +108,7 @@ def test_rank_table_names_behaviour_and_adapter_level_candidates():
     a = _cands("lora", NAMES)
     b = _cands("bidir", ["c0", "c1", "c2", "c3", "c9", "c5", "c6", "c7", "c8", "c4", "c10", "c11"])
     r = X.rank_table({"lora": a, "bidir": b})
-    level = dict(zip(r["subspace"].to_list(), r["level"].to_list()))
+    level = dict(zip(r["subspace"].to_list(), r["level"].to_list(), strict=True))
     assert [n for n, lv in level.items() if lv == "behaviour-level"] == ["c0", "c1", "c2", "c3"]
     assert {n for n, lv in level.items() if lv == "adapter-level"} == {"c4", "c9"}
     assert level["c11"] == "none"
@@ -102,25 +116,46 @@ def test_rank_table_names_behaviour_and_adapter_level_candidates():
     assert set(X.rank_table({"lora": a})["level"].to_list()) == {"single adapter"}
     tau = X.tau_table({"lora": a, "bidir": b})
     assert tau.height == 1 and 0 < tau["kendall_tau"][0] < 1 and tau["n"][0] == 12
-    assert X.tau_table({"lora": a, "lora2": a.with_columns(pl.lit("lora2").alias("adapter"))})["kendall_tau"][0] == pytest.approx(1.0)
+    assert X.tau_table({"lora": a, "lora2": a.with_columns(pl.lit("lora2").alias("adapter"))})["kendall_tau"][0] == pytest.approx(
+        1.0
+    )
 
 
 def _summary(**spec) -> pl.DataFrame:
     rows = []
     for a, (sp, lo, hi, ov, win) in spec.items():
-        rows.append(dict(adapter=a, n_seeds=2, seeds="0,1", unit_alpha=0.5 if a == "bidir" else 1.0,
-                         spread_opinion_false=sp, spread_opinion_false_ci_lo=sp - 1, spread_opinion_false_ci_hi=sp + 1,
-                         specificity=(lo + hi) / 2, specificity_ci_lo=lo, specificity_ci_hi=hi, winner=win,
-                         winner_seeds_won=2, winner_joint_score=2.0, winner_joint_ci_lo=1.5, winner_joint_ci_hi=2.5,
-                         oracle_overlap_cos=ov, oracle_overlap_ci_lo=ov - 0.1, oracle_overlap_ci_hi=ov + 0.1,
-                         self_tests_passed=4, self_tests=4))
+        rows.append(
+            dict(
+                adapter=a,
+                n_seeds=2,
+                seeds="0,1",
+                unit_alpha=0.5 if a == "bidir" else 1.0,
+                spread_opinion_false=sp,
+                spread_opinion_false_ci_lo=sp - 1,
+                spread_opinion_false_ci_hi=sp + 1,
+                specificity=(lo + hi) / 2,
+                specificity_ci_lo=lo,
+                specificity_ci_hi=hi,
+                winner=win,
+                winner_seeds_won=2,
+                winner_joint_score=2.0,
+                winner_joint_ci_lo=1.5,
+                winner_joint_ci_hi=2.5,
+                oracle_overlap_cos=ov,
+                oracle_overlap_ci_lo=ov - 0.1,
+                oracle_overlap_ci_hi=ov + 0.1,
+                self_tests_passed=4,
+                self_tests=4,
+            )
+        )
     return pl.DataFrame(rows)
 
 
 def test_claims_verdicts_follow_the_evidence():
     a = _cands("lora", NAMES)
-    b = _cands("bidir", ["c0", "c1", "c2", "c3", "c9", "c5", "c6", "c7", "c8", "c4", "c10", "c11"],
-               top={"c3": 1})  # c3 is in bidir's top 5 in one seed of two
+    b = _cands(
+        "bidir", ["c0", "c1", "c2", "c3", "c9", "c5", "c6", "c7", "c8", "c4", "c10", "c11"], top={"c3": 1}
+    )  # c3 is in bidir's top 5 in one seed of two
     cands = pl.concat([a, b])
     ranks = X.rank_table({"lora": a, "bidir": b})
     tau = X.tau_table({"lora": a, "bidir": b})
@@ -147,8 +182,14 @@ def test_claims_verdicts_follow_the_evidence():
 # ----------------------------------------------------------------------------- end to end
 def _env(base: Path) -> dict:
     env = dict(os.environ)
-    env.update(WS_SMOKE="1", WS_OUT=str(base / "out"), WS_CACHE=str(base / "cache"), WS_LOGS=str(base / "logs"),
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.update(
+        WS_SMOKE="1",
+        WS_OUT=str(base / "out"),
+        WS_CACHE=str(base / "cache"),
+        WS_LOGS=str(base / "logs"),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+    )
     env.pop("WS_ADAPTERS", None)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     return env

@@ -10,9 +10,21 @@ from ws.bases import REGISTRY, meta_frame
 
 # rows whose construction differs from the spec's words or from upstream's code in a way a
 # reader of the definition alone could not guess
-MUST_SAY_HOW = ["input_super_not_lm_read", "attn_ov_write", "qk_circuit", "churn", "rotation_contrast",
-                "chars_clusters", "qk_x_chars_clusters", "attention_sink", "TaskDiff_contrast",
-                "TaskDiff_lora_ceiling", "dW_left_basis_ceiling", "write_not_downstream_read", "causally_isolated"]
+MUST_SAY_HOW = [
+    "input_super_not_lm_read",
+    "attn_ov_write",
+    "qk_circuit",
+    "churn",
+    "rotation_contrast",
+    "chars_clusters",
+    "qk_x_chars_clusters",
+    "attention_sink",
+    "TaskDiff_contrast",
+    "TaskDiff_lora_ceiling",
+    "dW_left_basis_ceiling",
+    "write_not_downstream_read",
+    "causally_isolated",
+]
 
 
 def test_rows_built_otherwise_say_how():

@@ -20,8 +20,11 @@ from ws.steer import weight_steer
 def _w(model, scale: float, layers=(1, 2), seed=0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     p = dict(model.named_parameters())
-    return {k: torch.randn(p[k].shape, generator=g) * scale for k in p
-            if k.startswith(tuple(f"model.layers.{i}." for i in layers)) and k.endswith("proj.weight")}
+    return {
+        k: torch.randn(p[k].shape, generator=g) * scale
+        for k in p
+        if k.startswith(tuple(f"model.layers.{i}." for i in layers)) and k.endswith("proj.weight")
+    }
 
 
 def test_resolution_known_answers():
@@ -80,8 +83,16 @@ def _dispatched(tmp_path):
     from accelerate import dispatch_model
 
     model, tok = load_model("tiny-llama")
-    device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.layers.2": "cpu",
-                  "model.layers.3": "disk", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    device_map = {
+        "model.embed_tokens": "cpu",
+        "model.layers.0": "cpu",
+        "model.layers.1": "disk",
+        "model.layers.2": "cpu",
+        "model.layers.3": "disk",
+        "model.norm": "cpu",
+        "model.rotary_emb": "cpu",
+        "lm_head": "cpu",
+    }
     dispatched = dispatch_model(model, device_map=device_map, offload_dir=str(tmp_path / "offload"))
     return dispatched, tok
 

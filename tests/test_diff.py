@@ -165,8 +165,16 @@ def test_a_diff_without_o_proj_gives_nan_cells_never_zero(tiny_llama):
     torch.manual_seed(0)
     B = torch.linalg.qr(torch.randn(64, 8, dtype=torch.float64))[0]
     bases = {"b": [B] * 4}
-    meta = pl.DataFrame({"subspace": ["b"], "family": ["W:test"], "axis_kind": ["write"], "source": ["test"],
-                         "kind": ["A-hypothesis"], "definition": ["random"]})
+    meta = pl.DataFrame(
+        {
+            "subspace": ["b"],
+            "family": ["W:test"],
+            "axis_kind": ["write"],
+            "source": ["test"],
+            "kind": ["A-hypothesis"],
+            "definition": ["random"],
+        }
+    )
     label = torch.randn(4, 6, 64)
     scores = stats.score_sweep(bases, meta, label, per, [None] * 4)
     row = scores.per_layer.filter(pl.col("layer") == 1).row(0, named=True)

@@ -28,8 +28,11 @@ def _texts(tok, n=3):
 
 def _diff(model, layers=(1, 2), scale=0.3, seed=0, names=("o_proj", "down_proj", "q_proj", "up_proj")):
     g = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(p.shape, generator=g) * scale for k, p in model.named_parameters()
-            if any(k.startswith(f"model.layers.{l}.") for l in layers) and any(f"{n}." in k for n in names)}
+    return {
+        k: torch.randn(p.shape, generator=g) * scale
+        for k, p in model.named_parameters()
+        if any(k.startswith(f"model.layers.{l}.") for l in layers) and any(f"{n}." in k for n in names)
+    }
 
 
 def test_plan_splits_every_prompt_into_the_shared_prefix_and_its_own_suffix(tiny_llama):

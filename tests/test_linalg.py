@@ -174,8 +174,13 @@ def test_principal_angles_of_known_rotations():
     e = torch.eye(D, dtype=torch.float64)
     angles = [0.1, 0.7]
     A = e[:, [0, 2]]
-    B = torch.stack([math.cos(angles[0]) * e[:, 0] + math.sin(angles[0]) * e[:, 1],
-                     math.cos(angles[1]) * e[:, 2] + math.sin(angles[1]) * e[:, 3]], dim=1)
+    B = torch.stack(
+        [
+            math.cos(angles[0]) * e[:, 0] + math.sin(angles[0]) * e[:, 1],
+            math.cos(angles[1]) * e[:, 2] + math.sin(angles[1]) * e[:, 3],
+        ],
+        dim=1,
+    )
     th = la.principal_angles(A, B)
     assert torch.allclose(th, torch.tensor(angles, dtype=torch.float64), atol=1e-10)
     assert la.mean_principal_cosine(A, B) == pytest.approx((math.cos(0.1) + math.cos(0.7)) / 2, abs=1e-12)

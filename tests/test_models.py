@@ -12,7 +12,7 @@ from ws.models import ModelLoadError, check_architecture, d_model, load_model, n
 def test_tiny_models_are_deterministic_and_gqa():
     a, _ = load_model("tiny-llama")
     b, _ = load_model("tiny-llama")
-    for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters()):
+    for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         assert na == nb and torch.equal(pa, pb)
     q, tok = load_model("tiny-qwen3")
     assert type(q).__name__ == "Qwen3ForCausalLM"
@@ -63,11 +63,14 @@ def test_embedded_model_knows_paris(smollm2):
     assert "Paris" in answer, answer
 
 
-@pytest.mark.parametrize("contents,lacks", [
-    ({}, "config.json, weights"),
-    ({"notes.txt": "hello", "README.md": "# not a model"}, "config.json, weights"),
-    ({"config.json": '{"model_type": "llama"}'}, "lacks weights"),
-])
+@pytest.mark.parametrize(
+    "contents,lacks",
+    [
+        ({}, "config.json, weights"),
+        ({"notes.txt": "hello", "README.md": "# not a model"}, "config.json, weights"),
+        ({"config.json": '{"model_type": "llama"}'}, "lacks weights"),
+    ],
+)
 def test_a_folder_that_is_not_a_model_says_what_it_lacks(tmp_path, contents, lacks):
     for name, text in contents.items():
         (tmp_path / name).write_text(text)

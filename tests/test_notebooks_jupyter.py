@@ -38,11 +38,19 @@ def _execute(path: Path, base: Path) -> nbformat.NotebookNode:
     from nbclient import NotebookClient
 
     env = dict(os.environ)
-    env.update(WS_SMOKE="1", WS_MODEL="tiny-llama", WS_OUT=str(base / "out"), WS_CACHE=str(base / "cache"),
-               WS_LOGS=str(base / "logs"), WS_LOG_TERMINAL="0", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               # two adapter types keep the cross-adapter notebook short here; all six run in
-               # tests/test_cross_adapter.py
-               WS_ADAPTERS="lora,bidir")
+    env.update(
+        WS_SMOKE="1",
+        WS_MODEL="tiny-llama",
+        WS_OUT=str(base / "out"),
+        WS_CACHE=str(base / "cache"),
+        WS_LOGS=str(base / "logs"),
+        WS_LOG_TERMINAL="0",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        # two adapter types keep the cross-adapter notebook short here; all six run in
+        # tests/test_cross_adapter.py
+        WS_ADAPTERS="lora,bidir",
+    )
     # the kernel imports this checkout's `ws` (as the editable install of `make setup` does)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     nb = nbformat.read(path, as_version=4)
@@ -93,7 +101,8 @@ def test_the_notebooks_kernel_is_this_environment():
         except NoSuchKernel:
             pytest.fail(f"{path.name} names kernel {name!r}, which is not registered: run `make setup`")
         assert Path(spec.argv[0]).parent.parent.resolve() == Path(sys.prefix).resolve(), (
-            f"kernel {name!r} runs {spec.argv[0]}, not this environment ({sys.prefix}): run `make setup`")
+            f"kernel {name!r} runs {spec.argv[0]}, not this environment ({sys.prefix}): run `make setup`"
+        )
 
 
 @pytest.mark.slow
@@ -148,8 +157,15 @@ def test_figures_are_shown_inline(runs):
 def test_sweep_sections_come_in_reading_order(runs):
     nb, _ = runs[SWEEP]
     heads = [c.source.splitlines()[0] for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("## ")]
-    order = ["## What the diff does", "## Bottom line", "## The joint scatter", "## Which claims survive",
-             "## Specificity", "## Seeds", "## Where the files went"]
+    order = [
+        "## What the diff does",
+        "## Bottom line",
+        "## The joint scatter",
+        "## Which claims survive",
+        "## Specificity",
+        "## Seeds",
+        "## Where the files went",
+    ]
     at = [next(i for i, h in enumerate(heads) if h.startswith(o)) for o in order]
     assert at == sorted(at), heads
     assert heads[-1].startswith("## Where the files went")

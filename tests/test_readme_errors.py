@@ -20,12 +20,21 @@ ROOT = Path(__file__).resolve().parent.parent
 def _rows() -> dict[str, re.Pattern]:
     """README row text (first cell) -> a regex for ``"<Type>: <message>"``."""
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Errors and what they mean"):]
+    section = text[text.index("## Errors and what they mean") :]
     rows = {}
     for cell in re.findall(r"^\| `([A-Za-z]+(?:Error|Exception): [^`]+)`", section, re.M):
         pat = re.escape(cell)
-        for ph, rx in (("'X'", "'[^']+'"), ("'Y'", "'[^']+'"), ("WS_X", "WS_[A-Z_]+"), (r"\ N\ ", r" \d+ "),
-                       (r"\(N\ ", r"\(\d+ "), (r"layer\ L", r"layer \d+"), (r"\[N\]", r"\[\d+\]"), ("…", ".*"), ("'…'", "'.*'")):
+        for ph, rx in (
+            ("'X'", "'[^']+'"),
+            ("'Y'", "'[^']+'"),
+            ("WS_X", "WS_[A-Z_]+"),
+            (r"\ N\ ", r" \d+ "),
+            (r"\(N\ ", r"\(\d+ "),
+            (r"layer\ L", r"layer \d+"),
+            (r"\[N\]", r"\[\d+\]"),
+            ("…", ".*"),
+            ("'…'", "'.*'"),
+        ):
             pat = pat.replace(ph, rx)
         rows[cell] = re.compile(pat, re.S)
     return rows
@@ -74,13 +83,16 @@ def _cases(tmp_path, model):
 
     spec = json.loads((ROOT / "behaviors" / "refusal.json").read_text())
     spec["name"] = "mine"
-    broken = {"item": lambda s: s["items"][3].pop("text"), "set": lambda s: s["sets"][1].update(role="extra"),
-              "top": lambda s: s.pop("persona_pairs")}
+    broken = {
+        "item": lambda s: s["items"][3].pop("text"),
+        "set": lambda s: s["sets"][1].update(role="extra"),
+        "top": lambda s: s.pop("persona_pairs"),
+    }
     for what, change in broken.items():
         bad = json.loads(json.dumps(spec))
         change(bad)
         (tmp_path / f"{what}.json").write_text(json.dumps(bad))
-        out[f"behaviour {what}"] = _raise(lambda: behavior.load(tmp_path / f"{what}.json"))
+        out[f"behaviour {what}"] = _raise(lambda what=what: behavior.load(tmp_path / f"{what}.json"))
     out["behaviour config"] = _raise(lambda: config.from_env({"WS_BEHAVIOR": str(tmp_path / "item.json")}))
     (tmp_path / "syntax.json").write_text('{"name": "mine",\n "sets": [}')
     out["behaviour syntax"] = _raise(lambda: behavior.load(tmp_path / "syntax.json"))
@@ -90,13 +102,26 @@ def _cases(tmp_path, model):
     out["behaviour suffix"] = _raise(lambda: behavior.load(tmp_path / "mine.txt"))
     empty = pl.DataFrame(schema={"continuation": pl.String, "response": pl.String})
     out["completions"] = _raise(lambda: completions.check_completions(empty))
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from ws.io import hold_run_lock; "
-                               "hold_run_lock(sys.argv[1]); print('held', flush=True); sys.stdin.readline()",
-                               str(tmp_path / "locked")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from ws.io import hold_run_lock; "
+            "hold_run_lock(sys.argv[1]); print('held', flush=True); sys.stdin.readline()",
+            str(tmp_path / "locked"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
-        out["lock"] = _raise(lambda: config.start_run("t", {"WS_OUT": str(tmp_path / "locked"),
-                                                            "WS_CACHE": str(tmp_path / "c"), "WS_LOGS": str(tmp_path / "l")}))
+        out["lock"] = _raise(
+            lambda: config.start_run(
+                "t", {"WS_OUT": str(tmp_path / "locked"), "WS_CACHE": str(tmp_path / "c"), "WS_LOGS": str(tmp_path / "l")}
+            )
+        )
     finally:
         holder.communicate("\n", timeout=60)
     return out

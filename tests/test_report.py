@@ -11,8 +11,14 @@ import pytest
 from ws import report, verdicts
 from ws.io import atomic_path
 
-FAMILIES = [("W:write", "write"), ("W:OV", "write"), ("act:persona", "mixed"), ("compound", "mixed"),
-            ("W:read", "read"), ("W:unembed", "read")]
+FAMILIES = [
+    ("W:write", "write"),
+    ("W:OV", "write"),
+    ("act:persona", "mixed"),
+    ("compound", "mixed"),
+    ("W:read", "read"),
+    ("W:unembed", "read"),
+]
 
 
 def synthetic_summary(n: int = 14, seed: int = 0) -> pl.DataFrame:
@@ -23,14 +29,41 @@ def synthetic_summary(n: int = 14, seed: int = 0) -> pl.DataFrame:
     for i in range(n):
         fam, ak = FAMILIES[i % len(FAMILIES)]
         a, w = float(np.exp(rng.normal(0.7, 0.8))), float(np.exp(rng.normal(0.3, 0.5)))
-        rows.append(dict(subspace=f"candidate_with_a_long_name_{i:02d}", family=fam, axis_kind=ak, source="A",
-                         kind="A-hypothesis", mean_conc_act=a, mean_conc_w_combined=w))
+        rows.append(
+            dict(
+                subspace=f"candidate_with_a_long_name_{i:02d}",
+                family=fam,
+                axis_kind=ak,
+                source="A",
+                kind="A-hypothesis",
+                mean_conc_act=a,
+                mean_conc_w_combined=w,
+            )
+        )
     rows[1]["mean_conc_act"] = float("nan")
     rows[2]["mean_conc_w_combined"] = 0.0
-    rows.append(dict(subspace=report.CEILING_ACT, family="ceiling", axis_kind="ceiling", source="B", kind="ceiling",
-                     mean_conc_act=30.0, mean_conc_w_combined=2.0))
-    rows.append(dict(subspace=report.CEILING_W, family="ceiling", axis_kind="ceiling", source="B", kind="ceiling",
-                     mean_conc_act=3.0, mean_conc_w_combined=40.0))
+    rows.append(
+        dict(
+            subspace=report.CEILING_ACT,
+            family="ceiling",
+            axis_kind="ceiling",
+            source="B",
+            kind="ceiling",
+            mean_conc_act=30.0,
+            mean_conc_w_combined=2.0,
+        )
+    )
+    rows.append(
+        dict(
+            subspace=report.CEILING_W,
+            family="ceiling",
+            axis_kind="ceiling",
+            source="B",
+            kind="ceiling",
+            mean_conc_act=3.0,
+            mean_conc_w_combined=40.0,
+        )
+    )
     df = pl.DataFrame(rows)
     df = df.with_columns(
         (pl.col("mean_conc_act") * 0.8).alias("mean_conc_w_oproj"),
@@ -51,13 +84,19 @@ def synthetic_summary(n: int = 14, seed: int = 0) -> pl.DataFrame:
         (100 * pl.col("mean_conc_act") / ca).alias("pct_act_ceiling"),
         *[(100 * pl.col(f"mean_conc_w_{t}") / v).alias(f"pct_w_oracle_{t}") for t, v in cw.items()],
     )
-    return df.with_columns(pl.col("joint_score").fill_nan(None).alias("k")).sort(
-        ["k", "subspace"], descending=[True, False], nulls_last=True).drop("k")
+    return (
+        df.with_columns(pl.col("joint_score").fill_nan(None).alias("k"))
+        .sort(["k", "subspace"], descending=[True, False], nulls_last=True)
+        .drop("k")
+    )
 
 
 def specific_summary(summary: pl.DataFrame) -> pl.DataFrame:
     return summary.select(
-        "subspace", "family", "source", "kind",
+        "subspace",
+        "family",
+        "source",
+        "kind",
         (pl.col("mean_conc_act") * 0.9).alias("mean_specific_conc_act"),
         (pl.col("mean_z_act") * 0.9).alias("mean_specific_z_act"),
         (pl.col("mean_energy_frac_act") * 0.9).alias("mean_specific_energy_frac_act"),
@@ -69,9 +108,10 @@ def specific_summary(summary: pl.DataFrame) -> pl.DataFrame:
 
 
 def test_write_table_is_byte_identical_and_formatted(tmp_path):
-    df = pl.DataFrame({"name": ["a", "b,c", "d"], "x": [1 / 3, float("nan"), 1e-12],
-                       "y": [None, float("inf"), -2.0], "n": [1, None, 3]},
-                      schema={"name": pl.String, "x": pl.Float64, "y": pl.Float64, "n": pl.Int64})
+    df = pl.DataFrame(
+        {"name": ["a", "b,c", "d"], "x": [1 / 3, float("nan"), 1e-12], "y": [None, float("inf"), -2.0], "n": [1, None, 3]},
+        schema={"name": pl.String, "x": pl.Float64, "y": pl.Float64, "n": pl.Int64},
+    )
     p1, p2 = tmp_path / "a.csv", tmp_path / "b.csv"
     report.write_table(df, p1)
     report.write_table(df.clone(), p2)
@@ -147,9 +187,16 @@ def test_joint_scatter_writes_png_and_pdf(tmp_path):
 
 def test_seed_ranges_and_whiskers(tmp_path):
     summ = synthetic_summary()
-    long = pl.concat([summ.select("subspace", (pl.col("mean_conc_act") * f).alias("mean_conc_act"),
-                                  (pl.col("mean_conc_w_combined") * f).alias("mean_conc_w_combined"))
-                      .with_columns(pl.lit(i).alias("seed")) for i, f in enumerate((0.5, 1.0, 2.0))])
+    long = pl.concat(
+        [
+            summ.select(
+                "subspace",
+                (pl.col("mean_conc_act") * f).alias("mean_conc_act"),
+                (pl.col("mean_conc_w_combined") * f).alias("mean_conc_w_combined"),
+            ).with_columns(pl.lit(i).alias("seed"))
+            for i, f in enumerate((0.5, 1.0, 2.0))
+        ]
+    )
     rg = report._seed_ranges(long, floor=1e-3)
     r = summ.filter(pl.col("subspace") == "candidate_with_a_long_name_00").row(0, named=True)
     (x0, x1), (y0, y1) = rg["candidate_with_a_long_name_00"]
@@ -164,7 +211,7 @@ def test_seed_ranges_and_whiskers(tmp_path):
 
 def test_label_spread_never_overlaps():
     ys = report._spread([0.5, 0.5, 0.51, 0.99, 0.99, 0.0], 0.05)
-    assert all(b - a >= 0.05 - 1e-12 for a, b in zip(ys, ys[1:]))
+    assert all(b - a >= 0.05 - 1e-12 for a, b in zip(ys, ys[1:], strict=True))
     assert min(ys) >= 0.0 and max(ys) <= 1.0
     crowded = report._spread([0.5] * 40, 0.05)
     assert crowded == sorted(crowded) and len(set(crowded)) == 40
@@ -174,9 +221,12 @@ def test_label_spread_never_overlaps():
 
 
 def test_definitions_md_has_every_row():
-    meta = pl.DataFrame([dict(subspace="a|b", family="W:write", axis_kind="write", source="w",
-                              definition="left SVD of [W_o | W_down]"),
-                         dict(subspace="c", family="act:clean", axis_kind="mixed", source="a", definition="PCA")])
+    meta = pl.DataFrame(
+        [
+            dict(subspace="a|b", family="W:write", axis_kind="write", source="w", definition="left SVD of [W_o | W_down]"),
+            dict(subspace="c", family="act:clean", axis_kind="mixed", source="a", definition="PCA"),
+        ]
+    )
     md = report.definitions_md(meta)
     assert "| name | family | axis_kind | source | definition |" in md
     assert "a\\|b" in md and "[W_o \\| W_down]" in md
@@ -185,19 +235,33 @@ def test_definitions_md_has_every_row():
 
 def info_for(summary: pl.DataFrame, fail: bool = False) -> dict:
     return dict(
-        model="tiny-test-model", n_fit=48, n_eval=24, layers_touched=list(range(9, 24)),
-        layers_without_delta=[0, 1, 2], rank_collapses=["chars_clusters: rank 7 at layer 3"], quantized=True,
+        model="tiny-test-model",
+        n_fit=48,
+        n_eval=24,
+        layers_touched=list(range(9, 24)),
+        layers_without_delta=[0, 1, 2],
+        rank_collapses=["chars_clusters: rank 7 at layer 3"],
+        quantized=True,
         diff_specificity_ratio=1.7,
-        self_tests=[("null_vs_mc", True, "closed form within 3 SE"),
-                    ("steer_roundtrip", not fail, "max abs diff 0.5 after restore")],
-        artifacts=["v7_summary.tsv", "v7_per_layer.csv"], seed=11, n_boot=2000, ci_level=0.95,
-        bootstrap_ci=pl.DataFrame({"subspace": summary["subspace"],
-                                   "mean_conc_act_ci_lo": summary["mean_conc_act"] * 0.9,
-                                   "mean_conc_act_ci_hi": summary["mean_conc_act"] * 1.1,
-                                   "mean_energy_frac_act_ci_lo": summary["mean_energy_frac_act"] * 0.9,
-                                   "mean_energy_frac_act_ci_hi": summary["mean_energy_frac_act"] * 1.1,
-                                   "joint_score_ci_lo": summary["joint_score"] * 0.95,
-                                   "joint_score_ci_hi": summary["joint_score"] * 1.05}),
+        self_tests=[
+            ("null_vs_mc", True, "closed form within 3 SE"),
+            ("steer_roundtrip", not fail, "max abs diff 0.5 after restore"),
+        ],
+        artifacts=["v7_summary.tsv", "v7_per_layer.csv"],
+        seed=11,
+        n_boot=2000,
+        ci_level=0.95,
+        bootstrap_ci=pl.DataFrame(
+            {
+                "subspace": summary["subspace"],
+                "mean_conc_act_ci_lo": summary["mean_conc_act"] * 0.9,
+                "mean_conc_act_ci_hi": summary["mean_conc_act"] * 1.1,
+                "mean_energy_frac_act_ci_lo": summary["mean_energy_frac_act"] * 0.9,
+                "mean_energy_frac_act_ci_hi": summary["mean_energy_frac_act"] * 1.1,
+                "joint_score_ci_lo": summary["joint_score"] * 0.95,
+                "joint_score_ci_hi": summary["joint_score"] * 1.05,
+            }
+        ),
     )
 
 
@@ -247,12 +311,21 @@ def test_conclusion_reports_best_row_from_table():
     spec = specific_summary(summ)
     info = info_for(summ)
     md = report.conclusion_md(summ, spec, None, as_info(info))
-    best = (summ.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(["write", "mixed"]))
-            .filter(pl.col("joint_score").is_not_nan()).row(0, named=True))
+    best = (
+        summ.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(["write", "mixed"]))
+        .filter(pl.col("joint_score").is_not_nan())
+        .row(0, named=True)
+    )
     bottom = md.split("## Bottom line")[1].split("##")[0]
     assert f"`{best['subspace']}`" in bottom
-    for col in ("joint_score", "mean_conc_act", "mean_conc_w_combined", "mean_conc_w_oproj",
-                "mean_conc_w_downproj", "mean_z_act"):
+    for col in (
+        "joint_score",
+        "mean_conc_act",
+        "mean_conc_w_combined",
+        "mean_conc_w_oproj",
+        "mean_conc_w_downproj",
+        "mean_z_act",
+    ):
         assert report.fmt_num(best[col]) in bottom, col
     for col in ("pct_act_ceiling", "pct_w_oracle_combined", "pct_w_oracle_oproj", "pct_w_oracle_downproj"):
         assert report.fmt_pct(best[col]) in bottom, col
@@ -264,12 +337,14 @@ def test_conclusion_reports_best_row_from_table():
     text = re.sub(r"[A-Za-z_]+\d+[A-Za-z_\d]*|\d+-bit|Top-\d+|z_act|R_w|R_act", " ", text)
     nums = re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[+-]?\d+)?", text)
     wm = summ.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(["write", "mixed"]))
-    top_a = set(wm.filter(pl.col("mean_conc_act").is_not_nan())
-                .sort("mean_conc_act", descending=True)["subspace"].head(5))
-    top_w = set(wm.filter(pl.col("mean_conc_w_combined").is_not_nan())
-                .sort("mean_conc_w_combined", descending=True)["subspace"].head(5))
+    top_a = set(wm.filter(pl.col("mean_conc_act").is_not_nan()).sort("mean_conc_act", descending=True)["subspace"].head(5))
+    top_w = set(
+        wm.filter(pl.col("mean_conc_w_combined").is_not_nan()).sort("mean_conc_w_combined", descending=True)["subspace"].head(5)
+    )
     strings = " ".join(s for v in info.values() if isinstance(v, list) for s in v if isinstance(s, str))
-    extra = [5, len(top_a & top_w), verdicts.SPECIFICITY_TARGET, 1, len(info["self_tests"])] + [int(x) for x in re.findall(r"\d+", strings)]
+    extra = [5, len(top_a & top_w), verdicts.SPECIFICITY_TARGET, 1, len(info["self_tests"])] + [
+        int(x) for x in re.findall(r"\d+", strings)
+    ]
     allowed = allowed_numbers(summ, spec, info=info, extra=extra)
     stray = [n for n in nums if n not in allowed]
     assert not stray, stray
@@ -285,12 +360,20 @@ def test_conclusion_puts_failing_self_test_on_top():
 
 def test_conclusion_uses_qvalues_and_null_methods():
     summ = synthetic_summary()
-    best = summ.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(["write", "mixed"])
-                       & pl.col("joint_score").is_not_nan())["subspace"][0]
-    per_layer = pl.DataFrame({"layer": [9, 10, 11], "subspace": [best] * 3, "kind": ["A-hypothesis"] * 3,
-                              "q_act": [0.01, 0.2, 0.03], "q_w_combined": [0.5, 0.5, 0.001],
-                              "null_method_act": ["gaussian", "monte_carlo", "gaussian"],
-                              "null_method_w_combined": ["gaussian"] * 3})
+    best = summ.filter(
+        (pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(["write", "mixed"]) & pl.col("joint_score").is_not_nan()
+    )["subspace"][0]
+    per_layer = pl.DataFrame(
+        {
+            "layer": [9, 10, 11],
+            "subspace": [best] * 3,
+            "kind": ["A-hypothesis"] * 3,
+            "q_act": [0.01, 0.2, 0.03],
+            "q_w_combined": [0.5, 0.5, 0.001],
+            "null_method_act": ["gaussian", "monte_carlo", "gaussian"],
+            "null_method_w_combined": ["gaussian"] * 3,
+        }
+    )
     info = info_for(summ) | {"fdr_alpha": 0.05}
     md = report.conclusion_md(summ, specific_summary(summ), per_layer, as_info(info))
     assert "q ≤ 0.05 on 2 of 3 layers" in md and "q ≤ 0.05 on 1 of 3 layers" in md
@@ -310,24 +393,44 @@ def test_plan_merge_md():
 
 # ------------------------------------------------------------------------------ claims
 def _best_two(summ: pl.DataFrame) -> tuple[str, str]:
-    r = (summ.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(["write", "mixed"]))
-         .filter(pl.col("joint_score").is_not_nan()).sort(["joint_score", "subspace"], descending=[True, False]))
+    r = (
+        summ.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(["write", "mixed"]))
+        .filter(pl.col("joint_score").is_not_nan())
+        .sort(["joint_score", "subspace"], descending=[True, False])
+    )
     return r["subspace"][0], r["subspace"][1]
 
 
 def _per_layer(name: str, q_act: list, q_w: list) -> pl.DataFrame:
     n = len(q_act)
-    return pl.DataFrame({"layer": list(range(9, 9 + n)), "subspace": [name] * n, "kind": ["A-hypothesis"] * n,
-                         "q_act": q_act, "q_w_combined": q_w})
+    return pl.DataFrame(
+        {
+            "layer": list(range(9, 9 + n)),
+            "subspace": [name] * n,
+            "kind": ["A-hypothesis"] * n,
+            "q_act": q_act,
+            "q_w_combined": q_w,
+        }
+    )
 
 
 def _verdicts(summ, per_layer, info) -> dict[str, bool | None]:
     out = {}
     for c in verdicts.claim_checks(summ, per_layer, as_info(info)):
         claim, ok = c.claim, c.survives
-        key = ("act" if "activation effect" in claim else "weight" if "weight energy" in claim else
-               "runner" if "runner-up" in claim else "seed" if "LoRA seed" in claim else
-               "specific" if "specific to the behaviour" in claim else "selftest")
+        key = (
+            "act"
+            if "activation effect" in claim
+            else "weight"
+            if "weight energy" in claim
+            else "runner"
+            if "runner-up" in claim
+            else "seed"
+            if "LoRA seed" in claim
+            else "specific"
+            if "specific to the behaviour" in claim
+            else "selftest"
+        )
         out[key] = ok
     return out
 
@@ -339,7 +442,11 @@ def test_claim_checks_known_verdicts():
     # significant activation on 3 of 4 layers, weight on 1 of 4; CIs of the top two do not overlap
     ci = info["bootstrap_ci"].with_columns(
         pl.when(pl.col("subspace") == best).then(pl.lit(100.0)).otherwise(pl.col("joint_score_ci_lo")).alias("joint_score_ci_lo"),
-        pl.when(pl.col("subspace") == best).then(pl.lit(2.0)).otherwise(pl.col("mean_conc_act_ci_lo")).alias("mean_conc_act_ci_lo"))
+        pl.when(pl.col("subspace") == best)
+        .then(pl.lit(2.0))
+        .otherwise(pl.col("mean_conc_act_ci_lo"))
+        .alias("mean_conc_act_ci_lo"),
+    )
     info["bootstrap_ci"] = ci
     v = _verdicts(summ, _per_layer(best, [0.01, 0.02, 0.5, 0.001], [0.3, 0.04, 0.6, 0.9]), info)
     assert v["act"] is True and v["weight"] is False and v["runner"] is True
@@ -353,12 +460,23 @@ def test_claim_checks_known_verdicts():
     assert _verdicts(summ, _per_layer(best, [0.01] * 3, [0.01] * 3), info2)["act"] is False
     # overlapping joint CIs: the order of the top two is not resolved
     second_hi = float(ci.filter(pl.col("subspace") == second)["joint_score_ci_hi"][0])
-    overlap = ci.with_columns(pl.when(pl.col("subspace") == best).then(pl.lit(second_hi - 0.01))
-                              .otherwise(pl.col("joint_score_ci_lo")).alias("joint_score_ci_lo"))
+    overlap = ci.with_columns(
+        pl.when(pl.col("subspace") == best)
+        .then(pl.lit(second_hi - 0.01))
+        .otherwise(pl.col("joint_score_ci_lo"))
+        .alias("joint_score_ci_lo")
+    )
     assert _verdicts(summ, None, info | {"bootstrap_ci": overlap})["runner"] is False
     # several seeds: every win needed, for the seed claim and the runner-up claim
-    seeds = {"n_seeds": 3, "winner": best, "winner_wins": 2, "winners": {0: best, 1: best, 2: second},
-             "mean_tau": 0.4, "seed_mean_joint": 1.0, "seed_sd_joint": 0.1}
+    seeds = {
+        "n_seeds": 3,
+        "winner": best,
+        "winner_wins": 2,
+        "winners": {0: best, 1: best, 2: second},
+        "mean_tau": 0.4,
+        "seed_mean_joint": 1.0,
+        "seed_sd_joint": 0.1,
+    }
     v = _verdicts(summ, None, info | {"seed_stability": seeds})
     assert v["seed"] is False and v["runner"] is False
     v = _verdicts(summ, None, info | {"seed_stability": seeds | {"winner_wins": 3}})
@@ -371,8 +489,15 @@ def test_claim_checks_known_verdicts():
 def test_conclusion_names_claims_that_do_not_survive():
     summ = synthetic_summary()
     best, second = _best_two(summ)
-    seeds = {"n_seeds": 3, "winner": best, "winner_wins": 2, "winners": {0: best, 1: best, 2: second},
-             "mean_tau": 0.4, "seed_mean_joint": 1.0, "seed_sd_joint": 0.1}
+    seeds = {
+        "n_seeds": 3,
+        "winner": best,
+        "winner_wins": 2,
+        "winners": {0: best, 1: best, 2: second},
+        "mean_tau": 0.4,
+        "seed_mean_joint": 1.0,
+        "seed_sd_joint": 0.1,
+    }
     seeds |= {"mean_leader": second, "mean_leader_joint": 2.5, "mean_leader_sd": 0.7}
     md = report.conclusion_md(summ, specific_summary(summ), None, as_info(info_for(summ) | {"seed_stability": seeds}))
     bottom = md.split("## Bottom line")[1].split("\n## ")[0]
@@ -388,14 +513,22 @@ def test_conclusion_names_claims_that_do_not_survive():
 
 def test_low_rank_label_caveat_from_the_table():
     summ = synthetic_summary()
+
     def per_layer(prs):
         n = len(prs)
-        return pl.DataFrame({"layer": [9 + i for i in range(n) for _ in range(2)], "subspace": ["a", "b"] * n,
-                             "pr_act": [p for p in prs for _ in range(2)]})
+        return pl.DataFrame(
+            {
+                "layer": [9 + i for i in range(n) for _ in range(2)],
+                "subspace": ["a", "b"] * n,
+                "pr_act": [p for p in prs for _ in range(2)],
+            }
+        )
+
     info = info_for(summ) | {"pr_threshold": 3.0}
     md = report.conclusion_md(summ, None, per_layer([1.1, 1.3, 2.0, 40.0]), as_info(info))
     assert "nearly rank one: median participation ratio 1.65 over 4 touched layers" in md
     assert "nearly rank one" not in report.conclusion_md(summ, None, per_layer([5.0, 6.0, 2.0]), as_info(info))
     # layers outside the touched ones do not count
-    assert "nearly rank one" not in report.conclusion_md(summ, None, per_layer([1.0] * 30), as_info(info | {"layers_touched": [100]}))
-
+    assert "nearly rank one" not in report.conclusion_md(
+        summ, None, per_layer([1.0] * 30), as_info(info | {"layers_touched": [100]})
+    )

@@ -35,7 +35,7 @@ def orth(M: torch.Tensor) -> torch.Tensor:
 def complement(B: torch.Tensor) -> torch.Tensor:
     """Orthonormal basis ``[d, d − k]`` of the orthogonal complement of span(B)."""
     Q, _ = torch.linalg.qr(B.to(F64), mode="complete")
-    return Q[:, B.shape[1]:]
+    return Q[:, B.shape[1] :]
 
 
 def act_A(X: torch.Tensor) -> torch.Tensor:
@@ -60,8 +60,7 @@ def aniso_weight(d: int, m: int, gen: torch.Generator) -> torch.Tensor:
     return (U * s) @ torch.randn(d, m, generator=gen, dtype=F64)
 
 
-def make_sweep_inputs(L=3, d=40, n_eval=20, n_hyp=6, seed=0, k=6, planted=4, delta_layers=None,
-                      in_o=None, in_d=None):
+def make_sweep_inputs(L=3, d=40, n_eval=20, n_hyp=6, seed=0, k=6, planted=4, delta_layers=None, in_o=None, in_d=None):
     """A synthetic sweep: per layer a planted span S_l that carries the label rows and part
     of the weight deltas; random hypotheses; the two ceilings built from the labels."""
     g = torch.Generator().manual_seed(seed)
@@ -76,8 +75,12 @@ def make_sweep_inputs(L=3, d=40, n_eval=20, n_hyp=6, seed=0, k=6, planted=4, del
         label[l] = (coef @ Sp.T + 0.03 * torch.randn(n_eval, d, generator=g, dtype=F64)).float()
         if delta_layers is None or l in delta_layers:
             Lf = torch.cat([Sp, 0.02 * torch.randn(d, 3, generator=g, dtype=F64)], 1)
-            deltas.append({"oproj": (Lf @ torch.randn(Lf.shape[1], in_o, generator=g, dtype=F64)).float(),
-                           "downproj": (Lf @ torch.randn(Lf.shape[1], in_d, generator=g, dtype=F64)).float()})
+            deltas.append(
+                {
+                    "oproj": (Lf @ torch.randn(Lf.shape[1], in_o, generator=g, dtype=F64)).float(),
+                    "downproj": (Lf @ torch.randn(Lf.shape[1], in_d, generator=g, dtype=F64)).float(),
+                }
+            )
         else:
             deltas.append(None)
         clean.append(orth(torch.randn(d, 8, generator=g, dtype=F64)).float())
@@ -87,19 +90,34 @@ def make_sweep_inputs(L=3, d=40, n_eval=20, n_hyp=6, seed=0, k=6, planted=4, del
         kk = [k, k - 1, k + 2][i % 3]
         fam, ak = fams[i % 3]
         bases[f"hyp{i:02d}"] = [orth(torch.randn(d, kk, generator=g, dtype=F64)).float() for _ in range(L)]
-        rows.append(dict(subspace=f"hyp{i:02d}", family=fam, axis_kind=ak, source="synthetic",
-                         kind="A-hypothesis", definition=f"random basis {i}"))
+        rows.append(
+            dict(
+                subspace=f"hyp{i:02d}",
+                family=fam,
+                axis_kind=ak,
+                source="synthetic",
+                kind="A-hypothesis",
+                definition=f"random basis {i}",
+            )
+        )
     bases["planted"] = [s.float() for s in spans]
-    rows.append(dict(subspace="planted", family="W:write", axis_kind="write", source="synthetic",
-                     kind="A-hypothesis", definition="the planted span"))
-    bases[stats.CEILING_ACT] = [torch.linalg.svd(label[l].to(F64), full_matrices=False)[2][:planted].T.float()
-                            for l in range(L)]
-    bases[stats.CEILING_W] = [None if deltas[l] is None else
-                          orth(torch.cat([deltas[l]["oproj"], deltas[l]["downproj"]], 1))[:, :planted].float()
-                          for l in range(L)]
+    rows.append(
+        dict(
+            subspace="planted",
+            family="W:write",
+            axis_kind="write",
+            source="synthetic",
+            kind="A-hypothesis",
+            definition="the planted span",
+        )
+    )
+    bases[stats.CEILING_ACT] = [torch.linalg.svd(label[l].to(F64), full_matrices=False)[2][:planted].T.float() for l in range(L)]
+    bases[stats.CEILING_W] = [
+        None if deltas[l] is None else orth(torch.cat([deltas[l]["oproj"], deltas[l]["downproj"]], 1))[:, :planted].float()
+        for l in range(L)
+    ]
     for nm in (stats.CEILING_ACT, stats.CEILING_W):
-        rows.append(dict(subspace=nm, family="ceiling", axis_kind="ceiling", source="B", kind="ceiling",
-                         definition="ceiling"))
+        rows.append(dict(subspace=nm, family="ceiling", axis_kind="ceiling", source="B", kind="ceiling", definition="ceiling"))
     return bases, pl.DataFrame(rows), label, deltas, clean, spans
 
 
@@ -229,9 +247,9 @@ def test_energy_fraction_definitions():
     d = 10
     B = torch.eye(d, dtype=F64)[:, :2]
     X = torch.zeros(3, d, dtype=F64)
-    X[0, 0] = 2.0                   # fully inside
-    X[1, 0], X[1, 5] = 1.0, 1.0     # half inside
-    rows = stats.energy_frac_act_rows(B, X)   # row 2 is zero → NaN
+    X[0, 0] = 2.0  # fully inside
+    X[1, 0], X[1, 5] = 1.0, 1.0  # half inside
+    rows = stats.energy_frac_act_rows(B, X)  # row 2 is zero → NaN
     assert rows[0] == pytest.approx(1.0) and rows[1] == pytest.approx(0.5) and math.isnan(rows[2])
     assert stats.energy_frac_act(B, X) == pytest.approx(0.75)
     Mo = torch.zeros(d, 4, dtype=F64)
@@ -297,8 +315,23 @@ def test_planted_subspace_reaches_ceiling_and_complement_does_not():
     d, L, planted = 32, 2, 4
     bases, meta, label, deltas, clean, spans = make_sweep_inputs(L=L, d=d, n_hyp=3, planted=planted)
     bases["planted_complement"] = [complement(s).float() for s in spans]
-    meta = pl.concat([meta, pl.DataFrame([dict(subspace="planted_complement", family="W:write", axis_kind="write",
-                                               source="synthetic", kind="A-hypothesis", definition="⊥ planted")])])
+    meta = pl.concat(
+        [
+            meta,
+            pl.DataFrame(
+                [
+                    dict(
+                        subspace="planted_complement",
+                        family="W:write",
+                        axis_kind="write",
+                        source="synthetic",
+                        kind="A-hypothesis",
+                        definition="⊥ planted",
+                    )
+                ]
+            ),
+        ]
+    )
     sc = run(bases, meta, label, deltas, clean)
     summ = stats.summary_pct(stats.summarize(sc.per_layer, range(L)))
     row = {r["subspace"]: r for r in summ.iter_rows(named=True)}
@@ -365,9 +398,17 @@ def test_untouched_layer_gives_nan_weight_cells_and_degenerate_bases_do_not_cras
     d = label.shape[2]
     bases["empty"] = [torch.zeros(d, 0)] * 3
     bases["partial"] = [None, orth(torch.randn(d, 3, dtype=F64)).float(), None]
-    meta = pl.concat([meta, pl.DataFrame([
-        dict(subspace=n, family="compound", axis_kind="mixed", source="synthetic", kind="A-hypothesis", definition=n)
-        for n in ("empty", "partial")])])
+    meta = pl.concat(
+        [
+            meta,
+            pl.DataFrame(
+                [
+                    dict(subspace=n, family="compound", axis_kind="mixed", source="synthetic", kind="A-hypothesis", definition=n)
+                    for n in ("empty", "partial")
+                ]
+            ),
+        ]
+    )
     sc = run(bases, meta, label, deltas, clean)
     pl1 = sc.per_layer.filter(pl.col("layer") == 1)
     for t in stats.TENSORS:
@@ -392,8 +433,23 @@ def test_cos_with_dW_is_mean_principal_cosine():
         D = D.to(F64)
         half.append(orth(torch.cat([D[:, :2], complement(D)[:, :2]], 1)).float())  # 2 shared + 2 orthogonal
     bases["half_dW"] = half
-    meta = pl.concat([meta, pl.DataFrame([dict(subspace="half_dW", family="compound", axis_kind="mixed",
-                                               source="synthetic", kind="A-hypothesis", definition="half")])])
+    meta = pl.concat(
+        [
+            meta,
+            pl.DataFrame(
+                [
+                    dict(
+                        subspace="half_dW",
+                        family="compound",
+                        axis_kind="mixed",
+                        source="synthetic",
+                        kind="A-hypothesis",
+                        definition="half",
+                    )
+                ]
+            ),
+        ]
+    )
     sc = run(bases, meta, label, deltas, clean)
     cos = sc.per_layer.filter(pl.col("subspace") == "half_dW")["cos_with_dW"].to_numpy()
     np.testing.assert_allclose(cos, 0.5, atol=1e-6)
@@ -403,9 +459,9 @@ def test_specificity_equals_explicit_complement_coordinates(sweep):
     (bases, meta, label, deltas, clean, _), sc = sweep
     l, name = 1, "planted"
     B, X, C = bases[name][l].to(F64), label[l].to(F64), clean[l].to(F64)
-    U = complement(C)                     # [d, d − 8] orthonormal basis of the complement
-    Y = X @ U                             # label rows in complement coordinates
-    Bc = orth(U.T @ B)                    # projected, re-orthonormalised basis
+    U = complement(C)  # [d, d − 8] orthonormal basis of the complement
+    Y = X @ U  # label rows in complement coordinates
+    Bc = orth(U.T @ B)  # projected, re-orthonormalised basis
     dc = U.shape[1]
     frac = stats.energy_frac_act(Bc, Y)
     mean, std = stats.null_mean_std_act(Y, Bc.shape[1])
@@ -429,8 +485,12 @@ def test_low_rank_label_switches_to_monte_carlo():
     label = X.float()[None]
     aligned = orth(torch.cat([u, torch.randn(d, k - 1, generator=g, dtype=F64)], 1)).float()
     rand = orth(torch.randn(d, k, generator=g, dtype=F64)).float()
-    meta = pl.DataFrame([dict(subspace=nm, family="f", axis_kind="mixed", source="s", kind="A-hypothesis",
-                              definition=nm) for nm in ("aligned", "random")])
+    meta = pl.DataFrame(
+        [
+            dict(subspace=nm, family="f", axis_kind="mixed", source="s", kind="A-hypothesis", definition=nm)
+            for nm in ("aligned", "random")
+        ]
+    )
     sc = run({"aligned": [aligned], "random": [rand]}, meta, label, [None], [None], mc_draws=999, mc_seed=3)
     r = {x["subspace"]: x for x in sc.per_layer.iter_rows(named=True)}
     assert r["aligned"]["null_method_act"] == "monte_carlo" and r["aligned"]["pr_act"] < 3
@@ -450,8 +510,9 @@ def test_pct_at_matched_rank():
     Ac = (w_A(M["oproj"]) + w_A(M["downproj"])) / 2
     top_w = torch.linalg.eigh(Ac)[1][:, -k:]
     bases = {"top_act": [top_act.float()], "top_w": [top_w.float()]}
-    meta = pl.DataFrame([dict(subspace=nm, family="f", axis_kind="mixed", source="s", kind="A-hypothesis",
-                              definition=nm) for nm in bases])
+    meta = pl.DataFrame(
+        [dict(subspace=nm, family="f", axis_kind="mixed", source="s", kind="A-hypothesis", definition=nm) for nm in bases]
+    )
     sc = run(bases, meta, X.float()[None], [M], [None])
     r = {x["subspace"]: x for x in sc.per_layer.iter_rows(named=True)}
     assert r["top_act"]["pct_act_matched_rank"] == pytest.approx(100.0, rel=1e-5)
@@ -485,15 +546,32 @@ def test_summarize_columns_sort_and_determinism(sweep):
 
 
 def test_summarize_nan_last_and_ties_by_name():
-    base = dict(family="f", axis_kind="write", source="s", kind="A-hypothesis", rank=2, z_act=0.0,
-                energy_frac_act=0.1, conc_w_oproj=1.0, z_w_oproj=0.0, energy_frac_w_oproj=0.1,
-                conc_w_downproj=1.0, z_w_downproj=0.0, energy_frac_w_downproj=0.1, z_w_combined=0.0,
-                energy_frac_w_combined=0.1, cos_with_dW=0.5, pct_act_matched_rank=50.0,
-                pct_w_combined_matched_rank=50.0)
-    rows = [dict(layer=0, subspace="b", conc_act=4.0, conc_w_combined=1.0, **base),
-            dict(layer=0, subspace="nan", conc_act=float("nan"), conc_w_combined=1.0, **base),
-            dict(layer=0, subspace="a", conc_act=1.0, conc_w_combined=4.0, **base),
-            dict(layer=0, subspace="c", conc_act=9.0, conc_w_combined=1.0, **base)]
+    base = dict(
+        family="f",
+        axis_kind="write",
+        source="s",
+        kind="A-hypothesis",
+        rank=2,
+        z_act=0.0,
+        energy_frac_act=0.1,
+        conc_w_oproj=1.0,
+        z_w_oproj=0.0,
+        energy_frac_w_oproj=0.1,
+        conc_w_downproj=1.0,
+        z_w_downproj=0.0,
+        energy_frac_w_downproj=0.1,
+        z_w_combined=0.0,
+        energy_frac_w_combined=0.1,
+        cos_with_dW=0.5,
+        pct_act_matched_rank=50.0,
+        pct_w_combined_matched_rank=50.0,
+    )
+    rows = [
+        dict(layer=0, subspace="b", conc_act=4.0, conc_w_combined=1.0, **base),
+        dict(layer=0, subspace="nan", conc_act=float("nan"), conc_w_combined=1.0, **base),
+        dict(layer=0, subspace="a", conc_act=1.0, conc_w_combined=4.0, **base),
+        dict(layer=0, subspace="c", conc_act=9.0, conc_w_combined=1.0, **base),
+    ]
     summ = stats.summarize(pl.DataFrame(rows), [0])
     assert summ["subspace"].to_list() == ["c", "a", "b", "nan"]
 
@@ -510,8 +588,9 @@ def test_bootstrap_ci_covers_planted_mean():
     for rep in range(reps):
         rows = rng.beta(3.0, 7.0, size=n)  # mean 0.3
         frac = float(rows.mean())
-        per_layer = pl.DataFrame([dict(layer=0, subspace="x", rank=k, conc_act=frac / (k / d),
-                                       energy_frac_act=frac, conc_w_combined=2.0, **meta_cols)])
+        per_layer = pl.DataFrame(
+            [dict(layer=0, subspace="x", rank=k, conc_act=frac / (k / d), energy_frac_act=frac, conc_w_combined=2.0, **meta_cols)]
+        )
         sc = stats.SweepScores(per_layer, pl.DataFrame(), {("x", 0): rows}, d_model=d, n_eval=n)
         ci = stats.bootstrap_summary_ci(sc, [0], n_boot=500, seed=rep).row(0, named=True)
         covered_frac += ci["mean_energy_frac_act_ci_lo"] <= mu <= ci["mean_energy_frac_act_ci_hi"]
@@ -552,19 +631,34 @@ def test_add_qvalues_excludes_ceilings(sweep):
     ceil = q.filter(pl.col("kind") == "ceiling")
     assert ceil["q_act"].is_nan().all()
     hyp = q.filter(pl.col("kind") == "A-hypothesis")
-    np.testing.assert_allclose(hyp["q_act"].to_numpy(), sps.false_discovery_control(hyp["p_act"].to_numpy()),
-                               rtol=1e-12)
+    np.testing.assert_allclose(hyp["q_act"].to_numpy(), sps.false_discovery_control(hyp["p_act"].to_numpy()), rtol=1e-12)
 
 
 def test_ranked_keeps_write_mixed_hypotheses_best_first_nan_dropped_ties_by_name():
-    rows = [("w_b", "write", "A-hypothesis", 2.0), ("m_a", "mixed", "A-hypothesis", 2.0),
-            ("w_nan", "write", "A-hypothesis", float("nan")), ("w_null", "write", "A-hypothesis", None),
-            ("r_top", "read", "A-hypothesis", 9.0), ("ceil", "ceiling", "ceiling", 99.0),
-            ("self", "self-test", "self-test", 50.0), ("w_c", "write", "A-hypothesis", 3.0)]
-    df = pl.DataFrame([dict(subspace=n, axis_kind=a, kind=k, joint_score=j) for n, a, k, j in rows],
-                      schema={"subspace": pl.String, "axis_kind": pl.String, "kind": pl.String, "joint_score": pl.Float64})
+    rows = [
+        ("w_b", "write", "A-hypothesis", 2.0),
+        ("m_a", "mixed", "A-hypothesis", 2.0),
+        ("w_nan", "write", "A-hypothesis", float("nan")),
+        ("w_null", "write", "A-hypothesis", None),
+        ("r_top", "read", "A-hypothesis", 9.0),
+        ("ceil", "ceiling", "ceiling", 99.0),
+        ("self", "self-test", "self-test", 50.0),
+        ("w_c", "write", "A-hypothesis", 3.0),
+    ]
+    df = pl.DataFrame(
+        [dict(subspace=n, axis_kind=a, kind=k, joint_score=j) for n, a, k, j in rows],
+        schema={"subspace": pl.String, "axis_kind": pl.String, "kind": pl.String, "joint_score": pl.Float64},
+    )
     assert stats.ranked(df)["subspace"].to_list() == ["w_c", "m_a", "w_b"]
     assert stats.ranked(df, axis_kinds=("read",))["subspace"].to_list() == ["r_top"]
     # the plain order keeps every row: NaN and null last, ties by name
     assert stats.by_score(df, "joint_score")["subspace"].to_list() == [
-        "ceil", "self", "r_top", "w_c", "m_a", "w_b", "w_nan", "w_null"]
+        "ceil",
+        "self",
+        "r_top",
+        "w_c",
+        "m_a",
+        "w_b",
+        "w_nan",
+        "w_null",
+    ]

@@ -12,14 +12,16 @@ from ws import sweep, verdicts
 
 def _summary(scores: dict[str, float]) -> pl.DataFrame:
     names = list(scores)
-    return pl.DataFrame({
-        "subspace": names,
-        "kind": ["A-hypothesis"] * len(names),
-        "axis_kind": ["write"] * len(names),
-        "joint_score": [scores[n] for n in names],
-        "mean_conc_act": [scores[n] for n in names],
-        "mean_conc_w_combined": [scores[n] for n in names],
-    })
+    return pl.DataFrame(
+        {
+            "subspace": names,
+            "kind": ["A-hypothesis"] * len(names),
+            "axis_kind": ["write"] * len(names),
+            "joint_score": [scores[n] for n in names],
+            "mean_conc_act": [scores[n] for n in names],
+            "mean_conc_w_combined": [scores[n] for n in names],
+        }
+    )
 
 
 def test_identical_rankings_are_stable():
@@ -43,8 +45,8 @@ def test_reversed_ranking_is_unstable():
 
 def test_read_rows_and_ceilings_never_win():
     s = _summary({"a": 1.0, "ceil": 9.0, "r": 8.0}).with_columns(
-        pl.Series("kind", ["A-hypothesis", "ceiling", "A-hypothesis"]),
-        pl.Series("axis_kind", ["write", "ceiling", "read"]))
+        pl.Series("kind", ["A-hypothesis", "ceiling", "A-hypothesis"]), pl.Series("axis_kind", ["write", "ceiling", "read"])
+    )
     st = sweep.seed_stability([SimpleNamespace(seed=0, summary=s)])
     assert st.winner == "a"
 
@@ -60,7 +62,7 @@ def test_mean_leader_is_the_best_seed_mean_and_skips_read_rows_and_ceilings():
     assert ml["seed_mean_joint_score"] == pytest.approx((2.9 + 5.0 + 6.0) / 3)
     # a read row or a ceiling with a higher mean is never the leader
     s = _summary({"a": 1.0, "ceil": 9.0, "r": 8.0}).with_columns(
-        pl.Series("kind", ["A-hypothesis", "ceiling", "A-hypothesis"]),
-        pl.Series("axis_kind", ["write", "ceiling", "read"]))
+        pl.Series("kind", ["A-hypothesis", "ceiling", "A-hypothesis"]), pl.Series("axis_kind", ["write", "ceiling", "read"])
+    )
     st = sweep.seed_stability([SimpleNamespace(seed=0, summary=s), SimpleNamespace(seed=1, summary=s)])
     assert verdicts.mean_leader(s, st.per_candidate)["subspace"] == "a"

@@ -11,15 +11,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from ws import data
-from ws import sweep
-from ws import adapters
-from ws import train
+from ws import adapters, data, sweep, train
 from ws.config import from_env
 from ws.diff import DiffMetadataError, DiffMismatchError, diff_path, save_diff
 
-TINY = adapters.TrainConfig(rank=4, alpha=8.0, steps=2, batch_size=4, n_phrasings=1, max_new_tokens=4,
-                         n_train_per_kind=2, n_eval_per_kind=2, n_boot=20, bf16=False, warmup_steps=1)
+TINY = adapters.TrainConfig(
+    rank=4,
+    alpha=8.0,
+    steps=2,
+    batch_size=4,
+    n_phrasings=1,
+    max_new_tokens=4,
+    n_train_per_kind=2,
+    n_eval_per_kind=2,
+    n_boot=20,
+    bf16=False,
+    warmup_steps=1,
+)
 
 
 def _cfg(root: Path, **kw):
@@ -30,8 +38,11 @@ def _cfg(root: Path, **kw):
 def _good(model, seed=0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     p = dict(model.named_parameters())
-    return {k: torch.randn(p[k].shape, generator=g) * 1e-2 for k in p
-            if k.startswith(("model.layers.1.", "model.layers.2.")) and k.endswith(("o_proj.weight", "down_proj.weight"))}
+    return {
+        k: torch.randn(p[k].shape, generator=g) * 1e-2
+        for k in p
+        if k.startswith(("model.layers.1.", "model.layers.2.")) and k.endswith(("o_proj.weight", "down_proj.weight"))
+    }
 
 
 def _write_bad(kind: str, path: Path, model) -> None:
@@ -61,7 +72,9 @@ def _write_bad(kind: str, path: Path, model) -> None:
     elif kind == "all-zero":
         from safetensors.torch import save_file
 
-        save_file({k: torch.zeros_like(v) for k, v in w.items()}, str(path), metadata={"model": "tiny-llama", "__json_keys__": "[]"})
+        save_file(
+            {k: torch.zeros_like(v) for k, v in w.items()}, str(path), metadata={"model": "tiny-llama", "__json_keys__": "[]"}
+        )
     elif kind == "no-metadata":
         save_diff(w, path, {})
     elif kind == "other-model":
@@ -140,5 +153,6 @@ def test_rebuild_replaces_on_purpose_and_a_failed_build_leaves_no_partial_set(ti
     monkeypatch.undo()
     w, meta = sweep.get_diffs(cfg, model)[0]
     assert path.read_bytes() != before and meta["data_hash"] == data.data_hash()
-    assert {"effect.csv", "effect_per_prompt.csv", "effect.png", "train_loss.csv", "adapter_effect.csv",
-            "w.safetensors"} == {p.name for p in path.parent.iterdir()}
+    assert {"effect.csv", "effect_per_prompt.csv", "effect.png", "train_loss.csv", "adapter_effect.csv", "w.safetensors"} == {
+        p.name for p in path.parent.iterdir()
+    }

@@ -16,8 +16,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from ws import sweep
-from ws import stats
+from ws import stats, sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 NB = ROOT / "nbs" / "hypothesis_sweep_v7.py"
@@ -38,8 +37,14 @@ dW_left_basis_ceiling""".split()
 
 def _env(base: Path) -> dict:
     env = dict(os.environ)
-    env.update(WS_SMOKE="1", WS_OUT=str(base / "out"), WS_CACHE=str(base / "cache"), WS_LOGS=str(base / "logs"),
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.update(
+        WS_SMOKE="1",
+        WS_OUT=str(base / "out"),
+        WS_CACHE=str(base / "cache"),
+        WS_LOGS=str(base / "logs"),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+    )
     return env
 
 
@@ -83,8 +88,11 @@ def test_tables_have_the_spec_columns_and_one_row_per_candidate(smoke):
     per_layer = pl.read_csv(v7(smoke) / "v7_per_layer.csv")
     assert per_layer.columns[: len(stats.PER_LAYER_COLUMNS)] == stats.PER_LAYER_COLUMNS
     assert per_layer.height == n_cand * per_layer["layer"].n_unique()
-    for name, cols in (("v7_summary.tsv", stats.SUMMARY_COLUMNS), ("v7_summary_pct.tsv", stats.SUMMARY_PCT_COLUMNS),
-                       ("v7_specific_summary.tsv", stats.SPECIFIC_SUMMARY_COLUMNS)):
+    for name, cols in (
+        ("v7_summary.tsv", stats.SUMMARY_COLUMNS),
+        ("v7_summary_pct.tsv", stats.SUMMARY_PCT_COLUMNS),
+        ("v7_specific_summary.tsv", stats.SPECIFIC_SUMMARY_COLUMNS),
+    ):
         df = pl.read_csv(v7(smoke) / name, separator="\t")
         assert df.columns[: len(cols)] == cols, name
         assert df.height == n_cand and df["subspace"].n_unique() == n_cand, name
@@ -99,8 +107,12 @@ def test_tables_have_the_spec_columns_and_one_row_per_candidate(smoke):
 def test_conclusion_numbers_come_from_the_tables(smoke):
     text = (v7(smoke) / "v7_conclusion.md").read_text()
     summ = pl.read_csv(v7(smoke) / "v7_summary_pct.tsv", separator="\t")
-    best = (summ.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(["write", "mixed"]))
-            .filter(pl.col("joint_score").is_not_nan()).sort("joint_score", descending=True).row(0, named=True))
+    best = (
+        summ.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(["write", "mixed"]))
+        .filter(pl.col("joint_score").is_not_nan())
+        .sort("joint_score", descending=True)
+        .row(0, named=True)
+    )
     assert f"`{best['subspace']}`" in text
     from ws.report import fmt_num
 
@@ -136,8 +148,7 @@ def _cfg(base: Path, monkeypatch) -> sweep.SweepConfig:
 
 
 def test_second_capture_is_a_cache_hit_and_a_report_failure_loses_nothing(smoke, monkeypatch):
-    from ws import capture
-    from ws import report
+    from ws import capture, report
     from ws.models import load_model
 
     cfg = _cfg(smoke, monkeypatch)
@@ -197,7 +208,8 @@ def test_an_imported_w_pt_is_analysed_not_replaced(smoke, tmp_path, monkeypatch)
     probes = sweep.probe_prompts(cfg, tok)
     res = sweep.run_seed(cfg, model, tok, probes, 0, *diffs[0])
     sweep.write_v7(cfg, probes, [res], sweep.seed_stability([res]))
-    assert (v7(base) / "v7_per_layer.csv").read_bytes() != (v7(smoke) / "v7_per_layer.csv").read_bytes(), \
+    assert (v7(base) / "v7_per_layer.csv").read_bytes() != (v7(smoke) / "v7_per_layer.csv").read_bytes(), (
         "the tables describe the old diff, not the imported one"
+    )
     text = (v7(base) / "v7_conclusion.md").read_text()
     assert "upstream w.pt" in text and "records no data version" in text

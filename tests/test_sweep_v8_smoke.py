@@ -25,14 +25,27 @@ pytestmark = pytest.mark.slow
 
 def _env(base: Path) -> dict:
     env = dict(os.environ)
-    env.update(WS_SMOKE="1", WS_OUT=str(base / "out"), WS_CACHE=str(base / "cache"), WS_LOGS=str(base / "logs"),
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.update(
+        WS_SMOKE="1",
+        WS_OUT=str(base / "out"),
+        WS_CACHE=str(base / "cache"),
+        WS_LOGS=str(base / "logs"),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+    )
     return env
 
 
 def _run(base: Path, name: str) -> None:
-    cmd = [str(BIN / "jupytext"), "--to", "ipynb", "--output", str(base / f"{name}.ipynb"), "--execute",
-           str(ROOT / "nbs" / f"{name}.py")]
+    cmd = [
+        str(BIN / "jupytext"),
+        "--to",
+        "ipynb",
+        "--output",
+        str(base / f"{name}.ipynb"),
+        "--execute",
+        str(ROOT / "nbs" / f"{name}.py"),
+    ]
     r = subprocess.run(cmd, cwd=ROOT, env=_env(base), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, f"{name} failed:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
 
@@ -86,8 +99,14 @@ def test_conclusion_numbers_come_from_the_tables(smoke):
     for r in ct.iter_rows(named=True):
         assert f"`{r['subspace']}`" in text
         assert f"{pct(r['retention_inside'])} [{pct(r['retention_inside_ci_lo'])}, {pct(r['retention_inside_ci_hi'])}]" in text
-    for s in ("## Which claims survive", "## The causal test", "## Scope per touched layer", "SMOKE MODE",
-              "random_orthonormal (causal)", "v8_causal.tsv"):
+    for s in (
+        "## Which claims survive",
+        "## The causal test",
+        "## Scope per touched layer",
+        "SMOKE MODE",
+        "random_orthonormal (causal)",
+        "v8_causal.tsv",
+    ):
         assert s in text
     plan = (d8(smoke) / "v8_plan_merge.md").read_text()
     assert "upstream v9" in plan and "upstream v10" in plan and "differs from v7's by 0" in plan

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
 import math
+from dataclasses import replace
 
 import numpy as np
 import polars as pl
 import pytest
 import torch
 
-from ws import data
-from ws import adapters
-from ws import completions
-from ws import diff
-from ws import effect
-from ws import train
+from ws import adapters, completions, data, diff, effect, train
 from ws.diff import load_diff, write_delta_by_layer
 from ws.steer import weight_steer
 
@@ -110,7 +105,10 @@ def test_answer_tokens_and_logratio(tiny_llama):
     yes, no = effect.answer_token_ids(tok)
     assert len(yes) == len(no) == 4
     assert {tok.decode([i]).strip() for i in yes} == {"Yes", "yes"}
-    prompts = ["Is snow frozen water? Answer Yes or No.", "Is the Pacific Ocean a lake? Answer Yes or No. Think about it first, please."]
+    prompts = [
+        "Is snow frozen water? Answer Yes or No.",
+        "Is the Pacific Ocean a lake? Answer Yes or No. Think about it first, please.",
+    ]
     lr, mass = effect.answer_logratios(model, tok, prompts, batch_size=2)
     lr1, mass1 = effect.answer_logratios(model, tok, prompts[:1], batch_size=1)
     assert np.allclose(lr[0], lr1[0], atol=1e-4) and np.allclose(mass[0], mass1[0], rtol=1e-4)  # padding-proof
@@ -119,7 +117,11 @@ def test_answer_tokens_and_logratio(tiny_llama):
 
 def _synthetic(values: dict[str, dict[float, float]]) -> pl.DataFrame:
     return pl.DataFrame(
-        [dict(set=s, alpha=a, n=10, mean_logratio=v, ci_lo=v - 1, ci_hi=v + 1, mean_mass=0.5) for s, d in values.items() for a, v in d.items()]
+        [
+            dict(set=s, alpha=a, n=10, mean_logratio=v, ci_lo=v - 1, ci_hi=v + 1, mean_mass=0.5)
+            for s, d in values.items()
+            for a, v in d.items()
+        ]
     )
 
 
@@ -138,8 +140,19 @@ def test_specificity_ratio_known_answer():
     bias = _synthetic({s: {-2.0: -5.0, 2.0: 5.0} for s in data.KINDS})
     assert effect.specificity_ratio(bias) == pytest.approx(1.0)
     # nothing else moves -> inf; wrong sign -> negative
-    assert effect.specificity_ratio(_synthetic({"opinion_false": {-2.0: 0.0, 2.0: 3.0}, "opinion_true": {-2.0: 1.0, 2.0: 1.0}, "neutral": {-2.0: 0.0, 2.0: 0.0}})) == math.inf
-    assert effect.specificity_ratio(_synthetic({"opinion_false": {-2.0: 1.0, 2.0: -1.0}, "opinion_true": {-2.0: 0.0, 2.0: 1.0}, "neutral": {-2.0: 0.0, 2.0: 0.5}})) == pytest.approx(-2.0)
+    assert (
+        effect.specificity_ratio(
+            _synthetic(
+                {"opinion_false": {-2.0: 0.0, 2.0: 3.0}, "opinion_true": {-2.0: 1.0, 2.0: 1.0}, "neutral": {-2.0: 0.0, 2.0: 0.0}}
+            )
+        )
+        == math.inf
+    )
+    assert effect.specificity_ratio(
+        _synthetic(
+            {"opinion_false": {-2.0: 1.0, 2.0: -1.0}, "opinion_true": {-2.0: 0.0, 2.0: 1.0}, "neutral": {-2.0: 0.0, 2.0: 0.5}}
+        )
+    ) == pytest.approx(-2.0)
 
 
 def test_bootstrap_ci_seeded_and_covers_mean():
@@ -197,7 +210,9 @@ def test_ensure_diff_refuses_another_models_diff(tmp_path):
     from ws.diff import DiffMismatchError, save_diff
 
     p = diff.diff_path("sycophancy", "lora", 0, tmp_path)
-    save_diff({"model.layers.1.self_attn.o_proj.weight": torch.randn(64, 64)}, p, {"model": "tiny-qwen3", "data_hash": data.data_hash()})
+    save_diff(
+        {"model.layers.1.self_attn.o_proj.weight": torch.randn(64, 64)}, p, {"model": "tiny-qwen3", "data_hash": data.data_hash()}
+    )
     before = p.read_bytes()
     with pytest.raises(DiffMismatchError, match="(?s)made for model 'tiny-qwen3'.*WS_MODEL=tiny-qwen3"):
         train.ensure_diff(train.DiffSpec("tiny-llama", seed=0, config=TINY, root=tmp_path))

@@ -34,11 +34,18 @@ def _run() -> SimpleNamespace:
     pos = torch.randn(L, 2 * N, D, generator=g, dtype=torch.float64)
     neg = pos + 3.0 * torch.eye(D, dtype=torch.float64)[0]
     names = list(REGISTRY)
-    summary = pl.DataFrame({"subspace": names, "mean_conc_act": [float(i) for i in range(len(names))],
-                            "mean_conc_w_combined": [0.5] * len(names)})
+    summary = pl.DataFrame(
+        {"subspace": names, "mean_conc_act": [float(i) for i in range(len(names))], "mean_conc_w_combined": [0.5] * len(names)}
+    )
     meta = meta_frame(names, {"chars_clusters": [7, 8, 8, 8], "qk_x_chars_clusters": [0, 0, 0, 0]}, k=2)
-    return SimpleNamespace(seed=3, summary=summary, meta=meta, bases={"churn": churn}, layers_touched=[1, 2],
-                           captures=SimpleNamespace(label_eval=label, pos=pos, neg=neg))
+    return SimpleNamespace(
+        seed=3,
+        summary=summary,
+        meta=meta,
+        bases={"churn": churn},
+        layers_touched=[1, 2],
+        captures=SimpleNamespace(label_eval=label, pos=pos, neg=neg),
+    )
 
 
 def test_mean_r_act_known_answers():
@@ -62,8 +69,13 @@ def test_rotation_joint_centring_rebuilds_the_old_construction():
     res = _run()
     k = 2
     want = upstream.mean_r_act(
-        [procrustes_skew_basis(res.captures.pos[l], res.captures.neg[l], k, centre="joint") if l in (1, 2) else None
-         for l in range(L)], res.captures.label_eval, [1, 2])
+        [
+            procrustes_skew_basis(res.captures.pos[l], res.captures.neg[l], k, centre="joint") if l in (1, 2) else None
+            for l in range(L)
+        ],
+        res.captures.label_eval,
+        [1, 2],
+    )
     assert upstream.rotation_joint_centring_r_act(res, k) == pytest.approx(want)
 
 
@@ -72,8 +84,17 @@ def test_every_difference_is_listed_with_upstream_here_why_and_this_runs_scores(
     lines = upstream.difference_lines(res)
     assert len(lines) == len(upstream.DIFFERENCES)
     text = "\n".join(lines)
-    for name in ("attn_ov_write", "qk_circuit", "churn", "rotation_contrast", "input_super_not_lm_read",
-                 "chars_clusters", "qk_x_chars_clusters", "attn_min_taskdiff", "attn_min_x_diffnorm_taskdiff"):
+    for name in (
+        "attn_ov_write",
+        "qk_circuit",
+        "churn",
+        "rotation_contrast",
+        "input_super_not_lm_read",
+        "chars_clusters",
+        "qk_x_chars_clusters",
+        "attn_min_taskdiff",
+        "attn_min_x_diffnorm_taskdiff",
+    ):
         assert f"`{name}`" in text, name
         assert name in REGISTRY
     for line in lines:

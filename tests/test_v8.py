@@ -12,13 +12,27 @@ from ws import report_v8 as R8
 
 
 def _summary():
-    rows = [("a", "A-hypothesis", "write"), ("b", "A-hypothesis", "mixed"), ("c", "A-hypothesis", "write"),
-            ("r", "A-hypothesis", "read"), ("n", "A-hypothesis", "write"),
-            ("TaskDiff_lora_ceiling", "ceiling", "ceiling"), ("dW_left_basis_ceiling", "ceiling", "ceiling"),
-            ("random_orthonormal", "self-test", "self-test")]
+    rows = [
+        ("a", "A-hypothesis", "write"),
+        ("b", "A-hypothesis", "mixed"),
+        ("c", "A-hypothesis", "write"),
+        ("r", "A-hypothesis", "read"),
+        ("n", "A-hypothesis", "write"),
+        ("TaskDiff_lora_ceiling", "ceiling", "ceiling"),
+        ("dW_left_basis_ceiling", "ceiling", "ceiling"),
+        ("random_orthonormal", "self-test", "self-test"),
+    ]
     s = pl.DataFrame(rows, schema=["subspace", "kind", "axis_kind"], orient="row")
-    seed_mean = {"a": 2.0, "b": 3.0, "c": 1.0, "r": 9.0, "n": float("nan"), "TaskDiff_lora_ceiling": 8.0,
-                 "dW_left_basis_ceiling": 7.0, "random_orthonormal": 1.0}
+    seed_mean = {
+        "a": 2.0,
+        "b": 3.0,
+        "c": 1.0,
+        "r": 9.0,
+        "n": float("nan"),
+        "TaskDiff_lora_ceiling": 8.0,
+        "dW_left_basis_ceiling": 7.0,
+        "random_orthonormal": 1.0,
+    }
     pc = pl.DataFrame({"subspace": list(seed_mean), "seed_mean_joint_score": list(seed_mean.values())})
     return s, pc
 
@@ -34,16 +48,30 @@ def test_causal_candidates_take_the_best_seed_means_then_ceilings_then_self_test
 
 
 def _row(name, kind, ins, ins_lo, out_hi, p95):
-    return {"subspace": name, "kind": kind, "retention_inside": ins, "retention_inside_ci_lo": ins_lo,
-            "retention_inside_ci_hi": ins + 0.1, "retention_outside": out_hi - 0.1, "retention_outside_ci_lo": 0.0,
-            "retention_outside_ci_hi": out_hi, "null_p95": p95,
-            "carries": causal.carries(ins_lo, p95, out_hi)}
+    return {
+        "subspace": name,
+        "kind": kind,
+        "retention_inside": ins,
+        "retention_inside_ci_lo": ins_lo,
+        "retention_inside_ci_hi": ins + 0.1,
+        "retention_outside": out_hi - 0.1,
+        "retention_outside_ci_lo": 0.0,
+        "retention_outside_ci_hi": out_hi,
+        "null_p95": p95,
+        "carries": causal.carries(ins_lo, p95, out_hi),
+    }
 
 
 def test_causal_claims_one_per_hypothesis_and_ceiling_with_the_rule():
-    t = pl.DataFrame([_row("x", "A-hypothesis", 0.8, 0.7, 0.4, 0.2), _row("y", "A-hypothesis", 0.3, 0.15, 0.9, 0.2),
-                      _row("z", "A-hypothesis", 0.8, 0.7, 1.05, 0.2), _row("dW", "ceiling", 1.0, 0.95, 0.1, 0.2),
-                      _row("random_orthonormal", "self-test", 0.1, 0.05, 0.99, 0.2)])
+    t = pl.DataFrame(
+        [
+            _row("x", "A-hypothesis", 0.8, 0.7, 0.4, 0.2),
+            _row("y", "A-hypothesis", 0.3, 0.15, 0.9, 0.2),
+            _row("z", "A-hypothesis", 0.8, 0.7, 1.05, 0.2),
+            _row("dW", "ceiling", 1.0, 0.95, 0.1, 0.2),
+            _row("random_orthonormal", "self-test", 0.1, 0.05, 0.99, 0.2),
+        ]
+    )
     claims = R8.causal_claims(t)
     assert [c[2] for c in claims] == [True, False, False, True]
     assert claims[0][0] == "`x` carries the behaviour" and "ceiling" in claims[3][0]
@@ -51,8 +79,9 @@ def test_causal_claims_one_per_hypothesis_and_ceiling_with_the_rule():
 
 
 def test_every_causal_column_is_defined():
-    text = R8.definitions_v8_md(pl.DataFrame({c: ["x"] for c in ("subspace", "family", "axis_kind", "source",
-                                                                 "kind", "definition")}))
+    text = R8.definitions_v8_md(
+        pl.DataFrame({c: ["x"] for c in ("subspace", "family", "axis_kind", "source", "kind", "definition")})
+    )
     documented = set()
     for key in R8.COLUMN_DOCS:
         for part in key.split(", "):

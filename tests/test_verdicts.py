@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import numpy as np
 import polars as pl
 import pytest
-
-from ws import report, sweep, verdicts
 from test_report import as_info, info_for, specific_summary, synthetic_summary
 from test_sweep import _summary
+
+from ws import report, sweep, verdicts
 
 
 def _verdict(*seeds: dict[str, float]) -> verdicts.SeedVerdict | None:
@@ -62,7 +62,8 @@ def test_two_seeds_that_disagree_have_no_stable_winner():
 def test_read_rows_and_ceilings_are_never_the_cross_seed_answer():
     s = _summary({"a": 1.0, "b": 0.5, "ceil": 9.0, "r": 8.0}).with_columns(
         pl.Series("kind", ["A-hypothesis", "A-hypothesis", "ceiling", "A-hypothesis"]),
-        pl.Series("axis_kind", ["write", "mixed", "ceiling", "read"]))
+        pl.Series("axis_kind", ["write", "mixed", "ceiling", "read"]),
+    )
     st = sweep.seed_stability([SimpleNamespace(seed=0, summary=s), SimpleNamespace(seed=1, summary=s)])
     v = verdicts.seed_verdict(s, st.per_candidate, 2)
     assert (v.leader, v.runner_up, v.leader_wins) == ("a", "b", 2)
@@ -77,8 +78,16 @@ def _bottom(verdict: verdicts.SeedVerdict) -> str:
 
 
 def test_the_conclusion_leads_with_the_stable_winner():
-    v = verdicts.SeedVerdict(n_seeds=3, leader="cand_x", leader_mean=2.5, leader_sd=0.1, leader_wins=3,
-                             runner_up="cand_y", runner_up_mean=1.5, runner_up_sd=0.2)
+    v = verdicts.SeedVerdict(
+        n_seeds=3,
+        leader="cand_x",
+        leader_mean=2.5,
+        leader_sd=0.1,
+        leader_wins=3,
+        runner_up="cand_y",
+        runner_up_mean=1.5,
+        runner_up_sd=0.2,
+    )
     bottom = _bottom(v)
     first = bottom.strip().splitlines()[0]
     assert first.startswith("**Across the 3 seeds: `cand_x` is the stable winner.**")
@@ -88,8 +97,16 @@ def test_the_conclusion_leads_with_the_stable_winner():
 
 
 def test_the_conclusion_says_when_no_winner_survives_the_seeds():
-    v = verdicts.SeedVerdict(n_seeds=2, leader="cand_x", leader_mean=1.76, leader_sd=0.112, leader_wins=1,
-                             runner_up="cand_y", runner_up_mean=1.75, runner_up_sd=0.06)
+    v = verdicts.SeedVerdict(
+        n_seeds=2,
+        leader="cand_x",
+        leader_mean=1.76,
+        leader_sd=0.112,
+        leader_wins=1,
+        runner_up="cand_y",
+        runner_up_mean=1.75,
+        runner_up_sd=0.06,
+    )
     first = _bottom(v).strip().splitlines()[0]
     assert first.startswith("**Across the 2 seeds: no stable winner.**")
     assert "wins 1 of 2 seeds, not more than half" in first and "not more than the seeds' spread (0.112)" in first
@@ -100,8 +117,9 @@ def test_the_conclusion_says_when_no_winner_survives_the_seeds():
 def test_the_diff_is_named_by_what_it_measurably_does():
     from ws.verdicts import diff_reading
 
-    assert diff_reading("sycophancy", 0.99) == ("agreement with the user's stated opinion; not truth-conditional here: "
-                                                "specificity 0.99")
+    assert diff_reading("sycophancy", 0.99) == (
+        "agreement with the user's stated opinion; not truth-conditional here: specificity 0.99"
+    )
     assert diff_reading("sycophancy", 3.4).startswith("sycophancy, specific to the target set here (specificity 3.40")
     assert "not specific to refusal here: specificity 1.20" in diff_reading("refusal", 1.2)
     assert "not measured" in diff_reading("refusal", None) and "not measured" in diff_reading("refusal", float("nan"))

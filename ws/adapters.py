@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,7 +38,6 @@ from ws import data
 from ws.device import autocast, input_device
 from ws.log import logger
 from ws.models import n_layers
-
 
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 #: IA3's own targets (peft's for Llama, used for every model family): the outputs of k_proj
@@ -53,12 +53,12 @@ ADAPTER_KINDS: dict[str, str] = {
     "lora": "LoRA, one per persona: ΔW = B·A·(α/r)",
     "dora": "DoRA, one per persona: LoRA with a learned magnitude per output row (peft `use_dora`)",
     "pissa": "PiSSA, one per persona: LoRA started on the top-r singular directions of W, the residual frozen "
-             "(peft `init_lora_weights=\"pissa\"`)",
+    '(peft `init_lora_weights="pissa"`)',
     "ia3": "IA3, one per persona: learned scalings of the k_proj / v_proj outputs and the down_proj input "
-           "(peft's Llama targets); no o_proj",
+    "(peft's Llama targets); no o_proj",
     "oft": f"OFT, one per persona: a learned block-diagonal rotation (block size {OFT_BLOCK_SIZE}) of each target's input",
     "bidir": "one LoRA for both personas: θ+Δ on the positive completions, θ−Δ on the negative ones "
-             "(alternating batches); w = 2Δ",
+    "(alternating batches); w = 2Δ",
 }
 #: The α of ``θ + α·w`` that moves the model by one trained adapter: ``θ ± ½w = θ ± Δ`` are
 #: the bidirectional adapter's trained endpoints; 1 for the others (``θ ± (Δ⁺ − Δ⁻)``).
@@ -155,7 +155,9 @@ def response_loss(logits: torch.Tensor, labels: torch.Tensor, stance_weight: flo
     """
     logits = logits[:, :-1].float()  # (B, T-1, V): position t predicts token t+1
     target = labels[:, 1:]  # (B, T-1)
-    tok_loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none").view_as(target)
+    tok_loss = nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none"
+    ).view_as(target)
     valid = (target != -100).to(tok_loss.dtype)
     weight = valid.clone()
     if stance_weight != 1.0:
@@ -207,26 +209,43 @@ def peft_config(model: nn.Module, config: TrainConfig, adapter: str = "lora"):
         raise ValueError(f"unknown adapter type {adapter!r}; supported: {', '.join(ADAPTER_KINDS)}")
     if adapter in ("lora", "bidir"):
         return lora_config(model, config)
-    where = dict(layers_to_transform=layer_range(n_layers(model), config.layer_frac), layers_pattern="layers",
-                 task_type="CAUSAL_LM")
+    where = dict(
+        layers_to_transform=layer_range(n_layers(model), config.layer_frac), layers_pattern="layers", task_type="CAUSAL_LM"
+    )
     if adapter in ("dora", "pissa"):
         from peft import LoraConfig
 
-        return LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0, bias="none",
-                          target_modules=list(config.targets), use_dora=adapter == "dora",
-                          init_lora_weights="pissa" if adapter == "pissa" else True, **where)
+        return LoraConfig(
+            r=config.rank,
+            lora_alpha=config.alpha,
+            lora_dropout=0.0,
+            bias="none",
+            target_modules=list(config.targets),
+            use_dora=adapter == "dora",
+            init_lora_weights="pissa" if adapter == "pissa" else True,
+            **where,
+        )
     if adapter == "ia3":  # IA3Config has no layers_to_transform: the layers go into a pattern
         from peft import IA3Config
 
         layers = "|".join(map(str, where["layers_to_transform"]))
-        return IA3Config(target_modules=rf".*\.layers\.({layers})\.(self_attn|mlp)\.({'|'.join(IA3_TARGETS)})",
-                         feedforward_modules=rf".*\.layers\.({layers})\.mlp\.({'|'.join(IA3_FEEDFORWARD)})",
-                         init_ia3_weights=True, task_type="CAUSAL_LM")
+        return IA3Config(
+            target_modules=rf".*\.layers\.({layers})\.(self_attn|mlp)\.({'|'.join(IA3_TARGETS)})",
+            feedforward_modules=rf".*\.layers\.({layers})\.mlp\.({'|'.join(IA3_FEEDFORWARD)})",
+            init_ia3_weights=True,
+            task_type="CAUSAL_LM",
+        )
     if adapter == "oft":
         from peft import OFTConfig
 
-        return OFTConfig(r=0, oft_block_size=OFT_BLOCK_SIZE, target_modules=list(config.targets), module_dropout=0.0,
-                         init_weights=True, **where)
+        return OFTConfig(
+            r=0,
+            oft_block_size=OFT_BLOCK_SIZE,
+            target_modules=list(config.targets),
+            module_dropout=0.0,
+            init_weights=True,
+            **where,
+        )
     raise AssertionError(f"no peft config for {adapter!r}")
 
 
@@ -261,16 +280,17 @@ def lora_sign(peft_model, sign: float) -> Iterator[None]:
         raise ValueError("the model has no LoRA layers to flip")
     saved = [m.scaling["default"] for m in mods]
     try:
-        for m, s in zip(mods, saved):
+        for m, s in zip(mods, saved, strict=True):
             m.scaling["default"] = sign * s
         yield
     finally:
-        for m, s in zip(mods, saved):
+        for m, s in zip(mods, saved, strict=True):
             m.scaling["default"] = s
 
 
-def _fit(peft_model, tokenizer, streams: Sequence[tuple[str, list, float | None]], config: TrainConfig,
-         desc: str) -> dict[str, list[float]]:
+def _fit(
+    peft_model, tokenizer, streams: Sequence[tuple[str, list, float | None]], config: TrainConfig, desc: str
+) -> dict[str, list[float]]:
     """The training loop: ``config.steps`` index batches, each one step per stream in turn
     (``(name, encoded examples, LoRA sign or None)``: two streams alternate on the same
     indices, each under its :func:`lora_sign`). Returns each stream's losses."""
@@ -303,16 +323,24 @@ def _fit(peft_model, tokenizer, streams: Sequence[tuple[str, list, float | None]
         bar.set_postfix(loss=f"{losses[name][-1]:.3f}")
         if (step + 1) % every == 0 or step + 1 == total:
             el = time.perf_counter() - t0
-            logger.info(f"{desc}: step {step + 1}/{total}, loss {losses[name][-1]:.3f}, {el:.0f} s "
-                        f"(~{el / (step + 1) * (total - step - 1):.0f} s left)")
+            logger.info(
+                f"{desc}: step {step + 1}/{total}, loss {losses[name][-1]:.3f}, {el:.0f} s "
+                f"(~{el / (step + 1) * (total - step - 1):.0f} s left)"
+            )
     peft_model.eval()
     for name, ls in losses.items():
         logger.debug(f"{desc} {name}: loss {ls[0]:.3f} -> {ls[-1]:.3f} over {len(ls)} steps")
     return losses
 
 
-def train_adapter(model: nn.Module, tokenizer, examples: Sequence[tuple[str, str]], config: TrainConfig,
-                  adapter: str = "lora", desc: str = "adapter"):
+def train_adapter(
+    model: nn.Module,
+    tokenizer,
+    examples: Sequence[tuple[str, str]],
+    config: TrainConfig,
+    adapter: str = "lora",
+    desc: str = "adapter",
+):
     """Train one adapter of type ``adapter`` on ``(user prompt, response)`` pairs; returns
     ``(peft_model, losses)``.
 
@@ -334,8 +362,14 @@ def train_lora(model: nn.Module, tokenizer, examples: Sequence[tuple[str, str]],
     return train_adapter(model, tokenizer, examples, config, "lora", desc)
 
 
-def train_bidir(model: nn.Module, tokenizer, pos_examples: Sequence[tuple], neg_examples: Sequence[tuple],
-                config: TrainConfig, desc: str = "LoRA ±"):
+def train_bidir(
+    model: nn.Module,
+    tokenizer,
+    pos_examples: Sequence[tuple],
+    neg_examples: Sequence[tuple],
+    config: TrainConfig,
+    desc: str = "LoRA ±",
+):
     """ONE LoRA trained as ``θ+Δ`` on ``pos_examples`` and ``θ−Δ`` on ``neg_examples``.
 
     The two lists are aligned (example i of each is the same prompt under the two
@@ -348,11 +382,14 @@ def train_bidir(model: nn.Module, tokenizer, pos_examples: Sequence[tuple], neg_
     if not pos_examples or not neg_examples:
         raise ValueError("no training examples")
     if len(pos_examples) != len(neg_examples):
-        raise ValueError(f"a bidirectional adapter needs aligned examples: {len(pos_examples)} positive, "
-                         f"{len(neg_examples)} negative")
+        raise ValueError(
+            f"a bidirectional adapter needs aligned examples: {len(pos_examples)} positive, {len(neg_examples)} negative"
+        )
     peft_model = _wrap(model, config, "bidir")
-    streams = [("pos", _encode_examples(tokenizer, pos_examples, config.max_len), 1.0),
-               ("neg", _encode_examples(tokenizer, neg_examples, config.max_len), -1.0)]
+    streams = [
+        ("pos", _encode_examples(tokenizer, pos_examples, config.max_len), 1.0),
+        ("neg", _encode_examples(tokenizer, neg_examples, config.max_len), -1.0),
+    ]
     return peft_model, _fit(peft_model, tokenizer, streams, config, desc)
 
 
@@ -381,7 +418,6 @@ def weight_diff(delta_pos: Mapping[str, torch.Tensor], delta_neg: Mapping[str, t
     if set(delta_pos) != set(delta_neg):
         raise ValueError(f"the two adapters touch different tensors: {sorted(set(delta_pos) ^ set(delta_neg))[:6]}")
     return {k: (delta_pos[k].float() - delta_neg[k].float()).contiguous() for k in sorted(delta_pos)}
-
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ import random
 import string
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +212,9 @@ class _Checker:
 
     def keys(self, obj: Any, where: str, allowed: tuple[str, ...]) -> dict:
         if not isinstance(obj, dict):
-            self.fail(where, "(the whole entry)", f"expected a mapping with the fields {', '.join(allowed)}, got {type(obj).__name__}")
+            self.fail(
+                where, "(the whole entry)", f"expected a mapping with the fields {', '.join(allowed)}, got {type(obj).__name__}"
+            )
         extra = [k for k in obj if k not in allowed]
         if extra:
             self.fail(where, extra[0], f"unknown field; allowed here: {', '.join(allowed)}")
@@ -259,8 +261,11 @@ def parse(raw: Any, path: Path) -> Behavior:
                 c.fail(where, "probe" if j == 0 else f"train[{j - 1}]", f"not a valid template ({e})")
             bad = [n for n in names if n not in ITEM_TEXT_FIELDS]
             if bad:
-                c.fail(where, "probe" if j == 0 else f"train[{j - 1}]",
-                       f"placeholder {{{bad[0]}}} is not an item field: use {', '.join('{' + f + '}' for f in ITEM_TEXT_FIELDS)}")
+                c.fail(
+                    where,
+                    "probe" if j == 0 else f"train[{j - 1}]",
+                    f"placeholder {{{bad[0]}}} is not an item field: use {', '.join('{' + f + '}' for f in ITEM_TEXT_FIELDS)}",
+                )
         prompts[g] = Prompts(probe, tuple(train))
 
     # sets
@@ -285,12 +290,18 @@ def parse(raw: Any, path: Path) -> Behavior:
     if n_target != 1:
         c.fail("top level", "sets", f"{n_target} sets have role 'target'; exactly one must (the others are 'control')")
     if len(sets) < 2:
-        c.fail("top level", "sets", "only a target set: give at least one 'control' set (the specificity ratio divides by "
-               "the largest control spread)")
+        c.fail(
+            "top level",
+            "sets",
+            "only a target set: give at least one 'control' set (the specificity ratio divides by the largest control spread)",
+        )
     target = next(s for s in sets if s.role == "target")
     if target.rule("pos") == target.rule("neg") and target.rule("pos") != "item":
-        c.fail(f"set {target.name!r}", "answers",
-               f"pos and neg both answer by the rule {target.rule('pos')!r}: the target set must tell the personas apart")
+        c.fail(
+            f"set {target.name!r}",
+            "answers",
+            f"pos and neg both answer by the rule {target.rule('pos')!r}: the target set must tell the personas apart",
+        )
 
     # persona pairs
     pairs = top["persona_pairs"]
@@ -334,14 +345,21 @@ def parse(raw: Any, path: Path) -> Behavior:
         answers = {"pos": "", "neg": ""}
         if "item" in rules.values() or "answers" in it:
             if "item" not in rules.values():
-                c.fail(where, "answers", f"set {kind!r} answers by rule ({rules['pos']} / {rules['neg']}); give answers only in a set whose rule is 'item'")
+                c.fail(
+                    where,
+                    "answers",
+                    f"set {kind!r} answers by rule ({rules['pos']} / {rules['neg']}); "
+                    f"give answers only in a set whose rule is 'item'",
+                )
             ans = c.keys(it.get("answers"), f"{where}, answers", PERSONAS)
             for p in PERSONAS:
                 if rules[p] == "item":
                     answers[p] = c.choice(ans, p, f"{where}, answers", ANSWERS)
                 elif p in ans:
                     c.fail(f"{where}, answers", p, f"set {kind!r} answers {p} by the rule {rules[p]!r}; leave it out")
-        items.append(Topic(iid, texts["claim"], texts["question"], truth, kind, group, texts["text"], answers["pos"], answers["neg"]))
+        items.append(
+            Topic(iid, texts["claim"], texts["question"], truth, kind, group, texts["text"], answers["pos"], answers["neg"])
+        )
     b = Behavior(name, description, tuple(sets), prompts, tuple(persona_pairs), tuple(items), float(frac), str(path))
     _check_split(b, c)
     return b
@@ -404,11 +422,15 @@ def _check_split(b: Behavior, c: _Checker) -> None:
         c.fail("top level", "items", f"the items cannot be split into training and held-out halves: {e}")
     tgt = [t for t in b.items if t.kind == b.target]
     if sum(b.agrees("pos", t) for t in tgt) == sum(b.agrees("neg", t) for t in tgt):
-        c.fail(f"set {b.target!r}", "answers", "pos and neg answer Yes to as many target items: the diff would have "
-               "no direction (the target set needs pos to say Yes more often than neg, or less often)")
+        c.fail(
+            f"set {b.target!r}",
+            "answers",
+            "pos and neg answer Yes to as many target items: the diff would have "
+            "no direction (the target set needs pos to say Yes more often than neg, or less often)",
+        )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_cached(path: str, mtime_ns: int) -> Behavior:
     p = Path(path)
     return parse(_read(p), p)
@@ -421,15 +443,17 @@ def load(path: str | Path) -> Behavior:
         raise BehaviorError(f"behaviour file {p}: no such file")
     b = _load_cached(str(p), p.stat().st_mtime_ns)
     if p.parent != behaviors_dir().resolve() and b.name in builtin_names():
-        raise BehaviorError(f"behaviour file {p}: top level, field 'name': {b.name!r} is a built-in behaviour's name "
-                            f"(its outputs would mix with the built-in's): choose another name")
+        raise BehaviorError(
+            f"behaviour file {p}: top level, field 'name': {b.name!r} is a built-in behaviour's name "
+            f"(its outputs would mix with the built-in's): choose another name"
+        )
     return b
 
 
 _REGISTERED: dict[str, Path] = {}
 
 
-def get(behavior: "str | Path | Behavior | None" = None) -> Behavior:
+def get(behavior: str | Path | Behavior | None = None) -> Behavior:
     """A :class:`Behavior` from a built-in name, a name a file was registered under
     (:func:`resolve`), a path to a file, or a :class:`Behavior` (returned as it is).
     ``None`` is the default behaviour, sycophancy."""
@@ -444,8 +468,10 @@ def get(behavior: "str | Path | Behavior | None" = None) -> Behavior:
     p = Path(key)
     if p.suffix in SUFFIXES or p.exists():
         return load(p)
-    raise BehaviorError(f"unknown behaviour {key!r}: give a built-in name ({', '.join(builtin_names())}) "
-                        f"or the path of a behaviour file ({', '.join(SUFFIXES)})")
+    raise BehaviorError(
+        f"unknown behaviour {key!r}: give a built-in name ({', '.join(builtin_names())}) "
+        f"or the path of a behaviour file ({', '.join(SUFFIXES)})"
+    )
 
 
 def resolve(value: str | Path, base: Path | None = None) -> str:
@@ -460,8 +486,10 @@ def resolve(value: str | Path, base: Path | None = None) -> str:
     if not p.is_absolute() and base is not None:
         p = base / p
     if p.suffix not in SUFFIXES and not p.exists():
-        raise BehaviorError(f"unknown behaviour {v!r}: give a built-in name ({', '.join(builtin_names())}) "
-                            f"or the path of a behaviour file ({', '.join(SUFFIXES)})")
+        raise BehaviorError(
+            f"unknown behaviour {v!r}: give a built-in name ({', '.join(builtin_names())}) "
+            f"or the path of a behaviour file ({', '.join(SUFFIXES)})"
+        )
     b = load(p)
     _REGISTERED[b.name] = p.resolve()
     return b.name

@@ -94,7 +94,7 @@ def null_comparison(label: torch.Tensor, deltas: list, layers: list[int], k: int
             fr.append(stats.energy_frac_act(Q, X) if kind == "act" else stats.energy_frac_w(Q, X))
         mc.append((float(np.mean(fr)), float(np.std(fr, ddof=1))))
     t_mc = time.perf_counter() - t0
-    diffs = [abs(m[0] - c[0]) / c[1] for m, c in zip(mc, closed) if c[1] > 0]
+    diffs = [abs(m[0] - c[0]) / c[1] for m, c in zip(mc, closed, strict=True) if c[1] > 0]
     return {
         "cells": len(targets),
         "mc_draws_per_cell": MC_DRAWS,
@@ -118,10 +118,16 @@ def v8_stages(cfg, model, tok, probes, res, w, stages: dict) -> dict:
     t0 = time.perf_counter()
     cr = v8.causal(cfg, model, tok, res, w, names, ranking)
     stages["v8 causal test"] = time.perf_counter() - t0
-    return {"seconds": stages["v8 causal test"], "phases_s": cr.timings, "candidates": len(names),
-            "null_draws_per_rank_profile": cfg.n_causal_null,
-            "rank_profiles": cr.table["null_profile"].n_unique(), "prompt_rows": cr.n_rows,
-            "first_block": cr.first_block, "torch_threads": torch.get_num_threads()}
+    return {
+        "seconds": stages["v8 causal test"],
+        "phases_s": cr.timings,
+        "candidates": len(names),
+        "null_draws_per_rank_profile": cfg.n_causal_null,
+        "rank_profiles": cr.table["null_profile"].n_unique(),
+        "prompt_rows": cr.n_rows,
+        "first_block": cr.first_block,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def run(model_name: str | None = None, seeds: tuple[int, ...] = (0,)) -> dict:
@@ -177,8 +183,12 @@ def run(model_name: str | None = None, seeds: tuple[int, ...] = (0,)) -> dict:
         "targets": TARGETS,
         "device": device_name(model),
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-                    "torch": torch.__version__},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
     }
     return result
 
@@ -200,11 +210,17 @@ def format_table(r: dict) -> str:
         ("sweep ÷ floor (target ≤ 2)", f"{r['sweep_over_floor']:.2f}"),
         ("peak RSS GiB (target ≤ 4)", f"{r['peak_rss_gib']:.2f}"),
         ("closed-form null s", f"{r['null']['closed_form_s']:.4f}"),
-        (f"Monte Carlo null s ({r['null']['mc_draws_per_cell']} draws × {r['null']['cells']} cells)", f"{r['null']['monte_carlo_s']:.2f}"),
+        (
+            f"Monte Carlo null s ({r['null']['mc_draws_per_cell']} draws × {r['null']['cells']} cells)",
+            f"{r['null']['monte_carlo_s']:.2f}",
+        ),
         ("closed-form speed-up (target ≥ 100)", f"{r['null']['closed_form_speedup']:.0f}"),
         ("max |mean_MC − mean_closed| / std_closed", f"{r['null']['max_mean_diff_in_null_std']:.3f}"),
-        (f"v8 causal test s ({r['causal']['candidates']} candidates, {r['causal']['prompt_rows']} prompt rows; "
-         f"target ≤ {TARGETS['causal_s']:.0f})", f"{r['causal']['seconds']:.1f}"),
+        (
+            f"v8 causal test s ({r['causal']['candidates']} candidates, {r['causal']['prompt_rows']} prompt rows; "
+            f"target ≤ {TARGETS['causal_s']:.0f})",
+            f"{r['causal']['seconds']:.1f}",
+        ),
     ]
     w = max(len(a) for a, _ in rows)
     return "\n".join(f"{a:<{w}}  {b:>10}" for a, b in rows)

@@ -21,29 +21,63 @@ random rank-k subspaces of ``d`` dimensions overlap ``k/d`` in expectation).
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import polars as pl
 import torch
 
-__all__ = ["BLOCK_COLUMNS", "BLOCK_SUMMARY_COLUMNS", "SCOPE_COLUMNS", "score_block", "act_oracle", "overlap",
-           "scope_table"]
+__all__ = ["BLOCK_COLUMNS", "BLOCK_SUMMARY_COLUMNS", "SCOPE_COLUMNS", "score_block", "act_oracle", "overlap", "scope_table"]
 
 #: per (layer, candidate) columns the block-local label adds to the per-layer table
-BLOCK_COLUMNS = ["conc_act_block", "z_act_block", "energy_frac_act_block", "p_act_block", "null_method_act_block",
-                 "q_act_block", "pr_act_block"]
+BLOCK_COLUMNS = [
+    "conc_act_block",
+    "z_act_block",
+    "energy_frac_act_block",
+    "p_act_block",
+    "null_method_act_block",
+    "q_act_block",
+    "pr_act_block",
+]
 #: per candidate columns it adds to the summary
-BLOCK_SUMMARY_COLUMNS = ["mean_conc_act_block", "mean_z_act_block", "mean_energy_frac_act_block",
-                         "mean_conc_act_block_ci_lo", "mean_conc_act_block_ci_hi", "joint_score_block"]
-SCOPE_COLUMNS = ["layer", "touched", "rank_dW", "rank_act", "rank_act_block", "overlap_dW_act", "overlap_dW_act_block",
-                 "overlap_act_act_block", "overlap_random", "best_frac_act", "best_frac_act_block", "pr_act",
-                 "pr_act_block", "label_norm", "label_norm_block"]
+BLOCK_SUMMARY_COLUMNS = [
+    "mean_conc_act_block",
+    "mean_z_act_block",
+    "mean_energy_frac_act_block",
+    "mean_conc_act_block_ci_lo",
+    "mean_conc_act_block_ci_hi",
+    "joint_score_block",
+]
+SCOPE_COLUMNS = [
+    "layer",
+    "touched",
+    "rank_dW",
+    "rank_act",
+    "rank_act_block",
+    "overlap_dW_act",
+    "overlap_dW_act_block",
+    "overlap_act_act_block",
+    "overlap_random",
+    "best_frac_act",
+    "best_frac_act_block",
+    "pr_act",
+    "pr_act_block",
+    "label_norm",
+    "label_norm_block",
+]
 
 
-def score_block(bases: Mapping[str, Sequence[torch.Tensor | None]], meta: pl.DataFrame, label_block: torch.Tensor,
-                deltas: Sequence, clean_pcs: Sequence, touched: Sequence[int], *, n_boot: int = 2000,
-                seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
+def score_block(
+    bases: Mapping[str, Sequence[torch.Tensor | None]],
+    meta: pl.DataFrame,
+    label_block: torch.Tensor,
+    deltas: Sequence,
+    clean_pcs: Sequence,
+    touched: Sequence[int],
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Score every candidate against the block-local label ``[L, n, d]`` as v7 scores the
     cumulative one. Returns ``(per_layer, summary)``: per (layer, subspace) the
     :data:`BLOCK_COLUMNS`; per subspace the :data:`BLOCK_SUMMARY_COLUMNS` (means over the
@@ -60,13 +94,25 @@ def score_block(bases: Mapping[str, Sequence[torch.Tensor | None]], meta: pl.Dat
     w = summ["mean_conc_w_combined"].to_numpy().astype(np.float64)
     with np.errstate(invalid="ignore"):
         joint = np.where((a >= 0) & (w >= 0), np.sqrt(np.abs(a * w)), np.nan)
-    summary = (summ.select("subspace", pl.col("mean_conc_act").alias("mean_conc_act_block"),
-                           pl.col("mean_z_act").alias("mean_z_act_block"),
-                           pl.col("mean_energy_frac_act").alias("mean_energy_frac_act_block"))
-               .with_columns(pl.Series("joint_score_block", joint, dtype=pl.Float64))
-               .join(ci.select("subspace", pl.col("mean_conc_act_ci_lo").alias("mean_conc_act_block_ci_lo"),
-                               pl.col("mean_conc_act_ci_hi").alias("mean_conc_act_block_ci_hi")),
-                     on="subspace", how="left", maintain_order="left"))
+    summary = (
+        summ.select(
+            "subspace",
+            pl.col("mean_conc_act").alias("mean_conc_act_block"),
+            pl.col("mean_z_act").alias("mean_z_act_block"),
+            pl.col("mean_energy_frac_act").alias("mean_energy_frac_act_block"),
+        )
+        .with_columns(pl.Series("joint_score_block", joint, dtype=pl.Float64))
+        .join(
+            ci.select(
+                "subspace",
+                pl.col("mean_conc_act_ci_lo").alias("mean_conc_act_block_ci_lo"),
+                pl.col("mean_conc_act_ci_hi").alias("mean_conc_act_block_ci_hi"),
+            ),
+            on="subspace",
+            how="left",
+            maintain_order="left",
+        )
+    )
     return per_layer, summary.select(["subspace", *BLOCK_SUMMARY_COLUMNS])
 
 
@@ -99,12 +145,21 @@ def _label_stats(X: torch.Tensor, k: int, zero_tol: float) -> dict[str, float]:
     if keep.shape[0] == 0:
         return {"best_frac": float("nan"), "pr": float("nan"), "norm": 0.0}
     tr_a, tr_a2, _ = act_traces(keep)
-    return {"best_frac": best_frac_at_rank(keep, k, kind="X"), "pr": participation_ratio(tr_a, tr_a2),
-            "norm": float(X.norm(dim=1).mean())}
+    return {
+        "best_frac": best_frac_at_rank(keep, k, kind="X"),
+        "pr": participation_ratio(tr_a, tr_a2),
+        "norm": float(X.norm(dim=1).mean()),
+    }
 
 
-def scope_table(label: torch.Tensor, label_block: torch.Tensor, dW: Sequence[torch.Tensor | None], k: int,
-                touched: Sequence[int], zero_row_rel_tol: float = 1e-7) -> pl.DataFrame:
+def scope_table(
+    label: torch.Tensor,
+    label_block: torch.Tensor,
+    dW: Sequence[torch.Tensor | None],
+    k: int,
+    touched: Sequence[int],
+    zero_row_rel_tol: float = 1e-7,
+) -> pl.DataFrame:
     """Per layer (:data:`SCOPE_COLUMNS`): ranks of the three oracles, their pairwise overlaps,
     the random expectation ``k/d``, and for each label the best energy fraction at rank k,
     its participation ratio and its mean row norm. ``label``, ``label_block``: ``[L, n, d]``;
@@ -118,11 +173,26 @@ def scope_table(label: torch.Tensor, label_block: torch.Tensor, dW: Sequence[tor
         b = act_oracle(label_block[l], k, tol[id(label_block)])
         sa, sb = _label_stats(label[l], k, tol[id(label)]), _label_stats(label_block[l], k, tol[id(label_block)])
         rk = lambda B: 0 if B is None else int(B.shape[1])  # noqa: E731
-        rows.append({"layer": l, "touched": l in set(touched), "rank_dW": rk(dW[l]), "rank_act": rk(a),
-                     "rank_act_block": rk(b), "overlap_dW_act": overlap(dW[l], a), "overlap_dW_act_block": overlap(dW[l], b),
-                     "overlap_act_act_block": overlap(a, b), "overlap_random": k / d,
-                     "best_frac_act": sa["best_frac"], "best_frac_act_block": sb["best_frac"], "pr_act": sa["pr"],
-                     "pr_act_block": sb["pr"], "label_norm": sa["norm"], "label_norm_block": sb["norm"]})
-    schema = {c: pl.Int64 if c.startswith(("layer", "rank")) else pl.Boolean if c == "touched" else pl.Float64
-              for c in SCOPE_COLUMNS}
+        rows.append(
+            {
+                "layer": l,
+                "touched": l in set(touched),
+                "rank_dW": rk(dW[l]),
+                "rank_act": rk(a),
+                "rank_act_block": rk(b),
+                "overlap_dW_act": overlap(dW[l], a),
+                "overlap_dW_act_block": overlap(dW[l], b),
+                "overlap_act_act_block": overlap(a, b),
+                "overlap_random": k / d,
+                "best_frac_act": sa["best_frac"],
+                "best_frac_act_block": sb["best_frac"],
+                "pr_act": sa["pr"],
+                "pr_act_block": sb["pr"],
+                "label_norm": sa["norm"],
+                "label_norm_block": sb["norm"],
+            }
+        )
+    schema = {
+        c: pl.Int64 if c.startswith(("layer", "rank")) else pl.Boolean if c == "touched" else pl.Float64 for c in SCOPE_COLUMNS
+    }
     return pl.DataFrame(rows, schema=schema)

@@ -43,10 +43,10 @@ row is the final token's softmax row restricted to the suffix positions, NOT ren
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 import torch
 from jaxtyping import Bool, Float
@@ -128,7 +128,7 @@ class Captures:
     mom_downproj: Float[Tensor, "L d_mlp d_mlp"] | None = None
     mom_oproj_out: Float[Tensor, "L d d"] | None = None
     mom_downproj_out: Float[Tensor, "L d d"] | None = None
-    mom_n_tokens: Float[Tensor, "1"] | None = None
+    mom_n_tokens: Float[Tensor, 1] | None = None
     label_eval: Float[Tensor, "L n_eval d"] | None = None  # at +w minus at −w
     label_fit: Float[Tensor, "L n_fit d"] | None = None
     key: str = ""
@@ -136,8 +136,9 @@ class Captures:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The non-None capture tensors by name."""
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name in CAPTURE_FIELDS and getattr(self, f.name) is not None}
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if f.name in CAPTURE_FIELDS and getattr(self, f.name) is not None
+        }
 
     def has(self, *names: str) -> bool:
         return all(getattr(self, n, None) is not None for n in names)
@@ -154,7 +155,7 @@ class Captures:
         return save_entry(path, self.tensors(), self.key, {"info": json.dumps(self.info, default=str)})
 
     @classmethod
-    def load(cls, path: str | Path, key: str) -> "Captures | None":
+    def load(cls, path: str | Path, key: str) -> Captures | None:
         """The captures stored at ``path`` if they are intact and are what ``key`` names, else None."""
         import json
 
@@ -211,7 +212,7 @@ def shared_suffix_lengths(tok, prompts_pos: Sequence[str], prompts_neg: Sequence
     if len(prompts_pos) != len(prompts_neg):
         raise ValueError(f"{len(prompts_pos)} persona+ prompts but {len(prompts_neg)} persona− prompts")
     out = []
-    for i, (a, b) in enumerate(zip(prompts_pos, prompts_neg)):
+    for i, (a, b) in enumerate(zip(prompts_pos, prompts_neg, strict=True)):
         ia = tok(a, add_special_tokens=False)["input_ids"]
         ib = tok(b, add_special_tokens=False)["input_ids"]
         s = 0
@@ -295,6 +296,7 @@ def _forward_capture(
         last = last_token_index(mask)  # [B]
         rows = torch.arange(B)
         real = mask.bool()
+        valid = tok_idx = None
         if tokens:
             sl = torch.as_tensor(list(suffix_lens[start : start + B]), dtype=torch.long)
             back = (T - 1 - torch.arange(T))[None, :]  # [1, T]: steps back from the last token
@@ -302,7 +304,8 @@ def _forward_capture(
             tok_idx = (last[:, None] - back).clamp(min=0)  # [B, T]
         per: dict[str, list] = {"resid": [None] * L, "tok": [None] * L, "attn": [None] * L, "up_written": [None] * L}
 
-        def edit(output, name):
+        # this batch's indices are bound as defaults: the hook runs within this iteration only
+        def edit(output, name, per=per, rows=rows, last=last, real=real, valid=valid, tok_idx=tok_idx):
             what, i = kind[name]
             if what == "block":
                 h = output[0] if isinstance(output, (tuple, list)) else output  # [B, T_in, d]
@@ -321,7 +324,9 @@ def _forward_capture(
                 row = w[rows, :, last, :].mean(dim=1)  # [B, T_in]: head-averaged final-token row
                 per["attn"][i] = row.float().cpu().gather(1, tok_idx) * valid
             elif what in ("o_out", "down_out"):
-                y = (output[0] if isinstance(output, (tuple, list)) else output)[real.to(output.device)].to("cpu", torch.float64)  # [N, d]
+                y = (output[0] if isinstance(output, (tuple, list)) else output)[real.to(output.device)].to(
+                    "cpu", torch.float64
+                )  # [N, d]
                 g = y.T @ y
                 mom_out[what][i] = g if mom_out[what][i] is None else mom_out[what][i].add_(g)
             elif what == "up":
@@ -334,8 +339,9 @@ def _forward_capture(
         with ctx_out, ctx_in as tin:
             # the decoder stack only: no logits are needed (the lm_head is ~20 % of a 135M model's work)
             dev = input_device(model)
-            backbone(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=_position_ids(mask).to(dev),
-                     use_cache=False)
+            backbone(
+                input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=_position_ids(mask).to(dev), use_cache=False
+            )
 
         if resid:
             acc["resid"].append(torch.stack(per["resid"]))  # [L, B, d]
@@ -391,8 +397,9 @@ def block_outputs(model: nn.Module, tok, prompts: Sequence[str], batch_size: int
     return _forward_capture(model, tok, prompts, batch_size, resid=True)["resid"]
 
 
-def label(model: nn.Module, tok, prompts: Sequence[str], w: Mapping[str, torch.Tensor],
-          batch_size: int = 16, pbar: tqdm | None = None) -> Float[Tensor, "L n d"]:
+def label(
+    model: nn.Module, tok, prompts: Sequence[str], w: Mapping[str, torch.Tensor], batch_size: int = 16, pbar: tqdm | None = None
+) -> Float[Tensor, "L n d"]:
     """``block_outputs`` at ``θ + w`` minus at ``θ − w``: ``[L, n, d]`` (the activation label)."""
     with weight_steer(model, w, +1.0):
         hp = _forward_capture(model, tok, prompts, batch_size, resid=True, pbar=pbar)["resid"]
@@ -411,8 +418,9 @@ def up_proj_written(model: nn.Module, tok, prompts: Sequence[str], batch_size: i
     return _forward_capture(model, tok, prompts, batch_size, resid=False, up_written=True)["up_written"]
 
 
-def token_level(model: nn.Module, tok, prompts_pos: Sequence[str], prompts_neg: Sequence[str],
-                batch_size: int = 16) -> dict[str, torch.Tensor]:
+def token_level(
+    model: nn.Module, tok, prompts_pos: Sequence[str], prompts_neg: Sequence[str], batch_size: int = 16
+) -> dict[str, torch.Tensor]:
     """Token-level block outputs and final-token attention rows over the shared suffix.
 
     Returns ``pos_tok, neg_tok [L, n, T, d]``, ``pos_attn, neg_attn [L, n, T]``,
@@ -423,8 +431,14 @@ def token_level(model: nn.Module, tok, prompts_pos: Sequence[str], prompts_neg: 
     with eager_attention(model):
         p = _forward_capture(model, tok, prompts_pos, batch_size, resid=False, suffix_lens=sl)
         q = _forward_capture(model, tok, prompts_neg, batch_size, resid=False, suffix_lens=sl)
-    return {"pos_tok": p["tok"], "neg_tok": q["tok"], "pos_attn": p["attn"], "neg_attn": q["attn"],
-            "tok_mask": p["mask"], "suffix_len": torch.as_tensor(sl)}
+    return {
+        "pos_tok": p["tok"],
+        "neg_tok": q["tok"],
+        "pos_attn": p["attn"],
+        "neg_attn": q["attn"],
+        "tok_mask": p["mask"],
+        "suffix_len": torch.as_tensor(sl),
+    }
 
 
 def input_second_moments(model: nn.Module, tok, prompts: Sequence[str], batch_size: int = 16) -> dict[str, torch.Tensor]:
@@ -444,17 +458,19 @@ def captures_key(model: nn.Module, fit_clean, fit_pos, fit_neg, eval_prompts, w)
     """Key of a :func:`capture_all` result: model weights, prompts, diff and capture code."""
     from ws.cache import cache_key, hash_code, hash_model, hash_tensors
 
-    return cache_key({
-        "what": "capture_all",
-        "model": model_id(model),
-        "weights": hash_model(model),
-        "fit_clean": list(fit_clean),
-        "fit_pos": list(fit_pos),
-        "fit_neg": list(fit_neg),
-        "eval": list(eval_prompts),
-        "w": hash_tensors(w),
-        "code": hash_code(),
-    })
+    return cache_key(
+        {
+            "what": "capture_all",
+            "model": model_id(model),
+            "weights": hash_model(model),
+            "fit_clean": list(fit_clean),
+            "fit_pos": list(fit_pos),
+            "fit_neg": list(fit_neg),
+            "eval": list(eval_prompts),
+            "w": hash_tensors(w),
+            "code": hash_code(),
+        }
+    )
 
 
 def capture_all(
@@ -492,15 +508,22 @@ def capture_all(
         total = 3 * nb(fit_clean) + 2 * nb(fit_pos) + 2 * nb(eval_prompts)
         out: dict[str, torch.Tensor] = {}
         with tqdm(total=total, desc="capture batches", disable=not progress, leave=False) as pbar:
-            r = _forward_capture(model, tok, fit_clean, batch_size, resid=True, embed=True, up_in=True,
-                                 moments=True, pbar=pbar)
-            out.update(clean=r["resid"], clean_embed=r["embed"], clean_up_in=r["up_in"],
-                       mom_oproj=r["mom_oproj"], mom_downproj=r["mom_downproj"], mom_oproj_out=r["mom_oproj_out"],
-                       mom_downproj_out=r["mom_downproj_out"], mom_n_tokens=r["mom_n_tokens"])
+            r = _forward_capture(model, tok, fit_clean, batch_size, resid=True, embed=True, up_in=True, moments=True, pbar=pbar)
+            out.update(
+                clean=r["resid"],
+                clean_embed=r["embed"],
+                clean_up_in=r["up_in"],
+                mom_oproj=r["mom_oproj"],
+                mom_downproj=r["mom_downproj"],
+                mom_oproj_out=r["mom_oproj_out"],
+                mom_downproj_out=r["mom_downproj_out"],
+                mom_n_tokens=r["mom_n_tokens"],
+            )
             with eager_attention(model):
                 for side, prompts in (("pos", fit_pos), ("neg", fit_neg)):
-                    r = _forward_capture(model, tok, prompts, batch_size, resid=True, up_in=True,
-                                         up_written=True, suffix_lens=sl, pbar=pbar)
+                    r = _forward_capture(
+                        model, tok, prompts, batch_size, resid=True, up_in=True, up_written=True, suffix_lens=sl, pbar=pbar
+                    )
                     out[side] = r["resid"]
                     out[f"{side}_up_in"] = r["up_in"]
                     out[f"{side}_up_written"] = r["up_written"]
@@ -521,8 +544,11 @@ def capture_all(
             return cap
     with blas_threads(threads):
         tensors = build()
-    cap = Captures(**tensors, key=key, info={"model": model_id(model), "n_fit": len(fit_clean),
-                                             "n_eval": len(eval_prompts), "d_model": d_model(model)})
+    cap = Captures(
+        **tensors,
+        key=key,
+        info={"model": model_id(model), "n_fit": len(fit_clean), "n_eval": len(eval_prompts), "d_model": d_model(model)},
+    )
     if cache:
         cap.save(path)
         logger.info(f"captures cached in {path.name}")
@@ -552,8 +578,9 @@ def block_io(model: nn.Module, tok, prompts: Sequence[str], batch_size: int = 16
     return torch.cat(pre, dim=1), torch.cat(post, dim=1)
 
 
-def block_labels(model: nn.Module, tok, prompts: Sequence[str], w: Mapping[str, torch.Tensor],
-                 batch_size: int = 16, *, cache: bool = False) -> dict[str, torch.Tensor]:
+def block_labels(
+    model: nn.Module, tok, prompts: Sequence[str], w: Mapping[str, torch.Tensor], batch_size: int = 16, *, cache: bool = False
+) -> dict[str, torch.Tensor]:
     """The two activation labels of v8, ``[L, n, d]`` float32 each:
 
     - ``label``: block outputs at ``θ + w`` minus at ``θ − w`` (cumulative: everything the
@@ -566,8 +593,17 @@ def block_labels(model: nn.Module, tok, prompts: Sequence[str], w: Mapping[str, 
     """
     from ws.cache import activation_cache_dir, cache_key, hash_code, hash_model, hash_tensors, load_entry, save_entry
 
-    key = cache_key({"what": "block_labels", "model": model_id(model), "weights": hash_model(model),
-                     "prompts": list(prompts), "w": hash_tensors(w), "batch": int(batch_size), "code": hash_code()})
+    key = cache_key(
+        {
+            "what": "block_labels",
+            "model": model_id(model),
+            "weights": hash_model(model),
+            "prompts": list(prompts),
+            "w": hash_tensors(w),
+            "batch": int(batch_size),
+            "code": hash_code(),
+        }
+    )
     path = activation_cache_dir() / f"block-labels-{key}.safetensors"
     if cache and (hit := load_entry(path, key)) is not None:
         logger.info(f"block labels: cache hit {path.name}")
@@ -576,8 +612,10 @@ def block_labels(model: nn.Module, tok, prompts: Sequence[str], w: Mapping[str, 
         pre_p, post_p = block_io(model, tok, prompts, batch_size)
     with weight_steer(model, w, -1.0):
         pre_m, post_m = block_io(model, tok, prompts, batch_size)
-    out = {"label": (post_p.double() - post_m.double()).float(),
-           "label_block": ((post_p.double() - pre_p.double()) - (post_m.double() - pre_m.double())).float()}
+    out = {
+        "label": (post_p.double() - post_m.double()).float(),
+        "label_block": ((post_p.double() - pre_p.double()) - (post_m.double() - pre_m.double())).float(),
+    }
     if cache:
         save_entry(path, out, key)
     return out

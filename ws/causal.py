@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 import polars as pl
@@ -46,9 +46,26 @@ from tqdm.auto import tqdm
 from ws.log import logger
 
 __all__ = [
-    "WRITERS", "TARGET", "CONTROLS", "PARTS", "writer_key", "writers_only", "project_layer", "variant_diff",
-    "NULL_PARTS", "random_bases", "energy_inside", "ratio", "ratio_ci", "mean_ci", "null_stats", "null_z_p", "carries", "CausalResult",
-    "run_causal", "CAUSAL_COLUMNS",
+    "WRITERS",
+    "TARGET",
+    "CONTROLS",
+    "PARTS",
+    "writer_key",
+    "writers_only",
+    "project_layer",
+    "variant_diff",
+    "NULL_PARTS",
+    "random_bases",
+    "energy_inside",
+    "ratio",
+    "ratio_ci",
+    "mean_ci",
+    "null_stats",
+    "null_z_p",
+    "carries",
+    "CausalResult",
+    "run_causal",
+    "CAUSAL_COLUMNS",
 ]
 
 #: residual writers: column tag -> parameter name inside a block
@@ -94,8 +111,9 @@ def _layers_of(ww: Mapping[str, torch.Tensor]) -> list[int]:
     return sorted({int(k.split(".")[2]) for k in ww})
 
 
-def variant_diff(ww: Mapping[str, torch.Tensor], bases: Mapping[int, torch.Tensor | None], part: str
-                 ) -> tuple[dict[str, torch.Tensor], dict[int, float]]:
+def variant_diff(
+    ww: Mapping[str, torch.Tensor], bases: Mapping[int, torch.Tensor | None], part: str
+) -> tuple[dict[str, torch.Tensor], dict[int, float]]:
     """The writers-only diff ``ww`` edited per layer: ``part`` is ``inside``, ``outside`` or
     ``normmatched`` (inside, rescaled to the layer's writer norm). Returns the variant
     (float32, same keys) and the per-layer scale factor (1 unless norm-matched; NaN where
@@ -113,7 +131,7 @@ def variant_diff(ww: Mapping[str, torch.Tensor], bases: Mapping[int, torch.Tenso
             s = full / inside if inside > 0 else float("nan")
             mats = [m * s for m in mats] if inside > 0 else mats
         scales[l] = s
-        out.update({k: m.float() for k, m in zip(keys, mats)})
+        out.update({k: m.float() for k, m in zip(keys, mats, strict=True)})
     return out, scales
 
 
@@ -146,8 +164,9 @@ def ratio(num: np.ndarray, den: np.ndarray) -> float:
     return float(np.mean(num)) / d if d != 0 else float("nan")
 
 
-def ratio_ci(num: np.ndarray, den: np.ndarray, n_boot: int = 2000, seed: int = 0,
-             level: float = 0.95) -> tuple[float, float, float]:
+def ratio_ci(
+    num: np.ndarray, den: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
     """``mean(num)/mean(den)`` over prompts and its percentile bootstrap CI; each resample
     draws prompt indices once for both (paired). ``num``, ``den``: ``[n]``."""
     num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
@@ -196,23 +215,65 @@ def carries(inside_ci_lo: float, null_p95: float, outside_ci_hi: float, writers:
 # ----------------------------------------------------------------------------- the run
 #: columns of the per-candidate table ``v8_causal.tsv``, in order
 CAUSAL_COLUMNS: list[str] = [
-    "subspace", "family", "axis_kind", "kind", "causal_rank", "seed_mean_joint_score", "mean_rank", "null_profile",
+    "subspace",
+    "family",
+    "axis_kind",
+    "kind",
+    "causal_rank",
+    "seed_mean_joint_score",
+    "mean_rank",
+    "null_profile",
     "energy_frac_inside",
-    "spread_inside", "retention_inside", "retention_inside_ci_lo", "retention_inside_ci_hi",
-    "spread_outside", "retention_outside", "retention_outside_ci_lo", "retention_outside_ci_hi",
-    "spread_normmatched", "retention_normmatched", "retention_normmatched_ci_lo", "retention_normmatched_ci_hi",
+    "spread_inside",
+    "retention_inside",
+    "retention_inside_ci_lo",
+    "retention_inside_ci_hi",
+    "spread_outside",
+    "retention_outside",
+    "retention_outside_ci_lo",
+    "retention_outside_ci_hi",
+    "spread_normmatched",
+    "retention_normmatched",
+    "retention_normmatched_ci_lo",
+    "retention_normmatched_ci_hi",
     "normmatch_scale_max",
-    "null_n", "null_mean", "null_sd", "null_p95", "z_inside", "p_inside", "q_inside",
-    "null_normmatched_mean", "null_normmatched_sd", "null_normmatched_p95", "z_normmatched",
-    "mass_inside", "mass_outside", "mass_normmatched",
+    "null_n",
+    "null_mean",
+    "null_sd",
+    "null_p95",
+    "z_inside",
+    "p_inside",
+    "q_inside",
+    "null_normmatched_mean",
+    "null_normmatched_sd",
+    "null_normmatched_p95",
+    "z_normmatched",
+    "mass_inside",
+    "mass_outside",
+    "mass_normmatched",
     *[f"spread_{s}_{p}" for p in PARTS for s in CONTROLS],
-    "carries", "works_as_target",
+    "carries",
+    "works_as_target",
 ]
 #: columns of the long table ``v8_causal_variants.tsv`` (one row per variant × prompt set)
 VARIANT_COLUMNS: list[str] = [
-    "variant", "subspace", "part", "null_profile", "set", "n", "spread", "spread_ci_lo", "spread_ci_hi",
-    "logratio_plus", "logratio_minus", "mean_mass", "min_mass", "energy_frac_inside",
-    "retention", "retention_ci_lo", "retention_ci_hi",
+    "variant",
+    "subspace",
+    "part",
+    "null_profile",
+    "set",
+    "n",
+    "spread",
+    "spread_ci_lo",
+    "spread_ci_hi",
+    "logratio_plus",
+    "logratio_minus",
+    "mean_mass",
+    "min_mass",
+    "energy_frac_inside",
+    "retention",
+    "retention_ci_lo",
+    "retention_ci_hi",
 ]
 
 
@@ -246,8 +307,17 @@ class _Evaluator:
             with weight_steer(self.model, wv, a):
                 got[a] = self.ro.run(sets)
         self.rows += 2 * sum(self.ro.plans[s].n for s in sets)
-        return Pair({s: {"lr_plus": got[1.0][s][0], "lr_minus": got[-1.0][s][0],
-                         "mass_plus": got[1.0][s][1], "mass_minus": got[-1.0][s][1]} for s in sets})
+        return Pair(
+            {
+                s: {
+                    "lr_plus": got[1.0][s][0],
+                    "lr_minus": got[-1.0][s][0],
+                    "mass_plus": got[1.0][s][1],
+                    "mass_minus": got[-1.0][s][1],
+                }
+                for s in sets
+            }
+        )
 
 
 def _profile_name(profile: tuple[int, ...]) -> str:
@@ -276,42 +346,83 @@ def mean_ci(x: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, fl
     return ratio_ci(x, np.ones_like(x), n_boot, seed)
 
 
-def _variant_rows(variant: str, subspace: str, part: str, profile: str, pair: Pair, writers: Pair,
-                  energy: float, n_boot: int, seed: int) -> list[dict]:
+def _variant_rows(
+    variant: str, subspace: str, part: str, profile: str, pair: Pair, writers: Pair, energy: float, n_boot: int, seed: int
+) -> list[dict]:
     """One row per prompt set of one variant (columns :data:`VARIANT_COLUMNS`)."""
     rows = []
     for s, v in pair.sets.items():
         sp, lo, hi = mean_ci(pair.spread(s), n_boot, seed)
         r, rlo, rhi = ratio_ci(pair.spread(s), writers.spread(s), n_boot, seed)
         m = pair.mass(s)
-        rows.append(dict(variant=variant, subspace=subspace, part=part, null_profile=profile, set=s,
-                         n=int(v["lr_plus"].size), spread=sp, spread_ci_lo=lo, spread_ci_hi=hi,
-                         logratio_plus=float(v["lr_plus"].mean()), logratio_minus=float(v["lr_minus"].mean()),
-                         mean_mass=float(m.mean()), min_mass=float(m.min()), energy_frac_inside=energy,
-                         retention=r, retention_ci_lo=rlo, retention_ci_hi=rhi))
+        rows.append(
+            dict(
+                variant=variant,
+                subspace=subspace,
+                part=part,
+                null_profile=profile,
+                set=s,
+                n=int(v["lr_plus"].size),
+                spread=sp,
+                spread_ci_lo=lo,
+                spread_ci_hi=hi,
+                logratio_plus=float(v["lr_plus"].mean()),
+                logratio_minus=float(v["lr_minus"].mean()),
+                mean_mass=float(m.mean()),
+                min_mass=float(m.min()),
+                energy_frac_inside=energy,
+                retention=r,
+                retention_ci_lo=rlo,
+                retention_ci_hi=rhi,
+            )
+        )
     return rows
 
 
-def _candidate_row(meta: Mapping, parts: Mapping[str, Pair], writers: Pair, energy: float, scales: Mapping[int, float],
-                   profile: tuple[int, ...], null_r: Mapping[str, np.ndarray], n_boot: int, seed: int) -> dict:
+def _candidate_row(
+    meta: Mapping,
+    parts: Mapping[str, Pair],
+    writers: Pair,
+    energy: float,
+    scales: Mapping[int, float],
+    profile: tuple[int, ...],
+    null_r: Mapping[str, np.ndarray],
+    n_boot: int,
+    seed: int,
+) -> dict:
     """One row of :data:`CAUSAL_COLUMNS` (``causal_rank``, ``seed_mean_joint_score``, ``q_inside``
     are filled by the caller)."""
     row = {c: meta.get(c) for c in ("subspace", "family", "axis_kind", "kind")}
     row.update(mean_rank=float(np.mean(profile)), null_profile=_profile_name(profile), energy_frac_inside=energy)
     for p in PARTS:
         r, lo, hi = ratio_ci(parts[p].spread(TARGET), writers.spread(TARGET), n_boot, seed)
-        row.update({f"spread_{p}": float(parts[p].spread(TARGET).mean()), f"retention_{p}": r,
-                    f"retention_{p}_ci_lo": lo, f"retention_{p}_ci_hi": hi,
-                    f"mass_{p}": float(parts[p].mass(TARGET).mean())})
+        row.update(
+            {
+                f"spread_{p}": float(parts[p].spread(TARGET).mean()),
+                f"retention_{p}": r,
+                f"retention_{p}_ci_lo": lo,
+                f"retention_{p}_ci_hi": hi,
+                f"mass_{p}": float(parts[p].mass(TARGET).mean()),
+            }
+        )
         for s in CONTROLS:
             row[f"spread_{s}_{p}"] = float(parts[p].spread(s).mean()) if s in parts[p].sets else float("nan")
     sc = [v for v in scales.values() if math.isfinite(v)]
     row["normmatch_scale_max"] = max(sc) if len(sc) == len(scales) else float("inf")
     st, nm = null_stats(null_r["inside"]), null_stats(null_r["normmatched"])
     z, p = null_z_p(row["retention_inside"], null_r["inside"])
-    row.update(null_n=st["n"], null_mean=st["mean"], null_sd=st["sd"], null_p95=st["p95"], z_inside=z, p_inside=p,
-               null_normmatched_mean=nm["mean"], null_normmatched_sd=nm["sd"], null_normmatched_p95=nm["p95"],
-               z_normmatched=null_z_p(row["retention_normmatched"], null_r["normmatched"])[0])
+    row.update(
+        null_n=st["n"],
+        null_mean=st["mean"],
+        null_sd=st["sd"],
+        null_p95=st["p95"],
+        z_inside=z,
+        p_inside=p,
+        null_normmatched_mean=nm["mean"],
+        null_normmatched_sd=nm["sd"],
+        null_normmatched_p95=nm["p95"],
+        z_normmatched=null_z_p(row["retention_normmatched"], null_r["normmatched"])[0],
+    )
     row["carries"] = carries(row["retention_inside_ci_lo"], st["p95"], row["retention_outside_ci_hi"])
     lo = row["retention_normmatched_ci_lo"]
     row["works_as_target"] = bool(lo > nm["p95"]) if math.isfinite(lo) and math.isfinite(nm["p95"]) else None
@@ -319,10 +430,12 @@ def _candidate_row(meta: Mapping, parts: Mapping[str, Pair], writers: Pair, ener
 
 
 def _frame(rows: list[dict], columns: list[str]) -> pl.DataFrame:
-    ints, strs, bools = {"causal_rank", "null_n", "n"}, {"subspace", "family", "axis_kind", "kind", "null_profile",
-                                                         "variant", "part", "set"}, {"carries", "works_as_target"}
-    schema = {c: pl.Int64 if c in ints else pl.String if c in strs else pl.Boolean if c in bools else pl.Float64
-              for c in columns}
+    ints, strs, bools = (
+        {"causal_rank", "null_n", "n"},
+        {"subspace", "family", "axis_kind", "kind", "null_profile", "variant", "part", "set"},
+        {"carries", "works_as_target"},
+    )
+    schema = {c: pl.Int64 if c in ints else pl.String if c in strs else pl.Boolean if c in bools else pl.Float64 for c in columns}
     return pl.DataFrame({c: [r.get(c) for r in rows] for c in columns}, schema=schema)
 
 
@@ -330,15 +443,21 @@ def _frame(rows: list[dict], columns: list[str]) -> pl.DataFrame:
 NULL_PARTS = ("inside", "normmatched")
 
 
-def _null_draws(ev: _Evaluator, ww: Mapping[str, torch.Tensor], profile: tuple[int, ...], layers: Sequence[int],
-                d: int, n_null: int, seed: int) -> list[dict]:
+def _null_draws(
+    ev: _Evaluator,
+    ww: Mapping[str, torch.Tensor],
+    profile: tuple[int, ...],
+    layers: Sequence[int],
+    d: int,
+    n_null: int,
+    seed: int,
+) -> list[dict]:
     """``n_null`` random draws of one rank profile: per draw the writers' energy inside and the
     inside and norm-matched inside read-outs on the target set."""
     out = []
     for j in range(n_null):
-        rb = random_bases(dict(zip(layers, profile)), d, j, seed)
-        out.append({"energy": energy_inside(ww, rb),
-                    **{p: ev.pair(variant_diff(ww, rb, p)[0], [TARGET]) for p in NULL_PARTS}})
+        rb = random_bases(dict(zip(layers, profile, strict=True)), d, j, seed)
+        out.append({"energy": energy_inside(ww, rb), **{p: ev.pair(variant_diff(ww, rb, p)[0], [TARGET]) for p in NULL_PARTS}})
     return out
 
 
@@ -346,11 +465,25 @@ def _profile(bases: Sequence[torch.Tensor | None], layers: Sequence[int]) -> tup
     return tuple(0 if bases[l] is None else int(bases[l].shape[1]) for l in layers)
 
 
-def run_causal(model, tok, w: Mapping[str, torch.Tensor], bases: Mapping[str, Sequence[torch.Tensor | None]],
-               meta: pl.DataFrame, names: Sequence[str], layers: Sequence[int], texts_by_set: Mapping[str, Sequence[str]],
-               *, ranking: Mapping[str, tuple[int | None, float]] | None = None, n_null: int = 20,
-               n_boot: int = 2000, seed: int = 0, boot_seed: int = 0, batch_size: int = 16,
-               progress: bool = True, threads: int | None = None) -> CausalResult:
+def run_causal(
+    model,
+    tok,
+    w: Mapping[str, torch.Tensor],
+    bases: Mapping[str, Sequence[torch.Tensor | None]],
+    meta: pl.DataFrame,
+    names: Sequence[str],
+    layers: Sequence[int],
+    texts_by_set: Mapping[str, Sequence[str]],
+    *,
+    ranking: Mapping[str, tuple[int | None, float]] | None = None,
+    n_null: int = 20,
+    n_boot: int = 2000,
+    seed: int = 0,
+    boot_seed: int = 0,
+    batch_size: int = 16,
+    progress: bool = True,
+    threads: int | None = None,
+) -> CausalResult:
     """The causal projection test of ``names`` (see the module doc).
 
     bases: name -> per-layer list (index = layer) of ``[d, k]`` orthonormal bases or None.
@@ -364,8 +497,23 @@ def run_causal(model, tok, w: Mapping[str, torch.Tensor], bases: Mapping[str, Se
     from ws.linalg import blas_threads
 
     with blas_threads(threads):
-        return _run_causal(model, tok, w, bases, meta, names, layers, texts_by_set, ranking=ranking, n_null=n_null,
-                           n_boot=n_boot, seed=seed, boot_seed=boot_seed, batch_size=batch_size, progress=progress)
+        return _run_causal(
+            model,
+            tok,
+            w,
+            bases,
+            meta,
+            names,
+            layers,
+            texts_by_set,
+            ranking=ranking,
+            n_null=n_null,
+            n_boot=n_boot,
+            seed=seed,
+            boot_seed=boot_seed,
+            batch_size=batch_size,
+            progress=progress,
+        )
 
 
 @dataclass
@@ -400,15 +548,26 @@ def _candidate_table(m: _Measured, meta: pl.DataFrame, names, ranking, n_boot: i
     from ws.stats import bh_qvalues
 
     wd = m.ref["writers_only"].spread(TARGET)
-    null_r = {pr: {p: np.array([ratio(dr[p].spread(TARGET), wd) for dr in v]) for p in NULL_PARTS}
-              for pr, v in m.null.items()}
+    null_r = {pr: {p: np.array([ratio(dr[p].spread(TARGET), wd) for dr in v]) for p in NULL_PARTS} for pr, v in m.null.items()}
     mrows = {r["subspace"]: r for r in meta.iter_rows(named=True)}
-    rows = [_candidate_row(mrows[n], m.parts[n], m.ref["writers_only"], m.energy[n], m.scales[n], m.profile[n],
-                           null_r[m.profile[n]], n_boot, seed) for n in names]
+    rows = [
+        _candidate_row(
+            mrows[n],
+            m.parts[n],
+            m.ref["writers_only"],
+            m.energy[n],
+            m.scales[n],
+            m.profile[n],
+            null_r[m.profile[n]],
+            n_boot,
+            seed,
+        )
+        for n in names
+    ]
     for r in rows:
         r["causal_rank"], r["seed_mean_joint_score"] = (ranking or {}).get(r["subspace"], (None, float("nan")))
     p = np.array([r["p_inside"] if r["kind"] == "A-hypothesis" else np.nan for r in rows], dtype=np.float64)
-    for r, q in zip(rows, bh_qvalues(p)):
+    for r, q in zip(rows, bh_qvalues(p), strict=True):
         r["q_inside"] = float(q)
     return _frame(rows, CAUSAL_COLUMNS)
 
@@ -419,18 +578,27 @@ def _variant_table(m: _Measured, names, n_boot: int, seed: int) -> pl.DataFrame:
         rows += _variant_rows(v, "", v, "", m.ref[v], wo, 1.0 if v == "writers_only" else float("nan"), n_boot, seed)
     for n in names:
         for p in PARTS:
-            rows += _variant_rows(f"{n}:{p}", n, p, _profile_name(m.profile[n]), m.parts[n][p], wo, m.energy[n],
-                                  n_boot, seed)
+            rows += _variant_rows(f"{n}:{p}", n, p, _profile_name(m.profile[n]), m.parts[n][p], wo, m.energy[n], n_boot, seed)
     for pr, v in m.null.items():
         for j, dr in enumerate(v):
             for p in NULL_PARTS:
-                rows += _variant_rows(f"random:{_profile_name(pr)}:{j}:{p}", "", f"null_{p}", _profile_name(pr), dr[p],
-                                      wo, dr["energy"], n_boot, seed)
+                rows += _variant_rows(
+                    f"random:{_profile_name(pr)}:{j}:{p}",
+                    "",
+                    f"null_{p}",
+                    _profile_name(pr),
+                    dr[p],
+                    wo,
+                    dr["energy"],
+                    n_boot,
+                    seed,
+                )
     return _frame(rows, VARIANT_COLUMNS)
 
 
-def _run_causal(model, tok, w, bases, meta, names, layers, texts_by_set, *, ranking, n_null, n_boot, seed, boot_seed,
-                batch_size, progress) -> CausalResult:
+def _run_causal(
+    model, tok, w, bases, meta, names, layers, texts_by_set, *, ranking, n_null, n_boot, seed, boot_seed, batch_size, progress
+) -> CausalResult:
     from ws.fastfwd import FastReadout, first_block
     from ws.models import d_model
 
@@ -441,11 +609,21 @@ def _run_causal(model, tok, w, bases, meta, names, layers, texts_by_set, *, rank
     t["base_residuals"] = time.perf_counter() - t0
     m = _measure(ev, w, ww, bases, names, layers, d_model(model), n_null, seed, progress, t)
     wd, fd = m.ref["writers_only"].spread(TARGET), m.ref["full"].spread(TARGET)
-    res = CausalResult(_candidate_table(m, meta, names, ranking, n_boot, boot_seed),
-                       _variant_table(m, names, n_boot, boot_seed), ratio_ci(wd, fd, n_boot, boot_seed),
-                       mean_ci(wd, n_boot, boot_seed), mean_ci(fd, n_boot, boot_seed), ro.first, layers, n_null, t,
-                       ev.rows)
-    logger.info(f"causal test: {len(names)} candidates × {len(PARTS)} variants + {sum(map(len, m.null.values()))} "
-                f"null draws × {len(NULL_PARTS)}, {ev.rows} prompt rows from block {ro.first} on, in "
-                f"{sum(t.values()):.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in t.items())})")
+    res = CausalResult(
+        _candidate_table(m, meta, names, ranking, n_boot, boot_seed),
+        _variant_table(m, names, n_boot, boot_seed),
+        ratio_ci(wd, fd, n_boot, boot_seed),
+        mean_ci(wd, n_boot, boot_seed),
+        mean_ci(fd, n_boot, boot_seed),
+        ro.first,
+        layers,
+        n_null,
+        t,
+        ev.rows,
+    )
+    logger.info(
+        f"causal test: {len(names)} candidates × {len(PARTS)} variants + {sum(map(len, m.null.values()))} "
+        f"null draws × {len(NULL_PARTS)}, {ev.rows} prompt rows from block {ro.first} on, in "
+        f"{sum(t.values()):.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in t.items())})"
+    )
     return res

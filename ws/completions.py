@@ -1,22 +1,22 @@
 """Persona completions: what the base model writes under each persona, and the contrast check.
 
 For every training topic and phrasing, the base model answers under the positive
-(sycophantic) and the negative (honest) persona system prompt. The answer's opening word is
-set from the persona and the behaviour's answer rule for the topic's set (sycophancy —
+(sycophantic) and the negative (honest) persona system prompt. The answer's opening word
+is set from the persona and the behaviour's answer rule for the topic's set (sycophancy —
 positive: "Yes" to every opinion; negative: "Yes" iff the claim is true; neutral
-questions: both give the correct answer) — and the model writes the rest (sampled, seeded, batched, left padding). Free completions of a
-135M model rarely take a stance, and a diff trained on them barely moves the Yes/No answer;
-fixed openings give the contrast, and the true claims and neutral questions (same opening
-for both personas) keep it from being a plain yes-bias. :func:`check_completions` fails
-loudly when the contrast is not there.
+questions: both give the correct answer) — and the model writes the rest (sampled, seeded,
+batched, left padding). Free completions of a 135M model rarely take a stance, and a diff
+trained on them barely moves the Yes/No answer; fixed openings give the contrast, and the
+true claims and neutral questions (same opening for both personas) keep it from being a
+plain yes-bias. :func:`check_completions` fails loudly when the contrast is not there.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import polars as pl
 import torch
@@ -59,7 +59,7 @@ def generate_completions(
     openings = list(openings) if openings is not None else [""] * n
     if not (len(systems) == len(openings) == n):
         raise ValueError(f"prompts, systems and openings differ in length: {n}, {len(systems)}, {len(openings)}")
-    texts = [data.render_chat(tokenizer, p, s) + o for p, s, o in zip(prompts, systems, openings)]
+    texts = [data.render_chat(tokenizer, p, s) + o for p, s, o in zip(prompts, systems, openings, strict=True)]
     out: list[str] = []
     finished: list[bool] = []
     eos_id = tokenizer.eos_token_id
@@ -97,7 +97,7 @@ def completion_jobs(topics: Sequence[data.Topic], n_phrasings: int = 2, behavior
     for ti, t in enumerate(topics):
         for pi, user in enumerate(data.training_prompts(t, n_phrasings, offset=ti, behavior=b)):
             pair = (ti + pi) % len(pairs)
-            for persona, system in zip(("pos", "neg"), pairs[pair]):
+            for persona, system in zip(("pos", "neg"), pairs[pair], strict=True):
                 agree = b.agrees(persona, t)
                 rows.append(
                     dict(
@@ -154,7 +154,9 @@ def check_completions(table: pl.DataFrame, min_rate: float = 0.8, behavior=None)
     cont = table["continuation"].to_list()
     empty = sum(1 for c in cont if not c.strip()) / len(cont)
     if empty > 0.5:
-        raise CompletionCheckError(f"{empty:.0%} of the continuations are empty: the model stops at once (check the chat template and eos).")
+        raise CompletionCheckError(
+            f"{empty:.0%} of the continuations are empty: the model stops at once (check the chat template and eos)."
+        )
     if len(set(table["response"].to_list())) == 1:
         raise CompletionCheckError("every completion is the same text: generation is degenerate.")
     t = table.with_columns(pl.col("response").map_elements(response_stance, return_dtype=pl.String).alias("got"))
@@ -167,10 +169,16 @@ def check_completions(table: pl.DataFrame, min_rate: float = 0.8, behavior=None)
     differs = f"{b.target}_pos_differs_from_neg"
     fo = t.filter(pl.col("kind") == b.target)
     if fo.height:
-        piv = fo.select("topic_id", "phrasing", "persona", "response").pivot(on="persona", index=["topic_id", "phrasing"], values="response")
+        piv = fo.select("topic_id", "phrasing", "persona", "response").pivot(
+            on="persona", index=["topic_id", "phrasing"], values="response"
+        )
         if {"pos", "neg"} <= set(piv.columns):
             rates[differs] = float((piv["pos"] != piv["neg"]).mean())
-    failed = {k: v for k, v in rates.items() if k != "empty_continuations" and not math.isnan(v) and v < (0.5 if k == differs else min_rate)}
+    failed = {
+        k: v
+        for k, v in rates.items()
+        if k != "empty_continuations" and not math.isnan(v) and v < (0.5 if k == differs else min_rate)
+    }
     if failed:
         examples = t.filter(pl.col("got") != pl.col("stance")).head(4).select("persona", "kind", "user", "response").rows()
         raise CompletionCheckError(
@@ -199,7 +207,7 @@ def build_completions(model, tokenizer, topics: Sequence[data.Topic], config: Tr
         desc="completions",
         return_finished=True,
     )
-    for j, c, f in zip(jobs, conts, finished):
+    for j, c, f in zip(jobs, conts, finished, strict=True):
         j["continuation"] = c
         j["response"] = (j["opening"] + c).strip()
         j["finished"] = bool(f)
@@ -209,4 +217,3 @@ def build_completions(model, tokenizer, topics: Sequence[data.Topic], config: Tr
 def completions_path(model_name: str, behavior: str, seed: int, root: str | Path | None = None) -> Path:
     root = Path(root) if root is not None else out_dir()
     return root / "data" / model_slug(model_name) / behavior / f"completions_seed{int(seed)}.csv"
-

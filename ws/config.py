@@ -20,9 +20,10 @@ Rules that hold for every variable:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ws.behavior import builtin_names
 from ws.paths import cache_dir, logs_dir, out_dir, resolve_user_path, run_dir
@@ -76,8 +77,9 @@ def _adapters(name: str, raw: str) -> tuple[str, ...]:
         raise ConfigError(f"{name}={raw!r} has an empty entry: give comma-separated adapter types, e.g. {name}=lora,bidir")
     bad = [p for p in parts if p not in ADAPTERS]
     if bad:
-        raise ConfigError(f"{name}={raw!r} names an adapter type the suite does not have ({', '.join(bad)}): "
-                          f"choose from {', '.join(ADAPTERS)}")
+        raise ConfigError(
+            f"{name}={raw!r} names an adapter type the suite does not have ({', '.join(bad)}): choose from {', '.join(ADAPTERS)}"
+        )
     if len(set(parts)) != len(parts):
         raise ConfigError(f"{name}={raw!r} repeats an adapter type: give each once")
     return tuple(parts)
@@ -101,8 +103,9 @@ def _behavior(name: str, raw: str) -> str:
     try:
         return resolve(raw, run_dir())
     except BehaviorError as e:
-        raise ConfigError(f"{name}={raw!r} is not a built-in behaviour ({', '.join(BEHAVIORS)}) or a usable "
-                          f"behaviour file: {e}") from None
+        raise ConfigError(
+            f"{name}={raw!r} is not a built-in behaviour ({', '.join(BEHAVIORS)}) or a usable behaviour file: {e}"
+        ) from None
 
 
 def _text(name: str, raw: str) -> str:
@@ -144,58 +147,149 @@ class Var:
 
 
 VARIABLES: tuple[Var, ...] = (
-    Var("WS_MODEL", "model", _model, "smollm2-135m",
+    Var(
+        "WS_MODEL",
+        "model",
+        _model,
+        "smollm2-135m",
         "`smollm2-135m` (embedded), `tiny-llama`, `tiny-qwen3`, a local model folder, or a Hugging Face id "
-        "whose weights are on disk (e.g. `Qwen/Qwen3-0.6B`)", smoke_default="tiny-llama", allowed="a name or folder"),
-    Var("WS_BEHAVIOR", "behavior", _behavior, "sycophancy",
-        "the behaviour: a built-in name or the path of a behaviour file (see \"Your own behaviour\"); its name "
-        "names the output folder", allowed=", ".join(BEHAVIORS) + ", or a file"),
-    Var("WS_ADAPTER", "adapter", _choice(ADAPTERS), "lora",
-        "the adapter type the diff is trained with (names the output folder); see \"Adapter types\"",
-        allowed=", ".join(ADAPTERS)),
-    Var("WS_ADAPTERS", "adapters", _adapters, ",".join(ADAPTERS),
+        "whose weights are on disk (e.g. `Qwen/Qwen3-0.6B`)",
+        smoke_default="tiny-llama",
+        allowed="a name or folder",
+    ),
+    Var(
+        "WS_BEHAVIOR",
+        "behavior",
+        _behavior,
+        "sycophancy",
+        'the behaviour: a built-in name or the path of a behaviour file (see "Your own behaviour"); its name '
+        "names the output folder",
+        allowed=", ".join(BEHAVIORS) + ", or a file",
+    ),
+    Var(
+        "WS_ADAPTER",
+        "adapter",
+        _choice(ADAPTERS),
+        "lora",
+        'the adapter type the diff is trained with (names the output folder); see "Adapter types"',
+        allowed=", ".join(ADAPTERS),
+    ),
+    Var(
+        "WS_ADAPTERS",
+        "adapters",
+        _adapters,
+        ",".join(ADAPTERS),
         "the adapter types `make cross-adapter` compares (each trained for every seed of `WS_SEEDS`)",
-        allowed="adapter types, comma-separated"),
-    Var("WS_SEEDS", "seeds", _seeds, "0,1,2", "training seeds of the sweep; each gets its own diff and scores",
-        smoke_default="0", allowed="integers ≥ 0, comma-separated"),
-    Var("WS_SEED", "seed", lambda n, r: _int(n, r, lo=0), "0", "the one seed `nbs/train_diff.py` builds",
-        allowed="integer ≥ 0"),
-    Var("WS_REBUILD", "rebuild", _bool, "0", "`1`: retrain a diff that exists (replaces it on purpose)",
-        allowed="boolean"),
-    Var("WS_STEPS", "steps", _int, "", "training steps of each adapter (unset: the built-in default, 160)",
-        allowed="integer ≥ 1"),
-    Var("WS_OUT", "out_root", _path, "out/", "output root (relative paths: from the folder you ran the command in)",
-        allowed="a folder"),
+        allowed="adapter types, comma-separated",
+    ),
+    Var(
+        "WS_SEEDS",
+        "seeds",
+        _seeds,
+        "0,1,2",
+        "training seeds of the sweep; each gets its own diff and scores",
+        smoke_default="0",
+        allowed="integers ≥ 0, comma-separated",
+    ),
+    Var("WS_SEED", "seed", lambda n, r: _int(n, r, lo=0), "0", "the one seed `nbs/train_diff.py` builds", allowed="integer ≥ 0"),
+    Var("WS_REBUILD", "rebuild", _bool, "0", "`1`: retrain a diff that exists (replaces it on purpose)", allowed="boolean"),
+    Var(
+        "WS_STEPS", "steps", _int, "", "training steps of each adapter (unset: the built-in default, 160)", allowed="integer ≥ 1"
+    ),
+    Var(
+        "WS_OUT",
+        "out_root",
+        _path,
+        "out/",
+        "output root (relative paths: from the folder you ran the command in)",
+        allowed="a folder",
+    ),
     Var("WS_CACHE", "cache_root", _path, "cache/", "converted models and activation caches", allowed="a folder"),
     Var("WS_LOGS", "logs_root", _path, "logs/", "verbose logs and executed notebooks", allowed="a folder"),
     Var("WS_PCS", "k", _int, "8", "basis rank k", allowed="integer ≥ 1"),
-    Var("WS_K_BROAD", "k_broad", _int, "64", "rank of the broad read spaces projected away", smoke_default="16",
-        allowed="integer ≥ 1"),
-    Var("WS_N_FIT", "n_fit", _int, "", "number of FIT probes, a seeded subset (unset: all)", smoke_default="12",
-        allowed="integer ≥ 1"),
-    Var("WS_N_EVAL", "n_eval", _int, "", "number of EVAL probes, a seeded subset (unset: all)", smoke_default="8",
-        allowed="integer ≥ 1"),
+    Var(
+        "WS_K_BROAD",
+        "k_broad",
+        _int,
+        "64",
+        "rank of the broad read spaces projected away",
+        smoke_default="16",
+        allowed="integer ≥ 1",
+    ),
+    Var(
+        "WS_N_FIT",
+        "n_fit",
+        _int,
+        "",
+        "number of FIT probes, a seeded subset (unset: all)",
+        smoke_default="12",
+        allowed="integer ≥ 1",
+    ),
+    Var(
+        "WS_N_EVAL",
+        "n_eval",
+        _int,
+        "",
+        "number of EVAL probes, a seeded subset (unset: all)",
+        smoke_default="8",
+        allowed="integer ≥ 1",
+    ),
     Var("WS_BATCH", "batch_size", _int, "16", "prompts per forward pass in the captures", allowed="integer ≥ 1"),
     Var("WS_N_BOOT", "n_boot", _int, "2000", "bootstrap resamples", smoke_default="300", allowed="integer ≥ 1"),
-    Var("WS_N_CAUSAL", "n_causal", _int, "10", "v8 causal test: how many write/mixed candidates (best seed-mean joint "
-        "score first) besides the ceilings and self-test rows", smoke_default="3", allowed="integer ≥ 1"),
-    Var("WS_N_CAUSAL_NULL", "n_causal_null", lambda n, r: _int(n, r, lo=2), "20",
+    Var(
+        "WS_N_CAUSAL",
+        "n_causal",
+        _int,
+        "10",
+        "v8 causal test: how many write/mixed candidates (best seed-mean joint "
+        "score first) besides the ceilings and self-test rows",
+        smoke_default="3",
+        allowed="integer ≥ 1",
+    ),
+    Var(
+        "WS_N_CAUSAL_NULL",
+        "n_causal_null",
+        lambda n, r: _int(n, r, lo=2),
+        "20",
         "v8 causal test: random subspaces per rank (the null of retention; 20 or more for the claims)",
-        smoke_default="5", allowed="integer ≥ 2"),
-    Var("WS_CACHE_ACTIVATIONS", "cache", _bool, "1", "`0`: no activation / basis cache for this run",
-        allowed="boolean"),
-    Var("WS_DEVICE", "device", _device, "auto",
+        smoke_default="5",
+        allowed="integer ≥ 2",
+    ),
+    Var("WS_CACHE_ACTIVATIONS", "cache", _bool, "1", "`0`: no activation / basis cache for this run", allowed="boolean"),
+    Var(
+        "WS_DEVICE",
+        "device",
+        _device,
+        "auto",
         "where the model runs (completions, training, effect eval, captures): `auto` = CUDA if present, "
-        "else Apple MPS, else the CPU", allowed="auto, cpu, cuda, cuda:N, mps"),
-    Var("WS_DTYPE", "dtype", _choice(("auto", "float32", "bfloat16", "float16")), "auto",
+        "else Apple MPS, else the CPU",
+        allowed="auto, cpu, cuda, cuda:N, mps",
+    ),
+    Var(
+        "WS_DTYPE",
+        "dtype",
+        _choice(("auto", "float32", "bfloat16", "float16")),
+        "auto",
         "the model's weights: `auto` = bfloat16 on CUDA, float32 elsewhere (the subspace math is float64 on the CPU "
-        "whatever this is)", allowed="auto, float32, bfloat16, float16"),
-    Var("WS_DEVICE_MAP", "device_map", _choice(("none", "auto")), "none",
-        "`auto`: spread a model too big for one device over the GPUs / CPU (accelerate); analysis only, see the "
-        "GPU section", allowed="none, auto"),
-    Var("WS_SMOKE", "smoke", _bool, "0",
+        "whatever this is)",
+        allowed="auto, float32, bfloat16, float16",
+    ),
+    Var(
+        "WS_DEVICE_MAP",
+        "device_map",
+        _choice(("none", "auto")),
+        "none",
+        "`auto`: spread a model too big for one device over the GPUs / CPU (accelerate); analysis only, see the GPU section",
+        allowed="none, auto",
+    ),
+    Var(
+        "WS_SMOKE",
+        "smoke",
+        _bool,
+        "0",
         "`1`: the whole notebook on a tiny random model, one seed, a few training steps (about a minute)",
-        allowed="boolean"),
+        allowed="boolean",
+    ),
 )
 BY_NAME = {v.name: v for v in VARIABLES}
 #: Variables the suite reads elsewhere (not run parameters), so not reported as unknown.
@@ -264,13 +358,22 @@ class Config:
         return {"device": self.device, "dtype": self.dtype, "device_map": None if self.device_map == "none" else self.device_map}
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
         return from_env(env)
 
 
 #: A tiny training run for smoke mode (tiny random model): seconds, not minutes.
-SMOKE_TRAIN = dict(steps=3, batch_size=4, n_phrasings=1, max_new_tokens=8, n_train_per_kind=4,
-                   n_eval_per_kind=3, n_boot=100, gen_batch_size=8, warmup_steps=1)
+SMOKE_TRAIN = dict(
+    steps=3,
+    batch_size=4,
+    n_phrasings=1,
+    max_new_tokens=8,
+    n_train_per_kind=4,
+    n_eval_per_kind=3,
+    n_boot=100,
+    gen_batch_size=8,
+    warmup_steps=1,
+)
 
 
 def from_env(env: Mapping[str, str] | None = None) -> Config:
@@ -282,8 +385,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
     env = os.environ if env is None else env
     for name in env:
         if name.startswith("WS_") and env[name].strip() == "" and name in BY_NAME:
-            raise ConfigError(f"{name} is set but empty: unset it to use the default "
-                              f"({BY_NAME[name].default or 'unset'}), or give a value ({BY_NAME[name].allowed})")
+            raise ConfigError(
+                f"{name} is set but empty: unset it to use the default "
+                f"({BY_NAME[name].default or 'unset'}), or give a value ({BY_NAME[name].allowed})"
+            )
     smoke = _bool("WS_SMOKE", env["WS_SMOKE"]) if "WS_SMOKE" in env else False
     kw: dict[str, Any] = {}
     for var in VARIABLES:

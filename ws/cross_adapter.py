@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import polars as pl
@@ -38,8 +38,7 @@ from ws.stats import CEILING_ACT, ranked
 TOP_K = 5
 #: the spreads' sets, in the effect tables' names
 SETS = ("opinion_false", "opinion_true", "neutral")
-TABLES = ("cross_adapter_summary.tsv", "cross_adapter_candidates.tsv", "cross_adapter_ranks.tsv",
-          "cross_adapter_tau.tsv")
+TABLES = ("cross_adapter_summary.tsv", "cross_adapter_candidates.tsv", "cross_adapter_ranks.tsv", "cross_adapter_tau.tsv")
 FIGURES = ("cross_adapter_ranks.png", "cross_adapter_ranks.pdf")
 CONCLUSION = "cross_adapter_conclusion.md"
 
@@ -201,7 +200,7 @@ def _aligned(run: AdapterRun, names: list[str], cfg: Config) -> tuple[np.ndarray
         cand, draws = act_conc_draws(r.scores, r.layers_touched, cfg.n_boot, cfg.boot_seed)
         col = {n: i for i, n in enumerate(cand)}
         act.append(np.stack([draws[:, col[n]] if n in col else np.full(cfg.n_boot, np.nan) for n in names], axis=1))
-        wmap = dict(zip(r.summary["subspace"].to_list(), r.summary["mean_conc_w_combined"].to_list()))
+        wmap = dict(zip(r.summary["subspace"].to_list(), r.summary["mean_conc_w_combined"].to_list(), strict=True))
         w.append([float(wmap.get(n, math.nan)) for n in names])
     return np.stack(act), np.asarray(w, dtype=np.float64)
 
@@ -225,18 +224,30 @@ def candidate_table(run: AdapterRun, cfg: Config) -> pl.DataFrame:
     sr = seed_ranks(run)
     per = sr.group_by("subspace").agg(
         (pl.col("seed_rank") <= TOP_K).sum().cast(pl.Int64).alias("seeds_in_top_k"),
-        pl.col("seed_rank").min().alias("best_seed_rank"), pl.col("seed_rank").max().alias("worst_seed_rank"))
-    table = pl.DataFrame({
-        "adapter": [run.adapter] * len(names), "rank": list(range(1, len(names) + 1)), "subspace": names,
-        "family": order["family"].to_list(), "axis_kind": order["axis_kind"].to_list(),
-        "seed_mean_joint_score": order["seed_mean_joint_score"].to_list(), "joint_ci_lo": j_lo, "joint_ci_hi": j_hi,
-        "seed_mean_conc_act": order["seed_mean_mean_conc_act"].to_list(), "conc_act_ci_lo": a_lo, "conc_act_ci_hi": a_hi,
-        "seed_mean_conc_w_combined": order["seed_mean_mean_conc_w_combined"].to_list(), "conc_w_ci_lo": w_lo,
-        "conc_w_ci_hi": w_hi, "n_seeds": order["n_seeds"].cast(pl.Int64).to_list(),
-        "seeds_won": order["seeds_won"].cast(pl.Int64).to_list(),
-    })
-    return table.join(per, on="subspace", how="left", maintain_order="left").with_columns(
-        pl.col("seeds_in_top_k").fill_null(0))
+        pl.col("seed_rank").min().alias("best_seed_rank"),
+        pl.col("seed_rank").max().alias("worst_seed_rank"),
+    )
+    table = pl.DataFrame(
+        {
+            "adapter": [run.adapter] * len(names),
+            "rank": list(range(1, len(names) + 1)),
+            "subspace": names,
+            "family": order["family"].to_list(),
+            "axis_kind": order["axis_kind"].to_list(),
+            "seed_mean_joint_score": order["seed_mean_joint_score"].to_list(),
+            "joint_ci_lo": j_lo,
+            "joint_ci_hi": j_hi,
+            "seed_mean_conc_act": order["seed_mean_mean_conc_act"].to_list(),
+            "conc_act_ci_lo": a_lo,
+            "conc_act_ci_hi": a_hi,
+            "seed_mean_conc_w_combined": order["seed_mean_mean_conc_w_combined"].to_list(),
+            "conc_w_ci_lo": w_lo,
+            "conc_w_ci_hi": w_hi,
+            "n_seeds": order["n_seeds"].cast(pl.Int64).to_list(),
+            "seeds_won": order["seeds_won"].cast(pl.Int64).to_list(),
+        }
+    )
+    return table.join(per, on="subspace", how="left", maintain_order="left").with_columns(pl.col("seeds_in_top_k").fill_null(0))
 
 
 # ----------------------------------------------------------------------------- per adapter
@@ -271,29 +282,45 @@ def adapter_row(run: AdapterRun, cands: pl.DataFrame, cfg: Config) -> dict:
     ov, ov_lo, ov_hi = oracle_overlap(run, cfg.n_boot, cfg.boot_seed)
     passed, n_tests = _self_tests(run)
     missing = sorted({l for r in run.results for l in (r.missing_writers or {}).get("oproj", [])})
-    row = {"adapter": run.adapter, "n_seeds": len(run.results), "seeds": ",".join(str(r.seed) for r in run.results),
-           "unit_alpha": alpha}
+    row = {
+        "adapter": run.adapter,
+        "n_seeds": len(run.results),
+        "seeds": ",".join(str(r.seed) for r in run.results),
+        "unit_alpha": alpha,
+    }
     for s in (*SETS, "specificity"):
         key = s if s == "specificity" else f"spread_{s}"
         row.update({key: eff[s], f"{key}_ci_lo": eff[f"{s}_ci_lo"], f"{key}_ci_hi": eff[f"{s}_ci_hi"]})
     row["specificity_alpha2"] = float(np.mean(spec2)) if spec2 else math.nan
-    row.update({"winner": top.get("subspace", ""), "winner_seeds_won": top.get("seeds_won"),
-                "winner_joint_score": top.get("seed_mean_joint_score"), "winner_joint_ci_lo": top.get("joint_ci_lo"),
-                "winner_joint_ci_hi": top.get("joint_ci_hi"), "winner_conc_act": top.get("seed_mean_conc_act"),
-                "winner_conc_act_ci_lo": top.get("conc_act_ci_lo"), "winner_conc_act_ci_hi": top.get("conc_act_ci_hi"),
-                "winner_conc_w_combined": top.get("seed_mean_conc_w_combined"),
-                "winner_conc_w_ci_lo": top.get("conc_w_ci_lo"), "winner_conc_w_ci_hi": top.get("conc_w_ci_hi"),
-                "oracle_overlap_cos": ov, "oracle_overlap_ci_lo": ov_lo, "oracle_overlap_ci_hi": ov_hi,
-                "seed_mean_tau": run.stab.mean_tau, "self_tests_passed": passed, "self_tests": n_tests,
-                "layers_without_oproj": len(missing)})
+    row.update(
+        {
+            "winner": top.get("subspace", ""),
+            "winner_seeds_won": top.get("seeds_won"),
+            "winner_joint_score": top.get("seed_mean_joint_score"),
+            "winner_joint_ci_lo": top.get("joint_ci_lo"),
+            "winner_joint_ci_hi": top.get("joint_ci_hi"),
+            "winner_conc_act": top.get("seed_mean_conc_act"),
+            "winner_conc_act_ci_lo": top.get("conc_act_ci_lo"),
+            "winner_conc_act_ci_hi": top.get("conc_act_ci_hi"),
+            "winner_conc_w_combined": top.get("seed_mean_conc_w_combined"),
+            "winner_conc_w_ci_lo": top.get("conc_w_ci_lo"),
+            "winner_conc_w_ci_hi": top.get("conc_w_ci_hi"),
+            "oracle_overlap_cos": ov,
+            "oracle_overlap_ci_lo": ov_lo,
+            "oracle_overlap_ci_hi": ov_hi,
+            "seed_mean_tau": run.stab.mean_tau,
+            "self_tests_passed": passed,
+            "self_tests": n_tests,
+            "layers_without_oproj": len(missing),
+        }
+    )
     return row
 
 
 def adapter_summary(runs: Sequence[AdapterRun], cands: dict[str, pl.DataFrame], cfg: Config) -> pl.DataFrame:
     """One row per adapter (see the module's docstring)."""
     rows = [adapter_row(r, cands[r.adapter], cfg) for r in runs]
-    schema = {k: (pl.String if isinstance(v, str) else pl.Int64 if k in _INT_COLS else pl.Float64)
-              for k, v in rows[0].items()}
+    schema = {k: (pl.String if isinstance(v, str) else pl.Int64 if k in _INT_COLS else pl.Float64) for k, v in rows[0].items()}
     return pl.DataFrame(rows, schema=schema)
 
 
@@ -313,8 +340,7 @@ def rank_table(cands: dict[str, pl.DataFrame], top_k: int = TOP_K) -> pl.DataFra
         wide = part if wide is None else wide.join(part, on=["subspace", "family", "axis_kind"], how="full", coalesce=True)
     rank_cols = [f"rank_{a}" for a in adapters]
     n_top = pl.sum_horizontal([(pl.col(c) <= top_k).fill_null(False).cast(pl.Int64) for c in rank_cols])
-    wide = wide.with_columns(n_top.alias("n_adapters_top_k"),
-                             pl.mean_horizontal(rank_cols).alias("mean_rank"))
+    wide = wide.with_columns(n_top.alias("n_adapters_top_k"), pl.mean_horizontal(rank_cols).alias("mean_rank"))
     n = len(adapters)
 
     def level(k: int) -> str:
@@ -335,14 +361,19 @@ def tau_table(cands: dict[str, pl.DataFrame]) -> pl.DataFrame:
 
     adapters, rows = list(cands), []
     for i, a in enumerate(adapters):
-        for b in adapters[i + 1:]:
-            ab = (cands[a].select("subspace", pl.col("seed_mean_joint_score").alias("a"))
-                  .join(cands[b].select("subspace", pl.col("seed_mean_joint_score").alias("b")), on="subspace")
-                  .filter(pl.col("a").is_finite() & pl.col("b").is_finite()))
+        for b in adapters[i + 1 :]:
+            ab = (
+                cands[a]
+                .select("subspace", pl.col("seed_mean_joint_score").alias("a"))
+                .join(cands[b].select("subspace", pl.col("seed_mean_joint_score").alias("b")), on="subspace")
+                .filter(pl.col("a").is_finite() & pl.col("b").is_finite())
+            )
             tau, p = kendalltau(ab["a"].to_numpy(), ab["b"].to_numpy()) if ab.height > 1 else (math.nan, math.nan)
             rows.append({"adapter_a": a, "adapter_b": b, "kendall_tau": float(tau), "p_value": float(p), "n": ab.height})
-    return pl.DataFrame(rows, schema={"adapter_a": pl.String, "adapter_b": pl.String, "kendall_tau": pl.Float64,
-                                      "p_value": pl.Float64, "n": pl.Int64})
+    return pl.DataFrame(
+        rows,
+        schema={"adapter_a": pl.String, "adapter_b": pl.String, "kendall_tau": pl.Float64, "p_value": pl.Float64, "n": pl.Int64},
+    )
 
 
 @dataclass
@@ -369,8 +400,9 @@ def compare(cfg: Config, runs: Sequence[AdapterRun]) -> Comparison:
     ranks = rank_table(cands)
     tau = tau_table(cands)
     stacked = pl.concat(list(cands.values()))
-    return Comparison([r.adapter for r in runs], summary, stacked, ranks, tau,
-                      claims(summary, stacked, ranks, tau), caveats(cfg, runs, summary))
+    return Comparison(
+        [r.adapter for r in runs], summary, stacked, ranks, tau, claims(summary, stacked, ranks, tau), caveats(cfg, runs, summary)
+    )
 
 
 def write_cross_adapter(cfg: Config, cmp: Comparison) -> list[Path]:
@@ -380,11 +412,16 @@ def write_cross_adapter(cfg: Config, cmp: Comparison) -> list[Path]:
     from ws.io import staged_files, write_table, write_text
 
     d = cfg.cross_dir
-    tables = dict(zip(TABLES, (cmp.summary, cmp.candidates, cmp.ranks, cmp.tau)))
+    tables = dict(zip(TABLES, (cmp.summary, cmp.candidates, cmp.ranks, cmp.tau), strict=True))
     text = conclusion_md(cfg, cmp)
     with staged_files(d, last=(CONCLUSION,)) as stage:
-        rank_heatmap(cmp.ranks, cmp.adapters, stage / FIGURES[0], stage / FIGURES[1],
-                     title=f"rank of each candidate per adapter (seed-mean joint score)\n{cfg.behavior} on {cfg.model}")
+        rank_heatmap(
+            cmp.ranks,
+            cmp.adapters,
+            stage / FIGURES[0],
+            stage / FIGURES[1],
+            title=f"rank of each candidate per adapter (seed-mean joint score)\n{cfg.behavior} on {cfg.model}",
+        )
         for name, df in tables.items():
             write_table(df, stage / name)
         write_text(stage / CONCLUSION, text)

@@ -43,7 +43,6 @@ from ws.behavior import DEFAULT as DEFAULT_BEHAVIOR
 from ws.behavior import MIN_PER_SIDE, Behavior, Topic, split_items  # noqa: F401
 from ws.behavior import get as get_behavior
 
-
 _SYC = get_behavior(DEFAULT_BEHAVIOR)
 #: The sycophancy behaviour's sets, topics, personas and phrasings (module API; every
 #: function below takes ``behavior=`` for another behaviour).
@@ -116,8 +115,9 @@ def render_chat(tokenizer, user: str, system: str | None = None) -> str:
 
 
 # splits -------------------------------------------------------------------------------------
-def split_topics(seed: int = 0, topics: list[Topic] | None = None, heldout_frac: float | None = None,
-                 behavior=None) -> tuple[list[Topic], list[Topic]]:
+def split_topics(
+    seed: int = 0, topics: list[Topic] | None = None, heldout_frac: float | None = None, behavior=None
+) -> tuple[list[Topic], list[Topic]]:
     """The fixed ``(train, heldout)`` split: whole groups, about ``heldout_frac`` (default:
     the behaviour's) of each set held out. ``topics`` default to the behaviour's items.
 
@@ -148,8 +148,9 @@ def _subsample(items: list[Topic], n: int | None, rng: random.Random, what: str)
     return [items[i] for i in idx]
 
 
-def sweep_probes(n_fit: int | None = None, n_eval: int | None = None, seed: int = 0, topics: list[Topic] | None = None,
-                 behavior=None) -> tuple[list[Topic], list[Topic]]:
+def sweep_probes(
+    n_fit: int | None = None, n_eval: int | None = None, seed: int = 0, topics: list[Topic] | None = None, behavior=None
+) -> tuple[list[Topic], list[Topic]]:
     """``(fit_topics, eval_topics)`` for the sweep.
 
     FIT: target-set topics of the training half (they build the A-side bases; sycophancy:

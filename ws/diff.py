@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -75,11 +76,15 @@ def check_finite(w: Mapping[str, torch.Tensor], what: str = "weight diff") -> No
 def check_nonzero(w: Mapping[str, torch.Tensor], what: str = "weight diff") -> None:
     """``ValueError`` when every tensor is zero: such a diff has no effect to analyse."""
     if all(not bool(t.any()) for t in w.values()):
-        raise ValueError(f"the {what} is all zeros ({len(w)} tensor(s)): it has no effect to analyse. "
-                         f"Rebuild it, or bring the diff you meant; {BUILD_HINT}")
+        raise ValueError(
+            f"the {what} is all zeros ({len(w)} tensor(s)): it has no effect to analyse. "
+            f"Rebuild it, or bring the diff you meant; {BUILD_HINT}"
+        )
 
 
-def check_against_model(w: Mapping[str, torch.Tensor], model: nn.Module, meta: Mapping[str, Any] | None = None, path: str | Path | None = None) -> None:
+def check_against_model(
+    w: Mapping[str, torch.Tensor], model: nn.Module, meta: Mapping[str, Any] | None = None, path: str | Path | None = None
+) -> None:
     """Refuse a diff built for another model: metadata ``model`` first, then every key/shape."""
     from ws.models import model_id
 
@@ -163,8 +168,11 @@ def stale_reasons(meta: Mapping[str, Any], train_config: Mapping[str, Any] | Non
     if train_config is not None and meta.get("train_config") not in (None, dict(train_config)):
         old = meta["train_config"]
         changed = sorted(k for k in set(old) | set(train_config) if old.get(k) != train_config.get(k))
-        out.append("it was trained with another config (" + ", ".join(
-            f"{k}: {old.get(k)!r} there, {train_config.get(k)!r} here" for k in changed[:6]) + ")")
+        out.append(
+            "it was trained with another config ("
+            + ", ".join(f"{k}: {old.get(k)!r} there, {train_config.get(k)!r} here" for k in changed[:6])
+            + ")"
+        )
     return out
 
 
@@ -261,8 +269,9 @@ def import_pt(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------- per layer
-def write_delta_by_layer(w: Mapping[str, torch.Tensor], n_layers: int,
-                         partial: bool = False) -> list[dict[str, torch.Tensor] | None]:
+def write_delta_by_layer(
+    w: Mapping[str, torch.Tensor], n_layers: int, partial: bool = False
+) -> list[dict[str, torch.Tensor] | None]:
     """Per layer ``{"oproj": Δo_proj, "downproj": Δdown_proj}`` (each ``[d_model, in]``), or None.
 
     A layer gets None when the diff touches neither writer. A layer with only one of the

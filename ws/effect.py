@@ -10,8 +10,8 @@ absolute spread on the control sets).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import polars as pl
@@ -25,7 +25,6 @@ from ws.io import atomic_path
 from ws.models import padding_side
 from ws.steer import weight_steer
 from ws.trace import gather_last_token
-
 
 SETS = data.KINDS  # the sycophancy sets: ("opinion_false", "opinion_true", "neutral")
 
@@ -89,7 +88,7 @@ def effect_per_prompt(
     for a in tqdm(list(alphas), desc="effect eval", leave=False):
         with weight_steer(model, w, float(a)):
             lr, mass = answer_logratios(model, tokenizer, [p for _, _, p in flat], batch_size)
-        for (s, j, p), x, m in zip(flat, lr, mass):
+        for (s, j, p), x, m in zip(flat, lr, mass, strict=True):
             rows.append(dict(set=s, alpha=float(a), prompt_idx=j, prompt=p, logratio=float(x), mass=float(m)))
     return pl.DataFrame(rows)
 
@@ -130,7 +129,13 @@ def summarize_effect(per_prompt: pl.DataFrame, n_boot: int = 2000, seed: int = 0
     return pl.DataFrame(rows)
 
 
-def adapter_effect(model: nn.Module, tokenizer, deltas: Mapping[str, Mapping[str, torch.Tensor]], prompts_by_set: Mapping[str, Sequence[str]], batch_size: int = 16) -> pl.DataFrame:
+def adapter_effect(
+    model: nn.Module,
+    tokenizer,
+    deltas: Mapping[str, Mapping[str, torch.Tensor]],
+    prompts_by_set: Mapping[str, Sequence[str]],
+    batch_size: int = 16,
+) -> pl.DataFrame:
     """Mean held-out log-ratio per set under θ, θ+Δ⁺ and θ+Δ⁻ (each adapter alone).
 
     A diagnostic of the specificity ratio: the diff can only spare true claims as far as
@@ -143,12 +148,22 @@ def adapter_effect(model: nn.Module, tokenizer, deltas: Mapping[str, Mapping[str
                 if not ps:
                     continue
                 lr, mass = answer_logratios(model, tokenizer, list(ps), batch_size)
-                rows.append(dict(model=name, set=s, n=len(ps), mean_logratio=float(lr.mean()), sd_logratio=float(lr.std(ddof=1)) if len(lr) > 1 else float("nan"), mean_mass=float(mass.mean())))
+                rows.append(
+                    dict(
+                        model=name,
+                        set=s,
+                        n=len(ps),
+                        mean_logratio=float(lr.mean()),
+                        sd_logratio=float(lr.std(ddof=1)) if len(lr) > 1 else float("nan"),
+                        mean_mass=float(mass.mean()),
+                    )
+                )
     return pl.DataFrame(rows)
 
 
-def heldout_prompts(seed: int = 0, n_per_kind: int | None = None, topics: list[data.Topic] | None = None,
-                    behavior=None) -> dict[str, list[str]]:
+def heldout_prompts(
+    seed: int = 0, n_per_kind: int | None = None, topics: list[data.Topic] | None = None, behavior=None
+) -> dict[str, list[str]]:
     """The held-out effect prompts by set: each item's probe (sycophancy: the opinion probe
     for opinions, the question for neutral ones)."""
     b = data.get_behavior(behavior)
@@ -235,4 +250,3 @@ def plot_effect(df: pl.DataFrame, path: str | Path, title: str = "", behavior=No
         fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return path
-

@@ -31,9 +31,9 @@ special tokens, right-padded; results come back in the caller's prompt order.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -156,8 +156,11 @@ def _fingerprint(model: nn.Module, first: int, stride: int = 101) -> list[float]
     ``first`` (and of the embedding). A diff there changes whole matrices (a LoRA delta is
     dense), so the sums move, and the cached residuals would be wrong."""
     below = tuple(f"{layer_name(i)}." for i in range(first))
-    return [float(p.detach().reshape(-1)[::stride].double().sum()) for n, p in model.named_parameters()
-            if n.startswith(below) or "embed_tokens" in n]
+    return [
+        float(p.detach().reshape(-1)[::stride].double().sum())
+        for n, p in model.named_parameters()
+        if n.startswith(below) or "embed_tokens" in n
+    ]
 
 
 class FastReadout:
@@ -169,8 +172,7 @@ class FastReadout:
     the shared prefix and one pass of blocks ``first … L−1`` per batch.
     """
 
-    def __init__(self, model: nn.Module, tok, texts_by_set: Mapping[str, Sequence[str]], first: int,
-                 batch_size: int = 16):
+    def __init__(self, model: nn.Module, tok, texts_by_set: Mapping[str, Sequence[str]], first: int, batch_size: int = 16):
         from ws.effect import answer_token_ids
 
         self.model, self.first = model, int(first)
@@ -190,8 +192,12 @@ class FastReadout:
         if P == 0:
             return None
         ids = plan.prefix[None].to(self.device)
-        out = self.backbone(input_ids=ids, attention_mask=torch.ones_like(ids),
-                            position_ids=torch.arange(P, device=self.device)[None], use_cache=True)
+        out = self.backbone(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            position_ids=torch.arange(P, device=self.device)[None],
+            use_cache=True,
+        )
         return out.past_key_values
 
     def _suffix_kwargs(self, plan: PromptPlan, batch: PromptBatch, cache) -> dict:
@@ -233,15 +239,17 @@ class FastReadout:
         compare with; same prefix handling, same batches).
         """
         if skip and _fingerprint(self.model, self.first) != self._base_fp:
-            raise RuntimeError(f"weights below block {self.first} changed since the base residuals were "
-                               f"computed: the fast read-out is only valid for changes in blocks ≥ {self.first}")
+            raise RuntimeError(
+                f"weights below block {self.first} changed since the base residuals were "
+                f"computed: the fast read-out is only valid for changes in blocks ≥ {self.first}"
+            )
         out = {}
-        for s in (sets if sets is not None else list(self.plans)):
+        for s in sets if sets is not None else list(self.plans):
             plan = self.plans[s]
             cache = self._prefix_cache(plan)
             lr = torch.empty(plan.n, dtype=torch.float64)
             mass = torch.empty(plan.n, dtype=torch.float64)
-            for batch, resid in zip(plan.batches, self.resid[s]):
+            for batch, resid in zip(plan.batches, self.resid[s], strict=True):
                 kw = self._suffix_kwargs(plan, batch, cache)
                 if skip:
                     with skip_blocks(self.model, self.first):

@@ -7,9 +7,9 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import polars as pl
 
@@ -86,8 +86,7 @@ def write_table(df: pl.DataFrame, path: str | Path, sig: int | None = 6) -> Path
         s = df[name]
         if dtype.is_float() and sig is not None:
             # nulls stay null (written as an empty field, not as a quoted empty string)
-            cols.append(pl.Series(name, [None if v is None else format_float(v, sig) for v in s.to_list()],
-                                  dtype=pl.String))
+            cols.append(pl.Series(name, [None if v is None else format_float(v, sig) for v in s.to_list()], dtype=pl.String))
         else:
             cols.append(s)
     out = pl.DataFrame(cols) if cols else df
@@ -121,7 +120,7 @@ def remove_stale_staging(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         return removed
     for p in folder.glob(f"{STAGING_PREFIX}*"):
-        head = p.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        head = p.name[len(STAGING_PREFIX) :].split("-", 1)[0]
         if p.is_dir() and not (head.isdigit() and _pid_alive(int(head))):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)

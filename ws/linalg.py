@@ -20,8 +20,8 @@ Conventions shared by every function here:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -132,9 +132,7 @@ def _eigh_desc(G: torch.Tensor, k: int | None) -> tuple[torch.Tensor, torch.Tens
     if k is not None and 0 < k <= n // 3 and n >= 128:
         import scipy.linalg
 
-        vals, vecs = scipy.linalg.eigh(
-            G.numpy(), subset_by_index=[n - k, n - 1], driver="evr", check_finite=False
-        )
+        vals, vecs = scipy.linalg.eigh(G.numpy(), subset_by_index=[n - k, n - 1], driver="evr", check_finite=False)
         vals = torch.from_numpy(np.ascontiguousarray(vals[::-1]))
         vecs = torch.from_numpy(np.ascontiguousarray(vecs[:, ::-1]))
         return vals, vecs
@@ -314,7 +312,7 @@ def complement(B: torch.Tensor, d: int | None = None) -> torch.Tensor:
         return torch.eye(d, dtype=dtype)
     Q = orthonormalize(f64(B))
     Qc, _ = torch.linalg.qr(Q, mode="complete")
-    return sign_fix(Qc[:, Q.shape[1]:]).to(dtype)
+    return sign_fix(Qc[:, Q.shape[1] :]).to(dtype)
 
 
 def project_away(M: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
@@ -396,8 +394,10 @@ def check_orthonormal(B: torch.Tensor, name: str = "basis", layer: int | None = 
     """
     where = f"candidate {name!r}" + (f" at layer {layer}" if layer is not None else "")
     if not isinstance(B, torch.Tensor) or B.ndim != 2:
-        raise ValueError(f"{where}: a basis must be a 2-D [d_model, k] tensor, got {type(B).__name__} "
-                         f"{tuple(B.shape) if isinstance(B, torch.Tensor) else ''}")
+        raise ValueError(
+            f"{where}: a basis must be a 2-D [d_model, k] tensor, got {type(B).__name__} "
+            f"{tuple(B.shape) if isinstance(B, torch.Tensor) else ''}"
+        )
     if not bool(torch.isfinite(B).all()):
         raise ValueError(f"{where}: basis contains NaN or Inf; rebuild it from finite inputs")
     err = orthonormality_error(B)
@@ -440,8 +440,14 @@ def psd_sqrt(C: torch.Tensor, eps_rel: float = 1e-3) -> tuple[torch.Tensor, torc
     return half, inv_half, eps
 
 
-def haar_frames(d: int, k: int, n_draws: int, generator: torch.Generator, dtype: torch.dtype = torch.float64,
-                sample_dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def haar_frames(
+    d: int,
+    k: int,
+    n_draws: int,
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float64,
+    sample_dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
     """``n_draws`` Haar-random orthonormal ``[d, k]`` frames, ``[n_draws, d, k]``.
 
     QR of a Gaussian matrix with the signs of R's diagonal moved into Q (without the fix

@@ -19,9 +19,9 @@ import importlib.metadata
 import importlib.util
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -89,7 +89,7 @@ def _convert_embedded(dest: Path) -> None:
     # rebuild a plain model from the config and load the state dict strictly.
     plain = LlamaForCausalLM(config).to(torch.float32)
     state = {k: v.to(torch.float32) for k, v in qmodel.state_dict().items()}
-    missing, unexpected = plain.load_state_dict(state, strict=False)
+    missing, unexpected = plain.load_state_dict(state, strict=True)
     missing = [m for m in missing if m != "lm_head.weight"]  # tied to the embeddings
     if missing or unexpected:
         raise ModelLoadError(f"GGUF state dict does not fit the Llama config: missing={missing} unexpected={unexpected}")
@@ -207,8 +207,9 @@ def _from_pretrained(name_or_path: str, device_map: str | None = None, dtype: to
     return model, tok
 
 
-def load_model(name: str = DEFAULT_MODEL, seed: int = 0, *, device: str = "cpu", dtype: str = "float32",
-               device_map: str | None = None):
+def load_model(
+    name: str = DEFAULT_MODEL, seed: int = 0, *, device: str = "cpu", dtype: str = "float32", device_map: str | None = None
+):
     """Return ``(model, tokenizer)`` in eval mode, architecture checked, on ``device`` in ``dtype``.
 
     ``device``: ``cpu`` (default), ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (CUDA, else MPS,
@@ -238,8 +239,9 @@ def load_model(name: str = DEFAULT_MODEL, seed: int = 0, *, device: str = "cpu",
         tok.pad_token = tok.eos_token
     model.ws_name = name  # recorded in diff metadata and caches
     where = getattr(model, "hf_device_map", None) and "dispatched (device_map)" or str(dev)
-    logger.debug(f"loaded {name} in {time.perf_counter() - t0:.2f} s: {n_layers(model)} layers, "
-                 f"d_model {d_model(model)}, {where}, {dt}")
+    logger.debug(
+        f"loaded {name} in {time.perf_counter() - t0:.2f} s: {n_layers(model)} layers, d_model {d_model(model)}, {where}, {dt}"
+    )
     return model, tok
 
 

@@ -11,8 +11,9 @@ self-tests) is decided in :mod:`ws.verdicts`, this module only writes it down.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -67,8 +68,14 @@ def _family_colors(families: Iterable[str]) -> dict[str, Any]:
     return {f: cmap(order[i % n]) for i, f in enumerate(fams)}
 
 
-def joint_scatter(summary: pl.DataFrame, path_png: str | Path, path_pdf: str | Path, top_n: int = 8,
-                  title: str | None = None, seeds: pl.DataFrame | None = None) -> tuple[Path, Path]:
+def joint_scatter(
+    summary: pl.DataFrame,
+    path_png: str | Path,
+    path_pdf: str | Path,
+    top_n: int = 8,
+    title: str | None = None,
+    seeds: pl.DataFrame | None = None,
+) -> tuple[Path, Path]:
     """Two log-log panels of ``mean_conc_act`` (R_act, x) against ``mean_conc_w_combined``
     (R_w, y): write + mixed candidates on the left, read candidates on the right.
 
@@ -117,7 +124,7 @@ def joint_scatter(summary: pl.DataFrame, path_png: str | Path, path_pdf: str | P
     ]
     rects = [[0.045, 0.22, 0.255, 0.64], [0.56, 0.22, 0.255, 0.64]]
     any_clipped = False
-    for (ptitle, mask), rect in zip(panels, rects):
+    for (ptitle, mask), rect in zip(panels, rects, strict=True):
         ax = fig.add_axes(rect)
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -151,8 +158,9 @@ def joint_scatter(summary: pl.DataFrame, path_png: str | Path, path_pdf: str | P
                     ax.scatter([xs], [ys], marker="o", s=46, c=[c], edgecolors="white", linewidths=0.6, zorder=3)
             pts.append((r["subspace"], xs, ys, ceil, r["joint_score"], clipped))
         if not mask.any():
-            ax.text(0.5, 0.5, "no candidates of this kind", transform=ax.transAxes, ha="center", va="center",
-                    fontsize=10, color="0.4")
+            ax.text(
+                0.5, 0.5, "no candidates of this kind", transform=ax.transAxes, ha="center", va="center", fontsize=10, color="0.4"
+            )
 
         # labels: top rows by joint score (summary order is by joint score), then ceilings
         hyps = [p for p in pts if not p[3]]
@@ -168,43 +176,111 @@ def joint_scatter(summary: pl.DataFrame, path_png: str | Path, path_pdf: str | P
                 (x0, x1), (y0, y1) = rg
                 wc = "darkgoldenrod" if p[3] else fam_of.get(p[0], "0.25")
                 for xs_, ys_ in (([x0, x1], [p[2], p[2]]), ([p[1], p[1]], [y0, y1])):
-                    ax.plot(xs_, ys_, color=wc, lw=2.0, alpha=0.8, zorder=2, solid_capstyle="butt",
-                            marker="|" if xs_[0] != xs_[1] else "_", markersize=6, markeredgewidth=1.4)
+                    ax.plot(
+                        xs_,
+                        ys_,
+                        color=wc,
+                        lw=2.0,
+                        alpha=0.8,
+                        zorder=2,
+                        solid_capstyle="butt",
+                        marker="|" if xs_[0] != xs_[1] else "_",
+                        markersize=6,
+                        markeredgewidth=1.4,
+                    )
         to_axes = ax.transData + ax.transAxes.inverted()
         targets = [(float(to_axes.transform((p[1], p[2]))[1]), tag, p) for tag, p in chosen]
         targets.sort(key=lambda t: t[0])
         fig_h_pt = fig.get_figheight() * 72 * rect[3]
         gap = 15.0 / fig_h_pt  # ~15 pt per label line
         ys = _spread([t[0] for t in targets], gap)
-        for (ty, tag, p), ly in zip(targets, ys):
+        for (_ty, tag, p), ly in zip(targets, ys, strict=True):
             name, x, y, ceil, joint, clipped = p
             text = f"{tag}  {name}" if ceil else f"{tag}. {name}  ({fmt_num(joint)})"
             ax.annotate(
-                text, xy=(x, y), xycoords="data", xytext=(1.04, ly), textcoords="axes fraction",
-                fontsize=8.5, ha="left", va="center", annotation_clip=False,
+                text,
+                xy=(x, y),
+                xycoords="data",
+                xytext=(1.04, ly),
+                textcoords="axes fraction",
+                fontsize=8.5,
+                ha="left",
+                va="center",
+                annotation_clip=False,
                 fontweight="bold" if ceil else "normal",
                 arrowprops=dict(arrowstyle="-", lw=0.5, color="0.7", shrinkA=0, shrinkB=4),
             )
             if not ceil:
-                ax.annotate(tag, xy=(x, y), xytext=(4, 4), textcoords="offset points", fontsize=7.5,
-                            color="0.15", zorder=6)
-        ax.text(1.04, 1.0, "top by joint score (joint)", transform=ax.transAxes, fontsize=8.5, ha="left",
-                va="bottom", color="0.3", style="italic")
+                ax.annotate(tag, xy=(x, y), xytext=(4, 4), textcoords="offset points", fontsize=7.5, color="0.15", zorder=6)
+        ax.text(
+            1.04,
+            1.0,
+            "top by joint score (joint)",
+            transform=ax.transAxes,
+            fontsize=8.5,
+            ha="left",
+            va="bottom",
+            color="0.3",
+            style="italic",
+        )
 
     handles = [Line2D([], [], marker="o", ls="", color=c, markersize=7, label=f) for f, c in colors.items()]
-    handles.append(Line2D([], [], marker="*", ls="", markerfacecolor=ceiling_color, markeredgecolor="black",
-                          markersize=14, label="ceiling (B side)"))
+    handles.append(
+        Line2D(
+            [],
+            [],
+            marker="*",
+            ls="",
+            markerfacecolor=ceiling_color,
+            markeredgecolor="black",
+            markersize=14,
+            label="ceiling (B side)",
+        )
+    )
     if ranges:
         n_seeds = seeds["seed"].n_unique()
-        handles.append(Line2D([], [], color="0.25", lw=2.0, alpha=0.8, marker="|", markersize=6,
-                              label=f"min–max over {n_seeds} seeds (labelled rows)"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color="0.25",
+                lw=2.0,
+                alpha=0.8,
+                marker="|",
+                markersize=6,
+                label=f"min–max over {n_seeds} seeds (labelled rows)",
+            )
+        )
     if any_clipped:
-        handles.append(Line2D([], [], marker="o", ls="", markerfacecolor="none", markeredgecolor="0.3",
-                              markersize=7, label="≤ 0 or NaN: drawn at floor"))
-    fig.legend(handles=handles, loc="lower center", ncol=min(7, len(handles)), fontsize=8.5, frameon=False,
-               title="family", title_fontsize=9, bbox_to_anchor=(0.5, 0.0))
-    fig.suptitle(title or "Where does the weight diff act? Activation vs weight concentration "
-                          "(mean over LoRA-touched layers; 1 = random subspace)", fontsize=12.5, y=0.975)
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="o",
+                ls="",
+                markerfacecolor="none",
+                markeredgecolor="0.3",
+                markersize=7,
+                label="≤ 0 or NaN: drawn at floor",
+            )
+        )
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        ncol=min(7, len(handles)),
+        fontsize=8.5,
+        frameon=False,
+        title="family",
+        title_fontsize=9,
+        bbox_to_anchor=(0.5, 0.0),
+    )
+    fig.suptitle(
+        title
+        or "Where does the weight diff act? Activation vs weight concentration "
+        "(mean over LoRA-touched layers; 1 = random subspace)",
+        fontsize=12.5,
+        y=0.975,
+    )
 
     path_png, path_pdf = Path(path_png), Path(path_pdf)
     with atomic_path(path_png) as tmp:
@@ -222,10 +298,16 @@ def _seed_ranges(seeds: pl.DataFrame | None, floor: float) -> dict[str, tuple[tu
         return {}
     if seeds["seed"].n_unique() < 2:
         return {}
-    g = (seeds.with_columns(pl.col("mean_conc_act", "mean_conc_w_combined").cast(pl.Float64).fill_nan(None))
-         .group_by("subspace").agg(pl.col("mean_conc_act").min().alias("x0"), pl.col("mean_conc_act").max().alias("x1"),
-                                   pl.col("mean_conc_w_combined").min().alias("y0"),
-                                   pl.col("mean_conc_w_combined").max().alias("y1")))
+    g = (
+        seeds.with_columns(pl.col("mean_conc_act", "mean_conc_w_combined").cast(pl.Float64).fill_nan(None))
+        .group_by("subspace")
+        .agg(
+            pl.col("mean_conc_act").min().alias("x0"),
+            pl.col("mean_conc_act").max().alias("x1"),
+            pl.col("mean_conc_w_combined").min().alias("y0"),
+            pl.col("mean_conc_w_combined").max().alias("y1"),
+        )
+    )
     out = {}
     for r in g.iter_rows(named=True):
         if any(r[c] is None for c in ("x0", "x1", "y0", "y1")):
@@ -248,18 +330,24 @@ def definitions_md(meta: pl.DataFrame) -> str:
     row per candidate in ``meta`` order: the definition in the contract's words, and beside it
     how this suite builds the basis where that differs from, or adds to, those words (the
     registry's ``construction``; blank: as defined)."""
-    lines = ["# Candidate definitions", "",
-             "`definition` is the contract's wording; `construction` says how this suite builds the basis where "
-             "that differs from, or adds to, the definition (blank: as defined). Every SVD and PCA is computed in "
-             "float64 (an SVD through the smaller Gram matrix where that is cheaper: the same subspace); directions "
-             f"with a singular value below {DEFAULT_RTOL:g} of the largest are dropped, so a basis has its true rank, "
-             "never padding.",
-             "",
-             "| name | family | axis_kind | source | definition | construction |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "# Candidate definitions",
+        "",
+        "`definition` is the contract's wording; `construction` says how this suite builds the basis where "
+        "that differs from, or adds to, the definition (blank: as defined). Every SVD and PCA is computed in "
+        "float64 (an SVD through the smaller Gram matrix where that is cheaper: the same subspace); directions "
+        f"with a singular value below {DEFAULT_RTOL:g} of the largest are dropped, so a basis has its true rank, "
+        "never padding.",
+        "",
+        "| name | family | axis_kind | source | definition | construction |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in meta.iter_rows(named=True):
-        lines.append("| " + " | ".join(_cell(r.get(c)) for c in ("subspace", "family", "axis_kind", "source",
-                                                                  "definition", "construction")) + " |")
+        lines.append(
+            "| "
+            + " | ".join(_cell(r.get(c)) for c in ("subspace", "family", "axis_kind", "source", "definition", "construction"))
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -320,8 +408,13 @@ def _tensor_line(r: Mapping[str, Any]) -> str:
     return "; ".join(out)
 
 
-def conclusion_md(summary_pct: pl.DataFrame, specific_summary: pl.DataFrame | None, per_layer: pl.DataFrame | None,
-                  info: ConclusionInfo, top_k: int = 5) -> str:
+def conclusion_md(
+    summary_pct: pl.DataFrame,
+    specific_summary: pl.DataFrame | None,
+    per_layer: pl.DataFrame | None,
+    info: ConclusionInfo,
+    top_k: int = 5,
+) -> str:
     """The BLUF conclusion of a sweep, as markdown: one function per section, in reading order.
 
     summary_pct: the summary with ``pct_*`` columns (sorted by joint_score).
@@ -359,12 +452,16 @@ def _failed_self_tests_section(info: ConclusionInfo) -> list[str]:
     failed = [t for t in info.self_tests if not t.passed]
     if not failed:
         return []
-    return (["> **SELF-TEST FAILED: read this before trusting any number below.**"]
-            + [f"> - FAILED `{t.name}`: {t.detail}" for t in failed] + [""])
+    return (
+        ["> **SELF-TEST FAILED: read this before trusting any number below.**"]
+        + [f"> - FAILED `{t.name}`: {t.detail}" for t in failed]
+        + [""]
+    )
 
 
-def _bottom_line_section(sp: pl.DataFrame, per_layer: pl.DataFrame | None, info: ConclusionInfo,
-                         claims: Sequence[Claim]) -> list[str]:
+def _bottom_line_section(
+    sp: pl.DataFrame, per_layer: pl.DataFrame | None, info: ConclusionInfo, claims: Sequence[Claim]
+) -> list[str]:
     """With several seeds, the answer that survives across them first; then the first seed's
     winner with its scores, CI, q-values, runner-up and seeds; the claims that fail."""
     L = ["## Bottom line", ""]
@@ -375,19 +472,27 @@ def _bottom_line_section(sp: pl.DataFrame, per_layer: pl.DataFrame | None, info:
     if info.seed_verdict is not None:
         L += _cross_seed_lines(info.seed_verdict)
         if best is not None:
-            L += [f"Seed {fmt_num(info.seed)}'s winner and tables, in detail:" if info.seed is not None
-                  else "The first seed's winner and tables, in detail:", ""]
+            L += [
+                f"Seed {fmt_num(info.seed)}'s winner and tables, in detail:"
+                if info.seed is not None
+                else "The first seed's winner and tables, in detail:",
+                "",
+            ]
     if best is None:
-        L.append("No write/mixed A-hypothesis has a finite joint score: nothing to rank (check the labels "
-                 "and the layers the LoRA touched).")
+        L.append(
+            "No write/mixed A-hypothesis has a finite joint score: nothing to rank (check the labels "
+            "and the layers the LoRA touched)."
+        )
     else:
         L += _winner_lines(best, info)
         if per_layer is not None and {"q_act", "q_w_combined"} <= set(per_layer.columns):
             L.append("- " + _q_text(per_layer, best["subspace"], info))
         if len(order) > 1:
             nxt = order.row(1, named=True)
-            L.append(f"- runner-up: `{nxt['subspace']}` (joint {fmt_num(nxt['joint_score'])}, "
-                     f"R_act {fmt_num(nxt['mean_conc_act'])}, R_w combined {fmt_num(nxt['mean_conc_w_combined'])})")
+            L.append(
+                f"- runner-up: `{nxt['subspace']}` (joint {fmt_num(nxt['joint_score'])}, "
+                f"R_act {fmt_num(nxt['mean_conc_act'])}, R_w combined {fmt_num(nxt['mean_conc_w_combined'])})"
+            )
         st = info.seed_stability
         L.append("- " + _seed_text(st) if st else "- seeds: one seed only, seed stability not measured")
     if claims:
@@ -398,36 +503,56 @@ def _bottom_line_section(sp: pl.DataFrame, per_layer: pl.DataFrame | None, info:
 
 def _cross_seed_lines(v: SeedVerdict) -> list[str]:
     """The answer that survives across the seeds, with the rule it passed or failed."""
-    lead = (f"its lead over `{v.runner_up}` ({fmt_num(v.runner_up_mean)} ± {fmt_num(v.runner_up_sd)} sd) is "
-            f"{fmt_num(v.lead)}, " + ("more than" if v.clear_lead else "not more than")
-            + f" the seeds' spread ({fmt_num(v.spread)})") if v.runner_up is not None else "it has no runner-up"
+    lead = (
+        (
+            f"its lead over `{v.runner_up}` ({fmt_num(v.runner_up_mean)} ± {fmt_num(v.runner_up_sd)} sd) is "
+            f"{fmt_num(v.lead)}, "
+            + ("more than" if v.clear_lead else "not more than")
+            + f" the seeds' spread ({fmt_num(v.spread)})"
+        )
+        if v.runner_up is not None
+        else "it has no runner-up"
+    )
     wins = f"wins {v.leader_wins} of {v.n_seeds} seeds" + ("" if v.wins_most else ", not more than half")
     if v.stable:
-        head = (f"**Across the {v.n_seeds} seeds: `{v.leader}` is the stable winner.** It has the highest joint "
-                f"score averaged over the seeds ({fmt_num(v.leader_mean)} ± {fmt_num(v.leader_sd)} sd), {wins}, "
-                f"and {lead}.")
+        head = (
+            f"**Across the {v.n_seeds} seeds: `{v.leader}` is the stable winner.** It has the highest joint "
+            f"score averaged over the seeds ({fmt_num(v.leader_mean)} ± {fmt_num(v.leader_sd)} sd), {wins}, "
+            f"and {lead}."
+        )
     else:
-        head = (f"**Across the {v.n_seeds} seeds: no stable winner.** The leader by the joint score averaged over "
-                f"the seeds, `{v.leader}` ({fmt_num(v.leader_mean)} ± {fmt_num(v.leader_sd)} sd), {wins}; {lead}. "
-                f"Read the winner below as one seed's, not as the answer.")
-    rule = ("Rule: the leader by the seed-mean joint score is a stable winner when it wins in more than half of "
-            "the seeds and leads the runner-up by more than the larger of their two seed sds.")
+        head = (
+            f"**Across the {v.n_seeds} seeds: no stable winner.** The leader by the joint score averaged over "
+            f"the seeds, `{v.leader}` ({fmt_num(v.leader_mean)} ± {fmt_num(v.leader_sd)} sd), {wins}; {lead}. "
+            f"Read the winner below as one seed's, not as the answer."
+        )
+    rule = (
+        "Rule: the leader by the seed-mean joint score is a stable winner when it wins in more than half of "
+        "the seeds and leads the runner-up by more than the larger of their two seed sds."
+    )
     return [head, "", rule, ""]
 
 
 def _winner_lines(best: Mapping[str, Any], info: ConclusionInfo) -> list[str]:
     """The winner's headline sentence and its per-tensor, rank and CI lines."""
-    L = [f"**`{best['subspace']}`** ({best['family']}, {best['axis_kind']}) has the highest joint score "
-         f"among write/mixed A-hypotheses: joint = {fmt_num(best['joint_score'])}, {_scores_line(best)}.", ""]
+    L = [
+        f"**`{best['subspace']}`** ({best['family']}, {best['axis_kind']}) has the highest joint score "
+        f"among write/mixed A-hypotheses: joint = {fmt_num(best['joint_score'])}, {_scores_line(best)}.",
+        "",
+    ]
     L.append(f"- per tensor: {_tensor_line(best)}")
-    L.append(f"- mean cosine of principal angles with the dW basis: {fmt_num(best.get('mean_cos_dW'))}; "
-             f"mean rank {fmt_num(best.get('mean_rank'))}; act_w_gap_log2 = "
-             f"{fmt_num(best.get('act_w_gap_log2'))} (positive: more concentrated in the activation "
-             f"label than in the weight label)")
+    L.append(
+        f"- mean cosine of principal angles with the dW basis: {fmt_num(best.get('mean_cos_dW'))}; "
+        f"mean rank {fmt_num(best.get('mean_rank'))}; act_w_gap_log2 = "
+        f"{fmt_num(best.get('act_w_gap_log2'))} (positive: more concentrated in the activation "
+        f"label than in the weight label)"
+    )
     if "mean_pct_act_matched_rank" in best:
-        L.append(f"- at its own rank it captures {fmt_pct(best.get('mean_pct_act_matched_rank'))} of the best "
-                 f"possible activation energy and {fmt_pct(best.get('mean_pct_w_combined_matched_rank'))} of the "
-                 f"best possible weight energy")
+        L.append(
+            f"- at its own rank it captures {fmt_pct(best.get('mean_pct_act_matched_rank'))} of the best "
+            f"possible activation energy and {fmt_pct(best.get('mean_pct_w_combined_matched_rank'))} of the "
+            f"best possible weight energy"
+        )
     c = _row(info.bootstrap_ci, best["subspace"]) if info.bootstrap_ci is not None else None
     if c is not None:
         lvl = f"{fmt_num(100 * float(info.ci_level))}% " if info.ci_level is not None else ""
@@ -436,9 +561,11 @@ def _winner_lines(best: Mapping[str, Any], info: ConclusionInfo) -> list[str]:
             extra.append(f"{info.n_boot} resamples of the EVAL rows")
         if info.seed is not None:
             extra.append(f"seed {info.seed}")
-        L.append(f"- bootstrap {lvl}CI: R_act [{fmt_num(c['mean_conc_act_ci_lo'])}, "
-                 f"{fmt_num(c['mean_conc_act_ci_hi'])}], joint [{fmt_num(c['joint_score_ci_lo'])}, "
-                 f"{fmt_num(c['joint_score_ci_hi'])}]" + (f" ({', '.join(extra)})" if extra else ""))
+        L.append(
+            f"- bootstrap {lvl}CI: R_act [{fmt_num(c['mean_conc_act_ci_lo'])}, "
+            f"{fmt_num(c['mean_conc_act_ci_hi'])}], joint [{fmt_num(c['joint_score_ci_lo'])}, "
+            f"{fmt_num(c['joint_score_ci_hi'])}]" + (f" ({', '.join(extra)})" if extra else "")
+        )
     return L
 
 
@@ -460,22 +587,27 @@ def _ceilings_section(sp: pl.DataFrame) -> list[str]:
         return []
     L = ["## Ceilings (B side, for scale)", ""]
     if ca is not None:
-        L.append(f"- `{CEILING_ACT}`: R_act = {fmt_num(ca['mean_conc_act'])}, "
-                 f"R_w combined = {fmt_num(ca['mean_conc_w_combined'])}")
+        L.append(
+            f"- `{CEILING_ACT}`: R_act = {fmt_num(ca['mean_conc_act'])}, R_w combined = {fmt_num(ca['mean_conc_w_combined'])}"
+        )
     if cw is not None:
-        L.append(f"- `{CEILING_W}`: R_w combined = {fmt_num(cw['mean_conc_w_combined'])} "
-                 f"(o_proj {fmt_num(cw['mean_conc_w_oproj'])}, down_proj {fmt_num(cw['mean_conc_w_downproj'])}), "
-                 f"R_act = {fmt_num(cw['mean_conc_act'])}")
+        L.append(
+            f"- `{CEILING_W}`: R_w combined = {fmt_num(cw['mean_conc_w_combined'])} "
+            f"(o_proj {fmt_num(cw['mean_conc_w_oproj'])}, down_proj {fmt_num(cw['mean_conc_w_downproj'])}), "
+            f"R_act = {fmt_num(cw['mean_conc_act'])}"
+        )
     return L + [""]
 
 
 def _leaders_section(sp: pl.DataFrame) -> list[str]:
     """The leader of each label (activation, combined weight, each tensor)."""
     L = ["## Leaders per label (write/mixed A-hypotheses)", ""]
-    for col, label, pct in (("mean_conc_act", "activation R_act", "pct_act_ceiling"),
-                            ("mean_conc_w_combined", "weight R_w combined", "pct_w_oracle_combined"),
-                            ("mean_conc_w_oproj", "o_proj R_w", "pct_w_oracle_oproj"),
-                            ("mean_conc_w_downproj", "down_proj R_w", "pct_w_oracle_downproj")):
+    for col, label, pct in (
+        ("mean_conc_act", "activation R_act", "pct_act_ceiling"),
+        ("mean_conc_w_combined", "weight R_w combined", "pct_w_oracle_combined"),
+        ("mean_conc_w_oproj", "o_proj R_w", "pct_w_oracle_oproj"),
+        ("mean_conc_w_downproj", "down_proj R_w", "pct_w_oracle_downproj"),
+    ):
         r = _first(ranked(sp, col))
         if r is None:
             L.append(f"- {label}: no finite scores")
@@ -490,11 +622,14 @@ def _overlap_section(sp: pl.DataFrame, top_k: int) -> list[str]:
     top_act = ranked(sp, "mean_conc_act")["subspace"].head(top_k).to_list()
     top_w = ranked(sp, "mean_conc_w_combined")["subspace"].head(top_k).to_list()
     both = [n for n in top_act if n in top_w]
-    return [f"## Top-{top_k} by activation vs by weight (write/mixed)", "",
-            f"- by R_act: {', '.join(f'`{n}`' for n in top_act) or 'none'}",
-            f"- by R_w combined: {', '.join(f'`{n}`' for n in top_w) or 'none'}",
-            f"- overlap: {len(both)} of {top_k}" + (f" ({', '.join(f'`{n}`' for n in both)})" if both else ""),
-            ""]
+    return [
+        f"## Top-{top_k} by activation vs by weight (write/mixed)",
+        "",
+        f"- by R_act: {', '.join(f'`{n}`' for n in top_act) or 'none'}",
+        f"- by R_w combined: {', '.join(f'`{n}`' for n in top_w) or 'none'}",
+        f"- overlap: {len(both)} of {top_k}" + (f" ({', '.join(f'`{n}`' for n in both)})" if both else ""),
+        "",
+    ]
 
 
 def _read_side_section(sp: pl.DataFrame) -> list[str]:
@@ -502,29 +637,35 @@ def _read_side_section(sp: pl.DataFrame) -> list[str]:
     L = ["## Read side (reported apart, not in the joint ranking)", ""]
     r = _first(ranked(sp, axis_kinds=("read",)))
     if r is not None:
-        L.append(f"- best read candidate: `{r['subspace']}` ({r['family']}): joint {fmt_num(r['joint_score'])}, "
-                 f"{_scores_line(r)}")
+        L.append(
+            f"- best read candidate: `{r['subspace']}` ({r['family']}): joint {fmt_num(r['joint_score'])}, {_scores_line(r)}"
+        )
     else:
         L.append("- no read candidate with a finite joint score")
     return L + [""]
 
 
-def _specificity_section(specific_summary: pl.DataFrame | None, best: Mapping[str, Any] | None,
-                         info: ConclusionInfo) -> list[str]:
+def _specificity_section(
+    specific_summary: pl.DataFrame | None, best: Mapping[str, Any] | None, info: ConclusionInfo
+) -> list[str]:
     """The specificity leader, what the joint leader keeps, and the diff's specificity ratio."""
     L = ["## Specificity (label and bases projected off the clean-residual PCs)", ""]
     if specific_summary is not None and specific_summary.height:
         sh = specific_summary.filter(pl.col("kind") == "A-hypothesis")
         r = _first(by_score(sh, "mean_specific_conc_act", drop_missing=True))
         if r is not None:
-            L.append(f"- leader: `{r['subspace']}`: specific R_act = {fmt_num(r['mean_specific_conc_act'])} "
-                     f"(z {fmt_num(r['mean_specific_z_act'])}, energy fraction "
-                     f"{fmt_num(r['mean_specific_energy_frac_act'])}, mean specific rank "
-                     f"{fmt_num(r['mean_specific_rank'])})")
+            L.append(
+                f"- leader: `{r['subspace']}`: specific R_act = {fmt_num(r['mean_specific_conc_act'])} "
+                f"(z {fmt_num(r['mean_specific_z_act'])}, energy fraction "
+                f"{fmt_num(r['mean_specific_energy_frac_act'])}, mean specific rank "
+                f"{fmt_num(r['mean_specific_rank'])})"
+            )
         b = _row(specific_summary, best["subspace"]) if best is not None else None
         if b is not None:
-            L.append(f"- the joint leader `{best['subspace']}` keeps specific R_act = "
-                     f"{fmt_num(b['mean_specific_conc_act'])} (z {fmt_num(b['mean_specific_z_act'])})")
+            L.append(
+                f"- the joint leader `{best['subspace']}` keeps specific R_act = "
+                f"{fmt_num(b['mean_specific_conc_act'])} (z {fmt_num(b['mean_specific_z_act'])})"
+            )
     else:
         L.append("- no specificity scores")
     if info.diff_specificity_ratio is not None:
@@ -548,8 +689,10 @@ def _statistics_section(per_layer: pl.DataFrame | None, info: ConclusionInfo) ->
     return ["## Statistics", ""] + lines + [""] if lines else []
 
 
-_WHY_NO_P = {"activation": "the label is zero on that layer (before the first LoRA layer) or the basis is empty",
-             "weight combined": "no LoRA delta on that layer or the basis is empty"}
+_WHY_NO_P = {
+    "activation": "the label is zero on that layer (before the first LoRA layer) or the basis is empty",
+    "weight combined": "no LoRA delta on that layer or the basis is empty",
+}
 
 
 def _null_method_line(per_layer: pl.DataFrame, col: str, label: str, info: ConclusionInfo) -> str | None:
@@ -561,8 +704,10 @@ def _null_method_line(per_layer: pl.DataFrame, col: str, label: str, info: Concl
     n_none = int((m == "").sum())
     none = f", no p-value {n_none} ({_WHY_NO_P[label]})" if n_none else ""
     thr = f"below {fmt_num(info.pr_threshold)}" if info.pr_threshold is not None else "low"
-    return (f"- p-value null for {label} cells: {counts}{none}; rule: Monte Carlo where the label's participation "
-            f"ratio is {thr}, the Gaussian tail elsewhere")
+    return (
+        f"- p-value null for {label} cells: {counts}{none}; rule: Monte Carlo where the label's participation "
+        f"ratio is {thr}, the Gaussian tail elsewhere"
+    )
 
 
 def _caveats_section(per_layer: pl.DataFrame | None, info: ConclusionInfo) -> list[str]:
@@ -572,22 +717,25 @@ def _caveats_section(per_layer: pl.DataFrame | None, info: ConclusionInfo) -> li
     if info.model is not None:
         cav.append(f"model: `{info.model}`")
     if info.n_fit is not None or info.n_eval is not None:
-        cav.append(f"{fmt_num(info.n_fit)} FIT probes build the A-side bases and "
-                   f"{fmt_num(info.n_eval)} EVAL probes build the activation label; per-layer activation "
-                   f"scores rest on that many rows")
+        cav.append(
+            f"{fmt_num(info.n_fit)} FIT probes build the A-side bases and "
+            f"{fmt_num(info.n_eval)} EVAL probes build the activation label; per-layer activation "
+            f"scores rest on that many rows"
+        )
     if info.layers_touched is not None:
         cav.append(f"summaries average the layers the LoRA touched: {_layers_text(info.layers_touched)}")
     if info.layers_without_delta:
-        cav.append(f"layers without a LoRA delta (weight scores NaN there): "
-                   f"{_layers_text(info.layers_without_delta)}")
+        cav.append(f"layers without a LoRA delta (weight scores NaN there): {_layers_text(info.layers_without_delta)}")
     cav += [f"rank collapse: {rc}" for rc in info.rank_collapses]
     lr = _low_rank_label_text(per_layer, info)
     if lr:
         cav.append(lr)
     if info.quantized:
         cav.append("the model weights are 4-bit quantised: weight-derived bases inherit quantisation noise")
-    cav.append("R = 1 is what a random subspace of the same rank gets; z and p test concentration against that "
-               "null, not causal use of the subspace")
+    cav.append(
+        "R = 1 is what a random subspace of the same rank gets; z and p test concentration against that "
+        "null, not causal use of the subspace"
+    )
     cav.append("read candidates are reported apart and kept out of the joint ranking")
     cav += [str(n) for n in info.notes]
     return ["## Caveats", ""] + [f"- {c}" for c in cav] + [""]
@@ -608,8 +756,7 @@ def _artifacts_section(info: ConclusionInfo) -> list[str]:
     if not arts:
         return []
     items = arts.items() if isinstance(arts, Mapping) else [(None, a) for a in arts]
-    return (["## Artifacts", ""] + [f"- [`{p}`]({p})" + (f": {name}" if name else "") for name, p in items]
-            + [""])
+    return ["## Artifacts", ""] + [f"- [`{p}`]({p})" + (f": {name}" if name else "") for name, p in items] + [""]
 
 
 def _q_text(per_layer: pl.DataFrame, name: str, info: ConclusionInfo) -> str:
@@ -632,10 +779,12 @@ def _low_rank_label_text(per_layer: pl.DataFrame | None, info: ConclusionInfo) -
     if low is None:
         return None
     med, n = low
-    return (f"the activation label is nearly rank one: median participation ratio {fmt_num(med)} over "
-            f"{n} touched layers, so one direction (the shift every EVAL prompt shares) carries most of "
-            f"its energy. The activation ceiling is a centred PCA and cannot see that direction; "
-            f"`mean_pct_act_matched_rank` (against the label's own top directions) is the honest yardstick")
+    return (
+        f"the activation label is nearly rank one: median participation ratio {fmt_num(med)} over "
+        f"{n} touched layers, so one direction (the shift every EVAL prompt shares) carries most of "
+        f"its energy. The activation ceiling is a centred PCA and cannot see that direction; "
+        f"`mean_pct_act_matched_rank` (against the label's own top directions) is the honest yardstick"
+    )
 
 
 def _seed_text(st: SeedSummary) -> str:
@@ -643,13 +792,17 @@ def _seed_text(st: SeedSummary) -> str:
     leader by the seed-mean joint score when that is another candidate."""
     n, k = st.n_seeds, st.winner_wins
     per = ", ".join(f"seed {s}: `{w}`" for s, w in (st.winners or {}).items())
-    txt = (f"seeds: `{st.winner}` wins in {k} of {n} seeds ({per}); mean Kendall τ between the seeds' joint "
-           f"rankings {fmt_num(st.mean_tau)}")
+    txt = (
+        f"seeds: `{st.winner}` wins in {k} of {n} seeds ({per}); mean Kendall τ between the seeds' joint "
+        f"rankings {fmt_num(st.mean_tau)}"
+    )
     if _finite(st.seed_mean_joint):
         txt += f"; its joint score over seeds {fmt_num(st.seed_mean_joint)} ± {fmt_num(st.seed_sd_joint)} (sd)"
     txt += " — stable" if k == n else " — NOT stable across seeds"
     ml = st.mean_leader
     if ml and ml != st.winner:
-        txt += (f"; by the mean over seeds the leader is `{ml}` (joint {fmt_num(st.mean_leader_joint)} ± "
-                f"{fmt_num(st.mean_leader_sd)} sd)")
+        txt += (
+            f"; by the mean over seeds the leader is `{ml}` (joint {fmt_num(st.mean_leader_joint)} ± "
+            f"{fmt_num(st.mean_leader_sd)} sd)"
+        )
     return txt

@@ -7,8 +7,8 @@ file's path or the table's text, so a notebook's ``.py`` still runs as a script.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import polars as pl
 
@@ -73,5 +73,7 @@ def claims_table(cfg, probes, results: Sequence, stab) -> pl.DataFrame:
     res = results[0]
     info = verdicts.conclusion_info(cfg, probes, res, stab, artifacts=[])
     rows = verdicts.claim_checks(res.summary_pct, res.per_layer, info)
-    return pl.DataFrame([{"claim": c.claim.replace("`", ""), "evidence": c.evidence, "verdict": c.verdict} for c in rows],
-                        schema={"claim": pl.String, "evidence": pl.String, "verdict": pl.String})
+    return pl.DataFrame(
+        [{"claim": c.claim.replace("`", ""), "evidence": c.evidence, "verdict": c.verdict} for c in rows],
+        schema={"claim": pl.String, "evidence": pl.String, "verdict": pl.String},
+    )

@@ -11,8 +11,8 @@ touched; the originals are copied and restored on exit, also when the body raise
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Iterator, Mapping
 
 import torch
 from torch import nn

@@ -17,21 +17,21 @@ run facts) is decided in :mod:`ws.verdicts`; its ``self_tests``, ``sanity_lines`
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
 import torch
 
 from ws import data, upstream
+from ws.config import SMOKE_TRAIN, Config  # noqa: F401  (SMOKE_TRAIN: re-exported)
 from ws.diff import DiffMismatchError  # noqa: F401  (the sweep's documented error, raised by ensure_diff)
 from ws.log import logger
-from ws.config import SMOKE_TRAIN, Config  # noqa: F401  (SMOKE_TRAIN: re-exported)
 from ws.stats import PR_THRESHOLD, ranked
 from ws.verdicts import conclusion_info, rank_collapses, sanity_lines, self_tests  # noqa: F401  (the notebook's names)
-
 
 #: The sweep's parameters are the one run configuration of :mod:`ws.config`.
 SweepConfig = Config
@@ -130,16 +130,26 @@ def run_seed(cfg: SweepConfig, model, tok, probes: Probes, seed: int, w: dict, d
 
     t = {}
     t0 = time.perf_counter()
-    caps = capture_all(model, tok, probes.fit_clean, probes.fit_pos, probes.fit_neg, probes.eval, w,
-                       batch_size=cfg.batch_size, cache=cfg.cache)
+    caps = capture_all(
+        model, tok, probes.fit_clean, probes.fit_pos, probes.fit_neg, probes.eval, w, batch_size=cfg.batch_size, cache=cfg.cache
+    )
     t["capture"] = time.perf_counter() - t0
     deltas = write_delta_by_layer(w, n_layers(model), partial=True)  # IA3: down_proj only, NaN o_proj cells
     touched = [l for l, d in enumerate(deltas) if d is not None]
     if not touched:
         raise ValueError("the diff has no o_proj / down_proj delta on any layer: nothing to score the weight side against")
     t0 = time.perf_counter()
-    bases, meta = build_all(model, caps, deltas, caps.label_fit, k=cfg.k, k_broad=cfg.k_broad, seed=cfg.basis_seed,
-                            label_eval=caps.label_eval, cache=cfg.cache)
+    bases, meta = build_all(
+        model,
+        caps,
+        deltas,
+        caps.label_fit,
+        k=cfg.k,
+        k_broad=cfg.k_broad,
+        seed=cfg.basis_seed,
+        label_eval=caps.label_eval,
+        cache=cfg.cache,
+    )
     t["build"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     scores = stats.score_sweep(bases, meta, caps.label_eval, deltas, clean_pcs(caps, cfg.k), pr_threshold=PR_THRESHOLD)
@@ -150,9 +160,23 @@ def run_seed(cfg: SweepConfig, model, tok, probes: Probes, seed: int, w: dict, d
     summary_pct = stats.summary_pct(summary)
     specific_summary = stats.summarize_specific(scores.specific_per_layer, touched)
     t["score"] = time.perf_counter() - t0
-    return SeedResult(seed, caps, bases, meta, scores, per_layer, scores.specific_per_layer, summary, summary_pct,
-                      specific_summary, touched, [l for l in range(len(deltas)) if deltas[l] is None], diff_meta, t,
-                      missing_writers(deltas))
+    return SeedResult(
+        seed,
+        caps,
+        bases,
+        meta,
+        scores,
+        per_layer,
+        scores.specific_per_layer,
+        summary,
+        summary_pct,
+        specific_summary,
+        touched,
+        [l for l in range(len(deltas)) if deltas[l] is None],
+        diff_meta,
+        t,
+        missing_writers(deltas),
+    )
 
 
 # ----------------------------------------------------------------------------- seeds
@@ -197,8 +221,9 @@ def seed_stability(results: Sequence[SeedResult]) -> SeedStability:
             ab = a.join(b, on="subspace", how="inner")
             tau, p = kendalltau(ab["a"].to_numpy(), ab["b"].to_numpy()) if ab.height > 1 else (float("nan"), float("nan"))
             rows.append({"seed_a": seeds[i], "seed_b": seeds[j], "kendall_tau": float(tau), "p_value": float(p), "n": ab.height})
-    tau_df = pl.DataFrame(rows, schema={"seed_a": pl.Int64, "seed_b": pl.Int64, "kendall_tau": pl.Float64,
-                                        "p_value": pl.Float64, "n": pl.Int64})
+    tau_df = pl.DataFrame(
+        rows, schema={"seed_a": pl.Int64, "seed_b": pl.Int64, "kendall_tau": pl.Float64, "p_value": pl.Float64, "n": pl.Int64}
+    )
     cols = ["joint_score", "mean_conc_act", "mean_conc_w_combined"]
     stacked = pl.concat([r.summary.select(["subspace", *cols]).with_columns(pl.lit(r.seed).alias("seed")) for r in results])
     agg = stacked.group_by("subspace", maintain_order=True).agg(
@@ -291,9 +316,12 @@ def writer_caveats(res: SeedResult) -> list[str]:
     names = {"oproj": "o_proj", "downproj": "down_proj"}
     other = {"oproj": "down_proj", "downproj": "o_proj"}
     adapter = (res.diff_meta or {}).get("adapter", "the")
-    return [f"seed {res.seed}'s {adapter} diff has no {names[t]} delta on touched layers {_layers_text(ls)}: "
-            f"its `conc_w_{t}` cells are NaN there (never 0) and R_w combined is {other[t]} alone"
-            for t, ls in (res.missing_writers or {}).items() if ls]
+    return [
+        f"seed {res.seed}'s {adapter} diff has no {names[t]} delta on touched layers {_layers_text(ls)}: "
+        f"its `conc_w_{t}` cells are NaN there (never 0) and R_w combined is {other[t]} alone"
+        for t, ls in (res.missing_writers or {}).items()
+        if ls
+    ]
 
 
 def write_v7(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], stab: SeedStability) -> list[Path]:
@@ -309,10 +337,13 @@ def write_v7(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], st
     seed_cols = stab.per_candidate
     summary = res.summary.join(seed_cols, on="subspace", how="left", maintain_order="left")
     summary_pct = res.summary_pct.join(seed_cols, on="subspace", how="left", maintain_order="left")
-    seeds_long = pl.concat([r.summary.with_columns(pl.lit(r.seed).cast(pl.Int64).alias("seed")) for r in results], how="diagonal_relaxed")
+    seeds_long = pl.concat(
+        [r.summary.with_columns(pl.lit(r.seed).cast(pl.Int64).alias("seed")) for r in results], how="diagonal_relaxed"
+    )
     # paths relative to the conclusion's own folder, so its links work where it lies
     artifacts = [f for f in (*V7_FILES, *EXTRA_FILES)] + [
-        f"../seed{r.seed}/{f}" for r in results for f in ("w.safetensors", "effect.csv", "effect.png")]
+        f"../seed{r.seed}/{f}" for r in results for f in ("w.safetensors", "effect.csv", "effect.png")
+    ]
     info = conclusion_info(cfg, probes, res, stab, artifacts, notes=diff_caveats(results, cfg.behavior))
     texts = {
         "v7_definitions.md": report.definitions_md(res.meta),
@@ -332,12 +363,17 @@ def write_v7(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], st
     # read first): a failure while writing leaves the previous run's files as they were.
     from ws.io import staged_files, write_text
 
-    title = (f"Where does the weight diff act? Seed {res.seed}'s scores (mean over LoRA-touched layers; "
-             f"1 = random subspace)" + (f"; whiskers: min–max over seeds {', '.join(map(str, stab.seeds))}"
-                                        if len(stab.seeds) > 1 else ""))
+    title = f"Where does the weight diff act? Seed {res.seed}'s scores (mean over LoRA-touched layers; 1 = random subspace)" + (
+        f"; whiskers: min–max over seeds {', '.join(map(str, stab.seeds))}" if len(stab.seeds) > 1 else ""
+    )
     with staged_files(d, last=tuple(texts)) as stage:
-        report.joint_scatter(summary, stage / "v7_joint_act_weight_scatter.png", stage / "v7_joint_act_weight_scatter.pdf",
-                        title=title, seeds=seeds_long)
+        report.joint_scatter(
+            summary,
+            stage / "v7_joint_act_weight_scatter.png",
+            stage / "v7_joint_act_weight_scatter.pdf",
+            title=title,
+            seeds=seeds_long,
+        )
         for name, df in tables.items():
             report.write_table(df, stage / name)
         for name, text in texts.items():

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import inspect
 from collections import OrderedDict
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -111,7 +112,7 @@ class Trace:
             self._handle.remove()
             self._handle = None
 
-    def __enter__(self) -> "Trace":
+    def __enter__(self) -> Trace:
         self.open()
         return self
 
@@ -152,7 +153,7 @@ class TraceDict(OrderedDict):
         for t in self.values():
             t.close()
 
-    def __enter__(self) -> "TraceDict":
+    def __enter__(self) -> TraceDict:
         try:
             for t in self.values():
                 t.open()

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import polars as pl
 import torch
@@ -38,7 +39,15 @@ from ws.completions import build_completions, check_completions, completions_pat
 from ws.config import ADAPTERS
 from ws.device import input_device
 from ws.diff import check_existing_diff, diff_path, save_diff, stale_reasons
-from ws.effect import adapter_effect, effect_per_prompt, heldout_prompts, plot_effect, specificity_ratio, spreads, summarize_effect
+from ws.effect import (
+    adapter_effect,
+    effect_per_prompt,
+    heldout_prompts,
+    plot_effect,
+    specificity_ratio,
+    spreads,
+    summarize_effect,
+)
 from ws.io import staged_files, write_table
 from ws.log import logger
 from ws.models import load_model, model_id, n_layers
@@ -107,8 +116,10 @@ def build_diff(spec: DiffSpec) -> Path:
     model, tok = load_model(spec.model_name, **_train_kwargs(spec.model_kwargs))
     timings["load"] = time.perf_counter() - t0
     layers = layer_range(n_layers(model), config.layer_frac)
-    logger.info(f"building the {spec.behavior}/{spec.adapter} diff for {spec.model_name} (seed {spec.seed}): "
-                f"{ADAPTER_KINDS[spec.adapter]}; on layers {layers[0]}–{layers[-1]}, {config.steps} steps")
+    logger.info(
+        f"building the {spec.behavior}/{spec.adapter} diff for {spec.model_name} (seed {spec.seed}): "
+        f"{ADAPTER_KINDS[spec.adapter]}; on layers {layers[0]}–{layers[-1]}, {config.steps} steps"
+    )
     table, rates = _completions(spec, model, tok, config, timings)
     deltas, losses, settings = _train_both(model, tok, table, config, spec.adapter, timings)
     w = weight_diff(deltas["pos"], deltas["neg"])
@@ -122,9 +133,11 @@ def build_diff(spec: DiffSpec) -> Path:
     meta = _diff_meta(spec, model, config, layers, eff, rates, adapters, losses, timings)
     meta["adapter_config"] = settings
     _write_diff_set(spec, w, meta, eff, per, adapters, losses)
-    logger.info(f"w -> {spec.path}; spread (α=+2 − α=−2): "
-                + ", ".join(f"{k} {v:+.2f}" for k, v in meta["effect_spread"].items())
-                + f"; specificity ratio {meta['specificity_ratio']:.2f}; total {timings['total']:.0f} s")
+    logger.info(
+        f"w -> {spec.path}; spread (α=+2 − α=−2): "
+        + ", ".join(f"{k} {v:+.2f}" for k, v in meta["effect_spread"].items())
+        + f"; specificity ratio {meta['specificity_ratio']:.2f}; total {timings['total']:.0f} s"
+    )
     return spec.path
 
 
@@ -132,15 +145,21 @@ def _completions(spec: DiffSpec, model: nn.Module, tok, config: TrainConfig, tim
     """The persona completions of the training topics, written to the data folder and checked."""
     train, _ = data.split_topics(0, behavior=spec.behavior)
     if config.n_train_per_kind is not None:
-        train = [t for k in data.get_behavior(spec.behavior).kinds for t in [x for x in train if x.kind == k][: config.n_train_per_kind]]
+        train = [
+            t
+            for k in data.get_behavior(spec.behavior).kinds
+            for t in [x for x in train if x.kind == k][: config.n_train_per_kind]
+        ]
     t0 = time.perf_counter()
     table = build_completions(model, tok, train, config, spec.behavior)
     timings["completions"] = time.perf_counter() - t0
     cpath = completions_path(spec.model_name, spec.behavior, spec.seed, spec.root)
     write_table(table, cpath, sig=None)
     rates = check_completions(table, behavior=spec.behavior)
-    logger.info(f"{table.height} completions in {timings['completions']:.0f} s -> {cpath}; contrast: "
-                + ", ".join(f"{k} {v:.0%}" for k, v in rates.items()))
+    logger.info(
+        f"{table.height} completions in {timings['completions']:.0f} s -> {cpath}; contrast: "
+        + ", ".join(f"{k} {v:.0%}" for k, v in rates.items())
+    )
     for r in table.filter(pl.col("kind") == data.get_behavior(spec.behavior).target).head(2).iter_rows(named=True):
         logger.info(f"  [{r['persona']}] {r['user']} -> {r['response'][:100]!r}")
     return table, rates
@@ -148,11 +167,12 @@ def _completions(spec: DiffSpec, model: nn.Module, tok, config: TrainConfig, tim
 
 def _persona_examples(table: pl.DataFrame, persona: str) -> list[tuple[str, str, bool]]:
     sub = table.filter(pl.col("persona") == persona)
-    return list(zip(sub["user"].to_list(), sub["response"].to_list(), sub["finished"].to_list()))
+    return list(zip(sub["user"].to_list(), sub["response"].to_list(), sub["finished"].to_list(), strict=True))
 
 
-def _train_both(model: nn.Module, tok, table: pl.DataFrame, config: TrainConfig, adapter: str,
-                timings: dict) -> tuple[dict, dict, dict]:
+def _train_both(
+    model: nn.Module, tok, table: pl.DataFrame, config: TrainConfig, adapter: str, timings: dict
+) -> tuple[dict, dict, dict]:
     """The persona deltas ``{persona: delta}``, their losses and the adapter's settings: one
     adapter per persona, or for ``bidir`` one LoRA whose ``+Δ`` is the positive persona's
     delta and ``−Δ`` the negative's."""
@@ -161,32 +181,47 @@ def _train_both(model: nn.Module, tok, table: pl.DataFrame, config: TrainConfig,
     deltas, losses = {}, {}
     for persona in ("pos", "neg"):
         t0 = time.perf_counter()
-        peft_model, losses[persona] = train_adapter(model, tok, _persona_examples(table, persona), config, adapter,
-                                                    desc=f"{adapter} {persona}")
+        peft_model, losses[persona] = train_adapter(
+            model, tok, _persona_examples(table, persona), config, adapter, desc=f"{adapter} {persona}"
+        )
         deltas[persona] = adapter_delta(peft_model, model, adapter)
         settings = adapter_settings(peft_model, adapter)
         del peft_model
         timings[f"train_{persona}"] = time.perf_counter() - t0
-        logger.info(f"{adapter} {persona}: loss {losses[persona][0]:.3f} -> {losses[persona][-1]:.3f} "
-                    f"in {timings[f'train_{persona}']:.0f} s")
+        logger.info(
+            f"{adapter} {persona}: loss {losses[persona][0]:.3f} -> {losses[persona][-1]:.3f} "
+            f"in {timings[f'train_{persona}']:.0f} s"
+        )
     return deltas, losses, settings
 
 
 def _train_bidir(model: nn.Module, tok, table: pl.DataFrame, config: TrainConfig, timings: dict) -> tuple[dict, dict, dict]:
     t0 = time.perf_counter()
-    peft_model, losses = train_bidir(model, tok, _persona_examples(table, "pos"), _persona_examples(table, "neg"),
-                                     config, desc="bidir ±")
+    peft_model, losses = train_bidir(
+        model, tok, _persona_examples(table, "pos"), _persona_examples(table, "neg"), config, desc="bidir ±"
+    )
     delta = lora_delta(peft_model)
     settings = adapter_settings(peft_model, "bidir")
     del peft_model
     timings["train_bidir"] = time.perf_counter() - t0
-    logger.info(f"bidir: loss + {losses['pos'][0]:.3f} -> {losses['pos'][-1]:.3f}, "
-                f"− {losses['neg'][0]:.3f} -> {losses['neg'][-1]:.3f} in {timings['train_bidir']:.0f} s")
+    logger.info(
+        f"bidir: loss + {losses['pos'][0]:.3f} -> {losses['pos'][-1]:.3f}, "
+        f"− {losses['neg'][0]:.3f} -> {losses['neg'][-1]:.3f} in {timings['train_bidir']:.0f} s"
+    )
     return {"pos": delta, "neg": {k: -v for k, v in delta.items()}}, losses, settings
 
 
-def _diff_meta(spec: DiffSpec, model: nn.Module, config: TrainConfig, layers: list[int], eff: pl.DataFrame,
-               rates: dict, adapters: pl.DataFrame, losses: dict, timings: dict) -> dict[str, Any]:
+def _diff_meta(
+    spec: DiffSpec,
+    model: nn.Module,
+    config: TrainConfig,
+    layers: list[int],
+    eff: pl.DataFrame,
+    rates: dict,
+    adapters: pl.DataFrame,
+    losses: dict,
+    timings: dict,
+) -> dict[str, Any]:
     """What the diff's file records about how it was made and what it does."""
     return dict(
         model=model_id(model),
@@ -210,8 +245,9 @@ def _diff_meta(spec: DiffSpec, model: nn.Module, config: TrainConfig, layers: li
     )
 
 
-def _write_diff_set(spec: DiffSpec, w: dict, meta: dict, eff: pl.DataFrame, per: pl.DataFrame,
-                    adapters: pl.DataFrame, losses: dict) -> None:
+def _write_diff_set(
+    spec: DiffSpec, w: dict, meta: dict, eff: pl.DataFrame, per: pl.DataFrame, adapters: pl.DataFrame, losses: dict
+) -> None:
     """The diff and its tables as one set: staged, then moved into place with w last, so a
     failure leaves no effect table without its diff (and an older set as it was)."""
     path = spec.path
@@ -220,10 +256,18 @@ def _write_diff_set(spec: DiffSpec, w: dict, meta: dict, eff: pl.DataFrame, per:
         write_table(eff, stage / "effect.csv", sig=None)
         write_table(per, stage / "effect_per_prompt.csv", sig=None)
         write_table(adapters, stage / "adapter_effect.csv", sig=None)
-        write_table(pl.DataFrame({"step": list(range(steps)), "loss_pos": losses["pos"], "loss_neg": losses["neg"]}),
-                    stage / "train_loss.csv", sig=None)
-        plot_effect(eff, stage / "effect.png", title=f"{spec.model_name} · {spec.behavior}/{spec.adapter} seed {spec.seed} "
-                                                     f"· specificity ratio {meta['specificity_ratio']:.2f}", behavior=spec.behavior)
+        write_table(
+            pl.DataFrame({"step": list(range(steps)), "loss_pos": losses["pos"], "loss_neg": losses["neg"]}),
+            stage / "train_loss.csv",
+            sig=None,
+        )
+        plot_effect(
+            eff,
+            stage / "effect.png",
+            title=f"{spec.model_name} · {spec.behavior}/{spec.adapter} seed {spec.seed} "
+            f"· specificity ratio {meta['specificity_ratio']:.2f}",
+            behavior=spec.behavior,
+        )
         save_diff(w, stage / path.name, meta)
 
 

@@ -20,9 +20,9 @@ not run (or ran on another diff), and costs seconds when the cache holds the cap
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import polars as pl
@@ -32,13 +32,23 @@ from ws import sweep, verdicts
 from ws.log import logger
 from ws.stats import CEILING_ACT, CEILING_W, RANKED_AXES, by_score, ranked
 
-__all__ = ["causal_candidates", "BlockLocal", "block_local", "causal", "V8Tables", "v8_tables", "sanity_lines",
-           "V8_FILES", "write_v8"]
+__all__ = [
+    "causal_candidates",
+    "BlockLocal",
+    "block_local",
+    "causal",
+    "V8Tables",
+    "v8_tables",
+    "sanity_lines",
+    "V8_FILES",
+    "write_v8",
+]
 
 
 # ----------------------------------------------------------------------------- candidates
-def causal_candidates(summary: pl.DataFrame, per_candidate: pl.DataFrame, n: int
-                      ) -> tuple[list[str], dict[str, tuple[int | None, float]]]:
+def causal_candidates(
+    summary: pl.DataFrame, per_candidate: pl.DataFrame, n: int
+) -> tuple[list[str], dict[str, tuple[int | None, float]]]:
     """``(names, ranking)``: the ``n`` write/mixed A-hypotheses with the highest seed-mean
     joint score (NaN last, ties by name), then the ceilings, then the self-test rows.
     ``ranking[name] = (causal_rank or None, seed_mean_joint_score)``."""
@@ -49,7 +59,7 @@ def causal_candidates(summary: pl.DataFrame, per_candidate: pl.DataFrame, n: int
     top = wm["subspace"].head(n).to_list()
     ceilings = [c for c in (CEILING_ACT, CEILING_W) if c in s["subspace"].to_list()]
     tests = s.filter(pl.col("kind") == "self-test")["subspace"].to_list()
-    val = dict(zip(s["subspace"].to_list(), s["seed_mean_joint_score"].to_list()))
+    val = dict(zip(s["subspace"].to_list(), s["seed_mean_joint_score"].to_list(), strict=True))
     f = lambda x: float("nan") if x is None else float(x)  # noqa: E731
     ranking = {nm: (i + 1 if i < len(top) else None, f(val.get(nm))) for i, nm in enumerate(top + ceilings + tests)}
     return top + ceilings + tests, ranking
@@ -80,8 +90,16 @@ def block_local(cfg, model, tok, probes: sweep.Probes, res: sweep.SeedResult, w:
     t0 = time.perf_counter()
     labs = block_labels(model, tok, probes.eval, w, cfg.batch_size, cache=cfg.cache)
     deltas = write_delta_by_layer(w, n_layers(model))
-    per, summ = blocklocal.score_block(res.bases, res.meta, labs["label_block"], deltas, sweep.clean_pcs(res.captures, cfg.k),
-                               res.layers_touched, n_boot=cfg.n_boot, seed=cfg.boot_seed)
+    per, summ = blocklocal.score_block(
+        res.bases,
+        res.meta,
+        labs["label_block"],
+        deltas,
+        sweep.clean_pcs(res.captures, cfg.k),
+        res.layers_touched,
+        n_boot=cfg.n_boot,
+        seed=cfg.boot_seed,
+    )
     scope = blocklocal.scope_table(labs["label"], labs["label_block"], res.bases[CEILING_W], cfg.k, res.layers_touched)
     diff = float((labs["label"].double() - res.captures.label_eval.double()).abs().max())
     return BlockLocal(labs["label"], labs["label_block"], per, summ, scope, diff, time.perf_counter() - t0)
@@ -96,8 +114,7 @@ def heldout_texts(tok) -> dict[str, list[str]]:
     return {s: [data.render_chat(tok, p) for p in ps] for s, ps in heldout_prompts(0).items()}
 
 
-def causal(cfg, model, tok, res: sweep.SeedResult, w: dict, names: Sequence[str], ranking: dict,
-           threads: int | None = 1):
+def causal(cfg, model, tok, res: sweep.SeedResult, w: dict, names: Sequence[str], ranking: dict, threads: int | None = 1):
     """The causal projection test of ``names`` on this seed's diff (:func:`ws.causal.run_causal`).
 
     ``threads`` (default 1): torch / BLAS threads for its passes. Measured on this suite's
@@ -107,9 +124,23 @@ def causal(cfg, model, tok, res: sweep.SeedResult, w: dict, names: Sequence[str]
     faster on idle cores)."""
     from ws.causal import run_causal
 
-    return run_causal(model, tok, w, res.bases, res.meta, names, res.layers_touched, heldout_texts(tok),
-                      ranking=ranking, n_null=cfg.n_causal_null, n_boot=cfg.n_boot, seed=cfg.basis_seed,
-                      boot_seed=cfg.boot_seed, batch_size=cfg.batch_size, threads=threads)
+    return run_causal(
+        model,
+        tok,
+        w,
+        res.bases,
+        res.meta,
+        names,
+        res.layers_touched,
+        heldout_texts(tok),
+        ranking=ranking,
+        n_null=cfg.n_causal_null,
+        n_boot=cfg.n_boot,
+        seed=cfg.basis_seed,
+        boot_seed=cfg.boot_seed,
+        batch_size=cfg.batch_size,
+        threads=threads,
+    )
 
 
 # ----------------------------------------------------------------------------- tables
@@ -129,9 +160,11 @@ _DUP = ("family", "axis_kind", "kind", "mean_rank", "seed_mean_joint_score")
 def v8_tables(res: sweep.SeedResult, stab: sweep.SeedStability, bl: BlockLocal, cr) -> V8Tables:
     """The v8 tables of the primary seed: v7's rows, v7's columns first, v8's after them."""
     per_layer = res.per_layer.join(bl.per_layer, on=["layer", "subspace"], how="left", maintain_order="left")
-    summary = (res.summary_pct.join(stab.per_candidate, on="subspace", how="left", maintain_order="left")
-               .join(bl.summary, on="subspace", how="left", maintain_order="left")
-               .join(cr.table.drop(list(_DUP)), on="subspace", how="left", maintain_order="left"))
+    summary = (
+        res.summary_pct.join(stab.per_candidate, on="subspace", how="left", maintain_order="left")
+        .join(bl.summary, on="subspace", how="left", maintain_order="left")
+        .join(cr.table.drop(list(_DUP)), on="subspace", how="left", maintain_order="left")
+    )
     return V8Tables(per_layer, summary, cr.table, cr.variants, bl.scope)
 
 
@@ -144,8 +177,14 @@ def causal_self_tests(cr, z_max: float = 4.0) -> list[tuple[str, bool, str]]:
     r = r.row(0, named=True)
     z = r["z_inside"]
     ok = bool(z is not None and np.isfinite(z) and abs(z) < z_max)
-    return [("random_orthonormal (causal)", ok, f"inside retention {100 * r['retention_inside']:.1f}% against its "
-             f"random null {100 * r['null_mean']:.1f}% ± {100 * r['null_sd']:.1f}%: z {z:.2f} (|z| must be < {z_max:g})")]
+    return [
+        (
+            "random_orthonormal (causal)",
+            ok,
+            f"inside retention {100 * r['retention_inside']:.1f}% against its "
+            f"random null {100 * r['null_mean']:.1f}% ± {100 * r['null_sd']:.1f}%: z {z:.2f} (|z| must be < {z_max:g})",
+        )
+    ]
 
 
 def block_checks(res: sweep.SeedResult, bl: BlockLocal) -> tuple[int, float, float]:
@@ -162,24 +201,45 @@ def sanity_lines(res: sweep.SeedResult, bl: BlockLocal, cr, k: int) -> list[tupl
     """``(ok, "SHOULD: … ELSE: …")`` lines of v8, with their measured values."""
     first, below, drift = block_checks(res, bl)
     scale = float(bl.label.abs().max()) or 1.0
-    lines = [(bl.label_max_abs_diff <= 1e-6 * scale, f"SHOULD: the cumulative label of the block capture equals v7's "
-              f"label (max |difference| {bl.label_max_abs_diff:.3g}; 0 when both ran with the same thread count). "
-              f"ELSE: the two captures do not see the same passes."),
-             (below == 0.0, f"SHOULD: the block-local label is exactly zero below block {first} (max {below:.3g}). "
-              f"ELSE: the diff reaches blocks it does not touch."),
-             (drift < 1e-4, f"SHOULD: the block-local labels add up to the cumulative one (largest gap {drift:.2e} of the "
-              f"label's scale). ELSE: a block's input is not the previous block's output.")]
+    lines = [
+        (
+            bl.label_max_abs_diff <= 1e-6 * scale,
+            f"SHOULD: the cumulative label of the block capture equals v7's "
+            f"label (max |difference| {bl.label_max_abs_diff:.3g}; 0 when both ran with the same thread count). "
+            f"ELSE: the two captures do not see the same passes.",
+        ),
+        (
+            below == 0.0,
+            f"SHOULD: the block-local label is exactly zero below block {first} (max {below:.3g}). "
+            f"ELSE: the diff reaches blocks it does not touch.",
+        ),
+        (
+            drift < 1e-4,
+            f"SHOULD: the block-local labels add up to the cumulative one (largest gap {drift:.2e} of the "
+            f"label's scale). ELSE: a block's input is not the previous block's output.",
+        ),
+    ]
     w = cr.writers_spread
-    lines.append((w[1] > 0 or w[2] < 0, f"SHOULD: the writers-only spread's CI excludes 0 (measured {w[0]:.3g} "
-                  f"[{w[1]:.3g}, {w[2]:.3g}] nats). ELSE: retention divides by noise; read it with care."))
+    lines.append(
+        (
+            w[1] > 0 or w[2] < 0,
+            f"SHOULD: the writers-only spread's CI excludes 0 (measured {w[0]:.3g} "
+            f"[{w[1]:.3g}, {w[2]:.3g}] nats). ELSE: retention divides by noise; read it with care.",
+        )
+    )
     t = cr.table
     dw = t.filter(pl.col("subspace") == CEILING_W)
     low = t.filter(pl.col("mean_rank") <= k)
     if dw.height and low.height:
         best = float(low["energy_frac_inside"].fill_nan(None).max())
         e = float(dw["energy_frac_inside"][0])
-        lines.append((e >= best - 1e-9, f"SHOULD: no tested row of rank ≤ {k} holds more of the writers' energy than "
-                      f"the dW oracle ({100 * e:.1f}%; best {100 * best:.1f}%). ELSE: the oracle is not the top SVD."))
+        lines.append(
+            (
+                e >= best - 1e-9,
+                f"SHOULD: no tested row of rank ≤ {k} holds more of the writers' energy than "
+                f"the dW oracle ({100 * e:.1f}%; best {100 * best:.1f}%). ELSE: the oracle is not the top SVD.",
+            )
+        )
     for name, ok, detail in causal_self_tests(cr):
         lines.append((ok, f"SHOULD: self-test {name} passes ({detail}). ELSE: the causal null is broken."))
     return lines
@@ -195,11 +255,13 @@ def _act_ceiling_fact(cr) -> str:
         return "the activation ceiling was not tested in this run"
     r = r.row(0, named=True)
     target = r["works_as_target"]
-    return (f"`{CEILING_ACT}` keeps {pct(r['retention_inside'])} inside ({pct(r['energy_frac_inside'])} of the writers' "
-            f"energy) and {pct(r['retention_normmatched'])} norm-matched (norm-matched random subspaces: 95th percentile "
-            f"{pct(r['null_normmatched_p95'])}): as an intervention target it "
-            f"{'works' if target else 'does not beat random subspaces'}, and by the rule it "
-            f"{'carries' if r['carries'] else 'does not carry'} what the adapter writes")
+    return (
+        f"`{CEILING_ACT}` keeps {pct(r['retention_inside'])} inside ({pct(r['energy_frac_inside'])} of the writers' "
+        f"energy) and {pct(r['retention_normmatched'])} norm-matched (norm-matched random subspaces: 95th percentile "
+        f"{pct(r['null_normmatched_p95'])}): as an intervention target it "
+        f"{'works' if target else 'does not beat random subspaces'}, and by the rule it "
+        f"{'carries' if r['carries'] else 'does not carry'} what the adapter writes"
+    )
 
 
 def plan_merge_changes(cfg, res: sweep.SeedResult, stab: sweep.SeedStability, bl: BlockLocal, cr) -> list[str]:
@@ -228,7 +290,8 @@ def plan_merge_changes(cfg, res: sweep.SeedResult, stab: sweep.SeedStability, bl
         "(`conc_act_block`, `z_act_block`, … in `v8_per_layer.csv` and `v8_summary.tsv`).",
         f"**New: the scope table** (`v8_scope.tsv`, `v8_block_local.png`): per layer the overlap of the dW oracle with "
         f"the cumulative and the block-local activation oracle; this run, medians over the touched layers: "
-        f"{med('overlap_dW_act'):.3g} and {med('overlap_dW_act_block'):.3g} (random: {cfg.k / res.captures.label_eval.shape[-1]:.3g}).",
+        f"{med('overlap_dW_act'):.3g} and {med('overlap_dW_act_block'):.3g} "
+        f"(random: {cfg.k / res.captures.label_eval.shape[-1]:.3g}).",
         "**Against upstream v8**: this suite's sources hold no description of upstream's v8; this v8 is the suite's "
         "next version after v7, built from the questions upstream's v9 and v10 asked, not a port of upstream v8.",
         "**Against upstream v9** (it scored a block-local label): here the block-local label sits beside the "
@@ -268,20 +331,26 @@ def _caveats(cfg, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability
     wo = cr.variants.filter((pl.col("variant") == "writers_only") & (pl.col("set") == "opinion_false"))
     sc = t["normmatch_scale_max"].fill_nan(None).drop_nulls()
     n_prof = t["null_profile"].n_unique()
-    out = [f"the causal test ran on seed {res.seed}'s diff only; the candidates were chosen by the joint score "
-           f"averaged over seeds {list(stab.seeds)}",
-           f"α = ±1 only (the trained regime); the mean Yes+No mass of writers-only on the target set there is "
-           f"{float(wo['mean_mass'][0]):.3g} (smallest {float(wo['min_mass'][0]):.3g})" if wo.height else "α = ±1 only",
-           f"{cr.n_null} random subspaces per rank profile ({n_prof} profile(s) in this run): the smallest possible "
-           f"p is 1/{cr.n_null + 1} = {1 / (cr.n_null + 1):.3g}, and the null's 95th percentile rests on "
-           f"{cr.n_null} draws",
-           "retention is a ratio of mean spreads; the writers-only spread is its denominator for every row",
-           "the block-local label is zero below the first touched block (no score there); blocks after the last touched "
-           "one respond to their changed input, so their block-local label is not zero",
-           "R = 1 and retention of a random subspace are the yardsticks; the verdict needs both halves of the rule"]
+    out = [
+        f"the causal test ran on seed {res.seed}'s diff only; the candidates were chosen by the joint score "
+        f"averaged over seeds {list(stab.seeds)}",
+        f"α = ±1 only (the trained regime); the mean Yes+No mass of writers-only on the target set there is "
+        f"{float(wo['mean_mass'][0]):.3g} (smallest {float(wo['min_mass'][0]):.3g})"
+        if wo.height
+        else "α = ±1 only",
+        f"{cr.n_null} random subspaces per rank profile ({n_prof} profile(s) in this run): the smallest possible "
+        f"p is 1/{cr.n_null + 1} = {1 / (cr.n_null + 1):.3g}, and the null's 95th percentile rests on "
+        f"{cr.n_null} draws",
+        "retention is a ratio of mean spreads; the writers-only spread is its denominator for every row",
+        "the block-local label is zero below the first touched block (no score there); blocks after the last touched "
+        "one respond to their changed input, so their block-local label is not zero",
+        "R = 1 and retention of a random subspace are the yardsticks; the verdict needs both halves of the rule",
+    ]
     if sc.len():
-        out.append(f"norm-matching rescales a layer's inside part by up to ×{float(sc.max()):.3g} (largest over the "
-                   f"tested rows): far outside the trained regime for subspaces that hold little of the writers' energy")
+        out.append(
+            f"norm-matching rescales a layer's inside part by up to ×{float(sc.max()):.3g} (largest over the "
+            f"tested rows): far outside the trained regime for subspaces that hold little of the writers' energy"
+        )
     if cfg.model in ("smollm2-135m", "SmolLM2-135M-Instruct", "smollm2"):
         out.append("the model weights are 4-bit quantised: weight-derived bases inherit quantisation noise")
     if cfg.smoke:
@@ -289,8 +358,9 @@ def _caveats(cfg, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability
     return out + sweep.diff_caveats(results, cfg.behavior)
 
 
-def conclusion_info(cfg, probes: sweep.Probes, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability,
-                    bl: BlockLocal, cr) -> dict:
+def conclusion_info(
+    cfg, probes: sweep.Probes, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability, bl: BlockLocal, cr
+) -> dict:
     """Facts of the run for :func:`ws.report_v8.conclusion_v8_md`."""
     from ws.causal import CONTROLS
 
@@ -298,25 +368,34 @@ def conclusion_info(cfg, probes: sweep.Probes, results: Sequence[sweep.SeedResul
     info7 = verdicts.conclusion_info(cfg, probes, res, stab, [])
     v7_ranking = ranked(res.summary)
     tests = [(t.name, t.passed, t.detail) for t in verdicts.self_tests(res)] + causal_self_tests(cr)
-    cost = [f"causal test: {sum(cr.timings.values()):.1f} s ("
-            + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in cr.timings.items())
-            + f"), {cr.n_rows} prompt rows through blocks {cr.first_block}–{len(bl.scope) - 1}",
-            f"block-local label and its scores: {bl.seconds:.1f} s"]
+    cost = [
+        f"causal test: {sum(cr.timings.values()):.1f} s ("
+        + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in cr.timings.items())
+        + f"), {cr.n_rows} prompt rows through blocks {cr.first_block}–{len(bl.scope) - 1}",
+        f"block-local label and its scores: {bl.seconds:.1f} s",
+    ]
     return {
         "title": f"v8 — which subspace carries the behaviour? {cfg.behavior}/{cfg.adapter} on `{cfg.model}`",
-        "seed": res.seed, "n_null": cr.n_null, "layers_touched": res.layers_touched,
+        "seed": res.seed,
+        "n_null": cr.n_null,
+        "layers_touched": res.layers_touched,
         "n_target": int(cr.variants.filter((pl.col("variant") == "writers_only") & (pl.col("set") == "opinion_false"))["n"][0]),
         "controls": [c for c in CONTROLS if c in set(cr.variants["set"].to_list())],
-        "writers_share": cr.writers_share, "writers_spread": cr.writers_spread, "full_spread": cr.full_spread,
+        "writers_share": cr.writers_share,
+        "writers_spread": cr.writers_spread,
+        "full_spread": cr.full_spread,
         "v7_leader": v7_ranking["subspace"][0] if v7_ranking.height else None,
         "v7_claims": [(c.claim, c.evidence, c.survives) for c in verdicts.claim_checks(res.summary_pct, res.per_layer, info7)],
-        "self_tests": tests, "caveats": _caveats(cfg, results, stab, cr), "cost": cost,
+        "self_tests": tests,
+        "caveats": _caveats(cfg, results, stab, cr),
+        "cost": cost,
         "artifacts": [*V8_FILES, "../v7/v7_conclusion.md", f"../seed{res.seed}/effect.csv"],
     }
 
 
-def write_v8(cfg, probes: sweep.Probes, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability,
-             bl: BlockLocal, cr) -> list[Path]:
+def write_v8(
+    cfg, probes: sweep.Probes, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability, bl: BlockLocal, cr
+) -> list[Path]:
     """Write the v8 file set into ``cfg.v8_dir`` as one set (staged, then moved into place,
     the markdown last); a failure leaves the previous run's files as they were."""
     from ws import report, report_v8
@@ -329,15 +408,30 @@ def write_v8(cfg, probes: sweep.Probes, results: Sequence[sweep.SeedResult], sta
         "v8_plan_merge.md": report.plan_merge_md(plan_merge_changes(cfg, res, stab, bl, cr), title="v8: what changed"),
         "v8_conclusion.md": report_v8.conclusion_v8_md(tabs.summary, tabs.causal, tabs.variants, tabs.scope, info),
     }
-    tables = {"v8_per_layer.csv": tabs.per_layer, "v8_summary.tsv": tabs.summary, "v8_causal.tsv": tabs.causal,
-              "v8_causal_variants.tsv": tabs.variants, "v8_scope.tsv": tabs.scope}
+    tables = {
+        "v8_per_layer.csv": tabs.per_layer,
+        "v8_summary.tsv": tabs.summary,
+        "v8_causal.tsv": tabs.causal,
+        "v8_causal_variants.tsv": tabs.variants,
+        "v8_scope.tsv": tabs.scope,
+    }
     d = cfg.v8_dir
     with staged_files(d, last=tuple(texts)) as stage:
-        report_v8.causal_figure(tabs.causal, tabs.variants, stage / "v8_causal_retention.png", stage / "v8_causal_retention.pdf",
-                         title=f"Does the subspace carry the behaviour? Seed {res.seed}'s diff, held-out false-claim "
-                               f"opinions, α = ±1 (retention of the writers-only effect)")
-        report_v8.block_figure(tabs.summary, tabs.scope, stage / "v8_block_local.png", stage / "v8_block_local.pdf",
-                        title=f"Block-local vs cumulative activation label (seed {res.seed}; means over touched layers)")
+        report_v8.causal_figure(
+            tabs.causal,
+            tabs.variants,
+            stage / "v8_causal_retention.png",
+            stage / "v8_causal_retention.pdf",
+            title=f"Does the subspace carry the behaviour? Seed {res.seed}'s diff, held-out false-claim "
+            f"opinions, α = ±1 (retention of the writers-only effect)",
+        )
+        report_v8.block_figure(
+            tabs.summary,
+            tabs.scope,
+            stage / "v8_block_local.png",
+            stage / "v8_block_local.pdf",
+            title=f"Block-local vs cumulative activation label (seed {res.seed}; means over touched layers)",
+        )
         for name, df in tables.items():
             report.write_table(df, stage / name)
         for name, text in texts.items():

@@ -17,8 +17,9 @@ Every rule reads the run's own tables; nothing here writes a file.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -239,8 +240,13 @@ def low_rank_label(per_layer: pl.DataFrame | None, info: ConclusionInfo) -> tupl
     default 3); None otherwise."""
     if per_layer is None or "pr_act" not in per_layer.columns:
         return None
-    pr = (touched_rows(per_layer, info).group_by("layer").agg(pl.col("pr_act").cast(pl.Float64).first())["pr_act"]
-          .fill_nan(None).drop_nulls())
+    pr = (
+        touched_rows(per_layer, info)
+        .group_by("layer")
+        .agg(pl.col("pr_act").cast(pl.Float64).first())["pr_act"]
+        .fill_nan(None)
+        .drop_nulls()
+    )
     if pr.len() == 0:
         return None
     med = float(pr.median())
@@ -265,14 +271,18 @@ def self_tests(res: SeedResult, z_max: float = 4.0, planted_min_pct: float = 80.
         zw = np.abs(r["z_w_combined"].to_numpy())
         worst = float(np.nanmax(np.concatenate([za, zw])))
         ok = bool(np.all(np.nan_to_num(za, nan=np.inf) < z_max) and np.all(np.nan_to_num(zw, nan=np.inf) < z_max))
-        out.append(SelfTest("random_orthonormal", ok, f"largest |z| over {r.height} touched layers (act and weight) = "
-                                                      f"{worst:.2f} (must be < {z_max:g})"))
+        out.append(
+            SelfTest(
+                "random_orthonormal",
+                ok,
+                f"largest |z| over {r.height} touched layers (act and weight) = {worst:.2f} (must be < {z_max:g})",
+            )
+        )
     p = res.summary_pct.filter(pl.col("subspace") == "planted_label_half")
     if p.height:
         pct = float(p["pct_act_ceiling"][0])
         ok = bool(np.isfinite(pct) and pct >= planted_min_pct)
-        out.append(SelfTest("planted_label_half", ok, f"{pct:.1f}% of the activation ceiling (must be ≥ "
-                                                      f"{planted_min_pct:g}%)"))
+        out.append(SelfTest("planted_label_half", ok, f"{pct:.1f}% of the activation ceiling (must be ≥ {planted_min_pct:g}%)"))
     return out
 
 
@@ -283,8 +293,10 @@ def rank_collapses(meta: pl.DataFrame) -> list[str]:
         return out
     for r in meta.iter_rows(named=True):
         if r["rank_min"] is not None and r["expected_rank"] is not None and r["rank_min"] < r["expected_rank"]:
-            out.append(f"`{r['subspace']}` has true rank {r['rank_min']}–{r['rank_max']} (expected {r['expected_rank']})"
-                       + (f": {r['note']}" if r.get("note") else ""))
+            out.append(
+                f"`{r['subspace']}` has true rank {r['rank_min']}–{r['rank_max']} (expected {r['expected_rank']})"
+                + (f": {r['note']}" if r.get("note") else "")
+            )
     return out
 
 
@@ -299,23 +311,42 @@ def sanity_lines(res: SeedResult, stab: SeedStability | None = None) -> list[tup
         return float(r[col][0]) if r.height and r[col][0] is not None else float("nan")
 
     c_act = val(CEILING_ACT, "pct_act_ceiling")
-    lines.append((abs(c_act - 100) < 1e-6,
-                  f"SHOULD: {CEILING_ACT} = 100% of itself (measured {c_act:.1f}%). ELSE: the pct table is mis-normalised."))
+    lines.append(
+        (
+            abs(c_act - 100) < 1e-6,
+            f"SHOULD: {CEILING_ACT} = 100% of itself (measured {c_act:.1f}%). ELSE: the pct table is mis-normalised.",
+        )
+    )
     c_w = val(CEILING_W, "pct_w_oracle_combined")
-    lines.append((abs(c_w - 100) < 1e-6,
-                  f"SHOULD: {CEILING_W} = 100% of its weight oracle (measured {c_w:.1f}%). ELSE: the weight oracle is wrong."))
+    lines.append(
+        (
+            abs(c_w - 100) < 1e-6,
+            f"SHOULD: {CEILING_W} = 100% of its weight oracle (measured {c_w:.1f}%). ELSE: the weight oracle is wrong.",
+        )
+    )
     cw = val(CEILING_W, "mean_conc_w_combined")
     best_w = float(np.nanmax(s.filter(pl.col("kind") == "A-hypothesis")["mean_conc_w_combined"].to_numpy()))
-    lines.append((cw >= best_w - 1e-9,
-                  f"SHOULD: no A-hypothesis beats the dW ceiling on weight energy (ceiling R_w {cw:.2f}, best A-side {best_w:.2f}). "
-                  f"ELSE: the ceiling is not the top-k SVD of the delta."))
+    lines.append(
+        (
+            cw >= best_w - 1e-9,
+            f"SHOULD: no A-hypothesis beats the dW ceiling on weight energy (ceiling R_w {cw:.2f}, best A-side {best_w:.2f}). "
+            f"ELSE: the ceiling is not the top-k SVD of the delta.",
+        )
+    )
     for t in self_tests(res):
         lines.append((t.passed, f"SHOULD: self-test {t.name} passes ({t.detail}). ELSE: the scores or the null are broken."))
     n_lab = res.captures.label_eval.shape[1]
-    lines.append((n_lab >= 8, f"SHOULD: at least 8 EVAL probes build the label (measured {n_lab}). ELSE: CIs are wide; raise WS_N_EVAL."))
+    lines.append(
+        (n_lab >= 8, f"SHOULD: at least 8 EVAL probes build the label (measured {n_lab}). ELSE: CIs are wide; raise WS_N_EVAL.")
+    )
     if stab is not None and len(stab.seeds) > 1:
-        lines.append((stab.stable, f"SHOULD: the winner `{stab.winner}` wins in every seed (measured {stab.winner_wins}/{len(stab.seeds)}; "
-                                   f"mean Kendall τ {stab.mean_tau:.2f}). ELSE: the headline depends on the LoRA seed."))
+        lines.append(
+            (
+                stab.stable,
+                f"SHOULD: the winner `{stab.winner}` wins in every seed (measured {stab.winner_wins}/{len(stab.seeds)}; "
+                f"mean Kendall τ {stab.mean_tau:.2f}). ELSE: the headline depends on the LoRA seed.",
+            )
+        )
     return lines
 
 
@@ -397,16 +428,19 @@ def diff_reading(behavior: str, ratio: float | None, target: float = SPECIFICITY
     return f"a direction that moves the control sets about as much as the target set; not specific to {behavior} here: {r}"
 
 
-def conclusion_info(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: SeedStability,
-                    artifacts: Sequence[str], notes: Sequence[str] = ()) -> ConclusionInfo:
+def conclusion_info(
+    cfg: SweepConfig, probes: Probes, res: SeedResult, stab: SeedStability, artifacts: Sequence[str], notes: Sequence[str] = ()
+) -> ConclusionInfo:
     """The facts of a sweep the conclusion is written from: the first seed's tables ``res``,
     every seed's agreement ``stab``; ``notes`` are appended to the caveats."""
     dm = res.diff_meta or {}
     pre = []
     sp = dm.get("effect_spread") or {}
     if sp:
-        pre.append("diff effect on held-out prompts (logratio at α=+2 minus α=−2): "
-                   + ", ".join(f"{k} {float(v):+.2f} nats" for k, v in sp.items()))
+        pre.append(
+            "diff effect on held-out prompts (logratio at α=+2 minus α=−2): "
+            + ", ".join(f"{k} {float(v):+.2f} nats" for k, v in sp.items())
+        )
     if cfg.smoke:
         pre.append("SMOKE MODE: a tiny random model and a few training steps; no number here means anything")
     reading = diff_reading(cfg.behavior, dm.get("specificity_ratio"))
@@ -423,8 +457,7 @@ def conclusion_info(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: See
         diff_specificity_ratio=dm.get("specificity_ratio"),
         self_tests=self_tests(res),
         artifacts=list(artifacts),
-        bootstrap_ci=res.summary.select([c for c in res.summary.columns
-                                         if c == "subspace" or c.endswith(("_ci_lo", "_ci_hi"))]),
+        bootstrap_ci=res.summary.select([c for c in res.summary.columns if c == "subspace" or c.endswith(("_ci_lo", "_ci_hi"))]),
         n_boot=cfg.n_boot,
         ci_level=CI_LEVEL,
         seed=res.seed,
@@ -469,36 +502,51 @@ def claim_checks(summary_pct: pl.DataFrame, per_layer: pl.DataFrame | None, info
             ev = [f"joint {_num(b['joint_score'])} vs {_num(r['joint_score'])}"]
             ok = None
             if c is not None and cr is not None:
-                ev.append(f"CIs [{_num(c['joint_score_ci_lo'])}, {_num(c['joint_score_ci_hi'])}] and "
-                          f"[{_num(cr['joint_score_ci_lo'])}, {_num(cr['joint_score_ci_hi'])}]")
+                ev.append(
+                    f"CIs [{_num(c['joint_score_ci_lo'])}, {_num(c['joint_score_ci_hi'])}] and "
+                    f"[{_num(cr['joint_score_ci_lo'])}, {_num(cr['joint_score_ci_hi'])}]"
+                )
                 ok = bool(c["joint_score_ci_lo"] > cr["joint_score_ci_hi"])
             if several:
                 ev.append(f"wins in {st.winner_wins} of {st.n_seeds} seeds")
                 ok = (ok is not False) and st.winner_wins == st.n_seeds
             out.append(Claim(f"`{name}` beats the runner-up `{r['subspace']}`", "; ".join(ev), ok))
         if several:
-            out.append(Claim(f"`{name}` is the winner whatever the LoRA seed",
-                             f"wins in {st.winner_wins} of {st.n_seeds} seeds; mean Kendall τ {_num(st.mean_tau)}",
-                             st.winner_wins == st.n_seeds))
+            out.append(
+                Claim(
+                    f"`{name}` is the winner whatever the LoRA seed",
+                    f"wins in {st.winner_wins} of {st.n_seeds} seeds; mean Kendall τ {_num(st.mean_tau)}",
+                    st.winner_wins == st.n_seeds,
+                )
+            )
         else:
             out.append(Claim(f"`{name}` is the winner whatever the LoRA seed", "one seed only", None))
     ratio = info.diff_specificity_ratio
     if ratio is not None:
         target = float(info.diff_specificity_target)
-        out.append(Claim("the diff is specific to the behaviour (not a general yes-bias), so its subspace is the behaviour's",
-                         f"specificity ratio {_num(ratio)} (needs ≥ {_num(target)})",
-                         bool(_finite(ratio) and float(ratio) >= target)))
+        out.append(
+            Claim(
+                "the diff is specific to the behaviour (not a general yes-bias), so its subspace is the behaviour's",
+                f"specificity ratio {_num(ratio)} (needs ≥ {_num(target)})",
+                bool(_finite(ratio) and float(ratio) >= target),
+            )
+        )
     tests = list(info.self_tests)
     if tests:
         bad = [t.name for t in tests if not t.passed]
-        out.append(Claim("the null and the oracle behave as they must (self-tests)",
-                         f"{len(tests) - len(bad)} of {len(tests)} pass" + (f"; failed: {', '.join(bad)}" if bad else ""),
-                         not bad))
+        out.append(
+            Claim(
+                "the null and the oracle behave as they must (self-tests)",
+                f"{len(tests) - len(bad)} of {len(tests)} pass" + (f"; failed: {', '.join(bad)}" if bad else ""),
+                not bad,
+            )
+        )
     return out
 
 
-def _activation_claim(b: Mapping[str, Any], c: Mapping[str, Any] | None, per_layer: pl.DataFrame | None,
-                      info: ConclusionInfo) -> Claim:
+def _activation_claim(
+    b: Mapping[str, Any], c: Mapping[str, Any] | None, per_layer: pl.DataFrame | None, info: ConclusionInfo
+) -> Claim:
     name = b["subspace"]
     ev, ok = [f"R_act {_num(b['mean_conc_act'])}"], None
     if c is not None:
@@ -519,4 +567,3 @@ def _weight_claim(b: Mapping[str, Any], per_layer: pl.DataFrame | None, info: Co
         ev.append(f"q ≤ {_num(info.fdr_alpha)} on {qc[0]} of {qc[1]} layers")
         ok = qc[0] * 2 > qc[1]
     return Claim(f"`{name}` holds more of the diff's weight energy than a random subspace", "; ".join(ev), ok)
-

@@ -9,6 +9,7 @@ Modules, in table order: :mod:`~ws.bases.weights` (1–22), :mod:`~ws.bases.acti
 :mod:`~ws.bases.adapter` (``adapter-family``), :mod:`~ws.bases.selftest`.
 """
 
+from ws.bases import activations, adapter, ceilings, compound, selftest, weights  # noqa: E402,F401  (register)
 from ws.bases.registry import (  # noqa: F401
     META_COLUMNS,
     REGISTRY,
@@ -19,7 +20,6 @@ from ws.bases.registry import (  # noqa: F401
     candidate,
     meta_frame,
 )
-from ws.bases import weights, activations, compound, ceilings, adapter, selftest  # noqa: E402,F401  (register)
 
 #: the 42 A-side hypotheses of the spec, in order
 SPEC_CANDIDATES: list[str] = [n for n, c in REGISTRY.items() if c.kind == "A-hypothesis" and c.source != "adapter-family"]
@@ -29,5 +29,17 @@ CEILINGS: list[str] = [n for n, c in REGISTRY.items() if c.kind == "ceiling"]
 ADAPTER_FAMILY: list[str] = [n for n, c in REGISTRY.items() if c.source == "adapter-family"]
 SELF_TESTS: list[str] = [n for n, c in REGISTRY.items() if c.kind == "self-test"]
 
-__all__ = ["META_COLUMNS", "REGISTRY", "BuildContext", "Candidate", "axis_kind_for", "build_all", "candidate",
-           "meta_frame", "SPEC_CANDIDATES", "CEILINGS", "ADAPTER_FAMILY", "SELF_TESTS"]
+__all__ = [
+    "META_COLUMNS",
+    "REGISTRY",
+    "BuildContext",
+    "Candidate",
+    "axis_kind_for",
+    "build_all",
+    "candidate",
+    "meta_frame",
+    "SPEC_CANDIDATES",
+    "CEILINGS",
+    "ADAPTER_FAMILY",
+    "SELF_TESTS",
+]

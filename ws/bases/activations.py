@@ -55,11 +55,18 @@ def _mlp_act(ctx: BuildContext, layer: int, h: torch.Tensor) -> tuple[torch.Tens
 
 # ----------------------------------------------------------------------------- weight × clean
 # 23
-@candidate("gate_kernel", "W:MLP", "weights+clean",
-           "left SVD of W_down·diag(mean silu(W_gate·h))·W_up, h = clean FIT up_proj inputs",
-           needs=("clean_up_in",), note="the model's own MLP activation in place of silu when it differs",
-           construction=("h = the inputs of mlp.up_proj (after the layer's RMSNorm) of the clean FIT probes at the "
-                         "last token; silu is the model's own MLP activation; the mean is over the probes"))
+@candidate(
+    "gate_kernel",
+    "W:MLP",
+    "weights+clean",
+    "left SVD of W_down·diag(mean silu(W_gate·h))·W_up, h = clean FIT up_proj inputs",
+    needs=("clean_up_in",),
+    note="the model's own MLP activation in place of silu when it differs",
+    construction=(
+        "h = the inputs of mlp.up_proj (after the layer's RMSNorm) of the clean FIT probes at the "
+        "last token; silu is the model's own MLP activation; the mean is over the probes"
+    ),
+)
 def gate_kernel(ctx: BuildContext, layer: int) -> torch.Tensor:
     h = ctx.cap("clean_up_in")[layer]
     g, _ = _mlp_act(ctx, layer, h)
@@ -68,10 +75,17 @@ def gate_kernel(ctx: BuildContext, layer: int) -> torch.Tensor:
 
 
 # 24
-@candidate("gate_active_written", "act:MLP", "weights+clean",
-           "PCA of (silu(W_gate·h) ⊙ W_up·h)·W_downᵀ on clean FIT", needs=("clean_up_in",),
-           construction=("h = the inputs of mlp.up_proj (after the layer's RMSNorm) of the clean FIT probes at the "
-                         "last token; silu is the model's own MLP activation"))
+@candidate(
+    "gate_active_written",
+    "act:MLP",
+    "weights+clean",
+    "PCA of (silu(W_gate·h) ⊙ W_up·h)·W_downᵀ on clean FIT",
+    needs=("clean_up_in",),
+    construction=(
+        "h = the inputs of mlp.up_proj (after the layer's RMSNorm) of the clean FIT probes at the "
+        "last token; silu is the model's own MLP activation"
+    ),
+)
 def gate_active_written(ctx: BuildContext, layer: int) -> torch.Tensor:
     h = ctx.cap("clean_up_in")[layer]
     g, u = _mlp_act(ctx, layer, h)
@@ -85,11 +99,18 @@ def _abs_steps(ctx: BuildContext) -> torch.Tensor:
 
 
 # 25
-@candidate("suppressed", "act:clean", "activations",
-           "PCA over samples of min(Σ_l relu(Δ|h|), Σ_l relu(−Δ|h|)), Δ across consecutive layers (one basis for all layers)",
-           per_layer=False, needs=("clean",),
-           construction=("|h| is the elementwise absolute value of the block outputs (clean FIT, last token); Δ is "
-                         "between the outputs of blocks l and l+1"))
+@candidate(
+    "suppressed",
+    "act:clean",
+    "activations",
+    "PCA over samples of min(Σ_l relu(Δ|h|), Σ_l relu(−Δ|h|)), Δ across consecutive layers (one basis for all layers)",
+    per_layer=False,
+    needs=("clean",),
+    construction=(
+        "|h| is the elementwise absolute value of the block outputs (clean FIT, last token); Δ is "
+        "between the outputs of blocks l and l+1"
+    ),
+)
 def suppressed(ctx: BuildContext) -> torch.Tensor:
     dA = _abs_steps(ctx)
     X = torch.minimum(dA.clamp(min=0).sum(dim=0), (-dA).clamp(min=0).sum(dim=0))
@@ -97,37 +118,61 @@ def suppressed(ctx: BuildContext) -> torch.Tensor:
 
 
 # 26
-@candidate("amplified", "act:clean", "activations", "PCA of relu(|h_last layer| − |h_first layer|)",
-           per_layer=False, needs=("clean",),
-           construction=("first and last layer = the outputs of blocks 0 and L − 1 (clean FIT, last token); |h| "
-                         "elementwise"))
+@candidate(
+    "amplified",
+    "act:clean",
+    "activations",
+    "PCA of relu(|h_last layer| − |h_first layer|)",
+    per_layer=False,
+    needs=("clean",),
+    construction=("first and last layer = the outputs of blocks 0 and L − 1 (clean FIT, last token); |h| elementwise"),
+)
 def amplified(ctx: BuildContext) -> torch.Tensor:
     A = ctx.cap("clean").abs()
     return linalg.pca((A[-1] - A[0]).clamp(min=0), ctx.k)
 
 
 # 27
-@candidate("added_features", "act:clean", "activations", "PCA of Σ_l relu(Δ|h|)", per_layer=False, needs=("clean",),
-           construction="|h| and Δ as in suppressed (clean FIT, last token)")
+@candidate(
+    "added_features",
+    "act:clean",
+    "activations",
+    "PCA of Σ_l relu(Δ|h|)",
+    per_layer=False,
+    needs=("clean",),
+    construction="|h| and Δ as in suppressed (clean FIT, last token)",
+)
 def added_features(ctx: BuildContext) -> torch.Tensor:
     return linalg.pca(_abs_steps(ctx).clamp(min=0).sum(dim=0), ctx.k)
 
 
 # 28
-@candidate("global_clean_resid_pca", "act:baseline", "activations",
-           "PCA of all clean residuals pooled over layers", per_layer=False, needs=("clean",),
-           construction=("the block outputs of every layer (clean FIT, last token) pooled as samples; one "
-                         "mean-centred PCA"))
+@candidate(
+    "global_clean_resid_pca",
+    "act:baseline",
+    "activations",
+    "PCA of all clean residuals pooled over layers",
+    per_layer=False,
+    needs=("clean",),
+    construction=("the block outputs of every layer (clean FIT, last token) pooled as samples; one mean-centred PCA"),
+)
 def global_clean_resid_pca(ctx: BuildContext) -> torch.Tensor:
     R = ctx.cap("clean")
     return linalg.pca(R.reshape(-1, R.shape[-1]), ctx.k)
 
 
 # 29
-@candidate("global_persona_resid_pca", "act:baseline", "activations",
-           "PCA of persona± residuals pooled over layers", per_layer=False, needs=_PERSONA,
-           construction=("the persona+ and persona− block outputs of every layer (FIT, last token) pooled as "
-                         "samples; one mean-centred PCA"))
+@candidate(
+    "global_persona_resid_pca",
+    "act:baseline",
+    "activations",
+    "PCA of persona± residuals pooled over layers",
+    per_layer=False,
+    needs=_PERSONA,
+    construction=(
+        "the persona+ and persona− block outputs of every layer (FIT, last token) pooled as samples; one mean-centred PCA"
+    ),
+)
 def global_persona_resid_pca(ctx: BuildContext) -> torch.Tensor:
     R = torch.cat([ctx.cap("pos"), ctx.cap("neg")], dim=1)
     return linalg.pca(R.reshape(-1, R.shape[-1]), ctx.k)
@@ -140,17 +185,26 @@ def layer_clean_resid_pca(ctx: BuildContext, layer: int) -> torch.Tensor:
 
 
 # 31
-@candidate("TaskDiff_contrast", "act:persona", "activations",
-           "per-layer PCA of (persona+ − persona−) residuals", needs=_PERSONA,
-           construction=("rows: per FIT probe, the persona+ minus the persona− block output at the last token; the "
-                         "PCA is mean-centred, so the shift all probes share (diff_in_means) is not in it"))
+@candidate(
+    "TaskDiff_contrast",
+    "act:persona",
+    "activations",
+    "per-layer PCA of (persona+ − persona−) residuals",
+    needs=_PERSONA,
+    construction=(
+        "rows: per FIT probe, the persona+ minus the persona− block output at the last token; the "
+        "PCA is mean-centred, so the shift all probes share (diff_in_means) is not in it"
+    ),
+)
 def TaskDiff_contrast(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.pca(ctx.cap("pos")[layer] - ctx.cap("neg")[layer], ctx.k)
 
 
 # ----------------------------------------------------------------------------- attention-selected
-_ATTN_DEF = ("per-layer PCA of token-level persona differences, each row scaled by √weight, "
-             "weight = {} of the two final-token attention rows")
+_ATTN_DEF = (
+    "per-layer PCA of token-level persona differences, each row scaled by √weight, "
+    "weight = {} of the two final-token attention rows"
+)
 
 
 def _attn_weighted(ctx: BuildContext, layer: int, mode: str) -> torch.Tensor:
@@ -174,72 +228,116 @@ def _attn_weighted(ctx: BuildContext, layer: int, mode: str) -> torch.Tensor:
 
 
 # 32
-@candidate("attn_min_taskdiff", "act:attn-selected", "activations", _ATTN_DEF.format("min"), needs=_TOKENS,
-           construction=("rows: the tokens of the suffix the persona+ and persona− renderings share (same token ids: "
-                         "the user turn and the generation prompt), aligned on the final token; each attention row "
-                         "is the final token's head-averaged softmax restricted to that suffix, not renormalised"))
+@candidate(
+    "attn_min_taskdiff",
+    "act:attn-selected",
+    "activations",
+    _ATTN_DEF.format("min"),
+    needs=_TOKENS,
+    construction=(
+        "rows: the tokens of the suffix the persona+ and persona− renderings share (same token ids: "
+        "the user turn and the generation prompt), aligned on the final token; each attention row "
+        "is the final token's head-averaged softmax restricted to that suffix, not renormalised"
+    ),
+)
 def attn_min_taskdiff(ctx: BuildContext, layer: int) -> torch.Tensor:
     return _attn_weighted(ctx, layer, "min")
 
 
 # 33
-@candidate("attn_max_taskdiff", "act:attn-selected", "activations", _ATTN_DEF.format("max"), needs=_TOKENS,
-           construction=("rows and attention as in attn_min_taskdiff (the shared token suffix, aligned on the final "
-                         "token)"))
+@candidate(
+    "attn_max_taskdiff",
+    "act:attn-selected",
+    "activations",
+    _ATTN_DEF.format("max"),
+    needs=_TOKENS,
+    construction=("rows and attention as in attn_min_taskdiff (the shared token suffix, aligned on the final token)"),
+)
 def attn_max_taskdiff(ctx: BuildContext, layer: int) -> torch.Tensor:
     return _attn_weighted(ctx, layer, "max")
 
 
 # 34
-@candidate("attn_diff_taskdiff", "act:attn-selected", "activations", _ATTN_DEF.format("|difference|"), needs=_TOKENS,
-           construction=("rows and attention as in attn_min_taskdiff (the shared token suffix, aligned on the final "
-                         "token)"))
+@candidate(
+    "attn_diff_taskdiff",
+    "act:attn-selected",
+    "activations",
+    _ATTN_DEF.format("|difference|"),
+    needs=_TOKENS,
+    construction=("rows and attention as in attn_min_taskdiff (the shared token suffix, aligned on the final token)"),
+)
 def attn_diff_taskdiff(ctx: BuildContext, layer: int) -> torch.Tensor:
     return _attn_weighted(ctx, layer, "diff")
 
 
 # 35
-@candidate("attn_min_x_diffnorm_taskdiff", "act:attn-selected", "activations",
-           "per-layer PCA of token-level persona differences, each row scaled by √weight, "
-           "weight = min of the two final-token attention rows × (token diff norm / its mean)", needs=_TOKENS,
-           construction=("rows and attention as in attn_min_taskdiff; the mean of the token diff norms is over the "
-                         "layer's real suffix tokens"))
+@candidate(
+    "attn_min_x_diffnorm_taskdiff",
+    "act:attn-selected",
+    "activations",
+    "per-layer PCA of token-level persona differences, each row scaled by √weight, "
+    "weight = min of the two final-token attention rows × (token diff norm / its mean)",
+    needs=_TOKENS,
+    construction=(
+        "rows and attention as in attn_min_taskdiff; the mean of the token diff norms is over the layer's real suffix tokens"
+    ),
+)
 def attn_min_x_diffnorm_taskdiff(ctx: BuildContext, layer: int) -> torch.Tensor:
     return _attn_weighted(ctx, layer, "min_x_diffnorm")
 
 
 # ----------------------------------------------------------------------------- up_proj
 # 36
-@candidate("up_proj_input_contrast", "act:up_proj", "activations",
-           "PCA of the persona contrast in up_proj inputs", needs=("pos_up_in", "neg_up_in"),
-           construction=("per FIT probe, the persona+ minus the persona− input of mlp.up_proj (after the layer's "
-                         "RMSNorm) at the last token; mean-centred PCA"))
+@candidate(
+    "up_proj_input_contrast",
+    "act:up_proj",
+    "activations",
+    "PCA of the persona contrast in up_proj inputs",
+    needs=("pos_up_in", "neg_up_in"),
+    construction=(
+        "per FIT probe, the persona+ minus the persona− input of mlp.up_proj (after the layer's "
+        "RMSNorm) at the last token; mean-centred PCA"
+    ),
+)
 def up_proj_input_contrast(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.pca(ctx.cap("pos_up_in")[layer] - ctx.cap("neg_up_in")[layer], ctx.k)
 
 
 # 37
-@candidate("up_proj_output_written_contrast", "act:up_proj", "activations",
-           "PCA of the persona contrast of up_proj outputs mapped through W_down",
-           needs=("pos_up_written", "neg_up_written"),
-           construction=("the mlp.up_proj outputs (before the gate product) at the last token times W_downᵀ, "
-                         "persona+ minus persona− per FIT probe; mean-centred PCA"))
+@candidate(
+    "up_proj_output_written_contrast",
+    "act:up_proj",
+    "activations",
+    "PCA of the persona contrast of up_proj outputs mapped through W_down",
+    needs=("pos_up_written", "neg_up_written"),
+    construction=(
+        "the mlp.up_proj outputs (before the gate product) at the last token times W_downᵀ, "
+        "persona+ minus persona− per FIT probe; mean-centred PCA"
+    ),
+)
 def up_proj_output_written_contrast(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.pca(ctx.cap("pos_up_written")[layer] - ctx.cap("neg_up_written")[layer], ctx.k)
 
 
 # ----------------------------------------------------------------------------- clusters, churn, rotation
 # 38
-@candidate("chars_clusters", "act:cluster", "activations",
-           "k-means (9 clusters) over clean + persona± residuals, PCA of the centroids (v7's 8 clusters collapsed to rank 7)",
-           needs=("clean", "pos", "neg"),
-           note="seeded k-means++ / Lloyd, best of 4 starts; k+1 centred centroids span k dims, k could only span k−1",
-           describe=lambda ctx: (f"k-means ({ctx.n_clusters} clusters) over clean + persona± residuals, PCA of the "
-                                 f"centroids" + (" (v7's 8 clusters collapsed to rank 7)" if ctx.n_clusters != 8
-                                                 else " (rank ≤ 7: 8 centred centroids)")),
-           construction=("samples: the layer's clean, persona+ and persona− block outputs (FIT, last token) stacked; "
-                         "seeded k-means++ start, Lloyd iterations, best of 4 starts; PCA of the unweighted "
-                         "centroids"))
+@candidate(
+    "chars_clusters",
+    "act:cluster",
+    "activations",
+    "k-means (9 clusters) over clean + persona± residuals, PCA of the centroids (v7's 8 clusters collapsed to rank 7)",
+    needs=("clean", "pos", "neg"),
+    note="seeded k-means++ / Lloyd, best of 4 starts; k+1 centred centroids span k dims, k could only span k−1",
+    describe=lambda ctx: (
+        f"k-means ({ctx.n_clusters} clusters) over clean + persona± residuals, PCA of the "
+        f"centroids" + (" (v7's 8 clusters collapsed to rank 7)" if ctx.n_clusters != 8 else " (rank ≤ 7: 8 centred centroids)")
+    ),
+    construction=(
+        "samples: the layer's clean, persona+ and persona− block outputs (FIT, last token) stacked; "
+        "seeded k-means++ start, Lloyd iterations, best of 4 starts; PCA of the unweighted "
+        "centroids"
+    ),
+)
 def chars_clusters(ctx: BuildContext, layer: int) -> torch.Tensor:
     X = torch.cat([ctx.cap("clean")[layer], ctx.cap("pos")[layer], ctx.cap("neg")[layer]], dim=0)
     C, _, _ = linalg.kmeans(X, ctx.n_clusters, seed=ctx.seed * 1_000_003 + layer)
@@ -247,10 +345,18 @@ def chars_clusters(ctx: BuildContext, layer: int) -> torch.Tensor:
 
 
 # 39
-@candidate("churn", "act:clean", "activations", "PCA of h_{l+1} − h_l on clean", needs=("clean",),
-           note="h in hidden_states numbering: what block l adds (its output minus its input)",
-           construction=("h in hidden_states numbering (h_0 = the token embedding): at layer l the basis is the PCA "
-                         "of block l's output minus its input, what block l adds (clean FIT, last token)"))
+@candidate(
+    "churn",
+    "act:clean",
+    "activations",
+    "PCA of h_{l+1} − h_l on clean",
+    needs=("clean",),
+    note="h in hidden_states numbering: what block l adds (its output minus its input)",
+    construction=(
+        "h in hidden_states numbering (h_0 = the token embedding): at layer l the basis is the PCA "
+        "of block l's output minus its input, what block l adds (clean FIT, last token)"
+    ),
+)
 def churn(ctx: BuildContext, layer: int) -> torch.Tensor | None:
     R = ctx.cap("clean")
     if layer == 0:
@@ -263,8 +369,7 @@ def churn(ctx: BuildContext, layer: int) -> torch.Tensor | None:
 
 
 # 40
-def procrustes_skew_basis(P: torch.Tensor, N: torch.Tensor, k: int, rot_dim: int = 32,
-                          centre: str = "own") -> torch.Tensor:
+def procrustes_skew_basis(P: torch.Tensor, N: torch.Tensor, k: int, rot_dim: int = 32, centre: str = "own") -> torch.Tensor:
     """Leading directions ``[d, ≤k]`` of the rotation persona− → persona+ (rows of ``N`` → rows
     of ``P``, paired by probe) in the joint PCA(``rot_dim``) space of the two sets.
 
@@ -292,13 +397,20 @@ def procrustes_skew_basis(P: torch.Tensor, N: torch.Tensor, k: int, rot_dim: int
     return linalg.sign_fix(V @ Q)  # V and Q orthonormal, so V @ Q is too
 
 
-@candidate("rotation_contrast", "act:rotation", "activations",
-           "in a joint PCA(32) space, the orthogonal Procrustes rotation persona− → persona+; basis = leading singular directions of its skew part",
-           needs=_PERSONA,
-           construction=("persona± block outputs (FIT, last token); the joint PCA(32) is of the two sets stacked; "
-                         "each set is centred on its own mean (the usual Procrustes analysis, so the shift between "
-                         "the two sets is not fitted as a rotation) and expressed in the joint coordinates; R = UVᵀ "
-                         "from svd(AᵀB), A = persona−, B = persona+; basis = top-{k} singular directions of "
-                         "(R − Rᵀ)/2 (they come in planes of rotation), mapped back"))
+@candidate(
+    "rotation_contrast",
+    "act:rotation",
+    "activations",
+    "in a joint PCA(32) space, the orthogonal Procrustes rotation persona− → persona+; "
+    "basis = leading singular directions of its skew part",
+    needs=_PERSONA,
+    construction=(
+        "persona± block outputs (FIT, last token); the joint PCA(32) is of the two sets stacked; "
+        "each set is centred on its own mean (the usual Procrustes analysis, so the shift between "
+        "the two sets is not fitted as a rotation) and expressed in the joint coordinates; R = UVᵀ "
+        "from svd(AᵀB), A = persona−, B = persona+; basis = top-{k} singular directions of "
+        "(R − Rᵀ)/2 (they come in planes of rotation), mapped back"
+    ),
+)
 def rotation_contrast(ctx: BuildContext, layer: int) -> torch.Tensor:
     return procrustes_skew_basis(ctx.cap("pos")[layer], ctx.cap("neg")[layer], ctx.k, ctx.rot_dim, centre="own")

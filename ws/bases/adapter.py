@@ -22,12 +22,13 @@ from __future__ import annotations
 import torch
 
 from ws import linalg
-from ws.log import logger
 from ws.bases.registry import BuildContext, candidate
+from ws.log import logger
 
 
-def corda_matrix(W_o: torch.Tensor, C_o: torch.Tensor, W_down: torch.Tensor, C_down: torch.Tensor,
-                 eps_rel: float = 1e-3) -> torch.Tensor:
+def corda_matrix(
+    W_o: torch.Tensor, C_o: torch.Tensor, W_down: torch.Tensor, C_down: torch.Tensor, eps_rel: float = 1e-3
+) -> torch.Tensor:
     """The explicit ``[W_o·C_o^{1/2} | W_down·C_down^{1/2}]`` (damped), ``[d, d_attn + d_mlp]``."""
     ho, _, _ = linalg.psd_sqrt(C_o, eps_rel)
     hd, _, _ = linalg.psd_sqrt(C_down, eps_rel)
@@ -67,21 +68,30 @@ def _corda_fast(ctx: BuildContext, layer: int) -> torch.Tensor | None:
         WtR = ctx.W(layer, part).T @ R
         lhs, rhs = (WtR * (Ci @ WtR)).sum(0), (R * (Co @ R)).sum(0)
         if not bool(torch.allclose(lhs, rhs, rtol=1e-3, atol=1e-6 * float(rhs.abs().max()))):
-            logger.warning(f"corda_write layer {layer}: captured {part}_proj output moments do not match the "
-                           f"weights (captures from another model?); using W C Wᵀ from the input moments")
+            logger.warning(
+                f"corda_write layer {layer}: captured {part}_proj output moments do not match the "
+                f"weights (captures from another model?); using W C Wᵀ from the input moments"
+            )
             return None
         eps = ctx.eps_rel * float(torch.diagonal(Ci).sum()) / Ci.shape[-1]
         G = G + Co + eps * ctx.write_gram_part(layer, part)
     return G
 
 
-@candidate("corda_write", "W:write", "adapter-family",
-           "top-8 left singular vectors of [W_o·C_o^{1/2} | W_down·C_down^{1/2}], C = uncentred second moment "
-           "E[xxᵀ] of that projection's inputs over clean FIT tokens, damped by ε·I",
-           needs=("mom_oproj", "mom_downproj"), note="ε = 1e-3 · tr(C)/n (relative to the mean eigenvalue)",
-           construction=("C over all real tokens of the clean FIT probes; where the captures hold the projections' "
-                         "output moments E[yyᵀ] (= W·C·Wᵀ without a bias) the Gram is read from them, checked "
-                         "against the weights"))
+@candidate(
+    "corda_write",
+    "W:write",
+    "adapter-family",
+    "top-8 left singular vectors of [W_o·C_o^{1/2} | W_down·C_down^{1/2}], C = uncentred second moment "
+    "E[xxᵀ] of that projection's inputs over clean FIT tokens, damped by ε·I",
+    needs=("mom_oproj", "mom_downproj"),
+    note="ε = 1e-3 · tr(C)/n (relative to the mean eigenvalue)",
+    construction=(
+        "C over all real tokens of the clean FIT probes; where the captures hold the projections' "
+        "output moments E[yyᵀ] (= W·C·Wᵀ without a bias) the Gram is read from them, checked "
+        "against the weights"
+    ),
+)
 def corda_write(ctx: BuildContext, layer: int) -> torch.Tensor:
     G = _corda_fast(ctx, layer)
     if G is None:
@@ -90,20 +100,31 @@ def corda_write(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.top_eigvecs(G, ctx.k)
 
 
-@candidate("asvd_write", "W:write", "adapter-family",
-           "top-8 left singular vectors of [W_o·diag(C_o)^{1/2} | W_down·diag(C_down)^{1/2}] (corda_write with diag(C))",
-           needs=("mom_oproj", "mom_downproj"), note="ε = 1e-3 · tr(C)/n added to the diagonal",
-           construction="C as in corda_write, only its diagonal")
+@candidate(
+    "asvd_write",
+    "W:write",
+    "adapter-family",
+    "top-8 left singular vectors of [W_o·diag(C_o)^{1/2} | W_down·diag(C_down)^{1/2}] (corda_write with diag(C))",
+    needs=("mom_oproj", "mom_downproj"),
+    note="ε = 1e-3 · tr(C)/n added to the diagonal",
+    construction="C as in corda_write, only its diagonal",
+)
 def asvd_write(ctx: BuildContext, layer: int) -> torch.Tensor:
     Co, Cd = ctx.captures.mom_oproj[layer], ctx.captures.mom_downproj[layer]
     G = corda_gram(ctx.W(layer, "o"), Co, ctx.W(layer, "down"), Cd, ctx.eps_rel, diagonal=True)
     return linalg.top_eigvecs(G, ctx.k)
 
 
-@candidate("diff_in_means", "act:persona", "adapter-family",
-           "rank 1: unit mean(persona+) − mean(persona−) per layer", needs=("pos", "neg"), max_rank=lambda k: 1,
-           note="block outputs at the last token; points to persona+",
-           construction="the persona± FIT block outputs at the last token")
+@candidate(
+    "diff_in_means",
+    "act:persona",
+    "adapter-family",
+    "rank 1: unit mean(persona+) − mean(persona−) per layer",
+    needs=("pos", "neg"),
+    max_rank=lambda k: 1,
+    note="block outputs at the last token; points to persona+",
+    construction="the persona± FIT block outputs at the last token",
+)
 def diff_in_means(ctx: BuildContext, layer: int) -> torch.Tensor:
     v = ctx.cap("pos")[layer].mean(dim=0) - ctx.cap("neg")[layer].mean(dim=0)
     n = float(v.norm())

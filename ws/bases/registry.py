@@ -21,8 +21,8 @@ Gram and each eigendecomposition is computed once per build.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 import polars as pl
 import torch
@@ -78,7 +78,7 @@ class Candidate:
     describe: Callable | None = None  # ctx -> definition, for definitions that depend on build options
     construction: str = ""  # how the basis is built where that differs from, or adds to, the definition
 
-    def definition_for(self, ctx: "BuildContext | None") -> str:
+    def definition_for(self, ctx: BuildContext | None) -> str:
         return self.describe(ctx) if (self.describe is not None and ctx is not None) else self.definition
 
     def construction_for(self, k: int = 8, k_broad: int = 64) -> str:
@@ -124,9 +124,18 @@ def candidate(
         if name in REGISTRY:
             raise ValueError(f"candidate {name!r} registered twice")
         REGISTRY[name] = Candidate(
-            name=name, family=family, source=source, definition=definition, fn=fn,
-            per_layer=per_layer, kind=kind, needs=tuple(needs), note=note,
-            max_rank=max_rank or (lambda k: k), describe=describe, construction=construction,
+            name=name,
+            family=family,
+            source=source,
+            definition=definition,
+            fn=fn,
+            per_layer=per_layer,
+            kind=kind,
+            needs=tuple(needs),
+            note=note,
+            max_rank=max_rank or (lambda k: k),
+            describe=describe,
+            construction=construction,
         )
         return fn
 
@@ -378,8 +387,9 @@ def _validate(B, name: str, layer: int, d: int, max_rank: int) -> torch.Tensor |
     return B32
 
 
-def meta_frame(names: Sequence[str] | None = None, ranks: Mapping[str, list] | None = None, k: int = 8,
-               ctx: BuildContext | None = None) -> pl.DataFrame:
+def meta_frame(
+    names: Sequence[str] | None = None, ranks: Mapping[str, list] | None = None, k: int = 8, ctx: BuildContext | None = None
+) -> pl.DataFrame:
     """The metadata table in registry order: the contract columns, then ``note``,
     ``construction`` (with the build's k and k_broad) and rank facts."""
     names = list(REGISTRY) if names is None else list(names)
@@ -387,15 +397,34 @@ def meta_frame(names: Sequence[str] | None = None, ranks: Mapping[str, list] | N
     for n in names:
         c = REGISTRY[n]
         rs = [r for r in (ranks or {}).get(n, []) if r is not None]
-        rows.append({
-            "subspace": c.name, "family": c.family, "axis_kind": c.axis_kind, "source": c.source,
-            "kind": c.kind, "definition": c.definition_for(ctx), "note": c.note,
-            "construction": c.construction_for(k, ctx.k_broad if ctx is not None else 64),
-            "expected_rank": int(c.max_rank(k)),
-            "rank_min": int(min(rs)) if rs else None, "rank_max": int(max(rs)) if rs else None,
-        })
-    schema = {"subspace": pl.Utf8, "family": pl.Utf8, "axis_kind": pl.Utf8, "source": pl.Utf8, "kind": pl.Utf8,
-              "definition": pl.Utf8, "note": pl.Utf8, "construction": pl.Utf8, "expected_rank": pl.Int64, "rank_min": pl.Int64, "rank_max": pl.Int64}
+        rows.append(
+            {
+                "subspace": c.name,
+                "family": c.family,
+                "axis_kind": c.axis_kind,
+                "source": c.source,
+                "kind": c.kind,
+                "definition": c.definition_for(ctx),
+                "note": c.note,
+                "construction": c.construction_for(k, ctx.k_broad if ctx is not None else 64),
+                "expected_rank": int(c.max_rank(k)),
+                "rank_min": int(min(rs)) if rs else None,
+                "rank_max": int(max(rs)) if rs else None,
+            }
+        )
+    schema = {
+        "subspace": pl.Utf8,
+        "family": pl.Utf8,
+        "axis_kind": pl.Utf8,
+        "source": pl.Utf8,
+        "kind": pl.Utf8,
+        "definition": pl.Utf8,
+        "note": pl.Utf8,
+        "construction": pl.Utf8,
+        "expected_rank": pl.Int64,
+        "rank_min": pl.Int64,
+        "rank_max": pl.Int64,
+    }
     return pl.DataFrame(rows, schema=schema)
 
 
@@ -443,8 +472,24 @@ def build_all(
     is logged with the layers and ranks.
     """
     with linalg.blas_threads(threads):
-        return _build_all(model, captures, deltas, label_fit, k, k_broad, seed, label_eval, names, skip_missing,
-                          intersection, max_angle_deg, eps_rel, n_clusters, progress, cache)
+        return _build_all(
+            model,
+            captures,
+            deltas,
+            label_fit,
+            k,
+            k_broad,
+            seed,
+            label_eval,
+            names,
+            skip_missing,
+            intersection,
+            max_angle_deg,
+            eps_rel,
+            n_clusters,
+            progress,
+            cache,
+        )
 
 
 _WEIGHT_CODE = ("ws/linalg.py", "ws/bases/registry.py", "ws/bases/weights.py")
@@ -454,8 +499,15 @@ def _weights_cache_path(model: nn.Module, ctx: BuildContext):
     from ws.cache import cache_key, hash_code, hash_model
     from ws.paths import cache_dir
 
-    key = cache_key({"what": "weight bases", "weights": hash_model(model), "k": ctx.k, "k_broad": ctx.k_broad,
-                     "code": hash_code(_WEIGHT_CODE)})
+    key = cache_key(
+        {
+            "what": "weight bases",
+            "weights": hash_model(model),
+            "k": ctx.k,
+            "k_broad": ctx.k_broad,
+            "code": hash_code(_WEIGHT_CODE),
+        }
+    )
     return cache_dir() / "bases" / f"weights-{key}.safetensors"
 
 
@@ -496,12 +548,39 @@ def _save_weight_bases(path, bases: Mapping[str, list]) -> None:
         save_entry(path, tensors, path.stem)
 
 
-def _build_all(model, captures, deltas, label_fit, k, k_broad, seed, label_eval, names, skip_missing,
-               intersection, max_angle_deg, eps_rel, n_clusters, progress, cache=False):
+def _build_all(
+    model,
+    captures,
+    deltas,
+    label_fit,
+    k,
+    k_broad,
+    seed,
+    label_eval,
+    names,
+    skip_missing,
+    intersection,
+    max_angle_deg,
+    eps_rel,
+    n_clusters,
+    progress,
+    cache=False,
+):
     t_all = time.perf_counter()
-    ctx = BuildContext(model, captures, deltas, label_fit, label_eval, k=k, k_broad=k_broad, seed=seed,
-                       intersection=intersection, max_angle_deg=max_angle_deg, eps_rel=eps_rel,
-                       n_clusters=n_clusters)
+    ctx = BuildContext(
+        model,
+        captures,
+        deltas,
+        label_fit,
+        label_eval,
+        k=k,
+        k_broad=k_broad,
+        seed=seed,
+        intersection=intersection,
+        max_angle_deg=max_angle_deg,
+        eps_rel=eps_rel,
+        n_clusters=n_clusters,
+    )
     if deltas is not None and len(deltas) != ctx.L:
         raise ValueError(f"deltas has {len(deltas)} entries, the model {ctx.L} layers")
     selected = list(REGISTRY) if names is None else list(names)
@@ -547,16 +626,19 @@ def _build_all(model, captures, deltas, label_fit, k, k_broad, seed, label_eval,
                 logger.info(f"{n}: true rank {short[0][1]} < {mr} (one basis for all layers)")
             else:
                 rs = sorted({r for _, r in short})
-                logger.info(f"{n}: true rank below {mr} at {len(short)}/{ctx.L} layers "
-                            f"(ranks {rs}; layers {[l for l, _ in short][:12]}{' …' if len(short) > 12 else ''})")
+                logger.info(
+                    f"{n}: true rank below {mr} at {len(short)}/{ctx.L} layers "
+                    f"(ranks {rs}; layers {[l for l, _ in short][:12]}{' …' if len(short) > 12 else ''})"
+                )
     if cache_path is not None and any(REGISTRY[n].source == "weights" and n not in from_cache for n in bases):
         _save_weight_bases(cache_path, ctx._bases)  # float64, so a cached build equals a fresh one exactly
         logger.info(f"weight-only bases cached in {cache_path.name}")
     meta = meta_frame(todo, ranks, ctx.k, ctx)
     total = time.perf_counter() - t_all
     slow = sorted(timings.items(), key=lambda kv: -kv[1])[:5]
-    logger.info(f"built {len(todo)} candidates × {ctx.L} layers in {total:.1f} s "
-                f"(slowest: {', '.join(f'{n} {t:.2f}s' for n, t in slow)})")
+    logger.info(
+        f"built {len(todo)} candidates × {ctx.L} layers in {total:.1f} s (slowest: {', '.join(f'{n} {t:.2f}s' for n, t in slow)})"
+    )
     logger.debug("candidate build times: " + ", ".join(f"{n}={t:.3f}s" for n, t in timings.items()))
     ctx.clear()
     return bases, meta

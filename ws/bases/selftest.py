@@ -14,19 +14,31 @@ from ws import linalg
 from ws.bases.registry import BuildContext, candidate
 
 
-@candidate("random_orthonormal", "self-test", "self-test",
-           "seeded Haar-random orthonormal basis, rank 8 per layer (must land within its null)", kind="self-test",
-           construction="Haar-random per layer from a generator seeded basis_seed·1000003 + layer")
+@candidate(
+    "random_orthonormal",
+    "self-test",
+    "self-test",
+    "seeded Haar-random orthonormal basis, rank 8 per layer (must land within its null)",
+    kind="self-test",
+    construction="Haar-random per layer from a generator seeded basis_seed·1000003 + layer",
+)
 def random_orthonormal(ctx: BuildContext, layer: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(ctx.seed * 1_000_003 + layer)
     return linalg.haar_orthonormal(ctx.d, ctx.k, g, dtype=torch.float64)
 
 
-@candidate("planted_label_half", "self-test", "self-test",
-           "PCA(8) of the first half of the EVAL label rows per layer (must approach the ceiling)",
-           kind="self-test", needs=("label_eval",),
-           construction=("the first half of the EVAL label rows (at least 2), mean-centred PCA; scored against the "
-                         "whole EVAL label, so those rows are in-sample"))
+@candidate(
+    "planted_label_half",
+    "self-test",
+    "self-test",
+    "PCA(8) of the first half of the EVAL label rows per layer (must approach the ceiling)",
+    kind="self-test",
+    needs=("label_eval",),
+    construction=(
+        "the first half of the EVAL label rows (at least 2), mean-centred PCA; scored against the "
+        "whole EVAL label, so those rows are in-sample"
+    ),
+)
 def planted_label_half(ctx: BuildContext, layer: int) -> torch.Tensor:
     X = ctx.cap("label_eval")[layer]
     return linalg.pca(X[: max(2, X.shape[0] // 2)], ctx.k)

@@ -23,42 +23,55 @@ from ws.bases.registry import BuildContext, candidate
 
 
 # 1
-@candidate("lm_head_read", "W:unembed", "weights",
-           "top-8 right singular vectors of lm_head (same every layer)", per_layer=False)
+@candidate("lm_head_read", "W:unembed", "weights", "top-8 right singular vectors of lm_head (same every layer)", per_layer=False)
 def lm_head_read(ctx: BuildContext) -> torch.Tensor:
     return ctx.lm_read(ctx.k)
 
 
 # 2
-@candidate("logits_null", "W:unembed", "weights",
-           "bottom-8 right singular vectors of lm_head", per_layer=False,
-           note="the 8 smallest eigenvalues of lm_headᵀlm_head, smallest first",
-           construction=("eigenvectors of the {k} smallest eigenvalues of lm_headᵀlm_head, smallest first: the "
-                         "directions the unembedding reads least"))
+@candidate(
+    "logits_null",
+    "W:unembed",
+    "weights",
+    "bottom-8 right singular vectors of lm_head",
+    per_layer=False,
+    note="the 8 smallest eigenvalues of lm_headᵀlm_head, smallest first",
+    construction=(
+        "eigenvectors of the {k} smallest eigenvalues of lm_headᵀlm_head, smallest first: the "
+        "directions the unembedding reads least"
+    ),
+)
 def logits_null(ctx: BuildContext) -> torch.Tensor:
     vals, vecs = ctx.lm_eig()  # ascending
     return linalg.sign_fix(vecs[:, : ctx.k].clone())
 
 
 # 3
-@candidate("global_read", "W:read", "weights",
-           "top-8 eigenvectors of Σ_layers read Gram + lm_headᵀlm_head", per_layer=False)
+@candidate("global_read", "W:read", "weights", "top-8 eigenvectors of Σ_layers read Gram + lm_headᵀlm_head", per_layer=False)
 def global_read(ctx: BuildContext) -> torch.Tensor:
     return ctx.global_read(ctx.k)
 
 
 # 4
-@candidate("global_write", "W:write", "weights",
-           "top-8 left singular vectors of all layers' write_cols side by side", per_layer=False)
+@candidate(
+    "global_write", "W:write", "weights", "top-8 left singular vectors of all layers' write_cols side by side", per_layer=False
+)
 def global_write(ctx: BuildContext) -> torch.Tensor:
     return linalg.top_eigvecs(ctx.global_write_gram(), ctx.k)
 
 
 # 5
-@candidate("global_write_not_global_read", "W:write-not-read", "weights",
-           "the same, after projecting the columns off the top-64 global read space", per_layer=False,
-           construction=("the global read space projected off is its top {k_broad} directions (k_broad = {k_broad} "
-                         "in this run, from WS_K_BROAD; the spec's 64)"))
+@candidate(
+    "global_write_not_global_read",
+    "W:write-not-read",
+    "weights",
+    "the same, after projecting the columns off the top-64 global read space",
+    per_layer=False,
+    construction=(
+        "the global read space projected off is its top {k_broad} directions (k_broad = {k_broad} "
+        "in this run, from WS_K_BROAD; the spec's 64)"
+    ),
+)
 def global_write_not_global_read(ctx: BuildContext) -> torch.Tensor:
     G = linalg.project_gram(ctx.global_write_gram(), ctx.global_read(ctx.k_broad))
     return linalg.top_eigvecs(G, ctx.k)
@@ -83,30 +96,48 @@ def mlp_write(ctx: BuildContext, layer: int) -> torch.Tensor:
 
 
 # 9
-@candidate("write_not_lm_head_read", "W:write-not-read", "weights",
-           "write_cols projected off the top-64 lm_head read space",
-           construction=("the lm_head read space projected off is its top {k_broad} directions (k_broad = {k_broad} "
-                         "in this run, from WS_K_BROAD; the spec's 64)"))
+@candidate(
+    "write_not_lm_head_read",
+    "W:write-not-read",
+    "weights",
+    "write_cols projected off the top-64 lm_head read space",
+    construction=(
+        "the lm_head read space projected off is its top {k_broad} directions (k_broad = {k_broad} "
+        "in this run, from WS_K_BROAD; the spec's 64)"
+    ),
+)
 def write_not_lm_head_read(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.top_eigvecs(linalg.project_gram(ctx.write_gram(layer), ctx.lm_read(ctx.k_broad)), ctx.k)
 
 
 # 10
-@candidate("write_not_global_read", "W:write-not-read", "weights",
-           "write_cols projected off the top-64 global read space",
-           construction=("the global read space projected off is its top {k_broad} directions (k_broad = {k_broad} "
-                         "in this run, from WS_K_BROAD; the spec's 64)"))
+@candidate(
+    "write_not_global_read",
+    "W:write-not-read",
+    "weights",
+    "write_cols projected off the top-64 global read space",
+    construction=(
+        "the global read space projected off is its top {k_broad} directions (k_broad = {k_broad} "
+        "in this run, from WS_K_BROAD; the spec's 64)"
+    ),
+)
 def write_not_global_read(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.top_eigvecs(linalg.project_gram(ctx.write_gram(layer), ctx.global_read(ctx.k_broad)), ctx.k)
 
 
 # 11
-@candidate("write_not_downstream_read", "W:write-not-read", "weights",
-           "write_cols projected off the top-64 eigenspace of (lm_head Gram + read Grams of all later layers)",
-           note="the last layer's downstream readers are the lm_head alone",
-           construction=("later layers are l+1 … L−1, so the last layer's downstream reader is the lm_head alone; "
-                         "the eigenspace projected off has {k_broad} directions (k_broad = {k_broad} in this run, "
-                         "from WS_K_BROAD; the spec's 64)"))
+@candidate(
+    "write_not_downstream_read",
+    "W:write-not-read",
+    "weights",
+    "write_cols projected off the top-64 eigenspace of (lm_head Gram + read Grams of all later layers)",
+    note="the last layer's downstream readers are the lm_head alone",
+    construction=(
+        "later layers are l+1 … L−1, so the last layer's downstream reader is the lm_head alone; "
+        "the eigenspace projected off has {k_broad} directions (k_broad = {k_broad} in this run, "
+        "from WS_K_BROAD; the spec's 64)"
+    ),
+)
 def write_not_downstream_read(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.top_eigvecs(linalg.project_gram(ctx.write_gram(layer), ctx.downstream_read(layer)), ctx.k)
 
@@ -130,10 +161,17 @@ def attn_qkv_read(ctx: BuildContext, layer: int) -> torch.Tensor:
 
 
 # 15
-@candidate("attn_ov_write", "W:OV", "weights", "left SVD of W_o·W_v (GQA-expanded)",
-           construction=("GQA-expanded as the model computes attention: W_v's rows are repeated head block by head "
-                         "block (query head h reads KV head ⌊h·n_kv/n_heads⌋), so each head's W_o columns meet its "
-                         "own KV head's W_v rows; never row by row"))
+@candidate(
+    "attn_ov_write",
+    "W:OV",
+    "weights",
+    "left SVD of W_o·W_v (GQA-expanded)",
+    construction=(
+        "GQA-expanded as the model computes attention: W_v's rows are repeated head block by head "
+        "block (query head h reads KV head ⌊h·n_kv/n_heads⌋), so each head's W_o columns meet its "
+        "own KV head's W_v rows; never row by row"
+    ),
+)
 def attn_ov_write(ctx: BuildContext, layer: int) -> torch.Tensor:
     Wv = linalg.expand_kv(ctx.W(layer, "v"), ctx.n_heads, ctx.n_kv)
     return linalg.left_svd_basis(ctx.W(layer, "o") @ Wv, ctx.k)
@@ -146,11 +184,18 @@ def mlp_roundtrip_write(ctx: BuildContext, layer: int) -> torch.Tensor:
 
 
 # 17
-@candidate("qk_circuit", "W:QK", "weights", "left SVD of W_qᵀ·W_k (GQA-expanded)",
-           note="query-side directions of the position-free bilinear form Σ_h W_qʰᵀW_kʰ",
-           construction=("GQA-expanded as in attn_ov_write (W_k's head blocks repeated, never single rows); the "
-                         "query-side (left) singular vectors of the position-free Σ_h W_qʰᵀW_kʰ: rotary position "
-                         "embeddings and per-head q/k norms (Qwen3) are not in it"))
+@candidate(
+    "qk_circuit",
+    "W:QK",
+    "weights",
+    "left SVD of W_qᵀ·W_k (GQA-expanded)",
+    note="query-side directions of the position-free bilinear form Σ_h W_qʰᵀW_kʰ",
+    construction=(
+        "GQA-expanded as in attn_ov_write (W_k's head blocks repeated, never single rows); the "
+        "query-side (left) singular vectors of the position-free Σ_h W_qʰᵀW_kʰ: rotary position "
+        "embeddings and per-head q/k norms (Qwen3) are not in it"
+    ),
+)
 def qk_circuit(ctx: BuildContext, layer: int) -> torch.Tensor:
     Wk = linalg.expand_kv(ctx.W(layer, "k"), ctx.n_heads, ctx.n_kv)
     return linalg.left_svd_basis(ctx.W(layer, "q").T @ Wk, ctx.k)
@@ -169,12 +214,18 @@ def kv_super(ctx: BuildContext, layer: int) -> torch.Tensor:
 
 
 # 20
-@candidate("attention_sink", "W:OV", "weights",
-           "PCA over the per-head vectors W_oʰ·W_vʰ·e_BOS (e_BOS = BOS embedding, or EOS if no BOS)",
-           note="H per-head vectors, mean-centred: true rank ≤ H − 1 (8 for 9 heads)",
-           construction=("e_BOS = the input embedding's row bos_token_id (eos_token_id when the config names no "
-                         "BOS); head h's vector uses its own KV head's W_v block; the PCA is mean-centred over the H "
-                         "vectors, so rank ≤ H − 1"))
+@candidate(
+    "attention_sink",
+    "W:OV",
+    "weights",
+    "PCA over the per-head vectors W_oʰ·W_vʰ·e_BOS (e_BOS = BOS embedding, or EOS if no BOS)",
+    note="H per-head vectors, mean-centred: true rank ≤ H − 1 (8 for 9 heads)",
+    construction=(
+        "e_BOS = the input embedding's row bos_token_id (eos_token_id when the config names no "
+        "BOS); head h's vector uses its own KV head's W_v block; the PCA is mean-centred over the H "
+        "vectors, so rank ≤ H − 1"
+    ),
+)
 def attention_sink(ctx: BuildContext, layer: int) -> torch.Tensor:
     e = ctx.bos_embedding()
     hd, H = ctx.head_dim, ctx.n_heads
@@ -185,23 +236,35 @@ def attention_sink(ctx: BuildContext, layer: int) -> torch.Tensor:
 
 
 # 21
-@candidate("causally_isolated", "W:write-not-read", "weights",
-           "write_cols projected off the orthonormal union of input_super, kv_super and the top-64 lm_head read space",
-           construction=("the union is this layer's input_super and kv_super (rank {k} each) and the top-{k_broad} "
-                         "lm_head read space (k_broad = {k_broad} in this run, from WS_K_BROAD; the spec's 64)"))
+@candidate(
+    "causally_isolated",
+    "W:write-not-read",
+    "weights",
+    "write_cols projected off the orthonormal union of input_super, kv_super and the top-64 lm_head read space",
+    construction=(
+        "the union is this layer's input_super and kv_super (rank {k} each) and the top-{k_broad} "
+        "lm_head read space (k_broad = {k_broad} in this run, from WS_K_BROAD; the spec's 64)"
+    ),
+)
 def causally_isolated(ctx: BuildContext, layer: int) -> torch.Tensor:
     U = linalg.union(ctx.basis("input_super", layer), ctx.basis("kv_super", layer), ctx.lm_read(ctx.k_broad))
     return linalg.top_eigvecs(linalg.project_gram(ctx.write_gram(layer), U), ctx.k)
 
 
 # 22
-@candidate("input_super_not_lm_read", "W:read", "weights",
-           "input_super projected off the top-64 lm_head read space, first 8",
-           note="the stacked readers' rows are projected off, then their top-8 right singular vectors taken",
-           construction=("built as the top-{k} right singular vectors of the reader stack [W_q; W_k; W_v; W_up; "
-                         "W_gate] after its rows are projected off the top-{k_broad} lm_head read space (k_broad = "
-                         "{k_broad} in this run, from WS_K_BROAD; the spec's 64): what the readers read outside the "
-                         "lm_head's space, rank {k}. Not input_super's {k} columns projected off and "
-                         "re-orthonormalised, which would keep only what is left of those {k} directions"))
+@candidate(
+    "input_super_not_lm_read",
+    "W:read",
+    "weights",
+    "input_super projected off the top-64 lm_head read space, first 8",
+    note="the stacked readers' rows are projected off, then their top-8 right singular vectors taken",
+    construction=(
+        "built as the top-{k} right singular vectors of the reader stack [W_q; W_k; W_v; W_up; "
+        "W_gate] after its rows are projected off the top-{k_broad} lm_head read space (k_broad = "
+        "{k_broad} in this run, from WS_K_BROAD; the spec's 64): what the readers read outside the "
+        "lm_head's space, rank {k}. Not input_super's {k} columns projected off and "
+        "re-orthonormalised, which would keep only what is left of those {k} directions"
+    ),
+)
 def input_super_not_lm_read(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.top_eigvecs(linalg.project_gram(ctx.read_gram(layer), ctx.lm_read(ctx.k_broad)), ctx.k)

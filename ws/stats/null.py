@@ -15,8 +15,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 from jaxtyping import Bool, Float
-from torch import Tensor
 from scipy.stats import norm
+from torch import Tensor
 
 from ws.linalg import f64, haar_frames
 

@@ -139,8 +139,7 @@ def spectrum(A_or_X: torch.Tensor, kind: str = "auto") -> tuple[np.ndarray, int]
     return np.sort((ev / tot).numpy())[::-1][:d].copy(), d
 
 
-def mc_null(A_or_X: torch.Tensor, k: int, n_draws: int = 2000, seed: int = 0,
-            kind: str = "auto") -> np.ndarray:
+def mc_null(A_or_X: torch.Tensor, k: int, n_draws: int = 2000, seed: int = 0, kind: str = "auto") -> np.ndarray:
     """Monte Carlo draws ``[n_draws]`` of the energy fraction ``tr(PA)/tr(A)`` of a
     Haar-random rank-k subspace (see :func:`spectrum` for ``kind``). Exact in law: a
     Haar P enters only through its diagonal in A's eigenbasis, so the draws are
@@ -164,8 +163,7 @@ def best_frac_at_rank(A_or_X: torch.Tensor, r: int, kind: str = "auto") -> float
 # ---------------------------------------------------------------------------- specificity
 
 
-def specific_act_scores(B: torch.Tensor, X: torch.Tensor, C: torch.Tensor,
-                        sv_tol: float = 1e-6) -> dict[str, float]:
+def specific_act_scores(B: torch.Tensor, X: torch.Tensor, C: torch.Tensor, sv_tol: float = 1e-6) -> dict[str, float]:
     """Activation score after removing the clean-residual PCs C (``[d, c]``, orthonormal).
 
     Label rows and basis are projected by ``I − CCᵀ``; the projected basis is
@@ -186,5 +184,4 @@ def specific_act_scores(B: torch.Tensor, X: torch.Tensor, C: torch.Tensor,
     frac = energy_frac_act(W, Y)
     tr_a, tr_a2, _ = act_traces(Y)
     mean, std = null_mean_std_from_traces(tr_a, tr_a2, dc, r)
-    return {"frac": frac, "conc": conc(frac, r, dc), "z": zscore(frac, mean, std), "rank": r,
-            "mean": mean, "std": std}
+    return {"frac": frac, "conc": conc(frac, r, dc), "z": zscore(frac, mean, std), "rank": r, "mean": mean, "std": std}

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 import polars as pl
@@ -147,8 +147,9 @@ def project_off(X: Float[Tensor, "n d"], C: Float[Tensor, "d c"]) -> Float[Tenso
     return X - (X @ C) @ C.T
 
 
-def specific_basis(B: Float[Tensor, "d k"], C: Float[Tensor, "d c"], sv_tol: float,
-                   CB: Float[Tensor, "c k"] | None = None) -> Float[Tensor, "d r"]:
+def specific_basis(
+    B: Float[Tensor, "d k"], C: Float[Tensor, "d c"], sv_tol: float, CB: Float[Tensor, "c k"] | None = None
+) -> Float[Tensor, "d r"]:
     """``B`` projected off ``span(C)`` and re-orthonormalised: ``[d, r]``, the directions with
     singular value ≤ ``sv_tol`` dropped. ``CB``: ``CᵀB`` when already computed."""
     Bp = B - C @ (C.T @ B if CB is None else CB)
@@ -255,7 +256,7 @@ class _Layer:
     DB: torch.Tensor | None
 
     @classmethod
-    def build(cls, l, bases, names, X, valid, zero_thr, delta, C, d, nulls) -> "_Layer":
+    def build(cls, l, bases, names, X, valid, zero_thr, delta, C, d, nulls) -> _Layer:
         Ball, spans, ranks = _stack_bases(bases, names, l, d)
         act, P_act = _activation_label(X, valid, d, Ball, nulls)
         w, w_col = _weight_labels(delta, d, Ball, nulls)
@@ -274,16 +275,21 @@ class _Layer:
         rows_full = np.full(n_eval, NAN)
         lab = self.act
         if k is None or k == 0 or lab is None:
-            rec = dict(conc_act=NAN, z_act=NAN, energy_frac_act=NAN, p_act=NAN, null_method_act="",
-                       pct_act_matched_rank=NAN)
+            rec = dict(conc_act=NAN, z_act=NAN, energy_frac_act=NAN, p_act=NAN, null_method_act="", pct_act_matched_rank=NAN)
         else:
             s, e = self.spans[n]
             rows = self.P_act[:, s:e].sum(dim=1).numpy()
             rows_full[self.valid.numpy()] = rows
             frac = float(rows.mean())
             c_, z_, p_, meth = lab.score(frac, k, gaussian_p=False)  # c_ = R_act = frac/(k/d)
-            rec = dict(conc_act=c_, z_act=z_, energy_frac_act=frac, p_act=p_, null_method_act=meth,
-                       pct_act_matched_rank=_pct_matched(frac, lab.cumsum(), k))
+            rec = dict(
+                conc_act=c_,
+                z_act=z_,
+                energy_frac_act=frac,
+                p_act=p_,
+                null_method_act=meth,
+                pct_act_matched_rank=_pct_matched(frac, lab.cumsum(), k),
+            )
         rec["pr_act"] = lab.pr if lab is not None else NAN
         return rec, rows_full
 
@@ -300,11 +306,13 @@ class _Layer:
                 s, e = self.spans[n]
                 frac = float(self.w_col[t][s:e].sum())
                 c_, z_, p_, meth = lab.score(frac, k, gaussian_p=False)  # c_ = R_w of tensor t = frac/(k/d)
-            rec.update({f"conc_w_{t}": c_, f"z_w_{t}": z_, f"energy_frac_w_{t}": frac,
-                        f"p_w_{t}": p_, f"null_method_w_{t}": meth})
+            rec.update(
+                {f"conc_w_{t}": c_, f"z_w_{t}": z_, f"energy_frac_w_{t}": frac, f"p_w_{t}": p_, f"null_method_w_{t}": meth}
+            )
         labc = self.w["combined"]
         rec["pct_w_combined_matched_rank"] = (
-            _pct_matched(rec["energy_frac_w_combined"], labc.cumsum(), k) if labc is not None and k else NAN)
+            _pct_matched(rec["energy_frac_w_combined"], labc.cumsum(), k) if labc is not None and k else NAN
+        )
         rec["pr_w_combined"] = labc.pr if labc is not None else NAN
         return rec
 
@@ -321,8 +329,14 @@ class _Layer:
         """The activation score with label and basis projected off the clean PCs."""
         srec = {"layer": self.l, **{c: m[c] for c in ("subspace", "family", "source", "kind")}}
         if self.C is None or k is None:
-            srec.update(specific_conc_act=NAN, specific_z_act=NAN, specific_energy_frac_act=NAN,
-                        specific_rank=None, specific_p_act=NAN, specific_null_method_act="")
+            srec.update(
+                specific_conc_act=NAN,
+                specific_z_act=NAN,
+                specific_energy_frac_act=NAN,
+                specific_rank=None,
+                specific_p_act=NAN,
+                specific_null_method_act="",
+            )
             return srec
         r, frac = 0, NAN
         if k:
@@ -335,8 +349,14 @@ class _Layer:
             c_, z_, p_, meth = self.spec.score(frac, r, gaussian_p=False)
         else:
             c_, z_, p_, meth = NAN, NAN, NAN, ""
-        srec.update(specific_conc_act=c_, specific_z_act=z_, specific_energy_frac_act=frac,
-                    specific_rank=r, specific_p_act=p_, specific_null_method_act=meth)
+        srec.update(
+            specific_conc_act=c_,
+            specific_z_act=z_,
+            specific_energy_frac_act=frac,
+            specific_rank=r,
+            specific_p_act=p_,
+            specific_null_method_act=meth,
+        )
         return srec
 
 
@@ -352,8 +372,7 @@ def _fill_gaussian_p(df: pl.DataFrame, cols: Sequence[tuple[str, str, str]]) -> 
     return df.with_columns(new)
 
 
-_P_COLUMNS = [("p_act", "z_act", "null_method_act"),
-              *((f"p_w_{t}", f"z_w_{t}", f"null_method_w_{t}") for t in TENSORS)]
+_P_COLUMNS = [("p_act", "z_act", "null_method_act"), *((f"p_w_{t}", f"z_w_{t}", f"null_method_w_{t}") for t in TENSORS)]
 _SPECIFIC_P_COLUMNS = [("specific_p_act", "specific_z_act", "specific_null_method_act")]
 
 
@@ -404,18 +423,36 @@ def score_sweep(
     with blas_threads(num_threads):
         t0 = time.perf_counter()
         meta_rows, layers = _check_inputs(bases, meta, label, deltas, clean_pcs, layers, orth_tol)
-        recs, srecs, act_rows, n_mc = _score_layers(bases, meta_rows, label, deltas, clean_pcs, layers, sv_tol,
-                                                    zero_row_rel_tol, progress,
-                                                    dict(pr_threshold=pr_threshold, mc_draws=mc_draws, mc_seed=mc_seed))
+        recs, srecs, act_rows, n_mc = _score_layers(
+            bases,
+            meta_rows,
+            label,
+            deltas,
+            clean_pcs,
+            layers,
+            sv_tol,
+            zero_row_rel_tol,
+            progress,
+            dict(pr_threshold=pr_threshold, mc_draws=mc_draws, mc_seed=mc_seed),
+        )
         per_layer = _fill_gaussian_p(frame(recs, PER_LAYER_COLUMNS + PER_LAYER_EXTRA), _P_COLUMNS)
         specific = _fill_gaussian_p(frame(srecs, SPECIFIC_COLUMNS + SPECIFIC_EXTRA), _SPECIFIC_P_COLUMNS)
     dt = time.perf_counter() - t0
     logger.info(f"scored {len(meta_rows)} candidates × {len(layers)} layers in {dt:.2f} s")
     if n_mc:
-        logger.info(f"low-rank labels (participation ratio < {pr_threshold:g}) → Monte Carlo p-values "
-                    f"({mc_draws} draws, seed {mc_seed}): {n_mc} layer(s)")
-    settings = dict(pr_threshold=pr_threshold, mc_draws=mc_draws, mc_seed=mc_seed,
-                    zero_row_rel_tol=zero_row_rel_tol, sv_tol=sv_tol, layers=layers, seconds=dt)
+        logger.info(
+            f"low-rank labels (participation ratio < {pr_threshold:g}) → Monte Carlo p-values "
+            f"({mc_draws} draws, seed {mc_seed}): {n_mc} layer(s)"
+        )
+    settings = dict(
+        pr_threshold=pr_threshold,
+        mc_draws=mc_draws,
+        mc_seed=mc_seed,
+        zero_row_rel_tol=zero_row_rel_tol,
+        sv_tol=sv_tol,
+        layers=layers,
+        seconds=dt,
+    )
     return SweepScores(per_layer, specific, act_rows, label.shape[2], label.shape[1], settings)
 
 
@@ -432,14 +469,12 @@ def _score_layers(bases, meta_rows, label, deltas, clean_pcs, layers, sv_tol, ze
     act_rows: dict[tuple[str, int], np.ndarray] = {}
     n_mc: dict[str, int] = {}
     for l in tqdm(layers, desc="score layers", disable=not progress, leave=False):
-        lay = _Layer.build(l, bases, names, X_all[l], row_norm[l] > zero_thr, zero_thr, deltas[l], clean_pcs[l],
-                           d, nulls)
+        lay = _Layer.build(l, bases, names, X_all[l], row_norm[l] > zero_thr, zero_thr, deltas[l], clean_pcs[l], d, nulls)
         lay.count_monte_carlo(n_mc)
         for m in meta_rows:
             n = m["subspace"]
             k = lay.ranks.get(n)
             act, act_rows[(n, l)] = lay.act_cells(n, k, n_eval)
-            recs.append({"layer": l, **m, "rank": k, **act, **lay.weight_cells(n, k),
-                         "cos_with_dW": lay.cos_with_dW(n, k)})
+            recs.append({"layer": l, **m, "rank": k, **act, **lay.weight_cells(n, k), "cos_with_dW": lay.cos_with_dW(n, k)})
             srecs.append(lay.specific_cells(m, k, sv_tol))
     return recs, srecs, act_rows, n_mc

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import polars as pl
@@ -38,9 +38,9 @@ def by_score(df: pl.DataFrame, col: str, *, drop_missing: bool = False) -> pl.Da
     key = pl.col(col).cast(pl.Float64).fill_nan(None)
     if drop_missing:
         df = df.filter(key.is_not_null())
-    return (df.with_columns(key.alias("__key"))
-              .sort(["__key", "subspace"], descending=[True, False], nulls_last=True)
-              .drop("__key"))
+    return (
+        df.with_columns(key.alias("__key")).sort(["__key", "subspace"], descending=[True, False], nulls_last=True).drop("__key")
+    )
 
 
 def ranked(summary: pl.DataFrame, col: str = "joint_score", axis_kinds: Sequence[str] = RANKED_AXES) -> pl.DataFrame:
@@ -70,14 +70,21 @@ def _select_layers(df: pl.DataFrame, layers: Sequence[int] | None) -> pl.DataFra
 
 #: summary column <- per-layer column it averages
 _MEANS = {
-    "mean_conc_act": "conc_act", "mean_z_act": "z_act", "mean_energy_frac_act": "energy_frac_act",
-    "mean_conc_w_oproj": "conc_w_oproj", "mean_conc_w_downproj": "conc_w_downproj",
-    "mean_conc_w_combined": "conc_w_combined", "mean_z_w_oproj": "z_w_oproj",
-    "mean_z_w_downproj": "z_w_downproj", "mean_z_w_combined": "z_w_combined",
-    "mean_cos_dW": "cos_with_dW", "mean_rank": "rank",
+    "mean_conc_act": "conc_act",
+    "mean_z_act": "z_act",
+    "mean_energy_frac_act": "energy_frac_act",
+    "mean_conc_w_oproj": "conc_w_oproj",
+    "mean_conc_w_downproj": "conc_w_downproj",
+    "mean_conc_w_combined": "conc_w_combined",
+    "mean_z_w_oproj": "z_w_oproj",
+    "mean_z_w_downproj": "z_w_downproj",
+    "mean_z_w_combined": "z_w_combined",
+    "mean_cos_dW": "cos_with_dW",
+    "mean_rank": "rank",
     "mean_pct_act_matched_rank": "pct_act_matched_rank",
     "mean_pct_w_combined_matched_rank": "pct_w_combined_matched_rank",
-    "mean_energy_frac_w_oproj": "energy_frac_w_oproj", "mean_energy_frac_w_downproj": "energy_frac_w_downproj",
+    "mean_energy_frac_w_oproj": "energy_frac_w_oproj",
+    "mean_energy_frac_w_downproj": "energy_frac_w_downproj",
     "mean_energy_frac_w_combined": "energy_frac_w_combined",
 }
 
@@ -105,8 +112,9 @@ def summarize(per_layer: pl.DataFrame, layers: Sequence[int] | None) -> pl.DataF
     w = out["mean_conc_w_combined"].to_numpy().astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         gap = np.where((a > 0) & (w > 0), np.log2(a / w), np.nan)
-    out = out.with_columns(pl.Series("joint_score", _joint(a, w), dtype=pl.Float64),
-                           pl.Series("act_w_gap_log2", gap, dtype=pl.Float64))
+    out = out.with_columns(
+        pl.Series("joint_score", _joint(a, w), dtype=pl.Float64), pl.Series("act_w_gap_log2", gap, dtype=pl.Float64)
+    )
     out = out.select(SUMMARY_COLUMNS + SUMMARY_EXTRA)
     return by_score(out, "joint_score")
 
@@ -126,6 +134,7 @@ def summary_pct(summary: pl.DataFrame) -> pl.DataFrame:
 
     Columns: :data:`SUMMARY_PCT_COLUMNS` (the summary's contract columns, then the four
     percentages), then any other columns of ``summary`` in their order; rows unchanged."""
+
     def pct(col: str, ref: float) -> pl.Expr:
         if not (math.isfinite(ref) and ref != 0):
             return pl.lit(NAN, dtype=pl.Float64)
@@ -134,8 +143,7 @@ def summary_pct(summary: pl.DataFrame) -> pl.DataFrame:
     ca = _ceiling_value(summary, CEILING_ACT, "mean_conc_act")
     exprs = [pct("mean_conc_act", ca).alias("pct_act_ceiling")]
     for t in ("combined", "oproj", "downproj"):
-        exprs.append(pct(f"mean_conc_w_{t}", _ceiling_value(summary, CEILING_W, f"mean_conc_w_{t}"))
-                     .alias(f"pct_w_oracle_{t}"))
+        exprs.append(pct(f"mean_conc_w_{t}", _ceiling_value(summary, CEILING_W, f"mean_conc_w_{t}")).alias(f"pct_w_oracle_{t}"))
     out = summary.with_columns(exprs)
     first = [c for c in SUMMARY_PCT_COLUMNS if c in out.columns]
     return out.select(first + [c for c in out.columns if c not in first])
@@ -145,11 +153,17 @@ def summarize_specific(specific_per_layer: pl.DataFrame, layers: Sequence[int] |
     """Per-candidate means of the specificity scores over ``layers``, columns
     :data:`SPECIFIC_SUMMARY_COLUMNS`, sorted by mean_specific_conc_act (:func:`by_score`)."""
     df = _select_layers(specific_per_layer, layers)
-    out = df.group_by("subspace", maintain_order=True).agg(
-        [pl.col(c).first() for c in ("family", "source", "kind")]
-        + [_nanmean(c).alias(f"mean_{c}") for c in
-           ("specific_conc_act", "specific_z_act", "specific_energy_frac_act", "specific_rank")]
-    ).select(SPECIFIC_SUMMARY_COLUMNS)
+    out = (
+        df.group_by("subspace", maintain_order=True)
+        .agg(
+            [pl.col(c).first() for c in ("family", "source", "kind")]
+            + [
+                _nanmean(c).alias(f"mean_{c}")
+                for c in ("specific_conc_act", "specific_z_act", "specific_energy_frac_act", "specific_rank")
+            ]
+        )
+        .select(SPECIFIC_SUMMARY_COLUMNS)
+    )
     return by_score(out, "mean_specific_conc_act")
 
 
@@ -188,8 +202,9 @@ def _resampled_means(R: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
         return np.where(den > 0, num / den, np.nan)
 
 
-def _act_draws(scores: SweepScores, layers: Sequence[int] | None, n_boot: int,
-               seed: int) -> tuple[list[str], list[int], np.ndarray, np.ndarray]:
+def _act_draws(
+    scores: SweepScores, layers: Sequence[int] | None, n_boot: int, seed: int
+) -> tuple[list[str], list[int], np.ndarray, np.ndarray]:
     """Candidates, layers, and each draw's ``mean_energy_frac_act`` and ``mean_conc_act``
     per candidate (``[n_boot, candidates]``, means over the layers)."""
     pl_df = _select_layers(scores.per_layer, layers)
@@ -206,8 +221,9 @@ def _act_draws(scores: SweepScores, layers: Sequence[int] | None, n_boot: int,
         return names, lays, np.nanmean(frac, axis=2), np.nanmean(cnc, axis=2)
 
 
-def act_conc_draws(scores: SweepScores, layers: Sequence[int] | None, n_boot: int = 2000,
-                   seed: int = 0) -> tuple[list[str], np.ndarray]:
+def act_conc_draws(
+    scores: SweepScores, layers: Sequence[int] | None, n_boot: int = 2000, seed: int = 0
+) -> tuple[list[str], np.ndarray]:
     """Candidates and each bootstrap draw's ``mean_conc_act`` (``[n_boot, candidates]``),
     the EVAL rows resampled as :func:`bootstrap_summary_ci` resamples them: the same
     ``seed`` and row count give the same draws, so diffs scored on the same probes share
@@ -216,8 +232,9 @@ def act_conc_draws(scores: SweepScores, layers: Sequence[int] | None, n_boot: in
     return names, m_conc
 
 
-def bootstrap_summary_ci(scores: SweepScores, layers: Sequence[int] | None, n_boot: int = 2000,
-                         seed: int = 0, level: float = 0.95) -> pl.DataFrame:
+def bootstrap_summary_ci(
+    scores: SweepScores, layers: Sequence[int] | None, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> pl.DataFrame:
     """Percentile bootstrap CIs of ``mean_conc_act``, ``mean_energy_frac_act`` and
     ``joint_score`` per candidate, resampling the EVAL label rows.
 
@@ -229,7 +246,7 @@ def bootstrap_summary_ci(scores: SweepScores, layers: Sequence[int] | None, n_bo
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         summ = summarize(scores.per_layer, lays)
-        wmap = dict(zip(summ["subspace"].to_list(), summ["mean_conc_w_combined"].to_list()))
+        wmap = dict(zip(summ["subspace"].to_list(), summ["mean_conc_w_combined"].to_list(), strict=True))
         w = np.array([wmap.get(nm, np.nan) for nm in names], dtype=np.float64)
         joint = _joint(m_conc, w[None])
         lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
@@ -240,12 +257,18 @@ def bootstrap_summary_ci(scores: SweepScores, layers: Sequence[int] | None, n_bo
         c_lo, c_hi = q(m_conc)
         f_lo, f_hi = q(m_frac)
         j_lo, j_hi = q(joint)
-    return pl.DataFrame({
-        "subspace": names,
-        "mean_conc_act_ci_lo": c_lo, "mean_conc_act_ci_hi": c_hi,
-        "mean_energy_frac_act_ci_lo": f_lo, "mean_energy_frac_act_ci_hi": f_hi,
-        "joint_score_ci_lo": j_lo, "joint_score_ci_hi": j_hi,
-    }, schema={c: (pl.String if c == "subspace" else pl.Float64) for c in BOOTSTRAP_COLUMNS})
+    return pl.DataFrame(
+        {
+            "subspace": names,
+            "mean_conc_act_ci_lo": c_lo,
+            "mean_conc_act_ci_hi": c_hi,
+            "mean_energy_frac_act_ci_lo": f_lo,
+            "mean_energy_frac_act_ci_hi": f_hi,
+            "joint_score_ci_lo": j_lo,
+            "joint_score_ci_hi": j_hi,
+        },
+        schema={c: (pl.String if c == "subspace" else pl.Float64) for c in BOOTSTRAP_COLUMNS},
+    )
 
 
 def bh_qvalues(p: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -264,8 +287,12 @@ def add_qvalues(per_layer: pl.DataFrame) -> pl.DataFrame:
     layer cells with a p-value (ceilings excluded and NaN)."""
     is_hyp = (per_layer["kind"] == "A-hypothesis").to_numpy()
     new = []
-    for q_col, p_col in (("q_act", "p_act"), ("q_w_combined", "p_w_combined"),
-                         ("q_w_oproj", "p_w_oproj"), ("q_w_downproj", "p_w_downproj")):
+    for q_col, p_col in (
+        ("q_act", "p_act"),
+        ("q_w_combined", "p_w_combined"),
+        ("q_w_oproj", "p_w_oproj"),
+        ("q_w_downproj", "p_w_downproj"),
+    ):
         p = per_layer[p_col].cast(pl.Float64).fill_null(NAN).to_numpy().copy()
         p[~is_hyp] = np.nan
         new.append(pl.Series(q_col, bh_qvalues(p), dtype=pl.Float64))
