@@ -127,11 +127,13 @@ def test_a_diff_from_another_data_version_is_used_as_it_is(tiny_llama, tmp_path)
     before = path.read_bytes()
     got, meta = sweep.get_diffs(cfg, model)[0]
     assert path.read_bytes() == before and all(torch.equal(got[k], w[k]) for k in w)
-    res = type("R", (), {"seed": 0, "diff_meta": meta})()
+    res = type("R", (), {"seed": 0, "diff_meta": meta, "missing_writers": {}})()
     (cav,) = sweep.diff_caveats([res])
     assert "upstream w.pt" in cav and "records no data version" in cav and data.data_hash() in cav
     save_diff(w, path, {"model": "tiny-llama", "data_hash": "0123456789abcdef"})
-    (cav,) = sweep.diff_caveats([type("R", (), {"seed": 0, "diff_meta": sweep.get_diffs(cfg, model)[0][1]})()])
+    (cav,) = sweep.diff_caveats(
+        [type("R", (), {"seed": 0, "diff_meta": sweep.get_diffs(cfg, model)[0][1], "missing_writers": {}})()]
+    )
     assert "data version 0123456789abcdef" in cav
 
 

@@ -267,7 +267,7 @@ def oracle_overlap(run: AdapterRun, n_boot: int, seed: int) -> tuple[float, floa
 
 
 def _self_tests(run: AdapterRun) -> tuple[int, int]:
-    checks = [ok for r in run.results for _, ok, _ in sweep.self_tests(r)]
+    checks = [t.passed for r in run.results for t in sweep.self_tests(r)]
     return sum(checks), len(checks)
 
 

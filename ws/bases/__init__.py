@@ -9,7 +9,17 @@ Modules, in table order: :mod:`~ws.bases.weights` (1–22), :mod:`~ws.bases.acti
 :mod:`~ws.bases.adapter` (``adapter-family``), :mod:`~ws.bases.selftest`.
 """
 
-from ws.bases import activations, adapter, ceilings, compound, selftest, weights  # noqa: E402,F401  (register)
+# Importing a module registers its candidates; the import order IS the table order, so the
+# sorter must leave these lines as they are.
+# isort: off
+from ws.bases import weights  # noqa: F401  (1–22)
+from ws.bases import activations  # noqa: F401  (23–40)
+from ws.bases import compound  # noqa: F401  (41–42)
+from ws.bases import ceilings  # noqa: F401
+from ws.bases import adapter  # noqa: F401  (adapter-family)
+from ws.bases import selftest  # noqa: F401
+
+# isort: on
 from ws.bases.registry import (  # noqa: F401
     META_COLUMNS,
     REGISTRY,
