@@ -35,7 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ws import data
-from ws.device import autocast, input_device
+from ws.fasttrain import plan_training, step_loss
 from ws.log import logger
 from ws.models import n_layers
 
@@ -293,12 +293,14 @@ def _fit(
 ) -> dict[str, list[float]]:
     """The training loop: ``config.steps`` index batches, each one step per stream in turn
     (``(name, encoded examples, LoRA sign or None)``: two streams alternate on the same
-    indices, each under its :func:`lora_sign`). Returns each stream's losses."""
+    indices, each under its :func:`lora_sign`). Each step is :func:`ws.fasttrain.step_loss`:
+    the blocks below the adapter, the shared prefix's repeats and the lm_head on prompt
+    positions are not recomputed. Returns each stream's losses."""
     n_streams = len(streams)
     total = config.steps * n_streams
     schedule = replace(config, steps=total, warmup_steps=config.warmup_steps * n_streams)
-    dev = input_device(peft_model)
     params = [p for p in peft_model.parameters() if p.requires_grad]
+    plans = {name: plan_training(peft_model, enc, config.bf16) for name, enc, _ in streams}
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     batches = _batch_order(len(streams[0][1]), config)
     losses: dict[str, list[float]] = {name: [] for name, _, _ in streams}
@@ -306,16 +308,13 @@ def _fit(
     every = max(1, total // 10)  # a progress line every ~10 %: headless runs show it in the terminal
     t0 = time.perf_counter()
     for step in bar:
-        name, enc, sign = streams[step % n_streams]
+        name, _, sign = streams[step % n_streams]
         if step % n_streams == 0:
             idx = next(batches)
-        batch = {k: v.to(dev) for k, v in _collate([enc[i] for i in idx], tokenizer.pad_token_id).items()}
         for g in opt.param_groups:
             g["lr"] = config.lr * lr_factor(step, schedule)
         with lora_sign(peft_model, sign) if sign is not None else nullcontext():
-            with autocast(input_device(peft_model), config.bf16):
-                logits = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss = response_loss(logits, batch["labels"], config.stance_weight)
+            loss = step_loss(peft_model, plans[name], idx, config.stance_weight, config.bf16)
             opt.zero_grad(set_to_none=True)
             loss.backward()
         opt.step()

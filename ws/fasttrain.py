@@ -1,0 +1,182 @@
+"""Adapter training steps that skip the work an adapter cannot change.
+
+An adapter of this suite lives on decoder blocks ``first … L−1`` only (``layer_range``).
+Three facts make a training step cheaper without changing what it computes:
+
+1. **The unchanged lower blocks.** The residual entering block ``first`` does not depend on
+   the adapter: it is computed once per example when the plan is built, and every step
+   swaps blocks ``0 … first−1`` for pass-throughs (:func:`ws.fastfwd.skip_blocks`) and
+   feeds it in.
+2. **The shared prefix.** Every example starts with the same tokens (the chat template's
+   system turn and the opening of the user turn). Under causal attention they never see
+   what follows, so one row over the prefix per step gives their keys and values (with
+   gradients: they do depend on the adapter), repeated along the batch.
+3. **The read positions.** The loss reads only the response tokens, so the lm_head and the
+   softmax over the vocabulary run on those positions alone (about a quarter of them).
+
+:func:`step_loss` is the same weighted cross-entropy as :func:`ws.adapters.response_loss`
+on a full forward; ``tests/test_fasttrain.py`` checks the loss and every gradient against
+that plain step on the tiny models (float32, to 1e-5), for a plain and a sign-flipped
+LoRA and for IA³.
+
+    plan = plan_training(peft_model, tok, encoded, first=9)
+    loss = step_loss(peft_model, plan, [3, 17, 42, …], stance_weight=5.0, bf16=True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from ws.device import autocast, input_device
+from ws.fastfwd import skip_blocks
+from ws.models import layer_name
+from ws.trace import TraceDict
+
+__all__ = ["TrainPlan", "plan_training", "step_loss", "adapted_blocks"]
+
+
+@dataclass
+class TrainPlan:
+    """The encoded examples split at their common prefix, with the residual entering block
+    ``first`` of each suffix under the base weights."""
+
+    first: int
+    prefix: Tensor  # [P] long: the token ids every example starts with
+    suffixes: list[Tensor]  # per example [T_i] long: its tokens after the prefix
+    n_prompt: list[int]  # per example: how many of its suffix tokens are prompt (not trained on)
+    resid: list[Float[Tensor, "T d"]]  # per example: residual entering block `first`, on the model's device
+
+
+def adapted_blocks(peft_model: nn.Module) -> set[int]:
+    """The decoder blocks holding a trainable parameter; raises when one lies outside the
+    blocks (embedding, final norm, lm_head), where nothing below could be skipped."""
+    blocks = set()
+    for name, p in peft_model.named_parameters():
+        if not p.requires_grad:
+            continue
+        parts = name.split(".")
+        if "layers" not in parts or not parts[parts.index("layers") + 1].isdigit():
+            raise ValueError(
+                f"{name}: a trainable parameter outside the decoder blocks; the fast step needs adapters on blocks only"
+            )
+        blocks.add(int(parts[parts.index("layers") + 1]))
+    if not blocks:
+        raise ValueError("the model has no trainable parameters")
+    return blocks
+
+
+def _common_prefix(encoded: Sequence[tuple[list[int], int]]) -> int:
+    """Longest common token prefix, kept one token short of the shortest prompt: the token
+    that predicts the first response token stays in every suffix."""
+    cap = min(n_prompt for _, n_prompt in encoded) - 1
+    first_ids = encoded[0][0]
+    p = 0
+    while p < cap and all(ids[p] == first_ids[p] for ids, _ in encoded):
+        p += 1
+    return max(p, 0)
+
+
+@torch.no_grad()
+def plan_training(
+    peft_model: nn.Module, encoded: Sequence[tuple[list[int], int]], bf16: bool = False, batch_size: int = 16
+) -> TrainPlan:
+    """Split ``encoded`` (``(token ids, n_prompt_tokens)`` per example) at the common prefix
+    and run blocks ``0 … first−1`` once over every example (``first`` = the lowest adapted
+    block), under the same autocast as the training steps."""
+    base = peft_model.get_base_model()
+    first = min(adapted_blocks(peft_model))
+    dev = input_device(peft_model)
+    P = _common_prefix(encoded)
+    resid: list[Tensor] = []
+    name = layer_name(first)
+    for s in range(0, len(encoded), batch_size):
+        chunk = [ids for ids, _ in encoded[s : s + batch_size]]
+        T = max(len(x) for x in chunk)
+        ids = torch.zeros((len(chunk), T), dtype=torch.long)
+        mask = torch.zeros((len(chunk), T), dtype=torch.long)
+        for j, x in enumerate(chunk):
+            ids[j, : len(x)], mask[j, : len(x)] = torch.tensor(x), 1
+        with autocast(dev, bf16), TraceDict(base, [name], retain_input=True, retain_output=False, detach=True, stop=True) as td:
+            base.model(input_ids=ids.to(dev), attention_mask=mask.to(dev))
+        h = td[name].input
+        resid.extend(h[j, P : len(x)].clone() for j, x in enumerate(chunk))
+    return TrainPlan(
+        first=first,
+        prefix=torch.tensor(encoded[0][0][:P], dtype=torch.long),
+        suffixes=[torch.tensor(ids[P:], dtype=torch.long) for ids, _ in encoded],
+        n_prompt=[n - P for _, n in encoded],
+        resid=resid,
+    )
+
+
+def _prefix_cache(backbone: nn.Module, prefix: Tensor, dev: torch.device, repeats: int):
+    """Keys/values of the prefix under the current weights (with gradients), one row
+    repeated ``repeats`` times; None without a prefix."""
+    P = prefix.numel()
+    if P == 0:
+        return None
+    ids = prefix[None].to(dev)
+    out = backbone(
+        input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=torch.arange(P, device=dev)[None], use_cache=True
+    )
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(repeats)
+    return cache
+
+
+def _suffix_batch(plan: TrainPlan, idx: Sequence[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Right-padded residuals ``[b, T, d]``, mask ``[b, T]`` and next-token targets ``[b, T]``
+    (-100 on the prompt and padding)."""
+    T = max(plan.suffixes[i].numel() for i in idx)
+    d = plan.resid[idx[0]].shape[-1]
+    ref = plan.resid[idx[0]]
+    resid = torch.zeros((len(idx), T, d), dtype=ref.dtype, device=ref.device)
+    mask = torch.zeros((len(idx), T), dtype=torch.long)
+    target = torch.full((len(idx), T), -100, dtype=torch.long)
+    for j, i in enumerate(idx):
+        ids, n = plan.suffixes[i], plan.suffixes[i].numel()
+        resid[j, :n] = plan.resid[i]
+        mask[j, :n] = 1
+        # position t predicts token t+1; the response starts at suffix index n_prompt[i]
+        target[j, plan.n_prompt[i] - 1 : n - 1] = ids[plan.n_prompt[i] :]
+    return resid, mask, target
+
+
+def step_loss(
+    peft_model: nn.Module, plan: TrainPlan, idx: Sequence[int], stance_weight: float = 1.0, bf16: bool = False
+) -> Tensor:
+    """The weighted response cross-entropy of examples ``idx`` (as
+    :func:`ws.adapters.response_loss` on a full forward), differentiable in the adapter."""
+    base = peft_model.get_base_model()
+    dev = input_device(peft_model)
+    resid, mask, target = _suffix_batch(plan, idx)
+    b, T = mask.shape
+    P = plan.prefix.numel()
+    with autocast(dev, bf16):
+        cache = _prefix_cache(base.model, plan.prefix, dev, b)
+        full_mask = torch.cat([torch.ones(b, P, dtype=torch.long), mask], dim=1).to(dev)
+        pos = (P + torch.arange(T)).expand(b, T).to(dev)
+        with skip_blocks(base, plan.first):
+            h = base.model(
+                inputs_embeds=resid,
+                attention_mask=full_mask,
+                position_ids=pos,
+                past_key_values=cache,
+                use_cache=cache is not None,
+            ).last_hidden_state
+        read = target != -100  # [b, T]
+        logits = base.lm_head(h[read.to(dev)]).float()  # [n_read, V]
+    tok_loss = nn.functional.cross_entropy(logits, target[read].to(dev), reduction="none")
+    weight = torch.ones_like(tok_loss)
+    if stance_weight != 1.0:
+        # the first read position of each row carries the stance token
+        first_read = read.float().argmax(dim=1)
+        flat = torch.zeros_like(read)
+        flat[torch.arange(b), first_read] = True
+        weight = torch.where(flat[read].to(dev), torch.full_like(tok_loss, stance_weight), weight)
+    return (tok_loss * weight).sum() / weight.sum().clamp_min(1e-8)
