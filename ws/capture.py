@@ -58,7 +58,7 @@ from ws.linalg import blas_threads
 from ws.log import logger
 from ws.models import d_model, decoder_layers, layer_name, model_id, n_layers
 from ws.steer import weight_steer
-from ws.trace import TraceDict, last_token_index
+from ws.trace import TraceDict, last_token_index, untuple
 
 __all__ = [
     "Captures",
@@ -308,7 +308,7 @@ def _forward_capture(
         def edit(output, name, per=per, rows=rows, last=last, real=real, valid=valid, tok_idx=tok_idx):
             what, i = kind[name]
             if what == "block":
-                h = output[0] if isinstance(output, (tuple, list)) else output  # [B, T_in, d]
+                h = untuple(output)  # [B, T_in, d]
                 if resid:
                     per["resid"][i] = h[rows, last].float().cpu()
                 if tokens:
@@ -324,13 +324,12 @@ def _forward_capture(
                 row = w[rows, :, last, :].mean(dim=1)  # [B, T_in]: head-averaged final-token row
                 per["attn"][i] = row.float().cpu().gather(1, tok_idx) * valid
             elif what in ("o_out", "down_out"):
-                y = (output[0] if isinstance(output, (tuple, list)) else output)[real.to(output.device)].to(
-                    "cpu", torch.float64
-                )  # [N, d]
+                y = untuple(output)
+                y = y[real.to(y.device)].to("cpu", torch.float64)  # [N, d]
                 g = y.T @ y
                 mom_out[what][i] = g if mom_out[what][i] is None else mom_out[what][i].add_(g)
             elif what == "up":
-                u = (output[0] if isinstance(output, (tuple, list)) else output)[rows, last]  # [B, d_mlp]
+                u = untuple(output)[rows, last]  # [B, d_mlp]
                 per["up_written"][i] = u.float().cpu() @ W_down[i].float().T
             return output
 
