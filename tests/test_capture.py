@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ws import capture
+from ws import capture, recorders
 from ws import linalg as la
 from ws.data import render_chat
 from ws.trace import TraceDict, gather_last_token
@@ -63,14 +63,14 @@ def test_block_outputs_match_output_hidden_states(model_tok, side):
     old = _with_side(tok, side)
     try:
         hooked = capture.block_outputs(model, tok, prompts, batch_size=3)  # one padded batch
-        ids, mask = capture._encode(tok, prompts)
+        ids, mask = recorders.encode(tok, prompts)
     finally:
         tok.padding_side = old
     assert hooked.shape == (L, len(prompts), model.config.hidden_size) and hooked.dtype == torch.float32
     assert bool((mask[:, 0] == 0).any()) if side == "left" else bool((mask[:, -1] == 0).any())  # really padded
     with torch.no_grad():
         hs = model(
-            input_ids=ids, attention_mask=mask, position_ids=capture._position_ids(mask), output_hidden_states=True
+            input_ids=ids, attention_mask=mask, position_ids=recorders.position_ids(mask), output_hidden_states=True
         ).hidden_states
     for i in range(L - 1):
         ref = gather_last_token(hs[i + 1], mask)
@@ -264,6 +264,13 @@ def test_capture_all_save_load_and_cache(tiny_llama, tmp_path, monkeypatch):
     for k, v in cap.tensors().items():
         assert torch.equal(getattr(back, k), v), k
     assert capture.Captures.load(path, "another-key") is None, "an entry for another key is not trusted"
+
+
+def test_capture_key_covers_the_code_a_capture_runs():
+    """The passes, the recorders, the hooks and the steering all decide what a cached capture holds."""
+    from ws.cache import CODE_FILES
+
+    assert {"ws/capture.py", "ws/recorders.py", "ws/trace.py", "ws/steer.py"} <= set(CODE_FILES)
 
 
 def _recompute_count(monkeypatch) -> list:
