@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ws import capture
+from ws import capture, recorders
 from ws import linalg as la
 from ws.data import render_chat
 from ws.trace import TraceDict, gather_last_token
@@ -63,14 +63,14 @@ def test_block_outputs_match_output_hidden_states(model_tok, side):
     old = _with_side(tok, side)
     try:
         hooked = capture.block_outputs(model, tok, prompts, batch_size=3)  # one padded batch
-        ids, mask = capture._encode(tok, prompts)
+        ids, mask = recorders.encode(tok, prompts)
     finally:
         tok.padding_side = old
     assert hooked.shape == (L, len(prompts), model.config.hidden_size) and hooked.dtype == torch.float32
     assert bool((mask[:, 0] == 0).any()) if side == "left" else bool((mask[:, -1] == 0).any())  # really padded
     with torch.no_grad():
         hs = model(
-            input_ids=ids, attention_mask=mask, position_ids=capture._position_ids(mask), output_hidden_states=True
+            input_ids=ids, attention_mask=mask, position_ids=recorders.position_ids(mask), output_hidden_states=True
         ).hidden_states
     for i in range(L - 1):
         ref = gather_last_token(hs[i + 1], mask)
@@ -266,6 +266,13 @@ def test_capture_all_save_load_and_cache(tiny_llama, tmp_path, monkeypatch):
     assert capture.Captures.load(path, "another-key") is None, "an entry for another key is not trusted"
 
 
+def test_capture_key_covers_the_code_a_capture_runs():
+    """The passes, the recorders, the hooks and the steering all decide what a cached capture holds."""
+    from ws.cache import CODE_FILES
+
+    assert {"ws/capture.py", "ws/recorders.py", "ws/trace.py", "ws/steer.py"} <= set(CODE_FILES)
+
+
 def _recompute_count(monkeypatch) -> list:
     calls: list = []
     real = capture._forward_capture
@@ -338,3 +345,104 @@ def test_block_labels_cache(tiny_llama, tmp_path, monkeypatch):
     assert calls == [] and all(torch.equal(a[k], b[k]) for k in a)
     c = capture.block_labels(model, tok, _prompts(tok), {k: 2 * v for k, v in w.items()}, batch_size=2, cache=True)
     assert calls == [1, 1] and not torch.equal(a["label"], c["label"])
+
+
+# ----------------------------------------------------------------------------- bit for bit against plain hooks
+def _plain_pass(model, ids, mask) -> dict:
+    """One pass of the decoder stack with a plain forward hook on every module, nothing else:
+    ``(name, "in")`` -> its first positional input, ``(name, "out")`` -> its output as returned."""
+    seen: dict = {}
+
+    def keep(name):
+        return lambda mod, args, out: seen.update({(name, "in"): args[0] if args else None, (name, "out"): out})
+
+    handles = [m.register_forward_hook(keep(n)) for n, m in model.named_modules() if n]
+    try:
+        with torch.no_grad():
+            model.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _plain_batch(model, seen, mask, lens, T) -> dict[str, torch.Tensor]:
+    """One batch's captures from the plain hooks' tensors, gathered and summed by hand (see ws.capture's doc)."""
+    L, real = len(model.model.layers), mask.bool()
+    rows, last = torch.arange(mask.shape[0]), (torch.arange(mask.shape[1]) * mask).argmax(1)
+    back = (T - 1 - torch.arange(T))[None, :]
+    valid, idx = back < torch.tensor(lens)[:, None], (last[:, None] - back).clamp(min=0)
+
+    def at(l, part, io):
+        x = seen[(f"model.layers.{l}{part}", io)]
+        return x[0] if io == "out" and part != ".self_attn" and isinstance(x, tuple) else x
+
+    def gram(x):
+        return x[real].double().T @ x[real].double()
+
+    W_down = [model.model.layers[l].mlp.down_proj.weight.detach().cpu().float() for l in range(L)]
+    per_layer = {
+        "resid": [at(l, "", "out")[rows, last].float().cpu() for l in range(L)],
+        "pre": [at(l, "", "in")[rows, last].float().cpu() for l in range(L)],
+        "up_in": [at(l, ".mlp.up_proj", "in")[rows, last].float().cpu() for l in range(L)],
+        "up_written": [at(l, ".mlp.up_proj", "out")[rows, last].float().cpu() @ W_down[l].T for l in range(L)],
+        "tok": [at(l, "", "out")[rows[:, None], idx].float().cpu() * valid[..., None] for l in range(L)],
+        "attn": [at(l, ".self_attn", "out")[1][rows, :, last].mean(1).float().cpu().gather(1, idx) * valid for l in range(L)],
+        "mom_oproj": [gram(at(l, ".self_attn.o_proj", "in")) for l in range(L)],
+        "mom_downproj": [gram(at(l, ".mlp.down_proj", "in")) for l in range(L)],
+        "mom_oproj_out": [gram(at(l, ".self_attn.o_proj", "out")) for l in range(L)],
+        "mom_downproj_out": [gram(at(l, ".mlp.down_proj", "out")) for l in range(L)],
+    }
+    out = {k: torch.stack(v) for k, v in per_layer.items()}
+    return out | {"embed": at(0, "", "in")[rows, last].float().cpu(), "mask": valid, "n_tok": int(real.sum())}
+
+
+def _plain_captures(model, tok, prompts, batch_size, lens) -> dict[str, torch.Tensor]:
+    """Every capture of ws.capture, from plain hooks with hand-written gathers and float64 sums."""
+    parts, T = [], max(lens)
+    for s in range(0, len(prompts), batch_size):
+        enc = tok(prompts[s : s + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        seen = _plain_pass(model, enc["input_ids"], enc["attention_mask"])
+        parts.append(_plain_batch(model, seen, enc["attention_mask"], lens[s : s + batch_size], T))
+    n_tok = sum(b.pop("n_tok") for b in parts)
+    out = {"mom_n_tokens": torch.tensor([float(n_tok)])}
+    for k in parts[0]:
+        if k.startswith("mom"):
+            out[k] = (sum(b[k] for b in parts) / n_tok).float()
+        else:
+            out[k] = torch.cat([b[k] for b in parts], dim=0 if k in ("embed", "mask") else 1)
+    return out
+
+
+def _assert_equal(got: dict, ref: dict, names) -> None:
+    for k in names:
+        assert got[k].dtype == ref[k].dtype and got[k].shape == ref[k].shape, k
+        assert torch.equal(got[k], ref[k]), f"{k}: max abs diff {float((got[k].double() - ref[k].double()).abs().max())}"
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_captures_are_bit_identical_to_plain_hooks(model_tok, side):
+    """Every capture kind, alone and all in one pass, equals plain hooks plus hand-written gathers exactly."""
+    model, tok = model_tok
+    pos, neg = _prompts(tok, SYS_POS), _prompts(tok, SYS_NEG)
+    old = _with_side(tok, side)
+    try:
+        lens = capture.shared_suffix_lengths(tok, pos, neg)
+        ref = _plain_captures(model, tok, pos, 2, lens)  # 3 prompts: a padded batch of 2, then 1
+        every = dict(resid=True, embed=True, up_in=True, up_written=True, moments=True, suffix_lens=lens)
+        r = capture._forward_capture(model, tok, pos, 2, **every)
+        assert set(r) == set(ref) - {"pre"}
+        _assert_equal(r, ref, set(r))
+        alone = {
+            "resid": capture.block_outputs(model, tok, pos, 2),
+            "up_in": capture.up_proj_inputs(model, tok, pos, 2),
+            "up_written": capture.up_proj_written(model, tok, pos, 2),
+            **dict(zip(("pre", "post"), capture.block_io(model, tok, pos, 2), strict=True)),
+            **capture.input_second_moments(model, tok, pos, 2),
+            **{k.removeprefix("pos_"): v for k, v in capture.token_level(model, tok, pos, neg, 2).items()},
+        }
+    finally:
+        tok.padding_side = old
+    _assert_equal(
+        alone, ref | {"post": ref["resid"], "tok_mask": ref["mask"]}, set(alone) - {"neg_tok", "neg_attn", "suffix_len"}
+    )

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ws.models import layer_name, n_layers
-from ws.trace import StopForward, Trace, TraceDict, gather_last_token, get_module, has_hooks, last_token_index
+from ws.trace import StopForward, Trace, TraceDict, gather_last_token, get_module, has_hooks, last_token_index, untuple
 
 PROMPTS = [
     "What is the capital of France?",
@@ -158,3 +158,33 @@ def test_stop_ends_forward_pass(tiny_llama):
 
 def test_stop_forward_is_exception():
     assert issubclass(StopForward, Exception)
+
+
+def test_untuple_takes_the_first_element_of_a_tuple_output():
+    h, w = torch.ones(2, 3), torch.zeros(2, 1)
+    assert untuple(h) is h
+    assert untuple((h, w)) is h and untuple([h, w]) is h and untuple((h,)) is h
+    assert untuple(((h, w), w)) == (h, w)  # one level only
+    assert untuple(()) == () and untuple(None) is None
+
+
+def test_untuple_on_real_module_outputs(tiny_qwen3):
+    """A block, its attention and a linear layer: untuple gives the hidden states / the tensor."""
+    model, tok = tiny_qwen3
+    blk = model.model.layers[1]
+    got = {}
+    hooks = [
+        m.register_forward_hook(lambda mod, args, out, key=key: got.__setitem__(key, out))
+        for key, m in (("block", blk), ("attn", blk.self_attn), ("o_proj", blk.self_attn.o_proj))
+    ]
+    try:
+        with torch.no_grad():
+            model(**_batch(tok, "left"))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert isinstance(got["attn"], tuple)  # (output, weights): a tuple whatever the version
+    assert untuple(got["attn"]) is got["attn"][0] and untuple(got["o_proj"]) is got["o_proj"]
+    assert torch.equal(untuple(got["attn"]), got["o_proj"])  # the attention's output is o_proj's
+    hidden = untuple(got["block"])
+    assert isinstance(hidden, torch.Tensor) and hidden.shape[-1] == model.config.hidden_size

@@ -9,6 +9,7 @@ Where in the residual stream does a weight diff ``w = Δθ⁺ − Δθ⁻`` act?
 - ``ws.diff``     the weight diff: save, load, validate
 - ``ws.steer``    ``weight_steer(model, w, alpha)``
 - ``ws.capture``  the named captures of the sweep
+- ``ws.recorders`` one recorder per capture kind, and the hooked passes that feed them
 - ``ws.linalg``   subspace algebra
 - ``ws.bases``    the candidate registry
 - ``ws.stats``    scores (R_act = ``conc_act``, R_w = ``conc_w_*``), the closed-form null,

@@ -22,7 +22,7 @@ from ws.log import logger
 from ws.paths import cache_dir, repo_root
 
 # Source files whose code determines what a capture contains.
-CODE_FILES = ("ws/capture.py", "ws/trace.py", "ws/data.py", "ws/steer.py")
+CODE_FILES = ("ws/capture.py", "ws/recorders.py", "ws/trace.py", "ws/data.py", "ws/steer.py")
 
 
 def activation_cache_dir() -> Path:

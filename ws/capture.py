@@ -12,7 +12,7 @@ tokenizer's side (left or right both work: the last real token is found from the
 mask, and position ids are computed from the mask so a left-padded prompt sees the same
 positions as an unpadded one).
 
-Functions (all ``no_grad``, one TraceDict per pass):
+Functions (all ``no_grad``; the passes and the recorder of each capture kind are in :mod:`ws.recorders`):
 
 - :func:`block_outputs`: ``[L, n, d]`` at the last real token.
 - :func:`label`: block outputs at ``θ + w`` minus at ``θ − w`` (``hs_diff``), ``[L, n, d]``.
@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -53,12 +53,11 @@ from jaxtyping import Bool, Float
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ws.device import input_device, module_weight
+from ws import recorders as rec
 from ws.linalg import blas_threads
 from ws.log import logger
-from ws.models import d_model, decoder_layers, layer_name, model_id, n_layers
+from ws.models import d_model, model_id
 from ws.steer import weight_steer
-from ws.trace import TraceDict, last_token_index
 
 __all__ = [
     "Captures",
@@ -195,18 +194,6 @@ def eager_attention(model: nn.Module) -> Iterator[None]:
         model.config._attn_implementation = old
 
 
-def _encode(tok, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
-    return enc["input_ids"], enc["attention_mask"]
-
-
-def _position_ids(mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over real tokens only (left padding sees the positions of no padding)."""
-    return (mask.long().cumsum(dim=-1) - 1).clamp(min=0)
-
-
 def shared_suffix_lengths(tok, prompts_pos: Sequence[str], prompts_neg: Sequence[str]) -> list[int]:
     """Length of the longest common token-id suffix of each (persona+, persona−) pair."""
     if len(prompts_pos) != len(prompts_neg):
@@ -228,12 +215,6 @@ def _n_batches(n: int, bs: int) -> int:
     return math.ceil(n / bs) if n else 0
 
 
-def _weights(model: nn.Module, i: int, proj: str) -> torch.Tensor:
-    mod = decoder_layers(model)[i]
-    part = mod.mlp if proj in ("gate_proj", "up_proj", "down_proj") else mod.self_attn
-    return module_weight(getattr(part, proj))
-
-
 @torch.no_grad()
 def _forward_capture(
     model: nn.Module,
@@ -249,146 +230,36 @@ def _forward_capture(
     suffix_lens: Sequence[int] | None = None,
     pbar: tqdm | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One batched pass over ``prompts`` filling every requested capture (see module doc)."""
-    prompts = list(prompts)
-    n = len(prompts)
-    if n == 0:
-        raise ValueError("no prompts to capture")
-    L = n_layers(model)
-    blocks = [layer_name(i) for i in range(L)]
-    ups = [f"{layer_name(i)}.mlp.up_proj" for i in range(L)]
-    attns = [f"{layer_name(i)}.self_attn" for i in range(L)]
-    oprojs = [f"{layer_name(i)}.self_attn.o_proj" for i in range(L)]
-    downs = [f"{layer_name(i)}.mlp.down_proj" for i in range(L)]
-    tokens = suffix_lens is not None
-    if tokens and len(suffix_lens) != n:
-        raise ValueError(f"{len(suffix_lens)} suffix lengths for {n} prompts")
-    T = max(suffix_lens) if tokens else 0
+    """One batched pass over ``prompts`` filling every requested capture (see module doc):
+    ``resid``, ``embed``, ``up_in``, ``up_written``, with ``suffix_lens`` ``tok``, ``attn`` and
+    ``mask``, with ``moments`` the ``mom_*`` tensors."""
+    prompts = rec.prompt_list(prompts)
+    if suffix_lens is not None and len(suffix_lens) != len(prompts):
+        raise ValueError(f"{len(suffix_lens)} suffix lengths for {len(prompts)} prompts")
+    flags = dict(resid=resid, embed=embed, up_in=up_in, up_written=up_written, moments=moments)
+    return rec.record(model, tok, prompts, batch_size, _recorders(model, suffix_lens=suffix_lens, **flags), pbar)
 
-    out_names: list[str] = []
-    kind: dict[str, tuple[str, int]] = {}
-    if resid or tokens:
-        out_names += blocks
-        kind.update({b: ("block", i) for i, b in enumerate(blocks)})
-    if tokens:
-        out_names += attns
-        kind.update({a: ("attn", i) for i, a in enumerate(attns)})
-    if up_written:
-        out_names += ups
-        kind.update({u: ("up", i) for i, u in enumerate(ups)})
-    if moments:
-        out_names += oprojs + downs
-        kind.update({o: ("o_out", i) for i, o in enumerate(oprojs)})
-        kind.update({o: ("down_out", i) for i, o in enumerate(downs)})
-    in_names: list[str] = ([blocks[0]] if embed else []) + (ups if up_in else []) + (oprojs + downs if moments else [])
 
-    W_down = [_weights(model, i, "down_proj").cpu() for i in range(L)] if up_written else None
-    backbone = getattr(model, "model", model)
-    acc: dict[str, list] = {k: [] for k in ("resid", "embed", "up_in", "up_written", "tok", "attn", "mask")}
-    mom_o = mom_d = None
-    mom_out = {"o_out": [None] * L, "down_out": [None] * L}
-    n_tok = 0
-
-    for start in range(0, n, batch_size):
-        batch = prompts[start : start + batch_size]
-        ids, mask = _encode(tok, batch)
-        B = ids.shape[0]
-        last = last_token_index(mask)  # [B]
-        rows = torch.arange(B)
-        real = mask.bool()
-        valid = tok_idx = None
-        if tokens:
-            sl = torch.as_tensor(list(suffix_lens[start : start + B]), dtype=torch.long)
-            back = (T - 1 - torch.arange(T))[None, :]  # [1, T]: steps back from the last token
-            valid = back < sl[:, None]  # [B, T]
-            tok_idx = (last[:, None] - back).clamp(min=0)  # [B, T]
-        per: dict[str, list] = {"resid": [None] * L, "tok": [None] * L, "attn": [None] * L, "up_written": [None] * L}
-
-        # this batch's indices are bound as defaults: the hook runs within this iteration only
-        def edit(output, name, per=per, rows=rows, last=last, real=real, valid=valid, tok_idx=tok_idx):
-            what, i = kind[name]
-            if what == "block":
-                h = output[0] if isinstance(output, (tuple, list)) else output  # [B, T_in, d]
-                if resid:
-                    per["resid"][i] = h[rows, last].float().cpu()
-                if tokens:
-                    ht = h[rows[:, None], tok_idx].float().cpu()  # [B, T, d]
-                    per["tok"][i] = ht * valid[..., None]
-            elif what == "attn":
-                w = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
-                if w is None:
-                    raise RuntimeError(
-                        f"{name} returned no attention weights: token-level captures need eager attention "
-                        f"(model.config._attn_implementation = 'eager')"
-                    )
-                row = w[rows, :, last, :].mean(dim=1)  # [B, T_in]: head-averaged final-token row
-                per["attn"][i] = row.float().cpu().gather(1, tok_idx) * valid
-            elif what in ("o_out", "down_out"):
-                y = (output[0] if isinstance(output, (tuple, list)) else output)[real.to(output.device)].to(
-                    "cpu", torch.float64
-                )  # [N, d]
-                g = y.T @ y
-                mom_out[what][i] = g if mom_out[what][i] is None else mom_out[what][i].add_(g)
-            elif what == "up":
-                u = (output[0] if isinstance(output, (tuple, list)) else output)[rows, last]  # [B, d_mlp]
-                per["up_written"][i] = u.float().cpu() @ W_down[i].float().T
-            return output
-
-        ctx_out = TraceDict(model, out_names, retain_output=False, edit_output=edit) if out_names else nullcontext({})
-        ctx_in = TraceDict(model, in_names, retain_input=True, retain_output=False, detach=True) if in_names else nullcontext({})
-        with ctx_out, ctx_in as tin:
-            # the decoder stack only: no logits are needed (the lm_head is ~20 % of a 135M model's work)
-            dev = input_device(model)
-            backbone(
-                input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=_position_ids(mask).to(dev), use_cache=False
-            )
-
-        if resid:
-            acc["resid"].append(torch.stack(per["resid"]))  # [L, B, d]
-        if tokens:
-            acc["tok"].append(torch.stack(per["tok"]))  # [L, B, T, d]
-            acc["attn"].append(torch.stack(per["attn"]))  # [L, B, T]
-            acc["mask"].append(valid)
-        if up_written:
-            acc["up_written"].append(torch.stack(per["up_written"]))
-        if embed:
-            acc["embed"].append(tin[blocks[0]].input[rows, last].float().cpu())
-        if up_in:
-            acc["up_in"].append(torch.stack([tin[u].input[rows, last].float().cpu() for u in ups]))
-        if moments:
-            n_tok += int(real.sum())
-            for i in range(L):
-                xo = tin[oprojs[i]].input.cpu()[real].to(torch.float64)  # [N, d_attn]
-                xd = tin[downs[i]].input.cpu()[real].to(torch.float64)  # [N, d_mlp]
-                if mom_o is None:
-                    mom_o = [None] * L
-                    mom_d = [None] * L
-                go, gd = xo.T @ xo, xd.T @ xd
-                mom_o[i] = go if mom_o[i] is None else mom_o[i].add_(go)
-                mom_d[i] = gd if mom_d[i] is None else mom_d[i].add_(gd)
-        if pbar is not None:
-            pbar.update(1)
-
-    res: dict[str, torch.Tensor] = {}
+def _recorders(
+    model: nn.Module, *, resid: bool, embed: bool, up_in: bool, up_written: bool, moments: bool, suffix_lens: Sequence[int] | None
+) -> list[rec.Recorder]:
+    """The recorders :func:`_forward_capture`'s flags select."""
+    recorders: list[rec.Recorder] = []
     if resid:
-        res["resid"] = torch.cat(acc["resid"], dim=1)
-    if tokens:
-        res["tok"] = torch.cat(acc["tok"], dim=1)
-        res["attn"] = torch.cat(acc["attn"], dim=1)
-        res["mask"] = torch.cat(acc["mask"], dim=0)
-    if up_written:
-        res["up_written"] = torch.cat(acc["up_written"], dim=1)
+        recorders.append(rec.LastToken("resid", rec.per_layer(model)))
     if embed:
-        res["embed"] = torch.cat(acc["embed"], dim=0)
+        recorders.append(rec.Embedding())
     if up_in:
-        res["up_in"] = torch.cat(acc["up_in"], dim=1)
+        recorders.append(rec.LastToken("up_in", rec.per_layer(model, ".mlp.up_proj"), reads="input"))
+    if up_written:
+        recorders.append(rec.UpWritten(model))
+    if suffix_lens is not None:
+        recorders += [rec.SuffixOutputs(model, suffix_lens), rec.AttentionRows(model, suffix_lens)]
     if moments:
-        res["mom_oproj"] = torch.stack([(m / n_tok).float() for m in mom_o])
-        res["mom_downproj"] = torch.stack([(m / n_tok).float() for m in mom_d])
-        res["mom_oproj_out"] = torch.stack([(m / n_tok).float() for m in mom_out["o_out"]])
-        res["mom_downproj_out"] = torch.stack([(m / n_tok).float() for m in mom_out["down_out"]])
-        res["mom_n_tokens"] = torch.tensor([float(n_tok)])
-    return res
+        for key, part in (("mom_oproj", ".self_attn.o_proj"), ("mom_downproj", ".mlp.down_proj")):
+            names = rec.per_layer(model, part)
+            recorders += [rec.SecondMoment(key, names, "input"), rec.SecondMoment(f"{key}_out", names, "output")]
+    return recorders
 
 
 # ----------------------------------------------------------------------------- public captures
@@ -557,25 +428,12 @@ def capture_all(
 
 
 # ----------------------------------------------------------------------------- v8: block-local label
-@torch.no_grad()
 def block_io(model: nn.Module, tok, prompts: Sequence[str], batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """Each block's input (pre) and output (post) at each prompt's last real token, both
     ``[L, n, d]`` float32, from the same passes (and numbers) as :func:`block_outputs`."""
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("no prompts to capture")
-    L = n_layers(model)
-    blocks = [layer_name(i) for i in range(L)]
-    backbone = getattr(model, "model", model)
-    pre, post = [], []
-    for start in range(0, len(prompts), batch_size):
-        ids, mask = _encode(tok, prompts[start : start + batch_size])
-        rows, last = torch.arange(ids.shape[0]), last_token_index(mask)
-        with TraceDict(model, blocks, retain_input=True, retain_output=True, detach=True) as td:
-            backbone(input_ids=ids, attention_mask=mask, position_ids=_position_ids(mask), use_cache=False)
-        pre.append(torch.stack([td[b].input[rows, last].float() for b in blocks]))  # [L, B, d]
-        post.append(torch.stack([td[b].output[rows, last].float() for b in blocks]))
-    return torch.cat(pre, dim=1), torch.cat(post, dim=1)
+    blocks = rec.per_layer(model)
+    io = rec.record(model, tok, prompts, batch_size, [rec.LastToken("pre", blocks, reads="input"), rec.LastToken("post", blocks)])
+    return io["pre"], io["post"]
 
 
 def block_labels(

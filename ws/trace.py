@@ -17,6 +17,9 @@ Interface and semantics follow the well-known ``Trace`` / ``TraceDict`` pattern:
 - Hooks are added on entering the ``with`` block and removed on leaving it, also when the
   body raises; an object made without ``with`` hooks nothing. An unknown layer name
   raises ``KeyError`` when the object is made, before any hook exists.
+
+:func:`untuple` is the one place a module's output loses its tuple (its first element), for
+these traces and for every hand-written hook of the suite.
 """
 
 from __future__ import annotations
@@ -44,8 +47,11 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
     raise KeyError(f"model has no module named {name!r}" + (f"; modules near it: {near}" if near else ""))
 
 
-def _first(x: Any) -> Any:
-    return x[0] if isinstance(x, (tuple, list)) and len(x) > 0 else x
+def untuple(output: Any) -> Any:
+    """A module's output without its tuple: the first element of a (non-empty) tuple or list, else
+    the output itself. A decoder block returns ``(hidden [B, T, d], ...)`` or, in newer
+    transformers, ``hidden`` alone; attention returns ``(out, weights)``; a linear layer a tensor."""
+    return output[0] if isinstance(output, (tuple, list)) and len(output) > 0 else output
 
 
 def _keep(x: Any, clone: bool, detach: bool) -> Any:
@@ -90,11 +96,11 @@ class Trace:
 
         def hook(mod: nn.Module, inputs: tuple, output: Any) -> Any:
             if retain_input:
-                self.input = _keep(_first(inputs), clone, detach)
+                self.input = _keep(untuple(inputs), clone, detach)
             if edit_output is not None:
                 output = _call_edit(edit_output, output, layer)
             if retain_output:
-                self.output = _keep(_first(output), clone, detach)
+                self.output = _keep(untuple(output), clone, detach)
             if stop:
                 raise StopForward()
             return output
