@@ -63,7 +63,8 @@ def smoke(tmp_path_factory) -> Path:
 
 
 def v7(base: Path) -> Path:
-    return base / "out" / "sycophancy" / "lora" / "v7"
+    """The smoke model (tiny-llama, not the embedded one) writes under out/models/tiny-llama/."""
+    return base / "out" / "models" / "tiny-llama" / "sycophancy" / "lora" / "v7"
 
 
 def test_spec_names_count():
@@ -196,11 +197,13 @@ def test_an_imported_w_pt_is_analysed_not_replaced(smoke, tmp_path, monkeypatch)
     shutil.copytree(smoke / "out", base / "out")
     cfg = _cfg(base, monkeypatch)
     model, tok = load_model(cfg.model)
-    w0, _ = load_diff(diff_path("sycophancy", "lora", 0, base / "out"), model)
+    w0, _ = load_diff(diff_path("sycophancy", "lora", 0, base / "out", model=cfg.model), model)
     torch.save({k: 2 * v for k, v in w0.items()}, tmp_path / "w.pt")
     # exactly the README's lines
     w = import_pt(tmp_path / "w.pt")
-    path = save_diff(w, diff_path("sycophancy", "lora", 0, base / "out"), {"model": cfg.model, "source": "upstream w.pt"})
+    path = save_diff(
+        w, diff_path("sycophancy", "lora", 0, base / "out", model=cfg.model), {"model": cfg.model, "source": "upstream w.pt"}
+    )
     imported = path.read_bytes()
     diffs = sweep.get_diffs(cfg, model)
     assert path.read_bytes() == imported, "the imported diff was replaced"
