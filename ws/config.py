@@ -206,7 +206,8 @@ VARIABLES: tuple[Var, ...] = (
         "out_root",
         _path,
         "out/",
-        "output root (relative paths: from the folder you ran the command in)",
+        "output root (relative paths: from the folder you ran the command in); a model other than the embedded one "
+        'writes under `<WS_OUT>/models/<model>/` (see "Where each model\'s files go")',
         allowed="a folder",
     ),
     Var("WS_CACHE", "cache_root", _path, "cache/", "converted models and activation caches", allowed="a folder"),
