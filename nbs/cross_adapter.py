@@ -26,7 +26,8 @@
 # For every adapter of `WS_ADAPTERS` [all six] and every seed of `WS_SEEDS` [0,1,2] the
 # missing diffs are trained, the v7 sweep runs (each adapter's v7 files go to
 # `out/<behavior>/<adapter>/v7/`), and the comparison is written to
-# `out/<behavior>/cross_adapter/`. `WS_SMOKE=1` runs it on a tiny random model.
+# `out/<behavior>/cross_adapter/`; a model other than the embedded one has all of these
+# under `out/models/<model>/`. `WS_SMOKE=1` runs it on a tiny random model.
 
 # %%
 import time
@@ -133,4 +134,4 @@ for p in written:
     print("  " + p.name)
 print("each adapter's v7 files:")
 for adapter in cfg.adapters:
-    print(f"  {cfg.out_root / cfg.behavior / adapter / 'v7'}")
+    print(f"  {cross_adapter.adapter_cfg(cfg, adapter).v7_dir}")

@@ -179,7 +179,8 @@ show.markdown((cfg.v7_dir / "v7_conclusion.md").read_text())
 
 # %% [markdown]
 # ## Where the files went
-# Under `WS_OUT` (default: `out/` at the repository root, wherever the kernel runs).
+# Under `WS_OUT` (default: `out/` at the repository root, wherever the kernel runs); a
+# model other than the embedded one writes under `WS_OUT/models/<model>/`.
 
 # %%
 print(f"{cfg.v7_dir}:")

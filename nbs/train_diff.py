@@ -29,7 +29,8 @@
 #    one per persona, or `bidir`: one LoRA trained as θ+Δ on the positive answers and θ−Δ
 #    on the negative ones, `w = 2Δ`);
 # 3. `w = Δθ⁺ − Δθ⁻` per weight tensor (each Δ = merged weight − base weight), saved with
-#    its metadata to `out/<behavior>/<adapter>/seed<k>/w.safetensors`;
+#    its metadata to `out/<behavior>/<adapter>/seed<k>/w.safetensors` (a model other than
+#    the embedded one: under `out/models/<model>/`, so two models never share a diff);
 # 4. on held-out topics, `θ + α·w` for α ∈ {−2, −1, 0, 1, 2} (and ±0.5 for `bidir`, its
 #    trained endpoints θ ± Δ): the Yes/No log-ratio for
 #    false-claim opinions, true-claim opinions and neutral questions. A diff that encodes

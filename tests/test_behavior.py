@@ -119,7 +119,8 @@ def test_a_users_file_runs_through_the_same_code(tmp_path, monkeypatch):
     from ws.train import DiffSpec
 
     spec = DiffSpec("tiny-llama", str(p), root=tmp_path / "out")  # a path becomes the behaviour's name
-    assert spec.behavior == "register" and spec.path == tmp_path / "out" / "register" / "lora" / "seed0" / "w.safetensors"
+    want = tmp_path / "out" / "models" / "tiny-llama" / "register" / "lora" / "seed0" / "w.safetensors"
+    assert spec.behavior == "register" and spec.path == want
     h = data.data_hash(behavior=b)
     other = _small()
     other["sets"][0]["answers"] = {"pos": "no", "neg": "yes"}
@@ -191,6 +192,7 @@ def _broken(change) -> dict:
         (lambda d: d.update(heldout_frac=1.5), r"top level, field 'heldout_frac': 1.5 is not a number strictly between 0 and 1"),
         (lambda d: d.update(name="my behaviour"), r"top level, field 'name': 'my behaviour' names the output folder"),
         (lambda d: d.update(name="sycophancy"), r"top level, field 'name': 'sycophancy' is a built-in behaviour's name"),
+        (lambda d: d.update(name="models"), r"top level, field 'name': 'models' is the output folder of the other models'"),
         (
             lambda d: d.update(items=d["items"][:3] + d["items"][4:]),
             r"top level, field 'items': the items cannot be split .*too few facts topics to split \(1\)",

@@ -126,6 +126,26 @@ def test_relative_paths_resolve_against_the_folder_the_user_ran_from(tmp_path, m
     assert from_env({"WS_OUT": "results"}).out_root == tmp_path / "results"
 
 
+def test_output_folders_follow_the_model(tmp_path):
+    from ws.diff import diff_path
+    from ws.train import DiffSpec
+
+    default = from_env({"WS_OUT": str(tmp_path)})
+    assert default.model_root == tmp_path, "the embedded model keeps the spec's locations"
+    assert default.v7_dir == tmp_path / "sycophancy" / "lora" / "v7" and default.v8_dir == tmp_path / "sycophancy" / "lora" / "v8"
+    assert default.cross_dir == tmp_path / "sycophancy" / "cross_adapter"
+    other = from_env({"WS_OUT": str(tmp_path), "WS_MODEL": "tiny-qwen3", "WS_ADAPTER": "dora"})
+    root = tmp_path / "models" / "tiny-qwen3"
+    assert other.model_root == root and from_env({"WS_OUT": str(tmp_path), "WS_SMOKE": "1"}).model_root.name == "tiny-llama"
+    assert other.v7_dir == root / "sycophancy" / "dora" / "v7" and other.v8_dir == root / "sycophancy" / "dora" / "v8"
+    assert other.cross_dir == root / "sycophancy" / "cross_adapter"
+    for cfg in (default, other):  # one rule for the config, the diff spec and diff_path
+        spec = DiffSpec(cfg.model, cfg.behavior, cfg.adapter, 1, root=cfg.out_root)
+        assert cfg.diff_path(1) == spec.path == diff_path(cfg.behavior, cfg.adapter, 1, tmp_path, model=cfg.model)
+        assert cfg.diff_path(1).parent.parent == cfg.v7_dir.parent, "the diffs sit beside the model's v7 set"
+    assert other.diff_path(0, "ia3") == root / "sycophancy" / "ia3" / "seed0" / "w.safetensors"
+
+
 def test_readme_variable_table_is_the_config_table():
     readme = (ROOT / "README.md").read_text()
     assert config.markdown_table() in readme, (

@@ -201,8 +201,12 @@ def _run(base: Path) -> None:
     assert r.returncode == 0, f"notebook failed:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
 
 
+#: the behaviour's folder of the smoke model (tiny-llama: not the embedded one, so under models/)
+SYC = Path("out", "models", "tiny-llama", "sycophancy")
+
+
 def cross(base: Path) -> Path:
-    return base / "out" / "sycophancy" / "cross_adapter"
+    return base / SYC / "cross_adapter"
 
 
 @pytest.fixture(scope="module")
@@ -218,8 +222,8 @@ def test_every_adapter_is_built_swept_and_compared(smoke):
         assert (cross(smoke) / name).stat().st_size > 0, name
     assert not [p.name for p in cross(smoke).iterdir() if p.name.startswith(".")], "temporary files left behind"
     for a in ADAPTERS:
-        assert (smoke / "out" / "sycophancy" / a / "seed0" / "w.safetensors").exists(), a
-        assert (smoke / "out" / "sycophancy" / a / "v7" / "v7_conclusion.md").exists(), a
+        assert (smoke / SYC / a / "seed0" / "w.safetensors").exists(), a
+        assert (smoke / SYC / a / "v7" / "v7_conclusion.md").exists(), a
     summ = pl.read_csv(cross(smoke) / "cross_adapter_summary.tsv", separator="\t")
     assert summ["adapter"].to_list() == list(ADAPTERS)
     assert summ.filter(pl.col("adapter") == "bidir")["unit_alpha"][0] == 0.5
@@ -235,11 +239,11 @@ def test_every_adapter_is_built_swept_and_compared(smoke):
 
 @pytest.mark.slow
 def test_ia3_weight_cells_are_nan_never_zero(smoke):
-    per = pl.read_csv(smoke / "out" / "sycophancy" / "ia3" / "v7" / "v7_per_layer.csv", infer_schema_length=None)
+    per = pl.read_csv(smoke / SYC / "ia3" / "v7" / "v7_per_layer.csv", infer_schema_length=None)
     touched = per.filter(pl.col("conc_w_downproj").is_not_nan())
     assert touched.height > 0
     assert touched["conc_w_oproj"].is_nan().all(), "IA3 has no o_proj delta: its cells must be NaN"
-    assert "no o_proj delta" in (smoke / "out" / "sycophancy" / "ia3" / "v7" / "v7_conclusion.md").read_text()
+    assert "no o_proj delta" in (smoke / SYC / "ia3" / "v7" / "v7_conclusion.md").read_text()
     assert "`ia3` has no o_proj delta" in (cross(smoke) / X.CONCLUSION).read_text()
 
 
@@ -262,11 +266,11 @@ def test_a_rerun_gives_byte_identical_tables(smoke, tmp_path):
     """A second run with the same diffs (copied: every adapter's training is seeded, see
     tests/test_adapters.py) and a fresh cache and output folders writes the same bytes."""
     for a in ADAPTERS:
-        shutil.copytree(smoke / "out" / "sycophancy" / a / "seed0", tmp_path / "out" / "sycophancy" / a / "seed0")
+        shutil.copytree(smoke / SYC / a / "seed0", tmp_path / SYC / a / "seed0")
     _run(tmp_path)
     for name in X.TABLES:
         assert (cross(tmp_path) / name).read_bytes() == (cross(smoke) / name).read_bytes(), name
     for a in ADAPTERS:
-        v7 = Path("out") / "sycophancy" / a / "v7"
+        v7 = SYC / a / "v7"
         for p in sorted((smoke / v7).glob("*.[ct]sv")):
             assert (tmp_path / v7 / p.name).read_bytes() == p.read_bytes(), f"{a}/{p.name}"

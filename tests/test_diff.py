@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ws.diff import diff_path, import_pt, load_diff, missing_writers, read_meta, save_diff, write_delta_by_layer
+from ws.paths import EMBEDDED_NAMES, model_root
 
 
 def _w(model, layers=(1, 2), seed=0) -> dict[str, torch.Tensor]:
@@ -32,8 +33,35 @@ META = {
 }
 
 
-def test_diff_path_layout(tmp_path):
-    assert diff_path("sycophancy", "lora", 2, root=tmp_path) == tmp_path / "sycophancy" / "lora" / "seed2" / "w.safetensors"
+def test_diff_path_of_the_embedded_model_is_unchanged(tmp_path):
+    want = tmp_path / "sycophancy" / "lora" / "seed2" / "w.safetensors"
+    assert diff_path("sycophancy", "lora", 2, root=tmp_path) == want
+    for name in EMBEDDED_NAMES:  # every name the embedded model loads under
+        assert diff_path("sycophancy", "lora", 2, tmp_path, model=name) == want and model_root(name, tmp_path) == tmp_path
+
+
+def test_diff_path_of_any_other_model_is_under_models_slug(tmp_path):
+    assert diff_path("sycophancy", "lora", 2, tmp_path, model="tiny-llama") == (
+        tmp_path / "models" / "tiny-llama" / "sycophancy" / "lora" / "seed2" / "w.safetensors"
+    )
+    assert diff_path("refusal", "dora", 0, tmp_path, model="Qwen/Qwen3-0.6B") == (
+        tmp_path / "models" / "Qwen__Qwen3-0.6B" / "refusal" / "dora" / "seed0" / "w.safetensors"
+    )
+    assert model_root("/data/my models/big", tmp_path) == tmp_path / "models" / "data__my models__big"
+
+
+def test_two_models_never_share_a_diff_path(tmp_path):
+    names = ["smollm2-135m", "tiny-llama", "tiny-qwen3", "Qwen/Qwen3-0.6B", "/models/big", "models", "lora"]
+    paths = {n: diff_path("sycophancy", "lora", 0, tmp_path, model=n) for n in names}
+    assert len(set(paths.values())) == len(names)
+    for a in names:
+        # no model's folder holds another model's diff (the embedded model's folder is the
+        # output root: every other model's diff is under its models/ folder, a reserved name)
+        others = [paths[b] for b in names if b != a]
+        if a == "smollm2-135m":
+            assert all(p.is_relative_to(tmp_path / "models") for p in others)
+        else:
+            assert not any(p.is_relative_to(model_root(a, tmp_path)) for p in others), a
 
 
 def test_save_load_identical(tiny_llama, tmp_path):

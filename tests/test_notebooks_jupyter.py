@@ -127,18 +127,18 @@ def test_progress_is_a_widget_without_a_warning(runs, name):
 @pytest.mark.slow
 def test_outputs_go_to_ws_out_not_to_nbs(runs):
     _, base = runs[SWEEP]
-    v7 = base / "out" / "sycophancy" / "lora" / "v7"
+    v7 = base / "out" / "models" / "tiny-llama" / "sycophancy" / "lora" / "v7"
     for f in sweep.V7_FILES + sweep.EXTRA_FILES:
         assert (v7 / f).is_file() and (v7 / f).stat().st_size > 0, f"missing or empty {f}"
     _, base = runs[DIFF]
-    seed0 = base / "out" / "sycophancy" / "lora" / "seed0"
+    seed0 = base / "out" / "models" / "tiny-llama" / "sycophancy" / "lora" / "seed0"
     for f in ("w.safetensors", "effect.csv", "effect.png"):
         assert (seed0 / f).is_file(), f"missing {f}"
     from ws import cross_adapter
 
     _, base = runs[CROSS]
     for f in (*cross_adapter.TABLES, cross_adapter.CONCLUSION):
-        assert (base / "out" / "sycophancy" / "cross_adapter" / f).is_file(), f"missing {f}"
+        assert (base / "out" / "models" / "tiny-llama" / "sycophancy" / "cross_adapter" / f).is_file(), f"missing {f}"
     assert not runs["nbs_tree_changes"], f"the notebooks wrote into nbs/: {sorted(runs['nbs_tree_changes'])}"
 
 
@@ -176,7 +176,7 @@ def test_claims_shown_match_the_conclusion(runs):
     nb, base = runs[SWEEP]
     html = "".join(o.get("data", {}).get("text/html", "") for o in _outputs(nb, "show.claims_table("))
     shown = re.findall(r"does not survive|survives|not tested", html)
-    text = (base / "out" / "sycophancy" / "lora" / "v7" / "v7_conclusion.md").read_text()
+    text = (base / "out" / "models" / "tiny-llama" / "sycophancy" / "lora" / "v7" / "v7_conclusion.md").read_text()
     section = text.split("## Which claims survive", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| claim")]
     written = [line.rstrip(" |").rsplit("| ", 1)[1].replace("**", "") for line in rows]

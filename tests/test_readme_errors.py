@@ -102,6 +102,14 @@ def _cases(tmp_path, model):
     out["behaviour suffix"] = _raise(lambda: behavior.load(tmp_path / "mine.txt"))
     empty = pl.DataFrame(schema={"continuation": pl.String, "response": pl.String})
     out["completions"] = _raise(lambda: completions.check_completions(empty))
+    diff.save_diff(good, diff.diff_path("sycophancy", "lora", 0, tmp_path / "old"), {"model": "tiny-qwen3"})
+    env = {
+        "WS_MODEL": "tiny-qwen3",
+        "WS_OUT": str(tmp_path / "old"),
+        "WS_CACHE": str(tmp_path / "c"),
+        "WS_LOGS": str(tmp_path / "l"),
+    }
+    out["misplaced"] = _raise(lambda: config.start_run("t", env))
     holder = subprocess.Popen(
         [
             sys.executable,

@@ -185,6 +185,36 @@ def test_joint_scatter_writes_png_and_pdf(tmp_path):
     assert (tmp_path / "e.png").stat().st_size > 0
 
 
+def test_joint_scatter_draws_every_row_and_labels_the_top_ranked():
+    summ = synthetic_summary()
+    fig = report.joint_scatter_figure(summ, top_n=4)
+    hyps = summ.filter(pl.col("kind") != "ceiling")
+    ceilings = summ.filter(pl.col("kind") == "ceiling")["subspace"].to_list()
+    assert len(fig.axes) == 2
+    for ax, kinds in zip(fig.axes, (("write", "mixed"), ("read",)), strict=True):
+        rows = hyps.filter(pl.col("axis_kind").is_in(kinds))  # in joint-score order, like the summary
+        drawn = [(tuple(c.get_offsets()[0]), c) for c in ax.collections]
+        assert sum(len(c.get_offsets()) for c in ax.collections) == rows.height + len(ceilings)
+        assert sum(c.get_sizes()[0] == 420 for _, c in drawn) == len(ceilings), "one star per ceiling"
+        # every finite row sits at its own scores, in its family's colour (one colour per family)
+        at = {(round(float(x), 9), round(float(y), 9)): c for (x, y), c in drawn}
+        colour_of: dict[str, tuple] = {}
+        for r in rows.iter_rows(named=True):
+            x, y = r["mean_conc_act"], r["mean_conc_w_combined"]
+            if not (np.isfinite(x) and np.isfinite(y) and x > 0 and y > 0):
+                continue
+            face = tuple(at[(round(x, 9), round(y, 9))].get_facecolor()[0])
+            assert colour_of.setdefault(r["family"], face) == face
+        assert len(set(colour_of.values())) == len(colour_of)
+        # the numbered labels are the panel's top four by joint score, in that order
+        numbered = [t.get_text() for t in ax.texts if re.match(r"\d+\. ", t.get_text())]
+        numbered.sort(key=lambda s: int(s.split(".")[0]))
+        assert [s.split(". ", 1)[1].split("  (")[0] for s in numbered] == rows["subspace"].to_list()[:4]
+        assert sorted(t.get_text() for t in ax.texts if t.get_text().startswith("★")) == sorted(f"★  {c}" for c in ceilings)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == [*sorted(set(hyps["family"])), "ceiling (B side)", "≤ 0 or NaN: drawn at floor"]
+
+
 def test_seed_ranges_and_whiskers(tmp_path):
     summ = synthetic_summary()
     long = pl.concat(

@@ -5,15 +5,16 @@ untouched, and a diff's files are written as one set (tiny Llama, in process).""
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from ws import adapters, data, sweep, train
+from ws import adapters, config, cross_adapter, data, sweep, train
 from ws.config import from_env
-from ws.diff import DiffMetadataError, DiffMismatchError, diff_path, save_diff
+from ws.diff import DiffMetadataError, DiffMismatchError, MisplacedDiffError, diff_path, misplaced_diffs, save_diff
 
 TINY = adapters.TrainConfig(
     rank=4,
@@ -97,7 +98,7 @@ BAD = {
 def test_an_unusable_diff_stops_the_sweep_and_stays_untouched(kind, tiny_llama, tmp_path):
     model, _ = tiny_llama
     cfg = _cfg(tmp_path)
-    path = diff_path(cfg.behavior, cfg.adapter, 0, tmp_path)
+    path = cfg.diff_path(0)
     _write_bad(kind, path, model)
     before = path.read_bytes()
     err, pattern = BAD[kind]
@@ -111,17 +112,17 @@ def test_an_unusable_diff_stops_the_sweep_and_stays_untouched(kind, tiny_llama, 
 def test_every_diff_is_checked_before_any_training(tiny_llama, tmp_path):
     model, _ = tiny_llama
     cfg = _cfg(tmp_path, seeds=(0, 1))
-    _write_bad("truncated", diff_path(cfg.behavior, cfg.adapter, 1, tmp_path), model)
+    _write_bad("truncated", cfg.diff_path(1), model)
     with pytest.raises(ValueError, match="corrupt"):
         sweep.get_diffs(cfg, model)
-    assert not diff_path(cfg.behavior, cfg.adapter, 0, tmp_path).parent.exists(), "seed 0 was trained before seed 1's check"
+    assert not cfg.diff_path(0).parent.exists(), "seed 0 was trained before seed 1's check"
     assert not (tmp_path / "data").exists()
 
 
 def test_a_diff_from_another_data_version_is_used_as_it_is(tiny_llama, tmp_path):
     model, _ = tiny_llama
     cfg = _cfg(tmp_path)
-    path = diff_path(cfg.behavior, cfg.adapter, 0, tmp_path)
+    path = cfg.diff_path(0)
     w = _good(model)
     save_diff(w, path, {"model": "tiny-llama", "source": "upstream w.pt"})  # no data_hash: imported
     before = path.read_bytes()
@@ -140,7 +141,7 @@ def test_a_diff_from_another_data_version_is_used_as_it_is(tiny_llama, tmp_path)
 def test_rebuild_replaces_on_purpose_and_a_failed_build_leaves_no_partial_set(tiny_llama, tmp_path, monkeypatch):
     model, _ = tiny_llama
     cfg = _cfg(tmp_path, rebuild=True)
-    path = diff_path(cfg.behavior, cfg.adapter, 0, tmp_path)
+    path = cfg.diff_path(0)
     save_diff(_good(model), path, {"model": "tiny-llama"})
     before = path.read_bytes()
 
@@ -158,3 +159,60 @@ def test_rebuild_replaces_on_purpose_and_a_failed_build_leaves_no_partial_set(ti
     assert {"effect.csv", "effect_per_prompt.csv", "effect.png", "train_loss.csv", "adapter_effect.csv", "w.safetensors"} == {
         p.name for p in path.parent.iterdir()
     }
+
+
+def test_a_diff_for_this_model_at_the_shared_path_stops_the_run_with_the_mv(tiny_llama, tmp_path):
+    """A diff made for tiny-llama at the default model's path (where every diff lived before
+    each model got its own folder) is neither ignored nor moved: every entry point stops
+    before any work, naming both paths and the command that moves it; that command works."""
+    model, _ = tiny_llama
+    cfg = _cfg(tmp_path, seeds=(0, 1))
+    old, new = diff_path(cfg.behavior, cfg.adapter, 0, tmp_path), cfg.diff_path(0)
+    assert old == tmp_path / "sycophancy" / "lora" / "seed0" / "w.safetensors" and new != old
+    w = _good(model)
+    save_diff(w, old, {"model": "tiny-llama", "data_hash": data.data_hash()})
+    (old.parent / "effect.csv").write_text("set,alpha\n")
+    before = old.read_bytes()
+    env = {
+        "WS_SMOKE": "1",
+        "WS_SEEDS": "0,1",
+        "WS_OUT": str(tmp_path),
+        "WS_CACHE": str(tmp_path / "c"),
+        "WS_LOGS": str(tmp_path / "l"),
+    }
+    stops = {
+        "start_run": lambda: config.start_run("t", env),
+        "get_diffs": lambda: sweep.get_diffs(cfg, model),
+        "get_diffs, rebuild": lambda: sweep.get_diffs(replace(cfg, rebuild=True), model),
+        "cross-adapter": lambda: cross_adapter.check_all_diffs(cfg, model),
+        "ensure_diff": lambda: train.ensure_diff(train.DiffSpec("tiny-llama", seed=1, root=tmp_path)),
+    }
+    for where, call in stops.items():
+        with pytest.raises(MisplacedDiffError, match=r"^1 diff\(s\) made for model 'tiny-llama' sit at") as e:
+            call()
+        msg = str(e.value)
+        assert str(old) in msg and str(new) in msg and "mv " in msg, (where, msg)
+    assert old.read_bytes() == before and not new.parent.exists(), "the user's diff was moved or changed"
+    assert not (tmp_path / "data").exists(), "something was trained"
+    # the message's command moves the set; then the run uses it as it is
+    (cmd,) = [ln.strip() for ln in msg.splitlines() if ln.strip().startswith("mkdir -p ")]
+    subprocess.run(["bash", "-c", cmd], check=True)
+    assert not old.exists() and new.read_bytes() == before and (new.parent / "effect.csv").exists()
+    assert misplaced_diffs("tiny-llama", cfg.behavior, tmp_path) == []
+    got, _ = sweep.get_diffs(replace(cfg, seeds=(0,)), model)[0]
+    assert new.read_bytes() == before and all(torch.equal(got[k], w[k]) for k in w)
+
+
+def test_only_this_models_diffs_count_as_misplaced(tiny_llama, tmp_path):
+    """At the default model's path, a diff of the default model or of a third model is not
+    this model's: no stop for it (the default model's own run checks it as before)."""
+    model, _ = tiny_llama
+    for seed, made_for in ((0, "smollm2-135m"), (1, "tiny-qwen3")):
+        save_diff(_good(model), diff_path("sycophancy", "lora", seed, tmp_path), {"model": made_for})
+    (tmp_path / "sycophancy" / "lora" / "seed2").mkdir()
+    (tmp_path / "sycophancy" / "lora" / "seed2" / "w.safetensors").write_bytes(b"not a diff")
+    assert misplaced_diffs("tiny-llama", "sycophancy", tmp_path) == []
+    assert misplaced_diffs("tiny-qwen3", "sycophancy", tmp_path) == [
+        (diff_path("sycophancy", "lora", 1, tmp_path), diff_path("sycophancy", "lora", 1, tmp_path, model="tiny-qwen3"))
+    ]
+    assert misplaced_diffs("smollm2-135m", "sycophancy", tmp_path) == [], "the default model's path is its own"

@@ -63,7 +63,8 @@ def smoke(tmp_path_factory) -> Path:
 
 
 def v7(base: Path) -> Path:
-    return base / "out" / "sycophancy" / "lora" / "v7"
+    """The smoke model (tiny-llama, not the embedded one) writes under out/models/tiny-llama/."""
+    return base / "out" / "models" / "tiny-llama" / "sycophancy" / "lora" / "v7"
 
 
 def test_spec_names_count():
@@ -174,13 +175,24 @@ def test_second_capture_is_a_cache_hit_and_a_report_failure_loses_nothing(smoke,
     assert after == before, "a failed report changed or added files"
 
 
-def test_diff_for_another_model_stops_the_run(smoke, monkeypatch):
+def test_diff_for_another_model_stops_the_run(smoke, tmp_path, monkeypatch):
+    """Each model has its own diff path; a diff of another model found at it (copied there
+    by hand) is refused, never used or replaced."""
+    import shutil
+
+    from ws.diff import diff_path
     from ws.models import load_model
 
-    cfg = replace(_cfg(smoke, monkeypatch), model="tiny-qwen3")
+    cfg = replace(_cfg(smoke, monkeypatch), model="tiny-qwen3", out_root=tmp_path / "out")
+    path = cfg.diff_path(0)
+    assert path == tmp_path / "out" / "models" / "tiny-qwen3" / "sycophancy" / "lora" / "seed0" / "w.safetensors"
+    path.parent.mkdir(parents=True)
+    shutil.copy(diff_path("sycophancy", "lora", 0, smoke / "out", model="tiny-llama"), path)
+    before = path.read_bytes()
     model, _ = load_model("tiny-qwen3")
     with pytest.raises(sweep.DiffMismatchError, match="made for model 'tiny-llama'"):
         sweep.get_diffs(cfg, model)
+    assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == ["w.safetensors"]
 
 
 def test_an_imported_w_pt_is_analysed_not_replaced(smoke, tmp_path, monkeypatch):
@@ -196,11 +208,13 @@ def test_an_imported_w_pt_is_analysed_not_replaced(smoke, tmp_path, monkeypatch)
     shutil.copytree(smoke / "out", base / "out")
     cfg = _cfg(base, monkeypatch)
     model, tok = load_model(cfg.model)
-    w0, _ = load_diff(diff_path("sycophancy", "lora", 0, base / "out"), model)
+    w0, _ = load_diff(diff_path("sycophancy", "lora", 0, base / "out", model=cfg.model), model)
     torch.save({k: 2 * v for k, v in w0.items()}, tmp_path / "w.pt")
     # exactly the README's lines
     w = import_pt(tmp_path / "w.pt")
-    path = save_diff(w, diff_path("sycophancy", "lora", 0, base / "out"), {"model": cfg.model, "source": "upstream w.pt"})
+    path = save_diff(
+        w, diff_path("sycophancy", "lora", 0, base / "out", model=cfg.model), {"model": cfg.model, "source": "upstream w.pt"}
+    )
     imported = path.read_bytes()
     diffs = sweep.get_diffs(cfg, model)
     assert path.read_bytes() == imported, "the imported diff was replaced"

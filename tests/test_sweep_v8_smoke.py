@@ -59,7 +59,7 @@ def smoke(tmp_path_factory) -> Path:
 
 
 def d8(base: Path) -> Path:
-    return base / "out" / "sycophancy" / "lora" / "v8"
+    return base / "out" / "models" / "tiny-llama" / "sycophancy" / "lora" / "v8"
 
 
 def _tsv(path: Path) -> pl.DataFrame:
@@ -75,7 +75,7 @@ def test_every_file_of_the_set_exists(smoke):
 
 
 def test_tables_keep_v7s_columns_and_numbers_and_add_v8s(smoke):
-    v7d = smoke / "out" / "sycophancy" / "lora" / "v7"
+    v7d = smoke / "out" / "models" / "tiny-llama" / "sycophancy" / "lora" / "v7"
     pl8, pl7 = _tsv(d8(smoke) / "v8_per_layer.csv"), _tsv(v7d / "v7_per_layer.csv")
     assert pl8.columns[: len(pl7.columns)] == pl7.columns and set(BL.BLOCK_COLUMNS) <= set(pl8.columns)
     assert pl8.select(pl7.columns).equals(pl7), "v8's v7 columns are not v7's numbers"

@@ -163,7 +163,9 @@ def test_bootstrap_ci_seeded_and_covers_mean():
 
 def test_train_diff_steer_end_to_end(tmp_path):
     path = train.build_diff(train.DiffSpec("tiny-llama", "sycophancy", "lora", seed=0, config=TINY, root=tmp_path))
-    assert path == tmp_path / "sycophancy" / "lora" / "seed0" / "w.safetensors"
+    # not the embedded model: its own folder under models/, nothing at the default model's path
+    assert path == tmp_path / "models" / "tiny-llama" / "sycophancy" / "lora" / "seed0" / "w.safetensors"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "models"]
     from ws.models import load_model
 
     model, tok = load_model("tiny-llama")
@@ -209,7 +211,7 @@ def test_train_diff_steer_end_to_end(tmp_path):
 def test_ensure_diff_refuses_another_models_diff(tmp_path):
     from ws.diff import DiffMismatchError, save_diff
 
-    p = diff.diff_path("sycophancy", "lora", 0, tmp_path)
+    p = diff.diff_path("sycophancy", "lora", 0, tmp_path, model="tiny-llama")  # tiny-llama's own path
     save_diff(
         {"model.layers.1.self_attn.o_proj.weight": torch.randn(64, 64)}, p, {"model": "tiny-qwen3", "data_hash": data.data_hash()}
     )

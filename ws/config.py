@@ -15,6 +15,11 @@ Rules that hold for every variable:
 
     cfg = from_env()            # Config(model='smollm2-135m', seeds=(0, 1, 2), ...)
     cfg.v7_dir                  # <out>/sycophancy/lora/v7
+    from_env({"WS_MODEL": "tiny-llama"}).v7_dir   # <out>/models/tiny-llama/sycophancy/lora/v7
+
+Every output path of a run starts at :attr:`Config.model_root`
+(:func:`ws.paths.model_root`: the output root for the embedded default model,
+``<out>/models/<model_slug>`` for any other).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ws.behavior import builtin_names
-from ws.paths import cache_dir, logs_dir, out_dir, resolve_user_path, run_dir
+from ws.paths import cache_dir, logs_dir, model_root, out_dir, resolve_user_path, run_dir
 
 #: The built-in behaviours: one file each in ``behaviors/`` (``WS_BEHAVIOR`` also takes a file path).
 BEHAVIORS = builtin_names()
@@ -201,7 +206,8 @@ VARIABLES: tuple[Var, ...] = (
         "out_root",
         _path,
         "out/",
-        "output root (relative paths: from the folder you ran the command in)",
+        "output root (relative paths: from the folder you ran the command in); a model other than the embedded one "
+        'writes under `<WS_OUT>/models/<model>/` (see "Where each model\'s files go")',
         allowed="a folder",
     ),
     Var("WS_CACHE", "cache_root", _path, "cache/", "converted models and activation caches", allowed="a folder"),
@@ -331,17 +337,32 @@ class Config:
     train_overrides: dict = field(default_factory=dict)
 
     @property
+    def model_root(self) -> Path:
+        """This model's folder under ``WS_OUT``: the output root for the embedded default
+        model, ``<out>/models/<model_slug>`` for any other (:func:`ws.paths.model_root`)."""
+        return model_root(self.model, self.out_root)
+
+    @property
     def v7_dir(self) -> Path:
-        return Path(self.out_root) / self.behavior / self.adapter / "v7"
+        """``<model root>/<behavior>/<adapter>/v7``: the v7 file set."""
+        return self.model_root / self.behavior / self.adapter / "v7"
 
     @property
     def v8_dir(self) -> Path:
-        return Path(self.out_root) / self.behavior / self.adapter / "v8"
+        """``<model root>/<behavior>/<adapter>/v8``: the v8 file set."""
+        return self.model_root / self.behavior / self.adapter / "v8"
 
     @property
     def cross_dir(self) -> Path:
-        """``<out>/<behavior>/cross_adapter``: the cross-adapter comparison's files."""
-        return Path(self.out_root) / self.behavior / "cross_adapter"
+        """``<model root>/<behavior>/cross_adapter``: the cross-adapter comparison's files."""
+        return self.model_root / self.behavior / "cross_adapter"
+
+    def diff_path(self, seed: int, adapter: str | None = None) -> Path:
+        """This model's diff of the behaviour, ``adapter`` (default: this run's) and ``seed``
+        (:func:`ws.diff.diff_path`)."""
+        from ws.diff import diff_path
+
+        return diff_path(self.behavior, adapter or self.adapter, seed, self.out_root, model=self.model)
 
     def train_config(self):
         """The :class:`ws.adapters.TrainConfig` of this run: smoke sizes and ``WS_STEPS`` applied;
@@ -428,8 +449,11 @@ def config_fields() -> list[str]:
 def start_run(name: str, env: Mapping[str, str] | None = None) -> Config:
     """What every notebook does first, before any model loads: parse and validate the
     configuration, check that the output, cache and log folders can be written, set up
-    logging (``<logs>/<name>.verbose.log``), and take the output folder's run lock so that
-    a second run into the same ``WS_OUT`` stops at once instead of dropping results."""
+    logging (``<logs>/<name>.verbose.log``), stop when a diff made for this (non-default)
+    model sits at the default model's path (:func:`ws.diff.check_misplaced_diffs`), and
+    take the output folder's run lock so that a second run into the same ``WS_OUT`` stops
+    at once instead of dropping results."""
+    from ws.diff import check_misplaced_diffs
     from ws.io import check_writable, hold_run_lock
     from ws.log import logger, setup_logging
 
@@ -438,6 +462,7 @@ def start_run(name: str, env: Mapping[str, str] | None = None) -> Config:
     check_writable(cfg.cache_root, "WS_CACHE")
     check_writable(cfg.logs_root, "WS_LOGS")
     setup_logging(name, cfg.logs_root)
+    check_misplaced_diffs(cfg.model, cfg.behavior, cfg.out_root)
     for var in unknown_variables(env):
         logger.warning(f"{var} is not a variable this suite reads (a typo?); known: {', '.join(BY_NAME)}")
     hold_run_lock(cfg.out_root, name)

@@ -60,32 +60,33 @@ def adapter_cfg(cfg: Config, adapter: str) -> Config:
 
 def check_all_diffs(cfg: Config, model) -> None:
     """Every existing diff of every adapter and seed, checked before any training: one that
-    cannot be used stops the run with the README's error and stays untouched."""
-    from ws.diff import check_existing_diff, diff_path
+    cannot be used stops the run with the README's error and stays untouched (so does a
+    diff made for this model at the default model's path, rebuild or not)."""
+    from ws.diff import check_existing_diff, check_misplaced_diffs
 
+    check_misplaced_diffs(cfg.model, cfg.behavior, cfg.out_root)
     if cfg.rebuild:
         return
     for adapter in cfg.adapters:
         for seed in cfg.seeds:
-            path = diff_path(cfg.behavior, adapter, seed, cfg.out_root)
+            path = cfg.diff_path(seed, adapter)
             if path.exists():
                 check_existing_diff(path, model)
 
 
 def read_effects(cfg: Config) -> dict[int, pl.DataFrame | None]:
     """``seed -> effect_per_prompt.csv`` beside each diff (None for a diff without one, e.g. imported)."""
-    from ws.diff import diff_path
-
     out = {}
     for seed in cfg.seeds:
-        p = diff_path(cfg.behavior, cfg.adapter, seed, cfg.out_root).parent / "effect_per_prompt.csv"
+        p = cfg.diff_path(seed).parent / "effect_per_prompt.csv"
         out[seed] = pl.read_csv(p) if p.exists() else None
     return out
 
 
 def run_adapter(cfg: Config, model, tok, probes: sweep.Probes, adapter: str) -> AdapterRun:
     """The v7 sweep of one adapter over the seeds: diffs built where missing, every seed
-    scored, the adapter's v7 file set written to ``<out>/<behavior>/<adapter>/v7/``."""
+    scored, the adapter's v7 file set written to its ``v7_dir``
+    (``<model root>/<behavior>/<adapter>/v7/``, :attr:`ws.config.Config.v7_dir`)."""
     acfg = adapter_cfg(cfg, adapter)
     diffs = sweep.get_diffs(acfg, model)
     results = []

@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 
 from ws.cross_adapter import FIGURES, TABLES, TOP_K, Comparison
+from ws.paths import EMBEDDED_NAMES
 from ws.report import fmt_num
 
 Claim = tuple[str, str, "bool | None"]
@@ -213,7 +214,7 @@ def caveats(cfg, runs: Sequence, summary: pl.DataFrame) -> list[str]:
     out = []
     if cfg.smoke:
         out.append("SMOKE MODE: a tiny random model and a few training steps; no number here means anything")
-    if cfg.model in ("smollm2-135m", "SmolLM2-135M-Instruct", "smollm2"):
+    if cfg.model in EMBEDDED_NAMES:
         out.append("the model weights are 4-bit quantised: weight-derived bases inherit quantisation noise")
     for r in _rows(summary.filter(pl.col("layers_without_oproj") > 0)):
         out.append(

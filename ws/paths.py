@@ -1,4 +1,5 @@
-"""Where things live: the repository root, ``out/``, ``logs/`` and the model cache.
+"""Where things live: the repository root, ``out/``, ``logs/``, the model cache, and each
+model's own output folder.
 
 Every path can be moved with an environment variable so that a notebook run from any
 working directory writes to the same place:
@@ -10,6 +11,12 @@ working directory writes to the same place:
 A relative value resolves against the folder the user ran the command from
 (:func:`run_dir`), not against the kernel's working folder: `jupytext --execute` and
 Jupyter start the kernel in another folder (``logs/``, ``nbs/``).
+
+Under ``WS_OUT``, :func:`model_root` alone decides where a model's diffs and output sets
+go: the embedded default model's at the output root itself (``<out>/<behavior>/<adapter>/…``,
+where the spec puts them), every other model's under ``<out>/models/<model_slug>/``, the
+same layout below it, so two models never share a diff or an output folder. The persona
+completions carry the model in their own path (``<out>/data/<model_slug>/…``).
 """
 
 from __future__ import annotations
@@ -63,3 +70,21 @@ def cache_dir() -> Path:
 def model_slug(model_name: str) -> str:
     """A folder-safe model name (``Qwen/Qwen3-0.6B`` -> ``Qwen__Qwen3-0.6B``)."""
     return model_name.strip("/").replace("/", "__").replace("\\", "__")
+
+
+#: The embedded default model (SmolLM2-135M-Instruct, :mod:`ws.models`) and the other
+#: names it loads under.
+DEFAULT_MODEL = "smollm2-135m"
+EMBEDDED_NAMES = (DEFAULT_MODEL, "SmolLM2-135M-Instruct", "smollm2")
+#: The folder under the output root that holds every other model's outputs.
+MODELS_DIR = "models"
+
+
+def model_root(model_name: str, out_root: str | Path | None = None) -> Path:
+    """The folder that holds ``model_name``'s diffs and output sets (``out_root`` defaults
+    to ``WS_OUT``): the output root itself for the embedded default model (under any of its
+    names), ``<out_root>/models/<model_slug>`` for every other model. Below it the layout is
+    the same for every model: ``<behavior>/<adapter>/seed<k>/w.safetensors``,
+    ``<behavior>/<adapter>/v7/``, ``…/v8/``, ``<behavior>/cross_adapter/``."""
+    root = Path(out_root) if out_root is not None else out_dir()
+    return root if model_name in EMBEDDED_NAMES else root / MODELS_DIR / model_slug(model_name)

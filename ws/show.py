@@ -58,9 +58,7 @@ def markdown(text: str) -> None:
 
 def effect_plots(cfg) -> dict[int, Path]:
     """``seed -> effect.png`` of each seed's diff (written beside ``w.safetensors``)."""
-    from ws.diff import diff_path
-
-    return {s: diff_path(cfg.behavior, cfg.adapter, s, cfg.out_root).parent / "effect.png" for s in cfg.seeds}
+    return {s: cfg.diff_path(s).parent / "effect.png" for s in cfg.seeds}
 
 
 def claims_table(cfg, probes, results: Sequence, stab) -> pl.DataFrame:

@@ -42,13 +42,16 @@ def get_diffs(cfg: SweepConfig, model) -> dict[int, tuple[dict[str, torch.Tensor
     """``seed -> (w, meta)``. Every existing diff is checked first, before any training: one
     that cannot be used stops the run with the README's error and stays untouched (a diff
     made for another model raises :class:`DiffMismatchError`). Then the missing ones are
-    trained; an existing diff is retrained only with ``cfg.rebuild`` (``WS_REBUILD=1``)."""
-    from ws.diff import check_existing_diff, diff_path, load_diff
+    trained; an existing diff is retrained only with ``cfg.rebuild`` (``WS_REBUILD=1``).
+    A diff made for this model at the default model's path stops it first, rebuild or not
+    (:class:`ws.diff.MisplacedDiffError`)."""
+    from ws.diff import check_existing_diff, check_misplaced_diffs, load_diff
     from ws.train import DiffSpec, ensure_diff
 
+    check_misplaced_diffs(cfg.model, cfg.behavior, cfg.out_root)
     if not cfg.rebuild:
         for seed in cfg.seeds:
-            path = diff_path(cfg.behavior, cfg.adapter, seed, cfg.out_root)
+            path = cfg.diff_path(seed)
             if path.exists():
                 check_existing_diff(path, model)
     out = {}

@@ -38,7 +38,7 @@ from ws.adapters import (
 from ws.completions import build_completions, check_completions, completions_path
 from ws.config import ADAPTERS
 from ws.device import input_device
-from ws.diff import check_existing_diff, diff_path, save_diff, stale_reasons
+from ws.diff import check_existing_diff, check_misplaced_diffs, diff_path, save_diff, stale_reasons
 from ws.effect import (
     adapter_effect,
     effect_per_prompt,
@@ -76,8 +76,9 @@ def _check_names(behavior: str, adapter: str) -> str:
 @dataclass(frozen=True)
 class DiffSpec:
     """Which diff: the model, behaviour, adapter and seed it is for, how it is trained
-    (``config``; None = the defaults), where it lives (``root``, default ``out/``), and the
-    device settings of the model it is built on (``model_kwargs``, see
+    (``config``; None = the defaults), the output root it lives under (``root``, default
+    ``WS_OUT``; the model picks its folder there, see :attr:`path`), and the device
+    settings of the model it is built on (``model_kwargs``, see
     :func:`ws.models.load_model`; never part of the diff's identity)."""
 
     model_name: str = "smollm2-135m"
@@ -94,7 +95,10 @@ class DiffSpec:
 
     @property
     def path(self) -> Path:
-        return diff_path(self.behavior, self.adapter, self.seed, self.root)
+        """``<model root>/<behavior>/<adapter>/seed<k>/w.safetensors``, the model root being
+        ``root`` for the embedded default model and ``<root>/models/<model_slug>`` for any
+        other (:func:`ws.diff.diff_path`)."""
+        return diff_path(self.behavior, self.adapter, self.seed, self.root, model=self.model_name)
 
     @property
     def train_config(self) -> TrainConfig:
@@ -103,9 +107,9 @@ class DiffSpec:
 
 
 def build_diff(spec: DiffSpec) -> Path:
-    """The whole pipeline; returns the path of ``w.safetensors``.
+    """The whole pipeline; returns the path of ``w.safetensors`` (:attr:`DiffSpec.path`).
 
-    Writes ``<root>/data/<model>/<behavior>/completions_seed<k>.csv`` and, beside w, as one
+    Writes ``<root>/data/<model_slug>/<behavior>/completions_seed<k>.csv`` and, beside w, as one
     set: ``effect.csv`` (per set and α), ``effect_per_prompt.csv``, ``adapter_effect.csv``,
     ``effect.png`` and ``train_loss.csv``. Completions, training and the effect eval run
     on ``spec.model_kwargs``' device; the diff is float32 on the CPU wherever it was trained.
@@ -281,7 +285,9 @@ def ensure_diff(spec: DiffSpec, rebuild: bool = False, model: nn.Module | None =
     (:class:`ws.diff.DiffMetadataError`), NaN/Inf, all zeros, keys or shapes that do not fit.
     One made from another data version or training config is used as it is, with a warning
     (the sweep's conclusion lists it under caveats). ``model``: the loaded model, if the
-    caller has it (saves a load for the check)."""
+    caller has it (saves a load for the check). A diff made for this model at the default
+    model's path stops it too, rebuild or not (:class:`ws.diff.MisplacedDiffError`)."""
+    check_misplaced_diffs(spec.model_name, spec.behavior, spec.root)
     path = spec.path
     if rebuild or not path.exists():
         if path.exists():

@@ -30,6 +30,7 @@ import torch
 
 from ws import sweep, verdicts
 from ws.log import logger
+from ws.paths import EMBEDDED_NAMES
 from ws.stats import CEILING_ACT, CEILING_W, RANKED_AXES, by_score, ranked
 
 __all__ = [
@@ -351,7 +352,7 @@ def _caveats(cfg, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability
             f"norm-matching rescales a layer's inside part by up to ×{float(sc.max()):.3g} (largest over the "
             f"tested rows): far outside the trained regime for subspaces that hold little of the writers' energy"
         )
-    if cfg.model in ("smollm2-135m", "SmolLM2-135M-Instruct", "smollm2"):
+    if cfg.model in EMBEDDED_NAMES:
         out.append("the model weights are 4-bit quantised: weight-derived bases inherit quantisation noise")
     if cfg.smoke:
         out.append("SMOKE MODE: a tiny random model and a few training steps; no number here means anything")

@@ -25,6 +25,7 @@ import numpy as np
 import polars as pl
 
 from ws.fmt import fmt_num as _num
+from ws.paths import EMBEDDED_NAMES
 from ws.stats import CEILING_ACT, CEILING_W, PR_THRESHOLD, ranked
 
 if TYPE_CHECKING:  # the sweep's types; ws.sweep imports this module
@@ -453,7 +454,7 @@ def conclusion_info(
         layers_touched=list(res.layers_touched),
         layers_without_delta=list(res.layers_without_delta),
         rank_collapses=rank_collapses(res.meta),
-        quantized=cfg.model in ("smollm2-135m", "SmolLM2-135M-Instruct", "smollm2"),
+        quantized=cfg.model in EMBEDDED_NAMES,
         diff_specificity_ratio=dm.get("specificity_ratio"),
         self_tests=self_tests(res),
         artifacts=list(artifacts),
