@@ -23,8 +23,8 @@
 # - **the causal projection test**: keep only what the residual writers (`o_proj`,
 #   `down_proj`) write into a candidate subspace (`P_B Δ`, "inside"), or only the rest
 #   (`(I − P_B) Δ`, "outside"), steer with that at α = ±1, and measure how much of the
-#   writers' effect on held-out false-claim opinions survives (retention), against random
-#   subspaces of the same rank;
+#   writers' effect on the behaviour's held-out target set (sycophancy: false-claim
+#   opinions) survives (retention), against random subspaces of the same rank;
 # - **the block-local label**: what each block itself writes at `+w` minus `−w`, beside v7's
 #   cumulative label, every candidate scored against both, and a per-layer scope table.
 #

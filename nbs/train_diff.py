@@ -109,7 +109,9 @@ print("timings (s):", meta.get("timings_s"))
 # sample of the table it checked.
 
 # %%
-comp = pl.read_csv(completions_path(MODEL, BEHAVIOR, SEED, cfg.out_root))
+# the completions' own seed (shared by every LoRA seed); diffs made before it existed used the LoRA seed
+comp_seed = (meta.get("train_config") or {}).get("completion_seed", SEED)
+comp = pl.read_csv(completions_path(MODEL, BEHAVIOR, comp_seed, cfg.out_root))
 print("contrast rates:", meta.get("completion_contrast"))
 for kind in BEH.kinds:
     sample = comp.filter(pl.col("kind") == kind).head(4)

@@ -205,3 +205,24 @@ def test_tables_have_their_columns_and_every_variant(planted_run):
     wo = v.filter((pl.col("variant") == "writers_only") & (pl.col("set") == causal.TARGET)).row(0, named=True)
     assert wo["retention"] == pytest.approx(1.0) and wo["spread"] == pytest.approx(res.writers_spread[0])
     assert res.first_block == LAYERS[0] and res.n_rows > 0
+
+
+def test_any_behaviours_sets_name_the_target_and_the_controls(tiny_llama):
+    """The built-in refusal behaviour: retention is read on its target set, its control sets
+    name the control columns, and a missing set is refused before any pass."""
+    model, tok = tiny_llama
+    b = data.get_behavior("refusal")
+    texts = {s: [data.render_chat(tok, p) for p in ps] for s, ps in effect.heldout_prompts(0, 4, behavior="refusal").items()}
+    w, B = _planted(model, tok, texts[b.target])
+    meta = pl.DataFrame({"subspace": ["planted"], "family": ["test"], "axis_kind": ["write"], "kind": ["A-hypothesis"]})
+    args = (model, tok, w, {"planted": B}, meta, ["planted"], LAYERS)
+    kw = dict(n_null=5, n_boot=100, progress=False, threads=1, target=b.target, controls=b.controls)
+    res = causal.run_causal(*args, texts, **kw)
+    assert res.target == "harmless" and res.controls == ("impossible", "questions")
+    assert res.table.columns == causal.causal_columns(b.controls) != causal.CAUSAL_COLUMNS
+    assert "spread_impossible_outside" in res.table.columns and "spread_neutral_inside" not in res.table.columns
+    row = res.table.row(0, named=True)
+    assert row["retention_inside"] == pytest.approx(1.0, abs=1e-3) and abs(row["retention_outside"]) < 1e-3
+    assert res.variants.filter(pl.col("part") == "null_inside")["set"].unique().to_list() == ["harmless"]
+    with pytest.raises(ValueError, match=r"none for \['questions'\]"):
+        causal.run_causal(*args, {k: v for k, v in texts.items() if k != "questions"}, **kw)

@@ -105,3 +105,24 @@ def test_first_block_and_skip_blocks(tiny_llama):
             assert decoder_layers(model)[0] is not before[0]
             raise RuntimeError("inside")
     assert list(decoder_layers(model)) == before
+
+
+def test_effect_readouts_take_the_fast_path_for_block_diffs_and_the_whole_model_otherwise(tiny_llama):
+    model, tok = tiny_llama
+    _, users = _texts(tok)
+    w = _diff(model)
+    settings = [({}, 0.0), (w, 1.0), (w, -2.0)]
+    got = effect.readouts(model, tok, users, settings, batch_size=3)
+    for (d, a), res in zip(settings, got, strict=True):
+        with weight_steer(model, d, a):
+            for s, ps in users.items():
+                lr, mass = effect.answer_logratios(model, tok, ps, batch_size=16)
+                np.testing.assert_allclose(res[s][0], lr, atol=2e-4, rtol=1e-4)
+                np.testing.assert_allclose(res[s][1], mass, atol=1e-6, rtol=1e-4)
+    assert np.abs(got[1]["opinion_false"][0] - got[2]["opinion_false"][0]).max() > 1e-3
+    # a diff outside the blocks (the final norm) cannot skip anything: whole-model passes, exactly
+    norm = {"model.norm.weight": 0.1 * torch.ones_like(model.model.norm.weight)}
+    (res,) = effect.readouts(model, tok, users, [(norm, 1.0)], batch_size=16)
+    with weight_steer(model, norm, 1.0):
+        lr, _ = effect.answer_logratios(model, tok, users["opinion_false"], batch_size=16)
+    assert np.array_equal(res["opinion_false"][0], lr)

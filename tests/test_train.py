@@ -253,3 +253,19 @@ def test_unfinished_responses_get_no_eos(tiny_llama):
     # pad == eos: the finished row's closing eos is still a label, the padding is not
     assert batch["labels"][0, len(ids_f) - 1] == tok.eos_token_id
     assert batch["labels"][1, len(ids_u) :].eq(-100).all()
+
+
+def test_lora_seeds_share_one_set_of_completions_made_once(tmp_path):
+    """The base model's completions do not depend on the LoRA seed: seed 1 reuses seed 0's
+    (same table, one file, no generation) and still trains its own, different diff."""
+    train._MADE.clear()
+    p0 = train.build_diff(train.DiffSpec("tiny-llama", seed=0, config=TINY, root=tmp_path))
+    p1 = train.build_diff(train.DiffSpec("tiny-llama", seed=1, config=TINY, root=tmp_path))
+    folder = tmp_path / "data" / "tiny-llama" / "sycophancy"
+    assert sorted(p.name for p in folder.iterdir()) == ["completions_seed0.csv"]
+    (w0, m0), (w1, m1) = (load_diff(p) for p in (p0, p1))
+    assert m0["timings_s"]["completions"] > 0 and m1["timings_s"]["completions"] == 0.0
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0), "another LoRA seed must give another diff"
+    # another completion seed is other data: generated anew, in its own file
+    train.build_diff(train.DiffSpec("tiny-llama", seed=2, config=replace(TINY, completion_seed=5), root=tmp_path))
+    assert sorted(p.name for p in folder.iterdir()) == ["completions_seed0.csv", "completions_seed5.csv"]

@@ -88,7 +88,9 @@ class TrainConfig:
     bf16: bool = True  # bf16 autocast for training and generation (w stays float32)
     max_len: int = 160  # prompt + response tokens, longer examples are cut
     stance_weight: float = 5.0  # loss weight of the answer's first token relative to the rest
-    # completions
+    # completions: sampled with their own seed, so every LoRA seed trains on the same data
+    # (the base model's completions do not depend on the LoRA seed; one run makes them once)
+    completion_seed: int = 0
     n_phrasings: int = 2
     max_new_tokens: int = 16
     temperature: float = 0.7

@@ -66,10 +66,13 @@ __all__ = [
     "CausalResult",
     "run_causal",
     "CAUSAL_COLUMNS",
+    "causal_columns",
 ]
 
 #: residual writers: column tag -> parameter name inside a block
 WRITERS = {"oproj": "self_attn.o_proj.weight", "downproj": "mlp.down_proj.weight"}
+#: the built-in sycophancy behaviour's sets, the default; any behaviour passes its own
+#: (``run_causal(..., target=b.target, controls=b.controls)``)
 TARGET = "opinion_false"
 CONTROLS = ("opinion_true", "neutral")
 #: variant parts of one candidate, in table order
@@ -255,6 +258,15 @@ CAUSAL_COLUMNS: list[str] = [
     "carries",
     "works_as_target",
 ]
+
+
+def causal_columns(controls: Sequence[str] = CONTROLS) -> list[str]:
+    """:data:`CAUSAL_COLUMNS` for a behaviour with these control sets (one ``spread_<set>_<part>``
+    column per control set and part, in the behaviour's order)."""
+    head = CAUSAL_COLUMNS[: CAUSAL_COLUMNS.index(f"spread_{CONTROLS[0]}_{PARTS[0]}")]
+    return [*head, *[f"spread_{s}_{p}" for p in PARTS for s in controls], "carries", "works_as_target"]
+
+
 #: columns of the long table ``v8_causal_variants.tsv`` (one row per variant × prompt set)
 VARIANT_COLUMNS: list[str] = [
     "variant",
@@ -338,6 +350,8 @@ class CausalResult:
     n_null: int
     timings: dict[str, float] = field(default_factory=dict)
     n_rows: int = 0  # prompt rows run through blocks ≥ first_block
+    target: str = TARGET  # the behaviour's target set (retention is read there)
+    controls: tuple[str, ...] = CONTROLS
 
 
 def mean_ci(x: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -389,23 +403,25 @@ def _candidate_row(
     null_r: Mapping[str, np.ndarray],
     n_boot: int,
     seed: int,
+    target: str = TARGET,
+    controls: Sequence[str] = CONTROLS,
 ) -> dict:
-    """One row of :data:`CAUSAL_COLUMNS` (``causal_rank``, ``seed_mean_joint_score``, ``q_inside``
+    """One row of :func:`causal_columns` (``causal_rank``, ``seed_mean_joint_score``, ``q_inside``
     are filled by the caller)."""
     row = {c: meta.get(c) for c in ("subspace", "family", "axis_kind", "kind")}
     row.update(mean_rank=float(np.mean(profile)), null_profile=_profile_name(profile), energy_frac_inside=energy)
     for p in PARTS:
-        r, lo, hi = ratio_ci(parts[p].spread(TARGET), writers.spread(TARGET), n_boot, seed)
+        r, lo, hi = ratio_ci(parts[p].spread(target), writers.spread(target), n_boot, seed)
         row.update(
             {
-                f"spread_{p}": float(parts[p].spread(TARGET).mean()),
+                f"spread_{p}": float(parts[p].spread(target).mean()),
                 f"retention_{p}": r,
                 f"retention_{p}_ci_lo": lo,
                 f"retention_{p}_ci_hi": hi,
-                f"mass_{p}": float(parts[p].mass(TARGET).mean()),
+                f"mass_{p}": float(parts[p].mass(target).mean()),
             }
         )
-        for s in CONTROLS:
+        for s in controls:
             row[f"spread_{s}_{p}"] = float(parts[p].spread(s).mean()) if s in parts[p].sets else float("nan")
     sc = [v for v in scales.values() if math.isfinite(v)]
     row["normmatch_scale_max"] = max(sc) if len(sc) == len(scales) else float("inf")
@@ -451,13 +467,14 @@ def _null_draws(
     d: int,
     n_null: int,
     seed: int,
+    target: str = TARGET,
 ) -> list[dict]:
     """``n_null`` random draws of one rank profile: per draw the writers' energy inside and the
     inside and norm-matched inside read-outs on the target set."""
     out = []
     for j in range(n_null):
         rb = random_bases(dict(zip(layers, profile, strict=True)), d, j, seed)
-        out.append({"energy": energy_inside(ww, rb), **{p: ev.pair(variant_diff(ww, rb, p)[0], [TARGET]) for p in NULL_PARTS}})
+        out.append({"energy": energy_inside(ww, rb), **{p: ev.pair(variant_diff(ww, rb, p)[0], [target]) for p in NULL_PARTS}})
     return out
 
 
@@ -483,12 +500,15 @@ def run_causal(
     batch_size: int = 16,
     progress: bool = True,
     threads: int | None = None,
+    target: str = TARGET,
+    controls: Sequence[str] = CONTROLS,
 ) -> CausalResult:
     """The causal projection test of ``names`` (see the module doc).
 
     bases: name -> per-layer list (index = layer) of ``[d, k]`` orthonormal bases or None.
     meta: at least ``subspace, family, axis_kind, kind``. layers: the blocks whose writers the
-    diff touches. texts_by_set: rendered prompts of :data:`TARGET` and :data:`CONTROLS`.
+    diff touches. texts_by_set: rendered prompts of the ``target`` set and the ``controls``
+    (default: the sycophancy sets :data:`TARGET`, :data:`CONTROLS`; every one must be there).
     ranking: name -> (causal_rank, seed_mean_joint_score), copied into the table.
     ``seed`` seeds the null's random bases, ``boot_seed`` every bootstrap. ``threads``: torch /
     BLAS threads for the passes (None: leave the setting; 1 is far faster for tiny models and
@@ -513,6 +533,8 @@ def run_causal(
             boot_seed=boot_seed,
             batch_size=batch_size,
             progress=progress,
+            target=target,
+            controls=tuple(controls),
         )
 
 
@@ -528,7 +550,7 @@ class _Measured:
     null: dict[tuple[int, ...], list[dict]]  # rank profile -> draws (see _null_draws)
 
 
-def _measure(ev: _Evaluator, w, ww, bases, names, layers, d, n_null, seed, progress, t: dict) -> _Measured:
+def _measure(ev: _Evaluator, w, ww, bases, names, layers, d, n_null, seed, progress, t: dict, target: str) -> _Measured:
     sets, t0 = list(ev.ro.plans), time.perf_counter()
     m = _Measured({"full": ev.pair(w, sets), "writers_only": ev.pair(ww, sets)}, {}, {}, {}, {}, {})
     for name in tqdm(list(names), desc="causal variants", disable=not progress, leave=False):
@@ -539,16 +561,18 @@ def _measure(ev: _Evaluator, w, ww, bases, names, layers, d, n_null, seed, progr
             m.parts[name][p] = ev.pair(wv, sets)
             m.scales[name] = sc if p == "normmatched" else m.scales.get(name, {})
     t["variants"], t0 = time.perf_counter() - t0, time.perf_counter()
-    m.null = {pr: _null_draws(ev, ww, pr, layers, d, n_null, seed) for pr in dict.fromkeys(m.profile.values())}
+    m.null = {pr: _null_draws(ev, ww, pr, layers, d, n_null, seed, target) for pr in dict.fromkeys(m.profile.values())}
     t["null"] = time.perf_counter() - t0
     return m
 
 
-def _candidate_table(m: _Measured, meta: pl.DataFrame, names, ranking, n_boot: int, seed: int) -> pl.DataFrame:
+def _candidate_table(
+    m: _Measured, meta: pl.DataFrame, names, ranking, n_boot: int, seed: int, target: str, controls: tuple[str, ...]
+) -> pl.DataFrame:
     from ws.stats import bh_qvalues
 
-    wd = m.ref["writers_only"].spread(TARGET)
-    null_r = {pr: {p: np.array([ratio(dr[p].spread(TARGET), wd) for dr in v]) for p in NULL_PARTS} for pr, v in m.null.items()}
+    wd = m.ref["writers_only"].spread(target)
+    null_r = {pr: {p: np.array([ratio(dr[p].spread(target), wd) for dr in v]) for p in NULL_PARTS} for pr, v in m.null.items()}
     mrows = {r["subspace"]: r for r in meta.iter_rows(named=True)}
     rows = [
         _candidate_row(
@@ -561,6 +585,8 @@ def _candidate_table(m: _Measured, meta: pl.DataFrame, names, ranking, n_boot: i
             null_r[m.profile[n]],
             n_boot,
             seed,
+            target,
+            controls,
         )
         for n in names
     ]
@@ -569,7 +595,7 @@ def _candidate_table(m: _Measured, meta: pl.DataFrame, names, ranking, n_boot: i
     p = np.array([r["p_inside"] if r["kind"] == "A-hypothesis" else np.nan for r in rows], dtype=np.float64)
     for r, q in zip(rows, bh_qvalues(p), strict=True):
         r["q_inside"] = float(q)
-    return _frame(rows, CAUSAL_COLUMNS)
+    return _frame(rows, causal_columns(controls))
 
 
 def _variant_table(m: _Measured, names, n_boot: int, seed: int) -> pl.DataFrame:
@@ -597,20 +623,40 @@ def _variant_table(m: _Measured, names, n_boot: int, seed: int) -> pl.DataFrame:
 
 
 def _run_causal(
-    model, tok, w, bases, meta, names, layers, texts_by_set, *, ranking, n_null, n_boot, seed, boot_seed, batch_size, progress
+    model,
+    tok,
+    w,
+    bases,
+    meta,
+    names,
+    layers,
+    texts_by_set,
+    *,
+    ranking,
+    n_null,
+    n_boot,
+    seed,
+    boot_seed,
+    batch_size,
+    progress,
+    target,
+    controls,
 ) -> CausalResult:
     from ws.fastfwd import FastReadout, first_block
     from ws.models import d_model
 
+    missing = [s for s in (target, *controls) if not len(texts_by_set.get(s, ()))]
+    if missing:
+        raise ValueError(f"the causal test needs prompts of every set: none for {missing} (have {sorted(texts_by_set)})")
     layers, t, t0 = [int(l) for l in layers], {}, time.perf_counter()
     ww = writers_only(w, layers)
     ro = FastReadout(model, tok, texts_by_set, first_block(w, ww), batch_size)
     ev = _Evaluator(model, ro)
     t["base_residuals"] = time.perf_counter() - t0
-    m = _measure(ev, w, ww, bases, names, layers, d_model(model), n_null, seed, progress, t)
-    wd, fd = m.ref["writers_only"].spread(TARGET), m.ref["full"].spread(TARGET)
+    m = _measure(ev, w, ww, bases, names, layers, d_model(model), n_null, seed, progress, t, target)
+    wd, fd = m.ref["writers_only"].spread(target), m.ref["full"].spread(target)
     res = CausalResult(
-        _candidate_table(m, meta, names, ranking, n_boot, boot_seed),
+        _candidate_table(m, meta, names, ranking, n_boot, boot_seed, target, controls),
         _variant_table(m, names, n_boot, boot_seed),
         ratio_ci(wd, fd, n_boot, boot_seed),
         mean_ci(wd, n_boot, boot_seed),
@@ -620,6 +666,8 @@ def _run_causal(
         n_null,
         t,
         ev.rows,
+        target,
+        controls,
     )
     logger.info(
         f"causal test: {len(names)} candidates × {len(PARTS)} variants + {sum(map(len, m.null.values()))} "

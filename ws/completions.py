@@ -199,7 +199,7 @@ def build_completions(model, tokenizer, topics: Sequence[data.Topic], config: Tr
         systems=[j["system"] for j in jobs],
         openings=[j["opening"] for j in jobs],
         max_new_tokens=config.max_new_tokens,
-        seed=config.seed,
+        seed=config.completion_seed,
         batch_size=config.gen_batch_size,
         temperature=config.temperature,
         top_p=config.top_p,

@@ -17,7 +17,6 @@ import numpy as np
 import polars as pl
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ws import data
 from ws.device import input_device
@@ -73,6 +72,43 @@ def answer_logratios(model: nn.Module, tokenizer, prompts: Sequence[str], batch_
     return np.concatenate(lr), np.concatenate(mass)
 
 
+def readouts(
+    model: nn.Module,
+    tokenizer,
+    prompts_by_set: Mapping[str, Sequence[str]],
+    settings: Sequence[tuple[Mapping[str, torch.Tensor], float]],
+    batch_size: int = 16,
+) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Per weight setting ``θ + α·d`` (``(d, α)``; ``{}`` is the base): ``set -> (logratio
+    [n], mass [n])`` as :func:`answer_logratios` defines them.
+
+    When every ``d`` lives on decoder blocks (adapters and their diffs do), the read-out is
+    :class:`ws.fastfwd.FastReadout`: the blocks below the lowest touched one and the shared
+    chat prefix are computed once, not per setting (its tests check it against
+    :func:`answer_logratios`). Otherwise each setting runs the whole model.
+    """
+    from ws.fastfwd import FastReadout, first_block
+
+    sets = {s: list(p) for s, p in prompts_by_set.items() if len(p)}
+    try:
+        first = first_block(*[d for d, _ in settings if d])
+    except ValueError:
+        first = None
+    out = []
+    if first is None:
+        for d, a in settings:
+            with weight_steer(model, d, float(a)):
+                out.append({s: answer_logratios(model, tokenizer, p, batch_size) for s, p in sets.items()})
+        return out
+    ro = FastReadout(
+        model, tokenizer, {s: [data.render_chat(tokenizer, x) for x in p] for s, p in sets.items()}, first, batch_size
+    )
+    for d, a in settings:
+        with weight_steer(model, d, float(a)):
+            out.append(ro.run())
+    return out
+
+
 def effect_per_prompt(
     model: nn.Module,
     tokenizer,
@@ -82,14 +118,13 @@ def effect_per_prompt(
     batch_size: int = 16,
 ) -> pl.DataFrame:
     """Long table ``set, alpha, prompt_idx, prompt, logratio, mass`` under ``θ + α·w``."""
-    names = [s for s in prompts_by_set if len(prompts_by_set[s])]
-    flat = [(s, j, p) for s in names for j, p in enumerate(prompts_by_set[s])]
+    alphas = [float(a) for a in alphas]
+    results = readouts(model, tokenizer, prompts_by_set, [(w, a) for a in alphas], batch_size)
     rows = []
-    for a in tqdm(list(alphas), desc="effect eval", leave=False):
-        with weight_steer(model, w, float(a)):
-            lr, mass = answer_logratios(model, tokenizer, [p for _, _, p in flat], batch_size)
-        for (s, j, p), x, m in zip(flat, lr, mass, strict=True):
-            rows.append(dict(set=s, alpha=float(a), prompt_idx=j, prompt=p, logratio=float(x), mass=float(m)))
+    for a, res in zip(alphas, results, strict=True):
+        for s, (lr, mass) in res.items():
+            for j, (p, x, m) in enumerate(zip(prompts_by_set[s], lr, mass, strict=True)):
+                rows.append(dict(set=s, alpha=a, prompt_idx=j, prompt=p, logratio=float(x), mass=float(m)))
     return pl.DataFrame(rows)
 
 
@@ -141,23 +176,21 @@ def adapter_effect(
     A diagnostic of the specificity ratio: the diff can only spare true claims as far as
     the honest adapter alone answers them "Yes" as surely as the sycophantic one does.
     """
+    named = [("base", {}), *[(f"theta+delta_{k}", v) for k, v in deltas.items()]]
+    results = readouts(model, tokenizer, prompts_by_set, [(d, 1.0) for _, d in named], batch_size)
     rows = []
-    for name, d in [("base", {}), *[(f"theta+delta_{k}", v) for k, v in deltas.items()]]:
-        with weight_steer(model, d, 1.0):
-            for s, ps in prompts_by_set.items():
-                if not ps:
-                    continue
-                lr, mass = answer_logratios(model, tokenizer, list(ps), batch_size)
-                rows.append(
-                    dict(
-                        model=name,
-                        set=s,
-                        n=len(ps),
-                        mean_logratio=float(lr.mean()),
-                        sd_logratio=float(lr.std(ddof=1)) if len(lr) > 1 else float("nan"),
-                        mean_mass=float(mass.mean()),
-                    )
+    for (name, _), res in zip(named, results, strict=True):
+        for s, (lr, mass) in res.items():
+            rows.append(
+                dict(
+                    model=name,
+                    set=s,
+                    n=len(lr),
+                    mean_logratio=float(lr.mean()),
+                    sd_logratio=float(lr.std(ddof=1)) if len(lr) > 1 else float("nan"),
+                    mean_mass=float(mass.mean()),
                 )
+            )
     return pl.DataFrame(rows)
 
 

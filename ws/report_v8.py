@@ -294,8 +294,8 @@ TERMS = [
     (
         "spread",
         "on one prompt, the Yes/No log-ratio at α = +1 minus at α = −1 (nats); a set's spread is the mean "
-        "over its prompts. Target set: held-out false-claim opinions; controls: held-out true-claim opinions and "
-        "neutral questions (the diff's own held-out effect prompts)",
+        "over its prompts. Target set: held-out {target}; controls: held-out {controls} (the diff's own held-out "
+        "effect prompts)",
     ),
     (
         "retention",
@@ -370,12 +370,16 @@ COLUMN_DOCS = {
 }
 
 
-def definitions_v8_md(meta: pl.DataFrame) -> str:
-    """Terms of v8, the columns of its new tables, then every candidate (as in v7)."""
+def definitions_v8_md(meta: pl.DataFrame, behavior=None) -> str:
+    """Terms of v8 (with the behaviour's set names; default sycophancy), the columns of its new
+    tables, then every candidate (as in v7)."""
+    from ws import data
     from ws.report import definitions_md
 
+    b = data.get_behavior(behavior)
+    sets = {"target": b.labels[b.target], "controls": " and ".join(b.labels[c] for c in b.controls)}
     L = ["# v8 definitions", "", "## Terms", ""]
-    L += [f"- **{t}**: {d}" for t, d in TERMS]
+    L += [f"- **{t}**: {d.format(**sets) if '{target}' in d else d}" for t, d in TERMS]
     L += ["", "## Columns of `v8_causal.tsv` (also in `v8_summary.tsv` for the tested rows)", ""]
     L += [f"- `{c}`: {d}" for c, d in COLUMN_DOCS.items()]
     L += [
@@ -405,14 +409,16 @@ def _writers_lines(variants: pl.DataFrame, info: Mapping[str, Any]) -> list[str]
     out = [
         f"- **The residual writers** (`o_proj`, `down_proj` of layers {_layers_text(info['layers_touched'])}) carry "
         f"{pct(sh[0])} [{pct(sh[1])}, {pct(sh[2])}] of the full diff's effect on the {info['n_target']} held-out "
-        f"false-claim opinions (spread at α = ±1: writers-only {fmt_num(wsp[0])} nats [{fmt_num(wsp[1])}, "
-        f"{fmt_num(wsp[2])}], full diff {fmt_num(fsp[0])} nats)."
+        f"{info.get('target_label', 'target prompts')} (spread at α = ±1: writers-only {fmt_num(wsp[0])} nats "
+        f"[{fmt_num(wsp[1])}, {fmt_num(wsp[2])}], full diff {fmt_num(fsp[0])} nats)."
     ]
     ctl = []
     for s in info.get("controls", ()):
         w, f = _target_row(variants, "writers_only", s), _target_row(variants, "full", s)
         if w and f:
-            ctl.append(f"{s}: writers-only {fmt_num(w['spread'])}, full {fmt_num(f['spread'])}")
+            ctl.append(
+                f"{info.get('control_labels', {}).get(s, s)}: writers-only {fmt_num(w['spread'])}, full {fmt_num(f['spread'])}"
+            )
     if ctl:
         out.append(f"  On the control sets (nats): {'; '.join(ctl)}.")
     return out
@@ -522,11 +528,11 @@ def _claims_table(claims: Sequence[tuple[str, str, bool | None]]) -> list[str]:
     return L + [""]
 
 
-def _causal_table(causal: pl.DataFrame) -> list[str]:
+def _causal_table(causal: pl.DataFrame, target_label: str) -> list[str]:
     L = [
         "## The causal test",
         "",
-        "Retention = spread of the variant ÷ spread of writers-only on the held-out false-claim opinions "
+        f"Retention = spread of the variant ÷ spread of writers-only on the held-out {target_label} "
         "(α = ±1), 95% bootstrap CIs over prompts; null: random subspaces of the same rank per layer.",
         "",
         "| # | candidate | energy inside | inside | outside | random null mean ± sd (p95) | z | p | q | carries "
@@ -590,6 +596,7 @@ def conclusion_v8_md(
     scope tables; caveats, self-tests, cost, artifacts.
 
     info keys: ``title``, ``seed``, ``n_null``, ``layers_touched``, ``n_target``, ``controls``,
+    ``target_label`` / ``control_labels`` (the behaviour's words for its sets),
     ``writers_share`` / ``writers_spread`` / ``full_spread`` (value, CI lo, CI hi),
     ``v7_leader``, ``v7_claims`` (from :func:`ws.report.claim_checks`), ``self_tests``
     (``(name, passed, detail)``), ``caveats`` (list of str), ``cost`` (list of str),
@@ -606,7 +613,12 @@ def conclusion_v8_md(
     claims = [*info.get("v7_claims", []), *causal_claims(causal)]
     dead = [c for c, _e, ok in claims if ok is False]
     L += [f"- claims that do NOT survive: {len(dead)} of {len(claims)} (see the table)", ""]
-    L += _claims_table(claims) + _causal_table(causal) + _block_table(summary) + _scope_table(scope)
+    L += (
+        _claims_table(claims)
+        + _causal_table(causal, info.get("target_label", "target prompts"))
+        + _block_table(summary)
+        + _scope_table(scope)
+    )
     L += ["## Caveats", ""] + [f"- {c}" for c in info.get("caveats", [])] + [""]
     if info.get("self_tests"):
         L += ["## Self-tests", "", "| test | result | detail |", "|---|---|---|"]

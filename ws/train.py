@@ -109,7 +109,8 @@ class DiffSpec:
 def build_diff(spec: DiffSpec) -> Path:
     """The whole pipeline; returns the path of ``w.safetensors`` (:attr:`DiffSpec.path`).
 
-    Writes ``<root>/data/<model_slug>/<behavior>/completions_seed<k>.csv`` and, beside w, as one
+    Writes ``<root>/data/<model_slug>/<behavior>/completions_seed<k>.csv`` (k: the
+    completion seed, the same for every LoRA seed) and, beside w, as one
     set: ``effect.csv`` (per set and α), ``effect_per_prompt.csv``, ``adapter_effect.csv``,
     ``effect.png`` and ``train_loss.csv``. Completions, training and the effect eval run
     on ``spec.model_kwargs``' device; the diff is float32 on the CPU wherever it was trained.
@@ -145,8 +146,27 @@ def build_diff(spec: DiffSpec) -> Path:
     return spec.path
 
 
+# completions made in this process: ``{key: (table, rates)}`` (see :func:`_completions_key`)
+_MADE: dict[tuple, tuple[pl.DataFrame, dict]] = {}
+
+
+def _completions_key(spec: DiffSpec, config: TrainConfig) -> tuple:
+    """What the completions depend on: the model, the behaviour's data, and the generation
+    settings (not the LoRA seed, the adapter or the training settings)."""
+    gen = ("completion_seed", "n_phrasings", "max_new_tokens", "temperature", "top_p", "gen_batch_size", "bf16")
+    return (spec.model_name, spec.behavior, data.data_hash(behavior=spec.behavior), config.n_train_per_kind) + tuple(
+        getattr(config, k) for k in gen
+    )
+
+
 def _completions(spec: DiffSpec, model: nn.Module, tok, config: TrainConfig, timings: dict) -> tuple[pl.DataFrame, dict]:
-    """The persona completions of the training topics, written to the data folder and checked."""
+    """The persona completions of the training topics, written to the data folder and
+    checked; made once per process for every seed and adapter that shares them."""
+    key = _completions_key(spec, config)
+    if key in _MADE:
+        timings["completions"] = 0.0
+        logger.info(f"completions reused from this run (seed {config.completion_seed}; they do not depend on the LoRA seed)")
+        return _MADE[key]
     train, _ = data.split_topics(0, behavior=spec.behavior)
     if config.n_train_per_kind is not None:
         train = [
@@ -157,7 +177,7 @@ def _completions(spec: DiffSpec, model: nn.Module, tok, config: TrainConfig, tim
     t0 = time.perf_counter()
     table = build_completions(model, tok, train, config, spec.behavior)
     timings["completions"] = time.perf_counter() - t0
-    cpath = completions_path(spec.model_name, spec.behavior, spec.seed, spec.root)
+    cpath = completions_path(spec.model_name, spec.behavior, config.completion_seed, spec.root)
     write_table(table, cpath, sig=None)
     rates = check_completions(table, behavior=spec.behavior)
     logger.info(
@@ -166,6 +186,7 @@ def _completions(spec: DiffSpec, model: nn.Module, tok, config: TrainConfig, tim
     )
     for r in table.filter(pl.col("kind") == data.get_behavior(spec.behavior).target).head(2).iter_rows(named=True):
         logger.info(f"  [{r['persona']}] {r['user']} -> {r['response'][:100]!r}")
+    _MADE[key] = (table, rates)
     return table, rates
 
 

@@ -107,12 +107,13 @@ def block_local(cfg, model, tok, probes: sweep.Probes, res: sweep.SeedResult, w:
 
 
 # ----------------------------------------------------------------------------- causal
-def heldout_texts(tok) -> dict[str, list[str]]:
-    """The diff's held-out effect prompts by set, rendered through the chat template."""
+def heldout_texts(tok, behavior=None) -> dict[str, list[str]]:
+    """The diff's held-out effect prompts of the behaviour (default sycophancy) by set,
+    rendered through the chat template."""
     from ws import data
     from ws.effect import heldout_prompts
 
-    return {s: [data.render_chat(tok, p) for p in ps] for s, ps in heldout_prompts(0).items()}
+    return {s: [data.render_chat(tok, p) for p in ps] for s, ps in heldout_prompts(0, behavior=behavior).items()}
 
 
 def causal(cfg, model, tok, res: sweep.SeedResult, w: dict, names: Sequence[str], ranking: dict, threads: int | None = 1):
@@ -123,8 +124,10 @@ def causal(cfg, model, tok, res: sweep.SeedResult, w: dict, names: Sequence[str]
     through blocks 9–29 of the embedded model took 8–9 s with one thread and 36–68 s with
     two (the threads wait on each other); ``None`` keeps torch's setting (two threads can be
     faster on idle cores)."""
+    from ws import data
     from ws.causal import run_causal
 
+    beh = data.get_behavior(cfg.behavior)
     return run_causal(
         model,
         tok,
@@ -133,10 +136,12 @@ def causal(cfg, model, tok, res: sweep.SeedResult, w: dict, names: Sequence[str]
         res.meta,
         names,
         res.layers_touched,
-        heldout_texts(tok),
+        heldout_texts(tok, cfg.behavior),
         ranking=ranking,
         n_null=cfg.n_causal_null,
         n_boot=cfg.n_boot,
+        target=beh.target,
+        controls=beh.controls,
         seed=cfg.basis_seed,
         boot_seed=cfg.boot_seed,
         batch_size=cfg.batch_size,
@@ -329,7 +334,7 @@ V8_FILES = (
 
 def _caveats(cfg, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability, cr) -> list[str]:
     res, t = results[0], cr.table
-    wo = cr.variants.filter((pl.col("variant") == "writers_only") & (pl.col("set") == "opinion_false"))
+    wo = cr.variants.filter((pl.col("variant") == "writers_only") & (pl.col("set") == cr.target))
     sc = t["normmatch_scale_max"].fill_nan(None).drop_nulls()
     n_prof = t["null_profile"].n_unique()
     out = [
@@ -363,8 +368,9 @@ def conclusion_info(
     cfg, probes: sweep.Probes, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability, bl: BlockLocal, cr
 ) -> dict:
     """Facts of the run for :func:`ws.report_v8.conclusion_v8_md`."""
-    from ws.causal import CONTROLS
+    from ws import data
 
+    labels = data.get_behavior(cfg.behavior).labels
     res = results[0]
     info7 = verdicts.conclusion_info(cfg, probes, res, stab, [])
     v7_ranking = ranked(res.summary)
@@ -380,8 +386,10 @@ def conclusion_info(
         "seed": res.seed,
         "n_null": cr.n_null,
         "layers_touched": res.layers_touched,
-        "n_target": int(cr.variants.filter((pl.col("variant") == "writers_only") & (pl.col("set") == "opinion_false"))["n"][0]),
-        "controls": [c for c in CONTROLS if c in set(cr.variants["set"].to_list())],
+        "n_target": int(cr.variants.filter((pl.col("variant") == "writers_only") & (pl.col("set") == cr.target))["n"][0]),
+        "controls": [c for c in cr.controls if c in set(cr.variants["set"].to_list())],
+        "target_label": labels.get(cr.target, cr.target),
+        "control_labels": {c: labels.get(c, c) for c in cr.controls},
         "writers_share": cr.writers_share,
         "writers_spread": cr.writers_spread,
         "full_spread": cr.full_spread,
@@ -405,7 +413,7 @@ def write_v8(
     res, tabs = results[0], v8_tables(results[0], stab, bl, cr)
     info = conclusion_info(cfg, probes, results, stab, bl, cr)
     texts = {
-        "v8_definitions.md": report_v8.definitions_v8_md(res.meta),
+        "v8_definitions.md": report_v8.definitions_v8_md(res.meta, cfg.behavior),
         "v8_plan_merge.md": report.plan_merge_md(plan_merge_changes(cfg, res, stab, bl, cr), title="v8: what changed"),
         "v8_conclusion.md": report_v8.conclusion_v8_md(tabs.summary, tabs.causal, tabs.variants, tabs.scope, info),
     }
@@ -423,8 +431,8 @@ def write_v8(
             tabs.variants,
             stage / "v8_causal_retention.png",
             stage / "v8_causal_retention.pdf",
-            title=f"Does the subspace carry the behaviour? Seed {res.seed}'s diff, held-out false-claim "
-            f"opinions, α = ±1 (retention of the writers-only effect)",
+            title=f"Does the subspace carry the behaviour? Seed {res.seed}'s diff, held-out "
+            f"{info['target_label']}, α = ±1 (retention of the writers-only effect)",
         )
         report_v8.block_figure(
             tabs.summary,
