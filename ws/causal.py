@@ -471,8 +471,11 @@ def _null_draws(
 ) -> list[dict]:
     """``n_null`` random draws of one rank profile: per draw the writers' energy inside and the
     inside and norm-matched inside read-outs on the target set."""
-    out = []
+    out, t0 = [], time.perf_counter()
     for j in range(n_null):
+        if j % 5 == 0:
+            el = time.perf_counter() - t0
+            logger.info(f"causal test: null of rank profile {_profile_name(profile)}, draw {j + 1}/{n_null} ({el:.0f} s)")
         rb = random_bases(dict(zip(layers, profile, strict=True)), d, j, seed)
         out.append({"energy": energy_inside(ww, rb), **{p: ev.pair(variant_diff(ww, rb, p)[0], [target]) for p in NULL_PARTS}})
     return out
@@ -553,7 +556,9 @@ class _Measured:
 def _measure(ev: _Evaluator, w, ww, bases, names, layers, d, n_null, seed, progress, t: dict, target: str) -> _Measured:
     sets, t0 = list(ev.ro.plans), time.perf_counter()
     m = _Measured({"full": ev.pair(w, sets), "writers_only": ev.pair(ww, sets)}, {}, {}, {}, {}, {})
-    for name in tqdm(list(names), desc="causal variants", disable=not progress, leave=False):
+    names = list(names)
+    for i, name in enumerate(tqdm(names, desc="causal variants", disable=not progress, leave=False)):
+        logger.info(f"causal test: candidate {i + 1}/{len(names)} `{name}` ({time.perf_counter() - t0:.0f} s)")
         per = {l: bases[name][l] for l in layers}
         m.profile[name], m.energy[name], m.parts[name] = _profile(bases[name], layers), energy_inside(ww, per), {}
         for p in PARTS:

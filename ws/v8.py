@@ -116,14 +116,14 @@ def heldout_texts(tok, behavior=None) -> dict[str, list[str]]:
     return {s: [data.render_chat(tok, p) for p in ps] for s, ps in heldout_prompts(0, behavior=behavior).items()}
 
 
-def causal(cfg, model, tok, res: sweep.SeedResult, w: dict, names: Sequence[str], ranking: dict, threads: int | None = 1):
+def causal(cfg, model, tok, res: sweep.SeedResult, w: dict, names: Sequence[str], ranking: dict, threads: int | None = None):
     """The causal projection test of ``names`` on this seed's diff (:func:`ws.causal.run_causal`).
 
-    ``threads`` (default 1): torch / BLAS threads for its passes. Measured on this suite's
-    2-core machine while other jobs shared the cores, one pass of the 52 held-out prompts
-    through blocks 9–29 of the embedded model took 8–9 s with one thread and 36–68 s with
-    two (the threads wait on each other); ``None`` keeps torch's setting (two threads can be
-    faster on idle cores)."""
+    ``threads``: torch / BLAS threads for its passes (None, the default: torch's setting, one
+    per core). Measured on the suite's 2-core machine, idle: the 52 held-out prompts at α = ±1
+    through blocks 9–29 of the embedded model took 4.4–5.3 s with two threads and 7.6–9.1 s
+    with one; while other jobs shared the cores, two threads took 36–68 s and one 8–9 s (the
+    threads wait on each other): pass 1 there."""
     from ws import data
     from ws.causal import run_causal
 
