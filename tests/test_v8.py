@@ -99,3 +99,13 @@ def test_every_causal_column_is_defined():
 def test_pct_formats_a_fraction():
     assert R8.pct(0.123) == "12.3%" and R8.pct(float("nan")) == "NaN%" and R8.pct(None) == "NaN%"
     assert math.isclose(float(R8.pct(1.0)[:-1]), 100.0)
+
+
+def test_a_carrying_subspace_that_keeps_little_or_fails_bh_is_flagged():
+    from ws.report_v8 import _carry_caution
+
+    row = {"retention_inside": 0.045, "retention_outside": 0.994, "p_inside": 0.0476, "q_inside": 0.317}
+    text = _carry_caution(row, 10)
+    assert "only 4.5% of the writers' effect survives inside" in text and "99.4% outside" in text
+    assert "does not survive BH over the 10 tested candidates (q 0.317)" in text
+    assert _carry_caution({**row, "retention_inside": 0.9, "retention_outside": 0.1, "q_inside": 0.01}, 10) is None

@@ -6,6 +6,7 @@ in (the run's own results); files are written atomically by the caller's file se
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -435,6 +436,21 @@ def _carry_text(r: Mapping) -> str:
     )
 
 
+def _carry_caution(r: Mapping, n_tested: int) -> str | None:
+    """What the rule's verdict does not say: a subspace that passes it while keeping under half
+    of the writers' effect, or whose p-value does not survive BH over the tested candidates."""
+    notes = []
+    if r["retention_inside"] < 0.5:
+        notes.append(
+            f"it passes the rule, yet only {pct(r['retention_inside'])} of the writers' effect survives inside it and "
+            f"{pct(r['retention_outside'])} outside: most of the behaviour is carried elsewhere"
+        )
+    q = r.get("q_inside")
+    if q is not None and math.isfinite(q) and q > 0.05:
+        notes.append(f"its p {fmt_num(r['p_inside'])} does not survive BH over the {n_tested} tested candidates (q {fmt_num(q)})")
+    return ("  Read with care: " + "; ".join(notes) + ".") if notes else None
+
+
 def _carry_lines(causal: pl.DataFrame, info: Mapping[str, Any]) -> list[str]:
     hyp = causal.filter(pl.col("kind") == "A-hypothesis")
     fin = hyp.filter(pl.col("retention_inside").fill_nan(None).is_not_null())
@@ -446,6 +462,8 @@ def _carry_lines(causal: pl.DataFrame, info: Mapping[str, Any]) -> list[str]:
     if yes.height:
         b = yes.row(0, named=True)
         out = [f"- **`{b['subspace']}` carries the behaviour**: {_carry_text(b)}."]
+        caution = _carry_caution(b, hyp.height)
+        out += [caution] if caution else []
         if yes.height > 1:
             out.append(
                 "- Also carrying, by the same rule: "
