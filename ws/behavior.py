@@ -27,6 +27,7 @@ import json
 import random
 import string
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -232,6 +233,18 @@ def parse(raw: Any, path: Path) -> Behavior:
     for key in ("name", "sets", "prompts", "persona_pairs", "items"):
         if key not in top:
             c.fail("top level", key, "missing (a behaviour file needs name, sets, prompts, persona_pairs and items)")
+    name, description, frac = _parse_header(c, top)
+    prompts = _parse_prompts(c, top["prompts"])
+    sets = _parse_sets(c, top["sets"], prompts)
+    persona_pairs = _parse_persona_pairs(c, top["persona_pairs"])
+    items = _parse_items(c, top["items"], {s.name: s for s in sets}, prompts)
+    b = Behavior(name, description, tuple(sets), prompts, tuple(persona_pairs), tuple(items), float(frac), str(path))
+    _check_split(b, c)
+    return b
+
+
+def _parse_header(c: _Checker, top: dict) -> tuple[str, str, float]:
+    """``name`` (it names the output folder), ``description``, ``heldout_frac``."""
     name = c.text(top, "name", "top level")
     if not all(ch.isalnum() or ch in "-_" for ch in name):
         c.fail("top level", "name", f"{name!r} names the output folder: use letters, digits, '-' and '_' only")
@@ -241,12 +254,30 @@ def parse(raw: Any, path: Path) -> Behavior:
     frac = top.get("heldout_frac", DEFAULT_HELDOUT_FRAC)
     if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac < 1:
         c.fail("top level", "heldout_frac", f"{frac!r} is not a number strictly between 0 and 1")
+    return name, description, frac
 
-    # prompts
-    if not isinstance(top["prompts"], dict) or not top["prompts"]:
+
+def _check_template(c: _Checker, where: str, field_name: str, template: str) -> None:
+    """A template must parse and use only item fields as placeholders."""
+    try:
+        names = _placeholders(template)
+    except ValueError as e:
+        c.fail(where, field_name, f"not a valid template ({e})")
+    bad = [n for n in names if n not in ITEM_TEXT_FIELDS]
+    if bad:
+        c.fail(
+            where,
+            field_name,
+            f"placeholder {{{bad[0]}}} is not an item field: use {', '.join('{' + f + '}' for f in ITEM_TEXT_FIELDS)}",
+        )
+
+
+def _parse_prompts(c: _Checker, raw: Any) -> dict[str, Prompts]:
+    """The prompt groups: ``{group: {probe, train}}``, every template checked."""
+    if not isinstance(raw, dict) or not raw:
         c.fail("top level", "prompts", "give a mapping: group name -> {probe, train}")
     prompts: dict[str, Prompts] = {}
-    for g, p in top["prompts"].items():
+    for g, p in raw.items():
         where = f"prompts group {g!r}"
         c.keys(p, where, ("probe", "train"))
         probe = c.text(p, "probe", where)
@@ -256,25 +287,20 @@ def parse(raw: Any, path: Path) -> Behavior:
         for j, t in enumerate(train):
             if not isinstance(t, str) or not t.strip():
                 c.fail(where, f"train[{j}]", f"{t!r} is not a non-empty string")
-        for j, t in enumerate([probe, *train]):
-            try:
-                names = _placeholders(t)
-            except ValueError as e:
-                c.fail(where, "probe" if j == 0 else f"train[{j - 1}]", f"not a valid template ({e})")
-            bad = [n for n in names if n not in ITEM_TEXT_FIELDS]
-            if bad:
-                c.fail(
-                    where,
-                    "probe" if j == 0 else f"train[{j - 1}]",
-                    f"placeholder {{{bad[0]}}} is not an item field: use {', '.join('{' + f + '}' for f in ITEM_TEXT_FIELDS)}",
-                )
+        _check_template(c, where, "probe", probe)
+        for j, t in enumerate(train):
+            _check_template(c, where, f"train[{j}]", t)
         prompts[g] = Prompts(probe, tuple(train))
+    return prompts
 
-    # sets
-    if not isinstance(top["sets"], list) or not top["sets"]:
+
+def _parse_sets(c: _Checker, raw: Any, prompts: Mapping[str, Prompts]) -> list[SetSpec]:
+    """The sets: unique names, a role, a prompts group, an answer rule per persona; exactly one
+    target set, at least one control, and a target that tells the personas apart."""
+    if not isinstance(raw, list) or not raw:
         c.fail("top level", "sets", "give a non-empty list of sets")
     sets: list[SetSpec] = []
-    for i, s in enumerate(top["sets"]):
+    for i, s in enumerate(raw):
         where = f"sets[{i}]"
         c.keys(s, where, ("name", "role", "label", "prompts", "answers"))
         sname = c.text(s, "name", where)
@@ -304,67 +330,77 @@ def parse(raw: Any, path: Path) -> Behavior:
             "answers",
             f"pos and neg both answer by the rule {target.rule('pos')!r}: the target set must tell the personas apart",
         )
+    return sets
 
-    # persona pairs
-    pairs = top["persona_pairs"]
-    if not isinstance(pairs, list) or not pairs:
+
+def _parse_persona_pairs(c: _Checker, raw: Any) -> list[tuple[str, ...]]:
+    if not isinstance(raw, list) or not raw:
         c.fail("top level", "persona_pairs", "give a non-empty list of {pos, neg} system prompts")
-    persona_pairs = []
-    for i, p in enumerate(pairs):
+    out = []
+    for i, p in enumerate(raw):
         c.keys(p, f"persona_pairs[{i}]", PERSONAS)
-        persona_pairs.append(tuple(c.text(p, k, f"persona_pairs[{i}]") for k in PERSONAS))
+        out.append(tuple(c.text(p, k, f"persona_pairs[{i}]") for k in PERSONAS))
+    return out
 
-    # items
-    if not isinstance(top["items"], list) or not top["items"]:
+
+def _parse_items(c: _Checker, raw: Any, by_name: Mapping[str, SetSpec], prompts: Mapping[str, Prompts]) -> list[Topic]:
+    if not isinstance(raw, list) or not raw:
         c.fail("top level", "items", "give a non-empty list of items")
-    by_name = {s.name: s for s in sets}
     items: list[Topic] = []
     seen: set[str] = set()
-    for i, it in enumerate(top["items"]):
+    for i, it in enumerate(raw):
         where = f"items[{i}]"
         if isinstance(it, dict) and isinstance(it.get("id"), str) and it["id"].strip():
             where = f"item {it['id']!r} (items[{i}])"
-        c.keys(it, where, ("id", "set", "group", *ITEM_TEXT_FIELDS, "truth", "answers"))
-        iid = c.text(it, "id", where)
-        if iid in seen:
-            c.fail(where, "id", "a second item with this id; ids must be unique")
-        seen.add(iid)
-        kind = c.text(it, "set", where)
-        if kind not in by_name:
-            c.fail(where, "set", f"{kind!r} is not a set of this file: use one of {', '.join(by_name)}")
-        spec = by_name[kind]
-        group = c.text(it, "group", where, required=False)
-        texts = {f: c.text(it, f, where, required=False) for f in ITEM_TEXT_FIELDS}
-        tpl = prompts[spec.prompts]
-        for t in (tpl.probe, *tpl.train):
-            for f in _placeholders(t):
-                if not texts[f]:
-                    c.fail(where, f, f"missing: the templates of prompts group {spec.prompts!r} use {{{f}}}")
-        rules = dict(spec.answers)
-        truth = ""
-        if "truth" in it or "truth" in rules.values():
-            truth = c.choice(it, "truth", where, TRUTHS)
-        answers = {"pos": "", "neg": ""}
-        if "item" in rules.values() or "answers" in it:
-            if "item" not in rules.values():
-                c.fail(
-                    where,
-                    "answers",
-                    f"set {kind!r} answers by rule ({rules['pos']} / {rules['neg']}); "
-                    f"give answers only in a set whose rule is 'item'",
-                )
-            ans = c.keys(it.get("answers"), f"{where}, answers", PERSONAS)
-            for p in PERSONAS:
-                if rules[p] == "item":
-                    answers[p] = c.choice(ans, p, f"{where}, answers", ANSWERS)
-                elif p in ans:
-                    c.fail(f"{where}, answers", p, f"set {kind!r} answers {p} by the rule {rules[p]!r}; leave it out")
-        items.append(
-            Topic(iid, texts["claim"], texts["question"], truth, kind, group, texts["text"], answers["pos"], answers["neg"])
+        items.append(_parse_item(c, it, where, seen, by_name, prompts))
+    return items
+
+
+def _parse_item(
+    c: _Checker, it: Any, where: str, seen: set[str], by_name: Mapping[str, SetSpec], prompts: Mapping[str, Prompts]
+) -> Topic:
+    """One item: a unique id, its set, the text fields its templates use, its truth where its
+    set answers by truth, its answers where its set answers by item."""
+    c.keys(it, where, ("id", "set", "group", *ITEM_TEXT_FIELDS, "truth", "answers"))
+    iid = c.text(it, "id", where)
+    if iid in seen:
+        c.fail(where, "id", "a second item with this id; ids must be unique")
+    seen.add(iid)
+    kind = c.text(it, "set", where)
+    if kind not in by_name:
+        c.fail(where, "set", f"{kind!r} is not a set of this file: use one of {', '.join(by_name)}")
+    spec = by_name[kind]
+    group = c.text(it, "group", where, required=False)
+    texts = {f: c.text(it, f, where, required=False) for f in ITEM_TEXT_FIELDS}
+    tpl = prompts[spec.prompts]
+    for t in (tpl.probe, *tpl.train):
+        for f in _placeholders(t):
+            if not texts[f]:
+                c.fail(where, f, f"missing: the templates of prompts group {spec.prompts!r} use {{{f}}}")
+    rules = dict(spec.answers)
+    truth = c.choice(it, "truth", where, TRUTHS) if ("truth" in it or "truth" in rules.values()) else ""
+    answers = _item_answers(c, it, where, kind, rules)
+    return Topic(iid, texts["claim"], texts["question"], truth, kind, group, texts["text"], answers["pos"], answers["neg"])
+
+
+def _item_answers(c: _Checker, it: dict, where: str, kind: str, rules: Mapping[str, str]) -> dict[str, str]:
+    """``{"pos": …, "neg": …}``: given by the item for personas whose rule is ``item``, else empty."""
+    answers = {"pos": "", "neg": ""}
+    if "item" not in rules.values() and "answers" not in it:
+        return answers
+    if "item" not in rules.values():
+        c.fail(
+            where,
+            "answers",
+            f"set {kind!r} answers by rule ({rules['pos']} / {rules['neg']}); give answers only in a set whose rule is 'item'",
         )
-    b = Behavior(name, description, tuple(sets), prompts, tuple(persona_pairs), tuple(items), float(frac), str(path))
-    _check_split(b, c)
-    return b
+    ans = c.keys(it.get("answers"), f"{where}, answers", PERSONAS)
+    for p in PERSONAS:
+        if rules[p] == "item":
+            answers[p] = c.choice(ans, p, f"{where}, answers", ANSWERS)
+        elif p in ans:
+            c.fail(f"{where}, answers", p, f"set {kind!r} answers {p} by the rule {rules[p]!r}; leave it out")
+    return answers
 
 
 # ----------------------------------------------------------------------------- the split
