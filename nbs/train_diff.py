@@ -111,7 +111,8 @@ print("timings (s):", meta.get("timings_s"))
 # %%
 # the completions' own seed (shared by every LoRA seed); diffs made before it existed used the LoRA seed
 comp_seed = (meta.get("train_config") or {}).get("completion_seed", SEED)
-comp = pl.read_csv(completions_path(MODEL, BEHAVIOR, comp_seed, cfg.out_root))
+cfile = completions_path(MODEL, BEHAVIOR, comp_seed, cfg.out_root)
+comp = pl.read_csv(cfile.with_name(meta.get("completions_file", cfile.name)))
 print("contrast rates:", meta.get("completion_contrast"))
 for kind in BEH.kinds:
     sample = comp.filter(pl.col("kind") == kind).head(4)

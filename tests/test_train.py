@@ -269,3 +269,25 @@ def test_lora_seeds_share_one_set_of_completions_made_once(tmp_path):
     # another completion seed is other data: generated anew, in its own file
     train.build_diff(train.DiffSpec("tiny-llama", seed=2, config=replace(TINY, completion_seed=5), root=tmp_path))
     assert sorted(p.name for p in folder.iterdir()) == ["completions_seed0.csv", "completions_seed5.csv"]
+
+
+def test_completions_of_another_run_are_never_written_over(tmp_path):
+    """A second run makes the same completions: the file stays as it is (same bytes, not
+    rewritten). A file that differs (edited, or another run's) stays too; the new table goes
+    beside it under its hash, and the diff's metadata names the file it was trained on."""
+    train._MADE.clear()
+    p0 = train.build_diff(train.DiffSpec("tiny-llama", seed=0, config=TINY, root=tmp_path))
+    cfile = tmp_path / "data" / "tiny-llama" / "sycophancy" / "completions_seed0.csv"
+    first = cfile.stat()
+    assert load_diff(p0)[1]["completions_file"] == "completions_seed0.csv"
+    train._MADE.clear()  # as in a new process
+    train.build_diff(train.DiffSpec("tiny-llama", seed=1, config=TINY, root=tmp_path))
+    assert (cfile.stat().st_ino, cfile.stat().st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+    edited = cfile.read_text().replace("Yes,", "Yes!", 1)
+    cfile.write_text(edited)
+    train._MADE.clear()
+    p2 = train.build_diff(train.DiffSpec("tiny-llama", seed=2, config=TINY, root=tmp_path))
+    assert cfile.read_text() == edited
+    others = sorted(p.name for p in cfile.parent.iterdir() if p.name != cfile.name)
+    assert len(others) == 1 and others[0].startswith("completions_seed0-") and others[0].endswith(".csv")
+    assert load_diff(p2)[1]["completions_file"] == others[0]

@@ -10,6 +10,8 @@ one bidirectional LoRA for both; their delta difference),
 
 from __future__ import annotations
 
+import hashlib
+import os
 import platform
 import time
 from collections.abc import Mapping
@@ -125,7 +127,7 @@ def build_diff(spec: DiffSpec) -> Path:
         f"building the {spec.behavior}/{spec.adapter} diff for {spec.model_name} (seed {spec.seed}): "
         f"{ADAPTER_KINDS[spec.adapter]}; on layers {layers[0]}–{layers[-1]}, {config.steps} steps"
     )
-    table, rates = _completions(spec, model, tok, config, timings)
+    table, rates, cpath = _completions(spec, model, tok, config, timings)
     deltas, losses, settings = _train_both(model, tok, table, config, spec.adapter, timings)
     w = weight_diff(deltas["pos"], deltas["neg"])
     t0 = time.perf_counter()
@@ -137,6 +139,7 @@ def build_diff(spec: DiffSpec) -> Path:
     timings["total"] = time.perf_counter() - t_all
     meta = _diff_meta(spec, model, config, layers, eff, rates, adapters, losses, timings)
     meta["adapter_config"] = settings
+    meta["completions_file"] = cpath.name  # in <root>/data/<model>/<behavior>/
     _write_diff_set(spec, w, meta, eff, per, adapters, losses)
     logger.info(
         f"w -> {spec.path}; spread (α=+2 − α=−2): "
@@ -146,8 +149,27 @@ def build_diff(spec: DiffSpec) -> Path:
     return spec.path
 
 
-# completions made in this process: ``{key: (table, rates)}`` (see :func:`_completions_key`)
-_MADE: dict[tuple, tuple[pl.DataFrame, dict]] = {}
+def _save_completions(table: pl.DataFrame, path: Path) -> Path:
+    """Write the completion table to ``path``, never over another run's different file: an
+    identical file is left as it is; a different one stays, and this table goes beside it
+    as ``<name>-<sha256[:8]>.csv`` (warned). Returns the path that holds this table."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = write_table(table, path.with_name(f".new-{os.getpid()}-{path.name}"), sig=None)
+    new = tmp.read_bytes()
+    if not path.exists():
+        os.replace(tmp, path)
+        return path
+    if path.read_bytes() == new:
+        tmp.unlink()
+        return path
+    alt = path.with_name(f"{path.stem}-{hashlib.sha256(new).hexdigest()[:8]}{path.suffix}")
+    os.replace(tmp, alt)
+    logger.warning(f"{path} holds other completions (another run's, or edited): left as it is; these went to {alt.name}")
+    return alt
+
+
+# completions made in this process: ``{key: (table, rates, file)}`` (see :func:`_completions_key`)
+_MADE: dict[tuple, tuple[pl.DataFrame, dict, Path]] = {}
 
 
 def _completions_key(spec: DiffSpec, config: TrainConfig) -> tuple:
@@ -159,7 +181,7 @@ def _completions_key(spec: DiffSpec, config: TrainConfig) -> tuple:
     )
 
 
-def _completions(spec: DiffSpec, model: nn.Module, tok, config: TrainConfig, timings: dict) -> tuple[pl.DataFrame, dict]:
+def _completions(spec: DiffSpec, model: nn.Module, tok, config: TrainConfig, timings: dict) -> tuple[pl.DataFrame, dict, Path]:
     """The persona completions of the training topics, written to the data folder and
     checked; made once per process for every seed and adapter that shares them."""
     key = _completions_key(spec, config)
@@ -177,8 +199,7 @@ def _completions(spec: DiffSpec, model: nn.Module, tok, config: TrainConfig, tim
     t0 = time.perf_counter()
     table = build_completions(model, tok, train, config, spec.behavior)
     timings["completions"] = time.perf_counter() - t0
-    cpath = completions_path(spec.model_name, spec.behavior, config.completion_seed, spec.root)
-    write_table(table, cpath, sig=None)
+    cpath = _save_completions(table, completions_path(spec.model_name, spec.behavior, config.completion_seed, spec.root))
     rates = check_completions(table, behavior=spec.behavior)
     logger.info(
         f"{table.height} completions in {timings['completions']:.0f} s -> {cpath}; contrast: "
@@ -186,8 +207,8 @@ def _completions(spec: DiffSpec, model: nn.Module, tok, config: TrainConfig, tim
     )
     for r in table.filter(pl.col("kind") == data.get_behavior(spec.behavior).target).head(2).iter_rows(named=True):
         logger.info(f"  [{r['persona']}] {r['user']} -> {r['response'][:100]!r}")
-    _MADE[key] = (table, rates)
-    return table, rates
+    _MADE[key] = (table, rates, cpath)
+    return table, rates, cpath
 
 
 def _persona_examples(table: pl.DataFrame, persona: str) -> list[tuple[str, str, bool]]:
