@@ -405,6 +405,6 @@ def rank_heatmap(
     fig.colorbar(im, ax=ax, label="rank (1 = best)")
     ax.set_xlabel(f"bold: top {TOP_K}   ★ top {TOP_K} for every adapter   • top {TOP_K} for one adapter only", fontsize=7)
     fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    fig.savefig(pdf)
+    fig.savefig(png, dpi=120, bbox_inches="tight")  # the colour bar's label stays in the picture
+    fig.savefig(pdf, bbox_inches="tight")
     plt.close(fig)
