@@ -548,3 +548,20 @@ def test_weight_bases_cache_round_trip(tiny_qwen3, tmp_path, monkeypatch):
     # another k_broad is another cache entry
     build_all(model, cap, names=names, k_broad=16, cache=True, progress=False)
     assert len(list((tmp_path / "bases").glob("weights-*.safetensors"))) == 2
+
+
+def test_planted_label_half_keeps_full_rank_with_few_eval_rows(tiny_llama):
+    """12 EVAL rows (a small behaviour): half would be 6 rows, a centred rank of 5 < k; the
+    self-test row takes the first k+1 = 9 rows instead and has its full rank k, spanning a
+    planted rank-k label."""
+    model, _ = tiny_llama
+    L, d = len(model.model.layers), model.config.hidden_size
+    g = torch.Generator().manual_seed(5)
+    S = la.haar_orthonormal(d, K, g, dtype=torch.float64)
+    X = (torch.randn(L, 12, K, generator=g, dtype=torch.float64) @ S.T).float()
+    bases, _ = build_all(model, Captures(label_eval=X), names=["planted_label_half"], progress=False)
+    for l in range(L):
+        B = bases["planted_label_half"][l].double()
+        assert B.shape == (d, K) and torch.linalg.matrix_rank(B) == K
+        # the first 9 rows' centred span (rank 8) lies inside the planted rank-8 span S
+        assert float(((S.T @ B) ** 2).sum()) > K - 1e-3

@@ -2,8 +2,10 @@
 
 - ``random_orthonormal``: a seeded Haar-random rank-8 basis per layer (generator seeded
   with ``seed · 1_000_003 + layer``): it must land within its null (``|z|`` small).
-- ``planted_label_half``: PCA(8) of the first half of the EVAL label rows of each layer: a
-  basis fitted on (half of) the label itself, so it must approach the activation ceiling.
+- ``planted_label_half``: PCA(8) of the first half of the EVAL label rows of each layer (at
+  least 9 rows, so that the centred PCA can have its full rank 8 when a behaviour has few
+  EVAL rows): a basis fitted on (half of) the label itself, so it must approach the
+  activation ceiling.
 """
 
 from __future__ import annotations
@@ -35,10 +37,10 @@ def random_orthonormal(ctx: BuildContext, layer: int) -> torch.Tensor:
     kind="self-test",
     needs=("label_eval",),
     construction=(
-        "the first half of the EVAL label rows (at least 2), mean-centred PCA; scored against the "
-        "whole EVAL label, so those rows are in-sample"
+        "the first half of the EVAL label rows (at least k+1, the fewest that give a full-rank centred "
+        "PCA), mean-centred PCA; scored against the whole EVAL label, so those rows are in-sample"
     ),
 )
 def planted_label_half(ctx: BuildContext, layer: int) -> torch.Tensor:
-    X = ctx.cap("label_eval")[layer]
-    return linalg.pca(X[: max(2, X.shape[0] // 2)], ctx.k)
+    X = ctx.cap("label_eval")[layer]  # [n_eval, d]
+    return linalg.pca(X[: max(ctx.k + 1, X.shape[0] // 2)], ctx.k)
