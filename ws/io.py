@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -146,6 +146,19 @@ def staged_files(dest: str | Path, last: tuple[str, ...] = ()) -> Iterator[Path]
             os.replace(stage / name, dest / name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def write_staged(stage: Path, dest: str | Path, tables: Mapping[str, pl.DataFrame], texts: Mapping[str, str]) -> list[Path]:
+    """Write ``tables`` (:func:`write_table`) and ``texts`` into ``stage`` (a
+    :func:`staged_files` folder that will land in ``dest`` with the texts last); returns the
+    paths every staged file will have in ``dest``, in the order they are moved there."""
+    for name, df in tables.items():
+        write_table(df, stage / name)
+    for name, text in texts.items():
+        write_text(stage / name, text)
+    names = sorted(p.name for p in stage.iterdir())
+    dest = Path(dest)
+    return [dest / n for n in names if n not in texts] + [dest / n for n in texts]
 
 
 # ----------------------------------------------------------------------------- run folders

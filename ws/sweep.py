@@ -364,7 +364,7 @@ def write_v7(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], st
     }
     # Stage every file, then move them all into place (the conclusion last: it is what users
     # read first): a failure while writing leaves the previous run's files as they were.
-    from ws.io import staged_files, write_text
+    from ws.io import staged_files, write_staged
 
     title = f"Where does the weight diff act? Seed {res.seed}'s scores (mean over LoRA-touched layers; 1 = random subspace)" + (
         f"; whiskers: min–max over seeds {', '.join(map(str, stab.seeds))}" if len(stab.seeds) > 1 else ""
@@ -377,11 +377,6 @@ def write_v7(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], st
             title=title,
             seeds=seeds_long,
         )
-        for name, df in tables.items():
-            report.write_table(df, stage / name)
-        for name, text in texts.items():
-            write_text(stage / name, text)
-        names = sorted(p.name for p in stage.iterdir())
-    written = [d / n for n in names if n not in texts] + [d / n for n in texts]
+        written = write_staged(stage, d, tables, texts)
     logger.info(f"wrote {len(written)} files to {d}")
     return written

@@ -408,7 +408,7 @@ def write_v8(
     """Write the v8 file set into ``cfg.v8_dir`` as one set (staged, then moved into place,
     the markdown last); a failure leaves the previous run's files as they were."""
     from ws import report, report_v8
-    from ws.io import staged_files, write_text
+    from ws.io import staged_files, write_staged
 
     res, tabs = results[0], v8_tables(results[0], stab, bl, cr)
     info = conclusion_info(cfg, probes, results, stab, bl, cr)
@@ -441,11 +441,6 @@ def write_v8(
             stage / "v8_block_local.pdf",
             title=f"Block-local vs cumulative activation label (seed {res.seed}; means over touched layers)",
         )
-        for name, df in tables.items():
-            report.write_table(df, stage / name)
-        for name, text in texts.items():
-            write_text(stage / name, text)
-        names = sorted(p.name for p in stage.iterdir())
-    written = [d / n for n in names if n not in texts] + [d / n for n in texts]
+        written = write_staged(stage, d, tables, texts)
     logger.info(f"wrote {len(written)} files to {d}")
     return written
