@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from smoke_env import smoke_env
 
 from ws import cross_adapter as X
 from ws import effect
@@ -181,15 +182,7 @@ def test_claims_verdicts_follow_the_evidence():
 
 # ----------------------------------------------------------------------------- end to end
 def _env(base: Path) -> dict:
-    env = dict(os.environ)
-    env.update(
-        WS_SMOKE="1",
-        WS_OUT=str(base / "out"),
-        WS_CACHE=str(base / "cache"),
-        WS_LOGS=str(base / "logs"),
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-    )
+    env = smoke_env(base)
     env.pop("WS_ADAPTERS", None)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     return env

@@ -7,7 +7,6 @@ so the diff is retrained and every capture recomputed) must give byte-identical 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from smoke_env import smoke_env
 
 from ws import stats, sweep
 
@@ -35,23 +35,10 @@ chars_clusters churn rotation_contrast qk_x_chars_clusters WNR_union_TaskDiff Ta
 dW_left_basis_ceiling""".split()
 
 
-def _env(base: Path) -> dict:
-    env = dict(os.environ)
-    env.update(
-        WS_SMOKE="1",
-        WS_OUT=str(base / "out"),
-        WS_CACHE=str(base / "cache"),
-        WS_LOGS=str(base / "logs"),
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-    )
-    return env
-
-
 def _run_notebook(base: Path) -> subprocess.CompletedProcess:
     out_nb = base / "executed.ipynb"
     cmd = [str(BIN / "jupytext"), "--to", "ipynb", "--output", str(out_nb), "--execute", str(NB)]
-    return subprocess.run(cmd, cwd=ROOT, env=_env(base), capture_output=True, text=True, timeout=900)
+    return subprocess.run(cmd, cwd=ROOT, env=smoke_env(base), capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +113,7 @@ def test_conclusion_numbers_come_from_the_tables(smoke):
 def test_second_run_gives_byte_identical_tables(smoke, tmp_path):
     # run as `make sweep` runs it from a user's folder: relative WS_OUT / WS_CACHE / WS_LOGS,
     # the executed copy under logs/ (so the kernel's own folder is logs/, not the user's)
-    env = _env(tmp_path)
+    env = smoke_env(tmp_path)
     env.pop("WS_RUN_DIR", None)
     env.update(WS_OUT="out", WS_CACHE="cache", WS_LOGS="logs", PWD=str(tmp_path))
     (tmp_path / "logs").mkdir()  # as the Makefile does
@@ -143,7 +130,7 @@ def test_second_run_gives_byte_identical_tables(smoke, tmp_path):
 
 
 def _cfg(base: Path, monkeypatch) -> sweep.SweepConfig:
-    for k, v in _env(base).items():
+    for k, v in smoke_env(base).items():
         monkeypatch.setenv(k, v)
     return sweep.SweepConfig.from_env()
 

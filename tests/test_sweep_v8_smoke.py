@@ -4,13 +4,13 @@ cache folders, no v7 before it) must write byte-identical tables."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
+from smoke_env import smoke_env
 
 from ws import blocklocal as BL
 from ws import causal, stats, v8
@@ -23,19 +23,6 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 
-def _env(base: Path) -> dict:
-    env = dict(os.environ)
-    env.update(
-        WS_SMOKE="1",
-        WS_OUT=str(base / "out"),
-        WS_CACHE=str(base / "cache"),
-        WS_LOGS=str(base / "logs"),
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-    )
-    return env
-
-
 def _run(base: Path, name: str) -> None:
     cmd = [
         str(BIN / "jupytext"),
@@ -46,7 +33,7 @@ def _run(base: Path, name: str) -> None:
         "--execute",
         str(ROOT / "nbs" / f"{name}.py"),
     ]
-    r = subprocess.run(cmd, cwd=ROOT, env=_env(base), capture_output=True, text=True, timeout=900)
+    r = subprocess.run(cmd, cwd=ROOT, env=smoke_env(base), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, f"{name} failed:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
 
 
@@ -125,7 +112,7 @@ def test_a_failed_write_leaves_the_previous_files(smoke, monkeypatch):
     from ws.config import from_env
     from ws.models import load_model
 
-    for k, v in _env(smoke).items():
+    for k, v in smoke_env(smoke).items():
         monkeypatch.setenv(k, v)
     cfg = from_env()
     model, tok = load_model(cfg.model)
