@@ -33,6 +33,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from ws.device import autocast, input_device
+from ws.fastfwd import _common_prefix as _prompt_prefix
 from ws.fastfwd import skip_blocks
 from ws.models import layer_name
 from ws.trace import TraceDict
@@ -71,14 +72,10 @@ def adapted_blocks(peft_model: nn.Module) -> set[int]:
 
 
 def _common_prefix(encoded: Sequence[tuple[list[int], int]]) -> int:
-    """Longest common token prefix, kept one token short of the shortest prompt: the token
-    that predicts the first response token stays in every suffix."""
-    cap = min(n_prompt for _, n_prompt in encoded) - 1
-    first_ids = encoded[0][0]
-    p = 0
-    while p < cap and all(ids[p] == first_ids[p] for ids, _ in encoded):
-        p += 1
-    return max(p, 0)
+    """Longest common token prefix of the prompts, kept one token short of the shortest
+    prompt (:func:`ws.fastfwd._common_prefix` on the prompt parts): the token that predicts
+    the first response token stays in every suffix."""
+    return _prompt_prefix([ids[:n_prompt] for ids, n_prompt in encoded])
 
 
 @torch.no_grad()
