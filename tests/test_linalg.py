@@ -51,6 +51,33 @@ def test_pca_recovers_planted_subspace():
     assert abs(float(B[:, 0] @ S[:, 0])) > 0.999
 
 
+def test_unit_row_basis_is_the_maximiser_of_the_mean_unit_row_energy():
+    """Known answer: the best rank-k subspace for the mean of ‖x̂ᵀB‖² holds the sum of the
+    top-k eigenvalues of the unit rows' second-moment matrix; a shared shift stays in it,
+    while the centred PCA drops it and holds much less."""
+    g = _gen(11)
+    S = _basis(D, 4, 12)
+    shift = S[:, :1].T * 6.0  # one direction every row shares
+    X = shift + torch.randn(60, 3, generator=g, dtype=torch.float64) @ S[:, 1:].T
+    X = X + 0.05 * torch.randn(60, D, generator=g, dtype=torch.float64)
+    Xh = X / X.norm(dim=1, keepdim=True)
+
+    def share(B):
+        return float(((Xh @ B) ** 2).sum(1).mean())
+
+    best = float(torch.linalg.eigvalsh(Xh.T @ Xh / Xh.shape[0]).flip(0)[:4].sum())
+    B = la.unit_row_basis(X, 4)
+    assert B.shape == (D, 4) and la.is_orthonormal(B, 1e-10)
+    assert share(B) == pytest.approx(best, rel=1e-10)
+    assert abs(float(B[:, 0] @ S[:, 0])) > 0.99  # the shared direction first
+    assert share(la.pca(X, 4)) < 0.5 * best  # centring throws the shift away
+    # zero rows are left out; all-zero rows give rank 0; float32 stays float32
+    Z = torch.cat([X, torch.zeros(5, D, dtype=torch.float64)])
+    assert _same_span(la.unit_row_basis(Z, 4), B)
+    assert la.unit_row_basis(torch.zeros(6, D), 4).shape == (D, 0)
+    assert la.unit_row_basis(X.float(), 2).dtype == torch.float32
+
+
 def test_pca_true_rank_and_sign_convention():
     g = _gen(3)
     S = _basis(D, 2, 4)

@@ -123,3 +123,29 @@ def test_the_diff_is_named_by_what_it_measurably_does():
     assert diff_reading("sycophancy", 3.4).startswith("sycophancy, specific to the target set here (specificity 3.40")
     assert "not specific to refusal here: specificity 1.20" in diff_reading("refusal", 1.2)
     assert "not measured" in diff_reading("refusal", None) and "not measured" in diff_reading("refusal", float("nan"))
+
+
+def _self_test_result(matched_pct: float, ceiling_pct: float, z: float) -> SimpleNamespace:
+    per_layer = pl.DataFrame(
+        {
+            "layer": [3, 4, 3],
+            "subspace": ["random_orthonormal", "random_orthonormal", "planted_label_half"],
+            "z_act": [0.5, -z, 9.0],
+            "z_w_combined": [1.0, 0.2, 9.0],
+        }
+    )
+    summary_pct = pl.DataFrame(
+        {"subspace": ["planted_label_half"], "mean_pct_act_matched_rank": [matched_pct], "pct_act_ceiling": [ceiling_pct]}
+    )
+    return SimpleNamespace(per_layer=per_layer, layers_touched=[3, 4], summary_pct=summary_pct)
+
+
+def test_the_planted_self_test_is_judged_against_the_best_subspace_not_the_centred_ceiling():
+    ok = {t.name: t for t in verdicts.self_tests(_self_test_result(97.0, 62.0, 1.5))}
+    assert ok["planted_label_half"].passed and ok["random_orthonormal"].passed
+    assert "97.0% of the best rank-k subspace" in ok["planted_label_half"].detail
+    assert "62.0% of the (mean-centred) activation ceiling" in ok["planted_label_half"].detail
+    # far above the centred ceiling but short of the oracle: fails; a random row off its null fails
+    bad = {t.name: t for t in verdicts.self_tests(_self_test_result(70.0, 250.0, 4.5))}
+    assert not bad["planted_label_half"].passed and not bad["random_orthonormal"].passed
+    assert "4.50" in bad["random_orthonormal"].detail

@@ -34,6 +34,7 @@ __all__ = [
     "left_svd_basis",
     "right_svd_basis",
     "pca",
+    "unit_row_basis",
     "orthonormalize",
     "union",
     "intersection",
@@ -220,6 +221,26 @@ def pca(X: torch.Tensor, k: int | None, rtol: float = DEFAULT_RTOL) -> torch.Ten
     X = f64(X)
     Xc = X - X.mean(dim=0, keepdim=True)
     return right_svd_basis(Xc, k, rtol).to(dtype)
+
+
+def unit_row_basis(X: torch.Tensor, k: int | None, rtol: float = DEFAULT_RTOL) -> torch.Tensor:
+    """The rank-``k`` subspace holding the largest mean share of the rows of ``X [n, d]`` at
+    unit norm: top-``k`` right singular vectors of the unit rows, NOT mean-centred -> ``[d, r]``.
+
+    This is the maximiser of what ``R_act`` scores (the mean of ``‖x̂ᵀB‖²`` over rows), so a
+    direction every row shares stays in it (a mean-centred :func:`pca` drops it). Zero rows
+    (norm ≤ ``rtol`` × the largest) are left out; all-zero ``X`` gives rank 0.
+    """
+    dtype = X.dtype if X.is_floating_point() else torch.float32
+    if X.ndim != 2:
+        raise ValueError(f"unit_row_basis expects rows [n, d], got shape {tuple(X.shape)}")
+    X = f64(X)
+    norms = X.norm(dim=1)
+    top = float(norms.max()) if norms.numel() else 0.0
+    if not top > 0:
+        return _empty(X.shape[1], dtype)
+    keep = norms > rtol * top
+    return right_svd_basis(X[keep] / norms[keep, None], k, rtol).to(dtype)
 
 
 def orthonormalize(M: torch.Tensor, tol: float = DEFAULT_RTOL) -> torch.Tensor:

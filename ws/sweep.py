@@ -290,8 +290,9 @@ def plan_merge_changes(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: 
         "With several seeds the bottom line leads with the answer that survives them: the leader by the seed-mean "
         "joint score when it wins more than half of the seeds and leads the runner-up by more than the larger seed "
         "sd, otherwise 'no stable winner'; the first seed's winner follows as the detail.",
-        "**Self-tests as rows**: `random_orthonormal` (must sit within its null) and `planted_label_half` (must "
-        "approach the ceiling); **adapter-family candidates**: `corda_write`, `asvd_write`, `diff_in_means`.",
+        "**Self-tests as rows**: `random_orthonormal` (must sit within its null) and `planted_label_half` (fitted on "
+        "half of the EVAL label without centring, must reach ≥ 80 % of the best rank-k subspace of the whole EVAL "
+        "label); **adapter-family candidates**: `corda_write`, `asvd_write`, `diff_in_means`.",
         "**Determinism and atomic outputs**: explicit seeds everywhere; every file is written to a temporary name "
         "and renamed, so a failed run leaves the previous files intact.",
     ]
