@@ -43,6 +43,7 @@ def random_orthonormal(ctx: BuildContext, layer: int) -> torch.Tensor:
     "(must come close to the best rank-8 subspace of the whole EVAL label)",
     kind="self-test",
     needs=("label_eval",),
+    note="rank 0 at layers the steering cannot reach (label exactly zero before the first LoRA layer)",
     construction=(
         "the first half of the EVAL label rows (at least k), each at unit norm, top-k right singular "
         "vectors without mean-centring (the maximiser of R_act on those rows); scored against the "
