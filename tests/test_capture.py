@@ -270,7 +270,25 @@ def test_capture_key_covers_the_code_a_capture_runs():
     """The passes, the recorders, the hooks and the steering all decide what a cached capture holds."""
     from ws.cache import CODE_FILES
 
-    assert {"ws/capture.py", "ws/recorders.py", "ws/trace.py", "ws/steer.py"} <= set(CODE_FILES)
+    assert {"ws/capture.py", "ws/recorders.py", "ws/trace.py", "ws/steer.py", "ws/device.py"} <= set(CODE_FILES)
+
+
+def test_capture_key_names_where_the_model_computes(tiny_llama):
+    """The same weights in another dtype or on another device are another cache entry: a
+    capture made on a GPU (or in bfloat16) is not served to a CPU float32 run."""
+    import copy
+
+    model, tok = tiny_llama
+    clean = _prompts(tok)
+    w = _diff(model)
+    key = capture.captures_key(model, clean, clean, clean, clean[:2], w)
+    assert capture.captures_key(model, clean, clean, clean, clean[:2], w) == key
+    assert capture.captures_key(copy.deepcopy(model).to(torch.bfloat16), clean, clean, clean, clean[:2], w) != key
+    moved = copy.deepcopy(model)
+    moved.model.layers[1].to("meta")  # a part elsewhere (no second device here): the placement differs
+    from ws.cache import placement
+
+    assert placement(moved)["devices"] == ["cpu", "meta"] and placement(model)["devices"] == ["cpu"]
 
 
 def _recompute_count(monkeypatch) -> list:

@@ -22,7 +22,7 @@ from ws.log import logger
 from ws.paths import cache_dir, repo_root
 
 # Source files whose code determines what a capture contains.
-CODE_FILES = ("ws/capture.py", "ws/recorders.py", "ws/trace.py", "ws/data.py", "ws/steer.py")
+CODE_FILES = ("ws/capture.py", "ws/recorders.py", "ws/trace.py", "ws/data.py", "ws/steer.py", "ws/device.py")
 
 
 def activation_cache_dir() -> Path:
@@ -48,6 +48,19 @@ def hash_model(model: torch.nn.Module) -> str:
     tensors = real_parameters(model)
     tensors.update({f"buffer:{k}": v for k, v in model.named_buffers()})
     return hash_tensors(tensors)
+
+
+def placement(model: torch.nn.Module) -> dict[str, object]:
+    """Where and in what dtypes the model computes: the devices and dtypes of its parameters
+    and its dispatch map, if any. Part of every activation-cache key: the same weights on
+    another device (or offloaded) give the same numbers only within rounding, and a cached
+    capture must be the one this run would have made."""
+    params = list(model.parameters())
+    return {
+        "devices": sorted({str(p.device) for p in params}),
+        "dtypes": sorted({str(p.dtype) for p in params}),
+        "device_map": {str(k): str(v) for k, v in (getattr(model, "hf_device_map", None) or {}).items()},
+    }
 
 
 def hash_code(files: tuple[str, ...] = CODE_FILES) -> str:

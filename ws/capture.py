@@ -327,13 +327,14 @@ def input_second_moments(model: nn.Module, tok, prompts: Sequence[str], batch_si
 # ----------------------------------------------------------------------------- everything
 def captures_key(model: nn.Module, fit_clean, fit_pos, fit_neg, eval_prompts, w) -> str:
     """Key of a :func:`capture_all` result: model weights, prompts, diff and capture code."""
-    from ws.cache import cache_key, hash_code, hash_model, hash_tensors
+    from ws.cache import cache_key, hash_code, hash_model, hash_tensors, placement
 
     return cache_key(
         {
             "what": "capture_all",
             "model": model_id(model),
             "weights": hash_model(model),
+            "placement": placement(model),
             "fit_clean": list(fit_clean),
             "fit_pos": list(fit_pos),
             "fit_neg": list(fit_neg),
@@ -449,13 +450,14 @@ def block_labels(
     ``cache=True`` keeps them under ``<cache>/activations/`` keyed by the model weights, the
     prompts, the diff and the capture code (a damaged entry is recomputed).
     """
-    from ws.cache import activation_cache_dir, cache_key, hash_code, hash_model, hash_tensors, load_entry, save_entry
+    from ws.cache import activation_cache_dir, cache_key, hash_code, hash_model, hash_tensors, load_entry, placement, save_entry
 
     key = cache_key(
         {
             "what": "block_labels",
             "model": model_id(model),
             "weights": hash_model(model),
+            "placement": placement(model),
             "prompts": list(prompts),
             "w": hash_tensors(w),
             "batch": int(batch_size),
