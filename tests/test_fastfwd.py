@@ -126,3 +126,27 @@ def test_effect_readouts_take_the_fast_path_for_block_diffs_and_the_whole_model_
     with weight_steer(model, norm, 1.0):
         lr, _ = effect.answer_logratios(model, tok, users["opinion_false"], batch_size=16)
     assert np.array_equal(res["opinion_false"][0], lr)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_qwen3"])
+def test_the_pass_flop_count_is_what_the_pass_computes(fixture, request):
+    """Known answer: the analytic count of one fast pass equals torch's own count of the
+    matrix products that pass runs (projections, MLP, attention, lm_head): exactly on these
+    models; the tolerance leaves room for a library version that also counts the rotary
+    embedding's tiny product."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, tok = request.getfixturevalue(fixture)
+    texts, _ = _texts(tok)
+    w = _diff(model)
+    ro = FastReadout(model, tok, texts, first=first_block(w), batch_size=2)
+    with FlopCounterMode(display=False) as fc:
+        ro.run()
+    counted = fc.get_total_flops()
+    assert ro.pass_flops() == pytest.approx(counted, rel=2e-3)
+    # one set is part of all; the skipped lower blocks are not counted
+    one = next(iter(ro.plans))
+    assert 0 < ro.pass_flops([one]) < ro.pass_flops()
+    with FlopCounterMode(display=False) as fc:
+        ro.run(skip=False)
+    assert fc.get_total_flops() > counted

@@ -106,6 +106,34 @@ def null_comparison(label: torch.Tensor, deltas: list, layers: list[int], k: int
     }
 
 
+def matmul_gflops(model, seconds: float = 1.0) -> float:
+    """Measured matrix-product speed (1e9 FLOP/s) on the model's device and dtype, for a
+    product shaped like the model's MLP on a batch of prompt tokens ``[1024, d] @ [d, ff]``."""
+    from ws.device import input_device
+
+    dev, dt = input_device(model), next(model.parameters()).dtype
+    d, ff = model.config.hidden_size, model.config.intermediate_size
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(1024, d, generator=g).to(dev, dt)
+    b = torch.randn(d, ff, generator=g).to(dev, dt)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    for _ in range(3):
+        a @ b
+    sync()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        n += 1
+        if n % 10 == 0:
+            sync()
+    sync()
+    return 2 * 1024 * d * ff * n / (time.perf_counter() - t0) / 1e9
+
+
 def v8_stages(cfg, model, tok, probes, res, w, stages: dict) -> dict:
     """Time v8's block-local label and its causal test (defaults) into ``stages``; the causal
     test's details as a dict."""
@@ -118,6 +146,7 @@ def v8_stages(cfg, model, tok, probes, res, w, stages: dict) -> dict:
     t0 = time.perf_counter()
     cr = v8.causal(cfg, model, tok, res, w, names, ranking)
     stages["v8 causal test"] = time.perf_counter() - t0
+    speed = matmul_gflops(model)
     return {
         "seconds": stages["v8 causal test"],
         "phases_s": cr.timings,
@@ -127,6 +156,12 @@ def v8_stages(cfg, model, tok, probes, res, w, stages: dict) -> dict:
         "prompt_rows": cr.n_rows,
         "first_block": cr.first_block,
         "torch_threads": torch.get_num_threads(),
+        # the work itself and what it needs at this device's measured matrix-product speed:
+        # the causal test cannot be faster than compute_floor_s without doing less work
+        "gflop": cr.gflop,
+        "matmul_gflops": speed,
+        "compute_floor_s": cr.gflop / speed,
+        "achieved_gflops": cr.gflop / stages["v8 causal test"],
     }
 
 
@@ -220,6 +255,11 @@ def format_table(r: dict) -> str:
             f"v8 causal test s ({r['causal']['candidates']} candidates, {r['causal']['prompt_rows']} prompt rows; "
             f"target ≤ {TARGETS['causal_s']:.0f})",
             f"{r['causal']['seconds']:.1f}",
+        ),
+        (
+            f"  its matrix-product work {r['causal']['gflop']:.0f} GFLOP at the measured "
+            f"{r['causal']['matmul_gflops']:.0f} GFLOP/s: compute floor s",
+            f"{r['causal']['compute_floor_s']:.1f}",
         ),
     ]
     w = max(len(a) for a, _ in rows)

@@ -309,7 +309,7 @@ class _Evaluator:
     """Runs variants at α = ±1 through one :class:`~ws.fastfwd.FastReadout`, counting rows."""
 
     def __init__(self, model, readout):
-        self.model, self.ro, self.rows = model, readout, 0
+        self.model, self.ro, self.rows, self.flops = model, readout, 0, 0
 
     def pair(self, wv: Mapping[str, torch.Tensor], sets: Sequence[str]) -> Pair:
         from ws.steer import weight_steer
@@ -319,6 +319,7 @@ class _Evaluator:
             with weight_steer(self.model, wv, a):
                 got[a] = self.ro.run(sets)
         self.rows += 2 * sum(self.ro.plans[s].n for s in sets)
+        self.flops += 2 * self.ro.pass_flops(sets)
         return Pair(
             {
                 s: {
@@ -350,6 +351,7 @@ class CausalResult:
     n_null: int
     timings: dict[str, float] = field(default_factory=dict)
     n_rows: int = 0  # prompt rows run through blocks ≥ first_block
+    gflop: float = 0.0  # matrix-product work of every pass (FastReadout.pass_flops), 1e9 FLOPs
     target: str = TARGET  # the behaviour's target set (retention is read there)
     controls: tuple[str, ...] = CONTROLS
 
@@ -671,12 +673,14 @@ def _run_causal(
         n_null,
         t,
         ev.rows,
+        ev.flops / 1e9,
         target,
         controls,
     )
     logger.info(
         f"causal test: {len(names)} candidates × {len(PARTS)} variants + {sum(map(len, m.null.values()))} "
-        f"null draws × {len(NULL_PARTS)}, {ev.rows} prompt rows from block {ro.first} on, in "
+        f"null draws × {len(NULL_PARTS)}, {ev.rows} prompt rows from block {ro.first} on "
+        f"({ev.flops / 1e9:.0f} GFLOP of matrix products), in "
         f"{sum(t.values()):.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in t.items())})"
     )
     return res

@@ -42,7 +42,7 @@ from torch import nn
 from ws.models import decoder_layers, layer_name
 from ws.trace import TraceDict
 
-__all__ = ["PromptBatch", "PromptPlan", "plan_prompts", "skip_blocks", "first_block", "FastReadout"]
+__all__ = ["PromptBatch", "PromptPlan", "plan_prompts", "skip_blocks", "first_block", "block_flops", "FastReadout"]
 
 
 @dataclass
@@ -163,6 +163,18 @@ def _fingerprint(model: nn.Module, first: int, stride: int = 101) -> list[float]
     ]
 
 
+def block_flops(config, b: int, t_q: int, t_k: int) -> int:
+    """Matrix-product FLOPs (2 per multiply-add) of one decoder block on ``b`` rows of ``t_q``
+    new tokens that attend over ``t_k`` positions: the q/k/v/o projections, the gated MLP,
+    and the attention scores and mix (``QKᵀ`` and ``AV``, counted over every key position,
+    as the kernels compute them). Elementwise work (norms, activations, rotary) is left out."""
+    d, H = config.hidden_size, config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or H
+    hd = getattr(config, "head_dim", None) or d // H
+    proj = 2 * d * hd * (2 * H + 2 * kv) + 2 * 3 * d * config.intermediate_size
+    return b * t_q * proj + 4 * b * H * hd * t_q * t_k
+
+
 class FastReadout:
     """Yes/No read-outs of fixed prompt sets under the model's CURRENT weights, for weight
     settings that differ from the base only in blocks ``≥ first``.
@@ -183,6 +195,23 @@ class FastReadout:
         self.plans = {s: plan_prompts(tok, t, batch_size) for s, t in texts_by_set.items() if len(t)}
         self._base_fp = _fingerprint(model, self.first)
         self.resid = {s: self._base_residuals(p) for s, p in self.plans.items()}
+
+    def pass_flops(self, sets: Sequence[str] | None = None) -> int:
+        """Matrix-product FLOPs of one :meth:`run` over ``sets`` (fast path): per set the prefix
+        through every block, each padded batch through blocks ``first …``, and the lm_head
+        on the read rows. The causal test's compute floor is this count over the device's
+        matrix-product speed."""
+        cfg, L = self.model.config, len(decoder_layers(self.model))
+        vocab = self.head.weight.shape[0]
+        total = 0
+        for s in sets if sets is not None else list(self.plans):
+            plan = self.plans[s]
+            P = plan.prefix.numel()
+            total += L * block_flops(cfg, 1, P, P) if P else 0
+            for batch in plan.batches:
+                b, T = batch.ids.shape
+                total += (L - self.first) * block_flops(cfg, b, T, P + T) + 2 * b * cfg.hidden_size * vocab
+        return total
 
     # ------------------------------------------------------------------ passes
     @torch.no_grad()
