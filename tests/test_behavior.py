@@ -193,6 +193,8 @@ def _broken(change) -> dict:
         (lambda d: d.update(name="my behaviour"), r"top level, field 'name': 'my behaviour' names the output folder"),
         (lambda d: d.update(name="sycophancy"), r"top level, field 'name': 'sycophancy' is a built-in behaviour's name"),
         (lambda d: d.update(name="models"), r"top level, field 'name': 'models' is the output folder of the other models'"),
+        (lambda d: d.update(name="data"), r"top level, field 'name': 'data' is the output folder of the base model's completion"),
+        (lambda d: d.update(name="bench"), r"top level, field 'name': 'bench' is the output folder of `make bench`"),
         (
             lambda d: d.update(items=d["items"][:3] + d["items"][4:]),
             r"top level, field 'items': the items cannot be split .*too few facts topics to split \(1\)",

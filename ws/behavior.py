@@ -33,7 +33,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from ws.paths import MODELS_DIR, repo_root
+from ws.paths import RESERVED_OUT_DIRS, repo_root
 
 ROLES = ("target", "control")
 RULES = ("yes", "no", "truth", "item")
@@ -248,8 +248,8 @@ def _parse_header(c: _Checker, top: dict) -> tuple[str, str, float]:
     name = c.text(top, "name", "top level")
     if not all(ch.isalnum() or ch in "-_" for ch in name):
         c.fail("top level", "name", f"{name!r} names the output folder: use letters, digits, '-' and '_' only")
-    if name == MODELS_DIR:
-        c.fail("top level", "name", f"{name!r} is the output folder of the other models' outputs: choose another name")
+    if name in RESERVED_OUT_DIRS:
+        c.fail("top level", "name", f"{name!r} is {RESERVED_OUT_DIRS[name]}: choose another name")
     description = c.text(top, "description", "top level", required=False)
     frac = top.get("heldout_frac", DEFAULT_HELDOUT_FRAC)
     if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac < 1:

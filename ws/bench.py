@@ -34,6 +34,7 @@ import torch
 
 from ws.io import write_text
 from ws.log import setup_logging
+from ws.paths import BENCH_DIR
 
 MC_DRAWS = 120  # what upstream v7 drew per cell
 TARGETS = {"sweep_over_floor": 2.0, "closed_form_speedup": 100.0, "peak_rss_gib": 4.0, "causal_s": 180.0}
@@ -190,7 +191,7 @@ def run(model_name: str | None = None, seeds: tuple[int, ...] = (0,)) -> dict:
     stages["captures"] = res.timings["capture"]
     stages["build_candidates"] = res.timings["build"]
     stages["scoring (+bootstrap, q-values)"] = res.timings["score"]
-    bench_cfg = replace(cfg, out_root=Path(cfg.out_root) / "bench" / "run")
+    bench_cfg = replace(cfg, out_root=Path(cfg.out_root) / BENCH_DIR / "run")
     t0 = time.perf_counter()
     sweep.write_v7(bench_cfg, probes, [res], sweep.seed_stability([res]))
     stages["report"] = time.perf_counter() - t0
@@ -270,7 +271,7 @@ def main() -> None:
     from ws.paths import out_dir
 
     r = run()
-    path = out_dir() / "bench" / "bench.json"
+    path = out_dir() / BENCH_DIR / "bench.json"
     write_text(path, json.dumps(r, indent=2, default=float) + "\n")
     print(format_table(r))
     print(f"\nwritten: {path}")

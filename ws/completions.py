@@ -27,7 +27,7 @@ from ws import data
 from ws.adapters import TrainConfig
 from ws.device import autocast, input_device
 from ws.models import padding_side
-from ws.paths import model_slug, out_dir
+from ws.paths import DATA_DIR, model_slug, out_dir
 
 
 @torch.no_grad()
@@ -216,4 +216,4 @@ def build_completions(model, tokenizer, topics: Sequence[data.Topic], config: Tr
 
 def completions_path(model_name: str, behavior: str, seed: int, root: str | Path | None = None) -> Path:
     root = Path(root) if root is not None else out_dir()
-    return root / "data" / model_slug(model_name) / behavior / f"completions_seed{int(seed)}.csv"
+    return root / DATA_DIR / model_slug(model_name) / behavior / f"completions_seed{int(seed)}.csv"

@@ -78,6 +78,15 @@ DEFAULT_MODEL = "smollm2-135m"
 EMBEDDED_NAMES = (DEFAULT_MODEL, "SmolLM2-135M-Instruct", "smollm2")
 #: The folder under the output root that holds every other model's outputs.
 MODELS_DIR = "models"
+#: Folders under the output root that hold the base model's completions and the benchmark.
+DATA_DIR = "data"
+BENCH_DIR = "bench"
+#: Names a behaviour may not take: its output folder would be one of these.
+RESERVED_OUT_DIRS = {
+    MODELS_DIR: "the output folder of the other models' outputs",
+    DATA_DIR: "the output folder of the base model's completions",
+    BENCH_DIR: "the output folder of `make bench`",
+}
 
 
 def model_root(model_name: str, out_root: str | Path | None = None) -> Path:
