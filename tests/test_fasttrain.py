@@ -68,3 +68,46 @@ def test_common_prefix_stops_before_the_token_that_reads_the_first_response_toke
     enc = [([1, 2, 3, 4, 9], 4), ([1, 2, 3, 5, 9], 4), ([1, 2, 3, 4, 8], 3)]
     assert fasttrain._common_prefix(enc) == 2  # the shortest prompt is 3 tokens: its 3rd token stays
     assert fasttrain._common_prefix([([7, 1], 1), ([8, 1], 1)]) == 0
+
+
+@pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_qwen3"])
+@pytest.mark.parametrize("sign", [None, -1.0])
+def test_frozen_weights_cast_once_give_the_bf16_step_bit_for_bit(request, model_name, sign):
+    """Under bf16 autocast, frozen linear weights stored in bf16 for the whole training give
+    exactly the loss and gradients of the per-step cast; the model is as before after."""
+    model, tok = request.getfixturevalue(model_name)
+    peft_model = adapters._wrap(model, CFG, "lora")
+    with torch.no_grad():
+        for p in peft_model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    enc = adapters._encode_examples(tok, EXAMPLES, CFG.max_len)
+    plan = fasttrain.plan_training(peft_model, enc, bf16=True)
+    idx = [2, 0, 3]
+    before = {n: p for n, p in peft_model.named_parameters()}
+    values = {n: p.detach().clone() for n, p in before.items()}
+    tied = peft_model.get_output_embeddings().weight is peft_model.get_input_embeddings().weight
+    flip = adapters.lora_sign(peft_model, sign) if sign is not None else torch.enable_grad()
+    with flip:
+        ref = fasttrain.step_loss(peft_model, plan, idx, stance_weight=5.0, bf16=True)
+        g_ref = _grads(peft_model, ref)
+        assert fasttrain.precast_safe(peft_model)
+        with fasttrain.frozen_linears_in(peft_model, torch.bfloat16) as n:
+            assert n > 0 and peft_model.get_output_embeddings().weight.dtype == torch.bfloat16
+            fast = fasttrain.step_loss(peft_model, plan, idx, stance_weight=5.0, bf16=True)
+            g_fast = _grads(peft_model, fast)
+    assert torch.equal(fast, ref)
+    assert g_fast.keys() == g_ref.keys() and all(torch.equal(g_fast[k], g_ref[k]) for k in g_ref)
+    after = dict(peft_model.named_parameters())
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+    assert all(torch.equal(p.detach(), values[n]) for n, p in after.items())
+    assert (peft_model.get_output_embeddings().weight is peft_model.get_input_embeddings().weight) == tied
+    # the swapped weights really are rounded copies: the float32 step differs from the bf16 one
+    f32 = fasttrain.step_loss(peft_model, plan, idx, stance_weight=5.0, bf16=False)
+    assert not torch.equal(f32, ref) and torch.allclose(f32, ref, rtol=0.05)
+
+
+@pytest.mark.parametrize(("adapter", "safe"), [("lora", True), ("bidir", True), ("pissa", True), ("dora", False), ("ia3", False)])
+def test_only_adapters_that_use_the_base_weight_as_a_linear_get_the_cast_once(tiny_llama, adapter, safe):
+    model, _ = tiny_llama
+    assert fasttrain.precast_safe(adapters._wrap(model, CFG, adapter)) is safe

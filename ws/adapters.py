@@ -35,7 +35,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ws import data
-from ws.fasttrain import plan_training, step_loss
+from ws.device import input_device
+from ws.fasttrain import frozen_linears_in, plan_training, precast_safe, step_loss
 from ws.log import logger
 from ws.models import n_layers
 
@@ -297,7 +298,9 @@ def _fit(
     (``(name, encoded examples, LoRA sign or None)``: two streams alternate on the same
     indices, each under its :func:`lora_sign`). Each step is :func:`ws.fasttrain.step_loss`:
     the blocks below the adapter, the shared prefix's repeats and the lm_head on prompt
-    positions are not recomputed. Returns each stream's losses."""
+    positions are not recomputed; under bf16 autocast the frozen linear weights are cast
+    once, not per step (:func:`ws.fasttrain.frozen_linears_in`, where bit-identical).
+    Returns each stream's losses."""
     n_streams = len(streams)
     total = config.steps * n_streams
     schedule = replace(config, steps=total, warmup_steps=config.warmup_steps * n_streams)
@@ -308,26 +311,28 @@ def _fit(
     losses: dict[str, list[float]] = {name: [] for name, _, _ in streams}
     bar = tqdm(range(total), desc=desc, leave=False)
     every = max(1, total // 10)  # a progress line every ~10 %: headless runs show it in the terminal
+    precast = config.bf16 and precast_safe(peft_model) and input_device(peft_model).type in ("cpu", "cuda")
     t0 = time.perf_counter()
-    for step in bar:
-        name, _, sign = streams[step % n_streams]
-        if step % n_streams == 0:
-            idx = next(batches)
-        for g in opt.param_groups:
-            g["lr"] = config.lr * lr_factor(step, schedule)
-        with lora_sign(peft_model, sign) if sign is not None else nullcontext():
-            loss = step_loss(peft_model, plans[name], idx, config.stance_weight, config.bf16)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-        opt.step()
-        losses[name].append(loss.item())
-        bar.set_postfix(loss=f"{losses[name][-1]:.3f}")
-        if (step + 1) % every == 0 or step + 1 == total:
-            el = time.perf_counter() - t0
-            logger.info(
-                f"{desc}: step {step + 1}/{total}, loss {losses[name][-1]:.3f}, {el:.0f} s "
-                f"(~{el / (step + 1) * (total - step - 1):.0f} s left)"
-            )
+    with frozen_linears_in(peft_model, torch.bfloat16) if precast else nullcontext():
+        for step in bar:
+            name, _, sign = streams[step % n_streams]
+            if step % n_streams == 0:
+                idx = next(batches)
+            for g in opt.param_groups:
+                g["lr"] = config.lr * lr_factor(step, schedule)
+            with lora_sign(peft_model, sign) if sign is not None else nullcontext():
+                loss = step_loss(peft_model, plans[name], idx, config.stance_weight, config.bf16)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+            opt.step()
+            losses[name].append(loss.item())
+            bar.set_postfix(loss=f"{losses[name][-1]:.3f}")
+            if (step + 1) % every == 0 or step + 1 == total:
+                el = time.perf_counter() - t0
+                logger.info(
+                    f"{desc}: step {step + 1}/{total}, loss {losses[name][-1]:.3f}, {el:.0f} s "
+                    f"(~{el / (step + 1) * (total - step - 1):.0f} s left)"
+                )
     peft_model.eval()
     for name, ls in losses.items():
         logger.debug(f"{desc} {name}: loss {ls[0]:.3f} -> {ls[-1]:.3f} over {len(ls)} steps")
