@@ -16,6 +16,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from smoke_env import smoke_env
 
 from ws import sweep
 
@@ -37,16 +38,10 @@ def _tree(folder: Path) -> set[str]:
 def _execute(path: Path, base: Path) -> nbformat.NotebookNode:
     from nbclient import NotebookClient
 
-    env = dict(os.environ)
+    env = smoke_env(base)
     env.update(
-        WS_SMOKE="1",
         WS_MODEL="tiny-llama",
-        WS_OUT=str(base / "out"),
-        WS_CACHE=str(base / "cache"),
-        WS_LOGS=str(base / "logs"),
         WS_LOG_TERMINAL="0",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
         # two adapter types keep the cross-adapter notebook short here; all six run in
         # tests/test_cross_adapter.py
         WS_ADAPTERS="lora,bidir",

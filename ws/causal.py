@@ -519,28 +519,44 @@ def run_causal(
     BLAS threads for the passes (None: leave the setting; 1 is far faster for tiny models and
     on cores shared with other processes).
     """
+    from ws.fastfwd import FastReadout, first_block
     from ws.linalg import blas_threads
+    from ws.models import d_model
 
+    controls = tuple(controls)
     with blas_threads(threads):
-        return _run_causal(
-            model,
-            tok,
-            w,
-            bases,
-            meta,
-            names,
+        missing = [s for s in (target, *controls) if not len(texts_by_set.get(s, ()))]
+        if missing:
+            raise ValueError(f"the causal test needs prompts of every set: none for {missing} (have {sorted(texts_by_set)})")
+        layers, t, t0 = [int(l) for l in layers], {}, time.perf_counter()
+        ww = writers_only(w, layers)
+        ro = FastReadout(model, tok, texts_by_set, first_block(w, ww), batch_size)
+        ev = _Evaluator(model, ro)
+        t["base_residuals"] = time.perf_counter() - t0
+        m = _measure(ev, w, ww, bases, names, layers, d_model(model), n_null, seed, progress, t, target)
+        wd, fd = m.ref["writers_only"].spread(target), m.ref["full"].spread(target)
+        res = CausalResult(
+            _candidate_table(m, meta, names, ranking, n_boot, boot_seed, target, controls),
+            _variant_table(m, names, n_boot, boot_seed),
+            ratio_ci(wd, fd, n_boot, boot_seed),
+            mean_ci(wd, n_boot, boot_seed),
+            mean_ci(fd, n_boot, boot_seed),
+            ro.first,
             layers,
-            texts_by_set,
-            ranking=ranking,
-            n_null=n_null,
-            n_boot=n_boot,
-            seed=seed,
-            boot_seed=boot_seed,
-            batch_size=batch_size,
-            progress=progress,
-            target=target,
-            controls=tuple(controls),
+            n_null,
+            t,
+            ev.rows,
+            ev.flops / 1e9,
+            target,
+            controls,
         )
+        logger.info(
+            f"causal test: {len(names)} candidates × {len(PARTS)} variants + {sum(map(len, m.null.values()))} "
+            f"null draws × {len(NULL_PARTS)}, {ev.rows} prompt rows from block {ro.first} on "
+            f"({ev.flops / 1e9:.0f} GFLOP of matrix products), in "
+            f"{sum(t.values()):.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in t.items())})"
+        )
+        return res
 
 
 @dataclass
@@ -627,60 +643,3 @@ def _variant_table(m: _Measured, names, n_boot: int, seed: int) -> pl.DataFrame:
                     seed,
                 )
     return _frame(rows, VARIANT_COLUMNS)
-
-
-def _run_causal(
-    model,
-    tok,
-    w,
-    bases,
-    meta,
-    names,
-    layers,
-    texts_by_set,
-    *,
-    ranking,
-    n_null,
-    n_boot,
-    seed,
-    boot_seed,
-    batch_size,
-    progress,
-    target,
-    controls,
-) -> CausalResult:
-    from ws.fastfwd import FastReadout, first_block
-    from ws.models import d_model
-
-    missing = [s for s in (target, *controls) if not len(texts_by_set.get(s, ()))]
-    if missing:
-        raise ValueError(f"the causal test needs prompts of every set: none for {missing} (have {sorted(texts_by_set)})")
-    layers, t, t0 = [int(l) for l in layers], {}, time.perf_counter()
-    ww = writers_only(w, layers)
-    ro = FastReadout(model, tok, texts_by_set, first_block(w, ww), batch_size)
-    ev = _Evaluator(model, ro)
-    t["base_residuals"] = time.perf_counter() - t0
-    m = _measure(ev, w, ww, bases, names, layers, d_model(model), n_null, seed, progress, t, target)
-    wd, fd = m.ref["writers_only"].spread(target), m.ref["full"].spread(target)
-    res = CausalResult(
-        _candidate_table(m, meta, names, ranking, n_boot, boot_seed, target, controls),
-        _variant_table(m, names, n_boot, boot_seed),
-        ratio_ci(wd, fd, n_boot, boot_seed),
-        mean_ci(wd, n_boot, boot_seed),
-        mean_ci(fd, n_boot, boot_seed),
-        ro.first,
-        layers,
-        n_null,
-        t,
-        ev.rows,
-        ev.flops / 1e9,
-        target,
-        controls,
-    )
-    logger.info(
-        f"causal test: {len(names)} candidates × {len(PARTS)} variants + {sum(map(len, m.null.values()))} "
-        f"null draws × {len(NULL_PARTS)}, {ev.rows} prompt rows from block {ro.first} on "
-        f"({ev.flops / 1e9:.0f} GFLOP of matrix products), in "
-        f"{sum(t.values()):.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in t.items())})"
-    )
-    return res
