@@ -47,12 +47,15 @@ def peak_rss_gib() -> float:
 
 def forward_floor(model, tok, probes, w, batch_size: int) -> float:
     """Seconds for just the forward passes the captures need, without hooks."""
+    from ws.device import input_device, synchronize
     from ws.steer import weight_steer
+
+    dev = input_device(model)
 
     def passes(prompts):
         for s in range(0, len(prompts), batch_size):
             enc = tok(prompts[s : s + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-            model(**enc, use_cache=False)
+            model(**enc.to(dev), use_cache=False)
 
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -62,6 +65,7 @@ def forward_floor(model, tok, probes, w, batch_size: int) -> float:
             with weight_steer(model, w, alpha):
                 passes(probes.eval)
                 passes(probes.fit_clean)
+    synchronize(dev)  # a GPU runs the passes asynchronously: the time ends when they do
     return time.perf_counter() - t0
 
 
@@ -110,28 +114,23 @@ def null_comparison(label: torch.Tensor, deltas: list, layers: list[int], k: int
 def matmul_gflops(model, seconds: float = 1.0) -> float:
     """Measured matrix-product speed (1e9 FLOP/s) on the model's device and dtype, for a
     product shaped like the model's MLP on a batch of prompt tokens ``[1024, d] @ [d, ff]``."""
-    from ws.device import input_device
+    from ws.device import input_device, synchronize
 
     dev, dt = input_device(model), next(model.parameters()).dtype
     d, ff = model.config.hidden_size, model.config.intermediate_size
     g = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(1024, d, generator=g).to(dev, dt)
     b = torch.randn(d, ff, generator=g).to(dev, dt)
-
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
     for _ in range(3):
         a @ b
-    sync()
+    synchronize(dev)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         a @ b
         n += 1
         if n % 10 == 0:
-            sync()
-    sync()
+            synchronize(dev)
+    synchronize(dev)
     return 2 * 1024 * d * ff * n / (time.perf_counter() - t0) / 1e9
 
 

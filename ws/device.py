@@ -78,6 +78,15 @@ def input_device(model: nn.Module) -> torch.device:
     return w.device
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a GPU runs kernels asynchronously; a timer read
+    before this measures only their launch). A no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def is_offloaded(p: torch.Tensor) -> bool:
     """A parameter whose data lives elsewhere (offloaded by a dispatched model)."""
     return p.device.type == "meta"
