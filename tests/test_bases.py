@@ -15,6 +15,7 @@ from ws.bases import ADAPTER_FAMILY, CEILINGS, REGISTRY, SELF_TESTS, SPEC_CANDID
 from ws.bases.adapter import corda_gram, corda_matrix
 from ws.capture import Captures, capture_all
 from ws.data import render_chat
+from ws.models import load_model
 
 K, K_BROAD = 8, 32  # tiny d_model is 64: a 64-dim "broad" read space would be everything
 TOUCHED = (1, 2)  # layers the stand-in LoRA touches
@@ -386,6 +387,23 @@ def test_corda_sqrt_reconstructs_and_gram_paths_agree(tiny_llama, llama_caps):
     slow, _ = build_all(model, slow_cap, names=["corda_write"], k=K, k_broad=K_BROAD, progress=False)
     assert _span_err(fast["corda_write"][l], slow["corda_write"][l]) < 1e-3
     assert _span_err(fast["corda_write"][l], la.left_svd_basis(M, K)) < 1e-3
+
+
+def test_corda_in_bfloat16_takes_the_definition_not_the_output_moments(llama_caps):
+    from ws.bases.adapter import _corda_fast
+    from ws.bases.registry import BuildContext
+
+    model, _ = load_model("tiny-llama", dtype="bfloat16")
+    cap, _ = llama_caps
+    assert _corda_fast(BuildContext(model, cap, k=K, k_broad=K_BROAD), 2) is None
+    with_out, _ = build_all(model, cap, names=["corda_write"], k=K, k_broad=K_BROAD, progress=False)
+    slow_cap = Captures(mom_oproj=cap.mom_oproj, mom_downproj=cap.mom_downproj)
+    without, _ = build_all(model, slow_cap, names=["corda_write"], k=K, k_broad=K_BROAD, progress=False)
+    for l in range(len(model.model.layers)):
+        assert torch.equal(with_out["corda_write"][l], without["corda_write"][l])
+    # the float32 model takes the output moments (a different rounding path: not bit-equal)
+    f32 = BuildContext(load_model("tiny-llama")[0], cap, k=K, k_broad=K_BROAD)
+    assert _corda_fast(f32, 2) is not None
 
 
 def test_diff_in_means_points_to_persona_plus(tiny_llama):

@@ -30,7 +30,10 @@ def _grads(peft_model, loss):
 
 @pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_qwen3"])
 @pytest.mark.parametrize(("adapter", "sign"), [("lora", None), ("lora", -1.0), ("ia3", None)])
-def test_fast_step_has_the_plain_steps_loss_and_gradients(request, model_name, adapter, sign):
+@pytest.mark.parametrize("share", [True, False], ids=["shared-prefix", "whole-sequences"])
+def test_fast_step_has_the_plain_steps_loss_and_gradients(request, model_name, adapter, sign, share):
+    """Both forms of the step: the shared prefix run once (the CPU's) and whole sequences
+    from block ``first`` (a GPU's, :func:`ws.fasttrain.shares_prefix`)."""
     model, tok = request.getfixturevalue(model_name)
     peft_model = adapters._wrap(model, CFG, adapter)
     with torch.no_grad():  # move off the identity initialisation so every gradient is generic
@@ -38,8 +41,9 @@ def test_fast_step_has_the_plain_steps_loss_and_gradients(request, model_name, a
             if p.requires_grad:
                 p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
     enc = adapters._encode_examples(tok, EXAMPLES, CFG.max_len)
-    plan = fasttrain.plan_training(peft_model, enc)
-    assert plan.first == 1 and plan.prefix.numel() > 5  # blocks 1-2 of 4 adapted; the chat prefix is shared
+    plan = fasttrain.plan_training(peft_model, enc, share_prefix=share)
+    assert plan.first == 1  # blocks 1-2 of 4 adapted
+    assert plan.prefix.numel() > 5 if share else plan.prefix.numel() == 0  # the chat prefix, shared or not
     idx = [2, 0, 3]  # unsorted, ragged lengths, one unfinished response
     flip = adapters.lora_sign(peft_model, sign) if sign is not None else torch.enable_grad()
     with flip:
@@ -53,6 +57,11 @@ def test_fast_step_has_the_plain_steps_loss_and_gradients(request, model_name, a
         assert torch.allclose(g_fast[n], g_plain[n], rtol=1e-4, atol=1e-6), n
     # the known answer fails when the stance weight differs: the test can tell losses apart
     assert not torch.allclose(fasttrain.step_loss(peft_model, plan, idx, stance_weight=1.0), plain, rtol=1e-5, atol=1e-6)
+
+
+def test_the_prefix_is_shared_on_the_cpu_only():
+    assert fasttrain.shares_prefix(torch.device("cpu"))
+    assert not fasttrain.shares_prefix(torch.device("cuda"))
 
 
 def test_adapted_blocks_refuses_a_trainable_parameter_outside_the_blocks(tiny_llama):

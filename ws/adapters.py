@@ -308,7 +308,7 @@ def _fit(
     plans = {name: plan_training(peft_model, enc, config.bf16) for name, enc, _ in streams}
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     batches = _batch_order(len(streams[0][1]), config)
-    losses: dict[str, list[float]] = {name: [] for name, _, _ in streams}
+    losses: dict[str, list[torch.Tensor]] = {name: [] for name, _, _ in streams}
     bar = tqdm(range(total), desc=desc, leave=False)
     every = max(1, total // 10)  # a progress line every ~10 %: headless runs show it in the terminal
     precast = config.bf16 and precast_safe(peft_model) and input_device(peft_model).type in ("cpu", "cuda")
@@ -325,18 +325,21 @@ def _fit(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
             opt.step()
-            losses[name].append(loss.item())
-            bar.set_postfix(loss=f"{losses[name][-1]:.3f}")
+            # kept on the device: reading a loss waits for its step, so it is read only at the
+            # progress lines, and a GPU's kernels of one step run while the CPU queues the next
+            losses[name].append(loss.detach())
             if (step + 1) % every == 0 or step + 1 == total:
-                el = time.perf_counter() - t0
+                el, last = time.perf_counter() - t0, float(losses[name][-1])
+                bar.set_postfix(loss=f"{last:.3f}")
                 logger.info(
-                    f"{desc}: step {step + 1}/{total}, loss {losses[name][-1]:.3f}, {el:.0f} s "
+                    f"{desc}: step {step + 1}/{total}, loss {last:.3f}, {el:.0f} s "
                     f"(~{el / (step + 1) * (total - step - 1):.0f} s left)"
                 )
     peft_model.eval()
-    for name, ls in losses.items():
+    values = {name: torch.stack(ls).tolist() for name, ls in losses.items()}
+    for name, ls in values.items():
         logger.debug(f"{desc} {name}: loss {ls[0]:.3f} -> {ls[-1]:.3f} over {len(ls)} steps")
-    return losses
+    return values
 
 
 def train_adapter(

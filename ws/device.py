@@ -87,6 +87,14 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` (a CPU tensor) on ``device``. To a GPU through pinned memory and without waiting:
+    a copy from ordinary (pageable) memory first waits for every kernel already queued."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def is_offloaded(p: torch.Tensor) -> bool:
     """A parameter whose data lives elsewhere (offloaded by a dispatched model)."""
     return p.device.type == "meta"

@@ -40,7 +40,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from ws.device import autocast, input_device
+from ws.device import autocast, input_device, to_device
 from ws.fastfwd import _common_prefix as _prompt_prefix
 from ws.fastfwd import skip_blocks
 from ws.models import layer_name
@@ -86,9 +86,22 @@ def _common_prefix(encoded: Sequence[tuple[list[int], int]]) -> int:
     return _prompt_prefix([ids[:n_prompt] for ids, n_prompt in encoded])
 
 
+def shares_prefix(device: torch.device) -> bool:
+    """Whether a training step on ``device`` runs the shared prefix once (fact 2 of the
+    module's docstring): on the CPU, where a step costs its FLOPs. On a GPU a step of the
+    embedded model costs its kernel launches, not its FLOPs (the same 0.25 s per step as a
+    64-wide model on the CPU), and whole sequences through blocks ``first …`` launch half
+    as many as the prefix pass through every block plus the suffix pass."""
+    return device.type == "cpu"
+
+
 @torch.no_grad()
 def plan_training(
-    peft_model: nn.Module, encoded: Sequence[tuple[list[int], int]], bf16: bool = False, batch_size: int = 16
+    peft_model: nn.Module,
+    encoded: Sequence[tuple[list[int], int]],
+    bf16: bool = False,
+    batch_size: int = 16,
+    share_prefix: bool | None = None,
 ) -> TrainPlan:
     """Split ``encoded`` (``(token ids, n_prompt_tokens)`` per example) at the common prefix
     and run blocks ``0 … first−1`` once over every example (``first`` = the lowest adapted
@@ -96,7 +109,8 @@ def plan_training(
     base = peft_model.get_base_model()
     first = min(adapted_blocks(peft_model))
     dev = input_device(peft_model)
-    P = _common_prefix(encoded)
+    share = shares_prefix(dev) if share_prefix is None else share_prefix
+    P = _common_prefix(encoded) if share else 0
     resid: list[Tensor] = []
     name = layer_name(first)
     for s in range(0, len(encoded), batch_size):
@@ -162,10 +176,23 @@ def step_loss(
     resid, mask, target = _suffix_batch(plan, idx)
     b, T = mask.shape
     P = plan.prefix.numel()
+    read = target != -100  # [b, T]
+    weight = None
+    if stance_weight != 1.0:
+        # the first read position of each row carries the stance token
+        flat = torch.zeros_like(read)
+        flat[torch.arange(b), read.float().argmax(dim=1)] = True
+        weight = to_device(flat[read], dev)
+    # Every index tensor is made on the CPU and sent ahead (to_device: pinned, no wait), and
+    # the read rows go as positions, not as a mask (selecting by a mask on a GPU waits for
+    # the count): nothing in the step makes the CPU wait for the GPU, which runs a step's
+    # kernels while the CPU queues the next ones.
+    full_mask = to_device(torch.cat([torch.ones(b, P, dtype=torch.long), mask], dim=1), dev)
+    pos = to_device((P + torch.arange(T)).expand(b, T).contiguous(), dev)
+    rows = to_device(read.reshape(-1).nonzero().squeeze(1), dev)  # [n_read]: flat positions, row-major
+    target_d = to_device(target[read], dev)
     with autocast(dev, bf16):
         cache = _prefix_cache(base.model, plan.prefix, dev, b)
-        full_mask = torch.cat([torch.ones(b, P, dtype=torch.long), mask], dim=1).to(dev)
-        pos = (P + torch.arange(T)).expand(b, T).to(dev)
         with skip_blocks(base, plan.first):
             h = base.model(
                 inputs_embeds=resid,
@@ -174,16 +201,12 @@ def step_loss(
                 past_key_values=cache,
                 use_cache=cache is not None,
             ).last_hidden_state
-        read = target != -100  # [b, T]
-        logits = base.lm_head(h[read.to(dev)]).float()  # [n_read, V]
-    tok_loss = nn.functional.cross_entropy(logits, target[read].to(dev), reduction="none")
-    weight = torch.ones_like(tok_loss)
-    if stance_weight != 1.0:
-        # the first read position of each row carries the stance token
-        first_read = read.float().argmax(dim=1)
-        flat = torch.zeros_like(read)
-        flat[torch.arange(b), first_read] = True
-        weight = torch.where(flat[read].to(dev), torch.full_like(tok_loss, stance_weight), weight)
+        logits = base.lm_head(h.reshape(b * T, -1)[rows]).float()  # [n_read, V]
+    tok_loss = nn.functional.cross_entropy(logits, target_d, reduction="none")
+    if weight is None:
+        weight = torch.ones_like(tok_loss)
+    else:
+        weight = torch.where(weight, torch.full_like(tok_loss, stance_weight), torch.ones_like(tok_loss))
     return (tok_loss * weight).sum() / weight.sum().clamp_min(1e-8)
 
 
