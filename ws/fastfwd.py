@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ws.device import to_device
 from ws.models import decoder_layers, layer_name
 from ws.trace import TraceDict
 
@@ -235,8 +236,8 @@ class FastReadout:
         if cache is not None:
             past = copy.deepcopy(cache)
             past.batch_repeat_interleave(b)
-        mask = torch.cat([torch.ones(b, P, dtype=torch.long), batch.mask], dim=1).to(self.device)
-        pos = (P + torch.arange(T)).expand(b, T).to(self.device)
+        mask = to_device(torch.cat([torch.ones(b, P, dtype=torch.long), batch.mask], dim=1), self.device)
+        pos = to_device((P + torch.arange(T)).expand(b, T).contiguous(), self.device)
         return dict(attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=cache is not None)
 
     @torch.no_grad()

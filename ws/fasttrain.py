@@ -179,12 +179,12 @@ def step_loss(
     b, T = mask.shape
     P = plan.prefix.numel()
     read = target != -100  # [b, T]
-    weight = None
+    stance = None  # [n_read] bool: the read positions that carry a stance token
     if stance_weight != 1.0:
         # the first read position of each row carries the stance token
         flat = torch.zeros_like(read)
         flat[torch.arange(b), read.float().argmax(dim=1)] = True
-        weight = to_device(flat[read], dev)
+        stance = to_device(flat[read], dev)
     # Every index tensor is made on the CPU and sent ahead (to_device: pinned, no wait), and
     # the read rows go as positions, not as a mask (selecting by a mask on a GPU waits for
     # the count): nothing in the step makes the CPU wait for the GPU, which runs a step's
@@ -205,10 +205,9 @@ def step_loss(
             ).last_hidden_state
         logits = base.lm_head(h.reshape(b * T, -1)[rows]).float()  # [n_read, V]
     tok_loss = nn.functional.cross_entropy(logits, target_d, reduction="none")
-    if weight is None:
-        weight = torch.ones_like(tok_loss)
-    else:
-        weight = torch.where(weight, torch.full_like(tok_loss, stance_weight), torch.ones_like(tok_loss))
+    weight = torch.ones_like(tok_loss)
+    if stance is not None:
+        weight = torch.where(stance, torch.full_like(tok_loss, stance_weight), weight)
     return (tok_loss * weight).sum() / weight.sum().clamp_min(1e-8)
 
 
