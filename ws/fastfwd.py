@@ -176,6 +176,15 @@ def block_flops(config, b: int, t_q: int, t_k: int) -> int:
     return b * t_q * proj + 4 * b * H * hd * t_q * t_k
 
 
+def suffix_mask_positions(P: int, mask: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For suffixes ``mask [b, T]`` (CPU) read after a shared prefix of ``P`` tokens: the
+    attention mask over prefix + suffix ``[b, P+T]`` and the suffix positions ``[b, T]``,
+    sent to ``device`` ahead of the pass (:func:`ws.device.to_device`)."""
+    b, T = mask.shape
+    full = torch.cat([torch.ones(b, P, dtype=torch.long), mask], dim=1)
+    return to_device(full, device), to_device((P + torch.arange(T)).expand(b, T).contiguous(), device)
+
+
 class FastReadout:
     """Yes/No read-outs of fixed prompt sets under the model's CURRENT weights, for weight
     settings that differ from the base only in blocks ``≥ first``.
@@ -231,13 +240,12 @@ class FastReadout:
         return out.past_key_values
 
     def _suffix_kwargs(self, plan: PromptPlan, batch: PromptBatch, cache) -> dict:
-        P, (b, T) = plan.prefix.numel(), batch.ids.shape
+        P, b = plan.prefix.numel(), batch.ids.shape[0]
         past = None
         if cache is not None:
             past = copy.deepcopy(cache)
             past.batch_repeat_interleave(b)
-        mask = to_device(torch.cat([torch.ones(b, P, dtype=torch.long), batch.mask], dim=1), self.device)
-        pos = to_device((P + torch.arange(T)).expand(b, T).contiguous(), self.device)
+        mask, pos = suffix_mask_positions(P, batch.mask, self.device)
         return dict(attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=cache is not None)
 
     @torch.no_grad()

@@ -10,7 +10,9 @@ Three facts make a training step cheaper without changing what it computes:
 2. **The shared prefix.** Every example starts with the same tokens (the chat template's
    system turn and the opening of the user turn). Under causal attention they never see
    what follows, so one row over the prefix per step gives their keys and values (with
-   gradients: they do depend on the adapter), repeated along the batch.
+   gradients: they do depend on the adapter), repeated along the batch. On the CPU only
+   (:func:`shares_prefix`): on a GPU the step is launch-bound, and whole sequences from
+   block ``first`` need fewer passes.
 3. **The read positions.** The loss reads only the response tokens, so the lm_head and the
    softmax over the vocabulary run on those positions alone (about a quarter of them).
 
@@ -42,7 +44,7 @@ from torch import Tensor, nn
 
 from ws.device import autocast, input_device, to_device
 from ws.fastfwd import _common_prefix as _prompt_prefix
-from ws.fastfwd import skip_blocks
+from ws.fastfwd import skip_blocks, suffix_mask_positions
 from ws.models import layer_name
 from ws.trace import TraceDict
 
@@ -189,8 +191,7 @@ def step_loss(
     # the read rows go as positions, not as a mask (selecting by a mask on a GPU waits for
     # the count): nothing in the step makes the CPU wait for the GPU, which runs a step's
     # kernels while the CPU queues the next ones.
-    full_mask = to_device(torch.cat([torch.ones(b, P, dtype=torch.long), mask], dim=1), dev)
-    pos = to_device((P + torch.arange(T)).expand(b, T).contiguous(), dev)
+    full_mask, pos = suffix_mask_positions(P, mask, dev)
     rows = to_device(read.reshape(-1).nonzero().squeeze(1), dev)  # [n_read]: flat positions, row-major
     target_d = to_device(target[read], dev)
     with autocast(dev, bf16):
