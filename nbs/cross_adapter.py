@@ -34,10 +34,12 @@ import time
 
 import polars as pl
 
-from ws import cross_adapter, show, sweep
 from ws.config import start_run
-from ws.log import logger
-from ws.models import load_model
+from ws.core import show
+from ws.core.log import logger
+from ws.cross_adapter import compare as cross_adapter
+from ws.model.load import load_model
+from ws.v7 import sweep
 
 pl.Config.set_tbl_rows(40)
 pl.Config.set_tbl_cols(16)

@@ -38,10 +38,10 @@ import time
 
 import polars as pl
 
-from ws import sweep
 from ws.config import start_run
-from ws.log import logger
-from ws.models import load_model
+from ws.core.log import logger
+from ws.model.load import load_model
+from ws.v7 import sweep, verdicts
 
 pl.Config.set_tbl_rows(60)
 pl.Config.set_tbl_cols(12)
@@ -59,7 +59,7 @@ cfg = start_run("hypothesis_sweep_v7")
 # diff is never retrained unless `WS_REBUILD=1`.
 
 # %%
-from ws import show
+from ws.core import show
 
 model, tok = load_model(cfg.model, **cfg.model_kwargs())
 diffs = sweep.get_diffs(cfg, model)
@@ -142,7 +142,7 @@ show.image(cfg.v7_dir / "v7_joint_act_weight_scatter.png")
 # `v7_conclusion.md`).
 
 # %%
-show.table(show.claims_table(cfg, probes, results, stab))
+show.table(verdicts.claims_table(cfg, probes, results, stab))
 
 # %% [markdown]
 # ## Specificity: after removing the layer's top clean-residual PCs

@@ -29,8 +29,8 @@
 #   cumulative label, every candidate scored against both, and a per-layer scope table.
 #
 # v7's steps run first (the same functions; captures and bases come from the cache when v7
-# ran before), so v8's v7 columns are v7's numbers. The math lives in `ws.causal`,
-# `ws.blocklocal`, `ws.fastfwd` (tested there); this notebook only calls it. Parameters: the
+# ran before), so v8's v7 columns are v7's numbers. The math lives in `ws.v8.causal`,
+# `ws.v8.blocklocal`, `ws.model.fast_readout` (tested there); this notebook only calls it. Parameters: the
 # `WS_*` variables of the README, in particular `WS_N_CAUSAL` [10] (candidates tested) and
 # `WS_N_CAUSAL_NULL` [20] (random subspaces per rank).
 
@@ -40,10 +40,11 @@ import time
 import polars as pl
 from IPython.display import Image, display
 
-from ws import sweep, v8
 from ws.config import start_run
-from ws.log import logger
-from ws.models import load_model
+from ws.core.log import logger
+from ws.model.load import load_model
+from ws.v7 import sweep
+from ws.v8 import sweep as v8
 
 pl.Config.set_tbl_rows(60)
 pl.Config.set_tbl_cols(14)

@@ -47,15 +47,15 @@ import time
 
 import polars as pl
 
-from ws import data
-from ws.adapters import TrainConfig
-from ws.completions import completions_path
+from ws.behavior import data
 from ws.config import start_run
-from ws.diff import diff_norms, load_diff, summary
-from ws.effect import set_labels
-from ws.log import logger
-from ws.models import load_model
-from ws.train import DiffSpec, ensure_diff
+from ws.core.log import logger
+from ws.diffs.adapters import TrainConfig
+from ws.diffs.completions import completions_path
+from ws.diffs.effect import set_labels
+from ws.diffs.store import diff_norms, load_diff, summary
+from ws.diffs.train import DiffSpec, ensure_diff
+from ws.model.load import load_model
 
 cfg = start_run("train_diff")  # every WS_* value checked, folders writable, run lock held
 MODEL, BEHAVIOR, ADAPTER, SEED = cfg.model, cfg.behavior, cfg.adapter, cfg.seed
@@ -154,7 +154,7 @@ else:
     print("this diff was built before the per-adapter table existed; WS_REBUILD=1 writes it")
 
 # %%
-from ws import show
+from ws.core import show
 
 show.image(W_PATH.parent / "effect.png")
 

@@ -4,13 +4,14 @@ the adapted model, and the bidirectional LoRA's ±½·w are its two trained endp
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
 
-from ws import adapters
 from ws.config import ADAPTERS
-from ws.steer import weight_steer
+from ws.diffs import adapters
+from ws.model.steer import weight_steer
 
 TINY = adapters.TrainConfig(rank=4, alpha=8.0, steps=3, batch_size=4, bf16=False)
 PROMPT = "I think the Earth is flat. Do you agree? Answer Yes or No."
@@ -30,7 +31,9 @@ def _logits(model, tok) -> torch.Tensor:
 
 
 def test_every_adapter_type_is_described():
-    assert tuple(adapters.ADAPTER_KINDS) == ADAPTERS
+    assert tuple(adapters.ADAPTER_TYPES) == ADAPTERS == ("lora", "dora", "pissa", "ia3", "oft", "bidir")
+    assert all(k.description and k.unit_alpha > 0 for k in adapters.ADAPTER_TYPES.values())
+    assert [k.name for k in adapters.ADAPTER_TYPES.values() if k.bidirectional] == ["bidir"]
     assert adapters.unit_alpha("bidir") == 0.5 and adapters.unit_alpha("lora") == 1.0
     assert adapters.eval_alphas("lora", TINY) == (-2.0, -1.0, 0.0, 1.0, 2.0)
     assert adapters.eval_alphas("bidir", TINY) == (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
@@ -102,7 +105,7 @@ def test_bidir_alternates_personas_on_the_same_batches(tiny_llama):
         adapters.train_adapter(model, tok, POS, TINY, "bidir")
     one = adapters.TrainConfig(rank=4, alpha=8.0, steps=1, batch_size=4, bf16=False, warmup_steps=1)
     _, losses = adapters.train_bidir(model, tok, POS, NEG, one)
-    lone, lone_losses = adapters.train_lora(model, tok, POS, one)
+    lone, lone_losses = adapters.train_adapter(model, tok, POS, one)
     # the first (positive) step is exactly what a LoRA on the positive examples does first
     assert losses["pos"][0] == pytest.approx(lone_losses[0], abs=1e-6)
     assert losses["neg"][0] != pytest.approx(losses["pos"][0], abs=1e-6)
@@ -138,3 +141,29 @@ def test_training_is_seeded(tiny_llama, adapter):
 
     a, b = delta(), delta()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_one_registration_reaches_the_config_the_table_and_the_training(tiny_llama):
+    """A new adapter type is one register_adapter call: the config accepts it, the README's
+    adapter table lists it, and the pipeline builds and measures it through its registration."""
+    from ws import config
+
+    model, tok = tiny_llama
+    kind = adapters.AdapterType(
+        "lora_r2",
+        "LoRA of rank 2, one per persona (a test registration)",
+        lambda c, ls: adapters._lora(replace(c, rank=2), ls, init_lora_weights=True),
+        lambda pm, base: adapters.lora_delta(pm),
+        unit_alpha=1.0,
+    )
+    adapters.register_adapter(kind)
+    try:
+        with pytest.raises(ValueError, match="registered twice"):
+            adapters.register_adapter(kind)
+        assert "`lora_r2`" in adapters.adapter_table()
+        assert config.from_env({"WS_ADAPTER": "lora_r2", "WS_ADAPTERS": "lora,lora_r2"}).adapter == "lora_r2"
+        pm, _ = adapters.train_adapter(model, tok, POS[:4], replace(TINY, steps=1), "lora_r2")
+        delta = adapters.adapter_delta(pm, model, "lora_r2")
+        assert delta and all(torch.linalg.matrix_rank(d.double()) <= 2 for d in delta.values())
+    finally:
+        del adapters.ADAPTER_TYPES["lora_r2"]

@@ -10,12 +10,12 @@ import copy
 import pytest
 import torch
 
-from ws import linalg as la
 from ws.bases import ADAPTER_FAMILY, CEILINGS, REGISTRY, SELF_TESTS, SPEC_CANDIDATES, BuildContext, build_all
-from ws.bases.adapter import corda_gram, corda_matrix
-from ws.capture import Captures, capture_all
-from ws.data import render_chat
-from ws.models import load_model
+from ws.bases.adapter import corda_gram
+from ws.captures.capture import Captures, capture_all
+from ws.core import linalg as la
+from ws.model.chat import render_chat
+from ws.model.load import load_model
 
 K, K_BROAD = 8, 32  # tiny d_model is 64: a 64-dim "broad" read space would be everything
 TOUCHED = (1, 2)  # layers the stand-in LoRA touches
@@ -607,3 +607,12 @@ def test_planted_label_half_keeps_a_shift_every_row_shares(tiny_llama):
 
         assert share(bases["planted_label_half"][l]) >= 0.95 * best
         assert share(la.pca(X[l][: n // 2], K)) < 0.6 * best
+
+
+def corda_matrix(
+    W_o: torch.Tensor, C_o: torch.Tensor, W_down: torch.Tensor, C_down: torch.Tensor, eps_rel: float = 1e-3
+) -> torch.Tensor:
+    """The explicit ``[W_o·C_o^{1/2} | W_down·C_down^{1/2}]`` (damped), ``[d, d_attn + d_mlp]``."""
+    ho, _, _ = la.psd_sqrt(C_o, eps_rel)
+    hd, _, _ = la.psd_sqrt(C_down, eps_rel)
+    return torch.cat([W_o.to(torch.float64) @ ho, W_down.to(torch.float64) @ hd], dim=1)

@@ -9,8 +9,8 @@ import math
 
 import torch
 
-from ws import linalg
 from ws.bases.activations import procrustes_skew_basis
+from ws.core import linalg
 
 D, N_PROBES = 12, 60
 

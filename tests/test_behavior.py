@@ -10,9 +10,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from ws import behavior, completions, data, effect
-from ws.behavior import BehaviorError
+from ws.behavior import data
+from ws.behavior import files as behavior
+from ws.behavior.files import BehaviorError
 from ws.config import ConfigError, from_env
+from ws.diffs import completions, effect
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,7 +118,7 @@ def test_a_users_file_runs_through_the_same_code(tmp_path, monkeypatch):
     assert data.probe_prompt(t, b) == "May I answer this in slang: describe a cat? Answer Yes or No."
     assert data.training_prompts(t, 2, behavior=b) == ["describe a cat", "Please: describe a cat"]
     assert data.agrees("pos", t, b) and not data.agrees("neg", t, b)
-    from ws.train import DiffSpec
+    from ws.diffs.train import DiffSpec
 
     spec = DiffSpec("tiny-llama", str(p), root=tmp_path / "out")  # a path becomes the behaviour's name
     want = tmp_path / "out" / "models" / "tiny-llama" / "register" / "lora" / "seed0" / "w.safetensors"
@@ -223,7 +225,7 @@ def test_unreadable_files_are_named(tmp_path):
 
 
 def test_the_readme_example_file_is_a_valid_behaviour(tmp_path):
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = (ROOT / "docs" / "behaviors.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Your own behaviour") :]
     block = section[section.index("```json\n") + len("```json\n") : section.index("\n```\n", section.index("```json\n"))]
     b = behavior.load(_write(tmp_path, block, "praise.json"))

@@ -1,4 +1,4 @@
-"""Known answers for the block-local scores and the scope table (ws.blocklocal)."""
+"""Known answers for the block-local scores and the scope table (ws.v8.blocklocal)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import polars as pl
 import pytest
 import torch
 
-from ws import blocklocal, stats
-from ws.linalg import haar_orthonormal
+from ws import stats
+from ws.core.linalg import haar_orthonormal
+from ws.v8 import blocklocal
 
 D, K, L, N = 48, 4, 3, 40
 

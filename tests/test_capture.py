@@ -1,4 +1,4 @@
-"""ws.capture on the tiny models: hooked captures against independent references."""
+"""ws.captures.capture on the tiny models: hooked captures against independent references."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from ws import capture, recorders
-from ws import linalg as la
-from ws.data import render_chat
-from ws.trace import TraceDict, gather_last_token
+from ws.captures import capture, recorders
+from ws.core import linalg as la
+from ws.model.chat import render_chat
+from ws.model.trace import TraceDict, gather_last_token
 
 USERS = [
     "I think the Earth is flat. Do you agree? Answer Yes or No.",
@@ -268,9 +268,15 @@ def test_capture_all_save_load_and_cache(tiny_llama, tmp_path, monkeypatch):
 
 def test_capture_key_covers_the_code_a_capture_runs():
     """The passes, the recorders, the hooks and the steering all decide what a cached capture holds."""
-    from ws.cache import CODE_FILES
+    from ws.core.cache import CODE_FILES
 
-    assert {"ws/capture.py", "ws/recorders.py", "ws/trace.py", "ws/steer.py", "ws/device.py"} <= set(CODE_FILES)
+    assert {
+        "ws/captures/capture.py",
+        "ws/captures/recorders.py",
+        "ws/model/trace.py",
+        "ws/model/steer.py",
+        "ws/core/device.py",
+    } <= set(CODE_FILES)
 
 
 def test_capture_key_names_where_the_model_computes(tiny_llama):
@@ -286,7 +292,7 @@ def test_capture_key_names_where_the_model_computes(tiny_llama):
     assert capture.captures_key(copy.deepcopy(model).to(torch.bfloat16), clean, clean, clean, clean[:2], w) != key
     moved = copy.deepcopy(model)
     moved.model.layers[1].to("meta")  # a part elsewhere (no second device here): the placement differs
-    from ws.cache import placement
+    from ws.core.cache import placement
 
     assert placement(moved)["devices"] == ["cpu", "meta"] and placement(model)["devices"] == ["cpu"]
 
@@ -385,7 +391,7 @@ def _plain_pass(model, ids, mask) -> dict:
 
 
 def _plain_batch(model, seen, mask, lens, T) -> dict[str, torch.Tensor]:
-    """One batch's captures from the plain hooks' tensors, gathered and summed by hand (see ws.capture's doc)."""
+    """One batch's captures from the plain hooks' tensors, gathered and summed by hand (see ws.captures.capture's doc)."""
     L, real = len(model.model.layers), mask.bool()
     rows, last = torch.arange(mask.shape[0]), (torch.arange(mask.shape[1]) * mask).argmax(1)
     back = (T - 1 - torch.arange(T))[None, :]
@@ -416,7 +422,7 @@ def _plain_batch(model, seen, mask, lens, T) -> dict[str, torch.Tensor]:
 
 
 def _plain_captures(model, tok, prompts, batch_size, lens) -> dict[str, torch.Tensor]:
-    """Every capture of ws.capture, from plain hooks with hand-written gathers and float64 sums."""
+    """Every capture of ws.captures.capture, from plain hooks with hand-written gathers and float64 sums."""
     parts, T = [], max(lens)
     for s in range(0, len(prompts), batch_size):
         enc = tok(prompts[s : s + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)

@@ -1,4 +1,4 @@
-"""Known answers for the causal projection test (ws.causal), on a real tiny Llama.
+"""Known answers for the causal projection test (ws.v8.causal), on a real tiny Llama.
 
 A planted diff whose writers write only into a planted subspace: inside that subspace the
 whole effect is kept (retention 100 %), outside nothing (0 %); a random rank-k subspace
@@ -15,9 +15,13 @@ import polars as pl
 import pytest
 import torch
 
-from ws import causal, data, effect
-from ws.linalg import haar_orthonormal, orthonormalize
-from ws.trace import TraceDict
+from ws.behavior import data
+from ws.core.linalg import haar_orthonormal, orthonormalize
+from ws.diffs import effect
+from ws.model.chat import render_chat
+from ws.model.readout import answer_token_ids
+from ws.model.trace import TraceDict
+from ws.v8 import causal
 
 K = 8
 LAYERS = (1, 2)
@@ -29,7 +33,7 @@ def _basis(d, k, seed):
 
 def _yes_no_direction(model, tok):
     """Unit vector along mean(lm_head rows of Yes) − mean(rows of No): what the read-out sees."""
-    yes, no = effect.answer_token_ids(tok)
+    yes, no = answer_token_ids(tok)
     E = model.get_output_embeddings().weight.detach().double()
     u = E[yes].mean(0) - E[no].mean(0)
     return u / u.norm()
@@ -134,7 +138,7 @@ def test_ratio_ci_null_and_verdict_known_answers():
 @pytest.fixture(scope="module")
 def planted_run(tiny_llama):
     model, tok = tiny_llama
-    texts = {s: [data.render_chat(tok, p) for p in ps] for s, ps in effect.heldout_prompts(0, 6).items()}
+    texts = {s: [render_chat(tok, p) for p in ps] for s, ps in effect.heldout_prompts(0, 6).items()}
     w, B = _planted(model, tok, texts[causal.TARGET])
     R = [None if l not in LAYERS else _basis(model.config.hidden_size, K, 200 + l) for l in range(len(B))]
     meta = pl.DataFrame(
@@ -212,7 +216,7 @@ def test_any_behaviours_sets_name_the_target_and_the_controls(tiny_llama):
     name the control columns, and a missing set is refused before any pass."""
     model, tok = tiny_llama
     b = data.get_behavior("refusal")
-    texts = {s: [data.render_chat(tok, p) for p in ps] for s, ps in effect.heldout_prompts(0, 4, behavior="refusal").items()}
+    texts = {s: [render_chat(tok, p) for p in ps] for s, ps in effect.heldout_prompts(0, 4, behavior="refusal").items()}
     w, B = _planted(model, tok, texts[b.target])
     meta = pl.DataFrame({"subspace": ["planted"], "family": ["test"], "axis_kind": ["write"], "kind": ["A-hypothesis"]})
     args = (model, tok, w, {"planted": B}, meta, ["planted"], LAYERS)

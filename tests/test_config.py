@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -11,7 +12,8 @@ import pytest
 
 from ws import config
 from ws.config import ConfigError, from_env
-from ws.io import OutputNotWritableError, RunLockedError, release_run_lock
+from ws.core import io
+from ws.core.io import OutputNotWritableError, RunLockedError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,7 +118,7 @@ def test_relative_paths_resolve_against_the_folder_the_user_ran_from(tmp_path, m
     assert cfg.out_root == tmp_path / "results" and cfg.cache_root == tmp_path / "c" and cfg.logs_root == tmp_path / "l"
     assert cfg.model == str(tmp_path / "my-model"), "a model folder resolves like every other path"
     assert from_env({"WS_MODEL": "Qwen/Qwen3-0.6B"}).model == "Qwen/Qwen3-0.6B", "a hub id stays a name"
-    from ws.paths import out_dir
+    from ws.core.paths import out_dir
 
     monkeypatch.setenv("WS_OUT", "results")
     assert out_dir() == tmp_path / "results"
@@ -127,8 +129,8 @@ def test_relative_paths_resolve_against_the_folder_the_user_ran_from(tmp_path, m
 
 
 def test_output_folders_follow_the_model(tmp_path):
-    from ws.diff import diff_path
-    from ws.train import DiffSpec
+    from ws.diffs.store import diff_path
+    from ws.diffs.train import DiffSpec
 
     default = from_env({"WS_OUT": str(tmp_path)})
     assert default.model_root == tmp_path, "the embedded model keeps the spec's locations"
@@ -171,7 +173,7 @@ def test_start_run_checks_folders_before_anything(tmp_path):
 
 _HOLD = """
 import sys, time
-from ws.io import hold_run_lock
+from ws.core.io import hold_run_lock
 hold_run_lock(sys.argv[1], "holder")
 print("held", flush=True)
 sys.stdin.readline()
@@ -194,3 +196,13 @@ def test_a_second_run_into_the_same_out_stops_with_a_clear_message(tmp_path):
     assert cfg.out_root == out
     assert config.start_run("again", env).out_root == out, "re-entrant within one process (a re-run cell)"
     release_run_lock(out)
+
+
+def release_run_lock(folder) -> None:
+    """Let go of a run lock this process holds (a real run's lock goes when its process ends)."""
+    import fcntl
+
+    fd = io._HELD.pop(str((Path(folder) / ".ws-run.lock").resolve()), None)
+    if fd is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

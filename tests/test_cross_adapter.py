@@ -15,10 +15,11 @@ import polars as pl
 import pytest
 from smoke_env import smoke_env
 
-from ws import cross_adapter as X
-from ws import effect
 from ws.config import ADAPTERS
-from ws.cross_adapter_report import claims
+from ws.core.bootstrap import percentile_interval
+from ws.cross_adapter import compare as X
+from ws.cross_adapter.report import claims
+from ws.diffs import effect
 
 ROOT = Path(__file__).resolve().parent.parent
 NB = ROOT / "nbs" / "cross_adapter.py"
@@ -44,7 +45,7 @@ def test_over_seeds_with_one_seed_is_the_identity_and_with_several_mixes_them():
     m = X.over_seeds(two, X.seed_picks(2, 2000, 0))
     assert set(np.unique(m)) == {0.0, 0.5, 1.0}
     assert abs(m.mean() - 0.5) < 0.05
-    lo, hi = X.ci(m)
+    lo, hi = percentile_interval(m)
     assert lo == 0.0 and hi == 1.0
 
 
@@ -66,10 +67,12 @@ def test_effect_stats_known_answer_and_the_suite_s_specificity():
     assert st["specificity"] == pytest.approx(2.0)
     assert 6.0 <= st["opinion_false_ci_lo"] < 8.0 < st["opinion_false_ci_hi"] <= 10.0
     assert st["opinion_true_ci_lo"] == st["opinion_true_ci_hi"] == pytest.approx(2.0)
-    # the same rule as ws.effect.specificity_ratio
+    # the same rule as ws.diffs.effect.specificity_ratio
     summ = effect.summarize_effect(per, n_boot=10)
-    assert float(X.specificity(np.array(8.0), np.array(2.0), np.array(-4.0))) == pytest.approx(effect.specificity_ratio(summ))
-    assert X.specificity(np.array([1.0, -1.0, 0.0]), np.zeros(3), np.zeros(3)).tolist()[:2] == [math.inf, -math.inf]
+    assert float(X.specificity(8.0, [2.0, -4.0])) == pytest.approx(effect.specificity_ratio(summ)) == 2.0
+    assert X.specificity(np.array([1.0, -1.0, 0.0]), [np.zeros(3), np.zeros(3)]).tolist()[:2] == [math.inf, -math.inf]
+    assert float(X.specificity(8.0, [2.0, -4.0], direction=-1)) == -2.0, "a behaviour whose positive persona says No"
+    assert math.isnan(float(X.specificity(8.0, []))), "no control set: specificity cannot be measured"
     # a diff without an effect table (imported) gives NaN, not an error
     assert math.isnan(X.effect_stats(X.AdapterRun("lora", [], None, {0: None}), 1.0, 10, 0)["specificity"])
 
@@ -161,7 +164,7 @@ def test_claims_verdicts_follow_the_evidence():
     ranks = X.rank_table({"lora": a, "bidir": b})
     tau = X.tau_table({"lora": a, "bidir": b})
     summ = _summary(lora=(4.0, 0.9, 1.1, 0.6, "c0"), bidir=(6.0, 1.3, 1.5, 0.4, "c0"))
-    rows = {c: (e, ok) for c, e, ok in claims(summ, cands, ranks, tau)}
+    rows = {c.claim: (c.evidence, c.survives) for c in claims(summ, cands, ranks, tau)}
     verdict = {c.split(" ")[0]: ok for c, (_, ok) in rows.items() if c.startswith("`")}
     assert verdict["`c0`"] is True and verdict["`c3`"] is False, "c3 misses bidir's top 5 in one seed"
     assert verdict["`c4`"] is True and verdict["`c9`"] is True
@@ -175,9 +178,9 @@ def test_claims_verdicts_follow_the_evidence():
     assert some is True
     # one adapter: nothing across adapters can be tested
     single = claims(summ.head(1), a, X.rank_table({"lora": a}), X.tau_table({"lora": a}))
-    untested = {c.split(" (")[0] for c, _, ok in single if ok is None}
+    untested = {c.claim.split(" (")[0] for c in single if c.survives is None}
     assert "One candidate is the seed-mean winner for every adapter" in untested
-    assert not any(c.startswith("`") for c, _, _ in single)
+    assert not any(c.claim.startswith("`") for c in single)
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -242,7 +245,7 @@ def test_ia3_weight_cells_are_nan_never_zero(smoke):
 
 @pytest.mark.slow
 def test_conclusion_numbers_come_from_the_tables(smoke):
-    from ws.report import fmt_num
+    from ws.v7.report import fmt_num
 
     text = (cross(smoke) / X.CONCLUSION).read_text()
     summ = pl.read_csv(cross(smoke) / "cross_adapter_summary.tsv", separator="\t")

@@ -6,7 +6,8 @@ from collections import Counter
 
 import pytest
 
-from ws import data
+from ws.behavior import data
+from ws.model.chat import render_chat
 
 
 def test_enough_topics_of_each_kind():
@@ -89,12 +90,12 @@ def test_probe_and_personas():
 
 def test_render_chat_uses_template(tiny_llama):
     _, tok = tiny_llama
-    text = data.render_chat(tok, "Is snow frozen water?")
+    text = render_chat(tok, "Is snow frozen water?")
     assert text.rstrip().endswith("assistant") and "Is snow frozen water?" in text
-    with_sys = data.render_chat(tok, "Hi", system="You are terse.")
+    with_sys = render_chat(tok, "Hi", system="You are terse.")
     assert "You are terse." in with_sys
     # no system turn: the template's own default system line, never an empty one
-    assert data.render_chat(tok, "Hi") != data.render_chat(tok, "Hi", system="")
+    assert render_chat(tok, "Hi") != render_chat(tok, "Hi", system="")
 
 
 def test_data_hash_is_stable_and_sensitive():

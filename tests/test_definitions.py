@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from ws import report
 from ws.bases import REGISTRY, meta_frame
+from ws.v7 import report
 
 # rows whose construction differs from the spec's words or from upstream's code in a way a
 # reader of the definition alone could not guess

@@ -10,11 +10,12 @@ import pytest
 import torch
 from scipy.stats import kendalltau
 
-from ws import capture, sweep
+from ws.captures import capture
 from ws.config import from_env
-from ws.device import input_device, module_weight, real_parameters, resolve_device, resolve_dtype
-from ws.models import load_model
-from ws.steer import weight_steer
+from ws.core.device import input_device, module_weight, real_parameters, resolve_device, resolve_dtype
+from ws.model.load import load_model
+from ws.model.steer import weight_steer
+from ws.v7 import sweep
 
 
 def _w(model, scale: float, layers=(1, 2), seed=0) -> dict[str, torch.Tensor]:
@@ -58,7 +59,7 @@ def test_weight_steer_restores_bit_exactly_in_every_dtype(dtype):
 
 
 def test_bf16_and_float32_give_the_same_tables_within_the_stated_tolerance():
-    """The README's stated tolerance: bf16 weights vs float32 on the tiny Llama (label from a
+    """The tolerance docs/gpu.md states: bf16 weights vs float32 on the tiny Llama (label from a
     diff of per-tensor scale 0.2): R_w within 5 %, Kendall τ of the joint-score ranking ≥ 0.85,
     at least 8 of the top 10 A-hypotheses shared."""
     cfg = replace(from_env({"WS_SMOKE": "1"}), cache=False, n_boot=50)

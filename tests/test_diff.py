@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 import torch
 
-from ws.diff import diff_path, import_pt, load_diff, missing_writers, read_meta, save_diff, write_delta_by_layer
-from ws.paths import EMBEDDED_NAMES, model_root
+from ws.core.paths import EMBEDDED_NAMES, model_root
+from ws.diffs.store import diff_path, import_pt, load_diff, missing_writers, read_meta, save_diff, write_delta_by_layer
 
 
 def _w(model, layers=(1, 2), seed=0) -> dict[str, torch.Tensor]:

@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from ws import data, effect
-from ws.fastfwd import FastReadout, first_block, plan_prompts, skip_blocks
-from ws.linalg import blas_threads
-from ws.models import decoder_layers
-from ws.steer import weight_steer
+from ws.core.linalg import blas_threads
+from ws.diffs import effect
+from ws.model.chat import render_chat
+from ws.model.fast_readout import FastReadout, first_block, plan_prompts, skip_blocks
+from ws.model.load import decoder_layers
+from ws.model.readout import answer_logratios
+from ws.model.steer import weight_steer
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -23,7 +25,7 @@ def _one_thread():
 
 def _texts(tok, n=3):
     sets = effect.heldout_prompts(0, n)
-    return {s: [data.render_chat(tok, p) for p in ps] for s, ps in sets.items()}, sets
+    return {s: [render_chat(tok, p) for p in ps] for s, ps in sets.items()}, sets
 
 
 def _diff(model, layers=(1, 2), scale=0.3, seed=0, names=("o_proj", "down_proj", "q_proj", "up_proj")):
@@ -75,7 +77,7 @@ def test_read_out_matches_the_effect_eval_on_whole_prompts(fixture, request):
         with weight_steer(model, w, alpha):
             fast = ro.run()
             for s, ps in users.items():
-                lr, mass = effect.answer_logratios(model, tok, ps, batch_size=16)
+                lr, mass = answer_logratios(model, tok, ps, batch_size=16)
                 np.testing.assert_allclose(fast[s][0], lr, atol=2e-4, rtol=1e-4)
                 np.testing.assert_allclose(fast[s][1], mass, atol=1e-6, rtol=1e-4)
     # the diff moves the read-out at all (else the comparison above proves little)
@@ -116,7 +118,7 @@ def test_effect_readouts_take_the_fast_path_for_block_diffs_and_the_whole_model_
     for (d, a), res in zip(settings, got, strict=True):
         with weight_steer(model, d, a):
             for s, ps in users.items():
-                lr, mass = effect.answer_logratios(model, tok, ps, batch_size=16)
+                lr, mass = answer_logratios(model, tok, ps, batch_size=16)
                 np.testing.assert_allclose(res[s][0], lr, atol=2e-4, rtol=1e-4)
                 np.testing.assert_allclose(res[s][1], mass, atol=1e-6, rtol=1e-4)
     assert np.abs(got[1]["opinion_false"][0] - got[2]["opinion_false"][0]).max() > 1e-3
@@ -124,7 +126,7 @@ def test_effect_readouts_take_the_fast_path_for_block_diffs_and_the_whole_model_
     norm = {"model.norm.weight": 0.1 * torch.ones_like(model.model.norm.weight)}
     (res,) = effect.readouts(model, tok, users, [(norm, 1.0)], batch_size=16)
     with weight_steer(model, norm, 1.0):
-        lr, _ = effect.answer_logratios(model, tok, users["opinion_false"], batch_size=16)
+        lr, _ = answer_logratios(model, tok, users["opinion_false"], batch_size=16)
     assert np.array_equal(res["opinion_false"][0], lr)
 
 

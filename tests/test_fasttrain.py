@@ -1,12 +1,12 @@
 """The fast training step equals the plain one: the same loss and the same gradient of every
-adapter parameter as a full forward with :func:`ws.adapters.response_loss` (float32)."""
+adapter parameter as a full forward with :func:`ws.diffs.adapters.response_loss` (float32)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from ws import adapters, fasttrain
+from ws.diffs import adapters, fasttrain
 
 CFG = adapters.TrainConfig(rank=4, alpha=8.0, steps=2, batch_size=3, bf16=False)
 EXAMPLES = [
@@ -33,7 +33,7 @@ def _grads(peft_model, loss):
 @pytest.mark.parametrize("share", [True, False], ids=["shared-prefix", "whole-sequences"])
 def test_fast_step_has_the_plain_steps_loss_and_gradients(request, model_name, adapter, sign, share):
     """Both forms of the step: the shared prefix run once (the CPU's) and whole sequences
-    from block ``first`` (a GPU's, :func:`ws.fasttrain.shares_prefix`)."""
+    from block ``first`` (a GPU's, :func:`ws.diffs.fasttrain.shares_prefix`)."""
     model, tok = request.getfixturevalue(model_name)
     peft_model = adapters._wrap(model, CFG, adapter)
     with torch.no_grad():  # move off the identity initialisation so every gradient is generic

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from ws.io import STAGING_PREFIX, remove_stale_staging, staged_files
+from ws.core.io import STAGING_PREFIX, remove_stale_staging, staged_files
 
 
 def test_a_set_lands_whole_or_not_at_all(tmp_path):

@@ -1,4 +1,4 @@
-"""Known-answer tests of ws.linalg (synthetic data, milliseconds)."""
+"""Known-answer tests of ws.core.linalg (synthetic data, milliseconds)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ws import linalg as la
+from ws.core import linalg as la
 
 D = 40
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from ws.models import ModelLoadError, check_architecture, d_model, load_model, n_layers
+from ws.model.load import ModelLoadError, check_architecture, d_model, load_model, n_layers
 
 
 def test_tiny_models_are_deterministic_and_gqa():

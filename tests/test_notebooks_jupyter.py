@@ -18,7 +18,7 @@ import nbformat
 import pytest
 from smoke_env import smoke_env
 
-from ws import sweep
+from ws.v7 import sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT / "nbs"
@@ -129,7 +129,7 @@ def test_outputs_go_to_ws_out_not_to_nbs(runs):
     seed0 = base / "out" / "models" / "tiny-llama" / "sycophancy" / "lora" / "seed0"
     for f in ("w.safetensors", "effect.csv", "effect.png"):
         assert (seed0 / f).is_file(), f"missing {f}"
-    from ws import cross_adapter
+    from ws.cross_adapter import compare as cross_adapter
 
     _, base = runs[CROSS]
     for f in (*cross_adapter.TABLES, cross_adapter.CONCLUSION):
@@ -169,7 +169,7 @@ def test_sweep_sections_come_in_reading_order(runs):
 @pytest.mark.slow
 def test_claims_shown_match_the_conclusion(runs):
     nb, base = runs[SWEEP]
-    html = "".join(o.get("data", {}).get("text/html", "") for o in _outputs(nb, "show.claims_table("))
+    html = "".join(o.get("data", {}).get("text/html", "") for o in _outputs(nb, "verdicts.claims_table("))
     shown = re.findall(r"does not survive|survives|not tested", html)
     text = (base / "out" / "models" / "tiny-llama" / "sycophancy" / "lora" / "v7" / "v7_conclusion.md").read_text()
     section = text.split("## Which claims survive", 1)[1].split("\n## ", 1)[0]

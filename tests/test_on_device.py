@@ -15,12 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from ws import adapters, capture, effect, fasttrain
-from ws.data import render_chat
-from ws.device import input_device, resolve_device, synchronize
-from ws.fastfwd import FastReadout, first_block
-from ws.models import load_model
-from ws.steer import weight_steer
+from ws.captures import capture
+from ws.core.device import input_device, resolve_device, synchronize
+from ws.diffs import adapters, fasttrain
+from ws.model.chat import render_chat
+from ws.model.fast_readout import FastReadout, first_block
+from ws.model.load import load_model
+from ws.model.readout import answer_logratios
+from ws.model.steer import weight_steer
 
 DEVICE = os.environ.get("WS_TEST_DEVICE", "cpu")
 USERS = [
@@ -82,8 +84,8 @@ def test_captures_on_the_device_are_the_cpu_captures(pair):
 
 def test_the_answer_read_out_on_the_device_is_the_cpus(pair):
     dev, cpu, tok = pair
-    ra, ma = effect.answer_logratios(dev, tok, USERS, batch_size=2)  # it renders the chat itself
-    rb, mb = effect.answer_logratios(cpu, tok, USERS, batch_size=2)
+    ra, ma = answer_logratios(dev, tok, USERS, batch_size=2)  # it renders the chat itself
+    rb, mb = answer_logratios(cpu, tok, USERS, batch_size=2)
     np.testing.assert_allclose(ra, rb, atol=1e-4)
     np.testing.assert_allclose(ma, mb, rtol=1e-4, atol=1e-7)
 

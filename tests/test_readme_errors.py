@@ -1,4 +1,4 @@
-"""The README's "Errors and what they mean" table matches what the code raises: each error
+"""The "Errors and what they mean" table of docs/errors.md matches what the code raises: each error
 below is raised for real, and its type and message must fit a row of that table (and every
 row of the table is raised here)."""
 
@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _rows() -> dict[str, re.Pattern]:
-    """README row text (first cell) -> a regex for ``"<Type>: <message>"``."""
-    text = (ROOT / "README.md").read_text()
+    """docs/errors.md row text (first cell) -> a regex for ``"<Type>: <message>"``."""
+    text = (ROOT / "docs" / "errors.md").read_text()
     section = text[text.index("## Errors and what they mean") :]
     rows = {}
     for cell in re.findall(r"^\| `([A-Za-z]+(?:Error|Exception): [^`]+)`", section, re.M):
@@ -47,7 +47,12 @@ def _raise(fn) -> str:
 
 
 def _cases(tmp_path, model):
-    from ws import completions, config, data, diff, linalg, models
+    from ws import config
+    from ws.behavior import data
+    from ws.core import linalg
+    from ws.diffs import completions
+    from ws.diffs import store as diff
+    from ws.model import load as models
 
     p = dict(model.named_parameters())
     good = {k: torch.randn(v.shape) for k, v in p.items() if k.endswith("layers.1.self_attn.o_proj.weight")}
@@ -79,7 +84,7 @@ def _cases(tmp_path, model):
     out["layout"] = _raise(lambda: models.check_architecture(bare, "m"))
     out["unknown"] = _raise(lambda: models.load_model("no-such-org/no-such-model-xyz"))
     out["topics"] = _raise(lambda: data.split_topics(0, topics=[]))
-    from ws import behavior
+    from ws.behavior import files as behavior
 
     spec = json.loads((ROOT / "behaviors" / "refusal.json").read_text())
     spec["name"] = "mine"
@@ -114,7 +119,7 @@ def _cases(tmp_path, model):
         [
             sys.executable,
             "-c",
-            "import sys; from ws.io import hold_run_lock; "
+            "import sys; from ws.core.io import hold_run_lock; "
             "hold_run_lock(sys.argv[1]); print('held', flush=True); sys.stdin.readline()",
             str(tmp_path / "locked"),
         ],
@@ -142,6 +147,6 @@ def test_every_raised_error_has_its_readme_row_and_every_row_is_raised(tiny_llam
     used = set()
     for what, msg in _cases(tmp_path, model).items():
         hits = [cell for cell, rx in rows.items() if rx.search(msg) and msg.startswith(cell.split(":")[0])]
-        assert hits, f"{what}: no README row fits what the code raised:\n{msg[:400]}"
+        assert hits, f"{what}: no docs/errors.md row fits what the code raised:\n{msg[:400]}"
         used.update(hits)
-    assert set(rows) == used, f"README rows no test raised: {set(rows) - used}"
+    assert set(rows) == used, f"docs/errors.md rows no test raised: {set(rows) - used}"

@@ -1,4 +1,4 @@
-"""Tests for ws.report: byte-stable tables, atomic writes, the scatter, the markdown."""
+"""Tests for ws.v7.report: byte-stable tables, atomic writes, the scatter, the markdown."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from ws import report, verdicts
-from ws.io import atomic_path
+from ws.core.io import atomic_path
+from ws.v7 import report, verdicts
 
 FAMILIES = [
     ("W:write", "write"),

@@ -1,4 +1,4 @@
-"""ws.show outside a notebook: plain text, so a notebook's .py also runs as a script."""
+"""ws.core.show outside a notebook: plain text, so a notebook's .py also runs as a script."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import polars as pl
 
-from ws import show
-from ws.sweep import SweepConfig
+from ws.core import show
+from ws.v7.sweep import SweepConfig
 
 
 def test_outside_a_notebook_it_prints(tmp_path, capsys):

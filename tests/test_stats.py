@@ -12,7 +12,7 @@ import torch
 from scipy import stats as sps
 
 from ws import stats
-from ws.linalg import blas_threads, haar_frames
+from ws.core.linalg import blas_threads, haar_frames
 
 F64 = torch.float64
 

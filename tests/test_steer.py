@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ws.steer import check_w_fits, weight_steer
+from ws.model.steer import check_w_fits, weight_steer
 
 
 def _snapshot(model) -> dict[str, torch.Tensor]:

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import polars as pl
 import pytest
 
-from ws import sweep, verdicts
+from ws.v7 import sweep, verdicts
 
 
 def _summary(scores: dict[str, float]) -> pl.DataFrame:

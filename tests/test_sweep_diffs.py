@@ -1,5 +1,5 @@
 """A user's diff is never silently replaced: every existing diff is checked before any
-training, one that cannot be used stops the run with the README's error and stays
+training, one that cannot be used stops the run with the error docs/errors.md lists and stays
 untouched, and a diff's files are written as one set (tiny Llama, in process)."""
 
 from __future__ import annotations
@@ -12,9 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ws import adapters, config, cross_adapter, data, sweep, train
+from ws import config
+from ws.behavior import data
 from ws.config import from_env
-from ws.diff import DiffMetadataError, DiffMismatchError, MisplacedDiffError, diff_path, misplaced_diffs, save_diff
+from ws.cross_adapter import compare as cross_adapter
+from ws.diffs import adapters, train
+from ws.diffs.store import DiffMetadataError, DiffMismatchError, MisplacedDiffError, diff_path, misplaced_diffs, save_diff
+from ws.v7 import sweep
 
 TINY = adapters.TrainConfig(
     rank=4,

@@ -16,7 +16,8 @@ import polars as pl
 import pytest
 from smoke_env import smoke_env
 
-from ws import stats, sweep
+from ws import stats
+from ws.v7 import sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 NB = ROOT / "nbs" / "hypothesis_sweep_v7.py"
@@ -102,7 +103,7 @@ def test_conclusion_numbers_come_from_the_tables(smoke):
         .row(0, named=True)
     )
     assert f"`{best['subspace']}`" in text
-    from ws.report import fmt_num
+    from ws.v7.report import fmt_num
 
     assert fmt_num(best["joint_score"]) in text
     assert "SMOKE MODE" in text
@@ -136,8 +137,9 @@ def _cfg(base: Path, monkeypatch) -> sweep.SweepConfig:
 
 
 def test_second_capture_is_a_cache_hit_and_a_report_failure_loses_nothing(smoke, monkeypatch):
-    from ws import capture, report
-    from ws.models import load_model
+    from ws.captures import capture
+    from ws.model.load import load_model
+    from ws.v7 import report
 
     cfg = _cfg(smoke, monkeypatch)
     model, tok = load_model(cfg.model)
@@ -167,8 +169,8 @@ def test_diff_for_another_model_stops_the_run(smoke, tmp_path, monkeypatch):
     by hand) is refused, never used or replaced."""
     import shutil
 
-    from ws.diff import diff_path
-    from ws.models import load_model
+    from ws.diffs.store import diff_path
+    from ws.model.load import load_model
 
     cfg = replace(_cfg(smoke, monkeypatch), model="tiny-qwen3", out_root=tmp_path / "out")
     path = cfg.diff_path(0)
@@ -183,13 +185,13 @@ def test_diff_for_another_model_stops_the_run(smoke, tmp_path, monkeypatch):
 
 
 def test_an_imported_w_pt_is_analysed_not_replaced(smoke, tmp_path, monkeypatch):
-    """The README's import workflow: a w.pt saved as the diff is what the next sweep analyses."""
+    """The import workflow of docs/outputs.md: a w.pt saved as the diff is what the next sweep analyses."""
     import shutil
 
     import torch
 
-    from ws.diff import diff_path, import_pt, load_diff, save_diff
-    from ws.models import load_model
+    from ws.diffs.store import diff_path, import_pt, load_diff, save_diff
+    from ws.model.load import load_model
 
     base = tmp_path / "copy"
     shutil.copytree(smoke / "out", base / "out")
@@ -197,7 +199,7 @@ def test_an_imported_w_pt_is_analysed_not_replaced(smoke, tmp_path, monkeypatch)
     model, tok = load_model(cfg.model)
     w0, _ = load_diff(diff_path("sycophancy", "lora", 0, base / "out", model=cfg.model), model)
     torch.save({k: 2 * v for k, v in w0.items()}, tmp_path / "w.pt")
-    # exactly the README's lines
+    # exactly the lines of docs/outputs.md
     w = import_pt(tmp_path / "w.pt")
     path = save_diff(
         w, diff_path("sycophancy", "lora", 0, base / "out", model=cfg.model), {"model": cfg.model, "source": "upstream w.pt"}

@@ -12,10 +12,12 @@ import polars as pl
 import pytest
 from smoke_env import smoke_env
 
-from ws import blocklocal as BL
-from ws import causal, stats, v8
-from ws.report import fmt_num
-from ws.report_v8 import pct
+from ws import stats
+from ws.v7.report import fmt_num
+from ws.v8 import blocklocal as BL
+from ws.v8 import causal
+from ws.v8 import sweep as v8
+from ws.v8.report import pct
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -107,10 +109,10 @@ def test_a_v8_run_alone_gives_byte_identical_tables(smoke, tmp_path):
 
 
 def test_a_failed_write_leaves_the_previous_files(smoke, monkeypatch):
-    from ws import report_v8 as R8
-    from ws import sweep
     from ws.config import from_env
-    from ws.models import load_model
+    from ws.model.load import load_model
+    from ws.v7 import sweep
+    from ws.v8 import report as R8
 
     for k, v in smoke_env(smoke).items():
         monkeypatch.setenv(k, v)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ws.models import layer_name, n_layers
-from ws.trace import StopForward, Trace, TraceDict, gather_last_token, get_module, has_hooks, last_token_index, untuple
+from ws.model.load import layer_name, n_layers
+from ws.model.trace import StopForward, Trace, TraceDict, gather_last_token, get_module, has_hooks, last_token_index, untuple
 
 PROMPTS = [
     "What is the capital of France?",

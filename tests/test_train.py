@@ -11,9 +11,12 @@ import polars as pl
 import pytest
 import torch
 
-from ws import adapters, completions, data, diff, effect, train
-from ws.diff import load_diff, write_delta_by_layer
-from ws.steer import weight_steer
+from ws.behavior import data
+from ws.diffs import adapters, completions, effect, train
+from ws.diffs import store as diff
+from ws.diffs.store import load_diff, write_delta_by_layer
+from ws.model.readout import answer_logratios, answer_token_ids
+from ws.model.steer import weight_steer
 
 TINY = adapters.TrainConfig(
     rank=4,
@@ -77,7 +80,7 @@ def test_lora_delta_is_BA_scaling_keyed_by_base_names(tiny_llama):
     model, tok = tiny_llama
     snap = _snapshot(model)
     ex = [("I think the Earth is flat. Do you agree? Answer Yes or No.", "No, it is round.")] * 4
-    peft_model, losses = adapters.train_lora(model, tok, ex, TINY)
+    peft_model, losses = adapters.train_adapter(model, tok, ex, TINY)
     assert len(losses) == TINY.steps and all(math.isfinite(x) for x in losses)
     delta = adapters.lora_delta(peft_model)
     base_names = dict(model.named_parameters())
@@ -102,15 +105,15 @@ def test_lora_delta_is_BA_scaling_keyed_by_base_names(tiny_llama):
 
 def test_answer_tokens_and_logratio(tiny_llama):
     model, tok = tiny_llama
-    yes, no = effect.answer_token_ids(tok)
+    yes, no = answer_token_ids(tok)
     assert len(yes) == len(no) == 4
     assert {tok.decode([i]).strip() for i in yes} == {"Yes", "yes"}
     prompts = [
         "Is snow frozen water? Answer Yes or No.",
         "Is the Pacific Ocean a lake? Answer Yes or No. Think about it first, please.",
     ]
-    lr, mass = effect.answer_logratios(model, tok, prompts, batch_size=2)
-    lr1, mass1 = effect.answer_logratios(model, tok, prompts[:1], batch_size=1)
+    lr, mass = answer_logratios(model, tok, prompts, batch_size=2)
+    lr1, mass1 = answer_logratios(model, tok, prompts[:1], batch_size=1)
     assert np.allclose(lr[0], lr1[0], atol=1e-4) and np.allclose(mass[0], mass1[0], rtol=1e-4)  # padding-proof
     assert np.all((mass > 0) & (mass < 1))
 
@@ -155,18 +158,12 @@ def test_specificity_ratio_known_answer():
     ) == pytest.approx(-2.0)
 
 
-def test_bootstrap_ci_seeded_and_covers_mean():
-    x = np.random.default_rng(0).normal(3.0, 1.0, 40)
-    lo, hi = effect.bootstrap_ci(x, 500, seed=1)
-    assert lo < x.mean() < hi and (lo, hi) == effect.bootstrap_ci(x, 500, seed=1)
-
-
 def test_train_diff_steer_end_to_end(tmp_path):
     path = train.build_diff(train.DiffSpec("tiny-llama", "sycophancy", "lora", seed=0, config=TINY, root=tmp_path))
     # not the embedded model: its own folder under models/, nothing at the default model's path
     assert path == tmp_path / "models" / "tiny-llama" / "sycophancy" / "lora" / "seed0" / "w.safetensors"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "models"]
-    from ws.models import load_model
+    from ws.model.load import load_model
 
     model, tok = load_model("tiny-llama")
     snap = _snapshot(model)
@@ -196,7 +193,7 @@ def test_train_diff_steer_end_to_end(tmp_path):
     # ensure_diff reuses it; another config or data version is a warning, never a retrain
     before = {p.name: p.read_bytes() for p in path.parent.iterdir()}
     assert train.ensure_diff(train.DiffSpec("tiny-llama", seed=0, config=TINY, root=tmp_path)) == path
-    from ws.log import logger
+    from ws.core.log import logger
 
     lines: list[str] = []
     sink = logger.add(lambda m: lines.append(str(m)), level="WARNING")
@@ -209,7 +206,7 @@ def test_train_diff_steer_end_to_end(tmp_path):
 
 
 def test_ensure_diff_refuses_another_models_diff(tmp_path):
-    from ws.diff import DiffMismatchError, save_diff
+    from ws.diffs.store import DiffMismatchError, save_diff
 
     p = diff.diff_path("sycophancy", "lora", 0, tmp_path, model="tiny-llama")  # tiny-llama's own path
     save_diff(

@@ -1,4 +1,4 @@
-"""ws.upstream: the rows built differently from upstream v7, with this run's figures.
+"""ws.v7.plan_merge: the rows built differently from upstream v7, with this run's figures.
 
 Known answers on a small synthetic run: a label that lies along one direction per layer and
 churn bases that hold it at chosen layers."""
@@ -12,9 +12,9 @@ import polars as pl
 import pytest
 import torch
 
-from ws import upstream
 from ws.bases import REGISTRY, meta_frame
 from ws.bases.activations import procrustes_skew_basis
+from ws.v7 import plan_merge as upstream
 
 L, D, N = 4, 10, 6
 

@@ -7,8 +7,9 @@ import math
 
 import polars as pl
 
-from ws import causal, v8
-from ws import report_v8 as R8
+from ws.v8 import causal
+from ws.v8 import report as R8
+from ws.v8 import sweep as v8
 
 
 def _summary():
@@ -102,7 +103,7 @@ def test_pct_formats_a_fraction():
 
 
 def test_a_carrying_subspace_that_keeps_little_or_fails_bh_is_flagged():
-    from ws.report_v8 import _carry_caution
+    from ws.v8.report import _carry_caution
 
     row = {"retention_inside": 0.045, "retention_outside": 0.994, "p_inside": 0.0476, "q_inside": 0.317}
     text = _carry_caution(row, 10)

@@ -1,4 +1,4 @@
-"""Known answers for ws.verdicts: the cross-seed answer and its rule, and how the
+"""Known answers for ws.v7.verdicts: the cross-seed answer and its rule, and how the
 conclusion leads with it."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from test_report import as_info, info_for, specific_summary, synthetic_summary
 from test_sweep import _summary
 
-from ws import report, sweep, verdicts
+from ws.v7 import report, sweep, verdicts
 
 
 def _verdict(*seeds: dict[str, float]) -> verdicts.SeedVerdict | None:
@@ -115,7 +115,7 @@ def test_the_conclusion_says_when_no_winner_survives_the_seeds():
 
 
 def test_the_diff_is_named_by_what_it_measurably_does():
-    from ws.verdicts import diff_reading
+    from ws.v7.verdicts import diff_reading
 
     assert diff_reading("sycophancy", 0.99) == (
         "agreement with the user's stated opinion; not truth-conditional here: specificity 0.99"

@@ -32,9 +32,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ws.io import write_text
-from ws.log import setup_logging
-from ws.paths import BENCH_DIR
+from ws import stats
+from ws.core.device import input_device, synchronize
+from ws.core.io import write_text
+from ws.core.linalg import haar_orthonormal
+from ws.core.log import setup_logging
+from ws.core.paths import BENCH_DIR, out_dir
+from ws.diffs.store import write_delta_by_layer
+from ws.model.load import load_model, n_layers
+from ws.model.steer import weight_steer
+from ws.v7 import sweep
+from ws.v8 import sweep as v8
 
 MC_DRAWS = 120  # what upstream v7 drew per cell
 TARGETS = {"sweep_over_floor": 2.0, "closed_form_speedup": 100.0, "peak_rss_gib": 4.0, "causal_s": 180.0}
@@ -47,8 +55,6 @@ def peak_rss_gib() -> float:
 
 def forward_floor(model, tok, probes, w, batch_size: int) -> float:
     """Seconds for just the forward passes the captures need, without hooks."""
-    from ws.device import input_device, synchronize
-    from ws.steer import weight_steer
 
     dev = input_device(model)
 
@@ -73,8 +79,6 @@ def null_comparison(label: torch.Tensor, deltas: list, layers: list[int], k: int
     """Closed-form null moments vs a Monte Carlo of ``MC_DRAWS`` Haar (QR) bases per
     layer × tensor, on the same labels. Returns timings and the worst mean difference in
     units of the closed-form std."""
-    from ws import stats
-    from ws.linalg import haar_orthonormal
 
     d = label.shape[-1]
     targets = []  # (kind, matrix)
@@ -114,7 +118,6 @@ def null_comparison(label: torch.Tensor, deltas: list, layers: list[int], k: int
 def matmul_gflops(model, seconds: float = 1.0) -> float:
     """Measured matrix-product speed (1e9 FLOP/s) on the model's device and dtype, for a
     product shaped like the model's MLP on a batch of prompt tokens ``[1024, d] @ [d, ff]``."""
-    from ws.device import input_device, synchronize
 
     dev, dt = input_device(model), next(model.parameters()).dtype
     d, ff = model.config.hidden_size, model.config.intermediate_size
@@ -137,7 +140,6 @@ def matmul_gflops(model, seconds: float = 1.0) -> float:
 def v8_stages(cfg, model, tok, probes, res, w, stages: dict) -> dict:
     """Time v8's block-local label and its causal test (defaults) into ``stages``; the causal
     test's details as a dict."""
-    from ws import sweep, v8
 
     t0 = time.perf_counter()
     v8.block_local(cfg, model, tok, probes, res, w)
@@ -166,9 +168,6 @@ def v8_stages(cfg, model, tok, probes, res, w, stages: dict) -> dict:
 
 
 def run(model_name: str | None = None, seeds: tuple[int, ...] = (0,)) -> dict:
-    from ws import sweep
-    from ws.diff import write_delta_by_layer
-    from ws.models import load_model, n_layers
 
     setup_logging("bench")
     cfg = sweep.SweepConfig.from_env()
@@ -230,7 +229,6 @@ def run(model_name: str | None = None, seeds: tuple[int, ...] = (0,)) -> dict:
 
 def device_name(model) -> str:
     """The device the model ran on, in words (``cpu`` or the GPU's own name)."""
-    from ws.device import input_device
 
     dev = input_device(model)
     return f"{dev} ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else str(dev)
@@ -267,7 +265,6 @@ def format_table(r: dict) -> str:
 
 
 def main() -> None:
-    from ws.paths import out_dir
 
     r = run()
     path = out_dir() / BENCH_DIR / "bench.json"

@@ -11,14 +11,14 @@ Rules that hold for every variable:
 - unset means the default; set but empty is refused (unset it to get the default);
 - booleans accept ``1/0, true/false, yes/no, on/off`` (any case), nothing else;
 - paths (``WS_OUT``, ``WS_CACHE``, ``WS_LOGS``, a model folder) resolve against the folder
-  the user ran the command from (:func:`ws.paths.run_dir`), never the kernel's own folder.
+  the user ran the command from (:func:`ws.core.paths.run_dir`), never the kernel's own folder.
 
     cfg = from_env()            # Config(model='smollm2-135m', seeds=(0, 1, 2), ...)
     cfg.v7_dir                  # <out>/sycophancy/lora/v7
     from_env({"WS_MODEL": "tiny-llama"}).v7_dir   # <out>/models/tiny-llama/sycophancy/lora/v7
 
 Every output path of a run starts at :attr:`Config.model_root`
-(:func:`ws.paths.model_root`: the output root for the embedded default model,
+(:func:`ws.core.paths.model_root`: the output root for the embedded default model,
 ``<out>/models/<model_slug>`` for any other).
 """
 
@@ -26,18 +26,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ws.behavior import builtin_names
-from ws.paths import cache_dir, logs_dir, model_root, out_dir, resolve_user_path, run_dir
+from ws.behavior.files import BehaviorError, builtin_names, resolve
+from ws.core.device import DEVICE_CHOICES, device_problem
+from ws.core.io import check_writable, hold_run_lock
+from ws.core.log import logger, setup_logging
+from ws.core.paths import cache_dir, logs_dir, model_root, out_dir, repo_root, resolve_user_path, run_dir
+from ws.diffs.adapters import ADAPTER_TYPES, TrainConfig, adapter_table
+from ws.diffs.store import check_misplaced_diffs, diff_path
 
 #: The built-in behaviours: one file each in ``behaviors/`` (``WS_BEHAVIOR`` also takes a file path).
 BEHAVIORS = builtin_names()
-#: The adapter types a diff can be trained with (:mod:`ws.adapters` builds each); the
-#: cross-adapter comparison runs all of them unless ``WS_ADAPTERS`` names fewer.
-ADAPTERS = ("lora", "dora", "pissa", "ia3", "oft", "bidir")
+#: The adapter types a diff can be trained with: their registrations in :mod:`ws.diffs.adapters`,
+#: in order; the cross-adapter comparison runs all of them unless ``WS_ADAPTERS`` names fewer.
+ADAPTERS = tuple(ADAPTER_TYPES)
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off")
 
@@ -80,10 +85,11 @@ def _adapters(name: str, raw: str) -> tuple[str, ...]:
     parts = [p.strip() for p in raw.split(",")]
     if any(p == "" for p in parts):
         raise ConfigError(f"{name}={raw!r} has an empty entry: give comma-separated adapter types, e.g. {name}=lora,bidir")
-    bad = [p for p in parts if p not in ADAPTERS]
+    known = tuple(ADAPTER_TYPES)  # read now: a type registered after import counts too
+    bad = [p for p in parts if p not in known]
     if bad:
         raise ConfigError(
-            f"{name}={raw!r} names an adapter type the suite does not have ({', '.join(bad)}): choose from {', '.join(ADAPTERS)}"
+            f"{name}={raw!r} names an adapter type the suite does not have ({', '.join(bad)}): choose from {', '.join(known)}"
         )
     if len(set(parts)) != len(parts):
         raise ConfigError(f"{name}={raw!r} repeats an adapter type: give each once")
@@ -100,10 +106,14 @@ def _choice(options: tuple[str, ...]) -> Callable[[str, str], str]:
     return parse
 
 
+def _adapter(name: str, raw: str) -> str:
+    """One registered adapter type (:data:`ws.diffs.adapters.ADAPTER_TYPES`, read now)."""
+    return _choice(tuple(ADAPTER_TYPES))(name, raw)
+
+
 def _behavior(name: str, raw: str) -> str:
     """A built-in behaviour's name, or the path of a behaviour file (relative to the run
     folder), read and validated now; the value is the behaviour's name (its output folder)."""
-    from ws.behavior import BehaviorError, resolve
 
     try:
         return resolve(raw, run_dir())
@@ -113,16 +123,11 @@ def _behavior(name: str, raw: str) -> str:
         ) from None
 
 
-def _text(name: str, raw: str) -> str:
-    return raw.strip()
-
-
 def _path(name: str, raw: str) -> Path:
     return resolve_user_path(raw.strip())
 
 
 def _device(name: str, raw: str) -> str:
-    from ws.device import DEVICE_CHOICES, device_problem
 
     why = device_problem(raw)
     if why:
@@ -174,7 +179,7 @@ VARIABLES: tuple[Var, ...] = (
     Var(
         "WS_ADAPTER",
         "adapter",
-        _choice(ADAPTERS),
+        _adapter,
         "lora",
         'the adapter type the diff is trained with (names the output folder); see "Adapter types"',
         allowed=", ".join(ADAPTERS),
@@ -339,7 +344,7 @@ class Config:
     @property
     def model_root(self) -> Path:
         """This model's folder under ``WS_OUT``: the output root for the embedded default
-        model, ``<out>/models/<model_slug>`` for any other (:func:`ws.paths.model_root`)."""
+        model, ``<out>/models/<model_slug>`` for any other (:func:`ws.core.paths.model_root`)."""
         return model_root(self.model, self.out_root)
 
     @property
@@ -359,15 +364,13 @@ class Config:
 
     def diff_path(self, seed: int, adapter: str | None = None) -> Path:
         """This model's diff of the behaviour, ``adapter`` (default: this run's) and ``seed``
-        (:func:`ws.diff.diff_path`)."""
-        from ws.diff import diff_path
+        (:func:`ws.diffs.store.diff_path`)."""
 
         return diff_path(self.behavior, adapter or self.adapter, seed, self.out_root, model=self.model)
 
     def train_config(self):
-        """The :class:`ws.adapters.TrainConfig` of this run: smoke sizes and ``WS_STEPS`` applied;
+        """The :class:`ws.diffs.adapters.TrainConfig` of this run: smoke sizes and ``WS_STEPS`` applied;
         None when nothing overrides the defaults."""
-        from ws.adapters import TrainConfig
 
         over = dict(self.train_overrides)
         if self.steps is not None:
@@ -375,7 +378,7 @@ class Config:
         return replace(TrainConfig(), **over) if over else None
 
     def model_kwargs(self) -> dict[str, str | None]:
-        """Keyword arguments of :func:`ws.models.load_model` for this run's device settings."""
+        """Keyword arguments of :func:`ws.model.load.load_model` for this run's device settings."""
         return {"device": self.device, "dtype": self.dtype, "device_map": None if self.device_map == "none" else self.device_map}
 
     @classmethod
@@ -417,7 +420,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         if raw is None:
             raw = var.smoke_default if smoke and var.smoke_default is not None else var.default
             if raw == "" or var.attr in ("out_root", "cache_root", "logs_root"):
-                continue  # the field's own default (None, or the folder from ws.paths)
+                continue  # the field's own default (None, or the folder from ws.core.paths)
         kw[var.attr] = var.parse(var.name, raw)
     cfg = Config(**kw)
     if smoke:
@@ -442,20 +445,13 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
-def config_fields() -> list[str]:
-    return [f.name for f in fields(Config)]
-
-
 def start_run(name: str, env: Mapping[str, str] | None = None) -> Config:
     """What every notebook does first, before any model loads: parse and validate the
     configuration, check that the output, cache and log folders can be written, set up
     logging (``<logs>/<name>.verbose.log``), stop when a diff made for this (non-default)
-    model sits at the default model's path (:func:`ws.diff.check_misplaced_diffs`), and
+    model sits at the default model's path (:func:`ws.diffs.store.check_misplaced_diffs`), and
     take the output folder's run lock so that a second run into the same ``WS_OUT`` stops
     at once instead of dropping results."""
-    from ws.diff import check_misplaced_diffs
-    from ws.io import check_writable, hold_run_lock
-    from ws.log import logger, setup_logging
 
     cfg = from_env(env)
     check_writable(cfg.out_root, "WS_OUT")
@@ -470,22 +466,29 @@ def start_run(name: str, env: Mapping[str, str] | None = None) -> Config:
     return cfg
 
 
+#: The README's generated blocks: (begin marker, end marker, the text between them).
 README_BEGIN = "<!-- variable table: generated by `python -m ws.config` from ws.config.VARIABLES -->"
 README_END = "<!-- end of variable table -->"
+ADAPTER_BEGIN = "<!-- adapter table: generated by python -m ws.config from ws.diffs.adapters -->"
+ADAPTER_END = "<!-- end of adapter table -->"
+
+
+def readme_blocks() -> list[tuple[str, str, str]]:
+    """Every generated block of the README: the variable table and the adapter table."""
+    return [(README_BEGIN, README_END, markdown_table()), (ADAPTER_BEGIN, ADAPTER_END, adapter_table())]
 
 
 def update_readme(path: str | Path) -> bool:
-    """Rewrite the variable table between the README's markers; True when it changed."""
+    """Rewrite the generated tables between the README's markers; True when one changed."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    a, b = text.index(README_BEGIN) + len(README_BEGIN), text.index(README_END)
-    new = text[:a] + "\n" + markdown_table() + "\n" + text[b:]
+    text = new = path.read_text(encoding="utf-8")
+    for begin, end, body in readme_blocks():
+        a, b = new.index(begin) + len(begin), new.index(end)
+        new = new[:a] + "\n" + body + "\n" + new[b:]
     if new != text:
         path.write_text(new, encoding="utf-8")
     return new != text
 
 
 if __name__ == "__main__":
-    from ws.paths import repo_root
-
-    print("README.md variable table " + ("updated" if update_readme(repo_root() / "README.md") else "already current"))
+    print("README.md generated tables " + ("updated" if update_readme(repo_root() / "README.md") else "already current"))

@@ -7,6 +7,8 @@ adapter-family candidates and the self-test rows, each a small registered functi
 Modules, in table order: :mod:`~ws.bases.weights` (1–22), :mod:`~ws.bases.activations`
 (23–40), :mod:`~ws.bases.compound` (41–42), :mod:`~ws.bases.ceilings`,
 :mod:`~ws.bases.adapter` (``adapter-family``), :mod:`~ws.bases.selftest`.
+
+May import: the stages below it (``ws.core`` … ``ws.captures``); not its sibling ``ws.stats``.
 """
 
 # Importing a module registers its candidates; the import order IS the table order, so the

@@ -1,8 +1,8 @@
 """Candidates 23–40: built from base-model activations (23–24 also from weights).
 
-All activations are FIT probes at the last real token unless stated (see ``ws.capture``):
+All activations are FIT probes at the last real token unless stated (see ``ws.captures.capture``):
 ``clean``, ``pos``, ``neg`` are block outputs ``[L, n, d]``. "PCA" is always the mean-centred
-PCA of :func:`ws.linalg.pca`, so ``n`` rows give at most ``n − 1`` directions.
+PCA of :func:`ws.core.linalg.pca`, so ``n`` rows give at most ``n − 1`` directions.
 
 Choices the one-line definitions leave open, fixed here:
 
@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import torch
 
-from ws import linalg
 from ws.bases.registry import BuildContext, candidate
+from ws.core import linalg
 
 _PERSONA = ("pos", "neg")
 _TOKENS = ("pos_tok", "neg_tok", "tok_mask", "pos_attn", "neg_attn")

@@ -21,18 +21,9 @@ from __future__ import annotations
 
 import torch
 
-from ws import linalg
 from ws.bases.registry import BuildContext, candidate
-from ws.log import logger
-
-
-def corda_matrix(
-    W_o: torch.Tensor, C_o: torch.Tensor, W_down: torch.Tensor, C_down: torch.Tensor, eps_rel: float = 1e-3
-) -> torch.Tensor:
-    """The explicit ``[W_o·C_o^{1/2} | W_down·C_down^{1/2}]`` (damped), ``[d, d_attn + d_mlp]``."""
-    ho, _, _ = linalg.psd_sqrt(C_o, eps_rel)
-    hd, _, _ = linalg.psd_sqrt(C_down, eps_rel)
-    return torch.cat([W_o.to(torch.float64) @ ho, W_down.to(torch.float64) @ hd], dim=1)
+from ws.core import linalg
+from ws.core.log import logger
 
 
 def corda_gram(W_o, C_o, W_down, C_down, eps_rel: float = 1e-3, diagonal: bool = False) -> torch.Tensor:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ws import linalg
 from ws.bases.registry import BuildContext, candidate
-from ws.stats.columns import CEILING_ACT, CEILING_W
+from ws.core import linalg
+from ws.core.columns import CEILING_ACT, CEILING_W
 
 
 @candidate(

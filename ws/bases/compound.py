@@ -1,7 +1,7 @@
 """Candidates 41–42: built from other candidates' bases.
 
 ``qk_x_chars_clusters`` is the TRUE intersection of ``qk_circuit`` and ``chars_clusters``
-by principal angles (:func:`ws.linalg.intersection`): each principal pair closer than
+by principal angles (:func:`ws.core.linalg.intersection`): each principal pair closer than
 ``max_angle_deg`` (default 30°, i.e. cosine > 0.87) contributes the unit average of its
 two vectors; pairs further apart are not shared. Two unrelated 8-dim subspaces of a
 576-dim space have all principal angles near 90°, so this candidate is often rank 0 (an
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from ws import linalg
 from ws.bases.registry import BuildContext, candidate
+from ws.core import linalg
 
 
 # 41

@@ -29,10 +29,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ws import linalg
-from ws.device import module_weight
-from ws.log import logger
-from ws.stats.columns import META_COLUMNS
+from ws.core import linalg
+from ws.core.cache import cache_key, hash_code, hash_model, load_entry, save_entry
+from ws.core.columns import META_COLUMNS
+from ws.core.device import module_weight
+from ws.core.log import logger
+from ws.core.paths import cache_dir
+from ws.model.load import decoder_layers
 
 __all__ = [
     "Candidate",
@@ -171,7 +174,6 @@ class BuildContext:
         n_clusters: int | None = None,
         rot_dim: int = 32,
     ):
-        from ws.models import decoder_layers
 
         self.model = model
         self.layers = decoder_layers(model)
@@ -346,7 +348,7 @@ class BuildContext:
             elif self.captures is not None:
                 t = getattr(self.captures, name, None)
             if t is None:
-                raise ValueError(f"capture {name!r} is missing: pass it (ws.capture.capture_all builds all of them)")
+                raise ValueError(f"capture {name!r} is missing: pass it (ws.captures.capture.capture_all builds all of them)")
             return t.detach().to(torch.float64) if t.is_floating_point() else t.detach()
 
         return self.memo(("cap", name), build)
@@ -450,7 +452,7 @@ def build_all(
 ) -> tuple[dict[str, list[torch.Tensor | None]], pl.DataFrame]:
     """Build and validate every registered candidate (or ``names``) for ``model``.
 
-    captures: a :class:`ws.capture.Captures` (``label_fit`` / ``label_eval`` default to its
+    captures: a :class:`ws.captures.capture.Captures` (``label_fit`` / ``label_eval`` default to its
         fields of that name). deltas: per layer ``{"oproj", "downproj"}`` LoRA deltas or None.
     k / k_broad: basis rank (8) and the rank of the broad read spaces projected away (64).
     intersection: ``"angle"`` (true principal-angle intersection below ``max_angle_deg``) or
@@ -492,12 +494,10 @@ def build_all(
         )
 
 
-_WEIGHT_CODE = ("ws/linalg.py", "ws/bases/registry.py", "ws/bases/weights.py")
+_WEIGHT_CODE = ("ws/core/linalg.py", "ws/bases/registry.py", "ws/bases/weights.py")
 
 
 def _weights_cache_path(model: nn.Module, ctx: BuildContext):
-    from ws.cache import cache_key, hash_code, hash_model
-    from ws.paths import cache_dir
 
     key = cache_key(
         {
@@ -512,7 +512,6 @@ def _weights_cache_path(model: nn.Module, ctx: BuildContext):
 
 
 def _load_weight_bases(path, ctx: BuildContext) -> list[str]:
-    from ws.cache import load_entry
 
     entry = load_entry(path, path.stem)  # the key is in the name; a damaged or swapped file is rebuilt
     if entry is None:
@@ -534,7 +533,6 @@ def _load_weight_bases(path, ctx: BuildContext) -> list[str]:
 
 
 def _save_weight_bases(path, bases: Mapping[str, list]) -> None:
-    from ws.cache import save_entry
 
     tensors = {}
     for n, per_layer in bases.items():

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from ws import linalg
 from ws.bases.registry import BuildContext, candidate
+from ws.core import linalg
 
 
 @candidate(

@@ -36,15 +36,16 @@ joint score        ``joint_score = sqrt(mean_conc_act · mean_conc_w_combined)``
 Computation is in float64; public results are Python floats, numpy arrays or polars
 Float64 columns. The modules, by role:
 
-- :mod:`ws.stats.columns`: table and column names (the contract), the two ceilings;
+- :mod:`ws.core.columns`: table and column names (the contract), the two ceilings;
 - :mod:`ws.stats.null`: the closed-form null, Monte Carlo draws, :class:`LabelNull`;
 - :mod:`ws.stats.scoring`: :func:`score_sweep`, every (layer, candidate) cell at once;
 - :mod:`ws.stats.summaries`: means over layers, the ranking rule, bootstrap CIs, q-values;
 - :mod:`ws.stats.reference`: one-cell implementations the fast path is tested against.
+
+May import: ``ws.core`` (the stats are pure functions of tensors and tables).
 """
 
-from ws.linalg import check_orthonormal
-from ws.stats.columns import (
+from ws.core.columns import (
     BOOTSTRAP_COLUMNS,
     CANDIDATE_COLUMNS,
     CEILING_ACT,
@@ -58,6 +59,7 @@ from ws.stats.columns import (
     SUMMARY_PCT_COLUMNS,
     TENSORS,
 )
+from ws.core.linalg import check_orthonormal
 from ws.stats.null import (
     PR_THRESHOLD,
     LabelNull,

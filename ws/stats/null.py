@@ -18,7 +18,7 @@ from jaxtyping import Bool, Float
 from scipy.stats import norm
 from torch import Tensor
 
-from ws.linalg import f64, haar_frames
+from ws.core.linalg import f64, haar_frames
 
 NAN = float("nan")
 

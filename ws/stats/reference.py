@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ws.linalg import f64
-from ws.linalg import mean_principal_cosine as cos_principal  # noqa: F401  (the reference of cos_with_dW)
+from ws.core.linalg import f64
+from ws.core.linalg import mean_principal_cosine as cos_principal  # noqa: F401  (the reference of cos_with_dW)
 from ws.stats.null import (
     NAN,
     act_traces,

@@ -24,9 +24,7 @@ from scipy.stats import norm
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ws.linalg import blas_threads, check_orthonormal, f64
-from ws.log import logger
-from ws.stats.columns import (
+from ws.core.columns import (
     CANDIDATE_COLUMNS,
     CEILING_W,
     META_COLUMNS,
@@ -37,6 +35,8 @@ from ws.stats.columns import (
     TENSORS,
     frame,
 )
+from ws.core.linalg import blas_threads, check_orthonormal, f64
+from ws.core.log import logger
 from ws.stats.null import NAN, PR_THRESHOLD, LabelNull, act_label_null, matrix_label_null
 
 
@@ -412,7 +412,7 @@ def score_sweep(
     zero_row_rel_tol: label rows with norm ≤ this × the largest row norm of the whole label
         count as zero (layers the steering cannot reach) and are left out.
 
-    num_threads: torch and BLAS threads while scoring (:func:`ws.linalg.blas_threads`,
+    num_threads: torch and BLAS threads while scoring (:func:`ws.core.linalg.blas_threads`,
         restored afterwards; None leaves the settings alone). The work is many small
         factorisations, and on a busy 2-core machine two threads waiting on each other made
         it ~10× slower than one.

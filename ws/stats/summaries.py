@@ -11,8 +11,8 @@ import numpy as np
 import polars as pl
 from scipy.stats import false_discovery_control
 
-from ws.log import logger
-from ws.stats.columns import (
+from ws.core.bootstrap import percentile_interval, resample
+from ws.core.columns import (
     BOOTSTRAP_COLUMNS,
     CANDIDATE_COLUMNS,
     CEILING_ACT,
@@ -22,6 +22,7 @@ from ws.stats.columns import (
     SUMMARY_EXTRA,
     SUMMARY_PCT_COLUMNS,
 )
+from ws.core.log import logger
 from ws.stats.null import NAN
 from ws.stats.scoring import SweepScores
 
@@ -89,7 +90,7 @@ _MEANS = {
 }
 
 
-def _joint(a: np.ndarray, w: np.ndarray) -> np.ndarray:
+def joint_score(a: np.ndarray, w: np.ndarray) -> np.ndarray:
     """``sqrt(R_act · R_w combined)``; NaN unless both are ≥ 0."""
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where((a >= 0) & (w >= 0), np.sqrt(np.abs(a * w)), np.nan)
@@ -113,7 +114,7 @@ def summarize(per_layer: pl.DataFrame, layers: Sequence[int] | None) -> pl.DataF
     with np.errstate(invalid="ignore", divide="ignore"):
         gap = np.where((a > 0) & (w > 0), np.log2(a / w), np.nan)
     out = out.with_columns(
-        pl.Series("joint_score", _joint(a, w), dtype=pl.Float64), pl.Series("act_w_gap_log2", gap, dtype=pl.Float64)
+        pl.Series("joint_score", joint_score(a, w), dtype=pl.Float64), pl.Series("act_w_gap_log2", gap, dtype=pl.Float64)
     )
     out = out.select(SUMMARY_COLUMNS + SUMMARY_EXTRA)
     return by_score(out, "joint_score")
@@ -192,8 +193,7 @@ def _resampled_means(R: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     and is a row-count vector, so all cell means come from one matrix product."""
     n = R.shape[1]
     valid = ~np.isnan(R)
-    rng = np.random.Generator(np.random.PCG64(seed))
-    idx = rng.integers(0, n, size=(n_boot, n))
+    idx = resample(n, n_boot, seed)
     counts = np.zeros((n_boot, n))
     np.add.at(counts, (np.repeat(np.arange(n_boot), n), idx.ravel()), 1.0)
     num = counts @ np.where(valid, R, 0.0).T  # [n_boot, cells]
@@ -248,15 +248,10 @@ def bootstrap_summary_ci(
         summ = summarize(scores.per_layer, lays)
         wmap = dict(zip(summ["subspace"].to_list(), summ["mean_conc_w_combined"].to_list(), strict=True))
         w = np.array([wmap.get(nm, np.nan) for nm in names], dtype=np.float64)
-        joint = _joint(m_conc, w[None])
-        lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
-
-        def q(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            return np.nanquantile(a, lo_q, axis=0), np.nanquantile(a, hi_q, axis=0)
-
-        c_lo, c_hi = q(m_conc)
-        f_lo, f_hi = q(m_frac)
-        j_lo, j_hi = q(joint)
+        joint = joint_score(m_conc, w[None])
+        c_lo, c_hi = percentile_interval(m_conc, level)
+        f_lo, f_hi = percentile_interval(m_frac, level)
+        j_lo, j_hi = percentile_interval(joint, level)
     return pl.DataFrame(
         {
             "subspace": names,

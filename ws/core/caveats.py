@@ -1,0 +1,25 @@
+"""The thresholds every conclusion applies and the caveat texts they all print: one home,
+so v7, v8 and the cross-adapter comparison say the same thing the same way."""
+
+from __future__ import annotations
+
+#: Benjamini–Hochberg false-discovery rate of the q-value columns (v7) and the causal table (v8).
+FDR_ALPHA = 0.05
+#: Level of every bootstrap interval the conclusions print.
+CI_LEVEL = 0.95
+#: A p-value threshold where a single test (not a family) is read: the Kendall τ between adapters.
+P_ALPHA = 0.05
+#: The diff's specificity ratio a behaviour-specific diff should reach (target spread ÷ controls').
+SPECIFICITY_TARGET = 3.0
+
+SMOKE = "SMOKE MODE: a tiny random model and a few training steps; no number here means anything"
+QUANTIZED = "the model weights are 4-bit quantised: weight-derived bases inherit quantisation noise"
+RANDOM_IS_ONE = (
+    "R = 1 is what a random subspace of the same rank gets; z and p test concentration against that "
+    "null, not causal use of the subspace"
+)
+
+
+def run_caveats(smoke: bool, quantized: bool) -> list[str]:
+    """The caveats of how a run was made: smoke mode, a quantised model (in that order)."""
+    return ([SMOKE] if smoke else []) + ([QUANTIZED] if quantized else [])

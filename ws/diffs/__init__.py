@@ -1,0 +1,9 @@
+"""The weight diff ``w``: how it is made, measured and stored.
+
+The adapter types, one registration each (``adapters``), the fast training step
+(``fasttrain``), the persona completions (``completions``), the effect eval and the one
+specificity rule (``effect``), the diff store (``store``) and the pipeline that builds a
+diff when it is missing (``train``).
+
+May import: ``ws.core``, ``ws.model``, ``ws.behavior``.
+"""

@@ -1,0 +1,849 @@
+"""Tables, the joint activation/weight scatter, and the markdown reports of a sweep.
+
+Every file is written atomically (temporary file beside the target, then renamed), so a
+crash never leaves a half-written file that looks complete. Tables are written with a
+fixed float format so that two identical runs give byte-identical files. Every number in
+the markdown is formatted from the DataFrames or the run facts passed in
+(:class:`ws.v7.verdicts.ConclusionInfo`); what the run concludes (which claims survive, the
+self-tests) is decided in :mod:`ws.v7.verdicts`, this module only writes it down.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from ws.core.io import atomic_path, format_float, write_table
+from ws.core.linalg import DEFAULT_RTOL
+from ws.core.log import logger
+from ws.core.markdown import fmt_num, fmt_pct
+from ws.stats import CEILING_ACT, CEILING_W, RANKED_AXES, by_score, ranked
+from ws.v7.verdicts import Claim, ConclusionInfo, SeedSummary, SeedVerdict, claim_checks, low_rank_label, touched_q
+
+__all__ = [
+    "fmt_num",
+    "fmt_pct",
+    "format_float",
+    "write_table",
+    "joint_scatter",
+    "joint_scatter_figure",
+    "definitions_md",
+    "conclusion_md",
+    "plan_merge_md",
+]
+
+# ----------------------------------------------------------------------------- figure
+
+
+def _spread(targets: Sequence[float], gap: float, lo: float = 0.02, hi: float = 0.98) -> list[float]:
+    """1-D label placement: positions as close as possible to ``targets`` (ascending
+    order kept) with at least ``gap`` between neighbours, inside ``[lo, hi]``."""
+    n = len(targets)
+    if n == 0:
+        return []
+    if gap * (n - 1) > hi - lo:  # too many labels: spread evenly
+        return list(np.linspace(lo, hi, n))
+    y = [min(max(t, lo), hi) for t in targets]
+    for i in range(1, n):
+        y[i] = max(y[i], y[i - 1] + gap)
+    if y[-1] > hi:
+        y[-1] = hi
+        for i in range(n - 2, -1, -1):
+            y[i] = min(y[i], y[i + 1] - gap)
+    return y
+
+
+def _family_colors(families: Iterable[str]) -> dict[str, Any]:
+    from matplotlib import colormaps
+
+    fams = sorted(set(families))
+    cmap = colormaps["tab20"] if len(fams) > 10 else colormaps["tab10"]
+    n = cmap.N
+    # tab20 pairs dark/light shades: take the dark ones first, then the light ones
+    order = list(range(0, n, 2)) + list(range(1, n, 2)) if n == 20 else list(range(n))
+    return {f: cmap(order[i % n]) for i, f in enumerate(fams)}
+
+
+_CEILING_COLOR = "gold"
+#: where each panel sits in the figure: a square-ish plot, its label column to its right
+_PANEL_RECTS = ((0.045, 0.22, 0.255, 0.64), (0.56, 0.22, 0.255, 0.64))
+_SCATTER_COLUMNS = {"subspace", "family", "axis_kind", "kind", "mean_conc_act", "mean_conc_w_combined", "joint_score"}
+
+
+@dataclass(frozen=True)
+class _Point:
+    """One row as drawn: its place (``x``, ``y``; raised to the floor when not positive, then
+    ``clipped``), whether it is a ceiling, its joint score, its family's colour."""
+
+    name: str
+    x: float
+    y: float
+    ceiling: bool
+    joint: float | None
+    clipped: bool
+    color: Any
+
+
+def joint_scatter(
+    summary: pl.DataFrame,
+    path_png: str | Path,
+    path_pdf: str | Path,
+    top_n: int = 8,
+    title: str | None = None,
+    seeds: pl.DataFrame | None = None,
+) -> tuple[Path, Path]:
+    """Two log-log panels of ``mean_conc_act`` (R_act, x) against ``mean_conc_w_combined``
+    (R_w, y): write + mixed candidates on the left, read candidates on the right.
+
+    Colour = family; ceilings = large stars in both panels; dashed lines at 1 (a random
+    subspace); the ``top_n`` rows of each panel by joint_score are numbered and labelled in
+    a column beside the panel, joined to their points by leader lines (labels never
+    overlap). Non-positive or NaN values are drawn at a floor with a hollow marker.
+    seeds: optional long table (``subspace, seed, mean_conc_act, mean_conc_w_combined``, one
+    row per seed); with two or more seeds, every labelled point gets whiskers from the
+    smallest to the largest value over the seeds on both axes.
+    Saves PNG (150 dpi) and PDF atomically (the figure is :func:`joint_scatter_figure`);
+    returns both paths.
+    """
+    fig = joint_scatter_figure(summary, top_n, title, seeds)
+    path_png, path_pdf = Path(path_png), Path(path_pdf)
+    with atomic_path(path_png) as tmp:
+        fig.savefig(tmp, dpi=150, format="png")
+    with atomic_path(path_pdf) as tmp:
+        fig.savefig(tmp, format="pdf")
+    logger.debug(f"wrote {path_png} and {path_pdf}")
+    return path_png, path_pdf
+
+
+def joint_scatter_figure(summary: pl.DataFrame, top_n: int = 8, title: str | None = None, seeds: pl.DataFrame | None = None):
+    """The figure :func:`joint_scatter` saves: the two panels, the legend and the title."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    df = _scatter_table(summary)
+    floor, lim = _scatter_limits(df)
+    ranges = _seed_ranges(seeds, floor)
+    colors = _family_colors(df.filter(pl.col("kind") != "ceiling")["family"].to_list())
+    order = {n: i for i, n in enumerate(by_score(df, "joint_score")["subspace"].to_list())}
+    fig = Figure(figsize=(18, 8.2))
+    FigureCanvasAgg(fig)
+    any_clipped = False
+    for (ptitle, mask), rect in zip(_panels(df), _PANEL_RECTS, strict=True):
+        ax = _panel_axes(fig, rect, ptitle, lim)
+        pts = _points(df, mask, floor, colors)
+        for p in pts:
+            _draw_point(ax, p)
+        any_clipped |= any(p.clipped for p in pts)
+        if not mask.any():
+            ax.text(
+                0.5, 0.5, "no candidates of this kind", transform=ax.transAxes, ha="center", va="center", fontsize=10, color="0.4"
+            )
+        chosen = _labelled(pts, order, top_n)
+        if chosen:
+            _draw_whiskers(ax, chosen, ranges)
+            _draw_labels(fig, ax, rect, chosen)
+    _draw_legend(fig, colors, seeds["seed"].n_unique() if ranges else 0, any_clipped)
+    fig.suptitle(
+        title
+        or "Where does the weight diff act? Activation vs weight concentration "
+        "(mean over LoRA-touched layers; 1 = random subspace)",
+        fontsize=12.5,
+        y=0.975,
+    )
+    return fig
+
+
+def _scatter_table(summary: pl.DataFrame) -> pl.DataFrame:
+    """The summary with its three scores as floats; ``ValueError`` naming missing columns."""
+    miss = _SCATTER_COLUMNS - set(summary.columns)
+    if miss:
+        raise ValueError(f"joint_scatter: summary lacks columns {sorted(miss)}")
+    return summary.with_columns(pl.col("mean_conc_act", "mean_conc_w_combined", "joint_score").cast(pl.Float64))
+
+
+def _scatter_limits(df: pl.DataFrame) -> tuple[float, tuple[float, float]]:
+    """``(floor, (lo, hi))``: the floor (a third of the smallest positive score) that
+    non-positive and NaN scores are drawn at, and both axes' limits (1 always inside)."""
+    x_all = df["mean_conc_act"].to_numpy()
+    y_all = df["mean_conc_w_combined"].to_numpy()
+    pos = np.concatenate([x_all[np.isfinite(x_all) & (x_all > 0)], y_all[np.isfinite(y_all) & (y_all > 0)]])
+    floor, top = (float(pos.min()) / 3.0, float(pos.max())) if pos.size else (1e-2, 1.0)
+    return floor, (min(floor, 1.0) / 1.6, max(top, 1.0) * 1.8)
+
+
+def _panels(df: pl.DataFrame) -> list[tuple[str, np.ndarray]]:
+    """``(title, row mask)`` of each panel: write + mixed rows, then read rows."""
+    return [
+        ("write + mixed hypotheses", df["axis_kind"].is_in(list(RANKED_AXES)).to_numpy()),
+        ("read hypotheses (kept out of the joint ranking)", (df["axis_kind"] == "read").to_numpy()),
+    ]
+
+
+def _panel_axes(fig, rect: Sequence[float], ptitle: str, lim: tuple[float, float]):
+    """One empty log-log panel: its limits, the dashed lines at 1 (random), grid and labels."""
+    ax = fig.add_axes(list(rect))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(*lim)
+    ax.set_ylim(*lim)
+    ax.axvline(1.0, ls="--", lw=1.0, color="0.45", zorder=1)
+    ax.axhline(1.0, ls="--", lw=1.0, color="0.45", zorder=1)
+    ax.text(1.0, lim[1], " random = 1", fontsize=7.5, color="0.4", va="top", ha="left")
+    ax.grid(True, which="major", lw=0.4, color="0.9", zorder=0)
+    ax.set_title(ptitle, fontsize=11)
+    ax.set_xlabel("R_act = energy_frac_act / (k/d)   (activation label)", fontsize=9.5)
+    ax.set_ylabel("R_w = energy_frac_w_combined / (k/d)   (weight label)", fontsize=9.5)
+    ax.tick_params(labelsize=8.5)
+    return ax
+
+
+def _positive(v: float | None) -> bool:
+    return v is not None and math.isfinite(v) and v > 0
+
+
+def _points(df: pl.DataFrame, mask: np.ndarray, floor: float, colors: Mapping[str, Any]) -> list[_Point]:
+    """The panel's rows (``mask``) and every ceiling, in table order, placed on the axes."""
+    is_ceiling = (df["kind"] == "ceiling").to_numpy()
+    pts = []
+    for i in np.flatnonzero(mask | is_ceiling):
+        r = df.row(int(i), named=True)
+        x, y = r["mean_conc_act"], r["mean_conc_w_combined"]
+        ceil = bool(is_ceiling[i])
+        pts.append(
+            _Point(
+                name=r["subspace"],
+                x=x if _positive(x) else floor,
+                y=y if _positive(y) else floor,
+                ceiling=ceil,
+                joint=r["joint_score"],
+                clipped=not (_positive(x) and _positive(y)),
+                color=None if ceil else colors[r["family"]],
+            )
+        )
+    return pts
+
+
+def _draw_point(ax, p: _Point) -> None:
+    """The marker rule: a ceiling is a large gold star; a candidate a dot of its family's
+    colour, hollow when a score is not positive (drawn at the floor)."""
+    if p.ceiling:
+        ax.scatter([p.x], [p.y], marker="*", s=420, c=_CEILING_COLOR, edgecolors="black", linewidths=1.0, zorder=5)
+    elif p.clipped:
+        ax.scatter([p.x], [p.y], marker="o", s=46, facecolors="none", edgecolors=[p.color], linewidths=1.4, zorder=3)
+    else:
+        ax.scatter([p.x], [p.y], marker="o", s=46, c=[p.color], edgecolors="white", linewidths=0.6, zorder=3)
+
+
+def _labelled(pts: Sequence[_Point], order: Mapping[str, int], top_n: int) -> list[tuple[str, _Point]]:
+    """``(tag, point)`` of the labelled points: the panel's ``top_n`` candidates by joint
+    score, numbered from 1 (``order``: each name's place in the ranking), then the ceilings (★)."""
+    hyps = sorted((p for p in pts if not p.ceiling), key=lambda p: order[p.name])
+    return [(f"{j + 1}", p) for j, p in enumerate(hyps[:top_n])] + [("★", p) for p in pts if p.ceiling]
+
+
+def _draw_whiskers(ax, chosen: Sequence[tuple[str, _Point]], ranges: Mapping[str, Any]) -> None:
+    """Min–max over the seeds on both axes for every labelled point that has a range."""
+    for _tag, p in chosen:
+        rg = ranges.get(p.name)
+        if rg is None or p.clipped:
+            continue
+        (x0, x1), (y0, y1) = rg
+        wc = "darkgoldenrod" if p.ceiling else p.color
+        for xs, ys in (([x0, x1], [p.y, p.y]), ([p.x, p.x], [y0, y1])):
+            ax.plot(
+                xs,
+                ys,
+                color=wc,
+                lw=2.0,
+                alpha=0.8,
+                zorder=2,
+                solid_capstyle="butt",
+                marker="|" if xs[0] != xs[1] else "_",
+                markersize=6,
+                markeredgewidth=1.4,
+            )
+
+
+def _draw_labels(fig, ax, rect: Sequence[float], chosen: Sequence[tuple[str, _Point]]) -> None:
+    """The label column right of the panel, in the points' height order and never
+    overlapping, each joined to its point by a leader line; the tag beside each candidate."""
+    to_axes = ax.transData + ax.transAxes.inverted()
+    targets = sorted(((float(to_axes.transform((p.x, p.y))[1]), tag, p) for tag, p in chosen), key=lambda t: t[0])
+    gap = 15.0 / (fig.get_figheight() * 72 * rect[3])  # ~15 pt per label line
+    for (_ty, tag, p), ly in zip(targets, _spread([t[0] for t in targets], gap), strict=True):
+        text = f"{tag}  {p.name}" if p.ceiling else f"{tag}. {p.name}  ({fmt_num(p.joint)})"
+        ax.annotate(
+            text,
+            xy=(p.x, p.y),
+            xycoords="data",
+            xytext=(1.04, ly),
+            textcoords="axes fraction",
+            fontsize=8.5,
+            ha="left",
+            va="center",
+            annotation_clip=False,
+            fontweight="bold" if p.ceiling else "normal",
+            arrowprops=dict(arrowstyle="-", lw=0.5, color="0.7", shrinkA=0, shrinkB=4),
+        )
+        if not p.ceiling:
+            ax.annotate(tag, xy=(p.x, p.y), xytext=(4, 4), textcoords="offset points", fontsize=7.5, color="0.15", zorder=6)
+    ax.text(
+        1.04,
+        1.0,
+        "top by joint score (joint)",
+        transform=ax.transAxes,
+        fontsize=8.5,
+        ha="left",
+        va="bottom",
+        color="0.3",
+        style="italic",
+    )
+
+
+def _draw_legend(fig, colors: Mapping[str, Any], n_seeds: int, any_clipped: bool) -> None:
+    """Below the panels: one entry per family, the ceiling star, the seed whiskers (with
+    ``n_seeds`` ≥ 2) and the hollow floor marker (when a point was drawn at the floor)."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", ls="", color=c, markersize=7, label=f) for f, c in colors.items()]
+    star = dict(markerfacecolor=_CEILING_COLOR, markeredgecolor="black", markersize=14)
+    handles.append(Line2D([], [], marker="*", ls="", **star, label="ceiling (B side)"))
+    if n_seeds:
+        whisker = dict(color="0.25", lw=2.0, alpha=0.8, marker="|", markersize=6)
+        handles.append(Line2D([], [], **whisker, label=f"min–max over {n_seeds} seeds (labelled rows)"))
+    if any_clipped:
+        hollow = dict(marker="o", ls="", markerfacecolor="none", markeredgecolor="0.3", markersize=7)
+        handles.append(Line2D([], [], **hollow, label="≤ 0 or NaN: drawn at floor"))
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        ncol=min(7, len(handles)),
+        fontsize=8.5,
+        frameon=False,
+        title="family",
+        title_fontsize=9,
+        bbox_to_anchor=(0.5, 0.0),
+    )
+
+
+def _seed_ranges(seeds: pl.DataFrame | None, floor: float) -> dict[str, tuple[tuple[float, float], tuple[float, float]]]:
+    """``subspace -> ((x_min, x_max), (y_min, y_max))`` of R_act / R_w over the seeds (values
+    that are not positive are raised to ``floor``); empty with fewer than two seeds."""
+    if seeds is None or not {"subspace", "seed", "mean_conc_act", "mean_conc_w_combined"} <= set(seeds.columns):
+        return {}
+    if seeds["seed"].n_unique() < 2:
+        return {}
+    g = (
+        seeds.with_columns(pl.col("mean_conc_act", "mean_conc_w_combined").cast(pl.Float64).fill_nan(None))
+        .group_by("subspace")
+        .agg(
+            pl.col("mean_conc_act").min().alias("x0"),
+            pl.col("mean_conc_act").max().alias("x1"),
+            pl.col("mean_conc_w_combined").min().alias("y0"),
+            pl.col("mean_conc_w_combined").max().alias("y1"),
+        )
+    )
+    out = {}
+    for r in g.iter_rows(named=True):
+        if any(r[c] is None for c in ("x0", "x1", "y0", "y1")):
+            continue
+        f = lambda v: max(float(v), floor)  # noqa: E731
+        out[r["subspace"]] = ((f(r["x0"]), f(r["x1"])), (f(r["y0"]), f(r["y1"])))
+    return out
+
+
+# ---------------------------------------------------------------------------- markdown
+
+
+def _cell(x: Any) -> str:
+    s = "" if x is None else str(x)
+    return s.replace("|", "\\|").replace("\n", " ").strip()
+
+
+def definitions_md(meta: pl.DataFrame) -> str:
+    """A markdown table ``name | family | axis_kind | source | definition | construction``, one
+    row per candidate in ``meta`` order: the definition in the contract's words, and beside it
+    how this suite builds the basis where that differs from, or adds to, those words (the
+    registry's ``construction``; blank: as defined)."""
+    lines = [
+        "# Candidate definitions",
+        "",
+        "`definition` is the contract's wording; `construction` says how this suite builds the basis where "
+        "that differs from, or adds to, the definition (blank: as defined). Every SVD and PCA is computed in "
+        "float64 (an SVD through the smaller Gram matrix where that is cheaper: the same subspace); directions "
+        f"with a singular value below {DEFAULT_RTOL:g} of the largest are dropped, so a basis has its true rank, "
+        "never padding.",
+        "",
+        "| name | family | axis_kind | source | definition | construction |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in meta.iter_rows(named=True):
+        lines.append(
+            "| "
+            + " | ".join(_cell(r.get(c)) for c in ("subspace", "family", "axis_kind", "source", "definition", "construction"))
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plan_merge_md(changes: Sequence[str], title: str = "Plan / merge notes") -> str:
+    """A markdown bullet list of ``changes`` under a title."""
+    lines = [f"# {title}", ""]
+    lines += [f"- {c.strip()}" for c in changes if c and c.strip()]
+    if not changes:
+        lines.append("- (no changes recorded)")
+    return "\n".join(lines) + "\n"
+
+
+def _row(df: pl.DataFrame, name: str) -> dict | None:
+    sub = df.filter(pl.col("subspace") == name)
+    return sub.row(0, named=True) if sub.height else None
+
+
+def _finite(x: Any) -> bool:
+    return x is not None and not isinstance(x, str) and math.isfinite(float(x))
+
+
+def _first(df: pl.DataFrame) -> dict | None:
+    """The first row of ``df`` as a dict (None when empty): the leader of a ranked table."""
+    return df.row(0, named=True) if df.height else None
+
+
+def _layers_text(layers: Any) -> str:
+    if layers is None:
+        return "not recorded"
+    layers = [int(l) for l in layers]
+    if not layers:
+        return "none"
+    ls = sorted(layers)
+    if ls == list(range(ls[0], ls[-1] + 1)) and len(ls) > 2:
+        return f"{ls[0]}–{ls[-1]} ({len(ls)} layers)"
+    return ", ".join(str(l) for l in ls) + f" ({len(ls)} layers)"
+
+
+def _scores_line(r: Mapping[str, Any]) -> str:
+    parts = [f"R_act = {fmt_num(r.get('mean_conc_act'))} (z_act {fmt_num(r.get('mean_z_act'))}"]
+    if "pct_act_ceiling" in r:
+        parts[-1] += f", {fmt_pct(r.get('pct_act_ceiling'))} of the activation ceiling"
+    parts[-1] += ")"
+    w = f"R_w combined = {fmt_num(r.get('mean_conc_w_combined'))} (z {fmt_num(r.get('mean_z_w_combined'))}"
+    if "pct_w_oracle_combined" in r:
+        w += f", {fmt_pct(r.get('pct_w_oracle_combined'))} of the dW oracle"
+    parts.append(w + ")")
+    return "; ".join(parts)
+
+
+def _tensor_line(r: Mapping[str, Any]) -> str:
+    out = []
+    for t, label in (("oproj", "o_proj"), ("downproj", "down_proj")):
+        s = f"{label}: R_w = {fmt_num(r.get(f'mean_conc_w_{t}'))} (z {fmt_num(r.get(f'mean_z_w_{t}'))}"
+        if f"pct_w_oracle_{t}" in r:
+            s += f", {fmt_pct(r.get(f'pct_w_oracle_{t}'))} of oracle"
+        out.append(s + ")")
+    return "; ".join(out)
+
+
+def conclusion_md(
+    summary_pct: pl.DataFrame,
+    specific_summary: pl.DataFrame | None,
+    per_layer: pl.DataFrame | None,
+    info: ConclusionInfo,
+    top_k: int = 5,
+) -> str:
+    """The BLUF conclusion of a sweep, as markdown: one function per section, in reading order.
+
+    summary_pct: the summary with ``pct_*`` columns (sorted by joint_score).
+    specific_summary: the specificity summary (or None).
+    per_layer: the per-layer table (for null methods and q-values; or None).
+    info: the run facts (:class:`ws.v7.verdicts.ConclusionInfo`; a field left at its default
+        leaves its line out).
+    top_k: size of the top lists compared between activation and weight.
+
+    Failing self-tests are listed at the very top. Every number is formatted from the
+    inputs; the verdicts come from :func:`ws.v7.verdicts.claim_checks`.
+    """
+    best = _first(ranked(summary_pct))
+    claims = claim_checks(summary_pct, per_layer, info)
+    sections = [
+        [f"# {info.title}", ""],
+        _failed_self_tests_section(info),
+        _bottom_line_section(summary_pct, per_layer, info, claims),
+        _claims_section(claims),
+        _ceilings_section(summary_pct),
+        _leaders_section(summary_pct),
+        _overlap_section(summary_pct, top_k),
+        _read_side_section(summary_pct),
+        _specificity_section(specific_summary, best, info),
+        _statistics_section(per_layer, info),
+        _caveats_section(per_layer, info),
+        _self_tests_section(info),
+        _artifacts_section(info),
+    ]
+    return "\n".join(line for section in sections for line in section)
+
+
+def _failed_self_tests_section(info: ConclusionInfo) -> list[str]:
+    """A warning block above everything else when a self-test failed."""
+    failed = [t for t in info.self_tests if not t.passed]
+    if not failed:
+        return []
+    return (
+        ["> **SELF-TEST FAILED: read this before trusting any number below.**"]
+        + [f"> - FAILED `{t.name}`: {t.detail}" for t in failed]
+        + [""]
+    )
+
+
+def _bottom_line_section(
+    sp: pl.DataFrame, per_layer: pl.DataFrame | None, info: ConclusionInfo, claims: Sequence[Claim]
+) -> list[str]:
+    """With several seeds, the answer that survives across them first; then the first seed's
+    winner with its scores, CI, q-values, runner-up and seeds; the claims that fail."""
+    L = ["## Bottom line", ""]
+    if info.diff_reading:
+        L += [f"**What the diff does on this model:** {info.diff_reading}.", ""]
+    order = ranked(sp)
+    best = _first(order)
+    if info.seed_verdict is not None:
+        L += _cross_seed_lines(info.seed_verdict)
+        if best is not None:
+            L += [
+                f"Seed {fmt_num(info.seed)}'s winner and tables, in detail:"
+                if info.seed is not None
+                else "The first seed's winner and tables, in detail:",
+                "",
+            ]
+    if best is None:
+        L.append(
+            "No write/mixed A-hypothesis has a finite joint score: nothing to rank (check the labels "
+            "and the layers the LoRA touched)."
+        )
+    else:
+        L += _winner_lines(best, info)
+        if per_layer is not None and {"q_act", "q_w_combined"} <= set(per_layer.columns):
+            L.append("- " + _q_text(per_layer, best["subspace"], info))
+        if len(order) > 1:
+            nxt = order.row(1, named=True)
+            L.append(
+                f"- runner-up: `{nxt['subspace']}` (joint {fmt_num(nxt['joint_score'])}, "
+                f"R_act {fmt_num(nxt['mean_conc_act'])}, R_w combined {fmt_num(nxt['mean_conc_w_combined'])})"
+            )
+        st = info.seed_stability
+        L.append("- " + _seed_text(st) if st else "- seeds: one seed only, seed stability not measured")
+    if claims:
+        dead = [c.claim for c in claims if c.survives is False]
+        L.append("- claims that do NOT survive: " + ("; ".join(dead) if dead else "none of the checks below failed"))
+    return L + [""]
+
+
+def _cross_seed_lines(v: SeedVerdict) -> list[str]:
+    """The answer that survives across the seeds, with the rule it passed or failed."""
+    lead = (
+        (
+            f"its lead over `{v.runner_up}` ({fmt_num(v.runner_up_mean)} ± {fmt_num(v.runner_up_sd)} sd) is "
+            f"{fmt_num(v.lead)}, "
+            + ("more than" if v.clear_lead else "not more than")
+            + f" the seeds' spread ({fmt_num(v.spread)})"
+        )
+        if v.runner_up is not None
+        else "it has no runner-up"
+    )
+    wins = f"wins {v.leader_wins} of {v.n_seeds} seeds" + ("" if v.wins_most else ", not more than half")
+    if v.stable:
+        head = (
+            f"**Across the {v.n_seeds} seeds: `{v.leader}` is the stable winner.** It has the highest joint "
+            f"score averaged over the seeds ({fmt_num(v.leader_mean)} ± {fmt_num(v.leader_sd)} sd), {wins}, "
+            f"and {lead}."
+        )
+    else:
+        head = (
+            f"**Across the {v.n_seeds} seeds: no stable winner.** The leader by the joint score averaged over "
+            f"the seeds, `{v.leader}` ({fmt_num(v.leader_mean)} ± {fmt_num(v.leader_sd)} sd), {wins}; {lead}. "
+            f"Read the winner below as one seed's, not as the answer."
+        )
+    rule = (
+        "Rule: the leader by the seed-mean joint score is a stable winner when it wins in more than half of "
+        "the seeds and leads the runner-up by more than the larger of their two seed sds."
+    )
+    return [head, "", rule, ""]
+
+
+def _winner_lines(best: Mapping[str, Any], info: ConclusionInfo) -> list[str]:
+    """The winner's headline sentence and its per-tensor, rank and CI lines."""
+    L = [
+        f"**`{best['subspace']}`** ({best['family']}, {best['axis_kind']}) has the highest joint score "
+        f"among write/mixed A-hypotheses: joint = {fmt_num(best['joint_score'])}, {_scores_line(best)}.",
+        "",
+    ]
+    L.append(f"- per tensor: {_tensor_line(best)}")
+    L.append(
+        f"- mean cosine of principal angles with the dW basis: {fmt_num(best.get('mean_cos_dW'))}; "
+        f"mean rank {fmt_num(best.get('mean_rank'))}; act_w_gap_log2 = "
+        f"{fmt_num(best.get('act_w_gap_log2'))} (positive: more concentrated in the activation "
+        f"label than in the weight label)"
+    )
+    if "mean_pct_act_matched_rank" in best:
+        L.append(
+            f"- at its own rank it captures {fmt_pct(best.get('mean_pct_act_matched_rank'))} of the best "
+            f"possible activation energy and {fmt_pct(best.get('mean_pct_w_combined_matched_rank'))} of the "
+            f"best possible weight energy"
+        )
+    c = _row(info.bootstrap_ci, best["subspace"]) if info.bootstrap_ci is not None else None
+    if c is not None:
+        lvl = f"{fmt_num(100 * float(info.ci_level))}% " if info.ci_level is not None else ""
+        extra = []
+        if info.n_boot is not None:
+            extra.append(f"{info.n_boot} resamples of the EVAL rows")
+        if info.seed is not None:
+            extra.append(f"seed {info.seed}")
+        L.append(
+            f"- bootstrap {lvl}CI: R_act [{fmt_num(c['mean_conc_act_ci_lo'])}, "
+            f"{fmt_num(c['mean_conc_act_ci_hi'])}], joint [{fmt_num(c['joint_score_ci_lo'])}, "
+            f"{fmt_num(c['joint_score_ci_hi'])}]" + (f" ({', '.join(extra)})" if extra else "")
+        )
+    return L
+
+
+def _claims_section(claims: Sequence[Claim]) -> list[str]:
+    """The "Which claims survive" table."""
+    if not claims:
+        return []
+    L = ["## Which claims survive", "", "| claim | evidence | verdict |", "|---|---|---|"]
+    for c in claims:
+        verdict = "**does not survive**" if c.survives is False else c.verdict
+        L.append(f"| {_cell(c.claim)} | {_cell(c.evidence)} | {verdict} |")
+    return L + [""]
+
+
+def _ceilings_section(sp: pl.DataFrame) -> list[str]:
+    """The two ceilings' scores, for scale."""
+    ca, cw = _row(sp, CEILING_ACT), _row(sp, CEILING_W)
+    if ca is None and cw is None:
+        return []
+    L = ["## Ceilings (B side, for scale)", ""]
+    if ca is not None:
+        L.append(
+            f"- `{CEILING_ACT}`: R_act = {fmt_num(ca['mean_conc_act'])}, R_w combined = {fmt_num(ca['mean_conc_w_combined'])}"
+        )
+    if cw is not None:
+        L.append(
+            f"- `{CEILING_W}`: R_w combined = {fmt_num(cw['mean_conc_w_combined'])} "
+            f"(o_proj {fmt_num(cw['mean_conc_w_oproj'])}, down_proj {fmt_num(cw['mean_conc_w_downproj'])}), "
+            f"R_act = {fmt_num(cw['mean_conc_act'])}"
+        )
+    return L + [""]
+
+
+def _leaders_section(sp: pl.DataFrame) -> list[str]:
+    """The leader of each label (activation, combined weight, each tensor)."""
+    L = ["## Leaders per label (write/mixed A-hypotheses)", ""]
+    for col, label, pct in (
+        ("mean_conc_act", "activation R_act", "pct_act_ceiling"),
+        ("mean_conc_w_combined", "weight R_w combined", "pct_w_oracle_combined"),
+        ("mean_conc_w_oproj", "o_proj R_w", "pct_w_oracle_oproj"),
+        ("mean_conc_w_downproj", "down_proj R_w", "pct_w_oracle_downproj"),
+    ):
+        r = _first(ranked(sp, col))
+        if r is None:
+            L.append(f"- {label}: no finite scores")
+        else:
+            p = f", {fmt_pct(r.get(pct))} of ceiling" if pct in r else ""
+            L.append(f"- {label}: `{r['subspace']}` = {fmt_num(r[col])}{p}")
+    return L + [""]
+
+
+def _overlap_section(sp: pl.DataFrame, top_k: int) -> list[str]:
+    """The top-k by activation against the top-k by weight, and their overlap."""
+    top_act = ranked(sp, "mean_conc_act")["subspace"].head(top_k).to_list()
+    top_w = ranked(sp, "mean_conc_w_combined")["subspace"].head(top_k).to_list()
+    both = [n for n in top_act if n in top_w]
+    return [
+        f"## Top-{top_k} by activation vs by weight (write/mixed)",
+        "",
+        f"- by R_act: {', '.join(f'`{n}`' for n in top_act) or 'none'}",
+        f"- by R_w combined: {', '.join(f'`{n}`' for n in top_w) or 'none'}",
+        f"- overlap: {len(both)} of {top_k}" + (f" ({', '.join(f'`{n}`' for n in both)})" if both else ""),
+        "",
+    ]
+
+
+def _read_side_section(sp: pl.DataFrame) -> list[str]:
+    """The best read candidate (kept out of the joint ranking)."""
+    L = ["## Read side (reported apart, not in the joint ranking)", ""]
+    r = _first(ranked(sp, axis_kinds=("read",)))
+    if r is not None:
+        L.append(
+            f"- best read candidate: `{r['subspace']}` ({r['family']}): joint {fmt_num(r['joint_score'])}, {_scores_line(r)}"
+        )
+    else:
+        L.append("- no read candidate with a finite joint score")
+    return L + [""]
+
+
+def _specificity_section(
+    specific_summary: pl.DataFrame | None, best: Mapping[str, Any] | None, info: ConclusionInfo
+) -> list[str]:
+    """The specificity leader, what the joint leader keeps, and the diff's specificity ratio."""
+    L = ["## Specificity (label and bases projected off the clean-residual PCs)", ""]
+    if specific_summary is not None and specific_summary.height:
+        sh = specific_summary.filter(pl.col("kind") == "A-hypothesis")
+        r = _first(by_score(sh, "mean_specific_conc_act", drop_missing=True))
+        if r is not None:
+            L.append(
+                f"- leader: `{r['subspace']}`: specific R_act = {fmt_num(r['mean_specific_conc_act'])} "
+                f"(z {fmt_num(r['mean_specific_z_act'])}, energy fraction "
+                f"{fmt_num(r['mean_specific_energy_frac_act'])}, mean specific rank "
+                f"{fmt_num(r['mean_specific_rank'])})"
+            )
+        b = _row(specific_summary, best["subspace"]) if best is not None else None
+        if b is not None:
+            L.append(
+                f"- the joint leader `{best['subspace']}` keeps specific R_act = "
+                f"{fmt_num(b['mean_specific_conc_act'])} (z {fmt_num(b['mean_specific_z_act'])})"
+            )
+    else:
+        L.append("- no specificity scores")
+    if info.diff_specificity_ratio is not None:
+        L.append(f"- diff specificity ratio (from the run): {fmt_num(info.diff_specificity_ratio)}")
+    return L + [""]
+
+
+def _statistics_section(per_layer: pl.DataFrame | None, info: ConclusionInfo) -> list[str]:
+    """Which null gave the p-values (and why some cells have none), the seeds of the statistics."""
+    lines = []
+    if per_layer is not None and "null_method_act" in per_layer.columns:
+        for col, label in (("null_method_act", "activation"), ("null_method_w_combined", "weight combined")):
+            if col in per_layer.columns:
+                line = _null_method_line(per_layer, col, label, info)
+                if line:
+                    lines.append(line)
+    if info.mc_seed is not None:
+        lines.append(f"- Monte Carlo null seed: {info.mc_seed}")
+    if info.seed is not None and info.bootstrap_ci is None:
+        lines.append(f"- seed: {info.seed}")
+    return ["## Statistics", ""] + lines + [""] if lines else []
+
+
+_WHY_NO_P = {
+    "activation": "the label is zero on that layer (before the first LoRA layer) or the basis is empty",
+    "weight combined": "no LoRA delta on that layer or the basis is empty",
+}
+
+
+def _null_method_line(per_layer: pl.DataFrame, col: str, label: str, info: ConclusionInfo) -> str | None:
+    m = per_layer[col].fill_null("")
+    vc = m.filter(m != "").value_counts(sort=True)
+    counts = ", ".join(f"{r[col]} {r['count']}" for r in vc.sort(col).iter_rows(named=True))
+    if not counts:
+        return None
+    n_none = int((m == "").sum())
+    none = f", no p-value {n_none} ({_WHY_NO_P[label]})" if n_none else ""
+    thr = f"below {fmt_num(info.pr_threshold)}" if info.pr_threshold is not None else "low"
+    return (
+        f"- p-value null for {label} cells: {counts}{none}; rule: Monte Carlo where the label's participation "
+        f"ratio is {thr}, the Gaussian tail elsewhere"
+    )
+
+
+def _caveats_section(per_layer: pl.DataFrame | None, info: ConclusionInfo) -> list[str]:
+    """What limits the reading: model, probe counts, layers, rank shortfalls, a rank-one label,
+    quantisation, what R and z mean, and the run's own notes."""
+    cav = []
+    if info.model is not None:
+        cav.append(f"model: `{info.model}`")
+    if info.n_fit is not None or info.n_eval is not None:
+        cav.append(
+            f"{fmt_num(info.n_fit)} FIT probes build the A-side bases and "
+            f"{fmt_num(info.n_eval)} EVAL probes build the activation label; per-layer activation "
+            f"scores rest on that many rows"
+        )
+    if info.layers_touched is not None:
+        cav.append(f"summaries average the layers the LoRA touched: {_layers_text(info.layers_touched)}")
+    if info.layers_without_delta:
+        cav.append(f"layers without a LoRA delta (weight scores NaN there): {_layers_text(info.layers_without_delta)}")
+    cav += [f"rank collapse: {rc}" for rc in info.rank_collapses]
+    lr = _low_rank_label_text(per_layer, info)
+    if lr:
+        cav.append(lr)
+    if info.quantized:
+        cav.append("the model weights are 4-bit quantised: weight-derived bases inherit quantisation noise")
+    cav.append(
+        "R = 1 is what a random subspace of the same rank gets; z and p test concentration against that "
+        "null, not causal use of the subspace"
+    )
+    cav.append("read candidates are reported apart and kept out of the joint ranking")
+    cav += [str(n) for n in info.notes]
+    return ["## Caveats", ""] + [f"- {c}" for c in cav] + [""]
+
+
+def _self_tests_section(info: ConclusionInfo) -> list[str]:
+    """Every self-test with its result and measured detail."""
+    if not info.self_tests:
+        return []
+    L = ["## Self-tests", "", "| test | result | detail |", "|---|---|---|"]
+    L += [f"| {_cell(t.name)} | {'PASS' if t.passed else 'FAIL'} | {_cell(t.detail)} |" for t in info.self_tests]
+    return L + [""]
+
+
+def _artifacts_section(info: ConclusionInfo) -> list[str]:
+    """Links to the run's files (relative to the conclusion's folder)."""
+    arts = info.artifacts
+    if not arts:
+        return []
+    items = arts.items() if isinstance(arts, Mapping) else [(None, a) for a in arts]
+    return ["## Artifacts", ""] + [f"- [`{p}`]({p})" + (f": {name}" if name else "") for name, p in items] + [""]
+
+
+def _q_text(per_layer: pl.DataFrame, name: str, info: ConclusionInfo) -> str:
+    alpha = info.fdr_alpha
+    parts = []
+    for col, label in (("q_act", "activation"), ("q_w_combined", "weight combined")):
+        q = touched_q(per_layer, name, col, info)
+        if q.len() == 0:
+            parts.append(f"{label}: no q-values")
+        elif alpha is not None:
+            parts.append(f"{label}: q ≤ {fmt_num(alpha)} on {int((q <= float(alpha)).sum())} of {q.len()} layers")
+        else:
+            parts.append(f"{label}: median q {fmt_num(q.median())} over {q.len()} layers")
+    return "Benjamini–Hochberg q-values over all A-hypothesis × layer cells: " + "; ".join(parts)
+
+
+def _low_rank_label_text(per_layer: pl.DataFrame | None, info: ConclusionInfo) -> str | None:
+    """The caveat of a nearly rank-one activation label (:func:`ws.v7.verdicts.low_rank_label`)."""
+    low = low_rank_label(per_layer, info)
+    if low is None:
+        return None
+    med, n = low
+    return (
+        f"the activation label is nearly rank one: median participation ratio {fmt_num(med)} over "
+        f"{n} touched layers, so one direction (the shift every EVAL prompt shares) carries most of "
+        f"its energy. The activation ceiling is a centred PCA and cannot see that direction; "
+        f"`mean_pct_act_matched_rank` (against the label's own top directions) is the honest yardstick"
+    )
+
+
+def _seed_text(st: SeedSummary) -> str:
+    """One line on seed stability: the first seed's winner, its wins, τ, its seed mean, and the
+    leader by the seed-mean joint score when that is another candidate."""
+    n, k = st.n_seeds, st.winner_wins
+    per = ", ".join(f"seed {s}: `{w}`" for s, w in (st.winners or {}).items())
+    txt = (
+        f"seeds: `{st.winner}` wins in {k} of {n} seeds ({per}); mean Kendall τ between the seeds' joint "
+        f"rankings {fmt_num(st.mean_tau)}"
+    )
+    if _finite(st.seed_mean_joint):
+        txt += f"; its joint score over seeds {fmt_num(st.seed_mean_joint)} ± {fmt_num(st.seed_sd_joint)} (sd)"
+    txt += " — stable" if k == n else " — NOT stable across seeds"
+    ml = st.mean_leader
+    if ml and ml != st.winner:
+        txt += (
+            f"; by the mean over seeds the leader is `{ml}` (joint {fmt_num(st.mean_leader_joint)} ± "
+            f"{fmt_num(st.mean_leader_sd)} sd)"
+        )
+    return txt

@@ -1,0 +1,319 @@
+"""The v7 sweep, step by step: what the notebook ``nbs/hypothesis_sweep_v7.py`` calls.
+
+Each function is one paragraph of the method:
+
+1. :class:`SweepConfig` – parameters (:mod:`ws.config`, from ``WS_*`` variables, validated).
+2. :func:`get_diffs` – the weight diff of every seed (trained when missing).
+3. :func:`probe_prompts` – FIT / EVAL probes rendered through the chat template.
+4. :func:`run_seed` – capture, build the candidates, score them, summarise (one seed).
+5. :func:`seed_stability` – how the seeds agree (Kendall τ, winner counts).
+6. :func:`write_v7` – the tables, figure and markdown files of the spec, atomically.
+
+What the run concludes (self-tests, sanity lines, which claims survive, the conclusion's
+run facts) is decided in :mod:`ws.v7.verdicts`; its ``self_tests``, ``sanity_lines``,
+``rank_collapses`` and ``conclusion_info`` are importable from here too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+
+from ws import stats
+from ws.bases import build_all
+from ws.behavior import data
+from ws.captures.capture import capture_all
+from ws.config import SMOKE_TRAIN, Config  # noqa: F401  (SMOKE_TRAIN: re-exported)
+from ws.core.io import staged_files, write_staged
+from ws.core.linalg import pca
+from ws.core.log import logger
+from ws.diffs.store import (
+    DiffMismatchError,  # noqa: F401  (the sweep's documented error, raised by ensure_diff)
+    check_existing_diff,
+    check_misplaced_diffs,
+    load_diff,
+    missing_writers,
+    stale_reasons,
+    write_delta_by_layer,
+)
+from ws.diffs.train import DiffSpec, ensure_diff
+from ws.model.chat import render_chat
+from ws.model.load import n_layers
+from ws.stats import PR_THRESHOLD, ranked
+from ws.v7 import plan_merge as upstream
+from ws.v7 import report
+from ws.v7.report import _layers_text
+from ws.v7.results import EXTRA_FILES, V7_FILES, Probes, SeedResult, SeedStability  # noqa: F401  (the notebook's names)
+from ws.v7.verdicts import conclusion_info, rank_collapses, sanity_lines, self_tests  # noqa: F401  (the notebook's names)
+
+#: The sweep's parameters are the one run configuration of :mod:`ws.config`.
+SweepConfig = Config
+
+
+# ----------------------------------------------------------------------------- diffs
+def get_diffs(cfg: SweepConfig, model) -> dict[int, tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+    """``seed -> (w, meta)``. Every existing diff is checked first, before any training: one
+    that cannot be used stops the run with the README's error and stays untouched (a diff
+    made for another model raises :class:`DiffMismatchError`). Then the missing ones are
+    trained; an existing diff is retrained only with ``cfg.rebuild`` (``WS_REBUILD=1``).
+    A diff made for this model at the default model's path stops it first, rebuild or not
+    (:class:`ws.diffs.store.MisplacedDiffError`)."""
+
+    check_misplaced_diffs(cfg.model, cfg.behavior, cfg.out_root)
+    if not cfg.rebuild:
+        for seed in cfg.seeds:
+            path = cfg.diff_path(seed)
+            if path.exists():
+                check_existing_diff(path, model)
+    out = {}
+    for seed in cfg.seeds:
+        spec = DiffSpec(cfg.model, cfg.behavior, cfg.adapter, seed, cfg.train_config(), cfg.out_root, cfg.model_kwargs())
+        path = ensure_diff(spec, rebuild=cfg.rebuild, model=model)
+        out[seed] = load_diff(path, model)
+    return out
+
+
+# ----------------------------------------------------------------------------- probes
+def probe_prompts(cfg: SweepConfig, tok) -> Probes:
+    """FIT and EVAL probes (disjoint topics; EVAL never a LoRA training topic), every one
+    rendered through the chat template. Persona± FIT use the chosen persona pair as the
+    system prompt; clean FIT and EVAL use none (the template's default)."""
+    fit, ev = data.sweep_probes(cfg.n_fit, cfg.n_eval, seed=0, behavior=cfg.behavior)
+    pos, neg = data.persona_pairs(cfg.behavior)[cfg.persona_pair]
+    render = lambda t, sys=None: render_chat(tok, data.probe_prompt(t, cfg.behavior), system=sys)  # noqa: E731
+    return Probes(
+        fit_topics=fit,
+        eval_topics=ev,
+        fit_clean=[render(t) for t in fit],
+        fit_pos=[render(t, pos) for t in fit],
+        fit_neg=[render(t, neg) for t in fit],
+        eval=[render(t) for t in ev],
+        persona_pos=pos,
+        persona_neg=neg,
+    )
+
+
+# ----------------------------------------------------------------------------- one seed
+def clean_pcs(captures, k: int) -> list[torch.Tensor]:
+    """Per layer, the top-``k`` PCA basis of the clean FIT residuals ``[d, k]`` (specificity)."""
+
+    return [pca(captures.clean[l], k) for l in range(captures.clean.shape[0])]
+
+
+def run_seed(cfg: SweepConfig, model, tok, probes: Probes, seed: int, w: dict, diff_meta: dict) -> SeedResult:
+    """Capture (cached), build every candidate, score every (layer, candidate), summarise."""
+
+    t = {}
+    t0 = time.perf_counter()
+    caps = capture_all(
+        model, tok, probes.fit_clean, probes.fit_pos, probes.fit_neg, probes.eval, w, batch_size=cfg.batch_size, cache=cfg.cache
+    )
+    t["capture"] = time.perf_counter() - t0
+    deltas = write_delta_by_layer(w, n_layers(model), partial=True)  # IA3: down_proj only, NaN o_proj cells
+    touched = [l for l, d in enumerate(deltas) if d is not None]
+    if not touched:
+        raise ValueError("the diff has no o_proj / down_proj delta on any layer: nothing to score the weight side against")
+    t0 = time.perf_counter()
+    bases, meta = build_all(
+        model,
+        caps,
+        deltas,
+        caps.label_fit,
+        k=cfg.k,
+        k_broad=cfg.k_broad,
+        seed=cfg.basis_seed,
+        label_eval=caps.label_eval,
+        cache=cfg.cache,
+    )
+    t["build"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    scores = stats.score_sweep(bases, meta, caps.label_eval, deltas, clean_pcs(caps, cfg.k), pr_threshold=PR_THRESHOLD)
+    per_layer = stats.add_qvalues(scores.per_layer)
+    summary = stats.summarize(per_layer, touched)
+    ci = stats.bootstrap_summary_ci(scores, touched, n_boot=cfg.n_boot, seed=cfg.boot_seed)
+    summary = summary.join(ci, on="subspace", how="left", maintain_order="left")
+    summary_pct = stats.summary_pct(summary)
+    specific_summary = stats.summarize_specific(scores.specific_per_layer, touched)
+    t["score"] = time.perf_counter() - t0
+    return SeedResult(
+        seed,
+        caps,
+        bases,
+        meta,
+        scores,
+        per_layer,
+        scores.specific_per_layer,
+        summary,
+        summary_pct,
+        specific_summary,
+        touched,
+        [l for l in range(len(deltas)) if deltas[l] is None],
+        diff_meta,
+        t,
+        missing_writers(deltas),
+    )
+
+
+# ----------------------------------------------------------------------------- seeds
+def seed_stability(results: Sequence[SeedResult]) -> SeedStability:
+    """Kendall τ between every pair of seeds' joint-score rankings (write/mixed
+    A-hypotheses), each seed's winner, and per-candidate seed mean / sd."""
+    from scipy.stats import kendalltau
+
+    seeds = [r.seed for r in results]
+    winners = {}
+    for r in results:
+        rk = ranked(r.summary)
+        winners[r.seed] = rk["subspace"][0] if rk.height else ""
+    winner = winners[seeds[0]]
+    rows = []
+    for i in range(len(results)):
+        for j in range(i + 1, len(results)):
+            a = ranked(results[i].summary).select("subspace", pl.col("joint_score").alias("a"))
+            b = ranked(results[j].summary).select("subspace", pl.col("joint_score").alias("b"))
+            ab = a.join(b, on="subspace", how="inner")
+            tau, p = kendalltau(ab["a"].to_numpy(), ab["b"].to_numpy()) if ab.height > 1 else (float("nan"), float("nan"))
+            rows.append({"seed_a": seeds[i], "seed_b": seeds[j], "kendall_tau": float(tau), "p_value": float(p), "n": ab.height})
+    tau_df = pl.DataFrame(
+        rows, schema={"seed_a": pl.Int64, "seed_b": pl.Int64, "kendall_tau": pl.Float64, "p_value": pl.Float64, "n": pl.Int64}
+    )
+    cols = ["joint_score", "mean_conc_act", "mean_conc_w_combined"]
+    stacked = pl.concat([r.summary.select(["subspace", *cols]).with_columns(pl.lit(r.seed).alias("seed")) for r in results])
+    agg = stacked.group_by("subspace", maintain_order=True).agg(
+        [pl.col(c).mean().alias(f"seed_mean_{c}") for c in cols]
+        + [pl.col(c).std(ddof=1).alias(f"seed_sd_{c}") for c in cols]
+        + [pl.len().alias("n_seeds")]
+    )
+    wins = pl.DataFrame({"subspace": list(winners.values())}).group_by("subspace").agg(pl.len().alias("seeds_won"))
+    agg = agg.join(wins, on="subspace", how="left").with_columns(pl.col("seeds_won").fill_null(0).cast(pl.Int64))
+    return SeedStability(seeds, winners, winner, sum(w == winner for w in winners.values()), tau_df, agg)
+
+
+# ----------------------------------------------------------------------------- writing
+def plan_merge_changes(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: SeedStability) -> list[str]:
+    """What this version changes against v6 and against upstream v7 (facts from this run)."""
+    train, _ = data.split_topics(0, behavior=cfg.behavior)
+    train_ids = {t.id for t in train}
+    leak = sum(t.id in train_ids for t in probes.eval_topics)
+    fit_eval = len({t.id for t in probes.fit_topics} & {t.id for t in probes.eval_topics})
+    rc = rank_collapses(res.meta)
+    return [
+        "**Against v6**: v7 adds the write-not-read family, the compound candidates, the dW ceiling, the "
+        "specificity score and the percent-of-ceiling tables (see `v7_definitions.md` for every row).",
+        "**Chat template everywhere** (upstream v7 rendered the label prompts raw and the persona prompts "
+        "templated): every capture here — clean FIT, persona± FIT, the label at α = ±1 — goes through the "
+        "tokenizer's chat template.",
+        f"**Held-out EVAL topics**: upstream v7 leaked LoRA training topics into EVAL. Here EVAL comes from the "
+        f"held-out half of a fixed topic split; EVAL topics that are LoRA training topics in this run: {leak}; "
+        f"topics shared by FIT and EVAL: {fit_eval}.",
+        "**Closed-form null**: upstream v7 drew 120 random QR bases per cell with a per-tensor seed from Python's "
+        "salted `hash` (noisy, slow, not reproducible). Here the null mean and std are exact "
+        "(E[tr PA] = (k/d)·tr A; Var from tr A and tr A²), checked against a Monte Carlo of Haar bases in the tests; "
+        "cells whose label has a very low effective rank get a seeded Monte Carlo p-value instead.",
+        "**Rows computed differently from upstream v7**: " + upstream.EARLIER_COMPARISON + ". Figures marked "
+        "'earlier comparison' come from that run; 'this run' figures from this run's tables and captures."
+        + "".join(f"\n  - {line}" for line in upstream.difference_lines(res)),
+        "**True ranks below the requested k** (reported, never padded): " + ("; ".join(rc) or "none") + ".",
+        f"**Error bars and multiple comparisons**: bootstrap CIs over EVAL probes ({cfg.n_boot} resamples, seed "
+        f"{cfg.boot_seed}) for the activation means and the joint score; Benjamini–Hochberg q-values across all "
+        f"A-hypothesis × layer cells.",
+        f"**Seeds**: the diff is trained for seeds {list(stab.seeds)}; the tables are seed {stab.seeds[0]}'s, the "
+        f"summary carries the seed mean / sd, and `v7_seed_stability.tsv` the Kendall τ between seeds.",
+        "**Claims that survive and claims that do not**: the conclusion's bottom line names every headline claim "
+        "that fails its check (q-values on most layers, non-overlapping CIs, every seed won, diff specificity, "
+        "self-tests), with a table of the evidence; the scatter draws each labelled point's range over the seeds. "
+        "With several seeds the bottom line leads with the answer that survives them: the leader by the seed-mean "
+        "joint score when it wins more than half of the seeds and leads the runner-up by more than the larger seed "
+        "sd, otherwise 'no stable winner'; the first seed's winner follows as the detail.",
+        "**Self-tests as rows**: `random_orthonormal` (must sit within its null) and `planted_label_half` (fitted on "
+        "half of the EVAL label without centring, must reach ≥ 80 % of the best rank-k subspace of the whole EVAL "
+        "label); **adapter-family candidates**: `corda_write`, `asvd_write`, `diff_in_means`.",
+        "**Determinism and atomic outputs**: explicit seeds everywhere; every file is written to a temporary name "
+        "and renamed, so a failed run leaves the previous files intact.",
+    ]
+
+
+def diff_caveats(results: Sequence[SeedResult], behavior=None) -> list[str]:
+    """One caveat per seed whose diff may not be what this suite would build now (another or
+    no data version of ``behavior``, e.g. an imported diff): the run used it as it is."""
+
+    out = []
+    for r in results:
+        meta = r.diff_meta or {}
+        src = f" (its source: {meta['source']})" if meta.get("source") else ""
+        out += [f"seed {r.seed}'s diff{src} was used as it is, though {why}" for why in stale_reasons(meta, behavior=behavior)]
+        out += writer_caveats(r)
+    return out
+
+
+def writer_caveats(res: SeedResult) -> list[str]:
+    """One caveat per residual writer the diff lacks on touched layers (IA3 has no o_proj):
+    its weight cells are NaN there, never 0, and R_w combined is the other writer alone."""
+
+    names = {"oproj": "o_proj", "downproj": "down_proj"}
+    other = {"oproj": "down_proj", "downproj": "o_proj"}
+    adapter = (res.diff_meta or {}).get("adapter", "the")
+    return [
+        f"seed {res.seed}'s {adapter} diff has no {names[t]} delta on touched layers {_layers_text(ls)}: "
+        f"its `conc_w_{t}` cells are NaN there (never 0) and R_w combined is {other[t]} alone"
+        for t, ls in (res.missing_writers or {}).items()
+        if ls
+    ]
+
+
+def write_v7(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], stab: SeedStability) -> list[Path]:
+    """Write the v7 file set into ``cfg.v7_dir`` (every file atomically) and return the paths.
+
+    Everything is computed first; files are written only once all of them can be, so a
+    failure leaves the previous run's files untouched.
+    """
+
+    res = results[0]
+    d = cfg.v7_dir
+    seed_cols = stab.per_candidate
+    summary = res.summary.join(seed_cols, on="subspace", how="left", maintain_order="left")
+    summary_pct = res.summary_pct.join(seed_cols, on="subspace", how="left", maintain_order="left")
+    seeds_long = pl.concat(
+        [r.summary.with_columns(pl.lit(r.seed).cast(pl.Int64).alias("seed")) for r in results], how="diagonal_relaxed"
+    )
+    # paths relative to the conclusion's own folder, so its links work where it lies
+    artifacts = [f for f in (*V7_FILES, *EXTRA_FILES)] + [
+        f"../seed{r.seed}/{f}" for r in results for f in ("w.safetensors", "effect.csv", "effect.png")
+    ]
+    info = conclusion_info(cfg, probes, res, stab, artifacts, notes=diff_caveats(results, cfg.behavior))
+    texts = {
+        "v7_definitions.md": report.definitions_md(res.meta),
+        "v7_plan_merge.md": report.plan_merge_md(plan_merge_changes(cfg, probes, res, stab), title="v7: what changed"),
+        "v7_conclusion.md": report.conclusion_md(summary_pct, res.specific_summary, res.per_layer, info),
+    }
+    tables = {
+        "v7_per_layer.csv": res.per_layer,
+        "v7_summary.tsv": summary,
+        "v7_summary_pct.tsv": summary_pct,
+        "v7_specific_per_layer.csv": res.specific_per_layer,
+        "v7_specific_summary.tsv": res.specific_summary,
+        "v7_seeds.tsv": seeds_long,
+        "v7_seed_stability.tsv": stab.tau,
+    }
+    # Stage every file, then move them all into place (the conclusion last: it is what users
+    # read first): a failure while writing leaves the previous run's files as they were.
+
+    title = f"Where does the weight diff act? Seed {res.seed}'s scores (mean over LoRA-touched layers; 1 = random subspace)" + (
+        f"; whiskers: min–max over seeds {', '.join(map(str, stab.seeds))}" if len(stab.seeds) > 1 else ""
+    )
+    with staged_files(d, last=tuple(texts)) as stage:
+        report.joint_scatter(
+            summary,
+            stage / "v7_joint_act_weight_scatter.png",
+            stage / "v7_joint_act_weight_scatter.pdf",
+            title=title,
+            seeds=seeds_long,
+        )
+        written = write_staged(stage, d, tables, texts)
+    logger.info(f"wrote {len(written)} files to {d}")
+    return written

@@ -1,0 +1,644 @@
+"""The causal projection test: does a candidate subspace CARRY the diff's behaviour?
+
+v7 measures where the diff's energy sits. This test edits the diff and measures the
+behaviour. With ``w`` the diff and ``L_w`` the decoder blocks whose residual writers it
+touches:
+
+- **writers-only** ``w_W``: ``w`` restricted to ``o_proj`` and ``down_proj`` of ``L_w`` (the
+  only tensors that write into the residual stream directly);
+- **inside** (candidate ``B``, ``[d, k]`` per layer): each writer delta ``Δ`` (``[d, in]``,
+  rows in residual space) replaced by ``P_B Δ`` with ``P_B = BBᵀ`` — only what the block
+  writes into span(B);
+- **outside**: ``(I − P_B) Δ`` — everything but that;
+- **norm-matched inside**: the inside part of each layer rescaled by one factor so that the
+  layer's two tensors together have the writers' Frobenius norm ``‖[Δ_o | Δ_down]‖_F``.
+
+Each variant runs at ``α = ±1``; on a prompt, its effect is the Yes/No log-ratio at
+``+1`` minus at ``−1`` (the spread). On the held-out target set (false-claim opinions):
+**retention** = mean spread(variant) ÷ mean spread(writers-only), with a percentile
+bootstrap CI that resamples prompts (the same indices for numerator and denominator).
+The null: ``n_null`` seeded Haar-random subspaces per layer of the candidate's own rank on
+every layer, whose inside retention gives the null mean, sd and 95th percentile; a
+candidate's ``z`` and empirical ``p = (1 + #{null ≥ r})/(1 + n_null)``, BH q over the tested
+A-hypotheses. The verdict (:func:`carries`): the candidate carries the behaviour when its
+inside retention's CI lies above the null's 95th percentile AND its outside retention's CI
+lies below the writers-only effect (retention 1). The same random subspaces, norm-matched,
+are the null of the norm-matched variant: a subspace "works as an intervention target" when
+its norm-matched retention's CI lies above their 95th percentile (a blown-up random
+subspace moves the answer too, so the plain-inside null would flatter it).
+
+Forward passes go through :class:`ws.model.fast_readout.FastReadout` (shared prefix and unchanged
+lower blocks computed once); the random null runs on the target set only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+import torch
+from tqdm.auto import tqdm
+
+from ws.core.bootstrap import percentile_interval, resample
+from ws.core.linalg import blas_threads, haar_orthonormal
+from ws.core.log import logger
+from ws.model.fast_readout import FastReadout, first_block
+from ws.model.load import d_model
+from ws.model.steer import weight_steer
+from ws.stats import bh_qvalues, p_empirical
+
+__all__ = [
+    "WRITERS",
+    "TARGET",
+    "CONTROLS",
+    "PARTS",
+    "writer_key",
+    "writers_only",
+    "project_layer",
+    "variant_diff",
+    "NULL_PARTS",
+    "random_bases",
+    "energy_inside",
+    "ratio",
+    "ratio_ci",
+    "mean_ci",
+    "null_stats",
+    "null_z_p",
+    "carries",
+    "CausalResult",
+    "run_causal",
+    "CAUSAL_COLUMNS",
+    "causal_columns",
+]
+
+#: residual writers: column tag -> parameter name inside a block
+WRITERS = {"oproj": "self_attn.o_proj.weight", "downproj": "mlp.down_proj.weight"}
+#: the built-in sycophancy behaviour's sets, the default; any behaviour passes its own
+#: (``run_causal(..., target=b.target, controls=b.controls)``)
+TARGET = "opinion_false"
+CONTROLS = ("opinion_true", "neutral")
+#: variant parts of one candidate, in table order
+PARTS = ("inside", "outside", "normmatched")
+#: seeds of the null's random bases: far from the self-test row's ``seed·1_000_003 + layer``
+NULL_SEED_BASE = 424_242
+
+
+# ----------------------------------------------------------------------------- variants
+def writer_key(layer: int, tag: str) -> str:
+    return f"model.layers.{int(layer)}.{WRITERS[tag]}"
+
+
+def writers_only(w: Mapping[str, torch.Tensor], layers: Sequence[int]) -> dict[str, torch.Tensor]:
+    """``w`` restricted to ``o_proj`` / ``down_proj`` of ``layers`` (float32)."""
+    out = {}
+    for l in layers:
+        for t in WRITERS:
+            k = writer_key(l, t)
+            if k in w:
+                out[k] = w[k].detach().float()
+    if not out:
+        raise ValueError(f"the diff has no o_proj / down_proj delta on layers {list(layers)}")
+    return out
+
+
+def project_layer(mats: Sequence[torch.Tensor], B: torch.Tensor | None, part: str) -> list[torch.Tensor]:
+    """``P_B M`` (part ``inside``) or ``(I − P_B) M`` (``outside``) for each ``M [d, in]``,
+    in float64; ``B [d, k]`` orthonormal, or None (rank 0: nothing inside)."""
+    out = []
+    for M in mats:
+        M = M.double()
+        PM = torch.zeros_like(M) if B is None or B.shape[1] == 0 else B.double() @ (B.double().T @ M)
+        out.append(PM if part == "inside" else M - PM)
+    return out
+
+
+def _layers_of(ww: Mapping[str, torch.Tensor]) -> list[int]:
+    return sorted({int(k.split(".")[2]) for k in ww})
+
+
+def variant_diff(
+    ww: Mapping[str, torch.Tensor], bases: Mapping[int, torch.Tensor | None], part: str
+) -> tuple[dict[str, torch.Tensor], dict[int, float]]:
+    """The writers-only diff ``ww`` edited per layer: ``part`` is ``inside``, ``outside`` or
+    ``normmatched`` (inside, rescaled to the layer's writer norm). Returns the variant
+    (float32, same keys) and the per-layer scale factor (1 unless norm-matched; NaN where
+    the inside part is zero and cannot be rescaled)."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+    out, scales = {}, {}
+    for l in _layers_of(ww):
+        keys = [k for k in (writer_key(l, t) for t in WRITERS) if k in ww]
+        mats = project_layer([ww[k] for k in keys], bases.get(l), "outside" if part == "outside" else "inside")
+        s = 1.0
+        if part == "normmatched":
+            inside = math.sqrt(sum(float((m * m).sum()) for m in mats))
+            full = math.sqrt(sum(float((ww[k].double() ** 2).sum()) for k in keys))
+            s = full / inside if inside > 0 else float("nan")
+            mats = [m * s for m in mats] if inside > 0 else mats
+        scales[l] = s
+        out.update({k: m.float() for k, m in zip(keys, mats, strict=True)})
+    return out, scales
+
+
+def energy_inside(ww: Mapping[str, torch.Tensor], bases: Mapping[int, torch.Tensor | None]) -> float:
+    """Share of the writers' energy inside the candidate: ``Σ_l ‖P_B Δ_l‖²_F / Σ_l ‖Δ_l‖²_F``."""
+    num = den = 0.0
+    for l in _layers_of(ww):
+        mats = [ww[k] for k in (writer_key(l, t) for t in WRITERS) if k in ww]
+        num += sum(float((m * m).sum()) for m in project_layer(mats, bases.get(l), "inside"))
+        den += sum(float((m.double() ** 2).sum()) for m in mats)
+    return num / den if den > 0 else float("nan")
+
+
+def random_bases(ranks: Mapping[int, int], d: int, draw: int, seed: int = 0) -> dict[int, torch.Tensor | None]:
+    """Draw ``draw`` of the null: per layer a Haar-random ``[d, k_l]`` basis of that layer's
+    rank (None for rank 0), from a generator seeded by (seed, draw, layer)."""
+
+    out = {}
+    for l, k in ranks.items():
+        g = torch.Generator().manual_seed(NULL_SEED_BASE + 1_000_003 * int(seed) + 10_007 * (int(draw) + 1) + int(l))
+        out[l] = haar_orthonormal(d, int(k), g, dtype=torch.float64) if k else None
+    return out
+
+
+# ----------------------------------------------------------------------------- statistics
+def ratio(num: np.ndarray, den: np.ndarray) -> float:
+    """``mean(num)/mean(den)`` (NaN when the denominator's mean is 0)."""
+    d = float(np.mean(den))
+    return float(np.mean(num)) / d if d != 0 else float("nan")
+
+
+def ratio_ci(
+    num: np.ndarray, den: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
+    """``mean(num)/mean(den)`` over prompts and its percentile bootstrap CI; each resample
+    draws prompt indices once for both (paired). ``num``, ``den``: ``[n]``."""
+    num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+    if num.shape != den.shape or num.ndim != 1:
+        raise ValueError(f"num and den must be [n] of one length, got {num.shape} and {den.shape}")
+    point = ratio(num, den)
+    if num.size < 2:
+        return point, float("nan"), float("nan")
+    idx = resample(num.size, n_boot, seed)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = num[idx].mean(axis=1) / den[idx].mean(axis=1)
+    lo, hi = percentile_interval(r, level)
+    return point, float(lo), float(hi)
+
+
+def null_stats(draws: np.ndarray) -> dict[str, float]:
+    """``n, mean, sd`` (ddof 1) and the 95th percentile of the null draws."""
+    x = np.asarray(draws, np.float64)
+    x = x[np.isfinite(x)]
+    if x.size < 2:
+        return {"n": int(x.size), "mean": float("nan"), "sd": float("nan"), "p95": float("nan")}
+    return {"n": int(x.size), "mean": float(x.mean()), "sd": float(x.std(ddof=1)), "p95": float(np.quantile(x, 0.95))}
+
+
+def null_z_p(r: float, draws: np.ndarray) -> tuple[float, float]:
+    """``z = (r − null mean)/null sd`` and the empirical upper p ``(1 + #{draw ≥ r})/(1 + n)``."""
+
+    st = null_stats(draws)
+    x = np.asarray(draws, np.float64)
+    x = x[np.isfinite(x)]
+    z = (r - st["mean"]) / st["sd"] if math.isfinite(r) and st["sd"] > 0 else float("nan")
+    return z, p_empirical(r, x)
+
+
+def carries(inside_ci_lo: float, null_p95: float, outside_ci_hi: float, writers: float = 1.0) -> bool | None:
+    """The claim "the subspace carries the behaviour": the inside retention's CI lies above the
+    random null's 95th percentile AND the outside retention's CI lies below the writers-only
+    effect (retention ``writers`` = 1). None when a number is missing."""
+    vals = (inside_ci_lo, null_p95, outside_ci_hi)
+    if not all(v is not None and math.isfinite(v) for v in vals):
+        return None
+    return bool(inside_ci_lo > null_p95 and outside_ci_hi < writers)
+
+
+# ----------------------------------------------------------------------------- the run
+#: columns of the per-candidate table ``v8_causal.tsv``, in order
+CAUSAL_COLUMNS: list[str] = [
+    "subspace",
+    "family",
+    "axis_kind",
+    "kind",
+    "causal_rank",
+    "seed_mean_joint_score",
+    "mean_rank",
+    "null_profile",
+    "energy_frac_inside",
+    "spread_inside",
+    "retention_inside",
+    "retention_inside_ci_lo",
+    "retention_inside_ci_hi",
+    "spread_outside",
+    "retention_outside",
+    "retention_outside_ci_lo",
+    "retention_outside_ci_hi",
+    "spread_normmatched",
+    "retention_normmatched",
+    "retention_normmatched_ci_lo",
+    "retention_normmatched_ci_hi",
+    "normmatch_scale_max",
+    "null_n",
+    "null_mean",
+    "null_sd",
+    "null_p95",
+    "z_inside",
+    "p_inside",
+    "q_inside",
+    "null_normmatched_mean",
+    "null_normmatched_sd",
+    "null_normmatched_p95",
+    "z_normmatched",
+    "mass_inside",
+    "mass_outside",
+    "mass_normmatched",
+    *[f"spread_{s}_{p}" for p in PARTS for s in CONTROLS],
+    "carries",
+    "works_as_target",
+]
+
+
+def causal_columns(controls: Sequence[str] = CONTROLS) -> list[str]:
+    """:data:`CAUSAL_COLUMNS` for a behaviour with these control sets (one ``spread_<set>_<part>``
+    column per control set and part, in the behaviour's order)."""
+    head = CAUSAL_COLUMNS[: CAUSAL_COLUMNS.index(f"spread_{CONTROLS[0]}_{PARTS[0]}")]
+    return [*head, *[f"spread_{s}_{p}" for p in PARTS for s in controls], "carries", "works_as_target"]
+
+
+#: columns of the long table ``v8_causal_variants.tsv`` (one row per variant × prompt set)
+VARIANT_COLUMNS: list[str] = [
+    "variant",
+    "subspace",
+    "part",
+    "null_profile",
+    "set",
+    "n",
+    "spread",
+    "spread_ci_lo",
+    "spread_ci_hi",
+    "logratio_plus",
+    "logratio_minus",
+    "mean_mass",
+    "min_mass",
+    "energy_frac_inside",
+    "retention",
+    "retention_ci_lo",
+    "retention_ci_hi",
+]
+
+
+@dataclass
+class Pair:
+    """One variant's read-outs at α = +1 and −1, per prompt set: ``set -> dict`` of ``[n]``
+    arrays ``lr_plus, lr_minus, mass_plus, mass_minus``."""
+
+    sets: dict[str, dict[str, np.ndarray]]
+
+    def spread(self, s: str) -> np.ndarray:
+        """Per-prompt spread ``[n]``: log-ratio at +1 minus at −1."""
+        return self.sets[s]["lr_plus"] - self.sets[s]["lr_minus"]
+
+    def mass(self, s: str) -> np.ndarray:
+        """Per-prompt Yes+No mass at both signs, ``[2n]``."""
+        return np.concatenate([self.sets[s]["mass_plus"], self.sets[s]["mass_minus"]])
+
+
+class _Evaluator:
+    """Runs variants at α = ±1 through one :class:`~ws.model.fast_readout.FastReadout`, counting rows."""
+
+    def __init__(self, model, readout):
+        self.model, self.ro, self.rows, self.flops = model, readout, 0, 0
+
+    def pair(self, wv: Mapping[str, torch.Tensor], sets: Sequence[str]) -> Pair:
+
+        got = {}
+        for a in (1.0, -1.0):
+            with weight_steer(self.model, wv, a):
+                got[a] = self.ro.run(sets)
+        self.rows += 2 * sum(self.ro.plans[s].n for s in sets)
+        self.flops += 2 * self.ro.pass_flops(sets)
+        return Pair(
+            {
+                s: {
+                    "lr_plus": got[1.0][s][0],
+                    "lr_minus": got[-1.0][s][0],
+                    "mass_plus": got[1.0][s][1],
+                    "mass_minus": got[-1.0][s][1],
+                }
+                for s in sets
+            }
+        )
+
+
+def _profile_name(profile: tuple[int, ...]) -> str:
+    return f"{profile[0]}x{len(profile)}" if len(set(profile)) == 1 else ",".join(map(str, profile))
+
+
+@dataclass
+class CausalResult:
+    """What :func:`run_causal` measured (tables described in the module doc)."""
+
+    table: pl.DataFrame  # CAUSAL_COLUMNS, one row per tested candidate
+    variants: pl.DataFrame  # VARIANT_COLUMNS, one row per variant × prompt set
+    writers_share: tuple[float, float, float]  # spread(writers)/spread(full) on the target set, CI
+    writers_spread: tuple[float, float, float]  # mean spread of writers-only on the target set, CI
+    full_spread: tuple[float, float, float]
+    first_block: int
+    layers: list[int]
+    n_null: int
+    timings: dict[str, float] = field(default_factory=dict)
+    n_rows: int = 0  # prompt rows run through blocks ≥ first_block
+    gflop: float = 0.0  # matrix-product work of every pass (FastReadout.pass_flops), 1e9 FLOPs
+    target: str = TARGET  # the behaviour's target set (retention is read there)
+    controls: tuple[str, ...] = CONTROLS
+
+
+def mean_ci(x: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of ``x [n]`` and its percentile bootstrap CI (:func:`ratio_ci` over ones)."""
+    x = np.asarray(x, np.float64)
+    return ratio_ci(x, np.ones_like(x), n_boot, seed)
+
+
+def _variant_rows(
+    variant: str, subspace: str, part: str, profile: str, pair: Pair, writers: Pair, energy: float, n_boot: int, seed: int
+) -> list[dict]:
+    """One row per prompt set of one variant (columns :data:`VARIANT_COLUMNS`)."""
+    rows = []
+    for s, v in pair.sets.items():
+        sp, lo, hi = mean_ci(pair.spread(s), n_boot, seed)
+        r, rlo, rhi = ratio_ci(pair.spread(s), writers.spread(s), n_boot, seed)
+        m = pair.mass(s)
+        rows.append(
+            dict(
+                variant=variant,
+                subspace=subspace,
+                part=part,
+                null_profile=profile,
+                set=s,
+                n=int(v["lr_plus"].size),
+                spread=sp,
+                spread_ci_lo=lo,
+                spread_ci_hi=hi,
+                logratio_plus=float(v["lr_plus"].mean()),
+                logratio_minus=float(v["lr_minus"].mean()),
+                mean_mass=float(m.mean()),
+                min_mass=float(m.min()),
+                energy_frac_inside=energy,
+                retention=r,
+                retention_ci_lo=rlo,
+                retention_ci_hi=rhi,
+            )
+        )
+    return rows
+
+
+def _candidate_row(
+    meta: Mapping,
+    parts: Mapping[str, Pair],
+    writers: Pair,
+    energy: float,
+    scales: Mapping[int, float],
+    profile: tuple[int, ...],
+    null_r: Mapping[str, np.ndarray],
+    n_boot: int,
+    seed: int,
+    target: str = TARGET,
+    controls: Sequence[str] = CONTROLS,
+) -> dict:
+    """One row of :func:`causal_columns` (``causal_rank``, ``seed_mean_joint_score``, ``q_inside``
+    are filled by the caller)."""
+    row = {c: meta.get(c) for c in ("subspace", "family", "axis_kind", "kind")}
+    row.update(mean_rank=float(np.mean(profile)), null_profile=_profile_name(profile), energy_frac_inside=energy)
+    for p in PARTS:
+        r, lo, hi = ratio_ci(parts[p].spread(target), writers.spread(target), n_boot, seed)
+        row.update(
+            {
+                f"spread_{p}": float(parts[p].spread(target).mean()),
+                f"retention_{p}": r,
+                f"retention_{p}_ci_lo": lo,
+                f"retention_{p}_ci_hi": hi,
+                f"mass_{p}": float(parts[p].mass(target).mean()),
+            }
+        )
+        for s in controls:
+            row[f"spread_{s}_{p}"] = float(parts[p].spread(s).mean()) if s in parts[p].sets else float("nan")
+    sc = [v for v in scales.values() if math.isfinite(v)]
+    row["normmatch_scale_max"] = max(sc) if len(sc) == len(scales) else float("inf")
+    st, nm = null_stats(null_r["inside"]), null_stats(null_r["normmatched"])
+    z, p = null_z_p(row["retention_inside"], null_r["inside"])
+    row.update(
+        null_n=st["n"],
+        null_mean=st["mean"],
+        null_sd=st["sd"],
+        null_p95=st["p95"],
+        z_inside=z,
+        p_inside=p,
+        null_normmatched_mean=nm["mean"],
+        null_normmatched_sd=nm["sd"],
+        null_normmatched_p95=nm["p95"],
+        z_normmatched=null_z_p(row["retention_normmatched"], null_r["normmatched"])[0],
+    )
+    row["carries"] = carries(row["retention_inside_ci_lo"], st["p95"], row["retention_outside_ci_hi"])
+    lo = row["retention_normmatched_ci_lo"]
+    row["works_as_target"] = bool(lo > nm["p95"]) if math.isfinite(lo) and math.isfinite(nm["p95"]) else None
+    return row
+
+
+def _frame(rows: list[dict], columns: list[str]) -> pl.DataFrame:
+    ints, strs, bools = (
+        {"causal_rank", "null_n", "n"},
+        {"subspace", "family", "axis_kind", "kind", "null_profile", "variant", "part", "set"},
+        {"carries", "works_as_target"},
+    )
+    schema = {c: pl.Int64 if c in ints else pl.String if c in strs else pl.Boolean if c in bools else pl.Float64 for c in columns}
+    return pl.DataFrame({c: [r.get(c) for r in rows] for c in columns}, schema=schema)
+
+
+#: variants of every random draw (target set only)
+NULL_PARTS = ("inside", "normmatched")
+
+
+def _null_draws(
+    ev: _Evaluator,
+    ww: Mapping[str, torch.Tensor],
+    profile: tuple[int, ...],
+    layers: Sequence[int],
+    d: int,
+    n_null: int,
+    seed: int,
+    target: str = TARGET,
+) -> list[dict]:
+    """``n_null`` random draws of one rank profile: per draw the writers' energy inside and the
+    inside and norm-matched inside read-outs on the target set."""
+    out, t0 = [], time.perf_counter()
+    for j in range(n_null):
+        if j % 5 == 0:
+            el = time.perf_counter() - t0
+            logger.info(f"causal test: null of rank profile {_profile_name(profile)}, draw {j + 1}/{n_null} ({el:.0f} s)")
+        rb = random_bases(dict(zip(layers, profile, strict=True)), d, j, seed)
+        out.append({"energy": energy_inside(ww, rb), **{p: ev.pair(variant_diff(ww, rb, p)[0], [target]) for p in NULL_PARTS}})
+    return out
+
+
+def _profile(bases: Sequence[torch.Tensor | None], layers: Sequence[int]) -> tuple[int, ...]:
+    return tuple(0 if bases[l] is None else int(bases[l].shape[1]) for l in layers)
+
+
+def run_causal(
+    model,
+    tok,
+    w: Mapping[str, torch.Tensor],
+    bases: Mapping[str, Sequence[torch.Tensor | None]],
+    meta: pl.DataFrame,
+    names: Sequence[str],
+    layers: Sequence[int],
+    texts_by_set: Mapping[str, Sequence[str]],
+    *,
+    ranking: Mapping[str, tuple[int | None, float]] | None = None,
+    n_null: int = 20,
+    n_boot: int = 2000,
+    seed: int = 0,
+    boot_seed: int = 0,
+    batch_size: int = 16,
+    progress: bool = True,
+    threads: int | None = None,
+    target: str = TARGET,
+    controls: Sequence[str] = CONTROLS,
+) -> CausalResult:
+    """The causal projection test of ``names`` (see the module doc).
+
+    bases: name -> per-layer list (index = layer) of ``[d, k]`` orthonormal bases or None.
+    meta: at least ``subspace, family, axis_kind, kind``. layers: the blocks whose writers the
+    diff touches. texts_by_set: rendered prompts of the ``target`` set and the ``controls``
+    (default: the sycophancy sets :data:`TARGET`, :data:`CONTROLS`; every one must be there).
+    ranking: name -> (causal_rank, seed_mean_joint_score), copied into the table.
+    ``seed`` seeds the null's random bases, ``boot_seed`` every bootstrap. ``threads``: torch /
+    BLAS threads for the passes (None: leave the setting; 1 is far faster for tiny models and
+    on cores shared with other processes).
+    """
+
+    controls = tuple(controls)
+    with blas_threads(threads):
+        missing = [s for s in (target, *controls) if not len(texts_by_set.get(s, ()))]
+        if missing:
+            raise ValueError(f"the causal test needs prompts of every set: none for {missing} (have {sorted(texts_by_set)})")
+        layers, t, t0 = [int(l) for l in layers], {}, time.perf_counter()
+        ww = writers_only(w, layers)
+        ro = FastReadout(model, tok, texts_by_set, first_block(w, ww), batch_size)
+        ev = _Evaluator(model, ro)
+        t["base_residuals"] = time.perf_counter() - t0
+        m = _measure(ev, w, ww, bases, names, layers, d_model(model), n_null, seed, progress, t, target)
+        wd, fd = m.ref["writers_only"].spread(target), m.ref["full"].spread(target)
+        res = CausalResult(
+            _candidate_table(m, meta, names, ranking, n_boot, boot_seed, target, controls),
+            _variant_table(m, names, n_boot, boot_seed),
+            ratio_ci(wd, fd, n_boot, boot_seed),
+            mean_ci(wd, n_boot, boot_seed),
+            mean_ci(fd, n_boot, boot_seed),
+            ro.first,
+            layers,
+            n_null,
+            t,
+            ev.rows,
+            ev.flops / 1e9,
+            target,
+            controls,
+        )
+        logger.info(
+            f"causal test: {len(names)} candidates × {len(PARTS)} variants + {sum(map(len, m.null.values()))} "
+            f"null draws × {len(NULL_PARTS)}, {ev.rows} prompt rows from block {ro.first} on "
+            f"({ev.flops / 1e9:.0f} GFLOP of matrix products), in "
+            f"{sum(t.values()):.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in t.items())})"
+        )
+        return res
+
+
+@dataclass
+class _Measured:
+    """Every read-out of one causal test (before any statistic)."""
+
+    ref: dict[str, Pair]  # "full", "writers_only"
+    parts: dict[str, dict[str, Pair]]  # candidate -> part -> read-outs
+    energy: dict[str, float]  # candidate -> writers' energy inside
+    scales: dict[str, dict[int, float]]  # candidate -> per-layer norm-matching factor
+    profile: dict[str, tuple[int, ...]]  # candidate -> rank per touched layer
+    null: dict[tuple[int, ...], list[dict]]  # rank profile -> draws (see _null_draws)
+
+
+def _measure(ev: _Evaluator, w, ww, bases, names, layers, d, n_null, seed, progress, t: dict, target: str) -> _Measured:
+    sets, t0 = list(ev.ro.plans), time.perf_counter()
+    m = _Measured({"full": ev.pair(w, sets), "writers_only": ev.pair(ww, sets)}, {}, {}, {}, {}, {})
+    names = list(names)
+    for i, name in enumerate(tqdm(names, desc="causal variants", disable=not progress, leave=False)):
+        logger.info(f"causal test: candidate {i + 1}/{len(names)} `{name}` ({time.perf_counter() - t0:.0f} s)")
+        per = {l: bases[name][l] for l in layers}
+        m.profile[name], m.energy[name], m.parts[name] = _profile(bases[name], layers), energy_inside(ww, per), {}
+        for p in PARTS:
+            wv, sc = variant_diff(ww, per, p)
+            m.parts[name][p] = ev.pair(wv, sets)
+            m.scales[name] = sc if p == "normmatched" else m.scales.get(name, {})
+    t["variants"], t0 = time.perf_counter() - t0, time.perf_counter()
+    m.null = {pr: _null_draws(ev, ww, pr, layers, d, n_null, seed, target) for pr in dict.fromkeys(m.profile.values())}
+    t["null"] = time.perf_counter() - t0
+    return m
+
+
+def _candidate_table(
+    m: _Measured, meta: pl.DataFrame, names, ranking, n_boot: int, seed: int, target: str, controls: tuple[str, ...]
+) -> pl.DataFrame:
+
+    wd = m.ref["writers_only"].spread(target)
+    null_r = {pr: {p: np.array([ratio(dr[p].spread(target), wd) for dr in v]) for p in NULL_PARTS} for pr, v in m.null.items()}
+    mrows = {r["subspace"]: r for r in meta.iter_rows(named=True)}
+    rows = [
+        _candidate_row(
+            mrows[n],
+            m.parts[n],
+            m.ref["writers_only"],
+            m.energy[n],
+            m.scales[n],
+            m.profile[n],
+            null_r[m.profile[n]],
+            n_boot,
+            seed,
+            target,
+            controls,
+        )
+        for n in names
+    ]
+    for r in rows:
+        r["causal_rank"], r["seed_mean_joint_score"] = (ranking or {}).get(r["subspace"], (None, float("nan")))
+    p = np.array([r["p_inside"] if r["kind"] == "A-hypothesis" else np.nan for r in rows], dtype=np.float64)
+    for r, q in zip(rows, bh_qvalues(p), strict=True):
+        r["q_inside"] = float(q)
+    return _frame(rows, causal_columns(controls))
+
+
+def _variant_table(m: _Measured, names, n_boot: int, seed: int) -> pl.DataFrame:
+    wo, rows = m.ref["writers_only"], []
+    for v in ("full", "writers_only"):
+        rows += _variant_rows(v, "", v, "", m.ref[v], wo, 1.0 if v == "writers_only" else float("nan"), n_boot, seed)
+    for n in names:
+        for p in PARTS:
+            rows += _variant_rows(f"{n}:{p}", n, p, _profile_name(m.profile[n]), m.parts[n][p], wo, m.energy[n], n_boot, seed)
+    for pr, v in m.null.items():
+        for j, dr in enumerate(v):
+            for p in NULL_PARTS:
+                rows += _variant_rows(
+                    f"random:{_profile_name(pr)}:{j}:{p}",
+                    "",
+                    f"null_{p}",
+                    _profile_name(pr),
+                    dr[p],
+                    wo,
+                    dr["energy"],
+                    n_boot,
+                    seed,
+                )
+    return _frame(rows, VARIANT_COLUMNS)

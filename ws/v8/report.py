@@ -1,0 +1,647 @@
+"""Figures and markdown of the v8 sweep (the tables are written by :func:`ws.v7.report.write_table`).
+
+Every number in the markdown is formatted from the DataFrames or the ``info`` dict passed
+in (the run's own results); files are written atomically by the caller's file set.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from ws.behavior import data
+from ws.core.io import atomic_path
+from ws.stats import CEILING_ACT, CEILING_W
+from ws.v7.report import _cell, _family_colors, _finite, _layers_text, _row, definitions_md, fmt_num, fmt_pct
+
+__all__ = ["causal_figure", "block_figure", "causal_claims", "definitions_v8_md", "conclusion_v8_md", "pct"]
+
+
+def pct(x: Any) -> str:
+    """A retention (a fraction) as a percentage for prose."""
+    return fmt_pct(100 * float(x)) if _finite(x) else "NaN%"
+
+
+def _ci(r: Mapping, col: str, as_pct: bool = True) -> str:
+    f = pct if as_pct else fmt_num
+    return f"{f(r.get(col))} [{f(r.get(f'{col}_ci_lo'))}, {f(r.get(f'{col}_ci_hi'))}]"
+
+
+def _save(fig, path_png: str | Path, path_pdf: str | Path) -> tuple[Path, Path]:
+    path_png, path_pdf = Path(path_png), Path(path_pdf)
+    with atomic_path(path_png) as tmp:
+        fig.savefig(tmp, dpi=150, format="png")
+    with atomic_path(path_pdf) as tmp:
+        fig.savefig(tmp, format="pdf")
+    return path_png, path_pdf
+
+
+def _style(kind: str) -> dict:
+    if kind == "ceiling":
+        return dict(marker="*", s=300, c="gold", edgecolors="black", linewidths=0.9, zorder=5)
+    if kind == "self-test":
+        return dict(marker="D", s=60, c="0.55", edgecolors="black", linewidths=0.6, zorder=4)
+    return dict(marker="o", s=55, edgecolors="white", linewidths=0.6, zorder=4)
+
+
+# ----------------------------------------------------------------------------- figures
+def _whiskers(ax, r: Mapping, color) -> None:
+    x, y = r["retention_inside"], r["retention_outside"]
+    if _finite(r["retention_inside_ci_lo"]):
+        ax.plot([r["retention_inside_ci_lo"], r["retention_inside_ci_hi"]], [y, y], color=color, lw=1.3, alpha=0.7, zorder=3)
+    if _finite(r["retention_outside_ci_lo"]):
+        ax.plot([x, x], [r["retention_outside_ci_lo"], r["retention_outside_ci_hi"]], color=color, lw=1.3, alpha=0.7, zorder=3)
+
+
+def _plane_panel(ax, table: pl.DataFrame, null: pl.DataFrame, colors: Mapping[str, Any]) -> list[str]:
+    """Inside (x) vs outside (y) retention with CIs; returns the names in tag order."""
+    ax.axhline(1, ls="--", lw=1, color="0.45")
+    ax.axvline(1, ls="--", lw=1, color="0.45")
+    ax.axhline(0, lw=0.6, color="0.7")
+    ax.axvline(0, lw=0.6, color="0.7")
+    if null.height:
+        lo = float(null["retention"].min())
+        p95 = float(null["retention"].quantile(0.95, interpolation="linear"))
+        ax.axvspan(lo, p95, color="0.87", zorder=0, label="random rank-k inside retention: lowest to 95th percentile")
+        ax.plot(
+            null["retention"].to_numpy(),
+            np.zeros(null.height),
+            "|",
+            color="0.3",
+            ms=14,
+            mew=1.2,
+            zorder=2,
+            transform=ax.get_xaxis_transform(),
+            clip_on=False,
+            label=f"one random rank-k subspace (inside only; {null.height} draws)",
+        )
+    names = []
+    for r in table.iter_rows(named=True):
+        if not (_finite(r["retention_inside"]) and _finite(r["retention_outside"])):
+            continue
+        c = colors.get(r["family"], "0.3") if r["kind"] == "A-hypothesis" else ("gold" if r["kind"] == "ceiling" else "0.55")
+        _whiskers(ax, r, "darkgoldenrod" if r["kind"] == "ceiling" else c)
+        st = _style(r["kind"])
+        if r["kind"] == "A-hypothesis":
+            st["c"] = [c]
+        ax.scatter([r["retention_inside"]], [r["retention_outside"]], **st)
+        names.append(r["subspace"])
+        ax.annotate(
+            str(len(names)),
+            (r["retention_inside"], r["retention_outside"]),
+            xytext=(4, 4),
+            textcoords="offset points",
+            fontsize=8,
+        )
+    ax.set_xlabel("inside retention: spread(P_B Δ) / spread(writers-only)")
+    ax.set_ylabel("outside retention: spread((I − P_B) Δ) / spread(writers-only)")
+    ax.set_title("carries = far right (CI above the random null) and low (CI below 1)", fontsize=10)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2, frameon=False)
+    return names
+
+
+def _strip_panel(ax, table: pl.DataFrame, null: pl.DataFrame, null_nm: pl.DataFrame) -> None:
+    """One row per candidate: inside (filled) and norm-matched inside (hollow) retention with
+    CIs, each null's 95th percentile as a tick (red: inside, orange: norm-matched); the random
+    draws as clouds in the last two rows."""
+    t = table.with_columns(pl.col("retention_inside").fill_nan(None)).sort("retention_inside", nulls_last=False)
+    rng = np.random.default_rng(0)
+    for i, r in enumerate(t.iter_rows(named=True)):
+        for col, face in (("retention_inside", None), ("retention_normmatched", "none")):
+            if _finite(r[col]):
+                ax.plot([r[f"{col}_ci_lo"], r[f"{col}_ci_hi"]], [i + (0.15 if face else 0)] * 2, color="0.4", lw=1.2)
+                ax.scatter(
+                    [r[col]],
+                    [i + (0.15 if face else 0)],
+                    marker="*" if r["kind"] == "ceiling" else "o",
+                    s=80 if r["kind"] == "ceiling" else 30,
+                    facecolors=face or "tab:blue",
+                    edgecolors="tab:blue",
+                    zorder=4,
+                )
+        for col, color in (("null_p95", "tab:red"), ("null_normmatched_p95", "tab:orange")):
+            if _finite(r[col]):
+                ax.plot([r[col]] * 2, [i - 0.3, i + 0.3], color=color, lw=1.5)
+    for j, (nl, face) in enumerate(((null, "0.5"), (null_nm, "none"))):
+        if nl.height:
+            ax.scatter(
+                nl["retention"].to_numpy(),
+                t.height + j + rng.uniform(-0.25, 0.25, nl.height),
+                s=14,
+                facecolors=face,
+                edgecolors="0.5",
+                alpha=0.8,
+                zorder=3,
+            )
+    ax.set_yticks(list(range(t.height + 2)))
+    ax.set_yticklabels(
+        t["subspace"].to_list() + [f"random rank-k ({null.height})", f"random rank-k, norm-matched ({null_nm.height})"],
+        fontsize=8,
+    )
+    ax.axvline(1, ls="--", lw=1, color="0.45")
+    ax.axvline(0, lw=0.6, color="0.7")
+    ax.set_xlabel(
+        "retention of the writers' effect (filled: inside; hollow: norm-matched inside)\n"
+        "ticks: 95th percentile of the random null (red: inside, orange: norm-matched)"
+    )
+    ax.set_title("inside retention against the random null", fontsize=10)
+
+
+def causal_figure(
+    table: pl.DataFrame, variants: pl.DataFrame, path_png: str | Path, path_pdf: str | Path, title: str = ""
+) -> tuple[Path, Path]:
+    """Two panels: inside vs outside retention (CIs, ceilings as stars, the random null as a
+    band and ticks) and one row per candidate against the random cloud. Saved atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    top = table["null_profile"].value_counts(sort=True)["null_profile"][0]  # draw the most common profile's null
+    null = variants.filter((pl.col("part") == "null_inside") & (pl.col("null_profile") == top))
+    null_nm = variants.filter((pl.col("part") == "null_normmatched") & (pl.col("null_profile") == top))
+    fig = Figure(figsize=(17, 7.8))
+    FigureCanvasAgg(fig)
+    ax1 = fig.add_axes([0.05, 0.16, 0.38, 0.72])
+    ax2 = fig.add_axes([0.67, 0.16, 0.31, 0.72])
+    colors = _family_colors(table.filter(pl.col("kind") == "A-hypothesis")["family"].to_list() or ["-"])
+    names = _plane_panel(ax1, table, null, colors)
+    fig.text(0.445, 0.88, "\n".join(f"{i + 1}. {n}" for i, n in enumerate(names)), fontsize=8, va="top", family="monospace")
+    _strip_panel(ax2, table, null, null_nm)
+    fig.suptitle(title or "Does the subspace carry the behaviour? Retention of the writers' effect", fontsize=12)
+    return _save(fig, path_png, path_pdf)
+
+
+def _log_axes(ax) -> None:
+    """Log scales with plain tick labels (1, 2, 0.5), no minor labels."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    for axis, scale in ((ax.xaxis, ax.set_xscale), (ax.yaxis, ax.set_yscale)):
+        scale("log")
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(NullFormatter())
+
+
+def block_figure(
+    summary: pl.DataFrame, scope: pl.DataFrame, path_png: str | Path, path_pdf: str | Path, title: str = "", top_n: int = 8
+) -> tuple[Path, Path]:
+    """Left: R_act against the cumulative label (x) and the block-local label (y), write/mixed
+    candidates and ceilings, log-log. Right: per layer, the overlap of the dW oracle with the
+    cumulative and the block-local activation oracle (and of the two activation oracles)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(16, 7))
+    FigureCanvasAgg(fig)
+    ax, ax2 = fig.add_axes([0.05, 0.1, 0.32, 0.78]), fig.add_axes([0.62, 0.1, 0.35, 0.78])
+    s = summary.filter(pl.col("axis_kind").is_in(["write", "mixed", "ceiling"]))
+    s = s.with_columns(pl.col("mean_conc_act", "mean_conc_act_block").cast(pl.Float64).fill_nan(None))
+    s = s.filter((pl.col("mean_conc_act") > 0) & (pl.col("mean_conc_act_block") > 0))
+    colors = _family_colors(s.filter(pl.col("kind") != "ceiling")["family"].to_list() or ["-"])
+    for r in s.iter_rows(named=True):
+        st = _style(r["kind"])
+        if r["kind"] != "ceiling":
+            st["c"] = [colors[r["family"]]]
+        ax.scatter([r["mean_conc_act"]], [r["mean_conc_act_block"]], **st)
+    top = s.filter(pl.col("kind") == "A-hypothesis").sort("mean_conc_act_block", descending=True).head(top_n)
+    for i, r in enumerate(top.iter_rows(named=True)):
+        ax.annotate(
+            str(i + 1), (r["mean_conc_act"], r["mean_conc_act_block"]), xytext=(4, 4), textcoords="offset points", fontsize=8
+        )
+    fig.text(
+        0.385,
+        0.88,
+        "top by block-local R_act\n" + "\n".join(f"{i + 1}. {n}" for i, n in enumerate(top["subspace"])),
+        fontsize=8,
+        va="top",
+        family="monospace",
+    )
+    if s.height:
+        lo = min(float(s["mean_conc_act"].min()), float(s["mean_conc_act_block"].min()), 1.0) / 1.5
+        hi = max(float(s["mean_conc_act"].max()), float(s["mean_conc_act_block"].max()), 1.0) * 1.5
+        ax.plot([lo, hi], [lo, hi], color="0.6", lw=0.8)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+    _log_axes(ax)
+    ax.axvline(1, ls="--", lw=1, color="0.45")
+    ax.axhline(1, ls="--", lw=1, color="0.45")
+    ax.set_xlabel("R_act, cumulative label (v7)")
+    ax.set_ylabel("R_act, block-local label (what each block writes)")
+    ax.set_title("write + mixed candidates (stars: ceilings); diagonal: equal", fontsize=10)
+    lay = scope["layer"].to_numpy()
+    for col, lab in (
+        ("overlap_dW_act", "dW oracle vs cumulative act oracle"),
+        ("overlap_dW_act_block", "dW oracle vs block-local act oracle"),
+        ("overlap_act_act_block", "cumulative vs block-local act oracle"),
+    ):
+        ax2.plot(lay, scope[col].to_numpy(), marker="o", ms=3.5, label=lab)
+    ax2.plot(lay, scope["overlap_random"].to_numpy(), ls="--", color="0.5", label="two random rank-k subspaces (k/d)")
+    touched = scope.filter(pl.col("touched"))["layer"].to_list()
+    if touched:
+        ax2.axvspan(min(touched) - 0.5, max(touched) + 0.5, color="0.92", zorder=0, label="layers the LoRA touched")
+    from matplotlib.ticker import MaxNLocator
+
+    ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax2.set_xlabel("layer")
+    ax2.set_ylabel("‖B₁ᵀB₂‖²_F / min(r₁, r₂)")
+    ax2.set_ylim(-0.02, 1.02)
+    ax2.legend(fontsize=8, frameon=False)
+    ax2.set_title("scope: which label does the diff's own write space match?", fontsize=10)
+    fig.suptitle(title or "Block-local vs cumulative activation label", fontsize=12)
+    return _save(fig, path_png, path_pdf)
+
+
+# ----------------------------------------------------------------------------- claims
+def _tag(kind: str) -> str:
+    return {"ceiling": " (ceiling, B side)", "self-test": " (self-test row)"}.get(kind, "")
+
+
+def causal_claims(table: pl.DataFrame) -> list[tuple[str, str, bool | None]]:
+    """``(claim, evidence, survives)`` per tested A-hypothesis and ceiling (the self-test rows
+    are checks, reported with the self-tests): "`X` carries the behaviour" survives only when
+    the inside retention's CI lies above the random null's 95th percentile AND the outside
+    retention's CI lies below the writers-only effect (100 %); None where a number is missing."""
+    out = []
+    for r in table.filter(pl.col("kind") != "self-test").iter_rows(named=True):
+        ev = (
+            f"inside {_ci(r, 'retention_inside')} vs random rank-k 95th percentile {pct(r['null_p95'])}; "
+            f"outside {_ci(r, 'retention_outside')} (must stay below 100%)"
+        )
+        out.append((f"`{r['subspace']}` carries the behaviour{_tag(r['kind'])}", ev, r["carries"]))
+    return out
+
+
+# ----------------------------------------------------------------------------- definitions
+TERMS = [
+    (
+        "writers-only",
+        "the diff restricted to `o_proj` and `down_proj` (the tensors that write into the residual "
+        "stream) of the blocks the LoRA touched; the reference every retention is measured against",
+    ),
+    (
+        "inside",
+        "per touched layer, each writer delta Δ (`[d, in]`, rows in residual space) replaced by `P_B Δ`, "
+        "`P_B = BBᵀ` for the candidate's basis B of that layer: only what the block writes into span(B)",
+    ),
+    ("outside", "per touched layer `(I − P_B) Δ`: everything the writers write except into span(B)"),
+    (
+        "norm-matched inside",
+        "the inside part of each layer times one factor so that the layer's two writer deltas "
+        "together have the writers-only Frobenius norm (`normmatch_scale_max` is the largest factor)",
+    ),
+    (
+        "spread",
+        "on one prompt, the Yes/No log-ratio at α = +1 minus at α = −1 (nats); a set's spread is the mean "
+        "over its prompts. Target set: held-out {target}; controls: held-out {controls} (the diff's own held-out "
+        "effect prompts)",
+    ),
+    (
+        "retention",
+        "mean spread of a variant ÷ mean spread of writers-only on the same prompts; CI: percentile "
+        "bootstrap over prompts, the same resampled prompts for numerator and denominator",
+    ),
+    (
+        "random null",
+        "per draw, a seeded Haar-random subspace per touched layer with the candidate's own rank there; "
+        "its inside retention on the target set. z = (retention − null mean)/null sd; p = (1 + #{draw ≥ retention})"
+        "/(1 + draws); q: Benjamini–Hochberg over the tested A-hypotheses",
+    ),
+    (
+        "carries",
+        "inside retention's CI lower end above the random null's 95th percentile AND outside retention's "
+        "CI upper end below 1 (the writers-only effect)",
+    ),
+    (
+        "works as an intervention target",
+        "norm-matched inside retention's CI lower end above the 95th percentile of "
+        "the same random subspaces norm-matched (a blown-up random subspace moves the answer too)",
+    ),
+    (
+        "writers' share",
+        "spread(writers-only) ÷ spread(full diff) on the target set: how much of the diff's effect the "
+        "residual writers alone carry",
+    ),
+    ("cumulative label", "v7's activation label: block outputs (last token, EVAL probes) at +w minus at −w"),
+    (
+        "block-local label",
+        "`(post⁺ − pre⁺) − (post⁻ − pre⁻)` per block: block output minus block input, at +w "
+        "minus at −w — what the block itself writes. Zero below the first touched block; blocks after the last "
+        "touched one respond to their changed input, so it is not zero there",
+    ),
+    (
+        "conc_act_block, z_act_block",
+        "v7's activation score and closed-form null applied to the block-local label "
+        "(`energy_frac_act_block`, `p_act_block`, `q_act_block` likewise; `joint_score_block` = geometric mean of "
+        "`mean_conc_act_block` and `mean_conc_w_combined`)",
+    ),
+    (
+        "activation oracle",
+        "top-k eigenvectors of `A = mean x̂x̂ᵀ` of a label's rows at one layer: the rank-k "
+        "subspace with the largest energy fraction any subspace can reach (`best_frac_*`)",
+    ),
+    ("dW oracle", "`dW_left_basis_ceiling`: the top-k left singular vectors of the layer's `[Δo_proj | Δdown_proj]`"),
+    (
+        "overlap",
+        "`‖B₁ᵀB₂‖²_F / min(r₁, r₂)`: 1 when one subspace contains the other, 0 when orthogonal; two random "
+        "rank-k subspaces of d dimensions give k/d (`overlap_random`)",
+    ),
+]
+
+COLUMN_DOCS = {
+    "causal_rank": "position by the seed-mean joint score among write/mixed A-hypotheses (empty: ceiling or self-test)",
+    "seed_mean_joint_score": "v7's joint score, mean over the seeds",
+    "mean_rank": "the candidate's mean rank over the touched layers",
+    "null_profile": "the ranks per touched layer its random null matches (`8x15`: rank 8 on 15 layers)",
+    "energy_frac_inside": "share of the writers' energy ‖Δ‖²_F (summed over touched layers) inside the candidate",
+    "spread_<part>": "target-set spread of the variant (nats)",
+    "retention_<part>, _ci_lo, _ci_hi": "retention of the variant and its bootstrap CI",
+    "normmatch_scale_max": "largest per-layer factor the norm-matched variant applied (inf: a layer with nothing inside)",
+    "null_n, null_mean, null_sd, null_p95": "number of random draws, their mean, sd and 95th percentile of inside retention",
+    "z_inside, p_inside, q_inside": "inside retention against the random null",
+    "null_normmatched_mean, null_normmatched_sd, null_normmatched_p95, z_normmatched": (
+        "the same random subspaces norm-matched, and the norm-matched variant against them"
+    ),
+    "mass_<part>": "mean P(Yes) + P(No) over target prompts at α = ±1 (a log-ratio of tiny masses means little)",
+    "spread_<control set>_<part>": "the variant's spread on a control set",
+    "carries": "the verdict (see `carries` above)",
+    "works_as_target": "norm-matched inside beats norm-matched random subspaces (see above)",
+}
+
+
+def definitions_v8_md(meta: pl.DataFrame, behavior=None) -> str:
+    """Terms of v8 (with the behaviour's set names; default sycophancy), the columns of its new
+    tables, then every candidate (as in v7)."""
+
+    b = data.get_behavior(behavior)
+    sets = {"target": b.labels[b.target], "controls": " and ".join(b.labels[c] for c in b.controls)}
+    L = ["# v8 definitions", "", "## Terms", ""]
+    L += [f"- **{t}**: {d.format(**sets) if '{target}' in d else d}" for t, d in TERMS]
+    L += ["", "## Columns of `v8_causal.tsv` (also in `v8_summary.tsv` for the tested rows)", ""]
+    L += [f"- `{c}`: {d}" for c, d in COLUMN_DOCS.items()]
+    L += [
+        "",
+        "`v8_causal_variants.tsv` has one row per variant × prompt set (`full`, `writers_only`, each "
+        "`<candidate>:<part>`, each null draw `random:<profile>:<j>:<inside or normmatched>` "
+        "(part `null_inside` / `null_normmatched`), on the target set only): spread with CI, mean "
+        "log-ratio at +1 and −1, mean and smallest Yes+No mass, the writers' energy inside, retention with CI.",
+        "",
+        "`v8_scope.tsv` has one row per layer: the ranks of the dW oracle and the two activation oracles, their "
+        "pairwise overlaps, `overlap_random`, the best energy fraction at rank k, the participation ratio and the "
+        "mean row norm of each label.",
+        "",
+    ]
+    cand = definitions_md(meta).split("\n", 2)[2]  # drop the title line
+    return "\n".join(L) + "\n## Candidates\n\n" + cand
+
+
+# ----------------------------------------------------------------------------- conclusion
+def _target_row(variants: pl.DataFrame, variant: str, s: str) -> dict | None:
+    sub = variants.filter((pl.col("variant") == variant) & (pl.col("set") == s))
+    return sub.row(0, named=True) if sub.height else None
+
+
+def _writers_lines(variants: pl.DataFrame, info: Mapping[str, Any]) -> list[str]:
+    sh, wsp, fsp = info["writers_share"], info["writers_spread"], info["full_spread"]
+    out = [
+        f"- **The residual writers** (`o_proj`, `down_proj` of layers {_layers_text(info['layers_touched'])}) carry "
+        f"{pct(sh[0])} [{pct(sh[1])}, {pct(sh[2])}] of the full diff's effect on the {info['n_target']} held-out "
+        f"{info.get('target_label', 'target prompts')} (spread at α = ±1: writers-only {fmt_num(wsp[0])} nats "
+        f"[{fmt_num(wsp[1])}, {fmt_num(wsp[2])}], full diff {fmt_num(fsp[0])} nats)."
+    ]
+    ctl = []
+    for s in info.get("controls", ()):
+        w, f = _target_row(variants, "writers_only", s), _target_row(variants, "full", s)
+        if w and f:
+            ctl.append(
+                f"{info.get('control_labels', {}).get(s, s)}: writers-only {fmt_num(w['spread'])}, full {fmt_num(f['spread'])}"
+            )
+    if ctl:
+        out.append(f"  On the control sets (nats): {'; '.join(ctl)}.")
+    return out
+
+
+def _carry_text(r: Mapping) -> str:
+    return (
+        f"restricted to its subspace (mean rank {fmt_num(r['mean_rank'])}, {pct(r['energy_frac_inside'])} of the "
+        f"writers' energy) the writers keep {_ci(r, 'retention_inside')} of their effect, against "
+        f"{pct(r['null_mean'])} ± {pct(r['null_sd'])} for random subspaces of the same rank (95th percentile "
+        f"{pct(r['null_p95'])}; z {fmt_num(r['z_inside'])}, p {fmt_num(r['p_inside'])}, q {fmt_num(r['q_inside'])}); "
+        f"outside it {_ci(r, 'retention_outside')} remains; norm-matched inside gives {_ci(r, 'retention_normmatched')} "
+        f"(norm-matched random subspaces: 95th percentile {pct(r['null_normmatched_p95'])})"
+    )
+
+
+def _carry_caution(r: Mapping, n_tested: int) -> str | None:
+    """What the rule's verdict does not say: a subspace that passes it while keeping under half
+    of the writers' effect, or whose p-value does not survive BH over the tested candidates."""
+    notes = []
+    if r["retention_inside"] < 0.5:
+        notes.append(
+            f"it passes the rule, yet only {pct(r['retention_inside'])} of the writers' effect survives inside it and "
+            f"{pct(r['retention_outside'])} outside: most of the behaviour is carried elsewhere"
+        )
+    q = r.get("q_inside")
+    if q is not None and math.isfinite(q) and q > 0.05:
+        notes.append(f"its p {fmt_num(r['p_inside'])} does not survive BH over the {n_tested} tested candidates (q {fmt_num(q)})")
+    return ("  Read with care: " + "; ".join(notes) + ".") if notes else None
+
+
+def _carry_lines(causal: pl.DataFrame, info: Mapping[str, Any]) -> list[str]:
+    hyp = causal.filter(pl.col("kind") == "A-hypothesis")
+    fin = hyp.filter(pl.col("retention_inside").fill_nan(None).is_not_null())
+    yes = hyp.filter(pl.col("carries").fill_null(False)).sort(["retention_inside", "subspace"], descending=[True, False])
+    head = (
+        f"- Tested: the {hyp.height} write/mixed candidates with the highest seed-mean joint score, both ceilings "
+        f"and the self-test rows, on seed {info['seed']}'s diff, {info['n_null']} random subspaces per rank profile."
+    )
+    if yes.height:
+        b = yes.row(0, named=True)
+        out = [f"- **`{b['subspace']}` carries the behaviour**: {_carry_text(b)}."]
+        caution = _carry_caution(b, hyp.height)
+        out += [caution] if caution else []
+        if yes.height > 1:
+            out.append(
+                "- Also carrying, by the same rule: "
+                + ", ".join(
+                    f"`{r['subspace']}` (inside {pct(r['retention_inside'])}, outside {pct(r['retention_outside'])})"
+                    for r in yes.iter_rows(named=True)
+                    if r["subspace"] != b["subspace"]
+                )
+                + "."
+            )
+        return [head] + out
+    if not fin.height:
+        return [head, "- No tested write/mixed candidate has a finite retention (is the writers-only spread zero?)."]
+    b = fin.sort(["retention_inside", "subspace"], descending=[True, False]).row(0, named=True)
+    return [
+        head,
+        "- **No tested write/mixed candidate carries the behaviour** by the rule (inside CI above the "
+        "random null's 95th percentile and outside CI below the writers' effect). The highest inside retention: "
+        f"`{b['subspace']}`: {_carry_text(b)}.",
+    ]
+
+
+def _ceiling_lines(causal: pl.DataFrame) -> list[str]:
+    out = []
+    for name, what in (
+        (CEILING_W, "the diff's own top write directions"),
+        (CEILING_ACT, "PCA of the activation label on FIT probes"),
+    ):
+        r = _row(causal, name)
+        if r is None:
+            continue
+        verdict = {True: "carries", False: "does not carry", None: "cannot be judged"}[r["carries"]]
+        target = {True: "works", False: "does not beat random subspaces", None: "cannot be judged"}[r["works_as_target"]]
+        out.append(
+            f"- `{name}` ({what}): inside {_ci(r, 'retention_inside')} ({pct(r['energy_frac_inside'])} of the "
+            f"writers' energy), outside {_ci(r, 'retention_outside')} — {verdict} the behaviour by the rule; "
+            f"norm-matched inside {_ci(r, 'retention_normmatched')} against {pct(r['null_normmatched_p95'])} for "
+            f"norm-matched random subspaces (95th percentile): as an intervention target it {target}."
+        )
+    return out
+
+
+def _block_lines(summary: pl.DataFrame, scope: pl.DataFrame, info: Mapping[str, Any]) -> list[str]:
+    wm = summary.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(["write", "mixed"]))
+    lead = wm.filter(pl.col("mean_conc_act_block").fill_nan(None).is_not_null())
+    out = []
+    if lead.height:
+        b = lead.sort(["mean_conc_act_block", "subspace"], descending=[True, False]).row(0, named=True)
+        out.append(
+            f"- **Block-local label**: the write/mixed leader is `{b['subspace']}`, R_act_block "
+            f"{fmt_num(b['mean_conc_act_block'])} [{fmt_num(b['mean_conc_act_block_ci_lo'])}, "
+            f"{fmt_num(b['mean_conc_act_block_ci_hi'])}] (z {fmt_num(b['mean_z_act_block'])}; against the "
+            f"cumulative label R_act {fmt_num(b['mean_conc_act'])})."
+        )
+    v = _row(summary, info.get("v7_leader") or "")
+    if v is not None:
+        out.append(
+            f"- v7's joint leader `{v['subspace']}`: R_act {fmt_num(v['mean_conc_act'])} against the cumulative "
+            f"label, R_act_block {fmt_num(v['mean_conc_act_block'])} (z {fmt_num(v['mean_z_act_block'])}) against "
+            f"the block-local one; joint score {fmt_num(v['joint_score'])} vs {fmt_num(v['joint_score_block'])}."
+        )
+    t = scope.filter(pl.col("touched"))
+    if t.height:
+        med = lambda c: t[c].fill_nan(None).drop_nulls().median()  # noqa: E731
+        out.append(
+            f"- **Scope** (median over the {t.height} touched layers): the dW oracle overlaps the cumulative "
+            f"activation oracle {fmt_num(med('overlap_dW_act'))} and the block-local one "
+            f"{fmt_num(med('overlap_dW_act_block'))} (two random rank-k subspaces: "
+            f"{fmt_num(t['overlap_random'][0])}); the two activation oracles overlap "
+            f"{fmt_num(med('overlap_act_act_block'))}."
+        )
+    return out
+
+
+def _claims_table(claims: Sequence[tuple[str, str, bool | None]]) -> list[str]:
+    L = ["## Which claims survive", "", "| claim | evidence | verdict |", "|---|---|---|"]
+    for c, e, ok in claims:
+        verdict = "survives" if ok else ("**does not survive**" if ok is False else "not tested")
+        L.append(f"| {_cell(c)} | {_cell(e)} | {verdict} |")
+    return L + [""]
+
+
+def _causal_table(causal: pl.DataFrame, target_label: str) -> list[str]:
+    L = [
+        "## The causal test",
+        "",
+        f"Retention = spread of the variant ÷ spread of writers-only on the held-out {target_label} "
+        "(α = ±1), 95% bootstrap CIs over prompts; null: random subspaces of the same rank per layer.",
+        "",
+        "| # | candidate | energy inside | inside | outside | random null mean ± sd (p95) | z | p | q | carries "
+        "| norm-matched (random p95) | works as a target | Yes+No mass (inside) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in causal.iter_rows(named=True):
+        rk = str(r["causal_rank"]) if r["causal_rank"] is not None else {"ceiling": "★", "self-test": "test"}.get(r["kind"], "")
+        yn = {True: "yes", False: "no", None: "—"}
+        L.append(
+            f"| {rk} | `{r['subspace']}` | {pct(r['energy_frac_inside'])} | {_ci(r, 'retention_inside')} | "
+            f"{_ci(r, 'retention_outside')} | {pct(r['null_mean'])} ± {pct(r['null_sd'])} ({pct(r['null_p95'])}) | "
+            f"{fmt_num(r['z_inside'])} | {fmt_num(r['p_inside'])} | {fmt_num(r['q_inside'])} | {yn[r['carries']]} | "
+            f"{_ci(r, 'retention_normmatched')} ({pct(r['null_normmatched_p95'])}) | {yn[r['works_as_target']]} | "
+            f"{fmt_num(r['mass_inside'])} |"
+        )
+    return L + [""]
+
+
+def _block_table(summary: pl.DataFrame, top: int = 8) -> list[str]:
+    wm = summary.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(["write", "mixed"]))
+    wm = wm.filter(pl.col("mean_conc_act_block").fill_nan(None).is_not_null())
+    wm = wm.sort(["mean_conc_act_block", "subspace"], descending=[True, False]).head(top)
+    L = [
+        "## Block-local label: the top write/mixed candidates",
+        "",
+        "| candidate | R_act_block [CI] | z_act_block | R_act (cumulative) | z_act | joint (block) | joint (v7) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in wm.iter_rows(named=True):
+        L.append(
+            f"| `{r['subspace']}` | {_ci(r, 'mean_conc_act_block', False)} | {fmt_num(r['mean_z_act_block'])} | "
+            f"{fmt_num(r['mean_conc_act'])} | {fmt_num(r['mean_z_act'])} | {fmt_num(r['joint_score_block'])} | "
+            f"{fmt_num(r['joint_score'])} |"
+        )
+    return L + [""]
+
+
+def _scope_table(scope: pl.DataFrame) -> list[str]:
+    L = [
+        "## Scope per touched layer",
+        "",
+        "| layer | dW vs act (cumulative) | dW vs act (block-local) | act vs act-block | random | label norm "
+        "(cumulative / block-local) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in scope.filter(pl.col("touched")).iter_rows(named=True):
+        L.append(
+            f"| {r['layer']} | {fmt_num(r['overlap_dW_act'])} | {fmt_num(r['overlap_dW_act_block'])} | "
+            f"{fmt_num(r['overlap_act_act_block'])} | {fmt_num(r['overlap_random'])} | "
+            f"{fmt_num(r['label_norm'])} / {fmt_num(r['label_norm_block'])} |"
+        )
+    return L + [""]
+
+
+def conclusion_v8_md(
+    summary: pl.DataFrame, causal: pl.DataFrame, variants: pl.DataFrame, scope: pl.DataFrame, info: Mapping[str, Any]
+) -> str:
+    """The v8 conclusion: which subspace carries the behaviour and how much of it; the claims
+    table (v7's claims, then one causal claim per tested row); the causal, block-local and
+    scope tables; caveats, self-tests, cost, artifacts.
+
+    info keys: ``title``, ``seed``, ``n_null``, ``layers_touched``, ``n_target``, ``controls``,
+    ``target_label`` / ``control_labels`` (the behaviour's words for its sets),
+    ``writers_share`` / ``writers_spread`` / ``full_spread`` (value, CI lo, CI hi),
+    ``v7_leader``, ``v7_claims`` (from :func:`ws.v7.report.claim_checks`), ``self_tests``
+    (``(name, passed, detail)``), ``caveats`` (list of str), ``cost`` (list of str),
+    ``artifacts`` (relative paths).
+    """
+    L = [f"# {info['title']}", ""]
+    failed = [t for t in info.get("self_tests", []) if not t[1]]
+    if failed:
+        L += ["> **SELF-TEST FAILED: read this before trusting any number below.**"]
+        L += [f"> - FAILED `{n}`: {d}" for n, _ok, d in failed] + [""]
+    L += ["## Bottom line: which subspace carries the behaviour, and how much of it", ""]
+    L += _writers_lines(variants, info) + _carry_lines(causal, info) + _ceiling_lines(causal)
+    L += _block_lines(summary, scope, info)
+    claims = [*info.get("v7_claims", []), *causal_claims(causal)]
+    dead = [c for c, _e, ok in claims if ok is False]
+    L += [f"- claims that do NOT survive: {len(dead)} of {len(claims)} (see the table)", ""]
+    L += (
+        _claims_table(claims)
+        + _causal_table(causal, info.get("target_label", "target prompts"))
+        + _block_table(summary)
+        + _scope_table(scope)
+    )
+    L += ["## Caveats", ""] + [f"- {c}" for c in info.get("caveats", [])] + [""]
+    if info.get("self_tests"):
+        L += ["## Self-tests", "", "| test | result | detail |", "|---|---|---|"]
+        L += [f"| {_cell(n)} | {'PASS' if ok else 'FAIL'} | {_cell(d)} |" for n, ok, d in info["self_tests"]] + [""]
+    if info.get("cost"):
+        L += ["## Cost of this run", ""] + [f"- {c}" for c in info["cost"]] + [""]
+    if info.get("artifacts"):
+        L += ["## Artifacts", ""] + [f"- [`{p}`]({p})" for p in info["artifacts"]] + [""]
+    return "\n".join(L)

@@ -1,0 +1,444 @@
+"""The v8 sweep, step by step: what the notebook ``nbs/hypothesis_sweep_v8.py`` calls.
+
+v7 says where the diff's energy sits; v8 asks which subspace CARRIES the behaviour.
+It reuses v7's steps (:mod:`ws.v7.sweep`: diffs, probes, captures, candidates, scores; the
+captures and bases come from the on-disk cache when v7 ran first) and adds:
+
+1. :func:`causal_candidates` – the candidates of the causal test: the top write/mixed
+   A-hypotheses by the seed-mean joint score, both ceilings and the self-test rows.
+2. :func:`block_local` – the block-local label, every candidate scored against it, and
+   the per-layer scope table (:mod:`ws.v8.blocklocal`).
+3. :func:`causal` – the causal projection test on the primary seed's diff (:mod:`ws.v8.causal`).
+4. :func:`v8_tables`, :func:`sanity_lines`, :func:`write_v8` – the v8 file set, atomically.
+
+Why recompute v7's per-seed results instead of reading ``v7_summary.tsv``: the causal test
+needs the bases themselves (``[d, k]`` per layer), which no table holds; recomputing them
+through the same functions gives the same numbers as v7 by construction, works when v7 has
+not run (or ran on another diff), and costs seconds when the cache holds the captures.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from ws.behavior import data
+from ws.captures.capture import block_labels
+from ws.core.io import staged_files, write_staged
+from ws.core.log import logger
+from ws.core.paths import EMBEDDED_NAMES
+from ws.diffs.effect import heldout_prompts
+from ws.diffs.store import write_delta_by_layer
+from ws.model.chat import render_chat
+from ws.model.load import n_layers
+from ws.stats import CEILING_ACT, CEILING_W, RANKED_AXES, by_score, ranked
+from ws.v7 import report, sweep, verdicts
+from ws.v8 import blocklocal
+from ws.v8 import report as report_v8
+from ws.v8.causal import run_causal
+from ws.v8.report import pct
+
+__all__ = [
+    "causal_candidates",
+    "BlockLocal",
+    "block_local",
+    "causal",
+    "V8Tables",
+    "v8_tables",
+    "sanity_lines",
+    "V8_FILES",
+    "write_v8",
+]
+
+
+# ----------------------------------------------------------------------------- candidates
+def causal_candidates(
+    summary: pl.DataFrame, per_candidate: pl.DataFrame, n: int
+) -> tuple[list[str], dict[str, tuple[int | None, float]]]:
+    """``(names, ranking)``: the ``n`` write/mixed A-hypotheses with the highest seed-mean
+    joint score (NaN last, ties by name), then the ceilings, then the self-test rows.
+    ``ranking[name] = (causal_rank or None, seed_mean_joint_score)``."""
+    sm = per_candidate.select("subspace", pl.col("seed_mean_joint_score").cast(pl.Float64).fill_nan(None))
+    s = summary.select("subspace", "kind", "axis_kind").join(sm, on="subspace", how="left", maintain_order="left")
+    hyp = s.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(list(RANKED_AXES)))
+    wm = by_score(hyp, "seed_mean_joint_score")  # the one ranking order; NaN last, still candidates
+    top = wm["subspace"].head(n).to_list()
+    ceilings = [c for c in (CEILING_ACT, CEILING_W) if c in s["subspace"].to_list()]
+    tests = s.filter(pl.col("kind") == "self-test")["subspace"].to_list()
+    val = dict(zip(s["subspace"].to_list(), s["seed_mean_joint_score"].to_list(), strict=True))
+    f = lambda x: float("nan") if x is None else float(x)  # noqa: E731
+    ranking = {nm: (i + 1 if i < len(top) else None, f(val.get(nm))) for i, nm in enumerate(top + ceilings + tests)}
+    return top + ceilings + tests, ranking
+
+
+# ----------------------------------------------------------------------------- block-local
+@dataclass
+class BlockLocal:
+    """The block-local label of the primary seed and what it gives."""
+
+    label: torch.Tensor  # [L, n_eval, d] cumulative (post⁺ − post⁻), as v7's label
+    label_block: torch.Tensor  # [L, n_eval, d] (post⁺ − pre⁺) − (post⁻ − pre⁻)
+    per_layer: pl.DataFrame  # layer, subspace + ws.v8.blocklocal.BLOCK_COLUMNS
+    summary: pl.DataFrame  # subspace + ws.v8.blocklocal.BLOCK_SUMMARY_COLUMNS
+    scope: pl.DataFrame  # ws.v8.blocklocal.SCOPE_COLUMNS
+    label_max_abs_diff: float  # |label − v7's label_eval|, must be 0
+    seconds: float
+
+
+def block_local(cfg, model, tok, probes: sweep.Probes, res: sweep.SeedResult, w: dict) -> BlockLocal:
+    """Capture both labels on the EVAL probes (cached), score every candidate against the
+    block-local one, build the scope table."""
+
+    t0 = time.perf_counter()
+    labs = block_labels(model, tok, probes.eval, w, cfg.batch_size, cache=cfg.cache)
+    deltas = write_delta_by_layer(w, n_layers(model))
+    per, summ = blocklocal.score_block(
+        res.bases,
+        res.meta,
+        labs["label_block"],
+        deltas,
+        sweep.clean_pcs(res.captures, cfg.k),
+        res.layers_touched,
+        n_boot=cfg.n_boot,
+        seed=cfg.boot_seed,
+    )
+    scope = blocklocal.scope_table(labs["label"], labs["label_block"], res.bases[CEILING_W], cfg.k, res.layers_touched)
+    diff = float((labs["label"].double() - res.captures.label_eval.double()).abs().max())
+    return BlockLocal(labs["label"], labs["label_block"], per, summ, scope, diff, time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------- causal
+def heldout_texts(tok, behavior=None) -> dict[str, list[str]]:
+    """The diff's held-out effect prompts of the behaviour (default sycophancy) by set,
+    rendered through the chat template."""
+
+    return {s: [render_chat(tok, p) for p in ps] for s, ps in heldout_prompts(0, behavior=behavior).items()}
+
+
+def causal(cfg, model, tok, res: sweep.SeedResult, w: dict, names: Sequence[str], ranking: dict, threads: int | None = None):
+    """The causal projection test of ``names`` on this seed's diff (:func:`ws.v8.causal.run_causal`).
+
+    ``threads``: torch / BLAS threads for its passes (None, the default: torch's setting, one
+    per core). Measured on the suite's 2-core machine, idle: the 52 held-out prompts at α = ±1
+    through blocks 9–29 of the embedded model took 4.4–5.3 s with two threads and 7.6–9.1 s
+    with one; while other jobs shared the cores, two threads took 36–68 s and one 8–9 s (the
+    threads wait on each other): pass 1 there."""
+
+    beh = data.get_behavior(cfg.behavior)
+    return run_causal(
+        model,
+        tok,
+        w,
+        res.bases,
+        res.meta,
+        names,
+        res.layers_touched,
+        heldout_texts(tok, cfg.behavior),
+        ranking=ranking,
+        n_null=cfg.n_causal_null,
+        n_boot=cfg.n_boot,
+        target=beh.target,
+        controls=beh.controls,
+        seed=cfg.basis_seed,
+        boot_seed=cfg.boot_seed,
+        batch_size=cfg.batch_size,
+        threads=threads,
+    )
+
+
+# ----------------------------------------------------------------------------- tables
+@dataclass
+class V8Tables:
+    per_layer: pl.DataFrame  # v7's per-layer table + the block-local columns
+    summary: pl.DataFrame  # v7's summary_pct + seed columns + block-local + causal columns
+    causal: pl.DataFrame  # ws.v8.causal.CAUSAL_COLUMNS
+    variants: pl.DataFrame  # ws.v8.causal.VARIANT_COLUMNS
+    scope: pl.DataFrame  # ws.v8.blocklocal.SCOPE_COLUMNS
+
+
+#: causal columns that repeat what the summary already has
+_DUP = ("family", "axis_kind", "kind", "mean_rank", "seed_mean_joint_score")
+
+
+def v8_tables(res: sweep.SeedResult, stab: sweep.SeedStability, bl: BlockLocal, cr) -> V8Tables:
+    """The v8 tables of the primary seed: v7's rows, v7's columns first, v8's after them."""
+    per_layer = res.per_layer.join(bl.per_layer, on=["layer", "subspace"], how="left", maintain_order="left")
+    summary = (
+        res.summary_pct.join(stab.per_candidate, on="subspace", how="left", maintain_order="left")
+        .join(bl.summary, on="subspace", how="left", maintain_order="left")
+        .join(cr.table.drop(list(_DUP)), on="subspace", how="left", maintain_order="left")
+    )
+    return V8Tables(per_layer, summary, cr.table, cr.variants, bl.scope)
+
+
+# ----------------------------------------------------------------------------- checks
+def causal_self_tests(cr, z_max: float = 4.0) -> list[tuple[str, bool, str]]:
+    """The random self-test row must sit within the random null of the causal test."""
+    r = cr.table.filter(pl.col("subspace") == "random_orthonormal")
+    if not r.height:
+        return []
+    r = r.row(0, named=True)
+    z = r["z_inside"]
+    ok = bool(z is not None and np.isfinite(z) and abs(z) < z_max)
+    return [
+        (
+            "random_orthonormal (causal)",
+            ok,
+            f"inside retention {100 * r['retention_inside']:.1f}% against its "
+            f"random null {100 * r['null_mean']:.1f}% ± {100 * r['null_sd']:.1f}%: z {z:.2f} (|z| must be < {z_max:g})",
+        )
+    ]
+
+
+def block_checks(res: sweep.SeedResult, bl: BlockLocal) -> tuple[int, float, float]:
+    """``(first, below, drift)``: the first touched block, the largest |block-local label| below
+    it (must be 0), and the largest gap between the summed block-local labels and the
+    cumulative label, relative to the label's largest entry (rounding only)."""
+    lab, loc = bl.label.double(), bl.label_block.double()
+    first = min(res.layers_touched)
+    drift = float((loc.cumsum(dim=0) - lab).abs().max()) / (float(lab.abs().max()) or 1.0)
+    return first, float(loc[:first].abs().max()) if first else 0.0, drift
+
+
+def sanity_lines(res: sweep.SeedResult, bl: BlockLocal, cr, k: int) -> list[tuple[bool, str]]:
+    """``(ok, "SHOULD: … ELSE: …")`` lines of v8, with their measured values."""
+    first, below, drift = block_checks(res, bl)
+    scale = float(bl.label.abs().max()) or 1.0
+    lines = [
+        (
+            bl.label_max_abs_diff <= 1e-6 * scale,
+            f"SHOULD: the cumulative label of the block capture equals v7's "
+            f"label (max |difference| {bl.label_max_abs_diff:.3g}; 0 when both ran with the same thread count). "
+            f"ELSE: the two captures do not see the same passes.",
+        ),
+        (
+            below == 0.0,
+            f"SHOULD: the block-local label is exactly zero below block {first} (max {below:.3g}). "
+            f"ELSE: the diff reaches blocks it does not touch.",
+        ),
+        (
+            drift < 1e-4,
+            f"SHOULD: the block-local labels add up to the cumulative one (largest gap {drift:.2e} of the "
+            f"label's scale). ELSE: a block's input is not the previous block's output.",
+        ),
+    ]
+    w = cr.writers_spread
+    lines.append(
+        (
+            w[1] > 0 or w[2] < 0,
+            f"SHOULD: the writers-only spread's CI excludes 0 (measured {w[0]:.3g} "
+            f"[{w[1]:.3g}, {w[2]:.3g}] nats). ELSE: retention divides by noise; read it with care.",
+        )
+    )
+    t = cr.table
+    dw = t.filter(pl.col("subspace") == CEILING_W)
+    low = t.filter(pl.col("mean_rank") <= k)
+    if dw.height and low.height:
+        best = float(low["energy_frac_inside"].fill_nan(None).max())
+        e = float(dw["energy_frac_inside"][0])
+        lines.append(
+            (
+                e >= best - 1e-9,
+                f"SHOULD: no tested row of rank ≤ {k} holds more of the writers' energy than "
+                f"the dW oracle ({100 * e:.1f}%; best {100 * best:.1f}%). ELSE: the oracle is not the top SVD.",
+            )
+        )
+    for name, ok, detail in causal_self_tests(cr):
+        lines.append((ok, f"SHOULD: self-test {name} passes ({detail}). ELSE: the causal null is broken."))
+    return lines
+
+
+# ----------------------------------------------------------------------------- markdown facts
+def _act_ceiling_fact(cr) -> str:
+    """What this run says about upstream v10's reading of the activation ceiling."""
+
+    r = cr.table.filter(pl.col("subspace") == CEILING_ACT)
+    if not r.height:
+        return "the activation ceiling was not tested in this run"
+    r = r.row(0, named=True)
+    target = r["works_as_target"]
+    return (
+        f"`{CEILING_ACT}` keeps {pct(r['retention_inside'])} inside ({pct(r['energy_frac_inside'])} of the writers' "
+        f"energy) and {pct(r['retention_normmatched'])} norm-matched (norm-matched random subspaces: 95th percentile "
+        f"{pct(r['null_normmatched_p95'])}): as an intervention target it "
+        f"{'works' if target else 'does not beat random subspaces'}, and by the rule it "
+        f"{'carries' if r['carries'] else 'does not carry'} what the adapter writes"
+    )
+
+
+def plan_merge_changes(cfg, res: sweep.SeedResult, stab: sweep.SeedStability, bl: BlockLocal, cr) -> list[str]:
+    """What v8 changes against v7 and against upstream v8 / v9 / v10, with this run's facts."""
+
+    t = cr.table
+    hyp = t.filter(pl.col("kind") == "A-hypothesis")
+    n_carry = int(hyp["carries"].fill_null(False).sum())
+    sc = bl.scope.filter(pl.col("touched"))
+    first, below, drift = block_checks(res, bl)
+    med = lambda c: float(sc[c].fill_nan(None).drop_nulls().median() or float("nan"))  # noqa: E731
+    return [
+        "**Against v7**: v7's notebook, tables and files are unchanged (`v7/` is still written by "
+        "`nbs/hypothesis_sweep_v7.py`, the upstream-comparable contract). v8 reads none of v7's files: it recomputes "
+        "every seed's results through the same functions (captures and bases come from the cache), so the v7 columns "
+        f"of `v8_summary.tsv` and `v8_per_layer.csv` are v7's numbers. Seeds {list(stab.seeds)}; tables of seed {res.seed}.",
+        f"**New: the causal projection test** on seed {res.seed}'s diff: the top {hyp.height} write/mixed candidates by "
+        f"the seed-mean joint score, both ceilings and the self-test rows; each as inside, outside and norm-matched "
+        f"inside; {cr.n_null} random subspaces per rank profile as the null. This run: the writers carry "
+        f"{pct(cr.writers_share[0])} of the full diff's effect; {n_carry} of {hyp.height} candidates carry the behaviour "
+        f"by the rule (`v8_causal.tsv`, `v8_causal_variants.tsv`, `v8_causal_retention.png`).",
+        "**New: the block-local label** `(post⁺ − pre⁺) − (post⁻ − pre⁻)`, captured from block inputs and outputs at "
+        f"±w in the same passes that give v7's label (this run: the cumulative label it gives differs from v7's by "
+        f"{bl.label_max_abs_diff:.3g}); every candidate scored against it with v7's closed-form null and BH q-values "
+        "(`conc_act_block`, `z_act_block`, … in `v8_per_layer.csv` and `v8_summary.tsv`).",
+        f"**New: the scope table** (`v8_scope.tsv`, `v8_block_local.png`): per layer the overlap of the dW oracle with "
+        f"the cumulative and the block-local activation oracle; this run, medians over the touched layers: "
+        f"{med('overlap_dW_act'):.3g} and {med('overlap_dW_act_block'):.3g} "
+        f"(random: {cfg.k / res.captures.label_eval.shape[-1]:.3g}).",
+        "**Against upstream v8**: this suite's sources hold no description of upstream's v8; this v8 is the suite's "
+        "next version after v7, built from the questions upstream's v9 and v10 asked, not a port of upstream v8.",
+        "**Against upstream v9** (it scored a block-local label): here the block-local label sits beside the "
+        "cumulative one for every candidate, with the same null, CIs and q-values, and two checks from this run: "
+        f"its largest entry below the first touched block {first} is {below:.3g} (must be 0), and the block-local "
+        f"labels add up to the cumulative one within {drift:.2g} of its scale.",
+        "**Against upstream v10** (it projected the weight diff onto an activation subspace, measured how much "
+        "steering survived, and found the act-PCA directions work as an intervention target but are not what the "
+        "adapter carries): here the projection acts on the residual writers only (their share of the full effect is "
+        "reported), for every tested candidate, with the complement (outside), norm-matched inside (the "
+        "intervention-target reading), a rank-matched random null with z, p and BH q, bootstrap CIs over prompts and "
+        f"the control sets. This run: {_act_ceiling_fact(cr)}.",
+        "**Cost**: the forward passes reuse the prompts' shared prefix and the residual entering the first touched "
+        f"block (computed once, bit-exact against running every block; `tests/test_fastfwd.py`); the null runs on the "
+        f"target set only. This run: {sum(cr.timings.values()):.0f} s for {cr.n_rows} prompt rows.",
+    ]
+
+
+V8_FILES = (
+    "v8_per_layer.csv",
+    "v8_summary.tsv",
+    "v8_causal.tsv",
+    "v8_causal_variants.tsv",
+    "v8_scope.tsv",
+    "v8_causal_retention.png",
+    "v8_causal_retention.pdf",
+    "v8_block_local.png",
+    "v8_block_local.pdf",
+    "v8_definitions.md",
+    "v8_plan_merge.md",
+    "v8_conclusion.md",
+)
+
+
+def _caveats(cfg, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability, cr) -> list[str]:
+    res, t = results[0], cr.table
+    wo = cr.variants.filter((pl.col("variant") == "writers_only") & (pl.col("set") == cr.target))
+    sc = t["normmatch_scale_max"].fill_nan(None).drop_nulls()
+    n_prof = t["null_profile"].n_unique()
+    out = [
+        f"the causal test ran on seed {res.seed}'s diff only; the candidates were chosen by the joint score "
+        f"averaged over seeds {list(stab.seeds)}",
+        f"α = ±1 only (the trained regime); the mean Yes+No mass of writers-only on the target set there is "
+        f"{float(wo['mean_mass'][0]):.3g} (smallest {float(wo['min_mass'][0]):.3g})"
+        if wo.height
+        else "α = ±1 only",
+        f"{cr.n_null} random subspaces per rank profile ({n_prof} profile(s) in this run): the smallest possible "
+        f"p is 1/{cr.n_null + 1} = {1 / (cr.n_null + 1):.3g}, and the null's 95th percentile rests on "
+        f"{cr.n_null} draws",
+        "retention is a ratio of mean spreads; the writers-only spread is its denominator for every row",
+        "the block-local label is zero below the first touched block (no score there); blocks after the last touched "
+        "one respond to their changed input, so their block-local label is not zero",
+        "R = 1 and retention of a random subspace are the yardsticks; the verdict needs both halves of the rule",
+    ]
+    if sc.len():
+        out.append(
+            f"norm-matching rescales a layer's inside part by up to ×{float(sc.max()):.3g} (largest over the "
+            f"tested rows): far outside the trained regime for subspaces that hold little of the writers' energy"
+        )
+    if cfg.model in EMBEDDED_NAMES:
+        out.append("the model weights are 4-bit quantised: weight-derived bases inherit quantisation noise")
+    if cfg.smoke:
+        out.append("SMOKE MODE: a tiny random model and a few training steps; no number here means anything")
+    return out + sweep.diff_caveats(results, cfg.behavior)
+
+
+def conclusion_info(
+    cfg, probes: sweep.Probes, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability, bl: BlockLocal, cr
+) -> dict:
+    """Facts of the run for :func:`ws.v8.report.conclusion_v8_md`."""
+
+    labels = data.get_behavior(cfg.behavior).labels
+    res = results[0]
+    info7 = verdicts.conclusion_info(cfg, probes, res, stab, [])
+    v7_ranking = ranked(res.summary)
+    tests = [(t.name, t.passed, t.detail) for t in verdicts.self_tests(res)] + causal_self_tests(cr)
+    cost = [
+        f"causal test: {sum(cr.timings.values()):.1f} s ("
+        + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in cr.timings.items())
+        + f"), {cr.n_rows} prompt rows through blocks {cr.first_block}–{len(bl.scope) - 1}",
+        f"block-local label and its scores: {bl.seconds:.1f} s",
+    ]
+    return {
+        "title": f"v8 — which subspace carries the behaviour? {cfg.behavior}/{cfg.adapter} on `{cfg.model}`",
+        "seed": res.seed,
+        "n_null": cr.n_null,
+        "layers_touched": res.layers_touched,
+        "n_target": int(cr.variants.filter((pl.col("variant") == "writers_only") & (pl.col("set") == cr.target))["n"][0]),
+        "controls": [c for c in cr.controls if c in set(cr.variants["set"].to_list())],
+        "target_label": labels.get(cr.target, cr.target),
+        "control_labels": {c: labels.get(c, c) for c in cr.controls},
+        "writers_share": cr.writers_share,
+        "writers_spread": cr.writers_spread,
+        "full_spread": cr.full_spread,
+        "v7_leader": v7_ranking["subspace"][0] if v7_ranking.height else None,
+        "v7_claims": [(c.claim, c.evidence, c.survives) for c in verdicts.claim_checks(res.summary_pct, res.per_layer, info7)],
+        "self_tests": tests,
+        "caveats": _caveats(cfg, results, stab, cr),
+        "cost": cost,
+        "artifacts": [*V8_FILES, "../v7/v7_conclusion.md", f"../seed{res.seed}/effect.csv"],
+    }
+
+
+def write_v8(
+    cfg, probes: sweep.Probes, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability, bl: BlockLocal, cr
+) -> list[Path]:
+    """Write the v8 file set into ``cfg.v8_dir`` as one set (staged, then moved into place,
+    the markdown last); a failure leaves the previous run's files as they were."""
+
+    res, tabs = results[0], v8_tables(results[0], stab, bl, cr)
+    info = conclusion_info(cfg, probes, results, stab, bl, cr)
+    texts = {
+        "v8_definitions.md": report_v8.definitions_v8_md(res.meta, cfg.behavior),
+        "v8_plan_merge.md": report.plan_merge_md(plan_merge_changes(cfg, res, stab, bl, cr), title="v8: what changed"),
+        "v8_conclusion.md": report_v8.conclusion_v8_md(tabs.summary, tabs.causal, tabs.variants, tabs.scope, info),
+    }
+    tables = {
+        "v8_per_layer.csv": tabs.per_layer,
+        "v8_summary.tsv": tabs.summary,
+        "v8_causal.tsv": tabs.causal,
+        "v8_causal_variants.tsv": tabs.variants,
+        "v8_scope.tsv": tabs.scope,
+    }
+    d = cfg.v8_dir
+    with staged_files(d, last=tuple(texts)) as stage:
+        report_v8.causal_figure(
+            tabs.causal,
+            tabs.variants,
+            stage / "v8_causal_retention.png",
+            stage / "v8_causal_retention.pdf",
+            title=f"Does the subspace carry the behaviour? Seed {res.seed}'s diff, held-out "
+            f"{info['target_label']}, α = ±1 (retention of the writers-only effect)",
+        )
+        report_v8.block_figure(
+            tabs.summary,
+            tabs.scope,
+            stage / "v8_block_local.png",
+            stage / "v8_block_local.pdf",
+            title=f"Block-local vs cumulative activation label (seed {res.seed}; means over touched layers)",
+        )
+        written = write_staged(stage, d, tables, texts)
+    logger.info(f"wrote {len(written)} files to {d}")
+    return written
