@@ -164,6 +164,6 @@ def test_one_registration_reaches_the_config_the_table_and_the_training(tiny_lla
         assert config.from_env({"WS_ADAPTER": "lora_r2", "WS_ADAPTERS": "lora,lora_r2"}).adapter == "lora_r2"
         pm, _ = adapters.train_adapter(model, tok, POS[:4], replace(TINY, steps=1), "lora_r2")
         delta = adapters.adapter_delta(pm, model, "lora_r2")
-        assert delta and all(torch.linalg.matrix_rank(d.double()) <= 2 for d in delta.values())
+        assert delta and all(torch.linalg.matrix_rank(d.double(), rtol=1e-4) <= 2 for d in delta.values())
     finally:
         del adapters.ADAPTER_TYPES["lora_r2"]

@@ -74,9 +74,9 @@ def test_causal_claims_one_per_hypothesis_and_ceiling_with_the_rule():
         ]
     )
     claims = R8.causal_claims(t)
-    assert [c[2] for c in claims] == [True, False, False, True]
-    assert claims[0][0] == "`x` carries the behaviour" and "ceiling" in claims[3][0]
-    assert "80.0% [70.0%, 90.0%]" in claims[0][1] and "20.0%" in claims[0][1]
+    assert [c.survives for c in claims] == [True, False, False, True]
+    assert claims[0].claim == "`x` carries the behaviour" and "ceiling" in claims[3].claim
+    assert "80.0% [70.0%, 90.0%]" in claims[0].evidence and "20.0%" in claims[0].evidence
 
 
 def test_every_causal_column_is_defined():

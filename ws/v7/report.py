@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from ws.core import caveats as C
 from ws.core.io import atomic_path, format_float, write_table
 from ws.core.linalg import DEFAULT_RTOL
 from ws.core.log import logger
-from ws.core.markdown import fmt_num, fmt_pct
+from ws.core.markdown import cell, claims_section, finite, first_row, fmt_num, fmt_pct, layers_text, row_of
 from ws.stats import CEILING_ACT, CEILING_W, RANKED_AXES, by_score, ranked
 from ws.v7.verdicts import Claim, ConclusionInfo, SeedSummary, SeedVerdict, claim_checks, low_rank_label, touched_q
 
@@ -59,7 +60,7 @@ def _spread(targets: Sequence[float], gap: float, lo: float = 0.02, hi: float = 
     return y
 
 
-def _family_colors(families: Iterable[str]) -> dict[str, Any]:
+def family_colors(families: Iterable[str]) -> dict[str, Any]:
     from matplotlib import colormaps
 
     fams = sorted(set(families))
@@ -129,7 +130,7 @@ def joint_scatter_figure(summary: pl.DataFrame, top_n: int = 8, title: str | Non
     df = _scatter_table(summary)
     floor, lim = _scatter_limits(df)
     ranges = _seed_ranges(seeds, floor)
-    colors = _family_colors(df.filter(pl.col("kind") != "ceiling")["family"].to_list())
+    colors = family_colors(df.filter(pl.col("kind") != "ceiling")["family"].to_list())
     order = {n: i for i, n in enumerate(by_score(df, "joint_score")["subspace"].to_list())}
     fig = Figure(figsize=(18, 8.2))
     FigureCanvasAgg(fig)
@@ -361,11 +362,6 @@ def _seed_ranges(seeds: pl.DataFrame | None, floor: float) -> dict[str, tuple[tu
 # ---------------------------------------------------------------------------- markdown
 
 
-def _cell(x: Any) -> str:
-    s = "" if x is None else str(x)
-    return s.replace("|", "\\|").replace("\n", " ").strip()
-
-
 def definitions_md(meta: pl.DataFrame) -> str:
     """A markdown table ``name | family | axis_kind | source | definition | construction``, one
     row per candidate in ``meta`` order: the definition in the contract's words, and beside it
@@ -386,7 +382,7 @@ def definitions_md(meta: pl.DataFrame) -> str:
     for r in meta.iter_rows(named=True):
         lines.append(
             "| "
-            + " | ".join(_cell(r.get(c)) for c in ("subspace", "family", "axis_kind", "source", "definition", "construction"))
+            + " | ".join(cell(r.get(c)) for c in ("subspace", "family", "axis_kind", "source", "definition", "construction"))
             + " |"
         )
     return "\n".join(lines) + "\n"
@@ -399,32 +395,6 @@ def plan_merge_md(changes: Sequence[str], title: str = "Plan / merge notes") -> 
     if not changes:
         lines.append("- (no changes recorded)")
     return "\n".join(lines) + "\n"
-
-
-def _row(df: pl.DataFrame, name: str) -> dict | None:
-    sub = df.filter(pl.col("subspace") == name)
-    return sub.row(0, named=True) if sub.height else None
-
-
-def _finite(x: Any) -> bool:
-    return x is not None and not isinstance(x, str) and math.isfinite(float(x))
-
-
-def _first(df: pl.DataFrame) -> dict | None:
-    """The first row of ``df`` as a dict (None when empty): the leader of a ranked table."""
-    return df.row(0, named=True) if df.height else None
-
-
-def _layers_text(layers: Any) -> str:
-    if layers is None:
-        return "not recorded"
-    layers = [int(l) for l in layers]
-    if not layers:
-        return "none"
-    ls = sorted(layers)
-    if ls == list(range(ls[0], ls[-1] + 1)) and len(ls) > 2:
-        return f"{ls[0]}–{ls[-1]} ({len(ls)} layers)"
-    return ", ".join(str(l) for l in ls) + f" ({len(ls)} layers)"
 
 
 def _scores_line(r: Mapping[str, Any]) -> str:
@@ -468,13 +438,13 @@ def conclusion_md(
     Failing self-tests are listed at the very top. Every number is formatted from the
     inputs; the verdicts come from :func:`ws.v7.verdicts.claim_checks`.
     """
-    best = _first(ranked(summary_pct))
+    best = first_row(ranked(summary_pct))
     claims = claim_checks(summary_pct, per_layer, info)
     sections = [
         [f"# {info.title}", ""],
         _failed_self_tests_section(info),
         _bottom_line_section(summary_pct, per_layer, info, claims),
-        _claims_section(claims),
+        claims_section(claims),
         _ceilings_section(summary_pct),
         _leaders_section(summary_pct),
         _overlap_section(summary_pct, top_k),
@@ -509,7 +479,7 @@ def _bottom_line_section(
     if info.diff_reading:
         L += [f"**What the diff does on this model:** {info.diff_reading}.", ""]
     order = ranked(sp)
-    best = _first(order)
+    best = first_row(order)
     if info.seed_verdict is not None:
         L += _cross_seed_lines(info.seed_verdict)
         if best is not None:
@@ -594,7 +564,7 @@ def _winner_lines(best: Mapping[str, Any], info: ConclusionInfo) -> list[str]:
             f"possible activation energy and {fmt_pct(best.get('mean_pct_w_combined_matched_rank'))} of the "
             f"best possible weight energy"
         )
-    c = _row(info.bootstrap_ci, best["subspace"]) if info.bootstrap_ci is not None else None
+    c = row_of(info.bootstrap_ci, best["subspace"]) if info.bootstrap_ci is not None else None
     if c is not None:
         lvl = f"{fmt_num(100 * float(info.ci_level))}% " if info.ci_level is not None else ""
         extra = []
@@ -610,20 +580,9 @@ def _winner_lines(best: Mapping[str, Any], info: ConclusionInfo) -> list[str]:
     return L
 
 
-def _claims_section(claims: Sequence[Claim]) -> list[str]:
-    """The "Which claims survive" table."""
-    if not claims:
-        return []
-    L = ["## Which claims survive", "", "| claim | evidence | verdict |", "|---|---|---|"]
-    for c in claims:
-        verdict = "**does not survive**" if c.survives is False else c.verdict
-        L.append(f"| {_cell(c.claim)} | {_cell(c.evidence)} | {verdict} |")
-    return L + [""]
-
-
 def _ceilings_section(sp: pl.DataFrame) -> list[str]:
     """The two ceilings' scores, for scale."""
-    ca, cw = _row(sp, CEILING_ACT), _row(sp, CEILING_W)
+    ca, cw = row_of(sp, CEILING_ACT), row_of(sp, CEILING_W)
     if ca is None and cw is None:
         return []
     L = ["## Ceilings (B side, for scale)", ""]
@@ -649,7 +608,7 @@ def _leaders_section(sp: pl.DataFrame) -> list[str]:
         ("mean_conc_w_oproj", "o_proj R_w", "pct_w_oracle_oproj"),
         ("mean_conc_w_downproj", "down_proj R_w", "pct_w_oracle_downproj"),
     ):
-        r = _first(ranked(sp, col))
+        r = first_row(ranked(sp, col))
         if r is None:
             L.append(f"- {label}: no finite scores")
         else:
@@ -676,7 +635,7 @@ def _overlap_section(sp: pl.DataFrame, top_k: int) -> list[str]:
 def _read_side_section(sp: pl.DataFrame) -> list[str]:
     """The best read candidate (kept out of the joint ranking)."""
     L = ["## Read side (reported apart, not in the joint ranking)", ""]
-    r = _first(ranked(sp, axis_kinds=("read",)))
+    r = first_row(ranked(sp, axis_kinds=("read",)))
     if r is not None:
         L.append(
             f"- best read candidate: `{r['subspace']}` ({r['family']}): joint {fmt_num(r['joint_score'])}, {_scores_line(r)}"
@@ -693,7 +652,7 @@ def _specificity_section(
     L = ["## Specificity (label and bases projected off the clean-residual PCs)", ""]
     if specific_summary is not None and specific_summary.height:
         sh = specific_summary.filter(pl.col("kind") == "A-hypothesis")
-        r = _first(by_score(sh, "mean_specific_conc_act", drop_missing=True))
+        r = first_row(by_score(sh, "mean_specific_conc_act", drop_missing=True))
         if r is not None:
             L.append(
                 f"- leader: `{r['subspace']}`: specific R_act = {fmt_num(r['mean_specific_conc_act'])} "
@@ -701,7 +660,7 @@ def _specificity_section(
                 f"{fmt_num(r['mean_specific_energy_frac_act'])}, mean specific rank "
                 f"{fmt_num(r['mean_specific_rank'])})"
             )
-        b = _row(specific_summary, best["subspace"]) if best is not None else None
+        b = row_of(specific_summary, best["subspace"]) if best is not None else None
         if b is not None:
             L.append(
                 f"- the joint leader `{best['subspace']}` keeps specific R_act = "
@@ -764,19 +723,16 @@ def _caveats_section(per_layer: pl.DataFrame | None, info: ConclusionInfo) -> li
             f"scores rest on that many rows"
         )
     if info.layers_touched is not None:
-        cav.append(f"summaries average the layers the LoRA touched: {_layers_text(info.layers_touched)}")
+        cav.append(f"summaries average the layers the LoRA touched: {layers_text(info.layers_touched)}")
     if info.layers_without_delta:
-        cav.append(f"layers without a LoRA delta (weight scores NaN there): {_layers_text(info.layers_without_delta)}")
+        cav.append(f"layers without a LoRA delta (weight scores NaN there): {layers_text(info.layers_without_delta)}")
     cav += [f"rank collapse: {rc}" for rc in info.rank_collapses]
     lr = _low_rank_label_text(per_layer, info)
     if lr:
         cav.append(lr)
     if info.quantized:
-        cav.append("the model weights are 4-bit quantised: weight-derived bases inherit quantisation noise")
-    cav.append(
-        "R = 1 is what a random subspace of the same rank gets; z and p test concentration against that "
-        "null, not causal use of the subspace"
-    )
+        cav.append(C.QUANTIZED)
+    cav.append(C.RANDOM_IS_ONE)
     cav.append("read candidates are reported apart and kept out of the joint ranking")
     cav += [str(n) for n in info.notes]
     return ["## Caveats", ""] + [f"- {c}" for c in cav] + [""]
@@ -787,7 +743,7 @@ def _self_tests_section(info: ConclusionInfo) -> list[str]:
     if not info.self_tests:
         return []
     L = ["## Self-tests", "", "| test | result | detail |", "|---|---|---|"]
-    L += [f"| {_cell(t.name)} | {'PASS' if t.passed else 'FAIL'} | {_cell(t.detail)} |" for t in info.self_tests]
+    L += [f"| {cell(t.name)} | {'PASS' if t.passed else 'FAIL'} | {cell(t.detail)} |" for t in info.self_tests]
     return L + [""]
 
 
@@ -837,7 +793,7 @@ def _seed_text(st: SeedSummary) -> str:
         f"seeds: `{st.winner}` wins in {k} of {n} seeds ({per}); mean Kendall τ between the seeds' joint "
         f"rankings {fmt_num(st.mean_tau)}"
     )
-    if _finite(st.seed_mean_joint):
+    if finite(st.seed_mean_joint):
         txt += f"; its joint score over seeds {fmt_num(st.seed_mean_joint)} ± {fmt_num(st.seed_sd_joint)} (sd)"
     txt += " — stable" if k == n else " — NOT stable across seeds"
     ml = st.mean_leader

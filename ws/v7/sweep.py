@@ -32,6 +32,7 @@ from ws.config import SMOKE_TRAIN, Config  # noqa: F401  (SMOKE_TRAIN: re-export
 from ws.core.io import staged_files, write_staged
 from ws.core.linalg import pca
 from ws.core.log import logger
+from ws.core.markdown import layers_text
 from ws.diffs.store import (
     DiffMismatchError,  # noqa: F401  (the sweep's documented error, raised by ensure_diff)
     check_existing_diff,
@@ -47,7 +48,6 @@ from ws.model.load import n_layers
 from ws.stats import PR_THRESHOLD, ranked
 from ws.v7 import plan_merge as upstream
 from ws.v7 import report
-from ws.v7.report import _layers_text
 from ws.v7.results import EXTRA_FILES, V7_FILES, Probes, SeedResult, SeedStability  # noqa: F401  (the notebook's names)
 from ws.v7.verdicts import conclusion_info, rank_collapses, sanity_lines, self_tests  # noqa: F401  (the notebook's names)
 
@@ -259,7 +259,7 @@ def writer_caveats(res: SeedResult) -> list[str]:
     other = {"oproj": "down_proj", "downproj": "o_proj"}
     adapter = (res.diff_meta or {}).get("adapter", "the")
     return [
-        f"seed {res.seed}'s {adapter} diff has no {names[t]} delta on touched layers {_layers_text(ls)}: "
+        f"seed {res.seed}'s {adapter} diff has no {names[t]} delta on touched layers {layers_text(ls)}: "
         f"its `conc_w_{t}` cells are NaN there (never 0) and R_w combined is {other[t]} alone"
         for t, ls in (res.missing_writers or {}).items()
         if ls

@@ -16,7 +16,6 @@ Every rule reads the run's own tables; nothing here writes a file.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from ws.core.markdown import Claim, claims_frame
+from ws.core import caveats as C
+from ws.core.caveats import CI_LEVEL, FDR_ALPHA, SPECIFICITY_TARGET
+from ws.core.markdown import Claim, claims_frame, finite, row_of
 from ws.core.markdown import fmt_num as _num
 from ws.core.paths import EMBEDDED_NAMES
 from ws.stats import CEILING_ACT, CEILING_W, PR_THRESHOLD, ranked
@@ -53,14 +54,6 @@ __all__ = [
     "q_counts",
     "low_rank_label",
 ]
-
-#: The diff's specificity ratio (false-claim spread over the larger other spread) at which
-#: it counts as behaviour-specific rather than a general yes-bias.
-SPECIFICITY_TARGET = 3.0
-#: Benjamini–Hochberg level at which a cell's q-value counts as significant.
-FDR_ALPHA = 0.05
-#: Level of the bootstrap intervals of the summary.
-CI_LEVEL = 0.95
 
 
 # ----------------------------------------------------------------------------- values
@@ -128,7 +121,7 @@ class SeedVerdict:
         """The seeds' spread: the larger of the leader's and the runner-up's seed sd (NaN when
         either is not finite)."""
         sds = [self.leader_sd] + ([self.runner_up_sd] if self.runner_up is not None else [])
-        return max(float(x) for x in sds) if all(_finite(x) for x in sds) else float("nan")
+        return max(float(x) for x in sds) if all(finite(x) for x in sds) else float("nan")
 
     @property
     def wins_most(self) -> bool:
@@ -141,7 +134,7 @@ class SeedVerdict:
         nothing to lead)."""
         if self.runner_up is None:
             return True
-        return _finite(self.lead) and _finite(self.spread) and self.lead > self.spread
+        return finite(self.lead) and finite(self.spread) and self.lead > self.spread
 
     @property
     def stable(self) -> bool:
@@ -188,15 +181,6 @@ class ConclusionInfo:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _finite(x: Any) -> bool:
-    return x is not None and not isinstance(x, str) and math.isfinite(float(x))
-
-
-def _row(df: pl.DataFrame | None, name: str) -> dict | None:
-    if df is None:
-        return None
-    sub = df.filter(pl.col("subspace") == name)
-    return sub.row(0, named=True) if sub.height else None
 
 
 def touched_rows(per_layer: pl.DataFrame, info: ConclusionInfo, name: str | None = None) -> pl.DataFrame:
@@ -415,7 +399,7 @@ def diff_reading(behavior: str, ratio: float | None, target: float = SPECIFICITY
     """What the diff measurably does, in words, from its specificity ratio (the target set's
     spread over the largest control spread): the behaviour's name only when the diff is
     specific to it; otherwise what it is on this model."""
-    if ratio is None or not _finite(ratio):
+    if ratio is None or not finite(ratio):
         return f"a {behavior} diff whose effect was not measured (no specificity ratio in its metadata)"
     r = f"specificity {float(ratio):.2f}"
     if float(ratio) >= target:
@@ -439,7 +423,7 @@ def conclusion_info(
             + ", ".join(f"{k} {float(v):+.2f} nats" for k, v in sp.items())
         )
     if cfg.smoke:
-        pre.append("SMOKE MODE: a tiny random model and a few training steps; no number here means anything")
+        pre.append(C.SMOKE)
     reading = diff_reading(cfg.behavior, dm.get("specificity_ratio"))
     return ConclusionInfo(
         title=f"v7 hypothesis sweep — {cfg.behavior}/{cfg.adapter} on `{cfg.model}`: {reading}",
@@ -490,12 +474,12 @@ def claim_checks(summary_pct: pl.DataFrame, per_layer: pl.DataFrame | None, info
     if order.height:
         b = order.row(0, named=True)
         name = b["subspace"]
-        c = _row(ci, name)
+        c = row_of(ci, name)
         out.append(_activation_claim(b, c, per_layer, info))
         out.append(_weight_claim(b, per_layer, info))
         if order.height > 1:
             r = order.row(1, named=True)
-            cr = _row(ci, r["subspace"])
+            cr = row_of(ci, r["subspace"])
             ev = [f"joint {_num(b['joint_score'])} vs {_num(r['joint_score'])}"]
             ok = None
             if c is not None and cr is not None:
@@ -525,7 +509,7 @@ def claim_checks(summary_pct: pl.DataFrame, per_layer: pl.DataFrame | None, info
             Claim(
                 "the diff is specific to the behaviour (not a general yes-bias), so its subspace is the behaviour's",
                 f"specificity ratio {_num(ratio)} (needs ≥ {_num(target)})",
-                bool(_finite(ratio) and float(ratio) >= target),
+                bool(finite(ratio) and float(ratio) >= target),
             )
         )
     tests = list(info.self_tests)
@@ -548,7 +532,7 @@ def _activation_claim(
     ev, ok = [f"R_act {_num(b['mean_conc_act'])}"], None
     if c is not None:
         ev.append(f"CI [{_num(c['mean_conc_act_ci_lo'])}, {_num(c['mean_conc_act_ci_hi'])}]")
-        ok = bool(_finite(c["mean_conc_act_ci_lo"]) and c["mean_conc_act_ci_lo"] > 1)
+        ok = bool(finite(c["mean_conc_act_ci_lo"]) and c["mean_conc_act_ci_lo"] > 1)
     qc = q_counts(per_layer, name, "q_act", info)
     if qc is not None:
         ev.append(f"q ≤ {_num(info.fdr_alpha)} on {qc[0]} of {qc[1]} layers")

@@ -7,7 +7,7 @@ in (the run's own results); files are written atomically by the caller's file se
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +15,19 @@ import numpy as np
 import polars as pl
 
 from ws.behavior import data
+from ws.core.caveats import FDR_ALPHA
 from ws.core.io import atomic_path
+from ws.core.markdown import Claim, cell, ci_text, claims_section, finite, fmt_num, layers_text, pct, row_of
 from ws.stats import CEILING_ACT, CEILING_W
-from ws.v7.report import _cell, _family_colors, _finite, _layers_text, _row, definitions_md, fmt_num, fmt_pct
+from ws.v7.report import definitions_md, family_colors
+from ws.v8.results import ConclusionFacts
 
-__all__ = ["causal_figure", "block_figure", "causal_claims", "definitions_v8_md", "conclusion_v8_md", "pct"]
-
-
-def pct(x: Any) -> str:
-    """A retention (a fraction) as a percentage for prose."""
-    return fmt_pct(100 * float(x)) if _finite(x) else "NaN%"
+__all__ = ["causal_figure", "block_figure", "causal_claims", "definitions_v8_md", "conclusion_v8_md"]
 
 
 def _ci(r: Mapping, col: str, as_pct: bool = True) -> str:
-    f = pct if as_pct else fmt_num
-    return f"{f(r.get(col))} [{f(r.get(f'{col}_ci_lo'))}, {f(r.get(f'{col}_ci_hi'))}]"
+    """``r[col]`` with its CI columns (``<col>_ci_lo``, ``<col>_ci_hi``), as a percentage or a number."""
+    return ci_text(r.get(col), r.get(f"{col}_ci_lo"), r.get(f"{col}_ci_hi"), fmt=pct if as_pct else fmt_num)
 
 
 def _save(fig, path_png: str | Path, path_pdf: str | Path) -> tuple[Path, Path]:
@@ -52,9 +50,9 @@ def _style(kind: str) -> dict:
 # ----------------------------------------------------------------------------- figures
 def _whiskers(ax, r: Mapping, color) -> None:
     x, y = r["retention_inside"], r["retention_outside"]
-    if _finite(r["retention_inside_ci_lo"]):
+    if finite(r["retention_inside_ci_lo"]):
         ax.plot([r["retention_inside_ci_lo"], r["retention_inside_ci_hi"]], [y, y], color=color, lw=1.3, alpha=0.7, zorder=3)
-    if _finite(r["retention_outside_ci_lo"]):
+    if finite(r["retention_outside_ci_lo"]):
         ax.plot([x, x], [r["retention_outside_ci_lo"], r["retention_outside_ci_hi"]], color=color, lw=1.3, alpha=0.7, zorder=3)
 
 
@@ -82,7 +80,7 @@ def _plane_panel(ax, table: pl.DataFrame, null: pl.DataFrame, colors: Mapping[st
         )
     names = []
     for r in table.iter_rows(named=True):
-        if not (_finite(r["retention_inside"]) and _finite(r["retention_outside"])):
+        if not (finite(r["retention_inside"]) and finite(r["retention_outside"])):
             continue
         c = colors.get(r["family"], "0.3") if r["kind"] == "A-hypothesis" else ("gold" if r["kind"] == "ceiling" else "0.55")
         _whiskers(ax, r, "darkgoldenrod" if r["kind"] == "ceiling" else c)
@@ -113,7 +111,7 @@ def _strip_panel(ax, table: pl.DataFrame, null: pl.DataFrame, null_nm: pl.DataFr
     rng = np.random.default_rng(0)
     for i, r in enumerate(t.iter_rows(named=True)):
         for col, face in (("retention_inside", None), ("retention_normmatched", "none")):
-            if _finite(r[col]):
+            if finite(r[col]):
                 ax.plot([r[f"{col}_ci_lo"], r[f"{col}_ci_hi"]], [i + (0.15 if face else 0)] * 2, color="0.4", lw=1.2)
                 ax.scatter(
                     [r[col]],
@@ -125,7 +123,7 @@ def _strip_panel(ax, table: pl.DataFrame, null: pl.DataFrame, null_nm: pl.DataFr
                     zorder=4,
                 )
         for col, color in (("null_p95", "tab:red"), ("null_normmatched_p95", "tab:orange")):
-            if _finite(r[col]):
+            if finite(r[col]):
                 ax.plot([r[col]] * 2, [i - 0.3, i + 0.3], color=color, lw=1.5)
     for j, (nl, face) in enumerate(((null, "0.5"), (null_nm, "none"))):
         if nl.height:
@@ -167,7 +165,7 @@ def causal_figure(
     FigureCanvasAgg(fig)
     ax1 = fig.add_axes([0.05, 0.16, 0.38, 0.72])
     ax2 = fig.add_axes([0.67, 0.16, 0.31, 0.72])
-    colors = _family_colors(table.filter(pl.col("kind") == "A-hypothesis")["family"].to_list() or ["-"])
+    colors = family_colors(table.filter(pl.col("kind") == "A-hypothesis")["family"].to_list() or ["-"])
     names = _plane_panel(ax1, table, null, colors)
     fig.text(0.445, 0.88, "\n".join(f"{i + 1}. {n}" for i, n in enumerate(names)), fontsize=8, va="top", family="monospace")
     _strip_panel(ax2, table, null, null_nm)
@@ -201,7 +199,7 @@ def block_figure(
     s = summary.filter(pl.col("axis_kind").is_in(["write", "mixed", "ceiling"]))
     s = s.with_columns(pl.col("mean_conc_act", "mean_conc_act_block").cast(pl.Float64).fill_nan(None))
     s = s.filter((pl.col("mean_conc_act") > 0) & (pl.col("mean_conc_act_block") > 0))
-    colors = _family_colors(s.filter(pl.col("kind") != "ceiling")["family"].to_list() or ["-"])
+    colors = family_colors(s.filter(pl.col("kind") != "ceiling")["family"].to_list() or ["-"])
     for r in s.iter_rows(named=True):
         st = _style(r["kind"])
         if r["kind"] != "ceiling":
@@ -260,8 +258,8 @@ def _tag(kind: str) -> str:
     return {"ceiling": " (ceiling, B side)", "self-test": " (self-test row)"}.get(kind, "")
 
 
-def causal_claims(table: pl.DataFrame) -> list[tuple[str, str, bool | None]]:
-    """``(claim, evidence, survives)`` per tested A-hypothesis and ceiling (the self-test rows
+def causal_claims(table: pl.DataFrame) -> list[Claim]:
+    """A :class:`~ws.core.markdown.Claim` per tested A-hypothesis and ceiling (the self-test rows
     are checks, reported with the self-tests): "`X` carries the behaviour" survives only when
     the inside retention's CI lies above the random null's 95th percentile AND the outside
     retention's CI lies below the writers-only effect (100 %); None where a number is missing."""
@@ -271,7 +269,7 @@ def causal_claims(table: pl.DataFrame) -> list[tuple[str, str, bool | None]]:
             f"inside {_ci(r, 'retention_inside')} vs random rank-k 95th percentile {pct(r['null_p95'])}; "
             f"outside {_ci(r, 'retention_outside')} (must stay below 100%)"
         )
-        out.append((f"`{r['subspace']}` carries the behaviour{_tag(r['kind'])}", ev, r["carries"]))
+        out.append(Claim(f"`{r['subspace']}` carries the behaviour{_tag(r['kind'])}", ev, r["carries"]))
     return out
 
 
@@ -404,21 +402,19 @@ def _target_row(variants: pl.DataFrame, variant: str, s: str) -> dict | None:
     return sub.row(0, named=True) if sub.height else None
 
 
-def _writers_lines(variants: pl.DataFrame, info: Mapping[str, Any]) -> list[str]:
-    sh, wsp, fsp = info["writers_share"], info["writers_spread"], info["full_spread"]
+def _writers_lines(variants: pl.DataFrame, info: ConclusionFacts) -> list[str]:
+    sh, wsp, fsp = info.writers_share, info.writers_spread, info.full_spread
     out = [
-        f"- **The residual writers** (`o_proj`, `down_proj` of layers {_layers_text(info['layers_touched'])}) carry "
-        f"{pct(sh[0])} [{pct(sh[1])}, {pct(sh[2])}] of the full diff's effect on the {info['n_target']} held-out "
-        f"{info.get('target_label', 'target prompts')} (spread at α = ±1: writers-only {fmt_num(wsp[0])} nats "
+        f"- **The residual writers** (`o_proj`, `down_proj` of layers {layers_text(info.layers_touched)}) carry "
+        f"{pct(sh[0])} [{pct(sh[1])}, {pct(sh[2])}] of the full diff's effect on the {info.n_target} held-out "
+        f"{info.target_label} (spread at α = ±1: writers-only {fmt_num(wsp[0])} nats "
         f"[{fmt_num(wsp[1])}, {fmt_num(wsp[2])}], full diff {fmt_num(fsp[0])} nats)."
     ]
     ctl = []
-    for s in info.get("controls", ()):
+    for s in info.controls:
         w, f = _target_row(variants, "writers_only", s), _target_row(variants, "full", s)
         if w and f:
-            ctl.append(
-                f"{info.get('control_labels', {}).get(s, s)}: writers-only {fmt_num(w['spread'])}, full {fmt_num(f['spread'])}"
-            )
+            ctl.append(f"{info.control_labels.get(s, s)}: writers-only {fmt_num(w['spread'])}, full {fmt_num(f['spread'])}")
     if ctl:
         out.append(f"  On the control sets (nats): {'; '.join(ctl)}.")
     return out
@@ -445,18 +441,18 @@ def _carry_caution(r: Mapping, n_tested: int) -> str | None:
             f"{pct(r['retention_outside'])} outside: most of the behaviour is carried elsewhere"
         )
     q = r.get("q_inside")
-    if q is not None and math.isfinite(q) and q > 0.05:
+    if q is not None and math.isfinite(q) and q > FDR_ALPHA:
         notes.append(f"its p {fmt_num(r['p_inside'])} does not survive BH over the {n_tested} tested candidates (q {fmt_num(q)})")
     return ("  Read with care: " + "; ".join(notes) + ".") if notes else None
 
 
-def _carry_lines(causal: pl.DataFrame, info: Mapping[str, Any]) -> list[str]:
+def _carry_lines(causal: pl.DataFrame, info: ConclusionFacts) -> list[str]:
     hyp = causal.filter(pl.col("kind") == "A-hypothesis")
     fin = hyp.filter(pl.col("retention_inside").fill_nan(None).is_not_null())
     yes = hyp.filter(pl.col("carries").fill_null(False)).sort(["retention_inside", "subspace"], descending=[True, False])
     head = (
         f"- Tested: the {hyp.height} write/mixed candidates with the highest seed-mean joint score, both ceilings "
-        f"and the self-test rows, on seed {info['seed']}'s diff, {info['n_null']} random subspaces per rank profile."
+        f"and the self-test rows, on seed {info.seed}'s diff, {info.n_null} random subspaces per rank profile."
     )
     if yes.height:
         b = yes.row(0, named=True)
@@ -491,7 +487,7 @@ def _ceiling_lines(causal: pl.DataFrame) -> list[str]:
         (CEILING_W, "the diff's own top write directions"),
         (CEILING_ACT, "PCA of the activation label on FIT probes"),
     ):
-        r = _row(causal, name)
+        r = row_of(causal, name)
         if r is None:
             continue
         verdict = {True: "carries", False: "does not carry", None: "cannot be judged"}[r["carries"]]
@@ -505,7 +501,7 @@ def _ceiling_lines(causal: pl.DataFrame) -> list[str]:
     return out
 
 
-def _block_lines(summary: pl.DataFrame, scope: pl.DataFrame, info: Mapping[str, Any]) -> list[str]:
+def _block_lines(summary: pl.DataFrame, scope: pl.DataFrame, info: ConclusionFacts) -> list[str]:
     wm = summary.filter((pl.col("kind") == "A-hypothesis") & pl.col("axis_kind").is_in(["write", "mixed"]))
     lead = wm.filter(pl.col("mean_conc_act_block").fill_nan(None).is_not_null())
     out = []
@@ -517,7 +513,7 @@ def _block_lines(summary: pl.DataFrame, scope: pl.DataFrame, info: Mapping[str, 
             f"{fmt_num(b['mean_conc_act_block_ci_hi'])}] (z {fmt_num(b['mean_z_act_block'])}; against the "
             f"cumulative label R_act {fmt_num(b['mean_conc_act'])})."
         )
-    v = _row(summary, info.get("v7_leader") or "")
+    v = row_of(summary, info.v7_leader or "")
     if v is not None:
         out.append(
             f"- v7's joint leader `{v['subspace']}`: R_act {fmt_num(v['mean_conc_act'])} against the cumulative "
@@ -535,14 +531,6 @@ def _block_lines(summary: pl.DataFrame, scope: pl.DataFrame, info: Mapping[str, 
             f"{fmt_num(med('overlap_act_act_block'))}."
         )
     return out
-
-
-def _claims_table(claims: Sequence[tuple[str, str, bool | None]]) -> list[str]:
-    L = ["## Which claims survive", "", "| claim | evidence | verdict |", "|---|---|---|"]
-    for c, e, ok in claims:
-        verdict = "survives" if ok else ("**does not survive**" if ok is False else "not tested")
-        L.append(f"| {_cell(c)} | {_cell(e)} | {verdict} |")
-    return L + [""]
 
 
 def _causal_table(causal: pl.DataFrame, target_label: str) -> list[str]:
@@ -606,42 +594,32 @@ def _scope_table(scope: pl.DataFrame) -> list[str]:
 
 
 def conclusion_v8_md(
-    summary: pl.DataFrame, causal: pl.DataFrame, variants: pl.DataFrame, scope: pl.DataFrame, info: Mapping[str, Any]
+    summary: pl.DataFrame, causal: pl.DataFrame, variants: pl.DataFrame, scope: pl.DataFrame, info: ConclusionFacts
 ) -> str:
     """The v8 conclusion: which subspace carries the behaviour and how much of it; the claims
     table (v7's claims, then one causal claim per tested row); the causal, block-local and
     scope tables; caveats, self-tests, cost, artifacts.
 
-    info keys: ``title``, ``seed``, ``n_null``, ``layers_touched``, ``n_target``, ``controls``,
-    ``target_label`` / ``control_labels`` (the behaviour's words for its sets),
-    ``writers_share`` / ``writers_spread`` / ``full_spread`` (value, CI lo, CI hi),
-    ``v7_leader``, ``v7_claims`` (from :func:`ws.v7.report.claim_checks`), ``self_tests``
-    (``(name, passed, detail)``), ``caveats`` (list of str), ``cost`` (list of str),
-    ``artifacts`` (relative paths).
+    ``info``: the run's :class:`~ws.v8.results.ConclusionFacts`.
     """
-    L = [f"# {info['title']}", ""]
-    failed = [t for t in info.get("self_tests", []) if not t[1]]
+    L = [f"# {info.title}", ""]
+    failed = [t for t in info.self_tests if not t.passed]
     if failed:
         L += ["> **SELF-TEST FAILED: read this before trusting any number below.**"]
-        L += [f"> - FAILED `{n}`: {d}" for n, _ok, d in failed] + [""]
+        L += [f"> - FAILED `{t.name}`: {t.detail}" for t in failed] + [""]
     L += ["## Bottom line: which subspace carries the behaviour, and how much of it", ""]
     L += _writers_lines(variants, info) + _carry_lines(causal, info) + _ceiling_lines(causal)
     L += _block_lines(summary, scope, info)
-    claims = [*info.get("v7_claims", []), *causal_claims(causal)]
-    dead = [c for c, _e, ok in claims if ok is False]
+    claims = [*info.v7_claims, *causal_claims(causal)]
+    dead = [c for c in claims if c.survives is False]
     L += [f"- claims that do NOT survive: {len(dead)} of {len(claims)} (see the table)", ""]
-    L += (
-        _claims_table(claims)
-        + _causal_table(causal, info.get("target_label", "target prompts"))
-        + _block_table(summary)
-        + _scope_table(scope)
-    )
-    L += ["## Caveats", ""] + [f"- {c}" for c in info.get("caveats", [])] + [""]
-    if info.get("self_tests"):
+    L += claims_section(claims) + _causal_table(causal, info.target_label) + _block_table(summary) + _scope_table(scope)
+    L += ["## Caveats", ""] + [f"- {c}" for c in info.caveats] + [""]
+    if info.self_tests:
         L += ["## Self-tests", "", "| test | result | detail |", "|---|---|---|"]
-        L += [f"| {_cell(n)} | {'PASS' if ok else 'FAIL'} | {_cell(d)} |" for n, ok, d in info["self_tests"]] + [""]
-    if info.get("cost"):
-        L += ["## Cost of this run", ""] + [f"- {c}" for c in info["cost"]] + [""]
-    if info.get("artifacts"):
-        L += ["## Artifacts", ""] + [f"- [`{p}`]({p})" for p in info["artifacts"]] + [""]
+        L += [f"| {cell(t.name)} | {'PASS' if t.passed else 'FAIL'} | {cell(t.detail)} |" for t in info.self_tests] + [""]
+    if info.cost:
+        L += ["## Cost of this run", ""] + [f"- {c}" for c in info.cost] + [""]
+    if info.artifacts:
+        L += ["## Artifacts", ""] + [f"- [`{p}`]({p})" for p in info.artifacts] + [""]
     return "\n".join(L)

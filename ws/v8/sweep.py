@@ -30,8 +30,10 @@ import torch
 
 from ws.behavior import data
 from ws.captures.capture import block_labels
+from ws.core import caveats as C
 from ws.core.io import staged_files, write_staged
 from ws.core.log import logger
+from ws.core.markdown import pct
 from ws.core.paths import EMBEDDED_NAMES
 from ws.diffs.effect import heldout_prompts
 from ws.diffs.store import write_delta_by_layer
@@ -42,7 +44,7 @@ from ws.v7 import report, sweep, verdicts
 from ws.v8 import blocklocal
 from ws.v8 import report as report_v8
 from ws.v8.causal import run_causal
-from ws.v8.report import pct
+from ws.v8.results import ConclusionFacts
 
 __all__ = [
     "causal_candidates",
@@ -178,7 +180,7 @@ def v8_tables(res: sweep.SeedResult, stab: sweep.SeedStability, bl: BlockLocal, 
 
 
 # ----------------------------------------------------------------------------- checks
-def causal_self_tests(cr, z_max: float = 4.0) -> list[tuple[str, bool, str]]:
+def causal_self_tests(cr, z_max: float = 4.0) -> list[verdicts.SelfTest]:
     """The random self-test row must sit within the random null of the causal test."""
     r = cr.table.filter(pl.col("subspace") == "random_orthonormal")
     if not r.height:
@@ -187,7 +189,7 @@ def causal_self_tests(cr, z_max: float = 4.0) -> list[tuple[str, bool, str]]:
     z = r["z_inside"]
     ok = bool(z is not None and np.isfinite(z) and abs(z) < z_max)
     return [
-        (
+        verdicts.SelfTest(
             "random_orthonormal (causal)",
             ok,
             f"inside retention {100 * r['retention_inside']:.1f}% against its "
@@ -249,7 +251,7 @@ def sanity_lines(res: sweep.SeedResult, bl: BlockLocal, cr, k: int) -> list[tupl
                 f"the dW oracle ({100 * e:.1f}%; best {100 * best:.1f}%). ELSE: the oracle is not the top SVD.",
             )
         )
-    for name, ok, detail in causal_self_tests(cr):
+    for name, ok, detail in ((t.name, t.passed, t.detail) for t in causal_self_tests(cr)):
         lines.append((ok, f"SHOULD: self-test {name} passes ({detail}). ELSE: the causal null is broken."))
     return lines
 
@@ -359,47 +361,47 @@ def _caveats(cfg, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability
             f"tested rows): far outside the trained regime for subspaces that hold little of the writers' energy"
         )
     if cfg.model in EMBEDDED_NAMES:
-        out.append("the model weights are 4-bit quantised: weight-derived bases inherit quantisation noise")
+        out.append(C.QUANTIZED)
     if cfg.smoke:
-        out.append("SMOKE MODE: a tiny random model and a few training steps; no number here means anything")
+        out.append(C.SMOKE)
     return out + sweep.diff_caveats(results, cfg.behavior)
 
 
 def conclusion_info(
     cfg, probes: sweep.Probes, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability, bl: BlockLocal, cr
-) -> dict:
+) -> ConclusionFacts:
     """Facts of the run for :func:`ws.v8.report.conclusion_v8_md`."""
 
     labels = data.get_behavior(cfg.behavior).labels
     res = results[0]
     info7 = verdicts.conclusion_info(cfg, probes, res, stab, [])
     v7_ranking = ranked(res.summary)
-    tests = [(t.name, t.passed, t.detail) for t in verdicts.self_tests(res)] + causal_self_tests(cr)
+    tests = [*verdicts.self_tests(res), *causal_self_tests(cr)]
     cost = [
         f"causal test: {sum(cr.timings.values()):.1f} s ("
         + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in cr.timings.items())
         + f"), {cr.n_rows} prompt rows through blocks {cr.first_block}–{len(bl.scope) - 1}",
         f"block-local label and its scores: {bl.seconds:.1f} s",
     ]
-    return {
-        "title": f"v8 — which subspace carries the behaviour? {cfg.behavior}/{cfg.adapter} on `{cfg.model}`",
-        "seed": res.seed,
-        "n_null": cr.n_null,
-        "layers_touched": res.layers_touched,
-        "n_target": int(cr.variants.filter((pl.col("variant") == "writers_only") & (pl.col("set") == cr.target))["n"][0]),
-        "controls": [c for c in cr.controls if c in set(cr.variants["set"].to_list())],
-        "target_label": labels.get(cr.target, cr.target),
-        "control_labels": {c: labels.get(c, c) for c in cr.controls},
-        "writers_share": cr.writers_share,
-        "writers_spread": cr.writers_spread,
-        "full_spread": cr.full_spread,
-        "v7_leader": v7_ranking["subspace"][0] if v7_ranking.height else None,
-        "v7_claims": [(c.claim, c.evidence, c.survives) for c in verdicts.claim_checks(res.summary_pct, res.per_layer, info7)],
-        "self_tests": tests,
-        "caveats": _caveats(cfg, results, stab, cr),
-        "cost": cost,
-        "artifacts": [*V8_FILES, "../v7/v7_conclusion.md", f"../seed{res.seed}/effect.csv"],
-    }
+    return ConclusionFacts(
+        title=f"v8 — which subspace carries the behaviour? {cfg.behavior}/{cfg.adapter} on `{cfg.model}`",
+        seed=res.seed,
+        n_null=cr.n_null,
+        layers_touched=res.layers_touched,
+        n_target=int(cr.variants.filter((pl.col("variant") == "writers_only") & (pl.col("set") == cr.target))["n"][0]),
+        controls=[c for c in cr.controls if c in set(cr.variants["set"].to_list())],
+        target_label=labels.get(cr.target, cr.target),
+        control_labels={c: labels.get(c, c) for c in cr.controls},
+        writers_share=cr.writers_share,
+        writers_spread=cr.writers_spread,
+        full_spread=cr.full_spread,
+        v7_leader=v7_ranking["subspace"][0] if v7_ranking.height else None,
+        v7_claims=verdicts.claim_checks(res.summary_pct, res.per_layer, info7),
+        self_tests=tests,
+        caveats=_caveats(cfg, results, stab, cr),
+        cost=cost,
+        artifacts=[*V8_FILES, "../v7/v7_conclusion.md", f"../seed{res.seed}/effect.csv"],
+    )
 
 
 def write_v8(
@@ -430,7 +432,7 @@ def write_v8(
             stage / "v8_causal_retention.png",
             stage / "v8_causal_retention.pdf",
             title=f"Does the subspace carry the behaviour? Seed {res.seed}'s diff, held-out "
-            f"{info['target_label']}, α = ±1 (retention of the writers-only effect)",
+            f"{info.target_label}, α = ±1 (retention of the writers-only effect)",
         )
         report_v8.block_figure(
             tabs.summary,
