@@ -15,7 +15,9 @@ import polars as pl
 import pytest
 from smoke_env import smoke_env
 
+from ws.behavior.data import get_behavior
 from ws.config import ADAPTERS
+from ws.core.markdown import fmt_num
 from ws.core.bootstrap import percentile_interval
 from ws.cross_adapter import compare as X
 from ws.cross_adapter.report import claims
@@ -184,16 +186,17 @@ def test_claims_verdicts_follow_the_evidence():
 
 
 # ----------------------------------------------------------------------------- end to end
-def _env(base: Path) -> dict:
+def _env(base: Path, **extra: str) -> dict:
     env = smoke_env(base)
     env.pop("WS_ADAPTERS", None)
+    env.pop("WS_BEHAVIOR", None)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    return env
+    return env | extra
 
 
-def _run(base: Path) -> None:
+def _run(base: Path, **extra: str) -> None:
     cmd = [str(BIN / "jupytext"), "--to", "ipynb", "--output", str(base / "executed.ipynb"), "--execute", str(NB)]
-    r = subprocess.run(cmd, cwd=ROOT, env=_env(base), capture_output=True, text=True, timeout=1800)
+    r = subprocess.run(cmd, cwd=ROOT, env=_env(base, **extra), capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, f"notebook failed:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
 
 
@@ -245,8 +248,6 @@ def test_ia3_weight_cells_are_nan_never_zero(smoke):
 
 @pytest.mark.slow
 def test_conclusion_numbers_come_from_the_tables(smoke):
-    from ws.v7.report import fmt_num
-
     text = (cross(smoke) / X.CONCLUSION).read_text()
     summ = pl.read_csv(cross(smoke) / "cross_adapter_summary.tsv", separator="\t")
     for r in summ.iter_rows(named=True):
@@ -270,3 +271,41 @@ def test_a_rerun_gives_byte_identical_tables(smoke, tmp_path):
         v7 = SYC / a / "v7"
         for p in sorted((smoke / v7).glob("*.[ct]sv")):
             assert (tmp_path / v7 / p.name).read_bytes() == p.read_bytes(), f"{a}/{p.name}"
+
+
+#: the refusal behaviour's folder of the smoke model
+REF = Path("out", "models", "tiny-llama", "refusal")
+
+
+@pytest.fixture(scope="module")
+def refusal(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("cross_refusal")
+    _run(base, WS_BEHAVIOR="refusal", WS_ADAPTERS="lora,bidir")
+    return base
+
+
+@pytest.mark.slow
+def test_refusal_spreads_and_specificity_are_the_effect_tables(refusal):
+    """The comparison reads the behaviour's own target and control sets (refusal: harmless
+    requests, then impossible requests and yes/no questions) and applies the effect eval's
+    specificity rule, its sign toward No included: each figure equals what the diff's own
+    effect table gives at the adapter's unit α (one seed: the seed mean is that seed)."""
+    b = get_behavior("refusal")
+    sets = (b.target, *b.controls)
+    summ = pl.read_csv(refusal / REF / "cross_adapter" / "cross_adapter_summary.tsv", separator="\t")
+    spread_cols = [c for c in summ.columns if c.startswith("spread_") and not c.endswith(("_ci_lo", "_ci_hi"))]
+    assert spread_cols == [f"spread_{s}" for s in sets] == ["spread_harmless", "spread_impossible", "spread_questions"]
+    assert summ["adapter"].to_list() == ["lora", "bidir"]
+    for r in summ.iter_rows(named=True):
+        a = r["unit_alpha"]
+        eff = pl.read_csv(refusal / REF / r["adapter"] / "seed0" / "effect.csv")
+        sp = {s: effect.spread(eff, s, hi=a, lo=-a) for s in sets}
+        spec = float(effect.specificity(sp[b.target], [sp[s] for s in b.controls], b.direction))
+        for s in sets:
+            assert math.isfinite(r[f"spread_{s}"]), (r["adapter"], s)
+            assert r[f"spread_{s}"] == pytest.approx(sp[s], rel=1e-5, abs=1e-9), (r["adapter"], s)
+            assert r[f"spread_{s}_ci_lo"] <= r[f"spread_{s}"] <= r[f"spread_{s}_ci_hi"]
+        assert math.isfinite(r["specificity"]) and r["specificity"] == pytest.approx(spec, rel=1e-5), r["adapter"]
+    text = (refusal / REF / "cross_adapter" / X.CONCLUSION).read_text()
+    assert "spread harmless" in text and "opinion_false" not in text
+    assert f"moves {b.labels[b.target]} most" in text
