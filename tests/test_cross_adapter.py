@@ -17,8 +17,8 @@ from smoke_env import smoke_env
 
 from ws.behavior.data import get_behavior
 from ws.config import ADAPTERS
-from ws.core.markdown import fmt_num
 from ws.core.bootstrap import percentile_interval
+from ws.core.markdown import fmt_num
 from ws.cross_adapter import compare as X
 from ws.cross_adapter.report import claims
 from ws.diffs import effect
