@@ -31,3 +31,44 @@ def smollm2():
     from ws.model.load import load_model
 
     return load_model("smollm2-135m")
+
+
+# ----------------------------------------------------------------------------- shared smoke runs
+@pytest.fixture(scope="session", autouse=True)
+def nbs_tree_before() -> set[str]:
+    """``nbs/`` as it was before the first test (autouse: taken before any notebook runs)."""
+    from smoke_runs import nbs_tree
+
+    return nbs_tree()
+
+
+def _no_errors(name: str, nb) -> None:
+    from smoke_runs import errors
+
+    bad = errors(nb)
+    if bad:
+        pytest.fail(f"{name} failed: {bad[0].ename}: {bad[0].evalue}\n" + "\n".join(bad[0].traceback)[-4000:])
+
+
+@pytest.fixture(scope="session")
+def smoke_sweeps(tmp_path_factory, nbs_tree_before):
+    """v7 then v8 in smoke mode, as a Jupyter user runs them, into one folder (once per session)."""
+    from smoke_runs import SweepRuns, execute_notebook
+
+    base = tmp_path_factory.mktemp("smoke_sweeps")
+    v7 = execute_notebook("hypothesis_sweep_v7", base)
+    _no_errors("hypothesis_sweep_v7", v7)
+    v8 = execute_notebook("hypothesis_sweep_v8", base)
+    _no_errors("hypothesis_sweep_v8", v8)
+    return SweepRuns(base, v7, v8)
+
+
+@pytest.fixture(scope="session")
+def smoke_cross_refusal(tmp_path_factory, nbs_tree_before):
+    """The cross-adapter notebook on the built-in refusal behaviour, lora and bidir (once per session)."""
+    from smoke_runs import NotebookRun, execute_notebook
+
+    base = tmp_path_factory.mktemp("smoke_cross_refusal")
+    nb = execute_notebook("cross_adapter", base, WS_BEHAVIOR="refusal", WS_ADAPTERS="lora,bidir")
+    _no_errors("cross_adapter (refusal)", nb)
+    return NotebookRun(base, nb)

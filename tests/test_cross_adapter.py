@@ -278,10 +278,9 @@ REF = Path("out", "models", "tiny-llama", "refusal")
 
 
 @pytest.fixture(scope="module")
-def refusal(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("cross_refusal")
-    _run(base, WS_BEHAVIOR="refusal", WS_ADAPTERS="lora,bidir")
-    return base
+def refusal(smoke_cross_refusal) -> Path:
+    """The session's shared run of the cross-adapter notebook on refusal (lora, bidir)."""
+    return smoke_cross_refusal.base
 
 
 @pytest.mark.slow

@@ -3,27 +3,27 @@
 The committed ``nbs/*.ipynb`` (not the ``.py``) is run through nbclient with the kernel its
 metadata names and the kernel's working directory set to ``nbs/``, as Jupyter does, in
 smoke mode (tiny random model) with ``WS_OUT``, ``WS_CACHE`` and ``WS_LOGS`` in a temporary
-folder. One module-scoped run per notebook; the tests read the executed notebooks and
+folder (``tests/smoke_runs.py``). The v7, v8 and cross-adapter runs are the session's shared
+runs, which the end-to-end tests read too; the tests here read the executed notebooks and
 the files they wrote.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
 
 import nbformat
 import pytest
-from smoke_env import smoke_env
+from smoke_runs import execute_notebook, nbs_tree
 
 from ws.v7 import sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT / "nbs"
 NOTEBOOKS = sorted(p for p in NBS.glob("*.ipynb") if p.with_suffix(".py").exists())
-SWEEP, DIFF, CROSS = "hypothesis_sweep_v7.ipynb", "train_diff.ipynb", "cross_adapter.ipynb"
+SWEEP, V8, DIFF, CROSS = "hypothesis_sweep_v7.ipynb", "hypothesis_sweep_v8.ipynb", "train_diff.ipynb", "cross_adapter.ipynb"
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
@@ -31,43 +31,25 @@ def _kernel_name(path: Path) -> str:
     return nbformat.read(path, as_version=4).metadata["kernelspec"]["name"]
 
 
-def _tree(folder: Path) -> set[str]:
-    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
-
-
-def _execute(path: Path, base: Path) -> nbformat.NotebookNode:
-    from nbclient import NotebookClient
-
-    env = smoke_env(base)
-    env.update(
-        WS_MODEL="tiny-llama",
-        WS_LOG_TERMINAL="0",
-        # two adapter types keep the cross-adapter notebook short here; all six run in
-        # tests/test_cross_adapter.py
-        WS_ADAPTERS="lora,bidir",
-    )
-    # the kernel imports this checkout's `ws` (as the editable install of `make setup` does)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=900, allow_errors=True, resources={"metadata": {"path": str(NBS)}})
-    client.execute(env=env)
-    return nb
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, tuple[nbformat.NotebookNode, Path]]:
+def runs(smoke_sweeps, smoke_cross_refusal, nbs_tree_before, tmp_path_factory) -> dict:
+    """Every paired notebook as Jupyter runs it: the session's shared runs of v7, v8 and the
+    cross-adapter comparison (tests/smoke_runs.py), and a run of the training notebook."""
     from jupyter_client.kernelspec import KernelSpecManager
 
     specs = KernelSpecManager().find_kernel_specs()
     for path in NOTEBOOKS:
         if _kernel_name(path) not in specs:
             pytest.fail(f"{path.name} names kernel {_kernel_name(path)!r}, which is not registered: run `make setup`")
-    before = _tree(NBS)
-    out = {}
-    for path in NOTEBOOKS:
-        base = tmp_path_factory.mktemp(path.stem)
-        out[path.name] = (_execute(path, base), base)
-    out["nbs_tree_changes"] = _tree(NBS) ^ before
+    base = tmp_path_factory.mktemp("train_diff")
+    out = {
+        SWEEP: (smoke_sweeps.v7, smoke_sweeps.base),
+        V8: (smoke_sweeps.v8, smoke_sweeps.base),
+        CROSS: (smoke_cross_refusal.nb, smoke_cross_refusal.base),
+        DIFF: (execute_notebook("train_diff", base), base),
+    }
+    assert set(out) == {p.name for p in NOTEBOOKS}, "a paired notebook has no run here"
+    out["nbs_tree_changes"] = nbs_tree() ^ nbs_tree_before
     return out
 
 
@@ -133,7 +115,7 @@ def test_outputs_go_to_ws_out_not_to_nbs(runs):
 
     _, base = runs[CROSS]
     for f in (*cross_adapter.TABLES, cross_adapter.CONCLUSION):
-        assert (base / "out" / "models" / "tiny-llama" / "sycophancy" / "cross_adapter" / f).is_file(), f"missing {f}"
+        assert (base / "out" / "models" / "tiny-llama" / "refusal" / "cross_adapter" / f).is_file(), f"missing {f}"
     assert not runs["nbs_tree_changes"], f"the notebooks wrote into nbs/: {sorted(runs['nbs_tree_changes'])}"
 
 

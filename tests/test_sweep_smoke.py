@@ -1,8 +1,9 @@
 """The v7 notebook end to end in smoke mode (tiny random model), as a user runs it headless.
 
-One module-scoped run executes ``nbs/hypothesis_sweep_v7.py`` with ``jupytext --execute``;
-the tests read what it wrote. A second, independent run (fresh output and cache folders,
-so the diff is retrained and every capture recomputed) must give byte-identical tables.
+The tests read the session's shared smoke run (``nbs/hypothesis_sweep_v7.ipynb`` as Jupyter
+runs it, see ``tests/smoke_runs.py``). A second, independent run of ``nbs/hypothesis_sweep_v7.py``
+with ``jupytext --execute``, as ``make sweep`` runs it (fresh output and cache folders, so the
+diff is retrained and every capture recomputed), must give byte-identical tables.
 """
 
 from __future__ import annotations
@@ -43,11 +44,9 @@ def _run_notebook(base: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("smoke")
-    r = _run_notebook(base)
-    assert r.returncode == 0, f"notebook failed:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
-    return base
+def smoke(smoke_sweeps) -> Path:
+    """The session's shared v7 smoke run (tests/smoke_runs.py; v8 ran after it in the same folder)."""
+    return smoke_sweeps.base
 
 
 def v7(base: Path) -> Path:

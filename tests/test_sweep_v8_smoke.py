@@ -40,11 +40,9 @@ def _run(base: Path, name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("v8smoke")
-    _run(base, "hypothesis_sweep_v7")
-    _run(base, "hypothesis_sweep_v8")
-    return base
+def smoke(smoke_sweeps) -> Path:
+    """The session's shared smoke run: v7, then v8 in the same folder (tests/smoke_runs.py)."""
+    return smoke_sweeps.base
 
 
 def d8(base: Path) -> Path:
