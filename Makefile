@@ -67,7 +67,7 @@ diff: setup
 	$(VENV)/bin/jupytext --to ipynb --output logs/train_diff.executed.ipynb --execute nbs/train_diff.py
 
 # The cross-adapter comparison: the v7 sweep for every adapter type of WS_ADAPTERS (default all
-# six) and seed of WS_SEEDS, missing diffs trained first; long on a CPU (see the README).
+# six) and seed of WS_SEEDS, missing diffs trained first; long on a CPU (see docs/adapters.md).
 cross-adapter: setup
 	@mkdir -p logs
 	$(VENV)/bin/jupytext --to ipynb --output logs/cross_adapter.executed.ipynb --execute nbs/cross_adapter.py

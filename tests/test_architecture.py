@@ -6,8 +6,9 @@ sibling or from a higher one:
 
     core < model < behavior < diffs < config < captures < bases, stats < v7 < v8, cross_adapter < bench
 
-Imports of ``ws`` inside functions are not allowed (they hide a dependency): every ``ws``
-import sits at the top of its module.
+Imports inside functions hide a dependency: every ``ws`` import, and every import of a
+required package, sits at the top of its module (:data:`LATE_IMPORTS` lists the few
+optional or late-bound ones that may not).
 """
 
 from __future__ import annotations
@@ -170,3 +171,35 @@ def test_every_package_says_what_it_holds(pkg):
 def test_every_top_level_part_has_a_stage():
     parts = {p.name.removesuffix(".py") for p in WS.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()}
     assert parts - {"__init__"} <= set(STAGES), parts - set(STAGES)
+
+
+#: What may still be imported inside a function, and why: IPython and PyYAML are optional
+#: (a notebook kernel; YAML behaviour files), ``fcntl`` exists on POSIX only, and matplotlib's
+#: pyplot picks its backend when first imported (the notebook's kernel must have chosen first).
+LATE_IMPORTS = {"IPython", "yaml", "fcntl", "matplotlib"}
+
+
+def _late_imports(path: Path) -> list[tuple[str, int]]:
+    """``(module, line)`` of every import inside a function of ``path``."""
+    out: list[tuple[str, int]] = []
+
+    def visit(node: ast.AST, in_fn: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            fn = in_fn or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef)
+            if in_fn and isinstance(child, ast.Import | ast.ImportFrom):
+                mod = child.module if isinstance(child, ast.ImportFrom) else child.names[0].name
+                out.append((mod or "", child.lineno))
+            visit(child, fn)
+
+    visit(ast.parse(path.read_text()), False)
+    return out
+
+
+def test_only_optional_dependencies_are_imported_inside_functions():
+    bad = [
+        f"{p.relative_to(ROOT)}:{line} imports {mod} inside a function"
+        for p in sorted(WS.rglob("*.py"))
+        for mod, line in _late_imports(p)
+        if mod.split(".")[0] not in LATE_IMPORTS
+    ]
+    assert not bad, "\n".join(bad)

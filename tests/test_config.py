@@ -157,6 +157,15 @@ def test_readme_variable_table_is_the_config_table():
     assert documented == set(config.BY_NAME), documented ^ set(config.BY_NAME)
 
 
+def test_readme_adapter_table_is_the_registry():
+    from ws.diffs.adapters import ADAPTER_TYPES, adapter_table
+
+    readme = (ROOT / "README.md").read_text()
+    assert adapter_table() in readme, "README's adapter table differs from ws.diffs.adapters: run `python -m ws.config`"
+    listed = re.findall(r"^\| `(\w+)` \|", adapter_table(), re.M)
+    assert listed == list(ADAPTER_TYPES) == list(config.ADAPTERS)
+
+
 def test_unknown_variables_are_named():
     assert config.unknown_variables({"WS_SEEDS": "0", "WS_SEEED": "1", "WS_RUN_DIR": "/"}) == ["WS_SEEED"]
 

@@ -42,6 +42,7 @@ row is the final token's softmax row restricted to the suffix positions, NOT ren
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -148,14 +149,12 @@ class Captures:
 
     def save(self, path: str | Path) -> Path:
         """Write all tensors to one checked cache entry (:func:`ws.core.cache.save_entry`), atomically."""
-        import json
 
         return save_entry(path, self.tensors(), self.key, {"info": json.dumps(self.info, default=str)})
 
     @classmethod
     def load(cls, path: str | Path, key: str) -> Captures | None:
         """The captures stored at ``path`` if they are intact and are what ``key`` names, else None."""
-        import json
 
         entry = load_entry(path, key)
         if entry is None:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ws.core.device import real_parameters
@@ -103,7 +104,6 @@ def load_entry(path: str | Path, key: str) -> tuple[dict[str, torch.Tensor], dic
     records another key (a file copied over another), or its contents do not match the
     checksum it recorded (damaged bytes). Never trusts a file it cannot verify.
     """
-    from safetensors import safe_open
 
     path = Path(path)
     if not path.exists():

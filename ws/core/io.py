@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -113,7 +116,6 @@ def _pid_alive(pid: int) -> bool:
 def remove_stale_staging(folder: str | Path) -> list[Path]:
     """Remove ``.staging-<pid>-*`` folders whose process is gone (a killed run's leftovers;
     folders of the older ``.staging-<random>`` form too). Returns what was removed."""
-    import shutil
 
     removed = []
     folder = Path(folder)
@@ -133,7 +135,6 @@ def staged_files(dest: str | Path, last: tuple[str, ...] = ()) -> Iterator[Path]
     every file in it into ``dest`` (the names in ``last`` last, in that order), then remove
     the stage. On an exception nothing in ``dest`` changes. A killed run's stage is removed
     by the next call (:func:`remove_stale_staging`)."""
-    import shutil
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -198,8 +199,6 @@ def hold_run_lock(folder: str | Path, what: str = "run") -> Path:
     drops the lock when the holding process ends, killed or not, so it never goes stale.
     """
     import fcntl
-    import socket
-    import time
 
     path = Path(folder) / ".ws-run.lock"
     key = str(path.resolve())

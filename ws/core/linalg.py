@@ -24,7 +24,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
+import scipy.linalg  # noqa: F401  (load scipy's BLAS so that its threads are limited too)
 import torch
+from scipy.linalg import blas, subspace_angles
+from threadpoolctl import threadpool_limits
 
 __all__ = [
     "DEFAULT_RTOL",
@@ -84,8 +87,6 @@ def blas_threads(n: int | None = 1) -> Iterator[None]:
     if n is None:
         yield
         return
-    import scipy.linalg  # noqa: F401  (load scipy's BLAS so that its threads are limited too)
-    from threadpoolctl import threadpool_limits
 
     old_torch = torch.get_num_threads()
     # torch links its math library statically, out of threadpoolctl's sight: set it directly
@@ -114,7 +115,6 @@ def gram(M: torch.Tensor, transpose: bool = False) -> torch.Tensor:
     Uses the BLAS symmetric rank-k update (half the multiplications of a general product)
     on the float64 copy of ``M``.
     """
-    from scipy.linalg import blas
 
     A = np.ascontiguousarray(f64(M).numpy())  # C order: A.T is a Fortran-order view
     if A.shape[0] == 0 or A.shape[1] == 0:
@@ -131,8 +131,6 @@ def _eigh_desc(G: torch.Tensor, k: int | None) -> tuple[torch.Tensor, torch.Tens
     n = G.shape[0]
     G = 0.5 * (G + G.T)
     if k is not None and 0 < k <= n // 3 and n >= 128:
-        import scipy.linalg
-
         vals, vecs = scipy.linalg.eigh(G.numpy(), subset_by_index=[n - k, n - 1], driver="evr", check_finite=False)
         vals = torch.from_numpy(np.ascontiguousarray(vals[::-1]))
         vecs = torch.from_numpy(np.ascontiguousarray(vecs[:, ::-1]))
@@ -366,7 +364,6 @@ def principal_angles(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     """
     if A.shape[1] == 0 or B.shape[1] == 0:
         return torch.zeros(0, dtype=torch.float64)
-    from scipy.linalg import subspace_angles
 
     return torch.from_numpy(subspace_angles(f64(A).numpy(), f64(B).numpy())[::-1].copy())
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from scipy.stats import kendalltau
 
 from ws.behavior.data import get_behavior
 from ws.config import Config
@@ -50,7 +51,7 @@ def adapter_cfg(cfg: Config, adapter: str) -> Config:
 
 def check_all_diffs(cfg: Config, model) -> None:
     """Every existing diff of every adapter and seed, checked before any training: one that
-    cannot be used stops the run with the README's error and stays untouched (so does a
+    cannot be used stops the run with its error (docs/errors.md) and stays untouched (so does a
     diff made for this model at the default model's path, rebuild or not)."""
 
     check_misplaced_diffs(cfg.model, cfg.behavior, cfg.out_root)
@@ -332,7 +333,6 @@ def rank_table(cands: dict[str, pl.DataFrame], top_k: int = TOP_K) -> pl.DataFra
 def tau_table(cands: dict[str, pl.DataFrame]) -> pl.DataFrame:
     """Kendall τ between every pair of adapters' seed-mean joint-score rankings (candidates
     with a finite score in both)."""
-    from scipy.stats import kendalltau
 
     adapters, rows = list(cands), []
     for i, a in enumerate(adapters):

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from ws.behavior.data import data_hash
@@ -218,7 +220,7 @@ def check_diff_model(path: str | Path, model_name: str) -> dict[str, Any]:
 def check_existing_diff(path: str | Path, model: nn.Module) -> dict[str, Any]:
     """Everything about an existing diff that must stop a run, checked before any long work:
     readable, made for this model (metadata), finite, not all zero, every key and shape
-    fits. Raises the error the README lists; never changes the file. Returns the metadata."""
+    fits. Raises the error docs/errors.md lists; never changes the file. Returns the metadata."""
 
     check_diff_model(path, model_id(model))
     return load_diff(path, model)[1]
@@ -249,7 +251,6 @@ def stale_reasons(meta: Mapping[str, Any], train_config: Mapping[str, Any] | Non
 
 def save_diff(w: Mapping[str, torch.Tensor], path: str | Path, meta: Mapping[str, Any] | None = None) -> Path:
     """Write ``w`` (float32, contiguous) and ``meta`` to a safetensors file, atomically."""
-    from safetensors.torch import save_file
 
     if not w:
         raise ValueError("refusing to save an empty weight diff")
@@ -264,7 +265,6 @@ def save_diff(w: Mapping[str, torch.Tensor], path: str | Path, meta: Mapping[str
 
 def read_meta(path: str | Path) -> dict[str, Any]:
     """Only the metadata of a saved diff (no tensors are read)."""
-    from safetensors import safe_open
 
     path = _existing(path)
     try:
@@ -294,7 +294,6 @@ def load_diff(path: str | Path, model: nn.Module | None = None) -> tuple[dict[st
     Raises ``FileNotFoundError`` (missing, with how to build it) or ``ValueError``
     (corrupt file, NaN/Inf, a diff for another model: every mismatch named).
     """
-    from safetensors import safe_open
 
     path = _existing(path)
     try:

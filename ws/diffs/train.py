@@ -319,7 +319,7 @@ def ensure_diff(spec: DiffSpec, rebuild: bool = False, model: nn.Module | None =
     ``rebuild=True`` asks for it (``WS_REBUILD=1``).
 
     An existing diff is never overwritten or retrained otherwise. One that cannot be used
-    stops the run with the README's error and stays untouched: unreadable or corrupt, made
+    stops the run with its error (docs/errors.md) and stays untouched: unreadable or corrupt, made
     for another model (:class:`ws.diffs.store.DiffMismatchError`), no model in its metadata
     (:class:`ws.diffs.store.DiffMetadataError`), NaN/Inf, all zeros, keys or shapes that do not fit.
     One made from another data version or training config is used as it is, with a warning

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen3Config
 
 from ws.core.device import resolve_device, resolve_dtype
 from ws.core.log import logger
@@ -75,7 +77,6 @@ def embedded_cache_dir() -> Path:
 
 def _convert_embedded(dest: Path) -> None:
     """Dequantise the GGUF once and save a plain float32 safetensors model + tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     gguf = embedded_gguf_path()
     t0 = time.perf_counter()
@@ -96,15 +97,11 @@ def _convert_embedded(dest: Path) -> None:
     plain.tie_weights()
     tmp = dest.with_name(dest.name + ".tmp")
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     plain.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     (tmp / "SOURCE.txt").write_text(f"converted from {EMBEDDED_PACKAGE}/{EMBEDDED_GGUF} (Q4_1, embeddings Q8_0)\n")
     if dest.exists():
-        import shutil
-
         shutil.rmtree(dest)
     os.replace(tmp, dest)
     logger.info(f"embedded model cached in {dest} ({time.perf_counter() - t0:.1f} s)")
@@ -121,7 +118,6 @@ def _load_embedded(device_map: str | None = None, dtype: torch.dtype = torch.flo
 # ----------------------------------------------------------------------------- tiny
 def tiny_config(kind: str):
     """Config of a tiny random model. Both have fewer KV heads than heads (GQA)."""
-    from transformers import LlamaConfig, Qwen3Config
 
     common = dict(
         vocab_size=49152,
@@ -145,7 +141,6 @@ def tiny_config(kind: str):
 
 def tiny_tokenizer():
     """The embedded model's tokenizer (chat template included), for tiny models too."""
-    from transformers import AutoTokenizer
 
     dest = embedded_cache_dir()
     if (dest / "tokenizer_config.json").exists():
@@ -155,7 +150,6 @@ def tiny_tokenizer():
 
 
 def _load_tiny(kind: str, seed: int = 0):
-    from transformers import AutoModelForCausalLM
 
     config = tiny_config(kind)
     config._attn_implementation = "eager"
@@ -194,7 +188,6 @@ def check_model_folder(folder: Path) -> None:
 
 
 def _from_pretrained(name_or_path: str, device_map: str | None = None, dtype: torch.dtype = torch.float32):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if Path(name_or_path).is_dir():
         check_model_folder(Path(name_or_path))

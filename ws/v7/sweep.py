@@ -23,6 +23,7 @@ from typing import Any
 
 import polars as pl
 import torch
+from scipy.stats import kendalltau
 
 from ws import stats
 from ws.bases import build_all
@@ -58,7 +59,7 @@ SweepConfig = Config
 # ----------------------------------------------------------------------------- diffs
 def get_diffs(cfg: SweepConfig, model) -> dict[int, tuple[dict[str, torch.Tensor], dict[str, Any]]]:
     """``seed -> (w, meta)``. Every existing diff is checked first, before any training: one
-    that cannot be used stops the run with the README's error and stays untouched (a diff
+    that cannot be used stops the run with its error (docs/errors.md) and stays untouched (a diff
     made for another model raises :class:`DiffMismatchError`). Then the missing ones are
     trained; an existing diff is retrained only with ``cfg.rebuild`` (``WS_REBUILD=1``).
     A diff made for this model at the default model's path stops it first, rebuild or not
@@ -163,7 +164,6 @@ def run_seed(cfg: SweepConfig, model, tok, probes: Probes, seed: int, w: dict, d
 def seed_stability(results: Sequence[SeedResult]) -> SeedStability:
     """Kendall τ between every pair of seeds' joint-score rankings (write/mixed
     A-hypotheses), each seed's winner, and per-candidate seed mean / sd."""
-    from scipy.stats import kendalltau
 
     seeds = [r.seed for r in results]
     winners = {}
