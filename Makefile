@@ -76,7 +76,7 @@ cross-adapter: setup
 test: setup
 	$(VENV)/bin/ruff check ws tests nbs/*.py
 	$(VENV)/bin/ruff format --check ws tests nbs/*.py
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not embedded and not slow"

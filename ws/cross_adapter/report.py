@@ -125,7 +125,7 @@ def _tau_claim(tau: pl.DataFrame) -> _Row:
     return claim, ev, ok
 
 
-def _overlap_claim(summary: pl.DataFrame, target: str, target_label: str) -> _Row:
+def _overlap_claim(summary: pl.DataFrame, target: str, target_label: str, direction: int = 1) -> _Row:
     claim = (
         f"The adapter whose diff moves {target_label} most has the least overlap between its dW oracle "
         "and its activation oracle (upstream's cross-adapter finding)"
@@ -139,7 +139,7 @@ def _overlap_claim(summary: pl.DataFrame, target: str, target_label: str) -> _Ro
         f"{ci_text(r['oracle_overlap_cos'], r['oracle_overlap_ci_lo'], r['oracle_overlap_ci_hi'])}"
         for r in rows
     )
-    sp = np.array([r[col] for r in rows], dtype=np.float64)
+    sp = direction * np.array([r[col] for r in rows], dtype=np.float64)  # toward the behaviour
     ov = np.array([r["oracle_overlap_cos"] for r in rows], dtype=np.float64)
     if len(rows) < 2 or not (np.isfinite(sp).all() and np.isfinite(ov).all()):
         return claim, ev, None
@@ -154,7 +154,7 @@ def _specificity_claims(summary: pl.DataFrame) -> list[_Row]:
     known = [x for x in lo if x is not None and math.isfinite(x)]
     out = [
         (
-            "Some adapter's diff is more behaviour-specific than a yes-bias (specificity CI above 1)",
+            "Some adapter's diff is more behaviour-specific than a plain answer bias (specificity CI above 1)",
             ev,
             any(x > 1 for x in known) if known else None,
         )
@@ -196,7 +196,7 @@ def claims(
         *_behaviour_claims(cands, ranks, adapters, top_k),
         *_adapter_claims(cands, ranks, adapters, top_k),
         _tau_claim(tau),
-        _overlap_claim(summary, b.target, b.labels[b.target]),
+        _overlap_claim(summary, b.target, b.labels[b.target], b.direction),
         *_specificity_claims(summary),
         _self_test_claim(summary),
     ]

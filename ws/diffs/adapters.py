@@ -256,55 +256,6 @@ def _lora_delta(peft_model, base_model: nn.Module) -> dict[str, torch.Tensor]:
     return lora_delta(peft_model)
 
 
-register_adapter(
-    AdapterType("lora", "LoRA, one per persona: ΔW = B·A·(α/r)", lambda c, ls: _lora(c, ls, init_lora_weights=True), _lora_delta)
-)
-register_adapter(
-    AdapterType(
-        "dora",
-        "DoRA, one per persona: LoRA with a learned magnitude per output row (peft `use_dora`)",
-        lambda c, ls: _lora(c, ls, use_dora=True, init_lora_weights=True),
-        lambda pm, base: merged_delta(pm, base),
-    )
-)
-register_adapter(
-    AdapterType(
-        "pissa",
-        "PiSSA, one per persona: LoRA started on the top-r singular directions of W, the residual frozen "
-        '(peft `init_lora_weights="pissa"`)',
-        lambda c, ls: _lora(c, ls, use_dora=False, init_lora_weights="pissa"),
-        lambda pm, base: merged_delta(pm, base),
-    )
-)
-register_adapter(
-    AdapterType(
-        "ia3",
-        "IA3, one per persona: learned scalings of the k_proj / v_proj outputs and the down_proj input "
-        "(peft's Llama targets); no o_proj",
-        _ia3,
-        lambda pm, base: merged_delta(pm, base),
-    )
-)
-register_adapter(
-    AdapterType(
-        "oft",
-        f"OFT, one per persona: a learned block-diagonal rotation (block size {OFT_BLOCK_SIZE}) of each target's input",
-        _oft,
-        lambda pm, base: merged_delta(pm, base),
-    )
-)
-register_adapter(
-    AdapterType(
-        "bidir",
-        "one LoRA for both personas: θ+Δ on the positive completions, θ−Δ on the negative ones (alternating batches); w = 2Δ",
-        lambda c, ls: _lora(c, ls, init_lora_weights=True),
-        _lora_delta,
-        unit_alpha=0.5,
-        bidirectional=True,
-    )
-)
-
-
 def peft_config(model: nn.Module, config: TrainConfig, adapter: str = "lora"):
     """The peft config of an adapter type on the layers (``config.layer_frac``) and targets of ``config``."""
     return adapter_type(adapter).peft_config(config, layer_range(n_layers(model), config.layer_frac))
@@ -552,3 +503,53 @@ def eval_alphas(adapter: str, config: TrainConfig) -> tuple[float, ...]:
     """The effect eval's α: ``config.eval_alphas`` and ``±`` the adapter's unit α."""
     a = unit_alpha(adapter)
     return tuple(sorted({float(x) for x in config.eval_alphas} | {a, -a}))
+
+
+# ----------------------------------------------------------------------------- the registrations
+register_adapter(
+    AdapterType("lora", "LoRA, one per persona: ΔW = B·A·(α/r)", lambda c, ls: _lora(c, ls, init_lora_weights=True), _lora_delta)
+)
+register_adapter(
+    AdapterType(
+        "dora",
+        "DoRA, one per persona: LoRA with a learned magnitude per output row (peft `use_dora`)",
+        lambda c, ls: _lora(c, ls, use_dora=True, init_lora_weights=True),
+        merged_delta,
+    )
+)
+register_adapter(
+    AdapterType(
+        "pissa",
+        "PiSSA, one per persona: LoRA started on the top-r singular directions of W, the residual frozen "
+        '(peft `init_lora_weights="pissa"`)',
+        lambda c, ls: _lora(c, ls, use_dora=False, init_lora_weights="pissa"),
+        merged_delta,
+    )
+)
+register_adapter(
+    AdapterType(
+        "ia3",
+        "IA3, one per persona: learned scalings of the k_proj / v_proj outputs and the down_proj input "
+        "(peft's Llama targets); no o_proj",
+        _ia3,
+        merged_delta,
+    )
+)
+register_adapter(
+    AdapterType(
+        "oft",
+        f"OFT, one per persona: a learned block-diagonal rotation (block size {OFT_BLOCK_SIZE}) of each target's input",
+        _oft,
+        merged_delta,
+    )
+)
+register_adapter(
+    AdapterType(
+        "bidir",
+        "one LoRA for both personas: θ+Δ on the positive completions, θ−Δ on the negative ones (alternating batches); w = 2Δ",
+        lambda c, ls: _lora(c, ls, init_lora_weights=True),
+        _lora_delta,
+        unit_alpha=0.5,
+        bidirectional=True,
+    )
+)
