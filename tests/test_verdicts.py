@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import numpy as np
 import polars as pl
 import pytest
-from test_report import as_info, info_for, specific_summary, synthetic_summary
-from test_sweep import _summary
+from test_v7_report import as_info, info_for, specific_summary, synthetic_summary
+from test_v7_sweep import _summary
 
 from ws.v7 import report, sweep, verdicts
 

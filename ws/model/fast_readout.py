@@ -16,7 +16,7 @@ without changing what is computed:
 
 Only the last real token is read: the final norm's output there goes through the lm_head,
 and ``log P(Yes variants) − log P(No variants)`` and ``P(Yes) + P(No)`` come out, exactly
-as :func:`ws.diffs.effect.answer_logratios` defines them. ``tests/test_fastfwd.py`` checks that a
+as :func:`ws.diffs.effect.answer_logratios` defines them. ``tests/test_fast_readout.py`` checks that a
 pass with the lower blocks skipped equals, bit for bit, the same pass with every block run,
 and that the read-out matches :func:`ws.diffs.effect.answer_logratios` on the whole prompts.
 

@@ -314,7 +314,7 @@ def plan_merge_changes(cfg, res: sweep.SeedResult, stab: sweep.SeedStability, bl
         "intervention-target reading), a rank-matched random null with z, p and BH q, bootstrap CIs over prompts and "
         f"the control sets. This run: {_act_ceiling_fact(cr)}.",
         "**Cost**: the forward passes reuse the prompts' shared prefix and the residual entering the first touched "
-        f"block (computed once, bit-exact against running every block; `tests/test_fastfwd.py`); the null runs on the "
+        f"block (computed once, bit-exact against running every block; `tests/test_fast_readout.py`); the null runs on the "
         f"target set only. This run: {sum(cr.timings.values()):.0f} s for {cr.n_rows} prompt rows.",
     ]
 
