@@ -231,3 +231,17 @@ def test_the_readme_example_file_is_a_valid_behaviour(tmp_path):
     b = behavior.load(_write(tmp_path, block, "praise.json"))
     assert (b.name, b.target, b.controls, b.direction) == ("praise", "weak_work", ("good_work", "facts"), 1)
     assert [t.id for t in data.sweep_probes(behavior=b)[1]]
+
+
+def test_the_shipped_file_by_its_path_is_the_built_in_and_only_a_different_file_is_refused(tmp_path):
+    shipped = ROOT / "behaviors" / "refusal.json"
+    dup = tmp_path / "elsewhere" / "refusal.json"  # e.g. the same file in another checkout
+    dup.parent.mkdir()
+    dup.write_bytes(shipped.read_bytes())
+    assert behavior.resolve(str(shipped)) == behavior.resolve(str(dup)) == "refusal"
+    assert behavior.load(dup).items == behavior.get("refusal").items
+    changed = json.loads(shipped.read_text())
+    changed["persona_pairs"] = changed["persona_pairs"][:1]
+    dup.write_text(json.dumps(changed))
+    with pytest.raises(behavior.BehaviorError, match="is a built-in behaviour's name"):
+        behavior.load(dup)

@@ -166,6 +166,18 @@ def test_readme_adapter_table_is_the_registry():
     assert listed == list(ADAPTER_TYPES) == list(config.ADAPTERS)
 
 
+def test_an_unknown_variable_stops_the_run_before_any_work(tmp_path):
+    with pytest.raises(ConfigError, match=r"WS_BEHAVIOUR \(did you mean WS_BEHAVIOR\?\): not a variable this suite reads"):
+        config.from_env({"WS_BEHAVIOUR": "refusal"})
+    with pytest.raises(ConfigError, match=r"WS_SMOKEE \(did you mean WS_SMOKE\?\)"):
+        config.start_run("t", {"WS_OUT": str(tmp_path / "out"), "WS_SMOKEE": "1"})
+    assert not (tmp_path / "out").exists(), "stopped before any folder was made"
+    with pytest.raises(ConfigError, match=r"^WS_ZZZQQ: not a variable"):
+        config.from_env({"WS_ZZZQQ": "1"})  # nothing close: no guess
+    # the internal variables are known
+    assert config.from_env({"WS_RUN_DIR": str(tmp_path), "WS_LOG_TERMINAL": "1", "WS_TEST_DEVICE": "cpu"}).seeds == (0, 1, 2)
+
+
 def test_unknown_variables_are_named():
     assert config.unknown_variables({"WS_SEEDS": "0", "WS_SEEED": "1", "WS_RUN_DIR": "/"}) == ["WS_SEEED"]
 

@@ -61,6 +61,7 @@ def _cases(tmp_path, model):
     out = {}
     out["config"] = _raise(lambda: config.from_env({"WS_N_EVAL": "0"}))
     out["empty"] = _raise(lambda: config.from_env({"WS_SEEDS": ""}))
+    out["unknown variable"] = _raise(lambda: config.from_env({"WS_BEHAVIOUR": "refusal"}))
     (tmp_path / "f").write_text("x")
     out["writable"] = _raise(lambda: config.start_run("t", {"WS_OUT": str(tmp_path / "f" / "o")}))
     out["missing"] = _raise(lambda: diff.load_diff(d / "none.safetensors"))

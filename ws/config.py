@@ -24,6 +24,7 @@ Every output path of a run starts at :attr:`Config.model_root`
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -304,7 +305,7 @@ VARIABLES: tuple[Var, ...] = (
 )
 BY_NAME = {v.name: v for v in VARIABLES}
 #: Variables the suite reads elsewhere (not run parameters), so not reported as unknown.
-OTHER_KNOWN = ("WS_RUN_DIR", "WS_LOG_TERMINAL")
+OTHER_KNOWN = ("WS_RUN_DIR", "WS_LOG_TERMINAL", "WS_TEST_DEVICE")
 
 
 # ----------------------------------------------------------------------------- the config
@@ -407,6 +408,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
     what is allowed. Smoke mode (``WS_SMOKE``) is read first: it changes some defaults.
     """
     env = os.environ if env is None else env
+    check_known_variables(env)
     for name in env:
         if name.startswith("WS_") and env[name].strip() == "" and name in BY_NAME:
             raise ConfigError(
@@ -426,6 +428,24 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
     if smoke:
         cfg = replace(cfg, train_overrides=dict(SMOKE_TRAIN))
     return cfg
+
+
+def check_known_variables(env: Mapping[str, str]) -> None:
+    """Stop on a ``WS_*`` variable the suite does not define (a typo such as ``WS_BEHAVIOUR``
+    or ``WS_SEED`` for ``WS_SEEDS`` would otherwise run a whole job on the defaults), naming
+    the closest known one."""
+    unknown = unknown_variables(env)
+    if not unknown:
+        return
+    known = [*BY_NAME, *OTHER_KNOWN]
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    raise ConfigError(
+        f"{', '.join(hints)}: not a variable this suite reads; unset it, or use one of the variables "
+        f"in the README's table ({', '.join(BY_NAME)})"
+    )
 
 
 def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:
@@ -459,8 +479,6 @@ def start_run(name: str, env: Mapping[str, str] | None = None) -> Config:
     check_writable(cfg.logs_root, "WS_LOGS")
     setup_logging(name, cfg.logs_root)
     check_misplaced_diffs(cfg.model, cfg.behavior, cfg.out_root)
-    for var in unknown_variables(env):
-        logger.warning(f"{var} is not a variable this suite reads (a typo?); known: {', '.join(BY_NAME)}")
     hold_run_lock(cfg.out_root, name)
     logger.info(f"config: {cfg}")
     return cfg

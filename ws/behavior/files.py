@@ -474,13 +474,20 @@ def _load_cached(path: str, mtime_ns: int) -> Behavior:
     return parse(_read(p), p)
 
 
+def _is_builtin_copy(p: Path, name: str) -> bool:
+    """True when ``p`` is the built-in file ``name`` itself, or a byte-identical copy of it
+    (the shipped file named by its path, from any checkout)."""
+    shipped = [behaviors_dir() / f"{name}{s}" for s in SUFFIXES if (behaviors_dir() / f"{name}{s}").exists()]
+    return any(p == s.resolve() or p.read_bytes() == s.read_bytes() for s in shipped)
+
+
 def load(path: str | Path) -> Behavior:
     """Read and validate one behaviour file (cached while the file is unchanged)."""
     p = Path(path).expanduser().resolve()
     if not p.is_file():
         raise BehaviorError(f"behaviour file {p}: no such file")
     b = _load_cached(str(p), p.stat().st_mtime_ns)
-    if p.parent != behaviors_dir().resolve() and b.name in builtin_names():
+    if b.name in builtin_names() and not _is_builtin_copy(p, b.name):
         raise BehaviorError(
             f"behaviour file {p}: top level, field 'name': {b.name!r} is a built-in behaviour's name "
             f"(its outputs would mix with the built-in's): choose another name"
