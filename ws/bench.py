@@ -55,7 +55,6 @@ def peak_rss_gib() -> float:
 
 def forward_floor(model, tok, probes, w, batch_size: int) -> float:
     """Seconds for just the forward passes the captures need, without hooks."""
-
     dev = input_device(model)
 
     def passes(prompts):
@@ -79,7 +78,6 @@ def null_comparison(label: torch.Tensor, deltas: list, layers: list[int], k: int
     """Closed-form null moments vs a Monte Carlo of ``MC_DRAWS`` Haar (QR) bases per
     layer × tensor, on the same labels. Returns timings and the worst mean difference in
     units of the closed-form std."""
-
     d = label.shape[-1]
     targets = []  # (kind, matrix)
     for l in layers:
@@ -118,7 +116,6 @@ def null_comparison(label: torch.Tensor, deltas: list, layers: list[int], k: int
 def matmul_gflops(model, seconds: float = 1.0) -> float:
     """Measured matrix-product speed (1e9 FLOP/s) on the model's device and dtype, for a
     product shaped like the model's MLP on a batch of prompt tokens ``[1024, d] @ [d, ff]``."""
-
     dev, dt = input_device(model), next(model.parameters()).dtype
     d, ff = model.config.hidden_size, model.config.intermediate_size
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -140,7 +137,6 @@ def matmul_gflops(model, seconds: float = 1.0) -> float:
 def v8_stages(cfg, model, tok, probes, res, w, stages: dict) -> dict:
     """Time v8's block-local label and its causal test (defaults) into ``stages``; the causal
     test's details as a dict."""
-
     t0 = time.perf_counter()
     v8.block_local(cfg, model, tok, probes, res, w)
     stages["v8 block-local label + scores"] = time.perf_counter() - t0
@@ -229,7 +225,6 @@ def run(model_name: str | None = None, seeds: tuple[int, ...] = (0,)) -> dict:
 
 def device_name(model) -> str:
     """The device the model ran on, in words (``cpu`` or the GPU's own name)."""
-
     dev = input_device(model)
     return f"{dev} ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else str(dev)
 

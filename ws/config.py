@@ -115,7 +115,6 @@ def _adapter(name: str, raw: str) -> str:
 def _behavior(name: str, raw: str) -> str:
     """A built-in behaviour's name, or the path of a behaviour file (relative to the run
     folder), read and validated now; the value is the behaviour's name (its output folder)."""
-
     try:
         return resolve(raw, run_dir())
     except BehaviorError as e:
@@ -366,13 +365,11 @@ class Config:
     def diff_path(self, seed: int, adapter: str | None = None) -> Path:
         """This model's diff of the behaviour, ``adapter`` (default: this run's) and ``seed``
         (:func:`ws.diffs.store.diff_path`)."""
-
         return diff_path(self.behavior, adapter or self.adapter, seed, self.out_root, model=self.model)
 
     def train_config(self):
         """The :class:`ws.diffs.adapters.TrainConfig` of this run: smoke sizes and ``WS_STEPS`` applied;
         None when nothing overrides the defaults."""
-
         over = dict(self.train_overrides)
         if self.steps is not None:
             over["steps"] = self.steps
@@ -472,7 +469,6 @@ def start_run(name: str, env: Mapping[str, str] | None = None) -> Config:
     model sits at the default model's path (:func:`ws.diffs.store.check_misplaced_diffs`), and
     take the output folder's run lock so that a second run into the same ``WS_OUT`` stops
     at once instead of dropping results."""
-
     cfg = from_env(env)
     check_writable(cfg.out_root, "WS_OUT")
     check_writable(cfg.cache_root, "WS_CACHE")

@@ -149,13 +149,11 @@ class Captures:
 
     def save(self, path: str | Path) -> Path:
         """Write all tensors to one checked cache entry (:func:`ws.core.cache.save_entry`), atomically."""
-
         return save_entry(path, self.tensors(), self.key, {"info": json.dumps(self.info, default=str)})
 
     @classmethod
     def load(cls, path: str | Path, key: str) -> Captures | None:
         """The captures stored at ``path`` if they are intact and are what ``key`` names, else None."""
-
         entry = load_entry(path, key)
         if entry is None:
             return None
@@ -323,7 +321,6 @@ def input_second_moments(model: nn.Module, tok, prompts: Sequence[str], batch_si
 # ----------------------------------------------------------------------------- everything
 def captures_key(model: nn.Module, fit_clean, fit_pos, fit_neg, eval_prompts, w) -> str:
     """Key of a :func:`capture_all` result: model weights, prompts, diff and capture code."""
-
     return cache_key(
         {
             "what": "capture_all",
@@ -443,7 +440,6 @@ def block_labels(
     ``cache=True`` keeps them under ``<cache>/activations/`` keyed by the model weights, the
     prompts, the diff and the capture code (a damaged entry is recomputed).
     """
-
     key = cache_key(
         {
             "what": "block_labels",

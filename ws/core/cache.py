@@ -53,7 +53,6 @@ def hash_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
 
 def hash_model(model: torch.nn.Module) -> str:
     """Hash of every parameter and buffer of the model (~0.5 s for 135M parameters)."""
-
     tensors = real_parameters(model)
     tensors.update({f"buffer:{k}": v for k, v in model.named_buffers()})
     return hash_tensors(tensors)
@@ -104,7 +103,6 @@ def load_entry(path: str | Path, key: str) -> tuple[dict[str, torch.Tensor], dic
     records another key (a file copied over another), or its contents do not match the
     checksum it recorded (damaged bytes). Never trusts a file it cannot verify.
     """
-
     path = Path(path)
     if not path.exists():
         return None

@@ -116,7 +116,6 @@ def _pid_alive(pid: int) -> bool:
 def remove_stale_staging(folder: str | Path) -> list[Path]:
     """Remove ``.staging-<pid>-*`` folders whose process is gone (a killed run's leftovers;
     folders of the older ``.staging-<random>`` form too). Returns what was removed."""
-
     removed = []
     folder = Path(folder)
     if not folder.is_dir():
@@ -135,7 +134,6 @@ def staged_files(dest: str | Path, last: tuple[str, ...] = ()) -> Iterator[Path]
     every file in it into ``dest`` (the names in ``last`` last, in that order), then remove
     the stage. On an exception nothing in ``dest`` changes. A killed run's stage is removed
     by the next call (:func:`remove_stale_staging`)."""
-
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(dest)

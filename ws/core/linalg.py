@@ -115,7 +115,6 @@ def gram(M: torch.Tensor, transpose: bool = False) -> torch.Tensor:
     Uses the BLAS symmetric rank-k update (half the multiplications of a general product)
     on the float64 copy of ``M``.
     """
-
     A = np.ascontiguousarray(f64(M).numpy())  # C order: A.T is a Fortran-order view
     if A.shape[0] == 0 or A.shape[1] == 0:
         n = A.shape[1] if transpose else A.shape[0]

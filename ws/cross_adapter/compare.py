@@ -53,7 +53,6 @@ def check_all_diffs(cfg: Config, model) -> None:
     """Every existing diff of every adapter and seed, checked before any training: one that
     cannot be used stops the run with its error (docs/errors.md) and stays untouched (so does a
     diff made for this model at the default model's path, rebuild or not)."""
-
     check_misplaced_diffs(cfg.model, cfg.behavior, cfg.out_root)
     if cfg.rebuild:
         return
@@ -172,7 +171,6 @@ def seed_ranks(run: AdapterRun) -> pl.DataFrame:
 def _aligned(run: AdapterRun, names: list[str], cfg: Config) -> tuple[np.ndarray, np.ndarray]:
     """Per seed, each draw's R_act ``[seeds, n_boot, C]`` and R_w combined ``[seeds, C]``
     for the candidates ``names``."""
-
     act, w = [], []
     for r in run.results:
         cand, draws = act_conc_draws(r.scores, r.layers_touched, cfg.n_boot, cfg.boot_seed)
@@ -333,7 +331,6 @@ def rank_table(cands: dict[str, pl.DataFrame], top_k: int = TOP_K) -> pl.DataFra
 def tau_table(cands: dict[str, pl.DataFrame]) -> pl.DataFrame:
     """Kendall τ between every pair of adapters' seed-mean joint-score rankings (candidates
     with a finite score in both)."""
-
     adapters, rows = list(cands), []
     for i, a in enumerate(adapters):
         for b in adapters[i + 1 :]:

@@ -44,7 +44,6 @@ def readouts(
     chat prefix are computed once, not per setting (its tests check it against
     :func:`answer_logratios`). Otherwise each setting runs the whole model.
     """
-
     sets = {s: list(p) for s, p in prompts_by_set.items() if len(p)}
     try:
         first = first_block(*[d for d, _ in settings if d])

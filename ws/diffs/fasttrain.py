@@ -218,7 +218,6 @@ def precast_safe(peft_model: nn.Module) -> bool:
     frozen weight (plain LoRA, also sign-flipped or PiSSA-initialised): then storing that
     weight in the autocast dtype changes nothing. DoRA (weight norms), OFT (rotated
     weights) and IA³ keep the per-step cast."""
-
     cfg = getattr(peft_model, "peft_config", {}).get("default")
     if cfg is None or str(getattr(cfg, "peft_type", "")).split(".")[-1] != "LORA" or getattr(cfg, "use_dora", False):
         return False

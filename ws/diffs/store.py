@@ -109,7 +109,6 @@ def check_against_model(
     w: Mapping[str, torch.Tensor], model: nn.Module, meta: Mapping[str, Any] | None = None, path: str | Path | None = None
 ) -> None:
     """Refuse a diff built for another model: metadata ``model`` first, then every key/shape."""
-
     where = f" ({path})" if path is not None else ""
 
     mismatches = w_mismatches(model, w)
@@ -221,7 +220,6 @@ def check_existing_diff(path: str | Path, model: nn.Module) -> dict[str, Any]:
     """Everything about an existing diff that must stop a run, checked before any long work:
     readable, made for this model (metadata), finite, not all zero, every key and shape
     fits. Raises the error docs/errors.md lists; never changes the file. Returns the metadata."""
-
     check_diff_model(path, model_id(model))
     return load_diff(path, model)[1]
 
@@ -230,7 +228,6 @@ def stale_reasons(meta: Mapping[str, Any], train_config: Mapping[str, Any] | Non
     """Why an existing, usable diff may not be what this run would build (each one a warning,
     never a reason to retrain without ``WS_REBUILD=1``): another data version of the
     behaviour (default sycophancy), none recorded, another training config."""
-
     out = []
     made_with = meta.get("data_hash")
     now = data_hash(behavior=behavior)
@@ -251,7 +248,6 @@ def stale_reasons(meta: Mapping[str, Any], train_config: Mapping[str, Any] | Non
 
 def save_diff(w: Mapping[str, torch.Tensor], path: str | Path, meta: Mapping[str, Any] | None = None) -> Path:
     """Write ``w`` (float32, contiguous) and ``meta`` to a safetensors file, atomically."""
-
     if not w:
         raise ValueError("refusing to save an empty weight diff")
     check_finite(w)
@@ -265,7 +261,6 @@ def save_diff(w: Mapping[str, torch.Tensor], path: str | Path, meta: Mapping[str
 
 def read_meta(path: str | Path) -> dict[str, Any]:
     """Only the metadata of a saved diff (no tensors are read)."""
-
     path = _existing(path)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -294,7 +289,6 @@ def load_diff(path: str | Path, model: nn.Module | None = None) -> tuple[dict[st
     Raises ``FileNotFoundError`` (missing, with how to build it) or ``ValueError``
     (corrupt file, NaN/Inf, a diff for another model: every mismatch named).
     """
-
     path = _existing(path)
     try:
         with safe_open(str(path), framework="pt") as f:

@@ -77,7 +77,6 @@ def embedded_cache_dir() -> Path:
 
 def _convert_embedded(dest: Path) -> None:
     """Dequantise the GGUF once and save a plain float32 safetensors model + tokenizer."""
-
     gguf = embedded_gguf_path()
     t0 = time.perf_counter()
     logger.info(f"first use of the embedded model: dequantising {gguf.name} (~20 s, once)")
@@ -118,7 +117,6 @@ def _load_embedded(device_map: str | None = None, dtype: torch.dtype = torch.flo
 # ----------------------------------------------------------------------------- tiny
 def tiny_config(kind: str):
     """Config of a tiny random model. Both have fewer KV heads than heads (GQA)."""
-
     common = dict(
         vocab_size=49152,
         hidden_size=64,
@@ -141,7 +139,6 @@ def tiny_config(kind: str):
 
 def tiny_tokenizer():
     """The embedded model's tokenizer (chat template included), for tiny models too."""
-
     dest = embedded_cache_dir()
     if (dest / "tokenizer_config.json").exists():
         return AutoTokenizer.from_pretrained(str(dest))
@@ -211,7 +208,6 @@ def load_model(
     available devices (accelerate) and ignores ``device``. ``seed`` only matters for the tiny
     random models.
     """
-
     t0 = time.perf_counter()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)

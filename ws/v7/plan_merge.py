@@ -69,7 +69,6 @@ class Difference:
 def mean_r_act(bases: Sequence[torch.Tensor | None], label: torch.Tensor, layers: Sequence[int]) -> float:
     """Mean over ``layers`` of R_act = energy_frac_act / (rank/d) of ``bases[l]`` against the
     activation label ``label [L, n, d]`` (layers without a basis are left out; NaN if none)."""
-
     d = label.shape[-1]
     vals = []
     for l in layers:
@@ -97,7 +96,6 @@ def churn_upstream_pairing_r_act(res: SeedResult) -> tuple[float, int]:
 def rotation_joint_centring_r_act(res: SeedResult, k: int, rot_dim: int = 32) -> float:
     """R_act on this run's label of rotation_contrast built with both persona sets centred on
     their joint mean (this suite's earlier construction)."""
-
     pos, neg = res.captures.pos, res.captures.neg
     L = pos.shape[0]
     bases = [

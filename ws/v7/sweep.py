@@ -64,7 +64,6 @@ def get_diffs(cfg: SweepConfig, model) -> dict[int, tuple[dict[str, torch.Tensor
     trained; an existing diff is retrained only with ``cfg.rebuild`` (``WS_REBUILD=1``).
     A diff made for this model at the default model's path stops it first, rebuild or not
     (:class:`ws.diffs.store.MisplacedDiffError`)."""
-
     check_misplaced_diffs(cfg.model, cfg.behavior, cfg.out_root)
     if not cfg.rebuild:
         for seed in cfg.seeds:
@@ -102,13 +101,11 @@ def probe_prompts(cfg: SweepConfig, tok) -> Probes:
 # ----------------------------------------------------------------------------- one seed
 def clean_pcs(captures, k: int) -> list[torch.Tensor]:
     """Per layer, the top-``k`` PCA basis of the clean FIT residuals ``[d, k]`` (specificity)."""
-
     return [pca(captures.clean[l], k) for l in range(captures.clean.shape[0])]
 
 
 def run_seed(cfg: SweepConfig, model, tok, probes: Probes, seed: int, w: dict, diff_meta: dict) -> SeedResult:
     """Capture (cached), build every candidate, score every (layer, candidate), summarise."""
-
     t = {}
     t0 = time.perf_counter()
     caps = capture_all(
@@ -164,7 +161,6 @@ def run_seed(cfg: SweepConfig, model, tok, probes: Probes, seed: int, w: dict, d
 def seed_stability(results: Sequence[SeedResult]) -> SeedStability:
     """Kendall τ between every pair of seeds' joint-score rankings (write/mixed
     A-hypotheses), each seed's winner, and per-candidate seed mean / sd."""
-
     seeds = [r.seed for r in results]
     winners = {}
     for r in results:
@@ -241,7 +237,6 @@ def plan_merge_changes(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: 
 def diff_caveats(results: Sequence[SeedResult], behavior=None) -> list[str]:
     """One caveat per seed whose diff may not be what this suite would build now (another or
     no data version of ``behavior``, e.g. an imported diff): the run used it as it is."""
-
     out = []
     for r in results:
         meta = r.diff_meta or {}
@@ -254,7 +249,6 @@ def diff_caveats(results: Sequence[SeedResult], behavior=None) -> list[str]:
 def writer_caveats(res: SeedResult) -> list[str]:
     """One caveat per residual writer the diff lacks on touched layers (IA3 has no o_proj):
     its weight cells are NaN there, never 0, and R_w combined is the other writer alone."""
-
     names = {"oproj": "o_proj", "downproj": "down_proj"}
     other = {"oproj": "down_proj", "downproj": "o_proj"}
     adapter = (res.diff_meta or {}).get("adapter", "the")
@@ -272,7 +266,6 @@ def write_v7(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], st
     Everything is computed first; files are written only once all of them can be, so a
     failure leaves the previous run's files untouched.
     """
-
     res = results[0]
     d = cfg.v7_dir
     seed_cols = stab.per_candidate

@@ -86,7 +86,6 @@ def score_block(
     cumulative one. Returns ``(per_layer, summary)``: per (layer, subspace) the
     :data:`BLOCK_COLUMNS`; per subspace the :data:`BLOCK_SUMMARY_COLUMNS` (means over the
     ``touched`` layers, bootstrap CI over EVAL rows, joint score with the weight label)."""
-
     sc = stats.score_sweep(bases, meta, label_block, deltas, clean_pcs, pr_threshold=stats.PR_THRESHOLD, progress=False)
     pl_q = stats.add_qvalues(sc.per_layer)
     src = ["conc_act", "z_act", "energy_frac_act", "p_act", "null_method_act", "q_act", "pr_act"]
@@ -122,7 +121,6 @@ def score_block(
 def act_oracle(X: torch.Tensor, k: int, zero_tol: float = 0.0) -> torch.Tensor | None:
     """Top-``k`` eigenvectors ``[d, r]`` of ``A = mean_i x̂_i x̂_iᵀ`` over the rows of ``X [n, d]``
     with norm above ``zero_tol`` (r = min(k, rank A)); None when no row is left."""
-
     X = X.detach().double()
     nrm = X.norm(dim=1)
     Xh = X[nrm > zero_tol] / nrm[nrm > zero_tol, None]

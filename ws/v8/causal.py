@@ -157,7 +157,6 @@ def energy_inside(ww: Mapping[str, torch.Tensor], bases: Mapping[int, torch.Tens
 def random_bases(ranks: Mapping[int, int], d: int, draw: int, seed: int = 0) -> dict[int, torch.Tensor | None]:
     """Draw ``draw`` of the null: per layer a Haar-random ``[d, k_l]`` basis of that layer's
     rank (None for rank 0), from a generator seeded by (seed, draw, layer)."""
-
     out = {}
     for l, k in ranks.items():
         g = torch.Generator().manual_seed(NULL_SEED_BASE + 1_000_003 * int(seed) + 10_007 * (int(draw) + 1) + int(l))
@@ -201,7 +200,6 @@ def null_stats(draws: np.ndarray) -> dict[str, float]:
 
 def null_z_p(r: float, draws: np.ndarray) -> tuple[float, float]:
     """``z = (r − null mean)/null sd`` and the empirical upper p ``(1 + #{draw ≥ r})/(1 + n)``."""
-
     st = null_stats(draws)
     x = np.asarray(draws, np.float64)
     x = x[np.isfinite(x)]
@@ -522,7 +520,6 @@ def run_causal(
     BLAS threads for the passes (None: leave the setting; 1 is far faster for tiny models and
     on cores shared with other processes).
     """
-
     controls = tuple(controls)
     with blas_threads(threads):
         missing = [s for s in (target, *controls) if not len(texts_by_set.get(s, ()))]

@@ -373,7 +373,6 @@ COLUMN_DOCS = {
 def definitions_v8_md(meta: pl.DataFrame, behavior=None) -> str:
     """Terms of v8 (with the behaviour's set names; default sycophancy), the columns of its new
     tables, then every candidate (as in v7)."""
-
     b = data.get_behavior(behavior)
     sets = {"target": b.labels[b.target], "controls": " and ".join(b.labels[c] for c in b.controls)}
     L = ["# v8 definitions", "", "## Terms", ""]

@@ -96,7 +96,6 @@ class BlockLocal:
 def block_local(cfg, model, tok, probes: sweep.Probes, res: sweep.SeedResult, w: dict) -> BlockLocal:
     """Capture both labels on the EVAL probes (cached), score every candidate against the
     block-local one, build the scope table."""
-
     t0 = time.perf_counter()
     labs = block_labels(model, tok, probes.eval, w, cfg.batch_size, cache=cfg.cache)
     deltas = write_delta_by_layer(w, n_layers(model))
@@ -119,7 +118,6 @@ def block_local(cfg, model, tok, probes: sweep.Probes, res: sweep.SeedResult, w:
 def heldout_texts(tok, behavior=None) -> dict[str, list[str]]:
     """The diff's held-out effect prompts of the behaviour (default sycophancy) by set,
     rendered through the chat template."""
-
     return {s: [render_chat(tok, p) for p in ps] for s, ps in heldout_prompts(0, behavior=behavior).items()}
 
 
@@ -131,7 +129,6 @@ def causal(cfg, model, tok, res: sweep.SeedResult, w: dict, names: Sequence[str]
     through blocks 9–29 of the embedded model took 4.4–5.3 s with two threads and 7.6–9.1 s
     with one; while other jobs shared the cores, two threads took 36–68 s and one 8–9 s (the
     threads wait on each other): pass 1 there."""
-
     beh = data.get_behavior(cfg.behavior)
     return run_causal(
         model,
@@ -259,7 +256,6 @@ def sanity_lines(res: sweep.SeedResult, bl: BlockLocal, cr, k: int) -> list[tupl
 # ----------------------------------------------------------------------------- markdown facts
 def _act_ceiling_fact(cr) -> str:
     """What this run says about upstream v10's reading of the activation ceiling."""
-
     r = cr.table.filter(pl.col("subspace") == CEILING_ACT)
     if not r.height:
         return "the activation ceiling was not tested in this run"
@@ -276,7 +272,6 @@ def _act_ceiling_fact(cr) -> str:
 
 def plan_merge_changes(cfg, res: sweep.SeedResult, stab: sweep.SeedStability, bl: BlockLocal, cr) -> list[str]:
     """What v8 changes against v7 and against upstream v8 / v9 / v10, with this run's facts."""
-
     t = cr.table
     hyp = t.filter(pl.col("kind") == "A-hypothesis")
     n_carry = int(hyp["carries"].fill_null(False).sum())
@@ -371,7 +366,6 @@ def conclusion_info(
     cfg, probes: sweep.Probes, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability, bl: BlockLocal, cr
 ) -> ConclusionFacts:
     """Facts of the run for :func:`ws.v8.report.conclusion_v8_md`."""
-
     labels = data.get_behavior(cfg.behavior).labels
     res = results[0]
     info7 = verdicts.conclusion_info(cfg, probes, res, stab, [])
@@ -409,7 +403,6 @@ def write_v8(
 ) -> list[Path]:
     """Write the v8 file set into ``cfg.v8_dir`` as one set (staged, then moved into place,
     the markdown last); a failure leaves the previous run's files as they were."""
-
     res, tabs = results[0], v8_tables(results[0], stab, bl, cr)
     info = conclusion_info(cfg, probes, results, stab, bl, cr)
     texts = {
