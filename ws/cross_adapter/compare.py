@@ -38,7 +38,7 @@ from ws.core.log import logger
 from ws.cross_adapter.report import caveats, claims, conclusion_md, rank_heatmap
 from ws.cross_adapter.results import CONCLUSION, FIGURES, TABLES, TOP_K, AdapterRun, Comparison
 from ws.diffs.adapters import unit_alpha
-from ws.diffs.effect import specificity
+from ws.diffs.effect import effect_sets, specificity
 from ws.diffs.store import check_existing_diff, check_misplaced_diffs
 from ws.stats import CEILING_ACT, act_conc_draws, ranked
 from ws.stats.summaries import joint_score
@@ -125,12 +125,6 @@ def prompt_spreads(per_prompt: pl.DataFrame, set_name: str, alpha: float) -> np.
     if hi.size == 0 or hi.size != lo.size:
         return np.full(max(hi.size, lo.size, 1), np.nan)
     return hi - lo
-
-
-def effect_sets(behavior) -> tuple[str, ...]:
-    """The sets whose spreads the comparison reports: the behaviour's target, then its controls."""
-    b = get_behavior(behavior)
-    return (b.target, *b.controls)
 
 
 def effect_stats(run: AdapterRun, alpha: float, n_boot: int, seed: int, behavior=None) -> dict[str, float]:

@@ -19,6 +19,7 @@ from ws.core import caveats as C
 from ws.core.markdown import Claim, cell, ci_text, claims_section, fmt_num
 from ws.core.paths import EMBEDDED_NAMES
 from ws.cross_adapter.results import FIGURES, TABLES, TOP_K, Comparison
+from ws.diffs.effect import effect_sets
 from ws.v7 import sweep
 
 #: a claim as the helpers below build it: (claim, evidence, verdict)
@@ -310,11 +311,6 @@ def _ranks_md(ranks: pl.DataFrame, adapters: list[str], n: int = 12) -> list[str
     return lines
 
 
-def _sets(behavior) -> tuple[str, ...]:
-    b = get_behavior(behavior)
-    return (b.target, *b.controls)
-
-
 def conclusion_md(cfg, cmp: Comparison) -> str:
     """``cross_adapter_conclusion.md``: bottom line, the claims table, the per-adapter table,
     the top of the rank table, caveats, artifacts."""
@@ -334,7 +330,7 @@ def conclusion_md(cfg, cmp: Comparison) -> str:
         "Seed means with 95 % CIs (bootstrap over seeds and prompts); spreads in nats at "
         "each adapter's unit α; R_act, R_w are the winner's.",
         "",
-        *_adapter_table_md(cmp.summary, _sets(cfg.behavior)),
+        *_adapter_table_md(cmp.summary, effect_sets(cfg.behavior)),
         "",
         f"## Ranks (the first {min(12, cmp.ranks.height)} by mean rank; all in `cross_adapter_ranks.tsv`)",
         "",

@@ -176,6 +176,12 @@ def specificity_ratio(df: pl.DataFrame, behavior=None) -> float:
     return float(specificity(spread(df, b.target), [spread(df, s) for s in b.controls], b.direction))
 
 
+def effect_sets(behavior=None) -> tuple[str, ...]:
+    """The sets a diff's spreads are reported on: the behaviour's target, then its controls."""
+    b = data.get_behavior(behavior)
+    return (b.target, *b.controls)
+
+
 def specificity(target: Any, controls: Sequence[Any], direction: int = 1) -> np.ndarray:
     """The specificity rule, elementwise (scalars, or bootstrap draws of one shape):
     ``direction · target ÷ max_c |control_c|``; ``±inf`` where every control is exactly 0 and
