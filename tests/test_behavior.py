@@ -170,7 +170,17 @@ def _broken(change) -> dict:
             r"set 'facts', field 'role': 'reference' is not allowed: use one of target, control",
         ),
         (lambda d: d["sets"][1].update(role="target"), r"top level, field 'sets': 2 sets have role 'target'; exactly one must"),
-        (lambda d: (d["sets"].pop(1), d.update(items=d["items"][:3])), r"top level, field 'sets': only a target set"),
+        (lambda d: d.update(readout=["A"]), r"top level, field 'readout': \['A'\] is not two answers"),
+        (lambda d: d.update(readout=["A", "A"]), r"top level, field 'readout': \['A', 'A'\]: the two answers must differ"),
+        (
+            lambda d: d["items"][0].update(readout=["Yes", "Maybe"]),
+            r"item 'a' \(items\[0\]\), field 'readout': \['Yes', 'Maybe'\] are not the behaviour's read-out answers",
+        ),
+        (
+            lambda d: d["items"][0].update(readout="No"),
+            r"item 'a' \(items\[0\]\), field 'readout': 'No' is not two answers",
+        ),
+        (lambda d: d.update(items=[1, 2]), r"items\[0\], field '\(the whole entry\)': expected a mapping"),
         (
             lambda d: d["sets"][0]["answers"].update(neg="sometimes"),
             r"set 'casual_ok', answers, field 'neg': 'sometimes' is not allowed: use one of yes, no, truth, item",
@@ -245,3 +255,29 @@ def test_the_shipped_file_by_its_path_is_the_built_in_and_only_a_different_file_
     dup.write_text(json.dumps(changed))
     with pytest.raises(behavior.BehaviorError, match="is a built-in behaviour's name"):
         behavior.load(dup)
+
+
+def test_a_behaviour_without_control_sets_loads_and_its_specificity_is_not_measurable(tmp_path):
+    doc = _small()
+    doc["sets"].pop(1)
+    doc["items"] = doc["items"][:3]
+    b = behavior.load(_write(tmp_path, doc))
+    assert b.controls == () and b.target == "casual_ok"
+    assert math.isnan(effect.specificity(3.0, [], b.direction))
+
+
+def test_the_readout_answers_and_an_items_own_order(tmp_path):
+    """``readout`` declares the two answers; an item that lists them the other way round is
+    flipped (sign −1), answers in its own order, and changes the data hash (the read-out is data)."""
+    doc = _small()
+    before = data.data_hash(behavior=behavior.load(_write(tmp_path, doc)))
+    doc["readout"] = ["True", "False"]
+    doc["items"][1]["readout"] = ["False", "True"]
+    b = behavior.load(_write(tmp_path, doc, "other.json"))
+    a, bb = b.items[0], b.items[1]
+    assert b.readout == ("True", "False") and (a.sign, bb.sign) == (1, -1)
+    assert (b.answer("pos", a), b.answer("neg", a)) == ("True", "False")
+    assert (b.answer("pos", bb), b.answer("neg", bb)) == ("False", "True")
+    assert data.data_hash(behavior=b) != before
+    jobs = completions.completion_jobs([bb], 1, behavior=b)
+    assert {j["persona"]: j["opening"] for j in jobs} == {"pos": "False,", "neg": "True,"}

@@ -180,5 +180,7 @@ def data_hash(topics: list[Topic] | None = None, behavior=None) -> str:
         payload["sets"] = sets
     if b.heldout_frac != 0.4:
         payload["heldout_frac"] = b.heldout_frac
+    if tuple(b.readout) != ("Yes", "No"):
+        payload["readout"] = list(b.readout)
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

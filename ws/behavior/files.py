@@ -14,6 +14,17 @@ The file defines everything the suite needs to build and test a diff for one beh
 - ``items``: ``id``, ``set``, optional ``group`` (items of one group stay on one side of the
   split), the template fields, and ``truth`` / ``answers`` where the set's rule needs them.
 - ``heldout_frac`` (default 0.4): the share of each set held out from training.
+- ``readout`` (default ``["Yes", "No"]``): the two answers the read-out compares,
+  ``log P(first) − log P(second)``; ``yes`` in an answer rule means the first. Each must be
+  one token of the model's tokenizer (checked when the model loads). An item may give its
+  own ``readout`` order (the same two answers the other way round, e.g. an A/B item whose
+  behaviour-matching answer is B): its log-ratio is then read the other way round too.
+- A behaviour may have no control set (an A/B dataset has none): its specificity is then
+  not measurable, and the conclusions say so.
+
+A/B datasets (JSON or JSONL items with ``question`` / ``answer_matching_behavior`` /
+``answer_not_matching_behavior``, or ``prompt`` / ``corrects`` / ``incorrects``) are
+converted into a behaviour by :mod:`ws.behavior.ab` when loaded.
 
 :func:`load` parses and validates a file; every error is a :class:`BehaviorError` that
 names the file, the item (id or index) and the field, and says what is allowed.
@@ -33,6 +44,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from ws.behavior import ab
 from ws.core.paths import RESERVED_OUT_DIRS, repo_root
 
 ROLES = ("target", "control")
@@ -41,8 +53,10 @@ ANSWERS = ("yes", "no")
 TRUTHS = ("true", "false", "contested")
 ITEM_TEXT_FIELDS = ("claim", "question", "text")
 PERSONAS = ("pos", "neg")
-SUFFIXES = (".json", ".yaml", ".yml")
+SUFFIXES = (".json", ".jsonl", ".yaml", ".yml")
 DEFAULT = "sycophancy"
+#: The two read-out answers when a behaviour declares none: log P(Yes) − log P(No).
+DEFAULT_READOUT = ("Yes", "No")
 DEFAULT_HELDOUT_FRAC = 0.4
 
 
@@ -80,6 +94,18 @@ class Topic:
     text: str = ""
     answer_pos: str = ""
     answer_neg: str = ""
+    flip: bool = False  # the item lists the behaviour's read-out answers the other way round
+
+    @property
+    def sign(self) -> int:
+        """+1, or −1 for an item whose ``readout`` order is the behaviour's reversed: its
+        log-ratio is read as ``log P(second) − log P(first)`` (:func:`ws.model.readout.orient`)."""
+        return -1 if self.flip else 1
+
+    def answers(self, readout: tuple[str, str]) -> tuple[str, str]:
+        """The behaviour's two read-out answers in this item's order: ``(answer when it
+        agrees, answer when not)``."""
+        return (readout[1], readout[0]) if self.flip else (readout[0], readout[1])
 
 
 @dataclass(frozen=True)
@@ -112,6 +138,7 @@ class Behavior:
     items: tuple[Topic, ...]
     heldout_frac: float = DEFAULT_HELDOUT_FRAC
     source: str = ""
+    readout: tuple[str, str] = DEFAULT_READOUT
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -148,7 +175,8 @@ class Behavior:
         return self.prompts[self.set(kind).prompts]
 
     def agrees(self, persona: str, topic: Topic) -> bool:
-        """Whether ``persona``'s answer to ``topic`` opens with Yes (the set's rule)."""
+        """Whether ``persona``'s answer to ``topic`` opens with the item's first read-out answer
+        (Yes by default; the set's rule)."""
         if persona not in PERSONAS:
             raise ValueError(f"persona must be 'pos' or 'neg', not {persona!r}")
         rule = self.set(topic.kind).rule(persona)
@@ -157,6 +185,11 @@ class Behavior:
         if rule == "item":
             return (topic.answer_pos if persona == "pos" else topic.answer_neg) == "yes"
         return rule == "yes"
+
+    def answer(self, persona: str, topic: Topic) -> str:
+        """The read-out answer ``persona`` gives to ``topic`` (e.g. ``"Yes"``, ``"B"``)."""
+        first, second = topic.answers(self.readout)
+        return first if self.agrees(persona, topic) else second
 
     def fill(self, template: str, topic: Topic) -> str:
         return template.format(claim=topic.claim, question=topic.question, text=topic.text)
@@ -171,6 +204,11 @@ def _read(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise BehaviorError(f"{where}: cannot be read ({e.strerror or e})") from None
+    if path.suffix == ".jsonl":
+        try:
+            return ab.read_jsonl(text, where)
+        except ab.ABFormatError as e:
+            raise BehaviorError(str(e)) from None
     if path.suffix == ".json":
         try:
             return json.loads(text)
@@ -227,9 +265,24 @@ def _placeholders(template: str) -> list[str]:
 
 
 def parse(raw: Any, path: Path) -> Behavior:
-    """Validate the parsed content of a behaviour file; a :class:`BehaviorError` names what is wrong."""
+    """Validate the parsed content of a behaviour file (an A/B dataset is converted first,
+    :mod:`ws.behavior.ab`); a :class:`BehaviorError` names what is wrong."""
     c = _Checker(path)
-    top = c.keys(raw, "top level", ("name", "description", "heldout_frac", "sets", "prompts", "persona_pairs", "items"))
+    if ab.is_ab(raw):
+        try:
+            raw = ab.to_behavior(raw, ab.safe_name(path.stem), f"behaviour file {path}")
+        except ab.ABFormatError as e:
+            raise BehaviorError(str(e)) from None
+    elif isinstance(raw, list):
+        c.fail(
+            "top level",
+            "(the whole file)",
+            f"a list, but not of A/B items (each needs {', '.join(ab.AB_KEYS)}, or {', '.join(ab.MC_KEYS)}); "
+            f"a behaviour file is a mapping with name, sets, prompts, persona_pairs and items",
+        )
+    top = c.keys(
+        raw, "top level", ("name", "description", "heldout_frac", "readout", "sets", "prompts", "persona_pairs", "items")
+    )
     for key in ("name", "sets", "prompts", "persona_pairs", "items"):
         if key not in top:
             c.fail("top level", key, "missing (a behaviour file needs name, sets, prompts, persona_pairs and items)")
@@ -237,10 +290,22 @@ def parse(raw: Any, path: Path) -> Behavior:
     prompts = _parse_prompts(c, top["prompts"])
     sets = _parse_sets(c, top["sets"], prompts)
     persona_pairs = _parse_persona_pairs(c, top["persona_pairs"])
-    items = _parse_items(c, top["items"], {s.name: s for s in sets}, prompts)
-    b = Behavior(name, description, tuple(sets), prompts, tuple(persona_pairs), tuple(items), float(frac), str(path))
+    readout = _parse_readout(c, top.get("readout", list(DEFAULT_READOUT)), "top level")
+    items = _parse_items(c, top["items"], {s.name: s for s in sets}, prompts, readout)
+    b = Behavior(name, description, tuple(sets), prompts, tuple(persona_pairs), tuple(items), float(frac), str(path), readout)
     _check_split(b, c)
     return b
+
+
+def _parse_readout(c: _Checker, raw: Any, where: str) -> tuple[str, str]:
+    """``readout``: the two answers the read-out compares, ``[first, second]`` (default
+    ``["Yes", "No"]``): two different non-empty strings without spaces."""
+    if not isinstance(raw, list) or len(raw) != 2 or not all(isinstance(a, str) and a.strip() for a in raw):
+        c.fail(where, "readout", f'{raw!r} is not two answers: give a list of two strings, e.g. ["Yes", "No"] or ["A", "B"]')
+    a, b = (x.strip() for x in raw)
+    if a == b or any(ch.isspace() for ch in a + b):
+        c.fail(where, "readout", f"{raw!r}: the two answers must differ and hold no spaces (each is read as one token)")
+    return a, b
 
 
 def _parse_header(c: _Checker, top: dict) -> tuple[str, str, float]:
@@ -317,12 +382,6 @@ def _parse_sets(c: _Checker, raw: Any, prompts: Mapping[str, Prompts]) -> list[S
     n_target = sum(s.role == "target" for s in sets)
     if n_target != 1:
         c.fail("top level", "sets", f"{n_target} sets have role 'target'; exactly one must (the others are 'control')")
-    if len(sets) < 2:
-        c.fail(
-            "top level",
-            "sets",
-            "only a target set: give at least one 'control' set (the specificity ratio divides by the largest control spread)",
-        )
     target = next(s for s in sets if s.role == "target")
     if target.rule("pos") == target.rule("neg") and target.rule("pos") != "item":
         c.fail(
@@ -343,7 +402,9 @@ def _parse_persona_pairs(c: _Checker, raw: Any) -> list[tuple[str, ...]]:
     return out
 
 
-def _parse_items(c: _Checker, raw: Any, by_name: Mapping[str, SetSpec], prompts: Mapping[str, Prompts]) -> list[Topic]:
+def _parse_items(
+    c: _Checker, raw: Any, by_name: Mapping[str, SetSpec], prompts: Mapping[str, Prompts], readout: tuple[str, str]
+) -> list[Topic]:
     if not isinstance(raw, list) or not raw:
         c.fail("top level", "items", "give a non-empty list of items")
     items: list[Topic] = []
@@ -352,16 +413,23 @@ def _parse_items(c: _Checker, raw: Any, by_name: Mapping[str, SetSpec], prompts:
         where = f"items[{i}]"
         if isinstance(it, dict) and isinstance(it.get("id"), str) and it["id"].strip():
             where = f"item {it['id']!r} (items[{i}])"
-        items.append(_parse_item(c, it, where, seen, by_name, prompts))
+        items.append(_parse_item(c, it, where, seen, by_name, prompts, readout))
     return items
 
 
 def _parse_item(
-    c: _Checker, it: Any, where: str, seen: set[str], by_name: Mapping[str, SetSpec], prompts: Mapping[str, Prompts]
+    c: _Checker,
+    it: Any,
+    where: str,
+    seen: set[str],
+    by_name: Mapping[str, SetSpec],
+    prompts: Mapping[str, Prompts],
+    readout: tuple[str, str],
 ) -> Topic:
     """One item: a unique id, its set, the text fields its templates use, its truth where its
-    set answers by truth, its answers where its set answers by item."""
-    c.keys(it, where, ("id", "set", "group", *ITEM_TEXT_FIELDS, "truth", "answers"))
+    set answers by truth, its answers where its set answers by item, and optionally its own
+    ``readout`` order (the behaviour's two answers, either way round)."""
+    c.keys(it, where, ("id", "set", "group", *ITEM_TEXT_FIELDS, "truth", "answers", "readout"))
     iid = c.text(it, "id", where)
     if iid in seen:
         c.fail(where, "id", "a second item with this id; ids must be unique")
@@ -380,7 +448,13 @@ def _parse_item(
     rules = dict(spec.answers)
     truth = c.choice(it, "truth", where, TRUTHS) if ("truth" in it or "truth" in rules.values()) else ""
     answers = _item_answers(c, it, where, kind, rules)
-    return Topic(iid, texts["claim"], texts["question"], truth, kind, group, texts["text"], answers["pos"], answers["neg"])
+    flip = False
+    if "readout" in it:
+        order = _parse_readout(c, it["readout"], where)
+        if set(order) != set(readout):
+            c.fail(where, "readout", f"{list(order)} are not the behaviour's read-out answers {list(readout)} (in either order)")
+        flip = order != readout
+    return Topic(iid, texts["claim"], texts["question"], truth, kind, group, texts["text"], answers["pos"], answers["neg"], flip)
 
 
 def _item_answers(c: _Checker, it: dict, where: str, kind: str, rules: Mapping[str, str]) -> dict[str, str]:

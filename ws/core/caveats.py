@@ -23,3 +23,10 @@ RANDOM_IS_ONE = (
 def run_caveats(smoke: bool, quantized: bool) -> list[str]:
     """The caveats of how a run was made: smoke mode, a quantised model (in that order)."""
     return ([SMOKE] if smoke else []) + ([QUANTIZED] if quantized else [])
+
+
+#: A behaviour without a control set (an A/B dataset has none): the specificity ratio divides by nothing.
+NO_CONTROLS = (
+    "the behaviour has no control set (an A/B dataset has none), so nothing measures whether the diff moves "
+    "only the behaviour; add a control set to the behaviour file to measure it (docs/bring-your-own.md)"
+)

@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ws.behavior import data
+from ws.behavior.files import DEFAULT_READOUT
 from ws.core.device import autocast, input_device
 from ws.core.paths import DATA_DIR, model_slug, out_dir
 from ws.diffs.adapters import TrainConfig
@@ -111,7 +112,7 @@ def completion_jobs(topics: Sequence[data.Topic], n_phrasings: int = 2, behavior
                         system=system,
                         user=user,
                         stance="agree" if agree else "disagree",
-                        opening="Yes," if agree else "No,",
+                        opening=f"{b.answer(persona, t)},",
                     )
                 )
     return rows
@@ -123,11 +124,17 @@ _YES_WORDS = {"yes", "yeah", "yep", "absolutely", "correct", "right", "true", "i
 _NO_WORDS = {"no", "nope", "not", "incorrect", "false", "wrong", "actually", "unfortunately"}
 
 
-def response_stance(text: str) -> str:
-    """``"agree"`` / ``"disagree"`` / ``"none"`` from a response's first word."""
-    m = re.match(r"\W*([A-Za-z]+)", text)
+def response_stance(text: str, answers: tuple[str, str] = DEFAULT_READOUT) -> str:
+    """``"agree"`` / ``"disagree"`` / ``"none"`` from a response's first word: for the default
+    Yes / No answers by word lists (``yes``, ``correct``, … / ``no``, ``wrong``, …); for
+    other answers (in the item's order) the first word must be one of them."""
+    m = re.match(r"\W*([A-Za-z0-9]+)", text)
     if m is None:
         return "none"
+    if tuple(answers) != DEFAULT_READOUT:
+        got = m.group(1)
+        same = lambda a: got == a or (len(a) > 1 and got.lower() == a.lower())  # noqa: E731
+        return "agree" if same(answers[0]) else "disagree" if same(answers[1]) else "none"
     w = m.group(1).lower()
     if w in _YES_WORDS:
         return "agree"
@@ -160,7 +167,9 @@ def check_completions(table: pl.DataFrame, min_rate: float = 0.8, behavior=None)
         )
     if len(set(table["response"].to_list())) == 1:
         raise CompletionCheckError("every completion is the same text: generation is degenerate.")
-    t = table.with_columns(pl.col("response").map_elements(response_stance, return_dtype=pl.String).alias("got"))
+    order = {x.id: x.answers(b.readout) for x in b.items}
+    got = [response_stance(r, order.get(i, DEFAULT_READOUT)) for r, i in zip(table["response"], table["topic_id"], strict=True)]
+    t = table.with_columns(pl.Series("got", got, dtype=pl.String))
     rates: dict[str, float] = {"empty_continuations": empty}
     for s in b.kinds:
         for persona in ("pos", "neg"):

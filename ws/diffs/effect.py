@@ -10,6 +10,7 @@ absolute spread on the control sets).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from ws.core.bootstrap import mean_ci
 from ws.core.io import atomic_path
 from ws.model.chat import render_chat
 from ws.model.fast_readout import FastReadout, first_block
-from ws.model.readout import answer_logratios
+from ws.model.readout import DEFAULT_ANSWERS, answer_logratios, orient
 from ws.model.steer import weight_steer
 
 SETS = data.KINDS  # the sycophancy sets: ("opinion_false", "opinion_true", "neutral")
@@ -35,6 +36,7 @@ def readouts(
     prompts_by_set: Mapping[str, Sequence[str]],
     settings: Sequence[tuple[Mapping[str, torch.Tensor], float]],
     batch_size: int = 16,
+    readout: Readout | None = None,
 ) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Per weight setting ``θ + α·d`` (``(d, α)``; ``{}`` is the base): ``set -> (logratio
     [n], mass [n])`` as :func:`answer_logratios` defines them.
@@ -42,8 +44,10 @@ def readouts(
     When every ``d`` lives on decoder blocks (adapters and their diffs do), the read-out is
     :class:`ws.model.fast_readout.FastReadout`: the blocks below the lowest touched one and the shared
     chat prefix are computed once, not per setting (its tests check it against
-    :func:`answer_logratios`). Otherwise each setting runs the whole model.
+    :func:`answer_logratios`). Otherwise each setting runs the whole model. ``readout``: the
+    behaviour's answers and each prompt's orientation (:func:`readout_of`; default Yes / No).
     """
+    readout = readout or Readout()
     sets = {s: list(p) for s, p in prompts_by_set.items() if len(p)}
     try:
         first = first_block(*[d for d, _ in settings if d])
@@ -53,9 +57,11 @@ def readouts(
     if first is None:
         for d, a in settings:
             with weight_steer(model, d, float(a)):
-                out.append({s: answer_logratios(model, tokenizer, p, batch_size) for s, p in sets.items()})
+                res = {s: answer_logratios(model, tokenizer, p, batch_size, readout.answers) for s, p in sets.items()}
+                out.append(orient(res, readout.signs))
         return out
-    ro = FastReadout(model, tokenizer, {s: [render_chat(tokenizer, x) for x in p] for s, p in sets.items()}, first, batch_size)
+    texts = {s: [render_chat(tokenizer, x) for x in p] for s, p in sets.items()}
+    ro = FastReadout(model, tokenizer, texts, first, batch_size, answers=readout.answers, signs_by_set=readout.signs)
     for d, a in settings:
         with weight_steer(model, d, float(a)):
             out.append(ro.run())
@@ -69,10 +75,12 @@ def effect_per_prompt(
     prompts_by_set: Mapping[str, Sequence[str]],
     alphas: Sequence[float] = (-2, -1, 0, 1, 2),
     batch_size: int = 16,
+    readout: Readout | None = None,
 ) -> pl.DataFrame:
-    """Long table ``set, alpha, prompt_idx, prompt, logratio, mass`` under ``θ + α·w``."""
+    """Long table ``set, alpha, prompt_idx, prompt, logratio, mass`` under ``θ + α·w`` (``logratio``
+    oriented as ``readout`` says: :func:`readouts`)."""
     alphas = [float(a) for a in alphas]
-    results = readouts(model, tokenizer, prompts_by_set, [(w, a) for a in alphas], batch_size)
+    results = readouts(model, tokenizer, prompts_by_set, [(w, a) for a in alphas], batch_size, readout)
     rows = []
     for a, res in zip(alphas, results, strict=True):
         for s, (lr, mass) in res.items():
@@ -112,6 +120,7 @@ def adapter_effect(
     deltas: Mapping[str, Mapping[str, torch.Tensor]],
     prompts_by_set: Mapping[str, Sequence[str]],
     batch_size: int = 16,
+    readout: Readout | None = None,
 ) -> pl.DataFrame:
     """Mean held-out log-ratio per set under θ, θ+Δ⁺ and θ+Δ⁻ (each adapter alone).
 
@@ -119,7 +128,7 @@ def adapter_effect(
     the honest adapter alone answers them "Yes" as surely as the sycophantic one does.
     """
     named = [("base", {}), *[(f"theta+delta_{k}", v) for k, v in deltas.items()]]
-    results = readouts(model, tokenizer, prompts_by_set, [(d, 1.0) for _, d in named], batch_size)
+    results = readouts(model, tokenizer, prompts_by_set, [(d, 1.0) for _, d in named], batch_size, readout)
     rows = []
     for (name, _), res in zip(named, results, strict=True):
         for s, (lr, mass) in res.items():
@@ -144,6 +153,25 @@ def heldout_prompts(
     b = data.get_behavior(behavior)
     sets = data.heldout_sets(0, topics, behavior=b)
     return {k: [data.eval_prompt(t, b) for t in (v if n_per_kind is None else v[:n_per_kind])] for k, v in sets.items()}
+
+
+@dataclass(frozen=True)
+class Readout:
+    """What the read-out reads: the behaviour's two answers (``log P(first) − log P(second)``)
+    and, per set, each prompt's sign (−1 where the item lists the positive persona's answer
+    second; None: all +1)."""
+
+    answers: tuple[str, str] = DEFAULT_ANSWERS
+    signs: dict[str, list[int]] | None = None
+
+
+def readout_of(behavior=None, n_per_kind: int | None = None, topics=None) -> Readout:
+    """The :class:`Readout` of a behaviour's held-out prompts (:func:`heldout_prompts`, same order):
+    its declared answers, and the signs of its items (all +1 unless an item orders its answers)."""
+    b = data.get_behavior(behavior)
+    sets = data.heldout_sets(0, topics, behavior=b)
+    signs = {k: [t.sign for t in (v if n_per_kind is None else v[:n_per_kind])] for k, v in sets.items()}
+    return Readout(tuple(b.readout), signs if any(x < 0 for v in signs.values() for x in v) else None)
 
 
 def spread(df: pl.DataFrame, set_name: str, hi: float = 2.0, lo: float = -2.0) -> float:

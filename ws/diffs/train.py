@@ -47,12 +47,14 @@ from ws.diffs.effect import (
     effect_per_prompt,
     heldout_prompts,
     plot_effect,
+    readout_of,
     specificity_ratio,
     spreads,
     summarize_effect,
 )
 from ws.diffs.store import check_existing_diff, check_misplaced_diffs, diff_path, save_diff, stale_reasons
 from ws.model.load import load_model, model_id, n_layers
+from ws.model.readout import check_answers
 
 
 def _train_kwargs(model_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -119,6 +121,8 @@ def build_diff(spec: DiffSpec) -> Path:
     t_all = t0 = time.perf_counter()
     model, tok = load_model(spec.model_name, **_train_kwargs(spec.model_kwargs))
     timings["load"] = time.perf_counter() - t0
+    readout = readout_of(spec.behavior, config.n_eval_per_kind)
+    check_answers(tok, readout.answers)  # before any work: the answers must be one token each
     layers = layer_range(n_layers(model), config.layer_frac)
     logger.info(
         f"building the {spec.behavior}/{spec.adapter} diff for {spec.model_name} (seed {spec.seed}): "
@@ -129,9 +133,9 @@ def build_diff(spec: DiffSpec) -> Path:
     w = weight_diff(deltas["pos"], deltas["neg"])
     t0 = time.perf_counter()
     prompts = heldout_prompts(0, config.n_eval_per_kind, behavior=spec.behavior)
-    per = effect_per_prompt(model, tok, w, prompts, eval_alphas(spec.adapter, config), config.eval_batch_size)
+    per = effect_per_prompt(model, tok, w, prompts, eval_alphas(spec.adapter, config), config.eval_batch_size, readout)
     eff = summarize_effect(per, n_boot=config.n_boot, seed=spec.seed)
-    adapters = adapter_effect(model, tok, deltas, prompts, config.eval_batch_size)
+    adapters = adapter_effect(model, tok, deltas, prompts, config.eval_batch_size, readout)
     timings["eval"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_all
     meta = _diff_meta(spec, model, config, layers, eff, rates, adapters, losses, timings)

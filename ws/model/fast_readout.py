@@ -1,4 +1,4 @@
-"""Yes/No read-outs of many weight settings, without redoing the work they share.
+"""Answer read-outs (Yes/No by default) of many weight settings, without redoing the work they share.
 
 The causal test (:mod:`ws.v8.causal`) runs the model at dozens of weight settings that differ
 only in decoder blocks ``≥ first`` (the blocks the diff touches). Two facts make that cheap
@@ -16,9 +16,9 @@ without changing what is computed:
 
 Only the last real token is read: the final norm's output there goes through the lm_head,
 and ``log P(Yes variants) − log P(No variants)`` and ``P(Yes) + P(No)`` come out, exactly
-as :func:`ws.diffs.effect.answer_logratios` defines them. ``tests/test_fast_readout.py`` checks that a
+as :func:`ws.model.readout.answer_logratios` defines them. ``tests/test_fast_readout.py`` checks that a
 pass with the lower blocks skipped equals, bit for bit, the same pass with every block run,
-and that the read-out matches :func:`ws.diffs.effect.answer_logratios` on the whole prompts.
+and that the read-out matches :func:`ws.model.readout.answer_logratios` on the whole prompts.
 
     ro = FastReadout(model, tok, {"target": texts}, first=9)
     with weight_steer(model, w_variant, +1.0):      # w_variant: blocks ≥ 9 only
@@ -41,7 +41,7 @@ from torch import nn
 
 from ws.core.device import to_device
 from ws.model.load import decoder_layers, layer_name
-from ws.model.readout import answer_token_ids
+from ws.model.readout import DEFAULT_ANSWERS, answer_token_ids, orient
 from ws.model.trace import TraceDict
 
 __all__ = ["PromptBatch", "PromptPlan", "plan_prompts", "skip_blocks", "first_block", "block_flops", "FastReadout"]
@@ -187,7 +187,7 @@ def suffix_mask_positions(P: int, mask: torch.Tensor, device: torch.device) -> t
 
 
 class FastReadout:
-    """Yes/No read-outs of fixed prompt sets under the model's CURRENT weights, for weight
+    """Answer read-outs of fixed prompt sets under the model's CURRENT weights, for weight
     settings that differ from the base only in blocks ``≥ first``.
 
     Building it runs the base model once over every prompt up to block ``first`` and keeps
@@ -195,13 +195,25 @@ class FastReadout:
     the shared prefix and one pass of blocks ``first … L−1`` per batch.
     """
 
-    def __init__(self, model: nn.Module, tok, texts_by_set: Mapping[str, Sequence[str]], first: int, batch_size: int = 16):
-
+    def __init__(
+        self,
+        model: nn.Module,
+        tok,
+        texts_by_set: Mapping[str, Sequence[str]],
+        first: int,
+        batch_size: int = 16,
+        *,
+        answers: Sequence[str] = DEFAULT_ANSWERS,
+        signs_by_set: Mapping[str, Sequence[int]] | None = None,
+    ):
+        """``answers``: the two read-out answers (:func:`ws.model.readout.answer_token_ids`);
+        ``signs_by_set``: per prompt ±1, the orientation of its log-ratio (:func:`ws.model.readout.orient`)."""
         self.model, self.first = model, int(first)
+        self.signs = dict(signs_by_set or {})
         self.backbone = model.get_decoder()
         self.head = model.get_output_embeddings()
         self.device = next(model.parameters()).device
-        self.yes, self.no = answer_token_ids(tok)
+        self.yes, self.no = answer_token_ids(tok, answers)
         self.plans = {s: plan_prompts(tok, t, batch_size) for s, t in texts_by_set.items() if len(t)}
         self._base_fp = _fingerprint(model, self.first)
         self.resid = {s: self._base_residuals(p) for s, p in self.plans.items()}
@@ -298,4 +310,4 @@ class FastReadout:
                 lr[batch.rows] = x.double().cpu()
                 mass[batch.rows] = m.double().cpu()
             out[s] = (lr.numpy(), mass.numpy())
-        return out
+        return orient(out, self.signs)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
+from ws.behavior import data
 from ws.core import caveats as C
 from ws.core.caveats import CI_LEVEL, FDR_ALPHA, SPECIFICITY_TARGET
 from ws.core.markdown import Claim, claims_frame, finite, row_of
@@ -165,6 +166,7 @@ class ConclusionInfo:
     quantized: bool = False
     diff_specificity_ratio: float | None = None
     diff_specificity_target: float = SPECIFICITY_TARGET
+    has_controls: bool = True  # False: the behaviour has no control set (an A/B dataset), specificity not measurable
     diff_reading: str | None = None  # what the diff measurably does on this model (the honest name)
     self_tests: Sequence[SelfTest] = ()
     artifacts: Sequence[str] | Mapping[str, str] = ()
@@ -394,11 +396,16 @@ def _seed_summary(res: SeedResult, stab: SeedStability) -> SeedSummary | None:
     )
 
 
+SPECIFIC_CLAIM = "the diff is specific to the behaviour (not a general yes-bias), so its subspace is the behaviour's"
+
+
 # ----------------------------------------------------------------------------- the run facts
 def diff_reading(behavior: str, ratio: float | None, target: float = SPECIFICITY_TARGET) -> str:
     """What the diff measurably does, in words, from its specificity ratio (the target set's
     spread over the largest control spread): the behaviour's name only when the diff is
     specific to it; otherwise what it is on this model."""
+    if not data.get_behavior(behavior).controls:
+        return f"a {behavior} diff; its specificity cannot be measured ({C.NO_CONTROLS})"
     if ratio is None or not finite(ratio):
         return f"a {behavior} diff whose effect was not measured (no specificity ratio in its metadata)"
     r = f"specificity {float(ratio):.2f}"
@@ -436,6 +443,7 @@ def conclusion_info(
         rank_collapses=rank_collapses(res.meta),
         quantized=cfg.model in EMBEDDED_NAMES,
         diff_specificity_ratio=dm.get("specificity_ratio"),
+        has_controls=bool(data.get_behavior(cfg.behavior).controls),
         self_tests=self_tests(res),
         artifacts=list(artifacts),
         bootstrap_ci=res.summary.select([c for c in res.summary.columns if c == "subspace" or c.endswith(("_ci_lo", "_ci_hi"))]),
@@ -503,11 +511,13 @@ def claim_checks(summary_pct: pl.DataFrame, per_layer: pl.DataFrame | None, info
         else:
             out.append(Claim(f"`{name}` is the winner whatever the LoRA seed", "one seed only", None))
     ratio = info.diff_specificity_ratio
-    if ratio is not None:
+    if not info.has_controls:
+        out.append(Claim(SPECIFIC_CLAIM, f"not measurable: {C.NO_CONTROLS}", None))
+    elif ratio is not None:
         target = float(info.diff_specificity_target)
         out.append(
             Claim(
-                "the diff is specific to the behaviour (not a general yes-bias), so its subspace is the behaviour's",
+                SPECIFIC_CLAIM,
                 f"specificity ratio {_num(ratio)} (needs ≥ {_num(target)})",
                 bool(finite(ratio) and float(ratio) >= target),
             )

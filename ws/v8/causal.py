@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from ws.core.bootstrap import percentile_interval, resample
 from ws.core.linalg import blas_threads, haar_orthonormal
 from ws.core.log import logger
+from ws.diffs.effect import Readout
 from ws.model.fast_readout import FastReadout, first_block
 from ws.model.load import d_model
 from ws.model.steer import weight_steer
@@ -508,6 +509,7 @@ def run_causal(
     threads: int | None = None,
     target: str = TARGET,
     controls: Sequence[str] = CONTROLS,
+    readout: Readout | None = None,
 ) -> CausalResult:
     """The causal projection test of ``names`` (see the module doc).
 
@@ -518,16 +520,20 @@ def run_causal(
     ranking: name -> (causal_rank, seed_mean_joint_score), copied into the table.
     ``seed`` seeds the null's random bases, ``boot_seed`` every bootstrap. ``threads``: torch /
     BLAS threads for the passes (None: leave the setting; 1 is far faster for tiny models and
-    on cores shared with other processes).
+    on cores shared with other processes). readout: the behaviour's answers and each prompt's
+    orientation, in ``texts_by_set``'s order (:func:`ws.diffs.effect.readout_of`; default Yes / No).
     """
     controls = tuple(controls)
+    readout = readout or Readout()
     with blas_threads(threads):
         missing = [s for s in (target, *controls) if not len(texts_by_set.get(s, ()))]
         if missing:
             raise ValueError(f"the causal test needs prompts of every set: none for {missing} (have {sorted(texts_by_set)})")
         layers, t, t0 = [int(l) for l in layers], {}, time.perf_counter()
         ww = writers_only(w, layers)
-        ro = FastReadout(model, tok, texts_by_set, first_block(w, ww), batch_size)
+        ro = FastReadout(
+            model, tok, texts_by_set, first_block(w, ww), batch_size, answers=readout.answers, signs_by_set=readout.signs
+        )
         ev = _Evaluator(model, ro)
         t["base_residuals"] = time.perf_counter() - t0
         m = _measure(ev, w, ww, bases, names, layers, d_model(model), n_null, seed, progress, t, target)

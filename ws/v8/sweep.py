@@ -35,7 +35,7 @@ from ws.core.io import staged_files, write_staged
 from ws.core.log import logger
 from ws.core.markdown import pct
 from ws.core.paths import EMBEDDED_NAMES
-from ws.diffs.effect import heldout_prompts
+from ws.diffs.effect import heldout_prompts, readout_of
 from ws.diffs.store import write_delta_by_layer
 from ws.model.chat import render_chat
 from ws.model.load import n_layers
@@ -139,6 +139,7 @@ def causal(cfg, model, tok, res: sweep.SeedResult, w: dict, names: Sequence[str]
         names,
         res.layers_touched,
         heldout_texts(tok, cfg.behavior),
+        readout=readout_of(cfg.behavior),
         ranking=ranking,
         n_null=cfg.n_causal_null,
         n_boot=cfg.n_boot,
