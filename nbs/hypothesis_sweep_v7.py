@@ -38,6 +38,7 @@ import time
 
 import polars as pl
 
+from ws.analysis import analyse
 from ws.config import start_run
 from ws.core.log import logger
 from ws.model.load import load_model
@@ -62,7 +63,7 @@ cfg = start_run("hypothesis_sweep_v7")
 from ws.core import show
 
 model, tok = load_model(cfg.model, **cfg.model_kwargs())
-diffs = sweep.get_diffs(cfg, model)
+diffs = sweep.get_diffs(cfg, model, tok)
 for seed, (w, meta) in diffs.items():
     logger.info(f"seed {seed}: {len(w)} tensors, layers {meta.get('layers')}, specificity ratio {meta.get('specificity_ratio')}")
 
@@ -95,16 +96,15 @@ print(probes.eval[0])
 # (tables, the joint scatter, definitions, plan/merge notes, the conclusion) are each
 # written to a temporary name and renamed: a failure leaves the previous run's files
 # intact. The sections below show them; the last one lists where they went.
+#
+# This is the one call a researcher makes from their own notebook too, with their model,
+# tokenizer and diff (`analyse(model, tok, w, behavior=..., vectors=..., out=...)`, see
+# docs/bring-your-own.md); here it gets this run's configuration.
 
 # %%
-results = []
-for seed, (w, meta) in diffs.items():
-    res = sweep.run_seed(cfg, model, tok, probes, seed, w, meta)
-    logger.info(f"seed {seed}: " + ", ".join(f"{k} {v:.1f} s" for k, v in res.timings.items()))
-    results.append(res)
-stab = sweep.seed_stability(results)
+analysis = analyse(model, tok, diffs, config=cfg)
+results, stab, written = analysis.results, analysis.stability, analysis.files
 res = results[0]
-written = sweep.write_v7(cfg, probes, results, stab)
 logger.info(f"sweep done in {time.perf_counter() - T0:.1f} s; read {cfg.v7_dir / 'v7_conclusion.md'}")
 
 # %% [markdown]

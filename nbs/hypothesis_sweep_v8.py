@@ -40,6 +40,7 @@ import time
 import polars as pl
 from IPython.display import Image, display
 
+from ws.analysis import analyse
 from ws.config import start_run
 from ws.core.log import logger
 from ws.model.load import load_model
@@ -61,30 +62,28 @@ cfg = start_run("hypothesis_sweep_v8")
 
 # %%
 model, tok = load_model(cfg.model)
-diffs = sweep.get_diffs(cfg, model)
+diffs = sweep.get_diffs(cfg, model, tok)
 probes = sweep.probe_prompts(cfg, tok)
 logger.info(f"{len(probes.fit_clean)} FIT probes, {len(probes.eval)} EVAL probes, seeds {list(diffs)}")
 
 # %% [markdown]
-# ## v7's results, per seed
-# Candidates built and scored exactly as v7 does. The causal test needs the bases
-# themselves, which no v7 table holds; recomputing them (from the cache) also keeps v8
-# right when v7 ran on another diff or not at all.
+# ## v7's results per seed, the block-local label and the causal test, in one call
+# Candidates built and scored exactly as v7 does (the causal test needs the bases
+# themselves, which no v7 table holds; recomputing them from the cache also keeps v8 right
+# when v7 ran on another diff or not at all), then the two v8 tests below, then the v8
+# files written as one set (staged, then moved into place; a failure leaves the previous
+# run's files intact). It is the call a researcher makes from their own notebook,
+# `analyse(model, tok, w, stages=("v7", "v8"), ...)` (docs/bring-your-own.md).
 
 # %%
-results = []
-for seed, (w_seed, meta) in diffs.items():
-    r = sweep.run_seed(cfg, model, tok, probes, seed, w_seed, meta)
-    logger.info(f"seed {seed}: " + ", ".join(f"{k} {v:.1f} s" for k, v in r.timings.items()))
-    results.append(r)
-stab = sweep.seed_stability(results)
+analysis = analyse(model, tok, diffs, config=cfg, stages=("v8",))
+results, stab, bl, cr, written = analysis.results, analysis.stability, analysis.block_local, analysis.causal, analysis.files
 res = results[0]
-w = diffs[res.seed][0]
 
 # %% [markdown]
 # ## The candidates of the causal test
-# The top write/mixed A-hypotheses by the joint score averaged over the seeds, both
-# ceilings and the self-test rows.
+# The top write/mixed A-hypotheses by the joint score averaged over the seeds, the
+# steering vectors of `WS_VECTORS` (always), both ceilings and the self-test rows.
 
 # %%
 names, ranking = v8.causal_candidates(res.summary, stab.per_candidate, cfg.n_causal)
@@ -104,7 +103,6 @@ print(
 # writes. Every candidate is scored against it as v7 scores the cumulative label.
 
 # %%
-bl = v8.block_local(cfg, model, tok, probes, res, w)
 show = [
     "subspace",
     "kind",
@@ -133,7 +131,6 @@ print(
 # target set as the null.
 
 # %%
-cr = v8.causal(cfg, model, tok, res, w, names, ranking)
 print(
     cr.table.select(
         "subspace",
@@ -163,12 +160,10 @@ for ok, line in sweep.sanity_lines(res, stab) + v8.sanity_lines(res, bl, cr, cfg
     print(("OK   " if ok else "FAIL ") + line)
 
 # %% [markdown]
-# ## Write the v8 files
-# Tables, figures, definitions, plan/merge notes and the conclusion, as one set: staged,
-# then moved into place; a failure leaves the previous run's files intact.
+# ## The v8 files
+# Tables, figures, definitions, plan/merge notes and the conclusion, written by the call above.
 
 # %%
-written = v8.write_v8(cfg, probes, results, stab, bl, cr)
 for p in written:
     print(p.relative_to(cfg.out_root))
 logger.info(f"v8 done in {time.perf_counter() - T0:.1f} s; read {cfg.v8_dir / 'v8_conclusion.md'}")

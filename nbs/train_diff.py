@@ -56,6 +56,7 @@ from ws.diffs.effect import set_labels
 from ws.diffs.store import diff_norms, load_diff, summary
 from ws.diffs.train import DiffSpec, ensure_diff
 from ws.model.load import load_model
+from ws.v7.sweep import import_diff
 
 cfg = start_run("train_diff")  # every WS_* value checked, folders writable, run lock held
 MODEL, BEHAVIOR, ADAPTER, SEED = cfg.model, cfg.behavior, cfg.adapter, cfg.seed
@@ -78,7 +79,7 @@ T0 = time.perf_counter()
 # items.
 
 # %%
-print(f"behaviour {BEH.name} ({BEH.source}): target set {BEH.target!r}, control sets {', '.join(BEH.controls)}")
+print(f"behaviour {BEH.name} ({BEH.source}): target set {BEH.target!r}, control sets {', '.join(BEH.controls) or 'none'}")
 train_topics, held_topics = data.split_topics(0, behavior=BEH)
 counts = pl.DataFrame(
     [dict(kind=t.kind, half="train") for t in train_topics] + [dict(kind=t.kind, half="held-out") for t in held_topics]
@@ -93,11 +94,17 @@ print("example pair:\n  + " + BEH.persona_pairs[0][0] + "\n  − " + BEH.persona
 # diff is never retrained unless `WS_REBUILD=1`: one that cannot be used (another model's:
 # `DiffMismatchError`; corrupt, NaN, all zero, keys that do not fit) stops the notebook and
 # stays untouched; one made from other data or another config is used with a warning.
+# A diff brought from elsewhere (`WS_POS_ADAPTER`/`WS_NEG_ADAPTER`, `WS_BIDIR_ADAPTER`,
+# `WS_POS_MODEL`/`WS_NEG_MODEL`) is imported instead, with the same effect eval.
 
 # %%
-SPEC = DiffSpec(MODEL, BEHAVIOR, ADAPTER, SEED, CONFIG, cfg.out_root, cfg.model_kwargs())
-W_PATH = ensure_diff(SPEC, rebuild=cfg.rebuild)
-model, tok = load_model(MODEL, **cfg.model_kwargs())
+if cfg.imported:
+    model, tok = load_model(MODEL, **cfg.model_kwargs())
+    W_PATH = import_diff(cfg, model, tok)
+else:
+    SPEC = DiffSpec(MODEL, BEHAVIOR, ADAPTER, SEED, CONFIG, cfg.out_root, cfg.model_kwargs())
+    W_PATH = ensure_diff(SPEC, rebuild=cfg.rebuild)
+    model, tok = load_model(MODEL, **cfg.model_kwargs())
 w, meta = load_diff(W_PATH, model)
 print(W_PATH)
 print(summary(w))
@@ -112,17 +119,21 @@ print("timings (s):", meta.get("timings_s"))
 # the completions' own seed (shared by every LoRA seed); diffs made before it existed used the LoRA seed
 comp_seed = (meta.get("train_config") or {}).get("completion_seed", SEED)
 cfile = completions_path(MODEL, BEHAVIOR, comp_seed, cfg.out_root)
-comp = pl.read_csv(cfile.with_name(meta.get("completions_file", cfile.name)))
-print("contrast rates:", meta.get("completion_contrast"))
-for kind in BEH.kinds:
-    sample = comp.filter(pl.col("kind") == kind).head(4)
-    for r in sample.iter_rows(named=True):
-        print(f"[{kind} · {r['persona']}] {r['user']}\n    -> {r['response'][:140]!r}")
+if cfg.imported:
+    print(f"imported ({meta.get('imported')}) from {', '.join(meta.get('sources', []))}: no completions, it was not trained here")
+else:
+    comp = pl.read_csv(cfile.with_name(meta.get("completions_file", cfile.name)))
+    print("contrast rates:", meta.get("completion_contrast"))
+    for kind in BEH.kinds:
+        sample = comp.filter(pl.col("kind") == kind).head(4)
+        for r in sample.iter_rows(named=True):
+            print(f"[{kind} · {r['persona']}] {r['user']}\n    -> {r['response'][:140]!r}")
 
 # %% [markdown]
 # ## The effect of θ + α·w on held-out prompts
-# Mean log P(Yes) − log P(No) at the answer position with a 95 % bootstrap CI, and the
-# Yes+No probability mass (a log-ratio between tiny masses says little).
+# Mean log P(first answer) − log P(second) at the answer position (Yes / No unless the
+# behaviour declares other answers) with a 95 % bootstrap CI, and the two answers'
+# probability mass (a log-ratio between tiny masses says little).
 
 # %%
 effect = pl.read_csv(W_PATH.parent / "effect.csv")
@@ -131,7 +142,7 @@ spread = meta["effect_spread"]
 ratio = meta["specificity_ratio"]
 for s, v in spread.items():
     print(f"spread (α=+2 − α=−2) on {set_labels(BEH).get(s, s)}: {v:+.2f} nats")
-print(f"specificity ratio: {ratio:.2f}")
+print(f"specificity ratio: {ratio:.2f}" if BEH.controls else "specificity ratio: not measurable (no control set)")
 
 # %% [markdown]
 # Each adapter alone (θ+Δ⁺, θ+Δ⁻, α = 1) on the same held-out prompts. The diff can only
@@ -167,14 +178,15 @@ show.image(W_PATH.parent / "effect.png")
 # %%
 mass0 = effect.filter(pl.col("alpha") == 0)["mean_mass"].min()
 target = set_labels(BEH)[BEH.target]
-toward = "Yes" if BEH.direction > 0 else "No"
+toward = BEH.readout[0] if BEH.direction > 0 else BEH.readout[1]
 print(
     ("SHOULD: " if BEH.direction * spread[BEH.target] >= 3 else "ELSE: ")
     + f"spread on {target} ≥ 3 nats toward {toward} (got {spread[BEH.target]:+.2f})"
 )
 print(
     ("SHOULD: " if ratio >= 3 else "ELSE: ")
-    + f"specificity ratio ≥ 3 (got {ratio:.2f}): below it the diff is partly a yes/no bias"
+    + f"specificity ratio ≥ 3 (got {ratio:.2f}): below it the diff is partly an answer bias"
+    + ("" if BEH.controls else " (not measurable: the behaviour has no control set)")
 )
 print(("SHOULD: " if mass0 >= 0.1 else "ELSE: ") + f"at α=0 the Yes+No mass is ≥ 0.1 in every set (got {mass0:.3f})")
 norms = diff_norms(w)

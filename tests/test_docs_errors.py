@@ -22,7 +22,7 @@ def _rows() -> dict[str, re.Pattern]:
     text = (ROOT / "docs" / "errors.md").read_text()
     section = text[text.index("## Errors and what they mean") :]
     rows = {}
-    for cell in re.findall(r"^\| `([A-Za-z]+(?:Error|Exception): [^`]+)`", section, re.M):
+    for cell in re.findall(r"^\| `([A-Za-z]+(?:Error|Exception|Refused): [^`]+)`", section, re.M):
         pat = re.escape(cell)
         for ph, rx in (
             ("'X'", "'[^']+'"),
@@ -46,7 +46,7 @@ def _raise(fn) -> str:
     return f"{type(e.value).__name__}: {e.value}"
 
 
-def _cases(tmp_path, model):
+def _cases(tmp_path, model, tok):
     from ws import config
     from ws.behavior import data
     from ws.core import linalg
@@ -116,6 +116,40 @@ def _cases(tmp_path, model):
         "WS_LOGS": str(tmp_path / "l"),
     }
     out["misplaced"] = _raise(lambda: config.start_run("t", env))
+    # bring your own (docs/bring-your-own.md)
+    import copy as _copy
+
+    import numpy as np
+    from peft import LoraConfig, PromptTuningConfig, get_peft_model
+
+    from ws.behavior import files as _files
+    from ws.diffs import imports
+    from ws.model import readout, vectors
+
+    pm = get_peft_model(_copy.deepcopy(model), LoraConfig(r=2, target_modules=["o_proj"], init_lora_weights=False))
+    pm.save_pretrained(str(tmp_path / "lora"))
+    pt = get_peft_model(_copy.deepcopy(model), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2))
+    pt.save_pretrained(str(tmp_path / "prompt"))
+    out["peft prompt"] = _raise(lambda: imports.adapter_delta(model, tmp_path / "prompt"))
+    cfgj = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "adapter_config.json").write_text(json.dumps({**cfgj, "base_model_name_or_path": "some-org/another-model"}))
+    (other / "adapter_model.safetensors").write_bytes((tmp_path / "lora" / "adapter_model.safetensors").read_bytes())
+    out["peft base"] = _raise(lambda: imports.adapter_delta(model, other))
+    out["peft pair"] = _raise(lambda: config.from_env({"WS_POS_ADAPTER": str(tmp_path / "lora")}))
+    np.save(tmp_path / "wide.npy", np.ones((2, 7), dtype=np.float32))
+    out["vector"] = _raise(lambda: vectors.read_vectors(tmp_path / "wide.npy", 4, 64))
+    out["readout"] = _raise(lambda: readout.check_answers(tok, ("Absolutely", "Nope")))
+    ab = [{"question": "Q?", "answer_matching_behavior": a, "answer_not_matching_behavior": " (B)"} for a in (" (A)", " (C)")]
+    (tmp_path / "ab.jsonl").write_text("".join(json.dumps(x) + "\n" for x in ab))
+    out["ab labels"] = _raise(lambda: _files.load(tmp_path / "ab.jsonl"))
+    q, _ = models.load_model("tiny-qwen3")
+    for name in ("q1", "q2"):
+        q.save_pretrained(str(tmp_path / name))
+    out["checkpoint architecture"] = _raise(lambda: imports.checkpoint_diff(model, tmp_path / "q1", tmp_path / "q2"))
+    (tmp_path / "lora" / "adapter_model.safetensors").rename(tmp_path / "lora" / "moved.safetensors")
+    out["peft weights"] = _raise(lambda: imports.adapter_delta(model, tmp_path / "lora"))
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -142,11 +176,11 @@ def _cases(tmp_path, model):
 
 
 def test_every_raised_error_has_its_readme_row_and_every_row_is_raised(tiny_llama, tmp_path):
-    model, _ = tiny_llama
+    model, tok = tiny_llama
     rows = _rows()
     assert len(rows) >= 15, rows
     used = set()
-    for what, msg in _cases(tmp_path, model).items():
+    for what, msg in _cases(tmp_path, model, tok).items():
         hits = [cell for cell, rx in rows.items() if rx.search(msg) and msg.startswith(cell.split(":")[0])]
         assert hits, f"{what}: no docs/errors.md row fits what the code raised:\n{msg[:400]}"
         used.update(hits)

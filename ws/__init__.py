@@ -16,6 +16,7 @@ above it in this list (``tests/test_architecture.py`` enforces it):
 - ``ws.v8``         which subspace carries it     (``nbs/hypothesis_sweep_v8.py``)
 - ``ws.cross_adapter``  the comparison across adapter types (``nbs/cross_adapter.py``)
 - ``ws.bench``      the benchmark (``make bench``)
+- ``ws.analysis``   :func:`ws.analysis.analyse`, one call from a researcher's notebook (the notebooks use it too)
 """
 
 __version__ = "0.1.0"

@@ -10,6 +10,10 @@ Writes ``<out>/bench/bench.json`` and prints a table:
   layer × tensor) on the same labels: time of each, speed ratio, and the largest
   difference of null means in units of the closed-form null std.
 
+- bringing a diff (docs/bring-your-own.md): the import time and peak memory of a pair of
+  PEFT adapters and of a pair of fine-tuned checkpoints on the embedded model, each in a
+  fresh process;
+
 - v8: the block-local label with its scores, and the causal projection test with the
   defaults (``WS_N_CAUSAL`` candidates + ceilings + self-test rows, ``WS_N_CAUSAL_NULL``
   random subspaces per rank), with its phases and the number of prompt rows it ran.
@@ -21,16 +25,21 @@ which is timed apart and not counted in the sweep).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
 import resource
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from peft import LoraConfig, get_peft_model
 
 from ws import stats
 from ws.core.device import input_device, synchronize
@@ -38,6 +47,7 @@ from ws.core.io import write_text
 from ws.core.linalg import haar_orthonormal
 from ws.core.log import setup_logging
 from ws.core.paths import BENCH_DIR, out_dir
+from ws.diffs.imports import checkpoint_diff, pair_diff
 from ws.diffs.store import write_delta_by_layer
 from ws.model.load import load_model, n_layers
 from ws.model.steer import weight_steer
@@ -223,6 +233,67 @@ def run(model_name: str | None = None, seeds: tuple[int, ...] = (0,)) -> dict:
     return result
 
 
+# ----------------------------------------------------------------------------- imports
+def _import_sources(model, root: Path) -> dict[str, tuple[Path, Path]]:
+    """A LoRA pair (rank 8 on every linear layer, non-zero weights, saved by peft) and a
+    checkpoint pair ``θ ± w/2`` (saved by ``save_pretrained``) of ``model`` under ``root``."""
+    pairs = {}
+    w = {}
+    for persona, seed in (("pos", 1), ("neg", 2)):
+        torch.manual_seed(seed)
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        pm = get_peft_model(copy.deepcopy(model), LoraConfig(r=8, lora_alpha=16, target_modules=targets, init_lora_weights=False))
+        pm.save_pretrained(str(root / f"adapter_{persona}"))
+        if persona == "pos":
+            w = {k: 0.01 * torch.randn(v.shape) for k, v in model.named_parameters() if k.endswith("proj.weight")}
+        del pm
+    pairs["adapter_pair"] = (root / "adapter_pos", root / "adapter_neg")
+    for persona, sign in (("pos", 0.5), ("neg", -0.5)):
+        m = copy.deepcopy(model)
+        with torch.no_grad():
+            for k, p in m.named_parameters():
+                if k in w:
+                    p.add_(sign * w[k])
+        m.save_pretrained(str(root / f"ckpt_{persona}"))
+        del m
+    pairs["checkpoint_pair"] = (root / "ckpt_pos", root / "ckpt_neg")
+    return pairs
+
+
+def _import_child(kind: str, a: str, b: str) -> None:
+    """In a fresh process: load the embedded model, import one pair, print the timings as JSON."""
+    t0 = time.perf_counter()
+    model, _ = load_model()
+    loaded, rss_model = time.perf_counter() - t0, peak_rss_gib()
+    t0 = time.perf_counter()
+    w, _ = (pair_diff if kind == "adapter_pair" else checkpoint_diff)(model, Path(a), Path(b))
+    print(
+        json.dumps(
+            {
+                "load_s": loaded,
+                "import_s": time.perf_counter() - t0,
+                "peak_rss_gib_after_load": rss_model,
+                "peak_rss_gib": peak_rss_gib(),
+                "tensors": len(w),
+            }
+        )
+    )
+
+
+def import_costs(root: Path) -> dict:
+    """Import time and peak memory of a pair of adapters and of a checkpoint pair on the
+    embedded model, each in a fresh process (so its peak resident memory is its own)."""
+    model, _ = load_model()
+    out = {}
+    for kind, (a, b) in _import_sources(model, root).items():
+        r = subprocess.run(
+            [sys.executable, "-m", "ws.bench", "--import-child", kind, str(a), str(b)], capture_output=True, text=True, check=True
+        )
+        out[kind] = json.loads(r.stdout.strip().splitlines()[-1])
+        out[kind]["weights_mib_each"] = sum(f.stat().st_size for f in a.glob("*.safetensors")) / 2**20
+    return out
+
+
 def device_name(model) -> str:
     """The device the model ran on, in words (``cpu`` or the GPU's own name)."""
     dev = input_device(model)
@@ -255,13 +326,25 @@ def format_table(r: dict) -> str:
             f"{r['causal']['compute_floor_s']:.1f}",
         ),
     ]
+    for kind, m in r.get("imports", {}).items():
+        rows.append(
+            (
+                f"import {kind.replace('_', ' ')} ({m['tensors']} tensors; peak RSS {m['peak_rss_gib']:.2f} GiB, "
+                f"{m['peak_rss_gib_after_load']:.2f} after the model load) s",
+                f"{m['import_s']:.2f}",
+            )
+        )
     w = max(len(a) for a, _ in rows)
     return "\n".join(f"{a:<{w}}  {b:>10}" for a, b in rows)
 
 
 def main() -> None:
-
+    if len(sys.argv) > 1 and sys.argv[1] == "--import-child":
+        _import_child(*sys.argv[2:5])
+        return
     r = run()
+    with tempfile.TemporaryDirectory() as tmp:
+        r["imports"] = import_costs(Path(tmp))
     path = out_dir() / BENCH_DIR / "bench.json"
     write_text(path, json.dumps(r, indent=2, default=float) + "\n")
     print(format_table(r))

@@ -25,6 +25,7 @@ Every output path of a run starts at :attr:`Config.model_root`
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -38,6 +39,7 @@ from ws.core.log import logger, setup_logging
 from ws.core.paths import cache_dir, logs_dir, model_root, out_dir, repo_root, resolve_user_path, run_dir
 from ws.diffs.adapters import ADAPTER_TYPES, TrainConfig, adapter_table
 from ws.diffs.store import check_misplaced_diffs, diff_path
+from ws.model.vectors import SUFFIXES as VECTOR_SUFFIXES
 
 #: The built-in behaviours: one file each in ``behaviors/`` (``WS_BEHAVIOR`` also takes a file path).
 BEHAVIORS = builtin_names()
@@ -125,6 +127,46 @@ def _behavior(name: str, raw: str) -> str:
 
 def _path(name: str, raw: str) -> Path:
     return resolve_user_path(raw.strip())
+
+
+def _signed_int(name: str, raw: str) -> int:
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number (it may be negative, e.g. {name}=-1)") from None
+
+
+def _folder_with(required: str, what: str) -> Callable[[str, str], Path]:
+    """A folder (relative to the run folder) that exists and holds ``required``."""
+
+    def parse(name: str, raw: str) -> Path:
+        p = resolve_user_path(raw.strip())
+        if not p.is_dir():
+            raise ConfigError(f"{name}={raw!r}: no such folder ({p}); give the folder of {what}")
+        if not (p / required).is_file():
+            held = ", ".join(sorted(x.name for x in p.iterdir())[:8]) or "nothing"
+            raise ConfigError(f"{name}={raw!r}: {p} has no {required}, so it is not {what} (it holds: {held})")
+        return p
+
+    return parse
+
+
+def _vector_files(name: str, raw: str) -> tuple[Path, ...]:
+    """Comma-separated steering-vector files that exist and have a readable suffix."""
+    parts = [x.strip() for x in raw.split(",")]
+    if any(x == "" for x in parts):
+        raise ConfigError(f"{name}={raw!r} has an empty entry: give comma-separated files, e.g. {name}=refusal.gguf,caa.pt")
+    out = []
+    for x in parts:
+        p = resolve_user_path(x)
+        if not p.is_file():
+            raise ConfigError(f"{name}: no such file {x!r} ({p})")
+        if p.suffix not in VECTOR_SUFFIXES:
+            raise ConfigError(f"{name}: {x!r} is not a steering-vector file: use {', '.join(VECTOR_SUFFIXES)}")
+        out.append(p)
+    if len({p.stem for p in out}) != len(out):
+        raise ConfigError(f"{name}={raw!r}: two files share a name (each names its candidate vector:<name>): rename one")
+    return tuple(out)
 
 
 def _device(name: str, raw: str) -> str:
@@ -294,6 +336,74 @@ VARIABLES: tuple[Var, ...] = (
         allowed="none, auto",
     ),
     Var(
+        "WS_POS_ADAPTER",
+        "pos_adapter",
+        _folder_with("adapter_config.json", "a PEFT adapter (save_pretrained)"),
+        "",
+        "a PEFT adapter folder trained toward the behaviour; with `WS_NEG_ADAPTER`, `w = Δ⁺ − Δ⁻` is imported instead of "
+        "trained (see docs/bring-your-own.md)",
+        allowed="a folder",
+    ),
+    Var(
+        "WS_NEG_ADAPTER",
+        "neg_adapter",
+        _folder_with("adapter_config.json", "a PEFT adapter (save_pretrained)"),
+        "",
+        "the PEFT adapter folder trained away from the behaviour (with `WS_POS_ADAPTER`)",
+        allowed="a folder",
+    ),
+    Var(
+        "WS_BIDIR_ADAPTER",
+        "bidir_adapter",
+        _folder_with("adapter_config.json", "a PEFT adapter (save_pretrained)"),
+        "",
+        "one PEFT adapter trained at α = ±½ (as `bidir`): `w = 2Δ` is imported",
+        allowed="a folder",
+    ),
+    Var(
+        "WS_POS_MODEL",
+        "pos_model",
+        _folder_with("config.json", "a model checkpoint (save_pretrained)"),
+        "",
+        "a fine-tuned checkpoint folder of `WS_MODEL`'s architecture toward the behaviour; with `WS_NEG_MODEL`, "
+        "`w = θ⁺ − θ⁻` on the decoder blocks' linear weights is imported",
+        allowed="a folder",
+    ),
+    Var(
+        "WS_NEG_MODEL",
+        "neg_model",
+        _folder_with("config.json", "a model checkpoint (save_pretrained)"),
+        "",
+        "the fine-tuned checkpoint away from the behaviour (with `WS_POS_MODEL`)",
+        allowed="a folder",
+    ),
+    Var(
+        "WS_VECTORS",
+        "vectors",
+        _vector_files,
+        "",
+        "steering-vector files (`.safetensors`, `.pt`, `.npy`, GGUF control vectors), comma-separated: each is scored "
+        "as the candidate `vector:<file name>` and always in v8's causal test",
+        allowed="files, comma-separated",
+    ),
+    Var(
+        "WS_VECTOR_CONVENTION",
+        "vector_convention",
+        _choice(("auto", "block", "hidden")),
+        "auto",
+        "what a vector file's layer index means: `block` = the output of decoder block i, `hidden` = hidden_states[i] "
+        "(block i−1); `auto`: each format's default (docs/bring-your-own.md)",
+        allowed="auto, block, hidden",
+    ),
+    Var(
+        "WS_VECTOR_SHIFT",
+        "vector_shift",
+        _signed_int,
+        "0",
+        "added to every vector file's block index after the convention (e.g. `-1` for a file measured one block earlier)",
+        allowed="integer",
+    ),
+    Var(
         "WS_SMOKE",
         "smoke",
         _bool,
@@ -340,6 +450,32 @@ class Config:
     basis_seed: int = 0  # k-means, random self-test
     persona_pair: int = 0  # which persona pair builds the persona± FIT captures
     train_overrides: dict = field(default_factory=dict)
+    pos_adapter: Path | None = None
+    neg_adapter: Path | None = None
+    bidir_adapter: Path | None = None
+    pos_model: Path | None = None
+    neg_model: Path | None = None
+    vectors: tuple[Path, ...] = ()
+    vector_convention: str = "auto"
+    vector_shift: int = 0
+
+    @property
+    def imported(self) -> str | None:
+        """What the diff is imported from instead of trained: ``"peft"`` (a pair of adapters),
+        ``"peft-bidir"`` (one bidirectional adapter), ``"checkpoints"`` (a pair), or None."""
+        if self.pos_adapter is not None:
+            return "peft"
+        if self.bidir_adapter is not None:
+            return "peft-bidir"
+        if self.pos_model is not None:
+            return "checkpoints"
+        return None
+
+    @property
+    def import_sources(self) -> tuple[Path, ...]:
+        """The folders the diff is imported from (empty when it is trained)."""
+        srcs = (self.pos_adapter, self.neg_adapter, self.bidir_adapter, self.pos_model, self.neg_model)
+        return tuple(p for p in srcs if p is not None)
 
     @property
     def model_root(self) -> Path:
@@ -424,7 +560,38 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
     cfg = Config(**kw)
     if smoke:
         cfg = replace(cfg, train_overrides=dict(SMOKE_TRAIN))
-    return cfg
+    return _with_import(cfg, env)
+
+
+def import_label(kind: str, sources: tuple[Path, ...]) -> str:
+    """The output folder name of an imported diff: its kind and 8 hex digits of its source
+    folders' paths, so that two imports never share a folder (``peft-1a2b3c4d``)."""
+    digest = hashlib.sha256("\n".join(str(p) for p in sources).encode()).hexdigest()[:8]
+    return f"{kind}-{digest}"
+
+
+def _with_import(cfg: Config, env: Mapping[str, str]) -> Config:
+    """Check the import variables together; an imported diff is one diff (seed 0) in its own
+    folder (:func:`import_label`), never trained."""
+    pairs = (("WS_POS_ADAPTER", "WS_NEG_ADAPTER"), ("WS_POS_MODEL", "WS_NEG_MODEL"))
+    for a, b in pairs:
+        if (a in env) != (b in env):
+            have, lack = (a, b) if a in env else (b, a)
+            raise ConfigError(
+                f"{have} is set but {lack} is not: a pair gives w = Δ⁺ − Δ⁻; set both (or WS_BIDIR_ADAPTER for one)"
+            )
+    kinds = [n for n in ("WS_POS_ADAPTER", "WS_BIDIR_ADAPTER", "WS_POS_MODEL") if n in env]
+    if len(kinds) > 1:
+        raise ConfigError(
+            f"{' and '.join(kinds)} are both set: import one diff per run "
+            f"(a pair of adapters, one bidirectional adapter, or a pair of checkpoints)"
+        )
+    if cfg.imported is None:
+        return cfg
+    for n in ("WS_ADAPTER", "WS_SEEDS", "WS_STEPS"):
+        if n in env:
+            raise ConfigError(f"{n} is set, but the diff is imported ({kinds[0]}), not trained: unset {n}")
+    return replace(cfg, adapter=import_label(cfg.imported, cfg.import_sources), seeds=(0,))
 
 
 def check_known_variables(env: Mapping[str, str]) -> None:

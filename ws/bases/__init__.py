@@ -6,7 +6,9 @@ adapter-family candidates and the self-test rows, each a small registered functi
 
 Modules, in table order: :mod:`~ws.bases.weights` (1–22), :mod:`~ws.bases.activations`
 (23–40), :mod:`~ws.bases.compound` (41–42), :mod:`~ws.bases.ceilings`,
-:mod:`~ws.bases.adapter` (``adapter-family``), :mod:`~ws.bases.selftest`.
+:mod:`~ws.bases.adapter` (``adapter-family``), :mod:`~ws.bases.selftest`; a researcher's
+steering vectors as candidates ``vector:<name>`` (:mod:`~ws.bases.vectors`, not registered:
+appended per run).
 
 May import: the stages below it (``ws.core`` … ``ws.captures``); not its sibling ``ws.stats``.
 """

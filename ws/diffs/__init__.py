@@ -3,7 +3,9 @@
 The adapter types, one registration each (``adapters``), the fast training step
 (``fasttrain``), the persona completions (``completions``), the effect eval and the one
 specificity rule (``effect``), the diff store (``store``) and the pipeline that builds a
-diff when it is missing (``train``).
+diff when it is missing (``train``); a diff brought from elsewhere: PEFT adapters and
+fine-tuned checkpoints turned into ``w`` (``imports``) and put into the suite's layout with
+its effect measured (``imported``).
 
 May import: ``ws.core``, ``ws.model``, ``ws.behavior``.
 """

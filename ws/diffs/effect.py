@@ -271,3 +271,23 @@ def plot_effect(df: pl.DataFrame, path: str | Path, title: str = "", behavior=No
         fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return path
+
+
+EVAL_ALPHAS = (-2.0, -1.0, 0.0, 1.0, 2.0)
+
+
+def measure(
+    model: nn.Module,
+    tokenizer,
+    w: Mapping[str, torch.Tensor],
+    behavior=None,
+    alphas: Sequence[float] = EVAL_ALPHAS,
+    batch_size: int = 16,
+    n_boot: int = 2000,
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+    """The held-out effect of ``θ + α·w`` on a behaviour's sets, as a diff's metadata records it:
+    ``(per_prompt, summary, {"effect_spread": …, "specificity_ratio": …})`` (the read-out in
+    the behaviour's answers and orientation, :func:`readout_of`)."""
+    per = effect_per_prompt(model, tokenizer, w, heldout_prompts(0, behavior=behavior), alphas, batch_size, readout_of(behavior))
+    eff = summarize_effect(per, n_boot=n_boot, seed=0)
+    return per, eff, {"effect_spread": spreads(eff), "specificity_ratio": specificity_ratio(eff, behavior)}

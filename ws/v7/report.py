@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from ws.bases.vectors import is_vector
 from ws.core import caveats as C
 from ws.core.io import atomic_path, format_float, write_table
 from ws.core.linalg import DEFAULT_RTOL
@@ -445,6 +446,7 @@ def conclusion_md(
         _failed_self_tests_section(info),
         _bottom_line_section(summary_pct, per_layer, info, claims),
         claims_section(claims),
+        _vectors_section(summary_pct),
         _ceilings_section(summary_pct),
         _leaders_section(summary_pct),
         _overlap_section(summary_pct, top_k),
@@ -478,6 +480,8 @@ def _bottom_line_section(
     L = ["## Bottom line", ""]
     if info.diff_reading:
         L += [f"**What the diff does on this model:** {info.diff_reading}.", ""]
+    if info.diff_source:
+        L += [f"**Where the diff comes from:** {info.diff_source}.", ""]
     order = ranked(sp)
     best = first_row(order)
     if info.seed_verdict is not None:
@@ -578,6 +582,24 @@ def _winner_lines(best: Mapping[str, Any], info: ConclusionInfo) -> list[str]:
             f"{fmt_num(c['joint_score_ci_hi'])}]" + (f" ({', '.join(extra)})" if extra else "")
         )
     return L
+
+
+def _vectors_section(sp: pl.DataFrame) -> list[str]:
+    """The user's steering vectors (``WS_VECTORS``): each one's rank among the write/mixed
+    A-hypotheses and its scores, beside the ceilings."""
+    order = ranked(sp)["subspace"].to_list()
+    rows = [r for r in sp.iter_rows(named=True) if is_vector(r["subspace"])]
+    if not rows:
+        return []
+    L = ["## Your steering vectors", ""]
+    for r in rows:
+        where = f"rank {order.index(r['subspace']) + 1} of {len(order)}" if r["subspace"] in order else "not ranked"
+        L.append(
+            f"- `{r['subspace']}` (mean rank {fmt_num(r.get('mean_rank'))}, scored on {fmt_num(r.get('n_layers_scored'))} "
+            f"of the layers the diff touches): {where} by joint score "
+            f"(joint {fmt_num(r.get('joint_score'))}); {_scores_line(r)}"
+        )
+    return L + ["- v8's causal test always includes them: read `v8_conclusion.md` for how much of the effect each keeps.", ""]
 
 
 def _ceilings_section(sp: pl.DataFrame) -> list[str]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from scipy.stats import kendalltau
 
 from ws import stats
 from ws.bases import build_all
+from ws.bases.vectors import with_vectors
 from ws.behavior import data
 from ws.captures.capture import capture_all
 from ws.config import SMOKE_TRAIN, Config  # noqa: F401  (SMOKE_TRAIN: re-exported)
@@ -34,6 +36,7 @@ from ws.core.io import staged_files, write_staged
 from ws.core.linalg import pca
 from ws.core.log import logger
 from ws.core.markdown import layers_text
+from ws.diffs.imported import ImportSpec, ensure_imported
 from ws.diffs.store import (
     DiffMismatchError,  # noqa: F401  (the sweep's documented error, raised by ensure_diff)
     check_existing_diff,
@@ -45,26 +48,48 @@ from ws.diffs.store import (
 )
 from ws.diffs.train import DiffSpec, ensure_diff
 from ws.model.chat import render_chat
-from ws.model.load import n_layers
+from ws.model.load import d_model, n_layers
+from ws.model.vectors import SteeringVectors, read_vectors
 from ws.stats import PR_THRESHOLD, ranked
 from ws.v7 import plan_merge as upstream
 from ws.v7 import report
 from ws.v7.results import EXTRA_FILES, V7_FILES, Probes, SeedResult, SeedStability  # noqa: F401  (the notebook's names)
-from ws.v7.verdicts import conclusion_info, rank_collapses, sanity_lines, self_tests  # noqa: F401  (the notebook's names)
+from ws.v7.verdicts import conclusion_info, imported_text, rank_collapses, sanity_lines, self_tests  # noqa: F401
 
 #: The sweep's parameters are the one run configuration of :mod:`ws.config`.
 SweepConfig = Config
 
 
 # ----------------------------------------------------------------------------- diffs
-def get_diffs(cfg: SweepConfig, model) -> dict[int, tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+def import_diff(cfg: SweepConfig, model, tok) -> Path:
+    """The imported diff's path (``WS_POS_ADAPTER``/``WS_NEG_ADAPTER``, ``WS_BIDIR_ADAPTER`` or
+    ``WS_POS_MODEL``/``WS_NEG_MODEL``): imported once into ``cfg.diff_path(0)``, never overwritten
+    unless ``WS_REBUILD=1`` (:func:`ws.diffs.imported.ensure_imported`)."""
+    spec = ImportSpec(cfg.imported, cfg.import_sources, cfg.diff_path(0), cfg.behavior, cfg.n_boot, cfg.batch_size)
+    return ensure_imported(spec, model, tok, rebuild=cfg.rebuild)
+
+
+def user_vectors(cfg: SweepConfig, model) -> list[SteeringVectors]:
+    """The steering vectors of ``WS_VECTORS``, read and checked against the model (:func:`ws.model.vectors.read_vectors`)."""
+    conv = None if cfg.vector_convention == "auto" else cfg.vector_convention
+    return [read_vectors(p, n_layers(model), d_model(model), convention=conv, shift=cfg.vector_shift) for p in cfg.vectors]
+
+
+def get_diffs(cfg: SweepConfig, model, tok=None) -> dict[int, tuple[dict[str, torch.Tensor], dict[str, Any]]]:
     """``seed -> (w, meta)``. Every existing diff is checked first, before any training: one
     that cannot be used stops the run with its error (docs/errors.md) and stays untouched (a diff
-    made for another model raises :class:`DiffMismatchError`). Then the missing ones are
+    made for another model raises :class:`DiffMismatchError`); so does a steering-vector file
+    of ``WS_VECTORS`` that does not fit the model. An imported diff (``cfg.imported``) is
+    imported instead (:func:`import_diff`; it needs ``tok``). Then the missing ones are
     trained; an existing diff is retrained only with ``cfg.rebuild`` (``WS_REBUILD=1``).
     A diff made for this model at the default model's path stops it first, rebuild or not
     (:class:`ws.diffs.store.MisplacedDiffError`)."""
     check_misplaced_diffs(cfg.model, cfg.behavior, cfg.out_root)
+    user_vectors(cfg, model)  # a vector file that does not fit the model stops the run before any work
+    if cfg.imported is not None:
+        if tok is None:
+            raise ValueError("an imported diff is evaluated on held-out prompts: pass the tokenizer, get_diffs(cfg, model, tok)")
+        return {0: load_diff(import_diff(cfg, model, tok), model)}
     if not cfg.rebuild:
         for seed in cfg.seeds:
             path = cfg.diff_path(seed)
@@ -128,6 +153,7 @@ def run_seed(cfg: SweepConfig, model, tok, probes: Probes, seed: int, w: dict, d
         label_eval=caps.label_eval,
         cache=cfg.cache,
     )
+    bases, meta = with_vectors(bases, meta, user_vectors(cfg, model), n_layers(model), d_model(model))
     t["build"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     scores = stats.score_sweep(bases, meta, caps.label_eval, deltas, clean_pcs(caps, cfg.k), pr_threshold=PR_THRESHOLD)
@@ -240,8 +266,17 @@ def diff_caveats(results: Sequence[SeedResult], behavior=None) -> list[str]:
     out = []
     for r in results:
         meta = r.diff_meta or {}
-        src = f" (its source: {meta['source']})" if meta.get("source") else ""
-        out += [f"seed {r.seed}'s diff{src} was used as it is, though {why}" for why in stale_reasons(meta, behavior=behavior)]
+        if meta.get("imported"):
+            out.append(
+                imported_text(meta) + ": not trained by this suite on this behaviour's data; its effect above was "
+                "measured on the behaviour's held-out prompts like a trained diff's"
+            )
+            out += [str(c) for c in meta.get("caveats") or []]
+        else:
+            src = f" (its source: {meta['source']})" if meta.get("source") else ""
+            out += [
+                f"seed {r.seed}'s diff{src} was used as it is, though {why}" for why in stale_reasons(meta, behavior=behavior)
+            ]
         out += writer_caveats(r)
     return out
 
@@ -260,14 +295,21 @@ def writer_caveats(res: SeedResult) -> list[str]:
     ]
 
 
-def write_v7(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], stab: SeedStability) -> list[Path]:
-    """Write the v7 file set into ``cfg.v7_dir`` (every file atomically) and return the paths.
+@dataclass
+class V7Outputs:
+    """The v7 file set's contents before anything is written: ``tables`` (file name → table),
+    ``texts`` (file name → markdown), and what the figure is drawn from."""
 
-    Everything is computed first; files are written only once all of them can be, so a
-    failure leaves the previous run's files untouched.
-    """
+    tables: dict[str, pl.DataFrame]
+    texts: dict[str, str]
+    summary: pl.DataFrame
+    seeds_long: pl.DataFrame
+    figure_title: str
+
+
+def v7_outputs(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], stab: SeedStability) -> V7Outputs:
+    """Every v7 table and markdown text of a sweep (:func:`write_v7` writes them)."""
     res = results[0]
-    d = cfg.v7_dir
     seed_cols = stab.per_candidate
     summary = res.summary.join(seed_cols, on="subspace", how="left", maintain_order="left")
     summary_pct = res.summary_pct.join(seed_cols, on="subspace", how="left", maintain_order="left")
@@ -293,20 +335,29 @@ def write_v7(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], st
         "v7_seeds.tsv": seeds_long,
         "v7_seed_stability.tsv": stab.tau,
     }
-    # Stage every file, then move them all into place (the conclusion last: it is what users
-    # read first): a failure while writing leaves the previous run's files as they were.
-
     title = f"Where does the weight diff act? Seed {res.seed}'s scores (mean over LoRA-touched layers; 1 = random subspace)" + (
         f"; whiskers: min–max over seeds {', '.join(map(str, stab.seeds))}" if len(stab.seeds) > 1 else ""
     )
-    with staged_files(d, last=tuple(texts)) as stage:
+    return V7Outputs(tables, texts, summary, seeds_long, title)
+
+
+def write_v7(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], stab: SeedStability) -> list[Path]:
+    """Write the v7 file set into ``cfg.v7_dir`` (every file atomically) and return the paths.
+
+    Everything is computed first (:func:`v7_outputs`); files are staged, then moved into place
+    together (the conclusion last: it is what users read first), so a failure leaves the
+    previous run's files as they were.
+    """
+    o = v7_outputs(cfg, probes, results, stab)
+    d = cfg.v7_dir
+    with staged_files(d, last=tuple(o.texts)) as stage:
         report.joint_scatter(
-            summary,
+            o.summary,
             stage / "v7_joint_act_weight_scatter.png",
             stage / "v7_joint_act_weight_scatter.pdf",
-            title=title,
-            seeds=seeds_long,
+            title=o.figure_title,
+            seeds=o.seeds_long,
         )
-        written = write_staged(stage, d, tables, texts)
+        written = write_staged(stage, d, o.tables, o.texts)
     logger.info(f"wrote {len(written)} files to {d}")
     return written

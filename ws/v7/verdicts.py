@@ -166,6 +166,7 @@ class ConclusionInfo:
     quantized: bool = False
     diff_specificity_ratio: float | None = None
     diff_specificity_target: float = SPECIFICITY_TARGET
+    diff_source: str = ""  # where an imported diff came from (imported_text); empty for a trained one
     has_controls: bool = True  # False: the behaviour has no control set (an A/B dataset), specificity not measurable
     diff_reading: str | None = None  # what the diff measurably does on this model (the honest name)
     self_tests: Sequence[SelfTest] = ()
@@ -396,6 +397,17 @@ def _seed_summary(res: SeedResult, stab: SeedStability) -> SeedSummary | None:
     )
 
 
+def imported_text(meta: Mapping[str, Any]) -> str:
+    """Where an imported diff came from, for the conclusions' header and caveats."""
+    kinds = {
+        "peft": "a pair of PEFT adapters (w = Δ⁺ − Δ⁻)",
+        "peft-bidir": "one bidirectional PEFT adapter (w = 2Δ)",
+        "checkpoints": "a pair of fine-tuned checkpoints (w = θ⁺ − θ⁻)",
+    }
+    what = kinds.get(str(meta.get("imported")), str(meta.get("imported")))
+    return f"the diff is imported from {what}: " + ", ".join(f"`{s}`" for s in meta.get("sources") or [])
+
+
 SPECIFIC_CLAIM = "the diff is specific to the behaviour (not a general yes-bias), so its subspace is the behaviour's"
 
 
@@ -405,7 +417,7 @@ def diff_reading(behavior: str, ratio: float | None, target: float = SPECIFICITY
     spread over the largest control spread): the behaviour's name only when the diff is
     specific to it; otherwise what it is on this model."""
     if not data.get_behavior(behavior).controls:
-        return f"a {behavior} diff; its specificity cannot be measured ({C.NO_CONTROLS})"
+        return f"a {behavior} diff; its specificity is not measurable (the behaviour has no control set)"
     if ratio is None or not finite(ratio):
         return f"a {behavior} diff whose effect was not measured (no specificity ratio in its metadata)"
     r = f"specificity {float(ratio):.2f}"
@@ -444,6 +456,7 @@ def conclusion_info(
         quantized=cfg.model in EMBEDDED_NAMES,
         diff_specificity_ratio=dm.get("specificity_ratio"),
         has_controls=bool(data.get_behavior(cfg.behavior).controls),
+        diff_source=imported_text(dm) if dm.get("imported") else "",
         self_tests=self_tests(res),
         artifacts=list(artifacts),
         bootstrap_ci=res.summary.select([c for c in res.summary.columns if c == "subspace" or c.endswith(("_ci_lo", "_ci_hi"))]),

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from ws.bases.vectors import is_vector
 from ws.behavior import data
 from ws.core.caveats import FDR_ALPHA
 from ws.core.io import atomic_path
@@ -430,6 +431,25 @@ def _carry_text(r: Mapping) -> str:
     )
 
 
+def _vector_lines(causal: pl.DataFrame) -> list[str]:
+    """One line per steering vector of ``WS_VECTORS`` (always in the causal test): how much of the
+    writers' effect it keeps inside, against random subspaces of its rank."""
+    rows = [r for r in causal.iter_rows(named=True) if is_vector(r["subspace"])]
+    if not rows:
+        return []
+    L = ["", "**Your steering vectors** (always in the causal test, wherever they rank):", ""]
+    for r in rows:
+        verdict = {True: "carries the behaviour by the rule", False: "does not carry it by the rule", None: "undecided"}
+        L.append(
+            f"- your vector `{r['subspace']}` keeps {_ci(r, 'retention_inside')} of the writers' effect inside "
+            f"(mean rank {fmt_num(r['mean_rank'])}, {pct(r['energy_frac_inside'])} of their energy); random subspaces "
+            f"of its rank keep {pct(r['null_mean'])} ± {pct(r['null_sd'])} (z {fmt_num(r['z_inside'])}, "
+            f"p {fmt_num(r['p_inside'])}); outside it {_ci(r, 'retention_outside')} remains: "
+            f"{verdict.get(r['carries'], 'undecided')}"
+        )
+    return L + [""]
+
+
 def _carry_caution(r: Mapping, n_tested: int) -> str | None:
     """What the rule's verdict does not say: a subspace that passes it while keeping under half
     of the writers' effect, or whose p-value does not survive BH over the tested candidates."""
@@ -609,6 +629,7 @@ def conclusion_v8_md(
     L += ["## Bottom line: which subspace carries the behaviour, and how much of it", ""]
     L += _writers_lines(variants, info) + _carry_lines(causal, info) + _ceiling_lines(causal)
     L += _block_lines(summary, scope, info)
+    L += _vector_lines(causal)
     claims = [*info.v7_claims, *causal_claims(causal)]
     dead = [c for c in claims if c.survives is False]
     L += [f"- claims that do NOT survive: {len(dead)} of {len(claims)} (see the table)", ""]

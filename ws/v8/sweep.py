@@ -28,6 +28,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from ws.bases.vectors import is_vector
 from ws.behavior import data
 from ws.captures.capture import block_labels
 from ws.core import caveats as C
@@ -64,7 +65,8 @@ def causal_candidates(
     summary: pl.DataFrame, per_candidate: pl.DataFrame, n: int
 ) -> tuple[list[str], dict[str, tuple[int | None, float]]]:
     """``(names, ranking)``: the ``n`` write/mixed A-hypotheses with the highest seed-mean
-    joint score (NaN last, ties by name), then the ceilings, then the self-test rows.
+    joint score (NaN last, ties by name), then the user's steering vectors (``vector:*``,
+    always, wherever they rank), then the ceilings, then the self-test rows.
     ``ranking[name] = (causal_rank or None, seed_mean_joint_score)``."""
     sm = per_candidate.select("subspace", pl.col("seed_mean_joint_score").cast(pl.Float64).fill_nan(None))
     s = summary.select("subspace", "kind", "axis_kind").join(sm, on="subspace", how="left", maintain_order="left")
@@ -73,10 +75,12 @@ def causal_candidates(
     top = wm["subspace"].head(n).to_list()
     ceilings = [c for c in (CEILING_ACT, CEILING_W) if c in s["subspace"].to_list()]
     tests = s.filter(pl.col("kind") == "self-test")["subspace"].to_list()
+    vectors = [nm for nm in s["subspace"].to_list() if is_vector(nm) and nm not in top]
     val = dict(zip(s["subspace"].to_list(), s["seed_mean_joint_score"].to_list(), strict=True))
     f = lambda x: float("nan") if x is None else float(x)  # noqa: E731
-    ranking = {nm: (i + 1 if i < len(top) else None, f(val.get(nm))) for i, nm in enumerate(top + ceilings + tests)}
-    return top + ceilings + tests, ranking
+    names = top + vectors + ceilings + tests
+    ranking = {nm: (i + 1 if i < len(top) else None, f(val.get(nm))) for i, nm in enumerate(names)}
+    return names, ranking
 
 
 # ----------------------------------------------------------------------------- block-local
@@ -399,11 +403,21 @@ def conclusion_info(
     )
 
 
-def write_v8(
+@dataclass
+class V8Outputs:
+    """The v8 file set's contents before anything is written (:func:`v8_outputs`)."""
+
+    tables: dict[str, pl.DataFrame]
+    texts: dict[str, str]
+    tabs: V8Tables
+    target_label: str
+    seed: int
+
+
+def v8_outputs(
     cfg, probes: sweep.Probes, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability, bl: BlockLocal, cr
-) -> list[Path]:
-    """Write the v8 file set into ``cfg.v8_dir`` as one set (staged, then moved into place,
-    the markdown last); a failure leaves the previous run's files as they were."""
+) -> V8Outputs:
+    """Every v8 table and markdown text (:func:`write_v8` writes them)."""
     res, tabs = results[0], v8_tables(results[0], stab, bl, cr)
     info = conclusion_info(cfg, probes, results, stab, bl, cr)
     texts = {
@@ -418,22 +432,31 @@ def write_v8(
         "v8_causal_variants.tsv": tabs.variants,
         "v8_scope.tsv": tabs.scope,
     }
-    d = cfg.v8_dir
+    return V8Outputs(tables, texts, tabs, info.target_label, res.seed)
+
+
+def write_v8(
+    cfg, probes: sweep.Probes, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability, bl: BlockLocal, cr
+) -> list[Path]:
+    """Write the v8 file set into ``cfg.v8_dir`` as one set (staged, then moved into place,
+    the markdown last); a failure leaves the previous run's files as they were."""
+    o = v8_outputs(cfg, probes, results, stab, bl, cr)
+    tabs, texts, tables, d = o.tabs, o.texts, o.tables, cfg.v8_dir
     with staged_files(d, last=tuple(texts)) as stage:
         report_v8.causal_figure(
             tabs.causal,
             tabs.variants,
             stage / "v8_causal_retention.png",
             stage / "v8_causal_retention.pdf",
-            title=f"Does the subspace carry the behaviour? Seed {res.seed}'s diff, held-out "
-            f"{info.target_label}, α = ±1 (retention of the writers-only effect)",
+            title=f"Does the subspace carry the behaviour? Seed {o.seed}'s diff, held-out "
+            f"{o.target_label}, α = ±1 (retention of the writers-only effect)",
         )
         report_v8.block_figure(
             tabs.summary,
             tabs.scope,
             stage / "v8_block_local.png",
             stage / "v8_block_local.pdf",
-            title=f"Block-local vs cumulative activation label (seed {res.seed}; means over touched layers)",
+            title=f"Block-local vs cumulative activation label (seed {o.seed}; means over touched layers)",
         )
         written = write_staged(stage, d, tables, texts)
     logger.info(f"wrote {len(written)} files to {d}")
