@@ -152,11 +152,7 @@ def analyse(
     diffs = _with_effect(cfg, model, tokenizer, as_diffs(diff, model))
     cfg = replace(cfg, seeds=tuple(diffs))
     probes = sweep.probe_prompts(cfg, tokenizer)
-    results = []
-    for seed, (w, meta) in diffs.items():
-        r = sweep.run_seed(cfg, model, tokenizer, probes, seed, w, meta)
-        logger.info(f"seed {seed}: " + ", ".join(f"{k} {v:.1f} s" for k, v in r.timings.items()))
-        results.append(r)
+    results = sweep.run_seeds(cfg, model, tokenizer, probes, diffs)
     stab = sweep.seed_stability(results)
     a = Analysis(cfg, probes, results, stab)
     if "v7" in stages:
@@ -164,7 +160,7 @@ def analyse(
         a.tables.update(o.tables)
         a.texts.update(o.texts)
         if write:
-            a.files += sweep.write_v7(cfg, probes, results, stab)
+            a.files += sweep.write_v7(cfg, probes, results, stab, o)
     if "v8" in stages:
         _v8(a, model, tokenizer, diffs, write)
     return a
@@ -181,4 +177,4 @@ def _v8(a: Analysis, model: nn.Module, tok, diffs: Diffs, write: bool) -> None:
     a.tables.update(o.tables)
     a.texts.update(o.texts)
     if write:
-        a.files += v8.write_v8(cfg, a.probes, a.results, a.stability, a.block_local, a.causal)
+        a.files += v8.write_v8(cfg, a.probes, a.results, a.stability, a.block_local, a.causal, o)

@@ -78,11 +78,7 @@ def run_adapter(cfg: Config, model, tok, probes: sweep.Probes, adapter: str) -> 
     (``<model root>/<behavior>/<adapter>/v7/``, :attr:`ws.config.Config.v7_dir`)."""
     acfg = adapter_cfg(cfg, adapter)
     diffs = sweep.get_diffs(acfg, model)
-    results = []
-    for seed, (w, meta) in diffs.items():
-        res = sweep.run_seed(acfg, model, tok, probes, seed, w, meta)
-        logger.info(f"{adapter} seed {seed}: " + ", ".join(f"{k} {v:.1f} s" for k, v in res.timings.items()))
-        results.append(res)
+    results = sweep.run_seeds(acfg, model, tok, probes, diffs, label=f"{adapter} ")
     stab = sweep.seed_stability(results)
     sweep.write_v7(acfg, probes, results, stab)
     slim = [replace(r, captures=None, bases={}) for r in results]

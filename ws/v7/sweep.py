@@ -184,6 +184,16 @@ def run_seed(cfg: SweepConfig, model, tok, probes: Probes, seed: int, w: dict, d
 
 
 # ----------------------------------------------------------------------------- seeds
+def run_seeds(cfg: SweepConfig, model, tok, probes: Probes, diffs: dict, label: str = "") -> list[SeedResult]:
+    """:func:`run_seed` for every ``seed -> (w, meta)`` of ``diffs``, in order, each seed's timings logged."""
+    results = []
+    for seed, (w, meta) in diffs.items():
+        r = run_seed(cfg, model, tok, probes, seed, w, meta)
+        logger.info(f"{label}seed {seed}: " + ", ".join(f"{k} {v:.1f} s" for k, v in r.timings.items()))
+        results.append(r)
+    return results
+
+
 def seed_stability(results: Sequence[SeedResult]) -> SeedStability:
     """Kendall τ between every pair of seeds' joint-score rankings (write/mixed
     A-hypotheses), each seed's winner, and per-candidate seed mean / sd."""
@@ -341,14 +351,16 @@ def v7_outputs(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], 
     return V7Outputs(tables, texts, summary, seeds_long, title)
 
 
-def write_v7(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], stab: SeedStability) -> list[Path]:
+def write_v7(
+    cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], stab: SeedStability, outputs: V7Outputs | None = None
+) -> list[Path]:
     """Write the v7 file set into ``cfg.v7_dir`` (every file atomically) and return the paths.
 
-    Everything is computed first (:func:`v7_outputs`); files are staged, then moved into place
+    Everything is computed first (:func:`v7_outputs`, or ``outputs`` already computed); files are staged, then moved into place
     together (the conclusion last: it is what users read first), so a failure leaves the
     previous run's files as they were.
     """
-    o = v7_outputs(cfg, probes, results, stab)
+    o = outputs if outputs is not None else v7_outputs(cfg, probes, results, stab)
     d = cfg.v7_dir
     with staged_files(d, last=tuple(o.texts)) as stage:
         report.joint_scatter(

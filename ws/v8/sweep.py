@@ -436,11 +436,17 @@ def v8_outputs(
 
 
 def write_v8(
-    cfg, probes: sweep.Probes, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability, bl: BlockLocal, cr
+    cfg,
+    probes: sweep.Probes,
+    results: Sequence[sweep.SeedResult],
+    stab: sweep.SeedStability,
+    bl: BlockLocal,
+    cr,
+    outputs: V8Outputs | None = None,
 ) -> list[Path]:
     """Write the v8 file set into ``cfg.v8_dir`` as one set (staged, then moved into place,
     the markdown last); a failure leaves the previous run's files as they were."""
-    o = v8_outputs(cfg, probes, results, stab, bl, cr)
+    o = outputs if outputs is not None else v8_outputs(cfg, probes, results, stab, bl, cr)
     tabs, texts, tables, d = o.tabs, o.texts, o.tables, cfg.v8_dir
     with staged_files(d, last=tuple(texts)) as stage:
         report_v8.causal_figure(
