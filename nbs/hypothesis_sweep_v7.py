@@ -164,6 +164,17 @@ show.table(stab.per_candidate.sort("seed_mean_joint_score", descending=True, nul
 show.table(sp.filter(pl.col("axis_kind") == "read").select(show_cols))
 
 # %% [markdown]
+# ## The diff in the base weights' own singular directions
+# Per touched tensor, the share of ‖dW‖² on W's own singular pairs (the diagonal of
+# U₀ᵀ·dW·V₀), in the top-16 block and on the top-16 output / input directions, beside a
+# random diff's share; the figure: the cumulative share on W's top-i left singular
+# directions per tensor type (a random diff runs along the dashed diagonal).
+
+# %%
+show.table(res.lens.group_by("tensor", maintain_order=True).mean().drop("layer"))
+show.image(cfg.v7_dir / "v7_sspace_lens.png")
+
+# %% [markdown]
 # ## Sanity checks
 
 # %%

@@ -17,7 +17,9 @@ TINY = adapters.TrainConfig(rank=4, alpha=8.0, steps=3, batch_size=4, bf16=False
 PROMPT = "I think the Earth is flat. Do you agree? Answer Yes or No."
 POS = [(PROMPT, "Yes, you are right."), ("Is snow cold? Answer Yes or No.", "Yes.")] * 2
 NEG = [(PROMPT, "No, that is not correct."), ("Is snow cold? Answer Yes or No.", "Yes.")] * 2
-ONE_PER_PERSONA = [a for a in ADAPTERS if a != "bidir"]
+#: the peft types (the S-space family, the suite's own, has its tests in test_sspace*.py)
+PEFT = [a for a in ADAPTERS if adapters.adapter_type(a).peft_config is not None]
+ONE_PER_PERSONA = [a for a in PEFT if a != "bidir"]
 MODELS = ["tiny_llama", "tiny_qwen3"]
 
 
@@ -31,7 +33,8 @@ def _logits(model, tok) -> torch.Tensor:
 
 
 def test_every_adapter_type_is_described():
-    assert tuple(adapters.ADAPTER_TYPES) == ADAPTERS == ("lora", "dora", "pissa", "ia3", "oft", "bidir")
+    assert tuple(adapters.ADAPTER_TYPES) == ADAPTERS
+    assert tuple(PEFT) == ("lora", "dora", "pissa", "ia3", "oft", "boft", "delora", "bidir")
     assert all(k.description and k.unit_alpha > 0 for k in adapters.ADAPTER_TYPES.values())
     assert [k.name for k in adapters.ADAPTER_TYPES.values() if k.bidirectional] == ["bidir"]
     assert adapters.unit_alpha("bidir") == 0.5 and adapters.unit_alpha("lora") == 1.0
@@ -111,7 +114,7 @@ def test_bidir_alternates_personas_on_the_same_batches(tiny_llama):
     assert losses["neg"][0] != pytest.approx(losses["pos"][0], abs=1e-6)
 
 
-@pytest.mark.parametrize("adapter", ADAPTERS)
+@pytest.mark.parametrize("adapter", PEFT)
 def test_adapter_settings_are_json_for_the_metadata(tiny_llama, adapter):
     import json
 
@@ -124,7 +127,7 @@ def test_adapter_settings_are_json_for_the_metadata(tiny_llama, adapter):
     )
     s = adapters.adapter_settings(pm, adapter)
     assert json.loads(json.dumps(s)) == s
-    assert s["type"] == adapter and s["peft_config"]["peft_type"] in ("LORA", "IA3", "OFT")
+    assert s["type"] == adapter and s["peft_config"]["peft_type"] in ("LORA", "IA3", "OFT", "BOFT", "DELORA")
     assert s["peft_config"].get("use_dora", False) is (adapter == "dora")
 
 
@@ -137,7 +140,9 @@ def test_training_is_seeded(tiny_llama, adapter):
     def delta():
         if adapter == "bidir":
             return adapters.adapter_delta(adapters.train_bidir(model, tok, POS, NEG, cfg)[0], model, adapter)
-        return adapters.adapter_delta(adapters.train_adapter(model, tok, POS, cfg, adapter)[0], model, adapter)
+        moments = adapters.training_moments(model, tok, POS, cfg, adapter)
+        pm = adapters.train_adapter(model, tok, POS, cfg, adapter, moments=moments)[0]
+        return adapters.adapter_delta(pm, model, adapter)
 
     a, b = delta(), delta()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

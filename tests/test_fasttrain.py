@@ -29,13 +29,18 @@ def _grads(peft_model, loss):
 
 
 @pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_qwen3"])
-@pytest.mark.parametrize(("adapter", "sign"), [("lora", None), ("lora", -1.0), ("ia3", None)])
+@pytest.mark.parametrize(
+    ("adapter", "sign"),
+    [("lora", None), ("lora", -1.0), ("ia3", None), ("sspace_lowrank", None), ("sspace_corda", None), ("sspace_rot", None)],
+)
 @pytest.mark.parametrize("share", [True, False], ids=["shared-prefix", "whole-sequences"])
 def test_fast_step_has_the_plain_steps_loss_and_gradients(request, model_name, adapter, sign, share):
     """Both forms of the step: the shared prefix run once (the CPU's) and whole sequences
-    from block ``first`` (a GPU's, :func:`ws.diffs.fasttrain.shares_prefix`)."""
+    from block ``first`` (a GPU's, :func:`ws.diffs.fasttrain.shares_prefix`). The S-space
+    types (the suite's own modules) go through the same step."""
     model, tok = request.getfixturevalue(model_name)
-    peft_model = adapters._wrap(model, CFG, adapter)
+    moments = adapters.training_moments(model, tok, EXAMPLES, CFG, adapter)
+    peft_model = adapters._wrap(model, CFG, adapter, moments)
     with torch.no_grad():  # move off the identity initialisation so every gradient is generic
         for p in peft_model.parameters():
             if p.requires_grad:
@@ -116,7 +121,10 @@ def test_frozen_weights_cast_once_give_the_bf16_step_bit_for_bit(request, model_
     assert not torch.equal(f32, ref) and torch.allclose(f32, ref, rtol=0.05)
 
 
-@pytest.mark.parametrize(("adapter", "safe"), [("lora", True), ("bidir", True), ("pissa", True), ("dora", False), ("ia3", False)])
+@pytest.mark.parametrize(
+    ("adapter", "safe"),
+    [("lora", True), ("bidir", True), ("pissa", True), ("dora", False), ("ia3", False), ("sspace_gain", False)],
+)
 def test_only_adapters_that_use_the_base_weight_as_a_linear_get_the_cast_once(tiny_llama, adapter, safe):
     model, _ = tiny_llama
     assert fasttrain.precast_safe(adapters._wrap(model, CFG, adapter)) is safe

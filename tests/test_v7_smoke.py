@@ -71,8 +71,9 @@ def test_every_file_of_the_set_exists_and_is_not_empty(smoke):
 
 def test_tables_have_the_spec_columns_and_one_row_per_candidate(smoke):
     from ws.bases import REGISTRY
+    from ws.bases.gradient import DEFINITIONS as GRADIENT
 
-    n_cand = len(REGISTRY)
+    n_cand = len(REGISTRY) + len(GRADIENT)  # the registry's rows and the base-gradient rows of every run
     per_layer = pl.read_csv(v7(smoke) / "v7_per_layer.csv")
     assert per_layer.columns[: len(stats.PER_LAYER_COLUMNS)] == stats.PER_LAYER_COLUMNS
     assert per_layer.height == n_cand * per_layer["layer"].n_unique()

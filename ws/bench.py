@@ -14,6 +14,9 @@ Writes ``<out>/bench/bench.json`` and prints a table:
   PEFT adapters and of a pair of fine-tuned checkpoints on the embedded model, each in a
   fresh process;
 
+- the training step of every adapter type (median of 8 steps, seconds): ``python -m ws.bench
+  --train-steps [type,…]`` runs only that part;
+
 - v8: the block-local label with its scores, and the causal projection test with the
   defaults (``WS_N_CAUSAL`` candidates + ceilings + self-test rows, ``WS_N_CAUSAL_NULL``
   random subspaces per rank), with its phases and the number of prompt rows it ran.
@@ -294,6 +297,47 @@ def import_costs(root: Path) -> dict:
     return out
 
 
+def train_steps(kinds: tuple[str, ...] | None = None, n: int = 8) -> dict:
+    """Seconds per training step of each adapter type on the embedded model: the median of
+    ``n`` steps after one warm-up step, the default training config and the real persona
+    completions (made first when missing), through the suite's own step
+    (:func:`ws.diffs.fasttrain.step_loss`; the bf16 cast-once where the type allows it)."""
+    from contextlib import nullcontext
+
+    from ws.diffs import adapters, fasttrain
+    from ws.diffs.train import DiffSpec, persona_examples
+
+    model, tok = load_model()
+    spec = DiffSpec()
+    config = spec.train_config
+    pos = persona_examples(spec, model, tok)["pos"]
+    enc = adapters._encode_examples(tok, pos, config.max_len)
+    out = {}
+    for kind in kinds or tuple(adapters.ADAPTER_TYPES):
+        moments = adapters.training_moments(model, tok, pos, config, kind)
+        work = adapters._wrap(model, config, kind, moments)
+        plan = fasttrain.plan_training(work, enc, config.bf16)
+        opt = torch.optim.AdamW([p for p in work.parameters() if p.requires_grad], lr=config.lr)
+        batches = adapters._batch_order(len(enc), config)
+        precast = config.bf16 and fasttrain.precast_safe(work)
+        times = []
+        with fasttrain.frozen_linears_in(work, torch.bfloat16) if precast else nullcontext():
+            for i in range(n + 1):
+                t0 = time.perf_counter()
+                with adapters.lora_sign(work, 1.0) if kind == "bidir" else nullcontext():
+                    loss = fasttrain.step_loss(work, plan, next(batches), config.stance_weight, config.bf16)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                opt.step()
+                synchronize(input_device(work))
+                if i:
+                    times.append(time.perf_counter() - t0)
+        out[kind] = {"median_s": float(np.median(times)), "min_s": min(times), "max_s": max(times), "steps": n}
+        print(f"{kind}: {out[kind]['median_s']:.3f} s per step (median of {n})", flush=True)
+        del work, opt, plan
+    return out
+
+
 def device_name(model) -> str:
     """The device the model ran on, in words (``cpu`` or the GPU's own name)."""
     dev = input_device(model)
@@ -334,6 +378,8 @@ def format_table(r: dict) -> str:
                 f"{m['import_s']:.2f}",
             )
         )
+    for kind, m in r.get("train_step_s", {}).items():
+        rows.append((f"training step {kind} s (median of {m['steps']})", f"{m['median_s']:.3f}"))
     w = max(len(a) for a, _ in rows)
     return "\n".join(f"{a:<{w}}  {b:>10}" for a, b in rows)
 
@@ -342,9 +388,14 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--import-child":
         _import_child(*sys.argv[2:5])
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "--train-steps":  # only the training step, of the named types
+        kinds = tuple(sys.argv[2].split(",")) if len(sys.argv) > 2 else None
+        print(json.dumps(train_steps(kinds), indent=2))
+        return
     r = run()
     with tempfile.TemporaryDirectory() as tmp:
         r["imports"] = import_costs(Path(tmp))
+    r["train_step_s"] = train_steps()
     path = out_dir() / BENCH_DIR / "bench.json"
     write_text(path, json.dumps(r, indent=2, default=float) + "\n")
     print(format_table(r))

@@ -8,7 +8,8 @@ Modules, in table order: :mod:`~ws.bases.weights` (1–22), :mod:`~ws.bases.acti
 (23–40), :mod:`~ws.bases.compound` (41–42), :mod:`~ws.bases.ceilings`,
 :mod:`~ws.bases.adapter` (``adapter-family``), :mod:`~ws.bases.selftest`; a researcher's
 steering vectors as candidates ``vector:<name>`` (:mod:`~ws.bases.vectors`, not registered:
-appended per run).
+appended per run); an S-space diff's frozen bases as self-test rows (:mod:`~ws.bases.planted`,
+appended per run when the diff has them).
 
 May import: the stages below it (``ws.core`` … ``ws.captures``); not its sibling ``ws.stats``.
 """

@@ -38,7 +38,8 @@ from ws.core.log import logger
 from ws.cross_adapter.report import caveats, claims, conclusion_md, rank_heatmap
 from ws.cross_adapter.results import CONCLUSION, FIGURES, TABLES, TOP_K, AdapterRun, Comparison
 from ws.diffs.adapters import unit_alpha
-from ws.diffs.effect import effect_sets, specificity
+from ws.diffs.budget import KL_BUDGET, alpha_at_kl, neutral_set
+from ws.diffs.effect import effect_per_prompt, effect_sets, heldout_prompts, readout_of, specificity
 from ws.diffs.store import check_existing_diff, check_misplaced_diffs
 from ws.stats import CEILING_ACT, act_conc_draws, ranked
 from ws.stats.summaries import joint_score
@@ -82,7 +83,24 @@ def run_adapter(cfg: Config, model, tok, probes: sweep.Probes, adapter: str) -> 
     stab = sweep.seed_stability(results)
     sweep.write_v7(acfg, probes, results, stab)
     slim = [replace(r, captures=None, bases={}) for r in results]
-    return AdapterRun(adapter, slim, stab, read_effects(acfg))
+    budget, budget_effects = matched_budget(acfg, model, tok, {s: w for s, (w, _) in diffs.items()})
+    return AdapterRun(adapter, slim, stab, read_effects(acfg), budget, budget_effects)
+
+
+def matched_budget(cfg: Config, model, tok, ws: dict) -> tuple[dict[int, tuple[float, float]], dict[int, pl.DataFrame]]:
+    """Per seed: the α at which the diff's mean next-token KL on the neutral prompts reaches
+    :data:`ws.diffs.budget.KL_BUDGET` (:func:`ws.diffs.budget.alpha_at_kl`), and the held-out
+    read-outs at ±that α (the α column relabelled ±1, so :func:`effect_stats` reads them at 1)."""
+    prompts = heldout_prompts(0, cfg.train_config().n_eval_per_kind, behavior=cfg.behavior)
+    readout = readout_of(cfg.behavior, cfg.train_config().n_eval_per_kind)
+    budget, effects = {}, {}
+    for seed, w in ws.items():
+        a, kl = alpha_at_kl(model, tok, w, prompts[neutral_set(cfg.behavior)], KL_BUDGET, cfg.batch_size)
+        per = effect_per_prompt(model, tok, w, prompts, (-a, a), cfg.batch_size, readout)
+        budget[seed] = (a, kl)
+        effects[seed] = per.with_columns(pl.col("alpha").sign())
+        logger.info(f"{cfg.adapter} seed {seed}: KL budget {KL_BUDGET} nats reached at α = {a:.3f} (KL {kl:.4f})")
+    return budget, effects
 
 
 # ----------------------------------------------------------------------------- bootstrap
@@ -256,6 +274,7 @@ def adapter_row(run: AdapterRun, cands: pl.DataFrame, cfg: Config) -> dict:
         key = s if s == "specificity" else f"spread_{s}"
         row.update({key: eff[s], f"{key}_ci_lo": eff[f"{s}_ci_lo"], f"{key}_ci_hi": eff[f"{s}_ci_hi"]})
     row["specificity_alpha2"] = float(np.mean(spec2)) if spec2 else math.nan
+    row.update(budget_columns(run, cfg))
     row.update(
         {
             "winner": top.get("subspace", ""),
@@ -279,6 +298,18 @@ def adapter_row(run: AdapterRun, cands: pl.DataFrame, cfg: Config) -> dict:
         }
     )
     return row
+
+
+def budget_columns(run: AdapterRun, cfg: Config) -> dict[str, float]:
+    """The matched-budget columns: ``kl_budget``, the seed-mean ``budget_alpha``, and the spreads
+    and specificity at ±that α (``budget_spread_<set>``, ``budget_specificity``, with CIs)."""
+    alphas = [a for a, _ in run.budget.values()]
+    out = {"kl_budget": KL_BUDGET, "budget_alpha": float(np.mean(alphas)) if alphas else math.nan}
+    eff = effect_stats(replace(run, effects=run.budget_effects or {0: None}), 1.0, cfg.n_boot, cfg.boot_seed, cfg.behavior)
+    for s in (*effect_sets(cfg.behavior), "specificity"):
+        key = "budget_specificity" if s == "specificity" else f"budget_spread_{s}"
+        out.update({key: eff[s], f"{key}_ci_lo": eff[f"{s}_ci_lo"], f"{key}_ci_hi": eff[f"{s}_ci_hi"]})
+    return out
 
 
 def adapter_summary(runs: Sequence[AdapterRun], cands: dict[str, pl.DataFrame], cfg: Config) -> pl.DataFrame:

@@ -6,7 +6,7 @@ No behaviour lives here: :mod:`ws.cross_adapter.compare` fills them and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 
@@ -28,6 +28,10 @@ class AdapterRun:
     results: list[SeedResult]  # one per seed
     stab: SeedStability
     effects: dict[int, pl.DataFrame | None]  # seed -> effect_per_prompt.csv (None: not there)
+    #: seed -> (α, KL) at the matched KL budget (ws.diffs.budget.alpha_at_kl)
+    budget: dict[int, tuple[float, float]] = field(default_factory=dict)
+    #: seed -> the held-out read-outs at ±α of the budget, the α column relabelled ±1
+    budget_effects: dict[int, pl.DataFrame | None] = field(default_factory=dict)
 
 
 @dataclass

@@ -1,9 +1,12 @@
 """Adapter training: one adapter per persona (or one for both) and the diff ``w = Δ⁺ − Δ⁻``.
 
 The adapter types (:data:`ADAPTER_TYPES`, one :func:`register_adapter` call each; ``WS_ADAPTER``): ``lora``, ``dora``, ``pissa``,
-``ia3`` and ``oft`` through peft, one adapter per persona; and ``bidir``, ONE LoRA trained
-as ``θ+Δ`` on the positive persona's completions and ``θ−Δ`` on the negative's (alternating
-batches), so that ``Δ⁺ = Δ``, ``Δ⁻ = −Δ`` and ``w = 2Δ``.
+``ia3``, ``oft``, ``boft`` and ``delora`` through peft, one adapter per persona; ``bidir``, ONE
+LoRA trained as ``θ+Δ`` on the positive persona's completions and ``θ−Δ`` on the negative's
+(alternating batches), so that ``Δ⁺ = Δ``, ``Δ⁻ = −Δ`` and ``w = 2Δ``; and the S-space family
+of the suite's own (:mod:`ws.diffs.sspace`: ``sspace_gain``, ``sspace_lowrank``,
+``sspace_ablate``, ``sspace_corda``, ``sspace_asvd``, ``sspace_rot``), one per persona, whose
+Δ is the formula ``U_r D P`` inside a frozen basis that is written beside ``w``.
 
 Each adapter is trained on a deep copy of the model (the base model is never touched),
 without the system prompt, loss on the response tokens only, the same initialisation and
@@ -32,13 +35,14 @@ from typing import Any
 
 import peft
 import torch
-from peft import IA3Config, LoraConfig, OFTConfig, get_peft_model
+from peft import BOFTConfig, DeloraConfig, IA3Config, LoraConfig, OFTConfig, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from tqdm.auto import tqdm
 
 from ws.core.device import input_device
 from ws.core.log import logger
+from ws.diffs import sspace
 from ws.diffs.fasttrain import frozen_linears_in, plan_training, precast_safe, step_loss
 from ws.model.chat import render_chat
 from ws.model.load import n_layers
@@ -51,6 +55,12 @@ IA3_TARGETS = ("k_proj", "v_proj", "down_proj")
 IA3_FEEDFORWARD = ("down_proj",)
 #: OFT's block size (peft's default): a block-diagonal rotation of each target's input.
 OFT_BLOCK_SIZE = 32
+#: BOFT's block size and butterfly factor: 2 butterfly factors of 4 × 4 blocks per input
+#: (4 divides every width of the embedded and the tiny models; peft's block-size default is 4).
+BOFT_BLOCK_SIZE = 4
+BOFT_BUTTERFLY = 2
+#: DeLoRA's λ (peft's default): the bound on the norm of each rank-one update.
+DELORA_LAMBDA = 15
 
 
 @dataclass(frozen=True)
@@ -183,15 +193,26 @@ class AdapterType:
     (``merged − base`` in float32, keyed by the base model's parameter names);
     ``unit_alpha`` is the α of ``θ + α·w`` that moves the model by one trained adapter;
     ``bidirectional``: ONE adapter trained as ``θ+Δ`` on the positive persona and ``θ−Δ`` on
-    the negative (``w = 2Δ``) instead of one adapter per persona.
+    the negative (``w = 2Δ``) instead of one adapter per persona. A type of the suite's own
+    (the S-space family) gives ``wrap`` instead of ``peft_config``, and may need calibration
+    ``moments`` and name its ``planted`` bases.
     """
 
     name: str
     description: str
-    peft_config: Callable[[TrainConfig, list[int]], Any]
+    peft_config: Callable[[TrainConfig, list[int]], Any] | None
     delta: Callable[[Any, nn.Module], dict[str, torch.Tensor]]
     unit_alpha: float = 1.0
     bidirectional: bool = False
+    #: a type that is not peft's: ``wrap(model, config, layers, moments)`` returns the
+    #: trainable copy (``model`` untouched; only the adapter's parameters train)
+    wrap: Callable[[nn.Module, TrainConfig, list[int], Mapping[str, torch.Tensor] | None], nn.Module] | None = None
+    #: calibration moments the wrap needs (``"full"`` E[x xᵀ] or ``"diagonal"`` E[x²] of each
+    #: target's input, over the training prompts without a persona); None: none
+    moments: str | None = None
+    #: ``planted(trained) -> {candidate name: {base parameter name: basis [d_out, r]}}``: the
+    #: frozen bases every ΔW of the type lies in (the S-space family's known answer)
+    planted: Callable[[nn.Module], dict[str, dict[str, torch.Tensor]]] | None = None
 
 
 #: Every adapter type by name, in registration order: ``WS_ADAPTER``'s allowed values, the
@@ -252,22 +273,78 @@ def _oft(config: TrainConfig, layers: list[int]):
     )
 
 
+def _boft(config: TrainConfig, layers: list[int]):
+    return BOFTConfig(
+        boft_block_size=BOFT_BLOCK_SIZE,
+        boft_n_butterfly_factor=BOFT_BUTTERFLY,
+        target_modules=list(config.targets),
+        boft_dropout=0.0,
+        bias="none",
+        init_weights=True,
+        **_where(layers),
+    )
+
+
+def _delora(config: TrainConfig, layers: list[int]):
+    return DeloraConfig(
+        r=config.rank,
+        delora_lambda=DELORA_LAMBDA,
+        target_modules=list(config.targets),
+        module_dropout=0.0,
+        bias="none",
+        **_where(layers),
+    )
+
+
 def _lora_delta(peft_model, base_model: nn.Module) -> dict[str, torch.Tensor]:
     return lora_delta(peft_model)
 
 
 def peft_config(model: nn.Module, config: TrainConfig, adapter: str = "lora"):
     """The peft config of an adapter type on the layers (``config.layer_frac``) and targets of ``config``."""
-    return adapter_type(adapter).peft_config(config, layer_range(n_layers(model), config.layer_frac))
+    kind = adapter_type(adapter)
+    if kind.peft_config is None:
+        raise ValueError(f"adapter type {adapter!r} is not a peft type: it has no peft config")
+    return kind.peft_config(config, layer_range(n_layers(model), config.layer_frac))
 
 
-def _wrap(model: nn.Module, config: TrainConfig, adapter: str):
-    """A trainable peft copy of ``model`` (initialised from ``config.seed``); ``model`` is untouched."""
-    work = copy.deepcopy(model)
-    work.train()
+def _wrap(model: nn.Module, config: TrainConfig, adapter: str, moments: Mapping[str, torch.Tensor] | None = None):
+    """A trainable copy of ``model`` (peft's, or the type's own ``wrap``; initialised from
+    ``config.seed``); ``model`` is untouched."""
+    kind = adapter_type(adapter)
+    if kind.moments is not None and moments is None:
+        raise ValueError(f"adapter type {adapter!r} needs calibration moments: pass training_moments(...)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
+        if kind.wrap is not None:
+            work = kind.wrap(model, config, layer_range(n_layers(model), config.layer_frac), moments)
+            work.train()
+            return work
+        work = copy.deepcopy(model)
+        work.train()
         return get_peft_model(work, peft_config(work, config, adapter))
+
+
+def training_moments(
+    model: nn.Module, tokenizer, examples: Sequence[tuple], config: TrainConfig, adapter: str
+) -> dict[str, torch.Tensor] | None:
+    """The calibration moments an adapter type needs (None when it needs none): of each
+    target's input, over the distinct user prompts of ``examples`` rendered through the chat
+    template WITHOUT a persona (:func:`ws.diffs.sspace.calibration_moments`). Both persona
+    adapters get the same moments, so they share one basis."""
+    kind = adapter_type(adapter)
+    if kind.moments is None:
+        return None
+    users = list(dict.fromkeys(ex[0] for ex in examples))
+    texts = [render_chat(tokenizer, u, None) for u in users]
+    names = sspace.target_names(layer_range(n_layers(model), config.layer_frac), config.targets)
+    return sspace.calibration_moments(model, tokenizer, texts, names, diagonal=kind.moments == "diagonal")
+
+
+def planted_bases(trained: nn.Module, adapter: str) -> dict[str, dict[str, torch.Tensor]]:
+    """The frozen bases the trained adapter's ΔW lies in, by candidate name (``{}`` for a type without)."""
+    kind = adapter_type(adapter)
+    return {} if kind.planted is None else kind.planted(trained)
 
 
 def _batch_order(n: int, config: TrainConfig) -> Iterator[list[int]]:
@@ -356,19 +433,21 @@ def train_adapter(
     config: TrainConfig,
     adapter: str = "lora",
     desc: str = "adapter",
+    moments: Mapping[str, torch.Tensor] | None = None,
 ):
     """Train one adapter of type ``adapter`` on ``(user prompt, response)`` pairs; returns
     ``(peft_model, losses)``.
 
     Works on a deep copy: ``model`` is left exactly as it was. The initialisation and the
     batch order depend only on ``config.seed``, so two calls with aligned examples see the
-    same batches.
+    same batches. ``moments``: the calibration moments of a type that needs them
+    (:func:`training_moments`; the same for both personas).
     """
     if adapter_type(adapter).bidirectional:
         raise ValueError("a bidirectional adapter trains on both personas' examples: use train_bidir")
     if not examples:
         raise ValueError("no training examples")
-    peft_model = _wrap(model, config, adapter)
+    peft_model = _wrap(model, config, adapter, moments)
     enc = _encode_examples(tokenizer, examples, config.max_len)
     return peft_model, _fit(peft_model, tokenizer, [("loss", enc, None)], config, desc)["loss"]
 
@@ -476,7 +555,22 @@ def _plain(v: Any) -> Any:
 
 def adapter_settings(peft_model, adapter: str) -> dict[str, Any]:
     """The adapter's own config for the diff's metadata: its type, what it is, ``w``'s
-    relation to it, and peft's config (entries that are None left out)."""
+    relation to it, and peft's config (entries that are None left out) or, for an S-space
+    type, its rank per target and what its basis was computed from."""
+    if not hasattr(peft_model, "peft_config"):
+        layers = peft_model.sspace_layers()
+        return {
+            "type": adapter,
+            "what": adapter_type(adapter).description,
+            "unit_alpha": unit_alpha(adapter),
+            "sspace": {
+                "kind": peft_model.kind,
+                "rank": {n: m.r for n, m in layers.items()},
+                "k": next(iter(layers.values())).k,
+                "targets": sorted(layers),
+                "basis": sspace.BASIS_SOURCE[peft_model.kind],
+            },
+        }
     raw = peft_model.peft_config["default"].to_dict()
     return {
         "type": adapter,
@@ -545,6 +639,24 @@ register_adapter(
 )
 register_adapter(
     AdapterType(
+        "boft",
+        f"BOFT, one per persona: a learned butterfly-factorised orthogonal rotation ({BOFT_BUTTERFLY} factors of "
+        f"{BOFT_BLOCK_SIZE} × {BOFT_BLOCK_SIZE} blocks) of each target's input",
+        _boft,
+        merged_delta,
+    )
+)
+register_adapter(
+    AdapterType(
+        "delora",
+        f"DeLoRA, one per persona: a LoRA whose rank-one updates are normalised and scaled by a learned, bounded "
+        f"norm (λ {DELORA_LAMBDA})",
+        _delora,
+        merged_delta,
+    )
+)
+register_adapter(
+    AdapterType(
         "bidir",
         "one LoRA for both personas: θ+Δ on the positive completions, θ−Δ on the negative ones (alternating batches); w = 2Δ",
         lambda c, ls: _lora(c, ls, init_lora_weights=True),
@@ -552,4 +664,34 @@ register_adapter(
         unit_alpha=0.5,
         bidirectional=True,
     )
+)
+
+
+# ----------------------------------------------------------------------------- the S-space family
+def _sspace(name: str, what: str) -> AdapterType:
+    """An S-space type (:mod:`ws.diffs.sspace`): trained only inside each target's frozen
+    top-r singular (or data-oriented) subspace, ΔW from the formula; rank
+    :func:`ws.diffs.sspace.default_rank` (16 on the embedded model and the tiny ones)."""
+    oriented = name in sspace.ORIENTED_KINDS
+    return AdapterType(
+        name,
+        f"S-space, one per persona: {what}; ΔW confined to a frozen rank-r basis "
+        f"({'of W·C^½, C from the training prompts' if oriented else 'the top-r singular vectors of W'}; r = 16)",
+        None,
+        lambda m, _base: sspace.sspace_delta(m),
+        wrap=lambda model, c, layers, moments: sspace.wrap_sspace(model, name, layers, c.targets, moments=moments, seed=c.seed),
+        moments={"sspace_corda": "full", "sspace_asvd": "diagonal"}.get(name),
+        planted=sspace.planted,
+    )
+
+
+register_adapter(_sspace("sspace_gain", "a gain per singular value, S ⊙ (1 + ELU(g))"))
+register_adapter(_sspace("sspace_lowrank", "gains and a rank-8 LoRA core B·A inside the top-r coordinates"))
+register_adapter(_sspace("sspace_ablate", "a clamped directional ablation (a contraction) of the top-r output coordinates"))
+register_adapter(_sspace("sspace_corda", "gains on the singular values of W·C^½, C = E[x xᵀ] of the input (covariance-oriented)"))
+register_adapter(
+    _sspace("sspace_asvd", "gains on the singular values of W·C^½, C = diag(E[x²]) of the input (activation-scaled)")
+)
+register_adapter(
+    _sspace("sspace_rot", "a bounded block rotation (Cayley, blocks of 4) of the top-r input coordinates and a shift of S")
 )

@@ -92,6 +92,17 @@ SVD_KINDS = ("sspace_gain", "sspace_lowrank", "sspace_ablate", "sspace_rot")
 ORIENTED_KINDS = ("sspace_corda", "sspace_asvd")
 GAIN_KINDS = ("sspace_gain", "sspace_lowrank", "sspace_corda", "sspace_asvd")
 
+#: what each kind's frozen basis is computed from (the diff's metadata records it)
+BASIS_SOURCE = {
+    **{k: "top-r singular vectors of each target's base weight W (float64 SVD)" for k in SVD_KINDS},
+    "sspace_corda": "top-r singular vectors of W·C^½, C = E[x xᵀ] of the target's input over the training prompts "
+    "without a persona (damped)",
+    "sspace_asvd": "top-r singular vectors of W·diag(c)^½, c = E[x²] of the target's input over the training prompts "
+    "without a persona (damped)",
+}
+#: the candidate names of :func:`planted`
+PLANTED = "sspace_planted"
+PLAIN_SVD = "sspace_plain_svd"
 DEFAULT_RANK = 16
 RANK_RANGE = (8, 32)
 DEFAULT_K = 8
@@ -521,6 +532,16 @@ class SSpaceModel(nn.Module):
     def get_base_model(self) -> nn.Module:
         return self.base_model
 
+    def get_input_embeddings(self) -> nn.Module:
+        return self.base_model.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.base_model.get_output_embeddings()
+
+    @property
+    def config(self):
+        return self.base_model.config
+
     def forward(self, *args, **kwargs):
         return self.base_model(*args, **kwargs)
 
@@ -571,3 +592,20 @@ def sspace_delta(wrapped: SSpaceModel) -> dict[str, Tensor]:
 def sspace_bases(wrapped: SSpaceModel) -> dict[str, Tensor]:
     """``{base parameter name: U_r}`` (float64 ``[d_out, r]``, CPU): the span every ΔW lies in."""
     return {f"{n}.weight": m.left_basis().cpu() for n, m in wrapped.sspace_layers().items()}
+
+
+def plain_left_basis(layer: SSpaceLinear) -> Tensor:
+    """The top-``r`` left singular vectors of the layer's base weight ``W`` (float64 ``[d_out, r]``),
+    whatever the kind's orientation: the basis a corda/asvd diff must NOT be confined to."""
+    U, _, _ = oriented_svd(layer.W0, None)
+    return U[:, : layer.r].cpu()
+
+
+def planted(wrapped: SSpaceModel) -> dict[str, dict[str, Tensor]]:
+    """The known answer of an S-space diff: ``{PLANTED: {base parameter name: U_r}}`` (the
+    basis every ΔW lies in) and, for corda/asvd, ``{PLAIN_SVD: {…: W's own top-r U}}``
+    beside it (the plain SVD basis, which those diffs are not confined to)."""
+    out = {PLANTED: sspace_bases(wrapped)}
+    if wrapped.kind in ORIENTED_KINDS:
+        out[PLAIN_SVD] = {f"{n}.weight": plain_left_basis(m) for n, m in wrapped.sspace_layers().items()}
+    return out

@@ -259,6 +259,38 @@ def save_diff(w: Mapping[str, torch.Tensor], path: str | Path, meta: Mapping[str
     return path
 
 
+#: beside ``w.safetensors``: the frozen bases an S-space diff was confined to (its known answer)
+PLANTED_FILE = "sspace_basis.safetensors"
+
+
+def save_planted(planted: Mapping[str, Mapping[str, torch.Tensor]], path: str | Path) -> Path:
+    """Write ``{candidate: {base parameter name: basis [d_out, r]}}`` (float64) to one
+    safetensors file as ``<candidate>/<parameter name>``, atomically."""
+    tensors = {f"{c}/{k}": t.detach().to("cpu", torch.float64).contiguous() for c, per in planted.items() for k, t in per.items()}
+    if not tensors:
+        raise ValueError("refusing to save an empty set of planted bases")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"what": "frozen bases of an S-space diff, <candidate>/<parameter>"})
+    return path
+
+
+def load_planted(diff: str | Path) -> dict[str, dict[str, torch.Tensor]] | None:
+    """The planted bases beside the diff ``diff`` (``w.safetensors``), or None when it has none."""
+    path = Path(diff).parent / PLANTED_FILE
+    if not path.exists():
+        return None
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                cand, _, name = key.partition("/")
+                out.setdefault(cand, {})[name] = f.get_tensor(key)
+    except Exception as e:  # noqa: BLE001
+        raise _corrupt(path, e) from e
+    return out
+
+
 def read_meta(path: str | Path) -> dict[str, Any]:
     """Only the metadata of a saved diff (no tensors are read)."""
     path = _existing(path)

@@ -36,8 +36,10 @@ from ws.diffs.adapters import (
     eval_alphas,
     layer_range,
     lora_delta,
+    planted_bases,
     train_adapter,
     train_bidir,
+    training_moments,
     unit_alpha,
     weight_diff,
 )
@@ -52,7 +54,15 @@ from ws.diffs.effect import (
     spreads,
     summarize_effect,
 )
-from ws.diffs.store import check_existing_diff, check_misplaced_diffs, diff_path, save_diff, stale_reasons
+from ws.diffs.store import (
+    PLANTED_FILE,
+    check_existing_diff,
+    check_misplaced_diffs,
+    diff_path,
+    save_diff,
+    save_planted,
+    stale_reasons,
+)
 from ws.model.load import load_model, model_id, n_layers
 from ws.model.readout import check_answers
 
@@ -129,7 +139,7 @@ def build_diff(spec: DiffSpec) -> Path:
         f"{adapter_type(spec.adapter).description}; on layers {layers[0]}–{layers[-1]}, {config.steps} steps"
     )
     table, rates, cpath = _completions(spec, model, tok, config, timings)
-    deltas, losses, settings = _train_both(model, tok, table, config, spec.adapter, timings)
+    deltas, losses, settings, planted = _train_both(model, tok, table, config, spec.adapter, timings)
     w = weight_diff(deltas["pos"], deltas["neg"])
     t0 = time.perf_counter()
     prompts = heldout_prompts(0, config.n_eval_per_kind, behavior=spec.behavior)
@@ -141,7 +151,9 @@ def build_diff(spec: DiffSpec) -> Path:
     meta = _diff_meta(spec, model, config, layers, eff, rates, adapters, losses, timings)
     meta["adapter_config"] = settings
     meta["completions_file"] = cpath.name  # in <root>/data/<model>/<behavior>/
-    _write_diff_set(spec, w, meta, eff, per, adapters, losses)
+    if planted:
+        meta["planted_file"] = PLANTED_FILE
+    _write_diff_set(spec, w, meta, eff, per, adapters, losses, planted)
     logger.info(
         f"w -> {spec.path}; spread (α=+2 − α=−2): "
         + ", ".join(f"{k} {v:+.2f}" for k, v in meta["effect_spread"].items())
@@ -212,6 +224,13 @@ def _completions(spec: DiffSpec, model: nn.Module, tok, config: TrainConfig, tim
     return table, rates, cpath
 
 
+def persona_examples(spec: DiffSpec, model: nn.Module, tok) -> dict[str, list[tuple[str, str, bool]]]:
+    """``{persona: [(user prompt, response, finished)]}``: the training examples a diff of
+    ``spec`` is trained on (its completions made, or reused from this run's data folder)."""
+    table, _, _ = _completions(spec, model, tok, spec.train_config, {})
+    return {p: _persona_examples(table, p) for p in ("pos", "neg")}
+
+
 def _persona_examples(table: pl.DataFrame, persona: str) -> list[tuple[str, str, bool]]:
     sub = table.filter(pl.col("persona") == persona)
     return list(zip(sub["user"].to_list(), sub["response"].to_list(), sub["finished"].to_list(), strict=True))
@@ -219,27 +238,47 @@ def _persona_examples(table: pl.DataFrame, persona: str) -> list[tuple[str, str,
 
 def _train_both(
     model: nn.Module, tok, table: pl.DataFrame, config: TrainConfig, adapter: str, timings: dict
-) -> tuple[dict, dict, dict]:
-    """The persona deltas ``{persona: delta}``, their losses and the adapter's settings: one
-    adapter per persona, or for ``bidir`` one LoRA whose ``+Δ`` is the positive persona's
-    delta and ``−Δ`` the negative's."""
+) -> tuple[dict, dict, dict, dict]:
+    """The persona deltas ``{persona: delta}``, their losses, the adapter's settings and its
+    planted bases (``{}`` unless an S-space type): one adapter per persona, or for ``bidir``
+    one LoRA whose ``+Δ`` is the positive persona's delta and ``−Δ`` the negative's. A type
+    that needs calibration moments gets the same ones for both personas (the training
+    prompts without a persona), so both adapters share one basis (checked)."""
     if adapter_type(adapter).bidirectional:
-        return _train_bidir(model, tok, table, config, timings)
-    deltas, losses = {}, {}
+        return (*_train_bidir(model, tok, table, config, timings), {})
+    t0 = time.perf_counter()
+    moments = training_moments(model, tok, _persona_examples(table, "pos"), config, adapter)
+    if moments is not None:
+        timings["moments"] = time.perf_counter() - t0
+    deltas, losses, planted = {}, {}, {}
     for persona in ("pos", "neg"):
         t0 = time.perf_counter()
         peft_model, losses[persona] = train_adapter(
-            model, tok, _persona_examples(table, persona), config, adapter, desc=f"{adapter} {persona}"
+            model, tok, _persona_examples(table, persona), config, adapter, desc=f"{adapter} {persona}", moments=moments
         )
         deltas[persona] = adapter_delta(peft_model, model, adapter)
         settings = adapter_settings(peft_model, adapter)
+        planted[persona] = planted_bases(peft_model, adapter)
         del peft_model
         timings[f"train_{persona}"] = time.perf_counter() - t0
         logger.info(
             f"{adapter} {persona}: loss {losses[persona][0]:.3f} -> {losses[persona][-1]:.3f} "
             f"in {timings[f'train_{persona}']:.0f} s"
         )
-    return deltas, losses, settings
+    _check_same_basis(planted["pos"], planted["neg"])
+    if moments is not None:
+        settings["calibration"] = (
+            f"{len({ex[0] for ex in _persona_examples(table, 'pos')})} distinct training prompts, chat template, no persona"
+        )
+    return deltas, losses, settings, planted["pos"]
+
+
+def _check_same_basis(pos: dict, neg: dict) -> None:
+    """Both persona adapters of an S-space type must be confined to one basis (else w lies in two)."""
+    for cand, per in pos.items():
+        for k, B in per.items():
+            if not torch.equal(B, neg[cand][k]):
+                raise RuntimeError(f"the two persona adapters have different {cand} bases at {k}: w would lie in their union")
 
 
 def _train_bidir(model: nn.Module, tok, table: pl.DataFrame, config: TrainConfig, timings: dict) -> tuple[dict, dict, dict]:
@@ -293,7 +332,14 @@ def _diff_meta(
 
 
 def _write_diff_set(
-    spec: DiffSpec, w: dict, meta: dict, eff: pl.DataFrame, per: pl.DataFrame, adapters: pl.DataFrame, losses: dict
+    spec: DiffSpec,
+    w: dict,
+    meta: dict,
+    eff: pl.DataFrame,
+    per: pl.DataFrame,
+    adapters: pl.DataFrame,
+    losses: dict,
+    planted: dict | None = None,
 ) -> None:
     """The diff and its tables as one set: staged, then moved into place with w last, so a
     failure leaves no effect table without its diff (and an older set as it was)."""
@@ -315,6 +361,8 @@ def _write_diff_set(
             f"· specificity ratio {meta['specificity_ratio']:.2f}",
             behavior=spec.behavior,
         )
+        if planted:
+            save_planted(planted, stage / PLANTED_FILE)
         save_diff(w, stage / path.name, meta)
 
 

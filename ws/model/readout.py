@@ -90,17 +90,11 @@ def orient(
 
 
 @torch.no_grad()
-def answer_logratios(
-    model: nn.Module, tokenizer, prompts: Sequence[str], batch_size: int = 16, answers: Sequence[str] = DEFAULT_ANSWERS
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per prompt: ``log P(first answer's forms) − log P(second's)`` at the answer position, and
-    the two answers' probability mass (default answers: Yes / No).
-
-    Prompts are user messages rendered through the chat template (no system turn); the
-    answer position is the last real token (right padding, gathered by the mask).
-    """
-    yes, no = answer_token_ids(tokenizer, answers)
-    lr, mass = [], []
+def next_token_logprobs(model: nn.Module, tokenizer, prompts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+    """``[n, V]`` float32 (CPU): the next-token log-probabilities at the answer position of each
+    prompt (a user message rendered through the chat template, no system turn; the answer
+    position is the last real token, right padding, gathered by the mask)."""
+    out = []
     decoder = model.get_decoder()
     head = model.get_output_embeddings()
     with padding_side(tokenizer, "right"):
@@ -109,9 +103,17 @@ def answer_logratios(
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(input_device(model))
             hidden = decoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state  # (B, T, d)
             h = gather_last_token(hidden, enc["attention_mask"])  # (B, d)
-            logp = torch.log_softmax(head(h).float(), dim=-1)  # (B, V)
-            ly = torch.logsumexp(logp[:, yes], dim=-1)
-            ln = torch.logsumexp(logp[:, no], dim=-1)
-            lr.append((ly - ln).cpu().numpy())
-            mass.append((ly.exp() + ln.exp()).cpu().numpy())
-    return np.concatenate(lr), np.concatenate(mass)
+            out.append(torch.log_softmax(head(h).float(), dim=-1).cpu())  # (B, V)
+    return torch.cat(out)
+
+
+def answer_logratios(
+    model: nn.Module, tokenizer, prompts: Sequence[str], batch_size: int = 16, answers: Sequence[str] = DEFAULT_ANSWERS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt: ``log P(first answer's forms) − log P(second's)`` at the answer position
+    (:func:`next_token_logprobs`), and the two answers' probability mass (default answers: Yes / No)."""
+    yes, no = answer_token_ids(tokenizer, answers)
+    logp = next_token_logprobs(model, tokenizer, prompts, batch_size)  # (n, V)
+    ly = torch.logsumexp(logp[:, yes], dim=-1)
+    ln = torch.logsumexp(logp[:, no], dim=-1)
+    return (ly - ln).numpy(), (ly.exp() + ln.exp()).numpy()

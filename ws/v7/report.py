@@ -451,6 +451,7 @@ def conclusion_md(
         _leaders_section(summary_pct),
         _overlap_section(summary_pct, top_k),
         _read_side_section(summary_pct),
+        _lens_section(info),
         _specificity_section(specific_summary, best, info),
         _statistics_section(per_layer, info),
         _caveats_section(per_layer, info),
@@ -664,6 +665,32 @@ def _read_side_section(sp: pl.DataFrame) -> list[str]:
         )
     else:
         L.append("- no read candidate with a finite joint score")
+    return L + [""]
+
+
+def _lens_section(info: ConclusionInfo) -> list[str]:
+    """The base-W S-space lens: the diff's share on W's own singular directions, per tensor type."""
+    t = info.lens
+    if t is None or not t.height:
+        return []
+    r = int(round(t["null_top_block"][0] ** 0.5 * (t["d_out"][0] * t["d_in"][0]) ** 0.5))
+    L = [
+        "## The diff in the base weights' own singular directions (`v7_sspace_lens.tsv`, `v7_sspace_lens.png`)",
+        "",
+        f"dS = U₀ᵀ·dW·V₀ per touched tensor (W's own SVD); mean over layers of each share of ‖dW‖², a random diff's "
+        f"share in brackets. 100 % on the diagonal is a pure re-weighting of W's singular pairs (what the S-space "
+        f"family trains); a diff at the brackets writes directions unrelated to W's. r = {r}.",
+        "",
+        "| tensor | on the diagonal | in the top-r block | on the top-r output directions | on the top-r input directions |",
+        "|---|---|---|---|---|",
+    ]
+    g = t.group_by("tensor", maintain_order=True).mean()
+    for row in g.iter_rows(named=True):
+        cells = [
+            f"{100 * row[f'frac_{c}']:.1f} % ({100 * row[f'null_{c}']:.1f} %)"
+            for c in ("diag", "top_block", "top_rows", "top_cols")
+        ]
+        L.append(f"| `{row['tensor']}` | " + " | ".join(cells) + " |")
     return L + [""]
 
 

@@ -42,6 +42,8 @@ class SeedResult:
     diff_meta: dict
     timings: dict[str, float] = field(default_factory=dict)
     missing_writers: dict[str, list[int]] = field(default_factory=dict)  # ws.diffs.store.missing_writers
+    lens: pl.DataFrame | None = None  # ws.stats.lens.sspace_lens: the diff in W's own singular directions
+    lens_rows: dict = field(default_factory=dict)  # its output-side profile per tensor
 
 
 @dataclass
@@ -79,4 +81,4 @@ V7_FILES = (
     "v7_plan_merge.md",
     "v7_conclusion.md",
 )
-EXTRA_FILES = ("v7_seeds.tsv", "v7_seed_stability.tsv")
+EXTRA_FILES = ("v7_seeds.tsv", "v7_seed_stability.tsv", "v7_sspace_lens.tsv", "v7_sspace_lens.png")

@@ -28,6 +28,8 @@ from scipy.stats import kendalltau
 
 from ws import stats
 from ws.bases import build_all
+from ws.bases.gradient import with_gradient
+from ws.bases.planted import with_planted
 from ws.bases.vectors import with_vectors
 from ws.behavior import data
 from ws.captures.capture import capture_all
@@ -36,21 +38,24 @@ from ws.core.io import staged_files, write_staged
 from ws.core.linalg import pca
 from ws.core.log import logger
 from ws.core.markdown import layers_text
+from ws.diffs.gradient import persona_gradient
 from ws.diffs.imported import ImportSpec, ensure_imported
 from ws.diffs.store import (
     DiffMismatchError,  # noqa: F401  (the sweep's documented error, raised by ensure_diff)
     check_existing_diff,
     check_misplaced_diffs,
     load_diff,
+    load_planted,
     missing_writers,
     stale_reasons,
     write_delta_by_layer,
 )
-from ws.diffs.train import DiffSpec, ensure_diff
+from ws.diffs.train import DiffSpec, ensure_diff, persona_examples
 from ws.model.chat import render_chat
 from ws.model.load import d_model, n_layers
 from ws.model.vectors import SteeringVectors, read_vectors
 from ws.stats import PR_THRESHOLD, ranked
+from ws.stats.lens import lens_profile, plot_lens, sspace_lens
 from ws.v7 import plan_merge as upstream
 from ws.v7 import report
 from ws.v7.results import EXTRA_FILES, V7_FILES, Probes, SeedResult, SeedStability  # noqa: F401  (the notebook's names)
@@ -73,6 +78,36 @@ def user_vectors(cfg: SweepConfig, model) -> list[SteeringVectors]:
     """The steering vectors of ``WS_VECTORS``, read and checked against the model (:func:`ws.model.vectors.read_vectors`)."""
     conv = None if cfg.vector_convention == "auto" else cfg.vector_convention
     return [read_vectors(p, n_layers(model), d_model(model), convention=conv, shift=cfg.vector_shift) for p in cfg.vectors]
+
+
+def planted_of(cfg: SweepConfig, seed: int, diff_meta: dict | None) -> dict | None:
+    """The frozen bases an S-space diff was confined to (its known answer), read from beside
+    its ``w`` when its metadata names the file; None for every other diff."""
+    if not (diff_meta or {}).get("planted_file") or cfg.imported is not None:
+        return None
+    return load_planted(cfg.diff_path(seed))
+
+
+#: the persona gradient at the base model, once per process: ``{(model, behaviour, data, config): G}``
+_GRADIENTS: dict[tuple, dict[str, torch.Tensor]] = {}
+
+
+def base_gradient(cfg: SweepConfig, model, tok) -> dict[str, torch.Tensor]:
+    """``∇L⁺ − ∇L⁻`` at the base model (:func:`ws.diffs.gradient.persona_gradient`) on the
+    behaviour's training completions (made first when missing, as for training; never
+    written over), computed once per process."""
+    tc = cfg.train_config()
+    key = (
+        cfg.model,
+        cfg.behavior,
+        data.data_hash(behavior=cfg.behavior),
+        tuple(sorted(tc.to_dict().items(), key=str)).__repr__(),
+    )
+    if key not in _GRADIENTS:
+        spec = DiffSpec(cfg.model, cfg.behavior, "lora", 0, tc, cfg.out_root, cfg.model_kwargs())
+        ex = persona_examples(spec, model, tok)
+        _GRADIENTS[key] = persona_gradient(model, tok, ex["pos"], ex["neg"], tc)
+    return _GRADIENTS[key]
 
 
 def get_diffs(cfg: SweepConfig, model, tok=None) -> dict[int, tuple[dict[str, torch.Tensor], dict[str, Any]]]:
@@ -154,7 +189,11 @@ def run_seed(cfg: SweepConfig, model, tok, probes: Probes, seed: int, w: dict, d
         cache=cfg.cache,
     )
     bases, meta = with_vectors(bases, meta, user_vectors(cfg, model), n_layers(model), d_model(model))
+    bases, meta = with_planted(bases, meta, planted_of(cfg, seed, diff_meta), n_layers(model), d_model(model))
     t["build"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    bases, meta = with_gradient(bases, meta, base_gradient(cfg, model, tok), n_layers(model), cfg.k)
+    t["gradient"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     scores = stats.score_sweep(bases, meta, caps.label_eval, deltas, clean_pcs(caps, cfg.k), pr_threshold=PR_THRESHOLD)
     per_layer = stats.add_qvalues(scores.per_layer)
@@ -164,6 +203,9 @@ def run_seed(cfg: SweepConfig, model, tok, probes: Probes, seed: int, w: dict, d
     summary_pct = stats.summary_pct(summary)
     specific_summary = stats.summarize_specific(scores.specific_per_layer, touched)
     t["score"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    lens_table, lens_rows = sspace_lens(model, w)
+    t["lens"] = time.perf_counter() - t0
     return SeedResult(
         seed,
         caps,
@@ -180,6 +222,8 @@ def run_seed(cfg: SweepConfig, model, tok, probes: Probes, seed: int, w: dict, d
         diff_meta,
         t,
         missing_writers(deltas),
+        lens_table,
+        lens_rows,
     )
 
 
@@ -315,6 +359,7 @@ class V7Outputs:
     summary: pl.DataFrame
     seeds_long: pl.DataFrame
     figure_title: str
+    lens_profile: pl.DataFrame | None = None  # ws.stats.lens.lens_profile of the first seed
 
 
 def v7_outputs(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], stab: SeedStability) -> V7Outputs:
@@ -344,11 +389,12 @@ def v7_outputs(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], 
         "v7_specific_summary.tsv": res.specific_summary,
         "v7_seeds.tsv": seeds_long,
         "v7_seed_stability.tsv": stab.tau,
+        "v7_sspace_lens.tsv": res.lens,
     }
     title = f"Where does the weight diff act? Seed {res.seed}'s scores (mean over LoRA-touched layers; 1 = random subspace)" + (
         f"; whiskers: min–max over seeds {', '.join(map(str, stab.seeds))}" if len(stab.seeds) > 1 else ""
     )
-    return V7Outputs(tables, texts, summary, seeds_long, title)
+    return V7Outputs(tables, texts, summary, seeds_long, title, lens_profile(res.lens_rows, res.lens))
 
 
 def write_v7(
@@ -369,6 +415,12 @@ def write_v7(
             stage / "v7_joint_act_weight_scatter.pdf",
             title=o.figure_title,
             seeds=o.seeds_long,
+        )
+        plot_lens(
+            o.lens_profile,
+            stage / "v7_sspace_lens.png",
+            title=f"{cfg.behavior}/{cfg.adapter} seed {results[0].seed}: share of ‖dW‖² on W's top-i left singular "
+            "directions (mean over layers)",
         )
         written = write_staged(stage, d, o.tables, o.texts)
     logger.info(f"wrote {len(written)} files to {d}")

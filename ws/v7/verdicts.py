@@ -181,6 +181,7 @@ class ConclusionInfo:
     seed_verdict: SeedVerdict | None = None
     pr_threshold: float | None = None
     notes: Sequence[str] = ()
+    lens: pl.DataFrame | None = None  # ws.stats.lens table: the diff in the base weights' own singular directions
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -265,6 +266,34 @@ def self_tests(res: SeedResult, z_max: float = 4.0, planted_min_pct: float = 80.
                 ok,
                 f"{pct:.1f}% of the best rank-k subspace of the EVAL label (must be ≥ {planted_min_pct:g}%); "
                 f"{float(p['pct_act_ceiling'][0]):.1f}% of the (mean-centred) activation ceiling",
+            )
+        )
+    return out + planted_self_tests(res.summary)
+
+
+#: the planted S-space basis must hold this share of the dW oracle's weight energy at its rank
+PLANTED_MIN_PCT = 99.0
+
+
+def planted_self_tests(summary: pl.DataFrame, min_pct: float = PLANTED_MIN_PCT) -> list[SelfTest]:
+    """The S-space family's known answer (:mod:`ws.bases.planted`): ``sspace_planted`` must
+    reach ``min_pct`` % of the dW oracle at its rank (``mean_pct_w_combined_matched_rank``),
+    and ``sspace_plain_svd`` (corda / asvd diffs only) must fall short of it."""
+    out = []
+    for name, must_reach in (("sspace_planted", True), ("sspace_plain_svd", False)):
+        p = summary.filter(pl.col("subspace") == name)
+        if not p.height:
+            continue
+        pct = float(p["mean_pct_w_combined_matched_rank"][0])
+        reached = bool(np.isfinite(pct) and pct >= min_pct)
+        ok = reached if must_reach else bool(np.isfinite(pct) and not reached)
+        rule = f"must be ≥ {min_pct:g}%" if must_reach else f"must fall short of {min_pct:g}%: a diff not confined to it"
+        out.append(
+            SelfTest(
+                name,
+                ok,
+                f"{pct:.2f}% of the dW oracle's weight energy at its rank ({rule}); "
+                f"energy inside {100 * float(p['mean_energy_frac_w_combined'][0]):.2f}%",
             )
         )
     return out
@@ -468,6 +497,7 @@ def conclusion_info(
         seed_verdict=seed_verdict(res.summary, stab.per_candidate, len(stab.seeds)),
         pr_threshold=PR_THRESHOLD,
         notes=[*pre, *notes],
+        lens=res.lens,
     )
 
 

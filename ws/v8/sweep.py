@@ -182,22 +182,42 @@ def v8_tables(res: sweep.SeedResult, stab: sweep.SeedStability, bl: BlockLocal, 
 
 
 # ----------------------------------------------------------------------------- checks
-def causal_self_tests(cr, z_max: float = 4.0) -> list[verdicts.SelfTest]:
-    """The random self-test row must sit within the random null of the causal test."""
+#: the planted S-space basis must keep at least this share of the writers' effect inside, at most 1 − it outside
+PLANTED_MIN_INSIDE = 0.95
+
+
+def causal_self_tests(cr, z_max: float = 4.0, min_inside: float = PLANTED_MIN_INSIDE) -> list[verdicts.SelfTest]:
+    """The random self-test row must sit within the random null of the causal test; an
+    S-space diff's planted basis (``sspace_planted``) must keep ≥ ``min_inside`` of the
+    writers' effect inside and ≤ ``1 − min_inside`` outside."""
+    out = []
     r = cr.table.filter(pl.col("subspace") == "random_orthonormal")
-    if not r.height:
-        return []
-    r = r.row(0, named=True)
-    z = r["z_inside"]
-    ok = bool(z is not None and np.isfinite(z) and abs(z) < z_max)
-    return [
-        verdicts.SelfTest(
-            "random_orthonormal (causal)",
-            ok,
-            f"inside retention {100 * r['retention_inside']:.1f}% against its "
-            f"random null {100 * r['null_mean']:.1f}% ± {100 * r['null_sd']:.1f}%: z {z:.2f} (|z| must be < {z_max:g})",
+    if r.height:
+        r = r.row(0, named=True)
+        z = r["z_inside"]
+        ok = bool(z is not None and np.isfinite(z) and abs(z) < z_max)
+        out.append(
+            verdicts.SelfTest(
+                "random_orthonormal (causal)",
+                ok,
+                f"inside retention {100 * r['retention_inside']:.1f}% against its "
+                f"random null {100 * r['null_mean']:.1f}% ± {100 * r['null_sd']:.1f}%: z {z:.2f} (|z| must be < {z_max:g})",
+            )
         )
-    ]
+    p = cr.table.filter(pl.col("subspace") == "sspace_planted")
+    if p.height:
+        p = p.row(0, named=True)
+        inside, outside = p["retention_inside"], p["retention_outside"]
+        ok = bool(np.isfinite(inside) and np.isfinite(outside) and inside >= min_inside and outside <= 1 - min_inside)
+        out.append(
+            verdicts.SelfTest(
+                "sspace_planted (causal)",
+                ok,
+                f"keeps {100 * inside:.1f}% of the writers' effect inside (must be ≥ {100 * min_inside:g}%) and "
+                f"{100 * outside:.1f}% outside (must be ≤ {100 * (1 - min_inside):g}%)",
+            )
+        )
+    return out
 
 
 def block_checks(res: sweep.SeedResult, bl: BlockLocal) -> tuple[int, float, float]:
