@@ -44,7 +44,9 @@ def test_defaults_and_smoke_defaults():
     assert from_env({"WS_SMOKE": "1", "WS_SEEDS": "3,4", "WS_STEPS": "7"}).seeds == (3, 4)
     assert from_env({"WS_STEPS": "7"}).train_config().steps == 7
     # the cross-adapter comparison: every adapter type unless told
-    assert cfg.adapters == smoke.adapters == config.ADAPTERS == ("lora", "dora", "pissa", "ia3", "oft", "bidir")
+    assert cfg.adapters == smoke.adapters == config.ADAPTERS
+    assert config.ADAPTERS[:8] == ("lora", "dora", "pissa", "ia3", "oft", "boft", "delora", "bidir")
+    assert config.ADAPTERS[8:] == tuple(f"sspace_{k}" for k in ("gain", "lowrank", "ablate", "corda", "asvd", "rot"))
     assert from_env({"WS_ADAPTERS": " bidir, lora "}).adapters == ("bidir", "lora")
     assert from_env({"WS_OUT": "/x"}).cross_dir == Path("/x/sycophancy/cross_adapter")
 
@@ -96,7 +98,13 @@ def test_booleans_accept_the_usual_spellings_everywhere(spelling, value):
             r"WS_BEHAVIOR='no-such-dir/mine.json' is not a built-in .*: behaviour "
             r"file .*mine.json: no such file",
         ),
-        ({"WS_ADAPTER": "lokr"}, r"WS_ADAPTER='lokr' is not supported: choose one of lora, dora, pissa, ia3, oft, bidir"),
+        (
+            {"WS_ADAPTER": "lokr"},
+            r"WS_ADAPTER='lokr' is not supported: choose one of lora, dora, pissa, ia3, oft, boft, delora, bidir, "
+            r"sspace_gain",
+        ),
+        ({"WS_KL_BUDGET": "0"}, r"WS_KL_BUDGET='0' is out of range: it must be a finite number > 0"),
+        ({"WS_KL_BUDGET": "tiny"}, r"WS_KL_BUDGET='tiny' is not a number"),
         ({"WS_ADAPTERS": "lora,lokr"}, r"WS_ADAPTERS='lora,lokr' names an adapter type the suite does not have \(lokr\)"),
         ({"WS_ADAPTERS": "lora,,bidir"}, r"WS_ADAPTERS='lora,,bidir' has an empty entry"),
         ({"WS_ADAPTERS": "ia3,ia3"}, r"WS_ADAPTERS='ia3,ia3' repeats an adapter type"),

@@ -241,9 +241,8 @@ def test_every_compared_adapter_is_built_swept_and_compared(smoke):
     corda = summ.filter(pl.col("adapter") == "sspace_corda").row(0, named=True)
     assert corda["self_tests_passed"] == corda["self_tests"], "the planted S-space basis is found end to end"
     # the matched KL budget: an α per adapter, the spreads at it, and its own section of the conclusion
-    from ws.diffs.budget import KL_BUDGET
-
-    assert (summ["kl_budget"] == KL_BUDGET).all() and (summ["budget_alpha"] > 0).all()
+    assert (summ["kl_budget"] == 0.002).all()  # WS_KL_BUDGET's smoke default: the tiny model's KL stays small
+    assert (summ["budget_alpha"] > 0).all()
     assert summ["budget_spread_opinion_false"].is_finite().all()
     assert "## At a matched budget" in (cross(smoke) / X.CONCLUSION).read_text()
 

@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -50,8 +51,10 @@ from ws.core.io import write_text
 from ws.core.linalg import haar_orthonormal
 from ws.core.log import setup_logging
 from ws.core.paths import BENCH_DIR, out_dir
+from ws.diffs import adapters, fasttrain
 from ws.diffs.imports import checkpoint_diff, pair_diff
 from ws.diffs.store import write_delta_by_layer
+from ws.diffs.train import DiffSpec, persona_examples
 from ws.model.load import load_model, n_layers
 from ws.model.steer import weight_steer
 from ws.v7 import sweep
@@ -302,11 +305,6 @@ def train_steps(kinds: tuple[str, ...] | None = None, n: int = 8) -> dict:
     ``n`` steps after one warm-up step, the default training config and the real persona
     completions (made first when missing), through the suite's own step
     (:func:`ws.diffs.fasttrain.step_loss`; the bf16 cast-once where the type allows it)."""
-    from contextlib import nullcontext
-
-    from ws.diffs import adapters, fasttrain
-    from ws.diffs.train import DiffSpec, persona_examples
-
     model, tok = load_model()
     spec = DiffSpec()
     config = spec.train_config

@@ -38,6 +38,7 @@ from ws.core.io import check_writable, hold_run_lock
 from ws.core.log import logger, setup_logging
 from ws.core.paths import cache_dir, logs_dir, model_root, out_dir, repo_root, resolve_user_path, run_dir
 from ws.diffs.adapters import ADAPTER_TYPES, TrainConfig, adapter_table
+from ws.diffs.budget import KL_BUDGET
 from ws.diffs.store import check_misplaced_diffs, diff_path
 from ws.model.vectors import SUFFIXES as VECTOR_SUFFIXES
 
@@ -71,6 +72,16 @@ def _int(name: str, raw: str, lo: int = 1) -> int:
         raise ConfigError(f"{name}={raw!r} is not a whole number: give an integer ≥ {lo}") from None
     if v < lo:
         raise ConfigError(f"{name}={raw!r} is too small: it must be ≥ {lo}")
+    return v
+
+
+def _positive(name: str, raw: str) -> float:
+    try:
+        v = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number: give a number > 0, e.g. {name}=0.05") from None
+    if not (v > 0 and v < float("inf")):
+        raise ConfigError(f"{name}={raw!r} is out of range: it must be a finite number > 0")
     return v
 
 
@@ -308,6 +319,16 @@ VARIABLES: tuple[Var, ...] = (
         smoke_default="5",
         allowed="integer ≥ 2",
     ),
+    Var(
+        "WS_KL_BUDGET",
+        "kl_budget",
+        _positive,
+        str(KL_BUDGET),
+        "`make cross-adapter`: the matched budget, the mean next-token KL (nats) from the base model on the neutral "
+        "prompts at which every diff is also compared",
+        smoke_default="0.002",
+        allowed="number > 0",
+    ),
     Var("WS_CACHE_ACTIVATIONS", "cache", _bool, "1", "`0`: no activation / basis cache for this run", allowed="boolean"),
     Var(
         "WS_DEVICE",
@@ -441,6 +462,7 @@ class Config:
     n_boot: int = 2000
     n_causal: int = 10  # v8: candidates in the causal test
     n_causal_null: int = 20  # v8: random subspaces per rank in its null
+    kl_budget: float = KL_BUDGET  # cross-adapter: the matched KL budget (nats)
     cache: bool = True
     device: str = "auto"
     dtype: str = "auto"

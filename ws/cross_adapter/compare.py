@@ -37,8 +37,8 @@ from ws.core.io import staged_files, write_table, write_text
 from ws.core.log import logger
 from ws.cross_adapter.report import caveats, claims, conclusion_md, rank_heatmap
 from ws.cross_adapter.results import CONCLUSION, FIGURES, TABLES, TOP_K, AdapterRun, Comparison
-from ws.diffs.adapters import unit_alpha
-from ws.diffs.budget import KL_BUDGET, alpha_at_kl, neutral_set
+from ws.diffs.adapters import TrainConfig, unit_alpha
+from ws.diffs.budget import BudgetNotReached, alpha_at_kl, neutral_set
 from ws.diffs.effect import effect_per_prompt, effect_sets, heldout_prompts, readout_of, specificity
 from ws.diffs.store import check_existing_diff, check_misplaced_diffs
 from ws.stats import CEILING_ACT, act_conc_draws, ranked
@@ -87,19 +87,27 @@ def run_adapter(cfg: Config, model, tok, probes: sweep.Probes, adapter: str) -> 
     return AdapterRun(adapter, slim, stab, read_effects(acfg), budget, budget_effects)
 
 
-def matched_budget(cfg: Config, model, tok, ws: dict) -> tuple[dict[int, tuple[float, float]], dict[int, pl.DataFrame]]:
+def matched_budget(cfg: Config, model, tok, ws: dict) -> tuple[dict[int, tuple[float, float]], dict[int, pl.DataFrame | None]]:
     """Per seed: the α at which the diff's mean next-token KL on the neutral prompts reaches
-    :data:`ws.diffs.budget.KL_BUDGET` (:func:`ws.diffs.budget.alpha_at_kl`), and the held-out
-    read-outs at ±that α (the α column relabelled ±1, so :func:`effect_stats` reads them at 1)."""
-    prompts = heldout_prompts(0, cfg.train_config().n_eval_per_kind, behavior=cfg.behavior)
-    readout = readout_of(cfg.behavior, cfg.train_config().n_eval_per_kind)
+    ``cfg.kl_budget`` (``WS_KL_BUDGET``; :func:`ws.diffs.budget.alpha_at_kl`), and the held-out
+    read-outs at ±that α (the α column relabelled ±1, so :func:`effect_stats` reads them at 1).
+    A diff that does not reach the budget by :data:`ws.diffs.budget.MAX_ALPHA` gets NaN and
+    no read-outs (the caveats say so)."""
+    n_eval = (cfg.train_config() or TrainConfig()).n_eval_per_kind
+    prompts = heldout_prompts(0, n_eval, behavior=cfg.behavior)
+    readout = readout_of(cfg.behavior, n_eval)
     budget, effects = {}, {}
     for seed, w in ws.items():
-        a, kl = alpha_at_kl(model, tok, w, prompts[neutral_set(cfg.behavior)], KL_BUDGET, cfg.batch_size)
+        try:
+            a, kl = alpha_at_kl(model, tok, w, prompts[neutral_set(cfg.behavior)], cfg.kl_budget, cfg.batch_size)
+        except BudgetNotReached as e:
+            logger.warning(f"{cfg.adapter} seed {seed}: {e}")
+            budget[seed], effects[seed] = (math.nan, e.reached), None
+            continue
         per = effect_per_prompt(model, tok, w, prompts, (-a, a), cfg.batch_size, readout)
         budget[seed] = (a, kl)
         effects[seed] = per.with_columns(pl.col("alpha").sign())
-        logger.info(f"{cfg.adapter} seed {seed}: KL budget {KL_BUDGET} nats reached at α = {a:.3f} (KL {kl:.4f})")
+        logger.info(f"{cfg.adapter} seed {seed}: KL budget {cfg.kl_budget} nats reached at α = {a:.3f} (KL {kl:.4f})")
     return budget, effects
 
 
@@ -303,9 +311,10 @@ def adapter_row(run: AdapterRun, cands: pl.DataFrame, cfg: Config) -> dict:
 def budget_columns(run: AdapterRun, cfg: Config) -> dict[str, float]:
     """The matched-budget columns: ``kl_budget``, the seed-mean ``budget_alpha``, and the spreads
     and specificity at ±that α (``budget_spread_<set>``, ``budget_specificity``, with CIs)."""
-    alphas = [a for a, _ in run.budget.values()]
-    out = {"kl_budget": KL_BUDGET, "budget_alpha": float(np.mean(alphas)) if alphas else math.nan}
-    eff = effect_stats(replace(run, effects=run.budget_effects or {0: None}), 1.0, cfg.n_boot, cfg.boot_seed, cfg.behavior)
+    alphas = [a for a, _ in run.budget.values() if math.isfinite(a)]
+    out = {"kl_budget": cfg.kl_budget, "budget_alpha": float(np.mean(alphas)) if alphas else math.nan}
+    reached = {s: e for s, e in run.budget_effects.items() if e is not None} or {0: None}
+    eff = effect_stats(replace(run, effects=reached), 1.0, cfg.n_boot, cfg.boot_seed, cfg.behavior)
     for s in (*effect_sets(cfg.behavior), "specificity"):
         key = "budget_specificity" if s == "specificity" else f"budget_spread_{s}"
         out.update({key: eff[s], f"{key}_ci_lo": eff[f"{s}_ci_lo"], f"{key}_ci_hi": eff[f"{s}_ci_hi"]})

@@ -19,6 +19,7 @@ from ws.core import caveats as C
 from ws.core.markdown import Claim, cell, ci_text, claims_section, fmt_num
 from ws.core.paths import EMBEDDED_NAMES
 from ws.cross_adapter.results import FIGURES, TABLES, TOP_K, Comparison
+from ws.diffs.budget import MAX_ALPHA
 from ws.diffs.effect import effect_sets
 from ws.v7 import sweep
 
@@ -223,6 +224,12 @@ def caveats(cfg, runs: Sequence, summary: pl.DataFrame) -> list[str]:
         if any(e is None for e in run.effects.values()):
             out.append(f"`{run.adapter}`: some diffs have no effect_per_prompt.csv (imported?): their spreads are left out")
         out += [f"`{run.adapter}`: {c}" for c in sweep.diff_caveats(run.results)]
+        out += [
+            f"`{run.adapter}` seed {s}: its KL stays below the matched budget up to α = {MAX_ALPHA:g} (KL {fmt_num(kl)} "
+            f"there): left out of the matched-budget columns"
+            for s, (a, kl) in run.budget.items()
+            if not math.isfinite(a)
+        ]
     out.append(
         "every adapter type is trained with the same training config as the LoRA (learning rate, steps, "
         "layers, batch); none was tuned for its type"

@@ -29,6 +29,14 @@ BISECT_STEPS = 10
 MAX_ALPHA = 64.0
 
 
+class BudgetNotReached(ValueError):
+    """The diff's KL stays below the budget up to :data:`MAX_ALPHA`; ``reached``: the KL there."""
+
+    def __init__(self, message: str, reached: float) -> None:
+        super().__init__(message)
+        self.reached = reached
+
+
 def neutral_set(behavior=None) -> str:
     """The set the budget is measured on: the behaviour's last control set (sycophancy: neutral
     questions), or its target set when it has no controls."""
@@ -69,8 +77,8 @@ def alpha_at_kl(
 ) -> tuple[float, float]:
     """``(α, KL at α)``: the α ≥ 0 at which the mean KL over ``±α`` reaches ``budget`` on ``prompts``.
 
-    Raises ``ValueError`` when no prompts are given, or when the KL stays below the budget up
-    to :data:`MAX_ALPHA` (a diff too small to reach it)."""
+    Raises ``ValueError`` when no prompts are given, and :class:`BudgetNotReached` when the KL
+    stays below the budget up to :data:`MAX_ALPHA` (a diff too small to reach it)."""
     if not prompts:
         raise ValueError("alpha_at_kl needs prompts to measure the KL on")
     kl = _KL(model, tok, w, prompts, batch_size)
@@ -79,7 +87,9 @@ def alpha_at_kl(
     while k_hi < budget:
         lo, hi = hi, hi * 2
         if hi > MAX_ALPHA:
-            raise ValueError(f"the diff's KL stays below the budget {budget} nats up to α = {MAX_ALPHA:g} (reached {k_hi:.4g})")
+            raise BudgetNotReached(
+                f"the diff's KL stays below the budget {budget} nats up to α = {MAX_ALPHA:g} (reached {k_hi:.4g})", k_hi
+            )
         k_hi = kl.at(hi)
     for _ in range(steps):
         mid = (lo + hi) / 2
@@ -91,4 +101,4 @@ def alpha_at_kl(
     return hi, k_hi
 
 
-__all__ = ["KL_BUDGET", "BISECT_STEPS", "MAX_ALPHA", "neutral_set", "mean_kl", "alpha_at_kl"]
+__all__ = ["BudgetNotReached", "KL_BUDGET", "BISECT_STEPS", "MAX_ALPHA", "neutral_set", "mean_kl", "alpha_at_kl"]

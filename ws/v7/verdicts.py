@@ -268,7 +268,7 @@ def self_tests(res: SeedResult, z_max: float = 4.0, planted_min_pct: float = 80.
                 f"{float(p['pct_act_ceiling'][0]):.1f}% of the (mean-centred) activation ceiling",
             )
         )
-    return out + planted_self_tests(res.summary)
+    return out + planted_self_tests(res.summary_pct)
 
 
 #: the planted S-space basis must hold this share of the dW oracle's weight energy at its rank
