@@ -1,7 +1,7 @@
 """The cross-adapter comparison: its bootstrap and ranking rules on known inputs, and the
-notebook end to end in smoke mode (on tiny Llama: one type of each training form — a LoRA
-per persona, IA³'s multiplicative one without o_proj, the bidirectional LoRA, an S-space
-type with its calibration moments and planted basis), twice. That every registered type
+notebook end to end in smoke mode (on tiny Llama: a LoRA per persona, IA³'s multiplicative
+one without o_proj, an S-space type with its calibration moments and planted basis), twice;
+the bidirectional LoRA in the shared refusal run (lora, bidir). That every registered type
 trains and gives its diff is tested per type (tests/test_adapters.py, tests/test_sspace_adapters.py)."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NB = ROOT / "nbs" / "cross_adapter.py"
 BIN = Path(sys.executable).parent
 #: the types the end-to-end run compares (``make cross-adapter``'s default is every registered type)
-ADAPTERS = ("lora", "ia3", "bidir", "sspace_corda")
+ADAPTERS = ("lora", "ia3", "sspace_corda")
 
 
 # ----------------------------------------------------------------------------- the math
@@ -229,7 +229,6 @@ def test_every_compared_adapter_is_built_swept_and_compared(smoke):
         assert (smoke / SYC / a / "v7" / "v7_conclusion.md").exists(), a
     summ = pl.read_csv(cross(smoke) / "cross_adapter_summary.tsv", separator="\t")
     assert summ["adapter"].to_list() == list(ADAPTERS)
-    assert summ.filter(pl.col("adapter") == "bidir")["unit_alpha"][0] == 0.5
     assert summ.filter(pl.col("adapter") == "ia3")["layers_without_oproj"][0] > 0
     cands = pl.read_csv(cross(smoke) / "cross_adapter_candidates.tsv", separator="\t")
     for a in ADAPTERS:
@@ -237,14 +236,18 @@ def test_every_compared_adapter_is_built_swept_and_compared(smoke):
         assert ranks == list(range(1, len(ranks) + 1)) and len(ranks) > 10
     ranks = pl.read_csv(cross(smoke) / "cross_adapter_ranks.tsv", separator="\t")
     assert [f"rank_{a}" for a in ADAPTERS] == [c for c in ranks.columns if c.startswith("rank_")]
-    assert pl.read_csv(cross(smoke) / "cross_adapter_tau.tsv", separator="\t").height == 6
+    assert pl.read_csv(cross(smoke) / "cross_adapter_tau.tsv", separator="\t").height == 3
     corda = summ.filter(pl.col("adapter") == "sspace_corda").row(0, named=True)
     assert corda["self_tests_passed"] == corda["self_tests"], "the planted S-space basis is found end to end"
     # the matched KL budget: an α per adapter, the spreads at it, and its own section of the conclusion
     assert (summ["kl_budget"] == 0.002).all()  # WS_KL_BUDGET's smoke default: the tiny model's KL stays small
-    assert (summ["budget_alpha"] > 0).all()
-    assert summ["budget_spread_opinion_false"].is_finite().all()
-    assert "## At a matched budget" in (cross(smoke) / X.CONCLUSION).read_text()
+    text = (cross(smoke) / X.CONCLUSION).read_text()
+    assert "## At a matched budget" in text
+    reached = summ.filter(pl.col("budget_alpha").is_finite())
+    assert "lora" in reached["adapter"].to_list() and (reached["budget_alpha"] > 0).all()
+    assert reached["budget_spread_opinion_false"].is_finite().all()
+    for a in summ.filter(~pl.col("budget_alpha").is_finite())["adapter"].to_list():  # a tiny diff may never reach it
+        assert f"`{a}` seed 0: its KL stays below the matched budget" in text, a
 
 
 @pytest.mark.slow
@@ -306,6 +309,7 @@ def test_refusal_spreads_and_specificity_are_the_effect_tables(refusal):
     spread_cols = [c for c in summ.columns if c.startswith("spread_") and not c.endswith(("_ci_lo", "_ci_hi"))]
     assert spread_cols == [f"spread_{s}" for s in sets] == ["spread_harmless", "spread_impossible", "spread_questions"]
     assert summ["adapter"].to_list() == ["lora", "bidir"]
+    assert summ.filter(pl.col("adapter") == "bidir")["unit_alpha"][0] == 0.5
     for r in summ.iter_rows(named=True):
         a = r["unit_alpha"]
         eff = pl.read_csv(refusal / REF / r["adapter"] / "seed0" / "effect.csv")

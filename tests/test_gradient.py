@@ -12,7 +12,7 @@ import torch
 from ws.bases.gradient import gradient_bases, with_gradient
 from ws.bases.registry import meta_frame
 from ws.diffs import adapters
-from ws.diffs.gradient import block_linear_weights, loss_gradient, persona_gradient
+from ws.diffs.gradient import K_MAX, block_linear_weights, gradient_directions, loss_gradient, persona_gradient
 from ws.model.load import n_layers
 
 CFG = adapters.TrainConfig(batch_size=3, bf16=False)
@@ -47,7 +47,9 @@ def test_one_gradient_step_gives_minus_eta_G_and_grad_write_is_its_oracle(tiny_l
     for n in w:
         assert torch.allclose(w[n], -lr * G[n], atol=1e-6, rtol=1e-3), n
     k = 4
-    bases = gradient_bases(G, n_layers(model), k)
+    dirs = gradient_directions(G, n_layers(model))
+    assert all(U.shape[1] <= K_MAX for per in dirs.values() for U in per.values())
+    bases = gradient_bases(dirs, n_layers(model), k)
     for layer, B in enumerate(bases["grad_write"]):
         D = torch.cat([w[f"model.layers.{layer}.{p}"].double() for p in ("self_attn.o_proj.weight", "mlp.down_proj.weight")], 1)
         s2 = torch.linalg.svdvals(D) ** 2
@@ -66,11 +68,11 @@ def test_gradient_rows_join_the_candidates(tiny_llama):
     model, tok = tiny_llama
     G = persona_gradient(model, tok, POS, NEG, CFG, n_batches=1)
     meta = meta_frame([])
-    bases, m = with_gradient({}, meta, G, n_layers(model), 4)
+    bases, m = with_gradient({}, meta, gradient_directions(G, n_layers(model)), n_layers(model), 4)
     assert m["subspace"].to_list() == ["grad_write", "grad_read"] and m["axis_kind"].to_list() == ["write", "read"]
     assert m.filter(pl.col("subspace") == "grad_write")["rank_max"][0] == 4
     assert with_gradient({"x": []}, meta, None, 4, 4)[0] == {"x": []}
     with pytest.raises(ValueError, match="has the name of a built-in"):
-        with_gradient({"grad_write": []}, meta, G, n_layers(model), 4)
+        with_gradient({"grad_write": []}, meta, gradient_directions(G, n_layers(model)), n_layers(model), 4)
     with pytest.raises(ValueError, match="not aligned"):
         persona_gradient(model, tok, POS, NEG[:2], CFG)

@@ -19,7 +19,7 @@ from smoke_env import smoke_env
 
 from ws.bases.planted import layer_bases, planted_candidates
 from ws.diffs import adapters, sspace, train
-from ws.diffs.store import PLANTED_FILE, load_diff, load_planted, write_delta_by_layer
+from ws.diffs.store import GRADIENT_FILE, PLANTED_FILE, load_diff, load_planted, write_delta_by_layer
 from ws.model.load import d_model, load_model, n_layers
 from ws.v7 import sweep, verdicts
 from ws.v8.sweep import causal, causal_candidates, causal_self_tests
@@ -146,6 +146,8 @@ def test_the_planted_basis_reaches_the_weight_oracle_and_the_plain_svd_of_a_cord
     path = cfg.diff_path(0)
     _, meta = load_diff(path, model)
     assert (path.parent / PLANTED_FILE).exists() and meta["planted_file"] == PLANTED_FILE
+    assert meta["gradient_file"] == GRADIENT_FILE and (path.parent / GRADIENT_FILE).exists()
+    assert {"grad_write", "grad_read"} <= set(res.summary["subspace"].to_list())  # read back by the sweep
     ac = meta["adapter_config"]
     assert ac["type"] == "sspace_corda" and set(ac["sspace"]["rank"].values()) == {16} and "no persona" in ac["calibration"]
     planted = load_planted(path)

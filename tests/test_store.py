@@ -10,7 +10,16 @@ import pytest
 import torch
 
 from ws.core.paths import EMBEDDED_NAMES, model_root
-from ws.diffs.store import diff_path, import_pt, load_diff, missing_writers, read_meta, save_diff, write_delta_by_layer
+from ws.diffs.store import (
+    SOURCE_KEY,
+    diff_path,
+    import_pt,
+    load_diff,
+    missing_writers,
+    read_meta,
+    save_diff,
+    write_delta_by_layer,
+)
 
 
 def _w(model, layers=(1, 2), seed=0) -> dict[str, torch.Tensor]:
@@ -72,8 +81,9 @@ def test_save_load_identical(tiny_llama, tmp_path):
     assert set(w2) == set(w)
     for k in w:
         assert torch.equal(w2[k], w[k]) and w2[k].dtype == torch.float32
-    assert meta2 == META
+    assert meta2 == {**META, SOURCE_KEY: str(p)}  # the loaded diff knows its file (its side files lie beside it)
     assert read_meta(p) == META
+    assert read_meta(save_diff(w, tmp_path / "b" / "w.safetensors", meta2)) == META  # and never saves it
     assert not list(p.parent.glob(".*tmp*")), "atomic write left a temporary file"
 
 

@@ -1,6 +1,7 @@
 """The persona gradient at the base model as candidates: ``grad_write`` and ``grad_read``.
 
-From ``G = ∇_W L⁺ − ∇_W L⁻`` at θ₀ (:func:`ws.diffs.gradient.persona_gradient`), per layer:
+From ``G = ∇_W L⁺ − ∇_W L⁻`` at θ₀ (:func:`ws.diffs.gradient.persona_gradient`, on the diff's own
+training completions; its singular vectors are kept beside ``w`` when the diff is built), per layer:
 
 - ``grad_write``: the top-``k`` left singular vectors of ``[G_o_proj | G_down_proj]``
   (``d × (d + d_ff)``): the residual directions the first training step would write;
@@ -8,9 +9,10 @@ From ``G = ∇_W L⁺ − ∇_W L⁻`` at θ₀ (:func:`ws.diffs.gradient.person
   ``[G_q; G_k; G_v; G_gate; G_up]`` (``· × d``): the residual directions it would read.
 
 Both are A-hypotheses (family ``gradient``, source ``base-gradient``), appended per run like
-the steering vectors (:func:`with_gradient`). Known answer (``tests/test_gradient.py``): a diff
-made by one plain gradient step from θ₀ has writer deltas ``−η G``, so ``grad_write`` is its
-dW oracle at rank ``k`` (100 % of the best weight energy at that rank).
+the steering vectors (:func:`with_gradient`). A diff the suite did not train (imported, or
+brought to :func:`ws.analysis.analyse` as tensors) has no training data here: no rows.
+Known answer (``tests/test_gradient.py``): a diff made by one plain gradient step from θ₀
+has writer deltas ``−η G``, so ``grad_write`` is its dW oracle at rank ``k`` (100 % of the best weight energy at that rank).
 """
 
 from __future__ import annotations
@@ -21,16 +23,6 @@ import polars as pl
 import torch
 
 from ws.bases.registry import meta_frame
-from ws.core import linalg
-
-WRITE_PARAMS = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
-READ_PARAMS = (
-    "self_attn.q_proj.weight",
-    "self_attn.k_proj.weight",
-    "self_attn.v_proj.weight",
-    "mlp.gate_proj.weight",
-    "mlp.up_proj.weight",
-)
 
 DEFINITIONS = {
     "grad_write": (
@@ -46,32 +38,30 @@ DEFINITIONS = {
 }
 
 
-def _layer(G: Mapping[str, torch.Tensor], layer: int, params: tuple[str, ...]) -> list[torch.Tensor]:
-    return [G[k].double() for p in params if (k := f"model.layers.{layer}.{p}") in G]
-
-
-def gradient_bases(G: Mapping[str, torch.Tensor], n_layers: int, k: int) -> dict[str, list[torch.Tensor | None]]:
-    """``{name: per layer [d, ≤ k] float32 orthonormal basis or None}`` of :data:`DEFINITIONS`."""
-    out: dict[str, list[torch.Tensor | None]] = {"grad_write": [], "grad_read": []}
-    for layer in range(n_layers):
-        w = _layer(G, layer, WRITE_PARAMS)
-        r = _layer(G, layer, READ_PARAMS)
-        out["grad_write"].append(linalg.left_svd_basis(torch.cat(w, dim=1), k).float() if w else None)
-        out["grad_read"].append(linalg.right_svd_basis(torch.cat(r, dim=0), k).float() if r else None)
-    return out
+def gradient_bases(directions: Mapping[str, Mapping[str, torch.Tensor]], n_layers: int, k: int) -> dict[str, list]:
+    """``{name: per layer [d, ≤ k] float32 orthonormal basis or None}``: the first ``k`` of the
+    singular vectors kept beside the diff (:func:`ws.diffs.gradient.gradient_directions`)."""
+    return {
+        name: [
+            directions[name][str(layer)][:, :k].to(torch.float32).contiguous() if str(layer) in directions.get(name, {}) else None
+            for layer in range(n_layers)
+        ]
+        for name in DEFINITIONS
+    }
 
 
 def with_gradient(
     bases: dict[str, list[torch.Tensor | None]],
     meta: pl.DataFrame,
-    G: Mapping[str, torch.Tensor] | None,
+    directions: Mapping[str, Mapping[str, torch.Tensor]] | None,
     n_layers: int,
     k: int,
 ) -> tuple[dict[str, list[torch.Tensor | None]], pl.DataFrame]:
-    """The registry's ``(bases, meta)`` with ``grad_write`` / ``grad_read`` appended (unchanged without ``G``)."""
-    if not G:
+    """The registry's ``(bases, meta)`` with ``grad_write`` / ``grad_read`` appended (unchanged
+    without ``directions``: a diff trained before the suite kept them, or imported)."""
+    if not directions:
         return bases, meta
-    gb = gradient_bases(G, n_layers, k)
+    gb = gradient_bases(directions, n_layers, k)
     rows = []
     for name, (axis, definition) in DEFINITIONS.items():
         ranks = [b.shape[1] for b in gb[name] if b is not None]
@@ -97,4 +87,4 @@ def with_gradient(
     return {**bases, **gb}, pl.concat([meta, m.select(meta.columns)], how="vertical")
 
 
-__all__ = ["DEFINITIONS", "WRITE_PARAMS", "READ_PARAMS", "gradient_bases", "with_gradient"]
+__all__ = ["DEFINITIONS", "gradient_bases", "with_gradient"]

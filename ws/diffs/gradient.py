@@ -7,10 +7,13 @@ same indices for both personas, no training). One plain gradient step on the two
 losses, ``θ± = θ₀ − η ∇L±``, gives ``w = θ⁺ − θ⁻ = −η G`` exactly: the diff of that step lies
 in G's row and column spaces (the known answer of ``tests/test_gradient.py``).
 
-The sweep turns it into candidates (:mod:`ws.bases.gradient`): it is the cheapest
-base-model predictor of where training will go, computed without training anything.
+Every diff the suite trains keeps its top singular vectors beside ``w``
+(``gradient_basis.safetensors``, :func:`gradient_directions`); the sweep turns them into
+candidates (:mod:`ws.bases.gradient`): the cheapest base-model predictor of where training
+will go, computed without training anything.
 
     G = persona_gradient(model, tok, pos_examples, neg_examples, config)   # {param name: [out, in]}
+    dirs = gradient_directions(G, n_layers(model))                        # {"grad_write": {"9": [d, 64]}, …}
 """
 
 from __future__ import annotations
@@ -26,6 +29,16 @@ from ws.diffs.adapters import TrainConfig, _batch_order, _collate, _encode_examp
 
 #: batches of the training order the gradient averages (each ``config.batch_size`` examples)
 GRADIENT_BATCHES = 4
+#: how many singular vectors per layer and side are kept beside the diff (the sweep takes its k of them)
+K_MAX = 64
+WRITE_PARAMS = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
+READ_PARAMS = (
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+)
 
 
 def block_linear_weights(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -88,4 +101,34 @@ def persona_gradient(
     return G
 
 
-__all__ = ["GRADIENT_BATCHES", "block_linear_weights", "loss_gradient", "persona_gradient"]
+def _layer(G: dict[str, Tensor], layer: int, params: tuple[str, ...]) -> list[Tensor]:
+    return [G[k].double() for p in params if (k := f"model.layers.{layer}.{p}") in G]
+
+
+def gradient_directions(G: dict[str, Tensor], n_layers: int, k_max: int = K_MAX) -> dict[str, dict[str, Tensor]]:
+    """Per layer (key ``str(layer)``) the top ``k_max`` singular vectors of the gradient, float64,
+    sorted by singular value: ``grad_write`` the left ones of ``[G_o_proj | G_down_proj]``
+    (``[d, ≤ k_max]``), ``grad_read`` the right ones of the readers' ``[G_q; G_k; G_v; G_gate; G_up]``.
+    Their first ``k`` columns are the top-``k`` basis (what the sweep reads, :mod:`ws.bases.gradient`)."""
+    out: dict[str, dict[str, Tensor]] = {"grad_write": {}, "grad_read": {}}
+    for layer in range(n_layers):
+        w, r = _layer(G, layer, WRITE_PARAMS), _layer(G, layer, READ_PARAMS)
+        if w:
+            U, S, _ = torch.linalg.svd(torch.cat(w, dim=1), full_matrices=False)
+            out["grad_write"][str(layer)] = U[:, : min(k_max, int((S > S[0] * 1e-10).sum()))].contiguous()
+        if r:
+            _, S, Vh = torch.linalg.svd(torch.cat(r, dim=0), full_matrices=False)
+            out["grad_read"][str(layer)] = Vh[: min(k_max, int((S > S[0] * 1e-10).sum()))].T.contiguous()
+    return {k: v for k, v in out.items() if v}
+
+
+__all__ = [
+    "GRADIENT_BATCHES",
+    "K_MAX",
+    "WRITE_PARAMS",
+    "READ_PARAMS",
+    "block_linear_weights",
+    "loss_gradient",
+    "persona_gradient",
+    "gradient_directions",
+]

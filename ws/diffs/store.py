@@ -70,6 +70,8 @@ def _encode_meta(meta: Mapping[str, Any]) -> dict[str, str]:
     for k, v in meta.items():
         if not isinstance(k, str):
             raise TypeError(f"metadata keys must be strings, got {k!r}")
+        if k == SOURCE_KEY:  # where a loaded diff came from: never part of a file
+            continue
         if k == _JSON_KEYS:
             raise ValueError(f"{_JSON_KEYS!r} is reserved")
         if isinstance(v, str):
@@ -261,34 +263,54 @@ def save_diff(w: Mapping[str, torch.Tensor], path: str | Path, meta: Mapping[str
 
 #: beside ``w.safetensors``: the frozen bases an S-space diff was confined to (its known answer)
 PLANTED_FILE = "sspace_basis.safetensors"
+#: beside ``w.safetensors``: the singular vectors of the persona gradient at the base model
+GRADIENT_FILE = "gradient_basis.safetensors"
+#: the key of a loaded diff's metadata that holds the file it was read from (never saved)
+SOURCE_KEY = "_file"
 
 
-def save_planted(planted: Mapping[str, Mapping[str, torch.Tensor]], path: str | Path) -> Path:
-    """Write ``{candidate: {base parameter name: basis [d_out, r]}}`` (float64) to one
-    safetensors file as ``<candidate>/<parameter name>``, atomically."""
-    tensors = {f"{c}/{k}": t.detach().to("cpu", torch.float64).contiguous() for c, per in planted.items() for k, t in per.items()}
+def save_bases(bases: Mapping[str, Mapping[str, torch.Tensor]], path: str | Path, what: str = "") -> Path:
+    """Write ``{name: {key: basis}}`` (float64) to one safetensors file as ``<name>/<key>``, atomically."""
+    tensors = {f"{c}/{k}": t.detach().to("cpu", torch.float64).contiguous() for c, per in bases.items() for k, t in per.items()}
     if not tensors:
-        raise ValueError("refusing to save an empty set of planted bases")
+        raise ValueError(f"refusing to save an empty set of bases to {Path(path).name}")
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"what": "frozen bases of an S-space diff, <candidate>/<parameter>"})
+        save_file(tensors, str(tmp), metadata={"what": what or "bases, <name>/<key>"})
     return path
 
 
-def load_planted(diff: str | Path) -> dict[str, dict[str, torch.Tensor]] | None:
-    """The planted bases beside the diff ``diff`` (``w.safetensors``), or None when it has none."""
-    path = Path(diff).parent / PLANTED_FILE
+def save_planted(planted: Mapping[str, Mapping[str, torch.Tensor]], path: str | Path) -> Path:
+    """:func:`save_bases` of an S-space diff's frozen bases ``{candidate: {parameter name: U_r}}``."""
+    return save_bases(planted, path, "frozen bases of an S-space diff, <candidate>/<parameter>")
+
+
+def load_bases(diff: str | Path, name: str) -> dict[str, dict[str, torch.Tensor]] | None:
+    """The side file ``name`` beside the diff ``diff`` (``w.safetensors``) as ``{name: {key: tensor}}``, or None."""
+    path = Path(diff).parent / name
     if not path.exists():
         return None
     out: dict[str, dict[str, torch.Tensor]] = {}
     try:
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():
-                cand, _, name = key.partition("/")
-                out.setdefault(cand, {})[name] = f.get_tensor(key)
+                cand, _, rest = key.partition("/")
+                out.setdefault(cand, {})[rest] = f.get_tensor(key)
     except Exception as e:  # noqa: BLE001
         raise _corrupt(path, e) from e
     return out
+
+
+def load_planted(diff: str | Path) -> dict[str, dict[str, torch.Tensor]] | None:
+    """The planted bases beside the diff ``diff`` (``w.safetensors``), or None when it has none."""
+    return load_bases(diff, PLANTED_FILE)
+
+
+def side_bases(meta: Mapping[str, Any], key: str) -> dict[str, dict[str, torch.Tensor]] | None:
+    """The side file the diff's metadata names under ``key`` (``planted_file``, ``gradient_file``),
+    read from beside the file the diff was loaded from (:data:`SOURCE_KEY`); None when either is missing."""
+    name, src = meta.get(key), meta.get(SOURCE_KEY)
+    return load_bases(src, name) if name and src else None
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
@@ -334,6 +356,7 @@ def load_diff(path: str | Path, model: nn.Module | None = None) -> tuple[dict[st
     check_nonzero(w, f"weight diff {path}")
     if model is not None:
         check_against_model(w, model, meta, path)
+    meta[SOURCE_KEY] = str(path)  # its side files (planted / gradient bases) lie beside it
     return w, meta
 
 

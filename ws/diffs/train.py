@@ -54,11 +54,14 @@ from ws.diffs.effect import (
     spreads,
     summarize_effect,
 )
+from ws.diffs.gradient import gradient_directions, persona_gradient
 from ws.diffs.store import (
+    GRADIENT_FILE,
     PLANTED_FILE,
     check_existing_diff,
     check_misplaced_diffs,
     diff_path,
+    save_bases,
     save_diff,
     save_planted,
     stale_reasons,
@@ -123,7 +126,9 @@ def build_diff(spec: DiffSpec) -> Path:
     Writes ``<root>/data/<model_slug>/<behavior>/completions_seed<k>.csv`` (k: the
     completion seed, the same for every LoRA seed) and, beside w, as one
     set: ``effect.csv`` (per set and α), ``effect_per_prompt.csv``, ``adapter_effect.csv``,
-    ``effect.png`` and ``train_loss.csv``. Completions, training and the effect eval run
+    ``effect.png``, ``train_loss.csv``, ``gradient_basis.safetensors`` (the persona gradient's
+    singular vectors at the base model, :mod:`ws.diffs.gradient`) and, for an S-space type,
+    ``sspace_basis.safetensors``. Completions, training and the effect eval run
     on ``spec.model_kwargs``' device; the diff is float32 on the CPU wherever it was trained.
     """
     config = spec.train_config
@@ -140,6 +145,11 @@ def build_diff(spec: DiffSpec) -> Path:
     )
     table, rates, cpath = _completions(spec, model, tok, config, timings)
     deltas, losses, settings, planted = _train_both(model, tok, table, config, spec.adapter, timings)
+    t0 = time.perf_counter()
+    grad = gradient_directions(
+        persona_gradient(model, tok, _persona_examples(table, "pos"), _persona_examples(table, "neg"), config), n_layers(model)
+    )
+    timings["gradient"] = time.perf_counter() - t0
     w = weight_diff(deltas["pos"], deltas["neg"])
     t0 = time.perf_counter()
     prompts = heldout_prompts(0, config.n_eval_per_kind, behavior=spec.behavior)
@@ -153,7 +163,8 @@ def build_diff(spec: DiffSpec) -> Path:
     meta["completions_file"] = cpath.name  # in <root>/data/<model>/<behavior>/
     if planted:
         meta["planted_file"] = PLANTED_FILE
-    _write_diff_set(spec, w, meta, eff, per, adapters, losses, planted)
+    meta["gradient_file"] = GRADIENT_FILE
+    _write_diff_set(spec, w, meta, eff, per, adapters, losses, planted, grad)
     logger.info(
         f"w -> {spec.path}; spread (α=+2 − α=−2): "
         + ", ".join(f"{k} {v:+.2f}" for k, v in meta["effect_spread"].items())
@@ -340,6 +351,7 @@ def _write_diff_set(
     adapters: pl.DataFrame,
     losses: dict,
     planted: dict | None = None,
+    gradient: dict | None = None,
 ) -> None:
     """The diff and its tables as one set: staged, then moved into place with w last, so a
     failure leaves no effect table without its diff (and an older set as it was)."""
@@ -363,6 +375,10 @@ def _write_diff_set(
         )
         if planted:
             save_planted(planted, stage / PLANTED_FILE)
+        if gradient:
+            save_bases(
+                gradient, stage / GRADIENT_FILE, "singular vectors of the persona gradient at the base model, <name>/<layer>"
+            )
         save_diff(w, stage / path.name, meta)
 
 

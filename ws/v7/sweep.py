@@ -38,19 +38,18 @@ from ws.core.io import staged_files, write_staged
 from ws.core.linalg import pca
 from ws.core.log import logger
 from ws.core.markdown import layers_text
-from ws.diffs.gradient import persona_gradient
 from ws.diffs.imported import ImportSpec, ensure_imported
 from ws.diffs.store import (
     DiffMismatchError,  # noqa: F401  (the sweep's documented error, raised by ensure_diff)
     check_existing_diff,
     check_misplaced_diffs,
     load_diff,
-    load_planted,
     missing_writers,
+    side_bases,
     stale_reasons,
     write_delta_by_layer,
 )
-from ws.diffs.train import DiffSpec, ensure_diff, persona_examples
+from ws.diffs.train import DiffSpec, ensure_diff
 from ws.model.chat import render_chat
 from ws.model.load import d_model, n_layers
 from ws.model.vectors import SteeringVectors, read_vectors
@@ -83,31 +82,7 @@ def user_vectors(cfg: SweepConfig, model) -> list[SteeringVectors]:
 def planted_of(cfg: SweepConfig, seed: int, diff_meta: dict | None) -> dict | None:
     """The frozen bases an S-space diff was confined to (its known answer), read from beside
     its ``w`` when its metadata names the file; None for every other diff."""
-    if not (diff_meta or {}).get("planted_file") or cfg.imported is not None:
-        return None
-    return load_planted(cfg.diff_path(seed))
-
-
-#: the persona gradient at the base model, once per process: ``{(model, behaviour, data, config): G}``
-_GRADIENTS: dict[tuple, dict[str, torch.Tensor]] = {}
-
-
-def base_gradient(cfg: SweepConfig, model, tok) -> dict[str, torch.Tensor]:
-    """``∇L⁺ − ∇L⁻`` at the base model (:func:`ws.diffs.gradient.persona_gradient`) on the
-    behaviour's training completions (made first when missing, as for training; never
-    written over), computed once per process."""
-    tc = cfg.train_config()
-    key = (
-        cfg.model,
-        cfg.behavior,
-        data.data_hash(behavior=cfg.behavior),
-        tuple(sorted(tc.to_dict().items(), key=str)).__repr__(),
-    )
-    if key not in _GRADIENTS:
-        spec = DiffSpec(cfg.model, cfg.behavior, "lora", 0, tc, cfg.out_root, cfg.model_kwargs())
-        ex = persona_examples(spec, model, tok)
-        _GRADIENTS[key] = persona_gradient(model, tok, ex["pos"], ex["neg"], tc)
-    return _GRADIENTS[key]
+    return side_bases(diff_meta or {}, "planted_file")
 
 
 def get_diffs(cfg: SweepConfig, model, tok=None) -> dict[int, tuple[dict[str, torch.Tensor], dict[str, Any]]]:
@@ -192,7 +167,7 @@ def run_seed(cfg: SweepConfig, model, tok, probes: Probes, seed: int, w: dict, d
     bases, meta = with_planted(bases, meta, planted_of(cfg, seed, diff_meta), n_layers(model), d_model(model))
     t["build"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    bases, meta = with_gradient(bases, meta, base_gradient(cfg, model, tok), n_layers(model), cfg.k)
+    bases, meta = with_gradient(bases, meta, side_bases(diff_meta or {}, "gradient_file"), n_layers(model), cfg.k)
     t["gradient"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     scores = stats.score_sweep(bases, meta, caps.label_eval, deltas, clean_pcs(caps, cfg.k), pr_threshold=PR_THRESHOLD)
