@@ -160,9 +160,8 @@ def test_rebuild_replaces_on_purpose_and_a_failed_build_leaves_no_partial_set(ti
     monkeypatch.undo()
     w, meta = sweep.get_diffs(cfg, model)[0]
     assert path.read_bytes() != before and meta["data_hash"] == data.data_hash()
-    assert {"effect.csv", "effect_per_prompt.csv", "effect.png", "train_loss.csv", "adapter_effect.csv", "w.safetensors"} == {
-        p.name for p in path.parent.iterdir()
-    }
+    want = {"effect.csv", "effect_per_prompt.csv", "effect.png", "train_loss.csv", "adapter_effect.csv", "w.safetensors"}
+    assert want | {"gradient_basis.safetensors"} == {p.name for p in path.parent.iterdir()}
 
 
 def test_a_diff_for_this_model_at_the_shared_path_stops_the_run_with_the_mv(tiny_llama, tmp_path):
