@@ -4,7 +4,8 @@
 # and one opens the notebooks in Jupyter:
 #   make lab     adds JupyterLab to the environment and starts it at the repository root
 # Others: make diff (only the diff), make cross-adapter (the sweep for every adapter type, compared),
-# make test-fast, make bench, make sync-nbs, make clean-cache.
+# make grid GRID=<file> (a grid of runs on Ray), make test-fast, make bench, make bench-scale,
+# make sync-nbs, make clean-cache.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -26,7 +27,7 @@ export WS_LOG_TERMINAL := 1
 # not the kernel's folder (see ws/core/paths.py)
 export WS_RUN_DIR := $(if $(PWD),$(PWD),$(CURDIR))
 
-.PHONY: lint setup lab sweep diff cross-adapter test test-fast bench clean-cache sync-nbs
+.PHONY: lint setup lab sweep diff cross-adapter grid test test-fast bench bench-scale clean-cache sync-nbs
 
 setup: $(STAMP) $(KERNEL)
 
@@ -72,6 +73,14 @@ cross-adapter: setup
 	@mkdir -p logs
 	$(VENV)/bin/jupytext --to ipynb --output logs/cross_adapter.executed.ipynb --execute nbs/cross_adapter.py
 
+# A grid of runs on Ray: make grid GRID=<file> (YAML or JSON; see docs/grid.md). Finished
+# cells are skipped, so a stopped grid does only what is missing when it runs again.
+GRID ?=
+grid: setup
+	@if [ -z "$(GRID)" ]; then echo "give a grid file: make grid GRID=<file> (see docs/grid.md)"; exit 2; fi
+	@mkdir -p logs
+	WS_GRID="$(GRID)" $(VENV)/bin/jupytext --to ipynb --output logs/grid.executed.ipynb --execute nbs/grid.py
+
 # the linter and the formatter's check first (ruff), then every test
 test: setup
 	$(VENV)/bin/ruff check ws tests nbs/*.py
@@ -83,6 +92,12 @@ test-fast: setup
 
 bench: setup
 	$(PY) -m ws.bench
+
+# What the suite costs as the model grows: random-weight models of real families' shapes, every
+# stage timed, fits and extrapolations (see docs/scale.md); BENCH_SCALE_ARGS, e.g. "--shapes smollm2-135m,qwen3-0.6b"
+BENCH_SCALE_ARGS ?=
+bench-scale: setup
+	$(PY) -m ws.bench_scale $(BENCH_SCALE_ARGS)
 
 clean-cache:
 	rm -rf cache/activations

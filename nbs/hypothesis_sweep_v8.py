@@ -61,7 +61,7 @@ cfg = start_run("hypothesis_sweep_v8")
 # nothing is retrained without `WS_REBUILD=1`.
 
 # %%
-model, tok = load_model(cfg.model)
+model, tok = load_model(cfg.model, **cfg.model_kwargs())
 diffs = sweep.get_diffs(cfg, model, tok)
 probes = sweep.probe_prompts(cfg, tok)
 logger.info(f"{len(probes.fit_clean)} FIT probes, {len(probes.eval)} EVAL probes, seeds {list(diffs)}")

@@ -72,3 +72,21 @@ def smoke_cross_refusal(tmp_path_factory, nbs_tree_before):
     nb = execute_notebook("cross_adapter", base, WS_BEHAVIOR="refusal", WS_ADAPTERS="lora,bidir")
     _no_errors("cross_adapter (refusal)", nb)
     return NotebookRun(base, nb)
+
+
+@pytest.fixture(scope="session")
+def smoke_grid(tmp_path_factory, nbs_tree_before):
+    """The smoke grid (tests/smoke_runs.py): killed after its first cell, then run again to the
+    end through ``nbs/grid.ipynb`` as Jupyter runs it (once per session)."""
+    from smoke_runs import GridRuns, execute_notebook, run_grid_until, write_smoke_grid
+
+    base = tmp_path_factory.mktemp("smoke_grid")
+    grid = write_smoke_grid(base)
+    v7 = base / "out" / "models" / "tiny-llama" / "sycophancy" / "lora" / "v7"
+    run_grid_until(base, grid, v7 / ".ws-grid-cell.json")
+    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in v7.iterdir() if p.is_file()}
+    v8 = v7.parent / "v8"
+    v8_files = sorted(p.name for p in v8.iterdir() if p.is_file() and not p.name.startswith(".")) if v8.exists() else []
+    nb = execute_notebook("grid", base, WS_GRID=str(grid), WS_MODEL=None, WS_RUN_DIR=str(base))
+    _no_errors("grid", nb)
+    return GridRuns(base, grid, nb, after, v8_files)

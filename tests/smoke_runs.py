@@ -28,12 +28,13 @@ def nbs_tree() -> set[str]:
     return {str(p.relative_to(NBS)) for p in NBS.rglob("*")}
 
 
-def execute_notebook(name: str, base: Path, **extra: str) -> nbformat.NotebookNode:
+def execute_notebook(name: str, base: Path, **extra: str | None) -> nbformat.NotebookNode:
     """Run ``nbs/<name>.ipynb`` as Jupyter does (errors kept in the outputs, not raised)."""
     from nbclient import NotebookClient
 
     env = smoke_env(base)
-    env.update(WS_MODEL="tiny-llama", WS_LOG_TERMINAL="0", **extra)
+    env.update({"WS_MODEL": "tiny-llama", "WS_LOG_TERMINAL": "0", **extra})
+    env = {k: v for k, v in env.items() if v is not None}  # a None in ``extra`` unsets the variable
     # the kernel imports this checkout's `ws` (as the editable install of `make setup` does)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     nb = nbformat.read(NBS / f"{name}.ipynb", as_version=4)
@@ -59,3 +60,63 @@ class SweepRuns:
 class NotebookRun:
     base: Path
     nb: nbformat.NotebookNode
+
+
+# ----------------------------------------------------------------------------- the grid
+#: the smoke grid: one real model and one that cannot load, the built-in behaviour and a bad
+#: behaviour file, one adapter, v7 and v8 (8 cells: 2 run, 1 fails at work, 1 is skipped
+#: after it, 4 cannot run at all)
+SMOKE_GRID = """\
+name: smoke
+behaviors: [sycophancy, bad_behavior.json]
+adapters: [lora]
+seeds: [0]
+models: [tiny-llama, no-such-org/no-such-model]
+sweeps: [v7, v8]
+"""
+
+
+@dataclass
+class GridRuns:
+    """The smoke grid killed after its first cell, then run again as Jupyter runs ``nbs/grid.ipynb``."""
+
+    base: Path
+    grid: Path
+    nb: nbformat.NotebookNode
+    after_kill: dict[str, tuple[int, bytes]]  # the first cell's files right after the kill: mtime, bytes
+    v8_after_kill: list[str]  # the v8 folder's files right after the kill (none, or the whole set)
+
+
+def write_smoke_grid(base: Path) -> Path:
+    (base / "bad_behavior.json").write_text('{"name": "bad", "items": 3}')
+    path = base / "grid.yaml"
+    path.write_text(SMOKE_GRID)
+    return path
+
+
+def run_grid_until(base: Path, grid: Path, stamp: Path, timeout: float = 600) -> None:
+    """``python -m ws.grid`` on ``grid`` (from ``base``, smoke mode), killed (SIGKILL, its whole
+    process group: the driver, its local Ray and the running cell) once ``stamp`` exists."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = smoke_env(base)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    env.pop("WS_MODEL", None)
+    env["WS_RUN_DIR"] = str(base)  # the grid file's relative paths are the user's folder's
+    with open(base / "killed_grid.log", "w") as log:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "ws.grid", str(grid)], cwd=base, env=env, stdout=log, stderr=log, start_new_session=True
+        )
+        t0 = time.monotonic()
+        while not stamp.exists():
+            if p.poll() is not None or time.monotonic() - t0 > timeout:
+                os.killpg(p.pid, signal.SIGKILL)
+                raise RuntimeError(
+                    f"the grid ended or hung before its first cell finished: {(base / 'killed_grid.log').read_text()[-3000:]}"
+                )
+            time.sleep(0.2)
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()

@@ -172,6 +172,15 @@ def _cases(tmp_path, model, tok):
         )
     finally:
         holder.communicate("\n", timeout=60)
+    from ws.grid import spec as grid
+
+    (tmp_path / "g1.yaml").write_text("behaviours: [sycophancy]\nadapters: [lora]\n")
+    out["grid key"] = _raise(lambda: grid.load_grid(tmp_path / "g1.yaml"))
+    (tmp_path / "g2.yaml").write_text("behaviors: [sycophancy]\n")
+    out["grid missing"] = _raise(lambda: grid.load_grid(tmp_path / "g2.yaml"))
+    g3 = tmp_path / "g3.yaml"
+    g3.write_text("behaviors: [sycophancy]\nadapters: [lora]\n")
+    out["grid shell"] = _raise(lambda: grid.base_env({"WS_MODEL": "tiny-llama"}, grid.load_grid(g3), config.Config()))
     return out
 
 

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NBS = ROOT / "nbs"
 NOTEBOOKS = sorted(p for p in NBS.glob("*.ipynb") if p.with_suffix(".py").exists())
 SWEEP, V8, DIFF, CROSS = "hypothesis_sweep_v7.ipynb", "hypothesis_sweep_v8.ipynb", "train_diff.ipynb", "cross_adapter.ipynb"
+GRID = "grid.ipynb"
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
@@ -32,9 +33,9 @@ def _kernel_name(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def runs(smoke_sweeps, smoke_cross_refusal, nbs_tree_before, tmp_path_factory) -> dict:
+def runs(smoke_sweeps, smoke_cross_refusal, smoke_grid, nbs_tree_before, tmp_path_factory) -> dict:
     """Every paired notebook as Jupyter runs it: the session's shared runs of v7, v8 and the
-    cross-adapter comparison (tests/smoke_runs.py), and a run of the training notebook."""
+    cross-adapter comparison and the grid (tests/smoke_runs.py), and a run of the training notebook."""
     from jupyter_client.kernelspec import KernelSpecManager
 
     specs = KernelSpecManager().find_kernel_specs()
@@ -47,6 +48,7 @@ def runs(smoke_sweeps, smoke_cross_refusal, nbs_tree_before, tmp_path_factory) -
         V8: (smoke_sweeps.v8, smoke_sweeps.base),
         CROSS: (smoke_cross_refusal.nb, smoke_cross_refusal.base),
         DIFF: (execute_notebook("train_diff", base), base),
+        GRID: (smoke_grid.nb, smoke_grid.base),
     }
     assert set(out) == {p.name for p in NOTEBOOKS}, "a paired notebook has no run here"
     out["nbs_tree_changes"] = nbs_tree() ^ nbs_tree_before

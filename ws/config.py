@@ -435,7 +435,7 @@ VARIABLES: tuple[Var, ...] = (
 )
 BY_NAME = {v.name: v for v in VARIABLES}
 #: Variables the suite reads elsewhere (not run parameters), so not reported as unknown.
-OTHER_KNOWN = ("WS_RUN_DIR", "WS_LOG_TERMINAL", "WS_TEST_DEVICE")
+OTHER_KNOWN = ("WS_RUN_DIR", "WS_LOG_TERMINAL", "WS_TEST_DEVICE", "WS_GRID", "WS_RAY_ADDRESS")
 
 
 # ----------------------------------------------------------------------------- the config
@@ -651,20 +651,24 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
-def start_run(name: str, env: Mapping[str, str] | None = None) -> Config:
+def start_run(name: str, env: Mapping[str, str] | None = None, cell: Path | None = None) -> Config:
     """What every notebook does first, before any model loads: parse and validate the
     configuration, check that the output, cache and log folders can be written, set up
     logging (``<logs>/<name>.verbose.log``), stop when a diff made for this (non-default)
     model sits at the default model's path (:func:`ws.diffs.store.check_misplaced_diffs`), and
     take the output folder's run lock so that a second run into the same ``WS_OUT`` stops
-    at once instead of dropping results."""
+    at once instead of dropping results. ``cell`` (a grid's cell, :mod:`ws.grid`): the output
+    folder is shared with the grid's other cells and ``cell``, the folder this run writes,
+    is held alone."""
     cfg = from_env(env)
     check_writable(cfg.out_root, "WS_OUT")
     check_writable(cfg.cache_root, "WS_CACHE")
     check_writable(cfg.logs_root, "WS_LOGS")
     setup_logging(name, cfg.logs_root)
     check_misplaced_diffs(cfg.model, cfg.behavior, cfg.out_root)
-    hold_run_lock(cfg.out_root, name)
+    hold_run_lock(cfg.out_root, name, shared=cell is not None)
+    if cell is not None:
+        hold_run_lock(cell, name)
     logger.info(f"config: {cfg}")
     return cfg
 

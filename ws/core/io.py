@@ -189,12 +189,16 @@ class RunLockedError(RuntimeError):
 _HELD: dict[str, int] = {}  # lock path -> open file descriptor, for the life of this process
 
 
-def hold_run_lock(folder: str | Path, what: str = "run") -> Path:
+def hold_run_lock(folder: str | Path, what: str = "run", shared: bool = False) -> Path:
     """Take ``<folder>/.ws-run.lock`` for the rest of this process (re-entrant within it).
 
     A second process that asks for the same folder gets :class:`RunLockedError` at once,
     naming the holder, instead of both writing into one output set. The operating system
     drops the lock when the holding process ends, killed or not, so it never goes stale.
+
+    ``shared``: many processes may hold the folder together (the cells of a grid share the
+    output root, each holding its own cell folder alone), but none while one holds it alone
+    (a plain ``make sweep``), and the other way round.
     """
     import fcntl
 
@@ -205,7 +209,7 @@ def hold_run_lock(folder: str | Path, what: str = "run") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.read(fd, 4096).decode(errors="replace").strip() or "unknown"
         os.close(fd)
@@ -213,7 +217,11 @@ def hold_run_lock(folder: str | Path, what: str = "run") -> Path:
             f"another run is writing into {folder} ({holder}). Wait for it to finish, or give this "
             f"run another output folder (WS_OUT=...)."
         ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{what}, pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+    note = f"{what}, pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    if shared:  # the holders share the note: the latest one's, padded over the previous
+        os.pwrite(fd, note.encode().ljust(200), 0)
+    else:
+        os.ftruncate(fd, 0)
+        os.write(fd, note.encode())
     _HELD[key] = fd
     return path

