@@ -259,7 +259,12 @@ class SecondMoment(Recorder):
         self.sums[l] = g if self.sums[l] is None else self.sums[l].add_(g)
 
     def finalise(self) -> dict[str, Tensor]:
-        mean = torch.stack([(s / self.n_tok).float() for s in self.sums])
+        # layer by layer into one float32 tensor, each float64 sum freed once converted: the
+        # peak is the float64 sums, not those plus two float32 copies (a list, then its stack)
+        mean = torch.empty((len(self.sums), *self.sums[0].shape), dtype=torch.float32)
+        for l in range(len(self.sums)):
+            mean[l] = (self.sums[l] / self.n_tok).float()
+            self.sums[l] = None
         return {self.key: mean, "mom_n_tokens": torch.tensor([float(self.n_tok)])}
 
 

@@ -1,0 +1,178 @@
+"""``ws.bench_scale``: the fits recover planted exponents, the extrapolation of a planted power
+law is its closed form, the shapes are the families' shapes (parameter counts from the
+published numbers), the random diff is a LoRA diff's shape, and the tiniest run goes end to
+end (a 2-layer random model through the child's entry point, the JSON, the report)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from ws import bench_scale as bs
+from ws.diffs.store import check_against_model, write_delta_by_layer
+from ws.model.load import check_architecture
+
+#: the families' published shapes: d, L, ff, heads, KV heads, head dim, vocab, tied, q/k norms
+PUBLISHED = {
+    "smollm2-135m": (576, 30, 1536, 9, 3, 64, 49152, True, False),
+    "qwen3-0.6b": (1024, 28, 3072, 16, 8, 128, 151936, True, True),
+    "qwen3-1.7b": (2048, 28, 6144, 16, 8, 128, 151936, True, True),
+    "llama-3-8b": (4096, 32, 14336, 32, 8, 128, 128256, False, False),
+    "llama-3-70b": (8192, 80, 28672, 64, 8, 128, 128256, False, False),
+}
+
+
+def published_count(name: str, layers: int) -> int:
+    """Parameters from the published numbers: per block q, k, v, o, gate, up, down and two
+    norms (+ the per-head q/k norms), the embedding (twice when untied), the final norm."""
+    d, _, ff, H, kv, hd, V, tied, qk = PUBLISHED[name]
+    block = 2 * d * H * hd + 2 * d * kv * hd + 3 * d * ff + 2 * d + (2 * hd if qk else 0)
+    return layers * block + V * d * (1 if tied else 2) + d
+
+
+def test_the_shapes_are_the_published_ones():
+    for name, (d, L, ff, H, kv, hd, V, tied, _) in PUBLISHED.items():
+        s = bs.SHAPES[name]
+        assert (s.d, s.layers, s.ff, s.heads, s.kv_heads, s.hd, s.vocab, s.tied) == (d, L, ff, H, kv, hd, V, tied), name
+    # the counts the families publish for the whole models
+    assert bs.n_params(bs.SHAPES["llama-3-8b"]) == 8_030_261_248
+    assert bs.n_params(bs.SHAPES["llama-3-70b"]) == 70_553_706_496
+    assert round(bs.n_params(bs.SHAPES["smollm2-135m"]) / 1e6, 1) == 134.5
+
+
+@pytest.mark.parametrize("name", [n for n in PUBLISHED if bs.SHAPES[n].build])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_configs_build_models_with_the_families_parameter_counts(name, layers):
+    with torch.device("meta"):  # the structure without the memory
+        model = AutoModelForCausalLM.from_config(bs.SHAPES[name].config(layers))
+    check_architecture(model, name)
+    assert sum(p.numel() for p in model.parameters()) == published_count(name, layers)
+    assert model.config.hidden_size == PUBLISHED[name][0] and len(model.model.layers) == layers
+
+
+def planted(d: np.ndarray, L: np.ndarray, c: float = 0.37, b: float = 2.6, e: float = 0.8) -> np.ndarray:
+    return c * d**b * L**e
+
+
+def test_the_joint_fit_recovers_planted_exponents_exactly():
+    d = np.array([64.0, 128, 256, 512, 1024])
+    L = np.array([2.0, 7, 3, 12, 5])
+    f = bs.fit_joint(d, L, planted(d, L))
+    assert f["b"] == pytest.approx(2.6, abs=1e-9) and f["c"] == pytest.approx(0.8, abs=1e-9)
+    assert f["a"] == pytest.approx(math.log(0.37), abs=1e-9) and f["rms_log_residual"] < 1e-9
+    per = bs.fit_per_layer(d, L, planted(d, L, e=1.0))
+    assert per["b"] == pytest.approx(2.6, abs=1e-9) and per["c"] == 1.0
+    # too few runs, or one depth only: not determined
+    assert bs.fit_joint(d[:3], L[:3], planted(d[:3], L[:3])) is None
+    assert bs.fit_joint(d, np.full(5, 4.0), planted(d, np.full(5, 4.0))) is None
+    assert bs.fit_per_layer(np.full(3, 64.0), L[:3], planted(np.full(3, 64.0), L[:3])) is None
+
+
+#: a planted law per stage, (c, b, e): t = c·d^b·depth^e, b at or below its arithmetic's
+#: exponent except scoring's, which grows faster than its arithmetic requires
+LAWS = {s.key: (1e-6 * (i + 1), s.d_exp - 0.1 * (i % 3), 1.0 - 0.05 * i) for i, s in enumerate(bs.STAGES)}
+LAWS["scoring"] = (1e-7, 3.6, 1.0)
+
+
+def synthetic_runs() -> list[dict]:
+    runs = []
+    for d, L in ((96, 4), (96, 12), (192, 10), (384, 3), (768, 6)):
+        st = {k: c * d**b * bs.stage_depth(bs.BY_KEY[k], L) ** e for k, (c, b, e) in LAWS.items()}
+        runs.append(
+            {
+                "spec": f"synthetic:{L}",
+                "shape": "synthetic",
+                "d_model": d,
+                "n_layers": L,
+                "full_layers": L,
+                "params": 1,
+                "stages_s": st,
+                "analysis_s": sum(st[k] for k in bs.ANALYSIS),
+                "peak_rss_gib_analysis": 1.0,
+                "peak_rss_gib": 1.0,
+                "memory_estimate_gib": {"peak": 1.0},
+                "matmul_gflops": 150.0,
+                "f64_gflops": 60.0,
+                "moment_tokens": 1700,
+            }
+        )
+    return runs
+
+
+def test_the_extrapolation_of_a_planted_power_law_is_its_closed_form(tmp_path):
+    runs = synthetic_runs()
+    machine = {"kind": "cpu", "named": "CPU synthetic"}
+    r = bs.assemble(runs, machine, bs.settings(bs.run_config()), smoke=False, probes=None)
+    for key, (_, b, e) in LAWS.items():
+        f = r["fits"][key]
+        assert f["used"] == "joint" and f["b"] == pytest.approx(b, abs=1e-9) and f["c"] == pytest.approx(e, abs=1e-9)
+        assert f["faster_than_required"] == (key == "scoring")
+    for name in bs.TARGET_SHAPES:
+        s, cell = bs.SHAPES[name], r["extrapolated"][name]
+        closed = {k: c * s.d**b * bs.stage_depth(bs.BY_KEY[k], s.layers) ** e for k, (c, b, e) in LAWS.items()}
+        assert cell["cpu"]["how"] == "extrapolated"
+        for k, v in closed.items():
+            assert cell["cpu"]["stages_s"][k] == pytest.approx(v, rel=1e-9), (name, k)
+        assert cell["cpu"]["analysis_s"] == pytest.approx(sum(closed[k] for k in bs.ANALYSIS), rel=1e-9)
+        gpu = cell["gpu"]
+        assert gpu["how"] == "extrapolated" and gpu["stages_s"]["build_candidates"] == cell["cpu"]["stages_s"]["build_candidates"]
+        assert gpu["stages_s"]["v8_causal"] >= bs.GPU_REFERENCE["launch_bound_s"]["v8_causal"] * 0.99 * (
+            bs.stage_depth(bs.BY_KEY["v8_causal"], s.layers) / bs.stage_depth(bs.BY_KEY["v8_causal"], 30)
+        )
+    assert r["bottleneck"]["llama-3-70b"]["stage"] == "scoring"
+    assert r["targets"]["analysis_how"] == "extrapolated"
+    path = tmp_path / "bench_scale.json"
+    path.write_text(json.dumps(r, default=float))
+    md, png = bs.write_report(path, tmp_path / "report")
+    text = md.read_text()
+    assert png.stat().st_size > 10_000 and png.name in text and "extrapolated" in text and "**yes**" in text
+
+
+def test_the_depth_is_the_full_one_or_the_deepest_that_fits():
+    s = bs.SHAPES["qwen3-1.7b"]
+    assert bs.choose_layers(s, None, None, False)[0] == 28
+    assert bs.choose_layers(s, 3, 1.0, False) == (3, "asked for")
+    L, why = bs.choose_layers(s, None, 10.0, False)
+    assert bs.memory_estimate(s, L)["peak"] <= 10.0 < bs.memory_estimate(s, L + 1)["peak"] and "full depth is 28" in why
+
+
+def test_the_random_diff_is_a_lora_diff(tiny_llama):
+    model, _ = tiny_llama
+    w, meta = bs.random_diff(model)
+    assert sorted(w) == sorted(bs.lora_keys(model)) and len(w) == 7 * len(bs.adapters.layer_range(4, (0.3, 0.8)))
+    check_against_model(w, model)  # every key and shape fits
+    params = dict(model.named_parameters())
+    for k, t in w.items():
+        assert torch.linalg.matrix_rank(t) <= bs.DIFF_RANK
+        assert float(t.norm()) == pytest.approx(bs.DIFF_REL_NORM * float(params[k].detach().norm()), rel=1e-5)
+    assert all(x is None or set(x) == {"oproj", "downproj"} for x in write_delta_by_layer(w, 4))
+    assert bs.random_diff(model)[0].keys() == w.keys() and all(torch.equal(w[k], bs.random_diff(model)[0][k]) for k in w)
+
+
+def test_the_tiniest_run_end_to_end(tmp_path, monkeypatch):
+    for var, sub in (("WS_OUT", "out"), ("WS_LOGS", "logs"), ("WS_CACHE", "cache")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    rec_path = tmp_path / "run.json"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is fastest, and robust to shared cores
+    try:
+        bs.main(["--shape", "tiny:2", "--smoke", "--result", str(rec_path)])  # what a child process runs
+    finally:
+        torch.set_num_threads(threads)
+    rec = json.loads(rec_path.read_text())
+    assert rec["spec"] == "tiny:2" and rec["n_layers"] == 2 and rec["device"] == "cpu"
+    assert set(rec["stages_s"]) == set(bs.STAGE_KEYS) and all(v > 0 for v in rec["stages_s"].values())
+    assert rec["peak_rss_gib"] >= rec["peak_rss_gib_analysis"] > 0 and rec["train_step"]["steps"] == bs.TRAIN_STEPS
+    r = bs.assemble([rec], bs.machine_info(torch.device("cpu")), bs.settings(bs.run_config(True)), smoke=True, probes=None)
+    assert r["device"].startswith("CPU ") and r["date"] and r["fits"]["captures"]["used"] is None  # one width: no fit
+    path = tmp_path / "out" / "bench" / "bench_scale.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(r, default=float))
+    bs.main(["--report", str(tmp_path / "measured")])
+    md = tmp_path / "measured" / f"{r['date']}-cpu-scale.md"
+    assert "`tiny:2`" in md.read_text() and (tmp_path / "measured" / f"{r['date']}-cpu-scale.png").stat().st_size > 10_000
