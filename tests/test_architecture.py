@@ -4,7 +4,8 @@ Read from the code's own syntax trees (no import is executed). The stages, lowes
 a module may import from its own package or from a lower stage, never from its own stage's
 sibling or from a higher one:
 
-    core < model < behavior < diffs < config < captures < bases, stats < v7 < v8, cross_adapter < bench, analysis < grid, bench_scale
+    core < model < behavior < diffs < config < captures < bases, stats < v7 < v8, cross_adapter
+        < bench, analysis < grid, bench_scale
 
 Imports inside functions hide a dependency: every ``ws`` import, and every import of a
 required package, sits at the top of its module (:data:`LATE_IMPORTS` lists the few
