@@ -198,8 +198,8 @@ def memory_estimate(s: Shape, layers: int | None = None, on_gpu: bool = False) -
     """Host memory of one run from its arithmetic, GiB (an estimate; the JSON puts the measured
     peak beside it). The large parts: the float32 weights (on the host unless ``on_gpu``) and
     the diff; the second moments of the o_proj / down_proj inputs and outputs, ``L·(a² + ff² +
-    2d²)`` values summed in float64 and stacked to float32 (16 bytes a value at the end of the
-    capture, 4 kept); the candidate builder's per-layer float64 Grams (about eight ``d × d``);
+    2d²)`` values summed in float64 and converted to float32 layer by layer (8 bytes a value at
+    the end of the capture, 4 kept); the candidate builder's per-layer float64 Grams (about eight ``d × d``);
     the lens's cached float64 SVDs of the touched weights; the training step's bfloat16 copies."""
     L = layers or s.layers
     touched = len(adapters.layer_range(L, adapters.TrainConfig().layer_frac))
@@ -210,7 +210,7 @@ def memory_estimate(s: Shape, layers: int | None = None, on_gpu: bool = False) -
     tensors = ((a, s.d), (s.kv_heads * s.hd, s.d), (s.kv_heads * s.hd, s.d), (s.d, a), (s.ff, s.d), (s.ff, s.d), (s.d, s.ff))
     lens = 8 * touched * sum(min(o, i) * (o + i) for o, i in tensors)
     phases = {
-        "captures": weights + diff + 16 * moments,
+        "captures": weights + diff + 8 * moments,
         "build": weights + diff + 4 * moments + 64 * L * s.d * s.d + lens,
         "train_step": weights + lens + (0 if on_gpu else 2 * P),
     }
