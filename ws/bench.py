@@ -300,6 +300,29 @@ def import_costs(root: Path) -> dict:
     return out
 
 
+def time_steps(work, enc, config, n: int, kind: str = "lora") -> dict:
+    """Seconds per training step of the wrapped model ``work`` on the encoded examples ``enc``:
+    the median (and range) of ``n`` steps after one warm-up, through the suite's own step
+    (:func:`ws.diffs.fasttrain.step_loss`; the bf16 cast-once where the type allows it)."""
+    plan = fasttrain.plan_training(work, enc, config.bf16)
+    opt = torch.optim.AdamW([p for p in work.parameters() if p.requires_grad], lr=config.lr)
+    batches = adapters._batch_order(len(enc), config)
+    precast = config.bf16 and fasttrain.precast_safe(work)
+    times = []
+    with fasttrain.frozen_linears_in(work, torch.bfloat16) if precast else nullcontext():
+        for i in range(n + 1):
+            t0 = time.perf_counter()
+            with adapters.lora_sign(work, 1.0) if kind == "bidir" else nullcontext():
+                loss = fasttrain.step_loss(work, plan, next(batches), config.stance_weight, config.bf16)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+            opt.step()
+            synchronize(input_device(work))
+            if i:
+                times.append(time.perf_counter() - t0)
+    return {"median_s": float(np.median(times)), "min_s": min(times), "max_s": max(times), "steps": n}
+
+
 def train_steps(kinds: tuple[str, ...] | None = None, n: int = 8) -> dict:
     """Seconds per training step of each adapter type on the embedded model: the median of
     ``n`` steps after one warm-up step, the default training config and the real persona
@@ -314,25 +337,9 @@ def train_steps(kinds: tuple[str, ...] | None = None, n: int = 8) -> dict:
     for kind in kinds or tuple(adapters.ADAPTER_TYPES):
         moments = adapters.training_moments(model, tok, pos, config, kind)
         work = adapters._wrap(model, config, kind, moments)
-        plan = fasttrain.plan_training(work, enc, config.bf16)
-        opt = torch.optim.AdamW([p for p in work.parameters() if p.requires_grad], lr=config.lr)
-        batches = adapters._batch_order(len(enc), config)
-        precast = config.bf16 and fasttrain.precast_safe(work)
-        times = []
-        with fasttrain.frozen_linears_in(work, torch.bfloat16) if precast else nullcontext():
-            for i in range(n + 1):
-                t0 = time.perf_counter()
-                with adapters.lora_sign(work, 1.0) if kind == "bidir" else nullcontext():
-                    loss = fasttrain.step_loss(work, plan, next(batches), config.stance_weight, config.bf16)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                opt.step()
-                synchronize(input_device(work))
-                if i:
-                    times.append(time.perf_counter() - t0)
-        out[kind] = {"median_s": float(np.median(times)), "min_s": min(times), "max_s": max(times), "steps": n}
+        out[kind] = time_steps(work, enc, config, n, kind)
         print(f"{kind}: {out[kind]['median_s']:.3f} s per step (median of {n})", flush=True)
-        del work, opt, plan
+        del work
     return out
 
 

@@ -76,7 +76,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -86,13 +85,13 @@ from peft import get_peft_model
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
 
 from ws.behavior import data
-from ws.bench import device_name, peak_rss_gib, v8_stages
+from ws.bench import device_name, peak_rss_gib, time_steps, v8_stages
 from ws.config import from_env
-from ws.core.device import input_device, resolve_device, resolve_dtype, synchronize
+from ws.core.device import resolve_device, resolve_dtype
 from ws.core.io import write_text
 from ws.core.log import setup_logging
 from ws.core.paths import BENCH_DIR, out_dir, resolve_user_path
-from ws.diffs import adapters, fasttrain
+from ws.diffs import adapters
 from ws.model.load import ATTN_PROJ, MLP_PROJ, check_architecture, n_layers, tiny_tokenizer
 from ws.v7 import sweep
 
@@ -301,22 +300,7 @@ def train_step(model, tok, steps: int = TRAIN_STEPS) -> dict:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         work = get_peft_model(model.train(), adapters.peft_config(model, config, "lora"))
-    plan = fasttrain.plan_training(work, enc, config.bf16)
-    opt = torch.optim.AdamW([p for p in work.parameters() if p.requires_grad], lr=config.lr)
-    batches = adapters._batch_order(len(enc), config)
-    precast = config.bf16 and fasttrain.precast_safe(work)
-    times = []
-    with fasttrain.frozen_linears_in(work, torch.bfloat16) if precast else nullcontext():
-        for i in range(steps + 1):
-            t0 = time.perf_counter()
-            loss = fasttrain.step_loss(work, plan, next(batches), config.stance_weight, config.bf16)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            synchronize(input_device(work))
-            if i:
-                times.append(time.perf_counter() - t0)
-    return {"median_s": float(np.median(times)), "min_s": min(times), "max_s": max(times), "steps": steps}
+    return time_steps(work, enc, config, steps)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -930,7 +914,16 @@ def runs_table(r: dict) -> list[str]:
 
 
 def fits_table(r: dict) -> list[str]:
-    head = ["stage", "L counts", "fit used", "d exponent b", "L exponent c", "per-layer fit b", "required (d, L)", "faster?"]
+    head = [
+        "stage",
+        "L counts",
+        "fit used",
+        "d exponent b",
+        "L exponent c",
+        "per-layer fit b",
+        "required (d, L)",
+        "faster than required?",
+    ]
     depth = {"all": "all layers", "touched": "the LoRA's layers", "from_first": "blocks from the LoRA's first"}
     rows = []
     for key, f in r["fits"].items():
@@ -979,7 +972,7 @@ def verdict_lines(r: dict) -> list[str]:
         )
     fast = [k for k, f in r["fits"].items() if f["faster_than_required"]]
     out.append(
-        "- **Faster than its arithmetic** (b over the required exponent by more than "
+        "- **Grows faster than its arithmetic requires** (b over the required exponent by more than "
         f"{EXPONENT_MARGIN}): " + (", ".join(f"`{k}`" for k in fast) if fast else "none") + "."
     )
     return out
