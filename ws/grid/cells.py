@@ -61,15 +61,13 @@ def read_stamp(cell: Cell) -> dict | None:
 
 
 def _set_seeds(cell: Cell) -> tuple[int, ...] | None:
-    """The seeds of a set made outside a grid (its v7 seed table; v8 and the comparison
-    reuse v7's seeds); None when they cannot be read."""
-    v7 = cell.config.v7_dir if cell.sweep != "cross_adapter" else None
-    path = v7 / "v7_seeds.tsv" if v7 is not None else cell.folder / TABLES[0]
-    try:
-        df = pl.read_csv(path, separator="\t", infer_schema_length=0)
-    except Exception:  # noqa: BLE001 - an unreadable table: the set's seeds are unknown
-        return None
+    """The seeds of a v7 or v8 set made outside a grid (its v7 seed table: v8 reuses v7's
+    seeds); None when they cannot be read, and for a comparison (its seeds are not checked)."""
     if cell.sweep == "cross_adapter":
+        return None
+    try:
+        df = pl.read_csv(cell.config.v7_dir / "v7_seeds.tsv", separator="\t", infer_schema_length=0)
+    except Exception:  # noqa: BLE001 - an unreadable table: the set's seeds are unknown
         return None
     return tuple(sorted({int(s) for s in df["seed"].to_list()}))
 
