@@ -87,8 +87,11 @@ test: setup
 	$(VENV)/bin/ruff format --check ws tests nbs/*.py
 	$(PY) -m pytest -q --durations=25
 
+# the tests without the embedded model and the slow ones; PYTEST_ARGS narrows them, e.g.
+# make test-fast PYTEST_ARGS=tests/test_linalg.py
+PYTEST_ARGS ?=
 test-fast: setup
-	$(PY) -m pytest -q -m "not embedded and not slow"
+	$(PY) -m pytest -q -m "not embedded and not slow" $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m ws.bench

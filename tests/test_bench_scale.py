@@ -154,25 +154,19 @@ def test_the_random_diff_is_a_lora_diff(tiny_llama):
     assert bs.random_diff(model)[0].keys() == w.keys() and all(torch.equal(w[k], bs.random_diff(model)[0][k]) for k in w)
 
 
-def test_the_tiniest_run_end_to_end(tmp_path, monkeypatch):
-    for var, sub in (("WS_OUT", "out"), ("WS_LOGS", "logs"), ("WS_CACHE", "cache")):
-        monkeypatch.setenv(var, str(tmp_path / sub))
-    rec_path = tmp_path / "run.json"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: one thread is fastest, and robust to shared cores
-    try:
-        bs.main(["--shape", "tiny:2", "--smoke", "--result", str(rec_path)])  # what a child process runs
-    finally:
-        torch.set_num_threads(threads)
-    rec = json.loads(rec_path.read_text())
+def test_the_tiniest_run_end_to_end_through_make(tmp_path):
+    """``make bench-scale`` on the tiny shape (tests/make_targets.py): the child process's
+    record, the assembled JSON, then the report from it."""
+    from make_targets import checkout, ok, run_make
+
+    repo = checkout(tmp_path / "repo")
+    ok(run_make(repo, "bench-scale", "BENCH_SCALE_ARGS=--shapes tiny:2 --smoke", base=tmp_path))
+    r = json.loads((tmp_path / "out" / "bench" / "bench_scale.json").read_text())
+    [rec] = r["runs"]
     assert rec["spec"] == "tiny:2" and rec["n_layers"] == 2 and rec["device"] == "cpu"
     assert set(rec["stages_s"]) == set(bs.STAGE_KEYS) and all(v > 0 for v in rec["stages_s"].values())
     assert rec["peak_rss_gib"] >= rec["peak_rss_gib_analysis"] > 0 and rec["train_step"]["steps"] == bs.TRAIN_STEPS
-    r = bs.assemble([rec], bs.machine_info(torch.device("cpu")), bs.settings(bs.run_config(True)), smoke=True, probes=None)
     assert r["device"].startswith("CPU ") and r["date"] and r["fits"]["captures"]["used"] is None  # one width: no fit
-    path = tmp_path / "out" / "bench" / "bench_scale.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(r, default=float))
-    bs.main(["--report", str(tmp_path / "measured")])
+    ok(run_make(repo, "bench-scale", f"BENCH_SCALE_ARGS=--report {tmp_path / 'measured'}", base=tmp_path))
     md = tmp_path / "measured" / f"{r['date']}-cpu-scale.md"
     assert "`tiny:2`" in md.read_text() and (tmp_path / "measured" / f"{r['date']}-cpu-scale.png").stat().st_size > 10_000

@@ -9,8 +9,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +24,6 @@ from ws.cross_adapter.report import claims
 from ws.diffs import effect
 
 ROOT = Path(__file__).resolve().parent.parent
-NB = ROOT / "nbs" / "cross_adapter.py"
-BIN = Path(sys.executable).parent
 #: the types the end-to-end run compares (``make cross-adapter``'s default is every registered type)
 ADAPTERS = ("lora", "ia3", "sspace_corda")
 
@@ -199,9 +195,12 @@ def _env(base: Path, **extra: str) -> dict:
 
 
 def _run(base: Path, **extra: str) -> None:
-    cmd = [str(BIN / "jupytext"), "--to", "ipynb", "--output", str(base / "executed.ipynb"), "--execute", str(NB)]
-    r = subprocess.run(cmd, cwd=ROOT, env=_env(base, **extra), capture_output=True, text=True, timeout=1800)
-    assert r.returncode == 0, f"notebook failed:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
+    """``make cross-adapter`` from a checkout (tests/make_targets.py), every folder under ``base``."""
+    from make_targets import checkout, ok, run_make
+
+    env = {k: v for k, v in _env(base, **extra).items() if k.startswith("WS_")}
+    env.pop("WS_RUN_DIR", None)
+    ok(run_make(checkout(base / "repo"), "cross-adapter", base=base, timeout=1800, **env))
 
 
 #: the behaviour's folder of the smoke model (tiny-llama: not the embedded one, so under models/)

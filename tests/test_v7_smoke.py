@@ -2,14 +2,12 @@
 
 The tests read the session's shared smoke run (``nbs/hypothesis_sweep_v7.ipynb`` as Jupyter
 runs it, see ``tests/smoke_runs.py``). A second, independent run of ``nbs/hypothesis_sweep_v7.py``
-with ``jupytext --execute``, as ``make sweep`` runs it (fresh output and cache folders, so the
-diff is retrained and every capture recomputed), must give byte-identical tables.
+through ``make sweep`` (fresh output and cache folders, so the diff is retrained and every
+capture recomputed), must give byte-identical tables.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,8 +19,6 @@ from ws import stats
 from ws.v7 import sweep
 
 ROOT = Path(__file__).resolve().parent.parent
-NB = ROOT / "nbs" / "hypothesis_sweep_v7.py"
-BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.slow
 
@@ -35,12 +31,6 @@ global_persona_resid_pca layer_clean_resid_pca TaskDiff_contrast attn_min_taskdi
 attn_diff_taskdiff attn_min_x_diffnorm_taskdiff up_proj_input_contrast up_proj_output_written_contrast
 chars_clusters churn rotation_contrast qk_x_chars_clusters WNR_union_TaskDiff TaskDiff_lora_ceiling
 dW_left_basis_ceiling""".split()
-
-
-def _run_notebook(base: Path) -> subprocess.CompletedProcess:
-    out_nb = base / "executed.ipynb"
-    cmd = [str(BIN / "jupytext"), "--to", "ipynb", "--output", str(out_nb), "--execute", str(NB)]
-    return subprocess.run(cmd, cwd=ROOT, env=smoke_env(base), capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -111,23 +101,27 @@ def test_conclusion_numbers_come_from_the_tables(smoke):
         assert a in text
 
 
-def test_second_run_gives_byte_identical_tables(smoke, tmp_path):
-    # run as `make sweep` runs it from a user's folder: relative WS_OUT / WS_CACHE / WS_LOGS,
-    # the executed copy under logs/ (so the kernel's own folder is logs/, not the user's)
-    env = smoke_env(tmp_path)
-    env.pop("WS_RUN_DIR", None)
-    env.update(WS_OUT="out", WS_CACHE="cache", WS_LOGS="logs", PWD=str(tmp_path))
-    (tmp_path / "logs").mkdir()  # as the Makefile does
-    cmd = [str(BIN / "jupytext"), "--to", "ipynb", "--output", "logs/executed.ipynb", "--execute", str(NB)]
-    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-4000:]
-    assert not (tmp_path / "logs" / "out").exists(), "a relative WS_OUT landed under the kernel's folder"
-    assert (tmp_path / "logs" / "hypothesis_sweep_v7.verbose.log").exists()
+def test_make_sweep_gives_byte_identical_tables(smoke, tmp_path):
+    """``make sweep`` from a user's folder (a checkout, tests/make_targets.py) with relative
+    WS_OUT / WS_CACHE / WS_LOGS: a second, independent run (the diff retrained, every capture
+    recomputed) writes the shared run's v7 and v8 tables byte for byte."""
+    from make_targets import checkout, ok, run_make
+
+    repo = checkout(tmp_path / "repo")
+    ok(run_make(repo, "sweep", WS_OUT="out", WS_CACHE="cache", WS_LOGS="logs"))
+    assert (repo / "logs" / "hypothesis_sweep_v7.executed.ipynb").exists()
+    assert (repo / "logs" / "hypothesis_sweep_v8.executed.ipynb").exists()
+    assert not (repo / "logs" / "out").exists(), "a relative WS_OUT landed under the kernel's folder"
+    assert (repo / "logs" / "hypothesis_sweep_v7.verbose.log").exists()
     names = [n for n in sweep.V7_FILES + sweep.EXTRA_FILES if n.endswith((".csv", ".tsv"))]
     for n in names:
         a = (v7(smoke) / n).read_bytes()
-        b = (v7(tmp_path) / n).read_bytes()
+        b = (v7(repo) / n).read_bytes()
         assert a == b, f"{n} differs between two runs with the same inputs"
+    v8_tables = [p.name for p in (v7(smoke).parent / "v8").iterdir() if p.suffix in (".csv", ".tsv")]
+    assert v8_tables
+    for n in v8_tables:
+        assert (v7(smoke).parent / "v8" / n).read_bytes() == (v7(repo).parent / "v8" / n).read_bytes(), f"v8 {n} differs"
 
 
 def _cfg(base: Path, monkeypatch) -> sweep.SweepConfig:

@@ -21,6 +21,14 @@ Writes ``<out>/bench/bench.json`` and prints a table:
   defaults (``WS_N_CAUSAL`` candidates + ceilings + self-test rows, ``WS_N_CAUSAL_NULL``
   random subspaces per rank), with its phases and the number of prompt rows it ran.
 
+The stages run in the order of :data:`STAGES` (``sweep`` — the v7 and v8 figures above —,
+``imports``, ``train_steps``), each inside :func:`kept_process_state`: what a stage changes
+in the process (grad mode, threads, default dtype, the random generators) is recorded in
+``bench.json`` (``state_leaks``) and put back before the next stage starts. ``bench.json`` is
+written after every stage, so a failing stage keeps the figures of the ones before it; its
+error goes into ``failures`` and the command exits with status 1. ``WS_SMOKE=1 make bench``
+runs every stage on the tiny random model in seconds (the tests do).
+
 Targets (reported, not enforced): sweep ÷ floor ≤ 2; closed form ≥ 100× faster than the
 Monte Carlo; peak RSS ≤ 4 GiB; the causal test ≤ 180 s. The diff of seed 0 must exist (it is trained when missing,
 which is timed apart and not counted in the sweep).
@@ -29,15 +37,18 @@ which is timed apart and not counted in the sweep).
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import platform
+import random
 import resource
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -49,7 +60,7 @@ from ws import stats
 from ws.core.device import input_device, synchronize
 from ws.core.io import write_text
 from ws.core.linalg import haar_orthonormal
-from ws.core.log import setup_logging
+from ws.core.log import logger, setup_logging
 from ws.core.paths import BENCH_DIR, out_dir
 from ws.diffs import adapters, fasttrain
 from ws.diffs.imports import checkpoint_diff, pair_diff
@@ -179,11 +190,17 @@ def v8_stages(cfg, model, tok, probes, res, w, stages: dict) -> dict:
     }
 
 
-def run(model_name: str | None = None, seeds: tuple[int, ...] = (0,)) -> dict:
-
-    setup_logging("bench")
+def bench_config(model_name: str | None = None, seeds: tuple[int, ...] = (0,)):
+    """The run's configuration (``WS_*``) with the activation cache off and the given seeds."""
     cfg = sweep.SweepConfig.from_env()
-    cfg = replace(cfg, seeds=seeds, cache=False, model=model_name or cfg.model)
+    return replace(cfg, seeds=seeds, cache=False, model=model_name or cfg.model)
+
+
+def run(model_name: str | None = None, seeds: tuple[int, ...] = (0,), cfg=None) -> dict:
+    """The sweep stage: model load, the diff (trained when missing, timed apart), the v7
+    stages, the forward floor, the null comparison and v8's stages, as one dict."""
+    setup_logging("bench")
+    cfg = cfg or bench_config(model_name, seeds)
     stages: dict[str, float] = {}
     t0 = time.perf_counter()
     model, tok = load_model(cfg.model, **cfg.model_kwargs())
@@ -191,11 +208,14 @@ def run(model_name: str | None = None, seeds: tuple[int, ...] = (0,)) -> dict:
     t0 = time.perf_counter()
     diffs = sweep.get_diffs(cfg, model)
     stages["diff_ready (training if missing; not part of the sweep)"] = time.perf_counter() - t0
-    seed = seeds[0]
+    seed = cfg.seeds[0]
     w, dmeta = diffs[seed]
     probes = sweep.probe_prompts(cfg, tok)
+    with torch.no_grad():  # the analysis needs no gradients (and leaves the grad mode as it was)
+        return _analysis(cfg, model, tok, probes, seed, w, dmeta, stages)
 
-    torch.set_grad_enabled(False)
+
+def _analysis(cfg, model, tok, probes, seed: int, w: dict, dmeta: dict, stages: dict[str, float]) -> dict:
     floor = forward_floor(model, tok, probes, w, cfg.batch_size)
     res = sweep.run_seed(cfg, model, tok, probes, seed, w, dmeta)  # cache off: every stage runs
     stages["captures"] = res.timings["capture"]
@@ -229,12 +249,6 @@ def run(model_name: str | None = None, seeds: tuple[int, ...] = (0,)) -> dict:
         "targets": TARGETS,
         "device": device_name(model),
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-        },
     }
     return result
 
@@ -266,10 +280,11 @@ def _import_sources(model, root: Path) -> dict[str, tuple[Path, Path]]:
     return pairs
 
 
-def _import_child(kind: str, a: str, b: str) -> None:
-    """In a fresh process: load the embedded model, import one pair, print the timings as JSON."""
+def _import_child(kind: str, a: str, b: str, model_name: str | None = None) -> None:
+    """In a fresh process: load the model (default: the embedded one), import one pair, print
+    the timings as JSON."""
     t0 = time.perf_counter()
-    model, _ = load_model()
+    model, _ = load_model(model_name) if model_name else load_model()
     loaded, rss_model = time.perf_counter() - t0, peak_rss_gib()
     t0 = time.perf_counter()
     w, _ = (pair_diff if kind == "adapter_pair" else checkpoint_diff)(model, Path(a), Path(b))
@@ -286,15 +301,17 @@ def _import_child(kind: str, a: str, b: str) -> None:
     )
 
 
-def import_costs(root: Path) -> dict:
+def import_costs(root: Path, model_name: str | None = None) -> dict:
     """Import time and peak memory of a pair of adapters and of a checkpoint pair on the
-    embedded model, each in a fresh process (so its peak resident memory is its own)."""
-    model, _ = load_model()
+    model (default: the embedded one), each in a fresh process (so its peak resident memory
+    is its own)."""
+    model, _ = load_model(model_name) if model_name else load_model()
     out = {}
     for kind, (a, b) in _import_sources(model, root).items():
-        r = subprocess.run(
-            [sys.executable, "-m", "ws.bench", "--import-child", kind, str(a), str(b)], capture_output=True, text=True, check=True
-        )
+        cmd = [sys.executable, "-m", "ws.bench", "--import-child", kind, str(a), str(b), *([model_name] if model_name else [])]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"importing the {kind.replace('_', ' ')} failed in its child process:\n{r.stderr[-3000:]}")
         out[kind] = json.loads(r.stdout.strip().splitlines()[-1])
         out[kind]["weights_mib_each"] = sum(f.stat().st_size for f in a.glob("*.safetensors")) / 2**20
     return out
@@ -323,18 +340,25 @@ def time_steps(work, enc, config, n: int, kind: str = "lora") -> dict:
     return {"median_s": float(np.median(times)), "min_s": min(times), "max_s": max(times), "steps": n}
 
 
-def train_steps(kinds: tuple[str, ...] | None = None, n: int = 8) -> dict:
-    """Seconds per training step of each adapter type on the embedded model: the median of
-    ``n`` steps after one warm-up step, the default training config and the real persona
-    completions (made first when missing), through the suite's own step
-    (:func:`ws.diffs.fasttrain.step_loss`; the bf16 cast-once where the type allows it)."""
-    model, tok = load_model()
-    spec = DiffSpec()
+def train_steps(kinds: tuple[str, ...] | None = None, n: int = 8, cfg=None) -> dict:
+    """Seconds per training step of each adapter type: the median of ``n`` steps after one
+    warm-up step, the run's training config and the real persona completions (made first
+    when missing), through the suite's own step (:func:`ws.diffs.fasttrain.step_loss`; the
+    bf16 cast-once where the type allows it). ``cfg`` (default: the embedded model with the
+    default training config) names the model, behaviour, training config and output root."""
+    if cfg is None:
+        model, tok = load_model()
+        spec = DiffSpec()
+    else:
+        model, tok = load_model(cfg.model, **cfg.model_kwargs())
+        spec = DiffSpec(cfg.model, cfg.behavior, cfg.adapter, cfg.seeds[0], cfg.train_config(), cfg.out_root, cfg.model_kwargs())
     config = spec.train_config
     pos = persona_examples(spec, model, tok)["pos"]
     enc = adapters._encode_examples(tok, pos, config.max_len)
     out = {}
     for kind in kinds or tuple(adapters.ADAPTER_TYPES):
+        if kind not in adapters.ADAPTER_TYPES:
+            raise ValueError(f"no adapter type {kind!r}; the types are {', '.join(adapters.ADAPTER_TYPES)}")
         moments = adapters.training_moments(model, tok, pos, config, kind)
         work = adapters._wrap(model, config, kind, moments)
         out[kind] = time_steps(work, enc, config, n, kind)
@@ -350,6 +374,24 @@ def device_name(model) -> str:
 
 
 def format_table(r: dict) -> str:
+    """bench.json as a two-column table (the stages that ran; a failed one is named)."""
+    rows = _sweep_rows(r) if "stages_s" in r else []
+    for kind, m in r.get("imports", {}).items():
+        rows.append(
+            (
+                f"import {kind.replace('_', ' ')} ({m['tensors']} tensors; peak RSS {m['peak_rss_gib']:.2f} GiB, "
+                f"{m['peak_rss_gib_after_load']:.2f} after the model load) s",
+                f"{m['import_s']:.2f}",
+            )
+        )
+    for kind, m in r.get("train_step_s", {}).items():
+        rows.append((f"training step {kind} s (median of {m['steps']})", f"{m['median_s']:.3f}"))
+    rows += [(f"stage {name} FAILED", err.splitlines()[0][:60]) for name, err in r.get("failures", {}).items()]
+    w = max((len(a) for a, _ in rows), default=0)
+    return "\n".join(f"{a:<{w}}  {b:>10}" for a, b in rows)
+
+
+def _sweep_rows(r: dict) -> list[tuple[str, str]]:
     rows = [("device", f"{r['device']} · {r['dtype']}"), ("stage", "seconds")]
     rows += [(k, f"{v:.2f}") for k, v in r["stages_s"].items()]
     rows += [
@@ -375,36 +417,141 @@ def format_table(r: dict) -> str:
             f"{r['causal']['compute_floor_s']:.1f}",
         ),
     ]
-    for kind, m in r.get("imports", {}).items():
-        rows.append(
-            (
-                f"import {kind.replace('_', ' ')} ({m['tensors']} tensors; peak RSS {m['peak_rss_gib']:.2f} GiB, "
-                f"{m['peak_rss_gib_after_load']:.2f} after the model load) s",
-                f"{m['import_s']:.2f}",
-            )
-        )
-    for kind, m in r.get("train_step_s", {}).items():
-        rows.append((f"training step {kind} s (median of {m['steps']})", f"{m['median_s']:.3f}"))
-    w = max(len(a) for a, _ in rows)
-    return "\n".join(f"{a:<{w}}  {b:>10}" for a, b in rows)
+    return rows
+
+
+# ----------------------------------------------------------------------------- the stages
+def process_state() -> dict[str, object]:
+    """What a stage could change for every later one: grad mode, inference mode, threads,
+    the default dtype, deterministic algorithms, and the random generators (as digests)."""
+
+    def digest(*parts) -> str:
+        h = hashlib.sha256()
+        for x in parts:
+            h.update(x.tobytes() if hasattr(x, "tobytes") else repr(x).encode())
+        return h.hexdigest()[:16]
+
+    np_state = np.random.get_state()
+
+    return {
+        "grad_enabled": torch.is_grad_enabled(),
+        "inference_mode": torch.is_inference_mode_enabled(),
+        "num_threads": torch.get_num_threads(),
+        "default_dtype": str(torch.get_default_dtype()),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "torch_rng": digest(torch.get_rng_state().numpy()),
+        "numpy_rng": digest(np_state[0], np_state[1], *np_state[2:]),
+        "python_rng": digest(random.getstate()),
+    }
+
+
+@contextmanager
+def kept_process_state() -> Iterator[dict[str, tuple]]:
+    """Run a stage and put the process back as it was: yields a dict that, on exit, holds
+    ``name -> (before, after)`` for everything the stage changed (:func:`process_state`),
+    which is then restored."""
+    before = process_state()
+    rngs = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    threads, dtype, grad = torch.get_num_threads(), torch.get_default_dtype(), torch.is_grad_enabled()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    leaks: dict[str, tuple] = {}
+    try:
+        yield leaks
+    finally:
+        after = process_state()
+        leaks.update({k: (before[k], after[k]) for k in before if before[k] != after[k]})
+        torch.set_rng_state(rngs[0])
+        np.random.set_state(rngs[1])
+        random.setstate(rngs[2])
+        torch.set_num_threads(threads)
+        torch.set_default_dtype(dtype)
+        torch.set_grad_enabled(grad)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _imports_stage(cfg) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        return {"imports": import_costs(Path(tmp), cfg.model)}
+
+
+def _train_stage(cfg) -> dict:
+    kinds, n = (("lora", "bidir"), 2) if cfg.smoke else (None, 8)
+    return {"train_step_s": train_steps(kinds, n, cfg)}
+
+
+#: ``make bench``'s stages in order: name -> function of the run's configuration returning
+#: the figures it adds to ``bench.json``.
+STAGES: dict[str, Callable[..., dict]] = {
+    "sweep": lambda cfg: run(cfg=cfg),
+    "imports": _imports_stage,
+    "train_steps": _train_stage,
+}
+
+
+def run_stages(cfg, path: Path, stages: dict[str, Callable[..., dict]] | None = None) -> dict:
+    """Run ``stages`` (default :data:`STAGES`) in order, each in :func:`kept_process_state`,
+    writing ``path`` (bench.json) after every stage: a failing stage's error goes into
+    ``failures`` and the next stage still runs; what a stage changed in the process goes into
+    ``state_leaks``. Returns the result as written."""
+    result: dict = {"status": "running", "stages_done": [], "failures": {}, "state_leaks": {}, "machine": machine()}
+    for name, fn in (stages or STAGES).items():
+        logger.info(f"bench: stage {name} …")
+        t0 = time.perf_counter()
+        with kept_process_state() as leaks:
+            try:
+                result.update(fn(cfg))
+            except Exception as e:  # recorded, and the next stage runs: one failure loses no figure
+                logger.exception(f"bench: stage {name} failed")
+                result["failures"][name] = f"{type(e).__name__}: {e}"
+        if leaks:
+            result["state_leaks"][name] = leaks
+        result["stages_done"].append(name)
+        result.setdefault("stage_wall_s", {})[name] = time.perf_counter() - t0
+        write_text(path, json.dumps(result, indent=2, default=float) + "\n")
+    result["status"] = "failed" if result["failures"] else "complete"
+    write_text(path, json.dumps(result, indent=2, default=float) + "\n")
+    return result
+
+
+def machine() -> dict:
+    """The machine in words: CPU model, cores, bf16/AMX units, Python and torch versions."""
+    flags, name = set(), platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and ":" in line:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {
+        "cpu": name,
+        "cpus": os.cpu_count(),
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx_bf16": "amx_bf16" in flags,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--import-child":
-        _import_child(*sys.argv[2:5])
+        _import_child(*sys.argv[2:6])
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--train-steps":  # only the training step, of the named types
         kinds = tuple(sys.argv[2].split(",")) if len(sys.argv) > 2 else None
         print(json.dumps(train_steps(kinds), indent=2))
         return
-    r = run()
-    with tempfile.TemporaryDirectory() as tmp:
-        r["imports"] = import_costs(Path(tmp))
-    r["train_step_s"] = train_steps()
+    cfg = bench_config()
     path = out_dir() / BENCH_DIR / "bench.json"
-    write_text(path, json.dumps(r, indent=2, default=float) + "\n")
+    r = run_stages(cfg, path)
     print(format_table(r))
     print(f"\nwritten: {path}")
+    if r["failures"]:
+        for name, err in r["failures"].items():
+            print(f"stage {name} failed: {err}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
