@@ -446,7 +446,7 @@ def process_state() -> dict[str, object]:
 
 
 @contextmanager
-def kept_process_state() -> Iterator[dict[str, tuple]]:
+def kept_process_state() -> Iterator[dict[str, list]]:
     """Run a stage and put the process back as it was: yields a dict that, on exit, holds
     ``name -> (before, after)`` for everything the stage changed (:func:`process_state`),
     which is then restored."""
@@ -454,12 +454,12 @@ def kept_process_state() -> Iterator[dict[str, tuple]]:
     rngs = (torch.get_rng_state(), np.random.get_state(), random.getstate())
     threads, dtype, grad = torch.get_num_threads(), torch.get_default_dtype(), torch.is_grad_enabled()
     deterministic = torch.are_deterministic_algorithms_enabled()
-    leaks: dict[str, tuple] = {}
+    leaks: dict[str, list] = {}
     try:
         yield leaks
     finally:
         after = process_state()
-        leaks.update({k: (before[k], after[k]) for k in before if before[k] != after[k]})
+        leaks.update({k: [before[k], after[k]] for k in before if before[k] != after[k]})
         torch.set_rng_state(rngs[0])
         np.random.set_state(rngs[1])
         random.setstate(rngs[2])
