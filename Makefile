@@ -55,23 +55,27 @@ lab: WS_LOG_TERMINAL := 0
 lab: setup $(LAB_STAMP)
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
+# Notebooks run headless through ws.core.notebooks (as `jupytext --execute` would): the executed copy
+# goes to logs/ whether the run succeeds or stops, and a failing cell ends with the suite's own
+# one-paragraph message, not the kernel's traceback.
+
 # The main job: the v7 sweep on the embedded model (trains the diff first when missing), then
 # v8 (the causal test and the block-local label; it reuses v7's cached captures and bases).
 sweep: setup
 	@mkdir -p logs
-	$(VENV)/bin/jupytext --to ipynb --output logs/hypothesis_sweep_v7.executed.ipynb --execute nbs/hypothesis_sweep_v7.py
-	$(VENV)/bin/jupytext --to ipynb --output logs/hypothesis_sweep_v8.executed.ipynb --execute nbs/hypothesis_sweep_v8.py
+	$(PY) -m ws.core.notebooks nbs/hypothesis_sweep_v7.py logs/hypothesis_sweep_v7.executed.ipynb
+	$(PY) -m ws.core.notebooks nbs/hypothesis_sweep_v8.py logs/hypothesis_sweep_v8.executed.ipynb
 
 # Only the diff (the sweep builds it too when missing).
 diff: setup
 	@mkdir -p logs
-	$(VENV)/bin/jupytext --to ipynb --output logs/train_diff.executed.ipynb --execute nbs/train_diff.py
+	$(PY) -m ws.core.notebooks nbs/train_diff.py logs/train_diff.executed.ipynb
 
 # The cross-adapter comparison: the v7 sweep for every adapter type of WS_ADAPTERS (default all
 # six) and seed of WS_SEEDS, missing diffs trained first; long on a CPU (see docs/adapters.md).
 cross-adapter: setup
 	@mkdir -p logs
-	$(VENV)/bin/jupytext --to ipynb --output logs/cross_adapter.executed.ipynb --execute nbs/cross_adapter.py
+	$(PY) -m ws.core.notebooks nbs/cross_adapter.py logs/cross_adapter.executed.ipynb
 
 # A grid of runs on Ray: make grid GRID=<file> (YAML or JSON; see docs/grid.md). Finished
 # cells are skipped, so a stopped grid does only what is missing when it runs again.
@@ -79,7 +83,7 @@ GRID ?=
 grid: setup
 	@if [ -z "$(GRID)" ]; then echo "give a grid file: make grid GRID=<file> (see docs/grid.md)"; exit 2; fi
 	@mkdir -p logs
-	WS_GRID="$(GRID)" $(VENV)/bin/jupytext --to ipynb --output logs/grid.executed.ipynb --execute nbs/grid.py
+	WS_GRID="$(GRID)" $(PY) -m ws.core.notebooks nbs/grid.py logs/grid.executed.ipynb
 
 # the linter and the formatter's check first (ruff), then every test
 test: setup

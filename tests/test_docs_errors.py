@@ -181,6 +181,25 @@ def _cases(tmp_path, model, tok):
     g3 = tmp_path / "g3.yaml"
     g3.write_text("behaviors: [sycophancy]\nadapters: [lora]\n")
     out["grid shell"] = _raise(lambda: grid.base_env({"WS_MODEL": "tiny-llama"}, grid.load_grid(g3), config.Config()))
+    # hostile inputs never reach the disk
+    from ws.core import paths
+
+    out["unsafe name"] = _raise(lambda: paths.model_slug(".."))
+    out["unsafe model"] = _raise(lambda: config.from_env({"WS_MODEL": "data"}))
+    out["seed range"] = _raise(lambda: config.from_env({"WS_SEEDS": "0,99999999999999999999999"}))
+    (tmp_path / "g4.yaml").write_text("name: ../../../ESCAPED\nbehaviors: [sycophancy]\nadapters: [lora]\n")
+    out["grid name"] = _raise(lambda: grid.load_grid(tmp_path / "g4.yaml"))
+    g5 = tmp_path / "g5.yaml"
+    g5.write_text(f"behaviors: [sycophancy, {ROOT / 'behaviors' / 'sycophancy.json'}]\nadapters: [lora]\nsweeps: [v7]\n")
+    root = config.from_env({"WS_OUT": str(tmp_path / "o5")})
+    out["grid folder"] = _raise(lambda: grid.plan(grid.load_grid(g5), grid.base_env({}, grid.load_grid(g5), root)))
+    (tmp_path / "g6.yaml").write_text("behaviors: [sycophancy]\nadapters: [lora]\nseeds: [0, 99999999999999999999999]\n")
+    out["grid seeds"] = _raise(lambda: grid.load_grid(tmp_path / "g6.yaml"))
+    many = json.dumps({"behaviors": ["sycophancy"], "adapters": ["lora"], "models": [f"org/m{i}" for i in range(101)]})
+    (tmp_path / "g7.yaml").write_text(many)
+    out["grid cells"] = _raise(lambda: grid.load_grid(tmp_path / "g7.yaml"))
+    (tmp_path / "g8.yaml").write_text(json.dumps({"behaviors": ["sycophancy"], "adapters": ["lora"], "seeds": list(range(51))}))
+    out["grid seed count"] = _raise(lambda: grid.load_grid(tmp_path / "g8.yaml"))
     return out
 
 

@@ -17,17 +17,18 @@ import polars as pl
 import pytest
 
 from ws.behavior import data
-from ws.config import from_env
+from ws.config import ADAPTERS, MAX_SEED, ConfigError, from_env
 from ws.core.io import hold_run_lock
 from ws.diffs.store import read_meta
 from ws.grid import cells as C
-from ws.grid.runner import cell_resources
-from ws.grid.spec import GridError, _cell, base_env, dependencies, load_grid, plan
+from ws.grid.runner import cell_resources, prepare
+from ws.grid.spec import MAX_CELLS, MAX_SEEDS, GridError, _cell, base_env, dependencies, load_grid, plan
 from ws.stats.summaries import ranked
 from ws.v7 import sweep
 from ws.v8 import sweep as v8
 
 LORA = Path("out") / "models" / "tiny-llama" / "sycophancy" / "lora"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _write(tmp_path: Path, text: str, name: str = "grid.yaml") -> Path:
@@ -121,6 +122,88 @@ def test_the_fingerprint_is_the_settings_not_the_folders(tmp_path):
     (b,) = _plan(tmp_path / "b", text)[1]
     (c,) = _plan(tmp_path / "a", text.replace("sweeps", "env: {WS_STEPS: 5}\nsweeps"))[1]
     assert a.folder != b.folder and a.fingerprint == b.fingerprint and a.fingerprint != c.fingerprint
+
+
+# ----------------------------------------------------------------------------- hostile grid files
+@pytest.mark.parametrize("name", ["../../../ESCAPED", "/tmp/ESCAPED-abs", "ok/../../ESCAPED"])
+def test_a_grid_name_that_climbs_is_refused_before_anything_is_written(tmp_path, monkeypatch, name):
+    run = tmp_path / "a" / "b" / "c"
+    run.mkdir(parents=True)
+    monkeypatch.setenv("WS_RUN_DIR", str(run))
+    monkeypatch.chdir(run)
+    g = _write(run, json.dumps({"name": name, "behaviors": ["sycophancy"], "adapters": ["lora"]}))
+    env = {"WS_OUT": str(run / "out"), "WS_LOGS": str(run / "logs"), "WS_CACHE": str(run / "cache")}
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(GridError, match=r"(path separator|absolute path).*it cannot be the grid's name"):
+        prepare(g, env)
+    assert sorted(tmp_path.rglob("*")) == before, "the refused grid wrote a file"
+    assert not Path("/tmp/ESCAPED-abs").exists() and not (ROOT / "ESCAPED").exists()
+
+
+def _clash(tmp_path: Path, text: str) -> str:
+    with pytest.raises(GridError, match="would write the same folder") as e:
+        _plan(tmp_path, text)
+    return str(e.value)
+
+
+def test_a_built_in_behaviour_and_its_file_by_path_are_one_folder_and_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("WS_RUN_DIR", str(ROOT))
+    msg = _clash(tmp_path, "behaviors: [sycophancy, behaviors/sycophancy.json]\nadapters: [lora]\nsweeps: [v7]\n")
+    assert "behaviour 'sycophancy'" in msg and "behaviour 'behaviors/sycophancy.json'" in msg
+    assert str(tmp_path / "out" / "sycophancy" / "lora" / "v7") in msg
+
+
+def test_two_behaviour_files_of_one_name_in_different_folders_are_refused(tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "mine.jsonl").write_bytes((ROOT / "behaviors" / "ab" / "sycophancy-ab.jsonl").read_bytes())
+    a, b = tmp_path / "a" / "mine.jsonl", tmp_path / "b" / "mine.jsonl"
+    msg = _clash(tmp_path, f"behaviors: [{a}, {b}]\nadapters: [lora]\nsweeps: [v7]\n")
+    assert f"behaviour '{a}'" in msg and f"behaviour '{b}'" in msg
+
+
+def test_adapter_names_that_differ_only_in_spaces_are_refused_naming_both(tmp_path):
+    with pytest.raises(GridError, match=r"`adapters` entries 'lora' and ' lora' would write the same folder"):
+        _plan(tmp_path, 'behaviors: [sycophancy]\nadapters: [lora, " lora"]\n')
+
+
+def test_two_spellings_of_one_model_are_refused_naming_both(tmp_path):
+    msg = _clash(tmp_path, "behaviors: [sycophancy]\nadapters: [lora]\nmodels: [org/m, org__m]\nsweeps: [v7]\n")
+    assert "model 'org/m'" in msg and "model 'org__m'" in msg
+
+
+def test_seeds_out_of_range_are_refused_at_parse_time_naming_the_range(tmp_path):
+    big = "99999999999999999999999"
+    for env in ({"WS_SEEDS": f"0,{big}"}, {"WS_SEED": big}, {"WS_SEEDS": str(MAX_SEED + 1)}):
+        (name,) = env
+        with pytest.raises(ConfigError, match=rf"^{name}=.* has a seed out of range .*from 0 to {MAX_SEED} \(below 2\*\*32"):
+            from_env(env)
+    assert from_env({"WS_SEEDS": f"0,{MAX_SEED}", "WS_SEED": str(MAX_SEED)}).seeds == (0, MAX_SEED)
+    with pytest.raises(GridError, match=rf"seeds must be integers ≥ 0 and at most {MAX_SEED} .*got {big}"):
+        load_grid(_write(tmp_path, f"behaviors: [sycophancy]\nadapters: [lora]\nseeds: [0, {big}]\n"))
+
+
+def test_a_grid_larger_than_its_guard_is_refused_saying_how_many_and_how_to_allow_it(tmp_path):
+    models = [f"org/m{i}" for i in range(4)]
+    text = json.dumps({"behaviors": ["sycophancy", "refusal"], "adapters": list(ADAPTERS), "models": models})
+    n = 4 * 2 * len(ADAPTERS) * 2
+    assert n > MAX_CELLS == 200
+    with pytest.raises(GridError, match=rf"the grid plans {n} cells .*more than max_cells=200: .*`max_cells: {n}`"):
+        load_grid(_write(tmp_path, text))
+    assert load_grid(_write(tmp_path, text[:-1] + f', "max_cells": {n}}}')).n_cells == n
+    seeds = list(range(MAX_SEEDS + 1))
+    few = json.dumps({"behaviors": ["sycophancy"], "adapters": ["lora"], "seeds": seeds})
+    with pytest.raises(GridError, match=r"`seeds` lists 51 seeds, more than max_seeds=50 .*`max_seeds: 51`"):
+        load_grid(_write(tmp_path, few))
+    assert load_grid(_write(tmp_path, few[:-1] + ', "max_seeds": 51}')).seeds == tuple(seeds)
+    with pytest.raises(GridError, match=r"max_cells=0 must be a whole number ≥ 1"):
+        load_grid(_write(tmp_path, "behaviors: [sycophancy]\nadapters: [lora]\nmax_cells: 0\n"))
+
+
+def test_the_planned_count_is_the_plans_length(tmp_path):
+    text = "behaviors: [sycophancy]\nadapters: [lora, bidir]\nmodels: [tiny-llama]\nsweeps: [v7, v8, cross_adapter]\n"
+    g, cells = _plan(tmp_path, text)
+    assert g.n_cells == len(cells) == 5
 
 
 # ----------------------------------------------------------------------------- resources and locks

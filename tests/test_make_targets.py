@@ -106,3 +106,16 @@ def test_make_test_fast_runs_the_named_tests(tmp_path):
     (repo / "tests").symlink_to(ROOT / "tests", target_is_directory=True)
     out = ok(run_make(repo, "test-fast", "PYTEST_ARGS=tests/test_linalg.py -p no:cacheprovider"))
     assert re.search(r"\d+ passed", out), out[-2000:]
+
+
+def test_a_headless_run_that_stops_ends_with_the_suites_message(tmp_path):
+    """A bad value stops ``make sweep`` in its first cell: the last lines are the suite's own
+    message, not the kernel's traceback, and the executed notebook keeps the traceback."""
+    repo = checkout(tmp_path / "repo")
+    r = run_make(repo, "sweep", WS_SEEDS="0,abc")
+    assert r.returncode != 0
+    tail = r.stderr.strip().splitlines()[-6:]
+    assert any(line.startswith("ConfigError: WS_SEEDS=") for line in tail), "\n".join(tail)
+    assert "Traceback" not in r.stdout + r.stderr
+    executed = repo / "logs" / "hypothesis_sweep_v7.executed.ipynb"
+    assert "ConfigError" in executed.read_text() and str(executed.relative_to(repo)) in r.stderr

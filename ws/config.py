@@ -36,7 +36,18 @@ from ws.behavior.files import BehaviorError, builtin_names, resolve
 from ws.core.device import DEVICE_CHOICES, device_problem
 from ws.core.io import check_writable, hold_run_lock
 from ws.core.log import logger, setup_logging
-from ws.core.paths import cache_dir, logs_dir, model_root, out_dir, repo_root, resolve_user_path, run_dir
+from ws.core.paths import (
+    UnsafeNameError,
+    cache_dir,
+    logs_dir,
+    model_root,
+    model_slug,
+    out_dir,
+    repo_root,
+    resolve_user_path,
+    run_dir,
+    safe_component,
+)
 from ws.diffs.adapters import ADAPTER_TYPES, TrainConfig, adapter_table
 from ws.diffs.budget import KL_BUDGET
 from ws.diffs.store import check_misplaced_diffs, diff_path
@@ -49,6 +60,8 @@ BEHAVIORS = builtin_names()
 ADAPTERS = tuple(ADAPTER_TYPES)
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off")
+#: The largest seed (2**32 − 1): numpy's legacy seeding and every generator the suite seeds take it.
+MAX_SEED = 2**32 - 1
 
 
 class ConfigError(ValueError):
@@ -89,10 +102,31 @@ def _seeds(name: str, raw: str) -> tuple[int, ...]:
     parts = [p.strip() for p in raw.split(",")]
     if any(p == "" for p in parts):
         raise ConfigError(f"{name}={raw!r} has an empty entry: give comma-separated integers ≥ 0, e.g. {name}=0,1,2")
-    seeds = tuple(_int(name, p, lo=0) for p in parts)
+    seeds = _in_seed_range(name, raw, tuple(_int(name, p, lo=0) for p in parts))
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"{name}={raw!r} repeats a seed: give each seed once")
     return seeds
+
+
+def _in_seed_range(name: str, raw: str, seeds: tuple[int, ...]) -> tuple[int, ...]:
+    """``seeds`` when each is at most :data:`MAX_SEED`, else :class:`ConfigError`."""
+    big = [s for s in seeds if s > MAX_SEED]
+    if big:
+        raise ConfigError(
+            f"{name}={raw!r} has a seed out of range ({big[0]}): a seed is an integer from 0 to {MAX_SEED} "
+            f"(below 2**32, what numpy and torch take)"
+        )
+    return seeds
+
+
+def _seed(name: str, raw: str) -> int:
+    """One seed, 0 to :data:`MAX_SEED`."""
+    return _in_seed_range(name, raw, (_int(name, raw, lo=0),))[0]
+
+
+def _unsafe(name: str, raw: str, e: UnsafeNameError) -> ConfigError:
+    """The :class:`ConfigError` of a value whose folder name :func:`ws.core.paths.safe_component` refused."""
+    return ConfigError(f"{name}={raw!r} cannot name a folder: {e}")
 
 
 def _adapters(name: str, raw: str) -> tuple[str, ...]:
@@ -107,7 +141,7 @@ def _adapters(name: str, raw: str) -> tuple[str, ...]:
         )
     if len(set(parts)) != len(parts):
         raise ConfigError(f"{name}={raw!r} repeats an adapter type: give each once")
-    return tuple(parts)
+    return tuple(_adapter(name, p) for p in parts)
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[str, str], str]:
@@ -121,8 +155,13 @@ def _choice(options: tuple[str, ...]) -> Callable[[str, str], str]:
 
 
 def _adapter(name: str, raw: str) -> str:
-    """One registered adapter type (:data:`ws.diffs.adapters.ADAPTER_TYPES`, read now)."""
-    return _choice(tuple(ADAPTER_TYPES))(name, raw)
+    """One registered adapter type (:data:`ws.diffs.adapters.ADAPTER_TYPES`, read now), whose
+    name can be its output folder's."""
+    v = _choice(tuple(ADAPTER_TYPES))(name, raw)
+    try:
+        return safe_component(v, "an adapter type's name (it names the output folder)")
+    except UnsafeNameError as e:
+        raise _unsafe(name, raw, e) from None
 
 
 def _behavior(name: str, raw: str) -> str:
@@ -192,7 +231,12 @@ def _model(name: str, raw: str) -> str:
     """A model name stays a name; a folder that exists (relative to the run folder) becomes absolute."""
     v = raw.strip()
     p = resolve_user_path(v)
-    return str(p) if p.exists() else v
+    v = str(p) if p.exists() else v
+    try:
+        model_slug(v)
+    except UnsafeNameError as e:
+        raise _unsafe(name, raw, e) from None
+    return v
 
 
 # ----------------------------------------------------------------------------- the table
@@ -252,9 +296,9 @@ VARIABLES: tuple[Var, ...] = (
         "0,1,2",
         "training seeds of the sweep; each gets its own diff and scores",
         smoke_default="0",
-        allowed="integers ≥ 0, comma-separated",
+        allowed="integers 0 … 2³²−1, comma-separated",
     ),
-    Var("WS_SEED", "seed", lambda n, r: _int(n, r, lo=0), "0", "the one seed `nbs/train_diff.py` builds", allowed="integer ≥ 0"),
+    Var("WS_SEED", "seed", _seed, "0", "the one seed `nbs/train_diff.py` builds", allowed="integer 0 … 2³²−1"),
     Var("WS_REBUILD", "rebuild", _bool, "0", "`1`: retrain a diff that exists (replaces it on purpose)", allowed="boolean"),
     Var(
         "WS_STEPS", "steps", _int, "", "training steps of each adapter (unset: the built-in default, 160)", allowed="integer ≥ 1"
@@ -589,7 +633,7 @@ def import_label(kind: str, sources: tuple[Path, ...]) -> str:
     """The output folder name of an imported diff: its kind and 8 hex digits of its source
     folders' paths, so that two imports never share a folder (``peft-1a2b3c4d``)."""
     digest = hashlib.sha256("\n".join(str(p) for p in sources).encode()).hexdigest()[:8]
-    return f"{kind}-{digest}"
+    return safe_component(f"{kind}-{digest}", "an imported diff's label (it names the output folder)")
 
 
 def _with_import(cfg: Config, env: Mapping[str, str]) -> Config:

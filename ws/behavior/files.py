@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from ws.behavior import ab
-from ws.core.paths import RESERVED_OUT_DIRS, repo_root
+from ws.core.paths import UnsafeNameError, repo_root, safe_component
 
 ROLES = ("target", "control")
 RULES = ("yes", "no", "truth", "item")
@@ -313,10 +313,12 @@ def _parse_header(c: _Checker, top: dict) -> tuple[str, str, float]:
     name = c.text(top, "name", "top level")
     if not all(ch.isalnum() or ch in "-_" for ch in name):
         c.fail("top level", "name", f"{name!r} names the output folder: use letters, digits, '-' and '_' only")
-    if name in RESERVED_OUT_DIRS:
-        c.fail("top level", "name", f"{name!r} is {RESERVED_OUT_DIRS[name]}: choose another name")
     description = c.text(top, "description", "top level", required=False)
     frac = top.get("heldout_frac", DEFAULT_HELDOUT_FRAC)
+    try:
+        safe_component(name, "a behaviour's name (it names the output folder)")
+    except UnsafeNameError as e:
+        c.fail("top level", "name", str(e))
     if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac < 1:
         c.fail("top level", "heldout_frac", f"{frac!r} is not a number strictly between 0 and 1")
     return name, description, frac

@@ -17,12 +17,18 @@ go: the embedded default model's at the output root itself (``<out>/<behavior>/<
 where the spec puts them), every other model's under ``<out>/models/<model_slug>/``, the
 same layout below it, so two models never share a diff or an output folder. The persona
 completions carry the model in their own path (``<out>/data/<model_slug>/…``).
+
+Every name that becomes one folder or file name under these roots (a behaviour's name, a
+grid's name, an adapter's name or label, a model's slug, a steering-vector file's name) goes
+through :func:`safe_component` first: a name that would climb out of its folder, name
+another one, or land in one of the output tree's own folders is refused
+(:class:`UnsafeNameError`), never written.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 
 def repo_root() -> Path:
@@ -67,11 +73,6 @@ def cache_dir() -> Path:
     return _env_dir("WS_CACHE", repo_root() / "cache")
 
 
-def model_slug(model_name: str) -> str:
-    """A folder-safe model name (``Qwen/Qwen3-0.6B`` -> ``Qwen__Qwen3-0.6B``)."""
-    return model_name.strip("/").replace("/", "__").replace("\\", "__")
-
-
 #: The embedded default model (SmolLM2-135M-Instruct, :mod:`ws.model.load`) and the other
 #: names it loads under.
 DEFAULT_MODEL = "smollm2-135m"
@@ -81,12 +82,67 @@ MODELS_DIR = "models"
 #: Folders under the output root that hold the base model's completions and the benchmark.
 DATA_DIR = "data"
 BENCH_DIR = "bench"
-#: Names a behaviour may not take: its output folder would be one of these.
+#: The folder under the output root that holds each grid's summary (``<out>/grids/<name>``).
+GRIDS_DIR = "grids"
+#: The folder under a behaviour's that holds its cross-adapter comparison.
+CROSS_ADAPTER_DIR = "cross_adapter"
+#: Names no behaviour, grid, adapter, model or vector may take (in any case): its folder
+#: would be one of these.
 RESERVED_OUT_DIRS = {
     MODELS_DIR: "the output folder of the other models' outputs",
     DATA_DIR: "the output folder of the base model's completions",
     BENCH_DIR: "the output folder of `make bench`",
+    GRIDS_DIR: "the output folder of the grids' summaries",
+    CROSS_ADAPTER_DIR: "the output folder of a behaviour's cross-adapter comparison",
 }
+SAFE_NAME_RULE = "give a name without '/', '\\', control characters or surrounding spaces, other than '.', '..' and " + ", ".join(
+    sorted(RESERVED_OUT_DIRS)
+)
+
+
+class UnsafeNameError(ValueError):
+    """A name cannot be one folder or file name under the output tree (the message names the
+    value, why, what it was for and what to give instead)."""
+
+
+def _unsafe_why(value: str) -> str | None:
+    """Why ``value`` cannot be one path component, or None when it can."""
+    if value == "":
+        return "is empty"
+    if value in (".", ".."):
+        return "names its own folder" if value == "." else "climbs out of its folder"
+    if value.startswith(("/", "\\")) or PureWindowsPath(value).drive:
+        return "is an absolute path (or names a drive)"
+    sep = next((c for c in "/\\" if c in value), None)
+    if sep:
+        return f"holds a path separator ({sep!r})"
+    bad = next((c for c in value if not c.isprintable()), None)
+    if bad is not None:
+        return f"holds a control or other non-printing character ({bad!r})"
+    if value != value.strip():
+        return "starts or ends with a space"
+    if value.lower() in RESERVED_OUT_DIRS:
+        return f"is {RESERVED_OUT_DIRS[value.lower()]}"
+    return None
+
+
+def safe_component(value: str, what: str) -> str:
+    """``value`` itself when it can be one folder or file name under the output tree: not
+    empty, ``.`` or ``..``, not absolute, without a path separator (``/``, ``\\``), a NUL or
+    other control character, or a leading or trailing space, and none of
+    :data:`RESERVED_OUT_DIRS` (in any case). Else :class:`UnsafeNameError`, naming the value,
+    why, ``what`` it is (e.g. ``"a behaviour's name"``) and the fix."""
+    why = _unsafe_why(value) if isinstance(value, str) else f"is a {type(value).__name__}, not a text"
+    if why:
+        raise UnsafeNameError(f"{value!r} {why}: it cannot be {what}; {SAFE_NAME_RULE}")
+    return value
+
+
+def model_slug(model_name: str) -> str:
+    """A folder-safe model name (``Qwen/Qwen3-0.6B`` -> ``Qwen__Qwen3-0.6B``), checked by
+    :func:`safe_component` (``..`` or an empty name is refused, never a folder)."""
+    slug = model_name.strip("/").replace("/", "__").replace("\\", "__")
+    return safe_component(slug, f"the folder name of model {model_name!r}")
 
 
 def model_root(model_name: str, out_root: str | Path | None = None) -> Path:

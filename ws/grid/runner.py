@@ -32,11 +32,11 @@ from tqdm.auto import tqdm
 from ws.config import from_env
 from ws.core.io import hold_run_lock
 from ws.core.log import logger, setup_logging
+from ws.core.paths import GRIDS_DIR
 from ws.grid import cells as C
 from ws.grid import summary
 from ws.grid.spec import Cell, Grid, base_env, dependencies, load_grid, plan
 
-GRIDS_DIR = "grids"
 #: the local Ray's shared-memory store: the cells pass only small dicts through it
 OBJECT_STORE_BYTES = 256 * 1024**2
 
@@ -153,18 +153,20 @@ def run_cells(run: GridRun, todo: list[Cell], bar) -> None:
 
 
 def prepare(path: str | Path, env: Mapping[str, str] | None = None) -> GridRun:
-    """Read and check the grid file ``path``, take its folder's lock, plan its cells and
-    decide each one's state (nothing runs yet): the cells that cannot run get status
+    """Read and check the grid file ``path``, plan its cells (a grid that cannot run is refused
+    here, before anything is written), take its folder's lock and decide each cell's state
+    (nothing runs yet): the cells that cannot run get status
     ``failed`` with their error, those done earlier ``done``, a complete set made with other
     settings ``kept``; ``env``: the shell's variables (default ``os.environ``)."""
     env = dict(os.environ if env is None else env)
     grid = load_grid(path)
     root = from_env({k: v for k, v in env.items() if k.startswith("WS_") and k not in ("WS_GRID", "WS_RAY_ADDRESS")})
+    cells = plan(grid, base_env(env, grid, root))
     setup_logging(f"grid_{grid.name}", root.logs_root)
     folder = grid_dir(grid, root.out_root)
     hold_run_lock(root.out_root, f"grid {grid.name}", shared=True)
     hold_run_lock(folder, f"grid {grid.name}")
-    run = GridRun(grid, plan(grid, base_env(env, grid, root)), folder=folder, ray_address=env.get("WS_RAY_ADDRESS"))
+    run = GridRun(grid, cells, folder=folder, ray_address=env.get("WS_RAY_ADDRESS"))
     for cell in run.cells:
         if cell.error:
             logger.warning(f"{cell.key} cannot run: {cell.error}")

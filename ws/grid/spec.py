@@ -9,6 +9,8 @@ A grid file is YAML (JSON is YAML too)::
     sweeps: [v7, v8, cross_adapter]
     env: {WS_STEPS: 80}              # optional: any other WS_* setting, for every cell
     resources: {cpus_per_cell: 2}    # optional: what one cell asks Ray for (see docs/grid.md)
+    max_cells: 200                   # optional: the most cells the grid may plan (default 200)
+    max_seeds: 50                    # optional: the most seeds it may list (default 50)
 
 Each (model, behaviour, adapter) gets one cell per sweep of ``v7`` / ``v8``; ``cross_adapter``
 is one cell per (model, behaviour) over the grid's adapter types. An adapter entry is a
@@ -20,6 +22,12 @@ folder the grid was started from, as every ``WS_*`` path does.
 :func:`plan` turns a grid into :class:`Cell` objects, each with the complete ``WS_*``
 environment its job runs with, checked by :func:`ws.config.from_env` now (a cell that cannot
 run is reported with its error before any work starts, and the others go on).
+
+Nothing a grid file names reaches the disk unchecked: its name, each adapter type's name
+and every cell's behaviour name and model slug go through
+:func:`ws.core.paths.safe_component`; the seeds must be below 2**32; a grid that plans more
+than ``max_cells`` cells or lists more than ``max_seeds`` seeds, and two cells that would
+write one folder, are refused before any work (:class:`GridError`).
 """
 
 from __future__ import annotations
@@ -32,11 +40,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ws.config import BY_NAME, Config, ConfigError, from_env
-from ws.core.paths import model_slug, resolve_user_path, run_dir
+from ws.config import BY_NAME, MAX_SEED, Config, ConfigError, from_env
+from ws.core.paths import UnsafeNameError, model_slug, resolve_user_path, run_dir, safe_component
 
 SWEEPS = ("v7", "v8", "cross_adapter")
-KEYS = ("name", "behaviors", "adapters", "seeds", "models", "sweeps", "env", "resources")
+KEYS = ("name", "behaviors", "adapters", "seeds", "models", "sweeps", "env", "resources", "max_cells", "max_seeds")
+#: the size guard: the most cells a grid may plan, and seeds it may list, unless its file allows more
+MAX_CELLS = 200
+MAX_SEEDS = 50
 DEFAULTS: dict[str, Any] = {"seeds": [0, 1, 2], "models": ["smollm2-135m"], "sweeps": ["v7", "v8"]}
 RESOURCE_KEYS = ("cpus_per_cell", "gpus_per_cell")
 #: adapter-entry keys (an imported diff) and the variables they set
@@ -72,10 +83,19 @@ class Grid:
     sweeps: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()
     resources: tuple[tuple[str, float], ...] = ()
+    max_cells: int = MAX_CELLS
+    max_seeds: int = MAX_SEEDS
 
     @property
     def adapter_types(self) -> tuple[str, ...]:
         return tuple(a for a in self.adapters if isinstance(a, str))
+
+    @property
+    def n_cells(self) -> int:
+        """How many cells :func:`plan` makes of this grid."""
+        per_adapter = sum(s in self.sweeps for s in ("v7", "v8"))
+        cross = int("cross_adapter" in self.sweeps and bool(self.adapter_types))
+        return len(self.models) * len(self.behaviors) * (len(self.adapters) * per_adapter + cross)
 
 
 @dataclass(frozen=True)
@@ -98,7 +118,8 @@ class Cell:
     @property
     def slug(self) -> str:
         """A file-name-safe id of the cell (for its log)."""
-        raw = f"{self.sweep}_{model_slug(self.model)}_{Path(self.behavior).name}_{self.adapter}"
+        model = model_slug(self.model) if self.config is not None else self.model
+        raw = f"{self.sweep}_{model}_{Path(self.behavior).name}_{self.adapter}"
         return "".join(c if c.isalnum() or c in "-_." else "-" for c in raw)
 
     @property
@@ -158,9 +179,67 @@ def _list(data: dict, key: str, path: Path) -> list:
     return v
 
 
+def _safe(value: str, what: str, path: Path) -> str:
+    """``value`` when it can be one folder name (:func:`ws.core.paths.safe_component`), else :class:`GridError`."""
+    try:
+        return safe_component(value, what)
+    except UnsafeNameError as e:
+        raise GridError(f"{path}: {e}") from None
+
+
+def _seeds(data: dict, path: Path) -> tuple[int, ...]:
+    """``seeds``: integers from 0 to :data:`ws.config.MAX_SEED`, at most ``max_seeds`` of them."""
+    seeds = _list(data, "seeds", path)
+    bad = [s for s in seeds if not (isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED)]
+    if bad:
+        raise GridError(
+            f"{path}: seeds must be integers ≥ 0 and at most {MAX_SEED} (below 2**32, what numpy and torch take), "
+            f"got {', '.join(map(repr, bad[:5]))}"
+        )
+    limit = _limit(data, "max_seeds", MAX_SEEDS, path)
+    if len(seeds) > limit:
+        raise GridError(
+            f"{path}: `seeds` lists {len(seeds)} seeds, more than max_seeds={limit} (each v7 cell trains a diff per "
+            f"seed): check the list, or allow it with `max_seeds: {len(seeds)}` in the grid file"
+        )
+    return tuple(seeds)
+
+
+def _limit(data: dict, key: str, default: int, path: Path) -> int:
+    """A size guard's value (``max_cells``, ``max_seeds``): a whole number ≥ 1."""
+    v = data.get(key, default)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise GridError(f"{path}: {key}={v!r} must be a whole number ≥ 1 (default {default})")
+    return v
+
+
+def _check_size(grid: Grid, path: Path) -> None:
+    """Refuse a grid that plans more than ``max_cells`` cells (say how many, and how to allow it)."""
+    n = grid.n_cells
+    if n > grid.max_cells:
+        raise GridError(
+            f"{path}: the grid plans {n} cells ({len(grid.models)} model(s) × {len(grid.behaviors)} behaviour(s) × "
+            f"{len(grid.adapters)} adapter(s) × sweeps {', '.join(grid.sweeps)}), more than max_cells={grid.max_cells}: "
+            f"check its lists, or allow it with `max_cells: {n}` in the grid file"
+        )
+
+
+def _adapters(data: dict, path: Path) -> tuple[str | tuple[tuple[str, str], ...], ...]:
+    """The adapter entries, normalised; two that normalise to one (``lora`` and ``" lora"``)
+    would write one folder: refused, naming both."""
+    raw = _list(data, "adapters", path)
+    norm = [_adapter(a, path) for a in raw]
+    for i, v in enumerate(norm):
+        if (j := norm.index(v)) < i:
+            raise GridError(
+                f"{path}: `adapters` entries {raw[j]!r} and {raw[i]!r} would write the same folder (both are {v!r}): give it once"
+            )
+    return tuple(norm)
+
+
 def _adapter(entry: Any, path: Path) -> str | tuple[tuple[str, str], ...]:
     if isinstance(entry, str):
-        return entry.strip()
+        return _safe(entry.strip(), "an adapter type's name (it names the output folder)", path)
     if isinstance(entry, dict) and entry and all(k in IMPORT_KEYS for k in entry):
         return tuple(sorted((k, str(v)) for k, v in entry.items()))
     raise GridError(
@@ -201,20 +280,21 @@ def load_grid(path: str | Path) -> Grid:
     bad = [s for s in sweeps if s not in SWEEPS]
     if bad:
         raise GridError(f"{p}: sweeps {', '.join(bad)} unknown: choose from {', '.join(SWEEPS)}")
-    seeds = _list(data, "seeds", p)
-    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-        raise GridError(f"{p}: seeds must be integers ≥ 0, got {seeds}")
-    return Grid(
-        name=str(data.get("name") or p.stem),
+    grid = Grid(
+        name=_safe(str(data.get("name") or p.stem), "the grid's name (its folder grids/<name> and its log)", p),
         path=p,
         behaviors=tuple(str(b) for b in _list(data, "behaviors", p)),
-        adapters=tuple(_adapter(a, p) for a in _list(data, "adapters", p)),
-        seeds=tuple(seeds),
+        adapters=_adapters(data, p),
+        seeds=_seeds(data, p),
         models=tuple(str(m) for m in _list(data, "models", p)),
         sweeps=tuple(sweeps),
         env=_env(data, p),
         resources=_resources(data, p),
+        max_cells=_limit(data, "max_cells", MAX_CELLS, p),
+        max_seeds=_limit(data, "max_seeds", MAX_SEEDS, p),
     )
+    _check_size(grid, p)
+    return grid
 
 
 # ----------------------------------------------------------------------------- cells
@@ -263,7 +343,34 @@ def plan(grid: Grid, base: Mapping[str, str]) -> list[Cell]:
             if "cross_adapter" in grid.sweeps and grid.adapter_types:
                 env = {**common, "WS_ADAPTERS": ",".join(grid.adapter_types), "WS_SEEDS": seeds}
                 cells.append(_cell("cross_adapter", model, behavior, "cross_adapter", env))
+    check_folders(cells, grid.path)
     return cells
+
+
+def _entries(cell: Cell) -> str:
+    """The grid file's entries a cell comes from, as written there."""
+    e = cell.env_dict
+    adapter = e.get("WS_ADAPTER") or ("" if cell.sweep == "cross_adapter" else cell.adapter)
+    return f"{cell.sweep} of model {e['WS_MODEL']!r}, behaviour {e['WS_BEHAVIOR']!r}" + (
+        f", adapter {adapter!r}" if adapter else ""
+    )
+
+
+def check_folders(cells: list[Cell], path: Path) -> None:
+    """Refuse two cells that would write one folder (:class:`GridError`, naming both), compared
+    by the folder each writes (the behaviour's resolved name, the adapter's, the model's slug;
+    in any case, as a case-blind file system would), not by the grid file's strings."""
+    seen: dict[str, Cell] = {}
+    for cell in cells:
+        if cell.folder is None:
+            continue
+        first = seen.setdefault(str(cell.folder).casefold(), cell)
+        if first is not cell:
+            raise GridError(
+                f"{path}: two cells would write the same folder {cell.folder}: {_entries(first)}; and {_entries(cell)}. "
+                f"Give each (model, behaviour, adapter) once: a behaviour file and its built-in name, two files of one "
+                f"behaviour name, or two spellings of one model are the same"
+            )
 
 
 def dependencies(cell: Cell, cells: list[Cell]) -> list[Cell]:

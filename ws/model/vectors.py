@@ -91,6 +91,7 @@ import safetensors.torch
 import torch
 
 from ws.core.linalg import DEFAULT_RTOL, f64, orthonormalize
+from ws.core.paths import UnsafeNameError, safe_component
 
 __all__ = ["VectorError", "SteeringVectors", "read_vectors", "SUFFIXES", "CONVENTIONS"]
 
@@ -171,6 +172,15 @@ class SteeringVectors:
 def _sanitise(name: str) -> str:
     clean = re.sub(r"[^A-Za-z0-9_.-]", "_", name).strip("._") or "vectors"
     return clean
+
+
+def _vector_name(raw: str, where: str) -> str:
+    """``raw`` sanitised (:func:`_sanitise`), then checked as one file name
+    (:func:`ws.core.paths.safe_component`: e.g. ``data`` is refused); else :class:`VectorError`."""
+    try:
+        return safe_component(_sanitise(raw), "a steering-vector file's name (its candidate is vector:<name>)")
+    except UnsafeNameError as e:
+        raise VectorError(f"{where}: {e}") from None
 
 
 def _sha256(path: Path) -> str:
@@ -452,11 +462,13 @@ def read_vectors(
 
     ``convention``: ``"block"`` or ``"hidden"`` (how the file's indices name layers; default
     per format, see the module docstring); ``shift`` is added to the block index afterwards;
-    ``name`` defaults to the file stem (sanitised to ``[A-Za-z0-9_.-]``).
+    ``name`` defaults to the file stem (sanitised to ``[A-Za-z0-9_.-]``, then checked by
+    :func:`ws.core.paths.safe_component`).
     Returns ``directions {block l: float32 [k, d]}``. Raises :class:`VectorError`.
     """
     path = Path(path)
     where = f"steering vectors {str(path)!r}"
+    vname = _vector_name(name if name is not None else path.stem, where)
     fmt = _check_args(path, n_layers, d, convention, where)
     entries, hint, is_stack = _READERS[fmt](path, where)
     if not entries:
@@ -470,7 +482,7 @@ def read_vectors(
     if not directions:
         raise VectorError(f"{where}: holds no vectors besides a zero embeddings row. Save at least one direction.")
     return SteeringVectors(
-        name=_sanitise(name if name is not None else path.stem),
+        name=vname,
         path=str(path),
         sha256=_sha256(path),
         format=fmt,
