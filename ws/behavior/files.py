@@ -311,14 +311,14 @@ def _parse_readout(c: _Checker, raw: Any, where: str) -> tuple[str, str]:
 def _parse_header(c: _Checker, top: dict) -> tuple[str, str, float]:
     """``name`` (it names the output folder), ``description``, ``heldout_frac``."""
     name = c.text(top, "name", "top level")
-    if not all(ch.isalnum() or ch in "-_" for ch in name):
-        c.fail("top level", "name", f"{name!r} names the output folder: use letters, digits, '-' and '_' only")
-    description = c.text(top, "description", "top level", required=False)
-    frac = top.get("heldout_frac", DEFAULT_HELDOUT_FRAC)
     try:
         safe_component(name, "a behaviour's name (it names the output folder)")
     except UnsafeNameError as e:
         c.fail("top level", "name", str(e))
+    if not all(ch.isalnum() or ch in "-_" for ch in name):
+        c.fail("top level", "name", f"{name!r} names the output folder: use letters, digits, '-' and '_' only")
+    description = c.text(top, "description", "top level", required=False)
+    frac = top.get("heldout_frac", DEFAULT_HELDOUT_FRAC)
     if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac < 1:
         c.fail("top level", "heldout_frac", f"{frac!r} is not a number strictly between 0 and 1")
     return name, description, frac
