@@ -410,7 +410,10 @@ def test_an_arbitrary_pickle_is_never_executed(llama, tmp_path, capsys):
     with open(tmp_path / "a" / "adapter_model.bin", "wb") as f:
         pickle.dump({"base_model.model.x.lora_A.weight": torch.zeros(2, 2), "x": _Evil()}, f, protocol=2)
     _refused(
-        [str(tmp_path / "a" / "adapter_model.bin"), "weights_only=True", "never executed"], adapter_delta, llama, tmp_path / "a"
+        [str(tmp_path / "a" / "adapter_model.bin"), "weights_only=True", "it asks for", "never executed"],
+        adapter_delta,
+        llama,
+        tmp_path / "a",
     )
     assert "must never run" not in capsys.readouterr().out
 

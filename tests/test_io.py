@@ -40,3 +40,33 @@ def test_a_killed_runs_stage_is_removed_by_the_next_run(tmp_path):
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted([alive.name, "x.csv"]), left
     assert remove_stale_staging(tmp_path) == []
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("a pickle ran",))
+
+
+def _refusal(obj, tmp_path) -> BaseException:
+    import torch
+
+    path = tmp_path / "x.pt"
+    torch.save(obj, path)
+    with pytest.raises(Exception) as e:
+        torch.load(path, weights_only=True)
+    return e.value
+
+
+def test_pickle_refusal_names_the_global_and_drops_torchs_advice(tmp_path):
+    import torch
+
+    from ws.core.io import pickle_refusal
+
+    blocked = pickle_refusal(_refusal({"a": torch.ones(1), "f": os.system}, tmp_path))  # a blocked module
+    assert blocked.startswith(f"it asks for {os.system.__module__}.system,"), blocked
+    not_allowed = pickle_refusal(_refusal({"a": _Evil()}, tmp_path))  # a global not allowed by default
+    assert not_allowed.startswith("it asks for print,"), not_allowed
+    for text in (blocked, not_allowed):
+        assert "weights_only" not in text and "never executed" in text
+    plain = pickle_refusal(ValueError("first line\nweights_only=False would work\n"))
+    assert plain == "ValueError: first line"

@@ -87,3 +87,16 @@ def test_a_saved_tiny_model_folder_loads_and_a_damaged_one_is_a_model_load_error
     (tmp_path / "m" / "config.json").write_text("{not json")
     with pytest.raises(ModelLoadError, match="Could not load model"):
         load_model(str(tmp_path / "m"))
+
+
+def test_a_model_folder_with_a_refused_pickle_is_a_model_load_error_naming_the_global(tiny_llama, tmp_path):
+    import os
+
+    model, tok = tiny_llama
+    folder = tmp_path / "m"
+    model.config.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    torch.save({"model.embed_tokens.weight": torch.zeros(2), "f": os.system}, folder / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match=r"pickle .*it asks for (posix|nt)\.system") as e:
+        load_model(str(folder))
+    assert "weights_only=False" not in str(e.value)

@@ -168,7 +168,7 @@ def test_import_pt_refuses_arbitrary_pickles(tmp_path, capsys):
     p = tmp_path / "evil.pt"
     with open(p, "wb") as f:
         pickle.dump({"model.layers.0.mlp.down_proj.weight": torch.zeros(2, 2), "x": _Evil()}, f, protocol=2)
-    with pytest.raises(ValueError, match="weights_only"):
+    with pytest.raises(ValueError, match=r"weights_only=True \(it asks for \S+, which is not a tensor type"):
         import_pt(p)
     assert "must never run" not in capsys.readouterr().out
     torch.save({"a": torch.zeros(2), "note": "a string"}, tmp_path / "str.pt")

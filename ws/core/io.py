@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -225,3 +226,16 @@ def hold_run_lock(folder: str | Path, what: str = "run", shared: bool = False) -
         os.write(fd, note.encode())
     _HELD[key] = fd
     return path
+
+
+def pickle_refusal(err: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a pickle, in one line: the global it asks
+    for when torch names one (either phrasing torch has used: ``Unsupported global: GLOBAL x.y``
+    or ``unsupported GLOBAL x.y whose module x is blocked``), else the error's first line —
+    never torch's advice to load with ``weights_only=False``."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    m = re.search(r"GLOBAL\s+([\w.]+)", text)
+    if m:
+        return f"it asks for {m.group(1)}, which is not a tensor type: arbitrary pickles are never executed"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln]
+    return f"{type(err).__name__}: {(lines[0] if lines else 'not a plain pickle of tensors')[:300]}"

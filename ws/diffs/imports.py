@@ -46,6 +46,7 @@ from peft.utils.other import ModulesToSaveWrapper
 from safetensors import safe_open
 from torch import nn
 
+from ws.core.io import pickle_refusal
 from ws.core.log import logger
 from ws.core.paths import EMBEDDED_NAMES, model_slug
 from ws.model.load import ATTN_PROJ, MLP_PROJ, model_id, n_layers
@@ -217,10 +218,9 @@ def _read_adapter_weights(path: Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - weights_only refusals come as several types
-            first = str(e).splitlines()[0] if str(e) else ""
             raise ImportRefused(
                 f"refusing {path}: it is not a plain dict of tensors loadable with torch.load(weights_only=True) "
-                f"({type(e).__name__}: {first}). Arbitrary pickles are never executed; {_BRING}"
+                f"({pickle_refusal(e)}). Arbitrary pickles are never executed; {_BRING}"
             ) from e
         if not isinstance(state, dict):
             raise ImportRefused(f"refusing {path}: it holds a {type(state).__name__}, not a dict of tensors; {_BRING}")

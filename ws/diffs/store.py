@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ws.behavior.data import data_hash
-from ws.core.io import atomic_path
+from ws.core.io import atomic_path, pickle_refusal
 from ws.core.paths import DEFAULT_MODEL, model_root
 from ws.model.load import model_id
 from ws.model.steer import w_mismatches
@@ -374,7 +374,7 @@ def import_pt(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as e:  # noqa: BLE001 - weights_only refusals come as several types
         raise ValueError(
             f"refusing {path}: it is not a plain dict of tensors loadable with weights_only=True "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Arbitrary pickles are never executed."
+            f"({pickle_refusal(e)}). Arbitrary pickles are never executed."
         ) from e
     if not isinstance(obj, dict) or not obj:
         raise ValueError(f"refusing {path}: expected a non-empty dict of name -> tensor, got {type(obj).__name__}")

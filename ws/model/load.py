@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+import pickle
 import shutil
 import time
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen3Config
 
 from ws.core.device import resolve_device, resolve_dtype
+from ws.core.io import pickle_refusal
 from ws.core.log import logger
 from ws.core.paths import DEFAULT_MODEL, EMBEDDED_NAMES, cache_dir, repo_root
 
@@ -206,6 +208,12 @@ def _from_pretrained(name_or_path: str, device_map: str | None = None, dtype: to
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, attn_implementation="eager", **extra)
     except (OSError, ValueError, KeyError) as e:
         raise ModelLoadError(f"Could not load model {name_or_path!r}: {type(e).__name__}: {e}\n{_LOAD_HINT}") from e
+    except pickle.UnpicklingError as e:  # a pickle checkpoint torch.load(weights_only=True) refuses
+        raise ModelLoadError(
+            f"Could not load model {name_or_path!r}: its weights are a pickle (pytorch_model*.bin) that is never "
+            f"unpickled beyond plain tensors ({pickle_refusal(e)}). Bring the weights as safetensors: "
+            f"`save_pretrained` writes model.safetensors.\n{_LOAD_HINT}"
+        ) from e
     return model, tok
 
 

@@ -90,6 +90,7 @@ import numpy as np
 import safetensors.torch
 import torch
 
+from ws.core.io import pickle_refusal
 from ws.core.linalg import DEFAULT_RTOL, f64, orthonormalize
 from ws.core.paths import UnsafeNameError, safe_component
 
@@ -197,12 +198,6 @@ def _short(err: BaseException) -> str:
     return (text[0] if text else type(err).__name__)[:300]
 
 
-def _pickle_reason(err: BaseException) -> str:
-    """Why ``torch.load(weights_only=True)`` refused: the non-tensor global the pickle asks for, if named."""
-    m = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-    return f"it asks for {m.group(1)}, which is not a tensor type" if m else _short(err)
-
-
 def _layer_index(key: object, where: str) -> int | None:
     """The layer number in a per-layer key (``12``, ``"12"``, ``"layer.12"`` …), else ``None``."""
     if isinstance(key, bool):
@@ -292,7 +287,7 @@ def _read_pt(path: Path, where: str) -> tuple[list[Entry], str, bool]:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:
         raise VectorError(
-            f"{where}: refused by torch.load(weights_only=True) ({_pickle_reason(err)}). Only a tensor or a dict "
+            f"{where}: refused by torch.load(weights_only=True) ({pickle_refusal(err)}). Only a tensor or a dict "
             "{layer: tensor} is read; arbitrary pickled objects are never executed. Save plain tensors "
             "(torch.save({12: v}, ...)) or use safetensors."
         ) from err
