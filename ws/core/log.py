@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from loguru import logger
+from tqdm.auto import tqdm
 
 from ws.core.paths import logs_dir
 
@@ -35,4 +39,28 @@ def setup_logging(name: str, log_dir: str | Path | None = None, level: str = "IN
     return path
 
 
-__all__ = ["logger", "setup_logging"]
+T = TypeVar("T")
+
+#: seconds between two progress lines of a long stage (its bar updates continuously)
+PROGRESS_EVERY_S = 20.0
+
+
+def progress(items: Iterable[T], desc: str, total: int | None = None, every_s: float = PROGRESS_EVERY_S) -> Iterator[T]:
+    """Iterate ``items`` with progress shown both ways: a bar (a widget in Jupyter) and, for
+    headless runs whose bars land in the executed notebook, an INFO line at most every
+    ``every_s`` seconds and one at the end — ``desc: i/n (p %), t s, about r s left`` — which
+    reaches the terminal (``WS_LOG_TERMINAL=1``) and the verbose log."""
+    n = total if total is not None else len(items)  # type: ignore[arg-type]  (a sized iterable, or give total)
+    t0 = last = time.perf_counter()
+    i = 0
+    for i, item in enumerate(tqdm(items, desc=desc, total=n, leave=False), start=1):
+        yield item
+        now = time.perf_counter()
+        if now - last >= every_s and i < n:
+            last = now
+            left = (now - t0) / i * (n - i)
+            logger.info(f"{desc}: {i}/{n} ({100 * i / max(n, 1):.0f} %), {now - t0:.0f} s, about {left:.0f} s left")
+    logger.info(f"{desc}: {i}/{n} done in {time.perf_counter() - t0:.0f} s")
+
+
+__all__ = ["logger", "progress", "setup_logging"]

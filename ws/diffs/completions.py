@@ -21,11 +21,11 @@ from pathlib import Path
 import polars as pl
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ws.behavior import data
 from ws.behavior.files import DEFAULT_READOUT
 from ws.core.device import autocast, input_device
+from ws.core.log import progress
 from ws.core.paths import DATA_DIR, model_slug, out_dir
 from ws.diffs.adapters import TrainConfig
 from ws.model.chat import render_chat
@@ -69,7 +69,7 @@ def generate_completions(
     model.eval()
     with torch.random.fork_rng(devices=[]), padding_side(tokenizer, "left"):
         torch.manual_seed(seed)
-        for i in tqdm(range(0, n, batch_size), desc=desc, leave=False):
+        for i in progress(range(0, n, batch_size), f"{desc} ({n} prompts, batches of {batch_size})"):
             chunk = texts[i : i + batch_size]
             enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(input_device(model))
             with autocast(input_device(model), bf16):

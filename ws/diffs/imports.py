@@ -47,7 +47,7 @@ from safetensors import safe_open
 from torch import nn
 
 from ws.core.io import pickle_refusal
-from ws.core.log import logger
+from ws.core.log import logger, progress
 from ws.core.paths import EMBEDDED_NAMES, model_slug
 from ws.model.load import ATTN_PROJ, MLP_PROJ, model_id, n_layers
 
@@ -590,7 +590,8 @@ def _differences(model: nn.Module, pos: _Checkpoint, neg: _Checkpoint) -> tuple[
     w: dict[str, torch.Tensor] = {}
     other: dict[str, float] = {}
     caveats: list[str] = []
-    for k, _ in model.named_parameters(remove_duplicate=False):  # a tied lm_head saved apart is compared too
+    names = [k for k, _ in model.named_parameters(remove_duplicate=False)]  # a tied lm_head saved apart is compared too
+    for k in progress(names, f"checkpoint diff ({len(names)} tensors)"):
         held = [c for c in (pos, neg) if k in c.index]
         if len(held) == 1:
             caveats.append(f"{k} is in one checkpoint only ({held[0].folder}): not compared")
