@@ -125,6 +125,30 @@ def test_the_diff_is_named_by_what_it_measurably_does():
     assert "not measured" in diff_reading("refusal", None) and "not measured" in diff_reading("refusal", float("nan"))
 
 
+def test_without_controls_the_headline_says_which_way_the_diff_moves_by_its_ci():
+    from ws.v7.verdicts import diff_reading, no_control_reading
+
+    ab = "behaviors/ab/sycophancy-ab.jsonl"  # the shipped A/B behaviour: one target set "ab", no control set
+
+    def meta(x, lo, hi):
+        return {"effect_spread": {"ab": x}, "effect_spread_ci": {"ab": [lo, hi]}}
+
+    toward = diff_reading(ab, None, diff_meta=meta(1.5, 0.9, 2.1))
+    assert toward.startswith("a sycophancy-ab diff: it moves the target set toward the behaviour by +1.50 nats [+0.90, +2.10]")
+    against = diff_reading(ab, None, diff_meta=meta(-0.22, -0.35, -0.08))
+    assert "AGAINST the behaviour (-0.22 nats [-0.35, -0.08])" in against
+    none = diff_reading(ab, None, diff_meta=meta(0.0002, -0.022, 0.023))
+    assert none.startswith("a diff with NO MEASURABLE EFFECT on sycophancy-ab") and "the CI spans 0" in none
+    for text in (toward, against, none):
+        assert text.endswith("its specificity is not measurable (the behaviour has no control set)")
+    # a behaviour whose positive persona says the second answer: the spread is signed toward it
+    assert "toward the behaviour by +0.50 nats [+0.20, +0.80]" in no_control_reading(
+        "b", "t", -1, meta_t := {"effect_spread": {"t": -0.5}, "effect_spread_ci": {"t": [-0.8, -0.2]}}
+    )
+    assert "no CI recorded" in no_control_reading("b", "t", 1, {"effect_spread": {"t": 0.5}}) and meta_t
+    assert "not measured" in no_control_reading("b", "t", 1, {})
+
+
 def _self_test_result(matched_pct: float, ceiling_pct: float, z: float) -> SimpleNamespace:
     per_layer = pl.DataFrame(
         {

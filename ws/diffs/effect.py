@@ -190,6 +190,21 @@ def spreads(df: pl.DataFrame) -> dict[str, float]:
     return {s: spread(df, s) for s in dict.fromkeys(df["set"].to_list())}
 
 
+def spread_ci(per_prompt: pl.DataFrame, set_name: str, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap CI of :func:`spread` for one set, paired by prompt: each prompt's log-ratio at
+    the largest α minus at the smallest (α=±2 when present), resampled over prompts."""
+    sub = per_prompt.filter(pl.col("set") == set_name)
+    alphas = sub["alpha"].unique().to_list()
+    a_hi, a_lo = (2.0 if 2.0 in alphas else max(alphas)), (-2.0 if -2.0 in alphas else min(alphas))
+    at = lambda a: sub.filter(pl.col("alpha") == a).sort("prompt_idx")["logratio"].to_numpy()  # noqa: E731
+    return mean_ci(at(a_hi) - at(a_lo), n_boot, seed=seed)
+
+
+def spread_cis(per_prompt: pl.DataFrame, n_boot: int = 2000) -> dict[str, list[float]]:
+    """:func:`spread_ci` of every set, as ``set -> [lo, hi]`` (a diff's metadata records it)."""
+    return {s: list(spread_ci(per_prompt, s, n_boot, seed=i)) for i, s in enumerate(dict.fromkeys(per_prompt["set"].to_list()))}
+
+
 def specificity_ratio(df: pl.DataFrame, behavior=None) -> float:
     """Spread on the behaviour's target set ÷ the largest absolute spread on its control sets
     (sycophancy: false-claim opinions ÷ max(|true-claim opinions|, |neutral questions|)).
@@ -286,8 +301,13 @@ def measure(
     n_boot: int = 2000,
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
     """The held-out effect of ``θ + α·w`` on a behaviour's sets, as a diff's metadata records it:
-    ``(per_prompt, summary, {"effect_spread": …, "specificity_ratio": …})`` (the read-out in
-    the behaviour's answers and orientation, :func:`readout_of`)."""
+    ``(per_prompt, summary, {"effect_spread": …, "effect_spread_ci": …, "specificity_ratio": …})``
+    (the read-out in the behaviour's answers and orientation, :func:`readout_of`)."""
     per = effect_per_prompt(model, tokenizer, w, heldout_prompts(0, behavior=behavior), alphas, batch_size, readout_of(behavior))
     eff = summarize_effect(per, n_boot=n_boot, seed=0)
-    return per, eff, {"effect_spread": spreads(eff), "specificity_ratio": specificity_ratio(eff, behavior)}
+    meta = {
+        "effect_spread": spreads(eff),
+        "effect_spread_ci": spread_cis(per, n_boot),
+        "specificity_ratio": specificity_ratio(eff, behavior),
+    }
+    return per, eff, meta

@@ -37,13 +37,15 @@ from ws.diffs.adapters import (
     layer_range,
     lora_delta,
     planted_bases,
+    prompt_tokens,
     train_adapter,
     train_bidir,
+    training_length,
     training_moments,
     unit_alpha,
     weight_diff,
 )
-from ws.diffs.completions import build_completions, check_completions, completions_path
+from ws.diffs.completions import build_completions, check_completions, completion_jobs, completions_path
 from ws.diffs.effect import (
     adapter_effect,
     effect_per_prompt,
@@ -51,6 +53,7 @@ from ws.diffs.effect import (
     plot_effect,
     readout_of,
     specificity_ratio,
+    spread_cis,
     spreads,
     summarize_effect,
 )
@@ -138,16 +141,17 @@ def build_diff(spec: DiffSpec) -> Path:
     timings["load"] = time.perf_counter() - t0
     readout = readout_of(spec.behavior, config.n_eval_per_kind)
     check_answers(tok, readout.answers)  # before any work: the answers must be one token each
+    fitted = fit_length(spec, tok, config)  # and every training example must fit whole
     layers = layer_range(n_layers(model), config.layer_frac)
     logger.info(
         f"building the {spec.behavior}/{spec.adapter} diff for {spec.model_name} (seed {spec.seed}): "
         f"{adapter_type(spec.adapter).description}; on layers {layers[0]}–{layers[-1]}, {config.steps} steps"
     )
     table, rates, cpath = _completions(spec, model, tok, config, timings)
-    deltas, losses, settings, planted = _train_both(model, tok, table, config, spec.adapter, timings)
+    deltas, losses, settings, planted = _train_both(model, tok, table, fitted, spec.adapter, timings)
     t0 = time.perf_counter()
     grad = gradient_directions(
-        persona_gradient(model, tok, _persona_examples(table, "pos"), _persona_examples(table, "neg"), config), n_layers(model)
+        persona_gradient(model, tok, _persona_examples(table, "pos"), _persona_examples(table, "neg"), fitted), n_layers(model)
     )
     timings["gradient"] = time.perf_counter() - t0
     w = weight_diff(deltas["pos"], deltas["neg"])
@@ -160,6 +164,9 @@ def build_diff(spec: DiffSpec) -> Path:
     timings["total"] = time.perf_counter() - t_all
     meta = _diff_meta(spec, model, config, layers, eff, rates, adapters, losses, timings)
     meta["adapter_config"] = settings
+    meta["effect_spread_ci"] = spread_cis(per, config.n_boot)
+    if fitted.max_len != config.max_len:
+        meta["train_max_len"] = fitted.max_len  # raised to fit the longest training example
     meta["completions_file"] = cpath.name  # in <root>/data/<model>/<behavior>/
     if planted:
         meta["planted_file"] = PLANTED_FILE
@@ -205,6 +212,28 @@ def _completions_key(spec: DiffSpec, config: TrainConfig) -> tuple:
     )
 
 
+def _train_topics(spec: DiffSpec, config: TrainConfig) -> list[data.Topic]:
+    """The training half's items the completions are made for (``n_train_per_kind`` of each set, if given)."""
+    train, _ = data.split_topics(0, behavior=spec.behavior)
+    if config.n_train_per_kind is None:
+        return train
+    kinds = data.get_behavior(spec.behavior).kinds
+    return [t for k in kinds for t in [x for x in train if x.kind == k][: config.n_train_per_kind]]
+
+
+def fit_length(spec: DiffSpec, tok, config: TrainConfig) -> TrainConfig:
+    """``config`` with its training length fitted to the behaviour's training prompts
+    (:func:`ws.diffs.adapters.training_length`: 160 unless a longer prompt needs more, up to
+    the cap), checked before any completion is made; raises
+    :class:`ws.diffs.adapters.TrainingLengthError` naming the longest items otherwise."""
+    jobs = completion_jobs(_train_topics(spec, config), config.n_phrasings, spec.behavior)
+    users = sorted({(j["topic_id"], j["user"]) for j in jobs})
+    lens: dict[str, int] = {}
+    for (tid, _), n in zip(users, prompt_tokens(tok, [u for _, u in users]), strict=True):
+        lens[tid] = max(lens.get(tid, 0), n)
+    return replace(config, max_len=training_length(lens, config, f"behaviour {spec.behavior!r}"))
+
+
 def _completions(spec: DiffSpec, model: nn.Module, tok, config: TrainConfig, timings: dict) -> tuple[pl.DataFrame, dict, Path]:
     """The persona completions of the training topics, written to the data folder and
     checked; made once per process for every seed and adapter that shares them."""
@@ -213,13 +242,7 @@ def _completions(spec: DiffSpec, model: nn.Module, tok, config: TrainConfig, tim
         timings["completions"] = 0.0
         logger.info(f"completions reused from this run (seed {config.completion_seed}; they do not depend on the LoRA seed)")
         return _MADE[key]
-    train, _ = data.split_topics(0, behavior=spec.behavior)
-    if config.n_train_per_kind is not None:
-        train = [
-            t
-            for k in data.get_behavior(spec.behavior).kinds
-            for t in [x for x in train if x.kind == k][: config.n_train_per_kind]
-        ]
+    train = _train_topics(spec, config)
     t0 = time.perf_counter()
     table = build_completions(model, tok, train, config, spec.behavior)
     timings["completions"] = time.perf_counter() - t0

@@ -441,12 +441,41 @@ SPECIFIC_CLAIM = "the diff is specific to the behaviour (not a general yes-bias)
 
 
 # ----------------------------------------------------------------------------- the run facts
-def diff_reading(behavior: str, ratio: float | None, target: float = SPECIFICITY_TARGET) -> str:
+def no_control_reading(behavior: str, target: str, direction: int, diff_meta: Mapping[str, Any]) -> str:
+    """The headline of a diff whose behaviour has no control set: what its target-set spread
+    (signed toward the behaviour) and that spread's CI say — a diff that moves the target set
+    toward the behaviour, against it, or has no measurable effect (the CI spans 0)."""
+    spread = (diff_meta.get("effect_spread") or {}).get(target)
+    ci = (diff_meta.get("effect_spread_ci") or {}).get(target)
+    tail = "its specificity is not measurable (the behaviour has no control set)"
+    if spread is None or not finite(spread):
+        return f"a {behavior} diff whose effect was not measured; {tail}"
+    x = direction * float(spread)
+    if ci is None:
+        return f"a {behavior} diff, spread {x:+.2f} nats toward the behaviour (no CI recorded); {tail}"
+    lo, hi = sorted(direction * float(v) for v in ci)
+    shown = f"{x:+.2f} nats [{lo:+.2f}, {hi:+.2f}]"
+    if lo > 0:
+        return f"a {behavior} diff: it moves the target set toward the behaviour by {shown}; {tail}"
+    if hi < 0:
+        return f"a diff that moves {behavior}'s target set AGAINST the behaviour ({shown}); {tail}"
+    return (
+        f"a diff with NO MEASURABLE EFFECT on {behavior} (spread {shown}: the CI spans 0), so no subspace below "
+        f"carries a behaviour; {tail}"
+    )
+
+
+def diff_reading(
+    behavior: str, ratio: float | None, target: float = SPECIFICITY_TARGET, diff_meta: Mapping[str, Any] | None = None
+) -> str:
     """What the diff measurably does, in words, from its specificity ratio (the target set's
     spread over the largest control spread): the behaviour's name only when the diff is
-    specific to it; otherwise what it is on this model."""
-    if not data.get_behavior(behavior).controls:
-        return f"a {behavior} diff; its specificity is not measurable (the behaviour has no control set)"
+    specific to it; otherwise what it is on this model. Without a control set, from the
+    target set's spread and its CI (``diff_meta``'s ``effect_spread`` / ``effect_spread_ci``):
+    toward the behaviour, against it, or no measurable effect."""
+    b = data.get_behavior(behavior)
+    if not b.controls:
+        return no_control_reading(b.name, b.target, b.direction, diff_meta or {})
     if ratio is None or not finite(ratio):
         return f"a {behavior} diff whose effect was not measured (no specificity ratio in its metadata)"
     r = f"specificity {float(ratio):.2f}"
@@ -472,7 +501,7 @@ def conclusion_info(
         )
     if cfg.smoke:
         pre.append(C.SMOKE)
-    reading = diff_reading(cfg.behavior, dm.get("specificity_ratio"))
+    reading = diff_reading(cfg.behavior, dm.get("specificity_ratio"), diff_meta=dm)
     return ConclusionInfo(
         title=f"v7 hypothesis sweep — {cfg.behavior}/{cfg.adapter} on `{cfg.model}`: {reading}",
         diff_reading=reading,
