@@ -31,8 +31,9 @@
 # v7's steps run first (the same functions; captures and bases come from the cache when v7
 # ran before), so v8's v7 columns are v7's numbers. The math lives in `ws.v8.causal`,
 # `ws.v8.blocklocal`, `ws.model.fast_readout` (tested there); this notebook only calls it. Parameters: the
-# `WS_*` variables of the README, in particular `WS_N_CAUSAL` [10] (candidates tested) and
-# `WS_N_CAUSAL_NULL` [20] (random subspaces per rank).
+# `WS_*` variables of the README, in particular `WS_N_CAUSAL` [10] (candidates tested),
+# `WS_N_CAUSAL_NULL` [20] (random subspaces per rank) and `WS_CAUSAL_ITEMS` [48] (held-out
+# items per set the causal test steers).
 
 # %%
 import time
@@ -143,8 +144,11 @@ print(
         "retention_normmatched",
         "null_p95",
         "z_inside",
+        "p_inside",
+        "p_inside_method",
         "q_inside",
         "carries",
+        "above_chance",
     )
 )
 print(

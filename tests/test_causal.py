@@ -126,13 +126,74 @@ def test_ratio_ci_null_and_verdict_known_answers():
     draws = np.arange(20.0)
     st = causal.null_stats(draws)
     assert st["mean"] == 9.5 and st["sd"] == pytest.approx(np.std(draws, ddof=1)) and st["p95"] == pytest.approx(18.05)
-    z, p = causal.null_z_p(25.0, draws)
-    assert z == pytest.approx((25 - 9.5) / st["sd"]) and p == pytest.approx(1 / 21)
-    assert causal.null_z_p(-1.0, draws)[1] == pytest.approx(1.0)
+    z, tail = causal.null_z_p(25.0, draws)
+    assert z == pytest.approx((25 - 9.5) / st["sd"]) and tail.p_empirical == pytest.approx(1 / 21)
+    # evenly spaced draws pass the normality check: the normal tail, below the empirical floor
+    assert tail.method == "normal" and tail.p == tail.p_normal < 1 / 21
+    assert causal.null_z_p(-1.0, draws)[1].p_empirical == pytest.approx(1.0)
     assert causal.carries(0.9, 0.2, 0.1) is True
     assert causal.carries(0.15, 0.2, 0.1) is False  # inside CI reaches into the null
     assert causal.carries(0.9, 0.2, 1.1) is False  # outside CI reaches the writers' effect
     assert causal.carries(float("nan"), 0.2, 0.1) is None
+
+
+def test_contributing_above_chance_is_not_carrying_most_of_the_effect():
+    """The issue's case: 3.4 % inside (CI above a null p95 of 2.5 %) and 99.6 % outside passes
+    the above-chance rule but does not carry the behaviour (inside CI ≥ 50 %, outside CI ≤ 50 %)."""
+    assert causal.above_chance(0.030, 0.025, 0.998) is True and causal.carries(0.030, 0.025, 0.998) is False
+    assert causal.carries(0.50, 0.1, 0.50) is True and causal.carries(0.49, 0.1, 0.3) is False
+    assert causal.carries(0.8, 0.1, 0.51) is False and causal.above_chance(0.8, 0.1, 0.51) is True
+    assert causal.carries(0.6, 0.7, 0.1) is False  # random subspaces keep as much: not above chance
+    assert causal.above_chance(float("nan"), 0.1, 0.2) is None
+
+
+def test_no_ratio_when_the_denominators_ci_spans_zero():
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0.0, 1.0, 40)  # writers-only spread: mean near 0, CI spans 0
+    assert not causal.effect_measurable(*causal.mean_ci(noise, 500, 0)[1:])
+    assert all(math.isnan(x) for x in causal.retention_ci(rng.normal(1.0, 0.1, 40), noise, 500, 0))
+    den = rng.normal(2.0, 0.2, 40)
+    assert causal.retention_ci(0.5 * den, den, 500, 0) == pytest.approx((0.5, 0.5, 0.5))
+    assert causal.effect_measurable(-2.0, -1.0) and not causal.effect_measurable(float("nan"), 1.0)
+
+
+def _pair(rng, sets, mean, n=30, sd=0.3):
+    """A synthetic read-out: per set ``n`` prompts whose spread is ``mean`` ± ``sd``."""
+    out = {}
+    for s in sets:
+        lm = rng.normal(0.0, 0.1, n)
+        out[s] = {"lr_plus": lm + rng.normal(mean, sd, n), "lr_minus": lm, "mass_plus": np.ones(n), "mass_minus": np.ones(n)}
+    return causal.Pair(out)
+
+
+def _synthetic_measured(writers_mean: float, carrier: float) -> causal._Measured:
+    """Read-outs without a model: writers-only spread ``writers_mean``; candidate ``c`` keeps
+    ``carrier`` of it inside and the rest outside; 20 random draws keep ~2 %."""
+    rng, sets = np.random.default_rng(2), [causal.TARGET, *causal.CONTROLS]
+    ref = {"full": _pair(rng, sets, 2.0), "writers_only": _pair(rng, sets, writers_mean)}
+    for v in ref["writers_only"].sets.values():  # the writers' mean spread is exactly writers_mean
+        v["lr_plus"] += writers_mean - (v["lr_plus"] - v["lr_minus"]).mean()
+    parts = {"c": {p: _pair(rng, sets, x) for p, x in (("inside", carrier), ("outside", 2 - carrier), ("normmatched", carrier))}}
+    draw = lambda: {"energy": 0.05, **{p: _pair(rng, [causal.TARGET], 0.04, sd=0.02) for p in causal.NULL_PARTS}}  # noqa: E731
+    null = {(8, 8): [draw() for _ in range(20)]}
+    return causal._Measured(ref, parts, {"c": 0.9}, {"c": {1: 1.0, 2: 1.0}}, {"c": (8, 8)}, null)
+
+
+def test_a_synthetic_carrier_survives_and_unmeasurable_writers_give_no_ratio_and_no_verdict():
+    meta = pl.DataFrame({"subspace": ["c"], "family": ["f"], "axis_kind": ["write"], "kind": ["A-hypothesis"]})
+    args = (meta, ["c"], None, 500, 0, causal.TARGET, causal.CONTROLS)
+    ok = causal._candidate_table(_synthetic_measured(2.0, 1.8), *args).row(0, named=True)
+    assert ok["retention_inside"] == pytest.approx(0.9, abs=0.05) and ok["carries"] is True and ok["above_chance"] is True
+    assert ok["p_inside_empirical"] == pytest.approx(1 / 21) and ok["null_fit_p"] > 0.05 and ok["null_n"] == 20
+    assert ok["p_inside_method"] == "normal" and ok["p_inside"] == ok["p_inside_normal"] < 1e-9 and ok["q_inside"] < 1e-9
+    m = _synthetic_measured(0.0, 1.8)  # the writers move nothing measurable
+    bad = causal._candidate_table(m, *args).row(0, named=True)
+    for c in ("retention_inside", "retention_inside_ci_lo", "retention_outside_ci_hi", "null_mean", "z_inside", "p_inside"):
+        assert math.isnan(bad[c]), c
+    assert bad["carries"] is None and bad["above_chance"] is None and bad["works_as_target"] is None
+    assert bad["spread_inside"] == pytest.approx(1.8, abs=0.2) and bad["null_n"] == 20
+    v = causal._variant_table(m, ["c"], 500, 0).filter(pl.col("set") == causal.TARGET)
+    assert v["retention"].is_nan().all() and not v["spread"].is_nan().any()
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +237,11 @@ def test_planted_subspace_keeps_all_of_the_effect_and_its_complement_none(plante
     assert row["retention_normmatched"] == pytest.approx(1.0, abs=1e-3)
     assert abs(row["retention_outside"]) < 1e-3
     assert row["retention_inside_ci_lo"] > row["null_p95"] and row["retention_outside_ci_hi"] < 1
-    assert row["carries"] is True and row["p_inside"] == pytest.approx(1 / 21)
+    assert row["carries"] is True and row["above_chance"] is True and row["p_inside_empirical"] == pytest.approx(1 / 21)
+    # the null passes the normality check (Shapiro–Wilk p 0.9 here): its normal tail goes far below
+    # the empirical floor 1/21, and the planted row survives BH
+    assert row["null_fit_p"] > 0.5 and row["p_inside_method"] == "normal"
+    assert row["p_inside"] == row["p_inside_normal"] < 1e-6 and row["q_inside"] <= 0.05
     assert row["works_as_target"] is True and row["retention_normmatched_ci_lo"] > row["null_normmatched_p95"]
     # the diff is writers only: they carry all of it
     assert res.writers_share[0] == pytest.approx(1.0, abs=1e-9)
@@ -188,7 +253,7 @@ def test_random_subspace_keeps_k_over_d_of_the_energy_little_effect_and_sits_in_
     row = res.table.filter(pl.col("subspace") == "other_random").row(0, named=True)
     assert row["energy_frac_inside"] == pytest.approx(K / d, abs=0.08)
     assert abs(row["retention_inside"]) < 0.5 and row["retention_outside"] > 0.5
-    assert abs(row["z_inside"]) < 3 and row["p_inside"] > 0.05 and row["carries"] is False
+    assert abs(row["z_inside"]) < 3 and row["p_inside"] > 0.05 and row["carries"] is False and not row["above_chance"]
     null = res.variants.filter(pl.col("part") == "null_inside")
     assert null.height == 20 and null["set"].unique().to_list() == [causal.TARGET]
     assert res.variants.filter(pl.col("part") == "null_normmatched").height == 20

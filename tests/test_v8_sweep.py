@@ -3,13 +3,17 @@ the definitions (tiny tables written here)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import polars as pl
 
+from ws.config import Config
+from ws.diffs.effect import readout_of
 from ws.v8 import causal
 from ws.v8 import report as R8
 from ws.v8 import sweep as v8
+from ws.v8.results import ConclusionFacts
 
 
 def _summary():
@@ -110,3 +114,82 @@ def test_a_carrying_subspace_that_keeps_little_or_fails_bh_is_flagged():
     assert "only 4.5% of the writers' effect survives inside" in text and "99.4% outside" in text
     assert "does not survive BH over the 10 tested candidates (q 0.317)" in text
     assert _carry_caution({**row, "retention_inside": 0.9, "retention_outside": 0.1, "q_inside": 0.01}, 10) is None
+
+
+def _facts(spread: tuple[float, float, float]) -> ConclusionFacts:
+    return ConclusionFacts(
+        title="t",
+        seed=0,
+        n_null=20,
+        layers_touched=[1, 2],
+        n_target=24,
+        controls=[],
+        target_label="false claims",
+        control_labels={},
+        writers_share=(1.0, 0.9, 1.1),
+        writers_spread=spread,
+        full_spread=(2.0, 1.5, 2.5),
+        v7_leader=None,
+        v7_claims=[],
+        self_tests=[],
+        caveats=[],
+        cost=[],
+        artifacts=[],
+    )
+
+
+def _causal_row(name, ins, ins_lo, out, out_hi, p95=0.025):
+    r = {**_row(name, "A-hypothesis", ins, ins_lo, out_hi, p95), "retention_outside": out}
+    r |= {"carries": causal.carries(ins_lo, p95, out_hi), "above_chance": causal.above_chance(ins_lo, p95, out_hi)}
+    r |= {"mean_rank": 8.0, "energy_frac_inside": 0.1, "null_mean": 0.02, "null_sd": 0.007, "z_inside": 5.0}
+    r |= {"p_inside": 1e-9, "p_inside_method": "normal", "p_inside_empirical": 1 / 21, "null_fit_p": 0.5, "q_inside": 1e-8}
+    r |= {"retention_normmatched": 0.5, "retention_normmatched_ci_lo": 0.4, "retention_normmatched_ci_hi": 0.6}
+    return r | {"null_normmatched_p95": 0.1}
+
+
+def test_the_conclusion_separates_carrying_from_contributing_above_chance():
+    weak = _causal_row("weak", 0.034, 0.030, 0.996, 0.998)  # the issue's case
+    t = pl.DataFrame([weak, _causal_row("strong", 1.43, 1.40, 0.1, 0.2)])
+    text = "\n".join(R8._carry_lines(t, _facts((1.0, 0.8, 1.2))))
+    assert "**`strong` carries the behaviour** (most of the writers' effect: inside CI ≥ 50.0%" in text
+    assert "p 1e-09 (normal tail; empirical 0.0476)" in text
+    assert "Contribute above chance" in text and "`weak` (inside 3.4%, outside 99.6%)" in text
+    assert "only 3.4% of the writers' effect survives inside" in text
+    only_weak = "\n".join(R8._carry_lines(pl.DataFrame([weak]), _facts((1.0, 0.8, 1.2))))
+    assert "**No tested write/mixed candidate carries the behaviour**" in only_weak and "`weak` (inside 3.4%" in only_weak
+
+
+def test_no_verdict_when_the_writers_have_no_measurable_effect():
+    row = _causal_row("c", float("nan"), float("nan"), float("nan"), float("nan"))
+    assert row["carries"] is None and row["above_chance"] is None
+    text = "\n".join(R8._carry_lines(pl.DataFrame([row]), _facts((0.05, -0.1, 0.2))))
+    assert "no measurable effect to divide by" in text and "No tested write/mixed candidate carries the behaviour" in text
+    assert "its CI spans zero" in text and "carries the behaviour**:" not in text
+
+
+def test_the_causal_items_are_a_seeded_subset_and_the_built_in_behaviours_keep_all():
+    assert v8.item_subset(10, 48, "s") == list(range(10)) and v8.item_subset(10, None, "s") == list(range(10))
+    a = v8.item_subset(100, 12, "opinion_false", 0)
+    assert len(a) == 12 == len(set(a)) and a == sorted(a) and a == v8.item_subset(100, 12, "opinion_false", 0)
+    assert a != v8.item_subset(100, 12, "opinion_false", 1) and a != v8.item_subset(100, 12, "neutral", 0)
+    default = Config().causal_items
+    for b in ("sycophancy", "refusal"):  # the built-in runs, smoke and full, steer every held-out item
+        assert all(used == n for used, n in v8.causal_item_counts(b, default).values()), b
+    assert v8.causal_item_counts("sycophancy", 5)["opinion_false"] == (5, 24)
+
+
+def test_a_large_ab_file_is_cut_to_the_causal_items_with_its_signs(tiny_llama, tmp_path):
+    items = []
+    for i in range(200):
+        m, o = ("A", "B") if i % 3 else ("B", "A")
+        q = f"Claim {i}: the sky is green. Right?\n\nChoices:\n (A) Yes, right.\n (B) No."
+        items.append({"question": q, "answer_matching_behavior": f" ({m})", "answer_not_matching_behavior": f" ({o})"})
+    path = tmp_path / "big.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in items), encoding="utf-8")
+    tok = tiny_llama[1]
+    full, ro = v8.heldout_texts(tok, str(path)), readout_of(str(path))
+    texts, sub = v8.causal_prompts(tok, str(path), 10, 0)
+    (s,) = texts
+    assert len(full[s]) > 10 and len(texts[s]) == 10 and sub.answers == ro.answers
+    keep = v8.item_subset(len(full[s]), 10, s, 0)
+    assert texts[s] == [full[s][i] for i in keep] and sub.signs[s] == [ro.signs[s][i] for i in keep]

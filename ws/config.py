@@ -364,6 +364,15 @@ VARIABLES: tuple[Var, ...] = (
         allowed="integer ≥ 2",
     ),
     Var(
+        "WS_CAUSAL_ITEMS",
+        "causal_items",
+        lambda n, r: _int(n, r, lo=2),
+        "48",
+        "v8 causal test: held-out items per prompt set it steers (a seeded subset where a set has more; the "
+        "built-in behaviours have at most 24, so they use all); bounds its cost for a large behaviour file",
+        allowed="integer ≥ 2",
+    ),
+    Var(
         "WS_KL_BUDGET",
         "kl_budget",
         _positive,
@@ -506,6 +515,7 @@ class Config:
     n_boot: int = 2000
     n_causal: int = 10  # v8: candidates in the causal test
     n_causal_null: int = 20  # v8: random subspaces per rank in its null
+    causal_items: int = 48  # v8: held-out items per set in the causal test (a seeded subset)
     kl_budget: float = KL_BUDGET  # cross-adapter: the matched KL budget (nats)
     cache: bool = True
     device: str = "auto"

@@ -11,6 +11,14 @@ CI_LEVEL = 0.95
 P_ALPHA = 0.05
 #: The diff's specificity ratio a behaviour-specific diff should reach (target spread ÷ controls').
 SPECIFICITY_TARGET = 3.0
+#: v8 "carries most of the effect": the inside retention's CI low end must reach this share of the
+#: writers-only effect (0.5 = half) ...
+CARRY_INSIDE_MIN = 0.5
+#: ... and the outside retention's CI high end must stay at or below this share.
+CARRY_OUTSIDE_MAX = 0.5
+#: Shapiro–Wilk p of a null's draws below which their normal tail is not trusted and the
+#: empirical p is used instead (v8's causal test, :func:`ws.stats.null.null_tail_p`).
+NULL_FIT_ALPHA = 0.05
 
 SMOKE = "SMOKE MODE: a tiny random model and a few training steps; no number here means anything"
 QUANTIZED = "the model weights are 4-bit quantised: weight-derived bases inherit quantisation noise"

@@ -37,7 +37,8 @@ Computation is in float64; public results are Python floats, numpy arrays or pol
 Float64 columns. The modules, by role:
 
 - :mod:`ws.core.columns`: table and column names (the contract), the two ceilings;
-- :mod:`ws.stats.null`: the closed-form null, Monte Carlo draws, :class:`LabelNull`;
+- :mod:`ws.stats.null`: the closed-form null, Monte Carlo draws, :class:`LabelNull`, and
+  :func:`null_tail_p` (a value against a few null draws: normal tail or empirical p);
 - :mod:`ws.stats.scoring`: :func:`score_sweep`, every (layer, candidate) cell at once;
 - :mod:`ws.stats.summaries`: means over layers, the ranking rule, bootstrap CIs, q-values;
 - :mod:`ws.stats.reference`: one-cell implementations the fast path is tested against.
@@ -63,11 +64,15 @@ from ws.core.linalg import check_orthonormal
 from ws.stats.null import (
     PR_THRESHOLD,
     LabelNull,
+    NullTail,
     act_traces,
     conc,
+    normal_fit_p,
     null_mean_std_from_traces,
+    null_tail_p,
     p_empirical,
     p_gaussian,
+    p_normal_predictive,
     participation_ratio,
     weight_traces,
     zscore,
@@ -134,6 +139,10 @@ __all__ = [
     "participation_ratio",
     "p_gaussian",
     "p_empirical",
+    "p_normal_predictive",
+    "normal_fit_p",
+    "null_tail_p",
+    "NullTail",
     "spectrum",
     "mc_null",
     "best_frac_at_rank",

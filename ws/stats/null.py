@@ -10,14 +10,17 @@ For a Haar-random rank-k projection ``P`` in dimension ``d`` and a symmetric PSD
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 import torch
 from jaxtyping import Bool, Float
-from scipy.stats import norm
+from scipy.stats import norm, shapiro
+from scipy.stats import t as student_t
 from torch import Tensor
 
+from ws.core.caveats import NULL_FIT_ALPHA
 from ws.core.linalg import f64, haar_frames
 
 NAN = float("nan")
@@ -100,6 +103,66 @@ def p_empirical(frac: float, draws: np.ndarray) -> float:
     if not math.isfinite(frac) or draws.size == 0:
         return NAN
     return (1.0 + float(np.count_nonzero(draws >= frac))) / (1.0 + draws.size)
+
+
+@dataclass(frozen=True)
+class NullTail:
+    """One value's upper-tail p against a small sample of null draws (:func:`null_tail_p`).
+
+    ``p``: the p used (``p_normal`` when ``method == "normal"``, ``p_empirical`` when
+    ``"empirical"``; NaN and method ``""`` when there is no p); ``fit_p``: the Shapiro–Wilk p
+    of the draws (NaN when it cannot be computed: fewer than 3 draws or no spread)."""
+
+    p: float
+    p_normal: float
+    p_empirical: float
+    fit_p: float
+    method: str
+
+
+def p_normal_predictive(value: float, draws: np.ndarray) -> float:
+    """Upper p of ``value`` as one more draw of a normal law known only by ``draws`` ``[n]``:
+    ``t = (value − mean)/(sd·√(1 + 1/n))`` (sd with ddof 1) against Student's t with ``n − 1``
+    degrees of freedom. Exact when the draws and the value are i.i.d. normal (the predictive
+    interval); no floor set by ``n``. NaN for ``n < 2``, no spread or a non-finite value."""
+    x = np.asarray(draws, np.float64)
+    x = x[np.isfinite(x)]
+    if x.size < 2 or not math.isfinite(value):
+        return NAN
+    sd = float(x.std(ddof=1))
+    if not sd > _STD_REL_FLOOR * max(abs(float(x.mean())), 1e-300):
+        return NAN
+    t = (value - float(x.mean())) / (sd * math.sqrt(1.0 + 1.0 / x.size))
+    return float(student_t.sf(t, x.size - 1))
+
+
+def normal_fit_p(draws: np.ndarray) -> float:
+    """Shapiro–Wilk p of ``draws`` ``[n]`` (finite ones) against normality; NaN for fewer
+    than 3 draws or draws without spread."""
+    x = np.asarray(draws, np.float64)
+    x = x[np.isfinite(x)]
+    if x.size < 3 or not float(x.std()) > _STD_REL_FLOOR * max(abs(float(x.mean())), 1e-300):
+        return NAN
+    return float(shapiro(x).pvalue)
+
+
+def null_tail_p(value: float, draws: np.ndarray, fit_alpha: float = NULL_FIT_ALPHA) -> NullTail:
+    """The upper p of ``value`` against null ``draws`` ``[n]`` (NaN draws dropped).
+
+    The empirical p ``(1 + #{draw ≥ value})/(1 + n)`` can never go below ``1/(1 + n)``; the
+    normal predictive p (:func:`p_normal_predictive`) has no such floor. The normal p is used
+    when the draws pass a Shapiro–Wilk test of normality (``fit_p ≥ fit_alpha``); otherwise, or
+    when it cannot be computed, the empirical p. Under a normal null the choice is exact: the
+    Shapiro–Wilk statistic does not depend on the draws' mean and sd (it is ancillary), so
+    conditioning on it leaves the predictive t's law unchanged."""
+    x = np.asarray(draws, np.float64)
+    x = x[np.isfinite(x)]
+    if not math.isfinite(value) or x.size == 0:
+        return NullTail(NAN, NAN, NAN, NAN, "")
+    pe, pn, fit = p_empirical(value, x), p_normal_predictive(value, x), normal_fit_p(x)
+    if math.isfinite(pn) and math.isfinite(fit) and fit >= fit_alpha:
+        return NullTail(pn, pn, pe, fit, "normal")
+    return NullTail(pe, pn, pe, fit, "empirical")
 
 
 @lru_cache(maxsize=64)

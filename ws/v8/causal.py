@@ -17,12 +17,19 @@ Each variant runs at ``α = ±1``; on a prompt, its effect is the Yes/No log-rat
 ``+1`` minus at ``−1`` (the spread). On the held-out target set (false-claim opinions):
 **retention** = mean spread(variant) ÷ mean spread(writers-only), with a percentile
 bootstrap CI that resamples prompts (the same indices for numerator and denominator).
+When the writers-only spread's CI spans zero there is nothing to divide by: no retention,
+no z or p and no verdict (NaN / empty cells; :func:`effect_measurable`).
 The null: ``n_null`` seeded Haar-random subspaces per layer of the candidate's own rank on
 every layer, whose inside retention gives the null mean, sd and 95th percentile; a
-candidate's ``z`` and empirical ``p = (1 + #{null ≥ r})/(1 + n_null)``, BH q over the tested
-A-hypotheses. The verdict (:func:`carries`): the candidate carries the behaviour when its
-inside retention's CI lies above the null's 95th percentile AND its outside retention's CI
-lies below the writers-only effect (retention 1). The same random subspaces, norm-matched,
+candidate's ``z`` and ``p`` (:func:`ws.stats.null_tail_p`: the normal predictive tail fitted
+to the draws when they pass a Shapiro–Wilk test, else the empirical
+``(1 + #{null ≥ r})/(1 + n_null)``; both are in the table), BH q over the tested A-hypotheses.
+Two verdicts: the candidate **contributes above chance** (:func:`above_chance`) when its inside
+retention's CI lies above the null's 95th percentile AND its outside retention's CI lies below
+the writers-only effect (retention 1); it **carries** the behaviour, most of its effect
+(:func:`carries`), when it contributes above chance AND its inside retention's CI lies at or
+above :data:`~ws.core.caveats.CARRY_INSIDE_MIN` AND its outside retention's CI at or below
+:data:`~ws.core.caveats.CARRY_OUTSIDE_MAX`. The same random subspaces, norm-matched,
 are the null of the norm-matched variant: a subspace "works as an intervention target" when
 its norm-matched retention's CI lies above their 95th percentile (a blown-up random
 subspace moves the answer too, so the plain-inside null would flatter it).
@@ -44,13 +51,14 @@ import torch
 from tqdm.auto import tqdm
 
 from ws.core.bootstrap import percentile_interval, resample
+from ws.core.caveats import CARRY_INSIDE_MIN, CARRY_OUTSIDE_MAX
 from ws.core.linalg import blas_threads, haar_orthonormal
 from ws.core.log import logger
 from ws.diffs.effect import Readout
 from ws.model.fast_readout import FastReadout, first_block
 from ws.model.load import d_model
 from ws.model.steer import weight_steer
-from ws.stats import bh_qvalues, p_empirical
+from ws.stats import NullTail, bh_qvalues, null_tail_p
 
 __all__ = [
     "WRITERS",
@@ -67,8 +75,11 @@ __all__ = [
     "ratio",
     "ratio_ci",
     "mean_ci",
+    "retention_ci",
     "null_stats",
     "null_z_p",
+    "effect_measurable",
+    "above_chance",
     "carries",
     "CausalResult",
     "run_causal",
@@ -199,26 +210,53 @@ def null_stats(draws: np.ndarray) -> dict[str, float]:
     return {"n": int(x.size), "mean": float(x.mean()), "sd": float(x.std(ddof=1)), "p95": float(np.quantile(x, 0.95))}
 
 
-def null_z_p(r: float, draws: np.ndarray) -> tuple[float, float]:
-    """``z = (r − null mean)/null sd`` and the empirical upper p ``(1 + #{draw ≥ r})/(1 + n)``."""
+def null_z_p(r: float, draws: np.ndarray) -> tuple[float, NullTail]:
+    """``z = (r − null mean)/null sd`` and the upper tail of ``r`` against the draws ``[n]``
+    (:func:`ws.stats.null_tail_p`: the p used, the normal and empirical p's, the fit, the method)."""
     st = null_stats(draws)
-    x = np.asarray(draws, np.float64)
-    x = x[np.isfinite(x)]
     z = (r - st["mean"]) / st["sd"] if math.isfinite(r) and st["sd"] > 0 else float("nan")
-    return z, p_empirical(r, x)
+    return z, null_tail_p(r, np.asarray(draws, np.float64))
 
 
-def carries(inside_ci_lo: float, null_p95: float, outside_ci_hi: float, writers: float = 1.0) -> bool | None:
-    """The claim "the subspace carries the behaviour": the inside retention's CI lies above the
-    random null's 95th percentile AND the outside retention's CI lies below the writers-only
-    effect (retention ``writers`` = 1). None when a number is missing."""
-    vals = (inside_ci_lo, null_p95, outside_ci_hi)
-    if not all(v is not None and math.isfinite(v) for v in vals):
+def effect_measurable(ci_lo: float, ci_hi: float) -> bool:
+    """True when an effect's CI excludes zero (a retention may divide by it); False when it
+    spans zero or is missing."""
+    return bool(math.isfinite(ci_lo) and math.isfinite(ci_hi) and (ci_lo > 0 or ci_hi < 0))
+
+
+def _all_finite(*vals: float | None) -> bool:
+    return all(v is not None and math.isfinite(v) for v in vals)
+
+
+def above_chance(inside_ci_lo: float, null_p95: float, outside_ci_hi: float, writers: float = 1.0) -> bool | None:
+    """ "The subspace contributes above chance": the inside retention's CI lies above the random
+    null's 95th percentile AND the outside retention's CI lies below the writers-only effect
+    (retention ``writers`` = 1). None when a number is missing."""
+    if not _all_finite(inside_ci_lo, null_p95, outside_ci_hi):
         return None
     return bool(inside_ci_lo > null_p95 and outside_ci_hi < writers)
 
 
+def carries(
+    inside_ci_lo: float,
+    null_p95: float,
+    outside_ci_hi: float,
+    inside_min: float = CARRY_INSIDE_MIN,
+    outside_max: float = CARRY_OUTSIDE_MAX,
+) -> bool | None:
+    """ "The subspace carries the behaviour" (most of the writers' effect): it contributes above
+    chance (:func:`above_chance`) AND the inside retention's CI low end is ≥ ``inside_min`` AND
+    the outside retention's CI high end is ≤ ``outside_max`` (shares of the writers-only
+    effect). None when a number is missing."""
+    chance = above_chance(inside_ci_lo, null_p95, outside_ci_hi)
+    if chance is None:
+        return None
+    return bool(chance and inside_ci_lo >= inside_min and outside_ci_hi <= outside_max)
+
+
 # ----------------------------------------------------------------------------- the run
+#: the verdict columns, last in the table (:func:`carries`, :func:`above_chance`, norm-matched target)
+VERDICT_COLUMNS: list[str] = ["carries", "above_chance", "works_as_target"]
 #: columns of the per-candidate table ``v8_causal.tsv``, in order
 CAUSAL_COLUMNS: list[str] = [
     "subspace",
@@ -249,6 +287,10 @@ CAUSAL_COLUMNS: list[str] = [
     "null_p95",
     "z_inside",
     "p_inside",
+    "p_inside_method",
+    "p_inside_normal",
+    "p_inside_empirical",
+    "null_fit_p",
     "q_inside",
     "null_normmatched_mean",
     "null_normmatched_sd",
@@ -258,8 +300,7 @@ CAUSAL_COLUMNS: list[str] = [
     "mass_outside",
     "mass_normmatched",
     *[f"spread_{s}_{p}" for p in PARTS for s in CONTROLS],
-    "carries",
-    "works_as_target",
+    *VERDICT_COLUMNS,
 ]
 
 
@@ -267,7 +308,7 @@ def causal_columns(controls: Sequence[str] = CONTROLS) -> list[str]:
     """:data:`CAUSAL_COLUMNS` for a behaviour with these control sets (one ``spread_<set>_<part>``
     column per control set and part, in the behaviour's order)."""
     head = CAUSAL_COLUMNS[: CAUSAL_COLUMNS.index(f"spread_{CONTROLS[0]}_{PARTS[0]}")]
-    return [*head, *[f"spread_{s}_{p}" for p in PARTS for s in controls], "carries", "works_as_target"]
+    return [*head, *[f"spread_{s}_{p}" for p in PARTS for s in controls], *VERDICT_COLUMNS]
 
 
 #: columns of the long table ``v8_causal_variants.tsv`` (one row per variant × prompt set)
@@ -364,6 +405,13 @@ def mean_ci(x: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, fl
     return ratio_ci(x, np.ones_like(x), n_boot, seed)
 
 
+def retention_ci(num: np.ndarray, den: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """:func:`ratio_ci` of ``num`` over ``den`` (both ``[n]``), or three NaNs when the CI of
+    ``den``'s mean (:func:`mean_ci`, same resamples) spans zero: no ratio of noise."""
+    _, lo, hi = mean_ci(den, n_boot, seed)
+    return ratio_ci(num, den, n_boot, seed) if effect_measurable(lo, hi) else (math.nan, math.nan, math.nan)
+
+
 def _variant_rows(
     variant: str, subspace: str, part: str, profile: str, pair: Pair, writers: Pair, energy: float, n_boot: int, seed: int
 ) -> list[dict]:
@@ -371,7 +419,7 @@ def _variant_rows(
     rows = []
     for s, v in pair.sets.items():
         sp, lo, hi = mean_ci(pair.spread(s), n_boot, seed)
-        r, rlo, rhi = ratio_ci(pair.spread(s), writers.spread(s), n_boot, seed)
+        r, rlo, rhi = retention_ci(pair.spread(s), writers.spread(s), n_boot, seed)
         m = pair.mass(s)
         rows.append(
             dict(
@@ -415,7 +463,7 @@ def _candidate_row(
     row = {c: meta.get(c) for c in ("subspace", "family", "axis_kind", "kind")}
     row.update(mean_rank=float(np.mean(profile)), null_profile=_profile_name(profile), energy_frac_inside=energy)
     for p in PARTS:
-        r, lo, hi = ratio_ci(parts[p].spread(target), writers.spread(target), n_boot, seed)
+        r, lo, hi = retention_ci(parts[p].spread(target), writers.spread(target), n_boot, seed)
         row.update(
             {
                 f"spread_{p}": float(parts[p].spread(target).mean()),
@@ -430,20 +478,25 @@ def _candidate_row(
     sc = [v for v in scales.values() if math.isfinite(v)]
     row["normmatch_scale_max"] = max(sc) if len(sc) == len(scales) else float("inf")
     st, nm = null_stats(null_r["inside"]), null_stats(null_r["normmatched"])
-    z, p = null_z_p(row["retention_inside"], null_r["inside"])
+    z, tail = null_z_p(row["retention_inside"], null_r["inside"])
     row.update(
-        null_n=st["n"],
+        null_n=int(len(null_r["inside"])),
         null_mean=st["mean"],
         null_sd=st["sd"],
         null_p95=st["p95"],
         z_inside=z,
-        p_inside=p,
+        p_inside=tail.p,
+        p_inside_method=tail.method or None,
+        p_inside_normal=tail.p_normal,
+        p_inside_empirical=tail.p_empirical,
+        null_fit_p=tail.fit_p,
         null_normmatched_mean=nm["mean"],
         null_normmatched_sd=nm["sd"],
         null_normmatched_p95=nm["p95"],
         z_normmatched=null_z_p(row["retention_normmatched"], null_r["normmatched"])[0],
     )
-    row["carries"] = carries(row["retention_inside_ci_lo"], st["p95"], row["retention_outside_ci_hi"])
+    verdict_args = (row["retention_inside_ci_lo"], st["p95"], row["retention_outside_ci_hi"])
+    row["carries"], row["above_chance"] = carries(*verdict_args), above_chance(*verdict_args)
     lo = row["retention_normmatched_ci_lo"]
     row["works_as_target"] = bool(lo > nm["p95"]) if math.isfinite(lo) and math.isfinite(nm["p95"]) else None
     return row
@@ -452,8 +505,8 @@ def _candidate_row(
 def _frame(rows: list[dict], columns: list[str]) -> pl.DataFrame:
     ints, strs, bools = (
         {"causal_rank", "null_n", "n"},
-        {"subspace", "family", "axis_kind", "kind", "null_profile", "variant", "part", "set"},
-        {"carries", "works_as_target"},
+        {"subspace", "family", "axis_kind", "kind", "null_profile", "variant", "part", "set", "p_inside_method"},
+        set(VERDICT_COLUMNS),
     )
     schema = {c: pl.Int64 if c in ints else pl.String if c in strs else pl.Boolean if c in bools else pl.Float64 for c in columns}
     return pl.DataFrame({c: [r.get(c) for r in rows] for c in columns}, schema=schema)
@@ -541,7 +594,7 @@ def run_causal(
         res = CausalResult(
             _candidate_table(m, meta, names, ranking, n_boot, boot_seed, target, controls),
             _variant_table(m, names, n_boot, boot_seed),
-            ratio_ci(wd, fd, n_boot, boot_seed),
+            retention_ci(wd, fd, n_boot, boot_seed),
             mean_ci(wd, n_boot, boot_seed),
             mean_ci(fd, n_boot, boot_seed),
             ro.first,
@@ -597,7 +650,11 @@ def _candidate_table(
 ) -> pl.DataFrame:
 
     wd = m.ref["writers_only"].spread(target)
-    null_r = {pr: {p: np.array([ratio(dr[p].spread(target), wd) for dr in v]) for p in NULL_PARTS} for pr, v in m.null.items()}
+    ok = effect_measurable(*mean_ci(wd, n_boot, seed)[1:])
+    null_r = {
+        pr: {p: np.array([ratio(dr[p].spread(target), wd) if ok else math.nan for dr in v]) for p in NULL_PARTS}
+        for pr, v in m.null.items()
+    }
     mrows = {r["subspace"]: r for r in meta.iter_rows(named=True)}
     rows = [
         _candidate_row(

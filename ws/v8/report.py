@@ -16,11 +16,12 @@ import polars as pl
 
 from ws.bases.vectors import is_vector
 from ws.behavior import data
-from ws.core.caveats import FDR_ALPHA
+from ws.core.caveats import CARRY_INSIDE_MIN, CARRY_OUTSIDE_MAX, FDR_ALPHA, NULL_FIT_ALPHA
 from ws.core.io import atomic_path
 from ws.core.markdown import Claim, cell, ci_text, claims_section, finite, fmt_num, layers_text, pct, row_of
 from ws.stats import CEILING_ACT, CEILING_W
 from ws.v7.report import definitions_md, family_colors
+from ws.v8.causal import effect_measurable
 from ws.v8.results import ConclusionFacts
 
 __all__ = ["causal_figure", "block_figure", "causal_claims", "definitions_v8_md", "conclusion_v8_md"]
@@ -63,6 +64,8 @@ def _plane_panel(ax, table: pl.DataFrame, null: pl.DataFrame, colors: Mapping[st
     ax.axvline(1, ls="--", lw=1, color="0.45")
     ax.axhline(0, lw=0.6, color="0.7")
     ax.axvline(0, lw=0.6, color="0.7")
+    ax.axvline(CARRY_INSIDE_MIN, ls=":", lw=1, color="0.45")
+    ax.axhline(CARRY_OUTSIDE_MAX, ls=":", lw=1, color="0.45")
     if null.height:
         lo = float(null["retention"].min())
         p95 = float(null["retention"].quantile(0.95, interpolation="linear"))
@@ -99,8 +102,13 @@ def _plane_panel(ax, table: pl.DataFrame, null: pl.DataFrame, colors: Mapping[st
         )
     ax.set_xlabel("inside retention: spread(P_B Δ) / spread(writers-only)")
     ax.set_ylabel("outside retention: spread((I − P_B) Δ) / spread(writers-only)")
-    ax.set_title("carries = far right (CI above the random null) and low (CI below 1)", fontsize=10)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2, frameon=False)
+    ax.set_title(
+        f"carries = inside CI ≥ {pct(CARRY_INSIDE_MIN)} and outside CI ≤ {pct(CARRY_OUTSIDE_MAX)} (dotted lines)\n"
+        "above chance = inside CI above the random null and outside CI below 1",
+        fontsize=9,
+    )
+    if ax.get_legend_handles_labels()[0]:  # no null band when no retention could be computed
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2, frameon=False)
     return names
 
 
@@ -160,8 +168,9 @@ def causal_figure(
     from matplotlib.figure import Figure
 
     top = table["null_profile"].value_counts(sort=True)["null_profile"][0]  # draw the most common profile's null
-    null = variants.filter((pl.col("part") == "null_inside") & (pl.col("null_profile") == top))
-    null_nm = variants.filter((pl.col("part") == "null_normmatched") & (pl.col("null_profile") == top))
+    drawn = variants.filter((pl.col("null_profile") == top) & pl.col("retention").is_finite())  # none: no ratio
+    null = drawn.filter(pl.col("part") == "null_inside")
+    null_nm = drawn.filter(pl.col("part") == "null_normmatched")
     fig = Figure(figsize=(17, 7.8))
     FigureCanvasAgg(fig)
     ax1 = fig.add_axes([0.05, 0.16, 0.38, 0.72])
@@ -259,19 +268,44 @@ def _tag(kind: str) -> str:
     return {"ceiling": " (ceiling, B side)", "self-test": " (self-test row)"}.get(kind, "")
 
 
+#: the rule of "carries" in words (:func:`ws.v8.causal.carries`)
+CARRY_RULE = (
+    f"inside CI ≥ {pct(CARRY_INSIDE_MIN)} and outside CI ≤ {pct(CARRY_OUTSIDE_MAX)} of the writers' effect, "
+    "inside CI above the random null's 95th percentile"
+)
+#: the rule of "contributes above chance" in words (:func:`ws.v8.causal.above_chance`)
+CHANCE_RULE = "inside CI above the random null's 95th percentile and outside CI below the writers' effect (100%)"
+#: where the writers-only effect's CI spans zero
+NO_EFFECT = "the diff's writers have no measurable effect to divide by"
+
+
+def _verdicts(r: Mapping) -> str:
+    """The two verdicts of one row in words."""
+    if r.get("carries") is None:
+        return "cannot be judged"
+    if r["carries"]:
+        return "carries the behaviour (most of the writers' effect)"
+    return "contributes above chance, does not carry most of it" if r.get("above_chance") else "does not beat chance"
+
+
 def causal_claims(table: pl.DataFrame) -> list[Claim]:
     """A :class:`~ws.core.markdown.Claim` per tested A-hypothesis and ceiling (the self-test rows
-    are checks, reported with the self-tests): "`X` carries the behaviour" survives only when
-    the inside retention's CI lies above the random null's 95th percentile AND the outside
-    retention's CI lies below the writers-only effect (100 %); None where a number is missing."""
+    are checks, reported with the self-tests): "`X` carries the behaviour" survives only when it
+    carries most of the writers' effect (:data:`CARRY_RULE`); the evidence also says whether it
+    contributes above chance (:data:`CHANCE_RULE`). None where a number is missing."""
     out = []
     for r in table.filter(pl.col("kind") != "self-test").iter_rows(named=True):
         ev = (
             f"inside {_ci(r, 'retention_inside')} vs random rank-k 95th percentile {pct(r['null_p95'])}; "
-            f"outside {_ci(r, 'retention_outside')} (must stay below 100%)"
+            f"outside {_ci(r, 'retention_outside')} (carries: {CARRY_RULE}); "
+            f"contributes above chance: {_yes_no(r.get('above_chance'))}"
         )
         out.append(Claim(f"`{r['subspace']}` carries the behaviour{_tag(r['kind'])}", ev, r["carries"]))
     return out
+
+
+def _yes_no(x: bool | None) -> str:
+    return {True: "yes", False: "no", None: "—"}[x]
 
 
 # ----------------------------------------------------------------------------- definitions
@@ -306,13 +340,26 @@ TERMS = [
     (
         "random null",
         "per draw, a seeded Haar-random subspace per touched layer with the candidate's own rank there; "
-        "its inside retention on the target set. z = (retention − null mean)/null sd; p = (1 + #{draw ≥ retention})"
-        "/(1 + draws); q: Benjamini–Hochberg over the tested A-hypotheses",
+        "its inside retention on the target set. z = (retention − null mean)/null sd; p: the normal tail fitted "
+        "to the draws (Student t with draws − 1 degrees of freedom of (retention − mean)/(sd·√(1 + 1/draws)), "
+        "exact for a normal null) when the draws pass a Shapiro–Wilk test of normality (its p ≥ "
+        f"{NULL_FIT_ALPHA:g}), else the empirical p = (1 + #{{draw ≥ retention}})/(1 + draws), whose smallest value "
+        "is 1/(1 + draws); q: Benjamini–Hochberg over the tested A-hypotheses, on the p used",
     ),
     (
         "carries",
+        f"the subspace carries most of the writers' effect: inside retention's CI lower end ≥ {pct(CARRY_INSIDE_MIN)} "
+        f"AND outside retention's CI upper end ≤ {pct(CARRY_OUTSIDE_MAX)} AND it contributes above chance",
+    ),
+    (
+        "contributes above chance",
         "inside retention's CI lower end above the random null's 95th percentile AND outside retention's "
-        "CI upper end below 1 (the writers-only effect)",
+        "CI upper end below 1 (the writers-only effect): more than a random subspace, however little",
+    ),
+    (
+        "no measurable effect",
+        "when the writers-only spread's CI spans zero there is nothing to divide by: no retention, z, p or "
+        "verdict is given (NaN / empty cells)",
     ),
     (
         "works as an intervention target",
@@ -360,13 +407,17 @@ COLUMN_DOCS = {
     "retention_<part>, _ci_lo, _ci_hi": "retention of the variant and its bootstrap CI",
     "normmatch_scale_max": "largest per-layer factor the norm-matched variant applied (inf: a layer with nothing inside)",
     "null_n, null_mean, null_sd, null_p95": "number of random draws, their mean, sd and 95th percentile of inside retention",
-    "z_inside, p_inside, q_inside": "inside retention against the random null",
+    "z_inside, p_inside, q_inside": "inside retention against the random null (`p_inside`: the p used, BH gives `q_inside`)",
+    "p_inside_method": "which p `p_inside` is: `normal` (the normal tail) or `empirical` (the fit was poor or impossible)",
+    "p_inside_normal, p_inside_empirical": "the normal predictive tail and the empirical p (see `random null`)",
+    "null_fit_p": f"Shapiro–Wilk p of the null's inside retentions (below {NULL_FIT_ALPHA:g}: the empirical p is used)",
     "null_normmatched_mean, null_normmatched_sd, null_normmatched_p95, z_normmatched": (
         "the same random subspaces norm-matched, and the norm-matched variant against them"
     ),
     "mass_<part>": "mean P(Yes) + P(No) over target prompts at α = ±1 (a log-ratio of tiny masses means little)",
     "spread_<control set>_<part>": "the variant's spread on a control set",
-    "carries": "the verdict (see `carries` above)",
+    "carries": "carries most of the writers' effect (see `carries` above; empty: cannot be judged)",
+    "above_chance": "contributes above chance (see `contributes above chance` above)",
     "works_as_target": "norm-matched inside beats norm-matched random subspaces (see above)",
 }
 
@@ -425,10 +476,20 @@ def _carry_text(r: Mapping) -> str:
         f"restricted to its subspace (mean rank {fmt_num(r['mean_rank'])}, {pct(r['energy_frac_inside'])} of the "
         f"writers' energy) the writers keep {_ci(r, 'retention_inside')} of their effect, against "
         f"{pct(r['null_mean'])} ± {pct(r['null_sd'])} for random subspaces of the same rank (95th percentile "
-        f"{pct(r['null_p95'])}; z {fmt_num(r['z_inside'])}, p {fmt_num(r['p_inside'])}, q {fmt_num(r['q_inside'])}); "
+        f"{pct(r['null_p95'])}; z {fmt_num(r['z_inside'])}, {_p_text(r)}, q {fmt_num(r['q_inside'])}); "
         f"outside it {_ci(r, 'retention_outside')} remains; norm-matched inside gives {_ci(r, 'retention_normmatched')} "
         f"(norm-matched random subspaces: 95th percentile {pct(r['null_normmatched_p95'])})"
     )
+
+
+def _p_text(r: Mapping) -> str:
+    """``p 1e-30 (normal tail; empirical 0.0476)``: the p used and the other one."""
+    if r.get("p_inside_method") == "normal":
+        return f"p {fmt_num(r['p_inside'])} (normal tail; empirical {fmt_num(r.get('p_inside_empirical'))})"
+    if r.get("p_inside_method") == "empirical":
+        fit = fmt_num(r.get("null_fit_p"))
+        return f"p {fmt_num(r['p_inside'])} (empirical: the null's normal fit is poor, Shapiro–Wilk p {fit})"
+    return f"p {fmt_num(r.get('p_inside'))}"
 
 
 def _vector_lines(causal: pl.DataFrame) -> list[str]:
@@ -439,30 +500,54 @@ def _vector_lines(causal: pl.DataFrame) -> list[str]:
         return []
     L = ["", "**Your steering vectors** (always in the causal test, wherever they rank):", ""]
     for r in rows:
-        verdict = {True: "carries the behaviour by the rule", False: "does not carry it by the rule", None: "undecided"}
         L.append(
             f"- your vector `{r['subspace']}` keeps {_ci(r, 'retention_inside')} of the writers' effect inside "
             f"(mean rank {fmt_num(r['mean_rank'])}, {pct(r['energy_frac_inside'])} of their energy); random subspaces "
             f"of its rank keep {pct(r['null_mean'])} ± {pct(r['null_sd'])} (z {fmt_num(r['z_inside'])}, "
-            f"p {fmt_num(r['p_inside'])}); outside it {_ci(r, 'retention_outside')} remains: "
-            f"{verdict.get(r['carries'], 'undecided')}"
+            f"{_p_text(r)}); outside it {_ci(r, 'retention_outside')} remains: {_verdicts(r)}"
         )
     return L + [""]
 
 
 def _carry_caution(r: Mapping, n_tested: int) -> str | None:
-    """What the rule's verdict does not say: a subspace that passes it while keeping under half
-    of the writers' effect, or whose p-value does not survive BH over the tested candidates."""
+    """What a verdict does not say: a subspace that beats chance while keeping under
+    :data:`~ws.core.caveats.CARRY_INSIDE_MIN` of the writers' effect, or whose p-value does not
+    survive BH over the tested candidates."""
     notes = []
-    if r["retention_inside"] < 0.5:
+    if r["retention_inside"] < CARRY_INSIDE_MIN:
         notes.append(
-            f"it passes the rule, yet only {pct(r['retention_inside'])} of the writers' effect survives inside it and "
+            f"it beats chance, yet only {pct(r['retention_inside'])} of the writers' effect survives inside it and "
             f"{pct(r['retention_outside'])} outside: most of the behaviour is carried elsewhere"
         )
     q = r.get("q_inside")
     if q is not None and math.isfinite(q) and q > FDR_ALPHA:
         notes.append(f"its p {fmt_num(r['p_inside'])} does not survive BH over the {n_tested} tested candidates (q {fmt_num(q)})")
     return ("  Read with care: " + "; ".join(notes) + ".") if notes else None
+
+
+def _no_effect_line(info: ConclusionFacts) -> str:
+    w = info.writers_spread
+    return (
+        "- **No tested write/mixed candidate carries the behaviour, and none can be judged**: "
+        f"{NO_EFFECT} (writers-only spread {fmt_num(w[0])} nats [{fmt_num(w[1])}, {fmt_num(w[2])}]: its CI spans "
+        "zero), so no retention, z, p or verdict is given."
+    )
+
+
+def _chance_lines(hyp: pl.DataFrame, n_tested: int) -> list[str]:
+    """The candidates that contribute above chance without carrying most of the effect."""
+    weak = hyp.filter(pl.col("above_chance").fill_null(False) & ~pl.col("carries").fill_null(False))
+    if not weak.height:
+        return []
+    weak = weak.sort(["retention_inside", "subspace"], descending=[True, False])
+    names = ", ".join(
+        f"`{r['subspace']}` (inside {pct(r['retention_inside'])}, outside {pct(r['retention_outside'])})"
+        for r in weak.iter_rows(named=True)
+    )
+    caution = _carry_caution(weak.row(0, named=True), n_tested)
+    return [f"- Contribute above chance ({CHANCE_RULE}) but do not carry most of the effect: {names}."] + (
+        [caution] if caution else []
+    )
 
 
 def _carry_lines(causal: pl.DataFrame, info: ConclusionFacts) -> list[str]:
@@ -473,30 +558,29 @@ def _carry_lines(causal: pl.DataFrame, info: ConclusionFacts) -> list[str]:
         f"- Tested: the {hyp.height} write/mixed candidates with the highest seed-mean joint score, both ceilings "
         f"and the self-test rows, on seed {info.seed}'s diff, {info.n_null} random subspaces per rank profile."
     )
+    if not effect_measurable(info.writers_spread[1], info.writers_spread[2]):
+        return [head, _no_effect_line(info)]
+    chance = _chance_lines(hyp, hyp.height)
     if yes.height:
         b = yes.row(0, named=True)
-        out = [f"- **`{b['subspace']}` carries the behaviour**: {_carry_text(b)}."]
+        out = [f"- **`{b['subspace']}` carries the behaviour** (most of the writers' effect: {CARRY_RULE}): {_carry_text(b)}."]
         caution = _carry_caution(b, hyp.height)
         out += [caution] if caution else []
-        if yes.height > 1:
-            out.append(
-                "- Also carrying, by the same rule: "
-                + ", ".join(
-                    f"`{r['subspace']}` (inside {pct(r['retention_inside'])}, outside {pct(r['retention_outside'])})"
-                    for r in yes.iter_rows(named=True)
-                    if r["subspace"] != b["subspace"]
-                )
-                + "."
+        others = [r for r in yes.iter_rows(named=True) if r["subspace"] != b["subspace"]]
+        if others:
+            listed = ", ".join(
+                f"`{r['subspace']}` (inside {pct(r['retention_inside'])}, outside {pct(r['retention_outside'])})" for r in others
             )
-        return [head] + out
+            out.append(f"- Also carrying, by the same rule: {listed}.")
+        return [head, *out, *chance]
     if not fin.height:
         return [head, "- No tested write/mixed candidate has a finite retention (is the writers-only spread zero?)."]
     b = fin.sort(["retention_inside", "subspace"], descending=[True, False]).row(0, named=True)
     return [
         head,
-        "- **No tested write/mixed candidate carries the behaviour** by the rule (inside CI above the "
-        "random null's 95th percentile and outside CI below the writers' effect). The highest inside retention: "
+        f"- **No tested write/mixed candidate carries the behaviour** ({CARRY_RULE}). The highest inside retention: "
         f"`{b['subspace']}`: {_carry_text(b)}.",
+        *chance,
     ]
 
 
@@ -509,11 +593,10 @@ def _ceiling_lines(causal: pl.DataFrame) -> list[str]:
         r = row_of(causal, name)
         if r is None:
             continue
-        verdict = {True: "carries", False: "does not carry", None: "cannot be judged"}[r["carries"]]
         target = {True: "works", False: "does not beat random subspaces", None: "cannot be judged"}[r["works_as_target"]]
         out.append(
             f"- `{name}` ({what}): inside {_ci(r, 'retention_inside')} ({pct(r['energy_frac_inside'])} of the "
-            f"writers' energy), outside {_ci(r, 'retention_outside')} — {verdict} the behaviour by the rule; "
+            f"writers' energy), outside {_ci(r, 'retention_outside')} — {_verdicts(r)}; "
             f"norm-matched inside {_ci(r, 'retention_normmatched')} against {pct(r['null_normmatched_p95'])} for "
             f"norm-matched random subspaces (95th percentile): as an intervention target it {target}."
         )
@@ -557,20 +640,21 @@ def _causal_table(causal: pl.DataFrame, target_label: str) -> list[str]:
         "## The causal test",
         "",
         f"Retention = spread of the variant ÷ spread of writers-only on the held-out {target_label} "
-        "(α = ±1), 95% bootstrap CIs over prompts; null: random subspaces of the same rank per layer.",
+        "(α = ±1), 95% bootstrap CIs over prompts; null: random subspaces of the same rank per layer. "
+        f"Carries: {CARRY_RULE}. Above chance: {CHANCE_RULE}.",
         "",
-        "| # | candidate | energy inside | inside | outside | random null mean ± sd (p95) | z | p | q | carries "
-        "| norm-matched (random p95) | works as a target | Yes+No mass (inside) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| # | candidate | energy inside | inside | outside | random null mean ± sd (p95) | z | p (method) | q "
+        "| carries | above chance | norm-matched (random p95) | works as a target | Yes+No mass (inside) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in causal.iter_rows(named=True):
         rk = str(r["causal_rank"]) if r["causal_rank"] is not None else {"ceiling": "★", "self-test": "test"}.get(r["kind"], "")
-        yn = {True: "yes", False: "no", None: "—"}
         L.append(
             f"| {rk} | `{r['subspace']}` | {pct(r['energy_frac_inside'])} | {_ci(r, 'retention_inside')} | "
             f"{_ci(r, 'retention_outside')} | {pct(r['null_mean'])} ± {pct(r['null_sd'])} ({pct(r['null_p95'])}) | "
-            f"{fmt_num(r['z_inside'])} | {fmt_num(r['p_inside'])} | {fmt_num(r['q_inside'])} | {yn[r['carries']]} | "
-            f"{_ci(r, 'retention_normmatched')} ({pct(r['null_normmatched_p95'])}) | {yn[r['works_as_target']]} | "
+            f"{fmt_num(r['z_inside'])} | {fmt_num(r['p_inside'])} ({r.get('p_inside_method') or '—'}) | "
+            f"{fmt_num(r['q_inside'])} | {_yes_no(r['carries'])} | {_yes_no(r.get('above_chance'))} | "
+            f"{_ci(r, 'retention_normmatched')} ({pct(r['null_normmatched_p95'])}) | {_yes_no(r['works_as_target'])} | "
             f"{fmt_num(r['mass_inside'])} |"
         )
     return L + [""]

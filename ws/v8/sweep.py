@@ -19,6 +19,7 @@ not run (or ran on another diff), and costs seconds when the cache holds the cap
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from ws.core.io import staged_files, write_staged
 from ws.core.log import logger
 from ws.core.markdown import pct
 from ws.core.paths import EMBEDDED_NAMES
-from ws.diffs.effect import heldout_prompts, readout_of
+from ws.diffs.effect import Readout, heldout_prompts, readout_of
 from ws.diffs.store import write_delta_by_layer
 from ws.model.chat import render_chat
 from ws.model.load import n_layers
@@ -44,7 +45,7 @@ from ws.stats import CEILING_ACT, CEILING_W, RANKED_AXES, by_score, ranked
 from ws.v7 import report, sweep, verdicts
 from ws.v8 import blocklocal
 from ws.v8 import report as report_v8
-from ws.v8.causal import run_causal
+from ws.v8.causal import effect_measurable, run_causal
 from ws.v8.results import ConclusionFacts
 
 __all__ = [
@@ -125,6 +126,30 @@ def heldout_texts(tok, behavior=None) -> dict[str, list[str]]:
     return {s: [render_chat(tok, p) for p in ps] for s, ps in heldout_prompts(0, behavior=behavior).items()}
 
 
+def item_subset(n: int, n_items: int | None, key: str, seed: int = 0) -> list[int]:
+    """Indices of the items a set of ``n`` keeps: all of them when ``n_items`` is None or ≥ n,
+    else a sorted subset of ``n_items`` seeded by ``(seed, key)`` (``key``: the set's name)."""
+    if n_items is None or n_items >= n:
+        return list(range(n))
+    return sorted(random.Random(f"{int(seed)}:{key}").sample(range(n), int(n_items)))
+
+
+def causal_prompts(tok, behavior, n_items: int | None, seed: int = 0) -> tuple[dict[str, list[str]], Readout]:
+    """The causal test's held-out prompts by set (rendered) and their read-out: each set's
+    items, or a seeded subset of ``n_items`` of a larger set (:func:`item_subset`; the same
+    items in the prompts and in the read-out's signs). ``n_items``: ``WS_CAUSAL_ITEMS``."""
+    texts, ro = heldout_texts(tok, behavior), readout_of(behavior)
+    keep = {s: item_subset(len(v), n_items, s, seed) for s, v in texts.items()}
+    texts = {s: [v[i] for i in keep[s]] for s, v in texts.items()}
+    signs = None if ro.signs is None else {s: [v[i] for i in keep[s]] for s, v in ro.signs.items()}
+    return texts, Readout(ro.answers, signs)
+
+
+def causal_item_counts(behavior, n_items: int | None) -> dict[str, tuple[int, int]]:
+    """Per held-out set ``(items the causal test uses, items the set has)``."""
+    return {s: (len(item_subset(len(v), n_items, s)), len(v)) for s, v in heldout_prompts(0, behavior=behavior).items()}
+
+
 def causal(cfg, model, tok, res: sweep.SeedResult, w: dict, names: Sequence[str], ranking: dict, threads: int | None = None):
     """The causal projection test of ``names`` on this seed's diff (:func:`ws.v8.causal.run_causal`).
 
@@ -132,8 +157,10 @@ def causal(cfg, model, tok, res: sweep.SeedResult, w: dict, names: Sequence[str]
     per core). Measured on the suite's 2-core machine, idle: the 52 held-out prompts at α = ±1
     through blocks 9–29 of the embedded model took 4.4–5.3 s with two threads and 7.6–9.1 s
     with one; while other jobs shared the cores, two threads took 36–68 s and one 8–9 s (the
-    threads wait on each other): pass 1 there."""
+    threads wait on each other): pass 1 there. ``cfg.causal_items`` (``WS_CAUSAL_ITEMS``) bounds the
+    held-out items per set (:func:`causal_prompts`)."""
     beh = data.get_behavior(cfg.behavior)
+    texts, readout = causal_prompts(tok, cfg.behavior, cfg.causal_items, cfg.basis_seed)
     return run_causal(
         model,
         tok,
@@ -142,8 +169,8 @@ def causal(cfg, model, tok, res: sweep.SeedResult, w: dict, names: Sequence[str]
         res.meta,
         names,
         res.layers_touched,
-        heldout_texts(tok, cfg.behavior),
-        readout=readout_of(cfg.behavior),
+        texts,
+        readout=readout,
         ranking=ranking,
         n_null=cfg.n_causal_null,
         n_boot=cfg.n_boot,
@@ -186,6 +213,37 @@ def v8_tables(res: sweep.SeedResult, stab: sweep.SeedStability, bl: BlockLocal, 
 PLANTED_MIN_INSIDE = 0.95
 
 
+def _spread_z(cr, name: str) -> tuple[float, float, float, float]:
+    """``(spread, null mean, null sd, z)`` of a row's inside spread against its random draws'
+    inside spreads on the target set (no ratio: usable when the writers' effect is not measurable)."""
+    v = cr.variants.filter(pl.col("set") == cr.target)
+    own = v.filter(pl.col("variant") == f"{name}:inside")
+    prof = own["null_profile"][0] if own.height else ""
+    null = v.filter((pl.col("part") == "null_inside") & (pl.col("null_profile") == prof))["spread"].to_numpy()
+    if not own.height or null.size < 2:
+        return (float("nan"),) * 4
+    x, m, sd = float(own["spread"][0]), float(null.mean()), float(null.std(ddof=1))
+    return x, m, sd, (x - m) / sd if sd > 0 else float("nan")
+
+
+def _random_self_test(cr, r: dict, z_max: float) -> verdicts.SelfTest:
+    """The random self-test row against its null: on retention, or on the spreads when the
+    writers' effect is not measurable (no retention then)."""
+    z = r["z_inside"]
+    if z is not None and np.isfinite(z):
+        detail = (
+            f"inside retention {100 * r['retention_inside']:.1f}% against its "
+            f"random null {100 * r['null_mean']:.1f}% ± {100 * r['null_sd']:.1f}%: z {z:.2f} (|z| must be < {z_max:g})"
+        )
+    else:
+        x, m, sd, z = _spread_z(cr, r["subspace"])
+        detail = (
+            f"no retention (the writers' effect is not measurable): inside spread {x:.3g} nats against its random "
+            f"null {m:.3g} ± {sd:.3g} nats: z {z:.2f} (|z| must be < {z_max:g})"
+        )
+    return verdicts.SelfTest("random_orthonormal (causal)", bool(np.isfinite(z) and abs(z) < z_max), detail)
+
+
 def causal_self_tests(cr, z_max: float = 4.0, min_inside: float = PLANTED_MIN_INSIDE) -> list[verdicts.SelfTest]:
     """The random self-test row must sit within the random null of the causal test; an
     S-space diff's planted basis (``sspace_planted``) must keep ≥ ``min_inside`` of the
@@ -193,17 +251,7 @@ def causal_self_tests(cr, z_max: float = 4.0, min_inside: float = PLANTED_MIN_IN
     out = []
     r = cr.table.filter(pl.col("subspace") == "random_orthonormal")
     if r.height:
-        r = r.row(0, named=True)
-        z = r["z_inside"]
-        ok = bool(z is not None and np.isfinite(z) and abs(z) < z_max)
-        out.append(
-            verdicts.SelfTest(
-                "random_orthonormal (causal)",
-                ok,
-                f"inside retention {100 * r['retention_inside']:.1f}% against its "
-                f"random null {100 * r['null_mean']:.1f}% ± {100 * r['null_sd']:.1f}%: z {z:.2f} (|z| must be < {z_max:g})",
-            )
-        )
+        out.append(_random_self_test(cr, r.row(0, named=True), z_max))
     p = cr.table.filter(pl.col("subspace") == "sspace_planted")
     if p.height:
         p = p.row(0, named=True)
@@ -255,9 +303,10 @@ def sanity_lines(res: sweep.SeedResult, bl: BlockLocal, cr, k: int) -> list[tupl
     w = cr.writers_spread
     lines.append(
         (
-            w[1] > 0 or w[2] < 0,
+            effect_measurable(w[1], w[2]),
             f"SHOULD: the writers-only spread's CI excludes 0 (measured {w[0]:.3g} "
-            f"[{w[1]:.3g}, {w[2]:.3g}] nats). ELSE: retention divides by noise; read it with care.",
+            f"[{w[1]:.3g}, {w[2]:.3g}] nats). ELSE: the writers have no measurable effect to divide by: no "
+            "retention, z, p or verdict is given.",
         )
     )
     t = cr.table
@@ -286,12 +335,14 @@ def _act_ceiling_fact(cr) -> str:
         return "the activation ceiling was not tested in this run"
     r = r.row(0, named=True)
     target = r["works_as_target"]
+    verdict = {True: "carries most of", False: "does not carry most of", None: "cannot be judged on"}[r["carries"]]
+    chance = {True: "contributes above chance", False: "does not beat chance", None: "cannot be judged"}[r["above_chance"]]
     return (
         f"`{CEILING_ACT}` keeps {pct(r['retention_inside'])} inside ({pct(r['energy_frac_inside'])} of the writers' "
         f"energy) and {pct(r['retention_normmatched'])} norm-matched (norm-matched random subspaces: 95th percentile "
         f"{pct(r['null_normmatched_p95'])}): as an intervention target it "
-        f"{'works' if target else 'does not beat random subspaces'}, and by the rule it "
-        f"{'carries' if r['carries'] else 'does not carry'} what the adapter writes"
+        f"{'works' if target else 'does not beat random subspaces'}, and by the rules it {verdict} what the adapter "
+        f"writes ({chance})"
     )
 
 
@@ -299,7 +350,7 @@ def plan_merge_changes(cfg, res: sweep.SeedResult, stab: sweep.SeedStability, bl
     """What v8 changes against v7 and against upstream v8 / v9 / v10, with this run's facts."""
     t = cr.table
     hyp = t.filter(pl.col("kind") == "A-hypothesis")
-    n_carry = int(hyp["carries"].fill_null(False).sum())
+    n_carry, n_chance = int(hyp["carries"].fill_null(False).sum()), int(hyp["above_chance"].fill_null(False).sum())
     sc = bl.scope.filter(pl.col("touched"))
     first, below, drift = block_checks(res, bl)
     med = lambda c: float(sc[c].fill_nan(None).drop_nulls().median() or float("nan"))  # noqa: E731
@@ -311,8 +362,8 @@ def plan_merge_changes(cfg, res: sweep.SeedResult, stab: sweep.SeedStability, bl
         f"**New: the causal projection test** on seed {res.seed}'s diff: the top {hyp.height} write/mixed candidates by "
         f"the seed-mean joint score, both ceilings and the self-test rows; each as inside, outside and norm-matched "
         f"inside; {cr.n_null} random subspaces per rank profile as the null. This run: the writers carry "
-        f"{pct(cr.writers_share[0])} of the full diff's effect; {n_carry} of {hyp.height} candidates carry the behaviour "
-        f"by the rule (`v8_causal.tsv`, `v8_causal_variants.tsv`, `v8_causal_retention.png`).",
+        f"{pct(cr.writers_share[0])} of the full diff's effect; {n_carry} of {hyp.height} candidates carry most of it "
+        f"and {n_chance} contribute above chance (`v8_causal.tsv`, `v8_causal_variants.tsv`, `v8_causal_retention.png`).",
         "**New: the block-local label** `(post⁺ − pre⁺) − (post⁻ − pre⁻)`, captured from block inputs and outputs at "
         f"±w in the same passes that give v7's label (this run: the cumulative label it gives differs from v7's by "
         f"{bl.label_max_abs_diff:.3g}); every candidate scored against it with v7's closed-form null and BH q-values "
@@ -360,6 +411,7 @@ def _caveats(cfg, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability
     wo = cr.variants.filter((pl.col("variant") == "writers_only") & (pl.col("set") == cr.target))
     sc = t["normmatch_scale_max"].fill_nan(None).drop_nulls()
     n_prof = t["null_profile"].n_unique()
+    n_normal = int((t["p_inside_method"] == "normal").sum())
     out = [
         f"the causal test ran on seed {res.seed}'s diff only; the candidates were chosen by the joint score "
         f"averaged over seeds {list(stab.seeds)}",
@@ -367,14 +419,26 @@ def _caveats(cfg, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability
         f"{float(wo['mean_mass'][0]):.3g} (smallest {float(wo['min_mass'][0]):.3g})"
         if wo.height
         else "α = ±1 only",
-        f"{cr.n_null} random subspaces per rank profile ({n_prof} profile(s) in this run): the smallest possible "
-        f"p is 1/{cr.n_null + 1} = {1 / (cr.n_null + 1):.3g}, and the null's 95th percentile rests on "
-        f"{cr.n_null} draws",
+        f"{cr.n_null} random subspaces per rank profile ({n_prof} profile(s) in this run): p is the normal tail fitted "
+        f"to them where they pass a Shapiro–Wilk check ({n_normal} of {t.height} rows), else the empirical p, whose "
+        f"smallest value is 1/{cr.n_null + 1} = {1 / (cr.n_null + 1):.3g} (`p_inside_method`); the null's 95th "
+        f"percentile rests on {cr.n_null} draws",
         "retention is a ratio of mean spreads; the writers-only spread is its denominator for every row",
         "the block-local label is zero below the first touched block (no score there); blocks after the last touched "
         "one respond to their changed input, so their block-local label is not zero",
-        "R = 1 and retention of a random subspace are the yardsticks; the verdict needs both halves of the rule",
+        "R = 1 and retention of a random subspace are the yardsticks; each verdict needs every half of its rule",
     ]
+    if not effect_measurable(cr.writers_spread[1], cr.writers_spread[2]):
+        out.append(
+            f"the writers-only spread's CI spans zero ({cr.writers_spread[1]:.3g} to {cr.writers_spread[2]:.3g} nats): "
+            "the diff's writers have no measurable effect to divide by, so no retention and no verdict is given"
+        )
+    cut = {s: c for s, c in causal_item_counts(cfg.behavior, cfg.causal_items).items() if c[0] < c[1]}
+    if cut:
+        out.append(
+            "the causal test steered a seeded subset of the held-out items (`WS_CAUSAL_ITEMS` = "
+            f"{cfg.causal_items}): " + ", ".join(f"{u} of {n} in `{s}`" for s, (u, n) in cut.items())
+        )
     if sc.len():
         out.append(
             f"norm-matching rescales a layer's inside part by up to ×{float(sc.max()):.3g} (largest over the "
