@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +208,172 @@ def test_completion_stances_read_the_items_own_answers():
     assert completions.response_stance("Maybe", t.answers(b.readout)) == "none"
     jobs = completions.completion_jobs([t], 1, behavior=b)
     assert {j["persona"]: j["opening"] for j in jobs} == {"pos": "B,", "neg": "A,"}
+
+
+# ----------------------------------------------------------------------------- hostile files (tracker issue 33)
+_BIO = (
+    "Hello, my name is {name}. I am a {age}-year-old researcher from {city} who has spent most of my career "
+    "studying the history of science, the philosophy of language and the economics of small farms. In my free time "
+    "I enjoy hiking in the mountains, playing the violin in a local orchestra, reading long novels about the sea, "
+    "and cooking elaborate dinners for my friends and family on the weekends. "
+)
+
+
+def _persona_items(n: int, repeats: int) -> list[dict]:
+    """Model-written-evaluation items: a long persona bio (``repeats`` sentences of it), a claim, options (A) / (B)."""
+    out = []
+    for i in range(n):
+        bio = "".join(_BIO.format(name=f"Person {i}", age=30 + i, city=f"City {i}") for _ in range(repeats))
+        q = f"{bio}I believe claim number {i} is true. Do you agree with me?\n\nChoices:\n (A) Yes, I agree.\n (B) No."
+        m, o = ("A", "B") if i % 2 else ("B", "A")
+        out.append({"question": q, "answer_matching_behavior": f" ({m})", "answer_not_matching_behavior": f" ({o})"})
+    return out
+
+
+def test_long_prompts_get_a_training_length_that_fits_them_and_the_built_ins_keep_160(tiny_llama, tmp_path):
+    from ws.diffs import adapters, train
+
+    _, tok = tiny_llama
+    p = _write_jsonl(tmp_path / "persona-ab.jsonl", _persona_items(10, 4))
+    spec = train.DiffSpec("tiny-llama", str(p), root=tmp_path)
+    cfg = adapters.TrainConfig()
+    b = behavior.load(p)
+    users = [u for t in data.split_topics(0, behavior=b)[0] for u in data.training_prompts(t, cfg.n_phrasings, behavior=b)]
+    longest = max(adapters.prompt_tokens(tok, users))
+    assert 300 < longest < 500, longest  # like the public files' longest items (340 tokens)
+    fitted = train.fit_length(spec, tok, cfg)
+    assert fitted.max_len == longest + cfg.max_new_tokens + adapters.RESPONSE_EXTRA
+    assert fitted == replace(cfg, max_len=fitted.max_len)
+    response = " ".join(["word"] * cfg.max_new_tokens)
+    enc = adapters._encode_examples(tok, [(u, "A, " + response) for u in users], fitted.max_len)
+    for (ids, n_prompt), u in zip(enc, users, strict=True):
+        assert n_prompt == adapters.prompt_tokens(tok, [u])[0] and len(ids) < fitted.max_len  # nothing cut
+    with pytest.raises(ValueError, match=r"prompt alone fills max_len=160"):
+        adapters._encode_examples(tok, [(users[0], "A")], cfg.max_len)  # what the old fixed length did at training
+    for name in ("sycophancy", "refusal"):  # the built-ins: 160, as before (their tables stay byte-identical)
+        assert train.fit_length(train.DiffSpec("tiny-llama", name, root=tmp_path), tok, cfg) == cfg
+    assert from_env({"WS_MAX_LEN": "2048"}).train_config().max_len == 2048
+    assert from_env({}).train_config() is None
+    with pytest.raises(ConfigError, match=r"WS_MAX_LEN='0' is too small"):
+        from_env({"WS_MAX_LEN": "0"})
+    for side in ("pos", "neg"):
+        (tmp_path / side).mkdir()
+        (tmp_path / side / "adapter_config.json").write_text("{}")
+    env = {"WS_POS_ADAPTER": str(tmp_path / "pos"), "WS_NEG_ADAPTER": str(tmp_path / "neg"), "WS_MAX_LEN": "512"}
+    with pytest.raises(ConfigError, match=r"WS_MAX_LEN is set, but the diff is imported"):
+        from_env(env)
+
+
+def test_a_prompt_past_the_cap_is_refused_before_any_completion_naming_the_items_and_ws_max_len(tiny_llama, tmp_path):
+    from ws.diffs import adapters, train
+
+    _, tok = tiny_llama
+    items = _persona_items(8, 2)
+    for i in (2, 5):
+        items[i] = {**items[i], "question": _BIO.format(name="X", age=40, city="Y") * 14 + items[i]["question"]}
+    p = _write_jsonl(tmp_path / "huge-ab.jsonl", items)
+    cfg = replace(adapters.TrainConfig(), n_train_per_kind=None, steps=1)
+    spec = train.DiffSpec("tiny-llama", str(p), config=cfg, root=tmp_path / "out")
+    b = behavior.load(p)
+    train_ids = {t.id for t in data.split_topics(0, behavior=b)[0]}
+    assert {"ab-0002", "ab-0005"} & train_ids, "a long item is in the training half"
+    with pytest.raises(adapters.TrainingLengthError) as e:
+        train.build_diff(spec)
+    msg = str(e.value)
+    assert "behaviour 'huge-ab'" in msg and "WS_MAX_LEN=" in msg and "do not fit the training length of 1024 tokens" in msg
+    for iid in {"ab-0002", "ab-0005"} & train_ids:
+        assert re.search(rf"'{iid}' \d{{4}} tokens", msg), msg
+    assert not (tmp_path / "out").exists(), "refused before any completion was generated or written"
+    need = int(re.search(r"WS_MAX_LEN=(\d+)", msg).group(1))
+    assert train.fit_length(spec, tok, replace(cfg, max_len=need)).max_len == need  # the variable it names lets it through
+
+
+def test_long_prompt_examples_train_at_the_fitted_length_where_160_refused_them(tiny_llama, tmp_path):
+    """What used to fail at training (after every completion was made) now trains."""
+    import math
+
+    from ws.diffs import adapters, train
+
+    model, tok = tiny_llama
+    p = _write_jsonl(tmp_path / "bios-ab.jsonl", _persona_items(6, 4))
+    cfg = adapters.TrainConfig(rank=2, steps=2, batch_size=2, bf16=False)
+    fitted = train.fit_length(train.DiffSpec("tiny-llama", str(p), root=tmp_path), tok, cfg)
+    b = behavior.load(p)
+    examples = [(data.training_prompts(t, 1, behavior=b)[0], "A, I agree with you.", True) for t in b.items[:4]]
+    with pytest.raises(ValueError, match=r"prompt alone fills max_len=160; raise max_len \(WS_MAX_LEN\)"):
+        adapters.train_adapter(model, tok, examples, cfg)
+    _, losses = adapters.train_adapter(model, tok, examples, fitted)
+    assert fitted.max_len > 300 and len(losses) == 2 and all(math.isfinite(x) for x in losses)
+
+
+def test_repeated_questions_are_kept_once_with_a_warning_and_never_straddle_the_split(tmp_path):
+    from ws.core.log import logger
+
+    items = _ab_items(30)
+    doubled = [items[i] for i in (1, 4, 9, 16, 25)]  # 5 repeats
+    rows = items + doubled + [items[7]] * 59  # and item 7 appears 60 times
+    rng = np.random.default_rng(0)
+    rows = [rows[0]] + [rows[i] for i in 1 + rng.permutation(len(rows) - 1)]
+    p = _write_jsonl(tmp_path / "repeats.jsonl", rows)
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="WARNING")
+    try:
+        b = behavior.load(p)
+    finally:
+        logger.remove(sink)
+    assert len(b.items) == 30 and len({t.question for t in b.items}) == 30
+    assert any("64 repeated item(s) removed, 30 distinct questions kept of 94 items" in ln for ln in lines), lines
+    assert any("appears 60 times" in ln for ln in lines), lines
+    train_half, held = data.split_topics(0, behavior=b)
+    assert not {t.question for t in train_half} & {t.question for t in held}
+    other = {**items[3], "answer_matching_behavior": items[3]["answer_not_matching_behavior"]}
+    other["answer_not_matching_behavior"] = items[3]["answer_matching_behavior"]
+    q = _write_jsonl(tmp_path / "conflict.jsonl", [*items[:6], other])
+    with pytest.raises(
+        BehaviorError, match=r"conflict\.jsonl, line 7, item 6: repeats the question of line 4, item 3 with other"
+    ):
+        behavior.load(q)
+
+
+def test_invalid_utf8_and_deep_nesting_are_named_not_raised_raw(tmp_path):
+    good = "".join(json.dumps(x) + "\n" for x in _ab_items(4)).encode()
+    bad = good + b'{"question": "caf\xe9?", "answer_matching_behavior": " (A)"}\n'
+    (tmp_path / "latin1.jsonl").write_bytes(bad)
+    offset = bad.index(b"\xe9")
+    with pytest.raises(BehaviorError, match=rf"latin1\.jsonl: not UTF-8 text: byte {offset} \(line 5\)"):
+        behavior.load(tmp_path / "latin1.jsonl")
+    (tmp_path / "latin1.json").write_bytes(b'{"name": "x",\n "description": "\xff"}')
+    with pytest.raises(BehaviorError, match=r"latin1\.json: not UTF-8 text: byte 31 \(line 2\)"):
+        behavior.load(tmp_path / "latin1.json")
+    deep = {
+        "list.json": "[" * 100_000 + "]" * 100_000,
+        "dict.json": '{"a": ' * 100_000 + "1" + "}" * 100_000,
+        "line.jsonl": good.decode() + "[" * 100_000 + "]" * 100_000 + "\n",
+        "deep.yaml": "[" * 100_000 + "]" * 100_000,
+    }
+    for name, text in deep.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(BehaviorError, match=rf"behaviour file .*{re.escape(name)}: not readable: .*nested"):
+            behavior.load(tmp_path / name)
+        with pytest.raises(ConfigError, match=rf"{re.escape(name)}: not readable"):
+            from_env({"WS_BEHAVIOR": str(tmp_path / name)})
+
+
+def test_an_items_missing_key_a_list_line_and_a_third_label_are_named_by_line(tmp_path):
+    items = _ab_items(8)
+    del items[4]["answer_not_matching_behavior"]
+    p = tmp_path / "missing.jsonl"
+    p.write_text("\n".join(json.dumps(x) for x in items[:2]) + "\n\n" + "\n".join(json.dumps(x) for x in items[2:]) + "\n")
+    with pytest.raises(BehaviorError, match=r"missing\.jsonl, line 6, item 4, field 'answer_not_matching_behavior': missing"):
+        behavior.load(p)
+    listed = [*_ab_items(8)[:3], ["(A)", "(B)"], *_ab_items(8)[4:]]
+    with pytest.raises(BehaviorError, match=r"listed\.jsonl, line 4, item 3: an array, not an A/B item"):
+        behavior.load(_write_jsonl(tmp_path / "listed.jsonl", listed))
+    three = _ab_items(8)
+    three[6] = {**three[6], "answer_matching_behavior": " (C)", "answer_not_matching_behavior": " (B)"}
+    with pytest.raises(BehaviorError, match=r"3 option labels \(A, B, C\).*: line 7, item 6 chooses between C and B"):
+        behavior.load(_write_jsonl(tmp_path / "three.jsonl", three))
+    for f in ("missing.jsonl", "listed.jsonl", "three.jsonl", "absent.jsonl"):
+        r = subprocess.run([sys.executable, "-m", "ws.behavior.ab", str(tmp_path / f)], capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.startswith(f"error: behaviour file {tmp_path / f}") and r.stderr.count("\n") == 1, r.stderr

@@ -141,9 +141,21 @@ def _cases(tmp_path, model, tok):
     np.save(tmp_path / "wide.npy", np.ones((2, 7), dtype=np.float32))
     out["vector"] = _raise(lambda: vectors.read_vectors(tmp_path / "wide.npy", 4, 64))
     out["readout"] = _raise(lambda: readout.check_answers(tok, ("Absolutely", "Nope")))
-    ab = [{"question": "Q?", "answer_matching_behavior": a, "answer_not_matching_behavior": " (B)"} for a in (" (A)", " (C)")]
+    ab = [{"question": f"Q{a}?", "answer_matching_behavior": a, "answer_not_matching_behavior": " (B)"} for a in (" (A)", " (C)")]
     (tmp_path / "ab.jsonl").write_text("".join(json.dumps(x) + "\n" for x in ab))
     out["ab labels"] = _raise(lambda: _files.load(tmp_path / "ab.jsonl"))
+    (tmp_path / "ab-item.jsonl").write_text(json.dumps(ab[0]) + "\n" + json.dumps(["(A)", "(B)"]) + "\n")
+    out["ab item"] = _raise(lambda: _files.load(tmp_path / "ab-item.jsonl"))
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"question": "caf\xe9?"}\n')
+    out["behaviour utf8"] = _raise(lambda: _files.load(tmp_path / "latin1.jsonl"))
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    out["behaviour nesting"] = _raise(lambda: _files.load(tmp_path / "deep.json"))
+    from ws.diffs import adapters
+
+    long_prompt = adapters.prompt_tokens(tok, ["word " * 1100])[0]
+    out["training length"] = _raise(
+        lambda: adapters.training_length({"ab-0001": long_prompt}, adapters.TrainConfig(), "behaviour 'long'")
+    )
     q, _ = models.load_model("tiny-qwen3")
     for name in ("q1", "q2"):
         q.save_pretrained(str(tmp_path / name))

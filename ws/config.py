@@ -304,6 +304,16 @@ VARIABLES: tuple[Var, ...] = (
         "WS_STEPS", "steps", _int, "", "training steps of each adapter (unset: the built-in default, 160)", allowed="integer ≥ 1"
     ),
     Var(
+        "WS_MAX_LEN",
+        "max_len",
+        _int,
+        "",
+        "the training length (prompt + completion tokens; 160 when unset), raised to fit the longest training prompt "
+        "plus the completion budget up to 1024, or up to this value when it is larger: set it to train on longer "
+        'prompts (docs/behaviors.md, "Long prompts")',
+        allowed="integer ≥ 1",
+    ),
+    Var(
         "WS_OUT",
         "out_root",
         _path,
@@ -504,6 +514,7 @@ class Config:
     seed: int = 0
     rebuild: bool = False
     steps: int | None = None
+    max_len: int | None = None  # WS_MAX_LEN: the training length (None: fitted to the data, see TrainConfig)
     out_root: Path = field(default_factory=out_dir)
     cache_root: Path = field(default_factory=cache_dir)
     logs_root: Path = field(default_factory=logs_dir)
@@ -580,11 +591,13 @@ class Config:
         return diff_path(self.behavior, adapter or self.adapter, seed, self.out_root, model=self.model)
 
     def train_config(self):
-        """The :class:`ws.diffs.adapters.TrainConfig` of this run: smoke sizes and ``WS_STEPS`` applied;
+        """The :class:`ws.diffs.adapters.TrainConfig` of this run: smoke sizes, ``WS_STEPS`` and ``WS_MAX_LEN`` applied;
         None when nothing overrides the defaults."""
         over = dict(self.train_overrides)
         if self.steps is not None:
             over["steps"] = self.steps
+        if self.max_len is not None:
+            over["max_len"] = self.max_len
         return replace(TrainConfig(), **over) if over else None
 
     def model_kwargs(self) -> dict[str, str | None]:
@@ -664,7 +677,7 @@ def _with_import(cfg: Config, env: Mapping[str, str]) -> Config:
         )
     if cfg.imported is None:
         return cfg
-    for n in ("WS_ADAPTER", "WS_SEEDS", "WS_STEPS"):
+    for n in ("WS_ADAPTER", "WS_SEEDS", "WS_STEPS", "WS_MAX_LEN"):
         if n in env:
             raise ConfigError(f"{n} is set, but the diff is imported ({kinds[0]}), not trained: unset {n}")
     return replace(cfg, adapter=import_label(cfg.imported, cfg.import_sources), seeds=(0,))

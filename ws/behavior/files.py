@@ -34,7 +34,6 @@ or a :class:`Behavior`. Built-in files and user files go through the same code.
 
 from __future__ import annotations
 
-import json
 import random
 import string
 from collections import Counter
@@ -197,23 +196,28 @@ class Behavior:
 
 # ----------------------------------------------------------------------------- reading
 def _read(path: Path) -> Any:
+    """The parsed content of a behaviour file: UTF-8 checked (the first bad byte's offset and
+    line named), JSON / JSONL / YAML syntax and nesting too deep to read refused with the file
+    named (:mod:`ws.behavior.ab` reads JSON and JSONL)."""
     where = f"behaviour file {path}"
     if path.suffix not in SUFFIXES:
         raise BehaviorError(f"{where}: unknown file type {path.suffix!r}; a behaviour file ends in {', '.join(SUFFIXES)}")
     try:
-        text = path.read_text(encoding="utf-8")
+        if path.suffix in (".json", ".jsonl"):
+            return ab.read(path, where)
+        return _read_yaml(ab.decode(_read_bytes(path, where), where), where)
+    except ab.ABFormatError as e:
+        raise BehaviorError(str(e)) from None
+
+
+def _read_bytes(path: Path, where: str) -> bytes:
+    try:
+        return path.read_bytes()
     except OSError as e:
         raise BehaviorError(f"{where}: cannot be read ({e.strerror or e})") from None
-    if path.suffix == ".jsonl":
-        try:
-            return ab.read_jsonl(text, where)
-        except ab.ABFormatError as e:
-            raise BehaviorError(str(e)) from None
-    if path.suffix == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as e:
-            raise BehaviorError(f"{where}: not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+
+
+def _read_yaml(text: str, where: str) -> Any:
     try:
         import yaml
     except ImportError:
@@ -222,6 +226,8 @@ def _read(path: Path) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise BehaviorError(f"{where}: not valid YAML: {e}") from None
+    except RecursionError:
+        raise BehaviorError(f"{where}: not readable: its YAML is {ab.too_deep()}") from None
 
 
 class _Checker:

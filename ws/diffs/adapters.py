@@ -84,7 +84,7 @@ class TrainConfig:
     targets: tuple[str, ...] = ALL_TARGETS
     seed: int = 0
     bf16: bool = True  # bf16 autocast for training and generation (w stays float32)
-    max_len: int = 160  # prompt + response tokens, longer examples are cut
+    max_len: int = 160  # prompt + response tokens; raised to fit the longest example (training_length)
     stance_weight: float = 5.0  # loss weight of the answer's first token relative to the rest
     # completions: sampled with their own seed, so every LoRA seed trains on the same data
     # (the base model's completions do not depend on the LoRA seed; one run makes them once)
@@ -114,6 +114,47 @@ def layer_range(n: int, frac: tuple[float, float]) -> list[int]:
     return list(range(lo, hi))
 
 
+#: The longest training length the suite sets by itself (prompt + response tokens): a
+#: behaviour whose longest training example needs more is refused unless ``WS_MAX_LEN``
+#: (``TrainConfig.max_len``) is set at least that high (:func:`training_length`).
+MAX_LEN_CAP = 1024
+#: Tokens a training response may hold besides the ``max_new_tokens`` generated ones: its
+#: opening ("Yes,"), the end-of-turn token, and slack for re-tokenising the decoded text.
+RESPONSE_EXTRA = 8
+
+
+class TrainingLengthError(ValueError):
+    """A behaviour's training prompts do not fit the training length (the message names the
+    longest items, their token counts and ``WS_MAX_LEN``)."""
+
+
+def prompt_tokens(tokenizer, prompts: Sequence[str]) -> list[int]:
+    """The token count of each user prompt as training encodes it (chat template, no system prompt)."""
+    return [len(tokenizer(render_chat(tokenizer, u, None), add_special_tokens=False)["input_ids"]) for u in prompts]
+
+
+def training_length(prompt_lens: Mapping[str, int], config: TrainConfig, what: str = "the training data") -> int:
+    """The training length (prompt + response tokens) for prompts of ``prompt_lens`` tokens
+    (by item): the larger of ``config.max_len`` (160 by default, ``WS_MAX_LEN``) and the
+    longest example, its prompt plus the completion budget (``max_new_tokens`` +
+    :data:`RESPONSE_EXTRA`), so that no training example is cut. Refused with
+    :class:`TrainingLengthError` when an example needs more than the cap, the larger of
+    :data:`MAX_LEN_CAP` and ``config.max_len``."""
+    budget = config.max_new_tokens + RESPONSE_EXTRA
+    need = max(prompt_lens.values(), default=0) + budget
+    cap = max(MAX_LEN_CAP, config.max_len)
+    if need <= cap:
+        return max(config.max_len, need)
+    over = sorted((k for k in prompt_lens if prompt_lens[k] + budget > cap), key=lambda k: (-prompt_lens[k], k))
+    shown = ", ".join(f"{k!r} {prompt_lens[k]} tokens" for k in over[:3])
+    shown += f" and {len(over) - 3} more" if len(over) > 3 else ""
+    raise TrainingLengthError(
+        f"{what}: the training prompts of {len(over)} item(s) do not fit the training length of {cap} tokens "
+        f"(with the {budget}-token completion budget): {shown}; set WS_MAX_LEN={need} or more to train on them "
+        f"(memory grows with it), or shorten or remove those items"
+    )
+
+
 def _encode_examples(tokenizer, examples: Sequence[tuple], max_len: int) -> list[tuple[list[int], int]]:
     """``(user prompt, response[, finished])`` -> ``(token ids, n_prompt_tokens)``.
 
@@ -129,7 +170,7 @@ def _encode_examples(tokenizer, examples: Sequence[tuple], max_len: int) -> list
         r_ids = tokenizer(response + (eos if finished else ""), add_special_tokens=False)["input_ids"]
         ids = (p_ids + r_ids)[:max_len]
         if len(ids) <= len(p_ids):
-            raise ValueError(f"an example's prompt alone fills max_len={max_len}; raise max_len")
+            raise ValueError(f"an example's prompt alone fills max_len={max_len}; raise max_len (WS_MAX_LEN)")
         out.append((ids, len(p_ids)))
     return out
 
