@@ -212,6 +212,14 @@ def _cases(tmp_path, model, tok):
     out["grid cells"] = _raise(lambda: grid.load_grid(tmp_path / "g7.yaml"))
     (tmp_path / "g8.yaml").write_text(json.dumps({"behaviors": ["sycophancy"], "adapters": ["lora"], "seeds": list(range(51))}))
     out["grid seed count"] = _raise(lambda: grid.load_grid(tmp_path / "g8.yaml"))
+    # export (docs/using-results.md)
+    from ws.diffs import export
+
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x.txt").write_text("x")
+    out["export folder"] = _raise(lambda: export.export_diff(model, good, 1.0, tmp_path / "taken"))
+    norm = {"model.layers.1.input_layernorm.weight": torch.ones(p["model.layers.1.input_layernorm.weight"].shape)}
+    out["export other"] = _raise(lambda: export.export_diff(model, norm, 1.0, tmp_path / "exp"))
     return out
 
 

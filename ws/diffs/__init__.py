@@ -5,7 +5,8 @@ The adapter types, one registration each (``adapters``), the fast training step
 specificity rule (``effect``), the diff store (``store``) and the pipeline that builds a
 diff when it is missing (``train``); a diff brought from elsewhere: PEFT adapters and
 fine-tuned checkpoints turned into ``w`` (``imports``) and put into the suite's layout with
-its effect measured (``imported``); the S-space adapter kinds' modules (``sspace``).
+its effect measured (``imported``); a diff exported as a PEFT LoRA folder or a merged
+checkpoint (``export``); the S-space adapter kinds' modules (``sspace``).
 
 May import: ``ws.core``, ``ws.model``, ``ws.behavior``.
 """
