@@ -4,6 +4,7 @@
 # and one opens the notebooks in Jupyter:
 #   make lab     adds JupyterLab to the environment and starts it at the repository root
 # Others: make diff (only the diff), make cross-adapter (the sweep for every adapter type, compared),
+# make compare-steering (the diff against activation steering and prompting at one KL budget),
 # make grid GRID=<file> (a grid of runs on Ray), make test-fast, make bench, make bench-scale,
 # make sync-nbs, make clean-cache.
 SHELL := /bin/bash
@@ -27,7 +28,7 @@ export WS_LOG_TERMINAL := 1
 # not the kernel's folder (see ws/core/paths.py)
 export WS_RUN_DIR := $(if $(PWD),$(PWD),$(CURDIR))
 
-.PHONY: lint setup lab sweep diff cross-adapter grid test test-fast bench bench-scale clean-cache sync-nbs
+.PHONY: lint setup lab sweep diff cross-adapter compare-steering grid test test-fast bench bench-scale clean-cache sync-nbs
 
 setup: $(STAMP) $(KERNEL)
 
@@ -76,6 +77,12 @@ diff: setup
 cross-adapter: setup
 	@mkdir -p logs
 	$(PY) -m ws.core.notebooks nbs/cross_adapter.py logs/cross_adapter.executed.ipynb
+
+# Steering head to head: the diff, its writers and v8's carrier against activation steering and
+# prompting, each at the α where its KL on the neutral prompts reaches WS_KL_BUDGET (docs/using-results.md).
+compare-steering: setup
+	@mkdir -p logs
+	$(PY) -m ws.core.notebooks nbs/steering_head_to_head.py logs/steering_head_to_head.executed.ipynb
 
 # A grid of runs on Ray: make grid GRID=<file> (YAML or JSON; see docs/grid.md). Finished
 # cells are skipped, so a stopped grid does only what is missing when it runs again.

@@ -64,6 +64,17 @@ def smoke_sweeps(tmp_path_factory, nbs_tree_before):
 
 
 @pytest.fixture(scope="session")
+def smoke_steering(smoke_sweeps):
+    """The steering head-to-head notebook as Jupyter runs it, into the smoke sweeps' folder (it reads
+    their diff and their v8 run; once per session)."""
+    from smoke_runs import NotebookRun, execute_notebook
+
+    nb = execute_notebook("steering_head_to_head", smoke_sweeps.base)
+    _no_errors("steering_head_to_head", nb)
+    return NotebookRun(smoke_sweeps.base, nb)
+
+
+@pytest.fixture(scope="session")
 def smoke_cross_refusal(tmp_path_factory, nbs_tree_before):
     """The cross-adapter notebook on the built-in refusal behaviour, lora and bidir (once per session)."""
     from smoke_runs import NotebookRun, execute_notebook

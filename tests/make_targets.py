@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TESTED_TARGETS = {
     "sweep": "tests/test_v7_smoke.py",
     "cross-adapter": "tests/test_cross_adapter.py",
+    "compare-steering": "tests/test_steering.py",
     "diff": "tests/test_make_targets.py",
     "grid": "tests/test_make_targets.py",
     "bench": "tests/test_make_targets.py",

@@ -25,6 +25,7 @@ NBS = ROOT / "nbs"
 NOTEBOOKS = sorted(p for p in NBS.glob("*.ipynb") if p.with_suffix(".py").exists())
 SWEEP, V8, DIFF, CROSS = "hypothesis_sweep_v7.ipynb", "hypothesis_sweep_v8.ipynb", "train_diff.ipynb", "cross_adapter.ipynb"
 GRID = "grid.ipynb"
+STEER = "steering_head_to_head.ipynb"
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
@@ -33,9 +34,10 @@ def _kernel_name(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def runs(smoke_sweeps, smoke_cross_refusal, smoke_grid, nbs_tree_before, tmp_path_factory) -> dict:
+def runs(smoke_sweeps, smoke_cross_refusal, smoke_grid, smoke_steering, nbs_tree_before, tmp_path_factory) -> dict:
     """Every paired notebook as Jupyter runs it: the session's shared runs of v7, v8 and the
-    cross-adapter comparison and the grid (tests/smoke_runs.py), and a run of the training notebook."""
+    cross-adapter comparison and the grid (tests/smoke_runs.py), the steering head to head (into the
+    sweeps' folder), and a run of the training notebook."""
     from jupyter_client.kernelspec import KernelSpecManager
 
     specs = KernelSpecManager().find_kernel_specs()
@@ -49,6 +51,7 @@ def runs(smoke_sweeps, smoke_cross_refusal, smoke_grid, nbs_tree_before, tmp_pat
         CROSS: (smoke_cross_refusal.nb, smoke_cross_refusal.base),
         DIFF: (execute_notebook("train_diff", base), base),
         GRID: (smoke_grid.nb, smoke_grid.base),
+        STEER: (smoke_steering.nb, smoke_steering.base),
     }
     assert set(out) == {p.name for p in NOTEBOOKS}, "a paired notebook has no run here"
     out["nbs_tree_changes"] = nbs_tree() ^ nbs_tree_before
@@ -66,7 +69,7 @@ def _images(nb, source_contains: str | None = None) -> int:
 
 
 def test_every_paired_notebook_is_covered():
-    assert {p.name for p in NOTEBOOKS} >= {SWEEP, DIFF, CROSS}
+    assert {p.name for p in NOTEBOOKS} >= {SWEEP, DIFF, CROSS, STEER}
 
 
 def test_the_notebooks_kernel_is_this_environment():

@@ -17,6 +17,7 @@ above it in this list (``tests/test_architecture.py`` enforces it):
 - ``ws.cross_adapter``  the comparison across adapter types (``nbs/cross_adapter.py``)
 - ``ws.bench``      the benchmark (``make bench``)
 - ``ws.analysis``   :func:`ws.analysis.analyse`, one call from a researcher's notebook (the notebooks use it too)
+- ``ws.steering``   the diff against activation steering and prompting at one KL budget (``make compare-steering``)
 """
 
 __version__ = "0.1.0"

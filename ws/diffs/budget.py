@@ -9,11 +9,16 @@ set for a behaviour without controls), averaged over ``+α`` and ``−α``, reac
 along the diff; the bracket doubles until it holds the budget).
 
     a, kl = alpha_at_kl(model, tok, w, neutral_prompts)        # e.g. (0.63, 0.0500)
+
+Any other steering (an activation vector, :mod:`ws.steering`) goes through the same bisection:
+``alpha_at_kl_of(model, tok, steer, prompts)`` with ``steer(a)`` a context manager that runs
+the model at strength ``a``; :func:`bisect_budget` is the bisection itself, on any KL curve.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 
 from torch import Tensor, nn
 
@@ -49,11 +54,21 @@ def mean_kl(base_logp: Tensor, logp: Tensor) -> float:
     return float((base_logp.exp() * (base_logp - logp)).sum(dim=-1).mean())
 
 
-class _KL:
-    """KL from the base model at ``±α·w`` on fixed prompts (the base distribution computed once)."""
+class KLCurve:
+    """The mean KL from the base model at ``±α`` of any steering, on fixed prompts (the base
+    distribution computed once): ``steer(a)`` is a context manager that runs the model at
+    strength ``a`` (:func:`ws.model.steer.weight_steer` of a diff, an activation vector's hook,
+    …); :meth:`at` averages ``KL(base ‖ steered)`` over ``+α`` and ``−α``."""
 
-    def __init__(self, model: nn.Module, tok, w: Mapping[str, Tensor], prompts: Sequence[str], batch_size: int) -> None:
-        self.model, self.tok, self.w, self.prompts, self.bs = model, tok, w, list(prompts), batch_size
+    def __init__(
+        self,
+        model: nn.Module,
+        tok,
+        steer: Callable[[float], AbstractContextManager],
+        prompts: Sequence[str],
+        batch_size: int = 16,
+    ) -> None:
+        self.model, self.tok, self.steer, self.prompts, self.bs = model, tok, steer, list(prompts), batch_size
         self.base = next_token_logprobs(model, tok, self.prompts, batch_size)
         self.evals = 0
 
@@ -61,9 +76,58 @@ class _KL:
         self.evals += 1
         kls = []
         for a in (alpha, -alpha):
-            with weight_steer(self.model, self.w, a):
+            with self.steer(a):
                 kls.append(mean_kl(self.base, next_token_logprobs(self.model, self.tok, self.prompts, self.bs)))
         return sum(kls) / 2
+
+
+def bisect_budget(
+    kl_at: Callable[[float], float],
+    budget: float = KL_BUDGET,
+    steps: int = BISECT_STEPS,
+    max_alpha: float = MAX_ALPHA,
+    what: str = "the diff",
+) -> tuple[float, float]:
+    """``(α, kl_at(α))``: the α ≥ 0 at which ``kl_at`` (0 at α = 0, growing with α) reaches
+    ``budget``: the bracket doubles from α = 1 until its upper end holds the budget, then
+    ``steps`` halvings; the upper end is returned (its KL ≥ the budget, α known to
+    2⁻``steps`` of the bracket). :class:`BudgetNotReached` when the KL stays below the budget
+    up to ``max_alpha`` (``what`` names the steering in the message)."""
+    lo, hi = 0.0, 1.0
+    k_hi = kl_at(hi)
+    while k_hi < budget:
+        lo, hi = hi, hi * 2
+        if hi > max_alpha:
+            raise BudgetNotReached(
+                f"{what}'s KL stays below the budget {budget} nats up to α = {max_alpha:g} (reached {k_hi:.4g})", k_hi
+            )
+        k_hi = kl_at(hi)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        k = kl_at(mid)
+        if k < budget:
+            lo = mid
+        else:
+            hi, k_hi = mid, k
+    return hi, k_hi
+
+
+def alpha_at_kl_of(
+    model: nn.Module,
+    tok,
+    steer: Callable[[float], AbstractContextManager],
+    prompts: Sequence[str],
+    budget: float = KL_BUDGET,
+    batch_size: int = 16,
+    steps: int = BISECT_STEPS,
+    what: str = "the steering",
+) -> tuple[float, float]:
+    """:func:`alpha_at_kl` for any steering: ``steer(a)`` runs the model at strength ``a``
+    (:class:`KLCurve`). Raises ``ValueError`` when no prompts are given and
+    :class:`BudgetNotReached` when the KL stays below the budget up to :data:`MAX_ALPHA`."""
+    if not prompts:
+        raise ValueError("alpha_at_kl needs prompts to measure the KL on")
+    return bisect_budget(KLCurve(model, tok, steer, prompts, batch_size).at, budget, steps, MAX_ALPHA, what)
 
 
 def alpha_at_kl(
@@ -75,30 +139,22 @@ def alpha_at_kl(
     batch_size: int = 16,
     steps: int = BISECT_STEPS,
 ) -> tuple[float, float]:
-    """``(α, KL at α)``: the α ≥ 0 at which the mean KL over ``±α`` reaches ``budget`` on ``prompts``.
+    """``(α, KL at α)``: the α ≥ 0 at which the mean KL over ``±α·w`` reaches ``budget`` on ``prompts``.
 
     Raises ``ValueError`` when no prompts are given, and :class:`BudgetNotReached` when the KL
     stays below the budget up to :data:`MAX_ALPHA` (a diff too small to reach it)."""
-    if not prompts:
-        raise ValueError("alpha_at_kl needs prompts to measure the KL on")
-    kl = _KL(model, tok, w, prompts, batch_size)
-    lo, hi = 0.0, 1.0
-    k_hi = kl.at(hi)
-    while k_hi < budget:
-        lo, hi = hi, hi * 2
-        if hi > MAX_ALPHA:
-            raise BudgetNotReached(
-                f"the diff's KL stays below the budget {budget} nats up to α = {MAX_ALPHA:g} (reached {k_hi:.4g})", k_hi
-            )
-        k_hi = kl.at(hi)
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        k = kl.at(mid)
-        if k < budget:
-            lo = mid
-        else:
-            hi, k_hi = mid, k
-    return hi, k_hi
+    return alpha_at_kl_of(model, tok, lambda a: weight_steer(model, w, a), prompts, budget, batch_size, steps, "the diff")
 
 
-__all__ = ["BudgetNotReached", "KL_BUDGET", "BISECT_STEPS", "MAX_ALPHA", "neutral_set", "mean_kl", "alpha_at_kl"]
+__all__ = [
+    "BudgetNotReached",
+    "KL_BUDGET",
+    "BISECT_STEPS",
+    "MAX_ALPHA",
+    "neutral_set",
+    "mean_kl",
+    "KLCurve",
+    "bisect_budget",
+    "alpha_at_kl_of",
+    "alpha_at_kl",
+]

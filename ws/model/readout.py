@@ -90,16 +90,19 @@ def orient(
 
 
 @torch.no_grad()
-def next_token_logprobs(model: nn.Module, tokenizer, prompts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+def next_token_logprobs(
+    model: nn.Module, tokenizer, prompts: Sequence[str], batch_size: int = 16, system: str | None = None
+) -> torch.Tensor:
     """``[n, V]`` float32 (CPU): the next-token log-probabilities at the answer position of each
-    prompt (a user message rendered through the chat template, no system turn; the answer
-    position is the last real token, right padding, gathered by the mask)."""
+    prompt (a user message rendered through the chat template, no system turn unless
+    ``system`` is given; the answer position is the last real token, right padding, gathered
+    by the mask)."""
     out = []
     decoder = model.get_decoder()
     head = model.get_output_embeddings()
     with padding_side(tokenizer, "right"):
         for i in range(0, len(prompts), batch_size):
-            texts = [render_chat(tokenizer, p) for p in prompts[i : i + batch_size]]
+            texts = [render_chat(tokenizer, p, system) for p in prompts[i : i + batch_size]]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(input_device(model))
             hidden = decoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state  # (B, T, d)
             h = gather_last_token(hidden, enc["attention_mask"])  # (B, d)

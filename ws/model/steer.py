@@ -7,6 +7,9 @@
 tensors of the parameter's shape. Every key and shape is checked before any weight is
 touched; the originals are copied and restored on exit, also when the body raises.
 ``alpha == 0`` changes nothing.
+
+:func:`activation_steer` is activation steering in the same form: ``α·v_l`` added to the
+residual stream at the OUTPUT of decoder block ``l`` (every position), hooks removed on exit.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+from ws.model.load import decoder_layers
 
 
 def w_mismatches(model: nn.Module, w: Mapping[str, torch.Tensor]) -> list[str]:
@@ -88,3 +93,41 @@ def _steer_by_hook(model: nn.Module, key: str, delta: torch.Tensor, alpha: float
         return output + alpha * torch.nn.functional.linear(x, delta.to(device=output.device, dtype=output.dtype))
 
     return module.register_forward_hook(hook)
+
+
+@contextmanager
+def activation_steer(model: nn.Module, vectors: Mapping[int, torch.Tensor], alpha: float) -> Iterator[nn.Module]:
+    """Add ``alpha · vectors[l]`` to the output of decoder block ``l`` (the residual stream after
+    it, at every position, generated tokens included) inside the block; the hooks are removed
+    on exit, also when the body raises. ``vectors``: block index -> ``[d]``. ``alpha == 0``
+    changes nothing. The convention of :mod:`ws.model.vectors` (a vector for block ``l`` acts
+    on its output)."""
+    blocks = decoder_layers(model)
+    for l, v in vectors.items():
+        if not 0 <= int(l) < len(blocks):
+            raise ValueError(f"activation steering at block {l}: the model has blocks 0..{len(blocks) - 1}")
+        if v.ndim != 1 or v.shape[0] != model.config.hidden_size:
+            raise ValueError(
+                f"activation steering at block {l}: a vector of shape {tuple(v.shape)}, not [{model.config.hidden_size}]"
+            )
+    if alpha == 0 or not vectors:
+        yield model
+        return
+    handles = []
+
+    def hook_for(v: torch.Tensor):
+        def hook(mod, args, output):
+            if isinstance(output, tuple):
+                h = output[0]
+                return (h + (alpha * v).to(device=h.device, dtype=h.dtype), *output[1:])
+            return output + (alpha * v).to(device=output.device, dtype=output.dtype)
+
+        return hook
+
+    try:
+        for l, v in vectors.items():
+            handles.append(blocks[int(l)].register_forward_hook(hook_for(v.detach())))
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
