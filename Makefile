@@ -5,7 +5,8 @@
 #   make lab     adds JupyterLab to the environment and starts it at the repository root
 # Others: make diff (only the diff), make cross-adapter (the sweep for every adapter type, compared),
 # make compare-steering (the diff against activation steering and prompting at one KL budget),
-# make grid GRID=<file> (a grid of runs on Ray), make test-fast, make bench, make bench-scale,
+# make grid GRID=<file> (a grid of runs on Ray), make monitor (screen a diff against a found subspace),
+# make test-fast, make bench, make bench-scale,
 # make sync-nbs, make clean-cache.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -28,7 +29,7 @@ export WS_LOG_TERMINAL := 1
 # not the kernel's folder (see ws/core/paths.py)
 export WS_RUN_DIR := $(if $(PWD),$(PWD),$(CURDIR))
 
-.PHONY: lint setup lab sweep diff cross-adapter compare-steering grid test test-fast bench bench-scale clean-cache sync-nbs
+.PHONY: lint setup lab sweep diff cross-adapter compare-steering grid monitor test test-fast bench bench-scale clean-cache sync-nbs
 
 setup: $(STAMP) $(KERNEL)
 
@@ -91,6 +92,12 @@ grid: setup
 	@if [ -z "$(GRID)" ]; then echo "give a grid file: make grid GRID=<file> (see docs/grid.md)"; exit 2; fi
 	@mkdir -p logs
 	WS_GRID="$(GRID)" $(PY) -m ws.core.notebooks nbs/grid.py logs/grid.executed.ipynb
+
+# Screen a diff against a subspace v8 found (see docs/using-results.md): WS_SUBSPACE=<a v8 run's
+# v8_carrier_basis.safetensors>, the diff from WS_POS_ADAPTER (+ WS_NEG_ADAPTER), WS_POS_MODEL
+# (+ WS_NEG_MODEL), WS_BIDIR_ADAPTER, else the run's trained diff; seconds, no forward pass.
+monitor: setup
+	$(PY) -m ws.monitor
 
 # the linter and the formatter's check first (ruff), then every test
 test: setup

@@ -30,6 +30,7 @@ TESTED_TARGETS = {
     "grid": "tests/test_make_targets.py",
     "bench": "tests/test_make_targets.py",
     "bench-scale": "tests/test_bench_scale.py",
+    "monitor": "tests/test_monitor.py",
     "lab": "tests/test_make_targets.py",
     "sync-nbs": "tests/test_make_targets.py",
     "clean-cache": "tests/test_make_targets.py",

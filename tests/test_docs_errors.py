@@ -220,6 +220,27 @@ def _cases(tmp_path, model, tok):
     out["export folder"] = _raise(lambda: export.export_diff(model, good, 1.0, tmp_path / "taken"))
     norm = {"model.layers.1.input_layernorm.weight": torch.ones(p["model.layers.1.input_layernorm.weight"].shape)}
     out["export other"] = _raise(lambda: export.export_diff(model, norm, 1.0, tmp_path / "exp"))
+    # screen a diff against a found subspace (docs/using-results.md)
+    from ws import monitor
+    from ws.v8 import carrier
+
+    eye = torch.eye(64, 4, dtype=torch.float64)
+    sub = carrier.CarrierBasis({1: eye}, "c", "carries", "tiny-qwen3", "sycophancy", "lora", 0, 64)
+    carrier.save_carrier(sub, tmp_path / "other.safetensors")
+    out["subspace model"] = _raise(lambda: monitor.read_subspace(tmp_path / "other.safetensors", model))
+    carrier.save_carrier(
+        carrier.CarrierBasis({9: eye}, "c", "carries", "tiny-llama", "s", "lora", 0, 64), tmp_path / "s9.safetensors"
+    )
+    out["subspace shapes"] = _raise(lambda: monitor.read_subspace(tmp_path / "s9.safetensors", model))
+    skew = carrier.CarrierBasis({1: 2 * eye}, "c", "carries", "tiny-llama", "s", "lora", 0, 64)
+    carrier.save_carrier(skew, tmp_path / "skew.safetensors")
+    out["subspace basis"] = _raise(lambda: monitor.read_subspace(tmp_path / "skew.safetensors", model))
+    out["subspace file"] = _raise(lambda: monitor.read_subspace(d / "bad.safetensors", model))
+    ok = carrier.CarrierBasis({1: eye}, "c", "carries", "tiny-llama", "s", "lora", 0, 64)
+    carrier.save_carrier(ok, tmp_path / "ok.safetensors")
+    screened = monitor.monitor(model, good, tmp_path / "ok.safetensors")
+    screened.write(tmp_path / "screen")
+    out["screening exists"] = _raise(lambda: screened.write(tmp_path / "screen"))
     return out
 
 

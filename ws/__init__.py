@@ -18,6 +18,7 @@ above it in this list (``tests/test_architecture.py`` enforces it):
 - ``ws.bench``      the benchmark (``make bench``)
 - ``ws.analysis``   :func:`ws.analysis.analyse`, one call from a researcher's notebook (the notebooks use it too)
 - ``ws.steering``   the diff against activation steering and prompting at one KL budget (``make compare-steering``)
+- ``ws.monitor``    :func:`ws.monitor.monitor`, screen another fine-tune against a found subspace (``make monitor``)
 """
 
 __version__ = "0.1.0"

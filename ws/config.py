@@ -201,6 +201,14 @@ def _folder_with(required: str, what: str) -> Callable[[str, str], Path]:
     return parse
 
 
+def _subspace_file(name: str, raw: str) -> Path:
+    """A subspace file (v8's ``v8_carrier_basis.safetensors``) that exists."""
+    p = resolve_user_path(raw.strip())
+    if not p.is_file():
+        raise ConfigError(f"{name}={raw!r}: no such file ({p}); give a v8 run's v8_carrier_basis.safetensors")
+    return p
+
+
 def _vector_files(name: str, raw: str) -> tuple[Path, ...]:
     """Comma-separated steering-vector files that exist and have a readable suffix."""
     parts = [x.strip() for x in raw.split(",")]
@@ -462,6 +470,16 @@ VARIABLES: tuple[Var, ...] = (
         allowed="a folder",
     ),
     Var(
+        "WS_SUBSPACE",
+        "subspace",
+        _subspace_file,
+        "",
+        "`make monitor`: the subspace file to screen a diff against (a v8 run's `v8_carrier_basis.safetensors`); the "
+        "diff: the import variables above (`WS_POS_ADAPTER` or `WS_POS_MODEL` alone: that fine-tune minus the base), "
+        "else this run's trained diff (docs/using-results.md)",
+        allowed="a file",
+    ),
+    Var(
         "WS_VECTORS",
         "vectors",
         _vector_files,
@@ -542,6 +560,7 @@ class Config:
     bidir_adapter: Path | None = None
     pos_model: Path | None = None
     neg_model: Path | None = None
+    subspace: Path | None = None  # WS_SUBSPACE: make monitor's subspace file
     vectors: tuple[Path, ...] = ()
     vector_convention: str = "auto"
     vector_shift: int = 0

@@ -19,6 +19,14 @@ CARRY_OUTSIDE_MAX = 0.5
 #: Shapiro–Wilk p of a null's draws below which their normal tail is not trusted and the
 #: empirical p is used instead (v8's causal test, :func:`ws.stats.null.null_tail_p`).
 NULL_FIT_ALPHA = 0.05
+#: ``make monitor`` (:mod:`ws.monitor`): a screened diff "writes into the subspace" when the overall
+#: row's p (one pre-specified test: the mean over the screened layers of v7's combined weight
+#: fraction against its exact random-subspace null) is below this ...
+MONITOR_ALPHA = 0.05
+#: ... AND that fraction is at least this many times the null mean (k/d: a random subspace's share).
+MONITOR_MIN_RATIO = 2.0
+#: The largest ``max|BᵀB − I|`` a subspace file's basis may have (the candidates' own check, v7).
+MONITOR_ORTH_TOL = 1e-3
 
 SMOKE = "SMOKE MODE: a tiny random model and a few training steps; no number here means anything"
 QUANTIZED = "the model weights are 4-bit quantised: weight-derived bases inherit quantisation noise"

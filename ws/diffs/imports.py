@@ -654,3 +654,47 @@ def checkpoint_diff(model: nn.Module, pos_dir: str | Path, neg_dir: str | Path) 
         f"w = θ⁺ − θ⁻ from {pos_dir} and {neg_dir}: {len(w)} block linear weight(s), {len(other)} other differing parameter(s)"
     )
     return w, meta
+
+
+def checkpoint_delta(model: nn.Module, folder: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """``Δ = θ − θ₀``: one fine-tuned checkpoint against the base model at hand, on the decoder blocks' linear weights.
+
+    Checked and read as :func:`checkpoint_diff` reads each checkpoint (architecture, shapes, NaN/Inf; one tensor in
+    memory at a time); ``θ₀`` is the model's own parameters. Block linear weights that differ go into ``Δ``; the
+    other parameters that differ are named in ``meta["other_differences"]`` and the caveats. Used by
+    :mod:`ws.monitor` to screen a fine-tune against a found subspace."""
+    folder = Path(folder)
+    ckpt = _open_checkpoint(folder, model)
+    own = dict(model.named_parameters(remove_duplicate=False))
+    blocks = set(block_linear_names(model))
+    delta: dict[str, torch.Tensor] = {}
+    other: dict[str, float] = {}
+    names = [k for k in own if k in ckpt.index]
+    for k in progress(names, f"checkpoint delta ({len(names)} tensors)"):
+        d = (ckpt.tensor(k) - own[k].detach().to("cpu", torch.float32)).contiguous()
+        if not bool(d.any()):
+            continue
+        if k in blocks:
+            delta[k] = d
+        else:
+            other[k] = float(torch.linalg.vector_norm(d.double()))
+    if not delta:
+        raise ImportRefused(
+            f"the checkpoint {folder} equals the model {model_id(model)!r} on the decoder blocks' linear weights: "
+            f"there is no fine-tune to screen"
+        )
+    caveats = []
+    if other:
+        shown = ", ".join(f"{k} (‖θ−θ₀‖ = {v:.3g})" for k, v in list(other.items())[:6])
+        caveats.append(
+            f"{len(other)} parameter(s) outside the decoder blocks' linear weights also differ and are NOT in Δ: {shown}"
+        )
+    meta = {
+        "source": "checkpoint",
+        "model": model_id(model),
+        "pos": ckpt.provenance(),
+        "other_differences": other,
+        "caveats": caveats,
+    }
+    logger.info(f"Δ = θ − θ₀ from {folder}: {len(delta)} block linear weight(s), {len(other)} other differing parameter(s)")
+    return delta, meta

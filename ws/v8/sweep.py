@@ -45,6 +45,7 @@ from ws.stats import CEILING_ACT, CEILING_W, RANKED_AXES, by_score, ranked
 from ws.v7 import report, sweep, verdicts
 from ws.v8 import blocklocal
 from ws.v8 import report as report_v8
+from ws.v8.carrier import CARRIER_FILE, CarrierBasis, carrier_basis, save_carrier
 from ws.v8.causal import effect_measurable, run_causal
 from ws.v8.results import ConclusionFacts
 
@@ -400,6 +401,7 @@ V8_FILES = (
     "v8_causal_retention.pdf",
     "v8_block_local.png",
     "v8_block_local.pdf",
+    CARRIER_FILE,
     "v8_definitions.md",
     "v8_plan_merge.md",
     "v8_conclusion.md",
@@ -496,6 +498,7 @@ class V8Outputs:
     tabs: V8Tables
     target_label: str
     seed: int
+    carrier: CarrierBasis | None = None  # the carrier's per-layer basis (ws.v8.carrier)
 
 
 def v8_outputs(
@@ -516,7 +519,17 @@ def v8_outputs(
         "v8_causal_variants.tsv": tabs.variants,
         "v8_scope.tsv": tabs.scope,
     }
-    return V8Outputs(tables, texts, tabs, info.target_label, res.seed)
+    carrier = carrier_basis(
+        tabs.causal,
+        res.bases,
+        res.layers_touched,
+        model=str(res.diff_meta.get("model") or cfg.model),
+        behavior=cfg.behavior,
+        adapter=cfg.adapter,
+        seed=res.seed,
+        writers_share=cr.writers_share,
+    )
+    return V8Outputs(tables, texts, tabs, info.target_label, res.seed, carrier)
 
 
 def write_v8(
@@ -548,6 +561,8 @@ def write_v8(
             stage / "v8_block_local.pdf",
             title=f"Block-local vs cumulative activation label (seed {o.seed}; means over touched layers)",
         )
+        if o.carrier is not None:
+            save_carrier(o.carrier, stage / CARRIER_FILE)
         written = write_staged(stage, d, tables, texts)
     logger.info(f"wrote {len(written)} files to {d}")
     return written
