@@ -197,7 +197,7 @@ def _cases(tmp_path, model, tok):
     from ws.core import paths
 
     out["unsafe name"] = _raise(lambda: paths.model_slug(".."))
-    out["unsafe model"] = _raise(lambda: config.from_env({"WS_MODEL": "data"}))
+    out["unsafe model"] = _raise(lambda: config.from_env({"WS_MODEL": "a\x00b"}))
     out["seed range"] = _raise(lambda: config.from_env({"WS_SEEDS": "0,99999999999999999999999"}))
     (tmp_path / "g4.yaml").write_text("name: ../../../ESCAPED\nbehaviors: [sycophancy]\nadapters: [lora]\n")
     out["grid name"] = _raise(lambda: grid.load_grid(tmp_path / "g4.yaml"))

@@ -77,16 +77,23 @@ def test_no_model_name_gives_a_folder_outside_models(tmp_path, value):
         assert "it cannot be the folder name of model" in str(e)
         return
     assert root.parent == tmp_path / "models" and root.name not in ("", ".", "..")
-    assert safe_component(root.name, "x") == root.name
+    assert safe_component(root.name, "x", reserved=False) == root.name
 
 
-@pytest.mark.parametrize("value", ["..", ".", "", *RESERVED, "a\x00b", " x"])
+@pytest.mark.parametrize("value", ["..", ".", "", "a\x00b", " x"])
 def test_a_model_slug_that_cannot_be_a_folder_is_refused(value):
     with pytest.raises(UnsafeNameError):
         model_slug(value)
 
 
-@pytest.mark.parametrize("value", ["/", "data", "grids", "a\x00b"])
+@pytest.mark.parametrize("value", RESERVED)
+def test_a_reserved_name_is_a_model_slug_like_any_other_below_models(tmp_path, value):
+    """A slug only ever sits below ``models/`` (and ``data/``): a model named ``models`` gets
+    ``<out>/models/models/``, a folder of its own."""
+    assert model_root(value, tmp_path) == tmp_path / "models" / value
+
+
+@pytest.mark.parametrize("value", ["/", "a\x00b"])
 def test_ws_model_that_cannot_be_a_folder_stops_at_configuration_time(value):
     with pytest.raises(ConfigError, match=r"^WS_MODEL=.* cannot name a folder: .*it cannot be the folder name of model"):
         from_env({"WS_MODEL": value})

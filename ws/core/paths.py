@@ -105,8 +105,9 @@ class UnsafeNameError(ValueError):
     value, why, what it was for and what to give instead)."""
 
 
-def _unsafe_why(value: str) -> str | None:
-    """Why ``value`` cannot be one path component, or None when it can."""
+def _unsafe_why(value: str, reserved: bool = True) -> str | None:
+    """Why ``value`` cannot be one path component, or None when it can (``reserved``: the
+    reserved folder names are refused too)."""
     if value == "":
         return "is empty"
     if value in (".", ".."):
@@ -121,18 +122,19 @@ def _unsafe_why(value: str) -> str | None:
         return f"holds a control or other non-printing character ({bad!r})"
     if value != value.strip():
         return "starts or ends with a space"
-    if value.lower() in RESERVED_OUT_DIRS:
+    if reserved and value.lower() in RESERVED_OUT_DIRS:
         return f"is {RESERVED_OUT_DIRS[value.lower()]}"
     return None
 
 
-def safe_component(value: str, what: str) -> str:
+def safe_component(value: str, what: str, reserved: bool = True) -> str:
     """``value`` itself when it can be one folder or file name under the output tree: not
     empty, ``.`` or ``..``, not absolute, without a path separator (``/``, ``\\``), a NUL or
     other control character, or a leading or trailing space, and none of
-    :data:`RESERVED_OUT_DIRS` (in any case). Else :class:`UnsafeNameError`, naming the value,
-    why, ``what`` it is (e.g. ``"a behaviour's name"``) and the fix."""
-    why = _unsafe_why(value) if isinstance(value, str) else f"is a {type(value).__name__}, not a text"
+    :data:`RESERVED_OUT_DIRS` (in any case; ``reserved=False`` for a name that only ever sits
+    below one of those folders). Else :class:`UnsafeNameError`, naming the value, why, ``what``
+    it is (e.g. ``"a behaviour's name"``) and the fix."""
+    why = _unsafe_why(value, reserved) if isinstance(value, str) else f"is a {type(value).__name__}, not a text"
     if why:
         raise UnsafeNameError(f"{value!r} {why}: it cannot be {what}; {SAFE_NAME_RULE}")
     return value
@@ -140,9 +142,10 @@ def safe_component(value: str, what: str) -> str:
 
 def model_slug(model_name: str) -> str:
     """A folder-safe model name (``Qwen/Qwen3-0.6B`` -> ``Qwen__Qwen3-0.6B``), checked by
-    :func:`safe_component` (``..`` or an empty name is refused, never a folder)."""
+    :func:`safe_component` (``..`` or an empty name is refused, never a folder). A slug only
+    ever sits below ``models/`` or ``data/``, so a reserved folder name is a slug like any other."""
     slug = model_name.strip("/").replace("/", "__").replace("\\", "__")
-    return safe_component(slug, f"the folder name of model {model_name!r}")
+    return safe_component(slug, f"the folder name of model {model_name!r}", reserved=False)
 
 
 def model_root(model_name: str, out_root: str | Path | None = None) -> Path:
