@@ -2,8 +2,9 @@
 
 A test gets a throw-away checkout (:func:`checkout`): the Makefile, the requirement files
 (their times kept, so the environment counts as installed), the notebooks and the behaviours
-copied; the project's ``.venv`` linked, so ``make``'s setup finds everything installed and
-does nothing. ``make`` then runs there (:func:`run_make`) with the smoke run's folders, so a
+copied. ``make`` is told the project's own environment (``VENV=<this repo>/.venv``, never a
+link to it: a package installed through a link would get the link's path in its scripts), so
+its setup finds everything installed and does nothing. ``make`` then runs there (:func:`run_make`) with the smoke run's folders, so a
 target's recipe, its dependencies and the command it calls are what a user's ``make`` runs,
 and nothing is written into this repository.
 """
@@ -42,13 +43,13 @@ TESTED_TARGETS = {
 
 
 def checkout(dest: Path) -> Path:
-    """A checkout of this repository's runnable parts at ``dest`` (the venv linked)."""
+    """A checkout of this repository's runnable parts at ``dest`` (its environment is this
+    repository's, see :func:`run_make`)."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("Makefile", "requirements.txt", "requirements-lab.txt", "pyproject.toml", "jupytext.toml"):
         shutil.copy2(ROOT / name, dest / name)
     for name in ("nbs", "behaviors"):
         shutil.copytree(ROOT / name, dest / name, copy_function=shutil.copy2, dirs_exist_ok=True)
-    (dest / ".venv").symlink_to(ROOT / ".venv", target_is_directory=True)
     return dest
 
 
@@ -62,7 +63,8 @@ def run_make(repo: Path, *args: str, base: Path | None = None, timeout: float = 
     e.update(PWD=str(repo), **env)
     e.pop("WS_RUN_DIR", None)
     e["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
-    return subprocess.run(["make", *args], cwd=repo, env=e, capture_output=True, text=True, timeout=timeout)
+    venv = f"VENV={ROOT / '.venv'}"
+    return subprocess.run(["make", venv, *args], cwd=repo, env=e, capture_output=True, text=True, timeout=timeout)
 
 
 def ok(r: subprocess.CompletedProcess) -> str:
