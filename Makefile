@@ -6,6 +6,7 @@
 # Others: make diff (only the diff), make cross-adapter (the sweep for every adapter type, compared),
 # make compare-steering (the diff against activation steering and prompting at one KL budget),
 # make grid GRID=<file> (a grid of runs on Ray), make monitor (screen a diff against a found subspace),
+# make export EXPORT_ARGS="…" (a diff as a PEFT adapter or a merged checkpoint),
 # make test-fast, make bench, make bench-scale,
 # make sync-nbs, make clean-cache.
 SHELL := /bin/bash
@@ -29,7 +30,7 @@ export WS_LOG_TERMINAL := 1
 # not the kernel's folder (see ws/core/paths.py)
 export WS_RUN_DIR := $(if $(PWD),$(PWD),$(CURDIR))
 
-.PHONY: lint setup lab sweep diff cross-adapter compare-steering grid monitor test test-fast bench bench-scale clean-cache sync-nbs
+.PHONY: lint setup lab sweep diff cross-adapter compare-steering grid monitor export test test-fast bench bench-scale clean-cache sync-nbs
 
 setup: $(STAMP) $(KERNEL)
 
@@ -92,6 +93,13 @@ grid: setup
 	@if [ -z "$(GRID)" ]; then echo "give a grid file: make grid GRID=<file> (see docs/grid.md)"; exit 2; fi
 	@mkdir -p logs
 	WS_GRID="$(GRID)" $(PY) -m ws.core.notebooks nbs/grid.py logs/grid.executed.ipynb
+
+# Export a diff as a PEFT LoRA folder or a merged checkpoint (see docs/using-results.md), e.g.
+# make export EXPORT_ARGS="--diff out/sycophancy/lora/seed0/w.safetensors --alpha 1 --format peft --out exports/syc"
+EXPORT_ARGS ?=
+export: setup
+	@if [ -z "$(EXPORT_ARGS)" ]; then echo 'give what to export: make export EXPORT_ARGS="--diff <w.safetensors> --alpha <a> --format peft|merged --out <folder>" (see docs/using-results.md)'; exit 2; fi
+	$(PY) -m ws.diffs.export $(EXPORT_ARGS)
 
 # Screen a diff against a subspace v8 found (see docs/using-results.md): WS_SUBSPACE=<a v8 run's
 # v8_carrier_basis.safetensors>, the diff from WS_POS_ADAPTER (+ WS_NEG_ADAPTER), WS_POS_MODEL

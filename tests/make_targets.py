@@ -4,9 +4,10 @@ A test gets a throw-away checkout (:func:`checkout`): the Makefile, the requirem
 (their times kept, so the environment counts as installed), the notebooks and the behaviours
 copied. ``make`` is told the project's own environment (``VENV=<this repo>/.venv``, never a
 link to it: a package installed through a link would get the link's path in its scripts), so
-its setup finds everything installed and does nothing. ``make`` then runs there (:func:`run_make`) with the smoke run's folders, so a
-target's recipe, its dependencies and the command it calls are what a user's ``make`` runs,
-and nothing is written into this repository.
+its setup finds everything installed and does nothing. ``make`` then runs there
+(:func:`run_make`) with the smoke run's folders, so a target's recipe, its dependencies and
+the command it calls are what a user's ``make`` runs, and nothing is written into this
+repository.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ TESTED_TARGETS = {
     "cross-adapter": "tests/test_cross_adapter.py",
     "compare-steering": "tests/test_steering.py",
     "diff": "tests/test_make_targets.py",
+    "export": "tests/test_make_targets.py",
     "grid": "tests/test_make_targets.py",
     "bench": "tests/test_make_targets.py",
     "bench-scale": "tests/test_bench_scale.py",

@@ -118,3 +118,16 @@ def test_hooks_steering_and_captures_work_on_a_dispatched_model(tmp_path):
     assert torch.equal(capture.block_outputs(model, tok, prompts, 2), capture.block_outputs(model, tok, prompts, 2))
     assert sum(len(m._forward_hooks) for m in model.modules()) == n_hooks, "a steering hook was left behind"
     assert torch.allclose(capture.block_outputs(model, tok, prompts, 2), capture.block_outputs(plain, tok, prompts, 2), atol=1e-5)
+
+
+def test_bf16_is_used_only_where_the_device_has_bf16_units():
+    from pathlib import Path
+
+    from ws.core.device import bf16_available, use_bf16
+
+    cpu = torch.device("cpu")
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if flags:  # the CPU's own word: oneDNN's answer agrees with its flags
+        assert bf16_available(cpu) == ("avx512_bf16" in flags or "amx_bf16" in flags)
+    assert use_bf16(True, cpu) == bf16_available(cpu) and use_bf16(False, cpu) is False
+    assert bf16_available(torch.device("meta")) is False

@@ -46,6 +46,21 @@ def test_make_diff_builds_the_diff_and_keeps_it(diff_made):
     assert (diff_made / "logs" / "train_diff.executed.ipynb").exists()
 
 
+def test_make_export_writes_a_peft_folder_peft_loads(diff_made):
+    from peft import PeftModel
+
+    from ws.model.load import load_model
+
+    out = diff_made / "exports" / "tiny"
+    r = run_make(diff_made, "export")
+    assert r.returncode == 2 and "EXPORT_ARGS=" in r.stdout + r.stderr
+    ok(run_make(diff_made, "export", f"EXPORT_ARGS=--diff {diff_made / DIFF} --alpha 1 --format peft --out {out}"))
+    assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    assert PeftModel.from_pretrained(load_model("tiny-llama")[0], str(out)) is not None
+    r = run_make(diff_made, "export", f"EXPORT_ARGS=--diff {diff_made / DIFF} --alpha 1 --format peft --out {out}")
+    assert r.returncode != 0 and "WS_REBUILD=1" in r.stdout + r.stderr  # never over an existing export
+
+
 def test_make_bench_runs_every_stage_in_order_and_restores_the_process(diff_made):
     diff = (diff_made / DIFF).read_bytes()
     out = ok(run_make(diff_made, "bench"))

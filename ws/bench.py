@@ -57,7 +57,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from ws import stats
-from ws.core.device import input_device, synchronize
+from ws.core.device import bf16_available, input_device, synchronize, use_bf16
 from ws.core.io import write_text
 from ws.core.linalg import haar_orthonormal
 from ws.core.log import logger, setup_logging
@@ -321,16 +321,17 @@ def time_steps(work, enc, config, n: int, kind: str = "lora") -> dict:
     """Seconds per training step of the wrapped model ``work`` on the encoded examples ``enc``:
     the median (and range) of ``n`` steps after one warm-up, through the suite's own step
     (:func:`ws.diffs.fasttrain.step_loss`; the bf16 cast-once where the type allows it)."""
-    plan = fasttrain.plan_training(work, enc, config.bf16)
+    bf16 = use_bf16(config.bf16, input_device(work))  # as the training loop: float32 without bf16 units
+    plan = fasttrain.plan_training(work, enc, bf16)
     opt = torch.optim.AdamW([p for p in work.parameters() if p.requires_grad], lr=config.lr)
     batches = adapters._batch_order(len(enc), config)
-    precast = config.bf16 and fasttrain.precast_safe(work)
+    precast = bf16 and fasttrain.precast_safe(work)
     times = []
     with fasttrain.frozen_linears_in(work, torch.bfloat16) if precast else nullcontext():
         for i in range(n + 1):
             t0 = time.perf_counter()
             with adapters.lora_sign(work, 1.0) if kind == "bidir" else nullcontext():
-                loss = fasttrain.step_loss(work, plan, next(batches), config.stance_weight, config.bf16)
+                loss = fasttrain.step_loss(work, plan, next(batches), config.stance_weight, bf16)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
             opt.step()
@@ -515,20 +516,25 @@ def run_stages(cfg, path: Path, stages: dict[str, Callable[..., dict]] | None = 
 
 def machine() -> dict:
     """The machine in words: CPU model, cores, bf16/AMX units, Python and torch versions."""
-    flags, name = set(), platform.processor() or platform.machine()
+    flags, name, ident = set(), platform.processor() or platform.machine(), {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and ":" in line:
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and ":" in line:
-                flags = set(line.split(":", 1)[1].split())
+            key, _, value = (x.strip() for x in line.partition(":"))
+            if key == "model name":
+                name = value
+            elif key in ("cpu family", "model") and key not in ident:
+                ident[key] = value
+            elif key == "flags":
+                flags = set(value.split())
     except OSError:
         pass
     return {
-        "cpu": name,
+        "cpu": name + (f" (family {ident['cpu family']}, model {ident['model']})" if len(ident) == 2 else ""),
         "cpus": os.cpu_count(),
+        "avx512": "avx512f" in flags,
         "avx512_bf16": "avx512_bf16" in flags,
         "amx_bf16": "amx_bf16" in flags,
+        "bf16_used": bf16_available(torch.device("cpu")),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -113,6 +113,31 @@ def module_weight(module: nn.Module) -> torch.Tensor:
     return wmap["weight"].detach()
 
 
+def bf16_available(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware: a CUDA GPU that supports it, or a
+    CPU with bf16 units (avx512_bf16 or AMX, as oneDNN reports them). Elsewhere torch
+    emulates bf16 and it is slower than float32 (measured: 2.8× for generation on a 2-core
+    AVX2-only EPYC, docs/measured/2026-12-06-cpu-bench.md)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # an older or oneDNN-less build: read the CPU's flags
+        try:
+            flags = open("/proc/cpuinfo", encoding="utf-8").read()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(requested: bool, device: torch.device) -> bool:
+    """The bf16 setting a run actually uses: ``requested`` (a training config's ``bf16``) and
+    only where :func:`bf16_available`; float32 on a device without bf16 units."""
+    return bool(requested) and bf16_available(device)
+
+
 def autocast(device: torch.device, enabled: bool):
     """bfloat16 autocast on the CPU or CUDA when ``enabled`` (a no-op elsewhere or when off)."""
     if enabled and device.type in ("cpu", "cuda"):

@@ -40,7 +40,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from tqdm.auto import tqdm
 
-from ws.core.device import input_device
+from ws.core.device import input_device, use_bf16
 from ws.core.log import logger
 from ws.diffs import sspace
 from ws.diffs.fasttrain import frozen_linears_in, plan_training, precast_safe, step_loss
@@ -430,13 +430,14 @@ def _fit(
     total = config.steps * n_streams
     schedule = replace(config, steps=total, warmup_steps=config.warmup_steps * n_streams)
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    plans = {name: plan_training(peft_model, enc, config.bf16) for name, enc, _ in streams}
+    bf16 = use_bf16(config.bf16, input_device(peft_model))  # float32 where the device has no bf16 units
+    plans = {name: plan_training(peft_model, enc, bf16) for name, enc, _ in streams}
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     batches = _batch_order(len(streams[0][1]), config)
     losses: dict[str, list[torch.Tensor]] = {name: [] for name, _, _ in streams}
     bar = tqdm(range(total), desc=desc, leave=False)
     every = max(1, total // 10)  # a progress line every ~10 %: headless runs show it in the terminal
-    precast = config.bf16 and precast_safe(peft_model) and input_device(peft_model).type in ("cpu", "cuda")
+    precast = bf16 and precast_safe(peft_model)
     t0 = time.perf_counter()
     with frozen_linears_in(peft_model, torch.bfloat16) if precast else nullcontext():
         for step in bar:
@@ -446,7 +447,7 @@ def _fit(
             for g in opt.param_groups:
                 g["lr"] = config.lr * lr_factor(step, schedule)
             with lora_sign(peft_model, sign) if sign is not None else nullcontext():
-                loss = step_loss(peft_model, plans[name], idx, config.stance_weight, config.bf16)
+                loss = step_loss(peft_model, plans[name], idx, config.stance_weight, bf16)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
             opt.step()

@@ -24,7 +24,7 @@ from torch import nn
 
 from ws.behavior import data
 from ws.behavior.files import DEFAULT_READOUT
-from ws.core.device import autocast, input_device
+from ws.core.device import autocast, input_device, use_bf16
 from ws.core.log import progress
 from ws.core.paths import DATA_DIR, model_slug, out_dir
 from ws.diffs.adapters import TrainConfig
@@ -72,7 +72,7 @@ def generate_completions(
         for i in progress(range(0, n, batch_size), f"{desc} ({n} prompts, batches of {batch_size})"):
             chunk = texts[i : i + batch_size]
             enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(input_device(model))
-            with autocast(input_device(model), bf16):
+            with autocast(input_device(model), use_bf16(bf16, input_device(model))):
                 gen = model.generate(
                     **enc,
                     max_new_tokens=max_new_tokens,

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ws.core.device import autocast, input_device
+from ws.core.device import autocast, input_device, use_bf16
 from ws.core.log import logger
 from ws.diffs.adapters import TrainConfig, _batch_order, _collate, _encode_examples, response_loss
 
@@ -65,7 +65,7 @@ def loss_gradient(
             p.requires_grad_(True)
         for _ in range(n_batches):
             batch = {k: v.to(dev) for k, v in _collate([enc[i] for i in next(batches)], tok.pad_token_id).items()}
-            with autocast(dev, config.bf16):
+            with autocast(dev, use_bf16(config.bf16, dev)):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
             loss = response_loss(logits, batch["labels"], config.stance_weight)
             grads = torch.autograd.grad(loss, list(weights.values()))

@@ -25,7 +25,7 @@ from torch import nn
 
 from ws.behavior import data
 from ws.behavior.files import resolve
-from ws.core.device import input_device
+from ws.core.device import input_device, use_bf16
 from ws.core.io import staged_files, write_table
 from ws.core.log import logger
 from ws.diffs.adapters import (
@@ -165,6 +165,7 @@ def build_diff(spec: DiffSpec) -> Path:
     meta = _diff_meta(spec, model, config, layers, eff, rates, adapters, losses, timings)
     meta["adapter_config"] = settings
     meta["effect_spread_ci"] = spread_cis(per, config.n_boot)
+    meta["bf16_used"] = use_bf16(config.bf16, input_device(model))  # float32 on a device without bf16 units
     if fitted.max_len != config.max_len:
         meta["train_max_len"] = fitted.max_len  # raised to fit the longest training example
     meta["completions_file"] = cpath.name  # in <root>/data/<model>/<behavior>/
