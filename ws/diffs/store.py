@@ -64,7 +64,7 @@ def diff_path(
 
 
 # ----------------------------------------------------------------------------- metadata
-def _encode_meta(meta: Mapping[str, Any]) -> dict[str, str]:
+def encode_meta(meta: Mapping[str, Any]) -> dict[str, str]:
     enc: dict[str, str] = {}
     json_keys = []
     for k, v in meta.items():
@@ -83,7 +83,7 @@ def _encode_meta(meta: Mapping[str, Any]) -> dict[str, str]:
     return enc
 
 
-def _decode_meta(raw: Mapping[str, str] | None) -> dict[str, Any]:
+def decode_meta(raw: Mapping[str, str] | None) -> dict[str, Any]:
     raw = dict(raw or {})
     json_keys = set(json.loads(raw.pop(_JSON_KEYS, "[]")))
     return {k: (json.loads(v) if k in json_keys else v) for k, v in raw.items()}
@@ -257,7 +257,7 @@ def save_diff(w: Mapping[str, torch.Tensor], path: str | Path, meta: Mapping[str
     tensors = {k: t.detach().to("cpu", torch.float32).contiguous() for k, t in w.items()}
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=_encode_meta(meta or {}))
+        save_file(tensors, str(tmp), metadata=encode_meta(meta or {}))
     return path
 
 
@@ -318,7 +318,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     path = _existing(path)
     try:
         with safe_open(str(path), framework="pt") as f:
-            return _decode_meta(f.metadata())
+            return decode_meta(f.metadata())
     except Exception as e:  # noqa: BLE001 - any reader error means an unreadable file
         raise _corrupt(path, e) from e
 
@@ -346,7 +346,7 @@ def load_diff(path: str | Path, model: nn.Module | None = None) -> tuple[dict[st
     path = _existing(path)
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = _decode_meta(f.metadata())
+            meta = decode_meta(f.metadata())
             w = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # noqa: BLE001
         raise _corrupt(path, e) from e

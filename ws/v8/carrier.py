@@ -21,7 +21,6 @@ with their CIs, the null's 95th percentile, energy inside, p, q, the writers' sh
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from safetensors.torch import save_file
 from ws.core.columns import CEILING_W
 from ws.core.io import atomic_path
 from ws.core.linalg import f64
+from ws.diffs.store import decode_meta, encode_meta
 
 #: the file's name in the v8 folder (one of ``ws.v8.sweep.V8_FILES``)
 CARRIER_FILE = "v8_carrier_basis.safetensors"
@@ -56,7 +56,6 @@ RETENTION_COLUMNS = (
     "p_inside",
     "q_inside",
 )
-_JSON_KEYS = "__json_keys__"
 
 
 @dataclass
@@ -165,36 +164,18 @@ def carrier_basis(
     return CarrierBasis(out, name, verdict, model, behavior, adapter, int(seed), d, retention)
 
 
-def _encode(meta: Mapping[str, Any]) -> dict[str, str]:
-    enc, js = {}, []
-    for k, v in meta.items():
-        if isinstance(v, str):
-            enc[k] = v
-        else:
-            enc[k] = json.dumps(v, sort_keys=True)
-            js.append(k)
-    enc[_JSON_KEYS] = json.dumps(sorted(js))
-    return enc
-
-
-def _decode(raw: Mapping[str, str] | None) -> dict[str, Any]:
-    raw = dict(raw or {})
-    js = set(json.loads(raw.pop(_JSON_KEYS, "[]")))
-    return {k: (json.loads(v) if k in js else v) for k, v in raw.items()}
-
-
 def save_carrier(c: CarrierBasis, path: str | Path) -> Path:
     """Write ``c`` to ``path`` atomically (``layer.<l>`` tensors, the metadata in the header)."""
     tensors = {f"layer.{l}": f64(c.bases[l]).detach().cpu().contiguous() for l in c.layers}
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=_encode(c.metadata()))
+        save_file(tensors, str(tmp), metadata=encode_meta(c.metadata()))
     return path
 
 
 def read_carrier_raw(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The file's tensors and decoded metadata, unchecked (:mod:`ws.monitor` checks them)."""
     with safe_open(str(path), framework="pt") as f:
-        meta = _decode(f.metadata())
+        meta = decode_meta(f.metadata())
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     return tensors, meta
