@@ -76,7 +76,16 @@ TARGETS = {"sweep_over_floor": 2.0, "closed_form_speedup": 100.0, "peak_rss_gib"
 
 
 def peak_rss_gib() -> float:
-    """Peak resident set size of this process (Linux reports KiB)."""
+    """Peak resident set size of this process, GiB: the kernel's high-water mark of this
+    process's own memory (``VmHWM``). ``getrusage``'s ``ru_maxrss`` is kept across ``exec``
+    on Linux, so a child started by a bigger process would report its parent's peak; it is
+    the fallback where ``/proc`` is missing (it reports KiB)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / (1024**2)  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024**2)
 
 
