@@ -127,7 +127,7 @@ def test_bf16_is_used_only_where_the_device_has_bf16_units():
 
     cpu = torch.device("cpu")
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    if flags:  # the CPU's own word: oneDNN's answer agrees with its flags
+    if flags:  # the CPU's own flags decide: avx512_bf16 or AMX
         assert bf16_available(cpu) == ("avx512_bf16" in flags or "amx_bf16" in flags)
     assert use_bf16(True, cpu) == bf16_available(cpu) and use_bf16(False, cpu) is False
     assert bf16_available(torch.device("meta")) is False

@@ -212,5 +212,18 @@ def test_command_line(tiny_llama, tmp_path, capsys):
         assert _rel(delta[k], -1.5 * w[k]) < 1e-5, k
     readme = (out / "README.md").read_text()
     assert str((tmp_path / "w.safetensors").resolve()) in readme and "sycophancy" in readme
-    with pytest.raises(ExportRefused, match="WS_REBUILD=1"):
-        main(["--diff", str(tmp_path / "w.safetensors"), "--alpha", "1", "--out", str(out)])
+    # a refusal is the suite's one-line message and exit status 2, never a traceback
+    assert main(["--diff", str(tmp_path / "w.safetensors"), "--alpha", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ExportRefused: ") and "WS_REBUILD=1" in err and "Traceback" not in err
+
+
+def test_command_line_paths_are_the_users_folders(tiny_llama, tmp_path, monkeypatch):
+    """Relative paths resolve against the folder the user ran the command in (``WS_RUN_DIR``,
+    as ``make`` sets it), not the process's working folder."""
+    model, _ = tiny_llama
+    save_diff(_diff(model, seed=9, layers=(1,))[0], tmp_path / "w.safetensors", {"model": "tiny-llama"})
+    monkeypatch.setenv("WS_RUN_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path.parent)
+    assert main(["--diff", "w.safetensors", "--alpha", "1", "--out", "exported"]) == 0
+    assert (tmp_path / "exported" / "adapter_config.json").is_file()

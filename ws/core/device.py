@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import re
 from contextlib import nullcontext
+from functools import lru_cache
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -115,21 +117,25 @@ def module_weight(module: nn.Module) -> torch.Tensor:
 
 def bf16_available(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 in hardware: a CUDA GPU that supports it, or a
-    CPU with bf16 units (avx512_bf16 or AMX, as oneDNN reports them). Elsewhere torch
+    CPU with bf16 units (avx512_bf16 or AMX, from the CPU's own flags). Elsewhere torch
     emulates bf16 and it is slower than float32 (measured: 2.8× for generation on a 2-core
     AVX2-only EPYC, docs/measured/2026-12-06-cpu-bench.md)."""
     if device.type == "cuda":
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if device.type != "cpu":
-        return False
+    return device.type == "cpu" and _cpu_has_bf16()
+
+
+@lru_cache(maxsize=1)
+def _cpu_has_bf16() -> bool:
+    """avx512_bf16 or AMX in the CPU's flags (read once per process)."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # an older or oneDNN-less build: read the CPU's flags
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:  # no /proc (not Linux): oneDNN's answer, which also counts AVX-512 without bf16 units
         try:
-            flags = open("/proc/cpuinfo", encoding="utf-8").read()
-        except OSError:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
             return False
-        return "avx512_bf16" in flags or "amx_bf16" in flags
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def use_bf16(requested: bool, device: torch.device) -> bool:

@@ -43,15 +43,19 @@ def run(script: Path, executed: Path) -> int:
     """Execute ``script`` into ``executed``; 0 when every cell ran, else 1 (message printed)."""
     nb = jupytext.read(script)
     executed.parent.mkdir(parents=True, exist_ok=True)
-    kernel = nb.metadata.get("kernelspec", {}).get("name")
-    client = NotebookClient(nb, timeout=None, kernel_name=kernel, resources={"metadata": {"path": str(executed.parent)}})
+    kernel = nb.metadata.get("kernelspec", {}).get("name")  # none named: the default kernel
+    kw = {"kernel_name": kernel} if kernel else {}
+    client = NotebookClient(nb, timeout=None, resources={"metadata": {"path": str(executed.parent)}}, **kw)
     try:
         client.execute()
     except CellExecutionError:
-        nbformat.write(nb, executed)
         print(stop_message(script, executed, first_error(nb)), file=sys.stderr, flush=True)
         return 1
-    nbformat.write(nb, executed)
+    except Exception as e:  # the kernel died (memory, a signal) or could not start: no cell error to show
+        print(stop_message(script, executed, first_error(nb) or (0, type(e).__name__, str(e))), file=sys.stderr, flush=True)
+        return 1
+    finally:
+        nbformat.write(nb, executed)  # the executed copy, whether the run finished or stopped
     return 0
 
 

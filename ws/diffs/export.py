@@ -67,7 +67,7 @@ from torch import nn
 from ws.core.io import STAGING_PREFIX, remove_stale_staging
 from ws.core.linalg import check_orthonormal
 from ws.core.log import logger
-from ws.core.paths import DEFAULT_MODEL
+from ws.core.paths import DEFAULT_MODEL, resolve_user_path
 from ws.diffs.imports import ADAPTER_SAFETENSORS, sha256_file
 from ws.diffs.store import check_against_model, load_diff
 from ws.model.load import d_model, load_model, model_id, n_layers
@@ -467,7 +467,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--base-name", default=None, help="base_model_name_or_path for the adapter (default: the model's name)")
     p.add_argument("--rebuild", action="store_true", help="replace a non-empty --out (as WS_REBUILD=1 does)")
     args = p.parse_args(argv)
-    diff = Path(args.diff)
+    try:
+        return _export_from_args(args)
+    except (FileNotFoundError, ValueError) as e:  # ExportRefused too: the suite's own message, no traceback
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+
+
+def _export_from_args(args: argparse.Namespace) -> int:
+    """The command line's work: paths relative to the user's folder (``WS_RUN_DIR``, as every
+    ``make`` target), the diff checked against its model, then :func:`export_diff`."""
+    diff, out = resolve_user_path(args.diff), resolve_user_path(args.out)
     w, meta = load_diff(diff)
     name = args.model or meta.get("model") or DEFAULT_MODEL
     model, tok = load_model(name)
@@ -476,14 +486,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     provenance.update({k: meta[k] for k in ("model", "behavior", "adapter", "seed", "source") if k in meta})
     subspace = None
     if args.subspace:
-        subspace = read_subspace(args.subspace)
-        provenance["subspace"] = str(Path(args.subspace).resolve())
+        subspace = read_subspace(resolve_user_path(args.subspace))
+        provenance["subspace"] = str(resolve_user_path(args.subspace))
     rebuild = args.rebuild or os.environ.get("WS_REBUILD", "").strip() == "1"
     folder = export_diff(
         model,
         w,
         args.alpha,
-        args.out,
+        out,
         fmt=args.format,
         base_name=args.base_name,
         provenance=provenance,
