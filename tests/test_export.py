@@ -12,8 +12,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
+from ws.core.io import umask
 from ws.core.linalg import haar_orthonormal
-from ws.diffs.export import ExportRefused, _umask, export_diff, lora_factors, main, project_writers, read_subspace
+from ws.diffs.export import ExportRefused, export_diff, lora_factors, main, project_writers, read_subspace
 from ws.diffs.imports import adapter_delta
 from ws.diffs.store import save_diff
 from ws.model.steer import weight_steer
@@ -152,8 +153,8 @@ def test_e_an_existing_folder_is_refused_without_rebuild(tiny_llama, tmp_path):
     export_diff(model, w, 1.0, out, rebuild=True)
     assert not (out / "mine.txt").exists() and (out / "adapter_config.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
-    assert out.stat().st_mode & 0o777 == 0o777 & ~_umask()
-    assert (out / "adapter_model.safetensors").stat().st_mode & 0o777 == 0o666 & ~_umask()
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask()
+    assert (out / "adapter_model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask()
     stale = tmp_path / ".staging-999999999-taken-x"  # a killed export's stage (no such process)
     stale.mkdir()
     export_diff(model, w, 1.0, out, rebuild=True)

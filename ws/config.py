@@ -37,6 +37,7 @@ from ws.core.device import DEVICE_CHOICES, device_problem
 from ws.core.io import check_writable, hold_run_lock
 from ws.core.log import logger, setup_logging
 from ws.core.paths import (
+    CROSS_ADAPTER_DIR,
     UnsafeNameError,
     cache_dir,
     logs_dir,
@@ -602,7 +603,7 @@ class Config:
     @property
     def cross_dir(self) -> Path:
         """``<model root>/<behavior>/cross_adapter``: the cross-adapter comparison's files."""
-        return self.model_root / self.behavior / "cross_adapter"
+        return self.model_root / self.behavior / CROSS_ADAPTER_DIR
 
     def diff_path(self, seed: int, adapter: str | None = None) -> Path:
         """This model's diff of the behaviour, ``adapter`` (default: this run's) and ``seed``

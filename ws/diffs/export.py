@@ -64,7 +64,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ws.core.io import STAGING_PREFIX, remove_stale_staging
+from ws.core.io import STAGING_PREFIX, remove_stale_staging, umask
 from ws.core.linalg import check_orthonormal
 from ws.core.log import logger
 from ws.core.paths import DEFAULT_MODEL, resolve_user_path
@@ -93,12 +93,6 @@ EXPORT_JSON = "ws_export.json"
 PEFT_PREFIX = "base_model.model."
 _EPS32 = float(torch.finfo(torch.float32).eps)
 _LAYER_KEY = re.compile(r"^(?:(?:layer|layers)\.)?(\d+)$")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 class ExportRefused(ValueError):
@@ -404,7 +398,7 @@ def export_diff(
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out.parent)  # a killed export's leftovers (their process is gone)
     stage = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-{out.name}-", dir=out.parent))
-    os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700; the folder keeps the usual mode
+    os.chmod(stage, 0o777 & ~umask())  # mkdtemp makes 0700; the folder keeps the usual mode
     try:
         if fmt == "peft":
             rows = _write_peft(stage, scaled, base, rtol)
@@ -429,7 +423,7 @@ def export_diff(
         (stage / "README.md").write_text(_readme(info))
         for f in stage.rglob("*"):  # some writers make 0600 files; give every file the usual mode
             if f.is_file():
-                os.chmod(f, 0o666 & ~_umask())
+                os.chmod(f, 0o666 & ~umask())
         old = None
         if out.exists():  # empty, or rebuild: moved aside, removed once the new folder is in place
             old = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-{out.name}-old-", dir=out.parent))
