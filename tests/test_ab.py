@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -377,3 +378,69 @@ def test_an_items_missing_key_a_list_line_and_a_third_label_are_named_by_line(tm
         r = subprocess.run([sys.executable, "-m", "ws.behavior.ab", str(tmp_path / f)], capture_output=True, text=True, cwd=ROOT)
         assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.startswith(f"error: behaviour file {tmp_path / f}") and r.stderr.count("\n") == 1, r.stderr
+
+
+# ----------------------------------------------------------------------------- large datasets
+def test_a_large_set_is_cut_to_ws_max_items_whole_groups_seeded_and_the_built_ins_are_not(tmp_path):
+    from ws.core.log import logger
+
+    syc = behavior.get("sycophancy")
+    assert behavior.cap_items(syc, behavior.MAX_ITEMS_PER_SET) is syc, "a built-in behaviour is never cut"
+    assert max(map(len, data.heldout_sets(0, behavior="sycophancy").values())) <= behavior.MAX_ITEMS_PER_SET
+    path = _write_jsonl(tmp_path / "big-ab.jsonl", _ab_items(300))
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="WARNING")
+    try:
+        b = behavior.load(path)
+    finally:
+        logger.remove(sink)
+    assert len(b.items) == behavior.MAX_ITEMS_PER_SET == 120 and b.capped_from == {"ab": 300}
+    assert any("uses 120 of them" in ln and "WS_MAX_ITEMS=300 to use all" in ln for ln in lines), lines
+    again = behavior.cap_items(behavior.load(path, max_items=300), 120)
+    assert [t.id for t in again.items] == [t.id for t in b.items], "the subset is seeded: the same on every load"
+    assert [t.id for t in b.items] == sorted(t.id for t in b.items), "the kept items stay in the file's order"
+    assert len({t.id for t in b.items} - {t.id for t in behavior.cap_items(behavior.load(path, 300), 60).items}) == 60
+    assert len(behavior.load(path, max_items=300).items) == 300
+    train, held = data.split_topics(0, behavior=b)
+    assert len(train) + len(held) == 120 and len(held) == 48
+    assert "120 of the 300 items of set 'ab'" in behavior.capped_text(b) and behavior.capped_text(syc) == ""
+
+
+def test_groups_stay_whole_when_a_set_is_cut():
+    syc = behavior.get("sycophancy")
+    cut = behavior.cap_items(syc, 20)
+    assert all(n <= 20 for n in Counter(t.kind for t in cut.items).values())
+    kept = {t.group or t.id for t in cut.items}
+    for t in syc.items:
+        assert ((t.group or t.id) in kept) == (t in cut.items), f"group {t.group} split by the cap"
+    with pytest.raises(BehaviorError, match="need at least 2 items per set"):
+        behavior.cap_items(syc, 1)
+
+
+def test_ws_max_items_reaches_every_stage_through_the_behaviours_name(tmp_path, monkeypatch):
+    path = _write_jsonl(tmp_path / "big2-ab.jsonl", _ab_items(200))
+    monkeypatch.chdir(tmp_path)
+    cfg = from_env({"WS_BEHAVIOR": str(path), "WS_MAX_ITEMS": "50"})
+    assert cfg.max_items == 50 and len(data.get_behavior(cfg.behavior).items) == 50
+    fit, ev = data.sweep_probes(behavior=cfg.behavior)
+    assert len(fit) + len(ev) == 50
+    assert len(data.get_behavior(from_env({"WS_BEHAVIOR": str(path)}).behavior).items) == 120
+    with pytest.raises(ConfigError, match="WS_MAX_ITEMS"):
+        from_env({"WS_BEHAVIOR": str(path), "WS_MAX_ITEMS": "1"})
+
+
+def test_the_synthetic_long_ab_file_has_the_stated_layout_repeats_and_lengths(tmp_path):
+    from ws.behavior import synthetic_ab
+    from ws.model.load import tiny_tokenizer
+
+    path = tmp_path / "long-ab.jsonl"
+    assert synthetic_ab.main([str(path), "--items", "300", "--repeats", "3"]) == 0
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    assert len(rows) == 300 and len({r["question"] for r in rows}) == 297
+    assert all(r["question"].endswith("(B) Disagree\n\nAnswer:") for r in rows)
+    tok = tiny_tokenizer()
+    assert min(len(tok(r["question"]).input_ids) for r in rows) >= 300
+    b = behavior.load(path)
+    assert b.capped_from == {"ab": 297} and len(b.items) == 120 and b.direction == 1
+    with pytest.raises(SystemExit):
+        synthetic_ab.main([str(path)])  # never writes over a file

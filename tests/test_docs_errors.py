@@ -241,6 +241,12 @@ def _cases(tmp_path, model, tok):
     screened = monitor.monitor(model, good, tmp_path / "ok.safetensors")
     screened.write(tmp_path / "screen")
     out["screening exists"] = _raise(lambda: screened.write(tmp_path / "screen"))
+    syc = json.loads((ROOT / "behaviors" / "sycophancy.json").read_text())
+    for i, it in enumerate(x for x in syc["items"] if x["set"] == "opinion_false"):
+        it["group"] = f"third{i % 3}"  # three groups of 20: a cap of 30 keeps one, which cannot be split
+    syc["name"] = "three-groups"
+    (tmp_path / "three-groups.json").write_text(json.dumps(syc))
+    out["cap"] = _raise(lambda: config.from_env({"WS_BEHAVIOR": str(tmp_path / "three-groups.json"), "WS_MAX_ITEMS": "30"}))
     return out
 
 

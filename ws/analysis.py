@@ -30,7 +30,7 @@ import polars as pl
 import torch
 from torch import nn
 
-from ws.behavior.files import resolve
+from ws.behavior.files import MAX_ITEMS_PER_SET, resolve
 from ws.config import Config, ConfigError
 from ws.core.log import logger
 from ws.core.paths import resolve_user_path, run_dir
@@ -87,7 +87,8 @@ def analysis_config(
     missing = [str(v) for v in vecs if not v.is_file()]
     if missing:
         raise ConfigError(f"analyse(): no such steering-vector file {missing[0]!r}")
-    kw: dict[str, Any] = dict(model=model_id(model), behavior=resolve(str(behavior), run_dir()), adapter=label, vectors=vecs)
+    name = resolve(str(behavior), run_dir(), max_items=options.get("max_items", MAX_ITEMS_PER_SET))
+    kw: dict[str, Any] = dict(model=model_id(model), behavior=name, adapter=label, vectors=vecs)
     if out is None:
         kw["cache"] = False
     else:

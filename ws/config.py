@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ws.behavior.files import BehaviorError, builtin_names, resolve
+from ws.behavior.files import MAX_ITEMS_PER_SET, BehaviorError, builtin_names, resolve
 from ws.core.device import DEVICE_CHOICES, device_problem
 from ws.core.io import check_writable, hold_run_lock
 from ws.core.log import logger, setup_logging
@@ -176,6 +176,14 @@ def _behavior(name: str, raw: str) -> str:
         ) from None
 
 
+def _behavior_capped(raw: str, max_items: int) -> str:
+    """:func:`_behavior` with ``WS_MAX_ITEMS`` items per set (the behaviour registered with that cap)."""
+    try:
+        return resolve(raw, run_dir(), max_items=max_items)
+    except BehaviorError as e:
+        raise ConfigError(f"WS_BEHAVIOR={raw!r} with WS_MAX_ITEMS={max_items}: {e}") from None
+
+
 def _path(name: str, raw: str) -> Path:
     return resolve_user_path(raw.strip())
 
@@ -281,6 +289,16 @@ VARIABLES: tuple[Var, ...] = (
         'the behaviour: a built-in name or the path of a behaviour file (see "Your own behaviour"); its name '
         "names the output folder",
         allowed=", ".join(BEHAVIORS) + ", or a file",
+    ),
+    Var(
+        "WS_MAX_ITEMS",
+        "max_items",
+        lambda n, r: _int(n, r, lo=2),
+        str(MAX_ITEMS_PER_SET),
+        "the most items of one set a run uses: a larger set (a 1,000-item A/B file) keeps a seeded subset of whole "
+        "groups, with a warning, so that it costs about what a built-in behaviour costs (their sets have at most "
+        '60 items, so they are never cut; docs/behaviors.md, "Large datasets")',
+        allowed="integer ≥ 2",
     ),
     Var(
         "WS_ADAPTER",
@@ -527,6 +545,7 @@ class Config:
 
     model: str = "smollm2-135m"
     behavior: str = "sycophancy"
+    max_items: int = MAX_ITEMS_PER_SET  # WS_MAX_ITEMS: items per set a run uses (ws.behavior.files.cap_items)
     adapter: str = "lora"
     adapters: tuple[str, ...] = ADAPTERS
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -667,6 +686,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
                 continue  # the field's own default (None, or the folder from ws.core.paths)
         kw[var.attr] = var.parse(var.name, raw)
     cfg = Config(**kw)
+    if cfg.max_items != MAX_ITEMS_PER_SET:
+        cfg = replace(cfg, behavior=_behavior_capped(env.get("WS_BEHAVIOR", cfg.behavior), cfg.max_items))
     if smoke:
         cfg = replace(cfg, train_overrides=dict(SMOKE_TRAIN))
     return _with_import(cfg, env)

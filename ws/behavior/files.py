@@ -38,12 +38,13 @@ import random
 import string
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from ws.behavior import ab
+from ws.core.log import logger
 from ws.core.paths import UnsafeNameError, repo_root, safe_component
 
 ROLES = ("target", "control")
@@ -57,6 +58,10 @@ DEFAULT = "sycophancy"
 #: The two read-out answers when a behaviour declares none: log P(Yes) − log P(No).
 DEFAULT_READOUT = ("Yes", "No")
 DEFAULT_HELDOUT_FRAC = 0.4
+#: The most items of one set a run uses (``WS_MAX_ITEMS``): a set with more keeps a seeded
+#: subset of whole groups (:func:`cap_items`), so that a 1,000-item dataset costs about what a
+#: built-in behaviour costs (their largest set has 60 items, so they are never cut).
+MAX_ITEMS_PER_SET = 120
 
 
 class BehaviorError(ValueError):
@@ -138,6 +143,8 @@ class Behavior:
     heldout_frac: float = DEFAULT_HELDOUT_FRAC
     source: str = ""
     readout: tuple[str, str] = DEFAULT_READOUT
+    #: items per set in the file, when :func:`cap_items` kept fewer (``{set: n}``; empty: all kept)
+    capped_from: dict[str, int] = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -550,10 +557,60 @@ def _check_split(b: Behavior, c: _Checker) -> None:
         )
 
 
+def cap_items(b: Behavior, max_items: int) -> Behavior:
+    """``b`` with at most ``max_items`` items per set: a set with more keeps whole groups, taken
+    in a seeded order (seed 0; no salted hashing) while they fit, in the file's order. Sets
+    at or under the cap keep every item, so a behaviour under the cap is returned as it is.
+    Raises :class:`BehaviorError` when the kept items cannot be split into both halves."""
+    if max_items < 2 * MIN_PER_SIDE:
+        raise BehaviorError(f"behaviour {b.name!r}: max_items={max_items}; need at least {2 * MIN_PER_SIDE} items per set")
+    counts = Counter(t.kind for t in b.items)
+    over = {k: n for k, n in counts.items() if n > max_items}
+    if not over:
+        return b
+    groups: dict[str, list[Topic]] = {}
+    for t in b.items:
+        groups.setdefault(t.group or t.id, []).append(t)
+    order = sorted(groups)
+    random.Random(0).shuffle(order)
+    keep: set[str] = set()
+    taken: Counter = Counter()
+    for g in order:
+        n_g = Counter(t.kind for t in groups[g])
+        if all(k not in over or taken[k] + n <= max_items for k, n in n_g.items()):
+            taken.update(n_g)
+            keep.update(t.id for t in groups[g])
+    items = tuple(t for t in b.items if t.id in keep)
+    out = replace(b, items=items, capped_from=over)
+    try:
+        split_items(list(items), 0, out.heldout_frac, out.kinds)
+    except ValueError as e:
+        raise BehaviorError(f"behaviour {b.name!r}: the {max_items} items kept per set cannot be split: {e}") from None
+    return out
+
+
+def capped_text(b: Behavior) -> str:
+    """One sentence on the sets :func:`cap_items` cut (empty when none was), for the conclusions."""
+    if not b.capped_from:
+        return ""
+    kept = Counter(t.kind for t in b.items)
+    cut = ", ".join(f"{kept[k]} of the {n} items of set {k!r}" for k, n in b.capped_from.items())
+    return (
+        f"this run used {cut}: a seeded subset of whole groups (WS_MAX_ITEMS); every figure rests on those, "
+        f"and WS_MAX_ITEMS set higher uses more, at a cost that grows with it"
+    )
+
+
 @cache
-def _load_cached(path: str, mtime_ns: int) -> Behavior:
+def _load_cached(path: str, mtime_ns: int, max_items: int) -> Behavior:
     p = Path(path)
-    return parse(_read(p), p)
+    b = cap_items(parse(_read(p), p), max_items)
+    for k, n in b.capped_from.items():
+        logger.warning(
+            f"behaviour {b.name!r} ({p.name}): set {k!r} has {n} items; this run uses {max_items} of them, a seeded "
+            f"subset of whole groups (WS_MAX_ITEMS={max_items}; set WS_MAX_ITEMS={n} to use all, at a higher cost)"
+        )
+    return b
 
 
 def _is_builtin_copy(p: Path, name: str) -> bool:
@@ -563,12 +620,13 @@ def _is_builtin_copy(p: Path, name: str) -> bool:
     return any(p == s.resolve() or p.read_bytes() == s.read_bytes() for s in shipped)
 
 
-def load(path: str | Path) -> Behavior:
-    """Read and validate one behaviour file (cached while the file is unchanged)."""
+def load(path: str | Path, max_items: int = MAX_ITEMS_PER_SET) -> Behavior:
+    """Read and validate one behaviour file (cached while the file is unchanged), with at
+    most ``max_items`` items per set (:func:`cap_items`)."""
     p = Path(path).expanduser().resolve()
     if not p.is_file():
         raise BehaviorError(f"behaviour file {p}: no such file")
-    b = _load_cached(str(p), p.stat().st_mtime_ns)
+    b = _load_cached(str(p), p.stat().st_mtime_ns, max_items)
     if b.name in builtin_names() and not _is_builtin_copy(p, b.name):
         raise BehaviorError(
             f"behaviour file {p}: top level, field 'name': {b.name!r} is a built-in behaviour's name "
@@ -577,7 +635,8 @@ def load(path: str | Path) -> Behavior:
     return b
 
 
-_REGISTERED: dict[str, Path] = {}
+#: behaviour files registered by :func:`resolve`: ``{name: (path, max_items)}``
+_REGISTERED: dict[str, tuple[Path, int]] = {}
 
 
 def get(behavior: str | Path | Behavior | None = None) -> Behavior:
@@ -587,11 +646,11 @@ def get(behavior: str | Path | Behavior | None = None) -> Behavior:
     if isinstance(behavior, Behavior):
         return behavior
     key = DEFAULT if behavior is None else str(behavior)
+    if key in _REGISTERED:
+        return load(*_REGISTERED[key])
     if key in builtin_names():
         d = behaviors_dir()
         return load(next(d / f"{key}{s}" for s in SUFFIXES if (d / f"{key}{s}").exists()))
-    if key in _REGISTERED:
-        return load(_REGISTERED[key])
     p = Path(key)
     if p.suffix in SUFFIXES or p.exists():
         return load(p)
@@ -601,22 +660,25 @@ def get(behavior: str | Path | Behavior | None = None) -> Behavior:
     )
 
 
-def resolve(value: str | Path, base: Path | None = None) -> str:
+def resolve(value: str | Path, base: Path | None = None, max_items: int = MAX_ITEMS_PER_SET) -> str:
     """The behaviour name for ``value`` (a built-in name or a file path, relative to
-    ``base``); a file is loaded, validated and registered under its name, so that the
-    rest of the run can pass the name around. Raises :class:`BehaviorError`."""
+    ``base``); the file is loaded, validated, cut to ``max_items`` items per set
+    (:func:`cap_items`, ``WS_MAX_ITEMS``) and registered under its name, so that the rest of
+    the run can pass the name around. Raises :class:`BehaviorError`."""
     v = str(value).strip()
-    if v in builtin_names() or v in _REGISTERED:
-        get(v)
-        return v
-    p = Path(v).expanduser()
-    if not p.is_absolute() and base is not None:
-        p = base / p
-    if p.suffix not in SUFFIXES and not p.exists():
-        raise BehaviorError(
-            f"unknown behaviour {v!r}: give a built-in name ({', '.join(builtin_names())}) "
-            f"or the path of a behaviour file ({', '.join(SUFFIXES)})"
-        )
-    b = load(p)
-    _REGISTERED[b.name] = p.resolve()
+    if v in builtin_names():
+        p = next(behaviors_dir() / f"{v}{s}" for s in SUFFIXES if (behaviors_dir() / f"{v}{s}").exists())
+    elif v in _REGISTERED:
+        p = _REGISTERED[v][0]
+    else:
+        p = Path(v).expanduser()
+        if not p.is_absolute() and base is not None:
+            p = base / p
+        if p.suffix not in SUFFIXES and not p.exists():
+            raise BehaviorError(
+                f"unknown behaviour {v!r}: give a built-in name ({', '.join(builtin_names())}) "
+                f"or the path of a behaviour file ({', '.join(SUFFIXES)})"
+            )
+    b = load(p, max_items)
+    _REGISTERED[b.name] = (p.resolve(), max_items)
     return b.name

@@ -32,6 +32,7 @@ from ws.bases.gradient import with_gradient
 from ws.bases.planted import with_planted
 from ws.bases.vectors import with_vectors
 from ws.behavior import data
+from ws.behavior.files import capped_text
 from ws.captures.capture import capture_all
 from ws.config import SMOKE_TRAIN, Config  # noqa: F401  (SMOKE_TRAIN: re-exported)
 from ws.core.io import staged_files, write_staged
@@ -292,7 +293,8 @@ def plan_merge_changes(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: 
 def diff_caveats(results: Sequence[SeedResult], behavior=None) -> list[str]:
     """One caveat per seed whose diff may not be what this suite would build now (another or
     no data version of ``behavior``, e.g. an imported diff): the run used it as it is."""
-    out = []
+    capped = capped_text(data.get_behavior(behavior))
+    out = [capped] if capped else []
     for r in results:
         meta = r.diff_meta or {}
         if meta.get("imported"):
