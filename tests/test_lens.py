@@ -78,3 +78,25 @@ def test_table_profile_and_figure_on_a_trained_diff(tiny_llama, tmp_path):
     assert up["null"][-1] == pytest.approx(64 / 128)  # min(d) of d_out = 128 directions span W's columns
     lens.plot_lens(prof, tmp_path / "lens.png")
     assert (tmp_path / "lens.png").stat().st_size > 5000
+
+
+def test_the_diagonal_equals_the_full_product_and_the_cache_stays_within_its_budget(monkeypatch):
+    """The diagonal share read without the [m, m] product equals the product's diagonal; with a
+    cache budget of one weight's factors, a second weight is computed per use, never cached,
+    and gives the same shares each time."""
+    a, b = _linear(40, 16, seed=5), _linear(16, 40, seed=6)
+    g = torch.Generator().manual_seed(7)
+    for lin in (a, b):
+        D = torch.randn(lin.weight.shape, generator=g, dtype=torch.float64)
+        U, Vh = lens.base_svd(lin.weight)
+        full = float((torch.diagonal((U.T @ D) @ Vh.T) ** 2).sum()) / float((D**2).sum())
+        assert lens.shares(lin.weight, D)[0]["frac_diag"] == pytest.approx(full, rel=1e-12)
+    monkeypatch.setattr(lens, "_SVD", {})
+    one = sum(t.nbytes for t in lens.base_svd(a.weight))
+    monkeypatch.setattr(lens, "SVD_CACHE_BYTES", one)
+    D = torch.randn(16, 40, generator=g, dtype=torch.float64)
+    first = lens.shares(b.weight, D)[0]
+    assert id(b.weight) not in lens._SVD and lens._cached_bytes() == one <= lens.SVD_CACHE_BYTES
+    assert lens.shares(b.weight, D)[0] == first
+    del a
+    assert lens._cached_bytes() == 0, "the entry of a weight that is gone is dropped"

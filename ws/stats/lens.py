@@ -17,7 +17,8 @@ in the top block; a rotation-invariant random diff has expected shares ``min(d_o
 / (d_out·d_in)`` (diagonal), ``r² / (d_out·d_in)`` (block), ``r / d_out`` and ``r / d_in``
 (rows, columns): the ``null_*`` columns beside each share.
 
-The shares come from W's reduced SVD (cached per weight for the process): the rows of
+The shares come from W's reduced SVD (cached per weight for the process, up to
+:data:`SVD_CACHE_BYTES`; past it computed per use and freed): the rows of
 ``dS`` past ``min(d_out, d_in)`` span the complement of W's column space and are in none of
 the shares. The profile (:func:`lens_profile`) is the cumulative share on the top-``i`` output singular
 directions, per tensor type (mean over layers), against ``i / d_out`` for a random diff:
@@ -60,18 +61,32 @@ LENS_COLUMNS = (
 _SCHEMA = {c: (pl.String if c == "tensor" else pl.Int64 if c in ("layer", "d_out", "d_in") else pl.Float64) for c in LENS_COLUMNS}
 
 
-#: the base weights' reduced SVDs, computed once per process: ``{id(W): (weakref to W, version, U, Vh)}``
+#: the most memory (bytes) the cached SVDs below may hold: a weight past it has its SVD computed,
+#: used and freed (at 135M every touched weight fits, about 0.6 GiB; at 0.6B and up the cache
+#: stops growing here instead of holding every layer's float64 factors, 2.6 GiB at 0.6B)
+SVD_CACHE_BYTES = 1 << 30
+
+#: the base weights' reduced SVDs, computed once per process while they fit in
+#: :data:`SVD_CACHE_BYTES`: ``{id(W): (weakref to W, version, U, Vh)}``
 _SVD: dict[int, tuple] = {}
+
+
+def _cached_bytes() -> int:
+    """Bytes the cache holds, after dropping the entries of weights that are gone."""
+    for key in [k for k, v in _SVD.items() if v[0]() is None]:
+        del _SVD[key]
+    return sum(v[2].nbytes + v[3].nbytes for v in _SVD.values())
 
 
 def base_svd(W: Tensor, name: str = "") -> tuple[Tensor, Tensor]:
     """``(U, Vh)`` of W's reduced float64 SVD (``[d_out, m]``, ``[m, d_in]``, m = min), cached
-    per weight tensor while it lives and is unchanged."""
+    per weight tensor while it lives and is unchanged, up to :data:`SVD_CACHE_BYTES` in all."""
     hit = _SVD.get(id(W))
     if hit is not None and hit[0]() is W and hit[1] == W._version:
         return hit[2], hit[3]
     U, _, Vh = torch.linalg.svd(W.detach().to("cpu", torch.float64), full_matrices=False)
-    _SVD[id(W)] = (weakref.ref(W), W._version, U, Vh)
+    if _cached_bytes() + U.nbytes + Vh.nbytes <= SVD_CACHE_BYTES:
+        _SVD[id(W)] = (weakref.ref(W), W._version, U, Vh)
     return U, Vh
 
 
@@ -92,7 +107,7 @@ def shares(W: Tensor, dW: Tensor, r: int = LENS_RANK, name: str = "") -> tuple[d
     A = U.T @ D  # [m, d_in]
     rows = (A**2).sum(dim=1)  # [m]
     core = A @ Vh[:r].T  # [m, r]: dS[:, :r] within W's column space
-    diag = float((torch.diagonal(A @ Vh.T) ** 2).sum())
+    diag = float(((A * Vh).sum(dim=1) ** 2).sum())  # diag(A V₀) without the [m, m] product
     out = {
         "frac_diag": diag / tot,
         "null_diag": min(d_out, d_in) / (d_out * d_in),
@@ -175,4 +190,4 @@ def plot_lens(profile: pl.DataFrame, path, title: str = "") -> None:
     plt.close(fig)
 
 
-__all__ = ["LENS_RANK", "LENS_COLUMNS", "base_svd", "shares", "sspace_lens", "lens_profile", "plot_lens"]
+__all__ = ["LENS_RANK", "LENS_COLUMNS", "SVD_CACHE_BYTES", "base_svd", "shares", "sspace_lens", "lens_profile", "plot_lens"]
