@@ -93,6 +93,7 @@ from ws.core.log import setup_logging
 from ws.core.paths import BENCH_DIR, out_dir, resolve_user_path
 from ws.diffs import adapters
 from ws.model.load import ATTN_PROJ, MLP_PROJ, check_architecture, n_layers, tiny_tokenizer
+from ws.stats.lens import SVD_CACHE_BYTES
 from ws.v7 import sweep
 
 GIB = 2**30
@@ -199,7 +200,8 @@ def memory_estimate(s: Shape, layers: int | None = None, on_gpu: bool = False) -
     the diff; the second moments of the o_proj / down_proj inputs and outputs, ``L·(a² + ff² +
     2d²)`` values summed in float64 and converted to float32 layer by layer (8 bytes a value at
     the end of the capture, 4 kept); the candidate builder's per-layer float64 Grams (about eight ``d × d``);
-    the lens's cached float64 SVDs of the touched weights; the training step's bfloat16 copies."""
+    the lens's float64 SVDs of the touched weights (its cache, at most :data:`ws.stats.lens.SVD_CACHE_BYTES`,
+    and one SVD past it); the training step's bfloat16 copies."""
     L = layers or s.layers
     touched = len(adapters.layer_range(L, adapters.TrainConfig().layer_frac))
     P, a = n_params(s, L), s.heads * s.hd
@@ -207,7 +209,8 @@ def memory_estimate(s: Shape, layers: int | None = None, on_gpu: bool = False) -
     diff = 4 * touched * layer_params(s)
     moments = L * (a * a + s.ff * s.ff + 2 * s.d * s.d)
     tensors = ((a, s.d), (s.kv_heads * s.hd, s.d), (s.kv_heads * s.hd, s.d), (s.d, a), (s.ff, s.d), (s.ff, s.d), (s.d, s.ff))
-    lens = 8 * touched * sum(min(o, i) * (o + i) for o, i in tensors)
+    per_tensor = [8 * min(o, i) * (o + i) for o, i in tensors]
+    lens = min(touched * sum(per_tensor), SVD_CACHE_BYTES) + max(per_tensor)  # the cache, and one SVD past it
     phases = {
         "captures": weights + diff + 8 * moments,
         "build": weights + diff + 4 * moments + 64 * L * s.d * s.d + lens,
