@@ -6,12 +6,14 @@ Both tiny models have 4 heads and 2 KV heads, so every GQA path is exercised.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
 
 from ws.bases import ADAPTER_FAMILY, CEILINGS, REGISTRY, SELF_TESTS, SPEC_CANDIDATES, BuildContext, build_all
 from ws.bases.adapter import corda_gram
+from ws.captures import capture
 from ws.captures.capture import Captures, capture_all
 from ws.core import linalg as la
 from ws.model.chat import render_chat
@@ -310,7 +312,7 @@ def test_gqa_products_match_per_head_sums(built):
 
 
 def test_planted_write_space_is_recovered(tiny_llama, llama_caps):
-    model, _ = tiny_llama
+    model, tok = tiny_llama
     cap, deltas = llama_caps
     model = copy.deepcopy(model)
     d = model.config.hidden_size
@@ -325,6 +327,10 @@ def test_planted_write_space_is_recovered(tiny_llama, llama_caps):
             (S @ torch.randn(K, blk.mlp.down_proj.weight.shape[1], generator=g, dtype=torch.float64)).float()
         )
     names = ["write", "attn_write", "mlp_write", "write_not_lm_head_read", "corda_write", "asvd_write"]
+    with pytest.raises(ValueError, match="corda_write, layer 2: the captured o_proj moments were taken with other weights"):
+        build_all(model, cap, deltas, cap.label_fit, k=K, k_broad=K_BROAD, names=["corda_write"], progress=False)
+    prompts = [render_chat(tok, f"Is claim {i} true? Answer yes or no.") for i in range(4)]
+    cap = replace(cap, **capture.input_second_moments(model, tok, prompts, batch_size=2))  # this model's moments
     bases, _ = build_all(model, cap, deltas, cap.label_fit, k=K, k_broad=K_BROAD, names=names, progress=False)
     for n in ["write", "attn_write", "mlp_write", "corda_write", "asvd_write"]:
         assert _span_err(bases[n][2], S) < 1e-4, n
@@ -350,13 +356,17 @@ def test_write_not_downstream_read_projects_off_later_readers(tiny_llama, llama_
 
 # ----------------------------------------------------------------------------- adapter family
 def test_corda_with_identity_moments_equals_write(tiny_qwen3, built):
+    """C = I: the written moments are W Wᵀ and the diagonals ones, and both bases are write's."""
     model, _ = tiny_qwen3
     L = len(model.model.layers)
-    d_attn = model.model.layers[0].self_attn.o_proj.weight.shape[1]
-    d_mlp = model.model.layers[0].mlp.down_proj.weight.shape[1]
+    blk = model.model.layers
+    W = {p: [b.self_attn.o_proj if p == "o" else b.mlp.down_proj for b in blk] for p in ("o", "down")}
     cap = Captures(
-        mom_oproj=torch.eye(d_attn).expand(L, d_attn, d_attn).clone(),
-        mom_downproj=torch.eye(d_mlp).expand(L, d_mlp, d_mlp).clone(),
+        mom_oproj_diag=torch.ones(L, W["o"][0].weight.shape[1]),
+        mom_downproj_diag=torch.ones(L, W["down"][0].weight.shape[1]),
+        mom_oproj_out=torch.stack([m.weight.detach() @ m.weight.detach().T for m in W["o"]]),
+        mom_downproj_out=torch.stack([m.weight.detach() @ m.weight.detach().T for m in W["down"]]),
+        mom_writer_probe=capture.writer_probe(model),
     )
     bases, _ = build_all(model, cap, names=["write", "corda_write", "asvd_write"], k=K, k_broad=K_BROAD, progress=False)
     for l in range(L):
@@ -364,46 +374,34 @@ def test_corda_with_identity_moments_equals_write(tiny_qwen3, built):
         assert torch.allclose(bases["asvd_write"][l], bases["write"][l], atol=1e-5)
 
 
-def test_corda_sqrt_reconstructs_and_gram_paths_agree(tiny_llama, llama_caps):
-    model, _ = tiny_llama
-    cap, _ = llama_caps
-    l = 2
-    blk = model.model.layers[l]
-    Wo, Wd = blk.self_attn.o_proj.weight.detach().double(), blk.mlp.down_proj.weight.detach().double()
-    Co, Cd = cap.mom_oproj[l].double(), cap.mom_downproj[l].double()
-    for C, W in ((Co, Wo), (Cd, Wd)):
-        h, ih, eps = la.psd_sqrt(C, eps_rel=1e-3)
-        assert eps > 0
-        assert torch.allclose(W @ h @ ih, W, atol=1e-8 * float(W.abs().max()) * 100)
-    M = corda_matrix(Wo, Co, Wd, Cd, 1e-3)
-    G = corda_gram(Wo, Co, Wd, Cd, 1e-3)
-    assert torch.allclose(M @ M.T, G, rtol=1e-8, atol=1e-8 * float(G.abs().max()))
-    # the captured output moments equal W C Wᵀ (no bias): the fast path builds the same basis
-    assert torch.allclose(
-        cap.mom_downproj_out[l].double(), Wd @ Cd @ Wd.T, rtol=1e-3, atol=1e-4 * float(cap.mom_downproj_out[l].abs().max())
-    )
-    fast, _ = build_all(model, cap, names=["corda_write"], k=K, k_broad=K_BROAD, progress=False)
-    slow_cap = Captures(mom_oproj=cap.mom_oproj, mom_downproj=cap.mom_downproj)
-    slow, _ = build_all(model, slow_cap, names=["corda_write"], k=K, k_broad=K_BROAD, progress=False)
-    assert _span_err(fast["corda_write"][l], slow["corda_write"][l]) < 1e-3
-    assert _span_err(fast["corda_write"][l], la.left_svd_basis(M, K)) < 1e-3
+def test_corda_and_asvd_from_the_captures_equal_their_definitions_from_the_full_moments(tiny_llama):
+    """Known answer: the bases built from the captured written moments and diagonals equal
+    corda_gram's from the full input moments E[xxᵀ] (formed here from hooked tokens), in a
+    float32 model (output moments) and in a bfloat16 one (written moments from the inputs)."""
+    from ws.model.trace import TraceDict
 
-
-def test_corda_in_bfloat16_takes_the_definition_not_the_output_moments(llama_caps):
-    from ws.bases.adapter import _corda_fast
-    from ws.bases.registry import BuildContext
-
-    model, _ = load_model("tiny-llama", dtype="bfloat16")
-    cap, _ = llama_caps
-    assert _corda_fast(BuildContext(model, cap, k=K, k_broad=K_BROAD), 2) is None
-    with_out, _ = build_all(model, cap, names=["corda_write"], k=K, k_broad=K_BROAD, progress=False)
-    slow_cap = Captures(mom_oproj=cap.mom_oproj, mom_downproj=cap.mom_downproj)
-    without, _ = build_all(model, slow_cap, names=["corda_write"], k=K, k_broad=K_BROAD, progress=False)
-    for l in range(len(model.model.layers)):
-        assert torch.equal(with_out["corda_write"][l], without["corda_write"][l])
-    # the float32 model takes the output moments (a different rounding path: not bit-equal)
-    f32 = BuildContext(load_model("tiny-llama")[0], cap, k=K, k_broad=K_BROAD)
-    assert _corda_fast(f32, 2) is not None
+    for dtype in ("float32", "bfloat16"):
+        model, tok = load_model("tiny-llama", dtype=dtype)
+        prompts = [render_chat(tok, f"Is claim {i} true? Answer yes or no.") for i in range(4)]
+        mom = capture.input_second_moments(model, tok, prompts, batch_size=2)
+        cap = Captures(**mom)
+        got, _ = build_all(model, cap, names=["corda_write", "asvd_write"], k=K, k_broad=K_BROAD, progress=False)
+        for l in (1, 2):
+            names = [f"model.layers.{l}.self_attn.o_proj", f"model.layers.{l}.mlp.down_proj"]
+            xs = {n: [] for n in names}
+            for p in prompts:
+                ids = tok(p, return_tensors="pt", add_special_tokens=False)["input_ids"]
+                with torch.no_grad(), TraceDict(model, names, retain_input=True, retain_output=False) as td:
+                    model(input_ids=ids)
+                for n in names:
+                    xs[n].append(td[n].input[0].double())
+            C = [torch.cat(xs[n]).T @ torch.cat(xs[n]) / torch.cat(xs[n]).shape[0] for n in names]
+            Wo, Wd = (model.get_submodule(n).weight.detach().double() for n in names)
+            M, G = corda_matrix(Wo, C[0], Wd, C[1], 1e-3), corda_gram(Wo, C[0], Wd, C[1], 1e-3)
+            assert torch.allclose(M @ M.T, G, rtol=1e-8, atol=1e-8 * float(G.abs().max())), "the Gram is the definition's"
+            for name, diagonal in (("corda_write", False), ("asvd_write", True)):
+                ref = la.top_eigvecs(corda_gram(Wo, C[0], Wd, C[1], 1e-3, diagonal=diagonal), K)
+                assert _span_err(got[name][l], ref) < (1e-3 if dtype == "float32" and not diagonal else 1e-5), (dtype, name, l)
 
 
 def test_diff_in_means_points_to_persona_plus(tiny_llama):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -211,9 +213,25 @@ def test_token_level_switches_to_eager_and_back(tiny_llama):
 
 # ----------------------------------------------------------------------------- second moments
 def test_input_second_moments_over_all_real_tokens(tiny_qwen3):
+    """Known answer from unpadded one-prompt passes: the diagonals are E[x²], the written
+    moments W E[xxᵀ] Wᵀ; a bfloat16 model and a model with a bias form the written moments from
+    the inputs (float64), and they match the definition there too."""
     model, tok = tiny_qwen3
-    L = len(model.model.layers)
     prompts = _prompts(tok)
+    _check_moments(model, tok, prompts, rtol=1e-5)
+    assert not capture.written_from_inputs(model)
+    biased = copy.deepcopy(model)
+    lin = biased.model.layers[1].mlp.down_proj
+    lin.bias = torch.nn.Parameter(torch.randn(lin.out_features, generator=torch.Generator().manual_seed(0)))
+    assert capture.written_from_inputs(biased)
+    _check_moments(biased, tok, prompts, rtol=1e-5)
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    assert capture.written_from_inputs(half)
+    _check_moments(half, tok, prompts, rtol=1e-5)
+
+
+def _check_moments(model, tok, prompts, rtol: float) -> None:
+    L = len(model.model.layers)
     mom = capture.input_second_moments(model, tok, prompts, batch_size=2)
     names = [f"model.layers.{i}.self_attn.o_proj" for i in range(L)] + [f"model.layers.{i}.mlp.down_proj" for i in range(L)]
     xs = {n: [] for n in names}
@@ -226,16 +244,18 @@ def test_input_second_moments_over_all_real_tokens(tiny_qwen3):
         for n in names:
             xs[n].append(td[n].input[0].double())
     assert int(mom["mom_n_tokens"].item()) == n_tok
+    assert set(mom) == set(capture.MOMENT_FIELDS)
     for i in range(L):
         for key, n in (("mom_oproj", names[i]), ("mom_downproj", names[L + i])):
             X = torch.cat(xs[n])
-            ref = X.T @ X / X.shape[0]
-            got = mom[key][i].double()
-            assert got.shape == ref.shape
-            assert float((got - ref).abs().max()) <= 1e-5 * max(1.0, float(ref.abs().max()))
-        W = model.model.layers[i].mlp.down_proj.weight.detach().double()
-        out_ref = W @ mom["mom_downproj"][i].double() @ W.T
-        assert torch.allclose(mom["mom_downproj_out"][i].double(), out_ref, rtol=1e-3, atol=1e-5 * float(out_ref.abs().max()))
+            C = X.T @ X / X.shape[0]
+            assert mom[f"{key}_diag"][i].shape == (C.shape[0],), "a diagonal, never the d' × d' matrix"
+            assert torch.allclose(mom[f"{key}_diag"][i].double(), torch.diagonal(C), rtol=rtol, atol=0)
+            W = model.get_submodule(n).weight.detach().double()
+            ref = W @ C @ W.T
+            # a float32 model's output moments are W C Wᵀ up to its float32 products
+            tol = 1e-3 if not capture.written_from_inputs(model) else rtol
+            assert torch.allclose(mom[f"{key}_out"][i].double(), ref, rtol=tol, atol=tol * float(ref.abs().max()))
 
 
 # ----------------------------------------------------------------------------- everything + io
@@ -404,6 +424,10 @@ def _plain_batch(model, seen, mask, lens, T) -> dict[str, torch.Tensor]:
     def gram(x):
         return x[real].double().T @ x[real].double()
 
+    def sq(x):
+        y = x[real].double()
+        return (y * y).sum(dim=0)
+
     W_down = [model.model.layers[l].mlp.down_proj.weight.detach().cpu().float() for l in range(L)]
     per_layer = {
         "resid": [at(l, "", "out")[rows, last].float().cpu() for l in range(L)],
@@ -412,8 +436,8 @@ def _plain_batch(model, seen, mask, lens, T) -> dict[str, torch.Tensor]:
         "up_written": [at(l, ".mlp.up_proj", "out")[rows, last].float().cpu() @ W_down[l].T for l in range(L)],
         "tok": [at(l, "", "out")[rows[:, None], idx].float().cpu() * valid[..., None] for l in range(L)],
         "attn": [at(l, ".self_attn", "out")[1][rows, :, last].mean(1).float().cpu().gather(1, idx) * valid for l in range(L)],
-        "mom_oproj": [gram(at(l, ".self_attn.o_proj", "in")) for l in range(L)],
-        "mom_downproj": [gram(at(l, ".mlp.down_proj", "in")) for l in range(L)],
+        "mom_oproj_diag": [sq(at(l, ".self_attn.o_proj", "in")) for l in range(L)],
+        "mom_downproj_diag": [sq(at(l, ".mlp.down_proj", "in")) for l in range(L)],
         "mom_oproj_out": [gram(at(l, ".self_attn.o_proj", "out")) for l in range(L)],
         "mom_downproj_out": [gram(at(l, ".mlp.down_proj", "out")) for l in range(L)],
     }
@@ -429,7 +453,16 @@ def _plain_captures(model, tok, prompts, batch_size, lens) -> dict[str, torch.Te
         seen = _plain_pass(model, enc["input_ids"], enc["attention_mask"])
         parts.append(_plain_batch(model, seen, enc["attention_mask"], lens[s : s + batch_size], T))
     n_tok = sum(b.pop("n_tok") for b in parts)
-    out = {"mom_n_tokens": torch.tensor([float(n_tok)])}
+    probe = [
+        torch.stack(
+            [
+                b.self_attn.o_proj.weight.double() @ capture.probe_vector(b.self_attn.o_proj.in_features, 0),
+                b.mlp.down_proj.weight.double() @ capture.probe_vector(b.mlp.down_proj.in_features, 1),
+            ]
+        )
+        for b in model.model.layers
+    ]
+    out = {"mom_n_tokens": torch.tensor([float(n_tok)]), "mom_writer_probe": torch.stack(probe).float().detach()}
     for k in parts[0]:
         if k.startswith("mom"):
             out[k] = (sum(b[k] for b in parts) / n_tok).float()

@@ -197,7 +197,7 @@ def n_params(s: Shape, layers: int | None = None) -> int:
 def memory_estimate(s: Shape, layers: int | None = None, on_gpu: bool = False) -> dict[str, float]:
     """Host memory of one run from its arithmetic, GiB (an estimate; the JSON puts the measured
     peak beside it). The large parts: the float32 weights (on the host unless ``on_gpu``) and
-    the diff; the second moments of the o_proj / down_proj inputs and outputs, ``L·(a² + ff² +
+    the diff; the second moments of the o_proj / down_proj inputs (their diagonals) and outputs, ``L·(a + ff +
     2d²)`` values summed in float64 and converted to float32 layer by layer (8 bytes a value at
     the end of the capture, 4 kept); the candidate builder's per-layer float64 Grams (about eight ``d × d``);
     the lens's float64 SVDs of the touched weights (its cache, at most :data:`ws.stats.lens.SVD_CACHE_BYTES`,
@@ -207,7 +207,7 @@ def memory_estimate(s: Shape, layers: int | None = None, on_gpu: bool = False) -
     P, a = n_params(s, L), s.heads * s.hd
     weights = 0 if on_gpu else 4 * P
     diff = 4 * touched * layer_params(s)
-    moments = L * (a * a + s.ff * s.ff + 2 * s.d * s.d)
+    moments = L * (a + s.ff + 2 * s.d * s.d)  # the inputs' diagonals and the two [d, d] written moments
     tensors = ((a, s.d), (s.kv_heads * s.hd, s.d), (s.kv_heads * s.hd, s.d), (s.d, a), (s.ff, s.d), (s.ff, s.d), (s.d, s.ff))
     per_tensor = [8 * min(o, i) * (o + i) for o, i in tensors]
     lens = min(touched * sum(per_tensor), SVD_CACHE_BYTES) + max(per_tensor)  # the cache, and one SVD past it
@@ -324,7 +324,7 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("captures", "captures", "device", "all", 2, "forward passes, L·d² a token; second moments, L·(a² + ff²) a token"),
+    Stage("captures", "captures", "device", "all", 2, "forward passes, L·d² a token; second moments, L·d² a token"),
     Stage(
         "build_candidates",
         "candidate building",
@@ -783,10 +783,10 @@ def cell_here(fits: dict, runs: Sequence[dict], s: Shape) -> dict | None:
 
 
 def moment_seconds(s: Shape, tokens: float, f64: float) -> float:
-    """Seconds of the captures' second moments at shape ``s``: ``2·tokens·L·(a² + ff² + 2d²)``
-    float64 FLOPs at ``f64`` GFLOP/s."""
+    """Seconds of the captures' second moments at shape ``s``: ``2·tokens·L·(a + ff + 2d²)``
+    float64 FLOPs at ``f64`` GFLOP/s (the inputs' diagonals and the outputs' ``[d, d]`` moments)."""
     a = s.heads * s.hd
-    return 2 * tokens * s.layers * (a * a + s.ff * s.ff + 2 * s.d * s.d) / (f64 * 1e9)
+    return 2 * tokens * s.layers * (a + s.ff + 2 * s.d * s.d) / (f64 * 1e9)
 
 
 def gpu_cell(cpu: dict, runs: Sequence[dict], s: Shape, ref: dict = GPU_REFERENCE) -> dict:

@@ -7,9 +7,9 @@ tokens of the clean FIT probes, damped to ``C + εI`` with ``ε = eps_rel · tr(
 finite and barely moves ``C^{1/2}``). Since ``(W C^{1/2})(W C^{1/2})ᵀ = W C Wᵀ``, the
 basis is the top eigenspace of ``W_o C_o W_oᵀ + W_down C_down W_downᵀ`` (+ the damping
 terms) — the uncentred PCA of what the two writers actually write into the residual
-stream. With ``C = I`` it is exactly ``write``. When the captures hold the second moments
-of the two projections' outputs (``E[yyᵀ] = W C Wᵀ`` for a projection without bias) the
-builder uses them directly instead of forming ``W C Wᵀ`` (same Gram, ~10× cheaper).
+stream. With ``C = I`` it is exactly ``write``. The captures hold ``W C Wᵀ`` itself (the
+written moment, ``[d, d]``) and ``diag(C)`` for ``ε``, never ``C`` (``d_ff × d_ff`` for
+``down_proj``): the same Gram, without the matrix that dominated host memory at 8B.
 
 ``asvd_write``: the same with ``diag(C)`` (per-input-channel scaling only).
 
@@ -22,12 +22,14 @@ from __future__ import annotations
 import torch
 
 from ws.bases.registry import BuildContext, candidate
+from ws.captures.capture import probe_vector
 from ws.core import linalg
-from ws.core.log import logger
 
 
 def corda_gram(W_o, C_o, W_down, C_down, eps_rel: float = 1e-3, diagonal: bool = False) -> torch.Tensor:
-    """``W_o C_o,ε W_oᵀ + W_down C_down,ε W_downᵀ`` (``diagonal``: with ``diag(C)``), ``[d, d]``."""
+    """``W_o C_o,ε W_oᵀ + W_down C_down,ε W_downᵀ`` (``diagonal``: with ``diag(C)``), ``[d, d]``,
+    from the full input moments ``C`` (the definition; the builders below read the captured
+    written moments and diagonals instead, which give the same Gram without ``C``)."""
     G = 0
     for W, C in ((W_o, C_o), (W_down, C_down)):
         W = W.to(torch.float64)
@@ -42,38 +44,29 @@ def corda_gram(W_o, C_o, W_down, C_down, eps_rel: float = 1e-3, diagonal: bool =
     return G
 
 
-def _corda_fast(ctx: BuildContext, layer: int) -> torch.Tensor | None:
-    """The corda Gram from the captured OUTPUT second moments, when they equal W C Wᵀ (no bias).
+def _damping(ctx: BuildContext, layer: int, part: str) -> tuple[torch.Tensor, float]:
+    """``(c, ε)``: the captured ``diag(C) [d_in]`` of ``part``'s input (float64) and its damping
+    ``ε = eps_rel · tr(C) / d_in``."""
+    c = getattr(ctx.captures, f"mom_{PARTS[part]}_diag")[layer].to(torch.float64)
+    return c, ctx.eps_rel * float(c.sum()) / c.shape[0]
 
-    Only for a float32 (or float64) model: in bfloat16 each output is rounded after the
-    product, and the output moments leave W C Wᵀ by up to 5 % on the embedded model's
-    massive-activation layers (measured: layer 11's down_proj) — the definition then
-    comes from the input moments, silently, since nothing is wrong with the captures."""
-    cap = ctx.captures
-    if cap.mom_oproj_out is None or cap.mom_downproj_out is None:
-        return None
-    if next(ctx.model.parameters()).dtype not in (torch.float32, torch.float64):
-        return None
-    blk = ctx.layers[layer]
-    if blk.self_attn.o_proj.bias is not None or blk.mlp.down_proj.bias is not None:
-        return None
-    G = 0
-    g = torch.Generator().manual_seed(1234 + layer)
-    for part, Cin, Cout in (("o", cap.mom_oproj, cap.mom_oproj_out), ("down", cap.mom_downproj, cap.mom_downproj_out)):
-        Ci, Co = Cin[layer].to(torch.float64), Cout[layer].to(torch.float64)
-        # the output moments must belong to these weights: check rᵀ W C Wᵀ r = rᵀ E[yyᵀ] r on random r
-        R = torch.randn(Co.shape[0], 2, generator=g, dtype=torch.float64)
-        WtR = ctx.W(layer, part).T @ R
-        lhs, rhs = (WtR * (Ci @ WtR)).sum(0), (R * (Co @ R)).sum(0)
-        if not bool(torch.allclose(lhs, rhs, rtol=1e-3, atol=1e-6 * float(rhs.abs().max()))):
-            logger.warning(
-                f"corda_write layer {layer}: captured {part}_proj output moments do not match the "
-                f"weights (captures from another model?); using W C Wᵀ from the input moments"
+
+#: the builder's weight names -> the captures' names of the two writers
+PARTS = {"o": "oproj", "down": "downproj"}
+
+
+def _check_writers(ctx: BuildContext, layer: int) -> None:
+    """Stop when the captured written moments belong to other writer weights than the model's
+    (captures of another model, or weights edited after capturing): recompute the captures'
+    ``mom_writer_probe`` from the weights here (:func:`ws.captures.capture.writer_probe`)."""
+    probe = ctx.captures.mom_writer_probe[layer].to(torch.float64)
+    for i, part in enumerate(PARTS):
+        W = ctx.W(layer, part)
+        if not torch.allclose(W @ probe_vector(W.shape[1], i), probe[i], rtol=1e-4, atol=1e-5 * float(probe[i].abs().max())):
+            raise ValueError(
+                f"corda_write, layer {layer}: the captured {part}_proj moments were taken with other weights than the "
+                f"model's (captures of another model, or weights changed after capturing): capture them again"
             )
-            return None
-        eps = ctx.eps_rel * float(torch.diagonal(Ci).sum()) / Ci.shape[-1]
-        G = G + Co + eps * ctx.write_gram_part(layer, part)
-    return G
 
 
 @candidate(
@@ -82,19 +75,20 @@ def _corda_fast(ctx: BuildContext, layer: int) -> torch.Tensor | None:
     "adapter-family",
     "top-8 left singular vectors of [W_o·C_o^{1/2} | W_down·C_down^{1/2}], C = uncentred second moment "
     "E[xxᵀ] of that projection's inputs over clean FIT tokens, damped by ε·I",
-    needs=("mom_oproj", "mom_downproj"),
+    needs=("mom_oproj_out", "mom_downproj_out", "mom_oproj_diag", "mom_downproj_diag", "mom_writer_probe"),
     note="ε = 1e-3 · tr(C)/n (relative to the mean eigenvalue)",
     construction=(
-        "C over all real tokens of the clean FIT probes; where the captures hold the projections' "
-        "output moments E[yyᵀ] (= W·C·Wᵀ without a bias) the Gram is read from them, checked "
-        "against the weights"
+        "C over all real tokens of the clean FIT probes, read as the written moment W·C·Wᵀ the "
+        "captures hold (the outputs' own moments for a float32 model without bias, else the "
+        "inputs mapped through W in float64) and C's diagonal for ε: no d_ff × d_ff matrix"
     ),
 )
 def corda_write(ctx: BuildContext, layer: int) -> torch.Tensor:
-    G = _corda_fast(ctx, layer)
-    if G is None:
-        Co, Cd = ctx.captures.mom_oproj[layer], ctx.captures.mom_downproj[layer]
-        G = corda_gram(ctx.W(layer, "o"), Co, ctx.W(layer, "down"), Cd, ctx.eps_rel)
+    _check_writers(ctx, layer)
+    G = 0
+    for part in PARTS:
+        _, eps = _damping(ctx, layer, part)
+        G = G + getattr(ctx.captures, f"mom_{PARTS[part]}_out")[layer].to(torch.float64) + eps * ctx.write_gram_part(layer, part)
     return linalg.top_eigvecs(G, ctx.k)
 
 
@@ -103,13 +97,15 @@ def corda_write(ctx: BuildContext, layer: int) -> torch.Tensor:
     "W:write",
     "adapter-family",
     "top-8 left singular vectors of [W_o·diag(C_o)^{1/2} | W_down·diag(C_down)^{1/2}] (corda_write with diag(C))",
-    needs=("mom_oproj", "mom_downproj"),
+    needs=("mom_oproj_diag", "mom_downproj_diag"),
     note="ε = 1e-3 · tr(C)/n added to the diagonal",
     construction="C as in corda_write, only its diagonal",
 )
 def asvd_write(ctx: BuildContext, layer: int) -> torch.Tensor:
-    Co, Cd = ctx.captures.mom_oproj[layer], ctx.captures.mom_downproj[layer]
-    G = corda_gram(ctx.W(layer, "o"), Co, ctx.W(layer, "down"), Cd, ctx.eps_rel, diagonal=True)
+    G = 0
+    for part in PARTS:
+        c, eps = _damping(ctx, layer, part)
+        G = G + linalg.gram(ctx.W(layer, part) * (c.clamp(min=0) + eps).sqrt())
     return linalg.top_eigvecs(G, ctx.k)
 
 

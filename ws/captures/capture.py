@@ -22,8 +22,9 @@ Functions (all ``no_grad``; the passes and the recorder of each capture kind are
 - :func:`token_level`: persona± prompts aligned on their shared token suffix; token-level
   block outputs ``[L, n, T, d]`` and the final token's head-averaged attention row over the
   suffix ``[L, n, T]`` for each persona (eager attention, switched on for the pass).
-- :func:`input_second_moments`: uncentred ``E[xxᵀ]`` of the inputs to ``self_attn.o_proj``
-  and ``mlp.down_proj`` over all real tokens (and ``E[yyᵀ]`` of their outputs).
+- :func:`input_second_moments`: over all real tokens, the per-channel ``E[x²]`` of the inputs
+  to ``self_attn.o_proj`` and ``mlp.down_proj`` and their written moments ``W E[xxᵀ] Wᵀ``
+  (``[L, d, d]``; never a ``d_mlp × d_mlp`` matrix).
 - :func:`capture_all`: everything the candidate registry needs, with the fewest passes
   (one per prompt set and weight setting), as a :class:`Captures`.
 - :func:`block_io`, :func:`block_labels` (v8): block inputs and outputs at the last token,
@@ -56,6 +57,7 @@ from tqdm.auto import tqdm
 
 from ws.captures import recorders as rec
 from ws.core.cache import activation_cache_dir, cache_key, hash_code, hash_model, hash_tensors, load_entry, placement, save_entry
+from ws.core.device import module_weight
 from ws.core.linalg import blas_threads
 from ws.core.log import logger
 from ws.model.load import d_model, model_id
@@ -94,14 +96,19 @@ CAPTURE_FIELDS: dict[str, str] = {
     "tok_mask": "[n_fit, T] bool, real suffix positions",
     "pos_attn": "[L, n_fit, T] final token's head-averaged attention over the suffix, persona+",
     "neg_attn": "[L, n_fit, T] the same, persona−",
-    "mom_oproj": "[L, d_attn, d_attn] E[xxᵀ] of o_proj inputs, all real clean FIT tokens",
-    "mom_downproj": "[L, d_mlp, d_mlp] E[xxᵀ] of down_proj inputs, all real clean FIT tokens",
-    "mom_oproj_out": "[L, d, d] E[yyᵀ] of o_proj outputs (= W_o E[xxᵀ] W_oᵀ without bias), same tokens",
-    "mom_downproj_out": "[L, d, d] E[yyᵀ] of down_proj outputs, same tokens",
+    "mom_oproj_diag": "[L, d_attn] E[x²] per channel of o_proj inputs, all real clean FIT tokens",
+    "mom_downproj_diag": "[L, d_mlp] E[x²] per channel of down_proj inputs, same tokens",
+    "mom_oproj_out": "[L, d, d] W_o E[xxᵀ] W_oᵀ, the written second moment of o_proj (bias left out), same tokens",
+    "mom_downproj_out": "[L, d, d] W_down E[xxᵀ] W_downᵀ, the same for down_proj",
     "mom_n_tokens": "[1] number of tokens behind the second moments",
+    "mom_writer_probe": "[L, 2, d] W_o·u and W_down·u (fixed seeded u): the writer weights the moments belong to",
     "label_eval": "[L, n_eval, d] block outputs at θ+w minus θ−w, EVAL probes (hs_diff_B)",
     "label_fit": "[L, n_fit, d] the same on the clean FIT probes (for the activation ceiling)",
 }
+
+
+#: the second-moment captures (:func:`input_second_moments`)
+MOMENT_FIELDS = ("mom_oproj_diag", "mom_downproj_diag", "mom_oproj_out", "mom_downproj_out", "mom_n_tokens", "mom_writer_probe")
 
 
 @dataclass
@@ -125,11 +132,12 @@ class Captures:
     tok_mask: Bool[Tensor, "n_fit T"] | None = None
     pos_attn: Float[Tensor, "L n_fit T"] | None = None
     neg_attn: Float[Tensor, "L n_fit T"] | None = None
-    mom_oproj: Float[Tensor, "L d_attn d_attn"] | None = None
-    mom_downproj: Float[Tensor, "L d_mlp d_mlp"] | None = None
+    mom_oproj_diag: Float[Tensor, "L d_attn"] | None = None
+    mom_downproj_diag: Float[Tensor, "L d_mlp"] | None = None
     mom_oproj_out: Float[Tensor, "L d d"] | None = None
     mom_downproj_out: Float[Tensor, "L d d"] | None = None
     mom_n_tokens: Float[Tensor, 1] | None = None
+    mom_writer_probe: Float[Tensor, "L 2 d"] | None = None
     label_eval: Float[Tensor, "L n_eval d"] | None = None  # at +w minus at −w
     label_fit: Float[Tensor, "L n_fit d"] | None = None
     key: str = ""
@@ -231,7 +239,29 @@ def _forward_capture(
     if suffix_lens is not None and len(suffix_lens) != len(prompts):
         raise ValueError(f"{len(suffix_lens)} suffix lengths for {len(prompts)} prompts")
     flags = dict(resid=resid, embed=embed, up_in=up_in, up_written=up_written, moments=moments)
-    return rec.record(model, tok, prompts, batch_size, _recorders(model, suffix_lens=suffix_lens, **flags), pbar)
+    out = rec.record(model, tok, prompts, batch_size, _recorders(model, suffix_lens=suffix_lens, **flags), pbar)
+    if moments:
+        out["mom_writer_probe"] = writer_probe(model)
+    return out
+
+
+def probe_vector(n: int, which: int) -> Float[Tensor, " n"]:
+    """The fixed float64 Gaussian vector ``u`` of :func:`writer_probe` (``which``: 0 o_proj, 1 down_proj)."""
+    return torch.randn(n, generator=torch.Generator().manual_seed(which), dtype=torch.float64)
+
+
+def writer_probe(model: nn.Module) -> Float[Tensor, "L 2 d"]:
+    """``W_o·u_a`` and ``W_down·u_ff`` per layer (``u`` fixed seeded Gaussian vectors), float32:
+    a fingerprint of the writer weights the written moments were captured with, checked by the
+    builders that read them (a moment of other weights would silently give another basis)."""
+    rows = []
+    for l in range(len(rec.per_layer(model))):
+        pair = []
+        for seed, part in enumerate((".self_attn.o_proj", ".mlp.down_proj")):
+            W = module_weight(model.get_submodule(rec.per_layer(model, part)[l])).to("cpu", torch.float64)
+            pair.append(W @ probe_vector(W.shape[1], seed))
+        rows.append(torch.stack(pair))
+    return torch.stack(rows).float()
 
 
 def _recorders(
@@ -250,10 +280,27 @@ def _recorders(
     if suffix_lens is not None:
         recorders += [rec.SuffixOutputs(model, suffix_lens), rec.AttentionRows(model, suffix_lens)]
     if moments:
+        from_inputs = written_from_inputs(model)
         for key, part in (("mom_oproj", ".self_attn.o_proj"), ("mom_downproj", ".mlp.down_proj")):
             names = rec.per_layer(model, part)
-            recorders += [rec.SecondMoment(key, names, "input"), rec.SecondMoment(f"{key}_out", names, "output")]
+            recorders.append(rec.SecondMoment(f"{key}_diag", names, "input", "diag"))
+            if from_inputs:
+                weights = [module_weight(model.get_submodule(n)) for n in names]
+                recorders.append(rec.SecondMoment(f"{key}_out", names, "input", "written", weights))
+            else:
+                recorders.append(rec.SecondMoment(f"{key}_out", names, "output"))
     return recorders
+
+
+def written_from_inputs(model: nn.Module) -> bool:
+    """Whether the written moments ``W E[xxᵀ] Wᵀ`` must be formed from the projections' inputs:
+    when the model's outputs are rounded (bfloat16 / float16: the output moments then leave
+    ``W C Wᵀ`` by up to 5 % on the embedded model's massive-activation layers, measured) or
+    an ``o_proj`` / ``down_proj`` has a bias; otherwise they are the outputs' own moments."""
+    if next(model.parameters()).dtype not in (torch.float32, torch.float64):
+        return True
+    parts = (".self_attn.o_proj", ".mlp.down_proj")
+    return any(model.get_submodule(n).bias is not None for part in parts for n in rec.per_layer(model, part))
 
 
 # ----------------------------------------------------------------------------- public captures
@@ -307,15 +354,15 @@ def token_level(
 
 
 def input_second_moments(model: nn.Module, tok, prompts: Sequence[str], batch_size: int = 16) -> dict[str, torch.Tensor]:
-    """Uncentred second moments ``E[xxᵀ]`` over all real tokens of the inputs to
-    ``self_attn.o_proj`` (``mom_oproj [L, d_attn, d_attn]``) and ``mlp.down_proj``
-    (``mom_downproj [L, d_mlp, d_mlp]``), accumulated in float64 batch by batch, returned
-    as float32; ``mom_n_tokens`` = the token count. Also the second moments of the two
-    projections' OUTPUTS (``mom_oproj_out``, ``mom_downproj_out``, ``[L, d, d]``): without a
-    bias they equal ``W E[xxᵀ] Wᵀ`` and save the builders that product.
+    """The second moments the adapter-family candidates need, over all real tokens, summed in
+    float64 batch by batch and returned as float32: per input channel of ``self_attn.o_proj``
+    and ``mlp.down_proj``, ``E[x²]`` (``mom_oproj_diag [L, d_attn]``, ``mom_downproj_diag
+    [L, d_mlp]``), and the written moments ``W E[xxᵀ] Wᵀ`` (``mom_oproj_out``,
+    ``mom_downproj_out``, ``[L, d, d]``; :func:`written_from_inputs` says how they are read);
+    ``mom_n_tokens`` = the token count. No ``d_mlp × d_mlp`` matrix is ever formed.
     """
     r = _forward_capture(model, tok, prompts, batch_size, resid=False, moments=True)
-    return {k: r[k] for k in ("mom_oproj", "mom_downproj", "mom_oproj_out", "mom_downproj_out", "mom_n_tokens")}
+    return {k: r[k] for k in MOMENT_FIELDS}
 
 
 # ----------------------------------------------------------------------------- everything
@@ -377,11 +424,7 @@ def capture_all(
                 clean=r["resid"],
                 clean_embed=r["embed"],
                 clean_up_in=r["up_in"],
-                mom_oproj=r["mom_oproj"],
-                mom_downproj=r["mom_downproj"],
-                mom_oproj_out=r["mom_oproj_out"],
-                mom_downproj_out=r["mom_downproj_out"],
-                mom_n_tokens=r["mom_n_tokens"],
+                **{k: r[k] for k in MOMENT_FIELDS},
             )
             with eager_attention(model):
                 for side, prompts in (("pos", fit_pos), ("neg", fit_neg)):

@@ -13,8 +13,9 @@ tensors (float32, or bool for a mask).
 - :class:`SuffixOutputs`, :class:`AttentionRows`: block outputs ``[L, n, T, d]`` and the final
   token's head-averaged attention row ``[L, n, T]`` over each prompt's shared suffix, with its
   mask ``[n, T]`` (the token axis right-aligned on the last real token; see :mod:`ws.captures.capture`).
-- :class:`SecondMoment`: uncentred ``E[xxᵀ]`` of a module's input or output over all real
-  tokens, ``[L, d', d']`` (summed in float64, float32 at the end), and the token count.
+- :class:`SecondMoment`: an uncentred second moment of a module's input or output over all
+  real tokens: ``E[xxᵀ]`` ``[L, d', d']``, its diagonal ``[L, d']``, or the written moment
+  ``W E[xxᵀ] Wᵀ`` ``[L, d, d]`` (summed in float64, float32 at the end), and the token count.
 
 :func:`record` runs the batched forward passes of the decoder stack (no lm_head) with every
 recorder hooked in: output hooks run during the pass; inputs are retained (detached) and
@@ -238,14 +239,31 @@ class AttentionRows(_OverSuffix):
 
 
 class SecondMoment(Recorder):
-    """``key``: uncentred ``E[xxᵀ]`` of each module's input (or output) over all real tokens,
-    ``[L, d', d']``, summed in float64 batch by batch and float32 at the end; also
-    ``mom_n_tokens [1]``, the number of tokens (the same for every moment of a pass)."""
+    """``key``: an uncentred second moment of each module's input (or output) over all real
+    tokens, summed in float64 batch by batch and float32 at the end; also ``mom_n_tokens [1]``,
+    the number of tokens (the same for every moment of a pass). ``kind``:
 
-    def __init__(self, key: str, names: Sequence[str], reads: Literal["output", "input"]):
+    - ``"full"``: ``E[xxᵀ]``, ``[L, d', d']``;
+    - ``"diag"``: its diagonal ``E[x²]`` per channel, ``[L, d']`` (never the ``d' × d'`` matrix:
+      for ``down_proj``'s input that is ``d_ff × d_ff`` per layer, 49 GiB in float64 at 8B);
+    - ``"written"``: ``E[(Wx)(Wx)ᵀ] = W E[xxᵀ] Wᵀ`` of the module's input ``x`` and its weight
+      ``W`` (``weights[l]``, bias left out), ``[L, d, d]``: the input mapped through ``W`` in
+      float64 on the input's device, for a model whose outputs are rounded (bfloat16) or biased.
+    """
+
+    def __init__(
+        self,
+        key: str,
+        names: Sequence[str],
+        reads: Literal["output", "input"],
+        kind: Literal["full", "diag", "written"] = "full",
+        weights: Sequence[Tensor] | None = None,
+    ):
         super().__init__(names)
-        self.key, self.reads = key, reads
-        self.sums: list[Float[Tensor, "d_ d_"] | None] = [None] * len(self.names)
+        if kind == "written" and (reads != "input" or weights is None or len(weights) != len(self.names)):
+            raise ValueError("a 'written' moment reads the modules' inputs and needs one weight per module")
+        self.key, self.reads, self.kind, self.weights = key, reads, kind, weights
+        self.sums: list[Tensor | None] = [None] * len(self.names)
         self.n_tok = 0
 
     def new_batch(self, b: Batch) -> None:
@@ -254,8 +272,13 @@ class SecondMoment(Recorder):
 
     def hook(self, l: int, x: Any) -> None:
         y = untuple(x)
-        y = y[self.b.real.to(y.device)].to("cpu", torch.float64)  # [N, d']
-        g = y.T @ y
+        y = y[self.b.real.to(y.device)]  # [N, d']
+        if self.kind == "written":
+            z = y.to(torch.float64) @ self.weights[l].detach().to(y.device, torch.float64).T  # [N, d]
+            g = (z.T @ z).cpu()
+        else:
+            y = y.to("cpu", torch.float64)
+            g = (y * y).sum(dim=0) if self.kind == "diag" else y.T @ y
         self.sums[l] = g if self.sums[l] is None else self.sums[l].add_(g)
 
     def finalise(self) -> dict[str, Tensor]:
