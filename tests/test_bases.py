@@ -614,3 +614,32 @@ def corda_matrix(
     ho, _, _ = la.psd_sqrt(C_o, eps_rel)
     hd, _, _ = la.psd_sqrt(C_down, eps_rel)
     return torch.cat([W_o.to(torch.float64) @ ho, W_down.to(torch.float64) @ hd], dim=1)
+
+
+def test_the_build_holds_one_layers_grams_at_a_time_and_equals_a_candidate_by_candidate_build(tiny_qwen3, built):
+    """build_all goes layer by layer (last first), freeing each layer's d × d Grams when it moves
+    on: at no time do the intermediates of more than two layers live (the one built, and one
+    added into the downstream running sum); every basis equals a candidate-by-candidate build's
+    exactly (the same arithmetic in another order)."""
+    from ws.bases import registry
+
+    model, cap, deltas, bases, _ = built
+    seen: list[int] = []
+
+    class Counting(registry.BuildContext):
+        def memo(self, key, fn):
+            out = super().memo(key, fn)
+            layers = {k[1] for k in self._memo if isinstance(k, tuple) and k[0] in registry.PER_LAYER_MEMO}
+            seen.append(len(layers))
+            return out
+
+    ctx = Counting(model, cap, deltas, cap.label_fit, k=K, k_broad=K_BROAD)
+    registry._build_layer_by_layer(ctx, list(bases), progress=False)
+    assert seen and max(seen) <= 2, max(seen)
+    assert ctx.L >= 3, "the bound means something only with more layers than it"
+    plain = registry.BuildContext(model, cap, deltas, cap.label_fit, k=K, k_broad=K_BROAD)
+    for n in bases:  # candidate by candidate, every layer of each in turn
+        for l, B in enumerate(plain.bases_of(n)):
+            assert (B is None) == (bases[n][l] is None), (n, l)
+            if B is not None:
+                assert torch.equal(B.to(torch.float32), bases[n][l]), (n, l)

@@ -194,12 +194,20 @@ def n_params(s: Shape, layers: int | None = None) -> int:
     return (layers or s.layers) * layer_params(s) + s.vocab * s.d * (1 if s.tied else 2) + s.d
 
 
+#: ``d × d`` float64 matrices the candidate build holds at once: two layers' intermediates (about
+#: eight each: the read and write Grams, their sums) while it goes layer by layer
+#: (:meth:`ws.bases.registry.BuildContext.at_layer`), and about six sums over layers (lm_head's
+#: Gram and eigenvectors, the global read and write Grams, the downstream running sum)
+GRAMS_HELD = 2 * 8 + 6
+
+
 def memory_estimate(s: Shape, layers: int | None = None, on_gpu: bool = False) -> dict[str, float]:
     """Host memory of one run from its arithmetic, GiB (an estimate; the JSON puts the measured
     peak beside it). The large parts: the float32 weights (on the host unless ``on_gpu``) and
     the diff; the second moments of the o_proj / down_proj inputs (their diagonals) and outputs, ``L·(a + ff +
     2d²)`` values summed in float64 and converted to float32 layer by layer (8 bytes a value at
-    the end of the capture, 4 kept); the candidate builder's per-layer float64 Grams (about eight ``d × d``);
+    the end of the capture, 4 kept); the candidate builder's float64 ``d × d`` Grams (:data:`GRAMS_HELD`: two
+    layers' at a time, since the build goes layer by layer, and the sums over layers);
     the lens's float64 SVDs of the touched weights (its cache, at most :data:`ws.stats.lens.SVD_CACHE_BYTES`,
     and one SVD past it); the training step's bfloat16 copies."""
     L = layers or s.layers
@@ -213,7 +221,7 @@ def memory_estimate(s: Shape, layers: int | None = None, on_gpu: bool = False) -
     lens = min(touched * sum(per_tensor), SVD_CACHE_BYTES) + max(per_tensor)  # the cache, and one SVD past it
     phases = {
         "captures": weights + diff + 8 * moments,
-        "build": weights + diff + 4 * moments + 64 * L * s.d * s.d + lens,
+        "build": weights + diff + 4 * moments + 8 * GRAMS_HELD * s.d * s.d + lens,
         "train_step": weights + lens + (0 if on_gpu else 2 * P),
     }
     out = {k: v / GIB + 0.5 for k, v in phases.items()}  # + the interpreter, torch, the tokenizer

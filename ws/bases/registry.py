@@ -150,6 +150,11 @@ _ATTN = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj"}
 _MLP = {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
 
 
+#: memo kinds keyed ``(kind, layer, …)``: one layer's intermediates, freed when the build moves on
+PER_LAYER_MEMO = ("read", "write", "downstream_read")
+_UNBUILT = object()  # a per-layer basis not built yet
+
+
 class BuildContext:
     """Weights (float64, on demand), captures and shared cached intermediates for the builders.
 
@@ -202,6 +207,8 @@ class BuildContext:
         self.rot_dim = int(rot_dim)
         self._memo: dict = {}
         self._bases: dict[str, list] = {}
+        self._layer: int | None = None  # the layer being built (build_all): its intermediates are kept
+        self._down: tuple[int, torch.Tensor] | None = None  # downstream_gram's running sum
 
     # ------------------------------------------------------------------ caching
     def memo(self, key, fn: Callable):
@@ -212,6 +219,19 @@ class BuildContext:
     def clear(self) -> None:
         self._memo.clear()
         self._bases.clear()
+        self._down = None
+
+    def at_layer(self, layer: int | None) -> None:
+        """Build ``layer`` next: every per-layer intermediate of the other layers (their ``d × d``
+        Grams) is freed, so a build holds one layer's float64 work at a time (:func:`build_all`)."""
+        self._layer = layer
+        self.free_layers()
+
+    def free_layers(self) -> None:
+        """Free the per-layer intermediates (keys ``(kind, layer, …)`` of :data:`PER_LAYER_MEMO`)
+        of every layer but the one being built."""
+        for key in [k for k in self._memo if isinstance(k, tuple) and k[0] in PER_LAYER_MEMO and k[1] != self._layer]:
+            del self._memo[key]
 
     # ------------------------------------------------------------------ availability
     def available(self, need: str) -> bool:
@@ -294,8 +314,16 @@ class BuildContext:
 
         return self.memo(("lm_read", k), build)
 
+    def _layer_sum(self, gram: Callable[[int], torch.Tensor]) -> torch.Tensor:
+        """``Σ_l gram(l)`` over every layer, each layer's intermediates freed once added."""
+        acc = 0
+        for l in range(self.L):
+            acc = acc + gram(l)
+            self.free_layers()
+        return acc
+
     def global_read_gram(self) -> torch.Tensor:
-        return self.memo("global_read_gram", lambda: sum(self.read_gram(l) for l in range(self.L)) + self.lm_gram())
+        return self.memo("global_read_gram", lambda: self._layer_sum(self.read_gram) + self.lm_gram())
 
     def global_read(self, k: int) -> torch.Tensor:
         """Top-``k`` eigenvectors of Σ read Grams + lm_headᵀlm_head (``k ≤ k_broad``)."""
@@ -304,24 +332,26 @@ class BuildContext:
         return top[:, :k]
 
     def global_write_gram(self) -> torch.Tensor:
-        return self.memo("global_write_gram", lambda: sum(self.write_gram(l) for l in range(self.L)))
+        return self.memo("global_write_gram", lambda: self._layer_sum(self.write_gram))
+
+    def downstream_gram(self, layer: int) -> torch.Tensor:
+        """lm_headᵀlm_head + the read Grams of all layers after ``layer``, ``[d, d]``: one running
+        sum, added from the last layer down (cheapest when layers are asked for in descending
+        order, as :func:`build_all` does; a later layer than the last one asked restarts it). The
+        tensor returned is the running sum itself: valid until the next call."""
+        if self._down is None or self._down[0] < layer:
+            self._down = (self.L - 1, self.lm_gram().clone())
+        m, acc = self._down
+        while m > layer:
+            acc += self.read_gram(m)
+            self.free_layers()
+            m -= 1
+        self._down = (m, acc)
+        return acc
 
     def downstream_read(self, layer: int) -> torch.Tensor:
-        """Top-``k_broad`` eigenspace of lm_headᵀlm_head + the read Grams of all later layers."""
-
-        def grams():
-            out = [None] * self.L
-            acc = self.lm_gram().clone()
-            for l in range(self.L - 1, -1, -1):
-                out[l] = acc.clone()
-                acc += self.read_gram(l)
-            return out
-
-        def build():
-            G = self.memo("downstream_grams", grams)[layer]
-            return linalg.top_eigvecs(G, self.k_broad)
-
-        return self.memo(("downstream_read", layer), build)
+        """Top-``k_broad`` eigenspace of :meth:`downstream_gram`."""
+        return self.memo(("downstream_read", layer), lambda: linalg.top_eigvecs(self.downstream_gram(layer), self.k_broad))
 
     def bos_embedding(self) -> torch.Tensor:
         """Input embedding of the BOS token (EOS if the model has no BOS), float64 ``[d]``."""
@@ -355,21 +385,24 @@ class BuildContext:
 
     # ------------------------------------------------------------------ other candidates
     def basis(self, name: str, layer: int) -> torch.Tensor | None:
-        """Another candidate's basis at ``layer`` (float64), built on first use and cached."""
-        return self.bases_of(name)[layer]
-
-    def bases_of(self, name: str) -> list:
+        """A candidate's basis at ``layer`` (float64), built on first use (that layer only) and cached."""
         if name not in self._bases:
             cand = REGISTRY[name]
             missing = [n for n in cand.needs if not self.available(n)]
             if missing:
                 raise ValueError(f"candidate {name!r} needs {missing}, which were not given")
-            if cand.per_layer:
-                self._bases[name] = [cand.fn(self, l) for l in range(self.L)]
-            else:
-                B = cand.fn(self)
-                self._bases[name] = [B] * self.L
-        return self._bases[name]
+            if not cand.per_layer:
+                self._bases[name] = [cand.fn(self)] * self.L
+                return self._bases[name][layer]
+            self._bases[name] = [_UNBUILT] * self.L
+        row = self._bases[name]
+        if row[layer] is _UNBUILT:
+            row[layer] = REGISTRY[name].fn(self, layer)
+        return row[layer]
+
+    def bases_of(self, name: str) -> list:
+        """A candidate's bases at every layer (float64)."""
+        return [self.basis(name, l) for l in range(self.L)]
 
 
 # ----------------------------------------------------------------------------- build
@@ -546,6 +579,23 @@ def _save_weight_bases(path, bases: Mapping[str, list]) -> None:
         save_entry(path, tensors, path.stem)
 
 
+def _build_layer_by_layer(ctx: BuildContext, todo: Sequence[str], progress: bool) -> dict[str, float]:
+    """Build ``todo``: the one-basis candidates first, then every per-layer candidate at one
+    layer, last layer first, before the next layer, each layer's ``d × d`` Grams freed when the
+    build moves on (:meth:`BuildContext.at_layer`). Returns seconds per candidate."""
+    timings = dict.fromkeys(todo, 0.0)
+    per = [n for n in todo if REGISTRY[n].per_layer]
+    steps = [(n, 0) for n in todo if not REGISTRY[n].per_layer] + [(n, l) for l in reversed(range(ctx.L)) for n in per]
+    for n, l in tqdm(steps, desc="build candidates", disable=not progress, leave=False):
+        if REGISTRY[n].per_layer and ctx._layer != l:
+            ctx.at_layer(l)
+        t0 = time.perf_counter()
+        ctx.basis(n, l)
+        timings[n] += time.perf_counter() - t0
+    ctx.at_layer(None)
+    return timings
+
+
 def _build_all(
     model,
     captures,
@@ -604,8 +654,8 @@ def _build_all(
 
     bases: dict[str, list[torch.Tensor | None]] = {}
     ranks: dict[str, list] = {}
-    timings: dict[str, float] = {}
-    for n in tqdm(todo, desc="build candidates", disable=not progress, leave=False):
+    timings = _build_layer_by_layer(ctx, todo, progress)
+    for n in todo:
         t0 = time.perf_counter()
         cand = REGISTRY[n]
         raw = ctx.bases_of(n)
@@ -617,7 +667,7 @@ def _build_all(
             out = [B32] * ctx.L
         bases[n] = out
         ranks[n] = [None if B is None else int(B.shape[1]) for B in out]
-        timings[n] = time.perf_counter() - t0
+        timings[n] += time.perf_counter() - t0
         short = [(l, r) for l, r in enumerate(ranks[n]) if r is not None and r < mr]
         if short:
             if not cand.per_layer:
