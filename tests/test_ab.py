@@ -307,21 +307,26 @@ def test_long_prompt_examples_train_at_the_fitted_length_where_160_refused_them(
     assert fitted.max_len > 300 and len(losses) == 2 and all(math.isfinite(x) for x in losses)
 
 
-def test_repeated_questions_are_kept_once_with_a_warning_and_never_straddle_the_split(tmp_path):
+def _warned(fn):
+    """``(fn(), the warnings logged while it ran)``."""
     from ws.core.log import logger
 
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="WARNING")
+    try:
+        return fn(), lines
+    finally:
+        logger.remove(sink)
+
+
+def test_repeated_questions_are_kept_once_with_a_warning_and_never_straddle_the_split(tmp_path):
     items = _ab_items(30)
     doubled = [items[i] for i in (1, 4, 9, 16, 25)]  # 5 repeats
     rows = items + doubled + [items[7]] * 59  # and item 7 appears 60 times
     rng = np.random.default_rng(0)
     rows = [rows[0]] + [rows[i] for i in 1 + rng.permutation(len(rows) - 1)]
     p = _write_jsonl(tmp_path / "repeats.jsonl", rows)
-    lines: list[str] = []
-    sink = logger.add(lambda m: lines.append(str(m)), level="WARNING")
-    try:
-        b = behavior.load(p)
-    finally:
-        logger.remove(sink)
+    b, lines = _warned(lambda: behavior.load(p))
     assert len(b.items) == 30 and len({t.question for t in b.items}) == 30
     assert any("64 repeated item(s) removed, 30 distinct questions kept of 94 items" in ln for ln in lines), lines
     assert any("appears 60 times" in ln for ln in lines), lines
@@ -382,18 +387,11 @@ def test_an_items_missing_key_a_list_line_and_a_third_label_are_named_by_line(tm
 
 # ----------------------------------------------------------------------------- large datasets
 def test_a_large_set_is_cut_to_ws_max_items_whole_groups_seeded_and_the_built_ins_are_not(tmp_path):
-    from ws.core.log import logger
-
     syc = behavior.get("sycophancy")
     assert behavior.cap_items(syc, behavior.MAX_ITEMS_PER_SET) is syc, "a built-in behaviour is never cut"
     assert max(map(len, data.heldout_sets(0, behavior="sycophancy").values())) <= behavior.MAX_ITEMS_PER_SET
     path = _write_jsonl(tmp_path / "big-ab.jsonl", _ab_items(300))
-    lines: list[str] = []
-    sink = logger.add(lambda m: lines.append(str(m)), level="WARNING")
-    try:
-        b = behavior.load(path)
-    finally:
-        logger.remove(sink)
+    b, lines = _warned(lambda: behavior.load(path))
     assert len(b.items) == behavior.MAX_ITEMS_PER_SET == 120 and b.capped_from == {"ab": 300}
     assert any("uses 120 of them" in ln and "WS_MAX_ITEMS=300 to use all" in ln for ln in lines), lines
     again = behavior.cap_items(behavior.load(path, max_items=300), 120)
