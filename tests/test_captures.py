@@ -194,6 +194,20 @@ def test_token_level_aligned_on_shared_suffix(model_tok, side):
     assert float(att.min()) >= 0 and float(att.sum(-1).max()) <= 1 + 1e-5  # a part of a softmax row
 
 
+def test_a_suffix_longer_than_the_window_keeps_its_last_tokens(tiny_llama, monkeypatch):
+    """Known answer: with a window of 4 tokens the captures are the last 4 positions of the
+    whole-suffix captures, exactly; a suffix under the window is kept whole."""
+    model, tok = tiny_llama
+    pos, neg = _prompts(tok, SYS_POS), _prompts(tok, SYS_NEG)
+    whole = capture.token_level(model, tok, pos, neg, batch_size=3)
+    assert capture.TOKEN_WINDOW >= max(capture.shared_suffix_lengths(tok, pos, neg)), "the test prompts fit the window"
+    monkeypatch.setattr(capture, "TOKEN_WINDOW", 4)
+    cut = capture.token_level(model, tok, pos, neg, batch_size=3)
+    assert cut["pos_tok"].shape[2] == 4 and bool(cut["tok_mask"].all())
+    for k in ("pos_tok", "neg_tok", "pos_attn", "neg_attn"):
+        assert torch.equal(cut[k], whole[k][:, :, -4:]), k
+
+
 def test_token_level_switches_to_eager_and_back(tiny_llama):
     model, tok = tiny_llama
     pos, neg = _prompts(tok, SYS_POS)[:2], _prompts(tok, SYS_NEG)[:2]

@@ -34,7 +34,9 @@ Suffix alignment (token level): the persona+ and persona− renderings of a prob
 in the system prompt, so their token ids share a suffix (the user turn and the generation
 prompt, plus any tokens at the end of the system turn the two happen to share, such as its
 end-of-turn marker). The suffix used is the LONGEST common suffix of the two token-id
-sequences. Different probes have different suffix lengths: the token axis is RIGHT-aligned
+sequences, of which at most the last :data:`TOKEN_WINDOW` (128) tokens are kept (every
+shipped behaviour's suffix is shorter; a long-prompt dataset's is cut to its last 128
+tokens). Different probes have different suffix lengths: the token axis is RIGHT-aligned
 on the final token (index ``T − 1`` is always the last real token) and padded at the front;
 ``tok_mask [n, T]`` says which positions are real. Padded positions hold zeros. The attention
 row is the final token's softmax row restricted to the suffix positions, NOT renormalised
@@ -72,6 +74,8 @@ __all__ = [
     "up_proj_written",
     "token_level",
     "shared_suffix_lengths",
+    "suffix_window",
+    "TOKEN_WINDOW",
     "input_second_moments",
     "capture_all",
     "eager_attention",
@@ -213,6 +217,19 @@ def shared_suffix_lengths(tok, prompts_pos: Sequence[str], prompts_neg: Sequence
     return out
 
 
+#: the most tokens of each prompt's shared suffix the token-level captures keep (its last ones):
+#: the shipped behaviours' suffixes are at most 69 tokens with the embedded model's tokenizer, so
+#: they are kept whole; a long-prompt dataset's (persona bios of ~380 tokens) would otherwise
+#: hold ``[L, n, 380, d]`` per persona, twice over in the builder's float64 copies
+TOKEN_WINDOW = 128
+
+
+def suffix_window(tok, prompts_pos: Sequence[str], prompts_neg: Sequence[str]) -> list[int]:
+    """The token positions the token-level captures keep per prompt: the shared suffix
+    (:func:`shared_suffix_lengths`), at most its last :data:`TOKEN_WINDOW` tokens."""
+    return [min(s, TOKEN_WINDOW) for s in shared_suffix_lengths(tok, prompts_pos, prompts_neg)]
+
+
 def _n_batches(n: int, bs: int) -> int:
     return math.ceil(n / bs) if n else 0
 
@@ -336,10 +353,11 @@ def token_level(
     """Token-level block outputs and final-token attention rows over the shared suffix.
 
     Returns ``pos_tok, neg_tok [L, n, T, d]``, ``pos_attn, neg_attn [L, n, T]``,
-    ``tok_mask [n, T]`` (bool) and ``suffix_len [n]``; ``T`` = the longest suffix, the token
-    axis right-aligned on the final token (see the module doc).
+    ``tok_mask [n, T]`` (bool) and ``suffix_len [n]``; ``T`` = the longest suffix (at most
+    :data:`TOKEN_WINDOW`: :func:`suffix_window`), the token axis right-aligned on the final
+    token (see the module doc).
     """
-    sl = shared_suffix_lengths(tok, prompts_pos, prompts_neg)
+    sl = suffix_window(tok, prompts_pos, prompts_neg)
     with eager_attention(model):
         p = _forward_capture(model, tok, prompts_pos, batch_size, resid=False, suffix_lens=sl)
         q = _forward_capture(model, tok, prompts_neg, batch_size, resid=False, suffix_lens=sl)
@@ -414,7 +432,7 @@ def capture_all(
     key = captures_key(model, fit_clean, fit_pos, fit_neg, eval_prompts, w)
 
     def build() -> dict[str, torch.Tensor]:
-        sl = shared_suffix_lengths(tok, fit_pos, fit_neg)
+        sl = suffix_window(tok, fit_pos, fit_neg)
         nb = lambda p: _n_batches(len(p), batch_size)  # noqa: E731
         total = 3 * nb(fit_clean) + 2 * nb(fit_pos) + 2 * nb(eval_prompts)
         out: dict[str, torch.Tensor] = {}
