@@ -289,3 +289,33 @@ def test_make_monitor_screens_the_smoke_runs_diff_against_its_carrier(smoke_swee
     assert t["row"].to_list()[-1] == "overall" and set(t["layer"].drop_nulls()) <= set(sub.layers)
     again = run_make(repo, "monitor", base=tmp_path, WS_SUBSPACE=str(carrier))
     assert again.returncode != 0 and "ScreeningExistsError" in again.stderr
+
+
+def test_a_screening_into_a_locked_out_stops_first_with_one_line(tmp_path, monkeypatch, capsys):
+    """The run lock is taken before the model loads, as in every run of the suite, and ``make
+    monitor`` prints the refusal in one line (exit 2), not a traceback."""
+    import subprocess
+    import sys
+
+    from test_config import _HOLD, ROOT
+
+    out = tmp_path / "out"
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)  # read after the lock: never reached here
+    env = {
+        "WS_SMOKE": "1",
+        "WS_OUT": str(out),
+        "WS_LOGS": str(tmp_path / "logs"),
+        "WS_SUBSPACE": str(tmp_path / "junk.safetensors"),
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert M.main() == 2
+    finally:
+        holder.communicate("\n", timeout=60)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("RunLockedError: another run is writing into"), err

@@ -50,7 +50,7 @@ from torch import nn
 from ws.config import BY_NAME, Config, ConfigError, from_env, import_label
 from ws.core.caveats import MONITOR_ALPHA, MONITOR_MIN_RATIO, MONITOR_ORTH_TOL
 from ws.core.caveats import SMOKE as SMOKE_CAVEAT
-from ws.core.io import check_writable, hold_run_lock, staged_files, write_staged
+from ws.core.io import OutputNotWritableError, RunLockedError, check_writable, hold_run_lock, staged_files, write_staged
 from ws.core.linalg import blas_threads, f64, orthonormality_error
 from ws.core.log import logger, setup_logging
 from ws.core.markdown import fmt_num, pct
@@ -554,12 +554,12 @@ def run(env: Mapping[str, str] | None = None) -> tuple[MonitorResult, list[Path]
     check_writable(cfg.out_root, "WS_OUT")
     check_writable(cfg.logs_root, "WS_LOGS")
     setup_logging("monitor", cfg.logs_root)
+    hold_run_lock(cfg.out_root, "monitor")  # before any work, as every run of the suite
     model, _tok = load_model(cfg.model, **cfg.model_kwargs())
     sub = read_subspace(cfg.subspace, model)
     w, label, caveats = load_screened(cfg, folders, model)
     folder = monitor_dir(cfg, sub, label)
     check_free(folder, cfg.rebuild)
-    hold_run_lock(cfg.out_root, "monitor")
     if cfg.smoke:
         caveats = [*caveats, SMOKE_CAVEAT]
     r = monitor(model, w, sub, label=f"`{label}`", caveats=caveats)
@@ -574,7 +574,16 @@ def main(argv: list[str] | None = None) -> int:
     (``WS_ADAPTER``, ``WS_SEED``). Prints the conclusion; a refusal prints one line, exit 2."""
     try:
         r, written = run()
-    except (ConfigError, SubspaceFileError, ScreeningExistsError, imports.ImportRefused, FileNotFoundError, ValueError) as e:
+    except (
+        ConfigError,
+        SubspaceFileError,
+        ScreeningExistsError,
+        imports.ImportRefused,
+        RunLockedError,
+        OutputNotWritableError,
+        FileNotFoundError,
+        ValueError,
+    ) as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return 2
     print(r.conclusion)
