@@ -319,3 +319,22 @@ def test_a_screening_into_a_locked_out_stops_first_with_one_line(tmp_path, monke
         holder.communicate("\n", timeout=60)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("RunLockedError: another run is writing into"), err
+
+
+def test_a_trained_diff_of_another_behaviour_gets_a_folder_of_its_own(tiny_llama, tmp_path):
+    """Screening the refusal diff of seed 0 against a sycophancy subspace writes
+    ``monitor/refusal-lora-seed0``, never the sycophancy seed-0 diff's ``monitor/lora-seed0``."""
+    from ws.diffs.store import diff_path, save_diff
+
+    model, _tok = tiny_llama
+    gen = torch.Generator().manual_seed(6)
+    sub = write_subspace(tmp_path / "s.safetensors", {1: haar(64, 4, gen)}, model="tiny-llama")
+    env = {"WS_SMOKE": "1", "WS_OUT": str(tmp_path / "out"), "WS_LOGS": str(tmp_path / "logs"), "WS_SUBSPACE": str(sub)}
+    params = dict(model.named_parameters())
+    for behavior in ("refusal", "sycophancy"):
+        w = {k: torch.randn(v.shape, generator=gen) for k, v in params.items() if k.endswith("1.mlp.down_proj.weight")}
+        save_diff(w, diff_path(behavior, "lora", 0, tmp_path / "out", model="tiny-llama"), {"model": "tiny-llama"})
+    _, ref = M.run({**env, "WS_BEHAVIOR": "refusal"})
+    _, syc = M.run({**env, "WS_BEHAVIOR": "sycophancy"})
+    assert ref[0].parent.name == "refusal-lora-seed0" and syc[0].parent.name == "lora-seed0"
+    assert ref[0].parent.parent == syc[0].parent.parent, "both beside the subspace's own v8 folder"

@@ -558,6 +558,8 @@ def run(env: Mapping[str, str] | None = None) -> tuple[MonitorResult, list[Path]
     model, _tok = load_model(cfg.model, **cfg.model_kwargs())
     sub = read_subspace(cfg.subspace, model)
     w, label, caveats = load_screened(cfg, folders, model)
+    if not folders and cfg.behavior != sub.meta.get("behavior"):
+        label = f"{cfg.behavior}-{label}"  # another behaviour's trained diff: never the source's own folder name
     folder = monitor_dir(cfg, sub, label)
     check_free(folder, cfg.rebuild)
     if cfg.smoke:
