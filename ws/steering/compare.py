@@ -42,7 +42,7 @@ from ws.config import Config
 from ws.core.bootstrap import mean_ci, percentile_interval, resample
 from ws.core.columns import CEILING_W
 from ws.core.linalg import blas_threads
-from ws.core.log import logger
+from ws.core.log import logger, progress
 from ws.core.markdown import pct
 from ws.diffs.budget import MAX_ALPHA, BudgetNotReached, KLCurve, bisect_budget, mean_kl, neutral_set
 from ws.diffs.completions import generate_completions
@@ -519,7 +519,7 @@ def _head_to_head(cfg, model, tok, w, diff_meta, seed, methods, completions) -> 
     base_lr = reader.base()
     results = []
     with torch.no_grad():
-        for m in methods:
+        for m in progress(methods, "steering: methods at the KL budget"):
             r = measure(reader, m, cfg.kl_budget, b.target)
             results.append(r)
             a = "no α" if math.isnan(r.alpha) else f"α = {r.alpha:.4g}"

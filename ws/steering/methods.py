@@ -27,6 +27,7 @@ import numpy as np
 from torch import Tensor, nn
 
 from ws.captures.capture import block_outputs
+from ws.core.log import progress
 from ws.core.markdown import fmt_num, layers_text
 from ws.model.fast_readout import FastReadout, first_block
 from ws.model.load import n_layers
@@ -168,7 +169,7 @@ def pick_layer(
         model, tok, {"fit": list(fit_texts)}, 0, batch_size, answers=answers, signs_by_set={"fit": list(signs)} if signs else None
     )
     spreads = []
-    for l in range(vectors.shape[0]):
+    for l in progress(range(vectors.shape[0]), "steering: picking the contrastive vector's block"):
         lr = {}
         for sign in (1, -1):
             with activation_steer(model, {l: vectors[l]}, sign * alpha):
