@@ -442,3 +442,18 @@ def test_the_synthetic_long_ab_file_has_the_stated_layout_repeats_and_lengths(tm
     assert b.capped_from == {"ab": 297} and len(b.items) == 120 and b.direction == 1
     with pytest.raises(SystemExit):
         synthetic_ab.main([str(path)])  # never writes over a file
+
+
+def test_a_built_in_name_means_the_shipped_file_after_a_copy_was_resolved(tmp_path):
+    """Resolving a byte-identical copy of a built-in (allowed) must not make the name point at the
+    copy: once the copy is gone, the name still loads the shipped file (a cap registered with
+    it is kept per name)."""
+    shipped = behavior.behaviors_dir() / "refusal.json"
+    copy = tmp_path / "elsewhere" / "refusal.json"
+    copy.parent.mkdir()
+    copy.write_bytes(shipped.read_bytes())
+    assert behavior.resolve(copy) == "refusal"
+    copy.unlink()
+    assert behavior.get("refusal").source == str(shipped.resolve())
+    assert behavior.resolve("refusal", max_items=6) == "refusal" and len(behavior.get("refusal").items) <= 18
+    assert behavior.resolve("refusal") == "refusal" and behavior.get("refusal").capped_from == {}

@@ -635,8 +635,16 @@ def load(path: str | Path, max_items: int = MAX_ITEMS_PER_SET) -> Behavior:
     return b
 
 
-#: behaviour files registered by :func:`resolve`: ``{name: (path, max_items)}``
-_REGISTERED: dict[str, tuple[Path, int]] = {}
+#: behaviour files registered by :func:`resolve`: ``{name: path}`` (a built-in name always
+#: means the shipped file, whatever else was registered under it)
+_REGISTERED: dict[str, Path] = {}
+#: the items per set (``WS_MAX_ITEMS``) each behaviour name was resolved with
+_CAPS: dict[str, int] = {}
+
+
+def _shipped(name: str) -> Path:
+    d = behaviors_dir()
+    return next(d / f"{name}{s}" for s in SUFFIXES if (d / f"{name}{s}").exists())
 
 
 def get(behavior: str | Path | Behavior | None = None) -> Behavior:
@@ -646,11 +654,10 @@ def get(behavior: str | Path | Behavior | None = None) -> Behavior:
     if isinstance(behavior, Behavior):
         return behavior
     key = DEFAULT if behavior is None else str(behavior)
-    if key in _REGISTERED:
-        return load(*_REGISTERED[key])
     if key in builtin_names():
-        d = behaviors_dir()
-        return load(next(d / f"{key}{s}" for s in SUFFIXES if (d / f"{key}{s}").exists()))
+        return load(_shipped(key), _CAPS.get(key, MAX_ITEMS_PER_SET))
+    if key in _REGISTERED:
+        return load(_REGISTERED[key], _CAPS.get(key, MAX_ITEMS_PER_SET))
     p = Path(key)
     if p.suffix in SUFFIXES or p.exists():
         return load(p)
@@ -667,9 +674,9 @@ def resolve(value: str | Path, base: Path | None = None, max_items: int = MAX_IT
     the run can pass the name around. Raises :class:`BehaviorError`."""
     v = str(value).strip()
     if v in builtin_names():
-        p = next(behaviors_dir() / f"{v}{s}" for s in SUFFIXES if (behaviors_dir() / f"{v}{s}").exists())
+        p = _shipped(v)
     elif v in _REGISTERED:
-        p = _REGISTERED[v][0]
+        p = _REGISTERED[v]
     else:
         p = Path(v).expanduser()
         if not p.is_absolute() and base is not None:
@@ -680,5 +687,7 @@ def resolve(value: str | Path, base: Path | None = None, max_items: int = MAX_IT
                 f"or the path of a behaviour file ({', '.join(SUFFIXES)})"
             )
     b = load(p, max_items)
-    _REGISTERED[b.name] = (p.resolve(), max_items)
+    if b.name not in builtin_names():
+        _REGISTERED[b.name] = p.resolve()
+    _CAPS[b.name] = max_items
     return b.name
