@@ -295,3 +295,95 @@ def test_any_behaviours_sets_name_the_target_and_the_controls(tiny_llama):
     assert res.variants.filter(pl.col("part") == "null_inside")["set"].unique().to_list() == ["harmless"]
     with pytest.raises(ValueError, match=r"none for \['questions'\]"):
         causal.run_causal(*args, {k: v for k, v in texts.items() if k != "questions"}, **kw)
+
+
+def test_rows_needed_gives_the_half_width_a_monte_carlo_measures():
+    """The delta-method row count, read on a pilot, against the ratio's spread over 4,000
+    simulated test sets of that size: their 95 % range is ±half_width (within 10 %)."""
+    rng = np.random.default_rng(0)
+
+    def draw(n):
+        den = rng.normal(2.0, 0.6, n)
+        return 0.7 * den + rng.normal(0.0, 0.5, n), den
+
+    n = causal.rows_needed(*draw(20_000), 0.03)
+    assert 200 < n < 2000  # sd(num − r·den)/mean(den) = 0.25: n ≈ (1.96·0.25/0.03)² ≈ 267
+    assert n == pytest.approx((1.959964 * 0.5 / 2.0 / 0.03) ** 2, rel=0.05)
+    sims = np.array([causal.ratio(*draw(n)) for _ in range(4000)])
+    lo, hi = np.quantile(sims, [0.025, 0.975])
+    assert (hi - lo) / 2 == pytest.approx(0.03, rel=0.1)
+    assert causal.rows_needed(np.ones(5), np.zeros(5), 0.03) == 0 and causal.rows_needed(np.ones(1), np.ones(1), 0.03) == 0
+    assert causal.rows_needed(2 * np.arange(1.0, 9.0), np.arange(1.0, 9.0), 0.03) == 0  # an exact ratio: no noise
+
+
+def test_sized_rows_follow_the_pilot_within_the_sets():
+    sizes, n0 = {"t": 40, "c1": 10, "c2": 30}, {"t": 16, "c1": 10, "c2": 16}
+    assert causal._sized_rows(sizes, n0, "t", 25, True) == {"t": 25, "c1": 10, "c2": 25}
+    assert causal._sized_rows(sizes, n0, "t", 3, True) == {"t": 16, "c1": 10, "c2": 16}  # at least the pilot
+    assert causal._sized_rows(sizes, n0, "t", 900, True) == {"t": 40, "c1": 10, "c2": 30}  # at most the set
+    assert causal._sized_rows(sizes, n0, "t", None, True) == {"t": 40, "c1": 10, "c2": 30}  # no effect on the pilot
+    assert causal._sized_rows(sizes, sizes, "t", 5, False) == sizes
+    o = causal.row_order(30, "t", 0)
+    assert (
+        sorted(o) == list(range(30))
+        and o != list(range(30))
+        and o == causal.row_order(30, "t", 0) != causal.row_order(30, "t", 1)
+    )
+
+
+def test_read_outs_merged_from_two_parts_equal_one_over_every_prompt(tiny_llama):
+    model, tok = tiny_llama
+    texts = {s: [render_chat(tok, p) for p in ps] for s, ps in effect.heldout_prompts(0, 10).items()}
+    w, _ = _planted(model, tok, texts[causal.TARGET])
+    first, ro = causal.first_block(w, w), causal.Readout()
+    with torch.no_grad():
+        one = causal._Evaluator(model)
+        one.add(
+            causal._readout(model, tok, texts, ro, {s: range(len(v)) for s, v in texts.items()}, first, 4),
+            {s: range(len(v)) for s, v in texts.items()},
+        )
+        two = causal._Evaluator(model)
+        cuts = [
+            {s: [i for i in range(len(v)) if i % 3 == j % 3 or (j == 1 and i % 3 == 2)] for s, v in texts.items()} for j in (0, 1)
+        ]
+        for c in cuts:
+            two.add(causal._readout(model, tok, texts, ro, c, first, 4), c)
+        a, b = one.pair(w, list(texts)), two.pair(w, list(texts))
+    for s in texts:
+        assert b.idx[s].tolist() == list(range(len(texts[s])))
+        for k in a.sets[s]:
+            np.testing.assert_allclose(b.sets[s][k], a.sets[s][k], atol=1e-4, rtol=1e-4)
+    assert two.rows == one.rows
+
+
+def test_the_pilot_sizes_the_rows_and_a_planted_carrier_keeps_its_verdict(tiny_llama):
+    """Built-in sycophancy prompts (24 / 16 / 12): a loose target stops at a 6-prompt pilot, a
+    tight one takes every prompt; the planted subspace carries the behaviour either way."""
+    from ws.v8.sweep import rows_caveat
+
+    model, tok = tiny_llama
+    texts = {s: [render_chat(tok, p) for p in ps] for s, ps in effect.heldout_prompts(0).items()}
+    w, B = _planted(model, tok, texts[causal.TARGET])
+    R = [None if l not in LAYERS else _basis(model.config.hidden_size, K, 300 + l) for l in range(len(B))]
+    meta = pl.DataFrame(
+        {"subspace": ["planted", "r"], "family": ["t", "t"], "axis_kind": ["write"] * 2, "kind": ["A-hypothesis"] * 2}
+    )
+    args = (model, tok, w, {"planted": B, "r": R}, meta, ["planted", "r"], LAYERS, texts)
+    kw = dict(n_null=8, n_boot=200, progress=False, threads=1, pilot=6)
+    sizes = {s: len(v) for s, v in texts.items()}
+    loose = causal.run_causal(*args, half_width=10.0, **kw)
+    assert loose.rows == {s: (6, n) for s, n in sizes.items()} and loose.pilot == {s: 6 for s in sizes}
+    assert loose.rows_asked is not None and loose.rows_asked <= 6 and loose.half_width == 10.0
+    tight = causal.run_causal(*args, half_width=1e-6, **kw)
+    assert tight.rows == {s: (n, n) for s, n in sizes.items()} and tight.rows_asked > max(sizes.values())
+    every = causal.run_causal(*args, half_width=0, **kw)
+    assert every.rows == tight.rows and every.pilot == {} and every.rows_asked is None
+    for res in (loose, tight, every):
+        row = res.table.filter(pl.col("subspace") == "planted").row(0, named=True)
+        assert row["carries"] is True and row["retention_inside"] == pytest.approx(1.0, abs=1e-3)
+    wo = lambda r: r.variants.filter((pl.col("variant") == "writers_only") & (pl.col("set") == causal.TARGET))  # noqa: E731
+    assert wo(loose)["n"][0] == 6 and wo(tight)["n"][0] == wo(every)["n"][0] == sizes[causal.TARGET]
+    assert abs(wo(tight)["spread"][0] - wo(every)["spread"][0]) < 1e-4 * abs(wo(every)["spread"][0])
+    assert loose.n_rows < tight.n_rows
+    assert "asked for" in rows_caveat(loose) and "6 of 24 in `opinion_false`" in rows_caveat(loose)
+    assert "every prompt" in rows_caveat(every)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ws.behavior.files import MAX_ITEMS_PER_SET, BehaviorError, builtin_names, resolve
+from ws.core.caveats import CAUSAL_HALF_WIDTH
 from ws.core.device import DEVICE_CHOICES, device_problem
 from ws.core.io import check_writable, hold_run_lock
 from ws.core.log import logger, setup_logging
@@ -86,6 +87,16 @@ def _int(name: str, raw: str, lo: int = 1) -> int:
         raise ConfigError(f"{name}={raw!r} is not a whole number: give an integer ≥ {lo}") from None
     if v < lo:
         raise ConfigError(f"{name}={raw!r} is too small: it must be ≥ {lo}")
+    return v
+
+
+def _nonnegative(name: str, raw: str) -> float:
+    try:
+        v = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number: give a number ≥ 0, e.g. {name}=0.03") from None
+    if not (v >= 0 and v < float("inf")):
+        raise ConfigError(f"{name}={raw!r} is out of range: it must be a finite number ≥ 0")
     return v
 
 
@@ -410,6 +421,15 @@ VARIABLES: tuple[Var, ...] = (
         allowed="integer ≥ 2",
     ),
     Var(
+        "WS_CAUSAL_HALF_WIDTH",
+        "causal_half_width",
+        _nonnegative,
+        str(CAUSAL_HALF_WIDTH),
+        "v8 causal test: the precision target that sizes its prompt rows, the widest retention CI half-width in "
+        "shares of the writers' effect, read on a seeded pilot of 16 items per set (0: every item, no pilot)",
+        allowed="number ≥ 0",
+    ),
+    Var(
         "WS_KL_BUDGET",
         "kl_budget",
         _positive,
@@ -565,6 +585,7 @@ class Config:
     n_causal: int = 10  # v8: candidates in the causal test
     n_causal_null: int = 20  # v8: random subspaces per rank in its null
     causal_items: int = 48  # v8: held-out items per set in the causal test (a seeded subset)
+    causal_half_width: float = CAUSAL_HALF_WIDTH  # v8: precision target sizing the causal test's rows
     kl_budget: float = KL_BUDGET  # cross-adapter: the matched KL budget (nats)
     cache: bool = True
     device: str = "auto"

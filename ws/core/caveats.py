@@ -16,6 +16,12 @@ SPECIFICITY_TARGET = 3.0
 CARRY_INSIDE_MIN = 0.5
 #: ... and the outside retention's CI high end must stay at or below this share.
 CARRY_OUTSIDE_MAX = 0.5
+#: v8's causal test sizes its prompt rows by this precision target: the largest half-width of a
+#: tested candidate's inside / outside retention CI (95 %, delta method on a pilot of
+#: :data:`CAUSAL_PILOT_ITEMS` items per set), in shares of the writers-only effect (0.03 = 3 points).
+CAUSAL_HALF_WIDTH = 0.03
+#: Items per prompt set in the causal test's pilot (all of a smaller set).
+CAUSAL_PILOT_ITEMS = 16
 #: Shapiro–Wilk p of a null's draws below which their normal tail is not trusted and the
 #: empirical p is used instead (v8's causal test, :func:`ws.stats.null.null_tail_p`).
 NULL_FIT_ALPHA = 0.05

@@ -41,6 +41,7 @@ lower blocks computed once); the random null runs on the target set only.
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,10 +49,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 import torch
+from scipy import stats as scipy_stats
 from tqdm.auto import tqdm
 
 from ws.core.bootstrap import percentile_interval, resample
-from ws.core.caveats import CARRY_INSIDE_MIN, CARRY_OUTSIDE_MAX
+from ws.core.caveats import CARRY_INSIDE_MIN, CARRY_OUTSIDE_MAX, CAUSAL_HALF_WIDTH, CAUSAL_PILOT_ITEMS, CI_LEVEL
 from ws.core.linalg import blas_threads, haar_orthonormal
 from ws.core.log import logger
 from ws.diffs.effect import Readout
@@ -79,6 +81,9 @@ __all__ = [
     "null_stats",
     "null_z_p",
     "effect_measurable",
+    "rows_needed",
+    "merge_pairs",
+    "row_order",
     "above_chance",
     "carries",
     "CausalResult",
@@ -224,6 +229,19 @@ def effect_measurable(ci_lo: float, ci_hi: float) -> bool:
     return bool(math.isfinite(ci_lo) and math.isfinite(ci_hi) and (ci_lo > 0 or ci_hi < 0))
 
 
+def rows_needed(num: np.ndarray, den: np.ndarray, half_width: float, level: float = CI_LEVEL) -> int:
+    """Prompts ``n`` at which the paired ratio ``mean(num)/mean(den)`` has a ``level`` CI of
+    half-width ≤ ``half_width``, estimated from these prompts (``[n0]`` each) by the delta method:
+    ``SE_n = sd(num − r·den) / (√n · |mean(den)|)`` with ``r`` the ratio here. 0 when it cannot
+    be estimated (fewer than 2 prompts, or ``mean(den)`` is 0)."""
+    num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+    if num.size < 2 or not float(np.mean(den)) or not half_width > 0:
+        return 0
+    unit = float(np.std(num - ratio(num, den) * den, ddof=1)) / abs(float(np.mean(den)))
+    zq = float(scipy_stats.norm.ppf(0.5 + level / 2))
+    return int(math.ceil((zq * unit / half_width) ** 2))
+
+
 def _all_finite(*vals: float | None) -> bool:
     return all(v is not None and math.isfinite(v) for v in vals)
 
@@ -336,9 +354,11 @@ VARIANT_COLUMNS: list[str] = [
 @dataclass
 class Pair:
     """One variant's read-outs at α = +1 and −1, per prompt set: ``set -> dict`` of ``[n]``
-    arrays ``lr_plus, lr_minus, mass_plus, mass_minus``."""
+    arrays ``lr_plus, lr_minus, mass_plus, mass_minus``; ``idx``: ``set -> [n]`` the prompts'
+    positions in the test's prompt list (ascending)."""
 
     sets: dict[str, dict[str, np.ndarray]]
+    idx: dict[str, np.ndarray] = field(default_factory=dict)
 
     def spread(self, s: str) -> np.ndarray:
         """Per-prompt spread ``[n]``: log-ratio at +1 minus at −1."""
@@ -349,31 +369,61 @@ class Pair:
         return np.concatenate([self.sets[s]["mass_plus"], self.sets[s]["mass_minus"]])
 
 
+def merge_pairs(a: Pair, b: Pair) -> Pair:
+    """The read-outs of ``a`` and ``b`` (disjoint prompts of the same variant) as one :class:`Pair`,
+    each set's prompts in ascending position."""
+    sets, idx = {}, {}
+    for s in dict.fromkeys([*a.sets, *b.sets]):
+        got = [p for p in (a, b) if s in p.sets]
+        pos = np.concatenate([p.idx[s] for p in got])
+        order = np.argsort(pos, kind="stable")
+        idx[s] = pos[order]
+        sets[s] = {k: np.concatenate([p.sets[s][k] for p in got])[order] for k in got[0].sets[s]}
+    return Pair(sets, idx)
+
+
 class _Evaluator:
-    """Runs variants at α = ±1 through one :class:`~ws.model.fast_readout.FastReadout`, counting rows."""
+    """Runs variants at α = ±1 through one or more :class:`~ws.model.fast_readout.FastReadout`
+    (each over its own prompts of the test's list), counting rows and FLOPs."""
 
-    def __init__(self, model, readout):
-        self.model, self.ro, self.rows, self.flops = model, readout, 0, 0
+    def __init__(self, model):
+        self.model, self.parts, self.rows, self.flops = model, [], 0, 0
 
-    def pair(self, wv: Mapping[str, torch.Tensor], sets: Sequence[str]) -> Pair:
+    def add(self, ro: FastReadout, idx: Mapping[str, Sequence[int]]) -> int:
+        """Adds a read-out over the prompts at positions ``idx`` (per set); returns its number."""
+        self.parts.append((ro, {s: np.asarray(v, dtype=np.int64) for s, v in idx.items()}))
+        return len(self.parts) - 1
 
-        got = {}
-        for a in (1.0, -1.0):
-            with weight_steer(self.model, wv, a):
-                got[a] = self.ro.run(sets)
-        self.rows += 2 * sum(self.ro.plans[s].n for s in sets)
-        self.flops += 2 * self.ro.pass_flops(sets)
-        return Pair(
-            {
-                s: {
-                    "lr_plus": got[1.0][s][0],
-                    "lr_minus": got[-1.0][s][0],
-                    "mass_plus": got[1.0][s][1],
-                    "mass_minus": got[-1.0][s][1],
-                }
-                for s in sets
-            }
-        )
+    def pair(self, wv: Mapping[str, torch.Tensor], sets: Sequence[str], parts: Sequence[int] | None = None) -> Pair:
+        """``wv``'s read-outs over ``sets`` on the read-outs ``parts`` (default: all), merged."""
+        out = None
+        for i in range(len(self.parts)) if parts is None else parts:
+            ro, idx = self.parts[i]
+            here = [s for s in sets if s in ro.plans]
+            if not here:
+                continue
+            got = {}
+            for a in (1.0, -1.0):
+                with weight_steer(self.model, wv, a):
+                    got[a] = ro.run(here)
+            self.rows += 2 * sum(ro.plans[s].n for s in here)
+            self.flops += 2 * ro.pass_flops(here)
+            p = Pair(
+                {
+                    s: {
+                        "lr_plus": got[1.0][s][0],
+                        "lr_minus": got[-1.0][s][0],
+                        "mass_plus": got[1.0][s][1],
+                        "mass_minus": got[-1.0][s][1],
+                    }
+                    for s in here
+                },
+                {s: idx[s] for s in here},
+            )
+            out = p if out is None else merge_pairs(out, p)
+        if out is None:
+            raise ValueError(f"no read-out holds prompts of {list(sets)}")
+        return out
 
 
 def _profile_name(profile: tuple[int, ...]) -> str:
@@ -397,6 +447,10 @@ class CausalResult:
     gflop: float = 0.0  # matrix-product work of every pass (FastReadout.pass_flops), 1e9 FLOPs
     target: str = TARGET  # the behaviour's target set (retention is read there)
     controls: tuple[str, ...] = CONTROLS
+    rows: dict[str, tuple[int, int]] = field(default_factory=dict)  # set -> (prompts used, prompts given)
+    half_width: float | None = None  # the precision target that sized the rows (None: every prompt)
+    pilot: dict[str, int] = field(default_factory=dict)  # set -> the pilot's prompts (empty: not sized)
+    rows_asked: int | None = None  # target prompts the pilot asked for (None: not sized, or no effect)
 
 
 def mean_ci(x: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -542,6 +596,21 @@ def _profile(bases: Sequence[torch.Tensor | None], layers: Sequence[int]) -> tup
     return tuple(0 if bases[l] is None else int(bases[l].shape[1]) for l in layers)
 
 
+def row_order(n: int, key: str, seed: int = 0) -> list[int]:
+    """The causal test's seeded order of a set's ``n`` prompts (``key``: the set's name): the
+    pilot is its first :data:`~ws.core.caveats.CAUSAL_PILOT_ITEMS`, a larger sample its first ``m``."""
+    return random.Random(f"{int(seed)}:{key}:causal-rows").sample(range(int(n)), int(n))
+
+
+def _readout(model, tok, texts_by_set, readout: Readout, idx: Mapping[str, Sequence[int]], first: int, batch_size: int):
+    """A :class:`FastReadout` over the prompts at positions ``idx`` of each set."""
+    texts = {s: [texts_by_set[s][i] for i in v] for s, v in idx.items() if len(v)}
+    signs = None
+    if readout.signs is not None:
+        signs = {s: [readout.signs[s][i] for i in v] for s, v in idx.items() if len(v) and s in readout.signs}
+    return FastReadout(model, tok, texts, first, batch_size, answers=readout.answers, signs_by_set=signs)
+
+
 def run_causal(
     model,
     tok,
@@ -563,6 +632,8 @@ def run_causal(
     target: str = TARGET,
     controls: Sequence[str] = CONTROLS,
     readout: Readout | None = None,
+    half_width: float | None = CAUSAL_HALF_WIDTH,
+    pilot: int = CAUSAL_PILOT_ITEMS,
 ) -> CausalResult:
     """The causal projection test of ``names`` (see the module doc).
 
@@ -571,10 +642,18 @@ def run_causal(
     diff touches. texts_by_set: rendered prompts of the ``target`` set and the ``controls``
     (default: the sycophancy sets :data:`TARGET`, :data:`CONTROLS`; every one must be there).
     ranking: name -> (causal_rank, seed_mean_joint_score), copied into the table.
-    ``seed`` seeds the null's random bases, ``boot_seed`` every bootstrap. ``threads``: torch /
-    BLAS threads for the passes (None: leave the setting; 1 is far faster for tiny models and
-    on cores shared with other processes). readout: the behaviour's answers and each prompt's
-    orientation, in ``texts_by_set``'s order (:func:`ws.diffs.effect.readout_of`; default Yes / No).
+    ``seed`` seeds the null's random bases and the prompts' order (:func:`row_order`),
+    ``boot_seed`` every bootstrap. ``threads``: torch / BLAS threads for the passes (None: leave
+    the setting; 1 is far faster for tiny models and on cores shared with other processes).
+    readout: the behaviour's answers and each prompt's orientation, in ``texts_by_set``'s order
+    (:func:`ws.diffs.effect.readout_of`; default Yes / No).
+
+    Prompt rows (:func:`_sized_rows`): with ``half_width`` > 0, every variant first runs on a
+    seeded pilot of ``pilot`` prompts per set; the pilot's widest inside / outside retention CI
+    (:func:`rows_needed`) sets how many target prompts reach ``half_width``, and the variants run
+    on the further prompts up to that count (every set at most that many; all of a set when the
+    writers' effect is not measurable on the pilot). ``half_width`` None or 0: every prompt, in
+    the given order. The null runs on the final rows of the target set.
     """
     controls = tuple(controls)
     readout = readout or Readout()
@@ -584,12 +663,30 @@ def run_causal(
             raise ValueError(f"the causal test needs prompts of every set: none for {missing} (have {sorted(texts_by_set)})")
         layers, t, t0 = [int(l) for l in layers], {}, time.perf_counter()
         ww = writers_only(w, layers)
-        ro = FastReadout(
-            model, tok, texts_by_set, first_block(w, ww), batch_size, answers=readout.answers, signs_by_set=readout.signs
-        )
-        ev = _Evaluator(model, ro)
-        t["base_residuals"] = time.perf_counter() - t0
-        m = _measure(ev, w, ww, bases, names, layers, d_model(model), n_null, seed, progress, t, target)
+        first, sizes = first_block(w, ww), {s: len(v) for s, v in texts_by_set.items()}
+        sized = half_width is not None and half_width > 0
+        order = {s: row_order(n, s, seed) if sized else list(range(n)) for s, n in sizes.items()}
+        n0 = {s: min(int(pilot), n) if sized else n for s, n in sizes.items()}
+        ev = _Evaluator(model)
+
+        def add(cut: dict[str, list[int]]) -> int:
+            return ev.add(_readout(model, tok, texts_by_set, readout, cut, first, batch_size), cut)
+
+        add({s: sorted(order[s][: n0[s]]) for s in sizes})
+        t["base_residuals"], t0 = time.perf_counter() - t0, time.perf_counter()
+        m = _measure(ev, w, ww, bases, names, layers, 0, progress, t0)
+        asked = _rows_asked(m, names, target, half_width, n_boot, boot_seed) if sized else None
+        n = _sized_rows(sizes, n0, target, asked, sized)
+        ext = {s: sorted(order[s][n0[s] : n[s]]) for s in sizes if n[s] > n0[s]}
+        if ext:
+            more = ", ".join(f"{len(v)} of `{s}`" for s, v in ext.items())
+            logger.info(f"causal test: the pilot asks for {asked} target prompts; adding {more}")
+            m = _measure(ev, w, ww, bases, names, layers, add(ext), progress, t0, m)
+        t["variants"], t0 = time.perf_counter() - t0, time.perf_counter()
+        m.null = {
+            pr: _null_draws(ev, ww, pr, layers, d_model(model), n_null, seed, target) for pr in dict.fromkeys(m.profile.values())
+        }
+        t["null"] = time.perf_counter() - t0
         wd, fd = m.ref["writers_only"].spread(target), m.ref["full"].spread(target)
         res = CausalResult(
             _candidate_table(m, meta, names, ranking, n_boot, boot_seed, target, controls),
@@ -597,7 +694,7 @@ def run_causal(
             retention_ci(wd, fd, n_boot, boot_seed),
             mean_ci(wd, n_boot, boot_seed),
             mean_ci(fd, n_boot, boot_seed),
-            ro.first,
+            first,
             layers,
             n_null,
             t,
@@ -605,14 +702,39 @@ def run_causal(
             ev.flops / 1e9,
             target,
             controls,
+            rows={s: (n[s], sizes[s]) for s in sizes},
+            half_width=float(half_width) if sized else None,
+            pilot={s: n0[s] for s in sizes} if sized else {},
+            rows_asked=asked,
         )
         logger.info(
             f"causal test: {len(names)} candidates × {len(PARTS)} variants + {sum(map(len, m.null.values()))} "
-            f"null draws × {len(NULL_PARTS)}, {ev.rows} prompt rows from block {ro.first} on "
+            f"null draws × {len(NULL_PARTS)}, {ev.rows} prompt rows from block {first} on "
             f"({ev.flops / 1e9:.0f} GFLOP of matrix products), in "
             f"{sum(t.values()):.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in t.items())})"
         )
         return res
+
+
+def _rows_asked(m: _Measured, names, target: str, half_width: float, n_boot: int, seed: int) -> int | None:
+    """Target prompts the pilot asks for (:func:`rows_needed`, widest over the candidates' inside
+    and outside retentions); None when the writers' effect is not measurable on the pilot."""
+    wd = m.ref["writers_only"].spread(target)
+    if not effect_measurable(*mean_ci(wd, n_boot, seed)[1:]):
+        return None
+    return max(
+        (rows_needed(m.parts[n][p].spread(target), wd, half_width) for n in names for p in ("inside", "outside")), default=0
+    )
+
+
+def _sized_rows(sizes: Mapping[str, int], n0: Mapping[str, int], target: str, asked: int | None, sized: bool) -> dict[str, int]:
+    """Prompts per set: every prompt unless sized; else the target set gets what the pilot asked
+    for (all of it when None), at least the pilot, at most the set, and every other set as many
+    as the target set (at least its pilot, at most the set)."""
+    if not sized:
+        return dict(sizes)
+    nt = sizes[target] if asked is None else min(sizes[target], max(n0[target], asked))
+    return {s: min(sizes[s], max(n0[s], nt)) for s in sizes}
 
 
 @dataclass
@@ -627,21 +749,30 @@ class _Measured:
     null: dict[tuple[int, ...], list[dict]]  # rank profile -> draws (see _null_draws)
 
 
-def _measure(ev: _Evaluator, w, ww, bases, names, layers, d, n_null, seed, progress, t: dict, target: str) -> _Measured:
-    sets, t0 = list(ev.ro.plans), time.perf_counter()
-    m = _Measured({"full": ev.pair(w, sets), "writers_only": ev.pair(ww, sets)}, {}, {}, {}, {}, {})
-    names = list(names)
-    for i, name in enumerate(tqdm(names, desc="causal variants", disable=not progress, leave=False)):
+def _measure(
+    ev: _Evaluator, w, ww, bases, names, layers, part: int, progress: bool, t0: float, m: _Measured | None = None
+) -> _Measured:
+    """The full diff, writers-only and every candidate's variants on the read-out ``part``; merged
+    into ``m``'s read-outs when given (the extension of a pilot)."""
+    sets = list(ev.parts[part][0].plans)
+
+    def run(wv, old: Pair | None) -> Pair:
+        got = ev.pair(wv, sets, [part])
+        return got if old is None else merge_pairs(old, got)
+
+    if m is None:
+        m = _Measured({}, {}, {}, {}, {}, {})
+    m.ref = {k: run(v, m.ref.get(k)) for k, v in (("full", w), ("writers_only", ww))}
+    for i, name in enumerate(tqdm(list(names), desc="causal variants", disable=not progress, leave=False)):
         logger.info(f"causal test: candidate {i + 1}/{len(names)} `{name}` ({time.perf_counter() - t0:.0f} s)")
         per = {l: bases[name][l] for l in layers}
-        m.profile[name], m.energy[name], m.parts[name] = _profile(bases[name], layers), energy_inside(ww, per), {}
+        m.profile[name], m.energy[name] = _profile(bases[name], layers), energy_inside(ww, per)
+        old = m.parts.setdefault(name, {})
         for p in PARTS:
             wv, sc = variant_diff(ww, per, p)
-            m.parts[name][p] = ev.pair(wv, sets)
-            m.scales[name] = sc if p == "normmatched" else m.scales.get(name, {})
-    t["variants"], t0 = time.perf_counter() - t0, time.perf_counter()
-    m.null = {pr: _null_draws(ev, ww, pr, layers, d, n_null, seed, target) for pr in dict.fromkeys(m.profile.values())}
-    t["null"] = time.perf_counter() - t0
+            old[p] = run(wv, old.get(p))
+            if p == "normmatched":
+                m.scales[name] = sc
     return m
 
 

@@ -175,6 +175,7 @@ def causal(cfg, model, tok, res: sweep.SeedResult, w: dict, names: Sequence[str]
         ranking=ranking,
         n_null=cfg.n_causal_null,
         n_boot=cfg.n_boot,
+        half_width=cfg.causal_half_width,
         target=beh.target,
         controls=beh.controls,
         seed=cfg.basis_seed,
@@ -441,6 +442,7 @@ def _caveats(cfg, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability
             "the causal test steered a seeded subset of the held-out items (`WS_CAUSAL_ITEMS` = "
             f"{cfg.causal_items}): " + ", ".join(f"{u} of {n} in `{s}`" for s, (u, n) in cut.items())
         )
+    out.append(rows_caveat(cr))
     if sc.len():
         out.append(
             f"norm-matching rescales a layer's inside part by up to ×{float(sc.max()):.3g} (largest over the "
@@ -451,6 +453,27 @@ def _caveats(cfg, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability
     if cfg.smoke:
         out.append(C.SMOKE)
     return out + sweep.diff_caveats(results, cfg.behavior)
+
+
+def rows_caveat(cr) -> str:
+    """How the causal test chose its prompt rows (:func:`ws.v8.causal.run_causal`), with the widest
+    inside / outside retention CI half-width of the tested candidates it reached."""
+    used = ", ".join(f"{u} of {n} in `{s}`" for s, (u, n) in cr.rows.items())
+    if cr.half_width is None:
+        return f"the causal test steered every prompt it was given ({used}; `WS_CAUSAL_HALF_WIDTH` = 0)"
+    t = cr.table.filter(pl.col("kind") == "A-hypothesis")
+    hw = [
+        float(h) for p in ("inside", "outside") for h in ((t[f"retention_{p}_ci_hi"] - t[f"retention_{p}_ci_lo"]) / 2).to_list()
+    ]
+    hw = [h for h in hw if h == h]
+    reached = f"; the widest retention CI half-width of the tested candidates is {100 * max(hw):.1f} points" if hw else ""
+    why = (
+        f"the pilot ({cr.pilot.get(cr.target, 0)} target prompts) asked for {cr.rows_asked} to reach a retention CI "
+        f"half-width of {100 * cr.half_width:.3g} points of the writers' effect"
+        if cr.rows_asked is not None
+        else "the writers' effect was not measurable on the pilot, so every prompt was used"
+    )
+    return f"prompt rows sized by a precision target (`WS_CAUSAL_HALF_WIDTH`): {why}; used {used}{reached}"
 
 
 def conclusion_info(
