@@ -387,3 +387,26 @@ def test_the_pilot_sizes_the_rows_and_a_planted_carrier_keeps_its_verdict(tiny_l
     assert loose.n_rows < tight.n_rows
     assert "asked for" in rows_caveat(loose) and "6 of 24 in `opinion_false`" in rows_caveat(loose)
     assert "every prompt" in rows_caveat(every)
+
+
+def test_the_null_draws_on_in_steps_while_a_decision_is_open(tiny_llama, monkeypatch):
+    """With the decision held open (the rule itself is checked in tests/test_null_tail.py), the
+    null grows by ``n_null`` draws at a time up to ``n_null_max``; its first draws are the ones
+    a run that stops at once makes (the same seeds)."""
+    from ws.v8.sweep import null_caveat
+
+    model, tok = tiny_llama
+    texts = {s: [render_chat(tok, p) for p in ps] for s, ps in effect.heldout_prompts(0, 4).items()}
+    w, B = _planted(model, tok, texts[causal.TARGET])
+    meta = pl.DataFrame({"subspace": ["planted"], "family": ["t"], "axis_kind": ["write"], "kind": ["A-hypothesis"]})
+    args = (model, tok, w, {"planted": B}, meta, ["planted"], LAYERS, texts)
+    kw = dict(n_null=3, n_boot=100, progress=False, threads=1)
+    once = causal.run_causal(*args, **kw)
+    asked = []
+    monkeypatch.setattr(causal, "null_could_decide", lambda v, d, n: asked.append([x.size for x in d]) or True)
+    more = causal.run_causal(*args, n_null_max=8, **kw)
+    assert once.n_null == once.n_null_first == 3 and more.n_null == 8 and more.n_null_first == 3
+    assert asked == [[3], [6]]  # asked after 3 and 6 draws; 8 is the cap
+    null = lambda r: r.variants.filter(pl.col("part") == "null_inside")["retention"].to_list()  # noqa: E731
+    assert len(null(more)) == 8 and null(more)[:3] == null(once)
+    assert "3 first, then more" in null_caveat(more) and "first" not in null_caveat(once)

@@ -13,9 +13,10 @@ import math
 
 import numpy as np
 import pytest
+from scipy.stats import t as student_t
 
 from ws.core.caveats import FDR_ALPHA, NULL_FIT_ALPHA
-from ws.stats import bh_qvalues, normal_fit_p, null_tail_p, p_empirical, p_normal_predictive
+from ws.stats import bh_qvalues, normal_fit_p, null_tail_p, p_empirical, p_normal_predictive, p_with_draws
 
 N_NULL = 20  # WS_N_CAUSAL_NULL's default
 N_CAND = 10  # WS_N_CAUSAL's default
@@ -81,3 +82,50 @@ def test_edge_cases_give_an_empirical_or_no_p():
     assert c.method == "empirical" and math.isnan(c.p_normal) and math.isnan(c.fit_p)
     two = null_tail_p(0.5, np.array([0.1, 0.2]))  # too few draws for Shapiro–Wilk
     assert two.method == "empirical" and math.isnan(normal_fit_p(np.array([0.1, 0.2])))
+
+
+def test_p_with_draws_is_the_p_a_larger_null_like_this_one_would_give():
+    rng = np.random.default_rng(4)
+    x = rng.normal(0.0, 1.0, N_NULL)
+    x = (x - x.mean()) / x.std(ddof=1)  # mean 0, sd 1 exactly
+    assert p_with_draws(2.5, x, N_NULL) == pytest.approx(null_tail_p(2.5, x).p, rel=1e-12)
+    assert p_with_draws(2.5, x, 100) == pytest.approx(float(student_t.sf(2.5 / math.sqrt(1.01), 99)), rel=1e-12)
+    assert p_with_draws(2.5, x, 100) < null_tail_p(2.5, x).p  # a larger null reaches further out
+    skewed = rng.lognormal(0.0, 1.5, N_NULL)
+    e = int((skewed >= 3.0).sum())
+    assert null_tail_p(3.0, skewed).method == "empirical"
+    assert p_with_draws(3.0, skewed, 100) == pytest.approx((1 + e * 5) / 101)
+    assert math.isnan(p_with_draws(float("nan"), x, 100))
+
+
+def _sequential(rng, values_fn, n_first=N_NULL, n_max=5 * N_NULL, n_cand=N_CAND):
+    """One family of ``n_cand`` candidates against their own N(0,1) nulls, drawn on while
+    :func:`ws.v8.causal.null_could_decide` says more could change a BH decision."""
+    from ws.v8.causal import null_could_decide
+
+    values, draws, n = values_fn(), [rng.normal(0.0, 1.0, n_first) for _ in range(n_cand)], n_first
+    while n < n_max and null_could_decide(values, draws, n_max):
+        n = min(n_max, n + n_first)
+        draws = [np.r_[d, rng.normal(0.0, 1.0, n - d.size)] for d in draws]
+    return np.array([null_tail_p(v, d).p for v, d in zip(values, draws, strict=True)]), n
+
+
+def test_the_sequential_null_keeps_the_error_rate_and_draws_on_only_where_close():
+    """300 families of 10 candidates drawn from the null (3,000 candidates): p ≤ 0.05 in at most
+    5 % + 3 Monte Carlo sds of them, and a BH discovery in at most 5 % + 3 sds of the families.
+    A carrier 40 sds out stops at the first 20 draws; one near the BH line draws on."""
+    rng = np.random.default_rng(5)
+    ps, any_q, ns = [], 0, []
+    for _ in range(300):
+        p, n = _sequential(rng, lambda: rng.normal(0.0, 1.0, N_CAND))
+        ps += p.tolist()
+        any_q += bool((bh_qvalues(p) <= FDR_ALPHA).any())
+        ns.append(n)
+    rate, sd = float(np.mean(np.array(ps) <= 0.05)), math.sqrt(0.05 * 0.95 / len(ps))
+    assert rate <= 0.05 + 3 * sd, f"false-positive rate {rate:.4f}"
+    assert any_q / 300 <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 300)
+    assert np.mean(np.array(ns) == N_NULL) > 0.8  # under the null most families stop at once
+    far = _sequential(rng, lambda: np.r_[40.0, rng.normal(0.0, 1.0, N_CAND - 1)])
+    assert far[1] == N_NULL and bh_qvalues(far[0])[0] <= FDR_ALPHA
+    near = [_sequential(rng, lambda: np.r_[3.6, rng.normal(0.0, 1.0, N_CAND - 1)])[1] for _ in range(20)]
+    assert max(near) > N_NULL  # p ≈ 1e-3 against 20 draws: BH's line 0.005 is within reach

@@ -165,6 +165,23 @@ def null_tail_p(value: float, draws: np.ndarray, fit_alpha: float = NULL_FIT_ALP
     return NullTail(pe, pn, pe, fit, "empirical")
 
 
+def p_with_draws(value: float, draws: np.ndarray, n: int, fit_alpha: float = NULL_FIT_ALPHA) -> float:
+    """The p :func:`null_tail_p` would give ``value`` against ``n`` draws if the draws to come
+    looked like these ``[n0]``: the same mean and sd (normal tail, ``n − 1`` degrees of freedom)
+    or the same share of draws ≥ ``value`` (empirical p), by the method these draws choose. A
+    sequential null asks it whether drawing up to ``n`` could change a decision. NaN where
+    :func:`null_tail_p` gives none."""
+    x = np.asarray(draws, np.float64)
+    x = x[np.isfinite(x)]
+    now = null_tail_p(value, x, fit_alpha)
+    if now.method == "normal":
+        t = (value - float(x.mean())) / (float(x.std(ddof=1)) * math.sqrt(1.0 + 1.0 / n))
+        return float(student_t.sf(t, n - 1))
+    if now.method == "empirical":
+        return (1.0 + float((x >= value).sum()) * n / x.size) / (1.0 + n)
+    return NAN
+
+
 @lru_cache(maxsize=64)
 def _haar_proj_diag(d: int, k: int, n_draws: int, seed: int) -> np.ndarray:
     """Diagonals of ``n_draws`` Haar rank-k projections in dimension d, ``[n_draws, d]``.

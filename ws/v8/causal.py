@@ -20,7 +20,8 @@ bootstrap CI that resamples prompts (the same indices for numerator and denomina
 When the writers-only spread's CI spans zero there is nothing to divide by: no retention,
 no z or p and no verdict (NaN / empty cells; :func:`effect_measurable`).
 The null: ``n_null`` seeded Haar-random subspaces per layer of the candidate's own rank on
-every layer, whose inside retention gives the null mean, sd and 95th percentile; a
+every layer (and ``n_null`` more at a time, up to ``5·n_null``, while more draws could change a
+BH decision: :func:`null_could_decide`), whose inside retention gives the null mean, sd and 95th percentile; a
 candidate's ``z`` and ``p`` (:func:`ws.stats.null_tail_p`: the normal predictive tail fitted
 to the draws when they pass a Shapiro–Wilk test, else the empirical
 ``(1 + #{null ≥ r})/(1 + n_null)``; both are in the table), BH q over the tested A-hypotheses.
@@ -53,14 +54,14 @@ from scipy import stats as scipy_stats
 from tqdm.auto import tqdm
 
 from ws.core.bootstrap import percentile_interval, resample
-from ws.core.caveats import CARRY_INSIDE_MIN, CARRY_OUTSIDE_MAX, CAUSAL_HALF_WIDTH, CAUSAL_PILOT_ITEMS, CI_LEVEL
+from ws.core.caveats import CARRY_INSIDE_MIN, CARRY_OUTSIDE_MAX, CAUSAL_HALF_WIDTH, CAUSAL_PILOT_ITEMS, CI_LEVEL, FDR_ALPHA
 from ws.core.linalg import blas_threads, haar_orthonormal
 from ws.core.log import logger
 from ws.diffs.effect import Readout
 from ws.model.fast_readout import FastReadout, first_block
 from ws.model.load import d_model
 from ws.model.steer import weight_steer
-from ws.stats import NullTail, bh_qvalues, null_tail_p
+from ws.stats import NullTail, bh_qvalues, null_tail_p, p_with_draws
 
 __all__ = [
     "WRITERS",
@@ -81,6 +82,7 @@ __all__ = [
     "null_stats",
     "null_z_p",
     "effect_measurable",
+    "null_could_decide",
     "rows_needed",
     "merge_pairs",
     "row_order",
@@ -451,6 +453,7 @@ class CausalResult:
     half_width: float | None = None  # the precision target that sized the rows (None: every prompt)
     pilot: dict[str, int] = field(default_factory=dict)  # set -> the pilot's prompts (empty: not sized)
     rows_asked: int | None = None  # target prompts the pilot asked for (None: not sized, or no effect)
+    n_null_first: int = 0  # null draws per profile before any were added (n_null > it: drawn on)
 
 
 def mean_ci(x: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -576,20 +579,57 @@ def _null_draws(
     profile: tuple[int, ...],
     layers: Sequence[int],
     d: int,
-    n_null: int,
+    draws: range,
     seed: int,
     target: str = TARGET,
 ) -> list[dict]:
-    """``n_null`` random draws of one rank profile: per draw the writers' energy inside and the
-    inside and norm-matched inside read-outs on the target set."""
+    """The random draws ``draws`` (numbers) of one rank profile: per draw the writers' energy
+    inside and the inside and norm-matched inside read-outs on the target set."""
     out, t0 = [], time.perf_counter()
-    for j in range(n_null):
-        if j % 5 == 0:
+    for j in draws:
+        if (j - draws.start) % 5 == 0:
             el = time.perf_counter() - t0
-            logger.info(f"causal test: null of rank profile {_profile_name(profile)}, draw {j + 1}/{n_null} ({el:.0f} s)")
+            logger.info(f"causal test: null of rank profile {_profile_name(profile)}, draw {j + 1}/{draws.stop} ({el:.0f} s)")
         rb = random_bases(dict(zip(layers, profile, strict=True)), d, j, seed)
         out.append({"energy": energy_inside(ww, rb), **{p: ev.pair(variant_diff(ww, rb, p)[0], [target]) for p in NULL_PARTS}})
     return out
+
+
+def null_could_decide(values: Sequence[float], draws: Sequence[np.ndarray], n_max: int, alpha: float = FDR_ALPHA) -> bool:
+    """True when drawing up to ``n_max`` null draws could change a BH decision (q ≤ ``alpha``)
+    among candidates with these ``values`` and null ``draws`` (one ``[n]`` array each): the
+    decisions with each p as it is now (:func:`ws.stats.null_tail_p`) differ from those with the
+    p the larger null would give if its draws looked like these (:func:`ws.stats.p_with_draws`)."""
+    if not len(values):
+        return False
+    now = np.array([null_tail_p(float(v), d).p for v, d in zip(values, draws, strict=True)])
+    more = np.array([p_with_draws(float(v), d, n_max) for v, d in zip(values, draws, strict=True)])
+    return bool(np.any((bh_qvalues(now) <= alpha) != (bh_qvalues(more) <= alpha)))
+
+
+def _null_could_decide(m: _Measured, tested: Sequence[str], target: str, n_max: int, n_boot: int, seed: int) -> bool:
+    """:func:`null_could_decide` of the ``tested`` candidates' inside retentions; False when the
+    writers' effect is not measurable (no retention, no decision)."""
+    wd = m.ref["writers_only"].spread(target)
+    if not tested or not effect_measurable(*mean_ci(wd, n_boot, seed)[1:]):
+        return False
+    values = [ratio(m.parts[n]["inside"].spread(target), wd) for n in tested]
+    draws = [np.array([ratio(dr["inside"].spread(target), wd) for dr in m.null[m.profile[n]]]) for n in tested]
+    return null_could_decide(values, draws, n_max)
+
+
+def _sequential_null(ev, ww, m: _Measured, tested, layers, d, n_null, n_max, seed, target, n_boot, boot_seed) -> None:
+    """``m.null``: ``n_null`` draws per rank profile, then ``n_null`` more at a time (up to
+    ``n_max``) while more could change a BH decision (:func:`_null_could_decide`)."""
+    m.null = {pr: [] for pr in dict.fromkeys(m.profile.values())}
+    n = n_null
+    while True:
+        for pr, got in m.null.items():
+            got += _null_draws(ev, ww, pr, layers, d, range(len(got), n), seed, target)
+        if n >= n_max or not _null_could_decide(m, tested, target, n_max, n_boot, boot_seed):
+            return
+        logger.info(f"causal test: {n} null draws leave a BH decision open; drawing up to {min(n_max, n + n_null)}")
+        n = min(n_max, n + n_null)
 
 
 def _profile(bases: Sequence[torch.Tensor | None], layers: Sequence[int]) -> tuple[int, ...]:
@@ -634,6 +674,7 @@ def run_causal(
     readout: Readout | None = None,
     half_width: float | None = CAUSAL_HALF_WIDTH,
     pilot: int = CAUSAL_PILOT_ITEMS,
+    n_null_max: int | None = None,
 ) -> CausalResult:
     """The causal projection test of ``names`` (see the module doc).
 
@@ -653,7 +694,9 @@ def run_causal(
     (:func:`rows_needed`) sets how many target prompts reach ``half_width``, and the variants run
     on the further prompts up to that count (every set at most that many; all of a set when the
     writers' effect is not measurable on the pilot). ``half_width`` None or 0: every prompt, in
-    the given order. The null runs on the final rows of the target set.
+    the given order. The null runs on the final rows of the target set: ``n_null`` draws per rank
+    profile, and ``n_null`` more at a time up to ``n_null_max`` (default ``5·n_null``) while more
+    draws could change a BH decision among the tested A-hypotheses (:func:`_null_could_decide`).
     """
     controls = tuple(controls)
     readout = readout or Readout()
@@ -683,9 +726,11 @@ def run_causal(
             logger.info(f"causal test: the pilot asks for {asked} target prompts; adding {more}")
             m = _measure(ev, w, ww, bases, names, layers, add(ext), progress, t0, m)
         t["variants"], t0 = time.perf_counter() - t0, time.perf_counter()
-        m.null = {
-            pr: _null_draws(ev, ww, pr, layers, d_model(model), n_null, seed, target) for pr in dict.fromkeys(m.profile.values())
-        }
+        n_max = max(n_null, 5 * n_null if n_null_max is None else int(n_null_max))
+        tested = [
+            r["subspace"] for r in meta.iter_rows(named=True) if r["subspace"] in set(names) and r["kind"] == "A-hypothesis"
+        ]
+        _sequential_null(ev, ww, m, tested, layers, d_model(model), n_null, n_max, seed, target, n_boot, boot_seed)
         t["null"] = time.perf_counter() - t0
         wd, fd = m.ref["writers_only"].spread(target), m.ref["full"].spread(target)
         res = CausalResult(
@@ -696,7 +741,7 @@ def run_causal(
             mean_ci(fd, n_boot, boot_seed),
             first,
             layers,
-            n_null,
+            len(next(iter(m.null.values()), [])),
             t,
             ev.rows,
             ev.flops / 1e9,
@@ -706,6 +751,7 @@ def run_causal(
             half_width=float(half_width) if sized else None,
             pilot={s: n0[s] for s in sizes} if sized else {},
             rows_asked=asked,
+            n_null_first=n_null,
         )
         logger.info(
             f"causal test: {len(names)} candidates × {len(PARTS)} variants + {sum(map(len, m.null.values()))} "

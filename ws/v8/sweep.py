@@ -413,8 +413,6 @@ def _caveats(cfg, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability
     res, t = results[0], cr.table
     wo = cr.variants.filter((pl.col("variant") == "writers_only") & (pl.col("set") == cr.target))
     sc = t["normmatch_scale_max"].fill_nan(None).drop_nulls()
-    n_prof = t["null_profile"].n_unique()
-    n_normal = int((t["p_inside_method"] == "normal").sum())
     out = [
         f"the causal test ran on seed {res.seed}'s diff only; the candidates were chosen by the joint score "
         f"averaged over seeds {list(stab.seeds)}",
@@ -422,10 +420,7 @@ def _caveats(cfg, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability
         f"{float(wo['mean_mass'][0]):.3g} (smallest {float(wo['min_mass'][0]):.3g})"
         if wo.height
         else "α = ±1 only",
-        f"{cr.n_null} random subspaces per rank profile ({n_prof} profile(s) in this run): p is the normal tail fitted "
-        f"to them where they pass a Shapiro–Wilk check ({n_normal} of {t.height} rows), else the empirical p, whose "
-        f"smallest value is 1/{cr.n_null + 1} = {1 / (cr.n_null + 1):.3g} (`p_inside_method`); the null's 95th "
-        f"percentile rests on {cr.n_null} draws",
+        null_caveat(cr),
         "retention is a ratio of mean spreads; the writers-only spread is its denominator for every row",
         "the block-local label is zero below the first touched block (no score there); blocks after the last touched "
         "one respond to their changed input, so their block-local label is not zero",
@@ -453,6 +448,23 @@ def _caveats(cfg, results: Sequence[sweep.SeedResult], stab: sweep.SeedStability
     if cfg.smoke:
         out.append(C.SMOKE)
     return out + sweep.diff_caveats(results, cfg.behavior)
+
+
+def null_caveat(cr) -> str:
+    """How many null draws the causal test made, and which p it read from them."""
+    t = cr.table
+    n_prof, n_normal = t["null_profile"].n_unique(), int((t["p_inside_method"] == "normal").sum())
+    more = (
+        f"; {cr.n_null_first} first, then more because a BH decision could still change"
+        if cr.n_null > cr.n_null_first > 0
+        else ""
+    )
+    return (
+        f"{cr.n_null} random subspaces per rank profile ({n_prof} profile(s) in this run{more}): p is the normal tail "
+        f"fitted to them where they pass a Shapiro–Wilk check ({n_normal} of {t.height} rows), else the empirical p, "
+        f"whose smallest value is 1/{cr.n_null + 1} = {1 / (cr.n_null + 1):.3g} (`p_inside_method`); the null's 95th "
+        f"percentile rests on {cr.n_null} draws"
+    )
 
 
 def rows_caveat(cr) -> str:
