@@ -643,3 +643,25 @@ def test_the_build_holds_one_layers_grams_at_a_time_and_equals_a_candidate_by_ca
             assert (B is None) == (bases[n][l] is None), (n, l)
             if B is not None:
                 assert torch.equal(B.to(torch.float32), bases[n][l]), (n, l)
+
+
+def test_the_layer_by_layer_build_forms_each_read_gram_at_most_twice(tiny_qwen3, built):
+    """Once in the sums over every layer, once when its layer is built; the downstream running
+    sum takes the built layer's Gram while it is held instead of forming it a third time."""
+    from collections import Counter
+
+    from ws.bases import registry
+
+    model, cap, deltas, bases, _ = built
+    formed: Counter = Counter()
+
+    class Counting(registry.BuildContext):
+        def memo(self, key, fn):
+            if isinstance(key, tuple) and key[0] == "read" and key[2] == "all" and key not in self._memo:
+                formed[key[1]] += 1
+            return super().memo(key, fn)
+
+    ctx = Counting(model, cap, deltas, cap.label_fit, k=K, k_broad=K_BROAD)
+    registry._build_layer_by_layer(ctx, list(bases), progress=False)
+    assert formed and max(formed.values()) <= 2, dict(formed)
+    assert set(formed) == set(range(ctx.L))

@@ -223,9 +223,18 @@ class BuildContext:
 
     def at_layer(self, layer: int | None) -> None:
         """Build ``layer`` next: every per-layer intermediate of the other layers (their ``d × d``
-        Grams) is freed, so a build holds one layer's float64 work at a time (:func:`build_all`)."""
+        Grams) is freed, so a build holds one layer's float64 work at a time (:func:`build_all`).
+        Moving down one layer first adds the layer just built into :meth:`downstream_gram`'s running
+        sum while its read Gram is still held (it is not formed again)."""
+        if layer is not None and self._down is not None and self._down[0] == layer + 1 and self._holds_read(layer + 1):
+            m, acc = self._down
+            acc += self.read_gram(m)
+            self._down = (layer, acc)
         self._layer = layer
         self.free_layers()
+
+    def _holds_read(self, layer: int) -> bool:
+        return any(isinstance(k, tuple) and k[:2] == ("read", layer) for k in self._memo)
 
     def free_layers(self) -> None:
         """Free the per-layer intermediates (keys ``(kind, layer, …)`` of :data:`PER_LAYER_MEMO`)
