@@ -170,3 +170,14 @@ def test_the_tiniest_run_end_to_end_through_make(tmp_path):
     ok(run_make(repo, "bench-scale", f"BENCH_SCALE_ARGS=--report {tmp_path / 'measured'}", base=tmp_path))
     md = tmp_path / "measured" / f"{r['date']}-cpu-scale.md"
     assert "`tiny:2`" in md.read_text() and (tmp_path / "measured" / f"{r['date']}-cpu-scale.png").stat().st_size > 10_000
+
+
+def test_the_estimate_error_is_read_against_the_measured_peak():
+    run = {"peak_rss_gib": 2.5, "memory_estimate_gib": {"peak": 2.0}}
+    assert bs.estimate_error(run) == pytest.approx(-0.2) and bs.estimate_error({"memory_estimate_gib": {"peak": 1}}) is None
+    s = bs.SHAPES["qwen3-0.6b"]
+    e = bs.memory_estimate(s)
+    more = bs.memory_estimate(s, n_fit=2 * bs.PROBES_FIT)
+    assert more["captures"] > e["captures"] and more["build"] > e["build"]  # the captures are kept through the build
+    assert bs.memory_estimate(s, tokens=4096)["captures"] > e["captures"]
+    assert bs.memory_estimate(s, on_gpu=True)["peak"] < e["peak"] - 0.9 * e["weights"]

@@ -86,6 +86,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
 
 from ws.behavior import data
 from ws.bench import device_name, peak_rss_gib, time_steps, v8_stages
+from ws.captures.capture import TOKEN_WINDOW
 from ws.config import from_env
 from ws.core.device import resolve_device, resolve_dtype
 from ws.core.io import write_text
@@ -201,27 +202,47 @@ def n_params(s: Shape, layers: int | None = None) -> int:
 GRAMS_HELD = 2 * 8 + 6
 
 
-def memory_estimate(s: Shape, layers: int | None = None, on_gpu: bool = False) -> dict[str, float]:
+#: the probe counts and the padded prompt length of the bench's runs (the sweep's defaults on the
+#: built-in behaviour: 36 FIT and 24 EVAL probes of 45–63 tokens), and the capture batch
+PROBES_FIT, PROBES_EVAL, PROBE_TOKENS, CAPTURE_BATCH = 36, 24, 64, 16
+
+
+def memory_estimate(
+    s: Shape,
+    layers: int | None = None,
+    on_gpu: bool = False,
+    n_fit: int = PROBES_FIT,
+    n_eval: int = PROBES_EVAL,
+    tokens: int = PROBE_TOKENS,
+) -> dict[str, float]:
     """Host memory of one run from its arithmetic, GiB (an estimate; the JSON puts the measured
     peak beside it). The large parts: the float32 weights (on the host unless ``on_gpu``) and
-    the diff; the second moments of the o_proj / down_proj inputs (their diagonals) and outputs, ``L·(a + ff +
-    2d²)`` values summed in float64 and converted to float32 layer by layer (8 bytes a value at
-    the end of the capture, 4 kept); the candidate builder's float64 ``d × d`` Grams (:data:`GRAMS_HELD`: two
-    layers' at a time, since the build goes layer by layer, and the sums over layers);
-    the lens's float64 SVDs of the touched weights (its cache, at most :data:`ws.stats.lens.SVD_CACHE_BYTES`,
-    and one SVD past it); the training step's bfloat16 copies."""
+    the diff; the captures, kept for the whole run: the token-level block outputs of both
+    personas ``2·L·n_fit·T·d`` (``T`` at most :data:`ws.captures.capture.TOKEN_WINDOW`), about
+    a dozen last-token ``[L, n, d]`` tensors and the writers' moments ``L·(a + ff + 2d²)`` (float32;
+    float64 while they are summed); during a capture pass, every hooked module's input retained
+    until the pass ends, ``L·b·T·(a + ff + 2d)``; the candidate builder's float64 ``d × d`` Grams
+    (:data:`GRAMS_HELD`); the lens's float64 SVDs of the touched weights (its cache, at most
+    :data:`ws.stats.lens.SVD_CACHE_BYTES`, and one SVD past it), kept to the end of the run; the
+    steering's saved copy of the touched weights (:func:`ws.model.steer.weight_steer`: the
+    label's passes at ±w, v8); the training step's bfloat16 copies."""
     L = layers or s.layers
     touched = len(adapters.layer_range(L, adapters.TrainConfig().layer_frac))
     P, a = n_params(s, L), s.heads * s.hd
     weights = 0 if on_gpu else 4 * P
     diff = 4 * touched * layer_params(s)
     moments = L * (a + s.ff + 2 * s.d * s.d)  # the inputs' diagonals and the two [d, d] written moments
+    T = min(tokens, TOKEN_WINDOW)
+    kept = 4 * L * s.d * (2 * n_fit * T + 12 * n_fit + 2 * n_eval) + 4 * moments
+    retained = 4 * L * CAPTURE_BATCH * tokens * (a + s.ff + 2 * s.d)
     tensors = ((a, s.d), (s.kv_heads * s.hd, s.d), (s.kv_heads * s.hd, s.d), (s.d, a), (s.ff, s.d), (s.ff, s.d), (s.d, s.ff))
     per_tensor = [8 * min(o, i) * (o + i) for o, i in tensors]
     lens = min(touched * sum(per_tensor), SVD_CACHE_BYTES) + max(per_tensor)  # the cache, and one SVD past it
+    base = weights + diff + kept
     phases = {
-        "captures": weights + diff + 8 * moments,
-        "build": weights + diff + 4 * moments + 8 * GRAMS_HELD * s.d * s.d + lens,
+        "captures": base + 4 * moments + retained + diff,  # the label's passes at ±w steer a copy
+        "build": base + 8 * GRAMS_HELD * s.d * s.d + lens,
+        "v8": base + lens + diff,
         "train_step": weights + lens + (0 if on_gpu else 2 * P),
     }
     out = {k: v / GIB + 0.5 for k, v in phases.items()}  # + the interpreter, torch, the tokenizer
@@ -907,6 +928,16 @@ def table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(map(str, r)) + " |" for r in rows)]
 
 
+#: the memory estimate must come within this share of every measured run's peak RSS
+ESTIMATE_TOL = 0.2
+
+
+def estimate_error(run: dict) -> float | None:
+    """``estimate / measured − 1`` of a measured run's peak host memory (None when not measured)."""
+    got, est = run.get("peak_rss_gib"), (run.get("memory_estimate_gib") or {}).get("peak")
+    return est / got - 1 if got and est else None
+
+
 def runs_table(r: dict) -> list[str]:
     head = ["run", "d", "layers", "params", *STAGE_KEYS, "analysis", "peak RSS analysis / all (estimate)"]
     rows = []
@@ -915,7 +946,10 @@ def runs_table(r: dict) -> list[str]:
             rows.append([f"`{run['spec']}`", *[""] * (len(head) - 2), run.get("skipped") or run.get("failed", "")])
             continue
         st, est = run["stages_s"], run["memory_estimate_gib"]["peak"]
-        mem = f"{run['peak_rss_gib_analysis']:.2f} / {run['peak_rss_gib']:.2f} GiB ({est:.1f})"
+        err = estimate_error(run)
+        off = "" if err is None or abs(err) <= ESTIMATE_TOL else f", **off by more than {ESTIMATE_TOL:.0%}**"
+        rel = "" if err is None else f", {err:+.0%}{off}"
+        mem = f"{run['peak_rss_gib_analysis']:.2f} / {run['peak_rss_gib']:.2f} GiB ({est:.2f}{rel})"
         rows.append(
             [f"`{run['spec']}`", run["d_model"], run["n_layers"], f"{run['params'] / 1e6:.0f} M"]
             + [fmt_s(st[k]) for k in STAGE_KEYS]
