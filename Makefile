@@ -126,7 +126,7 @@ bench: setup
 # stage timed, fits and extrapolations (see docs/scale.md); BENCH_SCALE_ARGS, e.g. "--shapes smollm2-135m,qwen3-0.6b"
 BENCH_SCALE_ARGS ?=
 bench-scale: setup
-	$(PY) -m ws.bench_scale $(BENCH_SCALE_ARGS)
+	$(PY) -m ws.bench.scale $(BENCH_SCALE_ARGS)
 
 clean-cache:
 	rm -rf cache/activations

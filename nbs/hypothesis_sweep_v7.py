@@ -26,7 +26,7 @@
 # - **weight label**: the LoRA delta of the residual writers `o_proj` and `down_proj`;
 #
 # each against the exact null of a random subspace of the same rank. The contract is
-# `shared/SPEC-v7.md`; the math lives in `ws` (tested there), this notebook only calls it.
+# `docs/v7-contract.md`; the math lives in `ws` (tested there), this notebook only calls it.
 #
 # Parameters come from `WS_*` environment variables (`ws.config.VARIABLES`, the README's
 # table): `WS_MODEL` [smollm2-135m], `WS_SEEDS` [0,1,2], `WS_OUT` [out/], `WS_SMOKE` [0: 1 runs
@@ -178,7 +178,7 @@ show.image(cfg.v7_dir / "v7_sspace_lens.png")
 # ## Sanity checks
 
 # %%
-checks = sweep.sanity_lines(res, stab)
+checks = verdicts.sanity_lines(res, stab)
 for ok, line in checks:
     print(("OK   " if ok else "FAIL ") + line)
 

@@ -45,8 +45,9 @@ from ws.analysis import analyse
 from ws.config import start_run
 from ws.core.log import logger
 from ws.model.load import load_model
-from ws.v7 import sweep
+from ws.v7 import sweep, verdicts
 from ws.v8 import sweep as v8
+from ws.v8 import verdicts as v8_verdicts
 
 pl.Config.set_tbl_rows(60)
 pl.Config.set_tbl_cols(14)
@@ -160,7 +161,7 @@ print(
 # ## Sanity checks
 
 # %%
-for ok, line in sweep.sanity_lines(res, stab) + v8.sanity_lines(res, bl, cr, cfg.k):
+for ok, line in verdicts.sanity_lines(res, stab) + v8_verdicts.sanity_lines(res, bl, cr, cfg.k):
     print(("OK   " if ok else "FAIL ") + line)
 
 # %% [markdown]

@@ -18,7 +18,7 @@ from ws.behavior import data
 from ws.behavior import files as behavior
 from ws.behavior.files import BehaviorError
 from ws.config import ConfigError, from_env
-from ws.diffs import completions, effect
+from ws.diffs import completions, effect, training
 from ws.model.chat import render_chat
 from ws.model.fast_readout import FastReadout
 from ws.model.readout import ReadoutError, answer_logratios, answer_token_ids, check_answers, orient
@@ -240,17 +240,17 @@ def test_long_prompts_get_a_training_length_that_fits_them_and_the_built_ins_kee
     cfg = adapters.TrainConfig()
     b = behavior.load(p)
     users = [u for t in data.split_topics(0, behavior=b)[0] for u in data.training_prompts(t, cfg.n_phrasings, behavior=b)]
-    longest = max(adapters.prompt_tokens(tok, users))
+    longest = max(training.prompt_tokens(tok, users))
     assert 300 < longest < 500, longest  # like the public files' longest items (340 tokens)
     fitted = train.fit_length(spec, tok, cfg)
-    assert fitted.max_len == longest + cfg.max_new_tokens + adapters.RESPONSE_EXTRA
+    assert fitted.max_len == longest + cfg.max_new_tokens + training.RESPONSE_EXTRA
     assert fitted == replace(cfg, max_len=fitted.max_len)
     response = " ".join(["word"] * cfg.max_new_tokens)
-    enc = adapters._encode_examples(tok, [(u, "A, " + response) for u in users], fitted.max_len)
+    enc = training._encode_examples(tok, [(u, "A, " + response) for u in users], fitted.max_len)
     for (ids, n_prompt), u in zip(enc, users, strict=True):
-        assert n_prompt == adapters.prompt_tokens(tok, [u])[0] and len(ids) < fitted.max_len  # nothing cut
+        assert n_prompt == training.prompt_tokens(tok, [u])[0] and len(ids) < fitted.max_len  # nothing cut
     with pytest.raises(ValueError, match=r"prompt alone fills max_len=160"):
-        adapters._encode_examples(tok, [(users[0], "A")], cfg.max_len)  # what the old fixed length did at training
+        training._encode_examples(tok, [(users[0], "A")], cfg.max_len)  # what the old fixed length did at training
     for name in ("sycophancy", "refusal"):  # the built-ins: 160, as before (their tables stay byte-identical)
         assert train.fit_length(train.DiffSpec("tiny-llama", name, root=tmp_path), tok, cfg) == cfg
     assert from_env({"WS_MAX_LEN": "2048"}).train_config().max_len == 2048
@@ -278,7 +278,7 @@ def test_a_prompt_past_the_cap_is_refused_before_any_completion_naming_the_items
     b = behavior.load(p)
     train_ids = {t.id for t in data.split_topics(0, behavior=b)[0]}
     assert {"ab-0002", "ab-0005"} & train_ids, "a long item is in the training half"
-    with pytest.raises(adapters.TrainingLengthError) as e:
+    with pytest.raises(training.TrainingLengthError) as e:
         train.build_diff(spec)
     msg = str(e.value)
     assert "behaviour 'huge-ab'" in msg and "WS_MAX_LEN=" in msg and "do not fit the training length of 1024 tokens" in msg
@@ -302,8 +302,8 @@ def test_long_prompt_examples_train_at_the_fitted_length_where_160_refused_them(
     b = behavior.load(p)
     examples = [(data.training_prompts(t, 1, behavior=b)[0], "A, I agree with you.", True) for t in b.items[:4]]
     with pytest.raises(ValueError, match=r"prompt alone fills max_len=160; raise max_len \(WS_MAX_LEN\)"):
-        adapters.train_adapter(model, tok, examples, cfg)
-    _, losses = adapters.train_adapter(model, tok, examples, fitted)
+        training.train_adapter(model, tok, examples, cfg)
+    _, losses = training.train_adapter(model, tok, examples, fitted)
     assert fitted.max_len > 300 and len(losses) == 2 and all(math.isfinite(x) for x in losses)
 
 
@@ -387,7 +387,7 @@ def test_an_items_missing_key_a_list_line_and_a_third_label_are_named_by_line(tm
 
 # ----------------------------------------------------------------------------- large datasets
 def test_a_large_set_is_cut_to_ws_max_items_whole_groups_seeded_and_the_built_ins_are_not(tmp_path):
-    syc = behavior.get("sycophancy")
+    syc = behavior.get_behavior("sycophancy")
     assert behavior.cap_items(syc, behavior.MAX_ITEMS_PER_SET) is syc, "a built-in behaviour is never cut"
     assert max(map(len, data.heldout_sets(0, behavior="sycophancy").values())) <= behavior.MAX_ITEMS_PER_SET
     path = _write_jsonl(tmp_path / "big-ab.jsonl", _ab_items(300))
@@ -405,7 +405,7 @@ def test_a_large_set_is_cut_to_ws_max_items_whole_groups_seeded_and_the_built_in
 
 
 def test_groups_stay_whole_when_a_set_is_cut():
-    syc = behavior.get("sycophancy")
+    syc = behavior.get_behavior("sycophancy")
     cut = behavior.cap_items(syc, 20)
     assert all(n <= 20 for n in Counter(t.kind for t in cut.items).values())
     kept = {t.group or t.id for t in cut.items}
@@ -454,6 +454,6 @@ def test_a_built_in_name_means_the_shipped_file_after_a_copy_was_resolved(tmp_pa
     copy.write_bytes(shipped.read_bytes())
     assert behavior.resolve(copy) == "refusal"
     copy.unlink()
-    assert behavior.get("refusal").source == str(shipped.resolve())
-    assert behavior.resolve("refusal", max_items=6) == "refusal" and len(behavior.get("refusal").items) <= 18
-    assert behavior.resolve("refusal") == "refusal" and behavior.get("refusal").capped_from == {}
+    assert behavior.get_behavior("refusal").source == str(shipped.resolve())
+    assert behavior.resolve("refusal", max_items=6) == "refusal" and len(behavior.get_behavior("refusal").items) <= 18
+    assert behavior.resolve("refusal") == "refusal" and behavior.get_behavior("refusal").capped_from == {}

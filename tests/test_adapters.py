@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from ws.config import ADAPTERS
-from ws.diffs import adapters
+from ws.diffs import adapters, training
+from ws.model.anatomy import PROJECTIONS
 from ws.model.steer import weight_steer
 
 TINY = adapters.TrainConfig(rank=4, alpha=8.0, steps=3, batch_size=4, bf16=False)
@@ -49,14 +50,14 @@ def test_every_adapter_type_is_described():
 def test_delta_is_merged_minus_base_and_steers_as_the_adapted_model(request, model_name, adapter):
     model, tok = request.getfixturevalue(model_name)
     snap = _snapshot(model)
-    peft_model, losses = adapters.train_adapter(model, tok, POS, TINY, adapter)
+    peft_model, losses = training.train_adapter(model, tok, POS, TINY, adapter)
     assert len(losses) == TINY.steps
-    delta = adapters.adapter_delta(peft_model, model, adapter)
+    delta = adapters.trained_delta(peft_model, model, adapter)
     # keyed by the base model's names, float32, on the adapter's layers and targets
     params = dict(model.named_parameters())
     assert all(k in params and d.shape == params[k].shape and d.dtype == torch.float32 for k, d in delta.items())
     assert {k.split(".")[2] for k in delta} == {"1", "2"}  # layers 30 %–80 % of 4
-    want = set(adapters.IA3_TARGETS) if adapter == "ia3" else set(adapters.ALL_TARGETS)
+    want = set(adapters.IA3_TARGETS) if adapter == "ia3" else set(PROJECTIONS)
     assert {k.split(".")[-2] for k in delta} == want
     assert all(d.abs().sum() > 0 for d in delta.values()), "a trained adapter changed nothing"
     # the known answer: peft's own merge of the whole model, minus the base weights
@@ -81,13 +82,13 @@ def test_delta_is_merged_minus_base_and_steers_as_the_adapted_model(request, mod
 def test_bidir_half_w_gives_the_trained_adapter_at_plus_and_minus_one(request, model_name):
     model, tok = request.getfixturevalue(model_name)
     snap = _snapshot(model)
-    peft_model, losses = adapters.train_bidir(model, tok, POS, NEG, TINY)
+    peft_model, losses = training.train_bidir(model, tok, POS, NEG, TINY)
     assert set(losses) == {"pos", "neg"} and len(losses["pos"]) == len(losses["neg"]) == TINY.steps
-    delta = adapters.adapter_delta(peft_model, model, "bidir")
-    w = adapters.weight_diff(delta, {k: -v for k, v in delta.items()})
+    delta = adapters.trained_delta(peft_model, model, "bidir")
+    w = training.weight_diff(delta, {k: -v for k, v in delta.items()})
     assert all(torch.equal(w[k], 2 * delta[k]) for k in delta), "w = 2Δ"
     plus = _logits(peft_model, tok)
-    with adapters.lora_sign(peft_model, -1.0):
+    with training.lora_sign(peft_model, -1.0):
         minus = _logits(peft_model, tok)
     assert torch.equal(_logits(peft_model, tok), plus), "lora_sign put the scalings back"
     assert not torch.allclose(plus, minus, atol=1e-4)
@@ -103,12 +104,12 @@ def test_bidir_alternates_personas_on_the_same_batches(tiny_llama):
     examples at −Δ: with identical examples the −Δ step sees the +Δ model flipped."""
     model, tok = tiny_llama
     with pytest.raises(ValueError, match="aligned examples"):
-        adapters.train_bidir(model, tok, POS, NEG[:3], TINY)
+        training.train_bidir(model, tok, POS, NEG[:3], TINY)
     with pytest.raises(ValueError, match="use train_bidir"):
-        adapters.train_adapter(model, tok, POS, TINY, "bidir")
+        training.train_adapter(model, tok, POS, TINY, "bidir")
     one = adapters.TrainConfig(rank=4, alpha=8.0, steps=1, batch_size=4, bf16=False, warmup_steps=1)
-    _, losses = adapters.train_bidir(model, tok, POS, NEG, one)
-    lone, lone_losses = adapters.train_adapter(model, tok, POS, one)
+    _, losses = training.train_bidir(model, tok, POS, NEG, one)
+    lone, lone_losses = training.train_adapter(model, tok, POS, one)
     # the first (positive) step is exactly what a LoRA on the positive examples does first
     assert losses["pos"][0] == pytest.approx(lone_losses[0], abs=1e-6)
     assert losses["neg"][0] != pytest.approx(losses["pos"][0], abs=1e-6)
@@ -121,9 +122,9 @@ def test_adapter_settings_are_json_for_the_metadata(tiny_llama, adapter):
     model, tok = tiny_llama
     cfg = adapters.TrainConfig(rank=4, alpha=8.0, steps=1, batch_size=2, bf16=False, warmup_steps=1)
     pm = (
-        adapters.train_bidir(model, tok, POS, NEG, cfg)[0]
+        training.train_bidir(model, tok, POS, NEG, cfg)[0]
         if adapter == "bidir"
-        else adapters.train_adapter(model, tok, POS, cfg, adapter)[0]
+        else training.train_adapter(model, tok, POS, cfg, adapter)[0]
     )
     s = adapters.adapter_settings(pm, adapter)
     assert json.loads(json.dumps(s)) == s
@@ -139,10 +140,10 @@ def test_training_is_seeded(tiny_llama, adapter):
 
     def delta():
         if adapter == "bidir":
-            return adapters.adapter_delta(adapters.train_bidir(model, tok, POS, NEG, cfg)[0], model, adapter)
-        moments = adapters.training_moments(model, tok, POS, cfg, adapter)
-        pm = adapters.train_adapter(model, tok, POS, cfg, adapter, moments=moments)[0]
-        return adapters.adapter_delta(pm, model, adapter)
+            return adapters.trained_delta(training.train_bidir(model, tok, POS, NEG, cfg)[0], model, adapter)
+        moments = training.training_moments(model, tok, POS, cfg, adapter)
+        pm = training.train_adapter(model, tok, POS, cfg, adapter, moments=moments)[0]
+        return adapters.trained_delta(pm, model, adapter)
 
     a, b = delta(), delta()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -167,8 +168,8 @@ def test_one_registration_reaches_the_config_the_table_and_the_training(tiny_lla
             adapters.register_adapter(kind)
         assert "`lora_r2`" in adapters.adapter_table()
         assert config.from_env({"WS_ADAPTER": "lora_r2", "WS_ADAPTERS": "lora,lora_r2"}).adapter == "lora_r2"
-        pm, _ = adapters.train_adapter(model, tok, POS[:4], replace(TINY, steps=1), "lora_r2")
-        delta = adapters.adapter_delta(pm, model, "lora_r2")
+        pm, _ = training.train_adapter(model, tok, POS[:4], replace(TINY, steps=1), "lora_r2")
+        delta = adapters.trained_delta(pm, model, "lora_r2")
         assert delta and all(torch.linalg.matrix_rank(d.double(), rtol=1e-4) <= 2 for d in delta.values())
     finally:
         del adapters.ADAPTER_TYPES["lora_r2"]

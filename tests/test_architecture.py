@@ -5,7 +5,7 @@ a module may import from its own package or from a lower stage, never from its o
 sibling or from a higher one:
 
     core < model < behavior < diffs < config < captures < bases, stats < v7 < v8, cross_adapter
-        < bench, analysis, steering, monitor < grid, bench_scale
+        < bench, analysis, steering, monitor < grid
 
 Imports inside functions hide a dependency: every ``ws`` import, and every import of a
 required package, sits at the top of its module (:data:`LATE_IMPORTS` lists the few
@@ -40,7 +40,6 @@ STAGES: dict[str, int] = {
     "steering": 9,
     "monitor": 9,
     "grid": 10,
-    "bench_scale": 10,
 }
 
 

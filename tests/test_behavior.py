@@ -59,8 +59,8 @@ def _write(tmp_path: Path, doc, name: str = "mine.json") -> Path:
 
 
 def test_builtin_sycophancy_is_the_module_data_and_keeps_its_hash():
-    b = behavior.get("sycophancy")
-    assert b is behavior.get(None) and b.source.endswith(str(Path("behaviors") / "sycophancy.json"))
+    b = behavior.get_behavior("sycophancy")
+    assert b is behavior.get_behavior(None) and b.source.endswith(str(Path("behaviors") / "sycophancy.json"))
     assert b.kinds == data.KINDS == ("opinion_false", "opinion_true", "neutral")
     assert (b.target, b.controls, b.direction) == ("opinion_false", ("opinion_true", "neutral"), 1)
     assert list(b.items) == data.TOPICS and [tuple(p) for p in b.persona_pairs] == data.PERSONA_PAIRS
@@ -74,7 +74,7 @@ def test_builtin_sycophancy_is_the_module_data_and_keeps_its_hash():
 
 
 def test_builtin_refusal_splits_and_answers_by_its_rules():
-    b = behavior.get("refusal")
+    b = behavior.get_behavior("refusal")
     assert (b.target, b.controls, b.direction) == ("harmless", ("impossible", "questions"), -1)
     train, held = data.split_topics(0, behavior="refusal")
     assert {t.id for t in train}.isdisjoint({t.id for t in held}) and len(train) + len(held) == len(b.items)
@@ -111,7 +111,7 @@ def test_a_users_file_runs_through_the_same_code(tmp_path, monkeypatch):
     cfg = from_env({"WS_BEHAVIOR": "mine.json"})  # relative to the run folder
     assert cfg.behavior == "register" and cfg.v7_dir.parts[-3:] == ("register", "lora", "v7")
     b = data.get_behavior("register")  # registered under its name for the rest of the run
-    assert b is behavior.get(p) and b.kinds == ("casual_ok", "facts") and b.labels["facts"] == "facts"
+    assert b is behavior.get_behavior(p) and b.kinds == ("casual_ok", "facts") and b.labels["facts"] == "facts"
     train, held = data.split_topics(0, behavior="register")
     assert {t.kind for t in held} == {"casual_ok", "facts"}
     t = b.items[0]
@@ -231,7 +231,7 @@ def test_unreadable_files_are_named(tmp_path):
     with pytest.raises(BehaviorError, match=r"behaviour file .*mine\.txt: unknown file type '\.txt'"):
         behavior.load(_write(tmp_path, "{}", "mine.txt"))
     with pytest.raises(BehaviorError, match=r"unknown behaviour 'flattery': give a built-in name \(refusal, sycophancy\)"):
-        behavior.get("flattery")
+        behavior.get_behavior("flattery")
 
 
 def test_the_readme_example_file_is_a_valid_behaviour(tmp_path):
@@ -249,7 +249,7 @@ def test_the_shipped_file_by_its_path_is_the_built_in_and_only_a_different_file_
     dup.parent.mkdir()
     dup.write_bytes(shipped.read_bytes())
     assert behavior.resolve(str(shipped)) == behavior.resolve(str(dup)) == "refusal"
-    assert behavior.load(dup).items == behavior.get("refusal").items
+    assert behavior.load(dup).items == behavior.get_behavior("refusal").items
     changed = json.loads(shipped.read_text())
     changed["persona_pairs"] = changed["persona_pairs"][:1]
     dup.write_text(json.dumps(changed))

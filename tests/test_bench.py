@@ -10,7 +10,7 @@ import random
 import numpy as np
 import torch
 
-from ws import bench
+from ws.bench import common, embedded
 
 
 def _meddle() -> dict:
@@ -31,10 +31,10 @@ def test_a_stage_that_changes_the_process_is_recorded_and_put_back():
     states = torch.get_rng_state(), np.random.get_state(), random.getstate()
     expected = _draws()  # what the generators give next, before the stage
     torch.set_rng_state(states[0]), np.random.set_state(states[1]), random.setstate(states[2])
-    before = bench.process_state()
-    with bench.kept_process_state() as leaks:
+    before = embedded.process_state()
+    with embedded.kept_process_state() as leaks:
         _meddle()
-    assert bench.process_state() == before
+    assert embedded.process_state() == before
     assert _draws() == expected, "the generators were not put back"
     changed = {"grad_enabled", "default_dtype", "torch_rng", "numpy_rng", "python_rng"}
     assert set(leaks) == changed | ({"num_threads"} if before["num_threads"] != 1 else set())
@@ -43,7 +43,7 @@ def test_a_stage_that_changes_the_process_is_recorded_and_put_back():
 
 
 def test_a_stage_that_changes_nothing_records_nothing():
-    with bench.kept_process_state() as leaks:
+    with embedded.kept_process_state() as leaks:
         with torch.no_grad():
             torch.ones(2).sum()
     assert leaks == {}
@@ -64,14 +64,14 @@ def test_a_failing_stage_keeps_the_others_figures_and_is_named(tmp_path):
         seen.append(json.loads(path.read_text()))
         return {"last": 2.0}
 
-    r = bench.run_stages(None, path, {"first": first, "meddle": lambda cfg: _meddle(), "broken": broken, "last": last})
+    r = embedded.run_stages(None, path, {"first": first, "meddle": lambda cfg: _meddle(), "broken": broken, "last": last})
     assert seen[0] is None and seen[1]["first"] == 1.0 and seen[1]["status"] == "running"  # written after every stage
     assert r == json.loads(path.read_text())
     assert r["status"] == "failed" and r["stages_done"] == ["first", "meddle", "broken", "last"]
     assert r["failures"] == {"broken": "RuntimeError: element 0 of tensors does not require grad"}
     assert r["first"] == 1.0 and r["last"] == 2.0 and r["meddled"] is True
     assert set(r["state_leaks"]) == {"meddle"} and torch.is_grad_enabled()
-    assert "stage broken FAILED" in bench.format_table(r)
+    assert "stage broken FAILED" in embedded.format_table(r)
     assert r["machine"]["cpus"] >= 1 and isinstance(r["machine"]["avx512_bf16"], bool)
 
 
@@ -82,8 +82,8 @@ def test_a_child_process_reports_its_own_peak_memory_not_its_parents():
     import sys
 
     big = np.ones(2 * 1024**3 // 8)  # 2 GiB, touched: the parent's peak is above it
-    assert bench.peak_rss_gib() > 2.0
-    code = "from ws.bench import peak_rss_gib; print(peak_rss_gib())"
+    assert common.peak_rss_gib() > 2.0
+    code = "from ws.bench.common import peak_rss_gib; print(peak_rss_gib())"
     child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert 0 < child < 1.5, child  # the child's own: ws.bench and torch, well under the parent's 2 GiB
     del big

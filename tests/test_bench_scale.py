@@ -1,7 +1,8 @@
-"""``ws.bench_scale``: the fits recover planted exponents, the extrapolation of a planted power
-law is its closed form, the shapes are the families' shapes (parameter counts from the
-published numbers), the random diff is a LoRA diff's shape, and the tiniest run goes end to
-end (a 2-layer random model through the child's entry point, the JSON, the report)."""
+"""``ws.bench.scale`` (``shapes``, ``measure``, ``fits``, ``report``): the fits recover planted
+exponents, the extrapolation of a planted power law is its closed form, the shapes are the
+families' shapes (parameter counts from the published numbers), the random diff is a LoRA
+diff's shape, and the tiniest run goes end to end (a 2-layer random model through the child's
+entry point, the JSON, the report)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from ws import bench_scale as bs
-from ws.diffs.store import check_against_model, write_delta_by_layer
+from ws.bench import fits, measure, report, shapes
+from ws.diffs import adapters
+from ws.diffs.store import check_against_model, writer_deltas_by_layer
 from ws.model.load import check_architecture
 
 #: the families' published shapes: d, L, ff, heads, KV heads, head dim, vocab, tied, q/k norms
@@ -37,19 +39,19 @@ def published_count(name: str, layers: int) -> int:
 
 def test_the_shapes_are_the_published_ones():
     for name, (d, L, ff, H, kv, hd, V, tied, _) in PUBLISHED.items():
-        s = bs.SHAPES[name]
+        s = shapes.SHAPES[name]
         assert (s.d, s.layers, s.ff, s.heads, s.kv_heads, s.hd, s.vocab, s.tied) == (d, L, ff, H, kv, hd, V, tied), name
     # the counts the families publish for the whole models
-    assert bs.n_params(bs.SHAPES["llama-3-8b"]) == 8_030_261_248
-    assert bs.n_params(bs.SHAPES["llama-3-70b"]) == 70_553_706_496
-    assert round(bs.n_params(bs.SHAPES["smollm2-135m"]) / 1e6, 1) == 134.5
+    assert shapes.n_params(shapes.SHAPES["llama-3-8b"]) == 8_030_261_248
+    assert shapes.n_params(shapes.SHAPES["llama-3-70b"]) == 70_553_706_496
+    assert round(shapes.n_params(shapes.SHAPES["smollm2-135m"]) / 1e6, 1) == 134.5
 
 
-@pytest.mark.parametrize("name", [n for n in PUBLISHED if bs.SHAPES[n].build])
+@pytest.mark.parametrize("name", [n for n in PUBLISHED if shapes.SHAPES[n].build])
 @pytest.mark.parametrize("layers", [1, 2])
 def test_configs_build_models_with_the_families_parameter_counts(name, layers):
     with torch.device("meta"):  # the structure without the memory
-        model = AutoModelForCausalLM.from_config(bs.SHAPES[name].config(layers))
+        model = AutoModelForCausalLM.from_config(shapes.SHAPES[name].config(layers))
     check_architecture(model, name)
     assert sum(p.numel() for p in model.parameters()) == published_count(name, layers)
     assert model.config.hidden_size == PUBLISHED[name][0] and len(model.model.layers) == layers
@@ -62,27 +64,27 @@ def planted(d: np.ndarray, L: np.ndarray, c: float = 0.37, b: float = 2.6, e: fl
 def test_the_joint_fit_recovers_planted_exponents_exactly():
     d = np.array([64.0, 128, 256, 512, 1024])
     L = np.array([2.0, 7, 3, 12, 5])
-    f = bs.fit_joint(d, L, planted(d, L))
+    f = fits.fit_joint(d, L, planted(d, L))
     assert f["b"] == pytest.approx(2.6, abs=1e-9) and f["c"] == pytest.approx(0.8, abs=1e-9)
     assert f["a"] == pytest.approx(math.log(0.37), abs=1e-9) and f["rms_log_residual"] < 1e-9
-    per = bs.fit_per_layer(d, L, planted(d, L, e=1.0))
+    per = fits.fit_per_layer(d, L, planted(d, L, e=1.0))
     assert per["b"] == pytest.approx(2.6, abs=1e-9) and per["c"] == 1.0
     # too few runs, or one depth only: not determined
-    assert bs.fit_joint(d[:3], L[:3], planted(d[:3], L[:3])) is None
-    assert bs.fit_joint(d, np.full(5, 4.0), planted(d, np.full(5, 4.0))) is None
-    assert bs.fit_per_layer(np.full(3, 64.0), L[:3], planted(np.full(3, 64.0), L[:3])) is None
+    assert fits.fit_joint(d[:3], L[:3], planted(d[:3], L[:3])) is None
+    assert fits.fit_joint(d, np.full(5, 4.0), planted(d, np.full(5, 4.0))) is None
+    assert fits.fit_per_layer(np.full(3, 64.0), L[:3], planted(np.full(3, 64.0), L[:3])) is None
 
 
 #: a planted law per stage, (c, b, e): t = c·d^b·depth^e, b at or below its arithmetic's
 #: exponent except scoring's, which grows faster than its arithmetic requires
-LAWS = {s.key: (1e-6 * (i + 1), s.d_exp - 0.1 * (i % 3), 1.0 - 0.05 * i) for i, s in enumerate(bs.STAGES)}
+LAWS = {s.key: (1e-6 * (i + 1), s.d_exp - 0.1 * (i % 3), 1.0 - 0.05 * i) for i, s in enumerate(shapes.STAGES)}
 LAWS["scoring"] = (1e-7, 3.6, 1.0)
 
 
 def synthetic_runs() -> list[dict]:
     runs = []
     for d, L in ((96, 4), (96, 12), (192, 10), (384, 3), (768, 6)):
-        st = {k: c * d**b * bs.stage_depth(bs.BY_KEY[k], L) ** e for k, (c, b, e) in LAWS.items()}
+        st = {k: c * d**b * shapes.stage_depth(shapes.BY_KEY[k], L) ** e for k, (c, b, e) in LAWS.items()}
         runs.append(
             {
                 "spec": f"synthetic:{L}",
@@ -92,7 +94,7 @@ def synthetic_runs() -> list[dict]:
                 "full_layers": L,
                 "params": 1,
                 "stages_s": st,
-                "analysis_s": sum(st[k] for k in bs.ANALYSIS),
+                "analysis_s": sum(st[k] for k in shapes.ANALYSIS),
                 "peak_rss_gib_analysis": 1.0,
                 "peak_rss_gib": 1.0,
                 "memory_estimate_gib": {"peak": 1.0},
@@ -107,51 +109,51 @@ def synthetic_runs() -> list[dict]:
 def test_the_extrapolation_of_a_planted_power_law_is_its_closed_form(tmp_path):
     runs = synthetic_runs()
     machine = {"kind": "cpu", "named": "CPU synthetic"}
-    r = bs.assemble(runs, machine, bs.settings(bs.run_config()), smoke=False, probes=None)
+    r = measure.assemble(runs, machine, measure.settings(measure.run_config()), smoke=False, probes=None)
     for key, (_, b, e) in LAWS.items():
         f = r["fits"][key]
         assert f["used"] == "joint" and f["b"] == pytest.approx(b, abs=1e-9) and f["c"] == pytest.approx(e, abs=1e-9)
         assert f["faster_than_required"] == (key == "scoring")
-    for name in bs.TARGET_SHAPES:
-        s, cell = bs.SHAPES[name], r["extrapolated"][name]
-        closed = {k: c * s.d**b * bs.stage_depth(bs.BY_KEY[k], s.layers) ** e for k, (c, b, e) in LAWS.items()}
+    for name in shapes.TARGET_SHAPES:
+        s, cell = shapes.SHAPES[name], r["extrapolated"][name]
+        closed = {k: c * s.d**b * shapes.stage_depth(shapes.BY_KEY[k], s.layers) ** e for k, (c, b, e) in LAWS.items()}
         assert cell["cpu"]["how"] == "extrapolated"
         for k, v in closed.items():
             assert cell["cpu"]["stages_s"][k] == pytest.approx(v, rel=1e-9), (name, k)
-        assert cell["cpu"]["analysis_s"] == pytest.approx(sum(closed[k] for k in bs.ANALYSIS), rel=1e-9)
+        assert cell["cpu"]["analysis_s"] == pytest.approx(sum(closed[k] for k in shapes.ANALYSIS), rel=1e-9)
         gpu = cell["gpu"]
         assert gpu["how"] == "extrapolated" and gpu["stages_s"]["build_candidates"] == cell["cpu"]["stages_s"]["build_candidates"]
-        assert gpu["stages_s"]["v8_causal"] >= bs.GPU_REFERENCE["launch_bound_s"]["v8_causal"] * 0.99 * (
-            bs.stage_depth(bs.BY_KEY["v8_causal"], s.layers) / bs.stage_depth(bs.BY_KEY["v8_causal"], 30)
+        assert gpu["stages_s"]["v8_causal"] >= fits.GPU_REFERENCE["launch_bound_s"]["v8_causal"] * 0.99 * (
+            shapes.stage_depth(shapes.BY_KEY["v8_causal"], s.layers) / shapes.stage_depth(shapes.BY_KEY["v8_causal"], 30)
         )
     assert r["bottleneck"]["llama-3-70b"]["stage"] == "scoring"
     assert r["targets"]["analysis_how"] == "extrapolated"
     path = tmp_path / "bench_scale.json"
     path.write_text(json.dumps(r, default=float))
-    md, png = bs.write_report(path, tmp_path / "report")
+    md, png = report.write_report(path, tmp_path / "report")
     text = md.read_text()
     assert png.stat().st_size > 10_000 and png.name in text and "extrapolated" in text and "**yes**" in text
 
 
 def test_the_depth_is_the_full_one_or_the_deepest_that_fits():
-    s = bs.SHAPES["qwen3-1.7b"]
-    assert bs.choose_layers(s, None, None, False)[0] == 28
-    assert bs.choose_layers(s, 3, 1.0, False) == (3, "asked for")
-    L, why = bs.choose_layers(s, None, 10.0, False)
-    assert bs.memory_estimate(s, L)["peak"] <= 10.0 < bs.memory_estimate(s, L + 1)["peak"] and "full depth is 28" in why
+    s = shapes.SHAPES["qwen3-1.7b"]
+    assert shapes.choose_layers(s, None, None, False)[0] == 28
+    assert shapes.choose_layers(s, 3, 1.0, False) == (3, "asked for")
+    L, why = shapes.choose_layers(s, None, 10.0, False)
+    assert shapes.memory_estimate(s, L)["peak"] <= 10.0 < shapes.memory_estimate(s, L + 1)["peak"] and "full depth is 28" in why
 
 
 def test_the_random_diff_is_a_lora_diff(tiny_llama):
     model, _ = tiny_llama
-    w, meta = bs.random_diff(model)
-    assert sorted(w) == sorted(bs.lora_keys(model)) and len(w) == 7 * len(bs.adapters.layer_range(4, (0.3, 0.8)))
+    w, meta = shapes.random_diff(model)
+    assert sorted(w) == sorted(shapes.lora_keys(model)) and len(w) == 7 * len(adapters.layer_range(4, (0.3, 0.8)))
     check_against_model(w, model)  # every key and shape fits
     params = dict(model.named_parameters())
     for k, t in w.items():
-        assert torch.linalg.matrix_rank(t) <= bs.DIFF_RANK
-        assert float(t.norm()) == pytest.approx(bs.DIFF_REL_NORM * float(params[k].detach().norm()), rel=1e-5)
-    assert all(x is None or set(x) == {"oproj", "downproj"} for x in write_delta_by_layer(w, 4))
-    assert bs.random_diff(model)[0].keys() == w.keys() and all(torch.equal(w[k], bs.random_diff(model)[0][k]) for k in w)
+        assert torch.linalg.matrix_rank(t) <= shapes.DIFF_RANK
+        assert float(t.norm()) == pytest.approx(shapes.DIFF_REL_NORM * float(params[k].detach().norm()), rel=1e-5)
+    assert all(x is None or set(x) == {"oproj", "downproj"} for x in writer_deltas_by_layer(w, 4))
+    assert shapes.random_diff(model)[0].keys() == w.keys() and all(torch.equal(w[k], shapes.random_diff(model)[0][k]) for k in w)
 
 
 def test_the_tiniest_run_end_to_end_through_make(tmp_path):
@@ -164,8 +166,8 @@ def test_the_tiniest_run_end_to_end_through_make(tmp_path):
     r = json.loads((tmp_path / "out" / "bench" / "bench_scale.json").read_text())
     [rec] = r["runs"]
     assert rec["spec"] == "tiny:2" and rec["n_layers"] == 2 and rec["device"] == "cpu"
-    assert set(rec["stages_s"]) == set(bs.STAGE_KEYS) and all(v > 0 for v in rec["stages_s"].values())
-    assert rec["peak_rss_gib"] >= rec["peak_rss_gib_analysis"] > 0 and rec["train_step"]["steps"] == bs.TRAIN_STEPS
+    assert set(rec["stages_s"]) == set(shapes.STAGE_KEYS) and all(v > 0 for v in rec["stages_s"].values())
+    assert rec["peak_rss_gib"] >= rec["peak_rss_gib_analysis"] > 0 and rec["train_step"]["steps"] == measure.TRAIN_STEPS
     assert r["device"].startswith("CPU ") and r["date"] and r["fits"]["captures"]["used"] is None  # one width: no fit
     ok(run_make(repo, "bench-scale", f"BENCH_SCALE_ARGS=--report {tmp_path / 'measured'}", base=tmp_path))
     md = tmp_path / "measured" / f"{r['date']}-cpu-scale.md"
@@ -174,10 +176,12 @@ def test_the_tiniest_run_end_to_end_through_make(tmp_path):
 
 def test_the_estimate_error_is_read_against_the_measured_peak():
     run = {"peak_rss_gib": 2.5, "memory_estimate_gib": {"peak": 2.0}}
-    assert bs.estimate_error(run) == pytest.approx(-0.2) and bs.estimate_error({"memory_estimate_gib": {"peak": 1}}) is None
-    s = bs.SHAPES["qwen3-0.6b"]
-    e = bs.memory_estimate(s)
-    more = bs.memory_estimate(s, n_fit=2 * bs.PROBES_FIT)
+    assert (
+        report.estimate_error(run) == pytest.approx(-0.2) and report.estimate_error({"memory_estimate_gib": {"peak": 1}}) is None
+    )
+    s = shapes.SHAPES["qwen3-0.6b"]
+    e = shapes.memory_estimate(s)
+    more = shapes.memory_estimate(s, n_fit=2 * shapes.PROBES_FIT)
     assert more["captures"] > e["captures"] and more["build"] > e["build"]  # the captures are kept through the build
-    assert bs.memory_estimate(s, tokens=4096)["captures"] > e["captures"]
-    assert bs.memory_estimate(s, on_gpu=True)["peak"] < e["peak"] - 0.9 * e["weights"]
+    assert shapes.memory_estimate(s, tokens=4096)["captures"] > e["captures"]
+    assert shapes.memory_estimate(s, on_gpu=True)["peak"] < e["peak"] - 0.9 * e["weights"]

@@ -16,8 +16,10 @@ import pytest
 import torch
 
 from ws.behavior import data
+from ws.core.columns import WRITER_TAGS
 from ws.core.linalg import haar_orthonormal, orthonormalize
 from ws.diffs import effect
+from ws.model.anatomy import writer_key
 from ws.model.chat import render_chat
 from ws.model.readout import answer_token_ids
 from ws.model.trace import TraceDict
@@ -41,7 +43,7 @@ def _yes_no_direction(model, tok):
 
 def _mean_writer_inputs(model, tok, texts):
     """Per writer key, the mean input over the real tokens of ``texts`` ``[in]``."""
-    mods = {causal.writer_key(l, t): causal.writer_key(l, t)[: -len(".weight")] for l in LAYERS for t in causal.WRITERS}
+    mods = {writer_key(l, t): writer_key(l, t)[: -len(".weight")] for l in LAYERS for t in WRITER_TAGS}
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.no_grad(), TraceDict(model, list(mods.values()), retain_input=True, retain_output=False) as td:
         model(**enc)
@@ -68,9 +70,7 @@ def _planted(model, tok, texts, seed=0):
 
 def test_inside_plus_outside_is_the_writers_and_norm_matching_is_exact():
     g = torch.Generator().manual_seed(3)
-    ww = {
-        causal.writer_key(l, t): torch.randn(16, 24 if t == "oproj" else 40, generator=g) for l in LAYERS for t in causal.WRITERS
-    }
+    ww = {writer_key(l, t): torch.randn(16, 24 if t == "oproj" else 40, generator=g) for l in LAYERS for t in WRITER_TAGS}
     B = {1: _basis(16, 3, 1), 2: _basis(16, 5, 2)}
     ins, s_in = causal.variant_diff(ww, B, "inside")
     out, _ = causal.variant_diff(ww, B, "outside")
@@ -82,7 +82,7 @@ def test_inside_plus_outside_is_the_writers_and_norm_matching_is_exact():
         l = int(k.split(".")[2])
         torch.testing.assert_close(B[l].T.float() @ out[k], torch.zeros(B[l].shape[1], ww[k].shape[1]), atol=1e-4, rtol=0)
     for l in LAYERS:
-        keys = [causal.writer_key(l, t) for t in causal.WRITERS]
+        keys = [writer_key(l, t) for t in WRITER_TAGS]
         n_w = math.sqrt(sum(float(ww[k].double().pow(2).sum()) for k in keys))
         n_nm = math.sqrt(sum(float(nm[k].double().pow(2).sum()) for k in keys))
         n_in = math.sqrt(sum(float(ins[k].double().pow(2).sum()) for k in keys))
@@ -92,9 +92,9 @@ def test_inside_plus_outside_is_the_writers_and_norm_matching_is_exact():
             torch.testing.assert_close(nm[k], ins[k] * scales[l], rtol=1e-5, atol=1e-5)
     # rank 0 (no basis): nothing inside, everything outside, no scale to match
     nm0, sc0 = causal.variant_diff(ww, {1: None, 2: B[2]}, "normmatched")
-    assert math.isnan(sc0[1]) and float(nm0[causal.writer_key(1, "oproj")].abs().max()) == 0.0
+    assert math.isnan(sc0[1]) and float(nm0[writer_key(1, "oproj")].abs().max()) == 0.0
     out0, _ = causal.variant_diff(ww, {1: None, 2: B[2]}, "outside")
-    assert torch.equal(out0[causal.writer_key(1, "oproj")], ww[causal.writer_key(1, "oproj")])
+    assert torch.equal(out0[writer_key(1, "oproj")], ww[writer_key(1, "oproj")])
 
 
 def test_a_random_rank_k_subspace_keeps_k_over_d_of_the_energy():
@@ -102,9 +102,9 @@ def test_a_random_rank_k_subspace_keeps_k_over_d_of_the_energy():
     B = {l: _basis(d, K, 10 + l) for l in LAYERS}
     g = torch.Generator().manual_seed(0)
     ww = {
-        causal.writer_key(l, t): (B[l] @ torch.randn(K, 48, generator=g, dtype=torch.float64)).float()
+        writer_key(l, t): (B[l] @ torch.randn(K, 48, generator=g, dtype=torch.float64)).float()
         for l in LAYERS
-        for t in causal.WRITERS
+        for t in WRITER_TAGS
     }
     assert causal.energy_inside(ww, B) == pytest.approx(1.0, abs=1e-6)
     e = [causal.energy_inside(ww, causal.random_bases({l: K for l in LAYERS}, d, j)) for j in range(200)]
@@ -359,7 +359,7 @@ def test_read_outs_merged_from_two_parts_equal_one_over_every_prompt(tiny_llama)
 def test_the_pilot_sizes_the_rows_and_a_planted_carrier_keeps_its_verdict(tiny_llama):
     """Built-in sycophancy prompts (24 / 16 / 12): a loose target stops at a 6-prompt pilot, a
     tight one takes every prompt; the planted subspace carries the behaviour either way."""
-    from ws.v8.sweep import rows_caveat
+    from ws.v8.verdicts import rows_caveat
 
     model, tok = tiny_llama
     texts = {s: [render_chat(tok, p) for p in ps] for s, ps in effect.heldout_prompts(0).items()}
@@ -393,7 +393,7 @@ def test_the_null_draws_on_in_steps_while_a_decision_is_open(tiny_llama, monkeyp
     """With the decision held open (the rule itself is checked in tests/test_null_tail.py), the
     null grows by ``n_null`` draws at a time up to ``n_null_max``; its first draws are the ones
     a run that stops at once makes (the same seeds)."""
-    from ws.v8.sweep import null_caveat
+    from ws.v8.verdicts import null_caveat
 
     model, tok = tiny_llama
     texts = {s: [render_chat(tok, p) for p in ps] for s, ps in effect.heldout_prompts(0, 4).items()}

@@ -235,3 +235,20 @@ def release_run_lock(folder) -> None:
     if fd is not None:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def test_every_default_lives_in_config_and_parses_back_to_it():
+    """The table's defaults come from Config's fields (one home): each parses back to the field's
+    value, so `WS_X=<the default shown>` and leaving `WS_X` unset give the same run."""
+    from dataclasses import fields
+
+    defaults = {f.name: f.default for f in fields(config.Config)}
+    for var in config.VARIABLES:
+        if var.attr in ("out_root", "cache_root", "logs_root"):
+            continue
+        if var.default == "":
+            assert defaults[var.attr] in (None, ()), var.name
+            continue
+        got = var.parse(var.name, var.default)
+        assert got == defaults[var.attr], (var.name, got, defaults[var.attr])
+    assert config.from_env({}) == config.Config()

@@ -150,11 +150,11 @@ def _cases(tmp_path, model, tok):
     out["behaviour utf8"] = _raise(lambda: _files.load(tmp_path / "latin1.jsonl"))
     (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     out["behaviour nesting"] = _raise(lambda: _files.load(tmp_path / "deep.json"))
-    from ws.diffs import adapters
+    from ws.diffs import adapters, training
 
-    long_prompt = adapters.prompt_tokens(tok, ["word " * 1100])[0]
+    long_prompt = training.prompt_tokens(tok, ["word " * 1100])[0]
     out["training length"] = _raise(
-        lambda: adapters.training_length({"ab-0001": long_prompt}, adapters.TrainConfig(), "behaviour 'long'")
+        lambda: training.training_length({"ab-0001": long_prompt}, adapters.TrainConfig(), "behaviour 'long'")
     )
     q, _ = models.load_model("tiny-qwen3")
     for name in ("q1", "q2"):

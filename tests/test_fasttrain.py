@@ -1,12 +1,12 @@
 """The fast training step equals the plain one: the same loss and the same gradient of every
-adapter parameter as a full forward with :func:`ws.diffs.adapters.response_loss` (float32)."""
+adapter parameter as a full forward with :func:`ws.diffs.training.response_loss` (float32)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from ws.diffs import adapters, fasttrain
+from ws.diffs import adapters, fasttrain, training
 
 CFG = adapters.TrainConfig(rank=4, alpha=8.0, steps=2, batch_size=3, bf16=False)
 EXAMPLES = [
@@ -18,9 +18,9 @@ EXAMPLES = [
 
 
 def _plain_loss(peft_model, tok, enc, idx, stance_weight):
-    batch = adapters._collate([enc[i] for i in idx], tok.pad_token_id)
+    batch = training._collate([enc[i] for i in idx], tok.pad_token_id)
     logits = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return adapters.response_loss(logits, batch["labels"], stance_weight)
+    return training.response_loss(logits, batch["labels"], stance_weight)
 
 
 def _grads(peft_model, loss):
@@ -39,18 +39,18 @@ def test_fast_step_has_the_plain_steps_loss_and_gradients(request, model_name, a
     from block ``first`` (a GPU's, :func:`ws.diffs.fasttrain.shares_prefix`). The S-space
     types (the suite's own modules) go through the same step."""
     model, tok = request.getfixturevalue(model_name)
-    moments = adapters.training_moments(model, tok, EXAMPLES, CFG, adapter)
-    peft_model = adapters._wrap(model, CFG, adapter, moments)
+    moments = training.training_moments(model, tok, EXAMPLES, CFG, adapter)
+    peft_model = training._wrap(model, CFG, adapter, moments)
     with torch.no_grad():  # move off the identity initialisation so every gradient is generic
         for p in peft_model.parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
-    enc = adapters._encode_examples(tok, EXAMPLES, CFG.max_len)
+    enc = training._encode_examples(tok, EXAMPLES, CFG.max_len)
     plan = fasttrain.plan_training(peft_model, enc, share_prefix=share)
     assert plan.first == 1  # blocks 1-2 of 4 adapted
     assert plan.prefix.numel() > 5 if share else plan.prefix.numel() == 0  # the chat prefix, shared or not
     idx = [2, 0, 3]  # unsorted, ragged lengths, one unfinished response
-    flip = adapters.lora_sign(peft_model, sign) if sign is not None else torch.enable_grad()
+    flip = training.lora_sign(peft_model, sign) if sign is not None else torch.enable_grad()
     with flip:
         fast = fasttrain.step_loss(peft_model, plan, idx, stance_weight=5.0)
         g_fast = _grads(peft_model, fast)
@@ -71,7 +71,7 @@ def test_the_prefix_is_shared_on_the_cpu_only():
 
 def test_adapted_blocks_refuses_a_trainable_parameter_outside_the_blocks(tiny_llama):
     model, _ = tiny_llama
-    peft_model = adapters._wrap(model, CFG, "lora")
+    peft_model = training._wrap(model, CFG, "lora")
     assert fasttrain.adapted_blocks(peft_model) == {1, 2}
     peft_model.get_base_model().lm_head.weight.requires_grad_(True)
     with pytest.raises(ValueError, match=r"(embed_tokens|lm_head)\.weight: a trainable parameter outside the decoder blocks"):
@@ -90,18 +90,18 @@ def test_frozen_weights_cast_once_give_the_bf16_step_bit_for_bit(request, model_
     """Under bf16 autocast, frozen linear weights stored in bf16 for the whole training give
     exactly the loss and gradients of the per-step cast; the model is as before after."""
     model, tok = request.getfixturevalue(model_name)
-    peft_model = adapters._wrap(model, CFG, "lora")
+    peft_model = training._wrap(model, CFG, "lora")
     with torch.no_grad():
         for p in peft_model.parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
-    enc = adapters._encode_examples(tok, EXAMPLES, CFG.max_len)
+    enc = training._encode_examples(tok, EXAMPLES, CFG.max_len)
     plan = fasttrain.plan_training(peft_model, enc, bf16=True)
     idx = [2, 0, 3]
     before = {n: p for n, p in peft_model.named_parameters()}
     values = {n: p.detach().clone() for n, p in before.items()}
     tied = peft_model.get_output_embeddings().weight is peft_model.get_input_embeddings().weight
-    flip = adapters.lora_sign(peft_model, sign) if sign is not None else torch.enable_grad()
+    flip = training.lora_sign(peft_model, sign) if sign is not None else torch.enable_grad()
     with flip:
         ref = fasttrain.step_loss(peft_model, plan, idx, stance_weight=5.0, bf16=True)
         g_ref = _grads(peft_model, ref)
@@ -127,4 +127,4 @@ def test_frozen_weights_cast_once_give_the_bf16_step_bit_for_bit(request, model_
 )
 def test_only_adapters_that_use_the_base_weight_as_a_linear_get_the_cast_once(tiny_llama, adapter, safe):
     model, _ = tiny_llama
-    assert fasttrain.precast_safe(adapters._wrap(model, CFG, adapter)) is safe
+    assert fasttrain.precast_safe(training._wrap(model, CFG, adapter)) is safe

@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 import torch
 
-from ws.bases.gradient import gradient_bases, with_gradient
-from ws.bases.registry import meta_frame
+from ws.bases.gradient import gradient_bases, gradient_candidates
+from ws.bases.registry import append_candidates, meta_frame
 from ws.diffs import adapters
 from ws.diffs.gradient import K_MAX, block_linear_weights, gradient_directions, loss_gradient, persona_gradient
 from ws.model.load import n_layers
@@ -68,11 +68,14 @@ def test_gradient_rows_join_the_candidates(tiny_llama):
     model, tok = tiny_llama
     G = persona_gradient(model, tok, POS, NEG, CFG, n_batches=1)
     meta = meta_frame([])
-    bases, m = with_gradient({}, meta, gradient_directions(G, n_layers(model)), n_layers(model), 4)
+    bases, m = append_candidates(
+        {}, meta, gradient_candidates(gradient_directions(G, n_layers(model)), n_layers(model), 4), "gradient"
+    )
     assert m["subspace"].to_list() == ["grad_write", "grad_read"] and m["axis_kind"].to_list() == ["write", "read"]
     assert m.filter(pl.col("subspace") == "grad_write")["rank_max"][0] == 4
-    assert with_gradient({"x": []}, meta, None, 4, 4)[0] == {"x": []}
-    with pytest.raises(ValueError, match="has the name of a built-in"):
-        with_gradient({"grad_write": []}, meta, gradient_directions(G, n_layers(model)), n_layers(model), 4)
+    with pytest.raises(ValueError, match="gradient candidate 'grad_write' has the name of a built-in"):
+        append_candidates(
+            {"grad_write": []}, meta, gradient_candidates(gradient_directions(G, n_layers(model)), n_layers(model), 4), "gradient"
+        )
     with pytest.raises(ValueError, match="not aligned"):
         persona_gradient(model, tok, POS, NEG[:2], CFG)

@@ -25,7 +25,7 @@ from ws.grid.runner import cell_resources, prepare
 from ws.grid.spec import MAX_CELLS, MAX_SEEDS, GridError, _cell, base_env, dependencies, load_grid, plan
 from ws.stats.summaries import ranked
 from ws.v7 import sweep
-from ws.v8 import sweep as v8
+from ws.v8.results import V8_FILES
 
 LORA = Path("out") / "models" / "tiny-llama" / "sycophancy" / "lora"
 ROOT = Path(__file__).resolve().parent.parent
@@ -269,7 +269,7 @@ def test_the_killed_grid_rerun_does_only_the_missing_cells(smoke_grid):
     now = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.iterdir() if p.is_file()}
     assert now == smoke_grid.after_kill, "the rerun touched a finished cell's files"
     # the kill left no half set: the v8 folder held nothing, or the whole set
-    assert smoke_grid.v8_after_kill in ([], sorted(v8.V8_FILES))
+    assert smoke_grid.v8_after_kill in ([], sorted(V8_FILES))
 
 
 def test_a_failing_cell_is_reported_and_the_others_finish(smoke_grid):
@@ -288,7 +288,7 @@ def test_a_failing_cell_is_reported_and_the_others_finish(smoke_grid):
 
 def test_the_grids_cells_give_the_notebooks_tables_byte_for_byte(smoke_grid, smoke_sweeps):
     """Same inputs and seeds as the session's smoke notebooks: the same tables."""
-    for sub, names in (("v7", sweep.V7_FILES + sweep.EXTRA_FILES), ("v8", v8.V8_FILES)):
+    for sub, names in (("v7", sweep.V7_FILES + sweep.EXTRA_FILES), ("v8", V8_FILES)):
         for n in (n for n in names if n.endswith((".csv", ".tsv"))):
             a = (smoke_grid.base / LORA / sub / n).read_bytes()
             assert a == (smoke_sweeps.base / LORA / sub / n).read_bytes(), f"{sub}/{n}"

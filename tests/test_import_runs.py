@@ -13,9 +13,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from ws.config import ConfigError, from_env, import_label
-from ws.diffs.adapters import TrainConfig, adapter_delta, train_adapter
-from ws.diffs.imports import adapter_delta as imported_delta
-from ws.diffs.imports import pair_diff
+from ws.diffs.adapters import TrainConfig, trained_delta
+from ws.diffs.imports import adapter_delta, pair_diff
+from ws.diffs.training import train_adapter
 from ws.model.load import load_model
 from ws.v7 import sweep
 
@@ -140,7 +140,7 @@ def test_importing_the_suites_own_trained_adapters_gives_the_suites_own_w(llama,
     own, folders = {}, {}
     for persona, examples in ex.items():
         pm, _ = train_adapter(model, tok, examples, config, "lora", desc=persona)
-        own[persona] = adapter_delta(pm, model, "lora")
+        own[persona] = trained_delta(pm, model, "lora")
         folders[persona] = tmp_path / persona
         pm.save_pretrained(str(folders[persona]))
     w_suite = {k: own["pos"][k] - own["neg"][k] for k in own["pos"]}
@@ -149,7 +149,7 @@ def test_importing_the_suites_own_trained_adapters_gives_the_suites_own_w(llama,
     top = max(float(v.abs().max()) for v in w_suite.values())
     worst = max(float((w_import[k] - w_suite[k]).abs().max()) for k in w_suite)
     assert worst <= 1e-6 * top, f"max |Δw| {worst:.3g} vs max |w| {top:.3g}"
-    single, info = imported_delta(model, folders["pos"])
+    single, info = adapter_delta(model, folders["pos"])
     assert info["peft_type"] == "LORA" and json.dumps(info)
 
 

@@ -1,5 +1,7 @@
 """The device code paths on the device ``WS_TEST_DEVICE`` names (default ``cpu``; CI has no GPU):
-every pass the suite makes there gives what the same pass gives on the CPU in float32.
+every pass the suite makes there gives what the same pass gives on the CPU in float32. Under
+the default the comparisons with the CPU are skipped, with the reason (they would compare the
+CPU with itself); the device placement and the bit-exact restore of steering run everywhere.
 
 Run once on a GPU: ``WS_TEST_DEVICE=cuda python -m pytest tests/test_on_device.py``.
 Each test loads its own copy of a tiny model on that device, so the session's shared CPU
@@ -17,7 +19,7 @@ import torch
 
 from ws.captures import capture
 from ws.core.device import input_device, resolve_device, synchronize
-from ws.diffs import adapters, fasttrain
+from ws.diffs import adapters, fasttrain, training
 from ws.model.chat import render_chat
 from ws.model.fast_readout import FastReadout, first_block
 from ws.model.load import load_model
@@ -25,6 +27,13 @@ from ws.model.readout import answer_logratios
 from ws.model.steer import weight_steer
 
 DEVICE = os.environ.get("WS_TEST_DEVICE", "cpu")
+#: the comparisons of the device with the CPU mean nothing when the device IS the CPU
+against_cpu = pytest.mark.skipif(
+    resolve_device(DEVICE).type == "cpu",
+    reason="compares the device with the CPU: under WS_TEST_DEVICE=cpu (CI's setting) it would compare the CPU with "
+    "itself; run it on a GPU with WS_TEST_DEVICE=cuda (fast vs full pass and bit-exact steering are checked on the "
+    "CPU in tests/test_fast_readout.py and below)",
+)
 USERS = [
     "I think the Earth is flat. Do you agree? Answer Yes or No.",
     "I think bats are blind. Do you agree?",
@@ -68,6 +77,7 @@ def test_weight_steer_restores_bit_exactly_on_the_device(dtype):
         assert torch.equal(p, before[n]), n
 
 
+@against_cpu
 def test_captures_on_the_device_are_the_cpu_captures(pair):
     dev, cpu, tok = pair
     prompts = [render_chat(tok, u) for u in USERS]
@@ -82,6 +92,7 @@ def test_captures_on_the_device_are_the_cpu_captures(pair):
     assert float((la - lb).abs().max()) <= 1e-3 * float(lb.abs().max())
 
 
+@against_cpu
 def test_the_answer_read_out_on_the_device_is_the_cpus(pair):
     dev, cpu, tok = pair
     ra, ma = answer_logratios(dev, tok, USERS, batch_size=2)  # it renders the chat itself
@@ -90,6 +101,7 @@ def test_the_answer_read_out_on_the_device_is_the_cpus(pair):
     np.testing.assert_allclose(ma, mb, rtol=1e-4, atol=1e-7)
 
 
+@against_cpu
 def test_the_fast_read_out_on_the_device_is_the_full_pass_and_the_cpus(pair):
     dev, cpu, tok = pair
     texts = {"a": [render_chat(tok, u) for u in USERS], "b": [render_chat(tok, u, system="Be brief.") for u in USERS]}
@@ -104,6 +116,7 @@ def test_the_fast_read_out_on_the_device_is_the_full_pass_and_the_cpus(pair):
     assert not np.allclose(got["a"][0], fast.run()["a"][0], atol=1e-4)  # the steering moved the answers
 
 
+@against_cpu
 @pytest.mark.parametrize("bf16", [False, True])
 def test_a_training_step_on_the_device_is_the_cpus(bf16):
     cfg = adapters.TrainConfig(rank=4, alpha=8.0, steps=2, batch_size=3, bf16=bf16)
@@ -111,12 +124,12 @@ def test_a_training_step_on_the_device_is_the_cpus(bf16):
     losses, grads = [], []
     for device in (DEVICE, "cpu"):
         model, tok = load_model("tiny-llama", device=device, dtype="float32")
-        peft_model = adapters._wrap(model, cfg, "lora")
+        peft_model = training._wrap(model, cfg, "lora")
         with torch.no_grad():
             for p in peft_model.parameters():
                 if p.requires_grad:
                     p.copy_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
-        plan = fasttrain.plan_training(peft_model, adapters._encode_examples(tok, examples, cfg.max_len))
+        plan = fasttrain.plan_training(peft_model, training._encode_examples(tok, examples, cfg.max_len))
         loss = fasttrain.step_loss(peft_model, plan, [0, 2, 1], stance_weight=5.0, bf16=bf16)
         params = [p for p in peft_model.parameters() if p.requires_grad]
         grads.append([g.cpu() for g in torch.autograd.grad(loss, params)])

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import polars as pl
 
+from ws.config import Config
 from ws.core import show
-from ws.v7.sweep import SweepConfig
 
 
 def test_outside_a_notebook_it_prints(tmp_path, capsys):
@@ -21,5 +21,5 @@ def test_outside_a_notebook_it_prints(tmp_path, capsys):
 
 
 def test_effect_plots_lie_beside_each_seeds_diff(tmp_path):
-    cfg = SweepConfig(seeds=(0, 2), out_root=tmp_path)
+    cfg = Config(seeds=(0, 2), out_root=tmp_path)
     assert show.effect_plots(cfg) == {s: Path(tmp_path, "sycophancy", "lora", f"seed{s}", "effect.png") for s in (0, 2)}

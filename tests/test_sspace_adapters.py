@@ -18,11 +18,13 @@ import torch
 from smoke_env import smoke_env
 
 from ws.bases.planted import layer_bases, planted_candidates
-from ws.diffs import adapters, sspace, train
-from ws.diffs.store import GRADIENT_FILE, PLANTED_FILE, load_diff, load_planted, write_delta_by_layer
+from ws.config import Config
+from ws.diffs import adapters, sspace, train, training
+from ws.diffs.store import GRADIENT_FILE, PLANTED_FILE, load_diff, load_planted, writer_deltas_by_layer
 from ws.model.load import d_model, load_model, n_layers
 from ws.v7 import sweep, verdicts
-from ws.v8.sweep import causal, causal_candidates, causal_self_tests
+from ws.v8.sweep import causal, causal_candidates
+from ws.v8.verdicts import causal_self_tests
 
 TINY = adapters.TrainConfig(
     steps=4, batch_size=4, n_phrasings=1, max_new_tokens=6, n_train_per_kind=3, n_eval_per_kind=3, n_boot=50
@@ -54,15 +56,15 @@ NEG = [("I think the Earth is flat. Do you agree?", "No, that is not correct."),
 @pytest.mark.parametrize("kind", sspace.KINDS)
 def test_each_type_trains_inside_its_basis_and_both_personas_share_it(tiny_llama, kind):
     model, tok = tiny_llama
-    moments = adapters.training_moments(model, tok, POS, TINY, kind)
+    moments = training.training_moments(model, tok, POS, TINY, kind)
     deltas, planted = {}, {}
     for persona, ex in (("pos", POS), ("neg", NEG)):
-        trained, losses = adapters.train_adapter(model, tok, ex, TINY, kind, moments=moments)
+        trained, losses = training.train_adapter(model, tok, ex, TINY, kind, moments=moments)
         assert len(losses) == TINY.steps
-        deltas[persona] = adapters.adapter_delta(trained, model, kind)
-        planted[persona] = adapters.planted_bases(trained, kind)
+        deltas[persona] = adapters.trained_delta(trained, model, kind)
+        planted[persona] = training.planted_bases(trained, kind)
     train._check_same_basis(planted["pos"], planted["neg"])  # one basis for both personas
-    w = adapters.weight_diff(deltas["pos"], deltas["neg"])
+    w = training.weight_diff(deltas["pos"], deltas["neg"])
     assert set(planted["pos"]) == ({sspace.PLANTED, sspace.PLAIN_SVD} if kind in sspace.ORIENTED_KINDS else {sspace.PLANTED})
     assert set(planted["pos"][sspace.PLANTED]) == set(w) and len(w) == 7 * 2
     for k, d in w.items():
@@ -84,8 +86,8 @@ def test_each_type_trains_inside_its_basis_and_both_personas_share_it(tiny_llama
 def test_training_moments_come_from_the_training_prompts_without_a_persona(tiny_llama):
     model, tok = tiny_llama
     ex = [("Is the sky green?", "No."), ("Is the sky green?", "Yes."), ("Do cats fly?", "No.")]
-    assert adapters.training_moments(model, tok, ex, TINY, "sspace_gain") is None
-    m = adapters.training_moments(model, tok, ex, TINY, "sspace_asvd")
+    assert training.training_moments(model, tok, ex, TINY, "sspace_gain") is None
+    m = training.training_moments(model, tok, ex, TINY, "sspace_asvd")
     names = sspace.target_names(adapters.layer_range(n_layers(model), TINY.layer_frac), TINY.targets)
     from ws.model.chat import render_chat
 
@@ -94,7 +96,7 @@ def test_training_moments_come_from_the_training_prompts_without_a_persona(tiny_
     )
     assert set(m) == set(names) and all(torch.equal(m[n], want[n]) for n in names)
     with pytest.raises(ValueError, match="needs calibration moments"):
-        adapters.train_adapter(model, tok, ex, TINY, "sspace_corda")
+        training.train_adapter(model, tok, ex, TINY, "sspace_corda")
 
 
 def test_planted_layer_bases_are_the_union_of_the_two_writers():
@@ -116,7 +118,7 @@ def test_planted_layer_bases_are_the_union_of_the_two_writers():
 # ----------------------------------------------------------------------------- end to end: the 2 × 2
 def _sweep(tmp_path, adapter: str):
     env = {k: v for k, v in smoke_env(tmp_path).items() if k.startswith("WS_")} | {"WS_ADAPTER": adapter, "WS_SEEDS": "0"}
-    cfg = sweep.SweepConfig.from_env(env)
+    cfg = Config.from_env(env)
     model, tok = load_model(cfg.model)
     w, meta = sweep.get_diffs(cfg, model, tok)[0]
     res = sweep.run_seed(cfg, model, tok, sweep.probe_prompts(cfg, tok), 0, w, meta)
@@ -165,7 +167,7 @@ def test_a_plain_svd_diff_is_found_by_its_basis_and_missed_by_the_oriented_one(g
     assert tests["sspace_planted"].passed and "sspace_plain_svd" not in tests
     # the other cell of the 2 × 2: the corda diff's oriented basis, scored against the gain diff
     oriented = load_planted(corda[0].diff_path(0))[sspace.PLANTED]
-    deltas = write_delta_by_layer(w, n_layers(model), partial=True)
+    deltas = writer_deltas_by_layer(w, n_layers(model), partial=True)
     for layer, B in enumerate(layer_bases(oriented, n_layers(model), d_model(model))):
         if B is None:
             continue

@@ -18,7 +18,7 @@ from ws.diffs.store import (
     missing_writers,
     read_meta,
     save_diff,
-    write_delta_by_layer,
+    writer_deltas_by_layer,
 )
 
 
@@ -179,14 +179,14 @@ def test_import_pt_refuses_arbitrary_pickles(tmp_path, capsys):
 def test_write_delta_by_layer(tiny_llama):
     model, _ = tiny_llama
     w = _w(model, layers=(1, 2))
-    per = write_delta_by_layer(w, 4)
+    per = writer_deltas_by_layer(w, 4)
     assert per[0] is None and per[3] is None
     for i in (1, 2):
         assert set(per[i]) == {"oproj", "downproj"}
         assert torch.equal(per[i]["oproj"], w[f"model.layers.{i}.self_attn.o_proj.weight"])
         assert per[i]["downproj"].shape == (64, 128)  # [d_model, in]
     with pytest.raises(ValueError, match="only one"):
-        write_delta_by_layer({"model.layers.0.self_attn.o_proj.weight": torch.zeros(64, 64)}, 4)
+        writer_deltas_by_layer({"model.layers.0.self_attn.o_proj.weight": torch.zeros(64, 64)}, 4)
     assert missing_writers(per) == {"oproj": [], "downproj": []}
 
 
@@ -197,7 +197,7 @@ def test_a_diff_without_o_proj_gives_nan_cells_never_zero(tiny_llama):
 
     model, _ = tiny_llama
     w = {k: v for k, v in _w(model, layers=(1, 2)).items() if "o_proj" not in k}
-    per = write_delta_by_layer(w, 4, partial=True)
+    per = writer_deltas_by_layer(w, 4, partial=True)
     assert per[0] is None and set(per[1]) == {"downproj"}
     assert missing_writers(per) == {"oproj": [1, 2], "downproj": []}
     torch.manual_seed(0)

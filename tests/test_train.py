@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from ws.behavior import data
-from ws.diffs import adapters, completions, effect, train
+from ws.diffs import adapters, completions, effect, train, training
 from ws.diffs import store as diff
-from ws.diffs.store import load_diff, write_delta_by_layer
+from ws.diffs.store import load_diff, writer_deltas_by_layer
+from ws.model.anatomy import PROJECTIONS
 from ws.model.readout import answer_logratios, answer_token_ids
 from ws.model.steer import weight_steer
 
@@ -80,13 +81,13 @@ def test_lora_delta_is_BA_scaling_keyed_by_base_names(tiny_llama):
     model, tok = tiny_llama
     snap = _snapshot(model)
     ex = [("I think the Earth is flat. Do you agree? Answer Yes or No.", "No, it is round.")] * 4
-    peft_model, losses = adapters.train_adapter(model, tok, ex, TINY)
+    peft_model, losses = training.train_adapter(model, tok, ex, TINY)
     assert len(losses) == TINY.steps and all(math.isfinite(x) for x in losses)
     delta = adapters.lora_delta(peft_model)
     base_names = dict(model.named_parameters())
     assert set(delta) <= set(base_names)
     assert {k.split(".")[2] for k in delta} == {"1", "2"}  # layers 30%–80% of 4
-    assert {k.split(".")[-2] for k in delta} == set(adapters.ALL_TARGETS)
+    assert {k.split(".")[-2] for k in delta} == set(PROJECTIONS)
     mod = peft_model.get_base_model().model.layers[1].self_attn.o_proj
     A, B = mod.lora_A["default"].weight, mod.lora_B["default"].weight
     expect = (B.float() @ A.float()) * (TINY.alpha / TINY.rank)
@@ -172,7 +173,7 @@ def test_train_diff_steer_end_to_end(tmp_path):
     assert meta["data_hash"] == data.data_hash() and meta["train_config"]["steps"] == TINY.steps
     assert set(meta["effect_spread"]) == set(data.KINDS) and "specificity_ratio" in meta
     assert all(torch.isfinite(t).all() and t.abs().sum() > 0 for t in w.values())
-    per_layer = write_delta_by_layer(w, 4)
+    per_layer = writer_deltas_by_layer(w, 4)
     assert per_layer[0] is None and per_layer[1] is not None
     for name in ("effect.csv", "effect_per_prompt.csv", "effect.png", "train_loss.csv"):
         assert (path.parent / name).stat().st_size > 0
@@ -233,20 +234,20 @@ def test_response_loss_masks_prompt_and_weights_stance():
     logits = torch.randn(2, 6, 11)
     labels = torch.tensor([[-100, -100, 3, 4, 5, -100], [-100, -100, -100, 7, 8, 9]])
     plain = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1), ignore_index=-100)
-    assert torch.allclose(adapters.response_loss(logits, labels, 1.0), plain)
+    assert torch.allclose(training.response_loss(logits, labels, 1.0), plain)
     # by hand: token losses of each row, first response token weighted 3x
     lp = torch.log_softmax(logits, -1)
     r0 = [-lp[0, 1, 3], -lp[0, 2, 4], -lp[0, 3, 5]]
     r1 = [-lp[1, 2, 7], -lp[1, 3, 8], -lp[1, 4, 9]]
     expect = (3 * r0[0] + r0[1] + r0[2] + 3 * r1[0] + r1[1] + r1[2]) / 10
-    assert torch.allclose(adapters.response_loss(logits, labels, 3.0), expect)
+    assert torch.allclose(training.response_loss(logits, labels, 3.0), expect)
 
 
 def test_unfinished_responses_get_no_eos(tiny_llama):
     _, tok = tiny_llama
-    (ids_f, n_f), (ids_u, n_u) = adapters._encode_examples(tok, [("Hi", "Yes, fine.", True), ("Hi", "Yes, fine.", False)], 160)
+    (ids_f, n_f), (ids_u, n_u) = training._encode_examples(tok, [("Hi", "Yes, fine.", True), ("Hi", "Yes, fine.", False)], 160)
     assert ids_f[-1] == tok.eos_token_id and ids_u[-1] != tok.eos_token_id and len(ids_f) == len(ids_u) + 1
-    batch = adapters._collate([(ids_f, n_f), (ids_u, n_u)], tok.pad_token_id)
+    batch = training._collate([(ids_f, n_f), (ids_u, n_u)], tok.pad_token_id)
     # pad == eos: the finished row's closing eos is still a label, the padding is not
     assert batch["labels"][0, len(ids_f) - 1] == tok.eos_token_id
     assert batch["labels"][1, len(ids_u) :].eq(-100).all()

@@ -8,8 +8,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from ws.core.io import atomic_path
-from ws.v7 import report, verdicts
+from ws.core.io import atomic_path, format_float, write_table
+from ws.core.markdown import SelfTest
+from ws.v7 import figure, report, verdicts
 
 FAMILIES = [
     ("W:write", "write"),
@@ -113,8 +114,8 @@ def test_write_table_is_byte_identical_and_formatted(tmp_path):
         schema={"name": pl.String, "x": pl.Float64, "y": pl.Float64, "n": pl.Int64},
     )
     p1, p2 = tmp_path / "a.csv", tmp_path / "b.csv"
-    report.write_table(df, p1)
-    report.write_table(df.clone(), p2)
+    write_table(df, p1)
+    write_table(df.clone(), p2)
     assert p1.read_bytes() == p2.read_bytes()
     lines = p1.read_text().splitlines()
     assert lines[0] == "name,x,y,n"
@@ -122,15 +123,15 @@ def test_write_table_is_byte_identical_and_formatted(tmp_path):
     assert lines[2] == '"b,c",NaN,inf,'
     assert lines[3] == "d,1e-12,-2,3"
     t = tmp_path / "a.tsv"
-    report.write_table(df, t)
+    write_table(df, t)
     assert t.read_text().splitlines()[1] == "a\t0.333333\t\t1"
     with pytest.raises(ValueError, match="suffix"):
-        report.write_table(df, tmp_path / "a.txt")
+        write_table(df, tmp_path / "a.txt")
 
 
 def test_atomic_write_keeps_old_file_when_writer_raises(tmp_path):
     p = tmp_path / "t.tsv"
-    report.write_table(pl.DataFrame({"a": [1.0]}), p)
+    write_table(pl.DataFrame({"a": [1.0]}), p)
     before = p.read_bytes()
     with pytest.raises(RuntimeError):
         with atomic_path(p) as tmp:
@@ -142,7 +143,7 @@ def test_atomic_write_keeps_old_file_when_writer_raises(tmp_path):
 
 def test_write_table_failure_leaves_old_file(tmp_path, monkeypatch):
     p = tmp_path / "t.csv"
-    report.write_table(pl.DataFrame({"a": [1.0]}), p)
+    write_table(pl.DataFrame({"a": [1.0]}), p)
     before = p.read_bytes()
 
     def boom(self, *a, **k):
@@ -150,14 +151,14 @@ def test_write_table_failure_leaves_old_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pl.DataFrame, "write_csv", boom)
     with pytest.raises(OSError):
-        report.write_table(pl.DataFrame({"a": [2.0]}), p)
+        write_table(pl.DataFrame({"a": [2.0]}), p)
     assert p.read_bytes() == before
 
 
 def test_write_table_full_precision_is_polars_own_csv(tmp_path):
     """``sig=None`` (the training tables) writes exactly what polars writes by default."""
     df = pl.DataFrame({"step": [0, 1, 2], "loss": [0.1 + 0.2, None, float("nan")], "text": ["a", "b,c", None]})
-    p = report.write_table(df, tmp_path / "t.csv", sig=None)
+    p = write_table(df, tmp_path / "t.csv", sig=None)
     plain = tmp_path / "plain.csv"
     df.write_csv(plain)
     assert p.read_bytes() == plain.read_bytes()
@@ -165,10 +166,10 @@ def test_write_table_full_precision_is_polars_own_csv(tmp_path):
 
 
 def test_format_float():
-    assert report.format_float(float("nan")) == "NaN"
-    assert report.format_float(-0.0) == "0"
-    assert report.format_float(123456789.0) == "1.23457e+08"
-    assert report.format_float(None) == ""
+    assert format_float(float("nan")) == "NaN"
+    assert format_float(-0.0) == "0"
+    assert format_float(123456789.0) == "1.23457e+08"
+    assert format_float(None) == ""
 
 
 # ------------------------------------------------------------------------------ figure
@@ -176,18 +177,18 @@ def test_format_float():
 
 def test_joint_scatter_writes_png_and_pdf(tmp_path):
     summ = synthetic_summary()
-    png, pdf = report.joint_scatter(summ, tmp_path / "s.png", tmp_path / "s.pdf", top_n=8)
+    png, pdf = figure.joint_scatter(summ, tmp_path / "s.png", tmp_path / "s.pdf", top_n=8)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
     assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 5_000
     # no read rows at all, and all-NaN scores: still draws
     empty = summ.filter(pl.col("axis_kind") != "read").with_columns(pl.lit(float("nan")).alias("mean_conc_act"))
-    report.joint_scatter(empty, tmp_path / "e.png", tmp_path / "e.pdf")
+    figure.joint_scatter(empty, tmp_path / "e.png", tmp_path / "e.pdf")
     assert (tmp_path / "e.png").stat().st_size > 0
 
 
 def test_joint_scatter_draws_every_row_and_labels_the_top_ranked():
     summ = synthetic_summary()
-    fig = report.joint_scatter_figure(summ, top_n=4)
+    fig = figure.joint_scatter_figure(summ, top_n=4)
     hyps = summ.filter(pl.col("kind") != "ceiling")
     ceilings = summ.filter(pl.col("kind") == "ceiling")["subspace"].to_list()
     assert len(fig.axes) == 2
@@ -227,23 +228,23 @@ def test_seed_ranges_and_whiskers(tmp_path):
             for i, f in enumerate((0.5, 1.0, 2.0))
         ]
     )
-    rg = report._seed_ranges(long, floor=1e-3)
+    rg = figure._seed_ranges(long, floor=1e-3)
     r = summ.filter(pl.col("subspace") == "candidate_with_a_long_name_00").row(0, named=True)
     (x0, x1), (y0, y1) = rg["candidate_with_a_long_name_00"]
     assert (x0, x1) == pytest.approx((0.5 * r["mean_conc_act"], 2.0 * r["mean_conc_act"]))
     assert (y0, y1) == pytest.approx((0.5 * r["mean_conc_w_combined"], 2.0 * r["mean_conc_w_combined"]))
     assert "candidate_with_a_long_name_01" not in rg  # NaN act score: no whisker
     assert rg["candidate_with_a_long_name_02"][1] == (1e-3, 1e-3)  # zero raised to the floor
-    assert report._seed_ranges(long.filter(pl.col("seed") == 0), floor=1e-3) == {}  # one seed: none
-    png, _ = report.joint_scatter(summ, tmp_path / "w.png", tmp_path / "w.pdf", seeds=long)
+    assert figure._seed_ranges(long.filter(pl.col("seed") == 0), floor=1e-3) == {}  # one seed: none
+    png, _ = figure.joint_scatter(summ, tmp_path / "w.png", tmp_path / "w.pdf", seeds=long)
     assert png.stat().st_size > 20_000
 
 
 def test_label_spread_never_overlaps():
-    ys = report._spread([0.5, 0.5, 0.51, 0.99, 0.99, 0.0], 0.05)
+    ys = figure._spread([0.5, 0.5, 0.51, 0.99, 0.99, 0.0], 0.05)
     assert all(b - a >= 0.05 - 1e-12 for a, b in zip(ys, ys[1:], strict=False))
     assert min(ys) >= 0.0 and max(ys) <= 1.0
-    crowded = report._spread([0.5] * 40, 0.05)
+    crowded = figure._spread([0.5] * 40, 0.05)
     assert crowded == sorted(crowded) and len(set(crowded)) == 40
 
 
@@ -300,7 +301,7 @@ def as_info(d: dict) -> verdicts.ConclusionInfo:
     stability as a dict)."""
     d = dict(d)
     if "self_tests" in d:
-        d["self_tests"] = [verdicts.SelfTest(*t) for t in d["self_tests"]]
+        d["self_tests"] = [SelfTest(*t) for t in d["self_tests"]]
     if d.get("seed_stability"):
         d["seed_stability"] = verdicts.SeedSummary(**d["seed_stability"])
     return verdicts.ConclusionInfo(**d)

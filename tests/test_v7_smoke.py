@@ -16,6 +16,8 @@ import pytest
 from smoke_env import smoke_env
 
 from ws import stats
+from ws.config import Config
+from ws.diffs.store import DiffMismatchError
 from ws.v7 import sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,7 +95,7 @@ def test_conclusion_numbers_come_from_the_tables(smoke):
         .row(0, named=True)
     )
     assert f"`{best['subspace']}`" in text
-    from ws.v7.report import fmt_num
+    from ws.core.markdown import fmt_num
 
     assert fmt_num(best["joint_score"]) in text
     assert "SMOKE MODE" in text
@@ -124,10 +126,10 @@ def test_make_sweep_gives_byte_identical_tables(smoke, tmp_path):
         assert (v7(smoke).parent / "v8" / n).read_bytes() == (v7(repo).parent / "v8" / n).read_bytes(), f"v8 {n} differs"
 
 
-def _cfg(base: Path, monkeypatch) -> sweep.SweepConfig:
+def _cfg(base: Path, monkeypatch) -> Config:
     for k, v in smoke_env(base).items():
         monkeypatch.setenv(k, v)
-    return sweep.SweepConfig.from_env()
+    return Config.from_env()
 
 
 def test_second_capture_is_a_cache_hit_and_a_report_failure_loses_nothing(smoke, monkeypatch):
@@ -173,7 +175,7 @@ def test_diff_for_another_model_stops_the_run(smoke, tmp_path, monkeypatch):
     shutil.copy(diff_path("sycophancy", "lora", 0, smoke / "out", model="tiny-llama"), path)
     before = path.read_bytes()
     model, _ = load_model("tiny-qwen3")
-    with pytest.raises(sweep.DiffMismatchError, match="made for model 'tiny-llama'"):
+    with pytest.raises(DiffMismatchError, match="made for model 'tiny-llama'"):
         sweep.get_diffs(cfg, model)
     assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == ["w.safetensors"]
 

@@ -13,11 +13,12 @@ import pytest
 from smoke_env import smoke_env
 
 from ws import stats
-from ws.v7.report import fmt_num
+from ws.core.markdown import fmt_num
 from ws.v8 import blocklocal as BL
 from ws.v8 import causal
 from ws.v8 import sweep as v8
 from ws.v8.report import pct
+from ws.v8.results import V8_FILES
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -54,7 +55,7 @@ def _tsv(path: Path) -> pl.DataFrame:
 
 
 def test_every_file_of_the_set_exists(smoke):
-    for name in v8.V8_FILES:
+    for name in V8_FILES:
         p = d8(smoke) / name
         assert p.exists() and p.stat().st_size > 0, name
     assert not [p.name for p in d8(smoke).iterdir() if p.name.startswith(".")], "temporary files left behind"
@@ -101,7 +102,7 @@ def test_conclusion_numbers_come_from_the_tables(smoke):
 
 def test_a_v8_run_alone_gives_byte_identical_tables(smoke, tmp_path):
     _run(tmp_path, "hypothesis_sweep_v8")  # fresh output and cache: diff, captures, bases all rebuilt
-    for n in v8.V8_FILES:
+    for n in V8_FILES:
         if n.endswith((".csv", ".tsv")):
             assert (d8(smoke) / n).read_bytes() == (d8(tmp_path) / n).read_bytes(), f"{n} differs between runs"
 

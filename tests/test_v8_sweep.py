@@ -168,14 +168,14 @@ def test_no_verdict_when_the_writers_have_no_measurable_effect():
 
 
 def test_the_causal_items_are_a_seeded_subset_and_the_built_in_behaviours_keep_all():
-    assert v8.item_subset(10, 48, "s") == list(range(10)) and v8.item_subset(10, None, "s") == list(range(10))
-    a = v8.item_subset(100, 12, "opinion_false", 0)
-    assert len(a) == 12 == len(set(a)) and a == sorted(a) and a == v8.item_subset(100, 12, "opinion_false", 0)
-    assert a != v8.item_subset(100, 12, "opinion_false", 1) and a != v8.item_subset(100, 12, "neutral", 0)
+    assert causal.item_subset(10, 48, "s") == list(range(10)) and causal.item_subset(10, None, "s") == list(range(10))
+    a = causal.item_subset(100, 12, "opinion_false", 0)
+    assert len(a) == 12 == len(set(a)) and a == sorted(a) and a == causal.item_subset(100, 12, "opinion_false", 0)
+    assert a != causal.item_subset(100, 12, "opinion_false", 1) and a != causal.item_subset(100, 12, "neutral", 0)
     default = Config().causal_items
     for b in ("sycophancy", "refusal"):  # the built-in runs, smoke and full, steer every held-out item
-        assert all(used == n for used, n in v8.causal_item_counts(b, default).values()), b
-    assert v8.causal_item_counts("sycophancy", 5)["opinion_false"] == (5, 24)
+        assert all(used == n for used, n in causal.causal_item_counts(b, default).values()), b
+    assert causal.causal_item_counts("sycophancy", 5)["opinion_false"] == (5, 24)
 
 
 def test_a_large_ab_file_is_cut_to_the_causal_items_with_its_signs(tiny_llama, tmp_path):
@@ -187,9 +187,9 @@ def test_a_large_ab_file_is_cut_to_the_causal_items_with_its_signs(tiny_llama, t
     path = tmp_path / "big.jsonl"
     path.write_text("".join(json.dumps(x) + "\n" for x in items), encoding="utf-8")
     tok = tiny_llama[1]
-    full, ro = v8.heldout_texts(tok, str(path)), readout_of(str(path))
-    texts, sub = v8.causal_prompts(tok, str(path), 10, 0)
+    full, ro = causal.heldout_texts(tok, str(path)), readout_of(str(path))
+    texts, sub = causal.causal_prompts(tok, str(path), 10, 0)
     (s,) = texts
     assert len(full[s]) > 10 and len(texts[s]) == 10 and sub.answers == ro.answers
-    keep = v8.item_subset(len(full[s]), 10, s, 0)
+    keep = causal.item_subset(len(full[s]), 10, s, 0)
     assert texts[s] == [full[s][i] for i in keep] and sub.signs[s] == [ro.signs[s][i] for i in keep]

@@ -19,8 +19,10 @@ import torch
 from safetensors.torch import save_file
 from smoke_env import smoke_env
 
-from ws.bases.vectors import is_vector, vector_candidates, with_vectors
-from ws.diffs.store import write_delta_by_layer
+from ws.bases.registry import append_candidates
+from ws.bases.vectors import is_vector, vector_candidates
+from ws.config import Config
+from ws.diffs.store import writer_deltas_by_layer
 from ws.model.load import d_model, load_model, n_layers
 from ws.model.vectors import read_vectors
 from ws.v7 import sweep
@@ -32,10 +34,10 @@ def run(smoke_sweeps, tmp_path_factory):
     """The smoke diff, its top write direction and a random one as files, and one v7 seed scored with them."""
     base = smoke_sweeps.base
     env = {k: v for k, v in smoke_env(base).items() if k.startswith("WS_")}
-    cfg = sweep.SweepConfig.from_env(env)
+    cfg = Config.from_env(env)
     model, tok = load_model(cfg.model)
     w, meta = sweep.get_diffs(cfg, model, tok)[0]
-    deltas = write_delta_by_layer(w, n_layers(model), partial=True)
+    deltas = writer_deltas_by_layer(w, n_layers(model), partial=True)
     top = {}
     for l, dl in enumerate(deltas):
         if dl is None:
@@ -105,8 +107,10 @@ def test_candidate_rows_and_refusals(run, tmp_path):
     assert all(bases["vector:top"][l] is None for l in range(n_layers(model)) if l not in top)
     with pytest.raises(ValueError, match="two steering-vector files give the candidate name 'vector:top'"):
         vector_candidates([vecs[0], vecs[0]], n_layers(model), d_model(model))
-    same, m2 = with_vectors({"a": [None]}, meta.head(0), [], n_layers(model), d_model(model))
-    assert same == {"a": [None]} and m2.height == 0
+    both, m2 = append_candidates({"a": [None]}, meta.head(0), (bases, meta), "steering-vector")
+    assert list(both) == ["a", *bases] and m2["subspace"].to_list() == meta["subspace"].to_list()
+    with pytest.raises(ValueError, match="steering-vector candidate 'vector:rand' has the name of a built-in"):
+        append_candidates(bases, meta, (bases, meta), "steering-vector")
 
 
 def test_a_vector_file_that_does_not_fit_the_model_stops_get_diffs(run, tmp_path):

@@ -40,6 +40,7 @@ from ws.model.load import model_id
 from ws.model.readout import check_answers
 from ws.v7 import sweep
 from ws.v8 import sweep as v8
+from ws.v8.results import BlockLocal
 
 STAGES = ("v7", "v8")
 Diffs = dict[int, tuple[dict[str, torch.Tensor], dict[str, Any]]]
@@ -57,7 +58,7 @@ class Analysis:
     tables: dict[str, pl.DataFrame] = field(default_factory=dict)
     texts: dict[str, str] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
-    block_local: v8.BlockLocal | None = None
+    block_local: BlockLocal | None = None
     causal: Any = None  # ws.v8.causal.CausalResult with stage v8
 
     @property
@@ -139,10 +140,30 @@ def analyse(
     config: Config | None = None,
     **options: Any,
 ) -> Analysis:
-    """Analyse ``diff`` on ``model``: v7 (where it acts), and v8 (which subspace carries it) when
-    ``stages`` has it. ``config`` (the notebooks pass their run's) replaces ``behavior``,
-    ``vectors``, ``out`` and ``options``; then the file sets are always written. Returns an
-    :class:`Analysis`; see the module doc."""
+    """Analyse ``diff`` on ``model``: v7 (where it acts), and v8 (which subspace carries it).
+
+    Args:
+        model: the base model the diff was made for (any loaded causal LM of the Llama / Qwen3
+            layout).
+        tokenizer: its tokenizer (the behaviour's two answers must be one token each).
+        diff: the weight diff ``w``: a ``{parameter name: tensor}`` mapping, a safetensors file,
+            a diff folder, or a list of them (one per seed).
+        behavior: a built-in behaviour's name or a behaviour / A-B file.
+        vectors: steering-vector files scored as extra candidates.
+        out: the output root; None writes nothing and caches nothing.
+        stages: ``("v7",)`` or ``("v7", "v8")``.
+        config: a run's whole :class:`~ws.config.Config` (the notebooks pass theirs); it replaces
+            ``behavior``, ``vectors``, ``out`` and ``options``, and the file sets are written.
+        **options: any other :class:`~ws.config.Config` field by name (e.g. ``k=16``).
+
+    Returns:
+        An :class:`Analysis`: the per-seed results, the tables, and the files written (see the
+        module doc).
+
+    Raises:
+        ValueError: unknown stages; ConfigError: a bad option, behaviour or vector file (before
+            any work).
+    """
     bad = [s for s in stages if s not in STAGES]
     if bad or not stages:
         raise ValueError(f"stages must name some of {STAGES}, got {tuple(stages)}")

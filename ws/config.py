@@ -28,7 +28,7 @@ import difflib
 import hashlib
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -269,297 +269,6 @@ def _model(name: str, raw: str) -> str:
 
 # ----------------------------------------------------------------------------- the table
 @dataclass(frozen=True)
-class Var:
-    """One ``WS_*`` variable: the :class:`Config` field it sets, how it parses, its defaults."""
-
-    name: str
-    attr: str
-    parse: Callable[[str, str], Any]
-    default: str  # as the README shows it
-    meaning: str
-    smoke_default: str | None = None  # the default under WS_SMOKE=1, when different
-    allowed: str = ""
-
-
-VARIABLES: tuple[Var, ...] = (
-    Var(
-        "WS_MODEL",
-        "model",
-        _model,
-        "smollm2-135m",
-        "`smollm2-135m` (embedded), `tiny-llama`, `tiny-qwen3`, a local model folder, or a Hugging Face id "
-        "whose weights are on disk (e.g. `Qwen/Qwen3-0.6B`)",
-        smoke_default="tiny-llama",
-        allowed="a name or folder",
-    ),
-    Var(
-        "WS_BEHAVIOR",
-        "behavior",
-        _behavior,
-        "sycophancy",
-        'the behaviour: a built-in name or the path of a behaviour file (see "Your own behaviour"); its name '
-        "names the output folder",
-        allowed=", ".join(BEHAVIORS) + ", or a file",
-    ),
-    Var(
-        "WS_MAX_ITEMS",
-        "max_items",
-        lambda n, r: _int(n, r, lo=2),
-        str(MAX_ITEMS_PER_SET),
-        "the most items of one set a run uses: a larger set (a 1,000-item A/B file) keeps a seeded subset of whole "
-        "groups, with a warning, so that it costs about what a built-in behaviour costs (their sets have at most "
-        '60 items, so they are never cut; docs/behaviors.md, "Large datasets")',
-        allowed="integer ≥ 2",
-    ),
-    Var(
-        "WS_ADAPTER",
-        "adapter",
-        _adapter,
-        "lora",
-        'the adapter type the diff is trained with (names the output folder); see "Adapter types"',
-        allowed=", ".join(ADAPTERS),
-    ),
-    Var(
-        "WS_ADAPTERS",
-        "adapters",
-        _adapters,
-        ",".join(ADAPTERS),
-        "the adapter types `make cross-adapter` compares (each trained for every seed of `WS_SEEDS`)",
-        allowed="adapter types, comma-separated",
-    ),
-    Var(
-        "WS_SEEDS",
-        "seeds",
-        _seeds,
-        "0,1,2",
-        "training seeds of the sweep; each gets its own diff and scores",
-        smoke_default="0",
-        allowed="integers 0 … 2³²−1, comma-separated",
-    ),
-    Var("WS_SEED", "seed", _seed, "0", "the one seed `nbs/train_diff.py` builds", allowed="integer 0 … 2³²−1"),
-    Var("WS_REBUILD", "rebuild", _bool, "0", "`1`: retrain a diff that exists (replaces it on purpose)", allowed="boolean"),
-    Var(
-        "WS_STEPS", "steps", _int, "", "training steps of each adapter (unset: the built-in default, 160)", allowed="integer ≥ 1"
-    ),
-    Var(
-        "WS_MAX_LEN",
-        "max_len",
-        _int,
-        "",
-        "the training length (prompt + completion tokens; 160 when unset), raised to fit the longest training prompt "
-        "plus the completion budget up to 1024, or up to this value when it is larger: set it to train on longer "
-        'prompts (docs/behaviors.md, "Long prompts")',
-        allowed="integer ≥ 1",
-    ),
-    Var(
-        "WS_OUT",
-        "out_root",
-        _path,
-        "out/",
-        "output root (relative paths: from the folder you ran the command in); a model other than the embedded one "
-        'writes under `<WS_OUT>/models/<model>/` (see "Where each model\'s files go")',
-        allowed="a folder",
-    ),
-    Var("WS_CACHE", "cache_root", _path, "cache/", "converted models and activation caches", allowed="a folder"),
-    Var("WS_LOGS", "logs_root", _path, "logs/", "verbose logs and executed notebooks", allowed="a folder"),
-    Var("WS_PCS", "k", _int, "8", "basis rank k", allowed="integer ≥ 1"),
-    Var(
-        "WS_K_BROAD",
-        "k_broad",
-        _int,
-        "64",
-        "rank of the broad read spaces projected away",
-        smoke_default="16",
-        allowed="integer ≥ 1",
-    ),
-    Var(
-        "WS_N_FIT",
-        "n_fit",
-        _int,
-        "",
-        "number of FIT probes, a seeded subset (unset: all)",
-        smoke_default="12",
-        allowed="integer ≥ 1",
-    ),
-    Var(
-        "WS_N_EVAL",
-        "n_eval",
-        _int,
-        "",
-        "number of EVAL probes, a seeded subset (unset: all)",
-        smoke_default="8",
-        allowed="integer ≥ 1",
-    ),
-    Var("WS_BATCH", "batch_size", _int, "16", "prompts per forward pass in the captures", allowed="integer ≥ 1"),
-    Var("WS_N_BOOT", "n_boot", _int, "2000", "bootstrap resamples", smoke_default="300", allowed="integer ≥ 1"),
-    Var(
-        "WS_N_CAUSAL",
-        "n_causal",
-        _int,
-        "10",
-        "v8 causal test: how many write/mixed candidates (best seed-mean joint "
-        "score first) besides the ceilings and self-test rows",
-        smoke_default="3",
-        allowed="integer ≥ 1",
-    ),
-    Var(
-        "WS_N_CAUSAL_NULL",
-        "n_causal_null",
-        lambda n, r: _int(n, r, lo=2),
-        "20",
-        "v8 causal test: random subspaces per rank (the null of retention; 20 or more for the claims)",
-        smoke_default="5",
-        allowed="integer ≥ 2",
-    ),
-    Var(
-        "WS_CAUSAL_ITEMS",
-        "causal_items",
-        lambda n, r: _int(n, r, lo=2),
-        "48",
-        "v8 causal test: held-out items per prompt set it steers (a seeded subset where a set has more; the "
-        "built-in behaviours have at most 24, so they use all); bounds its cost for a large behaviour file",
-        allowed="integer ≥ 2",
-    ),
-    Var(
-        "WS_CAUSAL_HALF_WIDTH",
-        "causal_half_width",
-        _nonnegative,
-        str(CAUSAL_HALF_WIDTH),
-        "v8 causal test: the precision target that sizes its prompt rows, the widest retention CI half-width in "
-        "shares of the writers' effect, read on a seeded pilot of 16 items per set (0: every item, no pilot)",
-        allowed="number ≥ 0",
-    ),
-    Var(
-        "WS_KL_BUDGET",
-        "kl_budget",
-        _positive,
-        str(KL_BUDGET),
-        "`make cross-adapter`: the matched budget, the mean next-token KL (nats) from the base model on the neutral "
-        "prompts at which every diff is also compared",
-        smoke_default="0.002",
-        allowed="number > 0",
-    ),
-    Var("WS_CACHE_ACTIVATIONS", "cache", _bool, "1", "`0`: no activation / basis cache for this run", allowed="boolean"),
-    Var(
-        "WS_DEVICE",
-        "device",
-        _device,
-        "auto",
-        "where the model runs (completions, training, effect eval, captures): `auto` = CUDA if present, "
-        "else Apple MPS, else the CPU",
-        allowed="auto, cpu, cuda, cuda:N, mps",
-    ),
-    Var(
-        "WS_DTYPE",
-        "dtype",
-        _choice(("auto", "float32", "bfloat16", "float16")),
-        "auto",
-        "the model's weights: `auto` = bfloat16 on CUDA, float32 elsewhere (the subspace math is float64 on the CPU "
-        "whatever this is)",
-        allowed="auto, float32, bfloat16, float16",
-    ),
-    Var(
-        "WS_DEVICE_MAP",
-        "device_map",
-        _choice(("none", "auto")),
-        "none",
-        "`auto`: spread a model too big for one device over the GPUs / CPU (accelerate); analysis only, see the GPU section",
-        allowed="none, auto",
-    ),
-    Var(
-        "WS_POS_ADAPTER",
-        "pos_adapter",
-        _folder_with("adapter_config.json", "a PEFT adapter (save_pretrained)"),
-        "",
-        "a PEFT adapter folder trained toward the behaviour; with `WS_NEG_ADAPTER`, `w = Δ⁺ − Δ⁻` is imported instead of "
-        "trained (see docs/bring-your-own.md)",
-        allowed="a folder",
-    ),
-    Var(
-        "WS_NEG_ADAPTER",
-        "neg_adapter",
-        _folder_with("adapter_config.json", "a PEFT adapter (save_pretrained)"),
-        "",
-        "the PEFT adapter folder trained away from the behaviour (with `WS_POS_ADAPTER`)",
-        allowed="a folder",
-    ),
-    Var(
-        "WS_BIDIR_ADAPTER",
-        "bidir_adapter",
-        _folder_with("adapter_config.json", "a PEFT adapter (save_pretrained)"),
-        "",
-        "one PEFT adapter trained at α = ±½ (as `bidir`): `w = 2Δ` is imported",
-        allowed="a folder",
-    ),
-    Var(
-        "WS_POS_MODEL",
-        "pos_model",
-        _folder_with("config.json", "a model checkpoint (save_pretrained)"),
-        "",
-        "a fine-tuned checkpoint folder of `WS_MODEL`'s architecture toward the behaviour; with `WS_NEG_MODEL`, "
-        "`w = θ⁺ − θ⁻` on the decoder blocks' linear weights is imported",
-        allowed="a folder",
-    ),
-    Var(
-        "WS_NEG_MODEL",
-        "neg_model",
-        _folder_with("config.json", "a model checkpoint (save_pretrained)"),
-        "",
-        "the fine-tuned checkpoint away from the behaviour (with `WS_POS_MODEL`)",
-        allowed="a folder",
-    ),
-    Var(
-        "WS_SUBSPACE",
-        "subspace",
-        _subspace_file,
-        "",
-        "`make monitor`: the subspace file to screen a diff against (a v8 run's `v8_carrier_basis.safetensors`); the "
-        "diff: the import variables above (`WS_POS_ADAPTER` or `WS_POS_MODEL` alone: that fine-tune minus the base), "
-        "else this run's trained diff (docs/using-results.md)",
-        allowed="a file",
-    ),
-    Var(
-        "WS_VECTORS",
-        "vectors",
-        _vector_files,
-        "",
-        "steering-vector files (`.safetensors`, `.pt`, `.npy`, GGUF control vectors), comma-separated: each is scored "
-        "as the candidate `vector:<file name>` and always in v8's causal test",
-        allowed="files, comma-separated",
-    ),
-    Var(
-        "WS_VECTOR_CONVENTION",
-        "vector_convention",
-        _choice(("auto", "block", "hidden")),
-        "auto",
-        "what a vector file's layer index means: `block` = the output of decoder block i, `hidden` = hidden_states[i] "
-        "(block i−1); `auto`: each format's default (docs/bring-your-own.md)",
-        allowed="auto, block, hidden",
-    ),
-    Var(
-        "WS_VECTOR_SHIFT",
-        "vector_shift",
-        _signed_int,
-        "0",
-        "added to every vector file's block index after the convention (e.g. `-1` for a file measured one block earlier)",
-        allowed="integer",
-    ),
-    Var(
-        "WS_SMOKE",
-        "smoke",
-        _bool,
-        "0",
-        "`1`: the whole notebook on a tiny random model, one seed, a few training steps (about a minute)",
-        allowed="boolean",
-    ),
-)
-BY_NAME = {v.name: v for v in VARIABLES}
-#: Variables the suite reads elsewhere (not run parameters), so not reported as unknown.
-OTHER_KNOWN = ("WS_RUN_DIR", "WS_LOG_TERMINAL", "WS_TEST_DEVICE", "WS_GRID", "WS_RAY_ADDRESS")
-
-
-# ----------------------------------------------------------------------------- the config
-@dataclass(frozen=True)
 class Config:
     """Parameters of a run (sweep or diff build). Build it with :func:`from_env`."""
 
@@ -669,6 +378,317 @@ class Config:
         return from_env(env)
 
 
+@dataclass(frozen=True)
+class Var:
+    """One ``WS_*`` variable: the :class:`Config` field it sets, how it parses, its defaults."""
+
+    name: str
+    attr: str
+    parse: Callable[[str, str], Any]
+    default: str | None  # as the README shows it; None: the Config field's default (:func:`_shown`)
+    meaning: str
+    smoke_default: str | None = None  # the default under WS_SMOKE=1, when different
+    allowed: str = ""
+
+
+VARIABLES: tuple[Var, ...] = (
+    Var(
+        "WS_MODEL",
+        "model",
+        _model,
+        None,
+        "`smollm2-135m` (embedded), `tiny-llama`, `tiny-qwen3`, a local model folder, or a Hugging Face id "
+        "whose weights are on disk (e.g. `Qwen/Qwen3-0.6B`)",
+        smoke_default="tiny-llama",
+        allowed="a name or folder",
+    ),
+    Var(
+        "WS_BEHAVIOR",
+        "behavior",
+        _behavior,
+        None,
+        'the behaviour: a built-in name or the path of a behaviour file (see "Your own behaviour"); its name '
+        "names the output folder",
+        allowed=", ".join(BEHAVIORS) + ", or a file",
+    ),
+    Var(
+        "WS_MAX_ITEMS",
+        "max_items",
+        lambda n, r: _int(n, r, lo=2),
+        None,
+        "the most items of one set a run uses: a larger set (a 1,000-item A/B file) keeps a seeded subset of whole "
+        "groups, with a warning, so that it costs about what a built-in behaviour costs (their sets have at most "
+        '60 items, so they are never cut; docs/behaviors.md, "Large datasets")',
+        allowed="integer ≥ 2",
+    ),
+    Var(
+        "WS_ADAPTER",
+        "adapter",
+        _adapter,
+        None,
+        'the adapter type the diff is trained with (names the output folder); see "Adapter types"',
+        allowed=", ".join(ADAPTERS),
+    ),
+    Var(
+        "WS_ADAPTERS",
+        "adapters",
+        _adapters,
+        None,
+        "the adapter types `make cross-adapter` compares (each trained for every seed of `WS_SEEDS`)",
+        allowed="adapter types, comma-separated",
+    ),
+    Var(
+        "WS_SEEDS",
+        "seeds",
+        _seeds,
+        None,
+        "training seeds of the sweep; each gets its own diff and scores",
+        smoke_default="0",
+        allowed="integers 0 … 2³²−1, comma-separated",
+    ),
+    Var("WS_SEED", "seed", _seed, None, "the one seed `nbs/train_diff.py` builds", allowed="integer 0 … 2³²−1"),
+    Var("WS_REBUILD", "rebuild", _bool, None, "`1`: retrain a diff that exists (replaces it on purpose)", allowed="boolean"),
+    Var(
+        "WS_STEPS",
+        "steps",
+        _int,
+        None,
+        "training steps of each adapter (unset: the built-in default, 160)",
+        allowed="integer ≥ 1",
+    ),
+    Var(
+        "WS_MAX_LEN",
+        "max_len",
+        _int,
+        None,
+        "the training length (prompt + completion tokens; 160 when unset), raised to fit the longest training prompt "
+        "plus the completion budget up to 1024, or up to this value when it is larger: set it to train on longer "
+        'prompts (docs/behaviors.md, "Long prompts")',
+        allowed="integer ≥ 1",
+    ),
+    Var(
+        "WS_OUT",
+        "out_root",
+        _path,
+        "out/",
+        "output root (relative paths: from the folder you ran the command in); a model other than the embedded one "
+        'writes under `<WS_OUT>/models/<model>/` (see "Where each model\'s files go")',
+        allowed="a folder",
+    ),
+    Var("WS_CACHE", "cache_root", _path, "cache/", "converted models and activation caches", allowed="a folder"),
+    Var("WS_LOGS", "logs_root", _path, "logs/", "verbose logs and executed notebooks", allowed="a folder"),
+    Var("WS_PCS", "k", _int, None, "basis rank k", allowed="integer ≥ 1"),
+    Var(
+        "WS_K_BROAD",
+        "k_broad",
+        _int,
+        None,
+        "rank of the broad read spaces projected away",
+        smoke_default="16",
+        allowed="integer ≥ 1",
+    ),
+    Var(
+        "WS_N_FIT",
+        "n_fit",
+        _int,
+        None,
+        "number of FIT probes, a seeded subset (unset: all)",
+        smoke_default="12",
+        allowed="integer ≥ 1",
+    ),
+    Var(
+        "WS_N_EVAL",
+        "n_eval",
+        _int,
+        None,
+        "number of EVAL probes, a seeded subset (unset: all)",
+        smoke_default="8",
+        allowed="integer ≥ 1",
+    ),
+    Var("WS_BATCH", "batch_size", _int, None, "prompts per forward pass in the captures", allowed="integer ≥ 1"),
+    Var("WS_N_BOOT", "n_boot", _int, None, "bootstrap resamples", smoke_default="300", allowed="integer ≥ 1"),
+    Var(
+        "WS_N_CAUSAL",
+        "n_causal",
+        _int,
+        None,
+        "v8 causal test: how many write/mixed candidates (best seed-mean joint "
+        "score first) besides the ceilings and self-test rows",
+        smoke_default="3",
+        allowed="integer ≥ 1",
+    ),
+    Var(
+        "WS_N_CAUSAL_NULL",
+        "n_causal_null",
+        lambda n, r: _int(n, r, lo=2),
+        None,
+        "v8 causal test: random subspaces per rank (the null of retention; 20 or more for the claims)",
+        smoke_default="5",
+        allowed="integer ≥ 2",
+    ),
+    Var(
+        "WS_CAUSAL_ITEMS",
+        "causal_items",
+        lambda n, r: _int(n, r, lo=2),
+        None,
+        "v8 causal test: held-out items per prompt set it steers (a seeded subset where a set has more; the "
+        "built-in behaviours have at most 24, so they use all); bounds its cost for a large behaviour file",
+        allowed="integer ≥ 2",
+    ),
+    Var(
+        "WS_CAUSAL_HALF_WIDTH",
+        "causal_half_width",
+        _nonnegative,
+        None,
+        "v8 causal test: the precision target that sizes its prompt rows, the widest retention CI half-width in "
+        "shares of the writers' effect, read on a seeded pilot of 16 items per set (0: every item, no pilot)",
+        allowed="number ≥ 0",
+    ),
+    Var(
+        "WS_KL_BUDGET",
+        "kl_budget",
+        _positive,
+        None,
+        "`make cross-adapter`: the matched budget, the mean next-token KL (nats) from the base model on the neutral "
+        "prompts at which every diff is also compared",
+        smoke_default="0.002",
+        allowed="number > 0",
+    ),
+    Var("WS_CACHE_ACTIVATIONS", "cache", _bool, None, "`0`: no activation / basis cache for this run", allowed="boolean"),
+    Var(
+        "WS_DEVICE",
+        "device",
+        _device,
+        None,
+        "where the model runs (completions, training, effect eval, captures): `auto` = CUDA if present, "
+        "else Apple MPS, else the CPU",
+        allowed="auto, cpu, cuda, cuda:N, mps",
+    ),
+    Var(
+        "WS_DTYPE",
+        "dtype",
+        _choice(("auto", "float32", "bfloat16", "float16")),
+        None,
+        "the model's weights: `auto` = bfloat16 on CUDA, float32 elsewhere (the subspace math is float64 on the CPU "
+        "whatever this is)",
+        allowed="auto, float32, bfloat16, float16",
+    ),
+    Var(
+        "WS_DEVICE_MAP",
+        "device_map",
+        _choice(("none", "auto")),
+        None,
+        "`auto`: spread a model too big for one device over the GPUs / CPU (accelerate); analysis only, see the GPU section",
+        allowed="none, auto",
+    ),
+    Var(
+        "WS_POS_ADAPTER",
+        "pos_adapter",
+        _folder_with("adapter_config.json", "a PEFT adapter (save_pretrained)"),
+        None,
+        "a PEFT adapter folder trained toward the behaviour; with `WS_NEG_ADAPTER`, `w = Δ⁺ − Δ⁻` is imported instead of "
+        "trained (see docs/bring-your-own.md)",
+        allowed="a folder",
+    ),
+    Var(
+        "WS_NEG_ADAPTER",
+        "neg_adapter",
+        _folder_with("adapter_config.json", "a PEFT adapter (save_pretrained)"),
+        None,
+        "the PEFT adapter folder trained away from the behaviour (with `WS_POS_ADAPTER`)",
+        allowed="a folder",
+    ),
+    Var(
+        "WS_BIDIR_ADAPTER",
+        "bidir_adapter",
+        _folder_with("adapter_config.json", "a PEFT adapter (save_pretrained)"),
+        None,
+        "one PEFT adapter trained at α = ±½ (as `bidir`): `w = 2Δ` is imported",
+        allowed="a folder",
+    ),
+    Var(
+        "WS_POS_MODEL",
+        "pos_model",
+        _folder_with("config.json", "a model checkpoint (save_pretrained)"),
+        None,
+        "a fine-tuned checkpoint folder of `WS_MODEL`'s architecture toward the behaviour; with `WS_NEG_MODEL`, "
+        "`w = θ⁺ − θ⁻` on the decoder blocks' linear weights is imported",
+        allowed="a folder",
+    ),
+    Var(
+        "WS_NEG_MODEL",
+        "neg_model",
+        _folder_with("config.json", "a model checkpoint (save_pretrained)"),
+        None,
+        "the fine-tuned checkpoint away from the behaviour (with `WS_POS_MODEL`)",
+        allowed="a folder",
+    ),
+    Var(
+        "WS_SUBSPACE",
+        "subspace",
+        _subspace_file,
+        None,
+        "`make monitor`: the subspace file to screen a diff against (a v8 run's `v8_carrier_basis.safetensors`); the "
+        "diff: the import variables above (`WS_POS_ADAPTER` or `WS_POS_MODEL` alone: that fine-tune minus the base), "
+        "else this run's trained diff (docs/using-results.md)",
+        allowed="a file",
+    ),
+    Var(
+        "WS_VECTORS",
+        "vectors",
+        _vector_files,
+        None,
+        "steering-vector files (`.safetensors`, `.pt`, `.npy`, GGUF control vectors), comma-separated: each is scored "
+        "as the candidate `vector:<file name>` and always in v8's causal test",
+        allowed="files, comma-separated",
+    ),
+    Var(
+        "WS_VECTOR_CONVENTION",
+        "vector_convention",
+        _choice(("auto", "block", "hidden")),
+        None,
+        "what a vector file's layer index means: `block` = the output of decoder block i, `hidden` = hidden_states[i] "
+        "(block i−1); `auto`: each format's default (docs/bring-your-own.md)",
+        allowed="auto, block, hidden",
+    ),
+    Var(
+        "WS_VECTOR_SHIFT",
+        "vector_shift",
+        _signed_int,
+        None,
+        "added to every vector file's block index after the convention (e.g. `-1` for a file measured one block earlier)",
+        allowed="integer",
+    ),
+    Var(
+        "WS_SMOKE",
+        "smoke",
+        _bool,
+        None,
+        "`1`: the whole notebook on a tiny random model, one seed, a few training steps (about a minute)",
+        allowed="boolean",
+    ),
+)
+
+
+def _shown(attr: str) -> str:
+    """The :class:`Config` field's default as a ``WS_*`` value: booleans ``1``/``0``, tuples
+    comma-joined, None as unset."""
+    v = next(f.default for f in fields(Config) if f.name == attr)
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, tuple):
+        return ",".join(map(str, v))
+    return "" if v is None else str(v)
+
+
+#: every default lives in :class:`Config` (the folders' in ``ws.core.paths``); the table shows it
+VARIABLES = tuple(v if v.default is not None else replace(v, default=_shown(v.attr)) for v in VARIABLES)
+BY_NAME = {v.name: v for v in VARIABLES}
+#: Variables the suite reads elsewhere (not run parameters), so not reported as unknown.
+OTHER_KNOWN = ("WS_RUN_DIR", "WS_LOG_TERMINAL", "WS_TEST_DEVICE", "WS_GRID", "WS_RAY_ADDRESS")
+
+
+# ----------------------------------------------------------------------------- the config
 #: A tiny training run for smoke mode (tiny random model): seconds, not minutes.
 SMOKE_TRAIN = dict(
     steps=3,

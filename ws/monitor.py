@@ -48,15 +48,17 @@ import torch
 from torch import nn
 
 from ws.config import BY_NAME, Config, ConfigError, from_env, import_label
-from ws.core.caveats import MONITOR_ALPHA, MONITOR_MIN_RATIO, MONITOR_ORTH_TOL
+from ws.core.caveats import MONITOR_ALPHA, MONITOR_MIN_RATIO, ORTH_TOL
 from ws.core.caveats import SMOKE as SMOKE_CAVEAT
+from ws.core.columns import WRITER_TAGS
 from ws.core.io import OutputNotWritableError, RunLockedError, check_writable, hold_run_lock, staged_files, write_staged
 from ws.core.linalg import blas_threads, f64, orthonormality_error
 from ws.core.log import logger, setup_logging
 from ws.core.markdown import fmt_num, pct
 from ws.core.paths import safe_component
 from ws.diffs import imports
-from ws.diffs.store import load_diff, write_delta_by_layer
+from ws.diffs.store import load_diff, writer_deltas_by_layer
+from ws.model.anatomy import WRITER_KEY_RE, writer_key
 from ws.model.load import load_model, model_id
 from ws.stats import PR_THRESHOLD, bh_qvalues, combined_delta, energy_frac_w, weight_traces
 from ws.stats.null import LabelNull, haar_null_draws, p_empirical, p_gaussian, participation_ratio, zscore
@@ -125,8 +127,6 @@ RULE = (
 )
 #: :func:`monitor` scores on one thread up to this residual width (see its ``num_threads``)
 ONE_THREAD_MAX_D = 1024
-_WRITER = re.compile(r"^model\.layers\.(\d+)\.(?:self_attn\.o_proj|mlp\.down_proj)\.weight$")
-_O_PROJ = "model.layers.{}.self_attn.o_proj.weight"
 
 
 class SubspaceFileError(ValueError):
@@ -171,10 +171,11 @@ def _shapes(model_or_shapes: nn.Module | Mapping[str, Any]) -> tuple[dict[str, t
 
 def _geometry(shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, int]:
     """``(n_layers, d)``: the decoder blocks (by their o_proj) and the residual width."""
-    layers = [int(m.group(1)) for k in shapes if (m := re.match(r"^model\.layers\.(\d+)\.self_attn\.o_proj\.weight$", k))]
+    o = WRITER_TAGS[0]
+    layers = [int(m.group(1)) for k in shapes if (m := WRITER_KEY_RE.match(k)) and k == writer_key(int(m.group(1)), o)]
     if not layers:
-        raise ValueError("the model's shapes have no model.layers.{i}.self_attn.o_proj.weight: not a Llama/Qwen layout")
-    return max(layers) + 1, int(shapes[_O_PROJ.format(min(layers))][0])
+        raise ValueError(f"the model's shapes have no {writer_key(0, o).replace('.0.', '.{i}.')}: not a Llama/Qwen layout")
+    return max(layers) + 1, int(shapes[writer_key(min(layers), o)][0])
 
 
 def _refuse(path: Path, why: str) -> SubspaceFileError:
@@ -184,10 +185,22 @@ def _refuse(path: Path, why: str) -> SubspaceFileError:
 def read_subspace(
     path: str | Path, model_or_shapes: nn.Module | Mapping[str, Any] | None = None, *, model_name: str | None = None
 ) -> Subspace:
-    """Read a subspace file (:data:`ws.v8.carrier.CARRIER_FILE`) and check it against the model:
-    its model (when known), the residual width and layer count, orthonormal columns
-    (``max|BᵀB − I| ≤`` :data:`~ws.core.caveats.MONITOR_ORTH_TOL`). Refusals are
-    :class:`SubspaceFileError` naming the file."""
+    """Read a subspace file (:data:`ws.v8.carrier.CARRIER_FILE`) and check it against the model.
+
+    Checked: its model (when known), the residual width and layer count, orthonormal columns
+    (``max|BᵀB − I| ≤`` :data:`~ws.core.caveats.ORTH_TOL`).
+
+    Args:
+        path: the file.
+        model_or_shapes: the base model, or its parameter shapes ``{name: shape}``; None reads
+            the file without checking it against a model.
+        model_name: the model's name when only shapes are given.
+
+    Returns:
+        A :class:`Subspace`: the per-layer bases and the file's provenance.
+
+    Raises:
+        SubspaceFileError: a refusal, naming the file and what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise _refuse(path, f"does not exist: give a v8 run's {CARRIER_FILE}")
@@ -234,10 +247,10 @@ def read_subspace(
         if B.shape[1] == 0 or B.shape[1] > B.shape[0]:
             raise _refuse(path, f"at layer {l}: a basis of {B.shape[1]} columns in d = {B.shape[0]}")
         err = orthonormality_error(B)
-        if not err <= MONITOR_ORTH_TOL:
+        if not err <= ORTH_TOL:
             raise _refuse(
                 path,
-                f"at layer {l}: its columns are not orthonormal: max|BᵀB − I| = {err:.3g} (at most {MONITOR_ORTH_TOL:g}); "
+                f"at layer {l}: its columns are not orthonormal: max|BᵀB − I| = {err:.3g} (at most {ORTH_TOL:g}); "
                 f"was it edited? Write it again from the v8 run",
             )
     return Subspace(path, bases, meta, d_file)
@@ -336,17 +349,31 @@ def monitor(
     mc_seed: int = 0,
     num_threads: int | None = 0,
 ) -> MonitorResult:
-    """Screen the weight diff ``diff_w`` (keyed by the base model's parameter names) against
-    the subspace in ``subspace_file`` (checked by :func:`read_subspace`).
+    """Screen a weight diff against a subspace: does the diff write into it?
 
-    ``model_or_shapes``: the base model, or its parameter shapes ``{name: shape}`` (then
-    ``model_name`` checks the file's model, when given). Only the residual writers
-    (``o_proj``, ``down_proj``) on the subspace's layers are scored; the rest is counted in
-    the result. Returns a :class:`MonitorResult` (table, verdict, conclusion).
+    Only the residual writers (``o_proj``, ``down_proj``) on the subspace's layers are scored;
+    the rest is counted in the result.
 
-    ``num_threads``: torch's and BLAS's threads while scoring (None: as they are; 0, the
-    default: one for a residual width up to :data:`ONE_THREAD_MAX_D`, where the many small
-    products gain nothing from more, else as they are)."""
+    Args:
+        model_or_shapes: the base model, or its parameter shapes ``{name: shape}``.
+        diff_w: the diff, keyed by the base model's parameter names.
+        subspace_file: a subspace file (v8's ``v8_carrier_basis.safetensors``) or a read
+            :class:`Subspace` (checked by :func:`read_subspace`).
+        label: the diff's name in the conclusion.
+        model_name: checks the file's model when only shapes are given.
+        caveats: extra caveat lines for the conclusion.
+        mc_draws: Monte Carlo draws of a low-rank label's null.
+        mc_seed: their seed.
+        num_threads: torch's and BLAS's threads while scoring (None: as they are; 0, the
+            default: one for a residual width up to :data:`ONE_THREAD_MAX_D`, where the many
+            small products gain nothing from more, else as they are).
+
+    Returns:
+        A :class:`MonitorResult`: the table, the verdict and the conclusion.
+
+    Raises:
+        SubspaceFileError: the file does not fit the model (named).
+    """
     shapes, name = _shapes(model_or_shapes)
     if num_threads == 0:
         num_threads = 1 if _geometry(shapes)[1] <= ONE_THREAD_MAX_D else None
@@ -373,9 +400,9 @@ def _monitor(shapes, name, diff_w, subspace_file, label, model_name, caveats, mc
         )
     deltas = [
         None if dl is None else {t: m.detach().cpu() for t, m in dl.items()}
-        for dl in write_delta_by_layer(diff_w, n_layers, partial=True)
+        for dl in writer_deltas_by_layer(diff_w, n_layers, partial=True)
     ]
-    other = sum(1 for k in diff_w if not _WRITER.match(k))
+    other = sum(1 for k in diff_w if not WRITER_KEY_RE.match(k))
     touched = [l for l, dl in enumerate(deltas) if dl is not None and any(float(f64(m).norm()) > 0 for m in dl.values())]
     screened = [l for l in touched if l in sub.bases]
     energy = {l: sum(float((f64(m) ** 2).sum()) for m in deltas[l].values()) for l in touched}
@@ -388,7 +415,7 @@ def _monitor(shapes, name, diff_w, subspace_file, label, model_name, caveats, mc
         parts = {t: m for t, m in deltas[l].items() if float(f64(m).norm()) > 0}
         for t, M in parts.items():
             tensor_rows.append(_row("tensor", l, t, B, M, float(f64(M).norm()), _label(M, sub.d, mc_draws, mc_seed)))
-        Mc = combined_delta(parts.get("oproj"), parts.get("downproj"))
+        Mc = combined_delta(*(parts.get(t) for t in WRITER_TAGS))
         lab = _label(Mc, sub.d, mc_draws, mc_seed)
         labs.append(lab)
         layer_rows.append(_row("layer", l, "combined", B, Mc, math.sqrt(energy[l]), lab))

@@ -4,9 +4,10 @@ adapter-family candidates and the self-test rows, each a small registered functi
     from ws.bases import build_all, REGISTRY
     bases, meta = build_all(model, captures, deltas, label_fit)   # k = 8, k_broad = 64
 
-Modules, in table order: :mod:`~ws.bases.weights` (1–22), :mod:`~ws.bases.activations`
-(23–40), :mod:`~ws.bases.compound` (41–42), :mod:`~ws.bases.ceilings`,
-:mod:`~ws.bases.adapter` (``adapter-family``), :mod:`~ws.bases.selftest`; a researcher's
+The table order and the contract's numbers are data (:mod:`~ws.bases.order`); the candidates
+live in :mod:`~ws.bases.weights` (1–22), :mod:`~ws.bases.activations` (23–40),
+:mod:`~ws.bases.compound` (41–42), :mod:`~ws.bases.ceilings`, :mod:`~ws.bases.adapter`
+(``adapter-family``) and :mod:`~ws.bases.selftest`; a researcher's
 steering vectors as candidates ``vector:<name>`` (:mod:`~ws.bases.vectors`, not registered:
 appended per run); an S-space diff's frozen bases as self-test rows (:mod:`~ws.bases.planted`,
 appended per run when the diff has them).
@@ -14,17 +15,9 @@ appended per run when the diff has them).
 May import: the stages below it (``ws.core`` … ``ws.captures``); not its sibling ``ws.stats``.
 """
 
-# Importing a module registers its candidates; the import order IS the table order, so the
-# sorter must leave these lines as they are.
-# isort: off
-from ws.bases import weights  # noqa: F401  (1–22)
-from ws.bases import activations  # noqa: F401  (23–40)
-from ws.bases import compound  # noqa: F401  (41–42)
-from ws.bases import ceilings  # noqa: F401
-from ws.bases import adapter  # noqa: F401  (adapter-family)
-from ws.bases import selftest  # noqa: F401
-
-# isort: on
+# Importing a module registers its candidates; put_in_order then sets the table order.
+from ws.bases import activations, adapter, ceilings, compound, selftest, weights  # noqa: F401
+from ws.bases.order import TABLE_ORDER, spec_number
 from ws.bases.registry import (  # noqa: F401
     META_COLUMNS,
     REGISTRY,
@@ -34,7 +27,10 @@ from ws.bases.registry import (  # noqa: F401
     build_all,
     candidate,
     meta_frame,
+    put_in_order,
 )
+
+put_in_order(TABLE_ORDER)
 
 #: the 42 A-side hypotheses of the spec, in order
 SPEC_CANDIDATES: list[str] = [n for n, c in REGISTRY.items() if c.kind == "A-hypothesis" and c.source != "adapter-family"]
@@ -57,4 +53,6 @@ __all__ = [
     "CEILINGS",
     "ADAPTER_FAMILY",
     "SELF_TESTS",
+    "TABLE_ORDER",
+    "spec_number",
 ]

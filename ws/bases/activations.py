@@ -54,7 +54,6 @@ def _mlp_act(ctx: BuildContext, layer: int, h: torch.Tensor) -> tuple[torch.Tens
 
 
 # ----------------------------------------------------------------------------- weight × clean
-# 23
 @candidate(
     "gate_kernel",
     "W:MLP",
@@ -74,7 +73,6 @@ def gate_kernel(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.left_svd_basis((ctx.W(layer, "down") * s) @ ctx.W(layer, "up"), ctx.k)
 
 
-# 24
 @candidate(
     "gate_active_written",
     "act:MLP",
@@ -98,7 +96,6 @@ def _abs_steps(ctx: BuildContext) -> torch.Tensor:
     return A[1:] - A[:-1]  # [L-1, n, d]
 
 
-# 25
 @candidate(
     "suppressed",
     "act:clean",
@@ -117,7 +114,6 @@ def suppressed(ctx: BuildContext) -> torch.Tensor:
     return linalg.pca(X, ctx.k)
 
 
-# 26
 @candidate(
     "amplified",
     "act:clean",
@@ -132,7 +128,6 @@ def amplified(ctx: BuildContext) -> torch.Tensor:
     return linalg.pca((A[-1] - A[0]).clamp(min=0), ctx.k)
 
 
-# 27
 @candidate(
     "added_features",
     "act:clean",
@@ -146,7 +141,6 @@ def added_features(ctx: BuildContext) -> torch.Tensor:
     return linalg.pca(_abs_steps(ctx).clamp(min=0).sum(dim=0), ctx.k)
 
 
-# 28
 @candidate(
     "global_clean_resid_pca",
     "act:baseline",
@@ -161,7 +155,6 @@ def global_clean_resid_pca(ctx: BuildContext) -> torch.Tensor:
     return linalg.pca(R.reshape(-1, R.shape[-1]), ctx.k)
 
 
-# 29
 @candidate(
     "global_persona_resid_pca",
     "act:baseline",
@@ -178,13 +171,11 @@ def global_persona_resid_pca(ctx: BuildContext) -> torch.Tensor:
     return linalg.pca(R.reshape(-1, R.shape[-1]), ctx.k)
 
 
-# 30
 @candidate("layer_clean_resid_pca", "act:baseline", "activations", "per-layer PCA of clean residuals", needs=("clean",))
 def layer_clean_resid_pca(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.pca(ctx.cap("clean")[layer], ctx.k)
 
 
-# 31
 @candidate(
     "TaskDiff_contrast",
     "act:persona",
@@ -227,7 +218,6 @@ def _attn_weighted(ctx: BuildContext, layer: int, mode: str) -> torch.Tensor:
     return linalg.pca(D * w.clamp(min=0).sqrt()[:, None], ctx.k)
 
 
-# 32
 @candidate(
     "attn_min_taskdiff",
     "act:attn-selected",
@@ -244,7 +234,6 @@ def attn_min_taskdiff(ctx: BuildContext, layer: int) -> torch.Tensor:
     return _attn_weighted(ctx, layer, "min")
 
 
-# 33
 @candidate(
     "attn_max_taskdiff",
     "act:attn-selected",
@@ -257,7 +246,6 @@ def attn_max_taskdiff(ctx: BuildContext, layer: int) -> torch.Tensor:
     return _attn_weighted(ctx, layer, "max")
 
 
-# 34
 @candidate(
     "attn_diff_taskdiff",
     "act:attn-selected",
@@ -270,7 +258,6 @@ def attn_diff_taskdiff(ctx: BuildContext, layer: int) -> torch.Tensor:
     return _attn_weighted(ctx, layer, "diff")
 
 
-# 35
 @candidate(
     "attn_min_x_diffnorm_taskdiff",
     "act:attn-selected",
@@ -287,7 +274,6 @@ def attn_min_x_diffnorm_taskdiff(ctx: BuildContext, layer: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- up_proj
-# 36
 @candidate(
     "up_proj_input_contrast",
     "act:up_proj",
@@ -303,7 +289,6 @@ def up_proj_input_contrast(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.pca(ctx.cap("pos_up_in")[layer] - ctx.cap("neg_up_in")[layer], ctx.k)
 
 
-# 37
 @candidate(
     "up_proj_output_written_contrast",
     "act:up_proj",
@@ -320,7 +305,6 @@ def up_proj_output_written_contrast(ctx: BuildContext, layer: int) -> torch.Tens
 
 
 # ----------------------------------------------------------------------------- clusters, churn, rotation
-# 38
 @candidate(
     "chars_clusters",
     "act:cluster",
@@ -344,7 +328,6 @@ def chars_clusters(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.pca(C, ctx.k)
 
 
-# 39
 @candidate(
     "churn",
     "act:clean",
@@ -368,7 +351,6 @@ def churn(ctx: BuildContext, layer: int) -> torch.Tensor | None:
     return linalg.pca(R[layer] - prev, ctx.k)
 
 
-# 40
 def procrustes_skew_basis(P: torch.Tensor, N: torch.Tensor, k: int, rot_dim: int = 32, centre: str = "own") -> torch.Tensor:
     """Leading directions ``[d, ≤k]`` of the rotation persona− → persona+ (rows of ``N`` → rows
     of ``P``, paired by probe) in the joint PCA(``rot_dim``) space of the two sets.

@@ -24,6 +24,7 @@ import torch
 from ws.bases.registry import BuildContext, candidate
 from ws.captures.capture import probe_vector
 from ws.core import linalg
+from ws.model.anatomy import WRITERS
 
 
 def corda_gram(W_o, C_o, W_down, C_down, eps_rel: float = 1e-3, diagonal: bool = False) -> torch.Tensor:
@@ -52,7 +53,7 @@ def _damping(ctx: BuildContext, layer: int, part: str) -> tuple[torch.Tensor, fl
 
 
 #: the builder's weight names -> the captures' names of the two writers
-PARTS = {"o": "oproj", "down": "downproj"}
+PARTS = {p.removesuffix("_proj"): t for t, p in WRITERS.items()}
 
 
 def _check_writers(ctx: BuildContext, layer: int) -> None:

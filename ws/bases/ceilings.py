@@ -6,7 +6,7 @@ import torch
 
 from ws.bases.registry import BuildContext, candidate
 from ws.core import linalg
-from ws.core.columns import CEILING_ACT, CEILING_W
+from ws.core.columns import CEILING_ACT, CEILING_W, WRITER_TAGS
 
 
 @candidate(
@@ -42,7 +42,7 @@ def dW_left_basis_ceiling(ctx: BuildContext, layer: int) -> torch.Tensor | None:
     dl = ctx.deltas[layer]
     if dl is None:
         return None
-    parts = [dl[t].detach().to(torch.float64) for t in ("oproj", "downproj") if dl.get(t) is not None]
+    parts = [dl[t].detach().to(torch.float64) for t in WRITER_TAGS if dl.get(t) is not None]
     if not parts:
         return None
     for t in parts:

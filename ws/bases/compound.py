@@ -18,7 +18,6 @@ from ws.bases.registry import BuildContext, candidate
 from ws.core import linalg
 
 
-# 41
 def _describe(ctx: BuildContext) -> str:
     if ctx.intersection == "bisector":
         return (
@@ -53,7 +52,6 @@ def qk_x_chars_clusters(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.intersection(A, B, ctx.max_angle_deg)
 
 
-# 42
 @candidate(
     "WNR_union_TaskDiff",
     "compound",

@@ -9,7 +9,8 @@ training completions; its singular vectors are kept beside ``w`` when the diff i
   ``[G_q; G_k; G_v; G_gate; G_up]`` (``· × d``): the residual directions it would read.
 
 Both are A-hypotheses (family ``gradient``, source ``base-gradient``), appended per run like
-the steering vectors (:func:`with_gradient`). A diff the suite did not train (imported, or
+the steering vectors (:func:`gradient_candidates`, then
+:func:`ws.bases.registry.append_candidates`). A diff the suite did not train (imported, or
 brought to :func:`ws.analysis.analyse` as tensors) has no training data here: no rows.
 Known answer (``tests/test_gradient.py``): a diff made by one plain gradient step from θ₀
 has writer deltas ``−η G``, so ``grad_write`` is its dW oracle at rank ``k`` (100 % of the best weight energy at that rank).
@@ -50,17 +51,11 @@ def gradient_bases(directions: Mapping[str, Mapping[str, torch.Tensor]], n_layer
     }
 
 
-def with_gradient(
-    bases: dict[str, list[torch.Tensor | None]],
-    meta: pl.DataFrame,
-    directions: Mapping[str, Mapping[str, torch.Tensor]] | None,
-    n_layers: int,
-    k: int,
+def gradient_candidates(
+    directions: Mapping[str, Mapping[str, torch.Tensor]], n_layers: int, k: int
 ) -> tuple[dict[str, list[torch.Tensor | None]], pl.DataFrame]:
-    """The registry's ``(bases, meta)`` with ``grad_write`` / ``grad_read`` appended (unchanged
-    without ``directions``: a diff trained before the suite kept them, or imported)."""
-    if not directions:
-        return bases, meta
+    """``(bases, meta)`` of ``grad_write`` / ``grad_read`` from the diff's saved gradient
+    directions (appended by :func:`ws.bases.registry.append_candidates`)."""
     gb = gradient_bases(directions, n_layers, k)
     rows = []
     for name, (axis, definition) in DEFINITIONS.items():
@@ -80,11 +75,7 @@ def with_gradient(
                 "rank_max": max(ranks) if ranks else 0,
             }
         )
-    clash = sorted(set(gb) & set(bases))
-    if clash:
-        raise ValueError(f"gradient candidate {clash[0]!r} has the name of a built-in candidate")
-    m = pl.DataFrame(rows, schema=meta_frame([]).schema)
-    return {**bases, **gb}, pl.concat([meta, m.select(meta.columns)], how="vertical")
+    return gb, pl.DataFrame(rows, schema=meta_frame([]).schema)
 
 
-__all__ = ["DEFINITIONS", "gradient_bases", "with_gradient"]
+__all__ = ["DEFINITIONS", "gradient_bases", "gradient_candidates"]

@@ -9,16 +9,16 @@ diff's whole writer energy:
 - ``sspace_planted`` (every S-space type): the bases the adapter trained in. Its weight
   energy must reach the dW oracle of the same rank (``mean_pct_w_combined_matched_rank ≥ 99``,
   :func:`ws.v7.verdicts.self_tests`) and, in v8's causal test, it keeps ≥ 95 % of the
-  writers' effect inside and ≤ 5 % outside (:func:`ws.v8.sweep.causal_self_tests`).
+  writers' effect inside and ≤ 5 % outside (:func:`ws.v8.verdicts.causal_self_tests`).
 - ``sspace_plain_svd`` (the covariance-oriented ``sspace_corda`` / ``sspace_asvd`` only):
   the targets' own top-r left singular vectors, the basis those diffs are NOT confined to;
   it must fall short of the oracle, or the suite could not tell the two bases apart.
 
 The rows are ``self-test`` rows (kind, family and axis kind), appended per run like the
-steering vectors (:func:`with_planted`).
+steering vectors (:func:`ws.bases.registry.append_candidates`).
 
     planted = load_planted(diff_path)                  # None for any other diff
-    bases, meta = with_planted(bases, meta, planted, n_layers, d)
+    bases, meta = append_candidates(bases, meta, planted_candidates(planted, n_layers, d), "planted")
 """
 
 from __future__ import annotations
@@ -30,10 +30,9 @@ import torch
 
 from ws.bases.registry import meta_frame
 from ws.core import linalg
+from ws.core.columns import WRITER_TAGS
 from ws.diffs.sspace import PLAIN_SVD, PLANTED
-
-#: the writers whose bases make a layer's candidate (parameter names inside a block)
-WRITER_PARAMS = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
+from ws.model.anatomy import writer_key
 
 DEFINITIONS = {
     PLANTED: "the frozen bases the S-space adapter trained in: per layer the union of the o_proj and down_proj U_r "
@@ -47,7 +46,7 @@ def layer_bases(per_param: Mapping[str, torch.Tensor], n_layers: int, d: int) ->
     """Per layer the orthonormal union (float32 ``[d, ≤ 2r]``) of the writers' bases, None where the diff has none."""
     out: list[torch.Tensor | None] = []
     for layer in range(n_layers):
-        parts = [per_param[k] for p in WRITER_PARAMS if (k := f"model.layers.{layer}.{p}") in per_param]
+        parts = [per_param[k] for t in WRITER_TAGS if (k := writer_key(layer, t)) in per_param]
         if not parts:
             out.append(None)
             continue
@@ -88,18 +87,4 @@ def planted_candidates(
     return bases, pl.DataFrame(rows, schema=empty.schema) if rows else empty
 
 
-def with_planted(
-    bases: dict[str, list[torch.Tensor | None]],
-    meta: pl.DataFrame,
-    planted: Mapping[str, Mapping[str, torch.Tensor]] | None,
-    n_layers: int,
-    d: int,
-) -> tuple[dict[str, list[torch.Tensor | None]], pl.DataFrame]:
-    """The registry's ``(bases, meta)`` with the planted rows appended (unchanged without a planted basis)."""
-    if not planted:
-        return bases, meta
-    pb, pm = planted_candidates(planted, n_layers, d)
-    return {**bases, **pb}, pl.concat([meta, pm.select(meta.columns)], how="vertical")
-
-
-__all__ = ["DEFINITIONS", "WRITER_PARAMS", "layer_bases", "planted_candidates", "with_planted", "PLANTED", "PLAIN_SVD"]
+__all__ = ["DEFINITIONS", "layer_bases", "planted_candidates", "PLANTED", "PLAIN_SVD"]

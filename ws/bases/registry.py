@@ -35,6 +35,7 @@ from ws.core.columns import META_COLUMNS
 from ws.core.device import module_weight
 from ws.core.log import logger
 from ws.core.paths import cache_dir
+from ws.model.anatomy import ATTN_PROJ, MLP_PROJ
 from ws.model.load import decoder_layers
 
 __all__ = [
@@ -145,9 +146,38 @@ def candidate(
     return deco
 
 
+def append_candidates(
+    bases: dict[str, list],
+    meta: pl.DataFrame,
+    extra: tuple[dict[str, list], pl.DataFrame],
+    what: str,
+) -> tuple[dict[str, list], pl.DataFrame]:
+    """``(bases, meta)`` with a run's own candidates ``extra = (bases, meta)`` appended after the
+    registry's (steering vectors, a planted basis, the persona gradient: :mod:`ws.bases.vectors`,
+    :mod:`ws.bases.planted`, :mod:`ws.bases.gradient`); a name already there is refused, naming
+    ``what`` the candidate is."""
+    eb, em = extra
+    clash = sorted(set(eb) & set(bases))
+    if clash:
+        raise ValueError(f"{what} candidate {clash[0]!r} has the name of a built-in candidate")
+    return {**bases, **eb}, pl.concat([meta, em.select(meta.columns)], how="vertical")
+
+
+def put_in_order(order: Sequence[str]) -> None:
+    """Reorder :data:`REGISTRY` in place: the names of ``order`` first (each must be registered),
+    then any other candidate in the order it was registered (:mod:`ws.bases.order`)."""
+    missing = [n for n in order if n not in REGISTRY]
+    if missing:
+        raise ValueError(f"the table order names candidates that are not registered: {missing}")
+    first = set(order)
+    items = [(n, REGISTRY[n]) for n in order] + [(n, c) for n, c in REGISTRY.items() if n not in first]
+    REGISTRY.clear()
+    REGISTRY.update(items)
+
+
 # ----------------------------------------------------------------------------- context
-_ATTN = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj"}
-_MLP = {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
+_ATTN = {p.removesuffix("_proj"): p for p in ATTN_PROJ}
+_MLP = {p.removesuffix("_proj"): p for p in MLP_PROJ}
 
 
 #: memo kinds keyed ``(kind, layer, …)``: one layer's intermediates, freed when the build moves on
@@ -521,18 +551,18 @@ def build_all(
             captures,
             deltas,
             label_fit,
-            k,
-            k_broad,
-            seed,
-            label_eval,
-            names,
-            skip_missing,
-            intersection,
-            max_angle_deg,
-            eps_rel,
-            n_clusters,
-            progress,
-            cache,
+            k=k,
+            k_broad=k_broad,
+            seed=seed,
+            label_eval=label_eval,
+            names=names,
+            skip_missing=skip_missing,
+            intersection=intersection,
+            max_angle_deg=max_angle_deg,
+            eps_rel=eps_rel,
+            n_clusters=n_clusters,
+            progress=progress,
+            cache=cache,
         )
 
 
@@ -610,6 +640,7 @@ def _build_all(
     captures,
     deltas,
     label_fit,
+    *,
     k,
     k_broad,
     seed,

@@ -87,17 +87,4 @@ def vector_candidates(
     return bases, pl.DataFrame(rows, schema=empty.schema) if rows else empty
 
 
-def with_vectors(
-    bases: dict[str, list[torch.Tensor | None]], meta: pl.DataFrame, vectors: Sequence[SteeringVectors], n_layers: int, d: int
-) -> tuple[dict[str, list[torch.Tensor | None]], pl.DataFrame]:
-    """The registry's ``(bases, meta)`` with the vectors' candidates appended (unchanged when there are none)."""
-    if not vectors:
-        return bases, meta
-    vb, vm = vector_candidates(vectors, n_layers, d)
-    clash = sorted(set(vb) & set(bases))
-    if clash:
-        raise ValueError(f"steering-vector candidate {clash[0]!r} has the name of a built-in candidate")
-    return {**bases, **vb}, pl.concat([meta, vm.select(meta.columns)], how="vertical")
-
-
-__all__ = ["PREFIX", "FAMILY", "META_COLUMNS", "vector_name", "is_vector", "vector_candidates", "with_vectors"]
+__all__ = ["PREFIX", "FAMILY", "META_COLUMNS", "vector_name", "is_vector", "vector_candidates"]

@@ -22,13 +22,11 @@ from ws.bases.registry import BuildContext, candidate
 from ws.core import linalg
 
 
-# 1
 @candidate("lm_head_read", "W:unembed", "weights", "top-8 right singular vectors of lm_head (same every layer)", per_layer=False)
 def lm_head_read(ctx: BuildContext) -> torch.Tensor:
     return ctx.lm_read(ctx.k)
 
 
-# 2
 @candidate(
     "logits_null",
     "W:unembed",
@@ -46,13 +44,11 @@ def logits_null(ctx: BuildContext) -> torch.Tensor:
     return linalg.sign_fix(vecs[:, : ctx.k].clone())
 
 
-# 3
 @candidate("global_read", "W:read", "weights", "top-8 eigenvectors of Σ_layers read Gram + lm_headᵀlm_head", per_layer=False)
 def global_read(ctx: BuildContext) -> torch.Tensor:
     return ctx.global_read(ctx.k)
 
 
-# 4
 @candidate(
     "global_write", "W:write", "weights", "top-8 left singular vectors of all layers' write_cols side by side", per_layer=False
 )
@@ -60,7 +56,6 @@ def global_write(ctx: BuildContext) -> torch.Tensor:
     return linalg.top_eigvecs(ctx.global_write_gram(), ctx.k)
 
 
-# 5
 @candidate(
     "global_write_not_global_read",
     "W:write-not-read",
@@ -77,25 +72,21 @@ def global_write_not_global_read(ctx: BuildContext) -> torch.Tensor:
     return linalg.top_eigvecs(G, ctx.k)
 
 
-# 6
 @candidate("write", "W:write", "weights", "per layer, left SVD of write_cols")
 def write(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.top_eigvecs(ctx.write_gram(layer), ctx.k)
 
 
-# 7
 @candidate("attn_write", "W:write", "weights", "per layer, left SVD of W_o")
 def attn_write(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.top_eigvecs(ctx.write_gram_part(layer, "o"), ctx.k)
 
 
-# 8
 @candidate("mlp_write", "W:write", "weights", "per layer, left SVD of W_down")
 def mlp_write(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.top_eigvecs(ctx.write_gram_part(layer, "down"), ctx.k)
 
 
-# 9
 @candidate(
     "write_not_lm_head_read",
     "W:write-not-read",
@@ -110,7 +101,6 @@ def write_not_lm_head_read(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.top_eigvecs(linalg.project_gram(ctx.write_gram(layer), ctx.lm_read(ctx.k_broad)), ctx.k)
 
 
-# 10
 @candidate(
     "write_not_global_read",
     "W:write-not-read",
@@ -125,7 +115,6 @@ def write_not_global_read(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.top_eigvecs(linalg.project_gram(ctx.write_gram(layer), ctx.global_read(ctx.k_broad)), ctx.k)
 
 
-# 11
 @candidate(
     "write_not_downstream_read",
     "W:write-not-read",
@@ -142,25 +131,21 @@ def write_not_downstream_read(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.top_eigvecs(linalg.project_gram(ctx.write_gram(layer), ctx.downstream_read(layer)), ctx.k)
 
 
-# 12
 @candidate("mlp_up_read", "W:read", "weights", "right SVD of W_up")
 def mlp_up_read(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.top_eigvecs(ctx.read_gram_part(layer, "up"), ctx.k)
 
 
-# 13
 @candidate("mlp_gate_read", "W:read", "weights", "right SVD of W_gate")
 def mlp_gate_read(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.top_eigvecs(ctx.read_gram_part(layer, "gate"), ctx.k)
 
 
-# 14
 @candidate("attn_qkv_read", "W:read", "weights", "right SVD of [W_q; W_k; W_v]")
 def attn_qkv_read(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.top_eigvecs(ctx.read_gram_part(layer, "q") + ctx.read_gram_part(layer, "kv"), ctx.k)
 
 
-# 15
 @candidate(
     "attn_ov_write",
     "W:OV",
@@ -177,13 +162,11 @@ def attn_ov_write(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.left_svd_basis(ctx.W(layer, "o") @ Wv, ctx.k)
 
 
-# 16
 @candidate("mlp_roundtrip_write", "W:MLP", "weights", "left SVD of W_down·W_up")
 def mlp_roundtrip_write(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.left_svd_basis(ctx.W(layer, "down") @ ctx.W(layer, "up"), ctx.k)
 
 
-# 17
 @candidate(
     "qk_circuit",
     "W:QK",
@@ -201,19 +184,16 @@ def qk_circuit(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.left_svd_basis(ctx.W(layer, "q").T @ Wk, ctx.k)
 
 
-# 18
 @candidate("input_super", "W:read", "weights", "right SVD of [W_q; W_k; W_v; W_up; W_gate]")
 def input_super(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.top_eigvecs(ctx.read_gram(layer), ctx.k)
 
 
-# 19
 @candidate("kv_super", "W:read", "weights", "right SVD of [W_k; W_v]")
 def kv_super(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.top_eigvecs(ctx.read_gram_part(layer, "kv"), ctx.k)
 
 
-# 20
 @candidate(
     "attention_sink",
     "W:OV",
@@ -235,7 +215,6 @@ def attention_sink(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.pca(per_head, ctx.k)
 
 
-# 21
 @candidate(
     "causally_isolated",
     "W:write-not-read",
@@ -251,7 +230,6 @@ def causally_isolated(ctx: BuildContext, layer: int) -> torch.Tensor:
     return linalg.top_eigvecs(linalg.project_gram(ctx.write_gram(layer), U), ctx.k)
 
 
-# 22
 @candidate(
     "input_super_not_lm_read",
     "W:read",

@@ -40,8 +40,7 @@ import random
 from dataclasses import asdict
 
 from ws.behavior.files import DEFAULT as DEFAULT_BEHAVIOR
-from ws.behavior.files import MIN_PER_SIDE, Behavior, Topic, split_items  # noqa: F401
-from ws.behavior.files import get as get_behavior
+from ws.behavior.files import MIN_PER_SIDE, Behavior, Topic, get_behavior, split_items  # noqa: F401
 
 _SYC = get_behavior(DEFAULT_BEHAVIOR)
 #: The sycophancy behaviour's sets, topics, personas and phrasings (module API; every

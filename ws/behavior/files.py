@@ -647,10 +647,20 @@ def _shipped(name: str) -> Path:
     return next(d / f"{name}{s}" for s in SUFFIXES if (d / f"{name}{s}").exists())
 
 
-def get(behavior: str | Path | Behavior | None = None) -> Behavior:
-    """A :class:`Behavior` from a built-in name, a name a file was registered under
-    (:func:`resolve`), a path to a file, or a :class:`Behavior` (returned as it is).
-    ``None`` is the default behaviour, sycophancy."""
+def get_behavior(behavior: str | Path | Behavior | None = None) -> Behavior:
+    """The behaviour a run names, read and checked.
+
+    Args:
+        behavior: a built-in name, a name a file was registered under (:func:`resolve`), a path
+            to a behaviour or A/B file, or a :class:`Behavior` (returned as it is); None is the
+            default behaviour, sycophancy.
+
+    Returns:
+        The :class:`Behavior`.
+
+    Raises:
+        BehaviorError: the file is missing or malformed (the line and the key named).
+    """
     if isinstance(behavior, Behavior):
         return behavior
     key = DEFAULT if behavior is None else str(behavior)

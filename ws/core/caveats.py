@@ -22,6 +22,18 @@ CARRY_OUTSIDE_MAX = 0.5
 CAUSAL_HALF_WIDTH = 0.03
 #: Items per prompt set in the causal test's pilot (all of a smaller set).
 CAUSAL_PILOT_ITEMS = 16
+#: A self-test's random-basis row passes while its |z| against its own null stays below this
+#: (v7's score null and v8's causal null).
+SELFTEST_Z_MAX = 4.0
+#: v7's planted-label self-test passes when its basis keeps at least this share (%) of the best
+#: rank-k subspace of the EVAL label.
+SELFTEST_PLANTED_MIN_PCT = 80.0
+#: The S-space family's planted basis (v7) must hold at least this share (%) of the dW oracle's
+#: weight energy at its rank.
+SELFTEST_SSPACE_MIN_PCT = 99.0
+#: v8's planted S-space basis must keep at least this share of the writers' effect inside (and at
+#: most 1 − it outside).
+SELFTEST_PLANTED_MIN_INSIDE = 0.95
 #: Shapiro–Wilk p of a null's draws below which their normal tail is not trusted and the
 #: empirical p is used instead (v8's causal test, :func:`ws.stats.null.null_tail_p`).
 NULL_FIT_ALPHA = 0.05
@@ -31,8 +43,9 @@ NULL_FIT_ALPHA = 0.05
 MONITOR_ALPHA = 0.05
 #: ... AND that fraction is at least this many times the null mean (k/d: a random subspace's share).
 MONITOR_MIN_RATIO = 2.0
-#: The largest ``max|BᵀB − I|`` a subspace file's basis may have (the candidates' own check, v7).
-MONITOR_ORTH_TOL = 1e-3
+#: The largest ``max|BᵀB − I|`` a basis may have: every candidate's (v7) and a subspace file's
+#: (``make monitor``).
+ORTH_TOL = 1e-3
 
 SMOKE = "SMOKE MODE: a tiny random model and a few training steps; no number here means anything"
 QUANTIZED = "the model weights are 4-bit quantised: weight-derived bases inherit quantisation noise"

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import polars as pl
 
+#: the residual writers' column tags (``o_proj``, ``down_proj``: :data:`ws.model.anatomy.WRITERS`)
+WRITER_TAGS: tuple[str, ...] = ("oproj", "downproj")
 #: weight-label tensors, in the order of the columns
-TENSORS: tuple[str, ...] = ("oproj", "downproj", "combined")
+TENSORS: tuple[str, ...] = (*WRITER_TAGS, "combined")
 #: the two ceilings (B side; scored, never ranked as hypotheses)
 CEILING_ACT = "TaskDiff_lora_ceiling"
 CEILING_W = "dW_left_basis_ceiling"

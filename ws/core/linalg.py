@@ -29,6 +29,8 @@ import torch
 from scipy.linalg import blas, subspace_angles
 from threadpoolctl import threadpool_limits
 
+from ws.core.caveats import ORTH_TOL
+
 __all__ = [
     "DEFAULT_RTOL",
     "sign_fix",
@@ -399,11 +401,11 @@ def orthonormality_error(B: torch.Tensor) -> float:
     return float((Bf.T @ Bf - torch.eye(Bf.shape[1], dtype=torch.float64)).abs().max())
 
 
-def is_orthonormal(B: torch.Tensor, tol: float = 1e-3) -> bool:
+def is_orthonormal(B: torch.Tensor, tol: float = ORTH_TOL) -> bool:
     return B.ndim == 2 and orthonormality_error(B) <= tol
 
 
-def check_orthonormal(B: torch.Tensor, name: str = "basis", layer: int | None = None, tol: float = 1e-3) -> float:
+def check_orthonormal(B: torch.Tensor, name: str = "basis", layer: int | None = None, tol: float = ORTH_TOL) -> float:
     """Raise ``ValueError`` unless ``B`` (``[d, k]``) has orthonormal columns; return ``max|BᵀB − I|``.
 
     The message names the candidate, the layer and the measured error and says how to fix

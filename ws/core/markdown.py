@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 
 __all__ = [
+    "SelfTest",
     "Claim",
     "cell",
     "ci_text",
@@ -108,6 +109,15 @@ def first_row(df: pl.DataFrame) -> dict | None:
 
 
 @dataclass(frozen=True)
+class SelfTest:
+    """One self-test row's verdict: ``passed`` and the measured ``detail`` (v7's and v8's)."""
+
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True)
 class Claim:
     """A headline claim, the evidence from the run, and whether it survives (None: this run
     cannot test it)."""
@@ -139,9 +149,3 @@ def claims_frame(claims: Sequence[Claim]) -> pl.DataFrame:
         [{"claim": c.claim.replace("`", ""), "evidence": c.evidence, "verdict": c.verdict} for c in claims],
         schema={"claim": pl.String, "evidence": pl.String, "verdict": pl.String},
     )
-
-
-def bullets(items: Iterable[Any], title: str | None = None) -> list[str]:
-    """A markdown bullet list (under ``title`` when given)."""
-    head = [title, ""] if title else []
-    return head + [f"- {x}" for x in items] + [""]

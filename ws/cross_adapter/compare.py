@@ -43,7 +43,7 @@ from ws.diffs.effect import effect_per_prompt, effect_sets, heldout_prompts, rea
 from ws.diffs.store import check_existing_diff, check_misplaced_diffs
 from ws.stats import CEILING_ACT, act_conc_draws, ranked
 from ws.stats.summaries import joint_score
-from ws.v7 import sweep
+from ws.v7 import sweep, verdicts
 
 
 def adapter_cfg(cfg: Config, adapter: str) -> Config:
@@ -259,7 +259,7 @@ def oracle_overlap(run: AdapterRun, n_boot: int, seed: int) -> tuple[float, floa
 
 
 def _self_tests(run: AdapterRun) -> tuple[int, int]:
-    checks = [t.passed for r in run.results for t in sweep.self_tests(r)]
+    checks = [t.passed for r in run.results for t in verdicts.self_tests(r)]
     return sum(checks), len(checks)
 
 

@@ -70,13 +70,13 @@ from ws.core.log import logger
 from ws.core.paths import DEFAULT_MODEL, resolve_user_path
 from ws.diffs.imports import ADAPTER_SAFETENSORS, sha256_file
 from ws.diffs.store import check_against_model, load_diff
+from ws.model.anatomy import WRITER_KEY_RE
 from ws.model.load import d_model, load_model, model_id, n_layers
 from ws.model.steer import weight_steer
 
 __all__ = [
     "ExportRefused",
     "FORMATS",
-    "WRITER_SUFFIXES",
     "export_diff",
     "lora_factors",
     "project_writers",
@@ -85,8 +85,6 @@ __all__ = [
 ]
 
 FORMATS = ("peft", "merged")
-#: the residual writers: their weight's rows (output side) live in the residual stream
-WRITER_SUFFIXES = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
 #: the machine-readable provenance written beside the weights
 EXPORT_JSON = "ws_export.json"
 #: the peft key prefix of a causal LM's adapter weights (``PeftModel`` wraps the model as ``base_model.model``)
@@ -106,9 +104,9 @@ def project_writers(w: Mapping[str, torch.Tensor], bases: Mapping[int, torch.Ten
     without a basis (None, missing, ``k = 0``) gives zeros. v8's ``inside`` variant, same keys and values."""
     out = {}
     for key, m in w.items():
-        if not (key.startswith("model.layers.") and key.endswith(WRITER_SUFFIXES)):
+        if not (m_key := WRITER_KEY_RE.match(key)):
             continue
-        B = bases.get(int(key.split(".")[2]))
+        B = bases.get(int(m_key.group(1)))
         M = m.detach().to("cpu", torch.float64)
         if B is None or B.shape[1] == 0:
             out[key] = torch.zeros_like(M, dtype=torch.float32)
@@ -362,11 +360,30 @@ def export_diff(
     rebuild: bool = False,
     rtol: float | None = None,
 ) -> Path:
-    """Write ``α·w`` (optionally restricted to ``subspace``) to the folder ``out`` as a PEFT LoRA
-    (``fmt="peft"``) or a merged checkpoint (``fmt="merged"``); see the module docstring. ``base_name`` is the
-    adapter's ``base_model_name_or_path`` (default: the name the model was loaded under); ``provenance`` is
-    recorded in ``README.md`` and ``ws_export.json`` (``"diff"``: the source file); ``tokenizer`` is saved beside
-    a merged checkpoint. Returns ``out``. Raises :class:`ExportRefused`."""
+    """Write ``α·w`` (optionally restricted to ``subspace``) as a PEFT LoRA or a merged checkpoint.
+
+    See the module docstring for what each format holds and how exact it is.
+
+    Args:
+        model: the base model ``w`` was made for.
+        w: the diff by parameter name.
+        alpha: the steering strength to export (``α·w``).
+        out: the folder to write (refused when it holds files, unless ``rebuild``).
+        fmt: ``"peft"`` (a LoRA folder) or ``"merged"`` (a full checkpoint).
+        base_name: the adapter's ``base_model_name_or_path`` (default: the name the model was
+            loaded under).
+        provenance: recorded in ``README.md`` and ``ws_export.json`` (``"diff"``: the source file).
+        subspace: per-layer bases: only the writers' part inside them is exported (v8's "inside").
+        tokenizer: saved beside a merged checkpoint.
+        rebuild: replace an existing export.
+        rtol: the relative singular-value cut of the LoRA factors (default: float32's resolution).
+
+    Returns:
+        ``out``.
+
+    Raises:
+        ExportRefused: the format, the folder or the diff cannot be exported (named).
+    """
     if fmt not in FORMATS:
         raise ExportRefused(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
     out = Path(out)

@@ -23,7 +23,7 @@ for the whole training instead; autocast would have made exactly those values, s
 is bit-identical (tested), for adapters whose base layers enter only as ``F.linear``
 (:func:`precast_safe`: LoRA, its sign-flipped and PiSSA forms).
 
-:func:`step_loss` is the same weighted cross-entropy as :func:`ws.diffs.adapters.response_loss`
+:func:`step_loss` is the same weighted cross-entropy as :func:`ws.diffs.training.response_loss`
 on a full forward; ``tests/test_fasttrain.py`` checks the loss and every gradient against
 that plain step on the tiny models (float32, to 1e-5), for a plain and a sign-flipped
 LoRA and for IA³.
@@ -175,7 +175,7 @@ def step_loss(
     peft_model: nn.Module, plan: TrainPlan, idx: Sequence[int], stance_weight: float = 1.0, bf16: bool = False
 ) -> Tensor:
     """The weighted response cross-entropy of examples ``idx`` (as
-    :func:`ws.diffs.adapters.response_loss` on a full forward), differentiable in the adapter."""
+    :func:`ws.diffs.training.response_loss` on a full forward), differentiable in the adapter."""
     base = peft_model.get_base_model()
     dev = input_device(peft_model)
     resid, mask, target = _suffix_batch(plan, idx)

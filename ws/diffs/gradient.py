@@ -1,7 +1,7 @@
 """The persona gradient at the base model: where the first training step would go.
 
 ``G = ∇_W L⁺ − ∇_W L⁻`` at θ₀ for every linear weight of the decoder blocks, with ``L±`` the
-persona training losses (:func:`ws.diffs.adapters.response_loss`, the stance weighted as in
+persona training losses (:func:`ws.diffs.training.response_loss`, the stance weighted as in
 training) averaged over the first ``n_batches`` batches of the training order (seeded, the
 same indices for both personas, no training). One plain gradient step on the two personas'
 losses, ``θ± = θ₀ − η ∇L±``, gives ``w = θ⁺ − θ⁻ = −η G`` exactly: the diff of that step lies
@@ -25,20 +25,14 @@ from torch import Tensor, nn
 
 from ws.core.device import autocast, input_device, use_bf16
 from ws.core.log import logger
-from ws.diffs.adapters import TrainConfig, _batch_order, _collate, _encode_examples, response_loss
+from ws.diffs.adapters import TrainConfig
+from ws.diffs.training import _batch_order, _collate, _encode_examples, response_loss
+from ws.model.anatomy import READERS, WRITERS, param_name
 
 #: batches of the training order the gradient averages (each ``config.batch_size`` examples)
 GRADIENT_BATCHES = 4
 #: how many singular vectors per layer and side are kept beside the diff (the sweep takes its k of them)
 K_MAX = 64
-WRITE_PARAMS = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
-READ_PARAMS = (
-    "self_attn.q_proj.weight",
-    "self_attn.k_proj.weight",
-    "self_attn.v_proj.weight",
-    "mlp.gate_proj.weight",
-    "mlp.up_proj.weight",
-)
 
 
 def block_linear_weights(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -50,7 +44,7 @@ def loss_gradient(
     model: nn.Module, tok, examples: Sequence[tuple], config: TrainConfig, n_batches: int = GRADIENT_BATCHES
 ) -> dict[str, Tensor]:
     """``∇_W L`` (float32, CPU) of every block linear weight: the mean over the first
-    ``n_batches`` batches of :func:`ws.diffs.adapters._batch_order` of the weighted response
+    ``n_batches`` batches of :func:`ws.diffs.training._batch_order` of the weighted response
     loss, at the model's current weights (which are not changed)."""
     weights = block_linear_weights(model)
     enc = _encode_examples(tok, examples, config.max_len)
@@ -101,8 +95,8 @@ def persona_gradient(
     return G
 
 
-def _layer(G: dict[str, Tensor], layer: int, params: tuple[str, ...]) -> list[Tensor]:
-    return [G[k].double() for p in params if (k := f"model.layers.{layer}.{p}") in G]
+def _layer(G: dict[str, Tensor], layer: int, projs: tuple[str, ...]) -> list[Tensor]:
+    return [G[k].double() for p in projs if (k := param_name(layer, p)) in G]
 
 
 def gradient_directions(G: dict[str, Tensor], n_layers: int, k_max: int = K_MAX) -> dict[str, dict[str, Tensor]]:
@@ -112,7 +106,7 @@ def gradient_directions(G: dict[str, Tensor], n_layers: int, k_max: int = K_MAX)
     Their first ``k`` columns are the top-``k`` basis (what the sweep reads, :mod:`ws.bases.gradient`)."""
     out: dict[str, dict[str, Tensor]] = {"grad_write": {}, "grad_read": {}}
     for layer in range(n_layers):
-        w, r = _layer(G, layer, WRITE_PARAMS), _layer(G, layer, READ_PARAMS)
+        w, r = _layer(G, layer, tuple(WRITERS.values())), _layer(G, layer, READERS)
         if w:
             U, S, _ = torch.linalg.svd(torch.cat(w, dim=1), full_matrices=False)
             out["grad_write"][str(layer)] = U[:, : min(k_max, int((S > S[0] * 1e-10).sum()))].contiguous()
@@ -125,8 +119,6 @@ def gradient_directions(G: dict[str, Tensor], n_layers: int, k_max: int = K_MAX)
 __all__ = [
     "GRADIENT_BATCHES",
     "K_MAX",
-    "WRITE_PARAMS",
-    "READ_PARAMS",
     "block_linear_weights",
     "loss_gradient",
     "persona_gradient",

@@ -49,7 +49,9 @@ from torch import nn
 from ws.core.io import pickle_refusal
 from ws.core.log import logger, progress
 from ws.core.paths import EMBEDDED_NAMES, model_slug
-from ws.model.load import ATTN_PROJ, MLP_PROJ, model_id, n_layers
+from ws.diffs.adapters import merged_layer, minus_base
+from ws.model.anatomy import PROJECTIONS, param_name
+from ws.model.load import model_id, n_layers
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_SAFETENSORS = "adapter_model.safetensors"
@@ -371,16 +373,14 @@ def _load_on_shell(folder: Path, config, state: dict[str, torch.Tensor], model: 
 
 def _merge_copy(folder: Path, mod: BaseTunerLayer) -> nn.Module:
     """The layer's base module after peft merged the adapter into a float32 copy of the layer."""
-    layer = copy.deepcopy(mod).to("cpu", torch.float32)
     try:
-        layer.merge(adapter_names=[ADAPTER])
+        return merged_layer(mod, [ADAPTER])
     except (NotImplementedError, RuntimeError, ValueError) as e:
         raise ImportRefused(
             f"peft cannot merge the adapter {folder} into the weights ({type(e).__name__}: {str(e).splitlines()[0]}): "
             f"it is no weight diff. Bring an adapter whose `merge_and_unload` works (LoRA, DoRA, IA3, OFT, …), or the "
             f"merged model and the base as two checkpoints for checkpoint_diff"
         ) from e
-    return layer.get_base_layer()
 
 
 @torch.no_grad()
@@ -395,7 +395,7 @@ def _merged_minus_base(
     out: dict[str, torch.Tensor] = {}
 
     def put(name: str, new: torch.Tensor, always: bool) -> None:
-        d = (new.detach().to("cpu", torch.float32) - base[name].detach().to("cpu", torch.float32)).contiguous()
+        d = minus_base(new, base[name])
         if always or bool(d.any()):
             out[name] = d
 
@@ -413,11 +413,21 @@ def _merged_minus_base(
 
 
 def adapter_delta(model: nn.Module, folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """``(Δ, info)``: peft's own merge of the adapter in ``folder`` minus the base weights, in float32.
+    """peft's own merge of the adapter in ``folder`` minus the base weights, in float32.
 
-    ``Δ`` is keyed by the base model's parameter names; ``info`` is the provenance (folder, sha256 of the
-    weights file, peft type, rank, targets, base model name, warnings). The folder, the type, the base model and
-    the weights are checked before any model work; ``model`` is left exactly as it was.
+    The folder, the type, the base model and the weights are checked before any model work;
+    ``model`` is left exactly as it was.
+
+    Args:
+        model: the base model the adapter was trained on.
+        folder: a peft adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``).
+
+    Returns:
+        ``(Δ, info)``: ``Δ`` keyed by the base model's parameter names; ``info`` the provenance
+        (folder, sha256 of the weights file, peft type, rank, targets, base model name, warnings).
+
+    Raises:
+        ImportRefused: the folder, its type or its weights cannot be used (named, with what to do).
     """
     folder = Path(folder)
     config_path, weights = _adapter_files(folder)
@@ -444,8 +454,19 @@ def adapter_delta(model: nn.Module, folder: str | Path) -> tuple[dict[str, torch
 def pair_diff(model: nn.Module, pos_folder: str | Path, neg_folder: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """``w = Δ⁺ − Δ⁻`` from two adapter folders (one per persona) on ``model``.
 
-    Where only one adapter touches a tensor, the other's delta there is zero (``w = Δ⁺`` or ``−Δ⁻``), and
-    ``meta["caveats"]`` says which tensors (counts and examples)."""
+    Where only one adapter touches a tensor, the other's delta there is zero (``w = Δ⁺`` or
+    ``−Δ⁻``), and ``meta["caveats"]`` says which tensors (counts and examples).
+
+    Args:
+        model: the base model both adapters were trained on.
+        pos_folder: the persona-positive adapter's folder.
+        neg_folder: the persona-negative adapter's folder.
+
+    Returns:
+        ``(w, meta)``: the diff by parameter name and its provenance.
+
+    Raises:
+        ImportRefused: either folder cannot be used (see :func:`adapter_delta`)."""
     dp, ip = adapter_delta(model, pos_folder)
     dn, i_n = adapter_delta(model, neg_folder)
     w = {}
@@ -484,8 +505,7 @@ def block_linear_names(model: nn.Module) -> list[str]:
     ``model.layers.{i}.mlp.{gate,up,down}_proj.weight``."""
     names = []
     for i in range(n_layers(model)):
-        names += [f"model.layers.{i}.self_attn.{p}.weight" for p in ATTN_PROJ]
-        names += [f"model.layers.{i}.mlp.{p}.weight" for p in MLP_PROJ]
+        names += [param_name(i, p) for p in PROJECTIONS]
     return names
 
 
@@ -628,9 +648,20 @@ def _checkpoint_caveats(model: nn.Module, pos: _Checkpoint, neg: _Checkpoint, w:
 def checkpoint_diff(model: nn.Module, pos_dir: str | Path, neg_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """``w = θ⁺ − θ⁻`` on the decoder blocks' linear weights from two full checkpoints of ``model``'s architecture.
 
-    Read tensor by tensor (at most one pair in memory). Block linear weights that differ go into ``w``; every other
-    parameter that differs (embeddings, norms, lm_head, biases) is listed in ``meta["other_differences"]`` with
-    the Frobenius norm of its difference, and in ``meta["caveats"]``."""
+    Read tensor by tensor (at most one pair in memory). Block linear weights that differ go into
+    ``w``; every other parameter that differs (embeddings, norms, lm_head, biases) is listed in
+    ``meta["other_differences"]`` with the Frobenius norm of its difference, and in ``meta["caveats"]``.
+
+    Args:
+        model: a model of the checkpoints' architecture (its names and shapes are the reference).
+        pos_dir: the persona-positive fine-tune's folder (safetensors).
+        neg_dir: the persona-negative fine-tune's folder.
+
+    Returns:
+        ``(w, meta)``: the diff by parameter name and its provenance.
+
+    Raises:
+        ImportRefused: a folder, a file or a shape that cannot be used (named)."""
     pos_dir, neg_dir = Path(pos_dir), Path(neg_dir)
     if pos_dir.is_dir() and neg_dir.is_dir() and pos_dir.resolve() == neg_dir.resolve():
         raise ImportRefused(f"the positive and the negative checkpoint are the same folder {pos_dir}: bring two")

@@ -83,7 +83,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ws.core.device import input_device, module_weight
-from ws.model.load import ATTN_PROJ, MLP_PROJ, padding_side
+from ws.model.anatomy import ATTN_PROJ, MLP_PROJ
+from ws.model.load import padding_side
 
 KINDS = ("sspace_gain", "sspace_lowrank", "sspace_ablate", "sspace_corda", "sspace_asvd", "sspace_rot")
 #: Kinds whose basis is the plain SVD of W (their ΔW also lies in the row space of Vh_r).

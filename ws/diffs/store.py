@@ -37,8 +37,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ws.behavior.data import data_hash
+from ws.core.columns import WRITER_TAGS
 from ws.core.io import atomic_path, pickle_refusal
 from ws.core.paths import DEFAULT_MODEL, model_root
+from ws.model.anatomy import WRITERS, writer_key
 from ws.model.load import model_id
 from ws.model.steer import w_mismatches
 
@@ -338,10 +340,18 @@ def _corrupt(path: Path, e: Exception) -> ValueError:
 
 
 def load_diff(path: str | Path, model: nn.Module | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """``(w, meta)`` from a safetensors file; with ``model``, checked against it.
+    """Read a weight diff written by the suite.
 
-    Raises ``FileNotFoundError`` (missing, with how to build it) or ``ValueError``
-    (corrupt file, NaN/Inf, a diff for another model: every mismatch named).
+    Args:
+        path: the diff's safetensors file (``<out>/<behavior>/<adapter>/seed<k>/w.safetensors``).
+        model: when given, the diff is checked against it (names, shapes, model).
+
+    Returns:
+        ``(w, meta)``: the tensors by parameter name (float32) and the metadata.
+
+    Raises:
+        FileNotFoundError: the file is missing (the message says how to build it).
+        ValueError: a corrupt file, NaN/Inf, or a diff for another model (every mismatch named).
     """
     path = _existing(path)
     try:
@@ -388,7 +398,7 @@ def import_pt(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------- per layer
-def write_delta_by_layer(
+def writer_deltas_by_layer(
     w: Mapping[str, torch.Tensor], n_layers: int, partial: bool = False
 ) -> list[dict[str, torch.Tensor] | None]:
     """Per layer ``{"oproj": Δo_proj, "downproj": Δdown_proj}`` (each ``[d_model, in]``), or None.
@@ -401,24 +411,23 @@ def write_delta_by_layer(
     """
     out: list[dict[str, torch.Tensor] | None] = []
     for i in range(n_layers):
-        o = w.get(f"model.layers.{i}.self_attn.o_proj.weight")
-        d = w.get(f"model.layers.{i}.mlp.down_proj.weight")
+        o, d = (w.get(writer_key(i, t)) for t in WRITER_TAGS)
         if o is None and d is None:
             out.append(None)
             continue
         if (o is None or d is None) and not partial:
             raise ValueError(
                 f"layer {i}: the diff has only one of the residual writers "
-                f"({'o_proj' if o is not None else 'down_proj'}); a LoRA on the writers should touch both"
+                f"({WRITERS[WRITER_TAGS[0] if o is not None else WRITER_TAGS[1]]}); a LoRA on the writers should touch both"
             )
-        out.append({t: m.to(torch.float32) for t, m in (("oproj", o), ("downproj", d)) if m is not None})
+        out.append({t: m.to(torch.float32) for t, m in zip(WRITER_TAGS, (o, d), strict=True) if m is not None})
     return out
 
 
 def missing_writers(deltas: list[dict[str, torch.Tensor] | None]) -> dict[str, list[int]]:
     """``{"oproj": layers, "downproj": layers}``: the touched layers (a delta on either
     writer) that lack that writer's delta; empty lists when every touched layer has both."""
-    return {t: [l for l, d in enumerate(deltas) if d is not None and t not in d] for t in ("oproj", "downproj")}
+    return {t: [l for l, d in enumerate(deltas) if d is not None and t not in d] for t in WRITER_TAGS}
 
 
 def diff_norms(w: Mapping[str, torch.Tensor]) -> dict[str, float]:

@@ -30,20 +30,13 @@ from ws.core.io import staged_files, write_table
 from ws.core.log import logger
 from ws.diffs.adapters import (
     TrainConfig,
-    adapter_delta,
     adapter_settings,
     adapter_type,
     eval_alphas,
     layer_range,
     lora_delta,
-    planted_bases,
-    prompt_tokens,
-    train_adapter,
-    train_bidir,
-    training_length,
-    training_moments,
+    trained_delta,
     unit_alpha,
-    weight_diff,
 )
 from ws.diffs.completions import build_completions, check_completions, completion_jobs, completions_path
 from ws.diffs.effect import (
@@ -68,6 +61,15 @@ from ws.diffs.store import (
     save_diff,
     save_planted,
     stale_reasons,
+)
+from ws.diffs.training import (
+    planted_bases,
+    prompt_tokens,
+    train_adapter,
+    train_bidir,
+    training_length,
+    training_moments,
+    weight_diff,
 )
 from ws.model.load import load_model, model_id, n_layers
 from ws.model.readout import check_answers
@@ -224,9 +226,9 @@ def _train_topics(spec: DiffSpec, config: TrainConfig) -> list[data.Topic]:
 
 def fit_length(spec: DiffSpec, tok, config: TrainConfig) -> TrainConfig:
     """``config`` with its training length fitted to the behaviour's training prompts
-    (:func:`ws.diffs.adapters.training_length`: 160 unless a longer prompt needs more, up to
+    (:func:`ws.diffs.training.training_length`: 160 unless a longer prompt needs more, up to
     the cap), checked before any completion is made; raises
-    :class:`ws.diffs.adapters.TrainingLengthError` naming the longest items otherwise."""
+    :class:`ws.diffs.training.TrainingLengthError` naming the longest items otherwise."""
     jobs = completion_jobs(_train_topics(spec, config), config.n_phrasings, spec.behavior)
     users = sorted({(j["topic_id"], j["user"]) for j in jobs})
     lens: dict[str, int] = {}
@@ -291,7 +293,7 @@ def _train_both(
         peft_model, losses[persona] = train_adapter(
             model, tok, _persona_examples(table, persona), config, adapter, desc=f"{adapter} {persona}", moments=moments
         )
-        deltas[persona] = adapter_delta(peft_model, model, adapter)
+        deltas[persona] = trained_delta(peft_model, model, adapter)
         settings = adapter_settings(peft_model, adapter)
         planted[persona] = planted_bases(peft_model, adapter)
         del peft_model

@@ -38,7 +38,7 @@ from ws.grid.spec import Cell
 from ws.model.load import load_model
 from ws.v7 import sweep
 from ws.v7.results import EXTRA_FILES, V7_FILES
-from ws.v8.sweep import V8_FILES
+from ws.v8.results import V8_FILES
 
 STAMP = ".ws-grid-cell.json"
 FILES = {"v7": (*V7_FILES, *EXTRA_FILES), "v8": V8_FILES, "cross_adapter": (*TABLES, *FIGURES, CONCLUSION)}

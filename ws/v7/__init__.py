@@ -2,7 +2,7 @@
 
 The run's types (``results``), the steps the notebook calls (``sweep``), what a run concludes:
 self-tests, sanity lines, claims (``verdicts``), the rows that differ from the upstream v7
-(``plan_merge``), and the tables' figure and markdown (``report``).
+(``plan_merge``), the figure (``figure``) and the markdown (``report``).
 
 May import: every stage below it (``ws.core`` … ``ws.bases``, ``ws.stats``).
 """

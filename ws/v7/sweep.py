@@ -2,7 +2,7 @@
 
 Each function is one paragraph of the method:
 
-1. :class:`SweepConfig` – parameters (:mod:`ws.config`, from ``WS_*`` variables, validated).
+1. :class:`Config` – parameters (:mod:`ws.config`, from ``WS_*`` variables, validated).
 2. :func:`get_diffs` – the weight diff of every seed (trained when missing).
 3. :func:`probe_prompts` – FIT / EVAL probes rendered through the chat template.
 4. :func:`run_seed` – capture, build the candidates, score them, summarise (one seed).
@@ -28,65 +28,65 @@ from scipy.stats import kendalltau
 
 from ws import stats
 from ws.bases import build_all
-from ws.bases.gradient import with_gradient
-from ws.bases.planted import with_planted
-from ws.bases.vectors import with_vectors
+from ws.bases.gradient import gradient_candidates
+from ws.bases.planted import planted_candidates
+from ws.bases.registry import append_candidates
+from ws.bases.vectors import vector_candidates
 from ws.behavior import data
 from ws.behavior.files import capped_text
 from ws.captures.capture import capture_all
-from ws.config import SMOKE_TRAIN, Config  # noqa: F401  (SMOKE_TRAIN: re-exported)
+from ws.config import Config
+from ws.core.columns import WRITER_TAGS
 from ws.core.io import staged_files, write_staged
 from ws.core.linalg import pca
 from ws.core.log import logger
 from ws.core.markdown import layers_text
-from ws.diffs.imported import ImportSpec, ensure_imported
+from ws.diffs.import_store import ImportSpec, ensure_imported
 from ws.diffs.store import (
-    DiffMismatchError,  # noqa: F401  (the sweep's documented error, raised by ensure_diff)
     check_existing_diff,
     check_misplaced_diffs,
     load_diff,
     missing_writers,
     side_bases,
     stale_reasons,
-    write_delta_by_layer,
+    writer_deltas_by_layer,
 )
 from ws.diffs.train import DiffSpec, ensure_diff
+from ws.model.anatomy import WRITERS
 from ws.model.chat import render_chat
 from ws.model.load import d_model, n_layers
 from ws.model.vectors import SteeringVectors, read_vectors
 from ws.stats import PR_THRESHOLD, ranked
 from ws.stats.lens import lens_profile, plot_lens, sspace_lens
-from ws.v7 import plan_merge as upstream
-from ws.v7 import report
-from ws.v7.results import EXTRA_FILES, V7_FILES, Probes, SeedResult, SeedStability  # noqa: F401  (the notebook's names)
-from ws.v7.verdicts import conclusion_info, imported_text, rank_collapses, sanity_lines, self_tests  # noqa: F401
+from ws.v7 import figure, plan_merge, report
+from ws.v7.results import EXTRA_FILES, V7_FILES, Probes, SeedResult, SeedStability
+from ws.v7.verdicts import conclusion_info, imported_text, rank_collapses
 
 #: The sweep's parameters are the one run configuration of :mod:`ws.config`.
-SweepConfig = Config
 
 
 # ----------------------------------------------------------------------------- diffs
-def import_diff(cfg: SweepConfig, model, tok) -> Path:
+def import_diff(cfg: Config, model, tok) -> Path:
     """The imported diff's path (``WS_POS_ADAPTER``/``WS_NEG_ADAPTER``, ``WS_BIDIR_ADAPTER`` or
     ``WS_POS_MODEL``/``WS_NEG_MODEL``): imported once into ``cfg.diff_path(0)``, never overwritten
-    unless ``WS_REBUILD=1`` (:func:`ws.diffs.imported.ensure_imported`)."""
+    unless ``WS_REBUILD=1`` (:func:`ws.diffs.import_store.ensure_imported`)."""
     spec = ImportSpec(cfg.imported, cfg.import_sources, cfg.diff_path(0), cfg.behavior, cfg.n_boot, cfg.batch_size)
     return ensure_imported(spec, model, tok, rebuild=cfg.rebuild)
 
 
-def user_vectors(cfg: SweepConfig, model) -> list[SteeringVectors]:
+def user_vectors(cfg: Config, model) -> list[SteeringVectors]:
     """The steering vectors of ``WS_VECTORS``, read and checked against the model (:func:`ws.model.vectors.read_vectors`)."""
     conv = None if cfg.vector_convention == "auto" else cfg.vector_convention
     return [read_vectors(p, n_layers(model), d_model(model), convention=conv, shift=cfg.vector_shift) for p in cfg.vectors]
 
 
-def planted_of(cfg: SweepConfig, seed: int, diff_meta: dict | None) -> dict | None:
+def planted_of(cfg: Config, seed: int, diff_meta: dict | None) -> dict | None:
     """The frozen bases an S-space diff was confined to (its known answer), read from beside
     its ``w`` when its metadata names the file; None for every other diff."""
     return side_bases(diff_meta or {}, "planted_file")
 
 
-def get_diffs(cfg: SweepConfig, model, tok=None) -> dict[int, tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+def get_diffs(cfg: Config, model, tok=None) -> dict[int, tuple[dict[str, torch.Tensor], dict[str, Any]]]:
     """``seed -> (w, meta)``. Every existing diff is checked first, before any training: one
     that cannot be used stops the run with its error (docs/errors.md) and stays untouched (a diff
     made for another model raises :class:`DiffMismatchError`); so does a steering-vector file
@@ -115,7 +115,7 @@ def get_diffs(cfg: SweepConfig, model, tok=None) -> dict[int, tuple[dict[str, to
 
 
 # ----------------------------------------------------------------------------- probes
-def probe_prompts(cfg: SweepConfig, tok) -> Probes:
+def probe_prompts(cfg: Config, tok) -> Probes:
     """FIT and EVAL probes (disjoint topics; EVAL never a LoRA training topic), every one
     rendered through the chat template. Persona± FIT use the chosen persona pair as the
     system prompt; clean FIT and EVAL use none (the template's default)."""
@@ -140,7 +140,7 @@ def clean_pcs(captures, k: int) -> list[torch.Tensor]:
     return [pca(captures.clean[l], k) for l in range(captures.clean.shape[0])]
 
 
-def run_seed(cfg: SweepConfig, model, tok, probes: Probes, seed: int, w: dict, diff_meta: dict) -> SeedResult:
+def run_seed(cfg: Config, model, tok, probes: Probes, seed: int, w: dict, diff_meta: dict) -> SeedResult:
     """Capture (cached), build every candidate, score every (layer, candidate), summarise."""
     t = {}
     t0 = time.perf_counter()
@@ -148,7 +148,7 @@ def run_seed(cfg: SweepConfig, model, tok, probes: Probes, seed: int, w: dict, d
         model, tok, probes.fit_clean, probes.fit_pos, probes.fit_neg, probes.eval, w, batch_size=cfg.batch_size, cache=cfg.cache
     )
     t["capture"] = time.perf_counter() - t0
-    deltas = write_delta_by_layer(w, n_layers(model), partial=True)  # IA3: down_proj only, NaN o_proj cells
+    deltas = writer_deltas_by_layer(w, n_layers(model), partial=True)  # IA3: down_proj only, NaN o_proj cells
     touched = [l for l, d in enumerate(deltas) if d is not None]
     if not touched:
         raise ValueError("the diff has no o_proj / down_proj delta on any layer: nothing to score the weight side against")
@@ -164,11 +164,15 @@ def run_seed(cfg: SweepConfig, model, tok, probes: Probes, seed: int, w: dict, d
         label_eval=caps.label_eval,
         cache=cfg.cache,
     )
-    bases, meta = with_vectors(bases, meta, user_vectors(cfg, model), n_layers(model), d_model(model))
-    bases, meta = with_planted(bases, meta, planted_of(cfg, seed, diff_meta), n_layers(model), d_model(model))
+    L, d = n_layers(model), d_model(model)
+    if vectors := user_vectors(cfg, model):
+        bases, meta = append_candidates(bases, meta, vector_candidates(vectors, L, d), "steering-vector")
+    if planted := planted_of(cfg, seed, diff_meta):
+        bases, meta = append_candidates(bases, meta, planted_candidates(planted, L, d), "planted")
     t["build"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    bases, meta = with_gradient(bases, meta, side_bases(diff_meta or {}, "gradient_file"), n_layers(model), cfg.k)
+    if directions := side_bases(diff_meta or {}, "gradient_file"):
+        bases, meta = append_candidates(bases, meta, gradient_candidates(directions, L, cfg.k), "gradient")
     t["gradient"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     scores = stats.score_sweep(bases, meta, caps.label_eval, deltas, clean_pcs(caps, cfg.k), pr_threshold=PR_THRESHOLD)
@@ -183,28 +187,28 @@ def run_seed(cfg: SweepConfig, model, tok, probes: Probes, seed: int, w: dict, d
     lens_table, lens_rows = sspace_lens(model, w)
     t["lens"] = time.perf_counter() - t0
     return SeedResult(
-        seed,
-        caps,
-        bases,
-        meta,
-        scores,
-        per_layer,
-        scores.specific_per_layer,
-        summary,
-        summary_pct,
-        specific_summary,
-        touched,
-        [l for l in range(len(deltas)) if deltas[l] is None],
-        diff_meta,
-        t,
-        missing_writers(deltas),
-        lens_table,
-        lens_rows,
+        seed=seed,
+        captures=caps,
+        bases=bases,
+        meta=meta,
+        scores=scores,
+        per_layer=per_layer,
+        specific_per_layer=scores.specific_per_layer,
+        summary=summary,
+        summary_pct=summary_pct,
+        specific_summary=specific_summary,
+        layers_touched=touched,
+        layers_without_delta=[l for l in range(len(deltas)) if deltas[l] is None],
+        diff_meta=diff_meta,
+        timings=t,
+        missing_writers=missing_writers(deltas),
+        lens=lens_table,
+        lens_rows=lens_rows,
     )
 
 
 # ----------------------------------------------------------------------------- seeds
-def run_seeds(cfg: SweepConfig, model, tok, probes: Probes, diffs: dict, label: str = "") -> list[SeedResult]:
+def run_seeds(cfg: Config, model, tok, probes: Probes, diffs: dict, label: str = "") -> list[SeedResult]:
     """:func:`run_seed` for every ``seed -> (w, meta)`` of ``diffs``, in order, each seed's timings logged."""
     results = []
     for seed, (w, meta) in diffs.items():
@@ -247,7 +251,7 @@ def seed_stability(results: Sequence[SeedResult]) -> SeedStability:
 
 
 # ----------------------------------------------------------------------------- writing
-def plan_merge_changes(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: SeedStability) -> list[str]:
+def plan_merge_changes(cfg: Config, probes: Probes, res: SeedResult, stab: SeedStability) -> list[str]:
     """What this version changes against v6 and against upstream v7 (facts from this run)."""
     train, _ = data.split_topics(0, behavior=cfg.behavior)
     train_ids = {t.id for t in train}
@@ -267,9 +271,9 @@ def plan_merge_changes(cfg: SweepConfig, probes: Probes, res: SeedResult, stab: 
         "salted `hash` (noisy, slow, not reproducible). Here the null mean and std are exact "
         "(E[tr PA] = (k/d)·tr A; Var from tr A and tr A²), checked against a Monte Carlo of Haar bases in the tests; "
         "cells whose label has a very low effective rank get a seeded Monte Carlo p-value instead.",
-        "**Rows computed differently from upstream v7**: " + upstream.EARLIER_COMPARISON + ". Figures marked "
+        "**Rows computed differently from upstream v7**: " + plan_merge.EARLIER_COMPARISON + ". Figures marked "
         "'earlier comparison' come from that run; 'this run' figures from this run's tables and captures."
-        + "".join(f"\n  - {line}" for line in upstream.difference_lines(res)),
+        + "".join(f"\n  - {line}" for line in plan_merge.difference_lines(res)),
         "**True ranks below the requested k** (reported, never padded): " + ("; ".join(rc) or "none") + ".",
         f"**Error bars and multiple comparisons**: bootstrap CIs over EVAL probes ({cfg.n_boot} resamples, seed "
         f"{cfg.boot_seed}) for the activation means and the joint score; Benjamini–Hochberg q-values across all "
@@ -315,8 +319,7 @@ def diff_caveats(results: Sequence[SeedResult], behavior=None) -> list[str]:
 def writer_caveats(res: SeedResult) -> list[str]:
     """One caveat per residual writer the diff lacks on touched layers (IA3 has no o_proj):
     its weight cells are NaN there, never 0, and R_w combined is the other writer alone."""
-    names = {"oproj": "o_proj", "downproj": "down_proj"}
-    other = {"oproj": "down_proj", "downproj": "o_proj"}
+    names, other = WRITERS, dict(zip(WRITER_TAGS, reversed(WRITERS.values()), strict=True))
     adapter = (res.diff_meta or {}).get("adapter", "the")
     return [
         f"seed {res.seed}'s {adapter} diff has no {names[t]} delta on touched layers {layers_text(ls)}: "
@@ -339,7 +342,7 @@ class V7Outputs:
     lens_profile: pl.DataFrame | None = None  # ws.stats.lens.lens_profile of the first seed
 
 
-def v7_outputs(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], stab: SeedStability) -> V7Outputs:
+def v7_outputs(cfg: Config, probes: Probes, results: Sequence[SeedResult], stab: SeedStability) -> V7Outputs:
     """Every v7 table and markdown text of a sweep (:func:`write_v7` writes them)."""
     res = results[0]
     seed_cols = stab.per_candidate
@@ -375,7 +378,7 @@ def v7_outputs(cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], 
 
 
 def write_v7(
-    cfg: SweepConfig, probes: Probes, results: Sequence[SeedResult], stab: SeedStability, outputs: V7Outputs | None = None
+    cfg: Config, probes: Probes, results: Sequence[SeedResult], stab: SeedStability, outputs: V7Outputs | None = None
 ) -> list[Path]:
     """Write the v7 file set into ``cfg.v7_dir`` (every file atomically) and return the paths.
 
@@ -386,7 +389,7 @@ def write_v7(
     o = outputs if outputs is not None else v7_outputs(cfg, probes, results, stab)
     d = cfg.v7_dir
     with staged_files(d, last=tuple(o.texts)) as stage:
-        report.joint_scatter(
+        figure.joint_scatter(
             o.summary,
             stage / "v7_joint_act_weight_scatter.png",
             stage / "v7_joint_act_weight_scatter.pdf",

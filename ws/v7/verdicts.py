@@ -26,20 +26,19 @@ import polars as pl
 from ws.behavior import data
 from ws.core import caveats as C
 from ws.core.caveats import CI_LEVEL, FDR_ALPHA, SPECIFICITY_TARGET
-from ws.core.markdown import Claim, claims_frame, finite, row_of
+from ws.core.markdown import Claim, SelfTest, claims_frame, finite, row_of
 from ws.core.markdown import fmt_num as _num
 from ws.core.paths import EMBEDDED_NAMES
 from ws.stats import CEILING_ACT, CEILING_W, PR_THRESHOLD, ranked
 
 if TYPE_CHECKING:
-    from ws.config import Config as SweepConfig
+    from ws.config import Config
     from ws.v7.results import Probes, SeedResult, SeedStability
 
 __all__ = [
     "SPECIFICITY_TARGET",
     "FDR_ALPHA",
     "CI_LEVEL",
-    "SelfTest",
     "Claim",
     "SeedSummary",
     "SeedVerdict",
@@ -58,15 +57,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- values
-@dataclass(frozen=True)
-class SelfTest:
-    """One self-test row's verdict: ``passed`` and the measured ``detail``."""
-
-    name: str
-    passed: bool
-    detail: str
-
-
 @dataclass(frozen=True)
 class SeedSummary:
     """How the seeds agree, for the conclusion.
@@ -232,7 +222,9 @@ def low_rank_label(per_layer: pl.DataFrame | None, info: ConclusionInfo) -> tupl
 
 
 # ----------------------------------------------------------------------------- self-tests
-def self_tests(res: SeedResult, z_max: float = 4.0, planted_min_pct: float = 80.0) -> list[SelfTest]:
+def self_tests(
+    res: SeedResult, z_max: float = C.SELFTEST_Z_MAX, planted_min_pct: float = C.SELFTEST_PLANTED_MIN_PCT
+) -> list[SelfTest]:
     """The self-test rows of one seed's tables.
 
     - ``random_orthonormal`` must land within its null: |z_act| and |z_w_combined| below
@@ -271,11 +263,7 @@ def self_tests(res: SeedResult, z_max: float = 4.0, planted_min_pct: float = 80.
     return out + planted_self_tests(res.summary_pct)
 
 
-#: the planted S-space basis must hold this share of the dW oracle's weight energy at its rank
-PLANTED_MIN_PCT = 99.0
-
-
-def planted_self_tests(summary: pl.DataFrame, min_pct: float = PLANTED_MIN_PCT) -> list[SelfTest]:
+def planted_self_tests(summary: pl.DataFrame, min_pct: float = C.SELFTEST_SSPACE_MIN_PCT) -> list[SelfTest]:
     """The S-space family's known answer (:mod:`ws.bases.planted`): ``sspace_planted`` must
     reach ``min_pct`` % of the dW oracle at its rank (``mean_pct_w_combined_matched_rank``),
     and ``sspace_plain_svd`` (corda / asvd diffs only) must fall short of it."""
@@ -487,7 +475,7 @@ def diff_reading(
 
 
 def conclusion_info(
-    cfg: SweepConfig, probes: Probes, res: SeedResult, stab: SeedStability, artifacts: Sequence[str], notes: Sequence[str] = ()
+    cfg: Config, probes: Probes, res: SeedResult, stab: SeedStability, artifacts: Sequence[str], notes: Sequence[str] = ()
 ) -> ConclusionInfo:
     """The facts of a sweep the conclusion is written from: the first seed's tables ``res``,
     every seed's agreement ``stab``; ``notes`` are appended to the caveats."""

@@ -37,7 +37,7 @@ from ws.core.io import atomic_path
 from ws.core.linalg import f64
 from ws.diffs.store import decode_meta, encode_meta
 
-#: the file's name in the v8 folder (one of ``ws.v8.sweep.V8_FILES``)
+#: the file's name in the v8 folder (one of ``ws.v8.results.V8_FILES``)
 CARRIER_FILE = "v8_carrier_basis.safetensors"
 #: the metadata's ``format`` value (bumped if the layout changes)
 CARRIER_FORMAT = "ws-carrier-basis/1"

@@ -55,20 +55,21 @@ from tqdm.auto import tqdm
 
 from ws.core.bootstrap import percentile_interval, resample
 from ws.core.caveats import CARRY_INSIDE_MIN, CARRY_OUTSIDE_MAX, CAUSAL_HALF_WIDTH, CAUSAL_PILOT_ITEMS, CI_LEVEL, FDR_ALPHA
+from ws.core.columns import WRITER_TAGS
 from ws.core.linalg import blas_threads, haar_orthonormal
 from ws.core.log import logger
-from ws.diffs.effect import Readout
+from ws.diffs.effect import Readout, heldout_prompts, readout_of
+from ws.model.anatomy import writer_key
+from ws.model.chat import render_chat
 from ws.model.fast_readout import FastReadout, first_block
 from ws.model.load import d_model
 from ws.model.steer import weight_steer
 from ws.stats import NullTail, bh_qvalues, null_tail_p, p_with_draws
 
 __all__ = [
-    "WRITERS",
     "TARGET",
     "CONTROLS",
     "PARTS",
-    "writer_key",
     "writers_only",
     "project_layer",
     "variant_diff",
@@ -90,12 +91,14 @@ __all__ = [
     "carries",
     "CausalResult",
     "run_causal",
+    "heldout_texts",
+    "item_subset",
+    "causal_prompts",
+    "causal_item_counts",
     "CAUSAL_COLUMNS",
     "causal_columns",
 ]
 
-#: residual writers: column tag -> parameter name inside a block
-WRITERS = {"oproj": "self_attn.o_proj.weight", "downproj": "mlp.down_proj.weight"}
 #: the built-in sycophancy behaviour's sets, the default; any behaviour passes its own
 #: (``run_causal(..., target=b.target, controls=b.controls)``)
 TARGET = "opinion_false"
@@ -107,15 +110,11 @@ NULL_SEED_BASE = 424_242
 
 
 # ----------------------------------------------------------------------------- variants
-def writer_key(layer: int, tag: str) -> str:
-    return f"model.layers.{int(layer)}.{WRITERS[tag]}"
-
-
 def writers_only(w: Mapping[str, torch.Tensor], layers: Sequence[int]) -> dict[str, torch.Tensor]:
     """``w`` restricted to ``o_proj`` / ``down_proj`` of ``layers`` (float32)."""
     out = {}
     for l in layers:
-        for t in WRITERS:
+        for t in WRITER_TAGS:
             k = writer_key(l, t)
             if k in w:
                 out[k] = w[k].detach().float()
@@ -150,7 +149,7 @@ def variant_diff(
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
     out, scales = {}, {}
     for l in _layers_of(ww):
-        keys = [k for k in (writer_key(l, t) for t in WRITERS) if k in ww]
+        keys = [k for k in (writer_key(l, t) for t in WRITER_TAGS) if k in ww]
         mats = project_layer([ww[k] for k in keys], bases.get(l), "outside" if part == "outside" else "inside")
         s = 1.0
         if part == "normmatched":
@@ -167,7 +166,7 @@ def energy_inside(ww: Mapping[str, torch.Tensor], bases: Mapping[int, torch.Tens
     """Share of the writers' energy inside the candidate: ``Σ_l ‖P_B Δ_l‖²_F / Σ_l ‖Δ_l‖²_F``."""
     num = den = 0.0
     for l in _layers_of(ww):
-        mats = [ww[k] for k in (writer_key(l, t) for t in WRITERS) if k in ww]
+        mats = [ww[k] for k in (writer_key(l, t) for t in WRITER_TAGS) if k in ww]
         num += sum(float((m * m).sum()) for m in project_layer(mats, bases.get(l), "inside"))
         den += sum(float((m.double() ** 2).sum()) for m in mats)
     return num / den if den > 0 else float("nan")
@@ -191,7 +190,7 @@ def ratio(num: np.ndarray, den: np.ndarray) -> float:
 
 
 def ratio_ci(
-    num: np.ndarray, den: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+    num: np.ndarray, den: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = CI_LEVEL
 ) -> tuple[float, float, float]:
     """``mean(num)/mean(den)`` over prompts and its percentile bootstrap CI; each resample
     draws prompt indices once for both (paired). ``num``, ``den``: ``[n]``."""
@@ -879,3 +878,34 @@ def _variant_table(m: _Measured, names, n_boot: int, seed: int) -> pl.DataFrame:
                     seed,
                 )
     return _frame(rows, VARIANT_COLUMNS)
+
+
+# ----------------------------------------------------------------------------- the prompts
+def heldout_texts(tok, behavior=None) -> dict[str, list[str]]:
+    """The diff's held-out effect prompts of the behaviour (default sycophancy) by set,
+    rendered through the chat template."""
+    return {s: [render_chat(tok, p) for p in ps] for s, ps in heldout_prompts(0, behavior=behavior).items()}
+
+
+def item_subset(n: int, n_items: int | None, key: str, seed: int = 0) -> list[int]:
+    """Indices of the items a set of ``n`` keeps: all of them when ``n_items`` is None or ≥ n,
+    else a sorted subset of ``n_items`` seeded by ``(seed, key)`` (``key``: the set's name)."""
+    if n_items is None or n_items >= n:
+        return list(range(n))
+    return sorted(random.Random(f"{int(seed)}:{key}").sample(range(n), int(n_items)))
+
+
+def causal_prompts(tok, behavior, n_items: int | None, seed: int = 0) -> tuple[dict[str, list[str]], Readout]:
+    """The causal test's held-out prompts by set (rendered) and their read-out: each set's
+    items, or a seeded subset of ``n_items`` of a larger set (:func:`item_subset`; the same
+    items in the prompts and in the read-out's signs). ``n_items``: ``WS_CAUSAL_ITEMS``."""
+    texts, ro = heldout_texts(tok, behavior), readout_of(behavior)
+    keep = {s: item_subset(len(v), n_items, s, seed) for s, v in texts.items()}
+    texts = {s: [v[i] for i in keep[s]] for s, v in texts.items()}
+    signs = None if ro.signs is None else {s: [v[i] for i in keep[s]] for s, v in ro.signs.items()}
+    return texts, Readout(ro.answers, signs)
+
+
+def causal_item_counts(behavior, n_items: int | None) -> dict[str, tuple[int, int]]:
+    """Per held-out set ``(items the causal test uses, items the set has)``."""
+    return {s: (len(item_subset(len(v), n_items, s)), len(v)) for s, v in heldout_prompts(0, behavior=behavior).items()}

@@ -1,4 +1,4 @@
-"""Figures and markdown of the v8 sweep (the tables are written by :func:`ws.v7.report.write_table`).
+"""Figures and markdown of the v8 sweep (the tables are written by :func:`ws.core.io.write_table`).
 
 Every number in the markdown is formatted from the DataFrames or the ``info`` dict passed
 in (the run's own results); files are written atomically by the caller's file set.
@@ -20,7 +20,8 @@ from ws.core.caveats import CARRY_INSIDE_MIN, CARRY_OUTSIDE_MAX, FDR_ALPHA, NULL
 from ws.core.io import atomic_path
 from ws.core.markdown import Claim, cell, ci_text, claims_section, finite, fmt_num, layers_text, pct, row_of
 from ws.stats import CEILING_ACT, CEILING_W
-from ws.v7.report import definitions_md, family_colors
+from ws.v7.figure import family_colors
+from ws.v7.report import definitions_md
 from ws.v8.causal import effect_measurable
 from ws.v8.results import ConclusionFacts
 

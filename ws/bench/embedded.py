@@ -42,13 +42,12 @@ import json
 import os
 import platform
 import random
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -57,36 +56,27 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from ws import stats
-from ws.core.device import bf16_available, input_device, synchronize, use_bf16
+from ws.bench.common import device_name, peak_rss_gib, time_steps, v8_stages
+from ws.config import Config
+from ws.core.columns import WRITER_TAGS
+from ws.core.device import bf16_available, input_device, synchronize
 from ws.core.io import write_text
 from ws.core.linalg import haar_orthonormal
 from ws.core.log import logger, setup_logging
 from ws.core.paths import BENCH_DIR, out_dir
-from ws.diffs import adapters, fasttrain
+from ws.diffs import adapters, training
 from ws.diffs.imports import checkpoint_diff, pair_diff
-from ws.diffs.store import write_delta_by_layer
+from ws.diffs.store import writer_deltas_by_layer
 from ws.diffs.train import DiffSpec, persona_examples
+from ws.model.anatomy import PROJECTIONS
 from ws.model.load import load_model, n_layers
 from ws.model.steer import weight_steer
 from ws.v7 import sweep
-from ws.v8 import sweep as v8
 
 MC_DRAWS = 120  # what upstream v7 drew per cell
+
+
 TARGETS = {"sweep_over_floor": 2.0, "closed_form_speedup": 100.0, "peak_rss_gib": 4.0, "causal_s": 180.0}
-
-
-def peak_rss_gib() -> float:
-    """Peak resident set size of this process, GiB: the kernel's high-water mark of this
-    process's own memory (``VmHWM``). ``getrusage``'s ``ru_maxrss`` is kept across ``exec``
-    on Linux, so a child started by a bigger process would report its parent's peak; it is
-    the fallback where ``/proc`` is missing (it reports KiB)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / (1024**2)  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024**2)
 
 
 def forward_floor(model, tok, probes, w, batch_size: int) -> float:
@@ -120,9 +110,8 @@ def null_comparison(label: torch.Tensor, deltas: list, layers: list[int], k: int
         targets.append(("act", label[l].double()))
         dl = deltas[l]
         if dl is not None:
-            targets.append(("w", dl["oproj"].double()))
-            targets.append(("w", dl["downproj"].double()))
-            targets.append(("w", stats.combined_delta(dl["oproj"], dl["downproj"]).double()))
+            targets += [("w", dl[t].double()) for t in WRITER_TAGS]
+            targets.append(("w", stats.combined_delta(*(dl[t] for t in WRITER_TAGS)).double()))
     t0 = time.perf_counter()
     closed = [stats.null_mean_std_act(X, k) if kind == "act" else stats.null_mean_std_w(X, k) for kind, X in targets]
     t_closed = time.perf_counter() - t0
@@ -149,59 +138,9 @@ def null_comparison(label: torch.Tensor, deltas: list, layers: list[int], k: int
     }
 
 
-def matmul_gflops(model, seconds: float = 1.0) -> float:
-    """Measured matrix-product speed (1e9 FLOP/s) on the model's device and dtype, for a
-    product shaped like the model's MLP on a batch of prompt tokens ``[1024, d] @ [d, ff]``."""
-    dev, dt = input_device(model), next(model.parameters()).dtype
-    d, ff = model.config.hidden_size, model.config.intermediate_size
-    g = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn(1024, d, generator=g).to(dev, dt)
-    b = torch.randn(d, ff, generator=g).to(dev, dt)
-    for _ in range(3):
-        a @ b
-    synchronize(dev)
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        n += 1
-        if n % 10 == 0:
-            synchronize(dev)
-    synchronize(dev)
-    return 2 * 1024 * d * ff * n / (time.perf_counter() - t0) / 1e9
-
-
-def v8_stages(cfg, model, tok, probes, res, w, stages: dict) -> dict:
-    """Time v8's block-local label and its causal test (defaults) into ``stages``; the causal
-    test's details as a dict."""
-    t0 = time.perf_counter()
-    v8.block_local(cfg, model, tok, probes, res, w)
-    stages["v8 block-local label + scores"] = time.perf_counter() - t0
-    names, ranking = v8.causal_candidates(res.summary, sweep.seed_stability([res]).per_candidate, cfg.n_causal)
-    t0 = time.perf_counter()
-    cr = v8.causal(cfg, model, tok, res, w, names, ranking)
-    stages["v8 causal test"] = time.perf_counter() - t0
-    speed = matmul_gflops(model)
-    return {
-        "seconds": stages["v8 causal test"],
-        "phases_s": cr.timings,
-        "candidates": len(names),
-        "null_draws_per_rank_profile": cfg.n_causal_null,
-        "rank_profiles": cr.table["null_profile"].n_unique(),
-        "prompt_rows": cr.n_rows,
-        "first_block": cr.first_block,
-        "torch_threads": torch.get_num_threads(),
-        # the work itself and what it needs at this device's measured matrix-product speed:
-        # the causal test cannot be faster than compute_floor_s without doing less work
-        "gflop": cr.gflop,
-        "matmul_gflops": speed,
-        "compute_floor_s": cr.gflop / speed,
-        "achieved_gflops": cr.gflop / stages["v8 causal test"],
-    }
-
-
 def bench_config(model_name: str | None = None, seeds: tuple[int, ...] = (0,)):
     """The run's configuration (``WS_*``) with the activation cache off and the given seeds."""
-    cfg = sweep.SweepConfig.from_env()
+    cfg = Config.from_env()
     return replace(cfg, seeds=seeds, cache=False, model=model_name or cfg.model)
 
 
@@ -235,7 +174,7 @@ def _analysis(cfg, model, tok, probes, seed: int, w: dict, dmeta: dict, stages: 
     sweep.write_v7(bench_cfg, probes, [res], sweep.seed_stability([res]))
     stages["report"] = time.perf_counter() - t0
     caps, bases = res.captures, res.bases
-    deltas = write_delta_by_layer(w, n_layers(model))
+    deltas = writer_deltas_by_layer(w, n_layers(model))
     touched = res.layers_touched
 
     sweep_s = stages["captures"] + stages["build_candidates"] + stages["scoring (+bootstrap, q-values)"] + stages["report"]
@@ -270,7 +209,7 @@ def _import_sources(model, root: Path) -> dict[str, tuple[Path, Path]]:
     w = {}
     for persona, seed in (("pos", 1), ("neg", 2)):
         torch.manual_seed(seed)
-        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        targets = list(PROJECTIONS)
         pm = get_peft_model(copy.deepcopy(model), LoraConfig(r=8, lora_alpha=16, target_modules=targets, init_lora_weights=False))
         pm.save_pretrained(str(root / f"adapter_{persona}"))
         if persona == "pos":
@@ -326,30 +265,6 @@ def import_costs(root: Path, model_name: str | None = None) -> dict:
     return out
 
 
-def time_steps(work, enc, config, n: int, kind: str = "lora") -> dict:
-    """Seconds per training step of the wrapped model ``work`` on the encoded examples ``enc``:
-    the median (and range) of ``n`` steps after one warm-up, through the suite's own step
-    (:func:`ws.diffs.fasttrain.step_loss`; the bf16 cast-once where the type allows it)."""
-    bf16 = use_bf16(config.bf16, input_device(work))  # as the training loop: float32 without bf16 units
-    plan = fasttrain.plan_training(work, enc, bf16)
-    opt = torch.optim.AdamW([p for p in work.parameters() if p.requires_grad], lr=config.lr)
-    batches = adapters._batch_order(len(enc), config)
-    precast = bf16 and fasttrain.precast_safe(work)
-    times = []
-    with fasttrain.frozen_linears_in(work, torch.bfloat16) if precast else nullcontext():
-        for i in range(n + 1):
-            t0 = time.perf_counter()
-            with adapters.lora_sign(work, 1.0) if kind == "bidir" else nullcontext():
-                loss = fasttrain.step_loss(work, plan, next(batches), config.stance_weight, bf16)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-            opt.step()
-            synchronize(input_device(work))
-            if i:
-                times.append(time.perf_counter() - t0)
-    return {"median_s": float(np.median(times)), "min_s": min(times), "max_s": max(times), "steps": n}
-
-
 def train_steps(kinds: tuple[str, ...] | None = None, n: int = 8, cfg=None) -> dict:
     """Seconds per training step of each adapter type: the median of ``n`` steps after one
     warm-up step, the run's training config and the real persona completions (made first
@@ -364,23 +279,17 @@ def train_steps(kinds: tuple[str, ...] | None = None, n: int = 8, cfg=None) -> d
         spec = DiffSpec(cfg.model, cfg.behavior, cfg.adapter, cfg.seeds[0], cfg.train_config(), cfg.out_root, cfg.model_kwargs())
     config = spec.train_config
     pos = persona_examples(spec, model, tok)["pos"]
-    enc = adapters._encode_examples(tok, pos, config.max_len)
+    enc = training._encode_examples(tok, pos, config.max_len)
     out = {}
     for kind in kinds or tuple(adapters.ADAPTER_TYPES):
         if kind not in adapters.ADAPTER_TYPES:
             raise ValueError(f"no adapter type {kind!r}; the types are {', '.join(adapters.ADAPTER_TYPES)}")
-        moments = adapters.training_moments(model, tok, pos, config, kind)
-        work = adapters._wrap(model, config, kind, moments)
+        moments = training.training_moments(model, tok, pos, config, kind)
+        work = training._wrap(model, config, kind, moments)
         out[kind] = time_steps(work, enc, config, n, kind)
         print(f"{kind}: {out[kind]['median_s']:.3f} s per step (median of {n})", flush=True)
         del work
     return out
-
-
-def device_name(model) -> str:
-    """The device the model ran on, in words (``cpu`` or the GPU's own name)."""
-    dev = input_device(model)
-    return f"{dev} ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else str(dev)
 
 
 def format_table(r: dict) -> str:
