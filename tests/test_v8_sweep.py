@@ -193,3 +193,24 @@ def test_a_large_ab_file_is_cut_to_the_causal_items_with_its_signs(tiny_llama, t
     assert len(full[s]) > 10 and len(texts[s]) == 10 and sub.answers == ro.answers
     keep = causal.item_subset(len(full[s]), 10, s, 0)
     assert texts[s] == [full[s][i] for i in keep] and sub.signs[s] == [ro.signs[s][i] for i in keep]
+
+
+def test_the_figures_cluster_labels_are_runs_of_numbers():
+    assert R8._number_list([2, 3, 4, 5, 6, 7, 8, 9, 10, 14]) == "2–10, 14"
+    assert R8._number_list([3, 1, 2]) == "1–3" and R8._number_list([1, 2, 5, 6, 9]) == "1, 2, 5, 6, 9"
+
+
+def test_the_retention_figure_names_the_carrier_and_groups_the_cluster(tmp_path):
+    """A carrier far from a cluster of null-like rows: the carrier's label names it, the cluster
+    shares one label; the figure is written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rows = [_causal_row("carrier", 1.4, 1.3, -0.05, 0.0), *[_causal_row(f"n{i}", 0.01 * i, 0.0, 1.0, 1.05) for i in range(1, 6)]]
+    t = pl.DataFrame([r | {"family": "f"} for r in rows])
+    from matplotlib.figure import Figure
+
+    ax = Figure().add_subplot()
+    names = R8._plane_panel(ax, t, pl.DataFrame({"retention": [0.0, 0.01, 0.02]}), {"f": "C0"})
+    texts = [a.get_text() for a in ax.texts]
+    assert names[0] == "carrier" and "1. carrier: carries" in texts and "2–6" in texts and len(texts) == 2

@@ -83,7 +83,7 @@ def _plane_panel(ax, table: pl.DataFrame, null: pl.DataFrame, colors: Mapping[st
             clip_on=False,
             label=f"one random rank-k subspace (inside only; {null.height} draws)",
         )
-    names = []
+    names, points = [], []
     for r in table.iter_rows(named=True):
         if not (finite(r["retention_inside"]) and finite(r["retention_outside"])):
             continue
@@ -92,15 +92,17 @@ def _plane_panel(ax, table: pl.DataFrame, null: pl.DataFrame, colors: Mapping[st
         st = _style(r["kind"])
         if r["kind"] == "A-hypothesis":
             st["c"] = [c]
+        if r["kind"] == "A-hypothesis" and r["carries"]:  # the finding: ringed, named
+            st.update(s=140, edgecolors="darkgreen", linewidths=2.2, zorder=6)
         ax.scatter([r["retention_inside"]], [r["retention_outside"]], **st)
         names.append(r["subspace"])
-        ax.annotate(
-            str(len(names)),
-            (r["retention_inside"], r["retention_outside"]),
-            xytext=(4, 4),
-            textcoords="offset points",
-            fontsize=8,
-        )
+        points.append((len(names), r))
+    xl, yl = ax.get_xlim(), ax.get_ylim()  # the carries region, shaded within the data's own limits
+    ax.fill_between([CARRY_INSIDE_MIN, max(xl[1], CARRY_INSIDE_MIN)], yl[0], CARRY_OUTSIDE_MAX, color="#d9f2d9", zorder=0)
+    ax.fill_between([], [], color="#d9f2d9", label="carries most of the effect")
+    ax.set_xlim(xl)
+    ax.set_ylim(yl)
+    _plane_labels(ax, points)
     ax.set_xlabel("inside retention: spread(P_B Δ) / spread(writers-only)")
     ax.set_ylabel("outside retention: spread((I − P_B) Δ) / spread(writers-only)")
     ax.set_title(
@@ -111,6 +113,52 @@ def _plane_panel(ax, table: pl.DataFrame, null: pl.DataFrame, colors: Mapping[st
     if ax.get_legend_handles_labels()[0]:  # no null band when no retention could be computed
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2, frameon=False)
     return names
+
+
+def _plane_labels(ax, points: list[tuple[int, Mapping]]) -> None:
+    """Each point's number; points closer than 4 % of the axes' span share one label (``2–10`` or
+    ``2, 5, 7``) so that a cluster at the null stays readable; a tested candidate that carries
+    the behaviour is labelled with its name."""
+    xs = [r["retention_inside"] for _, r in points]
+    ys = [r["retention_outside"] for _, r in points]
+    if not points:
+        return
+    span = max(max(xs) - min(xs), max(ys) - min(ys), 1.0)
+    groups: list[list[tuple[int, Mapping]]] = []
+    for p in points:
+        x, y = p[1]["retention_inside"], p[1]["retention_outside"]
+        near = next(
+            (g for g in groups if math.hypot(g[0][1]["retention_inside"] - x, g[0][1]["retention_outside"] - y) < 0.04 * span),
+            None,
+        )
+        (near.append(p) if near is not None else groups.append([p]))
+    for g in groups:
+        nums = [n for n, _ in g]
+        text = str(nums[0]) if len(nums) == 1 else _number_list(nums)
+        r = g[0][1]
+        bold = len(g) == 1 and r["kind"] == "A-hypothesis" and r["carries"]
+        if bold:
+            text = f"{text}. {r['subspace']}: carries"
+        ax.annotate(
+            text,
+            (r["retention_inside"], r["retention_outside"]),
+            xytext=(6, 6) if len(g) == 1 else (4, 11),
+            textcoords="offset points",
+            fontsize=9 if bold else 8,
+            fontweight="bold" if bold else "normal",
+            color="darkgreen" if bold else "black",
+        )
+
+
+def _number_list(nums: list[int]) -> str:
+    """Numbers as runs: ``[2, 3, 4, 5, 9]`` -> ``2–5, 9``."""
+    runs: list[list[int]] = []
+    for n in sorted(nums):
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ", ".join(f"{r[0]}–{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
 
 
 def _strip_panel(ax, table: pl.DataFrame, null: pl.DataFrame, null_nm: pl.DataFrame) -> None:
@@ -147,10 +195,14 @@ def _strip_panel(ax, table: pl.DataFrame, null: pl.DataFrame, null_nm: pl.DataFr
                 zorder=3,
             )
     ax.set_yticks(list(range(t.height + 2)))
-    ax.set_yticklabels(
+    labels = ax.set_yticklabels(
         t["subspace"].to_list() + [f"random rank-k ({null.height})", f"random rank-k, norm-matched ({null_nm.height})"],
         fontsize=8,
     )
+    for lab, kind, carried in zip(labels, t["kind"].to_list(), t["carries"].to_list(), strict=False):
+        if kind == "A-hypothesis" and carried:  # the finding, as in the left panel
+            lab.set_color("darkgreen")
+            lab.set_fontweight("bold")
     ax.axvline(1, ls="--", lw=1, color="0.45")
     ax.axvline(0, lw=0.6, color="0.7")
     ax.set_xlabel(
