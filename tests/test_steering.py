@@ -209,19 +209,28 @@ def test_the_bisection_reaches_the_budget_on_a_real_model_with_an_explicit_kl(ti
 
 
 # ----------------------------------------------------------------------------- the carrier
-def test_the_carrier_is_the_best_carrying_hypothesis_else_the_dw_ceiling():
-    causal = pl.DataFrame(
-        {
-            "subspace": ["a", "b", "c", "planted", CEILING_W],
-            "kind": ["A-hypothesis", "A-hypothesis", "A-hypothesis", "self-test", "ceiling"],
-            "retention_inside": [0.7, 0.9, 1.5, 1.0, 0.99],
-            "carries": ["true", "true", "false", "true", "true"],
-        }
-    )
-    assert compare.choose_carrier(causal)[0] == "b"  # c does not carry; the self-test and the ceiling are no hypotheses
-    none = causal.with_columns(pl.lit("false").alias("carries"))
-    name, how = compare.choose_carrier(none)
-    assert name == CEILING_W and "dW ceiling" in how
+def test_the_carrier_is_read_from_v8s_file_not_rebuilt(tiny_llama, tmp_path):
+    """The comparison steers inside the subspace v8 chose and wrote (ws.v8.carrier's rule, one
+    home): the file's bases come back per block, the verdict in words; no file, no carrier row;
+    a file of another width is refused before any work."""
+    from ws.config import Config
+    from ws.core.linalg import haar_orthonormal
+    from ws.v8.carrier import CARRIER_FILE, CarrierBasis, save_carrier
+
+    model, _ = tiny_llama
+    cfg = Config(model="tiny-llama", out_root=tmp_path)
+    assert compare.v8_carrier(cfg, model)[0] is None and "run `make sweep` first" in compare.v8_carrier(cfg, model)[1]
+    d = model.config.hidden_size
+    B = {l: haar_orthonormal(d, 3, torch.Generator().manual_seed(l), dtype=torch.float64) for l in (1, 2)}
+    cfg.v8_dir.mkdir(parents=True)
+    save_carrier(CarrierBasis(B, "grad_write", "carries", "tiny-llama", "sycophancy", "lora", 0, d), cfg.v8_dir / CARRIER_FILE)
+    (name, how, bases), note = compare.v8_carrier(cfg, model)
+    assert name == "grad_write" and how == compare.CARRIER_HOW["carries"] and "grad_write" in note
+    assert bases[0] is None and bases[3] is None and all(torch.equal(bases[l], B[l]) for l in (1, 2))
+    wide = {1: haar_orthonormal(d + 4, 3, torch.Generator().manual_seed(9), dtype=torch.float64)}
+    save_carrier(CarrierBasis(wide, CEILING_W, "dW_ceiling", "x", "sycophancy", "lora", 0, d + 4), cfg.v8_dir / CARRIER_FILE)
+    with pytest.raises(ValueError, match="does not fit the model"):
+        compare.v8_carrier(cfg, model)
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -43,13 +43,12 @@ from ws.core.bootstrap import mean_ci, percentile_interval, resample
 from ws.core.columns import CEILING_W
 from ws.core.linalg import blas_threads
 from ws.core.log import logger, progress
-from ws.core.markdown import pct
 from ws.diffs.budget import MAX_ALPHA, BudgetNotReached, KLCurve, bisect_budget, mean_kl, neutral_set
 from ws.diffs.completions import generate_completions
 from ws.diffs.effect import Readout, specificity
 from ws.model.chat import render_chat
 from ws.model.fast_readout import FastReadout
-from ws.model.load import n_layers
+from ws.model.load import d_model, n_layers
 from ws.model.readout import next_token_logprobs
 from ws.steering.methods import (
     LAYER_PICK_ALPHA,
@@ -63,6 +62,7 @@ from ws.steering.methods import (
     weight_methods,
 )
 from ws.v7 import sweep
+from ws.v8.carrier import CARRIER_FILE, read_carrier_raw
 from ws.v8.causal import item_subset
 
 #: the α of the sweep behind the figure, as fractions of each method's budget α
@@ -340,42 +340,35 @@ def verdict(results: Sequence[MethodResult], table: pl.DataFrame, behavior=None,
 
 
 # ----------------------------------------------------------------------------- the carrier
-def choose_carrier(causal: pl.DataFrame) -> tuple[str, str]:
-    """``(candidate, how it was chosen)`` from v8's ``v8_causal.tsv``: the tested write/mixed
-    A-hypothesis with the highest inside retention whose ``carries`` verdict holds (ties by
-    name), else the dW ceiling (the diff's own top-k write directions)."""
-    if {"kind", "carries", "retention_inside", "subspace"} <= set(causal.columns):
-        yes = (
-            causal.with_columns(
-                pl.col("carries").cast(pl.String).str.to_lowercase().eq("true").fill_null(False).alias("_carries"),
-                pl.col("retention_inside").cast(pl.Float64, strict=False).fill_nan(None).alias("_ret"),
-            )
-            .filter((pl.col("kind") == "A-hypothesis") & pl.col("_carries"))
-            .sort(["_ret", "subspace"], descending=[True, False], nulls_last=True)
-        )
-        if yes.height:
-            r = yes.row(0, named=True)
-            return r["subspace"], f"the carrier with the highest inside retention, {pct(r['_ret'])}"
-    return CEILING_W, "no tested candidate carries: the dW ceiling"
+#: how v8 chose its carrier, in words (:data:`ws.v8.carrier.VERDICTS`)
+CARRIER_HOW = {
+    "carries": "the carrier with the highest inside retention",
+    "above_chance": "no tested candidate carries; the one above chance with the highest inside retention",
+    "dW_ceiling": "no tested candidate carries or beats chance: the dW ceiling",
+}
 
 
-def v8_carrier(
-    cfg: Config, model: nn.Module, tok, seed: int, w: Mapping[str, Tensor], diff_meta: dict
-) -> tuple[tuple[str, str, dict] | None, str]:
-    """``((candidate, how chosen, {block: basis or None}) or None, a note)``: v8's carrier
-    (:func:`choose_carrier` on ``<v8>/v8_causal.tsv``), its bases rebuilt on this diff through
-    v7's steps (:func:`ws.v7.sweep.run_seed`; the captures and bases come from the cache when
-    v7 / v8 ran); None when no v8 run is there."""
-    path = cfg.v8_dir / "v8_causal.tsv"
+def v8_carrier(cfg: Config, model: nn.Module) -> tuple[tuple[str, str, dict] | None, str]:
+    """``((candidate, how chosen, {block: basis or None}) or None, a note)``: the carrier v8 chose
+    (:func:`ws.v8.carrier.choose_carrier`) and wrote beside its tables
+    (:data:`ws.v8.carrier.CARRIER_FILE`, read here, not rebuilt); None when no v8 run is there.
+    A file of another width than the model's is refused."""
+    path = cfg.v8_dir / CARRIER_FILE
     if not path.is_file():
-        return None, f"no v8 run at {cfg.v8_dir} (no v8_causal.tsv): the carrier row is left out; run `make sweep` first"
-    name, how = choose_carrier(pl.read_csv(path, separator="\t", infer_schema_length=None))
-    res = sweep.run_seed(cfg, model, tok, sweep.probe_prompts(cfg, tok), seed, dict(w), diff_meta)
-    if name not in res.bases:
-        name, how = CEILING_W, f"v8's carrier `{name}` is not among this run's candidates: the dW ceiling"
-    per = res.bases[name]
-    bases = {l: (per[l] if l < len(per) else None) for l in range(n_layers(model))}
-    return (name, how, bases), f"v8's carrier: `{name}` ({how}; from {path})"
+        return None, f"no v8 run at {cfg.v8_dir} (no {CARRIER_FILE}): the carrier row is left out; run `make sweep` first"
+    tensors, meta = read_carrier_raw(path)
+    d = d_model(model)
+    bases = {int(k.split(".", 1)[1]): t.to(torch.float64) for k, t in tensors.items() if k.startswith("layer.")}
+    wrong = sorted(l for l, B in bases.items() if B.ndim != 2 or B.shape[0] != d or l >= n_layers(model))
+    if wrong:
+        raise ValueError(
+            f"{path} does not fit the model ({d} wide, {n_layers(model)} blocks) at layer(s) {wrong}: "
+            "it was written for another model; run `make sweep` for this one"
+        )
+    name, verdict = str(meta.get("candidate", CEILING_W)), str(meta.get("verdict", "dW_ceiling"))
+    how = CARRIER_HOW.get(verdict, verdict)
+    per = {l: bases.get(l) for l in range(n_layers(model))}
+    return (name, how, per), f"v8's carrier: `{name}` ({how}; from {path})"
 
 
 # ----------------------------------------------------------------------------- completions
@@ -459,7 +452,7 @@ def methods_for(
 ) -> tuple[list[Method], LayerPick, str]:
     """Every method of the comparison, the contrastive vector's block choice, and the carrier's note."""
     b = data.get_behavior(cfg.behavior)
-    carrier, note = v8_carrier(cfg, model, tok, seed, w, diff_meta)
+    carrier, note = v8_carrier(cfg, model)
     methods = weight_methods(w, model, carrier)
     probes = sweep.probe_prompts(cfg, tok)
     vecs = contrastive_vectors(model, tok, probes.fit_pos, probes.fit_neg, cfg.batch_size)
@@ -569,7 +562,6 @@ __all__ = [
     "Pairwise",
     "Verdict",
     "verdict",
-    "choose_carrier",
     "v8_carrier",
     "completion_prompts",
     "sample_completions",
