@@ -17,7 +17,7 @@ CARRY_INSIDE_MIN = 0.5
 #: ... and the outside retention's CI high end must stay at or below this share.
 CARRY_OUTSIDE_MAX = 0.5
 #: v8's causal test sizes its prompt rows by this precision target: the largest half-width of a
-#: tested candidate's inside / outside retention CI (95 %, delta method on a pilot of
+#: candidate's inside / outside retention CI (every row of the test) (95 %, delta method on a pilot of
 #: :data:`CAUSAL_PILOT_ITEMS` items per set), in shares of the writers-only effect (0.03 = 3 points).
 CAUSAL_HALF_WIDTH = 0.03
 #: Items per prompt set in the causal test's pilot (all of a smaller set).
