@@ -90,24 +90,24 @@ def _int(name: str, raw: str, lo: int = 1) -> int:
     return v
 
 
-def _nonnegative(name: str, raw: str) -> float:
+def _number(name: str, raw: str, zero_ok: bool, example: str) -> float:
+    """A finite number above 0 (``≥ 0`` when ``zero_ok``), else :class:`ConfigError` naming the bound."""
+    bound = "≥ 0" if zero_ok else "> 0"
     try:
         v = float(raw.strip())
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number: give a number ≥ 0, e.g. {name}=0.03") from None
-    if not (v >= 0 and v < float("inf")):
-        raise ConfigError(f"{name}={raw!r} is out of range: it must be a finite number ≥ 0")
+        raise ConfigError(f"{name}={raw!r} is not a number: give a number {bound}, e.g. {name}={example}") from None
+    if not ((v >= 0 if zero_ok else v > 0) and v < float("inf")):
+        raise ConfigError(f"{name}={raw!r} is out of range: it must be a finite number {bound}")
     return v
+
+
+def _nonnegative(name: str, raw: str) -> float:
+    return _number(name, raw, True, "0.03")
 
 
 def _positive(name: str, raw: str) -> float:
-    try:
-        v = float(raw.strip())
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number: give a number > 0, e.g. {name}=0.05") from None
-    if not (v > 0 and v < float("inf")):
-        raise ConfigError(f"{name}={raw!r} is out of range: it must be a finite number > 0")
-    return v
+    return _number(name, raw, False, "0.05")
 
 
 def _seeds(name: str, raw: str) -> tuple[int, ...]:
