@@ -336,7 +336,7 @@ def test_planted_write_space_is_recovered(tiny_llama, llama_caps):
         assert _span_err(bases[n][2], S) < 1e-4, n
     # projected off a read space: the write space minus its part in that space
     ctx = BuildContext(model, cap, k=K, k_broad=K_BROAD)
-    Q = ctx.lm_read(K_BROAD)
+    Q = ctx.weights.lm_read(K_BROAD)
     expect = la.orthonormalize(la.project_away(S, Q))
     assert _span_err(bases["write_not_lm_head_read"][2], expect) < 1e-4
 
@@ -346,9 +346,9 @@ def test_write_not_downstream_read_projects_off_later_readers(tiny_llama, llama_
     cap, deltas = llama_caps
     ctx = BuildContext(model, cap, k=K, k_broad=K_BROAD)
     l = 1
-    D = ctx.lm_gram() + sum(ctx.read_gram(j) for j in range(l + 1, ctx.L))
+    D = ctx.weights.lm_gram() + sum(ctx.weights.read_gram(j) for j in range(l + 1, ctx.L))
     Q = torch.linalg.eigh(D)[1][:, -K_BROAD:]
-    Wc = torch.cat([ctx.W(l, "o"), ctx.W(l, "down")], dim=1)
+    Wc = torch.cat([ctx.weights.W(l, "o"), ctx.weights.W(l, "down")], dim=1)
     expect = torch.linalg.svd(la.project_away(Wc, Q), full_matrices=False)[0][:, :K]
     assert _span_err(ctx.basis("write_not_downstream_read", l), expect) < 1e-6
     assert float((ctx.basis("write_not_downstream_read", l).T @ Q).abs().max()) < 1e-6
@@ -621,19 +621,20 @@ def test_the_build_holds_one_layers_grams_at_a_time_and_equals_a_candidate_by_ca
     on: at no time do the intermediates of more than two layers live (the one built, and one
     added into the downstream running sum); every basis equals a candidate-by-candidate build's
     exactly (the same arithmetic in another order)."""
-    from ws.bases import registry
+    from ws.bases import grams, registry
 
     model, cap, deltas, bases, _ = built
     seen: list[int] = []
 
-    class Counting(registry.BuildContext):
+    class Counting(grams.ModelWeights):
         def memo(self, key, fn):
             out = super().memo(key, fn)
-            layers = {k[1] for k in self._memo if isinstance(k, tuple) and k[0] in registry.PER_LAYER_MEMO}
+            layers = {k[1] for k in self._memo if isinstance(k, tuple) and k[0] in grams.PER_LAYER_MEMO}
             seen.append(len(layers))
             return out
 
-    ctx = Counting(model, cap, deltas, cap.label_fit, k=K, k_broad=K_BROAD)
+    ctx = registry.BuildContext(model, cap, deltas, cap.label_fit, k=K, k_broad=K_BROAD)
+    ctx.weights = Counting(model, k_broad=ctx.k_broad)
     registry._build_layer_by_layer(ctx, list(bases), progress=False)
     assert seen and max(seen) <= 2, max(seen)
     assert ctx.L >= 3, "the bound means something only with more layers than it"
@@ -650,18 +651,19 @@ def test_the_layer_by_layer_build_forms_each_read_gram_at_most_twice(tiny_qwen3,
     sum takes the built layer's Gram while it is held instead of forming it a third time."""
     from collections import Counter
 
-    from ws.bases import registry
+    from ws.bases import grams, registry
 
     model, cap, deltas, bases, _ = built
     formed: Counter = Counter()
 
-    class Counting(registry.BuildContext):
+    class Counting(grams.ModelWeights):
         def memo(self, key, fn):
             if isinstance(key, tuple) and key[0] == "read" and key[2] == "all" and key not in self._memo:
                 formed[key[1]] += 1
             return super().memo(key, fn)
 
-    ctx = Counting(model, cap, deltas, cap.label_fit, k=K, k_broad=K_BROAD)
+    ctx = registry.BuildContext(model, cap, deltas, cap.label_fit, k=K, k_broad=K_BROAD)
+    ctx.weights = Counting(model, k_broad=ctx.k_broad)
     registry._build_layer_by_layer(ctx, list(bases), progress=False)
     assert formed and max(formed.values()) <= 2, dict(formed)
     assert set(formed) == set(range(ctx.L))

@@ -50,7 +50,7 @@ def _layer(ctx: BuildContext, name: str, layer: int) -> torch.Tensor:
 
 def _mlp_act(ctx: BuildContext, layer: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(act(h W_gateᵀ), h W_upᵀ)`` for up_proj inputs ``h [n, d]``."""
-    return ctx.act_fn(layer)(h @ ctx.W(layer, "gate").T), h @ ctx.W(layer, "up").T
+    return ctx.weights.act_fn(layer)(h @ ctx.weights.W(layer, "gate").T), h @ ctx.weights.W(layer, "up").T
 
 
 # ----------------------------------------------------------------------------- weight × clean
@@ -70,7 +70,7 @@ def gate_kernel(ctx: BuildContext, layer: int) -> torch.Tensor:
     h = ctx.cap("clean_up_in")[layer]
     g, _ = _mlp_act(ctx, layer, h)
     s = g.mean(dim=0)  # [m]
-    return linalg.left_svd_basis((ctx.W(layer, "down") * s) @ ctx.W(layer, "up"), ctx.k)
+    return linalg.left_svd_basis((ctx.weights.W(layer, "down") * s) @ ctx.weights.W(layer, "up"), ctx.k)
 
 
 @candidate(
@@ -87,7 +87,7 @@ def gate_kernel(ctx: BuildContext, layer: int) -> torch.Tensor:
 def gate_active_written(ctx: BuildContext, layer: int) -> torch.Tensor:
     h = ctx.cap("clean_up_in")[layer]
     g, u = _mlp_act(ctx, layer, h)
-    return linalg.pca((g * u) @ ctx.W(layer, "down").T, ctx.k)
+    return linalg.pca((g * u) @ ctx.weights.W(layer, "down").T, ctx.k)
 
 
 # ----------------------------------------------------------------------------- clean

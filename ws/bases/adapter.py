@@ -62,7 +62,7 @@ def _check_writers(ctx: BuildContext, layer: int) -> None:
     ``mom_writer_probe`` from the weights here (:func:`ws.captures.capture.writer_probe`)."""
     probe = ctx.captures.mom_writer_probe[layer].to(torch.float64)
     for i, part in enumerate(PARTS):
-        W = ctx.W(layer, part)
+        W = ctx.weights.W(layer, part)
         if not torch.allclose(W @ probe_vector(W.shape[1], i), probe[i], rtol=1e-4, atol=1e-5 * float(probe[i].abs().max())):
             raise ValueError(
                 f"corda_write, layer {layer}: the captured {part}_proj moments were taken with other weights than the "
@@ -89,7 +89,11 @@ def corda_write(ctx: BuildContext, layer: int) -> torch.Tensor:
     G = 0
     for part in PARTS:
         _, eps = _damping(ctx, layer, part)
-        G = G + getattr(ctx.captures, f"mom_{PARTS[part]}_out")[layer].to(torch.float64) + eps * ctx.write_gram_part(layer, part)
+        G = (
+            G
+            + getattr(ctx.captures, f"mom_{PARTS[part]}_out")[layer].to(torch.float64)
+            + eps * ctx.weights.write_gram_part(layer, part)
+        )
     return linalg.top_eigvecs(G, ctx.k)
 
 
@@ -106,7 +110,7 @@ def asvd_write(ctx: BuildContext, layer: int) -> torch.Tensor:
     G = 0
     for part in PARTS:
         c, eps = _damping(ctx, layer, part)
-        G = G + linalg.gram(ctx.W(layer, part) * (c.clamp(min=0) + eps).sqrt())
+        G = G + linalg.gram(ctx.weights.W(layer, part) * (c.clamp(min=0) + eps).sqrt())
     return linalg.top_eigvecs(G, ctx.k)
 
 

@@ -12,10 +12,11 @@ basis with orthonormal columns (``r`` its true rank, possibly 0), or ``None`` wh
 candidate is undefined. :func:`build_all` runs them in registry order, converts to float32
 and validates every basis.
 
-:class:`BuildContext` hands out the base model's weights in float64 and caches everything
-expensive that several candidates share (per-layer Gram matrices, the lm_head Gram and its
-eigenvectors, the global and downstream read spaces, other candidates' bases), so each
-Gram and each eigendecomposition is computed once per build.
+:class:`BuildContext` hands the candidates the build's options, the captures and deltas in
+float64 and other candidates' bases; its ``weights`` (:class:`ws.bases.grams.ModelWeights`)
+hands out the base model's weights in float64 and caches what several candidates share
+(per-layer Gram matrices, the lm_head Gram and its eigenvectors, the global and downstream
+read spaces), so each Gram and each eigendecomposition is computed once per build.
 """
 
 from __future__ import annotations
@@ -29,14 +30,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ws.bases.grams import ModelWeights
 from ws.core import linalg
 from ws.core.cache import cache_key, hash_code, hash_model, load_entry, save_entry
 from ws.core.columns import META_COLUMNS
-from ws.core.device import module_weight
 from ws.core.log import logger
 from ws.core.paths import cache_dir
-from ws.model.anatomy import ATTN_PROJ, MLP_PROJ
-from ws.model.load import decoder_layers
 
 __all__ = [
     "Candidate",
@@ -176,20 +175,16 @@ def put_in_order(order: Sequence[str]) -> None:
 
 
 # ----------------------------------------------------------------------------- context
-_ATTN = {p.removesuffix("_proj"): p for p in ATTN_PROJ}
-_MLP = {p.removesuffix("_proj"): p for p in MLP_PROJ}
-
-
-#: memo kinds keyed ``(kind, layer, …)``: one layer's intermediates, freed when the build moves on
-PER_LAYER_MEMO = ("read", "write", "downstream_read")
 _UNBUILT = object()  # a per-layer basis not built yet
 
 
 class BuildContext:
-    """Weights (float64, on demand), captures and shared cached intermediates for the builders.
+    """What the candidate functions draw on: the build's options, the captures and LoRA deltas
+    (float64 on demand, cached), other candidates' bases, and the base model's weights and
+    shared Grams as ``ctx.weights`` (:class:`ws.bases.grams.ModelWeights`).
 
-    Attributes: ``L, d, n_heads, n_kv, head_dim, d_mlp, k, k_broad, seed`` and the options
-    of :func:`build_all`. Methods cache their results for the life of the context.
+    Attributes: ``model, layers, L, d, n_heads, n_kv, head_dim, d_mlp, k, k_broad, seed`` and
+    the options of :func:`build_all`.
     """
 
     def __init__(
@@ -209,12 +204,16 @@ class BuildContext:
         n_clusters: int | None = None,
         rot_dim: int = 32,
     ):
-
+        if k < 1 or k_broad < k:
+            raise ValueError(f"need 1 ≤ k ≤ k_broad, got k={k}, k_broad={k_broad}")
+        if intersection not in ("angle", "bisector"):
+            raise ValueError(f"intersection must be 'angle' or 'bisector', got {intersection!r}")
         self.model = model
-        self.layers = decoder_layers(model)
         cfg = model.config
-        self.L = len(self.layers)
-        self.d = int(cfg.hidden_size)
+        self.k = int(k)
+        self.k_broad = int(min(k_broad, int(cfg.hidden_size)))
+        self.weights = ModelWeights(model, k_broad=self.k_broad)
+        self.layers, self.L, self.d = self.weights.layers, self.weights.L, self.weights.d
         self.n_heads = int(cfg.num_attention_heads)
         self.n_kv = int(getattr(cfg, "num_key_value_heads", None) or self.n_heads)
         self.head_dim = int(getattr(cfg, "head_dim", None) or self.d // self.n_heads)
@@ -223,56 +222,20 @@ class BuildContext:
         self.deltas = list(deltas) if deltas is not None else None
         self.label_fit = label_fit if label_fit is not None else getattr(captures, "label_fit", None)
         self.label_eval = label_eval if label_eval is not None else getattr(captures, "label_eval", None)
-        if k < 1 or k_broad < k:
-            raise ValueError(f"need 1 ≤ k ≤ k_broad, got k={k}, k_broad={k_broad}")
-        self.k = int(k)
-        self.k_broad = int(min(k_broad, self.d))
         self.seed = int(seed)
-        if intersection not in ("angle", "bisector"):
-            raise ValueError(f"intersection must be 'angle' or 'bisector', got {intersection!r}")
         self.intersection = intersection
         self.max_angle_deg = float(max_angle_deg)
         self.eps_rel = float(eps_rel)
         self.n_clusters = int(n_clusters) if n_clusters is not None else self.k + 1
         self.rot_dim = int(rot_dim)
-        self._memo: dict = {}
+        self._caps: dict[str, torch.Tensor] = {}
         self._bases: dict[str, list] = {}
-        self._layer: int | None = None  # the layer being built (build_all): its intermediates are kept
-        self._down: tuple[int, torch.Tensor] | None = None  # downstream_gram's running sum
-
-    # ------------------------------------------------------------------ caching
-    def memo(self, key, fn: Callable):
-        if key not in self._memo:
-            self._memo[key] = fn()
-        return self._memo[key]
 
     def clear(self) -> None:
-        self._memo.clear()
+        self.weights.clear()
+        self._caps.clear()
         self._bases.clear()
-        self._down = None
 
-    def at_layer(self, layer: int | None) -> None:
-        """Build ``layer`` next: every per-layer intermediate of the other layers (their ``d × d``
-        Grams) is freed, so a build holds one layer's float64 work at a time (:func:`build_all`).
-        Moving down one layer first adds the layer just built into :meth:`downstream_gram`'s running
-        sum while its read Gram is still held (it is not formed again)."""
-        if layer is not None and self._down is not None and self._down[0] == layer + 1 and self._holds_read(layer + 1):
-            m, acc = self._down
-            acc += self.read_gram(m)
-            self._down = (layer, acc)
-        self._layer = layer
-        self.free_layers()
-
-    def _holds_read(self, layer: int) -> bool:
-        return any(isinstance(k, tuple) and k[:2] == ("read", layer) for k in self._memo)
-
-    def free_layers(self) -> None:
-        """Free the per-layer intermediates (keys ``(kind, layer, …)`` of :data:`PER_LAYER_MEMO`)
-        of every layer but the one being built."""
-        for key in [k for k in self._memo if isinstance(k, tuple) and k[0] in PER_LAYER_MEMO and k[1] != self._layer]:
-            del self._memo[key]
-
-    # ------------------------------------------------------------------ availability
     def available(self, need: str) -> bool:
         if need == "deltas":
             return self.deltas is not None
@@ -282,133 +245,9 @@ class BuildContext:
             return self.label_eval is not None
         return self.captures is not None and getattr(self.captures, need, None) is not None
 
-    # ------------------------------------------------------------------ weights
-    def W(self, layer: int, p: str) -> torch.Tensor:
-        """float64 weight ``p`` ∈ q, k, v, o, gate, up, down of ``layer`` (``[out, in]``)."""
-        blk = self.layers[layer]
-        mod = getattr(blk.self_attn, _ATTN[p]) if p in _ATTN else getattr(blk.mlp, _MLP[p])
-        return module_weight(mod).to(device="cpu", dtype=torch.float64)  # the math is float64 on the CPU
-
-    def act_fn(self, layer: int) -> Callable:
-        return self.layers[layer].mlp.act_fn
-
-    def read_gram_part(self, layer: int, part: str) -> torch.Tensor:
-        """``[d, d]`` read Grams: ``q`` = W_qᵀW_q, ``kv`` = W_kᵀW_k + W_vᵀW_v, ``up``, ``gate``."""
-
-        def build():
-            if part == "kv":
-                return linalg.gram(self.W(layer, "k"), transpose=True) + linalg.gram(self.W(layer, "v"), transpose=True)
-            return linalg.gram(self.W(layer, part), transpose=True)
-
-        return self.memo(("read", layer, part), build)
-
-    def read_gram(self, layer: int) -> torch.Tensor:
-        """W_qᵀW_q + W_kᵀW_k + W_vᵀW_v + W_upᵀW_up + W_gateᵀW_gate."""
-        return self.memo(("read", layer, "all"), lambda: sum(self.read_gram_part(layer, p) for p in ("q", "kv", "up", "gate")))
-
-    def write_gram_part(self, layer: int, part: str) -> torch.Tensor:
-        """``W_oW_oᵀ`` (``o``) or ``W_downW_downᵀ`` (``down``), ``[d, d]``."""
-
-        def build():
-            return linalg.gram(self.W(layer, part))
-
-        return self.memo(("write", layer, part), build)
-
-    def write_gram(self, layer: int) -> torch.Tensor:
-        """Gram of ``write_cols = [W_o | W_down]``: ``W_oW_oᵀ + W_downW_downᵀ``."""
-        return self.write_gram_part(layer, "o") + self.write_gram_part(layer, "down")
-
-    def lm_head(self) -> torch.Tensor:
-        return module_weight(self.model.get_output_embeddings()).cpu()
-
-    def lm_gram(self) -> torch.Tensor:
-        """``lm_headᵀlm_head`` ``[d, d]`` in float64, accumulated over row chunks."""
-
-        def build():
-            U = self.lm_head()
-            G = torch.zeros(self.d, self.d, dtype=torch.float64)
-            for s in range(0, U.shape[0], 8192):
-                G += linalg.gram(U[s : s + 8192], transpose=True)
-            return G
-
-        return self.memo("lm_gram", build)
-
-    def lm_eig(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Full eigendecomposition of the lm_head Gram, eigenvalues ASCENDING."""
-
-        def build():
-            G = self.lm_gram()
-            return torch.linalg.eigh(0.5 * (G + G.T))
-
-        return self.memo("lm_eig", build)
-
-    def lm_read(self, k: int) -> torch.Tensor:
-        """Top-``k`` right singular vectors of lm_head (its top-k read space)."""
-
-        def build():
-            vals, vecs = self.lm_eig()
-            vals, vecs = vals.flip(0), vecs.flip(1)
-            keep = vals > (linalg.DEFAULT_RTOL**2) * max(float(vals[0]), 0.0)
-            return linalg.sign_fix(vecs[:, keep][:, :k])
-
-        return self.memo(("lm_read", k), build)
-
-    def _layer_sum(self, gram: Callable[[int], torch.Tensor]) -> torch.Tensor:
-        """``Σ_l gram(l)`` over every layer, each layer's intermediates freed once added."""
-        acc = 0
-        for l in range(self.L):
-            acc = acc + gram(l)
-            self.free_layers()
-        return acc
-
-    def global_read_gram(self) -> torch.Tensor:
-        return self.memo("global_read_gram", lambda: self._layer_sum(self.read_gram) + self.lm_gram())
-
-    def global_read(self, k: int) -> torch.Tensor:
-        """Top-``k`` eigenvectors of Σ read Grams + lm_headᵀlm_head (``k ≤ k_broad``)."""
-        kb = max(k, self.k_broad)
-        top = self.memo(("global_read", kb), lambda: linalg.top_eigvecs(self.global_read_gram(), kb))
-        return top[:, :k]
-
-    def global_write_gram(self) -> torch.Tensor:
-        return self.memo("global_write_gram", lambda: self._layer_sum(self.write_gram))
-
-    def downstream_gram(self, layer: int) -> torch.Tensor:
-        """lm_headᵀlm_head + the read Grams of all layers after ``layer``, ``[d, d]``: one running
-        sum, added from the last layer down (cheapest when layers are asked for in descending
-        order, as :func:`build_all` does; a later layer than the last one asked restarts it). The
-        tensor returned is the running sum itself: valid until the next call."""
-        if self._down is None or self._down[0] < layer:
-            self._down = (self.L - 1, self.lm_gram().clone())
-        m, acc = self._down
-        while m > layer:
-            acc += self.read_gram(m)
-            self.free_layers()
-            m -= 1
-        self._down = (m, acc)
-        return acc
-
-    def downstream_read(self, layer: int) -> torch.Tensor:
-        """Top-``k_broad`` eigenspace of :meth:`downstream_gram`."""
-        return self.memo(("downstream_read", layer), lambda: linalg.top_eigvecs(self.downstream_gram(layer), self.k_broad))
-
-    def bos_embedding(self) -> torch.Tensor:
-        """Input embedding of the BOS token (EOS if the model has no BOS), float64 ``[d]``."""
-        cfg = self.model.config
-        tid = getattr(cfg, "bos_token_id", None)
-        if tid is None:
-            tid = getattr(cfg, "eos_token_id", None)
-        if isinstance(tid, (list, tuple)):
-            tid = tid[0]
-        if tid is None:
-            raise ValueError("the model config names neither a BOS nor an EOS token")
-        return module_weight(self.model.get_input_embeddings())[int(tid)].to(device="cpu", dtype=torch.float64)
-
-    # ------------------------------------------------------------------ captures
     def cap(self, name: str) -> torch.Tensor:
-        """A capture as float64 (cached)."""
-
-        def build():
+        """A capture (or ``label_fit`` / ``label_eval``) as float64, cached."""
+        if name not in self._caps:
             t = None
             if name == "label_fit":
                 t = self.label_fit
@@ -418,11 +257,9 @@ class BuildContext:
                 t = getattr(self.captures, name, None)
             if t is None:
                 raise ValueError(f"capture {name!r} is missing: pass it (ws.captures.capture.capture_all builds all of them)")
-            return t.detach().to(torch.float64) if t.is_floating_point() else t.detach()
+            self._caps[name] = t.detach().to(torch.float64) if t.is_floating_point() else t.detach()
+        return self._caps[name]
 
-        return self.memo(("cap", name), build)
-
-    # ------------------------------------------------------------------ other candidates
     def basis(self, name: str, layer: int) -> torch.Tensor | None:
         """A candidate's basis at ``layer`` (float64), built on first use (that layer only) and cached."""
         if name not in self._bases:
@@ -566,7 +403,7 @@ def build_all(
         )
 
 
-_WEIGHT_CODE = ("ws/core/linalg.py", "ws/bases/registry.py", "ws/bases/weights.py")
+_WEIGHT_CODE = ("ws/core/linalg.py", "ws/bases/grams.py", "ws/bases/registry.py", "ws/bases/weights.py")
 
 
 def _weights_cache_path(model: nn.Module, ctx: BuildContext):
@@ -621,17 +458,17 @@ def _save_weight_bases(path, bases: Mapping[str, list]) -> None:
 def _build_layer_by_layer(ctx: BuildContext, todo: Sequence[str], progress: bool) -> dict[str, float]:
     """Build ``todo``: the one-basis candidates first, then every per-layer candidate at one
     layer, last layer first, before the next layer, each layer's ``d × d`` Grams freed when the
-    build moves on (:meth:`BuildContext.at_layer`). Returns seconds per candidate."""
+    build moves on (:meth:`ws.bases.grams.ModelWeights.at_layer`). Returns seconds per candidate."""
     timings = dict.fromkeys(todo, 0.0)
     per = [n for n in todo if REGISTRY[n].per_layer]
     steps = [(n, 0) for n in todo if not REGISTRY[n].per_layer] + [(n, l) for l in reversed(range(ctx.L)) for n in per]
     for n, l in tqdm(steps, desc="build candidates", disable=not progress, leave=False):
-        if REGISTRY[n].per_layer and ctx._layer != l:
-            ctx.at_layer(l)
+        if REGISTRY[n].per_layer and ctx.weights.layer != l:
+            ctx.weights.at_layer(l)
         t0 = time.perf_counter()
         ctx.basis(n, l)
         timings[n] += time.perf_counter() - t0
-    ctx.at_layer(None)
+    ctx.weights.at_layer(None)
     return timings
 
 

@@ -24,7 +24,7 @@ from ws.core import linalg
 
 @candidate("lm_head_read", "W:unembed", "weights", "top-8 right singular vectors of lm_head (same every layer)", per_layer=False)
 def lm_head_read(ctx: BuildContext) -> torch.Tensor:
-    return ctx.lm_read(ctx.k)
+    return ctx.weights.lm_read(ctx.k)
 
 
 @candidate(
@@ -40,20 +40,20 @@ def lm_head_read(ctx: BuildContext) -> torch.Tensor:
     ),
 )
 def logits_null(ctx: BuildContext) -> torch.Tensor:
-    vals, vecs = ctx.lm_eig()  # ascending
+    vals, vecs = ctx.weights.lm_eig()  # ascending
     return linalg.sign_fix(vecs[:, : ctx.k].clone())
 
 
 @candidate("global_read", "W:read", "weights", "top-8 eigenvectors of Σ_layers read Gram + lm_headᵀlm_head", per_layer=False)
 def global_read(ctx: BuildContext) -> torch.Tensor:
-    return ctx.global_read(ctx.k)
+    return ctx.weights.global_read(ctx.k)
 
 
 @candidate(
     "global_write", "W:write", "weights", "top-8 left singular vectors of all layers' write_cols side by side", per_layer=False
 )
 def global_write(ctx: BuildContext) -> torch.Tensor:
-    return linalg.top_eigvecs(ctx.global_write_gram(), ctx.k)
+    return linalg.top_eigvecs(ctx.weights.global_write_gram(), ctx.k)
 
 
 @candidate(
@@ -68,23 +68,23 @@ def global_write(ctx: BuildContext) -> torch.Tensor:
     ),
 )
 def global_write_not_global_read(ctx: BuildContext) -> torch.Tensor:
-    G = linalg.project_gram(ctx.global_write_gram(), ctx.global_read(ctx.k_broad))
+    G = linalg.project_gram(ctx.weights.global_write_gram(), ctx.weights.global_read(ctx.k_broad))
     return linalg.top_eigvecs(G, ctx.k)
 
 
 @candidate("write", "W:write", "weights", "per layer, left SVD of write_cols")
 def write(ctx: BuildContext, layer: int) -> torch.Tensor:
-    return linalg.top_eigvecs(ctx.write_gram(layer), ctx.k)
+    return linalg.top_eigvecs(ctx.weights.write_gram(layer), ctx.k)
 
 
 @candidate("attn_write", "W:write", "weights", "per layer, left SVD of W_o")
 def attn_write(ctx: BuildContext, layer: int) -> torch.Tensor:
-    return linalg.top_eigvecs(ctx.write_gram_part(layer, "o"), ctx.k)
+    return linalg.top_eigvecs(ctx.weights.write_gram_part(layer, "o"), ctx.k)
 
 
 @candidate("mlp_write", "W:write", "weights", "per layer, left SVD of W_down")
 def mlp_write(ctx: BuildContext, layer: int) -> torch.Tensor:
-    return linalg.top_eigvecs(ctx.write_gram_part(layer, "down"), ctx.k)
+    return linalg.top_eigvecs(ctx.weights.write_gram_part(layer, "down"), ctx.k)
 
 
 @candidate(
@@ -98,7 +98,7 @@ def mlp_write(ctx: BuildContext, layer: int) -> torch.Tensor:
     ),
 )
 def write_not_lm_head_read(ctx: BuildContext, layer: int) -> torch.Tensor:
-    return linalg.top_eigvecs(linalg.project_gram(ctx.write_gram(layer), ctx.lm_read(ctx.k_broad)), ctx.k)
+    return linalg.top_eigvecs(linalg.project_gram(ctx.weights.write_gram(layer), ctx.weights.lm_read(ctx.k_broad)), ctx.k)
 
 
 @candidate(
@@ -112,7 +112,7 @@ def write_not_lm_head_read(ctx: BuildContext, layer: int) -> torch.Tensor:
     ),
 )
 def write_not_global_read(ctx: BuildContext, layer: int) -> torch.Tensor:
-    return linalg.top_eigvecs(linalg.project_gram(ctx.write_gram(layer), ctx.global_read(ctx.k_broad)), ctx.k)
+    return linalg.top_eigvecs(linalg.project_gram(ctx.weights.write_gram(layer), ctx.weights.global_read(ctx.k_broad)), ctx.k)
 
 
 @candidate(
@@ -128,22 +128,22 @@ def write_not_global_read(ctx: BuildContext, layer: int) -> torch.Tensor:
     ),
 )
 def write_not_downstream_read(ctx: BuildContext, layer: int) -> torch.Tensor:
-    return linalg.top_eigvecs(linalg.project_gram(ctx.write_gram(layer), ctx.downstream_read(layer)), ctx.k)
+    return linalg.top_eigvecs(linalg.project_gram(ctx.weights.write_gram(layer), ctx.weights.downstream_read(layer)), ctx.k)
 
 
 @candidate("mlp_up_read", "W:read", "weights", "right SVD of W_up")
 def mlp_up_read(ctx: BuildContext, layer: int) -> torch.Tensor:
-    return linalg.top_eigvecs(ctx.read_gram_part(layer, "up"), ctx.k)
+    return linalg.top_eigvecs(ctx.weights.read_gram_part(layer, "up"), ctx.k)
 
 
 @candidate("mlp_gate_read", "W:read", "weights", "right SVD of W_gate")
 def mlp_gate_read(ctx: BuildContext, layer: int) -> torch.Tensor:
-    return linalg.top_eigvecs(ctx.read_gram_part(layer, "gate"), ctx.k)
+    return linalg.top_eigvecs(ctx.weights.read_gram_part(layer, "gate"), ctx.k)
 
 
 @candidate("attn_qkv_read", "W:read", "weights", "right SVD of [W_q; W_k; W_v]")
 def attn_qkv_read(ctx: BuildContext, layer: int) -> torch.Tensor:
-    return linalg.top_eigvecs(ctx.read_gram_part(layer, "q") + ctx.read_gram_part(layer, "kv"), ctx.k)
+    return linalg.top_eigvecs(ctx.weights.read_gram_part(layer, "q") + ctx.weights.read_gram_part(layer, "kv"), ctx.k)
 
 
 @candidate(
@@ -158,13 +158,13 @@ def attn_qkv_read(ctx: BuildContext, layer: int) -> torch.Tensor:
     ),
 )
 def attn_ov_write(ctx: BuildContext, layer: int) -> torch.Tensor:
-    Wv = linalg.expand_kv(ctx.W(layer, "v"), ctx.n_heads, ctx.n_kv)
-    return linalg.left_svd_basis(ctx.W(layer, "o") @ Wv, ctx.k)
+    Wv = linalg.expand_kv(ctx.weights.W(layer, "v"), ctx.n_heads, ctx.n_kv)
+    return linalg.left_svd_basis(ctx.weights.W(layer, "o") @ Wv, ctx.k)
 
 
 @candidate("mlp_roundtrip_write", "W:MLP", "weights", "left SVD of W_down·W_up")
 def mlp_roundtrip_write(ctx: BuildContext, layer: int) -> torch.Tensor:
-    return linalg.left_svd_basis(ctx.W(layer, "down") @ ctx.W(layer, "up"), ctx.k)
+    return linalg.left_svd_basis(ctx.weights.W(layer, "down") @ ctx.weights.W(layer, "up"), ctx.k)
 
 
 @candidate(
@@ -180,18 +180,18 @@ def mlp_roundtrip_write(ctx: BuildContext, layer: int) -> torch.Tensor:
     ),
 )
 def qk_circuit(ctx: BuildContext, layer: int) -> torch.Tensor:
-    Wk = linalg.expand_kv(ctx.W(layer, "k"), ctx.n_heads, ctx.n_kv)
-    return linalg.left_svd_basis(ctx.W(layer, "q").T @ Wk, ctx.k)
+    Wk = linalg.expand_kv(ctx.weights.W(layer, "k"), ctx.n_heads, ctx.n_kv)
+    return linalg.left_svd_basis(ctx.weights.W(layer, "q").T @ Wk, ctx.k)
 
 
 @candidate("input_super", "W:read", "weights", "right SVD of [W_q; W_k; W_v; W_up; W_gate]")
 def input_super(ctx: BuildContext, layer: int) -> torch.Tensor:
-    return linalg.top_eigvecs(ctx.read_gram(layer), ctx.k)
+    return linalg.top_eigvecs(ctx.weights.read_gram(layer), ctx.k)
 
 
 @candidate("kv_super", "W:read", "weights", "right SVD of [W_k; W_v]")
 def kv_super(ctx: BuildContext, layer: int) -> torch.Tensor:
-    return linalg.top_eigvecs(ctx.read_gram_part(layer, "kv"), ctx.k)
+    return linalg.top_eigvecs(ctx.weights.read_gram_part(layer, "kv"), ctx.k)
 
 
 @candidate(
@@ -207,10 +207,10 @@ def kv_super(ctx: BuildContext, layer: int) -> torch.Tensor:
     ),
 )
 def attention_sink(ctx: BuildContext, layer: int) -> torch.Tensor:
-    e = ctx.bos_embedding()
+    e = ctx.weights.bos_embedding()
     hd, H = ctx.head_dim, ctx.n_heads
-    v = linalg.expand_kv(ctx.W(layer, "v"), H, ctx.n_kv) @ e  # [H·hd]
-    Wo = ctx.W(layer, "o")  # [d, H·hd]
+    v = linalg.expand_kv(ctx.weights.W(layer, "v"), H, ctx.n_kv) @ e  # [H·hd]
+    Wo = ctx.weights.W(layer, "o")  # [d, H·hd]
     per_head = torch.stack([Wo[:, h * hd : (h + 1) * hd] @ v[h * hd : (h + 1) * hd] for h in range(H)])  # [H, d]
     return linalg.pca(per_head, ctx.k)
 
@@ -226,8 +226,8 @@ def attention_sink(ctx: BuildContext, layer: int) -> torch.Tensor:
     ),
 )
 def causally_isolated(ctx: BuildContext, layer: int) -> torch.Tensor:
-    U = linalg.union(ctx.basis("input_super", layer), ctx.basis("kv_super", layer), ctx.lm_read(ctx.k_broad))
-    return linalg.top_eigvecs(linalg.project_gram(ctx.write_gram(layer), U), ctx.k)
+    U = linalg.union(ctx.basis("input_super", layer), ctx.basis("kv_super", layer), ctx.weights.lm_read(ctx.k_broad))
+    return linalg.top_eigvecs(linalg.project_gram(ctx.weights.write_gram(layer), U), ctx.k)
 
 
 @candidate(
@@ -245,4 +245,4 @@ def causally_isolated(ctx: BuildContext, layer: int) -> torch.Tensor:
     ),
 )
 def input_super_not_lm_read(ctx: BuildContext, layer: int) -> torch.Tensor:
-    return linalg.top_eigvecs(linalg.project_gram(ctx.read_gram(layer), ctx.lm_read(ctx.k_broad)), ctx.k)
+    return linalg.top_eigvecs(linalg.project_gram(ctx.weights.read_gram(layer), ctx.weights.lm_read(ctx.k_broad)), ctx.k)

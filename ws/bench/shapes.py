@@ -122,7 +122,7 @@ def n_params(s: Shape, layers: int | None = None) -> int:
 
 #: ``d × d`` float64 matrices the candidate build holds at once: two layers' intermediates (about
 #: eight each: the read and write Grams, their sums) while it goes layer by layer
-#: (:meth:`ws.bases.registry.BuildContext.at_layer`), and about six sums over layers (lm_head's
+#: (:meth:`ws.bases.grams.ModelWeights.at_layer`), and about six sums over layers (lm_head's
 #: Gram and eigenvectors, the global read and write Grams, the downstream running sum)
 GRAMS_HELD = 2 * 8 + 6
 
