@@ -517,3 +517,26 @@ def test_captures_are_bit_identical_to_plain_hooks(model_tok, side):
     _assert_equal(
         alone, ref | {"post": ref["resid"], "tok_mask": ref["mask"]}, set(alone) - {"neg_tok", "neg_attn", "suffix_len"}
     )
+
+
+def test_a_headless_capture_says_how_far_it_is(tiny_llama):
+    """Every forward batch advances one bar; its closing line reaches the log (the terminal of a
+    headless run), and a run with ``progress=False`` logs none."""
+    from ws.core import log
+
+    model, tok = tiny_llama
+    clean = _prompts(tok)
+    pos, neg = _prompts(tok, SYS_POS), _prompts(tok, SYS_NEG)
+    got: list[str] = []
+    sink = log.logger.add(lambda m: got.append(m.record["message"]), level="INFO")
+    try:
+        capture.capture_all(model, tok, clean, pos, neg, clean[:2], _diff(model), batch_size=2, progress=True)
+        quiet = len(got)
+        capture.capture_all(model, tok, clean, pos, neg, clean[:2], _diff(model), batch_size=2, progress=False)
+    finally:
+        log.logger.remove(sink)
+    nb = -(-len(clean) // 2)
+    total = 3 * nb + 2 * nb + 2 * 1
+    lines = [ln for ln in got if ln.startswith("capture batches")]
+    assert lines[-1].startswith(f"capture batches: {total}/{total} done in "), lines
+    assert len(got) == quiet, "progress=False logs nothing"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ws.core.log import logger, progress
+from ws.core.log import Bar, logger, progress
 
 
 def _lines(fn) -> list[str]:
@@ -27,3 +27,32 @@ def test_progress_yields_every_item_and_says_how_far_and_how_long_is_left():
 def test_progress_lines_are_spaced_in_time():
     lines = _lines(lambda: list(progress(iter(range(100)), "null draws", total=100)))
     assert lines == [lines[-1]] and lines[-1].startswith("null draws: 100/100 done")  # fast: only the closing line
+
+
+def test_a_bar_advanced_by_hand_says_how_far_it_is_and_when_it_is_done():
+    def run():
+        with Bar(6, "capture batches", every_s=0.0) as bar:
+            for _ in range(3):
+                bar.update(2)
+
+    lines = _lines(run)
+    assert [ln.split(" (")[0] for ln in lines[:-1]] == ["capture batches: 2/6", "capture batches: 4/6"]
+    assert lines[-1].startswith("capture batches: 6/6 done in ")
+    assert _lines(lambda: Bar(3, "quiet", every_s=0.0, disable=True).update(3)) == []
+
+
+def test_a_bar_left_by_an_error_does_not_say_done():
+    def run():
+        with Bar(4, "capture batches", every_s=60.0) as bar:
+            bar.update(1)
+            raise RuntimeError("stop")
+
+    got: list[str] = []
+
+    def catch():
+        try:
+            run()
+        except RuntimeError:
+            got.append("raised")
+
+    assert _lines(catch) == [] and got == ["raised"]

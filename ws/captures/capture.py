@@ -55,13 +55,12 @@ from pathlib import Path
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ws.captures import recorders as rec
 from ws.core.cache import activation_cache_dir, cache_key, hash_code, hash_model, hash_tensors, load_entry, placement, save_entry
 from ws.core.device import module_weight
 from ws.core.linalg import blas_threads
-from ws.core.log import logger
+from ws.core.log import Bar, logger
 from ws.model.load import d_model, model_id
 from ws.model.steer import weight_steer
 
@@ -247,7 +246,7 @@ def _forward_capture(
     up_written: bool = False,
     moments: bool = False,
     suffix_lens: Sequence[int] | None = None,
-    pbar: tqdm | None = None,
+    pbar: Bar | None = None,
 ) -> dict[str, torch.Tensor]:
     """One batched pass over ``prompts`` filling every requested capture (see module doc):
     ``resid``, ``embed``, ``up_in``, ``up_written``, with ``suffix_lens`` ``tok``, ``attn`` and
@@ -327,7 +326,7 @@ def block_outputs(model: nn.Module, tok, prompts: Sequence[str], batch_size: int
 
 
 def label(
-    model: nn.Module, tok, prompts: Sequence[str], w: Mapping[str, torch.Tensor], batch_size: int = 16, pbar: tqdm | None = None
+    model: nn.Module, tok, prompts: Sequence[str], w: Mapping[str, torch.Tensor], batch_size: int = 16, pbar: Bar | None = None
 ) -> Float[Tensor, "L n d"]:
     """``block_outputs`` at ``θ + w`` minus at ``θ − w``: ``[L, n, d]`` (the activation label)."""
     with weight_steer(model, w, +1.0):
@@ -436,7 +435,7 @@ def capture_all(
         nb = lambda p: _n_batches(len(p), batch_size)  # noqa: E731
         total = 3 * nb(fit_clean) + 2 * nb(fit_pos) + 2 * nb(eval_prompts)
         out: dict[str, torch.Tensor] = {}
-        with tqdm(total=total, desc="capture batches", disable=not progress, leave=False) as pbar:
+        with Bar(total, "capture batches", disable=not progress) as pbar:
             r = _forward_capture(model, tok, fit_clean, batch_size, resid=True, embed=True, up_in=True, moments=True, pbar=pbar)
             out.update(
                 clean=r["resid"],

@@ -32,9 +32,9 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ws.core.device import input_device, module_weight
+from ws.core.log import Bar
 from ws.model.load import decoder_layers, layer_name, n_layers
 from ws.model.trace import TraceDict, last_token_index, untuple
 
@@ -331,7 +331,7 @@ def record(
     prompts: Sequence[str],
     batch_size: int,
     recorders: Sequence[Recorder],
-    pbar: tqdm | None = None,
+    pbar: Bar | None = None,
 ) -> dict[str, Tensor]:
     """Batched passes over ``prompts`` (``batch_size`` at a time) feeding every recorder; their
     finalised captures by name. ``pbar`` advances by one per batch."""

@@ -45,22 +45,46 @@ T = TypeVar("T")
 PROGRESS_EVERY_S = 20.0
 
 
+class Bar:
+    """A bar advanced by hand (``update(n)``), shown both ways like :func:`progress`: a tqdm bar
+    (a widget in Jupyter) and an INFO line at most every ``every_s`` seconds and one at the end.
+    Use as a context manager; ``disable=True`` shows and logs nothing."""
+
+    def __init__(self, total: int, desc: str, every_s: float = PROGRESS_EVERY_S, disable: bool = False):
+        self.total, self.desc, self.every_s, self.disable = int(total), desc, every_s, disable
+        self.bar = tqdm(total=self.total, desc=desc, leave=False, disable=disable)
+        self.i = 0
+        self.t0 = self.last = time.perf_counter()
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+        self.i += n
+        now = time.perf_counter()
+        if not self.disable and now - self.last >= self.every_s and self.i < self.total:
+            self.last = now
+            left = (now - self.t0) / self.i * (self.total - self.i)
+            pct = 100 * self.i / max(self.total, 1)
+            logger.info(f"{self.desc}: {self.i}/{self.total} ({pct:.0f} %), {now - self.t0:.0f} s, about {left:.0f} s left")
+
+    def __enter__(self) -> Bar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+        if not self.disable and exc[0] is None:
+            logger.info(f"{self.desc}: {self.i}/{self.total} done in {time.perf_counter() - self.t0:.0f} s")
+
+
 def progress(items: Iterable[T], desc: str, total: int | None = None, every_s: float = PROGRESS_EVERY_S) -> Iterator[T]:
     """Iterate ``items`` with progress shown both ways: a bar (a widget in Jupyter) and, for
     headless runs whose bars land in the executed notebook, an INFO line at most every
     ``every_s`` seconds and one at the end — ``desc: i/n (p %), t s, about r s left`` — which
-    reaches the terminal (``WS_LOG_TERMINAL=1``) and the verbose log."""
+    reaches the terminal (``WS_LOG_TERMINAL=1``) and the verbose log (:class:`Bar`)."""
     n = total if total is not None else len(items)  # type: ignore[arg-type]  (a sized iterable, or give total)
-    t0 = last = time.perf_counter()
-    i = 0
-    for i, item in enumerate(tqdm(items, desc=desc, total=n, leave=False), start=1):
-        yield item
-        now = time.perf_counter()
-        if now - last >= every_s and i < n:
-            last = now
-            left = (now - t0) / i * (n - i)
-            logger.info(f"{desc}: {i}/{n} ({100 * i / max(n, 1):.0f} %), {now - t0:.0f} s, about {left:.0f} s left")
-    logger.info(f"{desc}: {i}/{n} done in {time.perf_counter() - t0:.0f} s")
+    with Bar(n, desc, every_s) as bar:
+        for item in items:
+            yield item
+            bar.update(1)
 
 
-__all__ = ["logger", "progress", "setup_logging"]
+__all__ = ["Bar", "logger", "progress", "setup_logging"]

@@ -722,7 +722,12 @@ def run_causal(
         ext = {s: sorted(order[s][n0[s] : n[s]]) for s in sizes if n[s] > n0[s]}
         if ext:
             more = ", ".join(f"{len(v)} of `{s}`" for s, v in ext.items())
-            logger.info(f"causal test: the pilot asks for {asked} target prompts; adding {more}")
+            why = (
+                f"the pilot asks for {asked} target prompts"
+                if asked is not None
+                else f"the writers' effect is not measurable on the pilot's {n0[target]} target prompts, so all are used"
+            )
+            logger.info(f"causal test: {why}; adding {more}")
             m = _measure(ev, w, ww, bases, names, layers, add(ext), progress, t0, m)
         t["variants"], t0 = time.perf_counter() - t0, time.perf_counter()
         n_max = max(n_null, 5 * n_null if n_null_max is None else int(n_null_max))
