@@ -107,11 +107,15 @@ export: setup
 monitor: setup
 	$(PY) -m ws.monitor
 
+# test worker processes (pytest-xdist): two keep both of a 2-core machine busy; the tests that
+# share a notebook run stay in one worker (tests/conftest.py: SHARED_RUNS)
+TEST_WORKERS ?= 2
+
 # the linter and the formatter's check first (ruff), then every test
 test: setup
 	$(VENV)/bin/ruff check ws tests nbs/*.py
 	$(VENV)/bin/ruff format --check ws tests nbs/*.py
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadgroup
 
 # the tests without the embedded model and the slow ones; PYTEST_ARGS narrows them, e.g.
 # make test-fast PYTEST_ARGS=tests/test_linalg.py

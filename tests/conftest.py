@@ -9,7 +9,27 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+#: torch's threads in every process of the tests: the test process, and through the variables
+#: below every process it starts (notebook kernels, ``make``, the grid's cells: the smoke grid asks
+#: Ray for as many CPUs per cell). One count everywhere, because a float sum's order, and with it a
+#: table's last digit, follows the thread count; under ``pytest -n`` (``make test``) each worker
+#: gets its share of the cores, as more threads than cores make them wait on each other.
+TEST_THREADS = max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_var] = str(TEST_THREADS)
+torch.set_num_threads(TEST_THREADS)
+
+#: the session fixtures that each cost notebook runs: under ``pytest -n … --dist loadgroup``
+#: (``make test``) every test that uses any of them runs in one worker, so each shared run is made
+#: once, not once per worker (one group, not one per fixture: a test may read several of them)
+SHARED_RUNS = ("smoke_sweeps", "smoke_steering", "smoke_cross_refusal", "smoke_grid")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(f in getattr(item, "fixturenames", ()) for f in SHARED_RUNS):
+            item.add_marker(pytest.mark.xdist_group("shared-runs"))
 
 
 @pytest.fixture(scope="session")

@@ -88,9 +88,12 @@ class GridRuns:
 
 
 def write_smoke_grid(base: Path) -> Path:
+    """The smoke grid's file; each cell asks Ray for as many CPUs as the tests' processes use
+    threads (``OMP_NUM_THREADS``, set by ``conftest.py``), so its tables equal the notebooks'."""
     (base / "bad_behavior.json").write_text('{"name": "bad", "items": 3}')
     path = base / "grid.yaml"
-    path.write_text(SMOKE_GRID)
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    path.write_text(SMOKE_GRID + (f"resources: {{cpus_per_cell: {threads}}}\n" if threads else ""))
     return path
 
 
