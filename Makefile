@@ -108,14 +108,14 @@ monitor: setup
 	$(PY) -m ws.monitor
 
 # test worker processes (pytest-xdist): two keep both of a 2-core machine busy; the tests that
-# share a notebook run stay in one worker (tests/conftest.py: SHARED_RUNS)
+# read a shared notebook run go to one worker (tests/conftest.py: pytest_xdist_make_scheduler)
 TEST_WORKERS ?= 2
 
 # the linter and the formatter's check first (ruff), then every test
 test: setup
 	$(VENV)/bin/ruff check ws tests nbs/*.py
 	$(VENV)/bin/ruff format --check ws tests nbs/*.py
-	$(PY) -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -q --durations=25 -n $(TEST_WORKERS)
 
 # the tests without the embedded model and the slow ones; PYTEST_ARGS narrows them, e.g.
 # make test-fast PYTEST_ARGS=tests/test_linalg.py

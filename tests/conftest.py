@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,17 +20,25 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_var] = str(TEST_THREADS)
 torch.set_num_threads(TEST_THREADS)
 
-#: the session fixtures that each cost notebook runs: under ``pytest -n … --dist loadgroup``
-#: (``make test``) every test that uses any of them runs in one worker, so each shared run is made
-#: once, not once per worker (one group, not one per fixture: a test may read several of them)
+#: the session fixtures that each cost notebook runs
 SHARED_RUNS = ("smoke_sweeps", "smoke_steering", "smoke_cross_refusal", "smoke_grid")
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if any(f in getattr(item, "fixturenames", ()) for f in SHARED_RUNS):
-            item.add_marker(pytest.mark.xdist_group("shared-runs"))
+def pytest_xdist_make_scheduler(config, log):
+    """Under ``pytest -n`` (``make test``): every test module that names a shared run goes to one
+    worker, as one unit of work sent first, so each shared run is made once, not once per worker;
+    every other test is its own unit, sent to whichever worker is free. (The modules are found by
+    their text: a new test that reads a shared run in another module costs time, never a result.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    here = Path(__file__).parent
+    shared = {p.name for p in here.glob("test_*.py") if any(f in p.read_text(encoding="utf-8") for f in SHARED_RUNS)}
+
+    class SharedRunsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "shared-runs" if Path(nodeid.split("::", 1)[0]).name in shared else nodeid
+
+    return SharedRunsTogether(config, log)
 
 
 @pytest.fixture(scope="session")
