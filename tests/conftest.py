@@ -24,6 +24,7 @@ torch.set_num_threads(TEST_THREADS)
 SHARED_RUNS = ("smoke_sweeps", "smoke_steering", "smoke_cross_refusal", "smoke_grid")
 
 
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unknown, and not called, without it
 def pytest_xdist_make_scheduler(config, log):
     """Under ``pytest -n`` (``make test``): every test module that names a shared run goes to one
     worker, as one unit of work sent first, so each shared run is made once, not once per worker;

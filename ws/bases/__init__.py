@@ -4,7 +4,9 @@ adapter-family candidates and the self-test rows, each a small registered functi
     from ws.bases import build_all, REGISTRY
     bases, meta = build_all(model, captures, deltas, label_fit)   # k = 8, k_broad = 64
 
-The table order and the contract's numbers are data (:mod:`~ws.bases.order`); the candidates
+The table order and the contract's numbers are data (:mod:`~ws.bases.order`); the base
+model's float64 weights and the Grams the candidates share are :mod:`~ws.bases.grams`
+(``ctx.weights``); the candidates
 live in :mod:`~ws.bases.weights` (1–22), :mod:`~ws.bases.activations` (23–40),
 :mod:`~ws.bases.compound` (41–42), :mod:`~ws.bases.ceilings`, :mod:`~ws.bases.adapter`
 (``adapter-family``) and :mod:`~ws.bases.selftest`; a researcher's
