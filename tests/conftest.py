@@ -14,8 +14,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 #: below every process it starts (notebook kernels, ``make``, the grid's cells: the smoke grid asks
 #: Ray for as many CPUs per cell). One count everywhere, because a float sum's order, and with it a
 #: table's last digit, follows the thread count; under ``pytest -n`` (``make test``) each worker
-#: gets its share of the cores, as more threads than cores make them wait on each other.
-TEST_THREADS = max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+#: gets its share of the cores, as more threads than cores make them wait on each other
+#: (the variable ``TEST_THREADS`` sets the count; not a ``WS_*`` name, which the runs would refuse).
+TEST_THREADS = int(os.environ.get("TEST_THREADS") or 0) or max(
+    1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+)
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_var] = str(TEST_THREADS)
 torch.set_num_threads(TEST_THREADS)
