@@ -18,6 +18,7 @@ import torch
 from ws.behavior import data
 from ws.core.columns import WRITER_TAGS
 from ws.core.linalg import haar_orthonormal, orthonormalize
+from ws.core.log import logger
 from ws.diffs import effect
 from ws.model.anatomy import writer_key
 from ws.model.chat import render_chat
@@ -404,7 +405,14 @@ def test_the_null_draws_on_in_steps_while_a_decision_is_open(tiny_llama, monkeyp
     once = causal.run_causal(*args, **kw)
     asked = []
     monkeypatch.setattr(causal, "null_could_decide", lambda v, d, n: asked.append([x.size for x in d]) or True)
-    more = causal.run_causal(*args, n_null_max=8, **kw)
+    got = []
+    sink = logger.add(lambda m: got.append(m.record["message"]), level="INFO")
+    try:
+        more = causal.run_causal(*args, n_null_max=8, **(kw | {"progress": True}))
+    finally:
+        logger.remove(sink)
+    done = [g for g in got if "null of rank profile" in g and "done in" in g]
+    assert [g.split(", draws ")[1].split(":")[0] for g in done] == ["1–3", "4–6", "7–8"]  # a progress line per step
     assert once.n_null == once.n_null_first == 3 and more.n_null == 8 and more.n_null_first == 3
     assert asked == [[3], [6]]  # asked after 3 and 6 draws; 8 is the cap
     null = lambda r: r.variants.filter(pl.col("part") == "null_inside")["retention"].to_list()  # noqa: E731

@@ -57,7 +57,7 @@ from ws.core.bootstrap import percentile_interval, resample
 from ws.core.caveats import CARRY_INSIDE_MIN, CARRY_OUTSIDE_MAX, CAUSAL_HALF_WIDTH, CAUSAL_PILOT_ITEMS, CI_LEVEL, FDR_ALPHA
 from ws.core.columns import WRITER_TAGS
 from ws.core.linalg import blas_threads, haar_orthonormal
-from ws.core.log import logger
+from ws.core.log import Bar, logger
 from ws.diffs.effect import Readout, heldout_prompts, readout_of
 from ws.model.anatomy import writer_key
 from ws.model.chat import render_chat
@@ -581,16 +581,21 @@ def _null_draws(
     draws: range,
     seed: int,
     target: str = TARGET,
+    progress: bool = True,
 ) -> list[dict]:
     """The random draws ``draws`` (numbers) of one rank profile: per draw the writers' energy
-    inside and the inside and norm-matched inside read-outs on the target set."""
-    out, t0 = [], time.perf_counter()
-    for j in draws:
-        if (j - draws.start) % 5 == 0:
-            el = time.perf_counter() - t0
-            logger.info(f"causal test: null of rank profile {_profile_name(profile)}, draw {j + 1}/{draws.stop} ({el:.0f} s)")
-        rb = random_bases(dict(zip(layers, profile, strict=True)), d, j, seed)
-        out.append({"energy": energy_inside(ww, rb), **{p: ev.pair(variant_diff(ww, rb, p)[0], [target]) for p in NULL_PARTS}})
+    inside and the inside and norm-matched inside read-outs on the target set (progress: a
+    :class:`~ws.core.log.Bar`, a line at most every 20 s and one per draw when draws are slower)."""
+    if not len(draws):
+        return []
+    out, desc = [], f"causal test: null of rank profile {_profile_name(profile)}, draws {draws.start + 1}–{draws.stop}"
+    with Bar(len(draws), desc, disable=not progress) as bar:
+        for j in draws:
+            rb = random_bases(dict(zip(layers, profile, strict=True)), d, j, seed)
+            out.append(
+                {"energy": energy_inside(ww, rb), **{p: ev.pair(variant_diff(ww, rb, p)[0], [target]) for p in NULL_PARTS}}
+            )
+            bar.update()
     return out
 
 
@@ -617,14 +622,16 @@ def _null_could_decide(m: _Measured, tested: Sequence[str], target: str, n_max: 
     return null_could_decide(values, draws, n_max)
 
 
-def _sequential_null(ev, ww, m: _Measured, tested, layers, d, n_null, n_max, seed, target, n_boot, boot_seed) -> None:
+def _sequential_null(
+    ev, ww, m: _Measured, tested, layers, d, n_null, n_max, seed, target, n_boot, boot_seed, progress: bool = True
+) -> None:
     """``m.null``: ``n_null`` draws per rank profile, then ``n_null`` more at a time (up to
     ``n_max``) while more could change a BH decision (:func:`_null_could_decide`)."""
     m.null = {pr: [] for pr in dict.fromkeys(m.profile.values())}
     n = n_null
     while True:
         for pr, got in m.null.items():
-            got += _null_draws(ev, ww, pr, layers, d, range(len(got), n), seed, target)
+            got += _null_draws(ev, ww, pr, layers, d, range(len(got), n), seed, target, progress)
         if n >= n_max or not _null_could_decide(m, tested, target, n_max, n_boot, boot_seed):
             return
         logger.info(f"causal test: {n} null draws leave a BH decision open; drawing up to {min(n_max, n + n_null)}")
@@ -734,7 +741,7 @@ def run_causal(
         tested = [
             r["subspace"] for r in meta.iter_rows(named=True) if r["subspace"] in set(names) and r["kind"] == "A-hypothesis"
         ]
-        _sequential_null(ev, ww, m, tested, layers, d_model(model), n_null, n_max, seed, target, n_boot, boot_seed)
+        _sequential_null(ev, ww, m, tested, layers, d_model(model), n_null, n_max, seed, target, n_boot, boot_seed, progress)
         t["null"] = time.perf_counter() - t0
         wd, fd = m.ref["writers_only"].spread(target), m.ref["full"].spread(target)
         res = CausalResult(
