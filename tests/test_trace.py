@@ -92,6 +92,25 @@ def test_hooks_removed_on_exit_and_on_exception(tiny_llama):
     assert not has_hooks(model)
 
 
+def test_a_streaming_reader_sees_each_input_as_its_module_runs_and_keeps_nothing(tiny_llama):
+    """``read_input`` gets exactly what ``retain_input`` keeps, per layer, in the forward order,
+    each while its own module runs (before the next module's), and the trace keeps nothing."""
+    model, tok = tiny_llama
+    batch = tok(PROMPTS[:2], return_tensors="pt", padding=True)
+    names = [f"model.layers.{l}.mlp.down_proj" for l in range(model.config.num_hidden_layers)]
+    seen, order = {}, []
+    with TraceDict(model, names, retain_input=True) as kept:
+        model(**batch)
+    with TraceDict(model, names + [layer_name(1)], retain_output=False, edit_output=lambda o, n: order.append(n) or o):
+        with TraceDict(
+            model, names, retain_output=False, read_input=lambda x, n: seen.update({n: x.clone()}) or order.append(n)
+        ) as td:
+            model(**batch)
+    assert list(seen) == names and all(torch.equal(seen[n], kept[n].input) for n in names)
+    assert all(t.input is None and t.output is None for t in td.values())
+    assert order.index(names[0]) < order.index(layer_name(1)) < order.index(names[-1])  # read during the pass
+
+
 def test_hooks_only_inside_with_block(tiny_llama):
     """Made without ``with``, a Trace or TraceDict hooks nothing; inside the block every
     module carries one hook; after it, also after an exception, none."""

@@ -145,8 +145,9 @@ def memory_estimate(
     the diff; the captures, kept for the whole run: the token-level block outputs of both
     personas ``2·L·n_fit·T·d`` (``T`` at most :data:`ws.captures.capture.TOKEN_WINDOW`), about
     a dozen last-token ``[L, n, d]`` tensors and the writers' moments ``L·(a + ff + 2d²)`` (float32;
-    float64 while they are summed); during a capture pass, every hooked module's input retained
-    until the pass ends, ``L·b·T·(a + ff + 2d)``; the candidate builder's float64 ``d × d`` Grams
+    float64 while they are summed); during a capture pass, one layer's activations at a time (the
+    hooks read each module's input as it runs, :func:`ws.captures.recorders.record`),
+    ``b·T·(a + 3·ff + 4d)`` and the eager attention weights ``b·heads·T²``; the candidate builder's float64 ``d × d`` Grams
     (:data:`GRAMS_HELD`); the lens's float64 SVDs of the touched weights (its cache, at most
     :data:`ws.stats.lens.SVD_CACHE_BYTES`, and one SVD past it), kept to the end of the run; the
     steering's saved copy of the touched weights (:func:`ws.model.steer.weight_steer`: the
@@ -159,7 +160,7 @@ def memory_estimate(
     moments = L * (a + s.ff + 2 * s.d * s.d)  # the inputs' diagonals and the two [d, d] written moments
     T = min(tokens, TOKEN_WINDOW)
     kept = 4 * L * s.d * (2 * n_fit * T + 12 * n_fit + 2 * n_eval) + 4 * moments
-    retained = 4 * L * CAPTURE_BATCH * tokens * (a + s.ff + 2 * s.d)
+    retained = 4 * CAPTURE_BATCH * tokens * (a + 3 * s.ff + 4 * s.d + s.heads * tokens)  # one layer's, transient
     tensors = ((a, s.d), (s.kv_heads * s.hd, s.d), (s.kv_heads * s.hd, s.d), (s.d, a), (s.ff, s.d), (s.ff, s.d), (s.d, s.ff))
     per_tensor = [8 * min(o, i) * (o + i) for o, i in tensors]
     lens = min(touched * sum(per_tensor), SVD_CACHE_BYTES) + max(per_tensor)  # the cache, and one SVD past it

@@ -303,7 +303,8 @@ def _sites(recorders: Sequence[Recorder], reads: str) -> dict[str, list[tuple[Re
 
 
 def _hooked_pass(model: nn.Module, b: Batch, recorders: Sequence[Recorder]) -> None:
-    """One forward pass of the decoder stack over batch ``b``, every recorder's hooks in place."""
+    """One forward pass of the decoder stack over batch ``b``, every recorder's hooks in place.
+    Inputs and outputs are read as each module runs: no layer's tensors outlive their reading."""
     outs, ins = _sites(recorders, "output"), _sites(recorders, "input")
 
     def edit(output: Any, name: str) -> Any:
@@ -311,17 +312,18 @@ def _hooked_pass(model: nn.Module, b: Batch, recorders: Sequence[Recorder]) -> N
             r.hook(l, output)
         return output
 
+    def read(x: Any, name: str) -> None:
+        for r, l in ins[name]:
+            r.hook(l, x)
+
     ctx_out = TraceDict(model, outs, retain_output=False, edit_output=edit) if outs else nullcontext({})
-    ctx_in = TraceDict(model, ins, retain_input=True, retain_output=False, detach=True) if ins else nullcontext({})
+    ctx_in = TraceDict(model, ins, retain_output=False, read_input=read) if ins else nullcontext({})
     dev = input_device(model)
-    with ctx_out, ctx_in as tin:
+    with ctx_out, ctx_in:
         # the decoder stack only: no logits are needed (the lm_head is ~20 % of a 135M model's work)
         getattr(model, "model", model)(
             input_ids=b.ids.to(dev), attention_mask=b.mask.to(dev), position_ids=position_ids(b.mask).to(dev), use_cache=False
         )
-    for name, sites in ins.items():
-        for r, l in sites:
-            r.hook(l, tin[name].input)
 
 
 @torch.no_grad()

@@ -12,6 +12,9 @@ Interface and semantics follow the well-known ``Trace`` / ``TraceDict`` pattern:
 - ``clone`` / ``detach``: copy / detach what is kept (so later in-place edits do not change it).
 - ``edit_output(output, layer_name) -> new_output``: replace the module's output (the value
   the module returns, a tensor or tuple; return it unchanged to only read it).
+- ``read_input(input, layer_name)``: read the module's first positional input as the module
+  runs (a streaming reader keeps nothing: unlike ``retain_input``, no layer's input outlives
+  its use, so a pass over many layers holds one at a time).
 - ``stop=True``: raise :class:`StopForward` after the LAST listed layer has run; the context
   manager swallows it, so the rest of the forward pass is skipped.
 - Hooks are added on entering the ``with`` block and removed on leaving it, also when the
@@ -87,6 +90,7 @@ class Trace:
         detach: bool = False,
         edit_output: Callable | None = None,
         stop: bool = False,
+        read_input: Callable | None = None,
     ):
         self.layer = layer
         self._target = get_module(module, layer) if layer is not None else module
@@ -97,6 +101,8 @@ class Trace:
         def hook(mod: nn.Module, inputs: tuple, output: Any) -> Any:
             if retain_input:
                 self.input = _keep(untuple(inputs), clone, detach)
+            if read_input is not None:
+                _call_edit(read_input, _keep(untuple(inputs), False, True), layer)
             if edit_output is not None:
                 output = _call_edit(edit_output, output, layer)
             if retain_output:
@@ -140,6 +146,7 @@ class TraceDict(OrderedDict):
         detach: bool = False,
         edit_output: Callable | None = None,
         stop: bool = False,
+        read_input: Callable | None = None,
     ):
         super().__init__()
         layers = list(dict.fromkeys(layers))  # keep order, drop repeats
@@ -153,6 +160,7 @@ class TraceDict(OrderedDict):
                 detach=detach,
                 edit_output=edit_output,
                 stop=stop and i == len(layers) - 1,
+                read_input=read_input,
             )
 
     def close(self) -> None:
