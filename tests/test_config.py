@@ -43,6 +43,7 @@ def test_defaults_and_smoke_defaults():
     # an explicit value beats the smoke default; WS_STEPS overrides the training steps
     assert from_env({"WS_SMOKE": "1", "WS_SEEDS": "3,4", "WS_STEPS": "7"}).seeds == (3, 4)
     assert from_env({"WS_STEPS": "7"}).train_config().steps == 7
+    assert cfg.causal_null_max is None and from_env({"WS_CAUSAL_NULL_MAX": "20"}).causal_null_max == 20  # a fixed null
     # the cross-adapter comparison: every adapter type unless told
     assert cfg.adapters == smoke.adapters == config.ADAPTERS
     assert config.ADAPTERS[:8] == ("lora", "dora", "pissa", "ia3", "oft", "boft", "delora", "bidir")
@@ -109,6 +110,8 @@ def test_booleans_accept_the_usual_spellings_everywhere(spelling, value):
         ({"WS_ADAPTERS": "lora,,bidir"}, r"WS_ADAPTERS='lora,,bidir' has an empty entry"),
         ({"WS_ADAPTERS": "ia3,ia3"}, r"WS_ADAPTERS='ia3,ia3' repeats an adapter type"),
         ({"WS_OUT": "  "}, r"WS_OUT is set but empty"),
+        ({"WS_CAUSAL_NULL_MAX": "10"}, r"WS_CAUSAL_NULL_MAX=10 is below WS_N_CAUSAL_NULL=20: .* ≥ 20 \(equal: a fixed null\)"),
+        ({"WS_CAUSAL_NULL_MAX": "1"}, r"WS_CAUSAL_NULL_MAX='1' is too small: it must be ≥ 2"),
     ],
 )
 def test_every_bad_value_names_the_variable_the_value_and_what_is_allowed(env, pattern):

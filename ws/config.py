@@ -293,6 +293,7 @@ class Config:
     n_boot: int = 2000
     n_causal: int = 10  # v8: candidates in the causal test
     n_causal_null: int = 20  # v8: random subspaces per rank in its null
+    causal_null_max: int | None = None  # v8: the most null draws per rank (None: 5 × n_causal_null)
     causal_items: int = 48  # v8: held-out items per set in the causal test (a seeded subset)
     causal_half_width: float = CAUSAL_HALF_WIDTH  # v8: precision target sizing the causal test's rows
     kl_budget: float = KL_BUDGET  # cross-adapter: the matched KL budget (nats)
@@ -527,6 +528,15 @@ VARIABLES: tuple[Var, ...] = (
         allowed="integer ≥ 2",
     ),
     Var(
+        "WS_CAUSAL_NULL_MAX",
+        "causal_null_max",
+        lambda n, r: _int(n, r, lo=2),
+        None,
+        "v8 causal test: the most random subspaces per rank its null grows to while more draws could still "
+        "change a BH decision (unset: 5 × `WS_N_CAUSAL_NULL`; equal to it: a fixed null); bounds the null's cost",
+        allowed="integer ≥ `WS_N_CAUSAL_NULL`",
+    ),
+    Var(
         "WS_CAUSAL_ITEMS",
         "causal_items",
         lambda n, r: _int(n, r, lo=2),
@@ -727,6 +737,11 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
                 continue  # the field's own default (None, or the folder from ws.core.paths)
         kw[var.attr] = var.parse(var.name, raw)
     cfg = Config(**kw)
+    if cfg.causal_null_max is not None and cfg.causal_null_max < cfg.n_causal_null:
+        raise ConfigError(
+            f"WS_CAUSAL_NULL_MAX={cfg.causal_null_max} is below WS_N_CAUSAL_NULL={cfg.n_causal_null}: the null "
+            f"starts with WS_N_CAUSAL_NULL draws per rank; give WS_CAUSAL_NULL_MAX ≥ {cfg.n_causal_null} (equal: a fixed null)"
+        )
     if cfg.max_items != MAX_ITEMS_PER_SET:
         cfg = replace(cfg, behavior=_behavior_capped(env.get("WS_BEHAVIOR", cfg.behavior), cfg.max_items))
     if smoke:

@@ -124,6 +124,7 @@ def causal(cfg, model, tok, res: sweep.SeedResult, w: dict, names: Sequence[str]
         readout=readout,
         ranking=ranking,
         n_null=cfg.n_causal_null,
+        n_null_max=cfg.causal_null_max,
         n_boot=cfg.n_boot,
         half_width=cfg.causal_half_width,
         target=beh.target,
