@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,22 +23,24 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_var] = str(TEST_THREADS)
 torch.set_num_threads(TEST_THREADS)
 
+#: the session fixtures that each cost notebook runs
+SHARED_RUNS = ("smoke_sweeps", "smoke_steering", "smoke_cross_refusal", "smoke_grid")
+
 
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unknown, and not called, without it
 def pytest_xdist_make_scheduler(config, log):
-    """Under ``pytest -n`` (``make test``): the units of work of tests/scheduling.py. Every test
-    that needs a shared run is in one unit, sent first (the largest), so each shared run is made
-    once, not once per worker; tests sharing a module-scoped fixture are one unit; every other
-    test is a unit of its own, sent to whichever worker is free. (Read from the modules' source:
-    a test that reaches a shared run some other way costs time, never a result.)"""
-    from scheduling import unit_of
+    """Under ``pytest -n`` (``make test``): every test module that names a shared run goes to one
+    worker, as one unit of work sent first, so each shared run is made once, not once per worker;
+    every other test is its own unit, sent to whichever worker is free. (The modules are found by
+    their text: a new test that reads a shared run in another module costs time, never a result.)"""
     from xdist.scheduler import LoadScopeScheduling
 
-    units: dict[str, dict[str, str]] = {}
+    here = Path(__file__).parent
+    shared = {p.name for p in here.glob("test_*.py") if any(f in p.read_text(encoding="utf-8") for f in SHARED_RUNS)}
 
     class SharedRunsTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return unit_of(nodeid, units, config.rootpath)
+            return "shared-runs" if Path(nodeid.split("::", 1)[0]).name in shared else nodeid
 
     return SharedRunsTogether(config, log)
 

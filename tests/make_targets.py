@@ -30,7 +30,7 @@ TESTED_TARGETS = {
     "compare-steering": "tests/test_steering.py",
     "diff": "tests/test_make_targets.py",
     "export": "tests/test_make_targets.py",
-    "grid": "tests/test_grid.py",
+    "grid": "tests/test_make_targets.py",
     "bench": "tests/test_make_targets.py",
     "bench-scale": "tests/test_bench_scale.py",
     "monitor": "tests/test_monitor.py",

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from make_targets import checkout, ok, run_make
 
 from ws.behavior import data
 from ws.config import ADAPTERS, MAX_SEED, ConfigError, from_env
@@ -316,21 +315,6 @@ def test_the_summarys_figures_are_the_cells_own(smoke_grid):
     else:
         assert v8r["v8_carrier"] == "none" and "No tested write/mixed candidate carries the behaviour" in v8c
     assert (smoke_grid.base / "out" / "grids" / "smoke" / "grid_summary.png").stat().st_size > 0
-
-
-@pytest.mark.slow
-def test_make_grid_on_a_finished_grid_does_nothing_again(smoke_grid):
-    """``make grid`` from the user's folder (the smoke grid's own, after its run): every cell
-    that finished is done, its files untouched."""
-    base = smoke_grid.base
-    v7 = base / "out" / "models" / "tiny-llama" / "sycophancy" / "lora" / "v7"
-    before = {p.name: p.stat().st_mtime_ns for p in v7.iterdir() if p.is_file()}
-    checkout(base)
-    out = ok(run_make(base, "grid", f"GRID={smoke_grid.grid.name}", base=base))
-    assert "done" in out
-    assert {p.name: p.stat().st_mtime_ns for p in v7.iterdir() if p.is_file()} == before
-    r = run_make(base, "grid", base=base)
-    assert r.returncode != 0 and "make grid GRID=<file>" in r.stdout + r.stderr
 
 
 def test_the_notebook_shows_the_plan_the_summary_and_its_figure(smoke_grid):

@@ -78,6 +78,20 @@ def test_make_bench_runs_every_stage_in_order_and_restores_the_process(diff_made
     assert (diff_made / DIFF).read_bytes() == diff, "make bench retrained the diff"
 
 
+def test_make_grid_on_a_finished_grid_does_nothing_again(smoke_grid):
+    """``make grid`` from the user's folder (the smoke grid's own, after its run): every cell
+    that finished is done, its files untouched."""
+    base = smoke_grid.base
+    v7 = base / "out" / "models" / "tiny-llama" / "sycophancy" / "lora" / "v7"
+    before = {p.name: p.stat().st_mtime_ns for p in v7.iterdir() if p.is_file()}
+    checkout(base)
+    out = ok(run_make(base, "grid", f"GRID={smoke_grid.grid.name}", base=base))
+    assert "done" in out
+    assert {p.name: p.stat().st_mtime_ns for p in v7.iterdir() if p.is_file()} == before
+    r = run_make(base, "grid", base=base)
+    assert r.returncode != 0 and "make grid GRID=<file>" in r.stdout + r.stderr
+
+
 def test_make_sync_nbs_brings_a_changed_script_into_its_notebook(repo):
     py, nb = repo / "nbs" / "train_diff.py", repo / "nbs" / "train_diff.ipynb"
     others = {p.name: p.read_bytes() for p in (repo / "nbs").glob("*.ipynb") if p != nb}
