@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pickle
+import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import torch
@@ -25,24 +30,83 @@ torch.set_num_threads(TEST_THREADS)
 
 #: the session fixtures that each cost notebook runs
 SHARED_RUNS = ("smoke_sweeps", "smoke_steering", "smoke_cross_refusal", "smoke_grid")
+#: the test modules that read a shared run, in the order they are sent to the workers: the first
+#: two start the two longest runs side by side (the smoke grid, the sweeps), the next one the third
+SHARED_FIRST = (
+    "test_grid.py",
+    "test_v7_smoke.py",
+    "test_cross_adapter.py",
+    "test_v8_smoke.py",
+    "test_steering.py",
+    "test_notebooks_jupyter.py",
+    "test_make_targets.py",
+    "test_analysis.py",
+    "test_monitor.py",
+    "test_vector_candidates.py",
+)
+
+
+def _reads_a_shared_run(module: Path) -> bool:
+    return any(f in module.read_text(encoding="utf-8") for f in SHARED_RUNS)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The modules that read a shared run first, in ``SHARED_FIRST``'s order (modules not listed there
+    next, by name), then every other test in collection order."""
+    shared = {p.name for p in Path(__file__).parent.glob("test_*.py") if _reads_a_shared_run(p)}
+    rank = {name: i for i, name in enumerate(SHARED_FIRST)}
+
+    def key(item) -> tuple[int, int, str]:
+        name = item.path.name
+        return (0, rank.get(name, len(rank)), name) if name in shared else (1, 0, "")
+
+    items.sort(key=key)  # stable: each module keeps its tests' order
 
 
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unknown, and not called, without it
 def pytest_xdist_make_scheduler(config, log):
-    """Under ``pytest -n`` (``make test``): every test module that names a shared run goes to one
-    worker, as one unit of work sent first, so each shared run is made once, not once per worker;
-    every other test is its own unit, sent to whichever worker is free. (The modules are found by
+    """Under ``pytest -n`` (``make test``): a test module that reads a shared run is one unit of work
+    (its module fixtures are made once), sent first in the collection's order (above); every other
+    test is its own unit, sent to whichever worker is free. Each shared run is made once for the
+    whole session, by the first worker that asks for it (``_made_once``). (The modules are found by
     their text: a new test that reads a shared run in another module costs time, never a result.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     here = Path(__file__).parent
-    shared = {p.name for p in here.glob("test_*.py") if any(f in p.read_text(encoding="utf-8") for f in SHARED_RUNS)}
+    shared = {p.name for p in here.glob("test_*.py") if _reads_a_shared_run(p)}
+    config.option.loadscopereorder = False  # keep the collection's order, not the largest module first
 
-    class SharedRunsTogether(LoadScopeScheduling):
+    class SharedRunModulesFirst(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "shared-runs" if Path(nodeid.split("::", 1)[0]).name in shared else nodeid
+            module = nodeid.split("::", 1)[0]
+            return module if Path(module).name in shared else nodeid
 
-    return SharedRunsTogether(config, log)
+    return SharedRunModulesFirst(config, log)
+
+
+T = TypeVar("T")
+
+
+def _made_once(tmp_path_factory, name: str, make: Callable[[Path], T]) -> T:
+    """``make(folder)`` once per test session, whichever worker process asks first: the others wait
+    for it and read the same result back (pickled beside the folder). A failed run leaves no result,
+    so the next worker to ask runs it again (in a fresh folder) and reports its own failure."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the controller's folder, above every worker's own
+    done = root / f"{name}.pickle"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when ``make`` fails
+        if done.exists():
+            return pickle.loads(done.read_bytes())
+        folder = root / name
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        result = make(folder)
+        part = done.with_suffix(".part")
+        part.write_bytes(pickle.dumps(result))
+        part.replace(done)
+        return result
 
 
 @pytest.fixture(scope="session")
@@ -88,23 +152,32 @@ def smoke_sweeps(tmp_path_factory, nbs_tree_before):
     """v7 then v8 in smoke mode, as a Jupyter user runs them, into one folder (once per session)."""
     from smoke_runs import SweepRuns, execute_notebook
 
-    base = tmp_path_factory.mktemp("smoke_sweeps")
-    v7 = execute_notebook("hypothesis_sweep_v7", base)
-    _no_errors("hypothesis_sweep_v7", v7)
-    v8 = execute_notebook("hypothesis_sweep_v8", base)
-    _no_errors("hypothesis_sweep_v8", v8)
-    return SweepRuns(base, v7, v8)
+    def make(base: Path) -> SweepRuns:
+        v7 = execute_notebook("hypothesis_sweep_v7", base)
+        _no_errors("hypothesis_sweep_v7", v7)
+        v8 = execute_notebook("hypothesis_sweep_v8", base)
+        _no_errors("hypothesis_sweep_v8", v8)
+        return SweepRuns(base, v7, v8)
+
+    return _made_once(tmp_path_factory, "smoke_sweeps", make)
 
 
 @pytest.fixture(scope="session")
-def smoke_steering(smoke_sweeps):
-    """The steering head-to-head notebook as Jupyter runs it, into the smoke sweeps' folder (it reads
-    their diff and their v8 run; once per session)."""
+def smoke_steering(tmp_path_factory, smoke_sweeps):
+    """The steering head-to-head notebook as Jupyter runs it (once per session), in a copy of the smoke
+    sweeps' folder: it reads their diff and their v8 run, and the sweeps' own folder is only read
+    while the tests of other workers read it."""
     from smoke_runs import NotebookRun, execute_notebook
 
-    nb = execute_notebook("steering_head_to_head", smoke_sweeps.base)
-    _no_errors("steering_head_to_head", nb)
-    return NotebookRun(smoke_sweeps.base, nb)
+    def make(base: Path) -> NotebookRun:
+        for part in ("out", "cache"):
+            if (smoke_sweeps.base / part).exists():
+                shutil.copytree(smoke_sweeps.base / part, base / part)
+        nb = execute_notebook("steering_head_to_head", base)
+        _no_errors("steering_head_to_head", nb)
+        return NotebookRun(base, nb)
+
+    return _made_once(tmp_path_factory, "smoke_steering", make)
 
 
 @pytest.fixture(scope="session")
@@ -112,10 +185,12 @@ def smoke_cross_refusal(tmp_path_factory, nbs_tree_before):
     """The cross-adapter notebook on the built-in refusal behaviour, lora and bidir (once per session)."""
     from smoke_runs import NotebookRun, execute_notebook
 
-    base = tmp_path_factory.mktemp("smoke_cross_refusal")
-    nb = execute_notebook("cross_adapter", base, WS_BEHAVIOR="refusal", WS_ADAPTERS="lora,bidir")
-    _no_errors("cross_adapter (refusal)", nb)
-    return NotebookRun(base, nb)
+    def make(base: Path) -> NotebookRun:
+        nb = execute_notebook("cross_adapter", base, WS_BEHAVIOR="refusal", WS_ADAPTERS="lora,bidir")
+        _no_errors("cross_adapter (refusal)", nb)
+        return NotebookRun(base, nb)
+
+    return _made_once(tmp_path_factory, "smoke_cross_refusal", make)
 
 
 @pytest.fixture(scope="session")
@@ -124,13 +199,15 @@ def smoke_grid(tmp_path_factory, nbs_tree_before):
     end through ``nbs/grid.ipynb`` as Jupyter runs it (once per session)."""
     from smoke_runs import GridRuns, execute_notebook, run_grid_until, write_smoke_grid
 
-    base = tmp_path_factory.mktemp("smoke_grid")
-    grid = write_smoke_grid(base)
-    v7 = base / "out" / "models" / "tiny-llama" / "sycophancy" / "lora" / "v7"
-    run_grid_until(base, grid, v7 / ".ws-grid-cell.json")
-    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in v7.iterdir() if p.is_file()}
-    v8 = v7.parent / "v8"
-    v8_files = sorted(p.name for p in v8.iterdir() if p.is_file() and not p.name.startswith(".")) if v8.exists() else []
-    nb = execute_notebook("grid", base, WS_GRID=str(grid), WS_MODEL=None, WS_RUN_DIR=str(base))
-    _no_errors("grid", nb)
-    return GridRuns(base, grid, nb, after, v8_files)
+    def make(base: Path) -> GridRuns:
+        grid = write_smoke_grid(base)
+        v7 = base / "out" / "models" / "tiny-llama" / "sycophancy" / "lora" / "v7"
+        run_grid_until(base, grid, v7 / ".ws-grid-cell.json")
+        after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in v7.iterdir() if p.is_file()}
+        v8 = v7.parent / "v8"
+        v8_files = sorted(p.name for p in v8.iterdir() if p.is_file() and not p.name.startswith(".")) if v8.exists() else []
+        nb = execute_notebook("grid", base, WS_GRID=str(grid), WS_MODEL=None, WS_RUN_DIR=str(base))
+        _no_errors("grid", nb)
+        return GridRuns(base, grid, nb, after, v8_files)
+
+    return _made_once(tmp_path_factory, "smoke_grid", make)
