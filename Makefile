@@ -107,8 +107,8 @@ export: setup
 monitor: setup
 	$(PY) -m ws.monitor
 
-# test worker processes (pytest-xdist): two keep both of a 2-core machine busy; the tests that
-# read a shared notebook run go to one worker (tests/conftest.py: pytest_xdist_make_scheduler)
+# test worker processes (pytest-xdist): two keep both of a 2-core machine busy; each shared notebook
+# run is made once for the session, by the first worker that needs it (tests/conftest.py: _made_once)
 TEST_WORKERS ?= 2
 
 # the linter and the formatter's check first (ruff), then every test
