@@ -41,6 +41,44 @@ def test_the_call_gives_the_notebooks_tables_byte_for_byte(smoke_diff, tmp_path)
     assert a.tables["v7_per_layer.csv"].height > 0 and isinstance(a.tables["v7_summary.tsv"], pl.DataFrame)
 
 
+#: WS_LINALG=device-float32 against the float64 reference on the smoke run (docs/gpu.md states them;
+#: measured on the 2-core EPYC: R relative ≤ 6e-5, z ≤ 1.2e-4, lens shares ≤ 1e-6, τ = 1)
+FLOAT32_R_REL, FLOAT32_Z_ABS, FLOAT32_LENS_ABS, FLOAT32_TAU = 1e-3, 2e-3, 1e-5, 0.98
+
+
+def test_float32_factorisations_keep_the_tables_within_the_stated_tolerance(smoke_diff, tmp_path):
+    """The candidate build's and the lens's Grams, eigensolvers and SVDs in float32 on the model's
+    device (here the CPU) against the notebook's float64 run on the same diff: every R within
+    ``FLOAT32_R_REL`` of it (relative), every z within ``FLOAT32_Z_ABS``, the lens's shares within
+    ``FLOAT32_LENS_ABS``, the joint-score ranking at Kendall τ ≥ ``FLOAT32_TAU``; not byte-identical
+    (the factorisations did run in float32)."""
+    from scipy.stats import kendalltau
+
+    model, tok, path, base = smoke_diff
+    a = analyse(model, tok, path, behavior="sycophancy", out=tmp_path / "out", label="lora", linalg="device-float32", **SMOKE)
+    ref, got = _v7(base), _v7(tmp_path)
+    assert a.tables["v7_per_layer.csv"].height > 0
+    assert (ref / "v7_per_layer.csv").read_bytes() != (got / "v7_per_layer.csv").read_bytes()
+    x, y = (pl.read_csv(f / "v7_per_layer.csv") for f in (ref, got))
+    assert x.select("subspace", "layer").equals(y.select("subspace", "layer"))
+    for col in [c for c in x.columns if c.startswith(("conc_", "z_"))]:
+        u, v = x[col].to_numpy(), y[col].to_numpy()
+        assert np.array_equal(np.isfinite(u), np.isfinite(v)), col
+        u, v = u[np.isfinite(u)], v[np.isfinite(v)]
+        if col.startswith("conc_"):
+            assert np.all(np.abs(u - v) <= FLOAT32_R_REL * np.abs(u)), col
+        else:
+            assert np.all(np.abs(u - v) <= FLOAT32_Z_ABS), col
+    sa, sb = (pl.read_csv(f / "v7_summary.tsv", separator="\t") for f in (ref, got))
+    both = sa.select("subspace", "joint_score").join(sb.select("subspace", "joint_score"), on="subspace", suffix="_f32")
+    assert both.height == sa.height
+    tau = kendalltau(both["joint_score"].to_numpy(), both["joint_score_f32"].to_numpy(), nan_policy="omit").statistic
+    assert tau >= FLOAT32_TAU
+    la, lb = (pl.read_csv(f / "v7_sspace_lens.tsv", separator="\t") for f in (ref, got))
+    for col in ("frac_diag", "frac_top_block", "frac_top_rows"):
+        assert float((la[col] - lb[col]).abs().max()) <= FLOAT32_LENS_ABS, col
+
+
 def test_without_out_nothing_is_written_and_a_plain_dict_gets_its_effect_measured(smoke_diff, tmp_path, monkeypatch):
     model, tok, path, _ = smoke_diff
     monkeypatch.chdir(tmp_path)

@@ -292,3 +292,65 @@ def test_kmeans_finds_planted_clusters():
     assert len(set(lab[:30].tolist())) == 1 and len(set(lab.tolist())) == 3
     C2, _, _ = la.kmeans(X, 3, seed=0)
     assert torch.equal(C, C2)  # seeded: deterministic
+
+
+# ----------------------------------------------------------------------------- where the work runs (compute_on)
+def _planted_gram(d: int, k: int, seed: int, gap: float = 10.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A PSD ``[d, d]`` Gram whose top-``k`` eigenspace is a known basis (eigenvalues ``gap``·(1…2)
+    on it, ``0…1`` elsewhere), and that basis."""
+    Q = _basis(d, d, seed)
+    g = _gen(seed + 1)
+    lam = torch.cat(
+        [gap * (1 + torch.rand(k, generator=g, dtype=torch.float64)), torch.rand(d - k, generator=g, dtype=torch.float64)]
+    )
+    return (Q * lam) @ Q.T, Q[:, :k]
+
+
+def test_the_cpu_in_float64_block_is_the_default_path_bit_for_bit():
+    G, _ = _planted_gram(160, 8, 3)
+    M = torch.randn(160, 300, generator=_gen(4), dtype=torch.float64)
+    ref = (la.gram(M), la.top_eigvecs(G, 8), la.left_svd_basis(M[:, :100], 5), la.svd(M), la.eigh(G))
+    with la.compute_on("cpu", torch.float64):
+        got = (la.gram(M), la.top_eigvecs(G, 8), la.left_svd_basis(M[:, :100], 5), la.svd(M), la.eigh(G))
+        assert la.rank_floor(1e-6, 160) == 1e-12
+    flat = lambda xs: [t for x in xs for t in (x if isinstance(x, tuple) else (x,))]  # noqa: E731
+    assert all(torch.equal(a, b) for a, b in zip(flat(ref), flat(got), strict=True))
+
+
+def test_float32_work_finds_a_planted_eigenspace_and_returns_float64_on_the_cpu():
+    G, B = _planted_gram(256, 8, 5)
+    with la.compute_on("cpu", torch.float32):
+        top = la.top_eigvecs(G, 8)
+        vals, vecs = la.eigh(G)
+        U, S, Vh = la.svd(G)
+    for t in (top, vals, vecs, U, S, Vh):
+        assert t.dtype == torch.float64 and t.device.type == "cpu"
+    assert float(la.principal_angles(top, B).max()) < 1e-4  # float32 rounding over a gap of about 9
+    assert _same_span(vecs[:, -8:], B, tol=1e-4) and _same_span(U[:, :8], B, tol=1e-4)
+    assert la.orthonormality_error(top) < 1e-5
+
+
+def test_float32_work_keeps_a_grams_true_rank():
+    """A rank-3 Gram: float32 rounding leaves eigenvalues of about 1e-7·λ_max where they are 0,
+    far above float64's floor rtol² = 1e-12; the raised floor drops them, so the rank stays 3."""
+    M = torch.randn(200, 3, generator=_gen(6), dtype=torch.float64)
+    with la.compute_on("cpu", torch.float32):
+        G = la.gram(M)
+        assert la.rank_floor(1e-6, 200) == pytest.approx(200 * torch.finfo(torch.float32).eps)
+        B = la.top_eigvecs(G, 8)
+        L = la.left_svd_basis(M, 8)
+    assert B.shape == (200, 3) and L.shape == (200, 3)
+    Q, _ = torch.linalg.qr(M)
+    assert _same_span(B, Q, tol=1e-5) and _same_span(L, Q, tol=1e-5)
+    assert float((G - M @ M.T).abs().max()) <= 1e-5 * float((M @ M.T).abs().max())
+
+
+def test_compute_modes_are_checked():
+    with pytest.raises(ValueError, match="float32 or float64"):
+        with la.compute_on("cpu", torch.float16):
+            pass
+    with pytest.raises(ValueError, match="unknown linalg mode 'gpu'"):
+        la.compute_in("gpu", "cpu")
+    with la.compute_in("device-float32", torch.device("cpu")):
+        assert la.compute_mode() == ("cpu", torch.float32)
+    assert la.compute_mode() == ("cpu", torch.float64)

@@ -36,6 +36,7 @@ from ws.behavior.files import MAX_ITEMS_PER_SET, BehaviorError, builtin_names, r
 from ws.core.caveats import CAUSAL_HALF_WIDTH
 from ws.core.device import DEVICE_CHOICES, device_problem
 from ws.core.io import check_writable, hold_run_lock
+from ws.core.linalg import LINALG_MODES
 from ws.core.log import logger, setup_logging
 from ws.core.paths import (
     CROSS_ADAPTER_DIR,
@@ -300,6 +301,7 @@ class Config:
     cache: bool = True
     device: str = "auto"
     dtype: str = "auto"
+    linalg: str = "cpu"  # WS_LINALG: where the candidate build's and the lens's factorisations run
     device_map: str = "none"
     smoke: bool = False
     boot_seed: int = 0
@@ -580,8 +582,18 @@ VARIABLES: tuple[Var, ...] = (
         _choice(("auto", "float32", "bfloat16", "float16")),
         None,
         "the model's weights: `auto` = bfloat16 on CUDA, float32 elsewhere (the subspace math is float64 on the CPU "
-        "whatever this is)",
+        "whatever this is, unless `WS_LINALG` says otherwise)",
         allowed="auto, float32, bfloat16, float16",
+    ),
+    Var(
+        "WS_LINALG",
+        "linalg",
+        _choice(LINALG_MODES),
+        None,
+        "where the candidate build's and the S-space lens's Grams, eigensolvers and SVDs run: `cpu` = float64 on the "
+        "host (the reference), `device` = float64 on the model's device (a GPU with fast float64), `device-float32` = "
+        "float32 there (any GPU; tolerance in docs/gpu.md)",
+        allowed="cpu, device, device-float32",
     ),
     Var(
         "WS_DEVICE_MAP",

@@ -129,8 +129,7 @@ class ModelWeights:
         """Full eigendecomposition of the lm_head Gram, eigenvalues ASCENDING."""
 
         def build():
-            G = self.lm_gram()
-            return torch.linalg.eigh(0.5 * (G + G.T))
+            return linalg.eigh(self.lm_gram())
 
         return self.memo("lm_eig", build)
 

@@ -414,6 +414,7 @@ def _weights_cache_path(model: nn.Module, ctx: BuildContext):
             "weights": hash_model(model),
             "k": ctx.k,
             "k_broad": ctx.k_broad,
+            "linalg": [str(x) for x in linalg.compute_mode()],  # where and in what precision they were factorised
             "code": hash_code(_WEIGHT_CODE),
         }
     )

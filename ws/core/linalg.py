@@ -4,7 +4,10 @@ Conventions shared by every function here:
 
 - A *basis* is a ``[d, k]`` matrix with orthonormal columns. ``k`` may be 0 (``[d, 0]``):
   an empty subspace is a valid answer (e.g. two subspaces that do not intersect).
-- Work is done in float64; results come back in the dtype of the (first) input.
+- Work is done in float64; results come back in the dtype of the (first) input. The heavy
+  factorisations (:func:`gram`, the eigensolvers behind :func:`top_eigvecs` and
+  :func:`left_svd_basis`, :func:`svd`) can run elsewhere inside :func:`compute_on` (the model's
+  GPU; float32): their results still come back as float64 CPU tensors.
 - Ranks are *true* ranks: directions whose singular value is at most ``rtol`` times the
   largest one are dropped, never padded with arbitrary directions. So a request for
   ``k`` directions can return fewer.
@@ -60,7 +63,14 @@ __all__ = [
     "kmeans",
     "blas_threads",
     "gram",
+    "svd",
+    "eigh",
     "f64",
+    "compute_on",
+    "compute_in",
+    "compute_mode",
+    "LINALG_MODES",
+    "rank_floor",
 ]
 
 #: relative singular-value tolerance below which a direction counts as absent
@@ -74,6 +84,72 @@ def f64(x: torch.Tensor) -> torch.Tensor:
 
 def _empty(d: int, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(d, 0, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- where the work runs
+#: the (device, dtype) of the heavy factorisations, innermost :func:`compute_on` block last;
+#: empty: the CPU in float64
+_COMPUTE: list[tuple[torch.device, torch.dtype]] = []
+
+
+@contextmanager
+def compute_on(device: torch.device | str | None = None, dtype: torch.dtype = torch.float64) -> Iterator[None]:
+    """Inside the block, :func:`gram`, the symmetric eigensolvers and :func:`svd` run on ``device``
+    (None: the CPU) in ``dtype`` (float64 or float32); what they return is still float64 on the CPU.
+
+    Args:
+        device: where the factorisations run (the model's device, typically a GPU).
+        dtype: ``torch.float64`` (results equal the CPU's to float64 rounding) or ``torch.float32``
+            (faster, notably on GPUs with slow float64; directions below the float32 noise floor
+            count as absent, :func:`rank_floor`).
+    """
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"compute_on: dtype must be float32 or float64, not {dtype}")
+    _COMPUTE.append((torch.device(device if device is not None else "cpu"), dtype))
+    try:
+        yield
+    finally:
+        _COMPUTE.pop()
+
+
+def _offload() -> tuple[torch.device, torch.dtype] | None:
+    """The innermost :func:`compute_on` block's ``(device, dtype)``; None on the default path
+    (the CPU in float64, through LAPACK / BLAS as always)."""
+    if not _COMPUTE:
+        return None
+    dev, dt = _COMPUTE[-1]
+    return None if dev.type == "cpu" and dt == torch.float64 else (dev, dt)
+
+
+#: the choices of ``WS_LINALG``: float64 on the host (the reference), float64 on the model's device,
+#: float32 on the model's device
+LINALG_MODES = ("cpu", "device", "device-float32")
+
+
+def compute_in(mode: str, device: torch.device | str | None):
+    """The :func:`compute_on` block of ``WS_LINALG``'s ``mode`` for a model on ``device``."""
+    if mode not in LINALG_MODES:
+        raise ValueError(f"unknown linalg mode {mode!r}: one of {', '.join(LINALG_MODES)}")
+    if mode == "cpu":
+        return compute_on(None, torch.float64)
+    return compute_on(device, torch.float32 if mode == "device-float32" else torch.float64)
+
+
+def compute_mode() -> tuple[str, torch.dtype]:
+    """``(device, dtype)`` of the heavy factorisations here (``("cpu", torch.float64)`` outside any
+    :func:`compute_on` block); what a cache of their results keys on."""
+    dev, dt = _COMPUTE[-1] if _COMPUTE else (torch.device("cpu"), torch.float64)
+    return str(dev), dt
+
+
+def rank_floor(rtol: float, n: int) -> float:
+    """The eigenvalue share (of the largest) at or below which a Gram's direction counts as absent:
+    ``rtol²``, raised in float32 work to its rounding noise ``n·eps₃₂`` (``n``: the Gram's size;
+    about 1e-4 at n = 1024, so singular values below about 1 % of the largest are dropped there)."""
+    c = _offload()
+    if c is None or c[1] == torch.float64:
+        return rtol**2
+    return max(rtol**2, n * torch.finfo(torch.float32).eps)
 
 
 # ----------------------------------------------------------------------------- threads
@@ -115,8 +191,13 @@ def gram(M: torch.Tensor, transpose: bool = False) -> torch.Tensor:
     """``MMᵀ`` (or ``MᵀM`` with ``transpose``) in float64, exactly symmetric.
 
     Uses the BLAS symmetric rank-k update (half the multiplications of a general product)
-    on the float64 copy of ``M``.
+    on the float64 copy of ``M``; inside :func:`compute_on`, a product on its device and dtype,
+    symmetrised, returned as float64 on the CPU.
     """
+    if (c := _offload()) is not None:
+        A = M.detach().to(*c)
+        C = A.T @ A if transpose else A @ A.T
+        return (0.5 * (C + C.T)).to("cpu", torch.float64)
     A = np.ascontiguousarray(f64(M).numpy())  # C order: A.T is a Fortran-order view
     if A.shape[0] == 0 or A.shape[1] == 0:
         n = A.shape[1] if transpose else A.shape[0]
@@ -128,11 +209,19 @@ def gram(M: torch.Tensor, transpose: bool = False) -> torch.Tensor:
 
 
 def _eigh_desc(G: torch.Tensor, k: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k eigenpairs of a symmetric float64 matrix, eigenvalues descending."""
+    """Top-k eigenpairs of a symmetric float64 matrix, eigenvalues descending (float64, CPU)."""
     n = G.shape[0]
     G = 0.5 * (G + G.T)
-    if k is not None and 0 < k <= n // 3 and n >= 128:
-        vals, vecs = scipy.linalg.eigh(G.numpy(), subset_by_index=[n - k, n - 1], driver="evr", check_finite=False)
+    c = _offload()
+    subset = k is not None and 0 < k <= n // 3 and n >= 128
+    if c is not None and not (subset and c[0].type == "cpu"):  # a GPU's solver, whole
+        vals, vecs = torch.linalg.eigh(G.to(*c))
+        vals, vecs = vals.flip(0)[:k], vecs.flip(1)[:, :k]
+        return vals.to("cpu", torch.float64), vecs.to("cpu", torch.float64)
+    if subset:  # LAPACK's subset driver, in float32 inside a float32 block on the CPU
+        A = G.numpy() if c is None else G.to(torch.float32).numpy()
+        vals, vecs = scipy.linalg.eigh(A, subset_by_index=[n - k, n - 1], driver="evr", check_finite=False)
+        vals, vecs = vals.astype(np.float64), vecs.astype(np.float64)
         vals = torch.from_numpy(np.ascontiguousarray(vals[::-1]))
         vecs = torch.from_numpy(np.ascontiguousarray(vecs[:, ::-1]))
         return vals, vecs
@@ -157,15 +246,23 @@ def top_eigvecs(G: torch.Tensor, k: int | None = None, rtol: float = DEFAULT_RTO
     lam_max = float(vals[0]) if vals.numel() else 0.0
     if not lam_max > 0:
         return _empty(d, dtype)
-    keep = vals > (rtol**2) * lam_max
+    keep = vals > rank_floor(rtol, d) * lam_max
     return sign_fix(vecs[:, keep]).to(dtype)
+
+
+def eigh(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every eigenpair of the symmetric part of ``G``, eigenvalues ASCENDING, float64 on the CPU
+    (computed on :func:`compute_on`'s device and dtype inside its block)."""
+    G = f64(G)
+    c = _offload() or (torch.device("cpu"), torch.float64)
+    vals, vecs = torch.linalg.eigh((0.5 * (G + G.T)).to(*c))
+    return vals.to("cpu", torch.float64), vecs.to("cpu", torch.float64)
 
 
 def bottom_eigvecs(G: torch.Tensor, k: int) -> torch.Tensor:
     """The ``k`` eigenvectors of a symmetric ``G`` with the SMALLEST eigenvalues, ascending."""
     dtype = G.dtype
-    G = f64(G)
-    vals, vecs = torch.linalg.eigh(0.5 * (G + G.T))
+    vals, vecs = eigh(G)
     return sign_fix(vecs[:, :k]).to(dtype)
 
 
@@ -188,7 +285,7 @@ def left_svd_basis(M: torch.Tensor, k: int | None = None, rtol: float = DEFAULT_
         lam_max = float(vals[0]) if vals.numel() else 0.0
         if not lam_max > 0:
             return _empty(d, dtype)
-        keep = vals > (rtol**2) * lam_max
+        keep = vals > rank_floor(rtol, m) * lam_max
         U = (M @ V[:, keep]) / vals[keep].sqrt()
         U, _ = torch.linalg.qr(U)  # polish: columns orthonormal to rounding
         return sign_fix(U).to(dtype)
@@ -200,6 +297,14 @@ def left_svd_basis(M: torch.Tensor, k: int | None = None, rtol: float = DEFAULT_
     if k is not None:
         U = U[:, :k]
     return sign_fix(U).to(dtype)
+
+
+def svd(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The reduced SVD ``(U, S, Vh)`` of ``M`` in float64 on the CPU; inside :func:`compute_on`,
+    computed on its device and dtype and returned as float64 on the CPU."""
+    c = _offload() or (torch.device("cpu"), torch.float64)
+    U, S, Vh = torch.linalg.svd(M.detach().to(*c), full_matrices=False)
+    return tuple(x.to("cpu", torch.float64) for x in (U, S, Vh))
 
 
 def right_svd_basis(M: torch.Tensor, k: int | None = None, rtol: float = DEFAULT_RTOL) -> torch.Tensor:
@@ -452,7 +557,7 @@ def psd_sqrt(C: torch.Tensor, eps_rel: float = 1e-3) -> tuple[torch.Tensor, torc
     C = f64(C)
     n = C.shape[0]
     eps = eps_rel * float(torch.trace(C)) / max(n, 1)
-    vals, vecs = torch.linalg.eigh(0.5 * (C + C.T))
+    vals, vecs = eigh(C)
     vals = vals.clamp(min=0.0) + eps
     half = (vecs * vals.sqrt()) @ vecs.T
     inv_half = (vecs * vals.rsqrt()) @ vecs.T  # inf entries if eps = 0 and C is singular

@@ -39,6 +39,8 @@ import polars as pl  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
+from ws.core import linalg  # noqa: E402
+
 #: the rank r of the shares' top block (the S-space family's default rank)
 LENS_RANK = 16
 LENS_COLUMNS = (
@@ -67,7 +69,7 @@ _SCHEMA = {c: (pl.String if c == "tensor" else pl.Int64 if c in ("layer", "d_out
 SVD_CACHE_BYTES = 1 << 30
 
 #: the base weights' reduced SVDs, computed once per process while they fit in
-#: :data:`SVD_CACHE_BYTES`: ``{id(W): (weakref to W, version, U, Vh)}``
+#: :data:`SVD_CACHE_BYTES`: ``{id(W): (weakref to W, (version, linalg.compute_mode()), U, Vh)}``
 _SVD: dict[int, tuple] = {}
 
 
@@ -81,12 +83,12 @@ def _cached_bytes() -> int:
 def base_svd(W: Tensor, name: str = "") -> tuple[Tensor, Tensor]:
     """``(U, Vh)`` of W's reduced float64 SVD (``[d_out, m]``, ``[m, d_in]``, m = min), cached
     per weight tensor while it lives and is unchanged, up to :data:`SVD_CACHE_BYTES` in all."""
-    hit = _SVD.get(id(W))
-    if hit is not None and hit[0]() is W and hit[1] == W._version:
+    hit, mode = _SVD.get(id(W)), linalg.compute_mode()
+    if hit is not None and hit[0]() is W and hit[1] == (W._version, mode):
         return hit[2], hit[3]
-    U, _, Vh = torch.linalg.svd(W.detach().to("cpu", torch.float64), full_matrices=False)
+    U, _, Vh = linalg.svd(W)  # float64 on the CPU, or where a ``linalg.compute_on`` block says
     if _cached_bytes() + U.nbytes + Vh.nbytes <= SVD_CACHE_BYTES:
-        _SVD[id(W)] = (weakref.ref(W), W._version, U, Vh)
+        _SVD[id(W)] = (weakref.ref(W), (W._version, mode), U, Vh)
     return U, Vh
 
 

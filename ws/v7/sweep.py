@@ -38,7 +38,7 @@ from ws.captures.capture import capture_all
 from ws.config import Config
 from ws.core.columns import WRITER_TAGS
 from ws.core.io import staged_files, write_staged
-from ws.core.linalg import pca
+from ws.core.linalg import compute_in, pca
 from ws.core.log import logger
 from ws.core.markdown import layers_text
 from ws.diffs.import_store import ImportSpec, ensure_imported
@@ -153,17 +153,18 @@ def run_seed(cfg: Config, model, tok, probes: Probes, seed: int, w: dict, diff_m
     if not touched:
         raise ValueError("the diff has no o_proj / down_proj delta on any layer: nothing to score the weight side against")
     t0 = time.perf_counter()
-    bases, meta = build_all(
-        model,
-        caps,
-        deltas,
-        caps.label_fit,
-        k=cfg.k,
-        k_broad=cfg.k_broad,
-        seed=cfg.basis_seed,
-        label_eval=caps.label_eval,
-        cache=cfg.cache,
-    )
+    with compute_in(cfg.linalg, next(model.parameters()).device):
+        bases, meta = build_all(
+            model,
+            caps,
+            deltas,
+            caps.label_fit,
+            k=cfg.k,
+            k_broad=cfg.k_broad,
+            seed=cfg.basis_seed,
+            label_eval=caps.label_eval,
+            cache=cfg.cache,
+        )
     L, d = n_layers(model), d_model(model)
     if vectors := user_vectors(cfg, model):
         bases, meta = append_candidates(bases, meta, vector_candidates(vectors, L, d), "steering-vector")
@@ -184,7 +185,8 @@ def run_seed(cfg: Config, model, tok, probes: Probes, seed: int, w: dict, diff_m
     specific_summary = stats.summarize_specific(scores.specific_per_layer, touched)
     t["score"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    lens_table, lens_rows = sspace_lens(model, w)
+    with compute_in(cfg.linalg, next(model.parameters()).device):
+        lens_table, lens_rows = sspace_lens(model, w)
     t["lens"] = time.perf_counter() - t0
     return SeedResult(
         seed=seed,
