@@ -354,3 +354,5 @@ def test_compute_modes_are_checked():
     with la.compute_in("device-float32", torch.device("cpu")):
         assert la.compute_mode() == ("cpu", torch.float32)
     assert la.compute_mode() == ("cpu", torch.float64)
+    with la.compute_in("device", torch.device("meta")):  # offloaded weights: the CPU
+        assert la.compute_mode() == ("cpu", torch.float64)

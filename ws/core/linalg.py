@@ -127,9 +127,12 @@ LINALG_MODES = ("cpu", "device", "device-float32")
 
 
 def compute_in(mode: str, device: torch.device | str | None):
-    """The :func:`compute_on` block of ``WS_LINALG``'s ``mode`` for a model on ``device``."""
+    """The :func:`compute_on` block of ``WS_LINALG``'s ``mode`` for a model on ``device`` (a model
+    whose first weights are offloaded, on ``meta``, computes on the CPU)."""
     if mode not in LINALG_MODES:
         raise ValueError(f"unknown linalg mode {mode!r}: one of {', '.join(LINALG_MODES)}")
+    if device is not None and torch.device(device).type == "meta":
+        device = None
     if mode == "cpu":
         return compute_on(None, torch.float64)
     return compute_on(device, torch.float32 if mode == "device-float32" else torch.float64)
