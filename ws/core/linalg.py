@@ -112,12 +112,14 @@ def compute_on(device: torch.device | str | None = None, dtype: torch.dtype = to
         _COMPUTE.pop()
 
 
+def _where() -> tuple[torch.device, torch.dtype]:
+    """The innermost :func:`compute_on` block's ``(device, dtype)``; the CPU in float64 outside any."""
+    return _COMPUTE[-1] if _COMPUTE else (torch.device("cpu"), torch.float64)
+
+
 def _offload() -> tuple[torch.device, torch.dtype] | None:
-    """The innermost :func:`compute_on` block's ``(device, dtype)``; None on the default path
-    (the CPU in float64, through LAPACK / BLAS as always)."""
-    if not _COMPUTE:
-        return None
-    dev, dt = _COMPUTE[-1]
+    """:func:`_where`, or None on the default path (the CPU in float64, through LAPACK / BLAS as always)."""
+    dev, dt = _where()
     return None if dev.type == "cpu" and dt == torch.float64 else (dev, dt)
 
 
@@ -141,7 +143,7 @@ def compute_in(mode: str, device: torch.device | str | None):
 def compute_mode() -> tuple[str, torch.dtype]:
     """``(device, dtype)`` of the heavy factorisations here (``("cpu", torch.float64)`` outside any
     :func:`compute_on` block); what a cache of their results keys on."""
-    dev, dt = _COMPUTE[-1] if _COMPUTE else (torch.device("cpu"), torch.float64)
+    dev, dt = _where()
     return str(dev), dt
 
 
@@ -257,8 +259,7 @@ def eigh(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Every eigenpair of the symmetric part of ``G``, eigenvalues ASCENDING, float64 on the CPU
     (computed on :func:`compute_on`'s device and dtype inside its block)."""
     G = f64(G)
-    c = _offload() or (torch.device("cpu"), torch.float64)
-    vals, vecs = torch.linalg.eigh((0.5 * (G + G.T)).to(*c))
+    vals, vecs = torch.linalg.eigh((0.5 * (G + G.T)).to(*_where()))
     return vals.to("cpu", torch.float64), vecs.to("cpu", torch.float64)
 
 
@@ -305,8 +306,7 @@ def left_svd_basis(M: torch.Tensor, k: int | None = None, rtol: float = DEFAULT_
 def svd(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The reduced SVD ``(U, S, Vh)`` of ``M`` in float64 on the CPU; inside :func:`compute_on`,
     computed on its device and dtype and returned as float64 on the CPU."""
-    c = _offload() or (torch.device("cpu"), torch.float64)
-    U, S, Vh = torch.linalg.svd(M.detach().to(*c), full_matrices=False)
+    U, S, Vh = torch.linalg.svd(M.detach().to(*_where()), full_matrices=False)
     return tuple(x.to("cpu", torch.float64) for x in (U, S, Vh))
 
 
