@@ -18,6 +18,12 @@ from ws.stats.lens import SVD_CACHE_BYTES
 
 GIB = 2**30
 
+#: what a run holds beside its arrays (the interpreter, torch and its allocator's slack, the
+#: tokenizer), GiB, set from the three shapes measured on 2026-12-06 (135M, 0.6B, 8B with 4 layers,
+#: docs/measured/2026-12-06-cpu-scale-0.6b-whole.md): at 0.5 the estimate ran from 0.9 GiB under to
+#: 0.5 GiB over their phases' peaks (−27 % to +3 %); at 1.0 every phase is within 7 %
+RUNTIME_GIB = 1.0
+
 
 SEED = 0
 
@@ -171,7 +177,7 @@ def memory_estimate(
         "v8": base + lens + diff,
         "train_step": weights + lens + (0 if on_gpu else 2 * P),
     }
-    out = {k: v / GIB + 0.5 for k, v in phases.items()}  # + the interpreter, torch, the tokenizer
+    out = {k: v / GIB + RUNTIME_GIB for k, v in phases.items()}
     out["peak"] = max(out.values())
     out["weights"] = 4 * P / GIB
     return out
