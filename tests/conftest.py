@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import pickle
 import shutil
@@ -46,14 +47,17 @@ SHARED_FIRST = (
 )
 
 
-def _reads_a_shared_run(module: Path) -> bool:
-    return any(f in module.read_text(encoding="utf-8") for f in SHARED_RUNS)
+@functools.cache
+def _shared_modules() -> frozenset[str]:
+    """The names of the test modules whose text names a shared run."""
+    here = Path(__file__).parent
+    return frozenset(p.name for p in here.glob("test_*.py") if any(f in p.read_text(encoding="utf-8") for f in SHARED_RUNS))
 
 
 def pytest_collection_modifyitems(config, items):
     """The modules that read a shared run first, in ``SHARED_FIRST``'s order (modules not listed there
     next, by name), then every other test in collection order."""
-    shared = {p.name for p in Path(__file__).parent.glob("test_*.py") if _reads_a_shared_run(p)}
+    shared = _shared_modules()
     rank = {name: i for i, name in enumerate(SHARED_FIRST)}
 
     def key(item) -> tuple[int, int, str]:
@@ -72,8 +76,7 @@ def pytest_xdist_make_scheduler(config, log):
     their text: a new test that reads a shared run in another module costs time, never a result.)"""
     from xdist.scheduler import LoadScopeScheduling
 
-    here = Path(__file__).parent
-    shared = {p.name for p in here.glob("test_*.py") if _reads_a_shared_run(p)}
+    shared = _shared_modules()
     config.option.loadscopereorder = False  # keep the collection's order, not the largest module first
 
     class SharedRunModulesFirst(LoadScopeScheduling):

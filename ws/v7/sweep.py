@@ -153,7 +153,8 @@ def run_seed(cfg: Config, model, tok, probes: Probes, seed: int, w: dict, diff_m
     if not touched:
         raise ValueError("the diff has no o_proj / down_proj delta on any layer: nothing to score the weight side against")
     t0 = time.perf_counter()
-    with compute_in(cfg.linalg, next(model.parameters()).device):
+    device = next(model.parameters()).device  # WS_LINALG's device for the build and the lens
+    with compute_in(cfg.linalg, device):
         bases, meta = build_all(
             model,
             caps,
@@ -185,7 +186,7 @@ def run_seed(cfg: Config, model, tok, probes: Probes, seed: int, w: dict, diff_m
     specific_summary = stats.summarize_specific(scores.specific_per_layer, touched)
     t["score"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    with compute_in(cfg.linalg, next(model.parameters()).device):
+    with compute_in(cfg.linalg, device):
         lens_table, lens_rows = sspace_lens(model, w)
     t["lens"] = time.perf_counter() - t0
     return SeedResult(
