@@ -23,6 +23,7 @@ from ws.diffs import effect
 from ws.model.anatomy import writer_key
 from ws.model.chat import render_chat
 from ws.model.readout import answer_token_ids
+from ws.model.steer import Deferred, weight_steer
 from ws.model.trace import TraceDict
 from ws.v8 import causal
 
@@ -96,6 +97,33 @@ def test_inside_plus_outside_is_the_writers_and_norm_matching_is_exact():
     assert math.isnan(sc0[1]) and float(nm0[writer_key(1, "oproj")].abs().max()) == 0.0
     out0, _ = causal.variant_diff(ww, {1: None, 2: B[2]}, "outside")
     assert torch.equal(out0[writer_key(1, "oproj")], ww[writer_key(1, "oproj")])
+
+
+@pytest.mark.parametrize("part", causal.PARTS)
+def test_a_deferred_variant_is_the_same_delta_and_steers_identically(part, tiny_llama):
+    """The causal test makes each edited writer while its module runs (``deferred``): the same
+    tensor bit for bit as the variant made whole, and the same logits under weight steering."""
+    model, tok = tiny_llama
+    params, g = dict(model.named_parameters()), torch.Generator().manual_seed(11)
+    ww = {writer_key(l, t): 0.3 * torch.randn(params[writer_key(l, t)].shape, generator=g) for l in LAYERS for t in WRITER_TAGS}
+    d = model.config.hidden_size
+    B = {1: _basis(d, 3, 1), 2: None if part == "normmatched" else _basis(d, 2, 2)}
+    whole, s1 = causal.variant_diff(ww, B, part)
+    lazy, s2 = causal.variant_diff(ww, B, part, deferred=True)
+    assert set(whole) == set(lazy) and s1.keys() == s2.keys()
+    assert all(a == b or (math.isnan(a) and math.isnan(b)) for a, b in zip(s1.values(), s2.values(), strict=True))
+    for k in whole:
+        assert isinstance(lazy[k], Deferred) and lazy[k].shape == whole[k].shape
+        assert torch.equal(lazy[k].materialize(), whole[k])
+    batch = tok(["Is the sky green?", "Hello there"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        with weight_steer(model, whole, -1.0):
+            a = model(**batch).logits
+        with weight_steer(model, lazy, -1.0):
+            b = model(**batch).logits
+        with weight_steer(model, lazy, -1.0, in_place=True):
+            c = model(**batch).logits
+    assert torch.equal(a, b) and torch.equal(a, c)
 
 
 def test_a_random_rank_k_subspace_keeps_k_over_d_of_the_energy():

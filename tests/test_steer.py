@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ws.model.load import load_model
 from ws.model.steer import check_w_fits, weight_steer
 
 
@@ -38,7 +39,7 @@ def test_round_trip_bit_exact(fixture, request):
     batch = _batch(tok)
     with torch.no_grad():
         base = model(**batch).logits
-        with weight_steer(model, w, alpha=1.3):
+        with weight_steer(model, w, alpha=1.3, in_place=True):
             params = dict(model.named_parameters())
             k = next(iter(w))
             assert torch.allclose(params[k], snap[k] + 1.3 * w[k])
@@ -47,6 +48,86 @@ def test_round_trip_bit_exact(fixture, request):
     assert not torch.allclose(base, steered)
     _assert_same(model, snap)
     assert torch.equal(base, after)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen3"])
+def test_steering_while_each_module_runs_is_bit_identical_to_in_place(name, dtype):
+    """The default swaps ``θ + α·Δ`` in only while the module runs: the parameters read outside
+    a forward are the originals, and the logits equal the in-place path's bit for bit."""
+    model, tok = load_model(name, dtype=dtype)
+    w = _random_w(model, seed=5)
+    snap = _snapshot(model)
+    batch = _batch(tok)
+    with torch.no_grad():
+        base = model(**batch).logits
+        with weight_steer(model, w, alpha=-0.7, in_place=True):
+            held = model(**batch).logits
+        with weight_steer(model, w, alpha=-0.7):
+            _assert_same(model, snap)  # nothing steered outside a forward
+            streamed = model(**batch).logits
+            again = model(**batch).logits
+        after = model(**batch).logits
+    assert not torch.equal(base, held)
+    assert torch.equal(held, streamed) and torch.equal(streamed, again)
+    assert torch.equal(base, after)
+
+
+def test_nested_steering_while_running_equals_nested_in_place(tiny_llama):
+    model, tok = tiny_llama
+    w1, w2 = _random_w(model, seed=6), _random_w(model, seed=7)
+    snap = _snapshot(model)
+    batch = _batch(tok)
+    with torch.no_grad():
+        with weight_steer(model, w1, 0.9, in_place=True), weight_steer(model, w2, -0.4, in_place=True):
+            held = model(**batch).logits
+        with weight_steer(model, w1, 0.9), weight_steer(model, w2, -0.4):
+            streamed = model(**batch).logits
+        with weight_steer(model, w1, 0.9, in_place=True), weight_steer(model, w2, -0.4):
+            mixed = model(**batch).logits
+    assert torch.equal(held, streamed) and torch.equal(held, mixed)
+    _assert_same(model, snap)
+
+
+def test_restored_when_a_steered_forward_raises(tiny_llama):
+    """A module that raises mid-forward leaves its steered tensor in place until the block
+    ends; the block's exit puts every original back."""
+    model, tok = tiny_llama
+    w = _random_w(model, seed=8)
+    snap = _snapshot(model)
+    key = next(iter(w))
+    module = model.get_submodule(key.rpartition(".")[0])
+
+    def boom(mod, args, output):
+        raise RuntimeError("boom")
+
+    h = module.register_forward_hook(boom)  # registered first: runs before the restoring hook
+    try:
+        with pytest.raises(RuntimeError, match="boom"), torch.no_grad(), weight_steer(model, w, 1.0):
+            model(**_batch(tok))
+    finally:
+        h.remove()
+    _assert_same(model, snap)
+
+
+def test_a_shared_parameter_is_steered_in_place():
+    """Tied embeddings: the one tensor is held by the embedding and the lm_head; steering it
+    while one module runs would miss the other, so it is steered in place for the block."""
+    model, tok = load_model("tiny-llama")
+    model.lm_head.weight = model.model.embed_tokens.weight
+    snap = _snapshot(model)
+    key = "model.embed_tokens.weight"
+    w = {key: torch.randn(snap[key].shape, generator=torch.Generator().manual_seed(9)) * 0.2}
+    batch = _batch(tok)
+    with torch.no_grad():
+        with weight_steer(model, w, 1.0, in_place=True):
+            held = model(**batch).logits
+        with weight_steer(model, w, 1.0):
+            assert torch.equal(model.lm_head.weight, snap[key] + w[key])
+            streamed = model(**batch).logits
+        base = model(**batch).logits
+    assert torch.equal(held, streamed) and not torch.equal(base, held)
+    _assert_same(model, snap)
 
 
 def test_restored_when_body_raises(tiny_llama):

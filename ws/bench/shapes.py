@@ -156,8 +156,9 @@ def memory_estimate(
     ``b·T·(a + 3·ff + 4d)`` and the eager attention weights ``b·heads·T²``; the candidate builder's float64 ``d × d`` Grams
     (:data:`GRAMS_HELD`); the lens's float64 SVDs of the touched weights (its cache, at most
     :data:`ws.stats.lens.SVD_CACHE_BYTES`, and one SVD past it), kept to the end of the run; the
-    steering's saved copy of the touched weights (:func:`ws.model.steer.weight_steer`: the
-    label's passes at ±w, v8); the training step's bfloat16 copies."""
+    steered weight (:func:`ws.model.steer.weight_steer` makes one tensor at a time, while its
+    module runs); the causal test's variant of the writers' diff (v8); the training step's
+    bfloat16 copies."""
     L = layers or s.layers
     touched = len(adapters.layer_range(L, adapters.TrainConfig().layer_frac))
     P, a = n_params(s, L), s.heads * s.hd
@@ -170,11 +171,13 @@ def memory_estimate(
     tensors = ((a, s.d), (s.kv_heads * s.hd, s.d), (s.kv_heads * s.hd, s.d), (s.d, a), (s.ff, s.d), (s.ff, s.d), (s.d, s.ff))
     per_tensor = [8 * min(o, i) * (o + i) for o, i in tensors]
     lens = min(touched * sum(per_tensor), SVD_CACHE_BYTES) + max(per_tensor)  # the cache, and one SVD past it
+    steered = 4 * max(o * i for o, i in tensors)  # one steered weight, while its module runs
+    variant = 4 * touched * s.d * (a + s.ff)  # the causal test's writers (o_proj, down_proj), edited
     base = weights + diff + kept
     phases = {
-        "captures": base + 4 * moments + retained + diff,  # the label's passes at ±w steer a copy
+        "captures": base + 4 * moments + retained + steered,
         "build": base + 8 * GRAMS_HELD * s.d * s.d + lens,
-        "v8": base + lens + diff,
+        "v8": base + lens + variant + steered,
         "train_step": weights + lens + (0 if on_gpu else 2 * P),
     }
     out = {k: v / GIB + RUNTIME_GIB for k, v in phases.items()}

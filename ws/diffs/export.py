@@ -257,7 +257,7 @@ def _write_peft(stage: Path, scaled: Mapping[str, torch.Tensor], base_name: str,
 
 
 def _write_merged(stage: Path, model: nn.Module, delta: Mapping[str, torch.Tensor], tokenizer) -> list[dict]:
-    with weight_steer(model, delta, 1.0):
+    with weight_steer(model, delta, 1.0, in_place=True):  # save_pretrained reads the weights
         model.save_pretrained(str(stage), safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(stage))

@@ -5,8 +5,17 @@
 
 ``w`` maps base-model parameter names (``model.layers.12.self_attn.o_proj.weight``) to
 tensors of the parameter's shape. Every key and shape is checked before any weight is
-touched; the originals are copied and restored on exit, also when the body raises.
-``alpha == 0`` changes nothing.
+touched. ``alpha == 0`` changes nothing.
+
+By default the steered weight exists only while its module runs: a pre-hook puts
+``θ + α·Δ`` in place of the parameter's tensor for that call and the post-hook puts the
+original back, so the run holds one steered tensor at a time instead of a copy of every
+touched weight (13 GiB for half the blocks of an 8B model in float32). The steered tensor is
+the same sum, in the same dtype, as an in-place ``add_``, so the outputs are bit for bit
+those of ``in_place=True``. That mode adds to the weights themselves for the whole block and
+copies the originals back on exit (also when the body raises): for code that reads the
+parameters inside the block (saving a merged checkpoint), and for a parameter that several
+modules share.
 
 :func:`activation_steer` is activation steering in the same form: ``α·v_l`` added to the
 residual stream at the OUTPUT of decoder block ``l`` (every position), hooks removed on exit.
@@ -14,13 +23,42 @@ residual stream at the OUTPUT of decoder block ``l`` (every position), hooks rem
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from ws.model.load import decoder_layers
+
+
+class Deferred:
+    """A delta made only when it is needed: while its module runs under :func:`weight_steer`
+    (dropped after the call), or once for the block where the weights are steered in place.
+    For deltas that are cheap to make from what the run holds anyway (a projection of the
+    diff), so a steered variant of the whole diff never sits in memory at once.
+
+    Args:
+        shape: the delta's shape (the parameter's).
+        make: ``() -> torch.Tensor`` of that shape; called again at each use, so it must give
+            the same tensor each time.
+    """
+
+    def __init__(self, shape: Sequence[int], make: Callable[[], torch.Tensor]):
+        self.shape, self._make = torch.Size(shape), make
+
+    def materialize(self) -> torch.Tensor:
+        """The delta, made now.
+
+        Returns:
+            A tensor of :attr:`shape`.
+        """
+        return self._make()
+
+
+def materialize(delta: torch.Tensor | Deferred) -> torch.Tensor:
+    """``delta`` as a tensor (a :class:`Deferred` made now)."""
+    return delta.materialize() if isinstance(delta, Deferred) else delta
 
 
 def w_mismatches(model: nn.Module, w: Mapping[str, torch.Tensor]) -> list[str]:
@@ -47,38 +85,86 @@ def check_w_fits(model: nn.Module, w: Mapping[str, torch.Tensor]) -> None:
 
 
 @contextmanager
-def weight_steer(model: nn.Module, w: Mapping[str, torch.Tensor], alpha: float) -> Iterator[nn.Module]:
-    """Add ``alpha * w`` to the model's weights inside the block; restore them bit-exactly.
+def weight_steer(model: nn.Module, w: Mapping[str, torch.Tensor], alpha: float, *, in_place: bool = False) -> Iterator[nn.Module]:
+    """Run the model at ``θ + alpha·w`` inside the block; ``θ`` is bit-exactly itself after it.
 
-    Works on any device and dtype: each delta is cast to its parameter's device and dtype,
-    the original is copied and copied back. A parameter offloaded by a dispatched model
-    (on the ``meta`` device) is steered through its module instead: a forward hook adds
-    ``alpha · x Δᵀ`` to the module's output (the same linear map; its weights are never
-    touched, so nothing needs restoring).
+    Args:
+        model: the model; any device and dtype (each delta is cast once to its parameter's).
+        w: parameter name -> delta of the parameter's shape (a tensor or a :class:`Deferred`).
+        alpha: the strength; 0 changes nothing.
+        in_place: add to the parameters themselves for the whole block (their copies restored
+            on exit) instead of swapping in the steered tensor while each module runs (the
+            module doc). Parameters that several modules share are always steered in place.
+
+    A parameter offloaded by a dispatched model (on the ``meta`` device) is steered through its
+    module instead: a forward hook adds ``alpha · x Δᵀ`` to the module's output (the same
+    linear map; its weights are never touched).
+
+    Returns:
+        A context manager yielding ``model``.
     """
     if alpha == 0 or not w:
         yield model
         return
     check_w_fits(model, w)
     params = dict(model.named_parameters())
+    shared = _shared_parameters(model)
     saved: dict[str, torch.Tensor] = {}
+    swapped: list[tuple[nn.Parameter, torch.Tensor]] = []
     handles = []
     try:
         with torch.no_grad():
             for key, delta in w.items():
                 p = params[key]
                 if p.device.type == "meta":
-                    handles.append(_steer_by_hook(model, key, delta, alpha))
-                    continue
-                saved[key] = p.detach().clone()
-                p.add_(delta.to(device=p.device, dtype=p.dtype), alpha=alpha)
+                    handles.append(_steer_by_hook(model, key, materialize(delta), alpha))
+                elif in_place or key in shared:
+                    saved[key] = p.detach().clone()
+                    p.add_(materialize(delta).to(device=p.device, dtype=p.dtype), alpha=alpha)
+                else:
+                    swapped.append((p, p.data))
+                    if not isinstance(delta, Deferred):
+                        delta = delta.to(device=p.device, dtype=p.dtype)
+                    handles.extend(_steer_while_running(model, key, delta, alpha))
         yield model
     finally:
         for h in handles:
             h.remove()
+        for p, orig in swapped:
+            p.data = orig
         with torch.no_grad():
             for key, orig in saved.items():
                 params[key].copy_(orig)
+
+
+def _shared_parameters(model: nn.Module) -> set[str]:
+    """Names (as ``named_parameters`` gives them) of parameters that more than one module holds
+    (tied embeddings)."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    return {n for group in names.values() if len(group) > 1 for n in group}
+
+
+def _steer_while_running(model: nn.Module, key: str, delta: torch.Tensor | Deferred, alpha: float) -> list:
+    """Hooks on the module owning parameter ``key``: before each call its tensor becomes
+    ``orig + alpha·delta`` (one steered tensor, freed after the call; a :class:`Deferred` delta
+    is made for the call and dropped with it); after it, ``orig`` again.
+    ``orig`` is the tensor at the time the hooks are made, so nested steering restores it
+    whichever hook runs last. Returns the hook handles."""
+    mname, _, pname = key.rpartition(".")
+    module = model.get_submodule(mname)
+    p = module._parameters[pname]
+    orig = p.data
+
+    def before(mod, args):
+        d = materialize(delta).to(device=p.device, dtype=p.dtype)
+        p.data = torch.add(p.data, d, alpha=alpha)
+
+    def after(mod, args, output):
+        p.data = orig
+
+    return [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
 
 
 def _steer_by_hook(model: nn.Module, key: str, delta: torch.Tensor, alpha: float):

@@ -41,6 +41,7 @@ lower blocks computed once); the random null runs on the target set only.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
@@ -63,7 +64,7 @@ from ws.model.anatomy import writer_key
 from ws.model.chat import render_chat
 from ws.model.fast_readout import FastReadout, first_block
 from ws.model.load import d_model
-from ws.model.steer import weight_steer
+from ws.model.steer import Deferred, weight_steer
 from ws.stats import NullTail, bh_qvalues, null_tail_p, p_with_draws
 
 __all__ = [
@@ -139,27 +140,38 @@ def _layers_of(ww: Mapping[str, torch.Tensor]) -> list[int]:
 
 
 def variant_diff(
-    ww: Mapping[str, torch.Tensor], bases: Mapping[int, torch.Tensor | None], part: str
-) -> tuple[dict[str, torch.Tensor], dict[int, float]]:
+    ww: Mapping[str, torch.Tensor], bases: Mapping[int, torch.Tensor | None], part: str, deferred: bool = False
+) -> tuple[dict[str, torch.Tensor | Deferred], dict[int, float]]:
     """The writers-only diff ``ww`` edited per layer: ``part`` is ``inside``, ``outside`` or
     ``normmatched`` (inside, rescaled to the layer's writer norm). Returns the variant
     (float32, same keys) and the per-layer scale factor (1 unless norm-matched; NaN where
-    the inside part is zero and cannot be rescaled)."""
+    the inside part is zero and cannot be rescaled). ``deferred``: each edited delta is a
+    :class:`~ws.model.steer.Deferred` made from ``ww`` when its module runs, the same tensor
+    bit for bit, so the variant never sits in memory whole (at 8B, 4.5 GiB)."""
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+    side = "outside" if part == "outside" else "inside"
     out, scales = {}, {}
     for l in _layers_of(ww):
         keys = [k for k in (writer_key(l, t) for t in WRITER_TAGS) if k in ww]
-        mats = project_layer([ww[k] for k in keys], bases.get(l), "outside" if part == "outside" else "inside")
-        s = 1.0
+        B, s = bases.get(l), 1.0
         if part == "normmatched":
-            inside = math.sqrt(sum(float((m * m).sum()) for m in mats))
+            inside = math.sqrt(sum(float((m * m).sum()) for m in project_layer([ww[k] for k in keys], B, "inside")))
             full = math.sqrt(sum(float((ww[k].double() ** 2).sum()) for k in keys))
             s = full / inside if inside > 0 else float("nan")
-            mats = [m * s for m in mats] if inside > 0 else mats
         scales[l] = s
-        out.update({k: m.float() for k, m in zip(keys, mats, strict=True)})
+        scale = s if part == "normmatched" and not math.isnan(s) else None
+        for k in keys:
+            make = functools.partial(_edited, ww[k], B, side, scale)
+            out[k] = Deferred(ww[k].shape, make) if deferred else make()
     return out, scales
+
+
+def _edited(M: torch.Tensor, B: torch.Tensor | None, side: str, scale: float | None) -> torch.Tensor:
+    """One writer's delta edited: its ``side`` of ``B`` (:func:`project_layer`), times ``scale``
+    when given, as float32."""
+    (m,) = project_layer([M], B, side)
+    return (m * scale if scale is not None else m).float()
 
 
 def energy_inside(ww: Mapping[str, torch.Tensor], bases: Mapping[int, torch.Tensor | None]) -> float:
@@ -593,7 +605,10 @@ def _null_draws(
         for j in draws:
             rb = random_bases(dict(zip(layers, profile, strict=True)), d, j, seed)
             out.append(
-                {"energy": energy_inside(ww, rb), **{p: ev.pair(variant_diff(ww, rb, p)[0], [target]) for p in NULL_PARTS}}
+                {
+                    "energy": energy_inside(ww, rb),
+                    **{p: ev.pair(variant_diff(ww, rb, p, deferred=True)[0], [target]) for p in NULL_PARTS},
+                }
             )
             bar.update()
     return out
@@ -826,7 +841,7 @@ def _measure(
         m.profile[name], m.energy[name] = _profile(bases[name], layers), energy_inside(ww, per)
         old = m.parts.setdefault(name, {})
         for p in PARTS:
-            wv, sc = variant_diff(ww, per, p)
+            wv, sc = variant_diff(ww, per, p, deferred=True)
             old[p] = run(wv, old.get(p))
             if p == "normmatched":
                 m.scales[name] = sc
