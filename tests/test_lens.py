@@ -100,3 +100,8 @@ def test_the_diagonal_equals_the_full_product_and_the_cache_stays_within_its_bud
     assert lens.shares(b.weight, D)[0] == first
     del a
     assert lens._cached_bytes() == 0, "the entry of a weight that is gone is dropped"
+    lens.base_svd(b.weight.T.contiguous()[:, :16])  # a weight that fits the budget
+    c = _linear(16, 40, seed=8)
+    before = lens.shares(c.weight, D)[0]
+    assert lens.clear_svd_cache() > 0 and lens._SVD == {} and lens._cached_bytes() == 0
+    assert lens.shares(c.weight, D)[0] == before, "made again after the clear: the same shares"

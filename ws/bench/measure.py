@@ -46,6 +46,7 @@ from ws.core.io import write_text
 from ws.core.paths import BENCH_DIR, out_dir
 from ws.diffs import adapters, training
 from ws.model.load import n_layers
+from ws.stats import lens
 from ws.v7 import sweep
 
 #: training steps timed after the warm-up step (their median is reported)
@@ -143,6 +144,7 @@ def analysis_stages(cfg, model, tok, w, meta, clock: Clock) -> dict:
     clock.add("lens", t["lens"])
     progress(model.ws_name, clock)
     clock.time("report", sweep.write_v7, cfg, probes, [res], sweep.seed_stability([res]))
+    lens.clear_svd_cache()  # the main job runs v8 in a kernel of its own, without v7's lens cache
     v8 = {}
     causal = v8_stages(cfg, model, tok, probes, res, w, v8)
     clock.add("v8_block_local", v8["v8 block-local label + scores"])

@@ -155,10 +155,12 @@ def memory_estimate(
     hooks read each module's input as it runs, :func:`ws.captures.recorders.record`),
     ``b·T·(a + 3·ff + 4d)`` and the eager attention weights ``b·heads·T²``; the candidate builder's float64 ``d × d`` Grams
     (:data:`GRAMS_HELD`); the lens's float64 SVDs of the touched weights (its cache, at most
-    :data:`ws.stats.lens.SVD_CACHE_BYTES`, and one SVD past it), kept to the end of the run; the
+    :data:`ws.stats.lens.SVD_CACHE_BYTES`, and one SVD past it), kept to the end of v7 (a later
+    seed's build finds it; v8 runs in a kernel of its own, and the bench clears it); the
     steered weight (:func:`ws.model.steer.weight_steer` makes one tensor at a time, while its
-    module runs); the causal test's variant of the writers' diff (v8); the training step's
-    bfloat16 copies."""
+    module runs); the causal test's edited writer (v8: made while its module runs,
+    :func:`ws.v8.causal.variant_diff` ``deferred``; three float64 copies of the largest writer
+    while it is made); the training step's bfloat16 copies."""
     L = layers or s.layers
     touched = len(adapters.layer_range(L, adapters.TrainConfig().layer_frac))
     P, a = n_params(s, L), s.heads * s.hd
@@ -172,13 +174,13 @@ def memory_estimate(
     per_tensor = [8 * min(o, i) * (o + i) for o, i in tensors]
     lens = min(touched * sum(per_tensor), SVD_CACHE_BYTES) + max(per_tensor)  # the cache, and one SVD past it
     steered = 4 * max(o * i for o, i in tensors)  # one steered weight, while its module runs
-    variant = 4 * touched * s.d * (a + s.ff)  # the causal test's writers (o_proj, down_proj), edited
+    variant = 3 * 8 * s.d * max(a, s.ff)  # one edited writer at a time: three float64 [d, in] while it is made
     base = weights + diff + kept
     phases = {
         "captures": base + 4 * moments + retained + steered,
         "build": base + 8 * GRAMS_HELD * s.d * s.d + lens,
-        "v8": base + lens + variant + steered,
-        "train_step": weights + lens + (0 if on_gpu else 2 * P),
+        "v8": base + variant + steered,  # the lens's cache is not there (its own kernel; the bench clears it)
+        "train_step": weights + (0 if on_gpu else 2 * P),  # after v8 in the bench: no lens cache
     }
     out = {k: v / GIB + RUNTIME_GIB for k, v in phases.items()}
     out["peak"] = max(out.values())

@@ -80,6 +80,18 @@ def _cached_bytes() -> int:
     return sum(v[2].nbytes + v[3].nbytes for v in _SVD.values())
 
 
+def clear_svd_cache() -> int:
+    """Drop every cached SVD (a process that has finished the lens and goes on to other work:
+    the bench's v8 stages, which the main job runs in a kernel of their own).
+
+    Returns:
+        The bytes the cache held.
+    """
+    held = _cached_bytes()
+    _SVD.clear()
+    return held
+
+
 def base_svd(W: Tensor, name: str = "") -> tuple[Tensor, Tensor]:
     """``(U, Vh)`` of W's reduced float64 SVD (``[d_out, m]``, ``[m, d_in]``, m = min), cached
     per weight tensor while it lives and is unchanged, up to :data:`SVD_CACHE_BYTES` in all."""
