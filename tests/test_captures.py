@@ -540,3 +540,41 @@ def test_a_headless_capture_says_how_far_it_is(tiny_llama):
     lines = [ln for ln in got if ln.startswith("capture batches")]
     assert lines[-1].startswith(f"capture batches: {total}/{total} done in "), lines
     assert len(got) == quiet, "progress=False logs nothing"
+
+
+@pytest.mark.parametrize("kind", ["full", "written"])
+def test_a_moment_keeps_rows_while_they_are_fewer_than_its_width_and_sums_the_same(kind):
+    """On the CPU a layer's rows are kept (``N × d'`` values) until they would outnumber its width,
+    then summed in the order they came: the moment equals a batch-by-batch float64 sum bit for
+    bit, and the rows kept never exceed the width (so never more memory than the sum)."""
+    g = torch.Generator().manual_seed(13)
+    d, sizes = 8, (3, 4, 2, 5, 1)  # 3+4 ≤ 8 kept; +2 > 8: summed from there on
+    weights = [torch.randn(d, 6, generator=g), torch.randn(d, 6, generator=g)]
+    width = d if kind == "written" else 6
+    r = recorders.SecondMoment("m", ["a", "b"], "input", kind, weights if kind == "written" else None)
+    xs, most = [], 0
+    for n in sizes:
+        x = torch.randn(1, n, 6, generator=g)
+        r.new_batch(
+            recorders.Batch(
+                0,
+                torch.zeros(1, n, dtype=torch.long),
+                torch.ones(1, n, dtype=torch.long),
+                torch.arange(1),
+                torch.tensor([n - 1]),
+                torch.ones(1, n, dtype=torch.bool),
+            )
+        )
+        for l in range(2):
+            r.hook(l, (x,))
+        most = max(most, max(r.rows))
+        xs.append(x[0].double())
+    assert 0 < most <= width and r.sums[0] is not None, "rows were kept, then the layer switched to its sum"
+    got = r.finalise()
+    for l in range(2):
+        fs = [x @ weights[l].double().T if kind == "written" else x for x in xs]
+        ref = None
+        for f in fs:
+            ref = f.T @ f if ref is None else ref.add_(f.T @ f)
+        assert torch.equal(got["m"][l], (ref / sum(sizes)).float())
+    assert got["mom_n_tokens"].item() == sum(sizes)

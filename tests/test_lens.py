@@ -105,3 +105,22 @@ def test_the_diagonal_equals_the_full_product_and_the_cache_stays_within_its_bud
     before = lens.shares(c.weight, D)[0]
     assert lens.clear_svd_cache() > 0 and lens._SVD == {} and lens._cached_bytes() == 0
     assert lens.shares(c.weight, D)[0] == before, "made again after the clear: the same shares"
+
+
+def test_the_lens_caches_the_svds_only_when_every_touched_weight_fits(tiny_llama, monkeypatch):
+    """All of them fit the budget: every SVD is kept for the next call (the next seed). One byte
+    fewer: none is kept (a partial cache would sit through the next candidate build for a
+    fraction of the SVDs); the table is the same either way."""
+    model, _ = tiny_llama
+    params, g = dict(model.named_parameters()), torch.Generator().manual_seed(12)
+    keys = [k for k in params if ".layers.1." in k and k.endswith("proj.weight")]
+    w = {k: torch.randn(params[k].shape, generator=g) for k in keys}
+    total = sum(lens.svd_bytes(params[k].shape) for k in keys)
+    for budget, kept in ((total, total), (total - 1, 0)):
+        monkeypatch.setattr(lens, "_SVD", {})
+        monkeypatch.setattr(lens, "SVD_CACHE_BYTES", budget)
+        table, _ = lens.sspace_lens(model, w)
+        assert lens._cached_bytes() == kept and table.height == len(keys)
+        if kept:
+            reference = table
+    assert table.equals(reference)

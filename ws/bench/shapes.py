@@ -14,7 +14,7 @@ from ws.captures.capture import TOKEN_WINDOW
 from ws.diffs import adapters
 from ws.model.anatomy import PROJECTIONS, block_path
 from ws.model.load import check_architecture, n_layers, tiny_tokenizer
-from ws.stats.lens import SVD_CACHE_BYTES
+from ws.stats.lens import SVD_CACHE_BYTES, svd_bytes
 
 GIB = 2**30
 
@@ -151,11 +151,12 @@ def memory_estimate(
     the diff; the captures, kept for the whole run: the token-level block outputs of both
     personas ``2·L·n_fit·T·d`` (``T`` at most :data:`ws.captures.capture.TOKEN_WINDOW`), about
     a dozen last-token ``[L, n, d]`` tensors and the writers' moments ``L·(a + ff + 2d²)`` (float32;
-    float64 while they are summed); during a capture pass, one layer's activations at a time (the
+    while they are summed, float64: the probe tokens' rows while they number at most ``d``, else
+    the ``d × d`` sums); during a capture pass, one layer's activations at a time (the
     hooks read each module's input as it runs, :func:`ws.captures.recorders.record`),
     ``b·T·(a + 3·ff + 4d)`` and the eager attention weights ``b·heads·T²``; the candidate builder's float64 ``d × d`` Grams
-    (:data:`GRAMS_HELD`); the lens's float64 SVDs of the touched weights (its cache, at most
-    :data:`ws.stats.lens.SVD_CACHE_BYTES`, and one SVD past it), kept to the end of v7 (a later
+    (:data:`GRAMS_HELD`); the lens's float64 SVDs of the touched weights (one at a time, and the
+    whole set cached to the end of v7 when it fits :data:`ws.stats.lens.SVD_CACHE_BYTES`: a later
     seed's build finds it; v8 runs in a kernel of its own, and the bench clears it); the
     steered weight (:func:`ws.model.steer.weight_steer` makes one tensor at a time, while its
     module runs); the causal test's edited writer (v8: made while its module runs,
@@ -171,14 +172,21 @@ def memory_estimate(
     kept = 4 * L * s.d * (2 * n_fit * T + 12 * n_fit + 2 * n_eval) + 4 * moments
     retained = 4 * CAPTURE_BATCH * tokens * (a + 3 * s.ff + 4 * s.d + s.heads * tokens)  # one layer's, transient
     tensors = ((a, s.d), (s.kv_heads * s.hd, s.d), (s.kv_heads * s.hd, s.d), (s.d, a), (s.ff, s.d), (s.ff, s.d), (s.d, s.ff))
-    per_tensor = [8 * min(o, i) * (o + i) for o, i in tensors]
-    lens = min(touched * sum(per_tensor), SVD_CACHE_BYTES) + max(per_tensor)  # the cache, and one SVD past it
+    per_tensor = [svd_bytes(t) for t in tensors]
+    svds = touched * sum(per_tensor)
+    cached = svds if svds <= SVD_CACHE_BYTES else 0  # kept for the next seed only when all of them fit
     steered = 4 * max(o * i for o, i in tensors)  # one steered weight, while its module runs
     variant = 3 * 8 * s.d * max(a, s.ff)  # one edited writer at a time: three float64 [d, in] while it is made
+    # while the moments are summed (float64, per layer and written moment): the probe tokens'
+    # rows while they number at most d, else the d × d sum (ws.captures.recorders.SecondMoment);
+    # then layer by layer into float32, the second moment's rows still there while the first's
+    # float32 fills
+    rows = 8 * L * (2 * s.d * min(n_fit * tokens, s.d) + a + s.ff)
+    summing = max(rows, (4 * moments + rows) / 2, 4 * moments)
     base = weights + diff + kept
     phases = {
-        "captures": base + 4 * moments + retained + steered,
-        "build": base + 8 * GRAMS_HELD * s.d * s.d + lens,
+        "captures": base - 4 * moments + summing + retained + steered,
+        "build": base + cached + max(8 * GRAMS_HELD * s.d * s.d, max(per_tensor)),  # and the lens's one SVD
         "v8": base + variant + steered,  # the lens's cache is not there (its own kernel; the bench clears it)
         "train_step": weights + (0 if on_gpu else 2 * P),  # after v8 in the bench: no lens cache
     }

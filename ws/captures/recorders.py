@@ -264,6 +264,8 @@ class SecondMoment(Recorder):
             raise ValueError("a 'written' moment reads the modules' inputs and needs one weight per module")
         self.key, self.reads, self.kind, self.weights = key, reads, kind, weights
         self.sums: list[Tensor | None] = [None] * len(self.names)
+        self.pending: list[list[Tensor]] = [[] for _ in self.names]  # per layer: float64 [N_b, d'] not yet summed
+        self.rows = [0] * len(self.names)
         self.n_tok = 0
 
     def new_batch(self, b: Batch) -> None:
@@ -271,21 +273,45 @@ class SecondMoment(Recorder):
         self.n_tok += int(b.real.sum())
 
     def hook(self, l: int, x: Any) -> None:
+        """Adds this batch's ``fᵀf`` (``f`` the rows whose Gram the moment sums: the real tokens'
+        inputs or outputs, or the inputs mapped through ``W``), or, on the CPU while a layer's
+        rows number at most their width, keeps ``f`` to sum later: ``N × d'`` float64 values
+        instead of ``d' × d'`` (at 8B, 1,748 probe tokens against ``d`` = 4096). The sums are
+        formed in batch order either way, so they are the same bit for bit."""
         y = untuple(x)
         y = y[self.b.real.to(y.device)]  # [N, d']
-        if self.kind == "written":
-            z = y.to(torch.float64) @ self.weights[l].detach().to(y.device, torch.float64).T  # [N, d]
-            g = (z.T @ z).cpu()
-        else:
+        if self.kind == "diag":
             y = y.to("cpu", torch.float64)
-            g = (y * y).sum(dim=0) if self.kind == "diag" else y.T @ y
+            self._add(l, (y * y).sum(dim=0))
+            return
+        if self.kind == "written":
+            f = y.to(torch.float64) @ self.weights[l].detach().to(y.device, torch.float64).T  # [N, d]
+        else:
+            f = y.to("cpu", torch.float64)
+        if f.device.type == "cpu" and self.sums[l] is None and self.rows[l] + f.shape[0] <= f.shape[1]:
+            self.pending[l].append(f)
+            self.rows[l] += f.shape[0]
+            return
+        self._sum_pending(l)
+        self._add(l, (f.T @ f).cpu())
+
+    def _add(self, l: int, g: Tensor) -> None:
         self.sums[l] = g if self.sums[l] is None else self.sums[l].add_(g)
+
+    def _sum_pending(self, l: int) -> None:
+        """Layer ``l``'s kept rows into its sum, in the order they came, then dropped."""
+        for f in self.pending[l]:
+            self._add(l, f.T @ f)
+        self.pending[l] = []
 
     def finalise(self) -> dict[str, Tensor]:
         # layer by layer into one float32 tensor, each float64 sum freed once converted: the
-        # peak is the float64 sums, not those plus two float32 copies (a list, then its stack)
+        # peak is the float64 sums (or the rows kept in their place), not those plus two float32
+        # copies (a list, then its stack)
+        self._sum_pending(0)  # a sum's shape
         mean = torch.empty((len(self.sums), *self.sums[0].shape), dtype=torch.float32)
         for l in range(len(self.sums)):
+            self._sum_pending(l)
             mean[l] = (self.sums[l] / self.n_tok).float()
             self.sums[l] = None
         return {self.key: mean, "mom_n_tokens": torch.tensor([float(self.n_tok)])}

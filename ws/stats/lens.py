@@ -28,7 +28,7 @@ directions, per tensor type (mean over layers), against ``i / d_out`` for a rand
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
@@ -92,26 +92,33 @@ def clear_svd_cache() -> int:
     return held
 
 
-def base_svd(W: Tensor, name: str = "") -> tuple[Tensor, Tensor]:
+def svd_bytes(shape: Sequence[int]) -> int:
+    """Bytes of the float64 ``U`` and ``Vh`` of a ``[d_out, d_in]`` weight's reduced SVD."""
+    d_out, d_in = shape
+    return 8 * min(d_out, d_in) * (d_out + d_in)
+
+
+def base_svd(W: Tensor, name: str = "", cache: bool = True) -> tuple[Tensor, Tensor]:
     """``(U, Vh)`` of W's reduced float64 SVD (``[d_out, m]``, ``[m, d_in]``, m = min), cached
-    per weight tensor while it lives and is unchanged, up to :data:`SVD_CACHE_BYTES` in all."""
+    per weight tensor while it lives and is unchanged, up to :data:`SVD_CACHE_BYTES` in all
+    (``cache=False``: computed, used and freed; a hit is still used)."""
     hit, mode = _SVD.get(id(W)), linalg.compute_mode()
     if hit is not None and hit[0]() is W and hit[1] == (W._version, mode):
         return hit[2], hit[3]
     U, _, Vh = linalg.svd(W)  # float64 on the CPU, or where a ``linalg.compute_on`` block says
-    if _cached_bytes() + U.nbytes + Vh.nbytes <= SVD_CACHE_BYTES:
+    if cache and _cached_bytes() + U.nbytes + Vh.nbytes <= SVD_CACHE_BYTES:
         _SVD[id(W)] = (weakref.ref(W), (W._version, mode), U, Vh)
     return U, Vh
 
 
-def shares(W: Tensor, dW: Tensor, r: int = LENS_RANK, name: str = "") -> tuple[dict[str, float], np.ndarray]:
+def shares(W: Tensor, dW: Tensor, r: int = LENS_RANK, name: str = "", cache: bool = True) -> tuple[dict[str, float], np.ndarray]:
     """The shares of ``‖dW‖²`` (see the module docstring) with their random-diff expectations,
     and the output-side profile ``[m]``: the share on each of W's left singular directions.
 
     From the reduced SVD: ``A = U₀ᵀ dW`` holds the row energies exactly (the rows of ``dS``
     beyond ``m`` span the complement of W's column space and are never one of the shares),
     ``A V₀`` gives the diagonal and the top block, ``dW V₀[:, :r]`` the top columns."""
-    U, Vh = base_svd(W, name)
+    U, Vh = base_svd(W, name, cache)
     D = dW.detach().to("cpu", torch.float64)
     d_out, d_in = D.shape
     tot = float((D**2).sum())
@@ -143,14 +150,19 @@ def _where(key: str) -> tuple[int, str]:
 def sspace_lens(model: nn.Module, w: Mapping[str, Tensor], r: int = LENS_RANK) -> tuple[pl.DataFrame, dict[str, np.ndarray]]:
     """``(table, rows)``: one row per touched 2-D weight of a decoder block (:data:`LENS_COLUMNS`),
     and per tensor ``key`` the output-side energy profile ``[min(d_out, d_in)]`` (share of ‖dW‖²
-    on each left singular direction of W, descending singular value)."""
+    on each left singular direction of W, descending singular value).
+
+    The base weights' SVDs are cached for a later call (the next seed) only when every touched
+    weight's fit in :data:`SVD_CACHE_BYTES` (at 135M: about 0.6 GiB); past that a partial cache
+    would save a fraction of the SVDs at the cost of holding it through the next candidate build,
+    so none is kept (at 8B one block's factors are 2.4 GiB)."""
     params = dict(model.named_parameters())
+    keys = [k for k in w if ".layers." in k and w[k].ndim == 2 and k in params]
+    cache = sum(svd_bytes(w[k].shape) for k in keys) <= SVD_CACHE_BYTES
     out, prof = [], {}
-    for key in sorted(w, key=lambda k: _where(k) if ".layers." in k else (-1, k)):
-        if ".layers." not in key or w[key].ndim != 2 or key not in params:
-            continue
+    for key in sorted(keys, key=_where):
         layer, tensor = _where(key)
-        sh, prof[key] = shares(params[key], w[key], r, key)
+        sh, prof[key] = shares(params[key], w[key], r, key, cache)
         d_out, d_in = w[key].shape
         norm = float(w[key].detach().double().norm())
         out.append({"layer": layer, "tensor": tensor, "d_out": d_out, "d_in": d_in, "norm": norm, **sh})
