@@ -185,3 +185,32 @@ def test_the_estimate_error_is_read_against_the_measured_peak():
     assert more["captures"] > e["captures"] and more["build"] > e["build"]  # the captures are kept through the build
     assert shapes.memory_estimate(s, tokens=4096)["captures"] > e["captures"]
     assert shapes.memory_estimate(s, on_gpu=True)["peak"] < e["peak"] - 0.9 * e["weights"]
+
+
+def test_runs_measured_one_at_a_time_merge_and_fit_as_one(tmp_path):
+    """Two JSONs of one machine fit together to the planted law; a run whose causal test was
+    bounded (other causal settings) stays out of the causal fit only, and is named there;
+    JSONs of two machines are refused."""
+    runs = synthetic_runs()
+    machine = {"kind": "cpu", "named": "CPU synthetic"}
+    own = measure.settings(measure.run_config())
+    for r in runs:
+        r["settings"] = dict(own)
+    bounded = {**runs[-1], "spec": "synthetic:bounded", "settings": {**own, "n_causal": 4, "n_causal_null": 5}}
+    bounded["stages_s"] = {**bounded["stages_s"], "v8_causal": 1e6}
+    paths = []
+    for i, part in enumerate((runs[:3], [*runs[3:], bounded])):
+        paths.append(tmp_path / f"part{i}.json")
+        paths[-1].write_text(json.dumps(measure.assemble(part, machine, own, smoke=False, probes=None), default=float))
+    r = measure.merge(paths)
+    assert len(r["runs"]) == 6 and r["merged_from"] == ["part0.json", "part1.json"]
+    for key, (_, b, _) in LAWS.items():  # the bounded run's other stages follow the law: every fit is exact
+        assert r["fits"][key]["b"] == pytest.approx(b, abs=1e-9), key
+    assert r["fits"]["v8_causal"]["left_out"] == ["synthetic:bounded"] and r["fits"]["captures"]["left_out"] == []
+    assert r["fits"]["captures"]["joint"]["points"] == 6 and r["fits"]["v8_causal"]["joint"]["points"] == 5
+    other = tmp_path / "other.json"
+    other.write_text(
+        json.dumps(measure.assemble(runs[:2], {"kind": "cpu", "named": "CPU other"}, own, False, None), default=float)
+    )
+    with pytest.raises(SystemExit, match="different machines"):
+        measure.merge([paths[0], other])

@@ -91,15 +91,31 @@ def measured(runs: Sequence[dict]) -> list[dict]:
     return [r for r in runs if "stages_s" in r]
 
 
+#: the settings that size the causal test: its fit takes only runs that agree on them
+CAUSAL_SETTINGS = ("n_causal", "n_causal_null", "causal_null_max", "causal_items", "causal_half_width")
+
+
+def comparable(runs: Sequence[dict], stage: str) -> tuple[list[dict], list[str]]:
+    """The runs whose times one fit of ``stage`` may join, and the specs left out: for the causal
+    test, the largest group of runs that agree on :data:`CAUSAL_SETTINGS` (a tie: the first
+    run's group); every run for the other stages (they run at the sweep's settings)."""
+    ok = measured(runs)
+    if stage != "v8_causal" or not ok:
+        return ok, []
+    key = [tuple(r.get("settings", {}).get(k) for k in CAUSAL_SETTINGS) for r in ok]
+    best = max(dict.fromkeys(key), key=key.count)
+    return [r for r, k in zip(ok, key, strict=True) if k == best], [r["spec"] for r, k in zip(ok, key, strict=True) if k != best]
+
+
 def fit_stages(runs: Sequence[dict]) -> dict:
     """Per stage: both fits over the measured runs (``L`` = the layers the stage runs over,
-    :func:`stage_depth`), the one used (the joint fit where the runs determine it, else the
-    per-layer one), its exponents, what the arithmetic requires, and
+    :func:`stage_depth`; :func:`comparable`), the one used (the joint fit where the runs
+    determine it, else the per-layer one), its exponents, what the arithmetic requires, and
     whether the stage grows faster than that (``b`` over the required exponent by more than
     :data:`EXPONENT_MARGIN`)."""
-    ok = measured(runs)
     out = {}
     for s in STAGES:
+        ok, left_out = comparable(runs, s.key)
         pts = [(r["d_model"], stage_depth(s, r["n_layers"]), r["stages_s"][s.key]) for r in ok if r["stages_s"][s.key] > 0]
         d, L, t = zip(*pts, strict=True) if pts else ((), (), ())
         joint, per = fit_joint(d, L, t), fit_per_layer(d, L, t)
@@ -115,6 +131,7 @@ def fit_stages(runs: Sequence[dict]) -> dict:
             "depth": s.depth,
             "why": s.why,
             "faster_than_required": bool(fit["b"] > s.d_exp + EXPONENT_MARGIN) if fit else None,
+            "left_out": left_out,
         }
     return out
 

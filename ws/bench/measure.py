@@ -21,7 +21,7 @@ from peft import get_peft_model
 
 from ws.behavior import data
 from ws.bench.common import device_name, peak_rss_gib, time_steps, v8_stages
-from ws.bench.fits import GPU_REFERENCE, bottleneck, extrapolate, fit_stages, targets
+from ws.bench.fits import CAUSAL_SETTINGS, GPU_REFERENCE, bottleneck, extrapolate, fit_stages, targets
 from ws.bench.shapes import (
     ANALYSIS,
     DIFF_RANK,
@@ -129,7 +129,7 @@ def run_config(smoke: bool = False, probes: int | None = None):
 
 
 def settings(cfg) -> dict:
-    keys = ("n_fit", "n_eval", "k", "k_broad", "batch_size", "n_boot", "n_causal", "n_causal_null", "device", "dtype")
+    keys = ("n_fit", "n_eval", "k", "k_broad", "batch_size", "n_boot", *CAUSAL_SETTINGS, "device", "dtype")
     return {k: (str(getattr(cfg, k)) if k in ("device", "dtype") else getattr(cfg, k)) for k in keys}
 
 
@@ -317,6 +317,26 @@ def run_all(
         if path is not None:
             write_json(path, assemble(runs, machine, settings(cfg), smoke, probes))
     return assemble(runs, machine, settings(cfg), smoke, probes)
+
+
+def merge(paths: Sequence[Path]) -> dict:
+    """The runs of several bench_scale.json files of one machine (shapes run one at a time) as
+    one JSON, its fits and extrapolation made again over all of them; a later file's run of the
+    same spec replaces an earlier one. Refused when the files name different machines."""
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    named = {d["machine"]["named"] for d in docs}
+    if len(named) > 1:
+        raise SystemExit(
+            f"--merge: the files were measured on different machines ({'; '.join(sorted(named))}); merge one machine's"
+        )
+    runs = {r["spec"]: r for d in docs for r in d["runs"]}
+    probes = {d["settings"]["probe_counts"] for d in docs}
+    last = docs[-1]
+    own = {k: v for k, v in last["settings"].items() if k not in ("probe_counts", "diff", "train_steps")}
+    out = assemble(list(runs.values()), last["machine"], own, False, None)
+    out["settings"]["probe_counts"] = "; ".join(sorted(probes))  # each run keeps its own settings
+    out["merged_from"] = [Path(p).name for p in paths]
+    return out
 
 
 def write_json(path: Path, r: dict) -> Path:

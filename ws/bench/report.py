@@ -85,7 +85,8 @@ def fits_table(r: dict) -> list[str]:
         per = f["per_layer"]["b"] if f["per_layer"] else None
         fast = {True: "**yes**", False: "no", None: "—"}[f["faster_than_required"]]
         exps = [fmt_exp(f["b"]), fmt_exp(f["c"]), fmt_exp(per)]
-        rows.append([key, depth[f["depth"]], f["used"] or "—", *exps, f"d^{f['required_d']} · L", fast])
+        name = f"{key} (without {', '.join(f['left_out'])}: other causal settings)" if f.get("left_out") else key
+        rows.append([name, depth[f["depth"]], f["used"] or "—", *exps, f"d^{f['required_d']} · L", fast])
     return table(head, rows)
 
 

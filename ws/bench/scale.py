@@ -56,6 +56,7 @@ table and the log-log figure (docs/scale.md says how to read them).
     python -m ws.bench.scale --shapes qwen3-0.6b,llama-3-8b:2
     python -m ws.bench.scale --shapes tiny --smoke    # the smoke run's probe counts: seconds
     python -m ws.bench.scale --report docs/measured   # <date>-<cpu|gpu>-scale.md and .png from the JSON
+    python -m ws.bench.scale --merge a.json,b.json --json all.json   # shapes run one at a time, fitted together
 
 Options: ``--probes N`` (N FIT and EVAL probes), ``--force`` (run a shape whose memory
 estimate exceeds the memory available), ``--json PATH`` (the JSON to write, or to read with
@@ -69,7 +70,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from ws.bench.measure import measure, run_all, write_json
+from ws.bench.measure import measure, merge, run_all, write_json
 from ws.bench.report import summary_text, write_report
 from ws.bench.shapes import DEFAULT_RUNS
 from ws.core.io import write_text
@@ -88,6 +89,11 @@ def parse_args(argv: Sequence[str] | None):
         "--json", help="the bench_scale.json to write, or to read with --report (default <out>/bench/bench_scale.json)"
     )
     p.add_argument("--report", metavar="FOLDER", help="write the table and the figure of the JSON into FOLDER")
+    p.add_argument(
+        "--merge",
+        metavar="JSONS",
+        help="comma-separated bench_scale.json files of one machine: their runs, fitted together, into --json",
+    )
     p.add_argument("--shape", help=argparse.SUPPRESS)  # a child: one run in this process
     p.add_argument("--result", help=argparse.SUPPRESS)  # the child's JSON record
     return p.parse_args(argv)
@@ -104,6 +110,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             print(rec)
         return
+    if a.merge:
+        if not a.json:
+            raise SystemExit("--merge writes the merged runs to the file --json names: give --json")
+        write_json(path, merge([resolve_user_path(p.strip()) for p in a.merge.split(",") if p.strip()]))
+        print(f"written: {path}")
+        if not a.report:
+            return
     if a.report:
         for p in write_report(path, resolve_user_path(a.report)):
             print(f"written: {p}")
