@@ -127,7 +127,7 @@ def fit_stages(runs: Sequence[dict]) -> dict:
             "b": fit["b"] if fit else None,
             "c": fit["c"] if fit else None,
             "required_d": s.d_exp,
-            "required_L": 1,
+            "required_L": 0 if s.depth == "none" else 1,
             "depth": s.depth,
             "why": s.why,
             "faster_than_required": bool(fit["b"] > s.d_exp + EXPONENT_MARGIN) if fit else None,

@@ -79,14 +79,28 @@ def fits_table(r: dict) -> list[str]:
         "required (d, L)",
         "faster than required?",
     ]
-    depth = {"all": "all layers", "touched": "the LoRA's layers", "from_first": "blocks from the LoRA's first"}
+    depth = {
+        "all": "all layers",
+        "touched": "the LoRA's layers",
+        "from_first": "blocks from the LoRA's first",
+        "none": "none (fixed)",
+    }
     rows = []
     for key, f in r["fits"].items():
         per = f["per_layer"]["b"] if f["per_layer"] else None
         fast = {True: "**yes**", False: "no", None: "—"}[f["faster_than_required"]]
         exps = [fmt_exp(f["b"]), fmt_exp(f["c"]), fmt_exp(per)]
         name = f"{key} (without {', '.join(f['left_out'])}: other causal settings)" if f.get("left_out") else key
-        rows.append([name, depth[f["depth"]], f["used"] or "—", *exps, f"d^{f['required_d']} · L", fast])
+        rows.append(
+            [
+                name,
+                depth[f["depth"]],
+                f["used"] or "—",
+                *exps,
+                f"d^{f['required_d']}" + (" · L" if f["depth"] != "none" else ""),
+                fast,
+            ]
+        )
     return table(head, rows)
 
 

@@ -265,9 +265,9 @@ def random_diff(model, rank: int = DIFF_RANK, rel_norm: float = DIFF_REL_NORM, s
 class Stage:
     """One timed stage: where it runs on a GPU machine (``device``: its forward passes go to
     the GPU; ``host``: float64 on the CPU whatever the device), the layers its work runs over
-    (``depth``: ``all`` L, the LoRA's ``touched`` layers, or the blocks ``from_first`` touched
-    one on, :func:`stage_depth`), and the exponent of ``d`` its arithmetic requires at fixed
-    prompts and probe counts (each is linear in its depth)."""
+    (``depth``: ``all`` L, the LoRA's ``touched`` layers, the blocks ``from_first`` touched
+    one on, or ``none``: a fixed cost, :func:`stage_depth`), and the exponent of ``d`` its
+    arithmetic requires at fixed prompts and probe counts (each is linear in its depth)."""
 
     key: str
     what: str
@@ -296,7 +296,14 @@ STAGES: tuple[Stage, ...] = (
         "per touched layer the Grams of the diff's writers (d²·ff); per candidate and layer n·d·k",
     ),
     Stage("lens", "S-space lens", "host", "touched", 3, "a float64 SVD of every touched weight (d²·ff)"),
-    Stage("report", "v7 report", "host", "all", 0, "tables and figures of candidates × layers"),
+    Stage(
+        "report",
+        "v7 report",
+        "host",
+        "none",
+        0,
+        "tables and figures: a fixed cost (2.7–2.9 s at 135M, 0.6B and 8B:4 layers on the 2-core CPU, 2026-12-06)",
+    ),
     Stage("v8_block_local", "v8 block-local label + scores", "device", "all", 2, "forward passes (L·d² a token), scores (n·d·k)"),
     Stage(
         "v8_causal",
@@ -332,6 +339,6 @@ BY_KEY = {s.key: s for s in STAGES}
 def stage_depth(stage: Stage, L: int) -> int:
     """The layers ``stage``'s work runs over in a model of ``L`` blocks: all of them, the
     LoRA's touched layers (:func:`ws.diffs.adapters.layer_range`), or the blocks from the first
-    touched one to the top (what the causal test and the training step run)."""
+    touched one to the top (what the causal test and the training step run); 1 for a fixed cost."""
     touched = adapters.layer_range(L, adapters.TrainConfig().layer_frac)
-    return {"all": L, "touched": len(touched), "from_first": L - touched[0]}[stage.depth]
+    return {"all": L, "touched": len(touched), "from_first": L - touched[0], "none": 1}[stage.depth]

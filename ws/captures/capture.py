@@ -500,6 +500,8 @@ def block_labels(
     ``cache=True`` keeps them under ``<cache>/activations/`` keyed by the model weights, the
     prompts, the diff and the capture code (a damaged entry is recomputed).
     """
+    if not cache:  # the key hashes every weight (seconds at 8B): only for the cache
+        return _block_labels(model, tok, prompts, w, batch_size)
     key = cache_key(
         {
             "what": "block_labels",
@@ -513,17 +515,22 @@ def block_labels(
         }
     )
     path = activation_cache_dir() / f"block-labels-{key}.safetensors"
-    if cache and (hit := load_entry(path, key)) is not None:
+    if (hit := load_entry(path, key)) is not None:
         logger.info(f"block labels: cache hit {path.name}")
         return hit[0]
+    out = _block_labels(model, tok, prompts, w, batch_size)
+    save_entry(path, out, key)
+    return out
+
+
+def _block_labels(
+    model: nn.Module, tok, prompts: Sequence[str], w: Mapping[str, torch.Tensor], batch_size: int
+) -> dict[str, torch.Tensor]:
     with weight_steer(model, w, +1.0):
         pre_p, post_p = block_io(model, tok, prompts, batch_size)
     with weight_steer(model, w, -1.0):
         pre_m, post_m = block_io(model, tok, prompts, batch_size)
-    out = {
+    return {
         "label": (post_p.double() - post_m.double()).float(),
         "label_block": ((post_p.double() - pre_p.double()) - (post_m.double() - pre_m.double())).float(),
     }
-    if cache:
-        save_entry(path, out, key)
-    return out
