@@ -126,6 +126,18 @@ def test_a_deferred_variant_is_the_same_delta_and_steers_identically(part, tiny_
     assert torch.equal(a, b) and torch.equal(a, c)
 
 
+def test_a_variant_is_deferred_only_past_its_memory_bound(monkeypatch):
+    g = torch.Generator().manual_seed(14)
+    ww = {writer_key(l, t): torch.randn(16, 24, generator=g) for l in LAYERS for t in WRITER_TAGS}
+    B = {1: _basis(16, 3, 1), 2: _basis(16, 2, 2)}
+    small, _ = causal.variant_diff(ww, B, "inside")
+    assert all(isinstance(v, torch.Tensor) for v in small.values())
+    monkeypatch.setattr(causal, "DEFER_VARIANT_BYTES", 4 * sum(m.numel() for m in ww.values()) - 1)
+    big, _ = causal.variant_diff(ww, B, "inside")
+    assert all(isinstance(v, Deferred) for v in big.values())
+    assert all(torch.equal(big[k].materialize(), small[k]) for k in ww)
+
+
 def test_a_random_rank_k_subspace_keeps_k_over_d_of_the_energy():
     d = 64
     B = {l: _basis(d, K, 10 + l) for l in LAYERS}

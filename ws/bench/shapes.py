@@ -15,6 +15,7 @@ from ws.diffs import adapters
 from ws.model.anatomy import PROJECTIONS, block_path
 from ws.model.load import check_architecture, n_layers, tiny_tokenizer
 from ws.stats.lens import SVD_CACHE_BYTES, svd_bytes
+from ws.v8.causal import DEFER_VARIANT_BYTES
 
 GIB = 2**30
 
@@ -159,9 +160,10 @@ def memory_estimate(
     whole set cached to the end of v7 when it fits :data:`ws.stats.lens.SVD_CACHE_BYTES`: a later
     seed's build finds it; v8 runs in a kernel of its own, and the bench clears it); the
     steered weight (:func:`ws.model.steer.weight_steer` makes one tensor at a time, while its
-    module runs); the causal test's edited writer (v8: made while its module runs,
-    :func:`ws.v8.causal.variant_diff` ``deferred``; three float64 copies of the largest writer
-    while it is made); the training step's bfloat16 copies."""
+    module runs); the causal test's variant of the writers (v8: made once, or past
+    :data:`ws.v8.causal.DEFER_VARIANT_BYTES` one writer at a time while its module runs; three
+    float64 copies of the largest writer while one is made); the training step's bfloat16
+    copies."""
     L = layers or s.layers
     touched = len(adapters.layer_range(L, adapters.TrainConfig().layer_frac))
     P, a = n_params(s, L), s.heads * s.hd
@@ -176,7 +178,9 @@ def memory_estimate(
     svds = touched * sum(per_tensor)
     cached = svds if svds <= SVD_CACHE_BYTES else 0  # kept for the next seed only when all of them fit
     steered = 4 * max(o * i for o, i in tensors)  # one steered weight, while its module runs
-    variant = 3 * 8 * s.d * max(a, s.ff)  # one edited writer at a time: three float64 [d, in] while it is made
+    writers = 4 * touched * s.d * (a + s.ff)  # the causal test's variant of the writers, float32
+    made = 3 * 8 * s.d * max(a, s.ff)  # three float64 [d, in] while one edited writer is made
+    variant = writers + made if writers <= DEFER_VARIANT_BYTES else made  # past the bound: one writer at a time
     # while the moments are summed (float64, per layer and written moment): the probe tokens'
     # rows while they number at most d, else the d × d sum (ws.captures.recorders.SecondMoment);
     # then layer by layer into float32, the second moment's rows still there while the first's
