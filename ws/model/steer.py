@@ -14,8 +14,9 @@ touched weight (13 GiB for half the blocks of an 8B model in float32). The steer
 the same sum, in the same dtype, as an in-place ``add_``, so the outputs are bit for bit
 those of ``in_place=True``. That mode adds to the weights themselves for the whole block and
 copies the originals back on exit (also when the body raises): for code that reads the
-parameters inside the block (saving a merged checkpoint), and for a parameter that several
-modules share.
+parameters inside the block (saving a merged checkpoint, or a hook that reads a module's weight
+after the module ran), and for a parameter that several modules share. The default steers a
+parameter when its module is called, as every family the suite loads calls its projections.
 
 :func:`activation_steer` is activation steering in the same form: ``α·v_l`` added to the
 residual stream at the OUTPUT of decoder block ``l`` (every position), hooks removed on exit.
