@@ -29,6 +29,9 @@ EXPONENT_MARGIN = 0.25
 #: the issue's targets for the analysis (v7 + v8, no training) on the 2-core CPU
 TARGETS = {"shape": "qwen3-0.6b", "analysis_s": 300.0, "peak_rss_gib": 6.0}
 
+#: the issue's host-memory target at 8B: the analysis beside the float32 weights, by the estimate
+BESIDE_WEIGHTS_TARGET = {"shape": "llama-3-8b", "gib": 24.0}
+
 
 #: The assumption behind every GPU figure of a CPU run (extrapolated, never measured): a
 #: device stage's compute time scales by this CPU's measured float32 matrix-product speed
@@ -248,11 +251,14 @@ def targets(runs: Sequence[dict], extra: dict) -> dict:
     (measured at the full depth, else extrapolated / estimated from the arithmetic)."""
     name = TARGETS["shape"]
     cell = (extra.get(name) or {}).get("cpu")
+    big = BESIDE_WEIGHTS_TARGET
+    beside = memory_estimate(SHAPES[big["shape"]])["beside_weights"]
+    host = {"beside_weights": {**big, "got_gib": beside, "how": "estimated from the arithmetic", "met": beside <= big["gib"]}}
     if cell is None:
-        return {**TARGETS, "note": "no CPU figure for the shape in this run"}
+        return {**TARGETS, **host, "note": "no CPU figure for the shape in this run"}
     run = full_run(runs, name)
     est = memory_estimate(SHAPES[name])
-    rss = run["peak_rss_gib_analysis"] if run else max(est["captures"], est["build"])
+    rss = run["peak_rss_gib_analysis"] if run else est["analysis_peak"]
     return {
         **TARGETS,
         "analysis_s_got": cell["analysis_s"],
@@ -261,4 +267,5 @@ def targets(runs: Sequence[dict], extra: dict) -> dict:
         "peak_rss_gib_got": rss,
         "rss_how": "measured" if run else "estimated from the arithmetic",
         "rss_met": rss <= TARGETS["peak_rss_gib"],
+        **host,
     }

@@ -135,6 +135,12 @@ def verdict_lines(r: dict) -> list[str]:
             f"peak RSS ≤ {t['peak_rss_gib']:g} GiB: {t['peak_rss_gib_got']:.2f} GiB ({t['rss_how']}), "
             f"{'met' if t['rss_met'] else '**missed**'}."
         )
+    if "beside_weights" in t:
+        h = t["beside_weights"]
+        out.append(
+            f"- **Host memory at the whole `{h['shape']}` shape**, the analysis beside the float32 weights ≤ {h['gib']:g} GiB: "
+            f"{h['got_gib']:.1f} GiB ({h['how']}), {'met' if h['met'] else '**missed**'}."
+        )
     for name, b in r["bottleneck"].items():
         out.append(
             f"- **Bottleneck at `{name}`** ({b['how']}): `{b['stage']}`, {100 * b['share']:.0f} % of the analysis; "

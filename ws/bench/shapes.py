@@ -148,7 +148,9 @@ def memory_estimate(
     tokens: int = PROBE_TOKENS,
 ) -> dict[str, float]:
     """Host memory of one run from its arithmetic, GiB (an estimate; the JSON puts the measured
-    peak beside it). The large parts: the float32 weights (on the host unless ``on_gpu``) and
+    peak beside it), per phase, with ``peak`` (all phases), ``analysis_peak`` (the analysis',
+    :data:`ANALYSIS_PHASES`) and ``beside_weights`` (the analysis' beside the host's weights).
+    The large parts: the float32 weights (on the host unless ``on_gpu``) and
     the diff; the captures, kept for the whole run: the token-level block outputs of both
     personas ``2·L·n_fit·T·d`` (``T`` at most :data:`ws.captures.capture.TOKEN_WINDOW`), about
     a dozen last-token ``[L, n, d]`` tensors and the writers' moments ``L·(a + ff + 2d²)`` (float32;
@@ -192,12 +194,18 @@ def memory_estimate(
         "captures": base - 4 * moments + summing + retained + steered,
         "build": base + cached + max(8 * GRAMS_HELD * s.d * s.d, max(per_tensor)),  # and the lens's one SVD
         "v8": base + variant + steered,  # the lens's cache is not there (its own kernel; the bench clears it)
-        "train_step": weights + (0 if on_gpu else 2 * P),  # after v8 in the bench: no lens cache
+        "train_step": weights + diff + (0 if on_gpu else 2 * P),  # after v8 in the bench (the diff still held)
     }
     out = {k: v / GIB + RUNTIME_GIB for k, v in phases.items()}
     out["peak"] = max(out.values())
+    out["analysis_peak"] = max(out[k] for k in ANALYSIS_PHASES)
     out["weights"] = 4 * P / GIB
+    out["beside_weights"] = out["analysis_peak"] - (0 if on_gpu else out["weights"])
     return out
+
+
+#: the phases of the analysis (v7 + v8, no training step): the host-memory target's
+ANALYSIS_PHASES = ("captures", "build", "v8")
 
 
 def available_gib() -> float | None:
