@@ -237,3 +237,17 @@ def test_the_host_memory_target_at_8b_is_the_analysis_beside_the_weights(tmp_pat
     path.write_text(json.dumps(r, default=float))
     md, _ = report.write_report(path, tmp_path / "report")
     assert f"{e['beside_weights']:.1f} GiB (estimated from the arithmetic)" in md.read_text()
+
+
+def test_causal_settings_a_run_did_not_record_do_not_split_it_from_its_group():
+    """A run measured before ``causal_items`` was recorded joins the runs it agrees with on the
+    keys both record; a run that disagrees on a recorded key stays out."""
+    base = synthetic_runs()[:4]
+    own = measure.settings(measure.run_config())
+    bounded = {**own, "n_causal": 4, "n_causal_null": 5, "causal_items": 16}
+    old = {k: v for k, v in bounded.items() if k not in ("causal_items", "causal_null_max", "causal_half_width")}
+    for r, st in zip(base, (own, bounded, old, bounded), strict=True):
+        r["settings"] = st
+    ok, left = fits.comparable(base, "v8_causal")
+    assert [r["spec"] for r in ok] == [base[i]["spec"] for i in (1, 2, 3)] and left == [base[0]["spec"]]
+    assert fits.comparable(base, "captures") == (base, [])

@@ -98,16 +98,30 @@ def measured(runs: Sequence[dict]) -> list[dict]:
 CAUSAL_SETTINGS = ("n_causal", "n_causal_null", "causal_null_max", "causal_items", "causal_half_width")
 
 
+def _agree(a: dict, b: dict) -> bool:
+    """Whether two runs' causal settings agree on every key both record (a run measured before a
+    key was recorded leaves it out)."""
+    sa, sb = a.get("settings", {}), b.get("settings", {})
+    return all(sa[k] == sb[k] for k in CAUSAL_SETTINGS if k in sa and k in sb)
+
+
 def comparable(runs: Sequence[dict], stage: str) -> tuple[list[dict], list[str]]:
     """The runs whose times one fit of ``stage`` may join, and the specs left out: for the causal
-    test, the largest group of runs that agree on :data:`CAUSAL_SETTINGS` (a tie: the first
-    run's group); every run for the other stages (they run at the sweep's settings)."""
+    test, the largest group of runs that agree with one run on :data:`CAUSAL_SETTINGS` and with
+    each other (a tie: the earlier run's group); every run for the other stages (they run at the
+    sweep's settings)."""
     ok = measured(runs)
     if stage != "v8_causal" or not ok:
         return ok, []
-    key = [tuple(r.get("settings", {}).get(k) for k in CAUSAL_SETTINGS) for r in ok]
-    best = max(dict.fromkeys(key), key=key.count)
-    return [r for r, k in zip(ok, key, strict=True) if k == best], [r["spec"] for r, k in zip(ok, key, strict=True) if k != best]
+    groups = []
+    for r in ok:
+        group = [r]
+        for x in ok:
+            if x is not r and all(_agree(x, y) for y in group):
+                group.append(x)
+        groups.append(group)
+    best = max(groups, key=len)
+    return [r for r in ok if any(r is g for g in best)], [r["spec"] for r in ok if not any(r is g for g in best)]
 
 
 def fit_stages(runs: Sequence[dict]) -> dict:
