@@ -70,9 +70,11 @@ def test_weight_steer_restores_bit_exactly_on_the_device(dtype):
     model, _ = load_model("tiny-llama", device=DEVICE, dtype=dtype)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     w = _diff(model, scale=0.3)
-    with weight_steer(model, w, 1.7):
+    with weight_steer(model, w, 1.7, in_place=True):
         moved = [n for n in w if not torch.equal(dict(model.named_parameters())[n], before[n])]
     assert set(moved) == set(w)
+    with weight_steer(model, w, 1.7):  # the default: steered only while each module runs
+        assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]), n
 

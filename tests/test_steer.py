@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ws.model.load import load_model
-from ws.model.steer import check_w_fits, weight_steer
+from ws.model.steer import check_w_fits, steered_while_running, weight_steer
 
 
 def _snapshot(model) -> dict[str, torch.Tensor]:
@@ -176,3 +176,23 @@ def test_mismatched_w_refused_with_key_named(tiny_llama):
     _assert_same(model, snap)  # nothing was touched before the check
     with pytest.raises(ValueError):
         check_w_fits(model, bad)
+
+
+def test_the_parameters_steered_while_running_are_named_until_the_block_ends(tiny_llama):
+    """Outside a call a streamed parameter holds its original tensor, so guards that read the
+    weights ask which parameters an open block steers; nested blocks count, in-place ones are
+    visible in the weights themselves."""
+    model, _ = tiny_llama
+    w = _random_w(model, seed=10)
+    assert steered_while_running(model) == []
+    with weight_steer(model, w, 1.0):
+        assert set(steered_while_running(model)) == set(w)
+        with weight_steer(model, {k: w[k] for k in list(w)[:2]}, -1.0):
+            assert set(steered_while_running(model)) == set(w)
+        assert set(steered_while_running(model)) == set(w)
+        with weight_steer(model, w, 1.0, in_place=True):
+            assert set(steered_while_running(model)) == set(w)
+    assert steered_while_running(model) == []
+    with pytest.raises(RuntimeError, match="boom"), weight_steer(model, w, 1.0):
+        raise RuntimeError("boom")
+    assert steered_while_running(model) == []

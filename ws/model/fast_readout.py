@@ -42,6 +42,7 @@ from torch import nn
 from ws.core.device import to_device
 from ws.model.load import decoder_layers, layer_name
 from ws.model.readout import DEFAULT_ANSWERS, answer_token_ids, orient
+from ws.model.steer import steered_while_running
 from ws.model.trace import TraceDict
 
 __all__ = ["PromptBatch", "PromptPlan", "plan_prompts", "skip_blocks", "first_block", "block_flops", "FastReadout"]
@@ -281,6 +282,13 @@ class FastReadout:
         ln = torch.logsumexp(logp[:, self.no], dim=-1)
         return ly - ln, ly.exp() + ln.exp()
 
+    def _steered_below(self) -> list[str]:
+        """Parameters below block ``first`` (or the embedding) that a weight-steering block steers
+        while their modules run (:func:`ws.model.steer.steered_while_running`): the fingerprint
+        cannot see them, since outside a call their tensors are the originals."""
+        below = tuple(f"{layer_name(i)}." for i in range(self.first))
+        return [n for n in steered_while_running(self.model) if n.startswith(below) or "embed_tokens" in n]
+
     @torch.no_grad()
     def run(self, sets: Sequence[str] | None = None, *, skip: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """``set -> (logratio [n], mass [n])`` under the current weights, in the prompts' order.
@@ -288,7 +296,7 @@ class FastReadout:
         ``skip=False`` runs every block from the token ids instead (the reference the tests
         compare with; same prefix handling, same batches).
         """
-        if skip and _fingerprint(self.model, self.first) != self._base_fp:
+        if skip and (_fingerprint(self.model, self.first) != self._base_fp or self._steered_below()):
             raise RuntimeError(
                 f"weights below block {self.first} changed since the base residuals were "
                 f"computed: the fast read-out is only valid for changes in blocks ≥ {self.first}"

@@ -124,6 +124,7 @@ def weight_steer(model: nn.Module, w: Mapping[str, torch.Tensor], alpha: float, 
                     p.add_(materialize(delta).to(device=p.device, dtype=p.dtype), alpha=alpha)
                 else:
                     swapped.append((p, p.data))
+                    _RUNNING[id(p)] = _RUNNING.get(id(p), 0) + 1
                     if not isinstance(delta, Deferred):
                         delta = delta.to(device=p.device, dtype=p.dtype)
                     handles.extend(_steer_while_running(model, key, delta, alpha))
@@ -133,9 +134,27 @@ def weight_steer(model: nn.Module, w: Mapping[str, torch.Tensor], alpha: float, 
             h.remove()
         for p, orig in swapped:
             p.data = orig
+            _RUNNING[id(p)] -= 1
+            if not _RUNNING[id(p)]:
+                del _RUNNING[id(p)]
         with torch.no_grad():
             for key, orig in saved.items():
                 params[key].copy_(orig)
+
+
+#: parameters that open :func:`weight_steer` blocks steer while their modules run: ``id -> count``
+_RUNNING: dict[int, int] = {}
+
+
+def steered_while_running(model: nn.Module) -> list[str]:
+    """Names of the model's parameters that a :func:`weight_steer` block steers while their
+    modules run: outside a call their tensors are the originals, so a guard that reads the
+    weights (a cache of activations computed below a block) must ask here.
+
+    Returns:
+        Parameter names, in the model's order.
+    """
+    return [n for n, p in model.named_parameters() if _RUNNING.get(id(p))]
 
 
 def _shared_parameters(model: nn.Module) -> set[str]:
