@@ -165,15 +165,19 @@ def variant_diff(
     for l in _layers_of(ww):
         keys = [k for k in (writer_key(l, t) for t in WRITER_TAGS) if k in ww]
         B, s = bases.get(l), 1.0
+        mats = None if deferred else project_layer([ww[k] for k in keys], B, side)  # made once, kept
         if part == "normmatched":
-            inside = math.sqrt(sum(float((m * m).sum()) for m in project_layer([ww[k] for k in keys], B, "inside")))
+            ins = mats if mats is not None else project_layer([ww[k] for k in keys], B, "inside")
+            inside = math.sqrt(sum(float((m * m).sum()) for m in ins))
             full = math.sqrt(sum(float((ww[k].double() ** 2).sum()) for k in keys))
             s = full / inside if inside > 0 else float("nan")
         scales[l] = s
         scale = s if part == "normmatched" and not math.isnan(s) else None
-        for k in keys:
-            make = functools.partial(_edited, ww[k], B, side, scale)
-            out[k] = Deferred(ww[k].shape, make) if deferred else make()
+        for i, k in enumerate(keys):
+            if deferred:
+                out[k] = Deferred(ww[k].shape, functools.partial(_edited, ww[k], B, side, scale))
+            else:
+                out[k] = (mats[i] * scale if scale is not None else mats[i]).float()
     return out, scales
 
 
