@@ -40,14 +40,16 @@ def activation_cache_dir() -> Path:
 
 
 def hash_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
-    """sha256 over names, shapes, dtypes and bytes of the tensors (sorted by name)."""
+    """sha256 over names, shapes, dtypes and bytes of the tensors (sorted by name). The bytes
+    are read in place (no copy: at 8B the embedding alone is 2 GiB)."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().contiguous().cpu()
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
 
 
