@@ -10,7 +10,7 @@ import random
 import numpy as np
 import torch
 
-from ws.bench import common, embedded
+from ws.bench import embedded
 
 
 def _meddle() -> dict:
@@ -73,17 +73,3 @@ def test_a_failing_stage_keeps_the_others_figures_and_is_named(tmp_path):
     assert set(r["state_leaks"]) == {"meddle"} and torch.is_grad_enabled()
     assert "stage broken FAILED" in embedded.format_table(r)
     assert r["machine"]["cpus"] >= 1 and isinstance(r["machine"]["avx512_bf16"], bool)
-
-
-def test_a_child_process_reports_its_own_peak_memory_not_its_parents():
-    """``ru_maxrss`` survives ``exec`` on Linux: a child started by a bigger process read its
-    parent's peak (the import costs of ``make bench`` did). ``peak_rss_gib`` is the process's own."""
-    import subprocess
-    import sys
-
-    big = np.ones(2 * 1024**3 // 8)  # 2 GiB, touched: the parent's peak is above it
-    assert common.peak_rss_gib() > 2.0
-    code = "from ws.bench.common import peak_rss_gib; print(peak_rss_gib())"
-    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
-    assert 0 < child < 1.5, child  # the child's own: ws.bench and torch, well under the parent's 2 GiB
-    del big

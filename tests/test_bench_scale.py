@@ -175,6 +175,9 @@ def test_the_tiniest_run_end_to_end_through_make(tmp_path):
     assert r["device"].startswith("CPU ") and r["date"] and r["fits"]["captures"]["used"] is None  # one width: no fit
     ok(run_make(repo, "bench-scale", f"BENCH_SCALE_ARGS=--report {tmp_path / 'measured'}", base=tmp_path))
     md = tmp_path / "measured" / f"{r['date']}-cpu-scale.md"
+    after = rec["peak_rss_gib_after"]  # read where each stage ended: v7's inside run_seed
+    assert 0 < after["captures"] <= after["lens"] <= after["v8_causal"] <= rec["peak_rss_gib_analysis"]
+    assert "captures: measured / estimate" in md.read_text()
     assert "`tiny:2`" in md.read_text() and (tmp_path / "measured" / f"{r['date']}-cpu-scale.png").stat().st_size > 10_000
 
 
@@ -189,6 +192,18 @@ def test_the_estimate_error_is_read_against_the_measured_peak():
     assert more["captures"] > e["captures"] and more["build"] > e["build"]  # the captures are kept through the build
     assert shapes.memory_estimate(s, tokens=4096)["captures"] > e["captures"]
     assert shapes.memory_estimate(s, on_gpu=True)["peak"] < e["peak"] - 0.9 * e["weights"]
+
+
+def test_each_phase_of_the_estimate_is_read_against_the_peak_when_it_ended():
+    """A peak only grows: a phase is measured by the peak so far when its last stage ended,
+    and estimated by the largest estimate of the phases up to it."""
+    after = {"captures": 8.0, "build_candidates": 10.0, "scoring": 10.0, "lens": 10.5, "v8_causal": 10.6}
+    run = {"peak_rss_gib_after": after, "memory_estimate_gib": {"captures": 8.5, "build": 10.0, "v8": 9.0}}
+    assert report.phase_errors(run) == {"captures": (8.0, 8.5), "build": (10.5, 10.0), "v8": (10.6, 10.0)}
+    assert report.phase_errors({"memory_estimate_gib": run["memory_estimate_gib"]}) is None
+    run["peak_rss_gib_after"] = {**after, "captures": 5.0}  # the estimate 70 % over: flagged
+    lines = report.phases_table({"runs": [{"spec": "x:2", "stages_s": {}, **run}]})
+    assert "5.00 / 8.50 GiB (+70%) **off**" in lines[-1] and "10.50 / 10.00 GiB (-5%) |" in lines[-1]
 
 
 def test_runs_measured_one_at_a_time_merge_and_fit_as_one(tmp_path):

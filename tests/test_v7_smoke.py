@@ -160,6 +160,39 @@ def test_second_capture_is_a_cache_hit_and_a_report_failure_loses_nothing(smoke,
     assert after == before, "a failed report changed or added files"
 
 
+def test_each_stage_records_the_peak_memory_where_it_ends(smoke, monkeypatch):
+    """``run_seed`` reads the peak RSS as each stage ends: 0.5 GiB touched inside the lens
+    raises the lens's figure and leaves the earlier stages' as they were (read after the
+    seed, as the scale bench once did, every stage would carry the lens's peak)."""
+    import numpy as np
+
+    from ws.core.memory import peak_rss_gib
+    from ws.model.load import load_model
+
+    def rss_gib() -> float:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:"))
+        return int(line.split()[1]) / 2**20
+
+    cfg = _cfg(smoke, monkeypatch)
+    model, tok = load_model(cfg.model)
+    seed, (w, meta) = next(iter(sweep.get_diffs(cfg, model).items()))
+    real = sweep.sspace_lens
+    held = []
+
+    def lens_with_a_big_buffer(*a, **k):
+        # enough to lift this process's peak (earlier tests in this worker may have set it) by 0.5 GiB
+        gib = peak_rss_gib() - rss_gib() + 0.5
+        held.append(np.ones(int(gib * 2**30) // 8))  # float64, touched
+        return real(*a, **k)
+
+    monkeypatch.setattr(sweep, "sspace_lens", lens_with_a_big_buffer)
+    res = sweep.run_seed(cfg, model, tok, sweep.probe_prompts(cfg, tok), seed, w, meta)
+    p = res.peak_rss_gib
+    assert list(p) == ["capture", "build", "gradient", "score", "lens"]
+    assert p["capture"] <= p["build"] <= p["gradient"] <= p["score"] <= p["lens"]
+    assert p["lens"] - p["score"] > 0.4, p
+
+
 def test_diff_for_another_model_stops_the_run(smoke, tmp_path, monkeypatch):
     """Each model has its own diff path; a diff of another model found at it (copied there
     by hand) is refused, never used or replaced."""

@@ -1,12 +1,10 @@
-"""What both benches share: peak memory, the matrix-product speed, the device's name, the v8 stages and the
+"""What both benches share: the matrix-product speed, the device's name, the v8 stages and the
 training step timed the same way (:mod:`ws.bench.embedded`, :mod:`ws.bench.scale`)."""
 
 from __future__ import annotations
 
-import resource
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,20 +13,6 @@ from ws.core.device import input_device, synchronize, use_bf16
 from ws.diffs import fasttrain, training
 from ws.v7 import sweep
 from ws.v8 import sweep as v8
-
-
-def peak_rss_gib() -> float:
-    """Peak resident set size of this process, GiB: the kernel's high-water mark of this
-    process's own memory (``VmHWM``). ``getrusage``'s ``ru_maxrss`` is kept across ``exec``
-    on Linux, so a child started by a bigger process would report its parent's peak; it is
-    the fallback where ``/proc`` is missing (it reports KiB)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / (1024**2)  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024**2)
 
 
 def matmul_gflops(model, seconds: float = 1.0) -> float:

@@ -56,13 +56,14 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from ws import stats
-from ws.bench.common import device_name, peak_rss_gib, time_steps, v8_stages
+from ws.bench.common import device_name, time_steps, v8_stages
 from ws.config import Config
 from ws.core.columns import WRITER_TAGS
 from ws.core.device import bf16_available, input_device, synchronize
 from ws.core.io import write_text
 from ws.core.linalg import haar_orthonormal
 from ws.core.log import logger, setup_logging
+from ws.core.memory import peak_rss_gib
 from ws.core.paths import BENCH_DIR, out_dir
 from ws.diffs import adapters, training
 from ws.diffs.imports import checkpoint_diff, pair_diff

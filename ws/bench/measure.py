@@ -20,7 +20,7 @@ import torch
 from peft import get_peft_model
 
 from ws.behavior import data
-from ws.bench.common import device_name, peak_rss_gib, time_steps, v8_stages
+from ws.bench.common import device_name, time_steps, v8_stages
 from ws.bench.fits import CAUSAL_SETTINGS, GPU_REFERENCE, bottleneck, extrapolate, fit_stages, targets
 from ws.bench.shapes import (
     ANALYSIS,
@@ -43,6 +43,7 @@ from ws.bench.shapes import (
 from ws.config import from_env
 from ws.core.device import resolve_device, resolve_dtype
 from ws.core.io import write_text
+from ws.core.memory import peak_rss_gib
 from ws.core.paths import BENCH_DIR, out_dir
 from ws.diffs import adapters, training
 from ws.model.load import n_layers
@@ -84,9 +85,11 @@ class Clock:
         self.s: dict[str, float] = {}
         self.rss: dict[str, float] = {}
 
-    def add(self, key: str, seconds: float) -> None:
+    def add(self, key: str, seconds: float, rss: float | None = None) -> None:
+        """Stage ``key`` took ``seconds``; ``rss``: the peak when it ended, where it ended
+        earlier than now (a stage inside ``run_seed``), else the peak now."""
         self.s[key] = float(seconds)
-        self.rss[key] = peak_rss_gib()
+        self.rss[key] = peak_rss_gib() if rss is None else float(rss)
 
     def time(self, key: str, fn, *args):
         t0 = time.perf_counter()
@@ -138,10 +141,10 @@ def analysis_stages(cfg, model, tok, w, meta, clock: Clock) -> dict:
     into ``clock``; what the JSON records beside the times."""
     probes = sweep.probe_prompts(cfg, tok)
     res = sweep.run_seed(cfg, model, tok, probes, SEED, w, meta)
-    t = res.timings
+    t, rss = res.timings, res.peak_rss_gib
     for key, parts in (("captures", ("capture",)), ("build_candidates", ("build", "gradient")), ("scoring", ("score",))):
-        clock.add(key, sum(t.get(p, 0.0) for p in parts))
-    clock.add("lens", t["lens"])
+        clock.add(key, sum(t.get(p, 0.0) for p in parts), rss[parts[-1]])
+    clock.add("lens", t["lens"], rss["lens"])
     progress(model.ws_name, clock)
     clock.time("report", sweep.write_v7, cfg, probes, [res], sweep.seed_stability([res]))
     lens.clear_svd_cache()  # the main job runs v8 in a kernel of its own, without v7's lens cache

@@ -68,6 +68,40 @@ def runs_table(r: dict) -> list[str]:
     return table(head, rows)
 
 
+#: each analysis phase of the estimate (ws.bench.shapes.ANALYSIS_PHASES) and the stage after
+#: which the measured peak so far covers it (the build phase holds the lens's SVD too)
+PHASE_ENDS = {"captures": "captures", "build": "lens", "v8": "v8_causal"}
+
+
+def phase_errors(run: dict) -> dict[str, tuple[float, float]] | None:
+    """Per analysis phase, ``(measured, estimated)`` GiB: the peak RSS so far when the phase's
+    last stage ended, against the largest estimate of the phases up to it (a peak only grows).
+    None for a run without per-stage peaks."""
+    after, est = run.get("peak_rss_gib_after") or {}, run.get("memory_estimate_gib") or {}
+    if not all(after.get(stage) for stage in PHASE_ENDS.values()):
+        return None
+    out, so_far = {}, 0.0
+    for phase, stage in PHASE_ENDS.items():
+        so_far = max(so_far, est[phase])
+        out[phase] = (after[stage], so_far)
+    return out
+
+
+def phases_table(r: dict) -> list[str]:
+    """The memory estimate phase by phase against each run's peak when the phase ended."""
+    head = ["run", *(f"{p}: measured / estimate" for p in PHASE_ENDS)]
+    rows = []
+    for run in measured(r["runs"]):
+        if (errs := phase_errors(run)) is None:
+            continue
+        cells = []
+        for got, est in errs.values():
+            off = "" if abs(est / got - 1) <= ESTIMATE_TOL else " **off**"
+            cells.append(f"{got:.2f} / {est:.2f} GiB ({est / got - 1:+.0%}){off}")
+        rows.append([f"`{run['spec']}`", *cells])
+    return table(head, rows) if rows else ["No run recorded its peak per stage."]
+
+
 def fits_table(r: dict) -> list[str]:
     head = [
         "stage",
@@ -171,6 +205,10 @@ def report_md(r: dict, figure: str) -> str:
         "## Measured runs",
         "",
         *runs_table(r),
+        "",
+        f"The memory estimate phase by phase (the peak so far when the phase ended; **off**: by more than {ESTIMATE_TOL:.0%}):",
+        "",
+        *phases_table(r),
         "",
         "## How each stage grows",
         "",

@@ -41,6 +41,7 @@ class SeedResult:
     layers_without_delta: list[int]
     diff_meta: dict
     timings: dict[str, float] = field(default_factory=dict)
+    peak_rss_gib: dict[str, float] = field(default_factory=dict)  # stage -> the process's peak RSS when it ended
     missing_writers: dict[str, list[int]] = field(default_factory=dict)  # ws.diffs.store.missing_writers
     lens: pl.DataFrame | None = None  # ws.stats.lens.sspace_lens: the diff in W's own singular directions
     lens_rows: dict = field(default_factory=dict)  # its output-side profile per tensor

@@ -41,6 +41,7 @@ from ws.core.io import staged_files, write_staged
 from ws.core.linalg import compute_in, pca
 from ws.core.log import logger
 from ws.core.markdown import layers_text
+from ws.core.memory import peak_rss_gib
 from ws.diffs.import_store import ImportSpec, ensure_imported
 from ws.diffs.store import (
     check_existing_diff,
@@ -141,13 +142,16 @@ def clean_pcs(captures, k: int) -> list[torch.Tensor]:
 
 
 def run_seed(cfg: Config, model, tok, probes: Probes, seed: int, w: dict, diff_meta: dict) -> SeedResult:
-    """Capture (cached), build every candidate, score every (layer, candidate), summarise."""
+    """Capture (cached), build every candidate, score every (layer, candidate), summarise.
+    Each stage's seconds go into ``timings``, the process's peak RSS when it ended into
+    ``peak_rss_gib`` (the peak only grows: read later, it would be a later stage's)."""
     t = {}
     t0 = time.perf_counter()
     caps = capture_all(
         model, tok, probes.fit_clean, probes.fit_pos, probes.fit_neg, probes.eval, w, batch_size=cfg.batch_size, cache=cfg.cache
     )
     t["capture"] = time.perf_counter() - t0
+    peaks = {"capture": peak_rss_gib()}
     deltas = writer_deltas_by_layer(w, n_layers(model), partial=True)  # IA3: down_proj only, NaN o_proj cells
     touched = [l for l, d in enumerate(deltas) if d is not None]
     if not touched:
@@ -172,10 +176,12 @@ def run_seed(cfg: Config, model, tok, probes: Probes, seed: int, w: dict, diff_m
     if planted := planted_of(cfg, seed, diff_meta):
         bases, meta = append_candidates(bases, meta, planted_candidates(planted, L, d), "planted")
     t["build"] = time.perf_counter() - t0
+    peaks["build"] = peak_rss_gib()
     t0 = time.perf_counter()
     if directions := side_bases(diff_meta or {}, "gradient_file"):
         bases, meta = append_candidates(bases, meta, gradient_candidates(directions, L, cfg.k), "gradient")
     t["gradient"] = time.perf_counter() - t0
+    peaks["gradient"] = peak_rss_gib()
     t0 = time.perf_counter()
     scores = stats.score_sweep(bases, meta, caps.label_eval, deltas, clean_pcs(caps, cfg.k), pr_threshold=PR_THRESHOLD)
     per_layer = stats.add_qvalues(scores.per_layer)
@@ -185,10 +191,12 @@ def run_seed(cfg: Config, model, tok, probes: Probes, seed: int, w: dict, diff_m
     summary_pct = stats.summary_pct(summary)
     specific_summary = stats.summarize_specific(scores.specific_per_layer, touched)
     t["score"] = time.perf_counter() - t0
+    peaks["score"] = peak_rss_gib()
     t0 = time.perf_counter()
     with compute_in(cfg.linalg, device):
         lens_table, lens_rows = sspace_lens(model, w)
     t["lens"] = time.perf_counter() - t0
+    peaks["lens"] = peak_rss_gib()
     return SeedResult(
         seed=seed,
         captures=caps,
@@ -204,6 +212,7 @@ def run_seed(cfg: Config, model, tok, probes: Probes, seed: int, w: dict, diff_m
         layers_without_delta=[l for l in range(len(deltas)) if deltas[l] is None],
         diff_meta=diff_meta,
         timings=t,
+        peak_rss_gib=peaks,
         missing_writers=missing_writers(deltas),
         lens=lens_table,
         lens_rows=lens_rows,
