@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,6 +205,25 @@ def test_each_phase_of_the_estimate_is_read_against_the_peak_when_it_ended():
     run["peak_rss_gib_after"] = {**after, "captures": 5.0}  # the estimate 70 % over: flagged
     lines = report.phases_table({"runs": [{"spec": "x:2", "stages_s": {}, **run}]})
     assert "5.00 / 8.50 GiB (+70%) **off**" in lines[-1] and "10.50 / 10.00 GiB (-5%) |" in lines[-1]
+
+
+#: runs in docs/measured taken with today's memory behaviour (the seventh session's streaming on)
+CURRENT_RUNS = ("qwen3-0.6b-streaming", "llama-3-8b-2layers-after-hash", "llama-3-8b-2layers-phases")
+
+
+@pytest.mark.parametrize("name", CURRENT_RUNS)
+def test_the_estimate_of_this_code_is_within_20_percent_of_the_measured_runs(name):
+    """The known answers of the memory estimate are measured peaks: the analysis' peak of
+    every run taken with today's memory behaviour, and each phase where the run read them
+    where they ended. A change of the estimate (or of what the analysis holds) that moves it
+    more than 20 % off these fails here."""
+    path = Path(__file__).resolve().parents[1] / "docs" / "measured" / f"bench-scale-cpu-2026-12-06-{name}.json"
+    [run] = json.loads(path.read_text())["runs"]
+    est = shapes.memory_estimate(shapes.SHAPES[run["shape"]], run["n_layers"], n_fit=run["n_fit"], n_eval=run["n_eval"])
+    assert abs(est["analysis_peak"] / run["peak_rss_gib_analysis"] - 1) <= report.ESTIMATE_TOL
+    if name.endswith("phases"):
+        for phase, (got, want) in report.phase_errors({**run, "memory_estimate_gib": est}).items():
+            assert abs(want / got - 1) <= report.ESTIMATE_TOL, phase
 
 
 def test_runs_measured_one_at_a_time_merge_and_fit_as_one(tmp_path):
