@@ -23,7 +23,6 @@ OUT=${OUT:-$REPO/out/gpu-checks}
 GPU_CHECKS_S=${GPU_CHECKS_S:-540}
 BASE_PYTHON=${BASE_PYTHON:-python3}
 START=$(date +%s)
-mkdir -p "$OUT" "$KIT_STASH"
 LOG="$OUT/gpu-checks.log"
 
 say() { echo "[gpu-checks $(($(date +%s) - START)) s] $*" | tee -a "$LOG"; }
@@ -128,6 +127,9 @@ run() {
   say "done"
 }
 
+case ${1:-} in
+  stash | setup | run) mkdir -p "$OUT" "$KIT_STASH" ;;
+esac
 case ${1:-} in
   stash) stash ;;
   setup) setup ;;

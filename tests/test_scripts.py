@@ -67,9 +67,11 @@ def _carry(repo: Path, name: str, data: bytes) -> None:
     (repo / ".gpu-kit" / name / f"kit.tar.{name}").write_bytes(data)
 
 
-def test_without_a_verb_it_prints_its_usage():
-    r = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True)
+def test_without_a_verb_it_prints_its_usage_and_writes_nothing(tmp_path):
+    repo = _repo(tmp_path)
+    r = _call(repo, tmp_path)
     assert r.returncode == 2 and "stash" in r.stdout and "scale-8b" in r.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"] and sorted(p.name for p in repo.iterdir()) == ["scripts"]
 
 
 def test_parts_carried_one_per_call_are_joined_checked_and_installed(tmp_path):
