@@ -70,3 +70,28 @@ def test_pickle_refusal_names_the_global_and_drops_torchs_advice(tmp_path):
         assert "weights_only" not in text and "never executed" in text
     plain = pickle_refusal(ValueError("first line\nweights_only=False would work\n"))
     assert plain == "ValueError: first line"
+
+
+def test_a_safetensors_file_is_the_same_bytes_from_process_to_process(tmp_path):
+    """The library writes the metadata's keys in a per-process order; ``save_safetensors``
+    sorts them in the header, so two processes write the same bytes, read back unchanged."""
+    import json
+
+    import torch
+    from safetensors import safe_open
+
+    code = (
+        "import sys, torch\nfrom ws.core.io import save_safetensors\n"
+        "save_safetensors({'b': torch.arange(5.0), 'a': torch.eye(3, dtype=torch.float64)}, sys.argv[1],"
+        " {k: f'{i} é \"q\"' for i, k in enumerate('lkjihgfedcba')})"
+    )
+    paths = [tmp_path / f"{i}.safetensors" for i in range(2)]
+    for p in paths:
+        subprocess.run([sys.executable, "-c", code, str(p)], check=True)
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    with safe_open(str(paths[0]), framework="pt") as f:
+        assert f.metadata() == {k: f'{i} é "q"' for i, k in enumerate("lkjihgfedcba")}
+        assert torch.equal(f.get_tensor("a"), torch.eye(3, dtype=torch.float64))
+    raw = paths[0].read_bytes()
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+    assert list(header["__metadata__"]) == sorted("lkjihgfedcba")

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ws.core.device import real_parameters
-from ws.core.io import atomic_path
+from ws.core.io import save_safetensors
 from ws.core.log import logger
 from ws.core.paths import cache_dir, repo_root
 
@@ -93,9 +93,7 @@ def save_entry(path: str | Path, tensors: Mapping[str, torch.Tensor], key: str, 
     a checksum of its contents (:func:`hash_tensors`), which :func:`load_entry` verifies."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     md = {**(meta or {}), "ws_key": key, "ws_sha256": hash_tensors(tensors)}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=md)
-    return Path(path)
+    return save_safetensors(tensors, path, md)
 
 
 def load_entry(path: str | Path, key: str) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:

@@ -4,6 +4,7 @@ renamed into place, so a crash never leaves a half-written file that looks compl
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -16,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
+import torch
+from safetensors.torch import save_file
 
 from ws.core.log import logger
 
@@ -59,6 +62,34 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``tensors`` with ``metadata`` to a safetensors file at ``path``, atomically, the
+    same bytes from run to run: the library writes the metadata's keys in an order that changes
+    with every process, so the header is rewritten with them sorted (the same length: only
+    their order changes; the tensors' bytes are untouched)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(dict(tensors), str(tmp), metadata=dict(metadata) if metadata else None)
+        sort_safetensors_metadata(tmp)
+    return path
+
+
+def sort_safetensors_metadata(path: str | Path) -> None:
+    """Rewrite a safetensors file's header in place with its metadata keys sorted."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        raw = f.read(n)
+        header = json.loads(raw)
+        if not header.get("__metadata__"):
+            return
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > n or raw[len(text) :].strip(b" "):  # not a reordering of the same text
+            raise ValueError(f"{Path(path).name}: its safetensors header did not re-serialise to the same length")
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))
 
 
 def format_float(x: float | None, sig: int = 6) -> str:

@@ -33,12 +33,11 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from ws.behavior.data import data_hash
 from ws.core.columns import WRITER_TAGS
-from ws.core.io import atomic_path, pickle_refusal
+from ws.core.io import pickle_refusal, save_safetensors
 from ws.core.paths import DEFAULT_MODEL, model_root
 from ws.model.anatomy import WRITERS, writer_key
 from ws.model.load import model_id
@@ -258,9 +257,7 @@ def save_diff(w: Mapping[str, torch.Tensor], path: str | Path, meta: Mapping[str
     check_nonzero(w)
     tensors = {k: t.detach().to("cpu", torch.float32).contiguous() for k, t in w.items()}
     path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=encode_meta(meta or {}))
-    return path
+    return save_safetensors(tensors, path, encode_meta(meta or {}))
 
 
 #: beside ``w.safetensors``: the frozen bases an S-space diff was confined to (its known answer)
@@ -277,9 +274,7 @@ def save_bases(bases: Mapping[str, Mapping[str, torch.Tensor]], path: str | Path
     if not tensors:
         raise ValueError(f"refusing to save an empty set of bases to {Path(path).name}")
     path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"what": what or "bases, <name>/<key>"})
-    return path
+    return save_safetensors(tensors, path, {"what": what or "bases, <name>/<key>"})
 
 
 def save_planted(planted: Mapping[str, Mapping[str, torch.Tensor]], path: str | Path) -> Path:

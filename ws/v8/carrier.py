@@ -30,10 +30,9 @@ from typing import Any
 import polars as pl
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ws.core.columns import CEILING_W
-from ws.core.io import atomic_path
+from ws.core.io import save_safetensors
 from ws.core.linalg import f64
 from ws.diffs.store import decode_meta, encode_meta
 
@@ -168,9 +167,7 @@ def save_carrier(c: CarrierBasis, path: str | Path) -> Path:
     """Write ``c`` to ``path`` atomically (``layer.<l>`` tensors, the metadata in the header)."""
     tensors = {f"layer.{l}": f64(c.bases[l]).detach().cpu().contiguous() for l in c.layers}
     path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=encode_meta(c.metadata()))
-    return path
+    return save_safetensors(tensors, path, encode_meta(c.metadata()))
 
 
 def read_carrier_raw(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
