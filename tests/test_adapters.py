@@ -4,6 +4,7 @@ the adapted model, and the bidirectional LoRA's ±½·w are its two trained endp
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import replace
 
 import pytest
@@ -130,6 +131,21 @@ def test_adapter_settings_are_json_for_the_metadata(tiny_llama, adapter):
     assert json.loads(json.dumps(s)) == s
     assert s["type"] == adapter and s["peft_config"]["peft_type"] in ("LORA", "IA3", "OFT", "BOFT", "DELORA")
     assert s["peft_config"].get("use_dora", False) is (adapter == "dora")
+
+
+def test_the_settings_name_the_base_model_not_a_folder_of_the_training_machine(tiny_llama, tmp_path):
+    """peft records the folder the base model was loaded from; the diff's metadata names the
+    model instead when that folder is an absolute path (a shared diff carries no machine path)."""
+    from peft import get_peft_model
+
+    model, _ = tiny_llama
+    work = copy.deepcopy(model)
+    work.config._name_or_path = str(tmp_path / "models" / "tiny")
+    work.name_or_path = work.config._name_or_path
+    pm = get_peft_model(work, adapters.peft_config(work, adapters.TrainConfig(rank=4), "lora"))
+    assert pm.peft_config["default"].base_model_name_or_path == str(tmp_path / "models" / "tiny")  # what peft records
+    named = adapters.adapter_settings(pm, "lora")["peft_config"]["base_model_name_or_path"]
+    assert named == getattr(model, "ws_name", "tiny") and str(tmp_path) not in json.dumps(adapters.adapter_settings(pm, "lora"))
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import peft
@@ -319,6 +320,11 @@ def adapter_settings(peft_model, adapter: str) -> dict[str, Any]:
             },
         }
     raw = peft_model.peft_config["default"].to_dict()
+    base = raw.get("base_model_name_or_path")
+    if base and Path(base).is_absolute():
+        # a folder on the machine that trained it: the diff names the model instead (a shared
+        # diff carries no path of the machine it was made on)
+        raw["base_model_name_or_path"] = getattr(peft_model.get_base_model(), "ws_name", None) or Path(base).name
     return {
         "type": adapter,
         "what": adapter_type(adapter).description,
