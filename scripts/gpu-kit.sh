@@ -17,6 +17,11 @@ KIT_HAVE=${KIT_HAVE:-scripts/gpu-image-packages.txt}
 KIT_DIR=${KIT_DIR:-.gpu-kit}
 PIP=${PIP:-python3 -m pip}
 
+# a kit folder is replaced only when it is one (it holds a MANIFEST): never a folder of the user's
+if [ -e "$KIT_DIR" ] && [ ! -f "$KIT_DIR/MANIFEST" ]; then
+  echo "gpu-kit: $KIT_DIR exists and is not a kit (no MANIFEST): choose another KIT_DIR or move it away" >&2
+  exit 1
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # the pinned stack but torch (the image's CUDA build) and what only this machine's tooling needs

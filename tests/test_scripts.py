@@ -101,3 +101,19 @@ def test_a_missing_part_is_named_before_anything_is_installed(tmp_path):
     log = (tmp_path / "out" / "gpu-checks.log").read_text()
     assert r.returncode == 1 and f"not {sha}: a part is missing" in log and "kit.tar.part2" in log
     assert not (tmp_path / "site").exists() and not (repo / ".venv").exists()
+
+
+def test_the_kit_never_replaces_a_folder_that_is_not_a_kit(tmp_path):
+    """``gpu-kit.sh`` deletes its old kit before writing the new one: a ``KIT_DIR`` without a
+    kit's MANIFEST is refused before anything is downloaded or removed."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "precious.txt").write_text("keep")
+    r = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu-kit.sh")],
+        env={"PATH": "/usr/bin:/bin", "KIT_DIR": str(folder)},
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 1 and "is not a kit" in r.stderr
+    assert [p.name for p in folder.iterdir()] == ["precious.txt"]
