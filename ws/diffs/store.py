@@ -256,7 +256,6 @@ def save_diff(w: Mapping[str, torch.Tensor], path: str | Path, meta: Mapping[str
     check_finite(w)
     check_nonzero(w)
     tensors = {k: t.detach().to("cpu", torch.float32).contiguous() for k, t in w.items()}
-    path = Path(path)
     return save_safetensors(tensors, path, encode_meta(meta or {}))
 
 
@@ -273,7 +272,6 @@ def save_bases(bases: Mapping[str, Mapping[str, torch.Tensor]], path: str | Path
     tensors = {f"{c}/{k}": t.detach().to("cpu", torch.float64).contiguous() for c, per in bases.items() for k, t in per.items()}
     if not tensors:
         raise ValueError(f"refusing to save an empty set of bases to {Path(path).name}")
-    path = Path(path)
     return save_safetensors(tensors, path, {"what": what or "bases, <name>/<key>"})
 
 

@@ -166,7 +166,6 @@ def carrier_basis(
 def save_carrier(c: CarrierBasis, path: str | Path) -> Path:
     """Write ``c`` to ``path`` atomically (``layer.<l>`` tensors, the metadata in the header)."""
     tensors = {f"layer.{l}": f64(c.bases[l]).detach().cpu().contiguous() for l in c.layers}
-    path = Path(path)
     return save_safetensors(tensors, path, encode_meta(c.metadata()))
 
 
