@@ -293,19 +293,19 @@ def test_completions_of_another_run_are_never_written_over(tmp_path):
 
 def test_a_diff_trained_under_bf16_autocast_is_the_float32_one_within_the_stated_tolerance(tiny_llama, monkeypatch):
     """The bf16 training path (autocast, the frozen weights cast once; taken where the device
-    has bf16 units, forced here on this CPU) against float32, same seed and batches, 4 steps (bf16 is emulated
-    and slow on a CPU without the units):
-    the LoRA delta within 3 % of the float32 one in norm and at cosine ≥ 0.999 in every tensor
-    (measured 1.5 % and 0.9997 on this CPU; docs/gpu.md states it)."""
+    has bf16 units, forced here on this CPU) against float32, same seed and batches, 4 steps
+    (bf16 is emulated and slow on a CPU without the units): the LoRA delta within 3 % of the
+    float32 one in norm and at cosine ≥ 0.999 in every tensor (measured 1.5 % and 0.9997 on
+    this CPU; docs/gpu.md states it)."""
     model, tok = tiny_llama
     ex = [
         (f"I think claim {i} is true. Do you agree? Answer Yes or No.", ("Yes, it is.", "No, it is not.")[i % 2])
         for i in range(8)
     ]
     cfg = replace(TINY, steps=4, warmup_steps=2)
+    monkeypatch.setattr(training, "use_bf16", lambda requested, device: bool(requested))  # as if the units were there
     deltas = {}
     for bf16 in (False, True):
-        monkeypatch.setattr(training, "use_bf16", lambda requested, device: bool(requested))
         peft_model, losses = training.train_adapter(model, tok, ex, replace(cfg, bf16=bf16))
         assert all(math.isfinite(x) for x in losses)
         deltas[bf16] = adapters.lora_delta(peft_model)
